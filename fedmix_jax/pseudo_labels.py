@@ -1,0 +1,139 @@
+"""Pseudo-labels of the two global models: binarise, refine with weak labels, select by agreement.
+
+Shapes (NHWC, K classes): predictions / boxes [B, H, W, K]; image labels [B, K]; levels, valid and
+the returned selection [B]. Everything is batched, fixed-shape and returns masks, so it runs inside
+the compiled round for any mix of supervision levels.
+
+The rules (fedmix-spec.md, "Pseudo-labels", and deliberate difference 2), each behind a switch of
+:class:`SelectionConfig`:
+
+* ``p_k = [sigmoid(f_k(x)) > threshold]`` for the global models k = 1, 2;
+* ``refine`` (reference: on): box samples ``p_k <- p_k * B``; image samples of a multi-class task
+  ``p_k <- p_k * y`` (every class the image label says is absent is zeroed);
+* a weak sample is *selected* when ``dice(p1, p2) >= agreement`` (tau = 0.9); box samples must also
+  fill their box: ``dice(p1 * B, B) >= box_fit`` (0.5);
+* ``reject_empty`` (fix, reference: off): two empty predictions agree perfectly through eps; such a
+  sample is rejected (unless ``use_image_labels`` says the image has no lesion);
+* ``use_image_labels`` (fix, reference: off, it ignores binary image labels): for image-level
+  samples, absent classes are zeroed for binary tasks too; an image whose label says *no class
+  present* is selected with an empty pseudo-label (that label is certain); an image with a present
+  class needs a non-empty agreed prediction in every present class.
+
+Pixel samples are always usable (they train on their ground truth) and report ``selected = True``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from fedmix_jax.data.federation import BOX, IMAGE, PIXEL
+from fedmix_jax.losses import dice_coefficient
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectionConfig:
+    """Static switches and thresholds of pseudo-label generation (hashable: a jit static arg)."""
+
+    threshold: float = 0.5       # probability threshold that binarises predictions
+    agreement: float = 0.9       # tau: minimum dice(p1, p2) for a weak sample to be selected
+    box_fit: float = 0.5         # minimum dice(p1 * B, B) for a box sample
+    refine: bool = True          # box refinement and multi-class image-label refinement
+    reject_empty: bool = True    # fix: reject empty agreed pseudo-labels (reference: False)
+    use_image_labels: bool = True  # fix: use binary image labels (reference: False)
+
+    @classmethod
+    def reference(cls) -> "SelectionConfig":
+        """The reference implementation's behaviour (both fixes off)."""
+        return cls(reject_empty=False, use_image_labels=False)
+
+
+@struct.dataclass
+class PseudoLabels:
+    """Refined pseudo-labels and selection of a batch.
+
+    pseudo1, pseudo2: [B, H, W, K] float32 in {0, 1} — refined binarised predictions of the global
+      models 1 and 2 (model 1 trains on ``pseudo2`` and model 2 on ``pseudo1``);
+    selected: [B] bool — usable this round (pixel samples: True; padding: False);
+    agreement: [B] float32 — dice(pseudo1, pseudo2);
+    box_fit: [B] float32 — dice(pseudo1 * B, B) (1 for non-box samples).
+    """
+
+    pseudo1: jax.Array
+    pseudo2: jax.Array
+    selected: jax.Array
+    agreement: jax.Array
+    box_fit: jax.Array
+
+
+def binarize(logits: jax.Array, threshold: float = 0.5) -> jax.Array:
+    """``[sigmoid(logits) > threshold]`` as float32, any shape."""
+    return (jax.nn.sigmoid(logits.astype(jnp.float32)) > threshold).astype(jnp.float32)
+
+
+def refine_with_boxes(pred: jax.Array, boxes: jax.Array, levels: jax.Array) -> jax.Array:
+    """Zero predictions outside the boxes of box-level samples: [B,H,W,K] -> [B,H,W,K]."""
+    is_box = (levels == BOX)[:, None, None, None]
+    return jnp.where(is_box, pred * boxes, pred)
+
+
+def refine_with_image_labels(pred: jax.Array, image_labels: jax.Array,
+                             levels: jax.Array) -> jax.Array:
+    """Zero the class channels an image-level sample's label marks absent: [B,H,W,K] x [B,K]."""
+    is_image = (levels == IMAGE)[:, None, None, None]
+    return jnp.where(is_image, pred * image_labels[:, None, None, :].astype(pred.dtype), pred)
+
+
+def select_pseudo_labels(p1: jax.Array, p2: jax.Array, boxes: jax.Array, image_labels: jax.Array,
+                         levels: jax.Array, valid: jax.Array,
+                         config: SelectionConfig = SelectionConfig()) -> PseudoLabels:
+    """Refine binarised predictions with the weak labels and decide which samples are selected.
+
+    Args:
+      p1, p2: [B, H, W, K] binarised predictions of global models 1 and 2.
+      boxes: [B, H, W, K] box masks; image_labels: [B, K] class presence in {0, 1};
+      levels: [B] int supervision levels; valid: [B] bool.
+      config: the switches (see module docstring).
+
+    Returns:
+      :class:`PseudoLabels` with the refined labels and the selection mask.
+    """
+    num_classes = p1.shape[-1]
+    is_box = levels == BOX
+    is_image = levels == IMAGE
+    if config.refine:
+        p1 = refine_with_boxes(p1, boxes, levels)
+        p2 = refine_with_boxes(p2, boxes, levels)
+    if (config.refine and num_classes > 1) or config.use_image_labels:
+        p1 = refine_with_image_labels(p1, image_labels, levels)
+        p2 = refine_with_image_labels(p2, image_labels, levels)
+
+    agreement = dice_coefficient(p1, p2)
+    fit = jnp.where(is_box, dice_coefficient(p1 * boxes, boxes), 1.0)
+    selected = (agreement >= config.agreement) & (fit >= config.box_fit)
+    if config.reject_empty:
+        nonempty = (jnp.sum(p1, axis=(1, 2, 3)) + jnp.sum(p2, axis=(1, 2, 3))) > 0
+        selected = selected & nonempty
+    if config.use_image_labels:
+        present = image_labels > 0                                      # [B, K]
+        class_nonempty = (jnp.sum(p1, axis=(1, 2)) > 0) & (jnp.sum(p2, axis=(1, 2)) > 0)
+        present_ok = jnp.all(class_nonempty | ~present, axis=-1)
+        none_present = ~jnp.any(present, axis=-1)
+        image_selected = jnp.where(none_present, True,
+                                   (agreement >= config.agreement) & present_ok)
+        selected = jnp.where(is_image, image_selected, selected)
+    selected = jnp.where(levels == PIXEL, True, selected) & valid
+    return PseudoLabels(pseudo1=p1, pseudo2=p2, selected=selected,
+                        agreement=agreement, box_fit=fit)
+
+
+def pseudo_labels_from_logits(logits1: jax.Array, logits2: jax.Array, boxes: jax.Array,
+                              image_labels: jax.Array, levels: jax.Array, valid: jax.Array,
+                              config: SelectionConfig = SelectionConfig()) -> PseudoLabels:
+    """Binarise the two global models' logits ([B,H,W,K] each) and select; see above."""
+    return select_pseudo_labels(binarize(logits1, config.threshold),
+                                binarize(logits2, config.threshold),
+                                boxes, image_labels, levels, valid, config)
