@@ -1,0 +1,393 @@
+"""TFDS dataset builders for the real datasets -- TensorFlow-free (``file_format="array_record"``).
+
+Three builders, one per published layout (see :mod:`.layouts`):
+
+==========================  ==============  ================================================
+builder (TFDS name)         config ``name``  clients
+==========================  ==============  ================================================
+``ham10000_fedmix``         ham10000        rosendahl, vidir_modern, vienna_dias, vidir_molemax
+``breast_us_fedmix``        breast          busi, busis, udiat
+``folder_federation``       folders         one per sub-folder of ``data_dir``
+==========================  ==============  ================================================
+
+Each reads the manually downloaded files from ``manual_dir``, decodes and resizes every image once
+(in a thread pool) and writes ``array_record`` shards with TFDS; later runs read them back with
+``tfds.data_source`` (random access, no TensorFlow). TensorFlow is never imported: TFDS's
+``Image`` feature needs it, so images are stored as zlib-compressed uint8 ``Tensor`` features,
+which TFDS encodes and decodes with NumPy.
+
+Builder configs (:class:`FedMixConfig`) hold the preprocessing and split options; the config name
+encodes them, e.g. ``gray256_seed0_test20_val10`` (``rgb`` for 3 channels, ``_skip`` when built
+with ``on_bad_input='skip'``, and for ``folder_federation`` a hash of the data_dir path so two
+different federations never share a cache). Any combination can be built; ``gray256`` (the
+reference), ``gray64`` and ``rgb256`` with seed 0 are predefined.
+
+Per-example features (S = image_size, Cin = channels, K = 1 class, 'lesion'):
+
+================  ==================  ============================================================
+``image``         uint8 [S, S, Cin]   resized image (bilinear, antialiased)
+``mask``          uint8 [S, S, K]     {0, 1} ground-truth mask (nearest); zeros when ``has_mask=0``
+``boxes``         uint8 [S, S, K]     {0, 1} box mask: 1 inside any box
+``box_coords``    int32 [nb, 4]       the boxes at S x S, (x_min, y_min, x_max, y_max) inclusive
+``label``         uint8 [K]           image label: lesion present (BUSI: 0 for ``normal``; folders:
+                                      labels.csv, else from the mask)
+``has_mask``      bool                False only for folders samples with a non-pixel level and no mask
+``level``         int32               per-sample level from levels.csv, -1 = use the config's
+``client``        text                client name; ``client_index`` int32 into metadata ``clients``
+``id``/``stem``   text                unique sample id / file stem
+``category``      text                HAM10000: dx; BUSI: benign/malignant/normal; else ''
+``malignant``     int32               1 malignant, 0 benign (or BUSI normal), -1 unknown
+``image_path``    text                the source image, relative to the manual dir
+``orig_size``     int32 [2]           original (height, width)
+================  ==================  ============================================================
+
+Boxes: from ``boxes.csv`` when given (scaled to S, rounded outwards), otherwise one box per
+connected component of the resized mask, each side pushed out by a random 1-9 px margin drawn once
+per sample from a generator seeded by ``(seed, hash(id))`` (:func:`fedmix_jax.data.boxes.sample_rng`).
+
+Splits ``train`` / ``validation`` / ``test`` per client, seeded and file-order independent
+(:mod:`.splits`). Records are written unshuffled, grouped by client (in the order of metadata
+``clients``) and in a stable hashed order within a client; the per-client counts of every split are
+in the metadata (``metadata.json`` -> ``fedmix.counts``), along with the skipped files, warnings and
+a fingerprint of the source files.
+
+Use from Python: :func:`fedmix_jax.data.real.build_dataset` / ``load_federation_from_config`` (they
+validate the cache first), or plain TFDS::
+
+    import tensorflow_datasets as tfds
+    from fedmix_jax.data.real import builders
+    cfg = builders.make_config("ham10000", image_size=64)
+    b = builders.Ham10000Fedmix(config=cfg, data_dir="~/fedmix_data", file_format="array_record")
+    b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir="/data/ham"))
+    ds = tfds.data_source("ham10000_fedmix", data_dir="~/fedmix_data",
+                          builder_kwargs={"config": cfg}, download=False)
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import itertools
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+from fedmix_jax.data.boxes import box_mask, boxes_from_mask, sample_rng, scale_boxes
+from fedmix_jax.data.real.errors import BadInputError, BadInputPolicy, log
+from fedmix_jax.data.real.imaging import load_image, load_mask, resize_mask
+from fedmix_jax.data.real.layouts import LAYOUTS, Layout, Sample, Scan, source_fingerprint
+from fedmix_jax.data.real.splits import SPLITS, assign_splits, check_fractions, rank_in_client, \
+    stable_int
+
+BOX_MARGIN = (1, 9)
+ARRAY_RECORD = "array_record"
+
+
+class _NoCustomConfigWarning(logging.Filter):
+    """TFDS warns "Using custom data configuration" for every non-predefined config; ours are
+    custom by design (the name encodes the options), so that line is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Using custom data configuration")
+
+
+logging.getLogger("absl").addFilter(_NoCustomConfigWarning())
+
+
+@dataclasses.dataclass(eq=False)
+class FedMixConfig(tfds.core.BuilderConfig):
+    """Preprocessing and split options (see module docstring); build with :func:`make_config`."""
+
+    image_size: int = 256
+    channels: int = 1
+    seed: int = 0
+    test_fraction: float = 0.2
+    val_fraction: float = 0.1
+    on_bad_input: str = "fail"
+    tag: str = ""
+
+
+def _pct(f: float) -> str:
+    return f"{100 * float(f):g}".replace(".", "p")
+
+
+def config_name(image_size=256, channels=1, seed=0, test_fraction=0.2, val_fraction=0.1,
+                on_bad_input="fail", tag="") -> str:
+    name = (f"{'gray' if int(channels) == 1 else 'rgb'}{int(image_size)}_seed{int(seed)}"
+            f"_test{_pct(test_fraction)}_val{_pct(val_fraction)}")
+    if str(on_bad_input).lower() == "skip":
+        name += "_skip"
+    if tag:
+        name += f"_{tag}"
+    return name
+
+
+def data_dir_tag(data_dir: str) -> str:
+    """Short hash of an absolute data_dir path (keys the folders builder's cache)."""
+    p = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
+    return "d" + hashlib.sha256(p.encode("utf-8")).hexdigest()[:10]
+
+
+def _new_config(image_size=256, channels=1, seed=0, test_fraction=0.2, val_fraction=0.1,
+                on_bad_input="fail", tag="") -> FedMixConfig:
+    return FedMixConfig(
+        name=config_name(image_size, channels, seed, test_fraction, val_fraction, on_bad_input,
+                         tag),
+        description=(f"{'grayscale' if channels == 1 else 'RGB'} {image_size}x{image_size}, split "
+                     f"seed {seed}, test {test_fraction}, val {val_fraction} of train, "
+                     f"on_bad_input={on_bad_input}"),
+        image_size=int(image_size), channels=int(channels), seed=int(seed),
+        test_fraction=float(test_fraction), val_fraction=float(val_fraction),
+        on_bad_input=str(on_bad_input).lower(), tag=tag)
+
+
+def built_splits(cfg) -> tuple[str, ...]:
+    """The splits a config writes: ``train`` always, ``validation``/``test`` when their fraction
+    is > 0 (TFDS cannot write an empty split)."""
+    return tuple(sp for sp in SPLITS if sp == "train"
+                 or (sp == "validation" and cfg.val_fraction > 0)
+                 or (sp == "test" and cfg.test_fraction > 0))
+
+
+_DEFAULT_CONFIGS = [dict(image_size=256, channels=1), dict(image_size=64, channels=1),
+                    dict(image_size=256, channels=3)]
+
+
+class _FedMixBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Shared implementation; subclasses set ``LAYOUT``."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    BUILDER_CONFIGS = [_new_config(**kw) for kw in _DEFAULT_CONFIGS]
+    LAYOUT: Layout
+    num_workers = min(8, os.cpu_count() or 1)
+    # TFDS finds a builder's source file through the optional ``importlib_resources`` backport
+    # when the builder lives in a package; name it directly (there is no checksums file here).
+    code_path = epath.Path(__file__)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        cfg = self.builder_config
+        s, c, k = cfg.image_size, cfg.channels, len(self.LAYOUT.class_names)
+
+        def u8(shape):
+            return tfds.features.Tensor(shape=shape, dtype=np.uint8,
+                                        encoding=tfds.features.Encoding.ZLIB)
+
+        features = tfds.features.FeaturesDict({
+            "image": u8((s, s, c)),
+            "mask": u8((s, s, k)),
+            "boxes": u8((s, s, k)),
+            "box_coords": tfds.features.Tensor(shape=(None, 4), dtype=np.int32),
+            "label": tfds.features.Tensor(shape=(k,), dtype=np.uint8),
+            "has_mask": tfds.features.Tensor(shape=(), dtype=np.bool_),
+            "level": tfds.features.Tensor(shape=(), dtype=np.int32),
+            "client": tfds.features.Text(),
+            "client_index": tfds.features.Tensor(shape=(), dtype=np.int32),
+            "id": tfds.features.Text(),
+            "stem": tfds.features.Text(),
+            "category": tfds.features.Text(),
+            "malignant": tfds.features.Tensor(shape=(), dtype=np.int32),
+            "image_path": tfds.features.Text(),
+            "orig_size": tfds.features.Tensor(shape=(2,), dtype=np.int32),
+        })
+        return tfds.core.DatasetInfo(
+            builder=self, description=f"{self.LAYOUT.title}, for FedMix (fedmix_jax).",
+            features=features, homepage="https://arxiv.org/abs/2205.01840",
+            disable_shuffling=True, metadata=tfds.core.MetadataDict())
+
+    # -- split generation --------------------------------------------------------------------
+
+    def _split_generators(self, dl_manager):
+        cfg = self.builder_config
+        check_fractions(cfg.test_fraction, cfg.val_fraction)
+        try:
+            data_dir = os.fspath(dl_manager.manual_dir)
+        except (AssertionError, ValueError) as e:
+            raise self.LAYOUT.not_found(str(e).splitlines()[0]) from e
+        t0 = time.time()
+        policy = BadInputPolicy(cfg.on_bad_input)
+        scan = self.LAYOUT.scan(data_dir, policy)
+        for w in scan.warnings:
+            log.warning("%s", w)
+        split_of = assign_splits(((s.id, s.client, s.group, bool(s.mask_paths))
+                                  for s in scan.samples), cfg.seed, cfg.test_fraction,
+                                 cfg.val_fraction)
+        cindex = {c: i for i, c in enumerate(scan.clients)}
+        per_split = {sp: [] for sp in SPLITS}
+        for s in scan.samples:
+            per_split[split_of[s.id]].append(s)
+        for sp in SPLITS:
+            per_split[sp].sort(key=lambda s: (cindex[s.client], rank_in_client(s.id, s.client,
+                                                                                cfg.seed), s.id))
+        found = collections.Counter(s.client for s in scan.samples)
+        meta = {
+            "layout": self.LAYOUT.name,
+            "clients": list(scan.clients),
+            "class_names": list(self.LAYOUT.class_names),
+            "counts": {},
+            "found": {c: int(found[c]) for c in scan.clients},
+            "skipped": policy.skipped,
+            "warnings": scan.warnings,
+            "source_dir": data_dir,
+            "source_fingerprint": source_fingerprint(data_dir),
+            "config": {f: getattr(cfg, f) for f in ("image_size", "channels", "seed",
+                                                    "test_fraction", "val_fraction",
+                                                    "on_bad_input")},
+            "box_margin": list(BOX_MARGIN),
+            "scan_seconds": round(time.time() - t0, 3),
+        }
+        self.info.metadata["fedmix"] = meta
+        self._build_state = (data_dir, policy, scan, cindex)
+        return {sp: self._generate_examples(per_split[sp], sp) for sp in built_splits(cfg)}
+
+    def _generate_examples(self, samples: list[Sample], split: str):
+        data_dir, policy, scan, cindex = self._build_state
+        meta = self.info.metadata["fedmix"]
+        counts = [0] * len(scan.clients)
+        disagree = 0
+        it = iter(samples)
+        ex = ThreadPoolExecutor(self.num_workers)
+        try:
+            pending = collections.deque(
+                (s, ex.submit(self._process, s, data_dir, cindex))
+                for s in itertools.islice(it, 4 * self.num_workers))
+            while pending:
+                s, fut = pending.popleft()
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append((nxt, ex.submit(self._process, nxt, data_dir, cindex)))
+                res = fut.result()
+                if isinstance(res, BadInputError):
+                    policy(res)
+                    continue
+                example, dis = res
+                disagree += dis
+                counts[cindex[s.client]] += 1
+                yield s.id, example
+        finally:
+            ex.shutdown(wait=True, cancel_futures=True)
+        meta["counts"][split] = dict(zip(scan.clients, counts))
+        if disagree:
+            meta["warnings"].append(f"{split}: {disagree} image label(s) disagree with the mask "
+                                    "(the label was kept)")
+        for c, n in zip(scan.clients, counts):
+            if n == 0:
+                raise BadInputError(
+                    f"client {c!r} is left with no {split} samples ({meta['found'][c]} usable "
+                    f"sample(s) found under {data_dir}, {len(policy.skipped)} file(s) skipped in "
+                    "all); a client needs at least 3 usable samples with masks to fill "
+                    "train/validation/test", data_dir)
+
+    def _process(self, s: Sample, data_dir: str, cindex: dict):
+        """Decode one sample -> (example, label_disagrees) or a BadInputError (never raises it)."""
+        cfg = self.builder_config
+        size = cfg.image_size
+        try:
+            image, (h, w) = load_image(s.image_path, size, cfg.channels)
+            full = None
+            for mp in s.mask_paths:
+                m = load_mask(mp, (h, w), s.image_path)
+                full = m if full is None else (full | m)
+            has_mask = full is not None
+            mask = resize_mask(full, size) if has_mask else np.zeros((size, size), bool)
+            if s.boxes is not None:
+                b = np.asarray(s.boxes, np.int64).reshape(-1, 4)
+                outside = (b[:, 2] >= w) | (b[:, 3] >= h)
+                if outside.any():
+                    src = s.boxes_source.split(" line ")[0]
+                    raise BadInputError(
+                        f"box {b[outside][0].tolist()} for {s.image_path} lies outside the "
+                        f"{w}x{h} image ({s.boxes_source})", src or s.image_path)
+                boxes = scale_boxes(b, (h, w), (size, size))
+            elif has_mask:
+                rng = sample_rng(cfg.seed, stable_int("boxes", s.id))
+                boxes = boxes_from_mask(mask, rng, margin=BOX_MARGIN)
+            else:
+                boxes = np.zeros((0, 4), np.int64)
+            present = bool(full.any()) if has_mask else None
+            if s.label is not None:
+                label = int(s.label)
+            else:
+                label = int(bool(present))
+            disagree = present is not None and s.label is not None and bool(s.label) != present
+        except BadInputError as e:
+            return e
+        example = {
+            "image": image,
+            "mask": mask[..., None].astype(np.uint8),
+            "boxes": box_mask(boxes, size, size)[..., None].astype(np.uint8),
+            "box_coords": np.asarray(boxes, np.int32).reshape(-1, 4),
+            "label": np.array([label], np.uint8),
+            "has_mask": bool(has_mask),
+            "level": np.int32(s.level),
+            "client": s.client,
+            "client_index": np.int32(cindex[s.client]),
+            "id": s.id,
+            "stem": s.stem,
+            "category": s.category,
+            "malignant": np.int32(s.malignant),
+            "image_path": os.path.relpath(s.image_path, data_dir),
+            "orig_size": np.array([h, w], np.int32),
+        }
+        return example, bool(disagree)
+
+
+class Ham10000Fedmix(_FedMixBuilder):
+    """HAM10000 with the Tschandl lesion masks; clients = the CSV's ``dataset`` column."""
+
+    LAYOUT = LAYOUTS["ham10000"]
+    MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT.instructions()
+
+
+class BreastUsFedmix(_FedMixBuilder):
+    """Breast ultrasound: BUSI, BUSIS and UDIAT Dataset B, one client each."""
+
+    LAYOUT = LAYOUTS["breast"]
+    MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT.instructions()
+
+
+class FolderFederation(_FedMixBuilder):
+    """A hospital's own data: one folder per client with images/, masks/ and optional CSVs."""
+
+    LAYOUT = LAYOUTS["folders"]
+    MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT.instructions()
+
+
+BUILDERS = {"ham10000": Ham10000Fedmix, "breast": BreastUsFedmix, "folders": FolderFederation}
+
+
+def make_config(dataset: str, image_size: int = 256, channels: int = 1, seed: int = 0,
+                test_fraction: float = 0.2, val_fraction: float = 0.1, on_bad_input: str = "fail",
+                data_dir: str | None = None) -> FedMixConfig:
+    """The builder config for these options (a predefined one when the name matches).
+
+    ``data_dir`` is needed for ``dataset='folders'`` (its path keys the cache).
+    """
+    if dataset not in BUILDERS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(BUILDERS)} "
+                         "(--config.data.name)")
+    if int(channels) not in (1, 3):
+        raise ValueError(f"--config.data.channels must be 1 or 3, got {channels}")
+    if int(image_size) < 8:
+        raise ValueError(f"--config.data.image_size must be >= 8, got {image_size}")
+    check_fractions(test_fraction, val_fraction)
+    on_bad_input = str(on_bad_input).strip().lower()
+    if on_bad_input not in ("fail", "skip"):
+        raise ValueError(f"--config.data.on_bad_input must be 'fail' or 'skip', got "
+                         f"{on_bad_input!r}")
+    tag = data_dir_tag(data_dir) if dataset == "folders" and data_dir else ""
+    name = config_name(image_size, channels, seed, test_fraction, val_fraction, on_bad_input, tag)
+    predefined = BUILDERS[dataset].builder_configs.get(name)
+    if predefined is not None:
+        return predefined
+    return _new_config(image_size, channels, seed, test_fraction, val_fraction, on_bad_input, tag)
+
+
+__all__ = ["FedMixConfig", "Ham10000Fedmix", "BreastUsFedmix", "FolderFederation", "BUILDERS",
+           "make_config", "config_name", "Scan"]

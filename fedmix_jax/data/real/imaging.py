@@ -1,0 +1,174 @@
+"""Decoding and resizing of image and mask files (Pillow + NumPy only).
+
+Images
+------
+Any Pillow-readable file (PNG, JPEG, BMP, TIFF, ...). Converted to grayscale (``L``, ITU-R 601-2 luma,
+Pillow's ``convert('L')``; the reference setting) or RGB; palette/alpha/CMYK images go through RGB
+first (alpha is dropped); 16-bit / 32-bit / float grayscale images are scaled by their own maximum
+to 8 bits. Resized to ``S x S`` (aspect ratio not kept, as in the reference) with Pillow's
+antialiased ``BILINEAR`` filter. JPEGs use Pillow's ``draft`` (DCT-domain downscaling to the
+smallest power-of-two reduction still >= S, and decoding only the luma plane for grayscale) before
+that resize, which makes decoding 600x450 dermoscopy JPEGs several times faster.
+
+Masks
+-----
+A mask file is reduced to one 2-D array: RGB(A) masks take the maximum over the colour channels
+(alpha ignored), palette masks use their palette *indices*, 16-bit masks are rescaled to 0..255.
+Binarisation (``m`` = the mask's largest value):
+
+* ``m == 0``: empty mask (allowed: e.g. BUSI ``normal`` images);
+* ``m == 1``: a {0, 1} mask; foreground is 1;
+* ``m > 127``: a {0, 255}-style mask; **foreground is value > 127**. Anti-aliased or JPEG-noisy
+  edges are thresholded, but if more than 5 % of all pixels are neither 0 nor ``m`` the mask is
+  rejected as *not binary* (it is probably a probability map, a label map or a photo);
+* ``1 < m <= 127``: rejected as *not binary* (a label map such as {0, 1, 2}, or a dim mask whose
+  foreground the threshold would silently erase).
+
+A mask whose size differs from its image's is rejected. Masks are resized with ``NEAREST``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image
+
+from fedmix_jax.data.real.errors import BadInputError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+NON_BINARY_FRACTION = 0.05
+MASK_THRESHOLD = 127
+
+_READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError,
+                IndexError, TypeError, KeyError)
+
+
+def is_image_file(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and not name.startswith(".")
+
+
+def _to_uint8_gray(arr: np.ndarray) -> np.ndarray:
+    arr = np.asarray(arr, np.float64)
+    m = float(arr.max()) if arr.size else 0.0
+    if m <= 0:
+        return np.zeros(arr.shape, np.uint8)
+    if m <= 1.0 and not np.issubdtype(arr.dtype, np.integer):
+        m = 1.0
+    return np.clip(np.round(arr * (255.0 / m)), 0, 255).astype(np.uint8)
+
+
+def _convert(im: Image.Image, channels: int) -> Image.Image:
+    mode = im.mode
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        im = Image.fromarray(_to_uint8_gray(np.asarray(im)), "L")
+        mode = "L"
+    if channels == 1:
+        if mode in ("L",):
+            return im
+        if mode == "1":
+            return im.convert("L")
+        if mode != "RGB":
+            im = im.convert("RGB")
+        return im.convert("L")
+    if mode == "RGB":
+        return im
+    if mode not in ("L", "1"):
+        im = im.convert("RGB")
+        return im
+    return im.convert("RGB")
+
+
+def load_image(path: str, size: int, channels: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode, convert and resize one image.
+
+    Returns ``(uint8 [size, size, channels], (orig_height, orig_width))``. Raises
+    :class:`BadInputError` naming ``path`` when the file cannot be decoded (corrupt, truncated, not
+    an image).
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if im.format == "JPEG":
+                im.draft("L" if channels == 1 else "RGB", (size, size))
+            im.load()
+            im = _convert(im, channels)
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.BILINEAR)
+            arr = np.asarray(im, np.uint8)
+    except _READ_ERRORS as e:
+        raise BadInputError(f"cannot read image {path}: {type(e).__name__}: {e}", path) from e
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    return np.ascontiguousarray(arr), (h, w)
+
+
+def _mask_array(im: Image.Image) -> np.ndarray:
+    mode = im.mode
+    if mode == "1":
+        return np.asarray(im, np.uint8)
+    if mode in ("L", "P"):
+        return np.asarray(im)
+    if mode in ("LA", "PA"):
+        return np.asarray(im)[..., 0]
+    if mode in ("RGB", "RGBA", "RGBX", "CMYK", "YCbCr"):
+        a = np.asarray(im.convert("RGB") if mode in ("CMYK", "YCbCr") else im)
+        return a[..., :3].max(axis=-1)
+    if mode == "F":
+        a = np.asarray(im, np.float64)
+        if a.size and a.max() <= 1.0:
+            a = a * 255.0
+        return np.clip(np.round(a), 0, 255).astype(np.uint8)
+    a = np.asarray(im).astype(np.int64)  # I, I;16...
+    if a.size and a.max() > 255:
+        a = (a * 255) // 65535
+    return np.clip(a, 0, 255).astype(np.uint8)
+
+
+def binarize_mask(arr: np.ndarray, path: str) -> np.ndarray:
+    """2-D mask array -> bool foreground, with the rules of the module docstring."""
+    arr = np.asarray(arr)
+    m = int(arr.max()) if arr.size else 0
+    if m == 0:
+        return np.zeros(arr.shape, bool)
+    if m == 1:
+        return arr == 1
+    if m <= MASK_THRESHOLD:
+        vals = np.unique(arr)
+        raise BadInputError(
+            f"mask is not binary: {path} has values {vals[:8].tolist()}"
+            f"{' ...' if vals.size > 8 else ''} (max {m}); expected {{0, 1}} or {{0, 255}} "
+            f"(foreground = value > {MASK_THRESHOLD} of 255)", path)
+    frac = float(((arr != 0) & (arr != m)).mean())
+    if frac > NON_BINARY_FRACTION:
+        raise BadInputError(
+            f"mask is not binary: {path} has {100 * frac:.1f}% of its pixels neither 0 nor {m} "
+            f"(more than {100 * NON_BINARY_FRACTION:.0f}% allowed for anti-aliased edges); "
+            f"expected {{0, 1}} or {{0, 255}}", path)
+    return arr > MASK_THRESHOLD
+
+
+def load_mask(path: str, image_hw: tuple[int, int] | None = None, image_path: str | None = None
+              ) -> np.ndarray:
+    """Decode one mask file to a bool [H, W] array, checking its size against the image's."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            arr = _mask_array(im)
+    except _READ_ERRORS as e:
+        raise BadInputError(f"cannot read mask {path}: {type(e).__name__}: {e}", path) from e
+    if image_hw is not None and tuple(arr.shape[:2]) != tuple(image_hw):
+        raise BadInputError(
+            f"mask size differs from its image: {path} is {arr.shape[1]}x{arr.shape[0]} (WxH) but "
+            f"{image_path or 'the image'} is {image_hw[1]}x{image_hw[0]}", path)
+    return binarize_mask(arr, path)
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """bool [H, W] -> bool [size, size] with nearest-neighbour sampling."""
+    if mask.shape == (size, size):
+        return mask.astype(bool)
+    im = Image.fromarray(mask.astype(np.uint8) * 255, "L").resize((size, size), Image.NEAREST)
+    return np.asarray(im) > MASK_THRESHOLD
