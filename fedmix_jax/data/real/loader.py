@@ -294,8 +294,16 @@ def _take_counts(prepared: PreparedDataset, client: str, max_per_client: int) ->
     total = sum(counts.values())
     if total <= max_per_client:
         return counts
-    return {sp: (min(n, max(1, int(round(max_per_client * n / total)))) if n else 0)
-            for sp, n in counts.items()}
+    m = max_per_client
+    quota = {sp: m * n / total for sp, n in counts.items()}
+    take = {sp: min(n, max(1 if n else 0, int(quota[sp]))) for sp, n in counts.items()}
+    while sum(take.values()) < m:   # largest remainder first
+        sp = max((sp for sp in take if take[sp] < counts[sp]), key=lambda s: quota[s] - take[s])
+        take[sp] += 1
+    while sum(take.values()) > m:   # the "at least 1 each" rule overshot: trim the largest
+        sp = max(take, key=lambda s: take[s])
+        take[sp] -= 1
+    return take
 
 
 def read_client_split(prepared: PreparedDataset, split: str, client: str, level: int,
@@ -350,8 +358,9 @@ def load_federation_from_config(data_cfg, verbose: bool = True) -> Federation:
     (default: every client of the dataset, in its canonical order), ``levels`` (one level name per
     client; default: the paper's setting for the known clients, else pixel; folders' levels.csv
     overrides it per sample), ``seed`` (split and box seed), ``val_fraction``, ``test_fraction``,
-    ``on_bad_input`` ('fail' | 'skip'), ``max_per_client`` (0 = all; else the client's total is
-    capped and spread over the splits in proportion to their sizes, at least 1 each), ``rebuild``.
+    ``on_bad_input`` ('fail' | 'skip'), ``max_per_client`` (0 = all; else the client's total over
+    the three splits is capped at it, spread in proportion to the split sizes, at least 1 per
+    non-empty split), ``rebuild``.
 
     Images are float32 in [0, 1]; masks and boxes float32 in {0, 1}; image_labels [C, N, 1].
     Raises :class:`DatasetNotFoundError` when ``data_dir`` is missing/empty and nothing is cached.

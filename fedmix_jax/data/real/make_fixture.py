@@ -64,7 +64,7 @@ def make_ham10000(root: str, num_images: int = 1000, size: tuple[int, int] = (60
                   repeat_lesion_every: int = 5, quality: int = 90, progress: bool = False) -> dict:
     """HAM10000 layout: metadata CSV (all columns), ``ISIC_XXXXXXX.jpg`` images across
     ``HAM10000_images_part_1/`` and ``_part_2/``, and ``ISIC_XXXXXXX_segmentation.png`` masks in
-    ``HAM10000_segmentations_lesion_tschandl/``. Clients cycle over ``clients``; every
+    ``HAM10000_segmentations_lesion_tschandl/``. Clients cycle over ``clients`` by lesion; every
     ``repeat_lesion_every``-th image re-uses the previous image's ``lesion_id``.
 
     Returns ``{"csv": path, "images": [paths], "masks": [paths], "rows": [dicts]}``.
@@ -99,7 +99,7 @@ def make_ham10000(root: str, num_images: int = 1000, size: tuple[int, int] = (60
                          dx=dxs[int(rng.integers(len(dxs)))], dx_type="histo",
                          age=f"{int(rng.integers(20, 85))}.0",
                          sex=("male", "female")[int(rng.integers(2))],
-                         localization="back", dataset=clients[i % len(clients)]))
+                         localization="back", dataset=clients[lesion % len(clients)]))
     csv_path = os.path.join(root, "HAM10000_metadata.csv")
     with open(csv_path, "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=HAM_COLUMNS)

@@ -6,7 +6,8 @@ sample id itself). Within each client the groups are ordered by a SHA-256 hash o
 ``(seed, client, group)``, and taken in that order: first into ``test`` until
 ``round(test_fraction * n)`` samples are reached (at least 1 when the fraction is > 0), then into
 ``validation`` until ``round(val_fraction * (n - n_test))`` (at least 1 when > 0), the rest is
-``train``. The assignment depends only on the set of ids and the seed -- not on file order,
+``train``. A group that would leave no sample for ``train`` (or, while filling ``test``, none for
+``validation``) is passed over for the next one in hash order. The assignment depends only on the set of ids and the seed -- not on file order,
 directory names or the machine -- so two builds of the same data in different places agree.
 
 Groups containing a sample that has no mask (possible only in the folders layout, for samples whose
@@ -65,13 +66,17 @@ def assign_splits(items: Iterable[tuple[str, str, str, bool]], seed: int, test_f
         order = sorted(groups, key=lambda g: (stable_int("split", seed, client, g), g))
         eligible = [g for g in order if all(e for _, e in groups[g])]
         n_test = _target(test_fraction, n)
+        n_val_min = 1 if val_fraction > 0 else 0
         taken: set[str] = set()
-        count = 0
+        used = count = 0
         for g in eligible:
             if count >= n_test:
                 break
+            if n - used - len(groups[g]) < 1 + n_val_min:   # keep room for train (and val)
+                continue
             taken.add(g)
             count += len(groups[g])
+            used += len(groups[g])
             for sid, _ in groups[g]:
                 out[sid] = "test"
         n_val = _target(val_fraction, n - count)
@@ -79,10 +84,11 @@ def assign_splits(items: Iterable[tuple[str, str, str, bool]], seed: int, test_f
         for g in eligible:
             if count >= n_val:
                 break
-            if g in taken:
+            if g in taken or n - used - len(groups[g]) < 1:  # keep room for train
                 continue
             taken.add(g)
             count += len(groups[g])
+            used += len(groups[g])
             for sid, _ in groups[g]:
                 out[sid] = "validation"
         for g in order:
