@@ -279,10 +279,11 @@ class _FedMixBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         for c, n in zip(scan.clients, counts):
             if n == 0:
                 raise BadInputError(
-                    f"client {c!r} is left with no {split} samples ({meta['found'][c]} usable "
-                    f"sample(s) found under {data_dir}, {len(policy.skipped)} file(s) skipped in "
-                    "all); a client needs at least 3 usable samples with masks to fill "
-                    "train/validation/test", data_dir)
+                    f"client {c!r} is left with no {split} samples: {meta['found'][c]} sample(s) "
+                    f"of it were found under {data_dir} and split before decoding, and "
+                    f"{len(policy.skipped)} bad file(s) have been skipped so far; a client needs "
+                    "at least 3 usable samples with masks (whole lesion groups for HAM10000) to "
+                    "fill train/validation/test", data_dir)
 
     def _process(self, s: Sample, data_dir: str, cindex: dict):
         """Decode one sample -> (example, label_disagrees) or a BadInputError (never raises it)."""
