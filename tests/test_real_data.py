@@ -311,15 +311,14 @@ def test_interrupted_build_is_rebuilt(tmp_path):
     script = textwrap.dedent(f"""
         import os
         from fedmix_jax.data.real import builders, default_data_config, prepare_dataset
-        orig = builders._FedMixBuilder._process
+        orig = builders.process_sample
         n = [0]
-        def dying(self, *a, **k):
+        def dying(*a, **k):
             n[0] += 1
             if n[0] > 6:
                 os._exit(17)
-            return orig(self, *a, **k)
-        builders._FedMixBuilder._process = dying
-        builders._FedMixBuilder.num_workers = 1
+            return orig(*a, **k)
+        builders.process_sample = dying
         prepare_dataset(default_data_config("ham10000", data_dir={str(tmp_path / 'ham')!r},
                         cache_dir={str(tmp_path / 'cache')!r}, image_size={SIZE}), verbose=False)
     """)

@@ -35,6 +35,9 @@ class BadInputError(ValueError):
         super().__init__(message)
         self.path = None if path is None else os.fspath(path)
 
+    def __reduce__(self):  # keep ``path`` when sent back from a worker process
+        return (type(self), (str(self), self.path))
+
 
 class BadInputPolicy:
     """``on_bad_input`` handling: ``'fail'`` raises, ``'skip'`` logs, records and counts.
