@@ -1,0 +1,345 @@
+"""The reference FedMix U-Net in Flax (NHWC).
+
+`UNet` reproduces the reference PyTorch U-Net used by FedMix (the "milesial" U-Net, bilinear
+variant, with GroupNorm instead of BatchNorm) layer for layer, so weights exported from the
+reference load exactly (see :mod:`fedmix_jax.reference_weights`). With ``width=64``, one input
+channel and one class it has exactly 17,266,241 parameters, as the reference.
+
+Layout of the computation (``w = width``, ``d = depth``; the reference is ``d = 4``)::
+
+    inc    DoubleConv(Cin -> w)
+    down_i 2x2 max-pool (floor), DoubleConv(-> w*2**i)        i = 1 .. d-1
+    down_d 2x2 max-pool (floor), DoubleConv(-> w*2**(d-1))    (bilinear variant: factor 2)
+    up_j   bilinear x2 upsample (align_corners=True), zero-pad to the skip's size,
+           concat [skip, upsampled], DoubleConv(C_in -> C_in/2 -> C_out)
+           C_out = w*2**(d-j-1) for j < d, w for j = d
+    outc   1x1 conv -> num_classes  (logits, float32)
+
+    DoubleConv(out, mid) = (3x3 conv pad 1 + bias -> GroupNorm(C//2 groups, eps 1e-5) -> ReLU) x 2
+
+Parameter tree (``params`` collection)::
+
+    inc, down1 .. down{d}, up1 .. up{d}: {conv1: {kernel, bias}, norm1: {scale, bias},
+                                          conv2: {kernel, bias}, norm2: {scale, bias}}
+    outc: {kernel, bias}
+
+Kernels are HWIO, float32 whatever the computation ``dtype``.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import flax.linen as nn
+
+__all__ = [
+    "UNet",
+    "DoubleConv",
+    "Down",
+    "Up",
+    "interpolation_matrix",
+    "upsample_bilinear_align_corners",
+    "upsample_and_pad",
+    "unet_channels",
+    "count_params",
+    "init_unet",
+    "GROUPNORM_EPSILON",
+]
+
+Dtype = Any
+
+#: torch.nn.GroupNorm's default epsilon (Flax's default is 1e-6).
+GROUPNORM_EPSILON = 1e-5
+
+# torch.nn.init.xavier_uniform_ on an OIHW kernel: fan_in = I*kh*kw, fan_out = O*kh*kw. Flax's
+# xavier_uniform on an HWIO kernel (in_axis=-2, out_axis=-1, receptive field = the rest) is the
+# same distribution: U(-b, b), b = sqrt(6 / (fan_in + fan_out)).
+kernel_init = nn.initializers.xavier_uniform()
+bias_init = nn.initializers.zeros
+
+
+# ----------------------------------------------------------------------------- upsampling
+
+
+@functools.lru_cache(maxsize=256)
+def interpolation_matrix(n_in: int, n_out: int, pad_to: int | None = None) -> np.ndarray:
+    """Linear-interpolation matrix of ``align_corners=True`` resizing along one axis.
+
+    Row ``o`` interpolates source coordinate ``s = o * (n_in - 1) / (n_out - 1)`` (``s = 0`` when
+    ``n_out == 1``), i.e. ``out[o] = (1 - f) * in[floor(s)] + f * in[min(floor(s) + 1, n_in-1)]``
+    with ``f = s - floor(s)``, as ``torch.nn.Upsample(mode='bilinear', align_corners=True)``.
+
+    If ``pad_to`` is given (``>= n_out``) the matrix gets ``pad_to - n_out`` zero rows, split as the
+    reference's ``F.pad``: ``(pad_to - n_out) // 2`` before and the rest after. Multiplying by it
+    upsamples and zero-pads in one exact step.
+
+    Returns:
+      float64 array of shape ``[pad_to or n_out, n_in]`` (cached; do not modify).
+    """
+    if n_in < 1 or n_out < 1:
+        raise ValueError(f"sizes must be positive, got n_in={n_in}, n_out={n_out}")
+    scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+    src = np.arange(n_out, dtype=np.float64) * scale
+    lo = np.clip(np.floor(src).astype(np.int64), 0, n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = src - lo
+    m = np.zeros((n_out, n_in), dtype=np.float64)
+    rows = np.arange(n_out)
+    np.add.at(m, (rows, lo), 1.0 - frac)
+    np.add.at(m, (rows, hi), frac)
+    if pad_to is not None:
+        diff = pad_to - n_out
+        if diff < 0:
+            raise ValueError(f"cannot pad {n_out} rows to {pad_to}: the target is smaller")
+        m = np.pad(m, ((diff // 2, diff - diff // 2), (0, 0)))
+    m.setflags(write=False)
+    return m
+
+
+def _resize_hw(x: jax.Array, mh: np.ndarray, mw: np.ndarray) -> jax.Array:
+    """Applies ``[Ho, H]`` and ``[Wo, W]`` matrices to the H and W axes of NHWC ``x``."""
+    mh = jnp.asarray(mh, dtype=x.dtype)
+    mw = jnp.asarray(mw, dtype=x.dtype)
+    x = jnp.einsum("oh,nhwc->nowc", mh, x)
+    return jnp.einsum("pw,nowc->nopc", mw, x)
+
+
+def upsample_bilinear_align_corners(x: jax.Array, scale: int = 2) -> jax.Array:
+    """Bilinear ``scale``x upsampling with ``align_corners=True`` semantics.
+
+    Args:
+      x: ``[N, H, W, C]``.
+      scale: integer factor; the output is exactly ``[N, scale*H, scale*W, C]``.
+
+    Returns:
+      ``[N, scale*H, scale*W, C]`` in ``x.dtype``. ``H == 1`` (or ``W == 1``) replicates.
+    """
+    _, h, w, _ = x.shape
+    return _resize_hw(x, interpolation_matrix(h, scale * h), interpolation_matrix(w, scale * w))
+
+
+def upsample_and_pad(x: jax.Array, target_hw: Sequence[int]) -> jax.Array:
+    """The reference Up block's ``up`` + ``F.pad``: x2 bilinear (align_corners) then zero-pad.
+
+    The upsampled ``[N, 2H, 2W, C]`` tensor is zero-padded to ``target_hw = (Ht, Wt)``, putting
+    ``(Ht - 2H) // 2`` rows on top and the rest at the bottom (same for columns), exactly as the
+    reference's ``F.pad(x1, [dX // 2, dX - dX // 2, dY // 2, dY - dY // 2])``. Both steps are
+    linear, so they are done together with two padded interpolation matrices.
+
+    Args:
+      x: ``[N, H, W, C]``.
+      target_hw: the skip tensor's spatial size, each ``>= 2H`` / ``>= 2W``.
+
+    Returns:
+      ``[N, Ht, Wt, C]``.
+    """
+    _, h, w, _ = x.shape
+    ht, wt = int(target_hw[0]), int(target_hw[1])
+    return _resize_hw(x, interpolation_matrix(h, 2 * h, ht), interpolation_matrix(w, 2 * w, wt))
+
+
+# ----------------------------------------------------------------------------- blocks
+
+
+def _double_conv(x: jax.Array, features: int, mid_features: int, dtype: Dtype) -> jax.Array:
+    """(3x3 conv -> GroupNorm -> ReLU) x 2; must be called inside a compact method."""
+    for i, f in ((1, mid_features), (2, features)):
+        if f < 2:
+            raise ValueError(f"GroupNorm with channels // 2 groups needs >= 2 channels, got {f}")
+        x = nn.Conv(
+            f,
+            (3, 3),
+            padding=((1, 1), (1, 1)),
+            use_bias=True,
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            kernel_init=kernel_init,
+            bias_init=bias_init,
+            name=f"conv{i}",
+        )(x)
+        x = nn.GroupNorm(
+            num_groups=f // 2,
+            epsilon=GROUPNORM_EPSILON,
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            use_fast_variance=False,
+            name=f"norm{i}",
+        )(x)
+        x = nn.relu(x)
+    return x
+
+
+class DoubleConv(nn.Module):
+    """(3x3 conv, pad 1, bias -> GroupNorm(C//2 groups, eps 1e-5) -> ReLU) x 2.
+
+    ``[N, H, W, Cin] -> [N, H, W, features]``; the first conv has ``mid_features`` outputs
+    (default ``features``). Params: ``conv1``, ``norm1``, ``conv2``, ``norm2``.
+    """
+
+    features: int
+    mid_features: int | None = None
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        mid = self.features if self.mid_features is None else self.mid_features
+        return _double_conv(x, self.features, mid, self.dtype)
+
+
+class Down(nn.Module):
+    """2x2 max-pool (stride 2, floor on odd sizes) then DoubleConv.
+
+    ``[N, H, W, Cin] -> [N, H//2, W//2, features]``. Params as DoubleConv's.
+    """
+
+    features: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+        return _double_conv(x, self.features, self.features, self.dtype)
+
+
+class Up(nn.Module):
+    """Bilinear x2 upsample (align_corners=True), pad to skip, concat [skip, up], DoubleConv.
+
+    ``x: [N, h, w, Cx]``, ``skip: [N, H, W, Cs]`` (``H >= 2h``, ``W >= 2w``) ->
+    ``[N, H, W, features]``. The DoubleConv's middle width is ``(Cs + Cx) // 2``, as the
+    reference's ``DoubleConv(in_channels, out_channels, in_channels // 2)``.
+    """
+
+    features: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, skip: jax.Array) -> jax.Array:
+        x = upsample_and_pad(x, skip.shape[1:3])
+        x = jnp.concatenate([skip.astype(x.dtype), x], axis=-1)
+        return _double_conv(x, self.features, x.shape[-1] // 2, self.dtype)
+
+
+# ----------------------------------------------------------------------------- U-Net
+
+
+def unet_channels(width: int, depth: int = 4) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Output channels of the encoder (``inc, down1..down{d}``) and decoder (``up1..up{d}``).
+
+    For ``depth=4``: ``(w, 2w, 4w, 8w, 8w)`` and ``(4w, 2w, w, w)``.
+    """
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    enc = tuple(width * 2 ** min(i, depth - 1) for i in range(depth + 1))
+    dec = tuple(width * 2 ** (depth - j - 1) if j < depth else width for j in range(1, depth + 1))
+    return enc, dec
+
+
+class UNet(nn.Module):
+    """The reference FedMix U-Net (bilinear variant, GroupNorm), NHWC.
+
+    Attributes:
+      width: channels of the first block (64 in the paper).
+      num_classes: output channels (one sigmoid logit per class).
+      depth: number of Down (and Up) blocks; 4 is the reference.
+      dtype: computation dtype (e.g. ``jnp.bfloat16``); params are always float32 and the
+        logits are returned as float32.
+
+    Call: ``x: [N, H, W, Cin]`` (any H, W >= 1; Cin inferred at init) ->
+    logits ``[N, H, W, num_classes]`` float32.
+    """
+
+    width: int = 64
+    num_classes: int = 1
+    depth: int = 4
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.ndim != 4:
+            raise ValueError(f"UNet expects NHWC input [N, H, W, C], got shape {x.shape}")
+        enc, dec = unet_channels(self.width, self.depth)
+        x = x.astype(self.dtype)
+        x = DoubleConv(enc[0], dtype=self.dtype, name="inc")(x)
+        skips = [x]
+        for i in range(1, self.depth + 1):
+            x = Down(enc[i], dtype=self.dtype, name=f"down{i}")(x)
+            skips.append(x)
+        skips.pop()  # the bottleneck output is x itself
+        for j in range(1, self.depth + 1):
+            x = Up(dec[j - 1], dtype=self.dtype, name=f"up{j}")(x, skips.pop())
+        x = nn.Conv(
+            self.num_classes,
+            (1, 1),
+            use_bias=True,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            kernel_init=kernel_init,
+            bias_init=bias_init,
+            name="outc",
+        )(x)
+        return x.astype(jnp.float32)
+
+
+def count_params(params: Any) -> int:
+    """Total number of scalars in a pytree (works on arrays and ``jax.ShapeDtypeStruct``)."""
+    return int(sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params)))
+
+
+@functools.lru_cache(maxsize=32)
+def _fast_init_fn(leaves: tuple[tuple[str, tuple[int, ...]], ...]):
+    """Jitted ``key -> flat list of params`` drawing every kernel from one uniform stream."""
+
+    @jax.jit
+    def init(key):
+        n_kernel = sum(int(np.prod(shape)) for name, shape in leaves if name == "kernel")
+        u = jax.random.uniform(key, (n_kernel,), jnp.float32, minval=-1.0, maxval=1.0)
+        out, offset = [], 0
+        for name, shape in leaves:
+            if name == "kernel":
+                receptive = int(np.prod(shape[:-2]))
+                fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
+                bound = float(np.sqrt(6.0 / (fan_in + fan_out)))
+                size = int(np.prod(shape))
+                out.append(u[offset:offset + size].reshape(shape) * bound)
+                offset += size
+            elif name == "scale":
+                out.append(jnp.ones(shape, jnp.float32))
+            else:  # conv and GroupNorm biases
+                out.append(jnp.zeros(shape, jnp.float32))
+        return out
+
+    return init
+
+
+def init_unet(key: jax.Array, model: nn.Module, input_shape: Sequence[int], *,
+              fast: bool = True) -> dict:
+    """Initialises ``model`` for NHWC ``input_shape`` and returns its ``params`` collection.
+
+    Args:
+      key: a PRNG key.
+      model: a ``UNet`` (or any module of this file).
+      input_shape: ``(N, H, W, Cin)``; only ``Cin`` affects the params.
+      fast: if True (default), the params get the same distributions as ``model.init`` gives
+        them (Xavier-uniform kernels, zero biases, GroupNorm scale 1 / bias 0), drawn from one
+        random stream split into the kernels: on XLA:CPU this compiles in well under a second,
+        while ``model.init`` compiles one RNG kernel per layer (~6 s for the U-Net). The values
+        differ from ``model.init(key, x)`` for the same key. If False, ``jax.jit(model.init)``.
+
+    Returns:
+      the ``params`` dict (float32 leaves).
+    """
+    if len(input_shape) != 4:
+        raise ValueError(f"input_shape must be NHWC (N, H, W, Cin), got {tuple(input_shape)}")
+    # Params do not depend on N, H, W: build them on a small input.
+    side = 2 ** int(getattr(model, "depth", 0))
+    x = jax.ShapeDtypeStruct((1, side, side, int(input_shape[-1])), jnp.float32)
+    if not fast:
+        return jax.jit(model.init)(key, jnp.zeros(x.shape, x.dtype))["params"]
+    shapes = jax.eval_shape(model.init, key, x)["params"]
+    flat, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+    leaves = tuple((str(path[-1].key), tuple(leaf.shape)) for path, leaf in flat)
+    values = _fast_init_fn(leaves)(key)
+    return jax.tree_util.tree_unflatten(treedef, values)

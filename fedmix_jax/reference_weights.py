@@ -1,0 +1,278 @@
+"""Reference PyTorch U-Net ``state_dict`` <-> :class:`~fedmix_jax.models.UNet` params.
+
+Reference names (PyTorch, ``i`` = 1 .. depth)::
+
+    inc.double_conv.{0,1,3,4}.{weight,bias}
+    down{i}.maxpool_conv.1.double_conv.{0,1,3,4}.{weight,bias}
+    up{i}.conv.double_conv.{0,1,3,4}.{weight,bias}
+    outc.conv.{weight,bias}
+
+In each ``double_conv``, ``0`` / ``3`` are the 3x3 convs (OIHW kernels) and ``1`` / ``4`` the
+GroupNorms (``weight`` = scale). They map to the Flax tree ``{inc, down{i}, up{i}}/{conv1, norm1,
+conv2, norm2}`` and ``outc``; kernels are transposed OIHW <-> HWIO, nothing else changes, so the
+conversion is exact both ways.
+
+File format: ``.npz`` with one array per parameter under ``param/<reference name>`` (plain
+``<reference name>`` keys are accepted too). ``.pth`` / ``.pt`` are read only if PyTorch is
+installed; it is imported lazily and never needed otherwise.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedmix_jax.models import UNet
+
+__all__ = [
+    "infer_unet_config",
+    "params_from_state_dict",
+    "state_dict_from_params",
+    "normalize_state_dict",
+    "load_reference_weights",
+    "save_reference_weights",
+    "reference_names",
+]
+
+# Position inside the reference's nn.Sequential double_conv -> (flax layer, kind).
+_DOUBLE_CONV_LAYERS = (("0", "conv1", "conv"), ("1", "norm1", "norm"),
+                       ("3", "conv2", "conv"), ("4", "norm2", "norm"))
+# (torch suffix, flax leaf name) per layer kind.
+_LEAVES = {"conv": (("weight", "kernel"), ("bias", "bias")),
+           "norm": (("weight", "scale"), ("bias", "bias"))}
+
+
+def _block_prefixes(depth: int) -> list[tuple[str, str]]:
+    """(flax block name, torch prefix of its double_conv) in the reference order."""
+    blocks = [("inc", "inc.double_conv")]
+    blocks += [(f"down{i}", f"down{i}.maxpool_conv.1.double_conv") for i in range(1, depth + 1)]
+    blocks += [(f"up{i}", f"up{i}.conv.double_conv") for i in range(1, depth + 1)]
+    return blocks
+
+
+def _name_map(depth: int) -> list[tuple[str, tuple[str, ...], bool]]:
+    """[(torch name, flax path, is_conv_kernel)] for every parameter, in the reference order."""
+    out = []
+    for block, prefix in _block_prefixes(depth):
+        for idx, layer, kind in _DOUBLE_CONV_LAYERS:
+            for t_leaf, f_leaf in _LEAVES[kind]:
+                out.append((f"{prefix}.{idx}.{t_leaf}", (block, layer, f_leaf),
+                            kind == "conv" and t_leaf == "weight"))
+    out.append(("outc.conv.weight", ("outc", "kernel"), True))
+    out.append(("outc.conv.bias", ("outc", "bias"), False))
+    return out
+
+
+def reference_names(depth: int = 4) -> list[str]:
+    """The reference state_dict's parameter names, in its order."""
+    return [name for name, _, _ in _name_map(depth)]
+
+
+def _infer_depth(names) -> int:
+    depth = 0
+    while any(n.startswith(f"down{depth + 1}.") for n in names):
+        depth += 1
+    return depth
+
+
+def infer_unet_config(state_dict: Mapping[str, Any]) -> dict:
+    """Reads ``width``, ``num_classes``, ``in_channels`` and ``depth`` off a reference state_dict.
+
+    Returns:
+      ``dict(width=..., num_classes=..., in_channels=..., depth=...)``.
+    """
+    for key in ("inc.double_conv.0.weight", "outc.conv.weight"):
+        if key not in state_dict:
+            raise KeyError(f"reference state_dict has no '{key}'; cannot infer the U-Net config")
+        if np.ndim(state_dict[key]) != 4:
+            raise ValueError(f"'{key}' must be a 4-D OIHW conv kernel, got shape "
+                             f"{tuple(np.shape(state_dict[key]))}")
+    inc = np.shape(state_dict["inc.double_conv.0.weight"])
+    outc = np.shape(state_dict["outc.conv.weight"])
+    depth = _infer_depth(state_dict.keys())
+    if depth < 1:
+        raise KeyError("reference state_dict has no 'down1.*' keys; cannot infer the depth")
+    return dict(width=int(inc[0]), num_classes=int(outc[0]), in_channels=int(inc[1]),
+                depth=depth)
+
+
+def _expected_shapes(config: Mapping[str, int]) -> dict:
+    """Flax param shapes of the UNet described by ``config`` (no computation)."""
+    model = UNet(width=config["width"], num_classes=config["num_classes"], depth=config["depth"])
+    side = 2 ** config["depth"]
+    x = jax.ShapeDtypeStruct((1, side, side, config["in_channels"]), jnp.float32)
+    return jax.eval_shape(model.init, jax.random.key(0), x)["params"]
+
+
+def params_from_state_dict(state_dict: Mapping[str, Any], depth: int | None = 4) -> dict:
+    """Converts a reference PyTorch U-Net ``state_dict`` into ``UNet`` params.
+
+    Args:
+      state_dict: reference name -> array (numpy arrays, or anything ``np.asarray`` accepts);
+        conv kernels OIHW. Use :func:`normalize_state_dict` first for torch tensors, a
+        ``{'state_dict': ...}`` wrapper or a ``module.`` prefix.
+      depth: the number of Down/Up blocks (4 in the reference); None infers it from the keys.
+
+    Returns:
+      the Flax ``params`` dict, kernels HWIO, dtypes as given.
+
+    Raises:
+      KeyError: on a missing or an unexpected key (the message names it).
+      ValueError: on a shape that does not fit the architecture (the message names the key).
+    """
+    names = set(state_dict.keys())
+    if depth is None:
+        depth = _infer_depth(names)
+    mapping = _name_map(depth)
+    expected_names = {name for name, _, _ in mapping}
+    missing = [name for name, _, _ in mapping if name not in names]
+    unexpected = sorted(names - expected_names)
+    if missing:
+        raise KeyError(f"reference state_dict (depth {depth}) is missing key '{missing[0]}'"
+                       + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+    if unexpected:
+        raise KeyError(f"unexpected key '{unexpected[0]}' in reference state_dict (depth {depth})"
+                       + (f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else ""))
+    config = infer_unet_config(state_dict)
+    config["depth"] = depth
+    shapes = _expected_shapes(config)
+
+    params: dict = {}
+    for name, path, is_kernel in mapping:
+        value = np.asarray(state_dict[name])
+        if is_kernel:
+            if value.ndim != 4:
+                raise ValueError(f"'{name}' must be a 4-D OIHW conv kernel, got shape "
+                                 f"{value.shape}")
+            value = np.transpose(value, (2, 3, 1, 0))  # OIHW -> HWIO
+        want = shapes
+        for p in path:
+            want = want[p]
+        if tuple(value.shape) != tuple(want.shape):
+            shown = (tuple(np.shape(state_dict[name])),
+                     tuple(want.shape[i] for i in (3, 2, 0, 1)) if is_kernel else want.shape)
+            raise ValueError(f"shape mismatch for '{name}': got {shown[0]}, expected "
+                             f"{tuple(shown[1])} for a U-Net with width={config['width']}, "
+                             f"in_channels={config['in_channels']}, "
+                             f"num_classes={config['num_classes']}, depth={depth}")
+        node = params
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+        node[path[-1]] = value
+    return params
+
+
+def state_dict_from_params(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Converts ``UNet`` params into the reference PyTorch ``state_dict`` (numpy, OIHW kernels).
+
+    The exact inverse of :func:`params_from_state_dict`; names are in the reference's order.
+    """
+    if "params" in params and "inc" not in params:
+        params = params["params"]
+    depth = 0
+    while f"down{depth + 1}" in params:
+        depth += 1
+    mapping = _name_map(depth)
+    used_blocks = {path[0] for _, path, _ in mapping}
+    extra = sorted(set(params.keys()) - used_blocks)
+    if extra:
+        raise KeyError(f"unexpected block '{extra[0]}' in UNet params (depth {depth})")
+    out: dict[str, np.ndarray] = {}
+    for name, path, is_kernel in mapping:
+        node = params
+        for i, p in enumerate(path):
+            if p not in node:
+                raise KeyError(f"UNet params have no '{'/'.join(path[:i + 1])}' "
+                               f"(needed for '{name}')")
+            node = node[p]
+        value = np.asarray(node)
+        out[name] = np.transpose(value, (3, 2, 0, 1)) if is_kernel else value  # HWIO -> OIHW
+    return out
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # torch.Tensor, without importing torch
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def normalize_state_dict(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Unwraps ``{'state_dict': ...}``, strips a DataParallel ``module.`` prefix, and converts
+    every value (numpy, jax or torch tensor) to a numpy array."""
+    if "state_dict" in state_dict and isinstance(state_dict["state_dict"], Mapping):
+        state_dict = state_dict["state_dict"]
+    out = {}
+    for key, value in state_dict.items():
+        key = str(key)
+        if key.startswith("module."):
+            key = key[len("module."):]
+        out[key] = _to_numpy(value)
+    return out
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        files = list(data.files)
+        if any(k.startswith("param/") for k in files):
+            return {k[len("param/"):]: data[k] for k in files if k.startswith("param/")}
+        return {k: data[k] for k in files}
+
+
+def _read_torch(path: str) -> Mapping[str, Any]:
+    try:
+        import torch  # noqa: PLC0415  (lazy on purpose: torch is optional)
+    except ImportError as err:
+        raise ImportError(
+            f"reading '{path}' needs PyTorch, which is not installed. Either `pip install torch`,"
+            " or export the weights to .npz where torch is available: "
+            "np.savez('weights.npz', **{'param/' + k: v.cpu().numpy() "
+            "for k, v in model.state_dict().items()})") from err
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except TypeError:  # torch < 1.13 has no weights_only
+        obj = torch.load(path, map_location="cpu")
+    if hasattr(obj, "state_dict") and callable(obj.state_dict):  # a whole nn.Module
+        obj = obj.state_dict()
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"'{path}' holds a {type(obj).__name__}, not a state_dict")
+    return obj
+
+
+def load_reference_weights(path: str | os.PathLike, *, dtype: Any = jnp.float32
+                           ) -> tuple[UNet, dict]:
+    """Loads reference PyTorch U-Net weights from ``.npz`` (or ``.pth``/``.pt`` with torch).
+
+    The architecture (width, classes, input channels, depth) is inferred from the arrays.
+
+    Args:
+      path: ``.npz`` with ``param/<name>`` (or plain ``<name>``) keys, or a torch checkpoint
+        holding a state_dict (possibly as ``{'state_dict': ...}`` and/or with ``module.``
+        prefixes).
+      dtype: the returned model's computation dtype (params stay float32 as stored).
+
+    Returns:
+      ``(model, params)``: ``model.apply({'params': params}, x_nhwc)`` reproduces the reference.
+    """
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".npz":
+        raw: Mapping[str, Any] = _read_npz(path)
+    elif ext in (".pth", ".pt"):
+        raw = _read_torch(path)
+    else:
+        raise ValueError(f"unsupported weights file '{path}': expected .npz, .pth or .pt")
+    state_dict = normalize_state_dict(raw)
+    config = infer_unet_config(state_dict)
+    params = params_from_state_dict(state_dict, depth=config["depth"])
+    model = UNet(width=config["width"], num_classes=config["num_classes"],
+                 depth=config["depth"], dtype=dtype)
+    return model, params
+
+
+def save_reference_weights(path: str | os.PathLike, params: Mapping[str, Any]) -> None:
+    """Writes ``params`` as the reference state_dict to ``.npz`` under ``param/<name>`` keys."""
+    state_dict = state_dict_from_params(params)
+    np.savez(os.fspath(path), **{f"param/{k}": v for k, v in state_dict.items()})
