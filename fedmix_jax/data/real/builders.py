@@ -85,6 +85,10 @@ from fedmix_jax.data.real.splits import SPLITS, assign_splits, check_fractions, 
 
 BOX_MARGIN = (1, 9)
 ARRAY_RECORD = "array_record"
+# Arrays are zlib-compressed per feature. (array_record also compresses each record with its
+# default options, which TFDS does not expose; storing the features raw and relying on that alone
+# measured slower -- 21 s vs 11.5 s of CPU for 1,000 images at 256 px -- and larger.)
+_ENCODING = tfds.features.Encoding.ZLIB
 
 
 class _NoCustomConfigWarning(logging.Filter):
@@ -173,8 +177,7 @@ class _FedMixBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         s, c, k = cfg.image_size, cfg.channels, len(self.LAYOUT.class_names)
 
         def u8(shape):
-            return tfds.features.Tensor(shape=shape, dtype=np.uint8,
-                                        encoding=tfds.features.Encoding.ZLIB)
+            return tfds.features.Tensor(shape=shape, dtype=np.uint8, encoding=_ENCODING)
 
         features = tfds.features.FeaturesDict({
             "image": u8((s, s, c)),
