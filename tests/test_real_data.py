@@ -387,3 +387,12 @@ def test_no_tensorflow_imported(tmp_path):
     """)
     res = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 0 and "TF-FREE-OK" in res.stdout, res.stderr[-3000:]
+
+
+def test_zero_fractions_give_empty_splits(tmp_path):
+    make_folders(str(tmp_path / "fed"), clients={"a": 3, "b": 2})
+    fed = load_federation_from_config(cfg("folders", tmp_path / "fed", tmp_path / "c",
+                                          test_fraction=0.0, val_fraction=0.0), verbose=False)
+    assert fed.train.counts().tolist() == [3, 2]
+    assert fed.val.counts().tolist() == [0, 0] and fed.test.counts().tolist() == [0, 0]
+    assert fed.val.images.shape[2:] == (SIZE, SIZE, 1)

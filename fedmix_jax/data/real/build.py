@@ -25,6 +25,7 @@ import argparse
 import sys
 import time
 
+from fedmix_jax.data.real.errors import BadInputError, DatasetNotFoundError
 from fedmix_jax.data.real.loader import DEFAULT_CACHE_DIR, default_data_config, \
     load_federation_from_config, prepare_dataset
 
@@ -61,7 +62,11 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     cfg = config_from_args(a)
     t0 = time.time()
-    prepared = prepare_dataset(cfg)
+    try:
+        prepared = prepare_dataset(cfg)
+    except (DatasetNotFoundError, BadInputError) as e:
+        print(f"error (--manual_dir here is --config.data.data_dir): {e}", file=sys.stderr)
+        return 2
     counts = {sp: sum(c.values()) for sp, c in prepared.metadata["counts"].items()}
     print(f"{prepared.path}: {'built' if prepared.built_now else 'already cached'} "
           f"({time.time() - t0:.1f} s); clients {prepared.clients}; examples {counts}; "
