@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import shutil
 import subprocess
@@ -18,7 +16,8 @@ from fedmix_jax.data.real import (DatasetNotFoundError, load_federation_from_con
                                   prepare_dataset, validate_cache)
 from fedmix_jax.data.real import build as build_cli
 from fedmix_jax.data.real.make_fixture import make_breast, make_folders, make_ham10000
-from fixtures_real import SIZE, cfg, expected_mask, prepare, records, split_of_ids
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tests/ helpers
+from fixtures_real import SIZE, cfg, expected_mask, prepare, records, split_of_ids  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

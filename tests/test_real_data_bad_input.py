@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -13,7 +14,8 @@ from PIL import Image
 
 from fedmix_jax.data.real import BadInputError, load_federation_from_config
 from fedmix_jax.data.real.make_fixture import make_breast, make_folders, make_ham10000
-from fixtures_real import cfg, prepare, records
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tests/ helpers
+from fixtures_real import cfg, prepare, records  # noqa: E402
 
 N = 32
 
