@@ -209,6 +209,19 @@ def _broadcast(tree, num_clients: int):
     return jax.tree.map(lambda x: jnp.broadcast_to(x, (num_clients,) + x.shape), tree)
 
 
+def init_params(model: nn.Module, key: jax.Array, image_shape: tuple[int, ...]):
+    """One model's ``params`` for images of ``image_shape`` (H, W, Cin).
+
+    The U-Net uses :func:`fedmix_jax.models.init_unet` (same distributions as ``model.init``,
+    compiled in a fraction of the time); other Flax modules use ``model.init``.
+    """
+    from fedmix_jax.models import UNet, init_unet
+
+    if isinstance(model, UNet):
+        return init_unet(key, model, (1,) + tuple(image_shape))
+    return jax.jit(model.init)(key, jnp.zeros((1,) + tuple(image_shape), jnp.float32))["params"]
+
+
 def init_state(model: nn.Module, key: jax.Array, image_shape: tuple[int, ...], num_clients: int,
                config: RoundConfig) -> FedState:
     """Initialise both models from independent keys and every client's Adam state.
@@ -220,9 +233,7 @@ def init_state(model: nn.Module, key: jax.Array, image_shape: tuple[int, ...], n
       num_clients: C.
     """
     k1, k2, k_round = jax.random.split(key, 3)
-    dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
-    p1 = model.init(k1, dummy)["params"]
-    p2 = model.init(k2, dummy)["params"]
+    p1, p2 = init_params(model, k1, image_shape), init_params(model, k2, image_shape)
     pair = (p1, p2)
     tx = make_optimizer(config)
     opt = (tx.init(p1), tx.init(p2))
@@ -372,11 +383,17 @@ def client_update(model: nn.Module, config: RoundConfig, params, opt_state, key:
 
 
 def aggregation_weights(config: RoundConfig, counts: jax.Array, loss1: jax.Array,
-                        participating: jax.Array) -> jax.Array:
-    """[C] aggregation weights of the strategy (zeros for ``local``)."""
+                        participating: jax.Array, lam=None, beta=None) -> jax.Array:
+    """[C] aggregation weights of the strategy (zeros for ``local``).
+
+    ``lam`` / ``beta`` default to the config's; they may be traced scalars, so changing them
+    does not recompile the round.
+    """
     weighting = config.strategy.weighting
+    lam = config.lam if lam is None else lam
+    beta = config.beta if beta is None else beta
     if weighting == "fedmix":
-        return aggregation.fedmix_weights(counts, loss1, config.lam, config.beta, participating)
+        return aggregation.fedmix_weights(counts, loss1, lam, beta, participating)
     if weighting == "fedavg":
         return aggregation.fedavg_weights(counts, participating)
     return jnp.zeros(counts.shape, jnp.float32)
@@ -399,11 +416,12 @@ def _start_round(model, config, state: FedState, train: FederatedSplit):
 
 
 def _finish_round(config, global_params, round_index, train: FederatedSplit, local_params,
-                  opt_state, next_key, inputs, client_metrics):
+                  opt_state, next_key, inputs, client_metrics, lam, beta):
     """Weights, aggregation and metrics: everything after local training."""
     counts = jnp.sum(inputs["usable"], axis=1).astype(jnp.int32)
     participating = jnp.any(train.valid, axis=1)
-    weights = aggregation_weights(config, counts, client_metrics["loss1"], participating)
+    weights = aggregation_weights(config, counts, client_metrics["loss1"], participating, lam,
+                                  beta)
     if config.strategy.aggregates:
         global_params = aggregation.weighted_average(local_params, weights)
     metrics = RoundMetrics(
@@ -426,18 +444,33 @@ def make_round_fn(model: nn.Module, config: RoundConfig
     The returned function runs one whole round. With the ``vmap`` executor it is a single jitted
     program; with ``loop`` it is three jitted programs (start, per-client update, finish) and a
     Python loop over clients. The input state's buffers are donated: keep using the returned one.
+    Compiled programs are cached per (model, config), and ``lam`` / ``beta`` are traced, so
+    several runs of one configuration (seeds, lambda sweeps) compile once.
     """
+    parts = _compiled_round(model, dataclasses.replace(config, lam=0.0, beta=0.0))
+    lam, beta = float(config.lam), float(config.beta)
+
+    def round_fn(state: FedState, train: FederatedSplit):
+        return parts(state, train, jnp.float32(lam), jnp.float32(beta))
+
+    round_fn.jitted = parts.jitted
+    return round_fn
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_round(model: nn.Module, config: RoundConfig):
     if config.executor == "vmap":
 
         @functools.partial(jax.jit, donate_argnums=(0,))
-        def round_vmap(state: FedState, train: FederatedSplit):
+        def round_vmap(state: FedState, train: FederatedSplit, lam, beta):
             local, inputs, next_key, client_keys = _start_round(model, config, state, train)
             update = functools.partial(client_update, model, config)
             params, opt, cm = jax.vmap(update)(local, state.opt_state, client_keys,
                                                *(inputs[f] for f in _TRAIN_FIELDS))
             return _finish_round(config, state.global_params, state.round, train, params, opt,
-                                 next_key, inputs, cm)
+                                 next_key, inputs, cm, lam, beta)
 
+        round_vmap.jitted = (round_vmap,)
         return round_vmap
 
     start = jax.jit(functools.partial(_start_round, model, config))
@@ -452,7 +485,7 @@ def make_round_fn(model: nn.Module, config: RoundConfig
 
     finish = jax.jit(functools.partial(_finish_round, config))
 
-    def round_loop(state: FedState, train: FederatedSplit):
+    def round_loop(state: FedState, train: FederatedSplit, lam, beta):
         local, inputs, next_key, client_keys = start(state, train)
         num_clients = train.valid.shape[0]
         cm = dict(loss1=jnp.zeros((num_clients,), jnp.float32),
@@ -462,7 +495,8 @@ def make_round_fn(model: nn.Module, config: RoundConfig
         train_inputs = {f: inputs[f] for f in _TRAIN_FIELDS}
         for c in range(num_clients):
             params, opt, cm = update_one(params, opt, cm, jnp.int32(c), client_keys, train_inputs)
-        return finish(state.global_params, state.round, train, params, opt, next_key, inputs, cm)
+        return finish(state.global_params, state.round, train, params, opt, next_key, inputs, cm,
+                      lam, beta)
 
     round_loop.jitted = (start, update_one, finish)
     return round_loop
