@@ -37,6 +37,8 @@ import flax.linen as nn
 
 __all__ = [
     "UNet",
+    "Conv",
+    "conv2d_same",
     "DoubleConv",
     "Down",
     "Up",
@@ -141,6 +143,102 @@ def upsample_and_pad(x: jax.Array, target_hw: Sequence[int]) -> jax.Array:
     return _resize_hw(x, interpolation_matrix(h, 2 * h, ht), interpolation_matrix(w, 2 * w, wt))
 
 
+# ----------------------------------------------------------------------------- convolution
+
+_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+
+
+def _conv_same(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
+    """Stride-1 NHWC x HWIO convolution with ``pad`` zeros on every side (no bias)."""
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((pad, pad), (pad, pad)),
+                                        dimension_numbers=_DIMENSION_NUMBERS)
+
+
+def _conv_grads_canonical(x, kernel, g, pad):
+    """Both gradients of :func:`_conv_same` written as forward-form (canonical) convolutions.
+
+    ``dx`` is the convolution of ``g`` with the spatially flipped kernel whose in / out axes are
+    swapped; ``dkernel[i, j, ci, co] = sum_{n,y,x} xpad[n, y+i, x+j, ci] g[n, y, x, co]`` is the
+    convolution of ``x`` (batch and channel axes swapped) with ``g`` (as an HWIO kernel). All
+    three convolutions use NHWC / HWIO / NHWC dimension numbers.
+    """
+    kh, kw = kernel.shape[:2]
+    flipped = jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
+    dx = jax.lax.conv_general_dilated(g, flipped, (1, 1),
+                                      ((kh - 1 - pad,) * 2, (kw - 1 - pad,) * 2),
+                                      dimension_numbers=_DIMENSION_NUMBERS)
+    lhs = jnp.transpose(x, (3, 1, 2, 0))       # [Cin, H, W, N]: channels as the batch
+    rhs = jnp.transpose(g, (1, 2, 0, 3))       # [H, W, N, Cout]: the gradient as the kernel
+    dk = jax.lax.conv_general_dilated(lhs, rhs, (1, 1), ((pad, pad), (pad, pad)),
+                                      dimension_numbers=_DIMENSION_NUMBERS)  # [Cin, kh, kw, Cout]
+    return dx.astype(x.dtype), jnp.transpose(dk, (1, 2, 0, 3)).astype(kernel.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv2d_same(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
+    """Stride-1 "same"-padded 2-D convolution, NHWC x HWIO -> NHWC, differentiable.
+
+    The forward pass is ``lax.conv_general_dilated`` exactly as ``flax.linen.Conv`` computes it.
+    The backward pass differs only in how it is written on CPU: XLA:CPU maps a convolution to its
+    fast (Eigen) kernel only when its dimension numbers are canonical, and rewrites
+    non-canonical ones (the transposed convolutions of autodiff) into canonical form only in the
+    entry computation, not inside loops (``lax.scan`` / ``lax.map`` / ``while``). There the
+    gradient convolutions fall back to a naive loop nest (measured ~15x slower for the U-Net's
+    local epoch under ``lax.scan``). On CPU the gradients are therefore emitted directly in
+    canonical form (:func:`_conv_grads_canonical`); on other platforms autodiff's own transposed
+    convolutions are kept (cuDNN / TPU handle those natively).
+
+    Args:
+      x: ``[N, H, W, Cin]``; kernel: ``[kh, kw, Cin, Cout]``; pad: zeros per side
+        (``(k - 1) // 2`` for "same" output size with odd ``k``).
+
+    Returns:
+      ``[N, H + 2 pad - kh + 1, W + 2 pad - kw + 1, Cout]``.
+    """
+    return _conv_same(x, kernel, pad)
+
+
+def _conv2d_same_fwd(x, kernel, pad):
+    return _conv_same(x, kernel, pad), (x, kernel)
+
+
+def _conv2d_same_bwd(pad, res, g):
+    x, kernel = res
+
+    def autodiff(x, kernel, g):
+        return jax.vjp(lambda a, b: _conv_same(a, b, pad), x, kernel)[1](g)
+
+    return jax.lax.platform_dependent(
+        x, kernel, g, cpu=lambda *a: _conv_grads_canonical(*a, pad), default=autodiff)
+
+
+conv2d_same.defvjp(_conv2d_same_fwd, _conv2d_same_bwd)
+
+
+class Conv(nn.Module):
+    """``flax.linen.Conv`` (stride 1, symmetric "same" padding, bias) on :func:`conv2d_same`.
+
+    Same parameters (``kernel`` HWIO and ``bias``, float32), initialisers and forward values as
+    ``nn.Conv(features, (k, k), padding=((k // 2,) * 2,) * 2)``; only the CPU backward pass is
+    written differently (see :func:`conv2d_same`).
+    """
+
+    features: int
+    kernel_size: int = 3
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k = self.kernel_size
+        if k % 2 != 1:
+            raise ValueError(f"kernel_size must be odd, got {k}")
+        kernel = self.param("kernel", kernel_init, (k, k, x.shape[-1], self.features),
+                            jnp.float32)
+        bias = self.param("bias", bias_init, (self.features,), jnp.float32)
+        x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
+        return conv2d_same(x, kernel, k // 2) + bias
+
+
 # ----------------------------------------------------------------------------- blocks
 
 
@@ -149,17 +247,7 @@ def _double_conv(x: jax.Array, features: int, mid_features: int, dtype: Dtype) -
     for i, f in ((1, mid_features), (2, features)):
         if f < 2:
             raise ValueError(f"GroupNorm with channels // 2 groups needs >= 2 channels, got {f}")
-        x = nn.Conv(
-            f,
-            (3, 3),
-            padding=((1, 1), (1, 1)),
-            use_bias=True,
-            dtype=dtype,
-            param_dtype=jnp.float32,
-            kernel_init=kernel_init,
-            bias_init=bias_init,
-            name=f"conv{i}",
-        )(x)
+        x = Conv(f, 3, dtype=dtype, name=f"conv{i}")(x)
         x = nn.GroupNorm(
             num_groups=f // 2,
             epsilon=GROUPNORM_EPSILON,
@@ -270,16 +358,7 @@ class UNet(nn.Module):
         skips.pop()  # the bottleneck output is x itself
         for j in range(1, self.depth + 1):
             x = Up(dec[j - 1], dtype=self.dtype, name=f"up{j}")(x, skips.pop())
-        x = nn.Conv(
-            self.num_classes,
-            (1, 1),
-            use_bias=True,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            kernel_init=kernel_init,
-            bias_init=bias_init,
-            name="outc",
-        )(x)
+        x = Conv(self.num_classes, 1, dtype=self.dtype, name="outc")(x)
         return x.astype(jnp.float32)
 
 
