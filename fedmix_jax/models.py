@@ -17,6 +17,10 @@ Layout of the computation (``w = width``, ``d = depth``; the reference is ``d = 
 
     DoubleConv(out, mid) = (3x3 conv pad 1 + bias -> GroupNorm(C//2 groups, eps 1e-5) -> ReLU) x 2
 
+The convolutions (:class:`Conv`) and GroupNorms (:class:`GroupNorm`) compute the same values as
+``flax.linen.Conv`` / ``flax.linen.GroupNorm(use_fast_variance=False)`` with the same parameters;
+they are written so that XLA:CPU runs them on its fast kernels (see their docstrings).
+
 Parameter tree (``params`` collection)::
 
     inc, down1 .. down{d}, up1 .. up{d}: {conv1: {kernel, bias}, norm1: {scale, bias},
@@ -39,6 +43,8 @@ __all__ = [
     "UNet",
     "Conv",
     "conv2d_same",
+    "GroupNorm",
+    "group_norm",
     "DoubleConv",
     "Down",
     "Up",
@@ -239,6 +245,64 @@ class Conv(nn.Module):
         return conv2d_same(x, kernel, k // 2) + bias
 
 
+def _sum_over_pixels(x3: jax.Array) -> jax.Array:
+    """``[N, P, C] -> [N, C]``: the sum over the pixel axis, as a product with a ones vector.
+
+    On XLA:CPU a matrix-vector product runs as a multi-threaded GEMM kernel, while a reduction
+    over a non-minor axis is a serial loop nest: measured ~4x faster for the U-Net's GroupNorm
+    statistics (forward) and ~2x for forward + backward.
+    """
+    return jnp.einsum("npc,p->nc", x3, jnp.ones((x3.shape[1],), x3.dtype))
+
+
+def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, num_groups: int,
+               epsilon: float = GROUPNORM_EPSILON) -> jax.Array:
+    """GroupNorm of NHWC ``x`` as ``torch.nn.GroupNorm``: per sample and group, two-pass stats.
+
+    ``mean = E[x]`` and ``var = E[(x - mean)^2]`` (biased) over the group's pixels and channels,
+    ``y = (x - mean) / sqrt(var + eps) * scale + bias``. Statistics are float32 whatever
+    ``x.dtype``; the result has ``x.dtype``. Same values as ``flax.linen.GroupNorm(
+    use_fast_variance=False)`` to float rounding (both passes are sums written as matrix-vector
+    products, see :func:`_sum_over_pixels`).
+
+    Args:
+      x: ``[N, H, W, C]``; scale, bias: ``[C]``; num_groups: divides ``C``.
+    """
+    n, h, w, c = x.shape
+    if num_groups <= 0 or c % num_groups:
+        raise ValueError(f"num_groups={num_groups} does not divide the {c} channels")
+    size = c // num_groups
+    count = float(h * w * size)
+
+    def group_mean(sums):  # [N, C] per-channel sums -> [N, 1, C] group means per channel
+        g = sums.reshape(n, num_groups, size).sum(-1) / count
+        return jnp.repeat(g, size, axis=-1)[:, None, :]
+
+    x3 = x.reshape(n, h * w, c).astype(jnp.float32)
+    mean = group_mean(_sum_over_pixels(x3))
+    d = x3 - mean
+    var = group_mean(_sum_over_pixels(d * d))
+    mul = jax.lax.rsqrt(var + epsilon) * scale.astype(jnp.float32)
+    y = d * mul + bias.astype(jnp.float32)
+    return y.reshape(n, h, w, c).astype(x.dtype)
+
+
+class GroupNorm(nn.Module):
+    """GroupNorm with the parameters of ``flax.linen.GroupNorm`` (``scale`` ones, ``bias`` zeros,
+    float32) computed by :func:`group_norm`. ``[N, H, W, C] -> [N, H, W, C]`` in ``dtype``."""
+
+    num_groups: int
+    epsilon: float = GROUPNORM_EPSILON
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        return group_norm(x, scale, bias, self.num_groups, self.epsilon).astype(self.dtype)
+
+
 # ----------------------------------------------------------------------------- blocks
 
 
@@ -248,14 +312,7 @@ def _double_conv(x: jax.Array, features: int, mid_features: int, dtype: Dtype) -
         if f < 2:
             raise ValueError(f"GroupNorm with channels // 2 groups needs >= 2 channels, got {f}")
         x = Conv(f, 3, dtype=dtype, name=f"conv{i}")(x)
-        x = nn.GroupNorm(
-            num_groups=f // 2,
-            epsilon=GROUPNORM_EPSILON,
-            dtype=dtype,
-            param_dtype=jnp.float32,
-            use_fast_variance=False,
-            name=f"norm{i}",
-        )(x)
+        x = GroupNorm(f // 2, GROUPNORM_EPSILON, dtype=dtype, name=f"norm{i}")(x)
         x = nn.relu(x)
     return x
 
