@@ -1,0 +1,39 @@
+"""One entry point for every data source: ``load_federation(config.data) -> Federation``.
+
+``config.data.name`` selects the source:
+
+* ``synthetic`` -- the embedded synthetic federation (:mod:`fedmix_jax.data.synthetic`; no files);
+* ``ham10000``, ``breast``, ``folders`` -- the real loaders (:mod:`fedmix_jax.data.real`), which
+  read a manual download from ``config.data.data_dir`` and cache it under ``config.data.cache_dir``.
+
+Errors: a missing download raises :class:`~fedmix_jax.data.real.DatasetNotFoundError` and an
+unusable file :class:`~fedmix_jax.data.real.BadInputError` (both ``ValueError`` s whose message
+says what to fix); an unknown name raises ``ValueError``.
+"""
+
+from __future__ import annotations
+
+from fedmix_jax.data.federation import Federation
+
+SYNTHETIC = "synthetic"
+REAL = ("ham10000", "breast", "folders")
+SOURCE_NAMES = (SYNTHETIC,) + REAL
+
+
+def load_federation(data_config, verbose: bool = True) -> Federation:
+    """Build the :class:`Federation` described by a ``data`` ConfigDict (see the configs/)."""
+    name = str(data_config.get("name", SYNTHETIC)).strip().lower()
+    if name == SYNTHETIC:
+        from fedmix_jax.data.synthetic import synthetic_federation_from_config
+
+        return synthetic_federation_from_config(data_config)
+    if name in REAL:
+        # Imported lazily: the real loaders import tensorflow_datasets (TF-free, but not instant).
+        from fedmix_jax.data.real import load_federation_from_config
+
+        return load_federation_from_config(data_config, verbose=verbose)
+    raise ValueError(f"unknown data source --config.data.name={name!r}; choose one of "
+                     f"{', '.join(SOURCE_NAMES)}")
+
+
+__all__ = ["load_federation", "SOURCE_NAMES"]
