@@ -1,0 +1,221 @@
+"""PNG plots of a run, from its ``metrics.jsonl`` records (Matplotlib's Agg canvas, no pyplot).
+
+* ``val_dice.png`` -- mean and per-client validation Dice of global model 1 vs round (the best
+  round, chosen by mean validation Dice, is marked);
+* ``weights.png`` -- aggregation weight of each client vs round;
+* ``selection_rate.png`` -- fraction of each weak client's samples selected for pseudo-labels;
+* ``loss.png`` -- each client's mean training loss of model 1 vs round;
+* ``predictions.png`` -- test images of each client with the ground truth (green), the selected
+  model's prediction (red) and the box (yellow, dashed) outlined.
+
+The global pyplot state and backend are never touched, so this is safe in notebooks and threads.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Sequence
+
+import numpy as np
+
+CLIENT_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+                  "#7f7f7f", "#bcbd22", "#17becf")
+
+
+def _figure(figsize=(6.4, 4.0), dpi=110):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _colour(c: int) -> str:
+    return CLIENT_COLOURS[c % len(CLIENT_COLOURS)]
+
+
+def _series(records: Sequence[dict], key: str):
+    """(rounds [R], values [R, C]) of the records that have ``key``."""
+    rows = [r for r in records if key in r and r[key] is not None]
+    if not rows:
+        return np.zeros((0,), int), np.zeros((0, 0))
+    return (np.array([r["round"] for r in rows]),
+            np.array([r[key] for r in rows], dtype=np.float64))
+
+
+def _labels(client_names: Sequence[str], levels: Sequence[str] | None):
+    if levels is None:
+        return list(client_names)
+    return [f"{n} ({lv})" for n, lv in zip(client_names, levels)]
+
+
+def _finish(fig, ax, path: str, title: str, xlabel: str = "round", ylabel: str = ""):
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def plot_validation_dice(records, client_names, path, levels=None, best_round=None) -> str:
+    """Mean (black) and per-client validation Dice vs round."""
+    rounds, dice = _series(records, "val_dice")
+    _, mean = _series(records, "val_mean_dice")
+    fig = _figure()
+    ax = fig.add_subplot(1, 1, 1)
+    for c, label in enumerate(_labels(client_names, levels)):
+        if dice.size:
+            ax.plot(rounds, dice[:, c], color=_colour(c), lw=1.2, marker=".", ms=3, label=label)
+    if mean.size:
+        ax.plot(rounds, mean, color="black", lw=2.2, label="mean")
+    if best_round:
+        ax.axvline(best_round, color="black", ls=":", lw=1, label=f"best (round {best_round})")
+    ax.set_ylim(0, 1)
+    return _finish(fig, ax, path, "Validation Dice of global model 1", ylabel="Dice")
+
+
+def plot_weights(records, client_names, path, levels=None) -> str:
+    """Aggregation weight of each client vs round."""
+    rounds, w = _series(records, "weights")
+    fig = _figure()
+    ax = fig.add_subplot(1, 1, 1)
+    for c, label in enumerate(_labels(client_names, levels)):
+        if w.size:
+            ax.plot(rounds, w[:, c], color=_colour(c), lw=1.4, marker=".", ms=3, label=label)
+    ax.set_ylim(bottom=0)
+    return _finish(fig, ax, path, "Aggregation weights", ylabel="weight $w_i$")
+
+
+def plot_selection_rate(records, client_names, path, levels=None) -> str:
+    """Selected fraction of each weak client's samples vs round (clients with weak samples)."""
+    rounds, rate = _series(records, "selection_rate")
+    _, weak = _series(records, "weak")
+    fig = _figure()
+    ax = fig.add_subplot(1, 1, 1)
+    shown = 0
+    for c, label in enumerate(_labels(client_names, levels)):
+        if rate.size and weak.size and weak[:, c].max() > 0:
+            ax.plot(rounds, rate[:, c], color=_colour(c), lw=1.4, marker=".", ms=3, label=label)
+            shown += 1
+    if not shown:
+        ax.text(0.5, 0.5, "no client has weakly labelled samples", ha="center", va="center",
+                transform=ax.transAxes)
+        ax.plot([], [], label="(none)")
+    ax.set_ylim(-0.02, 1.02)
+    return _finish(fig, ax, path, "Pseudo-label selection rate (weak samples)",
+                   ylabel="selected fraction")
+
+
+def plot_loss(records, client_names, path, levels=None) -> str:
+    """Mean training loss of local model 1 vs round (clients that trained)."""
+    rounds, loss = _series(records, "loss1")
+    _, steps = _series(records, "steps")
+    fig = _figure()
+    ax = fig.add_subplot(1, 1, 1)
+    for c, label in enumerate(_labels(client_names, levels)):
+        if loss.size:
+            y = np.where(steps[:, c] > 0, loss[:, c], np.nan) if steps.size else loss[:, c]
+            ax.plot(rounds, y, color=_colour(c), lw=1.4, marker=".", ms=3, label=label)
+    return _finish(fig, ax, path, "Training Dice loss of model 1", ylabel="loss")
+
+
+@functools.lru_cache(maxsize=8)
+def _predict_fn(model):
+    import jax
+
+    return jax.jit(lambda params, x: model.apply({"params": params}, x))
+
+
+def plot_predictions(model, params, split, client_names, path, per_client: int = 4,
+                     per_client_params: bool = False, title: str = "") -> str:
+    """Grid of test images (rows: clients) with ground truth, prediction and box outlines.
+
+    Args:
+      model, params: the model and its params (leaves [...]; with ``per_client_params`` leaves
+        [C, ...], client c's model on client c's images).
+      split: a :class:`~fedmix_jax.data.federation.FederatedSplit` (e.g. ``federation.test``).
+    """
+    import jax
+
+    images = np.asarray(split.images)
+    masks = np.asarray(split.masks)
+    boxes = np.asarray(split.boxes)
+    valid = np.asarray(split.valid)
+    c_num = images.shape[0]
+    k = max(1, min(per_client, images.shape[1]))
+    predict = _predict_fn(model)
+    preds = np.zeros(masks.shape[:1] + (k,) + masks.shape[2:], np.float32)
+    for c in range(c_num):
+        p = jax.tree.map(lambda x: x[c], params) if per_client_params else params
+        logits = np.asarray(predict(p, images[c, :k]))
+        preds[c] = (1.0 / (1.0 + np.exp(-logits)) > 0.5).astype(np.float32)
+    fig = _figure(figsize=(1.7 * k, 1.8 * c_num + 0.4))
+    axes = fig.subplots(c_num, k, squeeze=False)
+    for c in range(c_num):
+        for j in range(k):
+            ax = axes[c, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if not valid[c, j]:
+                ax.axis("off")
+                continue
+            img = images[c, j]
+            if img.shape[-1] == 1:
+                ax.imshow(img[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            else:
+                ax.imshow(np.clip(img, 0, 1), interpolation="nearest")
+            gt = masks[c, j].max(-1)
+            pr = preds[c, j].max(-1)
+            bx = boxes[c, j].max(-1)
+            if bx.any():
+                ax.contour(bx, levels=[0.5], colors=["#ffd000"], linewidths=0.8,
+                           linestyles="dashed")
+            if gt.any():
+                ax.contour(gt, levels=[0.5], colors=["#30ff30"], linewidths=1.0)
+            if pr.any():
+                ax.contour(pr, levels=[0.5], colors=["#ff3030"], linewidths=1.0)
+            inter = float((gt * pr).sum())
+            dice = (2 * inter + 1e-4) / (float(gt.sum() + pr.sum()) + 1e-4)
+            ax.set_title(f"Dice {dice:.2f}", fontsize=7, pad=2)
+            if j == 0:
+                ax.set_ylabel(client_names[c], fontsize=7)
+    fig.suptitle((title + "\n" if title else "")
+                 + "green: ground truth, red: prediction, yellow dashed: box", fontsize=8)
+    fig.tight_layout(pad=0.3)
+    fig.savefig(path)
+    return path
+
+
+PLOT_FILES = ("val_dice.png", "weights.png", "selection_rate.png", "loss.png", "predictions.png")
+
+
+def write_run_plots(workdir: str, records, client_names, levels=None, best_round=None,
+                    model=None, params=None, split=None, per_client_params=False) -> list[str]:
+    """Every plot of a run into ``workdir``; the prediction grid only when a model is given."""
+    paths = [
+        plot_validation_dice(records, client_names, os.path.join(workdir, "val_dice.png"),
+                             levels, best_round),
+        plot_weights(records, client_names, os.path.join(workdir, "weights.png"), levels),
+        plot_selection_rate(records, client_names, os.path.join(workdir, "selection_rate.png"),
+                            levels),
+        plot_loss(records, client_names, os.path.join(workdir, "loss.png"), levels),
+    ]
+    if model is not None and params is not None and split is not None:
+        title = (f"test images, model selected at round {best_round}" if best_round
+                 else "test images")
+        paths.append(plot_predictions(model, params, split, client_names,
+                                      os.path.join(workdir, "predictions.png"),
+                                      per_client_params=per_client_params, title=title))
+    return paths
+
+
+__all__ = ["plot_validation_dice", "plot_weights", "plot_selection_rate", "plot_loss",
+           "plot_predictions", "write_run_plots", "PLOT_FILES"]
