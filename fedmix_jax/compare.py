@@ -1,0 +1,199 @@
+r"""Compare strategies over seeds on the same data: a table of test Dice, mean ± std over seeds.
+
+    python -m fedmix_jax.compare --config configs/synthetic.py \
+        --strategies fedmix,fedavg_pixel,fedavg_full,local --seeds 0,1,2 [--workdir DIR]
+
+The federation is built once and shared by every run; the seeds vary ``config.seed`` (model
+initialisation, sample order, augmentation), not the data (``config.data.seed``). Compiled rounds
+are cached per (model, round config), so the seeds of one strategy compile once. Each run is an
+ordinary run in ``<workdir>/<strategy>/seed<k>/`` (metrics, summary, checkpoints), so an
+interrupted comparison resumes where it stopped when rerun with the same workdir.
+
+Each run reports the test Dice of global model 1 at its round of best mean *validation* Dice. The
+table (printed, and written to ``<workdir>/compare.md`` and ``compare.json``) gives per client and
+for the mean over clients ``mean ± std`` over seeds (std: sample standard deviation, ddof = 1; 0
+with one seed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Sequence
+
+import numpy as np
+from absl import flags
+
+from fedmix_jax import main as main_lib
+
+USAGE = ("usage: python -m fedmix_jax.compare --config configs/synthetic.py "
+         "--strategies fedmix,fedavg_pixel --seeds 0,1,2 [--config.<field>=<value> ...] "
+         "[--workdir DIR] [--quiet] [--plots]")
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    a = np.asarray(values, dtype=np.float64)
+    if a.size == 0:
+        return float("nan"), float("nan")
+    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
+
+
+def _cell(mean: float, std: float) -> str:
+    return f"{mean:.4f} ± {std:.4f}"
+
+
+def run_comparison(config, strategies: Sequence[str], seeds: Sequence[int], workdir: str,
+                   quiet: bool = False, plots: bool = False, federation=None) -> dict:
+    """Train every (strategy, seed) on one federation; write and return the comparison.
+
+    Returns the dict written to ``compare.json``: ``client_names``, ``levels``, ``strategies``,
+    ``seeds`` and per strategy ``runs`` (per seed: test dice per client, mean, best round,
+    workdir; or an ``error``), ``dice_mean`` / ``dice_std`` [C], ``mean_dice_mean`` /
+    ``mean_dice_std``; plus ``markdown``, the table.
+    """
+    from fedmix_jax import train
+    from fedmix_jax.federated import get_strategy
+
+    for s in strategies:  # fail before any training
+        try:
+            get_strategy(s)
+        except ValueError as e:
+            raise train.ConfigError(str(e)) from None
+    workdir = os.path.abspath(os.path.expanduser(os.fspath(workdir)))
+    if federation is None:
+        from fedmix_jax.data.sources import load_federation
+
+        try:
+            federation = load_federation(config.data, verbose=not quiet)
+        except (ValueError, FileNotFoundError) as e:
+            raise train.DataError(str(e)) from e
+    os.makedirs(workdir, exist_ok=True)
+    names = list(federation.client_names)
+    levels = train._level_names(federation)  # noqa: SLF001 -- same labels as the run tables
+    out = {"config": train.config_to_dict(config), "client_names": names, "levels": levels,
+           "strategies": list(strategies), "seeds": [int(s) for s in seeds],
+           "metric": "test Dice of global model 1 (local: each client's model) at the round "
+                     "with the best mean validation Dice; mean ± sample std over seeds",
+           "results": {}}
+    total = len(strategies) * len(seeds)
+    k = 0
+    t0 = time.time()
+    for strategy in strategies:
+        runs = {}
+        for seed in seeds:
+            k += 1
+            cfg = config.copy_and_resolve_references()
+            cfg.strategy = str(strategy)
+            cfg.seed = int(seed)
+            run_dir = os.path.join(workdir, strategy, f"seed{seed}")
+            print(f"[fedmix_jax.compare] run {k}/{total}: {strategy}, seed {seed} -> {run_dir}",
+                  file=sys.stderr, flush=True)
+            try:
+                s = train.train_and_evaluate(cfg, run_dir, quiet=quiet, federation=federation,
+                                             write_plots=plots)
+            except train.TrainingDivergedError as e:
+                print(f"[fedmix_jax.compare] {strategy}, seed {seed} failed: {e}",
+                      file=sys.stderr, flush=True)
+                runs[str(seed)] = {"error": str(e), "workdir": run_dir}
+                continue
+            best = s["best"]
+            runs[str(seed)] = {
+                "dice": best["test"]["dice"], "iou": best["test"]["iou"],
+                "mean_dice": best["test"]["mean_dice"], "mean_iou": best["test"]["mean_iou"],
+                "val_mean_dice": best["val"]["mean_dice"], "best_round": best["round"],
+                "total_s": s["timing"]["total_s"], "workdir": run_dir}
+        ok = [r for r in runs.values() if "error" not in r]
+        per_client = [_mean_std([r["dice"][c] for r in ok]) for c in range(len(names))]
+        mean = _mean_std([r["mean_dice"] for r in ok])
+        out["results"][strategy] = {
+            "runs": runs, "num_ok": len(ok),
+            "dice_mean": [m for m, _ in per_client], "dice_std": [s for _, s in per_client],
+            "mean_dice_mean": mean[0], "mean_dice_std": mean[1]}
+    out["total_s"] = time.time() - t0
+    out["markdown"] = format_table(out)
+    _write(os.path.join(workdir, "compare.json"), json.dumps(out, indent=2) + "\n")
+    _write(os.path.join(workdir, "compare.md"), out["markdown"] + "\n")
+    return out
+
+
+def _write(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def format_table(result: dict) -> str:
+    """The Markdown table: strategies x (clients, mean), cells ``mean ± std`` of test Dice."""
+    names, levels = result["client_names"], result["levels"]
+    seeds = result["seeds"]
+    head = ["strategy"] + [f"{n} ({lv})" for n, lv in zip(names, levels)] + ["mean"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + [":---:"] * (len(head) - 1))
+             + "|"]
+    for strategy, r in result["results"].items():
+        if r["num_ok"] == 0:
+            cells = ["failed"] * (len(names) + 1)
+        else:
+            cells = [_cell(m, s) for m, s in zip(r["dice_mean"], r["dice_std"])]
+            cells.append(f"**{_cell(r['mean_dice_mean'], r['mean_dice_std'])}**")
+        note = "" if r["num_ok"] == len(seeds) else f" ({r['num_ok']}/{len(seeds)} seeds ok)"
+        lines.append("| " + " | ".join([strategy + note] + cells) + " |")
+    lines.append("")
+    lines.append(f"Test Dice at the round of best mean validation Dice; mean ± std over seeds "
+                 f"{', '.join(str(s) for s in seeds)} (sample std, ddof=1).")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the comparison command line ``argv``; returns the exit code."""
+    argv = list(sys.argv if argv is None else argv)
+    path = main_lib.config_path_from_argv(argv)
+    err = main_lib.check_config_file(path)
+    if err:
+        print(err.replace(main_lib.USAGE, USAGE), file=sys.stderr)
+        return 2
+    fv = main_lib.define_flags(argv)
+    flags.DEFINE_list("strategies", ["fedmix", "fedavg_pixel", "fedavg_full", "local"],
+                      "Comma-separated strategies.", flag_values=fv)
+    flags.DEFINE_list("seeds", ["0", "1", "2"], "Comma-separated seeds (config.seed).",
+                      flag_values=fv)
+    flags.DEFINE_bool("plots", False, "Also write each run's PNG plots.", flag_values=fv)
+    try:
+        rest = fv(argv)
+        if len(rest) > 1:
+            raise flags.Error(f"unexpected arguments: {' '.join(rest[1:])}")
+        config = fv.config
+        config.to_dict()
+        seeds = [int(s) for s in fv.seeds]
+        strategies = [s.strip() for s in fv.strategies if s.strip()]
+        if not strategies or not seeds:
+            raise flags.Error("--strategies and --seeds must not be empty")
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        print(f"error: {e}\n{USAGE}", file=sys.stderr)
+        return 2
+
+    from fedmix_jax import train
+
+    workdir = fv.workdir
+    if not workdir:
+        workdir = main_lib.default_workdir(path, "compare")
+    print(f"[fedmix_jax.compare] workdir: {os.path.abspath(workdir)}", file=sys.stderr,
+          flush=True)
+    try:
+        result = run_comparison(config, strategies, seeds, workdir, quiet=fv.quiet,
+                                plots=fv.plots)
+    except train.RunError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    print(result["markdown"])
+    print(f"written: {os.path.join(workdir, 'compare.md')}, "
+          f"{os.path.join(workdir, 'compare.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

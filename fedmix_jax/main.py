@@ -1,0 +1,133 @@
+r"""Command line: train and evaluate one FedMix (or baseline) run.
+
+    python -m fedmix_jax.main --config configs/synthetic.py
+    python -m fedmix_jax.main --config configs/synthetic.py --config.num_rounds=50 \
+        --config.strategy=fedavg_pixel --workdir runs/baseline
+    python -m fedmix_jax.main --config configs/isic.py --config.data.data_dir=/data/HAM10000
+
+Flags: ``--config`` (a config file; any field can be overridden with ``--config.<field>=<value>``),
+``--workdir`` (default: a fresh folder ``runs/<config>-<strategy>-<time>``, printed at the start;
+rerunning with an existing workdir resumes it) and ``--quiet`` (log lines instead of a progress
+bar). Exit codes: 0 done; 1 training diverged (non-finite loss); 2 bad command line, config, data
+or workdir; 130 interrupted (the last checkpoint is intact: rerun the same command to resume).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+
+from absl import flags
+from ml_collections import config_flags
+
+USAGE = ("usage: python -m fedmix_jax.main --config configs/synthetic.py "
+         "[--config.<field>=<value> ...] [--workdir DIR] [--quiet]")
+
+
+def define_flags(argv: list[str]) -> flags.FlagValues:
+    """A fresh flag set for ``argv`` (so main can be called repeatedly in one process)."""
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", None, "Path to a config file (configs/*.py); override fields with "
+        "--config.<field>=<value>.", flag_values=fv, lock_config=True, sys_argv=argv)
+    flags.DEFINE_string("workdir", None, "Output folder; rerunning with the same folder resumes. "
+                        "Default: a fresh folder under runs/.", flag_values=fv)
+    flags.DEFINE_bool("quiet", False, "No progress bar: one log line per round.", flag_values=fv)
+    return fv
+
+
+def config_path_from_argv(argv: list[str]) -> str | None:
+    """The value of ``--config`` in ``argv`` (``--config=PATH`` or ``--config PATH``), if any."""
+    for i, arg in enumerate(argv[1:], start=1):
+        m = re.match(r"^--?config(=(.*))?$", arg)
+        if m:
+            if m.group(1) is not None:
+                return m.group(2)
+            return argv[i + 1] if i + 1 < len(argv) else ""
+    return None
+
+
+def check_config_file(path: str | None) -> str | None:
+    """An error message when the config file is not given or not readable, else None."""
+    if path is None:
+        return f"error: --config is required\n{USAGE}"
+    cfg_file = path.split(":", 1)[0]  # config_flags allows 'file.py:argument'
+    if not cfg_file:
+        return f"error: --config needs a file path\n{USAGE}"
+    if not os.path.isfile(cfg_file):
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        known = os.path.join(here, "configs")
+        hint = ""
+        if os.path.isdir(known):
+            hint = "\navailable configs: " + ", ".join(
+                os.path.join("configs", f) for f in sorted(os.listdir(known))
+                if f.endswith(".py") and not f.startswith("_"))
+        return f"error: config file not found: {cfg_file}{hint}"
+    return None
+
+
+def parse(argv: list[str]):
+    """``(config, workdir, quiet)`` from a full argv, or raise ``SystemExit``-free errors."""
+    fv = define_flags(argv)
+    rest = fv(argv)
+    if len(rest) > 1:
+        raise flags.Error(f"unexpected arguments: {' '.join(rest[1:])}")
+    config = fv.config
+    # Touch the config so that errors inside the config file surface here.
+    _ = config.to_dict()
+    return config, fv.workdir, fv.quiet
+
+
+def default_workdir(config_path: str, label: str) -> str:
+    """A fresh ``runs/<config stem>-<label>-<YYYYmmdd-HHMMSS>[-k]`` (relative to the cwd)."""
+    stem = os.path.splitext(os.path.basename(config_path.split(":", 1)[0]))[0]
+    base = os.path.join("runs", f"{stem}-{label}-{time.strftime('%Y%m%d-%H%M%S')}")
+    path, k = base, 1
+    while os.path.exists(path):
+        k += 1
+        path = f"{base}-{k}"
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (``argv[0]`` is the program name); returns the exit code."""
+    argv = list(sys.argv if argv is None else argv)
+    path = config_path_from_argv(argv)
+    err = check_config_file(path)
+    if err:
+        print(err, file=sys.stderr)
+        return 2
+    try:
+        config, workdir, quiet = parse(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        msg = str(e)
+        if isinstance(e, (AttributeError, KeyError)):
+            msg = (f"unknown config field {msg.strip(chr(34) + chr(39))!r} (check the "
+                   "--config.<field> overrides)")
+        print(f"error: {msg}\n{USAGE}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 -- an error raised by the config file itself
+        print(f"error: could not load the config file {path}: {type(e).__name__}: {e}",
+              file=sys.stderr)
+        return 2
+
+    from fedmix_jax import train  # imports JAX: after the cheap checks
+
+    if not workdir:
+        workdir = default_workdir(path, str(config.strategy))
+    print(f"[fedmix_jax] workdir: {os.path.abspath(workdir)}", file=sys.stderr, flush=True)
+    try:
+        summary = train.train_and_evaluate(config, workdir, quiet=quiet)
+    except train.RunError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    print(train.format_summary(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
