@@ -1,0 +1,140 @@
+"""Checkpoints and exact resume: an interrupted run ends bit-identical to an uninterrupted one."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from fedmix_jax import train
+from fedmix_jax.checkpointing import Checkpointer
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_main import tiny_config  # noqa: E402
+
+TIMING_KEYS = ("round_time_s", "eval_time_s")
+
+
+def _strip_times(records):
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+
+
+def _final(workdir, step):
+    """(state, best params, extra) of checkpoint ``step`` as NumPy trees."""
+    cfg = tiny_config()
+    from fedmix_jax.data.synthetic import synthetic_federation_from_config
+    from fedmix_jax.federated import init_state
+
+    fed = synthetic_federation_from_config(cfg.data)
+    model = train.build_model(cfg, fed.num_classes)
+    target = init_state(model, jax.random.PRNGKey(0), fed.train.images.shape[2:],
+                        fed.num_clients, train.build_round_config(cfg))
+    with Checkpointer(os.path.join(workdir, train.CHECKPOINT_DIR)) as ck:
+        state, best, extra = ck.restore(step, target, target.global_params[0])
+    return jax.device_get(state), jax.device_get(best), extra
+
+
+def _assert_equal_trees(a, b):
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    assert len(la) == len(lb) > 0
+    for x, y in zip(la, lb):
+        assert x.dtype == y.dtype
+        assert np.array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope="module")
+def federation():
+    from fedmix_jax.data.synthetic import synthetic_federation_from_config
+
+    return synthetic_federation_from_config(tiny_config().data)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, federation):
+    wd = str(tmp_path_factory.mktemp("full") / "run")
+    train.train_and_evaluate(tiny_config(num_rounds=4, checkpoint_every=2), wd, quiet=True,
+                             federation=federation, write_plots=False)
+    return wd
+
+
+def test_resume_with_more_rounds_is_bit_identical(uninterrupted, federation, tmp_path):
+    wd = str(tmp_path / "grown")
+    train.train_and_evaluate(tiny_config(num_rounds=2, checkpoint_every=2), wd, quiet=True,
+                             federation=federation, write_plots=False)
+    summary = train.train_and_evaluate(tiny_config(num_rounds=4, checkpoint_every=2), wd,
+                                       quiet=True, federation=federation, write_plots=False)
+    assert summary["resumed_from"] == 2
+    a, b = _final(uninterrupted, 4), _final(wd, 4)
+    _assert_equal_trees(a[0], b[0])          # FedState: params, Adam states, round, key
+    _assert_equal_trees(a[1], b[1])          # the params selected by validation
+    assert a[2]["best"] == b[2]["best"]
+    assert _strip_times(train.read_metrics(os.path.join(uninterrupted, train.METRICS_FILE))) \
+        == _strip_times(train.read_metrics(os.path.join(wd, train.METRICS_FILE)))
+
+
+def test_interrupted_run_resumes_bit_identical(uninterrupted, federation, tmp_path,
+                                               monkeypatch):
+    """Ctrl-C in round 4: lines 1..3 and checkpoint 2 exist; the rerun drops line 3 and redoes
+    rounds 3 and 4, ending exactly where the uninterrupted run ends."""
+    real = train.make_round_fn
+
+    def interrupt_in_round_4(model, config):
+        round_fn = real(model, config)
+
+        def wrapped(state, data):
+            if int(state.round) == 3:
+                raise KeyboardInterrupt
+            return round_fn(state, data)
+        return wrapped
+
+    wd = str(tmp_path / "interrupted")
+    cfg = tiny_config(num_rounds=4, checkpoint_every=2)
+    monkeypatch.setattr(train, "make_round_fn", interrupt_in_round_4)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_and_evaluate(cfg, wd, quiet=True, federation=federation, write_plots=False)
+    monkeypatch.undo()
+    metrics = os.path.join(wd, train.METRICS_FILE)
+    assert [r["round"] for r in train.read_metrics(metrics)] == [1, 2, 3]
+    assert Checkpointer(os.path.join(wd, train.CHECKPOINT_DIR)).all_steps() == [2]
+    inode = os.stat(metrics).st_ino
+
+    train.train_and_evaluate(cfg, wd, quiet=True, federation=federation, write_plots=False)
+    assert os.stat(metrics).st_ino != inode        # replaced atomically, not truncated in place
+    a, b = _final(uninterrupted, 4), _final(wd, 4)
+    _assert_equal_trees(a[0], b[0])
+    _assert_equal_trees(a[1], b[1])
+    assert a[2]["best"] == b[2]["best"]
+    assert _strip_times(train.read_metrics(os.path.join(uninterrupted, train.METRICS_FILE))) \
+        == _strip_times(train.read_metrics(metrics))
+
+
+def test_checkpointer_roundtrip_keeps_last_and_ignores_tmp(tmp_path):
+    tree = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "k": np.array([1, 2], np.uint32)}
+    best = {"w": np.ones((3,), np.float32)}
+    with Checkpointer(str(tmp_path / "ck"), max_to_keep=2) as ck:
+        for step in (1, 2, 3):
+            ck.save(step, jax.tree.map(lambda x: x + step, tree), best, {"round": step})
+    # a torn save (orbax's temporary folder) is not a checkpoint
+    os.makedirs(tmp_path / "ck" / "4.orbax-checkpoint-tmp-123")
+    with Checkpointer(str(tmp_path / "ck"), max_to_keep=2) as ck:
+        assert ck.all_steps() == [2, 3] and ck.latest_step() == 3
+        state, b, extra = ck.restore(3, tree, best)
+        assert extra == {"round": 3}
+        assert np.array_equal(np.asarray(state["a"]), tree["a"] + 3)
+        assert np.asarray(state["k"]).dtype == np.uint32
+        assert ck.read_extra(2) == {"round": 2}
+
+
+def test_config_change_on_resume(uninterrupted, federation):
+    with pytest.raises(train.ConfigMismatchError, match="train.lam"):
+        cfg = tiny_config(num_rounds=5)
+        cfg.train.lam = 2.0
+        train.train_and_evaluate(cfg, uninterrupted, quiet=True, federation=federation,
+                                 write_plots=False)
+    diffs = train.config_differences({"num_rounds": 4, "a": {"b": 1}},
+                                     {"num_rounds": 9, "a": {"b": 1}})
+    assert diffs == []                          # num_rounds may change
