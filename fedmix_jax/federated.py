@@ -26,11 +26,26 @@ is a mask of shape [C, N]:
 One round (fedmix-spec.md): broadcast -> pseudo-labels of the global models on un-augmented images
 -> one local epoch per client -> per-client loss of model 1 and count -> weights -> aggregation.
 
-How the client axis executes is a choice (``RoundConfig.executor``): ``"vmap"`` (one jitted
-program, clients vectorised — best on GPU/TPU), ``"loop"`` (a Python loop over one jitted
-per-client update that updates the stacked state in place — fastest on CPU, where XLA turns a
-vmapped convolution over different weights into a slow grouped convolution). Both give the same
-numbers to float tolerance.
+How the client axis executes is a choice (``RoundConfig.executor``), all giving the same numbers
+to float tolerance:
+
+* ``"vmap"`` — one jitted program, clients vectorised (best on GPU/TPU; on CPU XLA turns a
+  vmapped convolution over different weights into a slow grouped convolution);
+* ``"map"`` — one jitted program, clients one after another under ``lax.map`` (no Python loop,
+  one dispatch per round; for CPU);
+* ``"loop"`` — a Python loop over one jitted per-client update that updates the stacked state in
+  place (three programs per round);
+* ``"sharded"`` — the client axis split over the devices of a 1-D mesh ``"clients"``
+  (``shard_map``): each device runs its clients (``map`` on CPU, ``vmap`` elsewhere), the
+  aggregation is a cross-device weighted sum (``psum``). A client count that the device count does
+  not divide is padded with non-participating clients (no valid sample: weight 0), sliced off the
+  outputs. See :mod:`fedmix_jax.sharding`.
+
+Work that changes nothing is skipped where the executor runs clients one at a time (``map``,
+``loop``, ``sharded`` on CPU): a masked local step is a ``lax.cond`` branch that passes the state
+through (as the reference, which only iterates over its usable samples), and pseudo-labelling skips
+chunks of images that need no pseudo-label (pixel-level or padding). Under ``vmap`` both branches
+of a ``cond`` run, with the same results.
 """
 
 from __future__ import annotations
@@ -52,7 +67,7 @@ from fedmix_jax.inference import apply_in_chunks
 from fedmix_jax.losses import dice_loss, mixed_supervision_targets
 from fedmix_jax.pseudo_labels import SelectionConfig, pseudo_labels_from_logits
 
-EXECUTORS = ("vmap", "loop")
+EXECUTORS = ("vmap", "loop", "map", "sharded")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -129,8 +144,11 @@ class RoundConfig:
     hflip, vflip: random flips at train time.
     lam, beta: FedMix weighting (reference skin: 10, 3).
     learning_rate, weight_decay, b1, b2, adam_eps: torch-style Adam with L2 added to the gradient.
-    executor: "vmap" or "loop" (see the module docstring).
-    inference_chunk: images per chunk when pseudo-labelling.
+    executor: "vmap", "map", "loop" or "sharded" (see the module docstring and
+      :func:`default_executor`).
+    inference_chunk: images per chunk when pseudo-labelling (16: measured fastest of 1-128 on a
+      2-core CPU at 64x64, where large chunks fall out of cache; still a large batch on GPU).
+    num_devices: devices of the ``sharded`` executor's mesh (None: all of ``jax.devices()``).
     """
 
     strategy: Strategy = get_strategy("fedmix")
@@ -146,13 +164,16 @@ class RoundConfig:
     b2: float = 0.999
     adam_eps: float = 1e-8
     executor: str = "loop"
-    inference_chunk: int = 64
+    inference_chunk: int = 16
+    num_devices: int | None = None
 
     def __post_init__(self):
         if self.executor not in EXECUTORS:
             raise ValueError(f"unknown executor {self.executor!r}; choose one of {EXECUTORS}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.num_devices is not None and self.num_devices < 1:
+            raise ValueError(f"num_devices must be >= 1 or None, got {self.num_devices}")
 
 
 def default_executor() -> str:
@@ -254,16 +275,28 @@ def compute_pseudo_labels(model: nn.Module, global_params, train: FederatedSplit
                           config: RoundConfig):
     """Pseudo-labels of the global pair on every train image (un-augmented).
 
+    The images run through both models in chunks of ``config.inference_chunk``; a chunk none of
+    whose images needs a pseudo-label (pixel-level or padding) is skipped (``lax.cond``; its
+    logits are zeros, never read: pixel samples train on their masks, padding not at all).
+
     Returns (pseudo1, pseudo2 [C, N, H, W, K], selected [C, N] bool).
     """
     c, n = train.valid.shape
     flat = lambda x: x.reshape((c * n,) + x.shape[2:])  # noqa: E731
     p1, p2 = global_params
+    needs = flat(train.valid & (train.levels != PIXEL))
 
     def both(x):
         return _apply(model, p1, x), _apply(model, p2, x)
 
-    logits1, logits2 = apply_in_chunks(both, flat(train.images), config.inference_chunk)
+    def chunk(args):
+        x, need = args
+        skip = lambda x: jax.tree.map(  # noqa: E731
+            lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(both, x))
+        return jax.lax.cond(jnp.any(need), both, skip, x)
+
+    logits1, logits2 = apply_in_chunks(chunk, (flat(train.images), needs),
+                                       config.inference_chunk)
     pl = pseudo_labels_from_logits(logits1, logits2, flat(train.boxes), flat(train.image_labels),
                                    flat(train.levels), flat(train.valid),
                                    config.strategy.selection)
@@ -343,10 +376,9 @@ def client_update(model: nn.Module, config: RoundConfig, params, opt_state, key:
         l1 = dice_loss(_apply(model, trainable, x), t1, w)
         return l1, (l1, jnp.zeros_like(l1))
 
-    def step(carry, s):
+    def train_step(carry, s, w):
         params, opt_state = carry
         idx = jax.lax.dynamic_slice(order, (s * b,), (b,))
-        w = (usable[idx] & jax.lax.dynamic_slice(in_range, (s * b,), (b,))).astype(jnp.float32)
         arrays = (images[idx], target1[idx]) + ((target2[idx],) if dual else ())
         arrays = augment_jointly(jax.random.fold_in(k_aug, s), arrays, crop, config.hflip,
                                  config.vflip)
@@ -363,13 +395,19 @@ def client_update(model: nn.Module, config: RoundConfig, params, opt_state, key:
             upd, new_opt = tx.update(grads, opt_t, trainable)
         new_trainable = optax.apply_updates(trainable, upd)
         if dual:
-            new_params, new_opt_state = new_trainable, new_opt
-        else:
-            new_params = (new_trainable, params[1])
-            new_opt_state = (new_opt, opt_state[1])
+            return (new_trainable, new_opt), (l1, l2)
+        return ((new_trainable, params[1]), (new_opt, opt_state[1])), (l1, l2)
+
+    def masked_step(carry, s, w):
+        zero = jnp.zeros((), jnp.float32)
+        return carry, (zero, zero)
+
+    def step(carry, s):
+        idx = jax.lax.dynamic_slice(order, (s * b,), (b,))
+        w = (usable[idx] & jax.lax.dynamic_slice(in_range, (s * b,), (b,))).astype(jnp.float32)
         active = jnp.sum(w) > 0
-        keep = lambda new, old: jax.tree.map(lambda a, o: jnp.where(active, a, o), new, old)  # noqa
-        carry = (keep(new_params, params), keep(new_opt_state, opt_state))
+        # A batch without usable sample is skipped (under vmap: both branches run, then select).
+        carry, (l1, l2) = jax.lax.cond(active, train_step, masked_step, carry, s, w)
         return carry, (l1, l2, active)
 
     (params, opt_state), (l1, l2, active) = jax.lax.scan(
@@ -415,20 +453,25 @@ def _start_round(model, config, state: FedState, train: FederatedSplit):
     return local, inputs, next_key, client_keys
 
 
+def _client_counts(train: FederatedSplit, inputs):
+    """Per-client counts of a round: (counts n_i, weak, selected_weak, participating), each [C]."""
+    counts = jnp.sum(inputs["usable"], axis=1).astype(jnp.int32)
+    weak = jnp.sum(inputs["weak"], axis=1).astype(jnp.int32)
+    selected_weak = jnp.sum(inputs["selected_weak"], axis=1).astype(jnp.int32)
+    return counts, weak, selected_weak, jnp.any(train.valid, axis=1)
+
+
 def _finish_round(config, global_params, round_index, train: FederatedSplit, local_params,
                   opt_state, next_key, inputs, client_metrics, lam, beta):
     """Weights, aggregation and metrics: everything after local training."""
-    counts = jnp.sum(inputs["usable"], axis=1).astype(jnp.int32)
-    participating = jnp.any(train.valid, axis=1)
+    counts, weak, selected_weak, participating = _client_counts(train, inputs)
     weights = aggregation_weights(config, counts, client_metrics["loss1"], participating, lam,
                                   beta)
     if config.strategy.aggregates:
         global_params = aggregation.weighted_average(local_params, weights)
     metrics = RoundMetrics(
         loss1=client_metrics["loss1"], loss2=client_metrics["loss2"], counts=counts,
-        weak=jnp.sum(inputs["weak"], axis=1).astype(jnp.int32),
-        selected_weak=jnp.sum(inputs["selected_weak"], axis=1).astype(jnp.int32),
-        steps=client_metrics["steps"], weights=weights)
+        weak=weak, selected_weak=selected_weak, steps=client_metrics["steps"], weights=weights)
     new_state = FedState(global_params=global_params, client_params=local_params,
                          opt_state=opt_state, round=round_index + 1, key=next_key)
     return new_state, metrics
@@ -437,43 +480,67 @@ def _finish_round(config, global_params, round_index, train: FederatedSplit, loc
 _TRAIN_FIELDS = ("images", "target1", "target2", "usable")
 
 
+def _run_clients(model, config, local, opt_state, client_keys, inputs, how: str):
+    """Every client's local epoch, ``how`` = "vmap" (vectorised) or "map" (one at a time)."""
+    update = functools.partial(client_update, model, config)
+    args = (local, opt_state, client_keys) + tuple(inputs[f] for f in _TRAIN_FIELDS)
+    if how == "vmap":
+        return jax.vmap(update)(*args)
+    return jax.lax.map(lambda a: update(*a), args)
+
+
 def make_round_fn(model: nn.Module, config: RoundConfig
                   ) -> Callable[[FedState, FederatedSplit], tuple[FedState, RoundMetrics]]:
     """Build ``round_fn(state, train) -> (state, metrics)`` for a model and a round config.
 
-    The returned function runs one whole round. With the ``vmap`` executor it is a single jitted
-    program; with ``loop`` it is three jitted programs (start, per-client update, finish) and a
-    Python loop over clients. The input state's buffers are donated: keep using the returned one.
-    Compiled programs are cached per (model, config), and ``lam`` / ``beta`` are traced, so
-    several runs of one configuration (seeds, lambda sweeps) compile once.
+    The returned function runs one whole round. With the ``vmap``, ``map`` and ``sharded``
+    executors it is a single jitted program; with ``loop`` it is three jitted programs (start,
+    per-client update, finish) and a Python loop over clients. The input state's buffers are
+    donated: keep using the returned one. Compiled programs are cached per (model, config), and
+    ``lam`` / ``beta`` are traced, so several runs of one configuration (seeds, lambda sweeps)
+    compile once. ``round_fn.jitted`` lists the jitted programs. Keep ``train`` on the device(s)
+    (``jax.device_put`` once, or :func:`fedmix_jax.sharding.shard_clients` for ``sharded``, whose
+    mesh is ``round_fn.mesh``): host arrays would be copied in every round.
     """
     parts = _compiled_round(model, dataclasses.replace(config, lam=0.0, beta=0.0))
-    lam, beta = float(config.lam), float(config.beta)
+    # Scalars made once (uncommitted: usable on any device set), not per round.
+    lam = jnp.asarray(float(config.lam), jnp.float32)
+    beta = jnp.asarray(float(config.beta), jnp.float32)
 
     def round_fn(state: FedState, train: FederatedSplit):
-        return parts(state, train, jnp.float32(lam), jnp.float32(beta))
+        return parts(state, train, lam, beta)
 
     round_fn.jitted = parts.jitted
+    round_fn.mesh = getattr(parts, "mesh", None)
     return round_fn
 
 
 @functools.lru_cache(maxsize=32)
 def _compiled_round(model: nn.Module, config: RoundConfig):
-    if config.executor == "vmap":
+    if config.executor in ("vmap", "map"):
+        how = config.executor
 
         @functools.partial(jax.jit, donate_argnums=(0,))
-        def round_vmap(state: FedState, train: FederatedSplit, lam, beta):
+        def round_single(state: FedState, train: FederatedSplit, lam, beta):
             local, inputs, next_key, client_keys = _start_round(model, config, state, train)
-            update = functools.partial(client_update, model, config)
-            params, opt, cm = jax.vmap(update)(local, state.opt_state, client_keys,
-                                               *(inputs[f] for f in _TRAIN_FIELDS))
+            params, opt, cm = _run_clients(model, config, local, state.opt_state, client_keys,
+                                           inputs, how)
             return _finish_round(config, state.global_params, state.round, train, params, opt,
                                  next_key, inputs, cm, lam, beta)
 
-        round_vmap.jitted = (round_vmap,)
-        return round_vmap
+        round_single.jitted = (round_single,)
+        return round_single
+    if config.executor == "sharded":
+        return _sharded_round(model, config)
 
-    start = jax.jit(functools.partial(_start_round, model, config))
+    def start_fn(state, train):
+        local, inputs, next_key, client_keys = _start_round(model, config, state, train)
+        c = train.valid.shape[0]
+        cm = dict(loss1=jnp.zeros((c,), jnp.float32), loss2=jnp.zeros((c,), jnp.float32),
+                  steps=jnp.zeros((c,), jnp.int32))
+        return local, inputs, next_key, client_keys, cm
+
+    start = jax.jit(start_fn)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
     def update_one(params, opt_state, client_metrics, c, client_keys, inputs):
@@ -484,19 +551,95 @@ def _compiled_round(model: nn.Module, config: RoundConfig):
         return put(params, p), put(opt_state, o), put(client_metrics, m)
 
     finish = jax.jit(functools.partial(_finish_round, config))
+    indices: dict[int, list] = {}     # client indices as device scalars, made once
 
     def round_loop(state: FedState, train: FederatedSplit, lam, beta):
-        local, inputs, next_key, client_keys = start(state, train)
+        local, inputs, next_key, client_keys, cm = start(state, train)
         num_clients = train.valid.shape[0]
-        cm = dict(loss1=jnp.zeros((num_clients,), jnp.float32),
-                  loss2=jnp.zeros((num_clients,), jnp.float32),
-                  steps=jnp.zeros((num_clients,), jnp.int32))
+        if num_clients not in indices:
+            indices[num_clients] = [jnp.asarray(c, jnp.int32) for c in range(num_clients)]
         params, opt = local, state.opt_state
         train_inputs = {f: inputs[f] for f in _TRAIN_FIELDS}
-        for c in range(num_clients):
-            params, opt, cm = update_one(params, opt, cm, jnp.int32(c), client_keys, train_inputs)
+        for c in indices[num_clients]:
+            params, opt, cm = update_one(params, opt, cm, c, client_keys, train_inputs)
         return finish(state.global_params, state.round, train, params, opt, next_key, inputs, cm,
                       lam, beta)
 
     round_loop.jitted = (start, update_one, finish)
     return round_loop
+
+
+def _sharded_round(model: nn.Module, config: RoundConfig):
+    """The ``sharded`` executor: ``shard_map`` over the mesh axis ``"clients"``.
+
+    Each device receives its block of clients (state, keys and data) and the global pair
+    (replicated), computes their pseudo-labels and local epochs (``lax.map`` on CPU, ``vmap``
+    elsewhere), all-gathers the per-client counts and losses (a few scalars) to compute the
+    weights of every client identically on every device, and contributes its clients' weighted
+    sum to the new global pair through one ``psum``.
+    """
+    from fedmix_jax import sharding
+
+    mesh = sharding.client_mesh(config.num_devices)
+    d = mesh.size
+    axis = sharding.CLIENT_AXIS
+    how = "map" if mesh.devices.flat[0].platform == "cpu" else "vmap"
+    P = jax.sharding.PartitionSpec
+    aggregates = config.strategy.aggregates
+
+    def per_device(global_params, client_params, opt_state, client_keys, train, lam, beta):
+        c_local = train.valid.shape[0]
+        local = _broadcast(global_params, c_local) if aggregates else client_params
+        inputs = client_inputs(model, global_params, train, config)
+        params, opt, cm = _run_clients(model, config, local, opt_state, client_keys, inputs, how)
+        counts, weak, selected_weak, participating = _client_counts(train, inputs)
+        gather = lambda x: jax.lax.all_gather(x, axis, tiled=True)  # noqa: E731
+        weights = aggregation_weights(config, gather(counts), gather(cm["loss1"]),
+                                      gather(participating), lam, beta)
+        if aggregates:
+            mine = jax.lax.dynamic_slice_in_dim(weights, jax.lax.axis_index(axis) * c_local,
+                                                c_local)
+            new_global = jax.lax.psum(aggregation.weighted_average(params, mine), axis)
+        else:
+            new_global = global_params
+        metrics = dict(loss1=cm["loss1"], loss2=cm["loss2"], counts=counts, weak=weak,
+                       selected_weak=selected_weak, steps=cm["steps"])
+        return new_global, params, opt, metrics, weights
+
+    # check_vma=False: the skip branches of the round's ``lax.cond``s return constants (not
+    # device-varying values); the replicated outputs (global pair after psum, weights computed
+    # from all-gathered numbers) are identical on every device by construction.
+    sharded = jax.shard_map(
+        per_device, mesh=mesh,
+        in_specs=(P(), P(axis), P(axis), P(axis), P(axis), P(), P()),
+        out_specs=(P(), P(axis), P(axis), P(axis), P()), check_vma=False)
+
+    def round_sharded(state: FedState, train: FederatedSplit, lam, beta):
+        c = train.valid.shape[0]
+        padded = sharding.padded_count(c, d)
+        next_key, client_keys = _round_keys(state, padded)   # the first c keys are unchanged
+        client_params, opt_state = state.client_params, state.opt_state
+        if padded > c:
+            train = sharding.pad_clients(train, padded)                       # valid = False
+            client_params = sharding.pad_clients(client_params, padded, mode="edge")
+            opt_state = sharding.pad_clients(opt_state, padded, mode="edge")
+        new_global, params, opt, m, weights = sharded(
+            state.global_params, client_params, opt_state, client_keys, train, lam, beta)
+        cut = lambda tree: jax.tree.map(lambda x: x[:c], tree)  # noqa: E731
+        params, opt, m, weights = cut(params), cut(opt), cut(m), weights[:c]
+        metrics = RoundMetrics(weights=weights, **m)
+        new_state = FedState(global_params=new_global, client_params=params, opt_state=opt,
+                             round=state.round + 1, key=next_key)
+        return new_state, metrics
+
+    donating = jax.jit(round_sharded, donate_argnums=(0,))
+    plain = jax.jit(round_sharded)      # padded clients: the outputs cannot reuse the inputs
+
+    def round_fn(state: FedState, train: FederatedSplit, lam, beta):
+        c = train.valid.shape[0]
+        fn = donating if sharding.padded_count(c, d) == c else plain
+        return fn(state, train, lam, beta)
+
+    round_fn.jitted = (donating, plain)
+    round_fn.mesh = mesh
+    return round_fn
