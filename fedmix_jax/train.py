@@ -401,7 +401,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, quiet: b
     levels = _level_names(federation)
 
     os.makedirs(workdir, exist_ok=True)
-    _atomic_write_text(config_path, json.dumps(cfg_dict, indent=2) + "\n")
     metrics_path = os.path.join(workdir, METRICS_FILE)
     checkpointer = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR),
                                 max_to_keep=int(config.keep_checkpoints))
@@ -423,6 +422,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, quiet: b
                       "(results agree to float tolerance, not bit for bit)", file=sys.stderr)
             best = extra["best"]
             start = int(extra["round"])
+        _atomic_write_text(config_path, json.dumps(cfg_dict, indent=2) + "\n")
         records = _truncate_metrics(metrics_path, start)
 
         def checkpoint_extra(r):
@@ -449,16 +449,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, quiet: b
             m = jax.device_get(metrics)  # only the [C] metrics come to the host
             round_time = time.perf_counter() - t0
             round_times.append(round_time)
-            finite = np.isfinite(m.loss1) & np.isfinite(m.loss2)
+            # A NaN/inf loss (or weight, which would poison the aggregate) stops the run before
+            # anything of this round is written.
+            finite = np.isfinite(m.loss1) & np.isfinite(m.loss2) & np.isfinite(m.weights)
             if not finite.all():
                 bad = [int(c) for c in np.nonzero(~finite)[0]]
                 where = ", ".join(f"client {c} ({client_names[c]}): loss1={m.loss1[c]}, "
-                                  f"loss2={m.loss2[c]}" for c in bad)
+                                  f"loss2={m.loss2[c]}, weight={m.weights[c]}" for c in bad)
                 checkpointer.wait_until_finished()
                 last = checkpointer.latest_step()
                 raise TrainingDivergedError(
-                    f"non-finite training loss in round {r} at {where}. The run stopped; no "
-                    f"checkpoint of round {r} was written (last checkpoint: "
+                    f"non-finite training loss or weight in round {r} at {where}. The run "
+                    f"stopped; no checkpoint of round {r} was written (last checkpoint: "
                     f"{'none' if last is None else f'round {last}'}). Check the data of "
                     f"{'these clients' if len(bad) > 1 else 'this client'} and the learning "
                     "rate.", round=r, clients=bad)
