@@ -77,8 +77,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.adam_eps = 1e-8
     config.train.lam = LAM           # FedMix weighting: w ~ d_i + lam * s_i
     config.train.beta = BETA         # s_i ~ loss_i ** beta
-    config.train.executor = "auto"   # client axis: auto (loop on CPU, vmap on GPU/TPU) | vmap | loop
-    config.train.inference_chunk = 64  # images per compiled chunk (pseudo-labels, evaluation)
+    # How the client axis runs: auto (loop on CPU, vmap on GPU/TPU) | vmap | map | loop | sharded
+    # (sharded: clients split over the devices of a 1-D mesh; num_devices None = all devices).
+    config.train.executor = "auto"
+    config.train.num_devices = config_dict.placeholder(int)
+    config.train.inference_chunk = 16  # images per compiled chunk (pseudo-labels, evaluation)
 
     config.selection = ml_collections.ConfigDict()
     config.selection.threshold = 0.5   # binarise sigmoid outputs

@@ -110,7 +110,8 @@ def build_round_config(config) -> RoundConfig:
             learning_rate=float(tr.learning_rate), weight_decay=float(tr.weight_decay),
             b1=float(tr.get("b1", 0.9)), b2=float(tr.get("b2", 0.999)),
             adam_eps=float(tr.get("adam_eps", 1e-8)), executor=executor,
-            inference_chunk=int(tr.get("inference_chunk", 64)))
+            inference_chunk=int(tr.get("inference_chunk", 16)),
+            num_devices=None if tr.get("num_devices", None) is None else int(tr.num_devices))
     except ValueError as e:
         raise ConfigError(f"invalid config: {e}") from None
 
@@ -316,6 +317,25 @@ def _copy_tree(tree):
     return jax.tree.map(jnp.copy, tree)
 
 
+def _place_state(state, round_fn, executor: str):
+    """Put a fresh or restored state where the round leaves it, so round 2 does not recompile.
+
+    Single-device executors: unchanged (uncommitted arrays on the default device, as both
+    ``init_state`` and the checkpoint restore produce them). ``sharded``: the global pair, round
+    and key replicated over the mesh, the per-client leaves split over ``"clients"``.
+    """
+    if executor != "sharded":
+        return state
+    from fedmix_jax.sharding import replicated_sharding, shard_clients
+
+    rep = replicated_sharding(round_fn.mesh)
+    return state.replace(
+        global_params=jax.device_put(state.global_params, rep),
+        client_params=shard_clients(state.client_params, round_fn.mesh),
+        opt_state=shard_clients(state.opt_state, round_fn.mesh),
+        round=jax.device_put(state.round, rep), key=jax.device_put(state.key, rep))
+
+
 def _eval_params(state, local: bool):
     return state.client_params[0] if local else state.global_params[0]
 
@@ -429,10 +449,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, quiet: b
             return {"round": r, "best": best, "config": cfg_dict,
                     "executor": round_config.executor, "client_names": client_names}
 
-        train = jax.device_put(federation.train)
+        round_fn = make_round_fn(model, round_config)
+        state = _place_state(state, round_fn, round_config.executor)
+        # The data goes to the device(s) once. val/test stay uncommitted, so evaluation runs
+        # wherever the params live (one device, or replicated over the "sharded" mesh).
+        if round_config.executor == "sharded":
+            from fedmix_jax.sharding import shard_clients
+
+            train = shard_clients(federation.train, round_fn.mesh)
+        else:
+            train = jax.device_put(federation.train)
         val = jax.device_put(federation.val)
         test = jax.device_put(federation.test)
-        round_fn = make_round_fn(model, round_config)
         chunk = round_config.inference_chunk
 
         if not quiet or start:
