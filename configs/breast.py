@@ -67,7 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.adam_eps = 1e-8
     config.train.lam = LAM           # FedMix weighting: w ~ d_i + lam * s_i
     config.train.beta = BETA         # s_i ~ loss_i ** beta
-    # How the client axis runs: auto (loop on CPU, vmap on GPU/TPU) | vmap | map | loop | sharded
+    # How the client axis runs: auto (default_executor(): map) | vmap | map | loop | sharded
     # (sharded: clients split over the devices of a 1-D mesh; num_devices None = all devices).
     config.train.executor = "auto"
     config.train.num_devices = config_dict.placeholder(int)
