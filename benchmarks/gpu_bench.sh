@@ -16,9 +16,10 @@
 #                  when several devices are present), the sequential reference-structured
 #                  baseline, the parts (pseudo-labels, local training, aggregation, one train
 #                  step's FLOP/s against a matmul peak timed alternately with it), a kernel
-#                  profile by op category. `vmap` is left out: on an H100 80 GB it runs out of
-#                  memory at this size (it asks for one 35 GiB buffer); `loop` is `map`'s work in
-#                  three programs and a host loop. Choose others with BENCH_EXECUTORS=map,vmap,...
+#                  profile by op category. `vmap` is left out: on an H100 80 GB it ran out of
+#                  memory at this size under XLA's default 75% limit (it asks for one 35 GiB
+#                  buffer); `loop` is `map`'s work in three programs and a host loop. Choose
+#                  others with BENCH_EXECUTORS=map,vmap,...
 #   sweep          round time for 2, 4, 8, 16 clients at the same size (map executor: one
 #                  client at a time, so memory does not grow with the clients) and the baseline;
 #                  one process, each point written as it completes
@@ -43,6 +44,8 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 # Let XLA grow GPU memory on demand, so memory_stats' peak reflects what the round needs.
 export XLA_PYTHON_CLIENT_PREALLOCATE=${XLA_PYTHON_CLIENT_PREALLOCATE:-false}
+# XLA's default limit is 75% of the card (60.8 GB of an H100 80 GB); allow more.
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.95}
 : > "$LOG"
 echo '{}' > "$JSON"
 

@@ -187,7 +187,8 @@ def default_executor() -> str:
       runs vmapped convolutions over per-client weights as grouped convolutions); ``map``
       compiles fastest.
     * H100 80 GB (4 clients x 32 images, 224x224, width 64, batch 16): ``map`` 0.49 s per round;
-      ``vmap`` does not fit (it asks for one 35 GiB buffer on top of the clients' activations).
+      ``vmap`` ran out of memory (one 35 GiB buffer on top of the rest, past XLA's default
+      limit of 75% of the card); ``map`` peaked at 11 GB.
 
     ``vmap`` stays available for small models on accelerators, where vectorising clients can
     fill the device better.
