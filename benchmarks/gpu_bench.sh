@@ -27,7 +27,7 @@
 #
 # Time: about 6 minutes on an H100, mostly compilation (~20-35 s per round program, GPU
 # autotuning included). Every part runs under `timeout` within a global budget (BENCH_BUDGET_S,
-# default 350 s); parts that no longer fit are skipped and recorded as such. Compilation and
+# default 360 s); parts that no longer fit are skipped and recorded as such. Compilation and
 # autotuning caches go to BENCH_CACHE (default /tmp/fedmix_bench_cache): a rerun compiles faster.
 # Override the size with BENCH_SIZE (e.g. "--image_size 64 --width 16 --batch_size 8
 # --train_per_client 32").
@@ -38,7 +38,7 @@ OUTDIR=${OUT:-./bench_out}
 mkdir -p "$OUTDIR"
 JSON="$OUTDIR/gpu_bench.json"
 LOG="$OUTDIR/gpu_bench.log"
-BUDGET=${BENCH_BUDGET_S:-350}
+BUDGET=${BENCH_BUDGET_S:-360}
 START=$(date +%s)
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
@@ -101,13 +101,13 @@ if [[ -z ${BENCH_EXECUTORS:-} && ${NDEV:-1} =~ ^[0-9]+$ && ${NDEV:-1} -gt 1 ]]; 
 fi
 
 # shellcheck disable=SC2086  # $SIZE holds several arguments
-part realistic 60 200 $SIZE --clients 4 --repeats 3 --warmup 1 --executors "$EXECUTORS" \
+part realistic 60 180 $SIZE --clients 4 --repeats 3 --warmup 1 --executors "$EXECUTORS" \
   --profile
 # shellcheck disable=SC2086
-part sweep 60 170 $SIZE --clients 4 --only_sweep --sweep_clients 2,4,8,16 --sweep_sizes "" \
-  --sweep_repeats 3 --sweep_executor map --sweep_baseline
+part sweep 60 130 $SIZE --clients 4 --only_sweep --sweep_clients 2,4,8,16 --sweep_sizes "" \
+  --sweep_repeats 2 --sweep_executor map --sweep_baseline
 # shellcheck disable=SC2086
-part bf16 30 60 $SIZE --clients 4 --repeats 3 --warmup 1 --executors map --no_parts \
+part bf16 30 50 $SIZE --clients 4 --repeats 3 --warmup 1 --executors map --no_parts \
   --no_baseline --dtype bfloat16
 
 echo "[gpu_bench] done in $(( $(date +%s) - START ))s; results: $JSON" | tee -a "$LOG"
