@@ -589,9 +589,10 @@ def _sharded_round(model: nn.Module, config: RoundConfig):
 
     Each device receives its block of clients (state, keys and data) and the global pair
     (replicated), computes their pseudo-labels and local epochs one client after another
-    (``lax.map``: the memory of one client per device, as ``map``), all-gathers the per-client counts and losses (a few scalars) to compute the
-    weights of every client identically on every device, and contributes its clients' weighted
-    sum to the new global pair through one ``psum``.
+    (``lax.map``: the memory of one client per device, as ``map``), all-gathers the per-client
+    counts and losses (a few scalars) to compute the weights of every client identically on
+    every device, and contributes its clients' weighted sum to the new global pair through one
+    ``psum``.
     """
     from fedmix_jax import sharding
 
