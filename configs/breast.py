@@ -10,7 +10,8 @@ missing). The first run decodes everything once into ``data.cache_dir``.
 """
 
 import ml_collections
-from ml_collections import config_dict
+
+from fedmix_jax.config_defaults import selection_config, train_config
 
 # ------------------------------------------------------------------------------------------------
 # The paper's numbers.
@@ -54,31 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.max_per_client = 0   # 0 = all images; else cap each client's total (quick runs)
     config.data.rebuild = False      # force rebuilding the cache
 
-    config.train = ml_collections.ConfigDict()
-    config.train.batch_size = BATCH_SIZE
-    config.train.crop = config_dict.placeholder(tuple)  # (h, w) random crop, or None
-    config.train.crop = CROP
-    config.train.hflip = True
-    config.train.vflip = True
-    config.train.learning_rate = 1e-3  # torch-style Adam (L2 added to the gradient)
-    config.train.weight_decay = 1e-4
-    config.train.b1 = 0.9
-    config.train.b2 = 0.999
-    config.train.adam_eps = 1e-8
-    config.train.lam = LAM           # FedMix weighting: w ~ d_i + lam * s_i
-    config.train.beta = BETA         # s_i ~ loss_i ** beta
-    # How the client axis runs: auto (default_executor(): map) | vmap | map | loop | sharded
-    # (sharded: clients split over the devices of a 1-D mesh; num_devices None = all devices).
-    config.train.executor = "auto"
-    config.train.num_devices = config_dict.placeholder(int)
-    config.train.inference_chunk = 16  # images per compiled chunk (pseudo-labels, evaluation)
-
-    config.selection = ml_collections.ConfigDict()
-    config.selection.threshold = 0.5
-    config.selection.agreement = 0.9   # tau
-    config.selection.box_fit = 0.5
-    config.selection.refine = True
-    config.selection.reject_empty = True      # fix (reference: False)
-    config.selection.use_image_labels = True  # fix (reference: False)
+    config.train = train_config(BATCH_SIZE, CROP, LAM, BETA, learning_rate=1e-3)
+    config.selection = selection_config()
 
     return config

@@ -16,7 +16,8 @@ Smoke run (seconds, for CI)::
 """
 
 import ml_collections
-from ml_collections import config_dict
+
+from fedmix_jax.config_defaults import selection_config, train_config
 
 # ------------------------------------------------------------------------------------------------
 # The demo's numbers, in one place. Budget: the default run finishes in <= 5 min on a 2-core CPU,
@@ -64,31 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.box_margin = (1, 9)  # px per box side, drawn once per sample
     config.data.seed = 0             # the data set itself (kept fixed when comparing seeds)
 
-    config.train = ml_collections.ConfigDict()
-    config.train.batch_size = BATCH_SIZE
-    config.train.crop = config_dict.placeholder(tuple)  # (h, w) random crop, or None
-    config.train.crop = CROP
-    config.train.hflip = True        # random horizontal flips
-    config.train.vflip = True        # random vertical flips
-    config.train.learning_rate = LEARNING_RATE  # torch-style Adam (L2 added to the gradient)
-    config.train.weight_decay = 1e-4
-    config.train.b1 = 0.9
-    config.train.b2 = 0.999
-    config.train.adam_eps = 1e-8
-    config.train.lam = LAM           # FedMix weighting: w ~ d_i + lam * s_i
-    config.train.beta = BETA         # s_i ~ loss_i ** beta
-    # How the client axis runs: auto (default_executor(): map) | vmap | map | loop | sharded
-    # (sharded: clients split over the devices of a 1-D mesh; num_devices None = all devices).
-    config.train.executor = "auto"
-    config.train.num_devices = config_dict.placeholder(int)
-    config.train.inference_chunk = 16  # images per compiled chunk (pseudo-labels, evaluation)
-
-    config.selection = ml_collections.ConfigDict()
-    config.selection.threshold = 0.5   # binarise sigmoid outputs
-    config.selection.agreement = 0.9   # tau: min dice(p1, p2) to select a weak sample
-    config.selection.box_fit = 0.5     # box samples: min dice(p1 * B, B)
-    config.selection.refine = True     # multiply by the box / the multi-class image label
-    config.selection.reject_empty = True      # fix: reject empty agreed pseudo-labels
-    config.selection.use_image_labels = True  # fix: use binary image labels
+    config.train = train_config(BATCH_SIZE, CROP, LAM, BETA, learning_rate=LEARNING_RATE)
+    config.selection = selection_config()
 
     return config
