@@ -17,7 +17,16 @@ Conventions
   4-neighbourhood (``scipy.ndimage.label``'s default). Labels are numbered ``1..count`` in raster
   order of each component's first pixel, ``0`` is background.
 
-Everything is NumPy only (no SciPy / scikit-image / OpenCV).
+Components come from ``scipy.ndimage.label`` and their extents from ``scipy.ndimage.find_objects``.
+
+Box geometry (``box_mode``)
+---------------------------
+* ``"component"`` (default): one box per connected component, each side pushed out by its own
+  margin (inclusive ends on all four sides).
+* ``"enclosing"``: the reference's geometry -- one box enclosing all of the mask's foreground (per
+  class), drawn as the reference draws it, ``box[y0 - m : y1 + m, x0 - m : x1 + m] = 1`` with the
+  tight *inclusive* ends ``y1``/``x1`` used as an *exclusive* slice end, so the bottom/right margin
+  is one pixel smaller than the drawn margin (with the 1-9 px margins, 0-8 px).
 """
 
 from __future__ import annotations
@@ -25,8 +34,10 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from scipy import ndimage
 
 __all__ = [
+    "BOX_MODES",
     "sample_rng",
     "connected_components",
     "boxes_from_mask",
@@ -34,6 +45,21 @@ __all__ = [
     "box_masks_from_masks",
     "scale_boxes",
 ]
+
+
+BOX_MODES = ("component", "enclosing")
+
+# scipy.ndimage structuring elements for 4- and 8-connectivity.
+_STRUCTURE = {4: ndimage.generate_binary_structure(2, 1), 8: ndimage.generate_binary_structure(2, 2)}
+
+
+def check_box_mode(box_mode: str) -> str:
+    """``box_mode`` normalised ('component' | 'enclosing'); ValueError naming the choices."""
+    mode = str(box_mode).strip().lower()
+    if mode not in BOX_MODES:
+        raise ValueError(f"box_mode must be one of {BOX_MODES}, got {box_mode!r} "
+                         "(--config.data.box_mode)")
+    return mode
 
 
 def sample_rng(seed: int, *ids: int) -> np.random.Generator:
@@ -53,7 +79,7 @@ def _foreground(mask2d) -> np.ndarray:
 
 
 def connected_components(mask2d: np.ndarray, connectivity: int = 8) -> tuple[np.ndarray, int]:
-    """Label the connected foreground regions of a 2-D mask.
+    """Label the connected foreground regions of a 2-D mask (``scipy.ndimage.label``).
 
     Args:
       mask2d: [H, W] bool or numeric mask (numeric: foreground is ``> 0.5``).
@@ -61,73 +87,17 @@ def connected_components(mask2d: np.ndarray, connectivity: int = 8) -> tuple[np.
 
     Returns:
       ``(labels, count)``: ``labels`` [H, W] int32 with 0 for background and ``1..count`` for the
-      components, numbered in raster order of their first (top-most, then left-most) pixel.
-
-    Vectorised union-find: pixels of one horizontal run start out sharing a parent (the run's first
-    pixel); the remaining adjacencies (one vertical edge per overlapping run pair, and diagonal
-    edges not already implied by a shorter path) are merged by repeated "hook the larger root onto
-    the smaller" passes with full pointer jumping, until every edge joins equal roots. A 600x450
-    mask takes a few milliseconds.
+      components, numbered in raster order of their first (top-most, then left-most) pixel
+      (``scipy.ndimage.label`` numbers them in scan order).
     """
     if connectivity not in (4, 8):
         raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
     m = _foreground(mask2d)
-    h, w = m.shape
-    labels = np.zeros((h, w), np.int32)
+    labels = np.zeros(m.shape, np.int32)
     if not m.any():
         return labels, 0
-
-    idx = np.arange(h * w, dtype=np.int64).reshape(h, w)
-    # Parent of every foreground pixel = first pixel of its horizontal run.
-    start = m.copy()
-    start[:, 1:] &= ~m[:, :-1]
-    run = np.maximum.accumulate(np.where(start, idx, -1), axis=1)
-    parent = np.where(m, run, idx).ravel()
-
-    # Vertical edges (y, x)-(y+1, x): only the left-most of each horizontally contiguous stretch
-    # is needed, the others are implied by the two runs.
-    vert = m[:-1] & m[1:]
-    vert_first = vert.copy()
-    vert_first[:, 1:] &= ~vert[:, :-1]
-    ys, xs = np.nonzero(vert_first)
-    us = [ys * w + xs]
-    vs = [(ys + 1) * w + xs]
-    if connectivity == 8:
-        # Diagonals, only where neither orthogonal path through a shared neighbour exists.
-        d1 = m[:-1, :-1] & m[1:, 1:] & ~m[:-1, 1:] & ~m[1:, :-1]   # (y, x)-(y+1, x+1)
-        ys, xs = np.nonzero(d1)
-        us.append(ys * w + xs)
-        vs.append((ys + 1) * w + xs + 1)
-        d2 = m[:-1, 1:] & m[1:, :-1] & ~m[:-1, :-1] & ~m[1:, 1:]   # (y, x+1)-(y+1, x)
-        ys, xs = np.nonzero(d2)
-        us.append(ys * w + xs + 1)
-        vs.append((ys + 1) * w + xs)
-    u = np.concatenate(us)
-    v = np.concatenate(vs)
-
-    while u.size:
-        pu, pv = parent[u], parent[v]
-        keep = pu != pv
-        if not keep.any():
-            break
-        u, v, pu, pv = u[keep], v[keep], pu[keep], pv[keep]
-        # Hook: each root pu/pv is a root (parent fully compressed), so setting parent[hi] = lo
-        # (lo < hi) never creates a cycle; when several edges hook the same root one write wins
-        # and the others are retried next pass.
-        parent[np.maximum(pu, pv)] = np.minimum(pu, pv)
-        while True:  # pointer jumping until every node points at its root
-            pp = parent[parent]
-            if np.array_equal(pp, parent):
-                break
-            parent = pp
-
-    # The root of a component is its smallest (first in raster order) pixel index, so numbering
-    # the roots in index order numbers the components in raster order.
-    flat_m = m.ravel()
-    is_root = flat_m & (parent == idx.ravel())
-    number = np.cumsum(is_root, dtype=np.int32)
-    labels = np.where(flat_m, number[parent], 0).astype(np.int32).reshape(h, w)
-    return labels, int(number[-1])
+    count = ndimage.label(m, structure=_STRUCTURE[connectivity], output=labels)
+    return labels, int(count)
 
 
 def _margin_range(margin) -> tuple[int, int]:
@@ -142,7 +112,7 @@ def _margin_range(margin) -> tuple[int, int]:
 
 def boxes_from_mask(mask2d: np.ndarray, rng: np.random.Generator | None, margin=(1, 9),
                     per_component: bool = True, min_area: int = 1,
-                    connectivity: int = 8) -> np.ndarray:
+                    connectivity: int = 8, box_mode: str = "component") -> np.ndarray:
     """Noisy bounding boxes of a mask's lesions, as an annotator would draw them.
 
     Args:
@@ -151,39 +121,39 @@ def boxes_from_mask(mask2d: np.ndarray, rng: np.random.Generator | None, margin=
         :func:`sample_rng`); may be ``None`` only when the margin is fixed (``lo == hi``).
       margin: ``(lo, hi)``: each side of each box is enlarged by an independent integer drawn
         uniformly from ``[lo, hi]`` (both inclusive), or an int for a fixed margin.
-      per_component: one box per connected component (default) or one box around the whole mask.
-      min_area: components with fewer pixels are ignored (``per_component=True`` only).
+      per_component: with ``box_mode='component'``: one box per connected component (default) or
+        one box around the whole mask (inclusive ends, full margin on every side).
+      min_area: components with fewer pixels are ignored (per-component boxes only).
       connectivity: 8 (default) or 4, see :func:`connected_components`.
+      box_mode: ``'component'`` (default, as above) or ``'enclosing'``: the reference's single box
+        around all the foreground, whose bottom/right side gets the drawn margin minus one pixel
+        (the reference uses the tight inclusive end as an exclusive slice end; see the module
+        docstring). With ``margin=0`` that box therefore leaves out the last row/column, as the
+        reference does.
 
     Returns:
       int64 ``[nb, 4]`` boxes ``(x_min, y_min, x_max, y_max)``, inclusive, clipped to the image,
       in raster order of the components' first pixels. An empty mask gives ``[0, 4]`` and draws
       nothing from ``rng``; otherwise exactly ``4 * nb`` integers are drawn, in one call.
     """
+    mode = check_box_mode(box_mode)
     m = _foreground(mask2d)
     h, w = m.shape
     lo, hi = _margin_range(margin)
-    if per_component:
+    if mode == "component" and per_component:
         labels, count = connected_components(m, connectivity)
         if count == 0:
             return np.zeros((0, 4), np.int64)
-        ys, xs = np.nonzero(labels)
-        lab = labels[ys, xs] - 1
-        area = np.bincount(lab, minlength=count)
-        x0 = np.full(count, w, np.int64)
-        y0 = np.full(count, h, np.int64)
-        x1 = np.full(count, -1, np.int64)
-        y1 = np.full(count, -1, np.int64)
-        np.minimum.at(x0, lab, xs)
-        np.minimum.at(y0, lab, ys)
-        np.maximum.at(x1, lab, xs)
-        np.maximum.at(y1, lab, ys)
-        tight = np.stack([x0, y0, x1, y1], axis=1)[area >= max(int(min_area), 1)]
+        area = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+        tight = np.array([[sx.start, sy.start, sx.stop - 1, sy.stop - 1]
+                          for sy, sx in ndimage.find_objects(labels, max_label=count)],
+                         np.int64).reshape(-1, 4)[area >= max(int(min_area), 1)]
     else:
-        ys, xs = np.nonzero(m)
-        if ys.size == 0:
+        rows, cols = np.any(m, axis=1), np.any(m, axis=0)
+        if not rows.any():
             return np.zeros((0, 4), np.int64)
-        tight = np.array([[xs.min(), ys.min(), xs.max(), ys.max()]], np.int64)
+        ys, xs = np.flatnonzero(rows), np.flatnonzero(cols)
+        tight = np.array([[xs[0], ys[0], xs[-1], ys[-1]]], np.int64)
     nb = tight.shape[0]
     if nb == 0:
         return np.zeros((0, 4), np.int64)
@@ -194,6 +164,8 @@ def boxes_from_mask(mask2d: np.ndarray, rng: np.random.Generator | None, margin=
             raise ValueError("boxes_from_mask needs an rng for a random margin")
         margins = rng.integers(lo, hi, size=(nb, 4), endpoint=True).astype(np.int64)
     boxes = tight + margins * np.array([-1, -1, 1, 1], np.int64)
+    if mode == "enclosing":
+        boxes[:, 2:] -= 1  # the reference's exclusive slice end: bottom/right one pixel smaller
     boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, w - 1)
     boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, h - 1)
     return boxes
@@ -225,7 +197,7 @@ def box_mask(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def box_masks_from_masks(masks_hwk: np.ndarray, rng: np.random.Generator | None, margin=(1, 9),
                          per_component: bool = True, min_area: int = 1,
-                         connectivity: int = 8) -> np.ndarray:
+                         connectivity: int = 8, box_mode: str = "component") -> np.ndarray:
     """Per-class box masks of one sample: [H, W, K] mask -> [H, W, K] float32 box mask.
 
     Channel ``k`` is 1 inside any box drawn around class ``k``'s mask (see :func:`boxes_from_mask`;
@@ -238,7 +210,7 @@ def box_masks_from_masks(masks_hwk: np.ndarray, rng: np.random.Generator | None,
     out = np.zeros((h, w, k), np.float32)
     for c in range(k):
         b = boxes_from_mask(m[..., c], rng, margin=margin, per_component=per_component,
-                            min_area=min_area, connectivity=connectivity)
+                            min_area=min_area, connectivity=connectivity, box_mode=box_mode)
         if b.shape[0]:
             out[..., c] = box_mask(b, h, w)
     return out
