@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from fedmix_jax.data.federation import PIXEL
 
@@ -86,12 +87,12 @@ def bce_loss_per_sample(logits: jax.Array, targets: jax.Array,
                         pixel_weights: jax.Array | None = None) -> jax.Array:
     """Mean binary cross-entropy per sample (numerically stable, on logits): -> [B].
 
-    ``pixel_weights`` ([B, H, W, K], optional) weighs pixels, e.g. FedST's confident-pixel mask;
-    the per-sample value is then ``sum(pw * bce) / max(sum(pw), tiny)``.
+    The per-pixel term is ``optax.sigmoid_binary_cross_entropy`` (float32). ``pixel_weights``
+    ([B, H, W, K], optional) weighs pixels, e.g. FedST's confident-pixel mask; the per-sample
+    value is then ``sum(pw * bce) / max(sum(pw), tiny)``.
     """
     logits = logits.astype(jnp.float32)
-    targets = targets.astype(jnp.float32)
-    per_pixel = jnp.maximum(logits, 0) - logits * targets + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+    per_pixel = optax.sigmoid_binary_cross_entropy(logits, targets.astype(jnp.float32))
     axes = tuple(range(1, logits.ndim))
     if pixel_weights is None:
         return jnp.mean(per_pixel, axis=axes)
