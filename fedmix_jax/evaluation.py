@@ -1,8 +1,20 @@
-"""Evaluation: per-client Dice and IoU of a model on held-out arrays, batched and jitted.
+"""Evaluation: per-client, per-class Dice, IoU and HD95 of a model on held-out arrays.
 
-As in the reference, predictions are binarised at 0.5, Dice and IoU are computed per image (over
-all pixels and class channels, eps = 1e-4, so an image with empty ground truth and empty prediction
-scores 1) and averaged over each client's valid images. The mean over clients is the headline.
+Predictions are binarised at 0.5 (sigmoid per class channel). For every image and every class k,
+Dice and IoU of channel k are computed with eps = 1e-4, so an image where class k is absent from
+both the ground truth and the prediction scores 1 for that class (the reference's per-image
+convention). Per class, they are averaged over the client's valid images (``dice_per_class``
+[C, K]); a client's Dice is the mean of its per-class Dice over the classes (``dice`` [C]), as the
+reference reports multi-class Dice; the headline ``mean_dice`` is the mean over clients. For a
+binary task (K = 1) these are the per-image Dice averaged over images, as before.
+
+The earlier figure, Dice computed per image over all pixels *and* class channels pooled together,
+is kept as ``pooled_dice`` / ``pooled_iou`` (identical to ``dice`` / ``iou`` when K = 1).
+
+HD95 (:mod:`fedmix_jax.hd95`: 95th-percentile symmetric Hausdorff distance, in pixels of the
+evaluated images) is computed on the host per image and class; images where both prediction and
+ground truth of a class are empty give NaN and are skipped by every mean; exactly one empty gives
+the image diagonal (``hd95_one_empty``). Lower is better.
 """
 
 from __future__ import annotations
@@ -15,67 +27,149 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedmix_jax.data.federation import FederatedSplit
+from fedmix_jax.hd95 import hd95_per_class, nanmean
 from fedmix_jax.inference import apply_in_chunks
-from fedmix_jax.losses import dice_coefficient, iou_coefficient
+from fedmix_jax.losses import DICE_EPS, dice_coefficient, iou_coefficient
+
+
+def binarize(logits: jax.Array, threshold: float = 0.5) -> jax.Array:
+    """Binary prediction per class channel: ``sigmoid(logits) > threshold`` (float32 {0, 1})."""
+    return (jax.nn.sigmoid(logits.astype(jnp.float32)) > threshold).astype(jnp.float32)
 
 
 def segmentation_scores(logits: jax.Array, masks: jax.Array, threshold: float = 0.5):
-    """Per-image (dice, iou) of binarised logits vs masks: [B, H, W, K] -> ([B], [B])."""
-    pred = (jax.nn.sigmoid(logits.astype(jnp.float32)) > threshold).astype(jnp.float32)
+    """Per-image (dice, iou) pooled over all pixels and class channels: [B, H, W, K] -> ([B], [B]).
+
+    For K > 1 this is the ``pooled_dice`` figure; :func:`per_class_scores` gives the reported one.
+    """
+    pred = binarize(logits, threshold)
     return dice_coefficient(pred, masks), iou_coefficient(pred, masks)
 
 
-def _client_means(per_image: jax.Array, valid: jax.Array) -> jax.Array:
-    v = valid.astype(jnp.float32)
-    return jnp.sum(per_image * v, axis=-1) / jnp.maximum(jnp.sum(v, axis=-1), 1.0)
+def per_class_scores(pred: jax.Array, masks: jax.Array, eps: float = DICE_EPS):
+    """Per-image, per-class Dice and IoU of binary maps: [B, H, W, K] -> ([B, K], [B, K]).
+
+    ``dice[b, k] = (2 |P_k & G_k| + eps) / (|P_k| + |G_k| + eps)``: 1 when class k is absent from
+    both (through eps).
+    """
+    pred = pred.astype(jnp.float32)
+    masks = masks.astype(jnp.float32)
+    inter = jnp.sum(pred * masks, axis=(1, 2))
+    sp, sg = jnp.sum(pred, axis=(1, 2)), jnp.sum(masks, axis=(1, 2))
+    return (2.0 * inter + eps) / (sp + sg + eps), (inter + eps) / (sp + sg - inter + eps)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _scores_shared(model: nn.Module, chunk: int, threshold: float, params, images, masks):
-    """One model on every client's images: [C, M, ...] -> per-image dice, iou [C, M]."""
+def _client_means(per_image: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Mean over the valid images of each client: [C, M, ...] -> [C, ...] (0 when none)."""
+    v = valid.astype(np.float64).reshape(valid.shape + (1,) * (per_image.ndim - 2))
+    return np.sum(per_image * v, axis=1) / np.maximum(np.sum(v, axis=1), 1.0)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _scores_shared(model: nn.Module, chunk: int, threshold: float, with_pred: bool, params, images,
+                   masks):
+    """One model on every client's images: [C, M, ...] -> dict of per-image scores [C, M(, K)]
+    (and the binary predictions [C, M, H, W, K] as bool when ``with_pred``)."""
     c, m = images.shape[:2]
     flat = lambda x: x.reshape((c * m,) + x.shape[2:])  # noqa: E731
 
     def score(batch):
         x, y = batch
-        return segmentation_scores(model.apply({"params": params}, x), y, threshold)
+        pred = binarize(model.apply({"params": params}, x), threshold)
+        dice_k, iou_k = per_class_scores(pred, y)
+        out = dict(dice_k=dice_k, iou_k=iou_k, pooled_dice=dice_coefficient(pred, y),
+                   pooled_iou=iou_coefficient(pred, y))
+        if with_pred:
+            out["pred"] = pred > 0.5
+        return out
 
-    dice, iou = apply_in_chunks(score, (flat(images), flat(masks)), chunk)
-    return dice.reshape(c, m), iou.reshape(c, m)
+    out = apply_in_chunks(score, (flat(images), flat(masks)), chunk)
+    return jax.tree.map(lambda v: v.reshape((c, m) + v.shape[1:]), out)
 
 
 def evaluate(model: nn.Module, params, split: FederatedSplit, per_client_params: bool = False,
-             chunk_size: int = 64, threshold: float = 0.5) -> dict[str, np.ndarray]:
-    """Per-client Dice and IoU of ``model`` on a held-out split.
+             chunk_size: int = 64, threshold: float = 0.5, hd95: bool = True,
+             hd95_one_empty: str = "diagonal") -> dict[str, np.ndarray]:
+    """Per-client (and per-class) Dice, IoU and HD95 of ``model`` on a held-out split.
 
     Args:
       model: the Flax model.
-      params: one model's params (leaves [...]) applied to every client, or — with
-        ``per_client_params=True`` (the ``local`` strategy) — params with leaves [C, ...], client
+      params: one model's params (leaves [...]) applied to every client, or -- with
+        ``per_client_params=True`` (the ``local`` strategy) -- params with leaves [C, ...], client
         c's model evaluated on client c's images.
       split: held-out :class:`FederatedSplit` ([C, M, ...] arrays; ``valid`` masks padding).
       chunk_size: images per compiled inference chunk.
+      threshold: sigmoid threshold of the binary prediction.
+      hd95: also compute HD95 (host-side, :mod:`fedmix_jax.hd95`); False skips it (and its keys).
+      hd95_one_empty: HD95 when exactly one of prediction / truth is empty: ``'diagonal'``,
+        ``'inf'`` (MONAI) or ``'nan'``.
 
     Returns:
-      dict of NumPy arrays: ``dice`` [C], ``iou`` [C], ``mean_dice`` [], ``mean_iou`` [] (mean
-      over clients that have at least one valid image), ``per_image_dice`` [C, M].
+      dict of NumPy arrays (C clients, M padded images, K classes); "mean over clients" counts the
+      clients that have at least one valid image:
+
+      * ``dice`` [C], ``iou`` [C]: per-class means averaged over the classes (the reported figure);
+        ``mean_dice`` [], ``mean_iou`` []: their mean over clients;
+      * ``dice_per_class`` [C, K], ``iou_per_class`` [C, K]: per class, averaged over images;
+        ``mean_dice_per_class`` [K], ``mean_iou_per_class`` [K]: mean over clients;
+      * ``per_image_dice`` [C, M]: per image, mean over classes (NaN on padding);
+        ``per_image_dice_per_class`` [C, M, K];
+      * ``pooled_dice`` [C], ``pooled_iou`` [C], ``mean_pooled_dice`` []: Dice / IoU pooled over
+        the class channels of each image (the pre-multi-class figure; equal to ``dice`` when K = 1);
+      * with ``hd95``: ``hd95_per_class`` [C, K] (mean over images, NaNs skipped), ``hd95`` [C]
+        (mean over classes), ``mean_hd95`` [] (mean over clients), ``mean_hd95_per_class`` [K],
+        ``per_image_hd95`` [C, M, K] (NaN: both empty or padding). Pixels; lower is better.
     """
     images, masks = jnp.asarray(split.images), jnp.asarray(split.masks)
-    valid = np.asarray(split.valid)
+    valid = np.asarray(split.valid).astype(bool)
     if per_client_params:
         rows = []
         for c in range(images.shape[0]):
             p = jax.tree.map(lambda x: x[c], params)
-            rows.append(_scores_shared(model, chunk_size, threshold, p, images[c:c + 1],
-                                       masks[c:c + 1]))
-        dice = jnp.concatenate([r[0] for r in rows])
-        iou = jnp.concatenate([r[1] for r in rows])
+            rows.append(_scores_shared(model, chunk_size, threshold, bool(hd95), p,
+                                       images[c:c + 1], masks[c:c + 1]))
+        out = jax.tree.map(lambda *xs: jnp.concatenate(xs), *rows)
     else:
-        dice, iou = _scores_shared(model, chunk_size, threshold, params, images, masks)
-    dice, iou = np.asarray(dice), np.asarray(iou)
-    client_dice = np.asarray(_client_means(dice, valid))
-    client_iou = np.asarray(_client_means(iou, valid))
+        out = _scores_shared(model, chunk_size, threshold, bool(hd95), params, images, masks)
+    out = jax.tree.map(np.asarray, out)
     has = valid.any(axis=1)
-    mean = lambda x: float(x[has].mean()) if has.any() else float("nan")  # noqa: E731
-    return dict(dice=client_dice, iou=client_iou, mean_dice=np.float64(mean(client_dice)),
-                mean_iou=np.float64(mean(client_iou)), per_image_dice=np.where(valid, dice, np.nan))
+
+    def over_clients(x):  # [C, ...] -> [...], mean over clients with data
+        if not has.any():
+            return np.full(x.shape[1:], np.nan)
+        return x[has].mean(axis=0)
+
+    dice_pc = _client_means(out["dice_k"].astype(np.float64), valid)       # [C, K]
+    iou_pc = _client_means(out["iou_k"].astype(np.float64), valid)
+    dice, iou = dice_pc.mean(axis=-1), iou_pc.mean(axis=-1)                # [C]
+    pooled_dice = _client_means(out["pooled_dice"].astype(np.float64), valid)
+    pooled_iou = _client_means(out["pooled_iou"].astype(np.float64), valid)
+    pad = ~valid[..., None]
+    res = dict(
+        dice=dice, iou=iou,
+        mean_dice=np.float64(over_clients(dice)), mean_iou=np.float64(over_clients(iou)),
+        dice_per_class=dice_pc, iou_per_class=iou_pc,
+        mean_dice_per_class=over_clients(dice_pc), mean_iou_per_class=over_clients(iou_pc),
+        per_image_dice=np.where(valid, out["dice_k"].mean(axis=-1), np.nan),
+        per_image_dice_per_class=np.where(pad, np.nan, out["dice_k"]),
+        pooled_dice=pooled_dice, pooled_iou=pooled_iou,
+        mean_pooled_dice=np.float64(over_clients(pooled_dice)),
+    )
+    if hd95:
+        pred = out["pred"]
+        gt = np.asarray(split.masks) > 0.5
+        c_num, m_num = valid.shape
+        per_image = np.full((c_num, m_num, pred.shape[-1]), np.nan)
+        for c in range(c_num):
+            idx = np.flatnonzero(valid[c])
+            if idx.size:
+                per_image[c, idx] = hd95_per_class(pred[c, idx], gt[c, idx],
+                                                   one_empty=hd95_one_empty)
+        hd_pc = nanmean(per_image, axis=1)                                   # [C, K]
+        hd = nanmean(hd_pc, axis=-1)                                         # [C]
+        res.update(hd95_per_class=hd_pc, hd95=hd,
+                   mean_hd95=np.float64(nanmean(hd[has]) if has.any() else np.nan),
+                   mean_hd95_per_class=(nanmean(hd_pc[has], axis=0) if has.any()
+                                        else np.full(hd_pc.shape[1:], np.nan)),
+                   per_image_hd95=per_image)
+    return res
