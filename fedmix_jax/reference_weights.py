@@ -12,13 +12,17 @@ GroupNorms (``weight`` = scale). They map to the Flax tree ``{inc, down{i}, up{i
 conv2, norm2}`` and ``outc``; kernels are transposed OIHW <-> HWIO, nothing else changes, so the
 conversion is exact both ways.
 
-File format: ``.npz`` with one array per parameter under ``param/<reference name>`` (plain
-``<reference name>`` keys are accepted too). ``.pth`` / ``.pt`` are read only if PyTorch is
-installed; it is imported lazily and never needed otherwise.
+File formats: ``.npz`` with one array per parameter under ``param/<reference name>`` (plain
+``<reference name>`` keys are accepted too), read with ``allow_pickle=False``; and zip-format
+PyTorch checkpoints (``.pth`` / ``.pt`` from ``torch.save``), read **without torch** by a
+restricted unpickler that never runs code from the file (see :func:`load_reference_weights`).
 """
 from __future__ import annotations
 
+import collections
 import os
+import pickle
+import zipfile
 from typing import Any, Mapping
 
 import jax
@@ -35,6 +39,7 @@ __all__ = [
     "load_reference_weights",
     "save_reference_weights",
     "reference_names",
+    "WeightsFileError",
 ]
 
 # Position inside the reference's nn.Sequential double_conv -> (flax layer, kind).
@@ -213,60 +218,279 @@ def normalize_state_dict(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]
     return out
 
 
+class WeightsFileError(ValueError):
+    """A weights file is refused; ``path`` names the file and ``key`` the entry (or None)."""
+
+    def __init__(self, message: str, path: str | os.PathLike, key: str | None = None):
+        super().__init__(message)
+        self.path = os.fspath(path)
+        self.key = key
+
+
 def _read_npz(path: str) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
+    """Arrays of an ``.npz``, never unpickling (``allow_pickle=False``; object arrays refused)."""
+    try:
+        data = np.load(path, allow_pickle=False)
+    except ValueError as e:  # e.g. a pickle file renamed .npz
+        raise WeightsFileError(f"cannot read weights file '{path}': not an .npz of plain arrays "
+                               f"({e}); pickled content is refused", path) from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise WeightsFileError(f"cannot read weights file '{path}': {type(e).__name__}: {e}",
+                               path) from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise WeightsFileError(f"'{path}' is a single .npy array, not an .npz of named arrays",
+                               path)
+    out = {}
+    with data:
         files = list(data.files)
-        if any(k.startswith("param/") for k in files):
-            return {k[len("param/"):]: data[k] for k in files if k.startswith("param/")}
-        return {k: data[k] for k in files}
+        prefixed = any(k.startswith("param/") for k in files)
+        for k in files:
+            if prefixed and not k.startswith("param/"):
+                continue
+            name = k[len("param/"):] if prefixed else k
+            try:
+                out[name] = data[k]
+            except ValueError as e:  # "Object arrays cannot be loaded when allow_pickle=False"
+                raise WeightsFileError(f"'{path}': entry '{k}' holds pickled objects, which are "
+                                       f"refused ({e})", path, name) from None
+            except (OSError, EOFError, zipfile.BadZipFile) as e:
+                raise WeightsFileError(f"'{path}': entry '{k}' is unreadable: "
+                                       f"{type(e).__name__}: {e}", path, name) from None
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch zip checkpoints, read without torch and without running any code from the file.
+#
+# ``torch.save`` (torch >= 1.6) writes a zip: ``<archive>/data.pkl`` (a pickle of the object in
+# which every tensor is ``torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)``
+# and every storage a persistent id ``('storage', torch.FloatStorage, key, location, numel)``) and
+# ``<archive>/data/<key>`` (the raw little-endian bytes of each storage). The unpickler below
+# resolves only the few globals such a state_dict needs, to NumPy stand-ins; any other global
+# (``os.system``, ``builtins.eval``, a model class ...) is refused before anything is called.
+
+_TORCH_STORAGE_DTYPES = {
+    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
+    "BFloat16Storage": "bfloat16", "LongStorage": np.int64, "IntStorage": np.int32,
+    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+}
+_MAX_PICKLE_BYTES = 64 << 20
+
+
+class _StorageType:
+    """Stand-in for ``torch.<X>Storage`` (only its dtype is used)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        dt = _TORCH_STORAGE_DTYPES[name]
+        if dt == "bfloat16":
+            import ml_dtypes  # noqa: PLC0415  (installed with jax)
+            dt = ml_dtypes.bfloat16
+        self.dtype = np.dtype(dt)
+
+
+class _Marker:
+    """Stand-in for a class that is only ever passed around (``torch.Tensor``, ``Parameter``)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+
+_TENSOR, _PARAMETER = _Marker("torch.Tensor"), _Marker("torch.nn.Parameter")
+
+
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
+                       backward_hooks=None, metadata=None):
+    if not isinstance(storage, np.ndarray) or storage.ndim != 1:
+        raise pickle.UnpicklingError("a tensor without a storage")
+    if not (isinstance(storage_offset, int) and isinstance(size, tuple)
+            and isinstance(stride, tuple) and len(size) == len(stride)
+            and all(isinstance(v, int) and v >= 0 for v in (storage_offset, *size, *stride))):
+        raise pickle.UnpicklingError(f"bad tensor geometry offset={storage_offset!r} "
+                                     f"size={size!r} stride={stride!r}")
+    if 0 in size:
+        return np.zeros(size, storage.dtype)
+    last = storage_offset + sum((n - 1) * st for n, st in zip(size, stride))
+    if last >= storage.size:
+        raise pickle.UnpicklingError(f"tensor of size {size} (offset {storage_offset}, stride "
+                                     f"{stride}) reaches past its storage of {storage.size} "
+                                     "elements")
+    view = np.lib.stride_tricks.as_strided(storage[storage_offset:], shape=size,
+                                           strides=[st * storage.itemsize for st in stride],
+                                           writeable=False)
+    return np.array(view)
+
+
+def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=None):
+    if not isinstance(data, np.ndarray):
+        raise pickle.UnpicklingError("a Parameter without tensor data")
+    return data
+
+
+def _rebuild_from_type_v2(func, new_type, args, state):
+    if func is not _rebuild_tensor_v2 or new_type not in (_TENSOR, _PARAMETER) \
+            or not isinstance(args, tuple):
+        raise pickle.UnpicklingError("only plain tensors may be rebuilt")
+    return func(*args)
+
+
+_SAFE_GLOBALS = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
+    ("torch", "Tensor"): _TENSOR,
+    ("torch.nn.parameter", "Parameter"): _PARAMETER,
+    **{("torch", name): _StorageType(name) for name in _TORCH_STORAGE_DTYPES},
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Resolves only ``_SAFE_GLOBALS``; storages come from the zip, nothing else is reachable."""
+
+    def __init__(self, file, path: str, storage_bytes):
+        super().__init__(file)
+        self._path = path
+        self._storage_bytes = storage_bytes
+        self._storages: dict[str, np.ndarray] = {}
+
+    def find_class(self, module, name):
+        obj = _SAFE_GLOBALS.get((module, name))
+        if obj is None:
+            raise pickle.UnpicklingError(
+                f"refused global '{module}.{name}': only tensors and (Ordered)dicts of tensors "
+                "are accepted, so no code from the file is run")
+        return obj
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
+                and isinstance(pid[1], _StorageType) and isinstance(pid[2], str)
+                and isinstance(pid[4], int) and pid[4] >= 0):
+            raise pickle.UnpicklingError(f"unsupported persistent id {pid!r:.120}")
+        stype, key, numel = pid[1], pid[2], pid[4]
+        if key not in self._storages:
+            raw = self._storage_bytes(key, numel * stype.dtype.itemsize)
+            self._storages[key] = np.frombuffer(raw, stype.dtype)
+        return self._storages[key]
 
 
 def _read_torch(path: str) -> Mapping[str, Any]:
+    """A torch zip checkpoint's object (a state_dict), read without torch and without executing
+    anything from the file (see the comment above)."""
+    if not zipfile.is_zipfile(path):
+        raise WeightsFileError(
+            f"cannot read '{path}': not a zip-format PyTorch checkpoint (torch >= 1.6). Legacy "
+            "torch files and plain pickles are refused because loading them can run code; "
+            "re-save with a recent torch or export .npz: np.savez('weights.npz', "
+            "**{'param/' + k: v.cpu().numpy() for k, v in model.state_dict().items()})", path)
     try:
-        import torch  # noqa: PLC0415  (lazy on purpose: torch is optional)
-    except ImportError as err:
-        raise ImportError(
-            f"reading '{path}' needs PyTorch, which is not installed. Either `pip install torch`,"
-            " or export the weights to .npz where torch is available: "
-            "np.savez('weights.npz', **{'param/' + k: v.cpu().numpy() "
-            "for k, v in model.state_dict().items()})") from err
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except TypeError:  # torch < 1.13 has no weights_only
-        obj = torch.load(path, map_location="cpu")
-    if hasattr(obj, "state_dict") and callable(obj.state_dict):  # a whole nn.Module
-        obj = obj.state_dict()
+        with zipfile.ZipFile(path) as zf:
+            infos = {i.filename: i for i in zf.infolist()}
+            pkls = [n for n in infos if n == "data.pkl" or n.endswith("/data.pkl")]
+            pkls = [n for n in pkls if n.count("/") <= 1]
+            if len(pkls) != 1:
+                raise WeightsFileError(f"'{path}' is a zip but not a PyTorch checkpoint "
+                                       f"(found {len(pkls)} data.pkl records)", path)
+            prefix = pkls[0][: -len("data.pkl")]
+            if infos[pkls[0]].file_size > _MAX_PICKLE_BYTES:
+                raise WeightsFileError(f"'{path}': data.pkl is larger than "
+                                       f"{_MAX_PICKLE_BYTES >> 20} MiB", path)
+            order = prefix + "byteorder"
+            if order in infos and zf.read(order).strip() not in (b"little", b""):
+                raise WeightsFileError(f"'{path}' was written on a big-endian machine; "
+                                       "not supported", path)
+
+            def storage_bytes(key: str, nbytes: int) -> bytes:
+                name = f"{prefix}data/{key}"
+                info = infos.get(name)
+                if info is None:
+                    raise pickle.UnpicklingError(f"storage record '{name}' is missing")
+                if info.file_size < nbytes:
+                    raise pickle.UnpicklingError(f"storage record '{name}' holds "
+                                                 f"{info.file_size} bytes, expected {nbytes}")
+                return zf.read(name)[:nbytes]
+
+            with zf.open(pkls[0]) as f:
+                obj = _RestrictedUnpickler(f, path, storage_bytes).load()
+    except WeightsFileError:
+        raise
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError, ValueError,
+            TypeError, AttributeError, IndexError, KeyError, RecursionError) as e:
+        raise WeightsFileError(f"refused weights file '{path}': {type(e).__name__}: {e}",
+                               path) from None
     if not isinstance(obj, Mapping):
-        raise ValueError(f"'{path}' holds a {type(obj).__name__}, not a state_dict")
+        raise WeightsFileError(f"'{path}' holds a {type(obj).__name__}, not a state_dict", path)
     return obj
+
+
+_FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def _check_arrays(state_dict: Mapping[str, Any], path: str) -> dict[str, np.ndarray]:
+    """Only finite float arrays are accepted; returns them as float32 (errors name file and key)."""
+    out = {}
+    for key, value in state_dict.items():
+        key = str(key)
+        if not isinstance(value, np.ndarray) or value.dtype.name not in _FLOAT_DTYPES:
+            what = (f"dtype {value.dtype}" if isinstance(value, np.ndarray)
+                    else f"a {type(value).__name__}")
+            raise WeightsFileError(f"'{path}': '{key}' is {what}; expected a float tensor",
+                                   path, key)
+        value = value.astype(np.float32)
+        bad = ~np.isfinite(value)
+        if bad.any():
+            raise WeightsFileError(f"'{path}': '{key}' holds {int(bad.sum())} non-finite "
+                                   "value(s) (NaN/inf); refusing these weights", path, key)
+        out[key] = value
+    return out
 
 
 def load_reference_weights(path: str | os.PathLike, *, dtype: Any = jnp.float32
                            ) -> tuple[UNet, dict]:
-    """Loads reference PyTorch U-Net weights from ``.npz`` (or ``.pth``/``.pt`` with torch).
+    """Loads reference PyTorch U-Net weights from ``.npz``, ``.pth`` or ``.pt`` (no torch needed).
 
     The architecture (width, classes, input channels, depth) is inferred from the arrays.
+    Nothing in the file is executed: ``.npz`` is read with ``allow_pickle=False``, and a torch
+    checkpoint's pickle with an unpickler that resolves only tensor/storage/OrderedDict globals
+    (to NumPy stand-ins) and refuses any other. Only finite float arrays under the reference
+    names, with the shapes of one U-Net, are accepted.
 
     Args:
-      path: ``.npz`` with ``param/<name>`` (or plain ``<name>``) keys, or a torch checkpoint
-        holding a state_dict (possibly as ``{'state_dict': ...}`` and/or with ``module.``
-        prefixes).
-      dtype: the returned model's computation dtype (params stay float32 as stored).
+      path: ``.npz`` with ``param/<name>`` (or plain ``<name>``) keys, or a zip-format torch
+        checkpoint (``torch.save``, torch >= 1.6) holding a state_dict (possibly as
+        ``{'state_dict': ...}`` and/or with ``module.`` prefixes).
+      dtype: the returned model's computation dtype (params are float32).
 
     Returns:
       ``(model, params)``: ``model.apply({'params': params}, x_nhwc)`` reproduces the reference.
+
+    Raises:
+      WeightsFileError (a ValueError): the file is unreadable, holds pickled objects or code, a
+        non-float or non-finite array, or a missing/unexpected key or wrong shape; the message
+        names the file and the key (``err.path``, ``err.key``).
     """
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
-    if ext == ".npz":
-        raw: Mapping[str, Any] = _read_npz(path)
-    elif ext in (".pth", ".pt"):
-        raw = _read_torch(path)
-    else:
-        raise ValueError(f"unsupported weights file '{path}': expected .npz, .pth or .pt")
-    state_dict = normalize_state_dict(raw)
-    config = infer_unet_config(state_dict)
-    params = params_from_state_dict(state_dict, depth=config["depth"])
+    if ext not in (".npz", ".pth", ".pt"):
+        raise WeightsFileError(f"unsupported weights file '{path}': expected .npz, .pth or .pt",
+                               path)
+    if not os.path.isfile(path):
+        raise WeightsFileError(f"weights file '{path}' does not exist or is not a regular file",
+                               path)
+    raw: Mapping[str, Any] = _read_npz(path) if ext == ".npz" else _read_torch(path)
+    if "state_dict" in raw and isinstance(raw["state_dict"], Mapping):
+        raw = raw["state_dict"]
+    state_dict = normalize_state_dict(_check_arrays(raw, path))
+    try:
+        config = infer_unet_config(state_dict)
+        params = params_from_state_dict(state_dict, depth=config["depth"])
+    except (KeyError, ValueError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        key = next((k for k in sorted(state_dict, key=len, reverse=True) if f"'{k}'" in msg),
+                   None)
+        raise WeightsFileError(f"'{path}': {msg}", path, key) from None
     model = UNet(width=config["width"], num_classes=config["num_classes"],
                  depth=config["depth"], dtype=dtype)
     return model, params
