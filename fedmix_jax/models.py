@@ -19,7 +19,8 @@ Layout of the computation (``w = width``, ``d = depth``; the reference is ``d = 
 
 The convolutions (:class:`Conv`) and GroupNorms (:class:`GroupNorm`) compute the same values as
 ``flax.linen.Conv`` / ``flax.linen.GroupNorm(use_fast_variance=False)`` with the same parameters;
-they are written so that XLA:CPU runs them on its fast kernels (see their docstrings).
+on CPU they go through the XLA:CPU workarounds of :mod:`fedmix_jax.xla_cpu` (same values,
+faster kernels; that module says why each exists and when it can go).
 
 Parameter tree (``params`` collection)::
 
@@ -39,10 +40,11 @@ import jax.numpy as jnp
 import numpy as np
 import flax.linen as nn
 
+from fedmix_jax.xla_cpu import conv2d_same, fast_xavier_init, sum_over_pixels
+
 __all__ = [
     "UNet",
     "Conv",
-    "conv2d_same",
     "GroupNorm",
     "group_norm",
     "DoubleConv",
@@ -151,82 +153,13 @@ def upsample_and_pad(x: jax.Array, target_hw: Sequence[int]) -> jax.Array:
 
 # ----------------------------------------------------------------------------- convolution
 
-_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
-
-
-def _conv_same(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
-    """Stride-1 NHWC x HWIO convolution with ``pad`` zeros on every side (no bias)."""
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((pad, pad), (pad, pad)),
-                                        dimension_numbers=_DIMENSION_NUMBERS)
-
-
-def _conv_grads_canonical(x, kernel, g, pad):
-    """Both gradients of :func:`_conv_same` written as forward-form (canonical) convolutions.
-
-    ``dx`` is the convolution of ``g`` with the spatially flipped kernel whose in / out axes are
-    swapped; ``dkernel[i, j, ci, co] = sum_{n,y,x} xpad[n, y+i, x+j, ci] g[n, y, x, co]`` is the
-    convolution of ``x`` (batch and channel axes swapped) with ``g`` (as an HWIO kernel). All
-    three convolutions use NHWC / HWIO / NHWC dimension numbers.
-    """
-    kh, kw = kernel.shape[:2]
-    flipped = jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
-    dx = jax.lax.conv_general_dilated(g, flipped, (1, 1),
-                                      ((kh - 1 - pad,) * 2, (kw - 1 - pad,) * 2),
-                                      dimension_numbers=_DIMENSION_NUMBERS)
-    lhs = jnp.transpose(x, (3, 1, 2, 0))       # [Cin, H, W, N]: channels as the batch
-    rhs = jnp.transpose(g, (1, 2, 0, 3))       # [H, W, N, Cout]: the gradient as the kernel
-    dk = jax.lax.conv_general_dilated(lhs, rhs, (1, 1), ((pad, pad), (pad, pad)),
-                                      dimension_numbers=_DIMENSION_NUMBERS)  # [Cin, kh, kw, Cout]
-    return dx.astype(x.dtype), jnp.transpose(dk, (1, 2, 0, 3)).astype(kernel.dtype)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv2d_same(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
-    """Stride-1 "same"-padded 2-D convolution, NHWC x HWIO -> NHWC, differentiable.
-
-    The forward pass is ``lax.conv_general_dilated`` exactly as ``flax.linen.Conv`` computes it.
-    The backward pass differs only in how it is written on CPU: XLA:CPU maps a convolution to its
-    fast (Eigen) kernel only when its dimension numbers are canonical, and rewrites
-    non-canonical ones (the transposed convolutions of autodiff) into canonical form only in the
-    entry computation, not inside loops (``lax.scan`` / ``lax.map`` / ``while``). There the
-    gradient convolutions fall back to a naive loop nest (measured ~15x slower for the U-Net's
-    local epoch under ``lax.scan``). On CPU the gradients are therefore emitted directly in
-    canonical form (:func:`_conv_grads_canonical`); on other platforms autodiff's own transposed
-    convolutions are kept (cuDNN / TPU handle those natively).
-
-    Args:
-      x: ``[N, H, W, Cin]``; kernel: ``[kh, kw, Cin, Cout]``; pad: zeros per side
-        (``(k - 1) // 2`` for "same" output size with odd ``k``).
-
-    Returns:
-      ``[N, H + 2 pad - kh + 1, W + 2 pad - kw + 1, Cout]``.
-    """
-    return _conv_same(x, kernel, pad)
-
-
-def _conv2d_same_fwd(x, kernel, pad):
-    return _conv_same(x, kernel, pad), (x, kernel)
-
-
-def _conv2d_same_bwd(pad, res, g):
-    x, kernel = res
-
-    def autodiff(x, kernel, g):
-        return jax.vjp(lambda a, b: _conv_same(a, b, pad), x, kernel)[1](g)
-
-    return jax.lax.platform_dependent(
-        x, kernel, g, cpu=lambda *a: _conv_grads_canonical(*a, pad), default=autodiff)
-
-
-conv2d_same.defvjp(_conv2d_same_fwd, _conv2d_same_bwd)
-
 
 class Conv(nn.Module):
     """``flax.linen.Conv`` (stride 1, symmetric "same" padding, bias) on :func:`conv2d_same`.
 
     Same parameters (``kernel`` HWIO and ``bias``, float32), initialisers and forward values as
     ``nn.Conv(features, (k, k), padding=((k // 2,) * 2,) * 2)``; only the CPU backward pass is
-    written differently (see :func:`conv2d_same`).
+    written differently (:func:`fedmix_jax.xla_cpu.conv2d_same`).
     """
 
     features: int
@@ -245,19 +178,6 @@ class Conv(nn.Module):
         return conv2d_same(x, kernel, k // 2) + bias
 
 
-def _sum_over_pixels(x3: jax.Array) -> jax.Array:
-    """``[N, P, C] -> [N, C]``: the sum over the pixel axis, as a product with a ones vector.
-
-    On XLA:CPU a matrix-vector product runs as a multi-threaded GEMM kernel, while a reduction
-    over a non-minor axis is a serial loop nest: measured ~4x faster for the U-Net's GroupNorm
-    statistics (forward) and ~2x for forward + backward. Other platforms keep the plain
-    reduction (their reduction kernels are fast).
-    """
-    return jax.lax.platform_dependent(
-        x3, cpu=lambda x: jnp.einsum("npc,p->nc", x, jnp.ones((x.shape[1],), x.dtype)),
-        default=lambda x: jnp.sum(x, axis=1))
-
-
 def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, num_groups: int,
                epsilon: float = GROUPNORM_EPSILON) -> jax.Array:
     """GroupNorm of NHWC ``x`` as ``torch.nn.GroupNorm``: per sample and group, two-pass stats.
@@ -266,7 +186,7 @@ def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, num_groups: int,
     ``y = (x - mean) / sqrt(var + eps) * scale + bias``. Statistics are float32 whatever
     ``x.dtype``; the result has ``x.dtype``. Same values as ``flax.linen.GroupNorm(
     use_fast_variance=False)`` to float rounding (both passes are sums written as matrix-vector
-    products, see :func:`_sum_over_pixels`).
+    products on CPU, see :func:`fedmix_jax.xla_cpu.sum_over_pixels`).
 
     Args:
       x: ``[N, H, W, C]``; scale, bias: ``[C]``; num_groups: divides ``C``.
@@ -282,9 +202,9 @@ def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, num_groups: int,
         return jnp.repeat(g, size, axis=-1)[:, None, :]
 
     x3 = x.reshape(n, h * w, c).astype(jnp.float32)
-    mean = group_mean(_sum_over_pixels(x3))
+    mean = group_mean(sum_over_pixels(x3))
     d = x3 - mean
-    var = group_mean(_sum_over_pixels(d * d))
+    var = group_mean(sum_over_pixels(d * d))
     mul = jax.lax.rsqrt(var + epsilon) * scale.astype(jnp.float32)
     y = d * mul + bias.astype(jnp.float32)
     return y.reshape(n, h, w, c).astype(x.dtype)
@@ -427,32 +347,6 @@ def count_params(params: Any) -> int:
     return int(sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params)))
 
 
-@functools.lru_cache(maxsize=32)
-def _fast_init_fn(leaves: tuple[tuple[str, tuple[int, ...]], ...]):
-    """Jitted ``key -> flat list of params`` drawing every kernel from one uniform stream."""
-
-    @jax.jit
-    def init(key):
-        n_kernel = sum(int(np.prod(shape)) for name, shape in leaves if name == "kernel")
-        u = jax.random.uniform(key, (n_kernel,), jnp.float32, minval=-1.0, maxval=1.0)
-        out, offset = [], 0
-        for name, shape in leaves:
-            if name == "kernel":
-                receptive = int(np.prod(shape[:-2]))
-                fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
-                bound = float(np.sqrt(6.0 / (fan_in + fan_out)))
-                size = int(np.prod(shape))
-                out.append(u[offset:offset + size].reshape(shape) * bound)
-                offset += size
-            elif name == "scale":
-                out.append(jnp.ones(shape, jnp.float32))
-            else:  # conv and GroupNorm biases
-                out.append(jnp.zeros(shape, jnp.float32))
-        return out
-
-    return init
-
-
 def init_unet(key: jax.Array, model: nn.Module, input_shape: Sequence[int], *,
               fast: bool = True) -> dict:
     """Initialises ``model`` for NHWC ``input_shape`` and returns its ``params`` collection.
@@ -463,9 +357,10 @@ def init_unet(key: jax.Array, model: nn.Module, input_shape: Sequence[int], *,
       input_shape: ``(N, H, W, Cin)``; only ``Cin`` affects the params.
       fast: if True (default), the params get the same distributions as ``model.init`` gives
         them (Xavier-uniform kernels, zero biases, GroupNorm scale 1 / bias 0), drawn from one
-        random stream split into the kernels: on XLA:CPU this compiles in well under a second,
-        while ``model.init`` compiles one RNG kernel per layer (~6 s for the U-Net). The values
-        differ from ``model.init(key, x)`` for the same key. If False, ``jax.jit(model.init)``.
+        random stream split into the kernels (:func:`fedmix_jax.xla_cpu.fast_xavier_init`): on
+        XLA:CPU this compiles in well under a second, while ``model.init`` compiles one RNG
+        kernel per layer (~6 s for the U-Net). The values differ from ``model.init(key, x)``
+        for the same key. If False, ``jax.jit(model.init)``.
 
     Returns:
       the ``params`` dict (float32 leaves).
@@ -477,8 +372,4 @@ def init_unet(key: jax.Array, model: nn.Module, input_shape: Sequence[int], *,
     x = jax.ShapeDtypeStruct((1, side, side, int(input_shape[-1])), jnp.float32)
     if not fast:
         return jax.jit(model.init)(key, jnp.zeros(x.shape, x.dtype))["params"]
-    shapes = jax.eval_shape(model.init, key, x)["params"]
-    flat, treedef = jax.tree_util.tree_flatten_with_path(shapes)
-    leaves = tuple((str(path[-1].key), tuple(leaf.shape)) for path, leaf in flat)
-    values = _fast_init_fn(leaves)(key)
-    return jax.tree_util.tree_unflatten(treedef, values)
+    return fast_xavier_init(key, jax.eval_shape(model.init, key, x)["params"])

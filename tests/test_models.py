@@ -354,3 +354,67 @@ def test_init_unet_under_vmap_matches_per_key():
     single = init_unet(keys[2], model, (1, 16, 16, 1))
     jax.tree_util.tree_map(lambda s, p: np.testing.assert_array_equal(s[2], p), stacked, single)
 
+
+
+# ----------------------------------------------------------------------------- XLA:CPU workarounds
+# (moved from tests/test_bench.py: the CPU-oriented rewrites in fedmix_jax.xla_cpu give the values
+# and gradients of the plain formulations)
+
+
+@pytest.mark.parametrize("shape,kernel", [((2, 9, 7, 3), 3), ((1, 5, 6, 4), 1)])
+def test_conv2d_same_gradients_match_autodiff(shape, kernel):
+    from fedmix_jax.xla_cpu import conv2d_same, plain_conv2d_same
+
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)
+    k = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, shape[-1], 5))
+    g = jax.random.normal(jax.random.PRNGKey(2), shape[:3] + (5,))
+    pad = kernel // 2
+
+    def plain(x, k):
+        return jax.lax.conv_general_dilated(x, k, (1, 1), ((pad, pad), (pad, pad)),
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    np.testing.assert_array_equal(conv2d_same(x, k, pad), plain(x, k))
+    np.testing.assert_array_equal(plain_conv2d_same(x, k, pad), plain(x, k))
+    ours = jax.grad(lambda x, k: jnp.sum(conv2d_same(x, k, pad) * g), argnums=(0, 1))(x, k)
+    ref = jax.grad(lambda x, k: jnp.sum(plain(x, k) * g), argnums=(0, 1))(x, k)
+    for a, b in zip(ours, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    # the same inside a loop (where XLA:CPU would not canonicalise autodiff's convolutions)
+    looped = jax.jit(lambda x, k: jax.lax.scan(
+        lambda c, _: (c, jax.grad(lambda kk: jnp.sum(conv2d_same(x, kk, pad) * g))(k)),
+        0, None, length=2)[1][0])(x, k)
+    np.testing.assert_allclose(looped, ref[1], rtol=1e-5, atol=1e-5)
+
+
+def test_group_norm_matches_flax_values_and_gradients():
+    import flax.linen as nn
+
+    from fedmix_jax.models import group_norm
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 5, 8)) * 3 + 2
+    scale = jax.random.normal(jax.random.PRNGKey(1), (8,))
+    bias = jax.random.normal(jax.random.PRNGKey(2), (8,))
+    g = jax.random.normal(jax.random.PRNGKey(3), x.shape)
+    ref_mod = nn.GroupNorm(num_groups=4, epsilon=1e-5, use_fast_variance=False)
+
+    def ref(x, s, b):
+        return ref_mod.apply({"params": {"scale": s, "bias": b}}, x)
+
+    np.testing.assert_allclose(group_norm(x, scale, bias, 4), ref(x, scale, bias),
+                               rtol=1e-5, atol=1e-5)
+    ours = jax.grad(lambda *a: jnp.sum(group_norm(*a, 4) * g), argnums=(0, 1, 2))(x, scale, bias)
+    theirs = jax.grad(lambda *a: jnp.sum(ref(*a) * g), argnums=(0, 1, 2))(x, scale, bias)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_sum_over_pixels_is_the_plain_sum():
+    from fedmix_jax.xla_cpu import plain_sum_over_pixels, sum_over_pixels
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 40, 6))
+    np.testing.assert_allclose(jax.jit(sum_over_pixels)(x), plain_sum_over_pixels(x),
+                               rtol=1e-5, atol=1e-5)
+    g = jax.random.normal(jax.random.PRNGKey(1), (3, 6))
+    np.testing.assert_allclose(jax.grad(lambda x: jnp.sum(sum_over_pixels(x) * g))(x),
+                               jnp.broadcast_to(g[:, None, :], x.shape), rtol=1e-6)

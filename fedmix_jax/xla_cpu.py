@@ -1,0 +1,188 @@
+"""Workarounds for slow paths of XLA:CPU, kept apart from the model so they can be dropped.
+
+Each function here computes the same values as a plain JAX formulation (tested against it in
+``tests/test_models.py``), written differently so that XLA:CPU runs it on a fast kernel. On other
+platforms each one takes the plain path (``jax.lax.platform_dependent``), so GPU/TPU programs are
+what plain JAX would give. :mod:`fedmix_jax.models` uses all three.
+
+1. :func:`conv2d_same`: a convolution whose backward pass is written as *canonical*
+   convolutions.
+
+   *Why.* XLA:CPU runs a convolution on its fast (Eigen) kernel only when the dimension numbers
+   are canonical. The transposed convolutions that autodiff emits for the gradients are rewritten
+   into canonical form only in the entry computation. Inside a loop body (``lax.scan``,
+   ``lax.map``, ``while``, which is where the local epoch runs) they stay as a naive loop nest.
+
+   *Measured* (2-core CPU, U-Net width 16, 64 px, batch 8, one local epoch under ``lax.scan``):
+   32 s with autodiff's convolutions, 1.9 s with the canonical ones (commit 810f32a).
+
+   *When it can go.* When XLA:CPU canonicalises convolutions inside loop bodies too, or when it
+   runs non-canonical ones fast. Re-measure with ``python benchmarks/xla_cpu_workarounds.py``.
+   The ``conv_backward_in_scan`` row times the gradient of a scanned convolution both ways. If
+   the ratio is about 1, make :class:`fedmix_jax.models.Conv` call :func:`plain_conv2d_same`
+   and delete this one.
+
+2. :func:`sum_over_pixels`: the GroupNorm statistics' sums over pixels, written as
+   matrix-vector products.
+
+   *Why.* XLA:CPU runs a reduction over a non-minor axis (``[N, P, C] -> [N, C]``) as a serial
+   loop nest. A product with a ones vector runs as a multi-threaded GEMV.
+
+   *Measured* (same machine and size): the U-Net train step took 614 ms with ``jnp.sum`` and
+   484 ms with the matvec (median; commit d590607). The GroupNorm statistics alone ran about 4x
+   faster (forward) and about 2x (forward + backward).
+
+   *When it can go.* When XLA:CPU emits multi-threaded (or vectorised) reductions over a
+   non-minor axis. The ``groupnorm_sums`` row of the same script times both forms. If the
+   ratio is about 1, use :func:`plain_sum_over_pixels`.
+
+3. :func:`fast_xavier_init`: the U-Net's initial parameters drawn from **one** uniform stream.
+
+   *Why.* ``model.init`` compiles one RNG kernel per layer, and XLA:CPU compiles those slowly:
+   about 6 s for the U-Net against well under 1 s for one stream that is sliced into the
+   kernels. The distributions are the same (Xavier-uniform kernels, zero biases, GroupNorm
+   scale 1 and bias 0). The *values* differ from ``model.init`` for the same key, so do not
+   swap one for the other inside a run you want to reproduce.
+
+   *When it can go.* When ``jax.jit(model.init)`` compiles in under about a second on CPU. The
+   ``unet_init_compile`` row of the script times both. Dropping it changes every run's initial
+   parameters, and with them the reported Dice figures, which would then have to be
+   re-measured.
+"""
+from __future__ import annotations
+
+import functools
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "conv2d_same",
+    "plain_conv2d_same",
+    "sum_over_pixels",
+    "plain_sum_over_pixels",
+    "fast_xavier_init",
+]
+
+_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+
+
+# ----------------------------------------------------------------------------- 1. convolution
+
+
+def plain_conv2d_same(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
+    """Stride-1 NHWC x HWIO convolution with ``pad`` zeros on every side (no bias), as
+    ``flax.linen.Conv`` computes it; autodiff's own backward pass."""
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((pad, pad), (pad, pad)),
+                                        dimension_numbers=_DIMENSION_NUMBERS)
+
+
+def _conv_grads_canonical(x, kernel, g, pad):
+    """Both gradients of :func:`plain_conv2d_same` written as forward-form (canonical)
+    convolutions.
+
+    ``dx`` is the convolution of ``g`` with the spatially flipped kernel whose in / out axes are
+    swapped; ``dkernel[i, j, ci, co] = sum_{n,y,x} xpad[n, y+i, x+j, ci] g[n, y, x, co]`` is the
+    convolution of ``x`` (batch and channel axes swapped) with ``g`` (as an HWIO kernel). All
+    three convolutions use NHWC / HWIO / NHWC dimension numbers.
+    """
+    kh, kw = kernel.shape[:2]
+    flipped = jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
+    dx = jax.lax.conv_general_dilated(g, flipped, (1, 1),
+                                      ((kh - 1 - pad,) * 2, (kw - 1 - pad,) * 2),
+                                      dimension_numbers=_DIMENSION_NUMBERS)
+    lhs = jnp.transpose(x, (3, 1, 2, 0))       # [Cin, H, W, N]: channels as the batch
+    rhs = jnp.transpose(g, (1, 2, 0, 3))       # [H, W, N, Cout]: the gradient as the kernel
+    dk = jax.lax.conv_general_dilated(lhs, rhs, (1, 1), ((pad, pad), (pad, pad)),
+                                      dimension_numbers=_DIMENSION_NUMBERS)  # [Cin, kh, kw, Cout]
+    return dx.astype(x.dtype), jnp.transpose(dk, (1, 2, 0, 3)).astype(kernel.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv2d_same(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
+    """Stride-1 "same"-padded 2-D convolution, NHWC x HWIO -> NHWC, differentiable.
+
+    The forward pass is :func:`plain_conv2d_same`. On CPU the backward pass is written as
+    canonical convolutions (workaround 1 of this module); on other platforms it is autodiff's.
+
+    Args:
+      x: ``[N, H, W, Cin]``; kernel: ``[kh, kw, Cin, Cout]``; pad: zeros per side
+        (``(k - 1) // 2`` for "same" output size with odd ``k``).
+
+    Returns:
+      ``[N, H + 2 pad - kh + 1, W + 2 pad - kw + 1, Cout]``.
+    """
+    return plain_conv2d_same(x, kernel, pad)
+
+
+def _conv2d_same_fwd(x, kernel, pad):
+    return plain_conv2d_same(x, kernel, pad), (x, kernel)
+
+
+def _conv2d_same_bwd(pad, res, g):
+    x, kernel = res
+
+    def autodiff(x, kernel, g):
+        return jax.vjp(lambda a, b: plain_conv2d_same(a, b, pad), x, kernel)[1](g)
+
+    return jax.lax.platform_dependent(
+        x, kernel, g, cpu=lambda *a: _conv_grads_canonical(*a, pad), default=autodiff)
+
+
+conv2d_same.defvjp(_conv2d_same_fwd, _conv2d_same_bwd)
+
+
+# ----------------------------------------------------------------------------- 2. GroupNorm sums
+
+
+def plain_sum_over_pixels(x3: jax.Array) -> jax.Array:
+    """``[N, P, C] -> [N, C]``: ``jnp.sum(x3, axis=1)``."""
+    return jnp.sum(x3, axis=1)
+
+
+def sum_over_pixels(x3: jax.Array) -> jax.Array:
+    """``[N, P, C] -> [N, C]``: the sum over the pixel axis; on CPU a product with a ones vector
+    (workaround 2 of this module), elsewhere :func:`plain_sum_over_pixels`."""
+    return jax.lax.platform_dependent(
+        x3, cpu=lambda x: jnp.einsum("npc,p->nc", x, jnp.ones((x.shape[1],), x.dtype)),
+        default=plain_sum_over_pixels)
+
+
+# ----------------------------------------------------------------------------- 3. fast init
+
+
+@functools.lru_cache(maxsize=32)
+def _fast_init_fn(leaves: tuple[tuple[str, tuple[int, ...]], ...]):
+    """Jitted ``key -> flat list of params`` drawing every kernel from one uniform stream."""
+
+    @jax.jit
+    def init(key):
+        n_kernel = sum(int(np.prod(shape)) for name, shape in leaves if name == "kernel")
+        u = jax.random.uniform(key, (n_kernel,), jnp.float32, minval=-1.0, maxval=1.0)
+        out, offset = [], 0
+        for name, shape in leaves:
+            if name == "kernel":
+                receptive = int(np.prod(shape[:-2]))
+                fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
+                bound = float(np.sqrt(6.0 / (fan_in + fan_out)))
+                size = int(np.prod(shape))
+                out.append(u[offset:offset + size].reshape(shape) * bound)
+                offset += size
+            elif name == "scale":
+                out.append(jnp.ones(shape, jnp.float32))
+            else:  # conv and GroupNorm biases
+                out.append(jnp.zeros(shape, jnp.float32))
+        return out
+
+    return init
+
+
+def fast_xavier_init(key: jax.Array, shapes) -> dict:
+    """Params with the structure and shapes of ``shapes`` (a pytree of ``ShapeDtypeStruct``, e.g.
+    ``jax.eval_shape(model.init, ...)["params"]``), drawn from one uniform stream: leaves named
+    ``kernel`` Xavier-uniform (fans from an ``[..., in, out]`` kernel), ``scale`` ones, any other
+    leaf zeros. Float32. Workaround 3 of this module."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+    leaves = tuple((str(path[-1].key), tuple(int(d) for d in leaf.shape)) for path, leaf in flat)
+    return jax.tree_util.tree_unflatten(treedef, _fast_init_fn(leaves)(key))
+
