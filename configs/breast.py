@@ -49,6 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.clients = ("busi", "busis", "udiat")
     config.data.levels = ("image", "box", "pixel")  # per client: pixel|box|image|none
     config.data.seed = 0             # split and box-margin seed
+    config.data.box_mode = "component"  # component: a box per lesion | enclosing: one (reference)
     config.data.val_fraction = 0.1   # of each client's images (model selection)
     config.data.test_fraction = 0.2  # of each client's images (reported numbers)
     config.data.on_bad_input = "fail"  # fail | skip (log, count and skip bad files)

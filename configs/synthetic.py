@@ -63,6 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.lesion_free_fraction = 0.15
     config.data.num_classes = 1      # 1 = binary lesion task; 2..8 lesion types
     config.data.box_margin = (1, 9)  # px per box side, drawn once per sample
+    config.data.box_mode = "component"  # component: a box per lesion | enclosing: one (reference)
     config.data.seed = 0             # the data set itself (kept fixed when comparing seeds)
 
     config.train = train_config(BATCH_SIZE, CROP, LAM, BETA, learning_rate=LEARNING_RATE)

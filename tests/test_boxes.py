@@ -254,3 +254,29 @@ def test_enclosing_box_mode_matches_reference_drawing():
     assert not per_class[..., 1].any()
     with pytest.raises(ValueError, match="box_mode"):
         boxes_from_mask(mask, None, margin=1, box_mode="tight")
+
+
+def test_box_mode_plumbed_through_the_synthetic_federation():
+    from fedmix_jax.data.synthetic import make_synthetic_federation, \
+        synthetic_federation_from_config
+    kw = dict(num_clients=2, image_size=32, train_sizes=(6, 6), val_size=2, test_size=2,
+              levels=("box", "pixel"), num_classes=2, seed=3)
+    comp = make_synthetic_federation(**kw)
+    enc = synthetic_federation_from_config(dict(kw, box_mode="enclosing"))
+    np.testing.assert_array_equal(comp.train.masks, enc.train.masks)
+    assert not np.array_equal(comp.train.boxes, enc.train.boxes)
+    boxes, masks = np.asarray(enc.train.boxes), np.asarray(enc.train.masks)
+    for idx in np.ndindex(*boxes.shape[:2]):
+        for k in range(boxes.shape[-1]):
+            b, m = boxes[idx][..., k], masks[idx][..., k] > 0.5
+            if not m.any():
+                assert not b.any()
+                continue
+            ys, xs = np.nonzero(b)
+            # one filled rectangle around all of the class's foreground
+            assert b.sum() == (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+            # bottom/right: within 8 px (a 1-9 px margin minus the exclusive end), may touch m
+            my, mx = np.nonzero(m)
+            assert 0 <= ys.max() - my.max() <= 8 and 0 <= xs.max() - mx.max() <= 8
+    with pytest.raises(ValueError, match="box_mode"):
+        make_synthetic_federation(**kw, box_mode="tight")

@@ -255,6 +255,32 @@ def test_folders_default_levels_and_labels_from_masks(tmp_path):
         (fed.test.image_labels[fed.test.valid] == 0).any()
 
 
+def test_box_mode_enclosing_in_the_real_loader(tmp_path):
+    """config.data.box_mode='enclosing' gives the reference's single box (bottom/right one pixel
+    smaller than the drawn margin) and its own cache; 'component' (default) is unchanged."""
+    from fedmix_jax.data.boxes import boxes_from_mask, sample_rng
+    from fedmix_jax.data.real.splits import stable_int
+    make_folders(str(tmp_path / "fed"), clients={"a": 5, "b": 4})
+    comp = prepare("folders", tmp_path / "fed", tmp_path / "c")
+    enc = prepare("folders", tmp_path / "fed", tmp_path / "c", box_mode="enclosing")
+    assert "_enclosing" in enc.config.name and "_enclosing" not in comp.config.name
+    assert enc.path != comp.path and enc.metadata["config"]["box_mode"] == "enclosing"
+    n = 0
+    for sp in ("train", "validation", "test"):
+        for rc, re_ in zip(records(comp, sp), records(enc, sp)):
+            assert rc["id"] == re_["id"]
+            np.testing.assert_array_equal(rc["mask"], re_["mask"])
+            mask = re_["mask"][..., 0] > 0
+            rng = lambda: sample_rng(0, stable_int("boxes", re_["id"]))  # noqa: E731
+            np.testing.assert_array_equal(re_["box_coords"],
+                                          boxes_from_mask(mask, rng(), box_mode="enclosing"))
+            np.testing.assert_array_equal(rc["box_coords"], boxes_from_mask(mask, rng()))
+            n += int(mask.any())
+    assert n >= 4
+    with pytest.raises(ValueError, match="box_mode"):
+        prepare("folders", tmp_path / "fed", tmp_path / "c", box_mode="tight")
+
+
 # ---------------------------------------------------------------------------------- not found
 
 

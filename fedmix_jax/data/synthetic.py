@@ -41,7 +41,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from fedmix_jax.data.boxes import box_masks_from_masks, sample_rng
+from fedmix_jax.data.boxes import box_masks_from_masks, check_box_mode, sample_rng
 from fedmix_jax.data.federation import (Federation, FederatedSplit, level_from_name,
                                         stack_clients)
 
@@ -377,7 +377,7 @@ def _render_split(domain: Domain, types: Sequence[_LesionType], uni: np.ndarray,
 
 
 def _make_client_split(seed, client, split, n, domain, types, size, lesion_free_fraction, level,
-                       box_margin):
+                       box_margin, box_mode="component"):
     if n == 0:
         k = len(types)
         return dict(images=np.zeros((0, size, size, 1), np.float32),
@@ -390,7 +390,7 @@ def _make_client_split(seed, client, split, n, domain, types, size, lesion_free_
     masks = masks.astype(np.float32)
     boxes = np.stack([
         box_masks_from_masks(masks[i], sample_rng(seed, client, split, i, _STREAM_BOX),
-                             margin=box_margin)
+                             margin=box_margin, box_mode=box_mode)
         for i in range(n)])
     return dict(images=images[..., None], masks=masks, boxes=boxes,
                 image_labels=(masks.max(axis=(1, 2)) > 0).astype(np.float32),
@@ -414,7 +414,8 @@ def make_synthetic_federation(num_clients: int = 4, image_size: int = 64,
                               test_size: Sequence[int] | int = 48,
                               levels: Sequence[str] | str = _DEFAULT_LEVELS,
                               lesion_free_fraction: float = 0.15, num_classes: int = 1,
-                              seed: int = 0, box_margin=(1, 9)) -> Federation:
+                              seed: int = 0, box_margin=(1, 9),
+                              box_mode: str = "component") -> Federation:
     """Build the synthetic federation (see the module docstring for the domains).
 
     Args:
@@ -431,6 +432,8 @@ def make_synthetic_federation(num_clients: int = 4, image_size: int = 64,
         ring, then smaller variants), with per-class masks, boxes and image labels.
       seed: everything is a deterministic function of the seed.
       box_margin: ``(lo, hi)`` px margin per box side, drawn once per sample (reference: 1-9).
+      box_mode: ``'component'`` (one box per connected component) or ``'enclosing'`` (the
+        reference's one box around all of a class's foreground; see :mod:`fedmix_jax.data.boxes`).
 
     Returns:
       A :class:`~fedmix_jax.data.federation.Federation` whose splits follow the padded layout:
@@ -443,6 +446,7 @@ def make_synthetic_federation(num_clients: int = 4, image_size: int = 64,
         raise ValueError(f"image_size must be >= 16, got {image_size}")
     if not 0.0 <= lesion_free_fraction <= 1.0:
         raise ValueError(f"lesion_free_fraction must be in [0, 1], got {lesion_free_fraction}")
+    box_mode = check_box_mode(box_mode)
     types, class_names = _lesion_types(int(num_classes))
     sizes = {
         "train": [int(v) for v in _per_client(train_sizes, num_clients, "train_sizes", _DEFAULT_TRAIN_SIZES)],
@@ -458,7 +462,8 @@ def make_synthetic_federation(num_clients: int = 4, image_size: int = 64,
     for split, split_id in _SPLITS.items():
         per_client = [
             _make_client_split(int(seed), c, split_id, sizes[split][c], domains[c], types,
-                               int(image_size), float(lesion_free_fraction), lv[c], box_margin)
+                               int(image_size), float(lesion_free_fraction), lv[c], box_margin,
+                               box_mode)
             for c in range(num_clients)]
         out[split] = stack_clients(per_client)
     return Federation(client_names=[d.name for d in domains], class_names=class_names, **out)
@@ -468,10 +473,11 @@ def synthetic_federation_from_config(cfg: Any = None) -> Federation:
     """:func:`make_synthetic_federation` from an ``ml_collections.ConfigDict`` (or a mapping).
 
     Recognised fields: image_size, num_clients, train_sizes, val_size, test_size, levels,
-    lesion_free_fraction, num_classes, seed, box_margin; missing fields take the defaults.
+    lesion_free_fraction, num_classes, seed, box_margin, box_mode; missing fields take the
+    defaults.
     """
     names = ("num_clients", "image_size", "train_sizes", "val_size", "test_size", "levels",
-             "lesion_free_fraction", "num_classes", "seed", "box_margin")
+             "lesion_free_fraction", "num_classes", "seed", "box_margin", "box_mode")
     kwargs = {}
     if cfg is not None:
         for name in names:

@@ -41,9 +41,11 @@ Per-example features (S = image_size, Cin = channels, K = 1 class, 'lesion'):
 ``orig_size``     int32 [2]           original (height, width)
 ================  ==================  ============================================================
 
-Boxes: from ``boxes.csv`` when given (scaled to S, rounded outwards), otherwise one box per
-connected component of the resized mask, each side pushed out by a random 1-9 px margin drawn once
-per sample from a generator seeded by ``(seed, hash(id))`` (:func:`fedmix_jax.data.boxes.sample_rng`).
+Boxes: from ``boxes.csv`` when given (scaled to S, rounded outwards), otherwise derived from the
+resized mask with a random 1-9 px margin per side drawn once per sample from a generator seeded by
+``(seed, hash(id))`` (:func:`fedmix_jax.data.boxes.sample_rng`): with ``box_mode='component'``
+(default) one box per connected component, with ``'enclosing'`` the reference's one box around all
+the foreground (config name suffix ``_enclosing``; see :mod:`fedmix_jax.data.boxes`).
 
 Splits ``train`` / ``validation`` / ``test`` per client, seeded and file-order independent
 (:mod:`.splits`). Records are written unshuffled, grouped by client (in the order of metadata
@@ -76,7 +78,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from fedmix_jax.data.boxes import box_mask, boxes_from_mask, sample_rng, scale_boxes
+from fedmix_jax.data.boxes import box_mask, boxes_from_mask, check_box_mode, sample_rng, \
+    scale_boxes
 from fedmix_jax.data.real.errors import BadInputError, BadInputPolicy, log
 from fedmix_jax.data.real.imaging import load_image, load_mask, resize_mask
 from fedmix_jax.data.real.layouts import LAYOUTS, Layout, Sample, Scan, source_fingerprint
@@ -113,6 +116,7 @@ class FedMixConfig(tfds.core.BuilderConfig):
     val_fraction: float = 0.1
     on_bad_input: str = "fail"
     tag: str = ""
+    box_mode: str = "component"
 
 
 def _pct(f: float) -> str:
@@ -120,11 +124,13 @@ def _pct(f: float) -> str:
 
 
 def config_name(image_size=256, channels=1, seed=0, test_fraction=0.2, val_fraction=0.1,
-                on_bad_input="fail", tag="") -> str:
+                on_bad_input="fail", tag="", box_mode="component") -> str:
     name = (f"{'gray' if int(channels) == 1 else 'rgb'}{int(image_size)}_seed{int(seed)}"
             f"_test{_pct(test_fraction)}_val{_pct(val_fraction)}")
     if str(on_bad_input).lower() == "skip":
         name += "_skip"
+    if str(box_mode).lower() == "enclosing":
+        name += "_enclosing"
     if tag:
         name += f"_{tag}"
     return name
@@ -137,16 +143,16 @@ def data_dir_tag(data_dir: str) -> str:
 
 
 def _new_config(image_size=256, channels=1, seed=0, test_fraction=0.2, val_fraction=0.1,
-                on_bad_input="fail", tag="") -> FedMixConfig:
+                on_bad_input="fail", tag="", box_mode="component") -> FedMixConfig:
     return FedMixConfig(
         name=config_name(image_size, channels, seed, test_fraction, val_fraction, on_bad_input,
-                         tag),
+                         tag, box_mode),
         description=(f"{'grayscale' if channels == 1 else 'RGB'} {image_size}x{image_size}, split "
                      f"seed {seed}, test {test_fraction}, val {val_fraction} of train, "
-                     f"on_bad_input={on_bad_input}"),
+                     f"on_bad_input={on_bad_input}, box_mode={box_mode}"),
         image_size=int(image_size), channels=int(channels), seed=int(seed),
         test_fraction=float(test_fraction), val_fraction=float(val_fraction),
-        on_bad_input=str(on_bad_input).lower(), tag=tag)
+        on_bad_input=str(on_bad_input).lower(), tag=tag, box_mode=str(box_mode).lower())
 
 
 def built_splits(cfg) -> tuple[str, ...]:
@@ -238,7 +244,7 @@ class _FedMixBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             "source_fingerprint": source_fingerprint(data_dir),
             "config": {f: getattr(cfg, f) for f in ("image_size", "channels", "seed",
                                                     "test_fraction", "val_fraction",
-                                                    "on_bad_input")},
+                                                    "on_bad_input", "box_mode")},
             "box_margin": list(BOX_MARGIN),
             "scan_seconds": round(time.time() - t0, 3),
         }
@@ -252,7 +258,7 @@ class _FedMixBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         meta = self.info.metadata["fedmix"]
         counts = [0] * len(scan.clients)
         disagree = 0
-        params = (cfg.image_size, cfg.channels, cfg.seed, data_dir, cindex)
+        params = (cfg.image_size, cfg.channels, cfg.seed, data_dir, cindex, cfg.box_mode)
         for s, res in _decode_all(samples, params):
             if isinstance(res, BadInputError):
                 policy(res)
@@ -291,7 +297,7 @@ def _decode_all(samples: list[Sample], params: tuple):
 
 
 def process_sample(s: Sample, size: int, channels: int, seed: int, data_dir: str,
-                   cindex: dict):
+                   cindex: dict, box_mode: str = "component"):
     """Decode one sample -> ``(example, label_disagrees_with_mask)``, or the
     :class:`BadInputError` describing why it is unusable (returned, not raised)."""
     try:
@@ -313,7 +319,7 @@ def process_sample(s: Sample, size: int, channels: int, seed: int, data_dir: str
             boxes = scale_boxes(b, (h, w), (size, size))
         elif has_mask:
             rng = sample_rng(seed, stable_int("boxes", s.id))
-            boxes = boxes_from_mask(mask, rng, margin=BOX_MARGIN)
+            boxes = boxes_from_mask(mask, rng, margin=BOX_MARGIN, box_mode=box_mode)
         else:
             boxes = np.zeros((0, 4), np.int64)
         present = bool(full.any()) if has_mask else None
@@ -367,7 +373,7 @@ BUILDERS = {"ham10000": Ham10000Fedmix, "breast": BreastUsFedmix, "folders": Fol
 
 def make_config(dataset: str, image_size: int = 256, channels: int = 1, seed: int = 0,
                 test_fraction: float = 0.2, val_fraction: float = 0.1, on_bad_input: str = "fail",
-                data_dir: str | None = None) -> FedMixConfig:
+                data_dir: str | None = None, box_mode: str = "component") -> FedMixConfig:
     """The builder config for these options (a predefined one when the name matches).
 
     ``data_dir`` is needed for ``dataset='folders'`` (its path keys the cache).
@@ -384,12 +390,15 @@ def make_config(dataset: str, image_size: int = 256, channels: int = 1, seed: in
     if on_bad_input not in ("fail", "skip"):
         raise ValueError(f"--config.data.on_bad_input must be 'fail' or 'skip', got "
                          f"{on_bad_input!r}")
+    box_mode = check_box_mode(box_mode)
     tag = data_dir_tag(data_dir) if dataset == "folders" and data_dir else ""
-    name = config_name(image_size, channels, seed, test_fraction, val_fraction, on_bad_input, tag)
+    name = config_name(image_size, channels, seed, test_fraction, val_fraction, on_bad_input, tag,
+                       box_mode)
     predefined = BUILDERS[dataset].builder_configs.get(name)
     if predefined is not None:
         return predefined
-    return _new_config(image_size, channels, seed, test_fraction, val_fraction, on_bad_input, tag)
+    return _new_config(image_size, channels, seed, test_fraction, val_fraction, on_bad_input, tag,
+                       box_mode)
 
 
 __all__ = ["FedMixConfig", "Ham10000Fedmix", "BreastUsFedmix", "FolderFederation", "BUILDERS",

@@ -60,7 +60,7 @@ def default_data_config(name: str = "ham10000", **overrides) -> ml_collections.C
     cfg = ml_collections.ConfigDict(dict(
         name=name, data_dir="", cache_dir=DEFAULT_CACHE_DIR, image_size=256, channels=1,
         clients=(), levels=(), seed=0, val_fraction=0.1, test_fraction=0.2, on_bad_input="fail",
-        max_per_client=0, rebuild=False))
+        max_per_client=0, rebuild=False, box_mode="component"))
     cfg.update(overrides)
     return cfg
 
@@ -190,7 +190,8 @@ def prepare_dataset(data_cfg, verbose: bool = True) -> PreparedDataset:
                       test_fraction=float(_get(data_cfg, "test_fraction", 0.2)),
                       val_fraction=float(_get(data_cfg, "val_fraction", 0.1)),
                       on_bad_input=str(_get(data_cfg, "on_bad_input", "fail")),
-                      data_dir=data_dir or None)
+                      data_dir=data_dir or None,
+                      box_mode=str(_get(data_cfg, "box_mode", "component")))
     path = _expected_path(builder_cls, cfg, cache_dir)
     have_source = bool(data_dir) and os.path.isdir(data_dir) and any(
         not e.startswith(".") for e in os.listdir(data_dir))
@@ -360,7 +361,8 @@ def load_federation_from_config(data_cfg, verbose: bool = True) -> Federation:
     overrides it per sample), ``seed`` (split and box seed), ``val_fraction``, ``test_fraction``,
     ``on_bad_input`` ('fail' | 'skip'), ``max_per_client`` (0 = all; else the client's total over
     the three splits is capped at it, spread in proportion to the split sizes, at least 1 per
-    non-empty split), ``rebuild``.
+    non-empty split), ``rebuild``, ``box_mode`` ('component' | 'enclosing', boxes derived from
+    masks; see :mod:`fedmix_jax.data.boxes`).
 
     Images are float32 in [0, 1]; masks and boxes float32 in {0, 1}; image_labels [C, N, 1].
     Raises :class:`DatasetNotFoundError` when ``data_dir`` is missing/empty and nothing is cached.
