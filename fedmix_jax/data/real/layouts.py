@@ -112,7 +112,7 @@ def source_fingerprint(data_dir: str) -> str:
     """
     h = hashlib.sha256()
     n = 0
-    exts = set(IMAGE_EXTENSIONS) | {".csv", ".tab", ".tsv"}
+    exts = set(IMAGE_EXTENSIONS) | {".csv", ".tab", ".tsv", ".mhd", ".mha", ".raw", ".zraw"}
     for dirpath, f in _walk_files(data_dir):
         if os.path.splitext(f)[1].lower() in exts:
             p = os.path.join(dirpath, f)
