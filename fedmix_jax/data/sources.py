@@ -16,7 +16,7 @@ from __future__ import annotations
 from fedmix_jax.data.federation import Federation
 
 SYNTHETIC = "synthetic"
-REAL = ("ham10000", "breast", "folders")
+REAL = ("ham10000", "breast", "folders", "retouch")
 SOURCE_NAMES = (SYNTHETIC,) + REAL
 
 

@@ -47,6 +47,8 @@ from fedmix_jax.data.real.loader import (  # noqa: F401
     validate_cache,
 )
 
+from fedmix_jax.data.real import retouch  # noqa: E402,F401  -- registers name "retouch"
+
 build_dataset = prepare_dataset
 
 __all__ = [

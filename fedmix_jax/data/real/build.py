@@ -35,7 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--dataset", required=True, choices=("ham10000", "breast", "folders"))
+    p.add_argument("--dataset", required=True, choices=("ham10000", "breast", "folders", "retouch"))
     p.add_argument("--manual_dir", required=True, help="the manually downloaded files "
                    "(= --config.data.data_dir)")
     p.add_argument("--data_dir", default=DEFAULT_CACHE_DIR, help="where the built records go "

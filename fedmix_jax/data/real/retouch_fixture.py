@@ -1,0 +1,128 @@
+"""A fake RETOUCH training set in the published layout (.mhd/.raw volumes), for tests and timing.
+
+The folder and file names, volume sizes (with ``--realistic``) and voxel types are those of the
+challenge's training set; the voxels are synthetic (see :func:`fake_oct_volume`). Written with
+SimpleITK, as :mod:`fedmix_jax.data.real.retouch` reads them.
+
+    python -m fedmix_jax.data.real.retouch_fixture --out /tmp/retouch_fake --volumes 3
+    python -m fedmix_jax.data.real.retouch_fixture --out /tmp/retouch_big --volumes 2 --realistic
+    time python -m fedmix_jax.data.real.build --dataset retouch --manual_dir /tmp/retouch_big \\
+        --data_dir /tmp/retouch_cache --image_size 224
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from typing import Sequence
+
+import numpy as np
+
+from fedmix_jax.data.boxes import sample_rng
+from fedmix_jax.data.real.retouch import _sitk
+from fedmix_jax.data.real.splits import stable_int
+
+# Full-size volumes of the training set, numpy order [Z, Y, X] (B-scans, depth, A-scans), dtype.
+REALISTIC = {"cirrus": ((128, 1024, 512), np.uint8), "spectralis": ((49, 496, 512), np.uint16),
+             "topcon": ((128, 885, 512), np.uint8)}
+_FIRST_ID = {"cirrus": 1, "spectralis": 25, "topcon": 49}
+_FOLDER = {"cirrus": "RETOUCH-TrainingSet-Cirrus", "spectralis": "RETOUCH-TrainingSet-Spectralis",
+           "topcon": "RETOUCH-TrainingSet-Topcon"}
+
+
+
+def fake_oct_volume(shape: Sequence[int], rng: np.random.Generator, dtype=np.uint8,
+                    lesions: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic OCT volume [Z, Y, X] and its label volume (0-3).
+
+    A bright wavy retina band with a brighter RPE line below, speckle; fluid as 3D ellipsoids
+    spanning a few B-scans: IRF (dark cysts inside the retina, label 1), SRF (a dark dome above the
+    RPE, 2), PED (a medium-grey dome under a lifted RPE, 3). Some B-scans hold no fluid.
+    """
+    z, h, w = (int(v) for v in shape)
+    zz, yy, xx = np.meshgrid(np.arange(z), np.arange(h), np.arange(w), indexing="ij")
+    top = h * (0.3 + 0.05 * np.sin(2 * np.pi * xx / w + rng.uniform(0, 6)))
+    rpe = top + h * rng.uniform(0.2, 0.3)
+    img = np.full((z, h, w), 20.0)
+    img += np.where((yy > top) & (yy < rpe), 90.0, 0.0)
+    img += np.where(np.abs(yy - rpe) < max(1.0, 0.015 * h), 120.0, 0.0)
+    img += np.where(yy > rpe, 50.0 * np.exp(-(yy - rpe) / (0.1 * h)), 0.0)
+    labels = np.zeros((z, h, w), np.uint8)
+    for _ in range(int(lesions)):
+        cls = int(rng.integers(1, 4))
+        cz = rng.uniform(0, z)
+        cx = rng.uniform(0.2 * w, 0.8 * w)
+        rz = max(1.0, rng.uniform(0.15, 0.35) * z)
+        rx = rng.uniform(0.06, 0.15) * w
+        ry = rng.uniform(0.04, 0.08) * h
+        base = rpe[int(min(cz, z - 1)), 0, int(cx)]
+        cy = {1: (top[0, 0, int(cx)] + base) / 2, 2: base - ry, 3: base}[cls]
+        inside = (((zz - cz) / rz) ** 2 + ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2) <= 1
+        if cls == 3:
+            inside &= yy < base   # the detachment lifts the RPE: above its old position
+        labels[inside] = cls
+        img[inside] = {1: 15.0, 2: 10.0, 3: 70.0}[cls]
+    img *= rng.gamma(4.0, 0.25, size=img.shape)   # speckle
+    if dtype == np.uint16:
+        img = img * 64.0
+    info = np.iinfo(dtype)
+    return np.clip(img, 0, info.max).astype(dtype), labels
+
+
+def write_mhd(arr: np.ndarray, path: str, spacing=(0.0117, 0.0039, 0.047)) -> None:
+    sitk = _sitk()
+    im = sitk.GetImageFromArray(arr)
+    im.SetSpacing(tuple(float(v) for v in spacing))
+    sitk.WriteImage(im, path, False)   # path.mhd + path.raw (uncompressed), as RETOUCH ships
+
+
+def make_retouch_fixture(root: str, volumes: int | Sequence[int] = 3,
+                         shape: Sequence[int] | None = (6, 40, 32), seed: int = 0,
+                         vendors: Sequence[str] = ("cirrus", "spectralis", "topcon"),
+                         lesions: int = 2) -> str:
+    """Write a fake RETOUCH training set under ``root`` (the published folder and file names).
+
+    Args:
+      root: output folder (created).
+      volumes: volumes per vendor (an int, or one per vendor).
+      shape: [Z, Y, X] of every volume (tiny by default), or ``None`` for the real vendors' sizes
+        and types (:data:`REALISTIC`; Spectralis uint16).
+      seed: every volume is a deterministic function of (seed, vendor, index).
+      vendors: which vendor folders to write.
+      lesions: fluid regions per volume.
+
+    Returns ``root``.
+    """
+    counts = [int(volumes)] * len(vendors) if np.isscalar(volumes) else [int(v) for v in volumes]
+    for vendor, n in zip(vendors, counts):
+        vdir = os.path.join(root, _FOLDER[vendor])
+        for i in range(n):
+            vol_dir = os.path.join(vdir, f"TRAIN{_FIRST_ID[vendor] + i:03d}")
+            os.makedirs(vol_dir, exist_ok=True)
+            vshape, dtype = REALISTIC[vendor] if shape is None else (tuple(shape), np.uint8)
+            rng = sample_rng(seed, stable_int("retouch_fixture", vendor, i))
+            img, lab = fake_oct_volume(vshape, rng, dtype, lesions)
+            write_mhd(img, os.path.join(vol_dir, "oct.mhd"))
+            write_mhd(lab, os.path.join(vol_dir, "reference.mhd"))
+    return root
+
+
+def _main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Write a fake RETOUCH training set (.mhd/.raw).")
+    p.add_argument("--out", required=True)
+    p.add_argument("--volumes", type=int, default=3, help="volumes per vendor")
+    p.add_argument("--shape", default="6,40,32", help="Z,Y,X of each volume")
+    p.add_argument("--realistic", action="store_true", help="the vendors' real sizes and types")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    shape = None if a.realistic else tuple(int(v) for v in re.split(r"[,x ]+", a.shape.strip()))
+    make_retouch_fixture(a.out, a.volumes, shape, a.seed)
+    print(a.out)
+    return 0
+
+
+__all__ = ["REALISTIC", "fake_oct_volume", "make_retouch_fixture", "write_mhd"]
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
