@@ -1,7 +1,8 @@
 """Multi-class demo: FedMix on a 3-client, 3-class synthetic federation [I, B, L] (no download).
 
     python -m fedmix_jax.main --config configs/synthetic_multiclass.py
-    python -m fedmix_jax.main --config configs/synthetic_multiclass.py --config.strategy=fedavg_pixel
+    python -m fedmix_jax.main --config configs/synthetic_multiclass.py \\
+        --config.strategy=fedavg_pixel
 
 The multi-class counterpart of ``configs/synthetic.py`` and of the paper's RETOUCH setting
 (``configs/retouch.py``): three "hospitals" with their own acquisition domains

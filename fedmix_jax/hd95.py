@@ -14,14 +14,14 @@ implementation):
 
 Empty masks (the definition needs two non-empty edges), per class and per image:
 
-===============================  ======================  ============================================
-case                             here (default)          MONAI ``compute_hausdorff_distance``
-===============================  ======================  ============================================
-prediction and truth both empty  ``nan`` -- excluded      ``nan`` -- excluded by its nan-aware
-                                 from every mean          reductions
-exactly one of them empty        the image diagonal      ``inf`` (one inf makes a mean inf)
+===============================  =======================  ====================================
+case                             here (default)           MONAI ``compute_hausdorff_distance``
+===============================  =======================  ====================================
+prediction and truth both empty  ``nan``: excluded from   ``nan``: excluded by its nan-aware
+                                 every mean               reductions
+exactly one of them empty        the image diagonal       ``inf`` (one inf makes a mean inf)
                                  ``sqrt(H^2 + W^2)``
-===============================  ======================  ============================================
+===============================  =======================  ====================================
 
 Both-empty is excluded as MONAI does (there is no boundary to measure, and Dice already scores the
 agreement). A missed or hallucinated lesion gets the largest distance two pixels of the image can
