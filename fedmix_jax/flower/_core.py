@@ -1,0 +1,99 @@
+"""The round core the Flower backend builds on, gathered in one place.
+
+Everything a site or the server computes comes from the project's round core
+(docs/architecture.md): the site function :func:`fedmix_jax.site.site_round` (what one hospital
+does in one round), the strategy registry (:mod:`fedmix_jax.strategies`: the weights), and
+:func:`fedmix_jax.aggregation.weighted_average`. Nothing of the round is re-implemented here; this
+module compiles those functions once per process and converts the per-round PRNG keys (typed keys
+cross the network as their raw ``uint32`` data).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedmix_jax import aggregation
+from fedmix_jax.config import HParams, RoundConfig  # noqa: F401
+from fedmix_jax.federated import init_state
+from fedmix_jax.round import round_keys as _round_keys
+from fedmix_jax.site import (ModelPair, SiteReport, SiteState, init_site_state,  # noqa: F401
+                             make_optimizer, site_round)
+
+
+def is_typed_key(key) -> bool:
+    return jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key)
+
+
+def key_to_numpy(key) -> np.ndarray:
+    """A PRNG key (typed or raw) as its raw ``uint32`` data (what crosses the network)."""
+    key = jnp.asarray(key) if not is_typed_key(key) else key
+    return np.asarray(jax.random.key_data(key) if is_typed_key(key) else key, np.uint32)
+
+
+def key_from_numpy(data, typed: bool = True):
+    """The inverse of :func:`key_to_numpy` (a typed threefry key by default)."""
+    data = jnp.asarray(np.asarray(data, np.uint32))
+    return jax.random.wrap_key_data(data) if typed else data
+
+
+def round_keys(key, num_sites: int):
+    """``(next_key, site_keys [C])`` exactly as the in-process round derives them
+    (:func:`fedmix_jax.round.round_keys`): site ``c`` gets ``fold_in(round_key, c)``."""
+    return _round_keys(key, num_sites)
+
+
+def initial_server_state(model, seed: int, image_shape, config: RoundConfig):
+    """``(global ModelPair, key)``: the in-process initialisation (same keys, same params)."""
+    state = init_state(model, jax.random.key(int(seed)), tuple(image_shape), 1, config)
+    return state.global_params, state.key
+
+
+def initial_site_state(params: ModelPair, config: RoundConfig) -> SiteState:
+    """A site's state before its first round: ``params`` and fresh Adam moments."""
+    return init_site_state(make_optimizer(config), params)
+
+
+@functools.lru_cache(maxsize=8)
+def compiled_site_fn(model, config: RoundConfig):
+    """``jit(site_round)`` for one (model, static config): ``fn(global, site, data, key, hparams)``.
+
+    Cached per process: a site process that lives across rounds (simulation, the site worker)
+    traces and compiles once.
+    """
+
+    def fn(global_params, site, data, key, hparams):
+        return site_round(model, config, global_params, site, data, key, hparams)
+
+    return jax.jit(fn)
+
+
+def site_weights(strategy, reports: dict, participating, hparams: HParams) -> np.ndarray:
+    """[C] aggregation weights of ``strategy`` from the sites' scalars (numpy float32)."""
+    rep = SiteReport(
+        num_usable=jnp.asarray(reports["num_usable"], jnp.int32),
+        loss1=jnp.asarray(reports["loss1"], jnp.float32),
+        loss2=jnp.asarray(reports["loss2"], jnp.float32),
+        num_weak=jnp.asarray(reports["num_weak"], jnp.int32),
+        num_selected_weak=jnp.asarray(reports["num_selected_weak"], jnp.int32),
+        steps=jnp.asarray(reports["steps"], jnp.int32))
+    return np.asarray(_weights_jit(strategy)(rep, jnp.asarray(participating, bool), hparams),
+                      np.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def _weights_jit(strategy):
+    return jax.jit(strategy.weights)
+
+
+@functools.lru_cache(maxsize=1)
+def _weighted_average_jit():
+    return jax.jit(aggregation.weighted_average)
+
+
+def aggregate(stacked, weights):
+    """The weighted average of stacked pytrees (leaves [C, ...]) -> leaves [...]."""
+    return _weighted_average_jit()(stacked, jnp.asarray(weights, jnp.float32))

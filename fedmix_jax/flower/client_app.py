@@ -1,0 +1,205 @@
+"""The Flower ClientApp: one hospital's side of a FedMix round.
+
+Messages it answers (the coordinator's :mod:`~fedmix_jax.flower.server_app` sends them):
+
+* ``query.info`` — the site declares its name, index, split sizes, image shape and classes (sizes
+  only: the server checks later replies against them);
+* ``train`` — the broadcast global pair, the round, the site's key of the round and the shared
+  config; the site runs the project's site function on its own data (pseudo-labels of the global
+  pair, one local epoch of both models) and replies with **its local model pair and the scalars
+  the weights need** (n_i, l_i, the selection counts, steps) — never an image, a mask, a
+  pseudo-label or a per-sample value;
+* ``evaluate`` — global model 1: Dice / IoU on the site's validation and test splits (scalars).
+
+The site's data and its state between rounds never leave its machine. The state (local pair and
+Adam moments) is kept in the SuperNode's context (``Context.state``, local to the node) and, when
+the node config sets ``state-dir``, also on the site's disk so that a run resumed after a server
+restart continues with the same Adam moments.
+
+Node config (``flower-supernode --node-config "..."``): ``data`` (``folders`` | ``synthetic``),
+``data-dir``, ``cache-dir``, ``client``, ``site-name``, ``site-index``, ``state-dir``, ``worker``
+(address of a long-running site worker, :mod:`fedmix_jax.flower.worker`: then this ClientApp only
+relays the arrays to it, and nothing is compiled per round).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedmix_jax.flower import records
+from fedmix_jax.flower.validation import LOCAL_RECORD, REPORT_RECORD, SITE_RECORD
+
+log = logging.getLogger("fedmix_jax.flower")
+
+GLOBAL_RECORD = "global"
+CONFIG_RECORD = "fedmix"
+STATE_RECORD = "site-state"
+STATE_META = "site-state-meta"
+
+_sites: dict = {}
+_lock = threading.Lock()
+
+
+def _node_config(context: Context) -> dict:
+    return {k: v for k, v in dict(context.node_config).items()}
+
+
+def _local_site(context: Context, shared_json: str | None):
+    """The node's :class:`LocalSite`, built once per process and node (data loaded once)."""
+    from fedmix_jax.flower.local_site import LocalSite, config_from_json, load_site_data
+
+    node = _node_config(context)
+    data_key = (context.node_id, tuple(sorted((k, str(v)) for k, v in node.items())))
+    if node.get("data", "synthetic") == "synthetic":
+        data_key += (shared_json,)
+    with _lock:
+        site = _sites.get(data_key)
+        if site is None:
+            shared = config_from_json(shared_json) if shared_json else None
+            site = LocalSite(load_site_data(node, shared))
+            _sites[data_key] = site
+    return site
+
+
+def _backend(context: Context, shared_json: str | None):
+    node = _node_config(context)
+    if node.get("worker"):
+        from fedmix_jax.flower.worker import WorkerClient
+
+        return WorkerClient(str(node["worker"]))
+    return _local_site(context, shared_json)
+
+
+def _state_path(context: Context, run_name: str) -> str | None:
+    d = _node_config(context).get("state-dir")
+    if not d:
+        return None
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in run_name) or "run"
+    return os.path.join(str(d), f"{safe}.npz")
+
+
+app = ClientApp()
+
+
+@app.query("info")
+def info(msg: Message, context: Context) -> Message:
+    shared = None
+    if CONFIG_RECORD in msg.content.config_records:
+        shared = msg.content.config_records[CONFIG_RECORD].get("config-json")
+    backend = _backend(context, shared)
+    cr = ConfigRecord(dict(backend.info(shared)))
+    return Message(RecordDict({"info": cr}), reply_to=msg)
+
+
+def hparams_from(cfg):
+    from fedmix_jax.config import HParams
+
+    return HParams.create(lam=float(cfg["lam"]), beta=float(cfg["beta"]),
+                          learning_rate=float(cfg["learning-rate"]))
+
+
+def _restore_state(context: Context, backend, shared: str, round_index: int, run_name: str):
+    """The site's :class:`~fedmix_jax.site.SiteState` for ``round_index`` (None: start fresh)."""
+    if round_index <= 1:
+        return None
+    from fedmix_jax.flower.local_site import load_state
+
+    like = backend.template_state(shared)
+    meta = context.state.config_records.get(STATE_META)
+    if (meta is not None and meta.get("run-name") == run_name
+            and int(meta.get("round", -1)) == round_index - 1
+            and STATE_RECORD in context.state.array_records):
+        try:
+            return records.record_to_tree(context.state.array_records[STATE_RECORD], like,
+                                          "state")
+        except ValueError as e:
+            log.warning("site state in the node context does not fit the model: %s", e)
+    path = _state_path(context, run_name)
+    if path:
+        loaded = load_state(path, like)
+        if loaded is not None and loaded[0] == round_index - 1:
+            return loaded[1]
+    log.warning("no site state of round %d: starting round %d with fresh Adam moments",
+                round_index - 1, round_index)
+    return None
+
+
+def _store_state(context: Context, state, round_index: int, run_name: str) -> None:
+    context.state.array_records[STATE_RECORD] = records.tree_to_record(state, "state")
+    context.state.config_records[STATE_META] = ConfigRecord(
+        {"round": int(round_index), "run-name": run_name})
+    path = _state_path(context, run_name)
+    if path:
+        from fedmix_jax.flower.local_site import save_state
+
+        save_state(path, round_index, state)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    from fedmix_jax.flower._core import key_from_numpy
+
+    cfg = msg.content.config_records[CONFIG_RECORD]
+    shared = str(cfg["config-json"])
+    round_index = int(cfg["round"])
+    run_name = str(cfg.get("run-name", "run"))
+    key_data = np.asarray(cfg["site-key"], np.uint32)
+    send_model = bool(cfg.get("send-model", True))
+    backend = _backend(context, shared)
+    arrays = msg.content.array_records[GLOBAL_RECORD]
+    if getattr(backend, "remote", False):
+        # The worker keeps the data, the compiled program and the state; this process relays.
+        local_record, report = backend.train_record(shared, arrays, round_index, run_name,
+                                                    key_data, dict(cfg), send_model)
+    else:
+        global_pair = records.record_to_pair(arrays, backend.template_pair(shared))
+        state = _restore_state(context, backend, shared, round_index, run_name)
+        state, report = backend.train(shared, global_pair, state, key_from_numpy(key_data),
+                                      hparams_from(cfg))
+        _store_state(context, state, round_index, run_name)
+        local_record = records.pair_to_record(state.params) if send_model else None
+    return make_train_reply(msg, backend.info(shared), round_index, report, local_record)
+
+
+def make_train_reply(msg: Message, site_info: dict, round_index: int, report: dict,
+                     local_record) -> Message:
+    """The reply: the local pair (when the strategy aggregates) and the round's scalars."""
+    content = RecordDict()
+    if local_record is not None:
+        content[LOCAL_RECORD] = local_record
+    extra = {"round": int(round_index), "site-index": int(site_info["site-index"]),
+             "num-examples": int(np.asarray(report["num_usable"]))}
+    content[REPORT_RECORD] = records.report_to_metrics(report, **extra)
+    content[SITE_RECORD] = ConfigRecord({"site-name": str(site_info["site-name"])})
+    return Message(content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    cfg = msg.content.config_records[CONFIG_RECORD]
+    shared = str(cfg["config-json"])
+    round_index = int(cfg["round"])
+    backend = _backend(context, shared)
+    arrays = msg.content.array_records.get(GLOBAL_RECORD)
+    if getattr(backend, "remote", False):
+        scores = backend.evaluate_record(shared, arrays, round_index)
+    else:
+        if arrays is not None:
+            params1 = records.record_to_tree(arrays, backend.template_pair(shared).model1,
+                                             records.PAIR_PREFIXES[0])
+        else:   # local learning: the site evaluates its own model 1
+            if STATE_RECORD not in context.state.array_records:
+                raise RuntimeError("no local model to evaluate")
+            state = records.record_to_tree(context.state.array_records[STATE_RECORD],
+                                           backend.template_state(shared), "state")
+            params1 = state.params.model1
+        scores = backend.evaluate(shared, params1)
+    scores = dict(scores)
+    scores["round"] = round_index
+    return Message(RecordDict({"eval": MetricRecord(scores)}), reply_to=msg)

@@ -1,0 +1,258 @@
+"""What runs at a hospital: its data, its compiled site function, its state between rounds.
+
+Nothing here imports Flower: the ClientApp (:mod:`fedmix_jax.flower.client_app`) and the
+long-running site worker (:mod:`fedmix_jax.flower.worker`) both drive a :class:`LocalSite`.
+
+A site's data comes from its own machine (``node_config`` of its SuperNode):
+
+* ``data = "folders"``, ``data-dir = /path`` (and optionally ``cache-dir``, ``client`` — the client
+  folder's name when the directory holds several): the hospital's images in the project's
+  ``folders`` layout (:mod:`fedmix_jax.data.real.layouts`), decoded once into the array_record
+  cache and read back from it afterwards;
+* ``data = "synthetic"``, ``site-index = i``: client ``i`` of the embedded synthetic federation
+  (demos and tests; the data settings then come from the coordinator's config).
+
+The model, the round settings (strategy, batch size, learning rate, selection rules ...) and the
+synthetic data settings come from the coordinator with every message (one config for the whole
+federation), as a JSON string of the config's ``model``, ``train``, ``selection``, ``strategy`` and
+``data`` groups.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from fedmix_jax.data.federation import FederatedSplit
+from fedmix_jax.flower import _core
+from fedmix_jax.flower.records import REPORT_FIELDS
+
+REPORT_KEYS = tuple(REPORT_FIELDS)
+
+# The config groups a site needs (and that the coordinator sends).
+SHARED_GROUPS = ("seed", "strategy", "model", "train", "selection", "data")
+
+
+def shared_config_json(config) -> str:
+    """The JSON string of the groups of ``config`` that every site needs (:data:`SHARED_GROUPS`)."""
+    d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return json.dumps({k: d[k] for k in SHARED_GROUPS if k in d}, sort_keys=True, default=list)
+
+
+def config_from_json(text: str) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(json.loads(text))
+
+
+@dataclasses.dataclass
+class SiteData:
+    """One site's splits, leaves without client axis ([N, ...])."""
+
+    name: str
+    index: int            # position in the federation's client order (-1: not known here)
+    train: FederatedSplit
+    val: FederatedSplit
+    test: FederatedSplit
+
+    @property
+    def num_train(self) -> int:
+        return int(np.asarray(self.train.valid).sum())
+
+    def info(self) -> dict[str, Any]:
+        """What a site declares when it joins (sizes and shapes; no sample)."""
+        return {"site-name": self.name, "site-index": int(self.index),
+                "num-train": self.num_train, "num-val": int(np.asarray(self.val.valid).sum()),
+                "num-test": int(np.asarray(self.test.valid).sum()),
+                "image-shape": [int(s) for s in np.shape(self.train.images)[1:]],
+                "num-classes": int(np.shape(self.train.masks)[-1]),
+                "levels": self.levels()}
+
+    def levels(self) -> str:
+        """The supervision levels present in the training split (``"box"``, ``"box+pixel"``)."""
+        from fedmix_jax.data.federation import LEVEL_NAMES
+
+        lv = np.asarray(self.train.levels)[np.asarray(self.train.valid)]
+        return "+".join(sorted({LEVEL_NAMES[int(x)] for x in np.unique(lv)})) or "-"
+
+
+def _take(split: FederatedSplit, c: int, trim: bool) -> FederatedSplit:
+    one = jax.tree.map(lambda x: np.asarray(x[c]), split)
+    if trim:
+        n = max(int(one.valid.sum()), 1)
+        one = jax.tree.map(lambda x: x[:n], one)
+    return one
+
+
+def site_from_federation(federation, index: int, trim: bool = False) -> SiteData:
+    """Client ``index`` of a :class:`~fedmix_jax.data.federation.Federation` as a site.
+
+    ``trim=False`` keeps the federation's padding (the site's arrays then have exactly the shapes
+    of its slice in the in-process round).
+    """
+    return SiteData(name=str(federation.client_names[index]), index=int(index),
+                    train=_take(federation.train, index, trim),
+                    val=_take(federation.val, index, trim), test=_take(federation.test, index, trim))
+
+
+def load_site_data(node_config: dict, shared: ml_collections.ConfigDict | None) -> SiteData:
+    """The site's data from its node config (see the module docstring)."""
+    kind = str(node_config.get("data", "synthetic")).strip().lower()
+    if kind == "synthetic":
+        if shared is None:
+            raise ValueError("a synthetic site needs the coordinator's data settings")
+        from fedmix_jax.data.synthetic import synthetic_federation_from_config
+
+        index = int(node_config.get("site-index", 0))
+        fed = synthetic_federation_from_config(shared.data)
+        if not 0 <= index < fed.num_clients:
+            raise ValueError(f"site-index {index} is outside the synthetic federation's "
+                             f"{fed.num_clients} clients")
+        return site_from_federation(fed, index, trim=False)
+    if kind == "folders":
+        from fedmix_jax.data.real import default_data_config, load_federation_from_config
+
+        data_dir = str(node_config.get("data-dir", ""))
+        if not data_dir:
+            raise ValueError("node config data-dir is required for data=folders")
+        overrides = {"data_dir": data_dir}
+        if node_config.get("cache-dir"):
+            overrides["cache_dir"] = str(node_config["cache-dir"])
+        if shared is not None and "data" in shared:
+            for key in ("image_size", "channels"):
+                if key in shared.data:
+                    overrides[key] = shared.data[key]
+        cfg = default_data_config("folders", **overrides)
+        fed = load_federation_from_config(cfg, verbose=False)
+        wanted = node_config.get("client")
+        names = list(fed.client_names)
+        if wanted:
+            if str(wanted) not in names:
+                raise ValueError(f"client {wanted!r} not in {data_dir} (found {names})")
+            c = names.index(str(wanted))
+        elif len(names) == 1:
+            c = 0
+        else:
+            raise ValueError(f"{data_dir} holds several clients {names}: set node config client")
+        site = site_from_federation(fed, c, trim=True)
+        site.index = int(node_config.get("site-index", -1))
+        site.name = str(node_config.get("site-name", site.name))
+        return site
+    raise ValueError(f"unknown node config data={kind!r}; use 'folders' or 'synthetic'")
+
+
+@functools.lru_cache(maxsize=8)
+def _model_and_round_config(shared_json: str, num_classes: int):
+    from fedmix_jax.config import build_model, build_round_config
+
+    cfg = config_from_json(shared_json)
+    return build_model(cfg, num_classes), build_round_config(cfg)
+
+
+class LocalSite:
+    """A hospital's side of FedMix: holds its data and state, runs the compiled site function.
+
+    The compiled programs are cached per process (``_core.compiled_site_fn``): a process that
+    lives across rounds (simulation, the site worker) compiles once.
+    """
+
+    def __init__(self, data: SiteData):
+        self.data = data
+        self._device_data = None
+
+    def _train_on_device(self):
+        if self._device_data is None:
+            self._device_data = jax.device_put(self.data.train)
+        return self._device_data
+
+    def setup(self, shared_json: str):
+        """``(model, round_config)`` of the coordinator's config (built once per config)."""
+        return _model_and_round_config(shared_json, int(np.shape(self.data.train.masks)[-1]))
+
+    def info(self, shared_json: str | None = None) -> dict[str, Any]:
+        return self.data.info()
+
+    def template_pair(self, shared_json: str):
+        """The model pair's ShapeDtypeStructs (no computation)."""
+        model, config = self.setup(shared_json)
+        shape = tuple(np.shape(self.data.train.images)[1:])
+        return jax.eval_shape(lambda: _core.initial_server_state(model, 0, shape, config)[0])
+
+    def template_state(self, shared_json: str):
+        """The :class:`~fedmix_jax.site.SiteState`'s ShapeDtypeStructs (no computation)."""
+        _, config = self.setup(shared_json)
+        pair = self.template_pair(shared_json)
+        return jax.eval_shape(lambda p: _core.initial_site_state(p, config), pair)
+
+    def train(self, shared_json: str, global_pair, state, key, hparams):
+        """One round of the site function: ``(SiteState, report dict of numpy scalars)``.
+
+        Args:
+          global_pair: the broadcast :class:`~fedmix_jax.site.ModelPair`.
+          state: the :class:`~fedmix_jax.site.SiteState` kept from the site's previous round, or
+            None (first round, or a site that lost its state: the broadcast pair with fresh Adam
+            moments, as the in-process round's initial state).
+          key: the site's PRNG key of this round; hparams: :class:`~fedmix_jax.config.HParams`.
+        """
+        model, config = self.setup(shared_json)
+        fn = _core.compiled_site_fn(model, config)
+        global_pair = jax.tree.map(jnp.asarray, global_pair)
+        if state is None:
+            state = _core.initial_site_state(global_pair, config)
+        state = jax.tree.map(jnp.asarray, state)
+        new_state, report = fn(global_pair, state, self._train_on_device(), key, hparams)
+        report = jax.device_get(report)
+        return new_state, {k: np.asarray(getattr(report, k)) for k in REPORT_KEYS}
+
+    def evaluate(self, shared_json: str, params_model1) -> dict[str, float]:
+        """Dice and IoU of model 1 on the site's validation and test splits (scalars)."""
+        from fedmix_jax.evaluation import evaluate
+
+        model, config = self.setup(shared_json)
+        out = {}
+        for split_name in ("val", "test"):
+            split = getattr(self.data, split_name)
+            n = int(np.asarray(split.valid).sum())
+            out[f"num-{split_name}"] = n
+            if n == 0:
+                out[f"{split_name}-dice"] = 0.0
+                out[f"{split_name}-iou"] = 0.0
+                continue
+            one = jax.tree.map(lambda x: np.asarray(x)[None], split)
+            ev = evaluate(model, params_model1, one, chunk_size=config.inference_chunk)
+            out[f"{split_name}-dice"] = float(ev["dice"][0])
+            out[f"{split_name}-iou"] = float(ev["iou"][0])
+        return out
+
+
+def save_state(path: str, round_index: int, state) -> None:
+    """Write a site's (params, Adam) state to ``path`` (.npz, no pickle) atomically."""
+    leaves = jax.tree_util.tree_leaves(state)
+    arrays = {f"a{i}": np.asarray(x) for i, x in enumerate(leaves)}
+    arrays["round"] = np.asarray(round_index, np.int64)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def load_state(path: str, like) -> tuple[int, Any] | None:
+    """``(round, state)`` from :func:`save_state`, or None (missing or not matching ``like``)."""
+    if not os.path.exists(path):
+        return None
+    ref = jax.tree_util.tree_leaves(like)
+    with np.load(path, allow_pickle=False) as z:
+        if len(z.files) != len(ref) + 1:
+            return None
+        leaves = [z[f"a{i}"] for i in range(len(ref))]
+        r = int(z["round"])
+    for a, b in zip(leaves, ref):
+        if a.shape != np.shape(b) or a.dtype != np.dtype(b.dtype):
+            return None
+    return r, jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), leaves)

@@ -1,0 +1,242 @@
+"""The server side of a FedMix round as a Flower strategy (:class:`flwr.serverapp.strategy.Strategy`).
+
+:class:`FedMixStrategy` wraps a strategy of the project's registry
+(:func:`fedmix_jax.strategies.get_strategy`: ``fedmix``, ``fedavg_pixel``, ``fedavg_full``, the
+ablations, ``local``) and does what the in-process round does after the sites: the weights from the
+sites' reports (``strategy.weights``), the weighted average of **both** models
+(:func:`fedmix_jax.aggregation.weighted_average`). Before that every reply is checked
+(:mod:`fedmix_jax.flower.validation`); a rejected or missing site takes no part in the round
+(weight 0, the others' weights renormalised) and the reason is logged and kept in
+:attr:`FedMixStrategy.last_round`.
+
+Sites are ordered by their declared index (then name), never by Flower's node ids (random): site
+``c`` gets the in-process round's key ``fold_in(round_key, c)``, so a run across sites computes
+what the in-process round computes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any, Iterable
+
+import jax
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy as FlowerStrategy
+
+from fedmix_jax.flower import _core, records
+from fedmix_jax.flower.client_app import CONFIG_RECORD, GLOBAL_RECORD
+from fedmix_jax.flower.validation import ReplyRejected, check_eval_reply, check_train_reply
+
+log = logging.getLogger("fedmix_jax.flower")
+
+REPORT_LISTS = ("loss1", "loss2", "num_usable", "num_weak", "num_selected_weak", "steps")
+
+
+@dataclasses.dataclass(frozen=True)
+class Site:
+    """A registered site: its Flower node, its position ``index`` in the federation's order and
+    what it declared when it joined."""
+
+    node_id: int
+    index: int
+    name: str
+    num_train: int
+    num_val: int = 0
+    num_test: int = 0
+
+
+@dataclasses.dataclass
+class RoundOutcome:
+    """What the server kept of one round (all lists in site order)."""
+
+    round: int
+    reports: dict[str, list]                 # REPORT_LISTS -> [C] (0 for sites left out)
+    weights: list[float]
+    accepted: list[bool]
+    rejected: dict[str, str]                  # site name -> reason
+    applied: bool                             # False: fewer than min_sites accepted
+
+
+class FedMixStrategy(FlowerStrategy):
+    """A Flower strategy running one of the project's strategies across sites.
+
+    Args:
+      strategy: a :class:`fedmix_jax.strategies.Strategy` (from ``get_strategy``).
+      sites: the registered :class:`Site` s, in federation order (``index`` = position).
+      template_pair: the model pair (arrays or ShapeDtypeStructs): keys, shapes and dtypes every
+        reply must match.
+      key: the server's PRNG key (split once per round, as the in-process round's state key).
+      hparams: :class:`~fedmix_jax.config.HParams` (λ, β, learning rate).
+      shared_json: the config groups every site needs (sent with every message).
+      min_sites: the fewest accepted replies for a round to be applied.
+      run_name: names the run's site state files (resume after a server restart).
+    """
+
+    def __init__(self, strategy, sites: list[Site], template_pair, key, hparams,
+                 shared_json: str, *, min_sites: int = 1, run_name: str = "run"):
+        self.strategy = strategy
+        self.sites = list(sites)
+        self.by_node = {s.node_id: s for s in self.sites}
+        self.template_pair = template_pair
+        self.spec = records.pair_spec(template_pair) if strategy.aggregates else None
+        self.key = key
+        self.hparams = hparams
+        self.shared_json = shared_json
+        self.min_sites = int(min_sites)
+        self.run_name = run_name
+        self.last_round: RoundOutcome | None = None
+        self.last_eval: dict[str, Any] | None = None
+        self._next_key = None
+        self._arrays: ArrayRecord | None = None
+
+    # ------------------------------------------------------------------------------------------
+    def _config(self, server_round: int) -> dict:
+        h = self.hparams
+        return {"round": int(server_round), "config-json": self.shared_json,
+                "run-name": self.run_name, "lam": float(h.lam), "beta": float(h.beta),
+                "learning-rate": float(h.learning_rate),
+                "send-model": bool(self.strategy.aggregates)}
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """One message per registered site: the global pair, its key of the round, the config."""
+        self._next_key, site_keys = _core.round_keys(self.key, len(self.sites))
+        self._arrays = arrays
+        out = []
+        for site in self.sites:
+            cfg = dict(config) | self._config(server_round)
+            cfg["site-key"] = [int(x) for x in _core.key_to_numpy(site_keys[site.index])]
+            content = RecordDict({GLOBAL_RECORD: arrays, CONFIG_RECORD: ConfigRecord(cfg)})
+            out.append(Message(content=content, dst_node_id=site.node_id, message_type="train",
+                               group_id=str(server_round)))
+        return out
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Check every reply, weigh the accepted sites, average both models.
+
+        Returns ``(None, metrics)`` when fewer than ``min_sites`` replies were accepted (the
+        round is not applied; the global pair stays).
+        """
+        c = len(self.sites)
+        accepted: dict[int, Any] = {}
+        rejected: dict[str, str] = {}
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            site = self.by_node.get(node)
+            if site is None:
+                log.warning("round %d: reply from unregistered node %s ignored", server_round,
+                            node)
+                continue
+            if site.index in accepted:
+                rejected[site.name] = "duplicate reply"
+                accepted.pop(site.index)
+                continue
+            try:
+                accepted[site.index] = check_train_reply(
+                    reply, round_index=server_round, site=site.name, index=site.index,
+                    declared_size=site.num_train, spec=self.spec)
+            except ReplyRejected as e:
+                rejected[site.name] = str(e)
+        for site in self.sites:
+            if site.index not in accepted and site.name not in rejected:
+                rejected[site.name] = "no reply within the round's timeout"
+        for name, reason in rejected.items():
+            log.warning("round %d: reply of site %s rejected: %s", server_round, name, reason)
+        # The key advances whatever happens (as the in-process round's).
+        if self._next_key is not None:
+            self.key, self._next_key = self._next_key, None
+        ok = [i in accepted for i in range(c)]
+        reports = {k: [accepted[i].report[k] if ok[i] else 0 for i in range(c)]
+                   for k in REPORT_LISTS}
+        applied = sum(ok) >= self.min_sites
+        participating = np.array([ok[i] and self.sites[i].num_train > 0 for i in range(c)])
+        weights = [0.0] * c
+        new_arrays = None
+        if applied:
+            weights = [float(w) for w in _core.site_weights(self.strategy, reports,
+                                                            participating, self.hparams)]
+            if self.strategy.aggregates:
+                new_arrays = self._aggregate(accepted, weights)
+        else:
+            log.error("round %d: only %d of %d sites accepted (min_sites %d): round not "
+                      "applied", server_round, sum(ok), c, self.min_sites)
+        self.last_round = RoundOutcome(round=server_round, reports=reports, weights=weights,
+                                       accepted=ok, rejected=rejected, applied=applied)
+        metrics = MetricRecord({"num-accepted": int(sum(ok)), "applied": int(applied),
+                                "weights": [float(w) for w in weights]})
+        return new_arrays, metrics
+
+    def _aggregate(self, accepted: dict, weights: list[float]) -> ArrayRecord:
+        # Sites left out contribute the broadcast pair with weight 0: the stacked shapes stay
+        # [C, ...] every round (one compiled aggregation).
+        sent = self._arrays
+        keys = list(self.spec)
+        stacked = []
+        for key in keys:
+            rows = [accepted[i].arrays[key] if i in accepted else sent[key].numpy()
+                    for i in range(len(self.sites))]
+            stacked.append(np.stack(rows))
+        treedef = jax.tree_util.tree_structure(records._as_pair(self.template_pair))
+        pair = _core.aggregate(jax.tree_util.tree_unflatten(treedef, stacked), weights)
+        return records.pair_to_record(jax.device_get(pair))
+
+    # ------------------------------------------------------------------------------------------
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        """Global model 1 to every site (``local``: no model; each site scores its own)."""
+        model1 = None
+        if self.strategy.aggregates:
+            model1 = ArrayRecord()
+            for k in arrays.keys():
+                if k.startswith(records.PAIR_PREFIXES[0] + "/"):
+                    model1[k] = arrays[k]
+        out = []
+        for site in self.sites:
+            content = RecordDict({CONFIG_RECORD: ConfigRecord(
+                dict(config) | self._config(server_round))})
+            if model1 is not None:
+                content[GLOBAL_RECORD] = model1
+            out.append(Message(content=content, dst_node_id=site.node_id,
+                               message_type="evaluate", group_id=f"eval-{server_round}"))
+        return out
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
+                           ) -> MetricRecord | None:
+        """Per-site validation / test Dice and IoU (lists in site order; NaN where missing) and
+        their means over the sites that hold data of the split (as the in-process job)."""
+        c = len(self.sites)
+        rows: dict[int, dict] = {}
+        rejected = {}
+        for reply in replies:
+            site = self.by_node.get(reply.metadata.src_node_id)
+            if site is None:
+                continue
+            try:
+                rows[site.index] = check_eval_reply(reply, round_index=server_round,
+                                                    site=site.name)
+            except ReplyRejected as e:
+                rejected[site.name] = str(e)
+                log.warning("round %d: evaluation of site %s rejected: %s", server_round,
+                            site.name, e)
+        out: dict[str, Any] = {}
+        for split in ("val", "test"):
+            for k in ("dice", "iou"):
+                vals = [rows[i][f"{split}-{k}"] if i in rows else math.nan for i in range(c)]
+                out[f"{split}_{k}"] = vals
+                have = [v for i, v in enumerate(vals)
+                        if i in rows and rows[i][f"num-{split}"] > 0]
+                out[f"{split}_mean_{k}"] = float(np.mean(have)) if have else math.nan
+        self.last_eval = {"scores": out, "rejected": rejected, "answered": sorted(rows)}
+        return MetricRecord({k: v for k, v in out.items()})
+
+    def summary(self) -> None:
+        log.info("FedMixStrategy: %s over %d sites (%s), min_sites %d", self.strategy.name,
+                 len(self.sites), ", ".join(s.name for s in self.sites), self.min_sites)
+
+
+__all__ = ["FedMixStrategy", "Site", "RoundOutcome"]

@@ -1,0 +1,324 @@
+"""FedMix across sites on Flower: records, reply validation, and the in-process equivalence.
+
+Offline and fast: the ServerApp and the ClientApps run in this process over
+:class:`fedmix_jax.flower.simulation.LocalGrid` (the transport is a function call; every FedMix
+code path is the deployment's). Tiny model (U-Net width 4, depth 2), 16 px images.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+flwr = pytest.importorskip("flwr")
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict  # noqa: E402,E501
+
+from fedmix_jax.flower import _core, records  # noqa: E402
+from fedmix_jax.flower.simulation import LocalGrid, run_local, synthetic_sites  # noqa: E402
+from fedmix_jax.flower.strategy import FedMixStrategy, Site  # noqa: E402
+from fedmix_jax.flower.validation import LOCAL_RECORD, REPORT_RECORD, SITE_RECORD  # noqa: E402
+
+OVERRIDES = ("model.width=4 model.depth=2 data.image_size=16 data.num_clients=3 "
+             "data.train_sizes='(8,12,6)' data.levels=\"('box','pixel','box')\" "
+             "data.val_size=4 data.test_size=4 train.batch_size=4")
+
+
+def _run_config(tmp_path, rounds=2, name="run", extra=""):
+    return {"config": "configs/synthetic.py", "workdir": str(tmp_path / name),
+            "overrides": f"num_rounds={rounds} {OVERRIDES} {extra}", "round-timeout": 600.0}
+
+
+def _in_process(rounds: int, extra: str = ""):
+    """The reference: make_round_fn(executor='loop') on the same config."""
+    from fedmix_jax.config import build_model, build_round_config
+    from fedmix_jax.data.synthetic import synthetic_federation_from_config
+    from fedmix_jax.federated import init_state, make_round_fn
+    from fedmix_jax.flower.server_app import load_config
+
+    config = load_config("configs/synthetic.py",
+                         f"num_rounds={rounds} {OVERRIDES} {extra} train.executor=loop")
+    fed = synthetic_federation_from_config(config.data)
+    rc = build_round_config(config)
+    model = build_model(config, fed.num_classes)
+    state = init_state(model, jax.random.key(int(config.seed)), fed.train.images.shape[2:],
+                       fed.num_clients, rc)
+    round_fn = make_round_fn(model, rc)
+    train = jax.device_put(fed.train)
+    metrics = []
+    for _ in range(rounds):
+        state, m = round_fn(state, train)
+        metrics.append(jax.device_get(m))
+    return state, metrics
+
+
+def _max_diff(a, b) -> float:
+    return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+# ------------------------------------------------------------------------------------------------
+# records
+
+
+def _tiny_pair():
+    from fedmix_jax.config import RoundConfig
+    from fedmix_jax.models import UNet
+
+    model = UNet(width=4, num_classes=1, depth=2)
+    return _core.initial_server_state(model, 0, (16, 16, 3), RoundConfig())
+
+
+def test_records_round_trip_pair_and_site_state():
+    from fedmix_jax.config import RoundConfig
+
+    pair, key = _tiny_pair()
+    rec = records.pair_to_record(pair)
+    keys = list(rec.keys())
+    assert keys[0].startswith("model1/") and keys[-1].startswith("model2/")
+    assert keys == list(records.pair_spec(pair))                  # stable, documented order
+    assert keys == list(records.pair_to_record(jax.device_get(pair)).keys())
+    back = records.record_to_pair(rec, jax.eval_shape(lambda: pair))
+    assert _max_diff(pair, back) == 0.0
+    assert all(isinstance(v, Array) and v.stype == "numpy.ndarray" for v in rec.values())
+    # A site state: Adam moments, 0-d counters and the injected learning rate survive.
+    state = _core.initial_site_state(pair, RoundConfig())
+    srec = records.tree_to_record(state, "state")
+    sback = records.record_to_tree(srec, jax.eval_shape(lambda: state), "state")
+    assert jax.tree.structure(sback) == jax.tree.structure(state)
+    assert _max_diff(state, sback) == 0.0
+    # Keys cross as raw uint32 data and come back as the same typed key.
+    assert np.array_equal(_core.key_to_numpy(_core.key_from_numpy(_core.key_to_numpy(key))),
+                          _core.key_to_numpy(key))
+    with pytest.raises(ValueError):
+        bad = records.pair_to_record(pair)
+        del bad[keys[0]]
+        records.record_to_pair(bad, pair)
+
+
+# ------------------------------------------------------------------------------------------------
+# the strategy on hand-made replies
+
+
+def _reply(node, msg, arrays: dict | None, report: dict, name: str):
+    content = RecordDict()
+    if arrays is not None:
+        rec = ArrayRecord()
+        for k, v in arrays.items():
+            rec[k] = Array(np.asarray(v, order="C"))
+        content[LOCAL_RECORD] = rec
+    content[REPORT_RECORD] = MetricRecord(report)
+    content[SITE_RECORD] = ConfigRecord({"site-name": name})
+    reply = Message(content, reply_to=msg)
+    reply.metadata.__dict__["_src_node_id"] = node
+    return reply
+
+
+def _strategy(min_sites=1):
+    from fedmix_jax.config import HParams
+    from fedmix_jax.strategies import get_strategy
+
+    pair, key = _tiny_pair()
+    pair = jax.device_get(pair)
+    sites = [Site(node_id=n, index=i, name=f"s{i}", num_train=10)
+             for i, n in enumerate((71, 13, 42, 5, 99, 8, 61, 3))]
+    strat = FedMixStrategy(get_strategy("fedmix"), sites, pair, key,
+                           HParams.create(10.0, 3.0, 1e-3), "{}", min_sites=min_sites)
+    return strat, pair, sites
+
+
+def test_strategy_rejects_bad_replies_and_renormalises():
+    LocalGrid({})  # sets the process's task identity for Message()
+    strat, pair, sites = _strategy()
+    arrays = records.pair_to_record(pair)
+    msgs = list(strat.configure_train(3, arrays, ConfigRecord(), None))
+    assert [m.metadata.dst_node_id for m in msgs] == [s.node_id for s in sites]
+    keys = [np.asarray(m.content["fedmix"]["site-key"]) for m in msgs]
+    assert len({tuple(k) for k in keys}) == len(sites)             # one key per site
+    for m in msgs:
+        m.metadata.__dict__["_message_id"] = f"id-{m.metadata.dst_node_id}"
+    spec = records.pair_spec(pair)
+    base = {k: np.asarray(v) for k, v in zip(spec, jax.tree.leaves(records._as_pair(pair)))}
+
+    def good(i, scale):
+        return {k: v + scale for k, v in base.items()}
+
+    def rep(n=5, loss=0.5, r=3, **kw):
+        d = dict(num_usable=n, loss1=loss, loss2=loss, num_weak=4, num_selected_weak=2,
+                 steps=2, round=r)
+        d.update(kw)
+        return d
+
+    k0 = next(iter(spec))
+    wrong_key = dict(good(2, 0.0))
+    wrong_key["model1/extra"] = wrong_key.pop(k0)
+    wrong_shape = dict(good(3, 0.0))
+    wrong_shape[k0] = np.zeros((3,) + base[k0].shape, base[k0].dtype)
+    wrong_dtype = dict(good(4, 0.0))
+    wrong_dtype[k0] = base[k0].astype(np.float64)
+    non_finite = dict(good(5, 0.0))
+    non_finite[k0] = np.full_like(base[k0], np.nan)
+    replies = [
+        _reply(sites[0].node_id, msgs[0], good(0, 1.0), rep(n=6, loss=0.4), "s0"),   # good
+        _reply(sites[1].node_id, msgs[1], good(1, 2.0), rep(n=3, loss=0.8), "s1"),   # good
+        _reply(sites[2].node_id, msgs[2], wrong_key, rep(), "s2"),
+        _reply(sites[3].node_id, msgs[3], wrong_shape, rep(), "s3"),
+        _reply(sites[4].node_id, msgs[4], wrong_dtype, rep(), "s4"),
+        _reply(sites[5].node_id, msgs[5], non_finite, rep(), "s5"),
+        _reply(sites[6].node_id, msgs[6], good(6, 0.0), rep(n=11), "s6"),            # > size
+        # sites[7]: a reply for another round
+        _reply(sites[7].node_id, msgs[7], good(7, 0.0), rep(r=2), "s7"),
+    ]
+    new, metrics = strat.aggregate_train(3, replies)
+    out = strat.last_round
+    assert out.accepted == [True, True] + [False] * 6
+    reasons = out.rejected
+    assert "wrong array keys" in reasons["s2"]
+    assert "expected float32[3" not in reasons["s3"] and "got float32[3," in reasons["s3"]
+    assert "float64" in reasons["s4"]
+    assert "non-finite" in reasons["s5"]
+    assert "declared size" in reasons["s6"]
+    assert "round 2" in reasons["s7"]
+    w = np.asarray(out.weights)
+    assert np.all(w[2:] == 0) and math.isclose(float(w.sum()), 1.0, rel_tol=1e-6)
+    # The weights are the strategy's over the accepted sites only (renormalised).
+    from fedmix_jax.aggregation import fedmix_weights
+
+    ref = np.asarray(fedmix_weights(jnp.array([6, 3]), jnp.array([0.4, 0.8]), 10.0, 3.0))
+    np.testing.assert_allclose(w[:2], ref, rtol=1e-6)
+    agg = records.record_to_pair(new, pair)
+    expect = jax.tree.map(lambda x: x + (w[0] * 1.0 + w[1] * 2.0), records._as_pair(pair))
+    assert _max_diff(agg, expect) < 1e-5
+    assert metrics["num-accepted"] == 2
+
+
+def test_strategy_error_and_missing_replies_and_min_sites():
+    LocalGrid({})
+    strat, pair, sites = _strategy(min_sites=3)
+    arrays = records.pair_to_record(pair)
+    msgs = list(strat.configure_train(1, arrays, ConfigRecord(), None))
+    for m in msgs:
+        m.metadata.__dict__["_message_id"] = f"id-{m.metadata.dst_node_id}"
+    from flwr.app import Error
+
+    spec = records.pair_spec(pair)
+    base = {k: np.asarray(v) for k, v in zip(spec, jax.tree.leaves(records._as_pair(pair)))}
+    ok = dict(num_usable=5, loss1=0.5, loss2=0.5, num_weak=4, num_selected_weak=2, steps=2,
+              round=1)
+    err = Message(Error(code=0, reason="boom"), reply_to=msgs[1])
+    err.metadata.__dict__["_src_node_id"] = sites[1].node_id
+    replies = [_reply(sites[0].node_id, msgs[0], base, ok, "s0"), err,
+               _reply(sites[2].node_id, msgs[2], base, ok, "someone-else"),
+               _reply(sites[3].node_id, msgs[3], base, dict(ok, loss1=-1.0), "s3"),
+               _reply(12345, msgs[4], base, ok, "s4")]                    # unregistered node
+    key_before = strat.key
+    new, _ = strat.aggregate_train(1, replies)
+    out = strat.last_round
+    assert new is None and not out.applied                     # 1 accepted < min_sites 3
+    assert "boom" in out.rejected["s1"]
+    assert "someone-else" in out.rejected["s2"]
+    assert "negative loss" in out.rejected["s3"]
+    assert "no reply" in out.rejected["s4"] and "no reply" in out.rejected["s7"]
+    assert not np.array_equal(_core.key_to_numpy(strat.key), _core.key_to_numpy(key_before))
+
+
+# ------------------------------------------------------------------------------------------------
+# simulation == in-process round
+
+
+@pytest.fixture(scope="module")
+def two_rounds(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("flower")
+    summary, pair, grid = run_local(3, _run_config(tmp, rounds=2))
+    ref_state, ref_metrics = _in_process(2)
+    return summary, pair, grid, ref_state, ref_metrics, tmp
+
+
+def test_simulation_equals_in_process_loop_round(two_rounds):
+    summary, pair, grid, ref_state, ref_metrics, tmp = two_rounds
+    diff = _max_diff(pair, ref_state.global_params)
+    # Measured bit-identical on CPU; the bound is the stated float tolerance.
+    assert diff <= 1e-6, diff
+    from fedmix_jax.train import read_metrics
+
+    recs = read_metrics(os.path.join(summary["workdir"], "metrics.jsonl"))
+    assert [r["round"] for r in recs] == [1, 2]
+    for rec, m in zip(recs, ref_metrics):
+        np.testing.assert_array_equal(rec["counts"], np.asarray(m.counts))
+        np.testing.assert_array_equal(rec["selected_weak"], np.asarray(m.selected_weak))
+        np.testing.assert_allclose(rec["loss1"], np.asarray(m.loss1), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(rec["weights"], np.asarray(m.weights), rtol=1e-6, atol=1e-7)
+        assert all(rec["accepted"]) and "val_mean_dice" in rec
+    assert summary["client_names"] == ["site_a_dim", "site_b_hairy", "site_c_clean"]
+    assert os.path.exists(os.path.join(summary["workdir"], "summary.json"))
+
+
+def test_only_the_model_pair_and_scalars_leave_a_site(two_rounds):
+    summary, pair, grid, *_ = two_rounds
+    spec = list(records.pair_spec(pair))
+    allowed_report = set(records.REPORT_FIELDS) | {"round", "site-index", "num-examples"}
+    kinds = {}
+    for reply in grid.replies:
+        kind = reply.metadata.message_type
+        kinds[kind] = kinds.get(kind, 0) + 1
+        c = reply.content
+        if kind == "train":
+            assert set(c.array_records) == {LOCAL_RECORD}
+            assert list(c.array_records[LOCAL_RECORD].keys()) == spec     # the pair, nothing else
+            assert set(c.metric_records) == {REPORT_RECORD}
+            assert set(c.metric_records[REPORT_RECORD]) == allowed_report
+            assert all(isinstance(v, (int, float)) for v in c.metric_records[REPORT_RECORD].values())
+            assert set(c.config_records) == {SITE_RECORD}
+            assert set(c.config_records[SITE_RECORD]) == {"site-name"}
+        elif kind == "evaluate":
+            assert not c.array_records and set(c.metric_records) == {"eval"}
+            assert all(isinstance(v, (int, float)) for v in c.metric_records["eval"].values())
+        else:
+            assert kind == "query.info" and not c.array_records and not c.metric_records
+            info = c.config_records["info"]
+            assert all(isinstance(v, (int, str)) or (isinstance(v, list) and len(v) <= 4)
+                       for v in info.values())
+    assert kinds == {"query.info": 3, "train": 6, "evaluate": 6}
+
+
+def test_resume_after_server_restart_equals_uninterrupted(two_rounds, tmp_path):
+    _, pair, *_ , ref_state, _, _ = two_rounds
+    cfg1 = _run_config(tmp_path, rounds=1, name="resume")
+    s1, _, grid = run_local(3, cfg1)
+    assert s1["rounds_completed"] == 1
+    # The server restarts (same workdir, more rounds); the sites kept their state.
+    cfg2 = _run_config(tmp_path, rounds=2, name="resume")
+    s2, pair2, _ = run_local(3, cfg2, grid=grid)
+    assert s2["resumed_from"] == 1
+    assert _max_diff(pair2, ref_state.global_params) <= 1e-6
+
+
+def test_silent_site_does_not_stall_the_round(tmp_path):
+    import time
+
+    def intercept(node, msg, reply):
+        if msg.metadata.message_type == "train" and node == silent:
+            time.sleep(3.0)          # answers after the round's timeout
+        return reply
+
+    sites = synthetic_sites(3)
+    silent = list(sites)[1]
+    grid = LocalGrid(sites, intercept=intercept)
+    cfg = dict(_run_config(tmp_path, rounds=1), **{"round-timeout": 1.0})
+    # Compile first (round 1 of a fresh process would exceed a 1 s timeout on CPU).
+    run_local(3, _run_config(tmp_path, rounds=1, name="warm"))
+    t0 = time.time()
+    summary, _, _ = run_local(3, cfg, grid=grid)
+    from fedmix_jax.train import read_metrics
+
+    rec = read_metrics(os.path.join(summary["workdir"], "metrics.jsonl"))[0]
+    assert rec["accepted"].count(False) == 1 and rec["applied"]
+    assert "no reply" in next(iter(rec["rejected"].values()))
+    assert time.time() - t0 < 60
