@@ -262,3 +262,237 @@ def test_unknown_client_in_config(tmp_path):
     with pytest.raises(ValueError, match=r"unknown client\(s\) \['c'\]"):
         load_federation_from_config(cfg("folders", tmp_path / "f", tmp_path / "cache",
                                         clients=["a", "c"]), verbose=False)
+
+
+# --------------------------------------------------------------------------- numbers in CSVs
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400", "1e300", "99999999999"])
+def test_non_finite_or_huge_box_coordinates(tmp_path, value):
+    info = make_folders(str(tmp_path / "f"), clients={"a": 6, "b": 4},
+                        boxes={"a": {"img001": [[1, 2, value, 8]]}})
+    offending = str(tmp_path / "f" / "a" / "boxes.csv")
+    assert_fails_then_skips(tmp_path / "f", tmp_path, offending,
+                            "finite|coordinates must be in", name="folders")
+    assert info
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e999", "2"])
+def test_non_finite_or_odd_labels(tmp_path, value):
+    make_folders(str(tmp_path / "f"), clients={"a": 6, "b": 4},
+                 labels={"a": {"img001": value}})
+    assert_fails_then_skips(tmp_path / "f", tmp_path, str(tmp_path / "f" / "a" / "labels.csv"),
+                            "is not 0/1", name="folders")
+
+
+def test_short_csv_row_is_a_skippable_bad_row(tmp_path):
+    make_folders(str(tmp_path / "f"), clients={"a": 6, "b": 4}, levels={"a": {"img001": "pixel"}})
+    path = tmp_path / "f" / "a" / "levels.csv"
+    with open(path, "a") as f:
+        f.write("img002\n")
+    assert_fails_then_skips(tmp_path / "f", tmp_path, str(path), "expected 2 columns",
+                            name="folders")
+
+
+# --------------------------------------------------------------------------- text encodings
+
+
+@pytest.mark.parametrize("which", ["ham", "labels"])
+def test_csv_not_utf8_is_named_in_both_modes(tmp_path, which):
+    if which == "ham":
+        make_ham10000(str(tmp_path / "d"), num_images=8, size=(40, 30))
+        path, name = tmp_path / "d" / "HAM10000_metadata.csv", "ham10000"
+    else:
+        make_folders(str(tmp_path / "d"), clients={"a": 6, "b": 4},
+                     labels={"a": {"img001": "lesion"}})
+        path, name = tmp_path / "d" / "a" / "labels.csv", "folders"
+    text = path.read_text()
+    path.write_bytes(text.replace("lesion", "l\xe9sion").encode("latin-1")
+                     if which == "labels" else text.encode("utf-16"))
+    for mode in ("fail", "skip"):
+        with pytest.raises(BadInputError, match="is not UTF-8 text") as e:
+            prepare(name, tmp_path / "d", tmp_path / "cache", on_bad_input=mode)
+        assert e.value.path == str(path) and str(path) in str(e.value)
+
+
+# --------------------------------------------------------------------------- special files, links
+
+
+@pytest.fixture
+def no_hang():
+    """Fail (instead of hanging the suite) if a FIFO is ever opened for reading."""
+    import signal
+
+    def boom(*_):
+        raise TimeoutError("hung: a special file was opened")
+    old = signal.signal(signal.SIGALRM, boom)
+    signal.alarm(120)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def _make_special(path, kind, monkeypatch):
+    if os.path.lexists(path):
+        os.remove(path)
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "socket":
+        import socket
+        monkeypatch.chdir(os.path.dirname(path))       # AF_UNIX paths are short
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(os.path.basename(path))
+        return s
+    elif kind == "device":
+        os.symlink("/dev/zero", path)
+    elif kind == "dangling":
+        os.symlink(str(path) + ".gone", path)
+    elif kind == "loop":
+        os.symlink(os.path.basename(path), path)       # links to itself: ELOOP
+    return None
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket", "device", "dangling", "loop"])
+def test_special_file_as_image_never_hangs(ham, tmp_path, kind, monkeypatch, no_hang):
+    root, info = ham
+    bad = info["images"][4]
+    sock = _make_special(bad, kind, monkeypatch)
+    try:
+        p = assert_fails_then_skips(root, tmp_path, bad, "cannot read image", lost=1)
+    finally:
+        if sock is not None:
+            sock.close()
+    what = {"fifo": "FIFO", "socket": "socket", "device": "device", "dangling": "dangling",
+            "loop": "symlink loop"}[kind]
+    assert what in p.metadata["skipped"][0]["reason"]
+
+
+@pytest.mark.parametrize("layout", ["breast", "folders"])
+def test_fifo_image_in_other_layouts(tmp_path, layout, monkeypatch, no_hang):
+    if layout == "breast":
+        make_breast(str(tmp_path / "d"))
+        bad = tmp_path / "d" / "UDIAT" / "original" / "000001.png"
+    else:
+        make_folders(str(tmp_path / "d"), clients={"a": 6, "b": 4})
+        bad = tmp_path / "d" / "a" / "images" / "img002.png"
+    _make_special(bad, "fifo", monkeypatch)
+    with pytest.raises(BadInputError, match="FIFO") as e:
+        prepare(layout, tmp_path / "d", tmp_path / "cache")
+    assert e.value.path == str(bad)
+    p = prepare(layout, tmp_path / "d", tmp_path / "cache", on_bad_input="skip")
+    assert any(str(bad) in d["reason"] for d in p.metadata["skipped"])
+
+
+@pytest.mark.parametrize("which", ["labels", "metadata"])
+def test_fifo_table_is_an_error_in_both_modes(tmp_path, which, monkeypatch, no_hang):
+    if which == "labels":
+        make_folders(str(tmp_path / "d"), clients={"a": 6, "b": 4})
+        bad, name = tmp_path / "d" / "a" / "labels.csv", "folders"
+    else:
+        make_ham10000(str(tmp_path / "d"), num_images=8, size=(40, 30))
+        bad, name = tmp_path / "d" / "HAM10000_metadata.csv", "ham10000"
+    _make_special(bad, "fifo", monkeypatch)
+    for mode in ("fail", "skip"):
+        with pytest.raises(BadInputError, match="FIFO") as e:
+            prepare(name, tmp_path / "d", tmp_path / "cache", on_bad_input=mode)
+        assert e.value.path == str(bad)
+
+
+def test_symlink_loops_and_outside_links(ham, tmp_path, caplog, no_hang):
+    """A folder link loop is entered once (logged), a folder linked from outside data_dir is
+    followed (logged), irregular entries with other names are ignored (logged)."""
+    root, info = ham
+    os.symlink("..", root / "HAM10000_images_part_1" / "up")         # loop back to data_dir
+    outside = tmp_path / "elsewhere"
+    shutil.move(str(root / "HAM10000_segmentations_lesion_tschandl"), str(outside))
+    os.symlink(str(outside), root / "HAM10000_segmentations_lesion_tschandl")
+    os.mkfifo(root / "README")                                        # not a data file name
+    os.symlink(str(root / "nowhere"), root / "old_notes")             # dangling, not data
+    caplog.set_level(logging.WARNING, logger="fedmix_jax.data.real")
+    p = prepare("ham10000", root, tmp_path / "cache")
+    assert len(all_ids(p)) == N and not p.metadata["skipped"]
+    log = "\n".join(r.getMessage() for r in caplog.records)
+    assert "already visited" in log and "outside" in log
+    assert "README" in log and "old_notes" in log
+
+
+# --------------------------------------------------------------------------- decompression bombs
+
+
+def _png_claiming(path, width, height):
+    """A tiny valid 1x1 PNG whose header claims ``width`` x ``height`` pixels."""
+    import io
+    import struct
+    import zlib
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = 8 + 8                                   # signature, then length + b"IHDR"
+    data[ihdr:ihdr + 8] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[ihdr - 4:ihdr + 13])) & 0xFFFFFFFF
+    data[ihdr + 13:ihdr + 17] = struct.pack(">I", crc)
+    with open(path, "wb") as f:
+        f.write(bytes(data))
+
+
+def test_decompression_bomb_header(ham, tmp_path):
+    root, info = ham
+    bad = info["masks"][6]
+    _png_claiming(bad, 100_000, 100_000)           # 10 G pixels announced, 70 bytes on disk
+    assert_fails_then_skips(root, tmp_path, bad, "decompression bomb")
+
+
+@pytest.mark.parametrize("limit", [2000, 3000])   # Pillow's error (> 2x) and warning (> 1x)
+def test_image_above_max_pixels_is_refused(ham, tmp_path, limit, monkeypatch):
+    root, info = ham
+    bad = info["images"][2]
+    Image.fromarray(np.zeros((60, 80, 3), np.uint8)).save(bad)    # 4,800 px; others 1,200
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+    assert_fails_then_skips(root, tmp_path, bad, "decompression bomb")
+
+
+# --------------------------------------------------------------------------- damaged cache
+
+
+def _corrupt_train_shard(prepared):
+    shard = [f for f in os.listdir(prepared.path) if "-train.array_record" in f][0]
+    path = os.path.join(prepared.path, shard)
+    with open(path, "r+b") as f:
+        f.seek(100)                                  # inside the first chunk (it starts at 64)
+        chunk = bytearray(f.read(16))
+        f.seek(100)
+        f.write(bytes(b ^ 0xFF for b in chunk))
+    return path
+
+
+def test_corrupted_cache_record_is_rebuilt_or_named(tmp_path, caplog):
+    from fedmix_jax.data.real.errors import CacheDamagedError
+    make_folders(str(tmp_path / "f"), clients={"a": 8, "b": 8})
+    c = cfg("folders", tmp_path / "f", tmp_path / "cache")
+    fed = load_federation_from_config(c, verbose=False)
+    p = prepare("folders", tmp_path / "f", tmp_path / "cache")
+    _corrupt_train_shard(p)
+    caplog.set_level(logging.WARNING, logger="fedmix_jax.data.real")
+    fed2 = load_federation_from_config(c, verbose=False)          # rebuilt once, same data
+    np.testing.assert_array_equal(fed.train.images, fed2.train.images)
+    assert any("is damaged" in r.getMessage() and "rebuilding" in r.getMessage()
+               for r in caplog.records)
+    # without the source: a named error saying how to rebuild, no traceback from the reader
+    _corrupt_train_shard(prepare("folders", tmp_path / "f", tmp_path / "cache"))
+    shutil.rmtree(tmp_path / "f")
+    c.data_dir = ""
+    with pytest.raises(CacheDamagedError, match="rebuild") as e:
+        load_federation_from_config(cfg("folders", tmp_path / "f", tmp_path / "cache"),
+                                    verbose=False)
+    assert "is damaged" in str(e.value)
+
+
+def test_invalid_cache_without_source_is_named(tmp_path):
+    from fedmix_jax.data.real import DatasetNotFoundError
+    make_folders(str(tmp_path / "f"), clients={"a": 6, "b": 4})
+    p = prepare("folders", tmp_path / "f", tmp_path / "cache")
+    os.remove(os.path.join(p.path, "dataset_info.json"))
+    shutil.rmtree(tmp_path / "f")
+    with pytest.raises(DatasetNotFoundError, match="is damaged") as e:
+        prepare("folders", tmp_path / "f", tmp_path / "cache")
+    assert p.path in str(e.value)

@@ -3,6 +3,9 @@
 * :class:`DatasetNotFoundError` (a ``ValueError``): the manual-download directory is missing or
   empty, or a required top-level folder/file of the layout is missing. The message names the config
   field (``--config.data.data_dir``), shows the expected layout and says where to download the data.
+* :class:`CacheDamagedError` (a ``ValueError``): the built ``array_record`` cache is damaged in a
+  way the pre-read validation cannot see (a corrupted record); the loader rebuilds it once from
+  ``data_dir`` when it can, otherwise the message says how to rebuild.
 * :class:`BadInputError` (a ``ValueError``): one input file is unusable (unreadable image, mask of the
   wrong size, non-binary mask, image without mask, duplicate id, bad CSV row, ...) or a client is
   left empty. ``err.path`` is the offending file (also named in the message).
@@ -26,6 +29,18 @@ DATA_DIR_FLAG = "--config.data.data_dir"
 
 class DatasetNotFoundError(ValueError):
     """The dataset's manual-download directory (or a required part of its layout) is missing."""
+
+
+class CacheDamagedError(ValueError):
+    """The built cache could not be read back (a damaged record, a shard changed on disk);
+    ``path`` is the cache's version directory. Rebuild it (``--config.data.rebuild=True``)."""
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None):
+        super().__init__(message)
+        self.path = None if path is None else os.fspath(path)
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.path))
 
 
 class BadInputError(ValueError):

@@ -25,23 +25,47 @@ Binarisation (``m`` = the mask's largest value):
   foreground the threshold would silently erase).
 
 A mask whose size differs from its image's is rejected. Masks are resized with ``NEAREST``.
+
+Files
+-----
+Only regular files are opened (:func:`~fedmix_jax.data.real.files.open_regular`: a FIFO, socket,
+device, dangling link or link loop is a :class:`BadInputError`, never a hang). An image or mask
+whose header announces more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (Pillow's default,
+about 89 million, e.g. 9,500 x 9,500) is rejected before decoding as a possible decompression
+bomb; raise ``PIL.Image.MAX_IMAGE_PIXELS`` in your own code if your images really are larger.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 from PIL import Image
 
 from fedmix_jax.data.real.errors import BadInputError
+from fedmix_jax.data.real.files import open_regular
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 NON_BINARY_FRACTION = 0.05
 MASK_THRESHOLD = 127
 
 _READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError,
-                IndexError, TypeError, KeyError)
+                Image.DecompressionBombWarning, IndexError, TypeError, KeyError, MemoryError)
+
+
+def _open_checked(f, path: str, what: str) -> Image.Image:
+    """``Image.open`` that turns Pillow's decompression-bomb *warning* (more than
+    ``Image.MAX_IMAGE_PIXELS`` pixels; its error comes only above twice that) into an error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return Image.open(f)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise BadInputError(
+                f"cannot read {what} {path}: its header announces an enormous image, a possible "
+                f"decompression bomb ({e}); images above PIL.Image.MAX_IMAGE_PIXELS="
+                f"{Image.MAX_IMAGE_PIXELS} pixels are refused", path) from None
 
 
 def is_image_file(name: str) -> bool:
@@ -89,7 +113,7 @@ def load_image(path: str, size: int, channels: int) -> tuple[np.ndarray, tuple[i
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     try:
-        with Image.open(path) as im:
+        with open_regular(path, "image") as f, _open_checked(f, path, "image") as im:
             w, h = im.size
             if im.format == "JPEG":
                 im.draft("L" if channels == 1 else "RGB", (size, size))
@@ -98,6 +122,8 @@ def load_image(path: str, size: int, channels: int) -> tuple[np.ndarray, tuple[i
             if im.size != (size, size):
                 im = im.resize((size, size), Image.BILINEAR)
             arr = np.asarray(im, np.uint8)
+    except BadInputError:
+        raise
     except _READ_ERRORS as e:
         raise BadInputError(f"cannot read image {path}: {type(e).__name__}: {e}", path) from e
     if arr.ndim == 2:
@@ -154,9 +180,11 @@ def load_mask(path: str, image_hw: tuple[int, int] | None = None, image_path: st
               ) -> np.ndarray:
     """Decode one mask file to a bool [H, W] array, checking its size against the image's."""
     try:
-        with Image.open(path) as im:
+        with open_regular(path, "mask") as f, _open_checked(f, path, "mask") as im:
             im.load()
             arr = _mask_array(im)
+    except BadInputError:
+        raise
     except _READ_ERRORS as e:
         raise BadInputError(f"cannot read mask {path}: {type(e).__name__}: {e}", path) from e
     if image_hw is not None and tuple(arr.shape[:2]) != tuple(image_hw):

@@ -53,17 +53,24 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import math
 import os
 import re
 from collections import defaultdict
-from typing import Iterable
 
 import numpy as np
 
 from fedmix_jax.data.federation import BOX, IMAGE, PIXEL, level_from_name
 from fedmix_jax.data.real.errors import (DATA_DIR_FLAG, BadInputError, BadInputPolicy,
                                          DatasetNotFoundError, log)
+from fedmix_jax.data.real.files import Irregular, open_regular, walk_files
 from fedmix_jax.data.real.imaging import IMAGE_EXTENSIONS, is_image_file
+
+# A CSV larger than this is refused (the HAM10000 metadata is 0.6 MB).
+MAX_CSV_BYTES = 64 << 20
+# Box coordinates must be below this (pixels); larger numbers are a broken row, not an image.
+MAX_COORDINATE = 1 << 20
+_TABLE_EXTENSIONS = (".csv", ".tsv", ".tab")
 
 
 @dataclasses.dataclass
@@ -95,14 +102,27 @@ def _norm(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
-def _walk_files(root: str) -> Iterable[tuple[str, str]]:
-    """(dirpath, filename) for every non-hidden file under root, deterministic order."""
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
-                             and not d.startswith("__MACOSX"))
-        for f in sorted(filenames):
-            if not f.startswith("."):
-                yield dirpath, f
+def _walk_files(root: str) -> list[tuple[str, str]]:
+    """(dirpath, filename) for every non-hidden file under root, deterministic order.
+
+    Symlinked folders are followed (each real folder once, so a link loop ends; links leading
+    outside ``root`` are logged). Entries that are not regular files (FIFOs, sockets, devices,
+    dangling links, link loops) are listed only when named like an image or a table (``.csv``,
+    ``.tsv``, ``.tab``, HAM10000's metadata): they are never opened here, and reading them later
+    (:func:`~fedmix_jax.data.real.files.open_regular`) is the bad-input error that names them.
+    Any other such entry is logged and ignored.
+    """
+    irregular: list[Irregular] = []
+    out = list(walk_files(root, irregular, keep_irregular=_data_name))
+    for entry in irregular:
+        log.warning("ignored %s: it is %s", entry.path, entry.what)
+    return out
+
+
+def _data_name(name: str) -> bool:
+    """Named like a file some layout reads (an image or a table)."""
+    return is_image_file(name) or os.path.splitext(name)[1].lower() in _TABLE_EXTENSIONS \
+        or name.lower() in _HAM_CSV_NAMES
 
 
 def source_fingerprint(data_dir: str) -> str:
@@ -154,7 +174,12 @@ class Layout:
             raise self.not_found(f"{DATA_DIR_FLAG}={data_dir!r} does not exist")
         if not os.path.isdir(data_dir):
             raise self.not_found(f"{DATA_DIR_FLAG}={data_dir!r} is not a directory")
-        if not any(not e.startswith(".") for e in os.listdir(data_dir)):
+        try:
+            entries = os.listdir(data_dir)
+        except OSError as e:
+            raise self.not_found(f"{DATA_DIR_FLAG}={data_dir!r} cannot be listed "
+                                 f"({type(e).__name__}: {e.strerror or e})") from None
+        if not any(not e.startswith(".") for e in entries):
             raise self.not_found(f"{DATA_DIR_FLAG}={data_dir!r} is empty")
         return data_dir
 
@@ -172,12 +197,28 @@ class Layout:
 
 
 def _read_rows(path: str) -> list[tuple[int, list[str]]]:
-    """Non-empty, non-comment rows of a CSV/TSV file with their 1-based line numbers."""
+    """Non-empty, non-comment rows of a CSV/TSV file with their 1-based line numbers.
+
+    The file must be a regular file of at most ``MAX_CSV_BYTES`` bytes of UTF-8 text (a BOM is
+    allowed); anything else is a :class:`BadInputError` naming it.
+    """
+    with open_regular(path, "CSV file") as f:
+        try:
+            raw = f.read(MAX_CSV_BYTES + 1)
+        except OSError as e:
+            raise BadInputError(f"cannot read {path}: {type(e).__name__}: {e}", path) from e
+    if len(raw) > MAX_CSV_BYTES:
+        raise BadInputError(f"{path} is larger than {MAX_CSV_BYTES >> 20} MiB; not a CSV "
+                            "table of this layout", path)
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise BadInputError(f"cannot read {path}: {type(e).__name__}: {e}", path) from e
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise BadInputError(f"{path} is not UTF-8 text (byte 0x{raw[e.start]:02x} on line "
+                            f"{line}); save it as UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet)",
+                            path) from None
+    if "\x00" in text:
+        raise BadInputError(f"{path} contains NUL bytes: not a text CSV file", path)
     first = text.split("\n", 1)[0]
     delim = "\t" if ("\t" in first and "," not in first) else ","
     rows = []
@@ -192,8 +233,10 @@ def _read_rows(path: str) -> list[tuple[int, list[str]]]:
     return rows
 
 
-def _read_table(path: str, columns: tuple[str, ...]) -> list[tuple[int, dict]]:
-    """Rows as dicts over ``columns``; the header row is optional (first cell 'stem')."""
+def _read_table(path: str, columns: tuple[str, ...], policy: BadInputPolicy
+                ) -> list[tuple[int, dict]]:
+    """Rows as dicts over ``columns``; the header row is optional (first cell 'stem'). A row with
+    too few cells is a bad row (``policy``: error, or a logged skip)."""
     rows = _read_rows(path)
     if not rows:
         return []
@@ -210,8 +253,9 @@ def _read_table(path: str, columns: tuple[str, ...]) -> list[tuple[int, dict]]:
     out = []
     for line, cells in rows:
         if len(cells) <= max(idx):
-            raise BadInputError(f"{path} line {line}: expected {len(columns)} columns "
-                                f"({','.join(columns)}), got {cells}", path)
+            policy(BadInputError(f"{path} line {line}: expected {len(columns)} columns "
+                                 f"({','.join(columns)}), got {cells}", path))
+            continue
         out.append((line, {c: cells[j] for c, j in zip(columns, idx)}))
     return out
 
@@ -581,7 +625,7 @@ class Folders(Layout):
         path = self._csv(cdir, "labels.csv")
         if path:
             names = {n.lower() for n in self.class_names}
-            for line, row in _read_table(path, ("stem", "label")):
+            for line, row in _read_table(path, ("stem", "label"), policy):
                 stem = resolve(path, line, row["stem"])
                 if stem is None:
                     continue
@@ -601,7 +645,7 @@ class Folders(Layout):
                 labels[stem] = lab
         path = self._csv(cdir, "levels.csv")
         if path:
-            for line, row in _read_table(path, ("stem", "level")):
+            for line, row in _read_table(path, ("stem", "level"), policy):
                 stem = resolve(path, line, row["stem"])
                 if stem is None:
                     continue
@@ -617,13 +661,17 @@ class Folders(Layout):
         path = self._csv(cdir, "boxes.csv")
         if path:
             cols = ("stem", "x_min", "y_min", "x_max", "y_max")
-            for line, row in _read_table(path, cols):
+            for line, row in _read_table(path, cols, policy):
                 stem = resolve(path, line, row["stem"])
                 if stem is None:
                     continue
                 try:
                     b = [float(row[c]) for c in cols[1:]]
-                    if any(v != v or v < 0 for v in b) or b[0] > b[2] or b[1] > b[3]:
+                    if not all(math.isfinite(v) for v in b):
+                        raise ValueError("coordinates must be finite numbers")
+                    if any(v < 0 or v >= MAX_COORDINATE for v in b):
+                        raise ValueError(f"coordinates must be in [0, {MAX_COORDINATE}) pixels")
+                    if b[0] > b[2] or b[1] > b[3]:
                         raise ValueError("need 0 <= x_min <= x_max and 0 <= y_min <= y_max")
                 except ValueError as e:
                     policy(BadInputError(f"{path} line {line}: bad box {[row[c] for c in cols[1:]]}"

@@ -39,7 +39,9 @@ import tensorflow_datasets as tfds
 from fedmix_jax.data.federation import LEVEL_NAMES, Federation, level_from_name, stack_clients
 from fedmix_jax.data.real.builders import ARRAY_RECORD, BUILDERS, FedMixConfig, built_splits, \
     make_config
-from fedmix_jax.data.real.errors import DATA_DIR_FLAG, DatasetNotFoundError, log
+from fedmix_jax.data.real.errors import DATA_DIR_FLAG, CacheDamagedError, DatasetNotFoundError, \
+    log
+from fedmix_jax.data.real.files import open_regular
 from fedmix_jax.data.real.layouts import LAYOUTS, source_fingerprint
 
 DEFAULT_CACHE_DIR = "~/fedmix_data"
@@ -91,11 +93,13 @@ def validate_cache(path: str, builder_name: str, cfg: FedMixConfig | None = None
     if not os.path.isdir(path):
         return False, "not built"
     try:
-        with open(os.path.join(path, "dataset_info.json")) as f:
+        with open_regular(os.path.join(path, "dataset_info.json")) as f:
             info = json.load(f)
-        with open(os.path.join(path, "metadata.json")) as f:
+        with open_regular(os.path.join(path, "metadata.json")) as f:
             meta = json.load(f)["fedmix"]
-    except (OSError, ValueError, KeyError) as e:
+        if not isinstance(info, dict) or not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError, KeyError, TypeError) as e:
         return False, f"unreadable dataset_info.json/metadata.json ({type(e).__name__}: {e})"
     if not os.path.isfile(os.path.join(path, "features.json")):
         return False, "features.json is missing"
@@ -210,6 +214,11 @@ def prepare_dataset(data_cfg, verbose: bool = True) -> PreparedDataset:
     built_now, seconds = False, 0.0
     if not ok:
         if not have_source:
+            if os.path.exists(path):
+                raise DatasetNotFoundError(
+                    f"the cache {path} is damaged ({reason}) and cannot be rebuilt: "
+                    f"{DATA_DIR_FLAG}={raw_dir!r} is missing or empty. Point it at the source "
+                    "files to rebuild the cache.")
             layout.check_data_dir(data_dir)  # raises DatasetNotFoundError with the layout
             raise DatasetNotFoundError(f"{DATA_DIR_FLAG}={raw_dir!r}: nothing to build from")
         if os.path.exists(path):
@@ -331,7 +340,15 @@ def read_client_split(prepared: PreparedDataset, split: str, client: str, level:
     source = prepared.sources[split]
     idx = list(rng)
     for lo in range(0, n, 256):
-        recs = source.__getitems__(idx[lo:lo + 256])
+        try:
+            recs = source.__getitems__(idx[lo:lo + 256])
+            _check_records(recs, s, c, k)
+        except Exception as e:  # noqa: BLE001 -- any failure to read back our own records
+            raise CacheDamagedError(
+                f"the cache {prepared.path} is damaged: reading records {idx[lo]}.."
+                f"{idx[min(lo + 256, n) - 1]} of its {split} split failed ({type(e).__name__}: "
+                f"{str(e)[:300]}); rebuild it with --config.data.rebuild=True (needs "
+                f"{DATA_DIR_FLAG})", prepared.path) from e
         for j, r in enumerate(recs, start=lo):
             if _text(r["client"]) != client:
                 raise RuntimeError(f"cache {prepared.path} is inconsistent: record {idx[j]} of "
@@ -350,6 +367,16 @@ def read_client_split(prepared: PreparedDataset, split: str, client: str, level:
     return out
 
 
+def _check_records(recs, size: int, channels: int, classes: int) -> None:
+    """Decoded records have the shapes the cache's features promise (else the cache is bad)."""
+    for r in recs:
+        for key, shape in (("image", (size, size, channels)), ("mask", (size, size, classes)),
+                           ("boxes", (size, size, classes)), ("label", (classes,))):
+            if tuple(np.shape(r[key])) != shape:
+                raise ValueError(f"record field {key!r} has shape {np.shape(r[key])}, "
+                                 f"expected {shape}")
+
+
 def load_federation_from_config(data_cfg, verbose: bool = True) -> Federation:
     """Build (if not cached) and load a real dataset as a :class:`Federation`.
 
@@ -366,7 +393,25 @@ def load_federation_from_config(data_cfg, verbose: bool = True) -> Federation:
 
     Images are float32 in [0, 1]; masks and boxes float32 in {0, 1}; image_labels [C, N, 1].
     Raises :class:`DatasetNotFoundError` when ``data_dir`` is missing/empty and nothing is cached.
+
+    A cache found damaged while reading it (:class:`CacheDamagedError`) is rebuilt once from
+    ``data_dir`` when the source is there; otherwise that error says how to rebuild.
     """
+    try:
+        return _load_federation(data_cfg, verbose)
+    except CacheDamagedError as e:
+        raw_dir = str(_get(data_cfg, "data_dir", "")).strip()
+        src = os.path.abspath(os.path.expanduser(raw_dir)) if raw_dir else ""
+        if not (src and os.path.isdir(src) and os.listdir(src)):
+            raise
+        log.warning("%s; rebuilding it from %s", e, src)
+        retry = data_cfg.to_dict() if hasattr(data_cfg, "to_dict") else dict(data_cfg)
+        retry["rebuild"] = True
+        return _load_federation(retry, verbose)
+
+
+def _load_federation(data_cfg, verbose: bool = True) -> Federation:
+    """The body of :func:`load_federation_from_config` (no retry)."""
     from tqdm.auto import tqdm
 
     prepared = prepare_dataset(data_cfg, verbose=verbose)

@@ -1,0 +1,153 @@
+"""Safe file-system access for the real-data scanners: never hang, never loop, never follow a
+link without saying so.
+
+* :func:`walk_files` lists the **regular** files under a folder (following symlinked folders, each
+  real folder visited once, so a link loop ends) and reports every other entry it meets -- FIFOs,
+  sockets, devices, dangling symlinks, symlink loops -- as an :class:`Irregular` instead of
+  listing it. A symlink whose target lies outside the walked root is followed and logged once.
+* :func:`open_regular` opens a file for reading only if it is a regular file. It opens with
+  ``O_NONBLOCK`` and checks the *opened* descriptor with ``fstat``, so a FIFO (whose plain
+  ``open`` blocks until a writer appears) or a device is refused at once, even if it replaced a
+  regular file after the listing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+from typing import Iterator
+
+from fedmix_jax.data.real.errors import BadInputError, log
+
+
+@dataclasses.dataclass(frozen=True)
+class Irregular:
+    """A directory entry that is not a regular file or folder: ``what`` says what it is."""
+
+    path: str
+    what: str      # "a FIFO", "a socket", "a device", "a dangling symlink", "a symlink loop", ...
+
+
+def describe_mode(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "not a regular file"
+
+
+def _link_problem(path: str, err: OSError) -> str:
+    if os.path.islink(path):
+        import errno  # noqa: PLC0415
+        return "a symlink loop" if err.errno == errno.ELOOP else "a dangling symlink"
+    return f"unreadable ({type(err).__name__}: {err.strerror or err})"
+
+
+def _inside(path: str, root_real: str) -> bool:
+    return path == root_real or path.startswith(root_real.rstrip(os.sep) + os.sep)
+
+
+def walk_files(root: str, irregular: list[Irregular] | None = None,
+               keep_irregular=lambda name: False,
+               skip_dir=lambda name: name.startswith(".") or name.startswith("__MACOSX")
+               ) -> Iterator[tuple[str, str]]:
+    """``(dirpath, filename)`` of every non-hidden regular file under ``root``, sorted, top-down.
+
+    Symlinked folders are followed; a folder already visited (a symlink loop, or two links to one
+    folder) is not entered again (logged). Entries that are not regular files or folders are
+    never opened: those whose name passes ``keep_irregular`` are listed like files (so that
+    reading them later is the error that names them), the others appended to ``irregular`` (when
+    given). Hidden entries are ignored.
+    """
+    root_real = os.path.realpath(root)
+    seen: set[tuple[int, int]] = set()
+    outside_logged: set[str] = set()
+
+    def visit(d: str):
+        try:
+            st = os.stat(d)
+        except OSError as e:
+            if irregular is not None:
+                irregular.append(Irregular(d, _link_problem(d, e)))
+            return
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            log.warning("not following %s again: it leads to a folder already visited "
+                        "(a symlink loop or a second link to the same folder)", d)
+            return
+        seen.add(key)
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError as e:
+            raise BadInputError(f"cannot list folder {d}: {type(e).__name__}: {e}", d) from e
+        files, dirs = [], []
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            try:
+                st = os.stat(e.path)          # follows symlinks
+            except OSError as err:
+                if keep_irregular(e.name):
+                    files.append(e.name)
+                elif irregular is not None:
+                    irregular.append(Irregular(e.path, _link_problem(e.path, err)))
+                continue
+            if e.is_symlink():
+                target = os.path.realpath(e.path)
+                if not _inside(target, root_real) and e.path not in outside_logged:
+                    outside_logged.add(e.path)
+                    log.warning("following symlink %s -> %s (outside %s)", e.path, target, root)
+            if stat.S_ISDIR(st.st_mode):
+                if not skip_dir(e.name):
+                    dirs.append(e.path)
+            elif stat.S_ISREG(st.st_mode) or keep_irregular(e.name):
+                files.append(e.name)
+            elif irregular is not None:
+                irregular.append(Irregular(e.path, describe_mode(st.st_mode)))
+        for f in files:
+            yield d, f
+        for sub in dirs:
+            yield from visit(sub)
+
+    yield from visit(root)
+
+
+def open_regular(path: str, what: str = "file"):
+    """Open ``path`` for binary reading if (and only if) it is a regular file.
+
+    Raises :class:`BadInputError` naming the file otherwise (FIFO, socket, device, directory,
+    dangling link, link loop, permission denied ...), without blocking.
+    """
+    try:  # refuse special files before opening them at all (opening a device can act)
+        st = os.stat(path)
+    except OSError as e:
+        problem = _link_problem(path, e)
+        raise BadInputError(f"cannot read {what} {path}: {problem}", path) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise BadInputError(f"cannot read {what} {path}: it is {describe_mode(st.st_mode)}, "
+                            "not a regular file", path)
+    try:  # O_NONBLOCK: if a FIFO replaced the file since, open() must not wait for a writer
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        problem = _link_problem(path, e) if os.path.islink(path) else \
+            f"{type(e).__name__}: {e.strerror or e}"
+        raise BadInputError(f"cannot read {what} {path}: {problem}", path) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BadInputError(f"cannot read {what} {path}: it is {describe_mode(st.st_mode)}, "
+                                "not a regular file", path)
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+__all__ = ["Irregular", "walk_files", "open_regular", "describe_mode"]
