@@ -25,7 +25,9 @@ From a shell (build only, e.g. on a login node; same code path)::
         --data_dir ~/fedmix_data --image_size 64
 
 Bad input (``on_bad_input``: ``'fail'`` default, or ``'skip'`` to log, count and skip each bad
-file): see :mod:`.errors`, :mod:`.imaging` (mask rules) and :mod:`.layouts`.
+file): see :mod:`.errors`, :mod:`.imaging` (mask rules), :mod:`.files` (special files, links) and
+:mod:`.layouts`; the full list of what is skipped and what is an error is in
+``docs/data_faults.md``.
 """
 
 from fedmix_jax.data.real.builders import (  # noqa: F401
@@ -36,7 +38,11 @@ from fedmix_jax.data.real.builders import (  # noqa: F401
     Ham10000Fedmix,
     make_config,
 )
-from fedmix_jax.data.real.errors import BadInputError, DatasetNotFoundError  # noqa: F401
+from fedmix_jax.data.real.errors import (  # noqa: F401
+    BadInputError,
+    CacheDamagedError,
+    DatasetNotFoundError,
+)
 from fedmix_jax.data.real.loader import (  # noqa: F401
     DEFAULT_CACHE_DIR,
     PreparedDataset,
@@ -52,7 +58,8 @@ from fedmix_jax.data.real import retouch  # noqa: E402,F401  -- registers name "
 build_dataset = prepare_dataset
 
 __all__ = [
-    "BUILDERS", "BadInputError", "BreastUsFedmix", "DEFAULT_CACHE_DIR", "DatasetNotFoundError",
+    "BUILDERS", "BadInputError", "BreastUsFedmix", "CacheDamagedError", "DEFAULT_CACHE_DIR",
+    "DatasetNotFoundError",
     "FedMixConfig", "FolderFederation", "Ham10000Fedmix", "PreparedDataset", "build_dataset",
     "default_data_config", "load_federation_from_config", "make_config", "prepare_dataset",
     "read_client_split", "validate_cache",
