@@ -41,33 +41,41 @@ def fake_oct_volume(shape: Sequence[int], rng: np.random.Generator, dtype=np.uin
     RPE, 2), PED (a medium-grey dome under a lifted RPE, 3). Some B-scans hold no fluid.
     """
     z, h, w = (int(v) for v in shape)
-    zz, yy, xx = np.meshgrid(np.arange(z), np.arange(h), np.arange(w), indexing="ij")
-    top = h * (0.3 + 0.05 * np.sin(2 * np.pi * xx / w + rng.uniform(0, 6)))
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    top = h * (0.3 + 0.05 * np.sin(2 * np.pi * xx[0] / w + rng.uniform(0, 6)))    # [W]
     rpe = top + h * rng.uniform(0.2, 0.3)
-    img = np.full((z, h, w), 20.0)
-    img += np.where((yy > top) & (yy < rpe), 90.0, 0.0)
-    img += np.where(np.abs(yy - rpe) < max(1.0, 0.015 * h), 120.0, 0.0)
-    img += np.where(yy > rpe, 50.0 * np.exp(-(yy - rpe) / (0.1 * h)), 0.0)
-    labels = np.zeros((z, h, w), np.uint8)
+    base_img = np.full((h, w), 20.0, np.float32)
+    base_img += np.where((yy > top) & (yy < rpe), 90.0, 0.0)
+    base_img += np.where(np.abs(yy - rpe) < max(1.0, 0.015 * h), 120.0, 0.0)
+    base_img += np.where(yy > rpe, 50.0 * np.exp(-(yy - rpe) / (0.1 * h)), 0.0)
+    fluid = []
     for _ in range(int(lesions)):
         cls = int(rng.integers(1, 4))
-        cz = rng.uniform(0, z)
-        cx = rng.uniform(0.2 * w, 0.8 * w)
+        cz, cx = rng.uniform(0, z), rng.uniform(0.2 * w, 0.8 * w)
         rz = max(1.0, rng.uniform(0.15, 0.35) * z)
-        rx = rng.uniform(0.06, 0.15) * w
-        ry = rng.uniform(0.04, 0.08) * h
-        base = rpe[int(min(cz, z - 1)), 0, int(cx)]
-        cy = {1: (top[0, 0, int(cx)] + base) / 2, 2: base - ry, 3: base}[cls]
-        inside = (((zz - cz) / rz) ** 2 + ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2) <= 1
-        if cls == 3:
-            inside &= yy < base   # the detachment lifts the RPE: above its old position
-        labels[inside] = cls
-        img[inside] = {1: 15.0, 2: 10.0, 3: 70.0}[cls]
-    img *= rng.gamma(4.0, 0.25, size=img.shape)   # speckle
-    if dtype == np.uint16:
-        img = img * 64.0
+        rx, ry = rng.uniform(0.06, 0.15) * w, rng.uniform(0.04, 0.08) * h
+        base = rpe[int(cx)]
+        cy = {1: (top[int(cx)] + base) / 2, 2: base - ry, 3: base}[cls]
+        fluid.append((cls, cz, cy, cx, rz, ry, rx, base))
     info = np.iinfo(dtype)
-    return np.clip(img, 0, info.max).astype(dtype), labels
+    img = np.empty((z, h, w), dtype)
+    labels = np.zeros((z, h, w), np.uint8)
+    for k in range(z):   # slice by slice: a full-size volume never needs float copies of itself
+        sl, lab = base_img.copy(), labels[k]
+        for cls, cz, cy, cx, rz, ry, rx, base in fluid:
+            dz = ((k - cz) / rz) ** 2
+            if dz >= 1:
+                continue
+            inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1 - dz
+            if cls == 3:
+                inside &= yy < base   # the detachment lifts the RPE: above its old position
+            lab[inside] = cls
+            sl[inside] = {1: 15.0, 2: 10.0, 3: 70.0}[cls]
+        sl *= rng.gamma(4.0, 0.25, size=(h, w)).astype(np.float32)   # speckle
+        if dtype == np.uint16:
+            sl *= 64.0
+        img[k] = np.clip(sl, 0, info.max).astype(dtype)
+    return img, labels
 
 
 def write_mhd(arr: np.ndarray, path: str, spacing=(0.0117, 0.0039, 0.047)) -> None:
