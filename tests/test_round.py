@@ -10,6 +10,7 @@ from fedmix_jax.data.federation import BOX, IMAGE, PIXEL, stack_clients
 from fedmix_jax.evaluation import evaluate
 from fedmix_jax.models import UNet
 from fedmix_jax.pseudo_labels import SelectionConfig
+from fedmix_jax.site import TrainInputs, local_epoch
 
 MODEL = UNet(width=4, depth=2)
 SIZE = 16
@@ -122,12 +123,15 @@ def test_client_update_with_no_usable_sample_is_identity(clients):
     state = F.init_state(MODEL, jax.random.PRNGKey(0), (SIZE, SIZE, 1), 3, cfg)
     take = lambda t: jax.tree.map(lambda x: x[0], t)  # noqa: E731
     params, opt = take(state.client_params), take(state.opt_state)
-    p, o, m = jax.jit(lambda *a: F.client_update(MODEL, cfg, *a))(
-        params, opt, jax.random.PRNGKey(1), split.images[0], split.masks[0], split.masks[0],
-        jnp.zeros((split.max_samples,), bool))
+    no_sample = jnp.zeros((split.max_samples,), bool)
+    inputs = TrainInputs(images=split.images[0], target1=split.masks[0],
+                         target2=split.masks[0], usable=no_sample, weak=no_sample,
+                         selected_weak=no_sample)
+    p, o, (loss1, _, steps) = jax.jit(lambda *a: local_epoch(MODEL, cfg, *a))(
+        params, opt, jax.random.PRNGKey(1), inputs, jnp.float32(cfg.learning_rate))
     assert_trees(p, params)
     assert_trees(o, opt)
-    assert int(m["steps"]) == 0 and float(m["loss1"]) == 0.0
+    assert int(steps) == 0 and float(loss1) == 0.0
 
 
 def test_equal_weights_give_plain_mean(clients):

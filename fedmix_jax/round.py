@@ -1,0 +1,158 @@
+"""The round core: everything around the site function, written once.
+
+Shapes of the state (``C`` clients; :class:`~fedmix_jax.site.ModelPair` holds models 1 and 2):
+
+=====================  ==========================================  =============================
+``global_params``      ModelPair, leaves [...]                     the server's global models
+``client_params``      ModelPair, leaves [C, ...]                  each client's local models
+                                                                   after its last local epoch
+``opt_state``          ModelPair of Adam states, leaves [C, ...]   per-client, persisting across
+                                                                   rounds (as the reference)
+``round``              [] int32                                    rounds completed
+``key``                typed PRNG key []                           split once per round
+=====================  ==========================================  =============================
+
+One round (fedmix-spec.md): :func:`start_round` (round keys) -> the backend maps
+:func:`~fedmix_jax.site.site_round` over the client axis (each client: pseudo-labels of the global
+pair, one local epoch, its report) -> :func:`finish_round` (the strategy's weights from the
+reports, aggregation of both models, metrics). :func:`round_step` composes them, pure and unjitted,
+for use under a user's own ``jit`` / ``scan``; :func:`fedmix_jax.federated.make_round_fn` compiles
+it for an executor.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from fedmix_jax import aggregation
+from fedmix_jax.data.federation import FederatedSplit
+from fedmix_jax.site import ModelPair, SiteReport, SiteState, site_round
+
+
+@struct.dataclass
+class FedState:
+    """The whole federated training state (see the module docstring for shapes)."""
+
+    global_params: ModelPair
+    client_params: ModelPair
+    opt_state: ModelPair
+    round: jax.Array
+    key: jax.Array
+
+
+@struct.dataclass
+class RoundMetrics:
+    """Per-client figures of one round: the sites' reports ([C] each) and the weights [C]."""
+
+    reports: SiteReport
+    weights: jax.Array
+
+    # Names of the per-client figures as the training job writes them.
+    @property
+    def loss1(self) -> jax.Array:
+        return self.reports.loss1
+
+    @property
+    def loss2(self) -> jax.Array:
+        return self.reports.loss2
+
+    @property
+    def counts(self) -> jax.Array:
+        """n_i, usable samples (pixel + selected weak)."""
+        return self.reports.num_usable
+
+    @property
+    def weak(self) -> jax.Array:
+        return self.reports.num_weak
+
+    @property
+    def selected_weak(self) -> jax.Array:
+        return self.reports.num_selected_weak
+
+    @property
+    def steps(self) -> jax.Array:
+        return self.reports.steps
+
+    @property
+    def selection_rate(self) -> jax.Array:
+        """Selected fraction of each client's weak samples, [C] (0 where it has none)."""
+        return self.selected_weak / jnp.maximum(self.weak, 1)
+
+
+# A backend maps ``site_fn(shared, client)`` over the leading client axis of ``clients``:
+#   backend(site_fn, shared, clients) -> outputs with a leading client axis.
+Backend = Callable[[Callable[[Any, Any], Any], Any, Any], Any]
+
+
+def round_keys(key: jax.Array, num_clients: int) -> tuple[jax.Array, jax.Array]:
+    """(next state key, [C] client keys of this round): client ``c`` gets ``fold_in(k, c)``.
+
+    A client's key depends only on the state key and its index, so a multi-site run (Flower)
+    derives the same keys as the in-process round.
+    """
+    next_key, round_key = jax.random.split(key)
+    client_keys = jax.vmap(lambda c: jax.random.fold_in(round_key, c))(jnp.arange(num_clients))
+    return next_key, client_keys
+
+
+def start_round(state: FedState, data: FederatedSplit):
+    """Before the clients: the round keys and the stacked site states. Returns
+    (shared args of the site function, per-client args, next state key)."""
+    next_key, client_keys = round_keys(state.key, data.valid.shape[0])
+    sites = SiteState(params=state.client_params, opt_state=state.opt_state)
+    return state.global_params, (sites, data, client_keys), next_key
+
+
+def finish_round(strategy, state: FedState, data: FederatedSplit, sites: SiteState,
+                 reports: SiteReport, next_key: jax.Array, hparams
+                 ) -> tuple[FedState, RoundMetrics]:
+    """After the clients: the strategy's weights from the reports, aggregation of both models."""
+    participating = jnp.any(data.valid, axis=1)
+    weights = strategy.weights(reports, participating, hparams)
+    global_params = state.global_params
+    if strategy.aggregates:
+        global_params = aggregation.weighted_average(sites.params, weights)
+    new_state = FedState(global_params=global_params, client_params=sites.params,
+                         opt_state=sites.opt_state, round=state.round + 1, key=next_key)
+    return new_state, RoundMetrics(reports=reports, weights=weights)
+
+
+@functools.lru_cache(maxsize=64)
+def site_fn_for(model, config) -> Callable[[Any, Any], tuple[SiteState, SiteReport]]:
+    """``site_fn((global_params, hparams), (site, data, key))`` — the site function in the
+    calling convention of the backends."""
+
+    def site_fn(shared, client):
+        global_params, hparams = shared
+        site, data, key = client
+        return site_round(model, config, global_params, site, data, key, hparams)
+
+    return site_fn
+
+
+def round_step(state: FedState, data: FederatedSplit, hparams, *, model, config,
+               backend: Backend | None = None) -> tuple[FedState, RoundMetrics]:
+    """One whole round, pure and unjitted (put it under your own ``jit`` / ``scan``).
+
+    Args:
+      state: the :class:`FedState`.
+      data: the training split, leaves [C, N, ...].
+      hparams: :class:`~fedmix_jax.config.HParams` (traced λ, β, learning rate).
+      model: the Flax model; config: the static :class:`~fedmix_jax.config.RoundConfig`.
+      backend: how the client axis runs (default :func:`fedmix_jax.executors.map_clients`).
+    """
+    if backend is None:
+        from fedmix_jax.executors import map_clients as backend
+    global_params, clients, next_key = start_round(state, data)
+    sites, reports = backend(site_fn_for(model, config), (global_params, hparams), clients)
+    return finish_round(config.strategy, state, data, sites, reports, next_key, hparams)
+
+
+def broadcast(tree, num_clients: int):
+    """Stack ``num_clients`` copies of every leaf: [...] -> [C, ...]."""
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (num_clients,) + x.shape), tree)

@@ -1,0 +1,296 @@
+"""The site function: what one hospital does in one round, as a pure function.
+
+Every path runs this one function: the in-process executors map it over the client axis
+(:mod:`fedmix_jax.executors`), the Flower ClientApp calls it on the site's own data.
+
+Shapes (one site; ``N`` samples, padded; NHWC images; ``K`` classes):
+
+==================  ====================================  ======================================
+``global_params``   :class:`ModelPair`, leaves [...]      the broadcast global models 1 and 2
+``site``            :class:`SiteState`                    the site's pair and Adam states, kept
+                                                          across rounds
+``data``            FederatedSplit, leaves [N, ...]       images [N,H,W,Cin], masks / boxes
+                                                          [N,H,W,K], image_labels [N,K],
+                                                          levels [N], valid [N]
+``key``             PRNG key                              the site's key of this round
+``hparams``         :class:`~fedmix_jax.config.HParams`   traced learning rate (and λ, β)
+==================  ====================================  ======================================
+
+One round at a site (fedmix-spec.md, steps 1-3):
+
+1. start from the broadcast global pair (strategies that aggregate) or the site's own pair;
+2. pseudo-labels of the **global** pair on the un-augmented training images, selection;
+3. per-sample targets: ground truth for pixel samples, cross pseudo-supervision for selected weak
+   samples (model 1 <- p2, model 2 <- p1); ``usable`` [N] marks the samples that train;
+4. one local epoch: ``S = ceil(N / B)`` fixed-size batches in a random order with the usable
+   samples first; a batch without usable sample is a masked step (state passes through
+   bit-identical);
+5. a :class:`SiteReport` of scalars — all that leaves the site besides the model pair.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from fedmix_jax.augment import augment_jointly
+from fedmix_jax.data.federation import PIXEL, FederatedSplit
+from fedmix_jax.inference import apply_in_chunks
+from fedmix_jax.losses import dice_loss, mixed_supervision_targets
+from fedmix_jax.pseudo_labels import pseudo_labels_from_logits
+
+
+@struct.dataclass
+class ModelPair:
+    """FedMix's two models (same architecture, independent initialisations).
+
+    Leaves are [...] for one model pair, [C, ...] when stacked over clients. ``pair[0]``,
+    ``pair[1]`` and ``model1, model2 = pair`` work as for a tuple.
+    """
+
+    model1: Any
+    model2: Any
+
+    def __getitem__(self, i: int):
+        return (self.model1, self.model2)[i]
+
+    def __iter__(self):
+        return iter((self.model1, self.model2))
+
+    def __len__(self) -> int:
+        return 2
+
+
+@struct.dataclass
+class SiteState:
+    """What a site keeps between rounds: its model pair and the pair's Adam states."""
+
+    params: ModelPair
+    opt_state: ModelPair
+
+
+@struct.dataclass
+class SiteReport:
+    """The scalars a site reports after its round (each [], or [C] when stacked over clients).
+
+    num_usable: n_i, samples that trained (pixel + selected weak), int32.
+    loss1, loss2: mean training Dice loss of model 1 / 2 over the active steps (0 when no step;
+      loss2 is 0 when model 2 does not train), float32.
+    num_weak: valid weak (non-pixel) samples; num_selected_weak: how many were selected, int32.
+    steps: local steps taken, int32.
+    """
+
+    num_usable: jax.Array
+    loss1: jax.Array
+    loss2: jax.Array
+    num_weak: jax.Array
+    num_selected_weak: jax.Array
+    steps: jax.Array
+
+
+@struct.dataclass
+class TrainInputs:
+    """Per-sample training inputs of one site: images [N,H,W,Cin], target1 / target2 [N,H,W,K]
+    (targets of model 1 / 2), usable [N] bool, and weak / selected_weak [N] bool for the report."""
+
+    images: jax.Array
+    target1: jax.Array
+    target2: jax.Array
+    usable: jax.Array
+    weak: jax.Array
+    selected_weak: jax.Array
+
+
+def _torch_adam(learning_rate, weight_decay: float, b1: float, b2: float, eps: float):
+    return optax.chain(optax.add_decayed_weights(weight_decay),
+                       optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+                       optax.scale_by_learning_rate(learning_rate))
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+    """torch ``Adam(lr, betas, eps, weight_decay)``: L2 added to the gradient, then Adam.
+
+    The learning rate is injected (``optax.inject_hyperparams``): it lives in the optimizer state
+    and :func:`local_epoch` sets it from the traced ``hparams``, so changing it does not recompile.
+    """
+    return optax.inject_hyperparams(_torch_adam, static_args=("weight_decay", "b1", "b2", "eps"))(
+        learning_rate=config.learning_rate, weight_decay=config.weight_decay, b1=config.b1,
+        b2=config.b2, eps=config.adam_eps)
+
+
+def _with_learning_rate(opt_state, learning_rate):
+    return opt_state._replace(hyperparams=dict(opt_state.hyperparams,
+                                               learning_rate=learning_rate))
+
+
+def _apply(model: nn.Module, params, x):
+    return model.apply({"params": params}, x)
+
+
+def pseudo_labels(model: nn.Module, global_params: ModelPair, data: FederatedSplit, config):
+    """Pseudo-labels of the global pair on a site's un-augmented training images.
+
+    The images run through both models in chunks of ``config.inference_chunk``; a chunk none of
+    whose images needs a pseudo-label (pixel-level or padding) is skipped (``lax.cond``; its
+    logits are zeros, never read).
+
+    Returns: a :class:`~fedmix_jax.pseudo_labels.PseudoLabels` (pseudo1 / pseudo2 [N,H,W,K],
+    selected [N] bool, ...).
+    """
+    p1, p2 = global_params
+    needs = data.valid & (data.levels != PIXEL)
+
+    def both(x):
+        return _apply(model, p1, x), _apply(model, p2, x)
+
+    def chunk(args):
+        x, need = args
+        skip = lambda x: jax.tree.map(  # noqa: E731
+            lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(both, x))
+        return jax.lax.cond(jnp.any(need), both, skip, x)
+
+    logits1, logits2 = apply_in_chunks(chunk, (data.images, needs), config.inference_chunk)
+    return pseudo_labels_from_logits(logits1, logits2, data.boxes, data.image_labels, data.levels,
+                                     data.valid, config.strategy.selection)
+
+
+def train_inputs(model: nn.Module, global_params: ModelPair, data: FederatedSplit,
+                 config) -> TrainInputs:
+    """What each sample of a site trains on under the round's strategy (``weak_samples``)."""
+    mode = config.strategy.weak_samples
+    levels = jnp.full_like(data.levels, PIXEL) if mode == "ground_truth" else data.levels
+    is_pixel = levels == PIXEL
+    weak = data.valid & ~is_pixel
+    if mode == "pseudo_labels":
+        pl = pseudo_labels(model, global_params, data, config)
+        target1, target2 = mixed_supervision_targets(data.masks, pl.pseudo1, pl.pseudo2, levels)
+        selected = pl.selected
+        usable = data.valid & (is_pixel | selected)
+    else:
+        target1 = target2 = data.masks
+        selected = jnp.zeros_like(data.valid)
+        usable = data.valid & is_pixel
+    return TrainInputs(images=data.images, target1=target1, target2=target2, usable=usable,
+                       weak=weak, selected_weak=weak & selected)
+
+
+def sample_order(key: jax.Array, usable: jax.Array) -> jax.Array:
+    """A random order of one site's samples with the usable ones first, [N] int32.
+
+    Each sample's random priority depends only on its index (``fold_in``), so padding a site
+    with extra invalid samples does not change the order of its usable samples.
+    """
+    n = usable.shape[0]
+    priority = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i)))(jnp.arange(n))
+    priority = jnp.where(usable, priority, 2.0)
+    return jnp.argsort(priority, stable=True).astype(jnp.int32)
+
+
+def local_epoch(model: nn.Module, config, params: ModelPair, opt_state: ModelPair,
+                key: jax.Array, inputs: TrainInputs, learning_rate: jax.Array):
+    """One local epoch of one site: ``S = ceil(N / B)`` steps of fixed batch size B.
+
+    Args:
+      params, opt_state: the site's model pair and Adam pair (leaves without client axis).
+      key: the site's key for this round.
+      inputs: the site's :class:`TrainInputs` (leaves [N, ...]).
+      learning_rate: traced Adam step size [].
+
+    Returns:
+      (params, opt_state, (loss1, loss2, steps)): the mean batch losses of models 1 / 2 over the
+      active steps (0 without step) and the number of active steps.
+    """
+    n = inputs.images.shape[0]
+    b = config.batch_size
+    num_steps = -(-n // b)
+    k_order, k_aug = jax.random.split(key)
+    order = jnp.pad(sample_order(k_order, inputs.usable), (0, num_steps * b - n))
+    in_range = jnp.arange(num_steps * b) < n
+    tx = make_optimizer(config)
+    dual = config.strategy.trains_model2
+    opt_state = ModelPair(*(_with_learning_rate(o, learning_rate) for o in opt_state))
+    # Only the models that train are differentiated and updated; model 2 of a single-model
+    # strategy passes through.
+    trainable, opt_t = (tuple(params), tuple(opt_state)) if dual else ((params[0],), (opt_state[0],))
+
+    def loss_fn(models, x, targets, w):
+        losses = tuple(dice_loss(_apply(model, p, x), t, w) for p, t in zip(models, targets))
+        return sum(losses), losses
+
+    def train_step(carry, s, w):
+        models, opts = carry
+        idx = jax.lax.dynamic_slice(order, (s * b,), (b,))
+        targets = (inputs.target1[idx], inputs.target2[idx])[:len(models)]
+        x, *targets = augment_jointly(jax.random.fold_in(k_aug, s),
+                                      (inputs.images[idx],) + targets, config.crop,
+                                      config.hflip, config.vflip)
+        (_, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(models, x, targets, w)
+        updates = [tx.update(g, o, p) for g, o, p in zip(grads, opts, models)]
+        models = tuple(optax.apply_updates(p, u) for p, (u, _) in zip(models, updates))
+        opts = tuple(o for _, o in updates)
+        losses = losses + (jnp.zeros_like(losses[0]),) * (2 - len(losses))
+        return (models, opts), losses
+
+    def masked_step(carry, s, w):
+        zero = jnp.zeros((), jnp.float32)
+        return carry, (zero, zero)
+
+    def step(carry, s):
+        idx = jax.lax.dynamic_slice(order, (s * b,), (b,))
+        w = (inputs.usable[idx] & jax.lax.dynamic_slice(in_range, (s * b,), (b,))
+             ).astype(jnp.float32)
+        active = jnp.sum(w) > 0
+        # A batch without usable sample is skipped (under vmap: both branches run, then select).
+        carry, (l1, l2) = jax.lax.cond(active, train_step, masked_step, carry, s, w)
+        return carry, (l1, l2, active)
+
+    (trainable, opt_t), (l1, l2, active) = jax.lax.scan(step, (trainable, opt_t),
+                                                         jnp.arange(num_steps))
+    if dual:
+        params, opt_state = ModelPair(*trainable), ModelPair(*opt_t)
+    else:
+        params = ModelPair(trainable[0], params[1])
+        opt_state = ModelPair(opt_t[0], opt_state[1])
+    act = active.astype(jnp.float32)
+    steps = jnp.sum(act)
+    denom = jnp.maximum(steps, 1.0)
+    return params, opt_state, (jnp.sum(l1 * act) / denom, jnp.sum(l2 * act) / denom,
+                               steps.astype(jnp.int32))
+
+
+def site_round(model: nn.Module, config, global_params: ModelPair, site: SiteState,
+               data: FederatedSplit, key: jax.Array, hparams) -> tuple[SiteState, SiteReport]:
+    """One round at one site (see the module docstring); pure, jittable, vmappable.
+
+    Args:
+      model: the Flax segmentation model; config: the static
+        :class:`~fedmix_jax.config.RoundConfig`.
+      global_params: the broadcast global :class:`ModelPair` (leaves [...]).
+      site: the site's :class:`SiteState` (its own pair is the start point only for strategies
+        that do not aggregate).
+      data: the site's training split, leaves [N, ...].
+      key: the site's PRNG key of this round.
+      hparams: :class:`~fedmix_jax.config.HParams` (the learning rate is read here).
+
+    Returns:
+      (new SiteState, SiteReport).
+    """
+    start = global_params if config.strategy.aggregates else site.params
+    inputs = train_inputs(model, global_params, data, config)
+    params, opt_state, (loss1, loss2, steps) = local_epoch(
+        model, config, start, site.opt_state, key, inputs, hparams.learning_rate)
+    count = lambda m: jnp.sum(m).astype(jnp.int32)  # noqa: E731
+    report = SiteReport(num_usable=count(inputs.usable), loss1=loss1, loss2=loss2,
+                        num_weak=count(inputs.weak),
+                        num_selected_weak=count(inputs.selected_weak), steps=steps)
+    return SiteState(params=params, opt_state=opt_state), report
+
+
+def init_site_state(tx: optax.GradientTransformation, params: ModelPair) -> SiteState:
+    """A site's state before its first round: its pair and fresh Adam states."""
+    return SiteState(params=params, opt_state=ModelPair(tx.init(params[0]), tx.init(params[1])))
