@@ -29,6 +29,7 @@ from fedmix_jax.pseudo_labels import SelectionConfig
 from fedmix_jax.strategies import Strategy, get_strategy
 
 EXECUTORS = ("vmap", "loop", "map", "sharded")
+EMPTY_TARGET_LOSSES = ("dice", "bce")
 
 
 def default_executor() -> str:
@@ -71,6 +72,10 @@ class RoundConfig:
     inference_chunk: images per chunk when pseudo-labelling (16: measured fastest of 1-128 on a
       2-core CPU at 64x64, where large chunks fall out of cache; still a large batch on GPU).
     num_devices: devices of the ``sharded`` executor's mesh (None: all of ``jax.devices()``).
+    empty_target_loss: the loss of a sample whose target is empty (a lesion-free image):
+      ``"dice"`` (the reference: soft Dice, ~1 with ~no gradient) or ``"bce"`` (binary
+      cross-entropy toward background; l_i then averages the Dice loss of samples with
+      foreground only). See :func:`fedmix_jax.losses.empty_aware_loss_per_sample`.
     """
 
     strategy: Strategy = get_strategy("fedmix")
@@ -88,8 +93,12 @@ class RoundConfig:
     executor: str = "map"
     inference_chunk: int = 16
     num_devices: int | None = None
+    empty_target_loss: str = "dice"
 
     def __post_init__(self):
+        if self.empty_target_loss not in EMPTY_TARGET_LOSSES:
+            raise ValueError(f"empty_target_loss must be one of {EMPTY_TARGET_LOSSES}, "
+                             f"got {self.empty_target_loss!r}")
         if self.executor not in EXECUTORS:
             raise ValueError(f"unknown executor {self.executor!r}; choose one of {EXECUTORS}")
         if self.batch_size < 1:
@@ -156,32 +165,40 @@ class HParams:
         return cls(lam=f32(lam), beta=f32(beta), learning_rate=f32(learning_rate))
 
 
-def build_round_config(config) -> RoundConfig:
-    """The static :class:`RoundConfig` of ``config`` (strategy, selection, train settings).
-
-    ``train.executor = 'auto'`` resolves to :func:`default_executor`.
-    ``train.crop`` may be ``None``, an int (square) or ``(h, w)``.
-    """
+def build_selection(config) -> SelectionConfig:
+    """The :class:`SelectionConfig` of ``config.selection`` (missing fields keep their default)."""
     sel = config.selection
-    selection = SelectionConfig(
-        threshold=float(sel.threshold), agreement=float(sel.agreement),
-        box_fit=float(sel.box_fit), refine=bool(sel.refine), reject_empty=bool(sel.reject_empty),
-        use_image_labels=bool(sel.use_image_labels))
+    return SelectionConfig(**{
+        f.name: type(f.default)(sel[f.name])
+        for f in dataclasses.fields(SelectionConfig) if f.name in sel})
+
+
+def build_round_config(config) -> RoundConfig:
+    """The :class:`RoundConfig` of ``config`` (strategy, selection, ``config.train``), validated.
+
+    Missing ``config.train`` fields keep :class:`RoundConfig`'s defaults. ``train.executor =
+    'auto'`` resolves to :func:`default_executor`; ``train.crop`` may be ``None``, an int
+    (square) or ``(h, w)``. An invalid value raises :class:`~fedmix_jax.errors.ConfigError`.
+    """
     tr = config.train
-    executor = str(tr.get("executor", "auto"))
-    if executor == "auto":
-        executor = default_executor()
     try:
-        return RoundConfig(
-            strategy=get_strategy(str(config.strategy), selection),
-            batch_size=int(tr.batch_size), crop=normalize_crop(tr.get("crop", None)),
-            hflip=bool(tr.hflip), vflip=bool(tr.vflip), lam=float(tr.lam), beta=float(tr.beta),
-            learning_rate=float(tr.learning_rate), weight_decay=float(tr.weight_decay),
-            b1=float(tr.get("b1", 0.9)), b2=float(tr.get("b2", 0.999)),
-            adam_eps=float(tr.get("adam_eps", 1e-8)), executor=executor,
-            inference_chunk=int(tr.get("inference_chunk", 16)),
-            num_devices=None if tr.get("num_devices", None) is None else int(tr.num_devices))
-    except ValueError as e:
+        kwargs = {}
+        for f in dataclasses.fields(RoundConfig):
+            if f.name == "strategy" or f.name not in tr:
+                continue
+            value = tr[f.name]
+            if f.name == "crop":
+                value = normalize_crop(value)
+            elif f.name == "executor":
+                value = default_executor() if str(value) == "auto" else str(value)
+            elif f.name == "num_devices":
+                value = None if value is None else int(value)
+            else:
+                value = type(f.default)(value)
+            kwargs[f.name] = value
+        return RoundConfig(strategy=get_strategy(str(config.strategy), build_selection(config)),
+                           **kwargs)
+    except (ValueError, TypeError) as e:
         raise ConfigError(f"invalid config: {e}") from None
 
 

@@ -106,6 +106,25 @@ def bce_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array | None = 
     return weighted_mean(bce_loss_per_sample(logits, targets, pixel_weights), weights)
 
 
+def empty_aware_loss_per_sample(logits: jax.Array, targets: jax.Array,
+                                eps: float = DICE_EPS) -> jax.Array:
+    """Soft Dice loss per sample, with binary cross-entropy for samples whose target is empty.
+
+    With an empty target, ``1 - dice`` is ~1 with a gradient ~0 whatever the prediction, so a
+    lesion-free image teaches nothing (fedmix-spec.md difference 7). Here such a sample's loss is
+    the mean BCE of its logits toward background, whose gradient ``sigmoid(logit) / (H W K)``
+    pushes every predicted foreground pixel down. Samples with foreground keep the Dice loss.
+
+    Args:
+      logits, targets: [B, H, W, K].
+    Returns:
+      [B] per-sample losses.
+    """
+    empty = jnp.sum(targets.astype(jnp.float32), axis=tuple(range(1, targets.ndim))) == 0
+    return jnp.where(empty, bce_loss_per_sample(logits, targets),
+                     dice_loss_per_sample(logits, targets, eps))
+
+
 def mixed_supervision_targets(masks: jax.Array, pseudo1: jax.Array, pseudo2: jax.Array,
                               levels: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Targets of model 1 and model 2 under cross pseudo-supervision.

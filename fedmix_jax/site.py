@@ -41,7 +41,8 @@ from flax import struct
 from fedmix_jax.augment import augment_jointly
 from fedmix_jax.data.federation import PIXEL, FederatedSplit
 from fedmix_jax.inference import apply_in_chunks
-from fedmix_jax.losses import dice_loss, mixed_supervision_targets
+from fedmix_jax.losses import (dice_loss, dice_loss_per_sample, empty_aware_loss_per_sample,
+                               mixed_supervision_targets, weighted_mean)
 from fedmix_jax.pseudo_labels import pseudo_labels_from_logits
 
 
@@ -203,7 +204,10 @@ def local_epoch(model: nn.Module, config, params: ModelPair, opt_state: ModelPai
 
     Returns:
       (params, opt_state, (loss1, loss2, steps)): the mean batch losses of models 1 / 2 over the
-      active steps (0 without step) and the number of active steps.
+      active steps (0 without step) and the number of active steps. With
+      ``config.empty_target_loss == "bce"`` the losses reported are the Dice losses of the samples
+      with foreground (what l_i of the FedMix weights should measure), over the steps that had
+      such a sample; the training loss itself is Dice + BCE on empty targets.
     """
     n = inputs.images.shape[0]
     b = config.batch_size
@@ -219,8 +223,19 @@ def local_epoch(model: nn.Module, config, params: ModelPair, opt_state: ModelPai
     trainable, opt_t = (tuple(params), tuple(opt_state)) if dual else ((params[0],), (opt_state[0],))
 
     def loss_fn(models, x, targets, w):
-        losses = tuple(dice_loss(_apply(model, p, x), t, w) for p, t in zip(models, targets))
-        return sum(losses), losses
+        if config.empty_target_loss == "dice":
+            losses = tuple(dice_loss(_apply(model, p, x), t, w) for p, t in zip(models, targets))
+            return sum(losses), (losses, jnp.ones((), jnp.float32))
+        losses, fits, counted = [], [], None
+        for p, t in zip(models, targets):
+            logits = _apply(model, p, x)
+            losses.append(weighted_mean(empty_aware_loss_per_sample(logits, t), w))
+            # l_i for the weights: the Dice loss of the samples with foreground only.
+            has_fg = (jnp.sum(t, axis=(1, 2, 3)) > 0).astype(w.dtype)
+            fits.append(weighted_mean(dice_loss_per_sample(logits, t), w * has_fg))
+            if counted is None:    # model 1's batch counts for l_i if it has foreground
+                counted = (jnp.sum(w * has_fg) > 0).astype(jnp.float32)
+        return sum(losses), (tuple(fits), counted)
 
     def train_step(carry, s, w):
         models, opts = carry
@@ -229,16 +244,17 @@ def local_epoch(model: nn.Module, config, params: ModelPair, opt_state: ModelPai
         x, *targets = augment_jointly(jax.random.fold_in(k_aug, s),
                                       (inputs.images[idx],) + targets, config.crop,
                                       config.hflip, config.vflip)
-        (_, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(models, x, targets, w)
+        (_, (fits, counted)), grads = jax.value_and_grad(loss_fn, has_aux=True)(models, x,
+                                                                               targets, w)
         updates = [tx.update(g, o, p) for g, o, p in zip(grads, opts, models)]
         models = tuple(optax.apply_updates(p, u) for p, (u, _) in zip(models, updates))
         opts = tuple(o for _, o in updates)
-        losses = losses + (jnp.zeros_like(losses[0]),) * (2 - len(losses))
-        return (models, opts), losses
+        fits = fits + (jnp.zeros_like(fits[0]),) * (2 - len(fits))
+        return (models, opts), fits + (counted,)
 
     def masked_step(carry, s, w):
         zero = jnp.zeros((), jnp.float32)
-        return carry, (zero, zero)
+        return carry, (zero, zero, zero)
 
     def step(carry, s):
         idx = jax.lax.dynamic_slice(order, (s * b,), (b,))
@@ -246,11 +262,11 @@ def local_epoch(model: nn.Module, config, params: ModelPair, opt_state: ModelPai
              ).astype(jnp.float32)
         active = jnp.sum(w) > 0
         # A batch without usable sample is skipped (under vmap: both branches run, then select).
-        carry, (l1, l2) = jax.lax.cond(active, train_step, masked_step, carry, s, w)
-        return carry, (l1, l2, active)
+        carry, (l1, l2, counted) = jax.lax.cond(active, train_step, masked_step, carry, s, w)
+        return carry, (l1, l2, counted, active)
 
-    (trainable, opt_t), (l1, l2, active) = jax.lax.scan(step, (trainable, opt_t),
-                                                         jnp.arange(num_steps))
+    (trainable, opt_t), (l1, l2, counted, active) = jax.lax.scan(step, (trainable, opt_t),
+                                                                 jnp.arange(num_steps))
     if dual:
         params, opt_state = ModelPair(*trainable), ModelPair(*opt_t)
     else:
@@ -258,8 +274,11 @@ def local_epoch(model: nn.Module, config, params: ModelPair, opt_state: ModelPai
         opt_state = ModelPair(opt_t[0], opt_state[1])
     act = active.astype(jnp.float32)
     steps = jnp.sum(act)
-    denom = jnp.maximum(steps, 1.0)
-    return params, opt_state, (jnp.sum(l1 * act) / denom, jnp.sum(l2 * act) / denom,
+    # Steps whose losses enter l_i: every active step ("dice"); with "bce", active steps whose
+    # batch has a sample with foreground (the Dice loss of lesion-free samples says nothing).
+    counted = act * counted
+    denom = jnp.maximum(jnp.sum(counted), 1.0)
+    return params, opt_state, (jnp.sum(l1 * counted) / denom, jnp.sum(l2 * counted) / denom,
                                steps.astype(jnp.int32))
 
 
