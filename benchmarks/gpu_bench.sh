@@ -14,9 +14,10 @@
 #   realistic      4 clients x 32 images, 224x224 (the reference's crop size), width 64 (the
 #                  paper's 17.3 M-parameter U-Net), batch 16: the `map` executor (plus `sharded`
 #                  when several devices are present), the sequential reference-structured
-#                  baseline, the parts (pseudo-labels, local training, aggregation, one train
-#                  step's FLOP/s against a matmul peak timed alternately with it), a kernel
-#                  profile by op category. `vmap` is left out: on an H100 80 GB it ran out of
+#                  baseline, the PyTorch baseline if torch is importable (same GPU), the parts
+#                  (pseudo-labels, local training, aggregation, one train step's FLOP/s
+#                  against a matmul peak timed alternately with it), a kernel profile by HLO
+#                  opcode. `vmap` is left out: on an H100 80 GB it ran out of
 #                  memory at this size under XLA's default 75% limit (it asks for one 35 GiB
 #                  buffer); `loop` is `map`'s work in three programs and a host loop. Choose
 #                  others with BENCH_EXECUTORS=map,vmap,...
@@ -55,7 +56,6 @@ SIZE=${BENCH_SIZE:-"--image_size 224 --width 64 --batch_size 16 --train_per_clie
 # is an XLA flag that older jaxlibs reject: it is used only if this jax starts with it.
 CACHE=${BENCH_CACHE:-/tmp/fedmix_bench_cache}
 mkdir -p "$CACHE/jax" "$CACHE/autotune"
-export JAX_COMPILATION_CACHE_DIR="$CACHE/jax"
 FLAG="--xla_gpu_per_fusion_autotune_cache_dir=$CACHE/autotune"
 if XLA_FLAGS="${XLA_FLAGS:-} $FLAG" "$PY" -c "import jax; jax.numpy.zeros(1).block_until_ready()" \
     > /dev/null 2>&1; then
@@ -87,7 +87,8 @@ part() {  # part NAME MIN_SECONDS MAX_SECONDS ARGS...
   local limit=$(( remaining < cap ? remaining : cap ))
   echo "[gpu_bench] $name (limit ${limit}s): $*" | tee -a "$LOG"
   timeout --signal=TERM --kill-after=10 "$limit" \
-    "$PY" -m fedmix_jax.bench "$@" --json "$JSON" --section "$name" >> "$LOG" 2>&1
+    "$PY" benchmarks/bench.py "$@" --compilation_cache "$CACHE/jax" --json "$JSON" \
+    --section "$name" >> "$LOG" 2>&1
   echo "[gpu_bench] $name exit $? after $(( $(date +%s) - START ))s" | tee -a "$LOG"
 }
 
@@ -95,6 +96,9 @@ NDEV=$("$PY" -c "import jax; print(len(jax.devices()))" 2>> "$LOG" | tail -n 1)
 "$PY" -c "import jax; print('[gpu_bench] jax', jax.__version__, 'backend', jax.default_backend(),
       jax.devices())" 2>&1 | tee -a "$LOG"
 echo "[gpu_bench] XLA_FLAGS=${XLA_FLAGS:-}" | tee -a "$LOG"
+"$PY" -c "import torch; print('[gpu_bench] torch', torch.__version__, 'cuda',
+      torch.cuda.is_available())" 2>/dev/null | tee -a "$LOG" \
+  || echo "[gpu_bench] torch not importable: no PyTorch baseline" | tee -a "$LOG"
 EXECUTORS=${BENCH_EXECUTORS:-map}
 if [[ -z ${BENCH_EXECUTORS:-} && ${NDEV:-1} =~ ^[0-9]+$ && ${NDEV:-1} -gt 1 ]]; then
   EXECUTORS="map,sharded"
@@ -105,15 +109,15 @@ part realistic 60 180 $SIZE --clients 4 --repeats 3 --warmup 1 --executors "$EXE
   --profile
 # shellcheck disable=SC2086
 part sweep 60 130 $SIZE --clients 4 --only_sweep --sweep_clients 2,4,8,16 --sweep_sizes "" \
-  --sweep_repeats 2 --sweep_executor map --sweep_baseline
+  --sweep_repeats 2 --sweep_executor map --sweep_baseline --notorch
 # shellcheck disable=SC2086
-part bf16 30 50 $SIZE --clients 4 --repeats 3 --warmup 1 --executors map --no_parts \
-  --no_baseline --dtype bfloat16
+part bf16 30 50 $SIZE --clients 4 --repeats 3 --warmup 1 --executors map --noparts \
+  --nobaseline --notorch --dtype bfloat16
 
 echo "[gpu_bench] done in $(( $(date +%s) - START ))s; results: $JSON" | tee -a "$LOG"
 "$PY" - "$JSON" <<'PYEOF' 2>&1 | tee -a "$LOG"
 import json, sys
-from fedmix_jax.bench import format_tables
+from benchmarks.tables import format_tables
 with open(sys.argv[1]) as f:
     data = json.load(f)
 for name, part in data.items():
