@@ -102,7 +102,7 @@ def evaluate(model: nn.Module, params, split: FederatedSplit, per_client_params:
       threshold: sigmoid threshold of the binary prediction.
       hd95: also compute HD95 (host-side, :mod:`fedmix_jax.hd95`); False skips it (and its keys).
       hd95_one_empty: HD95 when exactly one of prediction / truth is empty: ``'diagonal'``,
-        ``'inf'`` (MONAI) or ``'nan'``.
+        ``'nan'`` (excluded, as MONAI's HD95) or ``'inf'``.
 
     Returns:
       dict of NumPy arrays (C clients, M padded images, K classes); "mean over clients" counts the

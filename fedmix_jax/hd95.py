@@ -19,16 +19,18 @@ case                             here (default)           MONAI ``compute_hausdo
 ===============================  =======================  ====================================
 prediction and truth both empty  ``nan``: excluded from   ``nan``: excluded by its nan-aware
                                  every mean               reductions
-exactly one of them empty        the image diagonal       ``inf`` (one inf makes a mean inf)
-                                 ``sqrt(H^2 + W^2)``
+exactly one of them empty        the image diagonal       ``nan`` with ``percentile=95`` (the
+                                 ``sqrt(H^2 + W^2)``      percentile of infinite distances);
+                                                          ``inf`` without a percentile
 ===============================  =======================  ====================================
 
 Both-empty is excluded as MONAI does (there is no boundary to measure, and Dice already scores the
 agreement). A missed or hallucinated lesion gets the largest distance two pixels of the image can
-have, so it is penalised with a finite number instead of dropping out of the mean (which would
-reward predicting nothing on hard images) or making the mean infinite; ``one_empty='inf'`` gives
-MONAI's exact value and ``one_empty='nan'`` excludes those cases too. Means over images, classes and
-clients skip NaNs (:func:`nanmean`); a mean over nothing but NaNs is NaN.
+have: a finite penalty, where MONAI's HD95 silently drops it from its mean (which rewards
+predicting nothing on hard images) and its plain Hausdorff distance makes the mean infinite.
+``one_empty='nan'`` gives MONAI's HD95 value (excluded) and ``one_empty='inf'`` its Hausdorff
+value. Means over images, classes and clients skip NaNs (:func:`nanmean`); a mean over nothing but
+NaNs is NaN.
 
 Runs on the host with ``scipy.ndimage`` (evaluation, not the training hot path). Masks are cropped
 to the bounding box of their union first, which changes no distance (both edge sets lie inside it)
@@ -71,7 +73,7 @@ def hd95(pred, gt, *, percentile: float = 95.0, one_empty: str = "diagonal") -> 
       pred, gt: [H, W] masks (anything ``> 0.5`` is foreground).
       percentile: 95 for HD95; 100 gives the classical Hausdorff distance.
       one_empty: value when exactly one mask is empty: ``'diagonal'`` (``sqrt(H^2 + W^2)``),
-        ``'inf'`` (MONAI) or ``'nan'`` (excluded from means).
+        ``'nan'`` (excluded from means, as MONAI's HD95) or ``'inf'``.
 
     Returns:
       the distance (float); ``nan`` when both masks are empty.

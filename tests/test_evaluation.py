@@ -174,3 +174,12 @@ def test_hd95_matches_monai():
                               torch.tensor(g[None, None].astype(np.float32)),
                               include_background=True, percentile=95)[0, 0])
         np.testing.assert_allclose(hd95(p, g), want, rtol=1e-5)
+    # the empty-mask conventions documented in fedmix_jax/hd95.py
+    empty = torch.zeros((1, 1, 32, 32))
+    full = torch.tensor(p[None, None].astype(np.float32))
+    assert np.isnan(float(monai_hd(empty, empty, include_background=True, percentile=95)[0, 0]))
+    # one empty: infinite distances, whose 95th percentile comes out NaN (inf - inf in the
+    # interpolation); without a percentile (the plain Hausdorff distance) they give inf
+    for a, b in ((full, empty), (empty, full)):
+        assert np.isnan(float(monai_hd(a, b, include_background=True, percentile=95)[0, 0]))
+        assert np.isinf(float(monai_hd(a, b, include_background=True)[0, 0]))
