@@ -55,6 +55,9 @@ class SequentialBaseline:
     """
 
     def __init__(self, model, config: F.RoundConfig):
+        if getattr(config, "empty_target_loss", "dice") != "dice":
+            raise ValueError("the sequential baseline trains with the reference's Dice loss; "
+                             f"empty_target_loss={config.empty_target_loss!r} is not written")
         self.model, self.config = model, config
         self.tx = tx = S.make_optimizer(config)
         strategy = config.strategy

@@ -172,6 +172,9 @@ class TorchRound:
             ok = ok & (self._dice(p1 * box, box) >= sel.box_fit)
         if sel.reject_empty:
             ok = ok & ((p1.sum() + p2.sum()) > 0)
+        if getattr(sel, "empty_boxes_negative", False) and level == BOX and box.sum() == 0:
+            p1, p2 = p1 * 0, p2 * 0                 # a certain "no lesion": empty target
+            ok = torch.ones_like(ok)
         if sel.use_image_labels and level == IMAGE:
             present = label.flatten() > 0
             if not bool(present.any()):
@@ -290,6 +293,8 @@ def variant(model, config, train, key, image_shape):
     torch = _import_torch()
     if torch is None:
         return "torch is not importable; `pip install torch` to time the PyTorch baseline"
+    if getattr(config, "empty_target_loss", "dice") != "dice":
+        return "the PyTorch baseline trains with the reference's Dice loss only"
     if getattr(model, "dtype", None) is not None and np.dtype(model.dtype) != np.float32:
         return f"the PyTorch baseline runs float32 only (the model computes in {model.dtype})"
     return TorchVariant(torch, model, config, train, key, image_shape)
