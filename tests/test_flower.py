@@ -121,6 +121,14 @@ def _reply(node, msg, arrays: dict | None, report: dict, name: str):
     return reply
 
 
+def _report(**kw):
+    """A plausible report with every SiteReport field (counts below the declared size 10)."""
+    d = {k: (0.5 if typ is float else 2) for k, typ in records.REPORT_FIELDS.items()}
+    d.update(num_usable=5, num_weak=4, num_selected_weak=2)
+    d.update(kw)
+    return d
+
+
 def _strategy(min_sites=1):
     from fedmix_jax.config import HParams
     from fedmix_jax.strategies import get_strategy
@@ -151,8 +159,7 @@ def test_strategy_rejects_bad_replies_and_renormalises():
         return {k: v + scale for k, v in base.items()}
 
     def rep(n=5, loss=0.5, r=3, **kw):
-        d = dict(num_usable=n, loss1=loss, loss2=loss, num_weak=4, num_selected_weak=2,
-                 steps=2, round=r)
+        d = _report(num_usable=n, loss1=loss, loss2=loss, round=r)
         d.update(kw)
         return d
 
@@ -210,8 +217,7 @@ def test_strategy_error_and_missing_replies_and_min_sites():
 
     spec = records.pair_spec(pair)
     base = {k: np.asarray(v) for k, v in zip(spec, jax.tree.leaves(records._as_pair(pair)))}
-    ok = dict(num_usable=5, loss1=0.5, loss2=0.5, num_weak=4, num_selected_weak=2, steps=2,
-              round=1)
+    ok = _report(round=1)
     err = Message(Error(code=0, reason="boom"), reply_to=msgs[1])
     err.metadata.__dict__["_src_node_id"] = sites[1].node_id
     replies = [_reply(sites[0].node_id, msgs[0], base, ok, "s0"), err,
@@ -300,7 +306,7 @@ def test_resume_after_server_restart_equals_uninterrupted(two_rounds, tmp_path):
     assert _max_diff(pair2, ref_state.global_params) <= 1e-6
 
 
-def test_silent_site_does_not_stall_the_round(tmp_path):
+def test_silent_site_does_not_stall_the_round(two_rounds, tmp_path):
     import time
 
     def intercept(node, msg, reply):
@@ -312,8 +318,7 @@ def test_silent_site_does_not_stall_the_round(tmp_path):
     silent = list(sites)[1]
     grid = LocalGrid(sites, intercept=intercept)
     cfg = dict(_run_config(tmp_path, rounds=1), **{"round-timeout": 1.0})
-    # Compile first (round 1 of a fresh process would exceed a 1 s timeout on CPU).
-    run_local(3, _run_config(tmp_path, rounds=1, name="warm"))
+    # two_rounds compiled the programs in this process (a cold round 1 would exceed 1 s on CPU).
     t0 = time.time()
     summary, _, _ = run_local(3, cfg, grid=grid)
     from fedmix_jax.train import read_metrics
@@ -322,3 +327,32 @@ def test_silent_site_does_not_stall_the_round(tmp_path):
     assert rec["accepted"].count(False) == 1 and rec["applied"]
     assert "no reply" in next(iter(rec["rejected"].values()))
     assert time.time() - t0 < 60
+
+
+def test_site_worker_relay_equals_in_process(two_rounds, tmp_path):
+    """The deployment mode without per-round compilation: each site's ClientApp relays to a
+    long-running site worker (here threads of this process) over a Unix socket."""
+    import threading
+
+    from fedmix_jax.flower.worker import SiteWorker, serve
+
+    _, _, _, ref_state, _, _ = two_rounds
+    sites = synthetic_sites(3)
+    for i, (node, (app, cfg)) in enumerate(list(sites.items())):
+        sock = str(tmp_path / f"w{i}.sock")
+        threading.Thread(target=serve, args=(sock, SiteWorker(dict(cfg))), daemon=True).start()
+        sites[node] = (app, dict(cfg, worker=f"unix:{sock}"))
+    import time
+
+    for i in range(3):
+        for _ in range(100):
+            if os.path.exists(tmp_path / f"w{i}.sock"):
+                break
+            time.sleep(0.05)
+        assert oct(os.stat(tmp_path / f"w{i}.sock").st_mode & 0o777) == "0o600"
+    grid = LocalGrid(sites)
+    summary, pair, _ = run_local(3, _run_config(tmp_path, rounds=2, name="worker"), grid=grid)
+    assert _max_diff(pair, ref_state.global_params) <= 1e-6
+    # The relay's replies carry the same records as the in-process ClientApp's.
+    train = [r for r in grid.replies if r.metadata.message_type == "train"]
+    assert len(train) == 6 and all(set(r.content.array_records) == {LOCAL_RECORD} for r in train)

@@ -73,13 +73,10 @@ def compiled_site_fn(model, config: RoundConfig):
 
 def site_weights(strategy, reports: dict, participating, hparams: HParams) -> np.ndarray:
     """[C] aggregation weights of ``strategy`` from the sites' scalars (numpy float32)."""
-    rep = SiteReport(
-        num_usable=jnp.asarray(reports["num_usable"], jnp.int32),
-        loss1=jnp.asarray(reports["loss1"], jnp.float32),
-        loss2=jnp.asarray(reports["loss2"], jnp.float32),
-        num_weak=jnp.asarray(reports["num_weak"], jnp.int32),
-        num_selected_weak=jnp.asarray(reports["num_selected_weak"], jnp.int32),
-        steps=jnp.asarray(reports["steps"], jnp.int32))
+    from fedmix_jax.flower.records import REPORT_FIELDS
+
+    rep = SiteReport(**{k: jnp.asarray(reports[k], jnp.float32 if typ is float else jnp.int32)
+                        for k, typ in REPORT_FIELDS.items()})
     return np.asarray(_weights_jit(strategy)(rep, jnp.asarray(participating, bool), hparams),
                       np.float32)
 

@@ -20,9 +20,21 @@ from flwr.app import Array, ArrayRecord, MetricRecord
 
 PAIR_PREFIXES = ("model1", "model2")   # ModelPair field names: the record keys' prefixes
 
+
+
+def _report_fields() -> dict[str, type]:
+    """:class:`~fedmix_jax.site.SiteReport`'s fields and their Python types in a MetricRecord:
+    the losses are floats, every other field is a count (int)."""
+    import dataclasses
+
+    from fedmix_jax.site import SiteReport
+
+    return {f.name: (float if f.name.startswith("loss") else int)
+            for f in dataclasses.fields(SiteReport)}
+
+
 # SiteReport fields and their Python types in a MetricRecord (ints stay ints).
-REPORT_FIELDS = {"num_usable": int, "loss1": float, "loss2": float, "num_weak": int,
-                 "num_selected_weak": int, "steps": int}
+REPORT_FIELDS = _report_fields()
 
 
 def _key_part(k) -> str:

@@ -33,7 +33,7 @@ from fedmix_jax.flower.validation import ReplyRejected, check_eval_reply, check_
 
 log = logging.getLogger("fedmix_jax.flower")
 
-REPORT_LISTS = ("loss1", "loss2", "num_usable", "num_weak", "num_selected_weak", "steps")
+REPORT_LISTS = tuple(records.REPORT_FIELDS)
 
 
 @dataclasses.dataclass(frozen=True)

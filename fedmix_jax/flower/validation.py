@@ -92,15 +92,19 @@ def check_report(metrics, *, round_index: int, site: str, declared_size: int) ->
     if r != round_index:
         raise ReplyRejected(f"reply for round {r}, expected round {round_index}")
     rep = {k: _scalar(metrics, k, typ) for k, typ in REPORT_FIELDS.items()}
-    if rep["num_usable"] < 0 or rep["num_weak"] < 0 or rep["num_selected_weak"] < 0 \
-            or rep["steps"] < 0:
-        raise ReplyRejected(f"negative count in {rep}")
+    counts = {k: v for k, v in rep.items() if REPORT_FIELDS[k] is int}
+    if any(v < 0 for v in counts.values()):
+        raise ReplyRejected(f"negative count in {counts}")
+    too_large = [k for k, v in counts.items() if k != "steps" and v > declared_size]
     if rep["num_usable"] > declared_size:
         raise ReplyRejected(f"num_usable {rep['num_usable']} is above the site's declared size "
                             f"{declared_size}")
     if rep["num_weak"] > declared_size or rep["num_selected_weak"] > rep["num_weak"]:
         raise ReplyRejected(f"inconsistent weak counts (weak {rep['num_weak']}, selected "
                             f"{rep['num_selected_weak']}, declared size {declared_size})")
+    if too_large:
+        raise ReplyRejected(f"{too_large[0]} {counts[too_large[0]]} is above the site's declared "
+                            f"size {declared_size}")
     if rep["loss1"] < 0 or rep["loss2"] < 0:
         raise ReplyRejected(f"negative loss ({rep['loss1']}, {rep['loss2']})")
     return rep

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# A whole FedMix federation on this machine with Flower's deployment engine: one SuperLink (TLS,
+# SuperNode authentication), NUM_SITES authenticated SuperNodes on the synthetic federation, one
+# unregistered SuperNode that must be refused, then `flwr run`. Offline, loopback only.
+#
+#   scripts/deploy_localhost.sh [WORK_DIR]
+#
+# Environment (defaults in brackets):
+#   NUM_SITES [3]     OVERRIDES [tiny: num_rounds=2 model.width=4 ...]   PORT_BASE [19090]
+#   WORKER [0]        1: each site runs a long-lived site worker (fedmix_jax.flower.worker) and
+#                     its ClientApp only relays (no tracing / compilation per round)
+#   JAX_CACHE [1]     1: ClientApp processes share a persistent XLA compilation cache
+#
+# Prints the refused-site check, the per-round times and where metrics.jsonl / summary.json are.
+set -euo pipefail
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+WORK=$(mkdir -p "${1:-/tmp/fedmix_deploy}" && cd "${1:-/tmp/fedmix_deploy}" && pwd)
+NUM_SITES=${NUM_SITES:-3}
+PORT_BASE=${PORT_BASE:-19090}
+WORKER=${WORKER:-0}
+JAX_CACHE=${JAX_CACHE:-1}
+OVERRIDES=${OVERRIDES:-"num_rounds=2 model.width=4 model.depth=2 data.image_size=16 data.num_clients=3 data.train_sizes='(8,12,6)' data.levels=\"('box','pixel','box')\" data.val_size=4 data.test_size=4 train.batch_size=4"}
+BIN="$REPO/.venv/bin"
+[ -x "$BIN/flower-superlink" ] || BIN=$(dirname "$(command -v flower-superlink)")
+
+export PATH="$BIN:$PATH"                  # the SuperLink / SuperNodes spawn flower-superexec etc.
+export FLWR_TELEMETRY_ENABLED=0          # Flower's telemetry is on by default
+export FLWR_HOME="$WORK/flwr_home"        # the `flwr` CLI's connection config lives here
+export PYTHONUNBUFFERED=1
+[ "$JAX_CACHE" = 1 ] && export JAX_COMPILATION_CACHE_DIR="$WORK/jax_cache" \
+  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0
+rm -rf "$WORK/run" "$WORK/logs" "$WORK/state.db" "$FLWR_HOME" "$WORK/site_state"
+mkdir -p "$WORK/logs" "$FLWR_HOME"
+CERTS="$WORK/certs"
+[ -f "$CERTS/server.pem" ] || "$REPO/scripts/make_certs.sh" "$CERTS" "$NUM_SITES" >/dev/null
+
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+# Flower 1.42 serves the Fleet, Control and Runtime APIs on one HTTPS port.
+LINK=127.0.0.1:$((PORT_BASE + 1))
+cat > "$FLWR_HOME/config.toml" <<TOML
+[superlink]
+default = "local-tls"
+
+[superlink.local-tls]
+address = "$LINK"
+root-certificates = "$CERTS/ca.crt"
+TOML
+
+# --- the coordinator: SuperLink with TLS and SuperNode authentication -------------------------
+"$BIN/flower-superlink" \
+  --ssl-ca-certfile "$CERTS/ca.crt" --ssl-certfile "$CERTS/server.pem" --ssl-keyfile "$CERTS/server.key" \
+  --enable-supernode-auth --disable-runtime-dependency-installation \
+  --host 127.0.0.1 --port $((PORT_BASE + 1)) --database "$WORK/state.db" \
+  > "$WORK/logs/superlink.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 120); do grep -q "Application startup complete" "$WORK/logs/superlink.log" 2>/dev/null && break; sleep 0.5; done
+sleep 2
+
+# --- the coordinator registers each hospital's public key -------------------------------------
+for i in $(seq 0 $((NUM_SITES - 1))); do
+  "$BIN/flwr" supernode register "$CERTS/site_$i.pub" local-tls > "$WORK/logs/register_$i.log" 2>&1
+done
+
+# --- each hospital: (optionally) its site worker, then its SuperNode ------------------------
+for i in $(seq 0 $((NUM_SITES - 1))); do
+  NODE_CONFIG="data=\"synthetic\" site-index=$i state-dir=\"$WORK/site_state/site_$i\""
+  if [ "$WORKER" = 1 ]; then
+    SOCK="$WORK/worker_$i.sock"
+    "$BIN/python" -m fedmix_jax.flower.worker --socket "$SOCK" --node-config "$NODE_CONFIG" \
+      > "$WORK/logs/worker_$i.log" 2>&1 &
+    PIDS+=($!)
+    NODE_CONFIG="$NODE_CONFIG worker=\"unix:$SOCK\""
+  fi
+  "$BIN/flower-supernode" --superlink "$LINK" --root-certificates "$CERTS/ca.crt" \
+    --auth-supernode-private-key "$CERTS/site_$i" \
+    --node-config "$NODE_CONFIG" --host 127.0.0.1 --port $((PORT_BASE + 10 + i)) \
+    > "$WORK/logs/supernode_$i.log" 2>&1 &
+  PIDS+=($!)
+done
+
+# --- an unregistered SuperNode must be refused ------------------------------------------------
+"$BIN/flower-supernode" --superlink "$LINK" --root-certificates "$CERTS/ca.crt" \
+  --auth-supernode-private-key "$CERTS/intruder" \
+  --node-config "data=\"synthetic\" site-index=0" --host 127.0.0.1 --port $((PORT_BASE + 9)) \
+  --max-retries 3 --max-wait-time 20 > "$WORK/logs/intruder.log" 2>&1 &
+INTRUDER=$!
+PIDS+=($INTRUDER)
+sleep 8
+
+# --- the run -----------------------------------------------------------------------------------
+cat > "$WORK/run_config.toml" <<TOML
+workdir = "$WORK/run"
+num-sites = $NUM_SITES
+round-timeout = 1200.0
+overrides = '''$OVERRIDES'''
+TOML
+T0=$(date +%s.%N)
+"$BIN/flwr" run "$REPO/fedmix_jax/flower/app" local-tls --stream --run-config "$WORK/run_config.toml" \
+  > "$WORK/logs/run.log" 2>&1 || { echo "flwr run failed; see $WORK/logs"; tail -40 "$WORK/logs/run.log"; exit 1; }
+T1=$(date +%s.%N)
+
+echo "== sites listed by the SuperLink"
+"$BIN/flwr" supernode list local-tls 2>&1 | tail -n +1 | grep -v "^$" | head -20 || true
+echo "== unregistered SuperNode"
+if grep -qiE "unauthenticated|not registered|permission|denied|refused|fail" "$WORK/logs/intruder.log"; then
+  echo "refused: $(grep -iE "unauthenticated|not registered|permission|denied|refused|fail" "$WORK/logs/intruder.log" | head -1)"
+else
+  echo "WARNING: no refusal found in $WORK/logs/intruder.log"; tail -5 "$WORK/logs/intruder.log"
+fi
+echo "== rounds (deployment, $NUM_SITES sites, worker=$WORKER, jax cache=$JAX_CACHE)"
+"$BIN/python" - "$WORK/run" <<'PY'
+import json, sys, os
+recs = [json.loads(l) for l in open(os.path.join(sys.argv[1], "metrics.jsonl"))]
+for r in recs:
+    print(f"round {r['round']}: {r['round_time_s']:.2f} s train round, accepted {r['accepted']}, "
+          f"weights {[round(w, 4) for w in r['weights']]}, val dice {r.get('val_mean_dice')}")
+later = [r["round_time_s"] for r in recs[1:]]
+if later:
+    later.sort()
+    print(f"median train round after round 1: {later[len(later) // 2]:.2f} s")
+PY
+echo "total flwr run wall time: $(echo "$T1 - $T0" | bc) s"
+echo "outputs: $WORK/run (metrics.jsonl, summary.json, plots, checkpoints); logs: $WORK/logs"
