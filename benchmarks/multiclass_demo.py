@@ -4,8 +4,8 @@
 
 Runs ``configs/synthetic_multiclass.py`` (or ``--config``) through ``train.train_and_evaluate``
 once per (strategy, seed) and reports the test metrics of the round with the best mean validation
-Dice: mean Dice, per-class Dice and HD95 (means over clients), per-client Dice, as mean ± std over
-seeds. The per-class figures are read from the job's own ``evaluate`` calls (the summary does not
+Dice: mean Dice, per-class Dice, Dice over the images that contain each class (``dice_present``), pooled
+Dice and HD95 (means over clients), per-client Dice, as mean ± std over seeds. The per-class figures are read from the job's own ``evaluate`` calls (the summary does not
 carry them yet). ``--tiny`` is a seconds-long smoke size.
 """
 
@@ -73,6 +73,8 @@ def run_one(config_path, strategy, seed, tiny, workdir):
                 mean_hd95=float(test["mean_hd95"]),
                 mean_hd95_per_class=test["mean_hd95_per_class"].tolist(),
                 hd95=test["hd95"].tolist(), pooled_dice=float(test["mean_pooled_dice"]),
+                mean_dice_present=float(test["mean_dice_present"]),
+                mean_dice_present_per_class=test["mean_dice_present_per_class"].tolist(),
                 val_mean_dice=float(val["mean_dice"]))
 
 
@@ -84,13 +86,15 @@ def _ms(xs):
 def table(runs):
     first = runs[0]
     cls, clients = first["class_names"], first["client_names"]
-    head = (["strategy", "mean Dice"] + [f"Dice {c}" for c in cls] + ["HD95 px"]
+    head = (["strategy", "mean Dice"] + [f"Dice {c}" for c in cls]
+            + ["Dice, images with the class", "pooled Dice", "HD95 px"]
             + [f"HD95 {c}" for c in cls] + [f"Dice {c}" for c in clients])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in dict.fromkeys(r["strategy"] for r in runs):
         rs = [r for r in runs if r["strategy"] == s]
         row = [f"{s} (n={len(rs)})", _ms([r["mean_dice"] for r in rs])]
         row += [_ms([r["mean_dice_per_class"][k] for r in rs]) for k in range(len(cls))]
+        row += [_ms([r["mean_dice_present"] for r in rs]), _ms([r["pooled_dice"] for r in rs])]
         row += [_ms([r["mean_hd95"] for r in rs])]
         row += [_ms([r["mean_hd95_per_class"][k] for r in rs]) for k in range(len(cls))]
         row += [_ms([r["dice"][c] for r in rs]) for c in range(len(clients))]
@@ -113,7 +117,8 @@ def main(argv=None):
                 r = run_one(a.config, s, seed, a.tiny, os.path.join(tmp, f"{s}_{seed}"))
                 runs.append(r)
                 print(f"{s} seed {seed}: mean Dice {r['mean_dice']:.4f} per class "
-                      f"{np.round(r['mean_dice_per_class'], 4).tolist()} HD95 "
+                      f"{np.round(r['mean_dice_per_class'], 4).tolist()} present "
+                      f"{r['mean_dice_present']:.4f} HD95 "
                       f"{r['mean_hd95']:.2f} (round {r['best_round']}, {r['seconds']:.0f} s)",
                       flush=True)
                 if a.out:

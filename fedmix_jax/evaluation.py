@@ -11,6 +11,11 @@ binary task (K = 1) these are the per-image Dice averaged over images, as before
 The earlier figure, Dice computed per image over all pixels *and* class channels pooled together,
 is kept as ``pooled_dice`` / ``pooled_iou`` (identical to ``dice`` / ``iou`` when K = 1).
 
+Because an absent class predicted absent scores 1, a model that never predicts a rare class still
+gets that class's "absent" fraction of images as its Dice. ``dice_present`` (per class:
+``dice_present_per_class``) averages only over the images whose ground truth contains the class
+(MONAI ``DiceMetric(ignore_empty=True)``); with HD95 it exposes such degenerate predictions.
+
 HD95 (:mod:`fedmix_jax.hd95`: 95th-percentile symmetric Hausdorff distance, in pixels of the
 evaluated images) is computed on the host per image and class; images where both prediction and
 ground truth of a class are empty give NaN and are skipped by every mean; exactly one empty gives
@@ -114,6 +119,9 @@ def evaluate(model: nn.Module, params, split: FederatedSplit, per_client_params:
         ``mean_dice_per_class`` [K], ``mean_iou_per_class`` [K]: mean over clients;
       * ``per_image_dice`` [C, M]: per image, mean over classes (NaN on padding);
         ``per_image_dice_per_class`` [C, M, K];
+      * ``dice_present_per_class`` [C, K]: Dice of class k averaged over the images that contain
+        class k (NaN where none does), ``dice_present`` [C] (mean over classes, NaNs skipped),
+        ``mean_dice_present`` [], ``mean_dice_present_per_class`` [K];
       * ``pooled_dice`` [C], ``pooled_iou`` [C], ``mean_pooled_dice`` []: Dice / IoU pooled over
         the class channels of each image (the pre-multi-class figure; equal to ``dice`` when K = 1);
       * with ``hd95``: ``hd95_per_class`` [C, K] (mean over images, NaNs skipped), ``hd95`` [C]
@@ -145,6 +153,9 @@ def evaluate(model: nn.Module, params, split: FederatedSplit, per_client_params:
     pooled_dice = _client_means(out["pooled_dice"].astype(np.float64), valid)
     pooled_iou = _client_means(out["pooled_iou"].astype(np.float64), valid)
     pad = ~valid[..., None]
+    present = (np.asarray(split.masks) > 0.5).any(axis=(2, 3)) & valid[..., None]   # [C, M, K]
+    dice_present_pc = nanmean(np.where(present, out["dice_k"], np.nan), axis=1)     # [C, K]
+    dice_present = nanmean(dice_present_pc, axis=-1)
     res = dict(
         dice=dice, iou=iou,
         mean_dice=np.float64(over_clients(dice)), mean_iou=np.float64(over_clients(iou)),
@@ -154,6 +165,10 @@ def evaluate(model: nn.Module, params, split: FederatedSplit, per_client_params:
         per_image_dice_per_class=np.where(pad, np.nan, out["dice_k"]),
         pooled_dice=pooled_dice, pooled_iou=pooled_iou,
         mean_pooled_dice=np.float64(over_clients(pooled_dice)),
+        dice_present_per_class=dice_present_pc, dice_present=dice_present,
+        mean_dice_present=np.float64(nanmean(dice_present[has]) if has.any() else np.nan),
+        mean_dice_present_per_class=(nanmean(dice_present_pc[has], axis=0) if has.any()
+                                     else np.full(dice_present_pc.shape[1:], np.nan)),
     )
     if hd95:
         pred = out["pred"]

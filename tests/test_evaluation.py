@@ -85,6 +85,13 @@ def test_multiclass_dice_is_the_mean_of_per_class_dice():
     pooled = np.mean([_np_dice(pred[0, i], gt[0, i]) for i in range(2)])
     np.testing.assert_allclose(ev["pooled_dice"][0], pooled, rtol=1e-5)
     assert abs(ev["dice"][0] - ev["pooled_dice"][0]) > 0.05  # the two figures really differ
+    # Dice over the images that contain the class: class 0 only image 0 (1), class 1 only image 0
+    # (missed: ~0), class 2 only image 1
+    np.testing.assert_allclose(ev["dice_present_per_class"][0], [want[0, 0], want[0, 1],
+                                                                 want[1, 2]], rtol=1e-5)
+    np.testing.assert_allclose(ev["dice_present"][0], np.mean([want[0, 0], want[0, 1],
+                                                               want[1, 2]]), rtol=1e-5)
+    assert ev["dice_present"][0] < ev["dice"][0]
     # HD95: image 0 class 0 identical -> 0; class 1 missed -> diagonal; class 2 both empty -> NaN
     diag = math.hypot(s, s)
     np.testing.assert_allclose(ev["per_image_hd95"][0, 0], [0.0, diag, np.nan])
@@ -98,9 +105,13 @@ def test_local_params_path_and_no_hd95():
     rng = np.random.default_rng(1)
     masks = (rng.random((2, 3, s, s, 2)) > 0.5).astype(np.float32)
     split = _split(masks, masks, np.ones((2, 3), bool))
+    split.masks[1, :, ..., 1] = 0   # class 1 absent from every image of client 1
+    split.images[1, :, ..., 1] = 0
     ev = evaluate(Echo(), {}, split, hd95=False)
     np.testing.assert_allclose(ev["dice"], 1.0, rtol=1e-6)
     assert "hd95" not in ev
+    assert np.isnan(ev["dice_present_per_class"][1, 1])   # no image contains it: NaN, skipped
+    np.testing.assert_allclose(ev["dice_present"], 1.0, rtol=1e-6)
     ev = evaluate(Echo(), {}, split, per_client_params=True)
     np.testing.assert_allclose(ev["dice"], 1.0, rtol=1e-6)
     np.testing.assert_allclose(ev["hd95"], 0.0)
