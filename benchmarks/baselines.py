@@ -14,6 +14,8 @@ That is what a straight port of the reference notebooks does. It computes the sa
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,6 +35,16 @@ def _take(tree, i):
 
 def _stack(trees):
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def site_reports(metrics: dict, num_pixel: np.ndarray) -> S.SiteReport:
+    """The clients' :class:`~fedmix_jax.site.SiteReport` ([C] fields) from a baseline's
+    metrics (``counts``, ``loss1``, ``loss2``, ``weak``, ``selected_weak``, ``steps``)."""
+    fields = dict(num_usable=metrics["counts"], loss1=metrics["loss1"], loss2=metrics["loss2"],
+                  num_weak=metrics["weak"], num_selected_weak=metrics["selected_weak"],
+                  steps=metrics["steps"], num_pixel=num_pixel)
+    names = {f.name for f in dataclasses.fields(S.SiteReport)}
+    return S.SiteReport(**{k: v for k, v in fields.items() if k in names})
 
 
 class SequentialBaseline:
@@ -122,6 +134,7 @@ class SequentialBaseline:
         t1, t2 = [], []
         zero = jnp.zeros_like(d["masks"][0])
         weak = selected_weak = 0
+        self.num_pixel = int((d["valid"] & (d["levels"] == PIXEL)).sum())
         for i in range(n):
             target = (zero, zero)
             if d["valid"][i]:
@@ -183,16 +196,13 @@ class SequentialBaseline:
                                                hparams.learning_rate)
             new_clients.append(S.SiteState(params=params, opt_state=opt))
             rows.append(dict(m, counts=int(usable.sum()), weak=weak, selected_weak=sel,
-                             participating=bool(d["valid"].any())))
+                             pixel=self.num_pixel, participating=bool(d["valid"].any())))
         col = lambda k, dt: np.asarray([r[k] for r in rows], dt)  # noqa: E731
         metrics = dict(loss1=col("loss1", np.float32), loss2=col("loss2", np.float32),
                        counts=col("counts", np.int32), weak=col("weak", np.int32),
                        selected_weak=col("selected_weak", np.int32),
                        steps=col("steps", np.int32))
-        reports = S.SiteReport(num_usable=metrics["counts"], loss1=metrics["loss1"],
-                               loss2=metrics["loss2"], num_weak=metrics["weak"],
-                               num_selected_weak=metrics["selected_weak"],
-                               steps=metrics["steps"])
+        reports = site_reports(metrics, col("pixel", np.int32))
         weights = self.weights(reports, jnp.asarray(col("participating", bool)), hparams)
         metrics["weights"] = np.asarray(weights)
         if strategy.aggregates:

@@ -95,6 +95,8 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
     d.DEFINE_integer("inference_chunk", 0, "0: RoundConfig's default", flag_values=fv)
     d.DEFINE_string("dtype", "float32", "U-Net computation dtype", flag_values=fv)
     d.DEFINE_integer("seed", 0, "seed of the data and the models", flag_values=fv)
+    d.DEFINE_list("matmul_sizes", [], "square sizes of the matmul peak (default: 1024,2048 "
+                  "on CPU, 4096,8192 on accelerators)", flag_values=fv)
     d.DEFINE_bool("sweep", False, "round time vs clients and image size", flag_values=fv)
     d.DEFINE_list("sweep_clients", ["2", "4", "8", "16"], "sweep: clients", flag_values=fv)
     d.DEFINE_list("sweep_sizes", ["64", "128"], "sweep: image sizes", flag_values=fv)
@@ -180,7 +182,8 @@ def run(args, log=print) -> dict:
     res.set("config", {k: v for k, v in vars(args).items() if k not in ("json", "section")})
     peak = None
     with section("matmul_peak"):
-        peak = matmul_peak(repeats=max(3, min(args.repeats, 7)))
+        peak = matmul_peak([int(n) for n in args.matmul_sizes] or None,
+                           repeats=max(3, min(args.repeats, 7)))
         res.set("matmul_peak", peak)
         log(f"  {peak['gflops']:.1f} GFLOP/s (f32 {peak['n']}^2)")
 

@@ -34,7 +34,9 @@ from fedmix_jax import federated as F
 from fedmix_jax.data.federation import BOX, IMAGE, PIXEL
 from fedmix_jax.models import unet_channels
 from fedmix_jax.reference_weights import params_from_state_dict, state_dict_from_params
-from fedmix_jax.site import ModelPair, SiteReport
+from fedmix_jax.site import ModelPair
+
+from benchmarks.baselines import site_reports
 
 
 def _import_torch():
@@ -234,7 +236,8 @@ class TorchRound:
                 opts[m].step()
                 losses[m].append(loss.item())                          # a host sync per step
         mean = lambda v: float(np.mean(v)) if v else 0.0  # noqa: E731
-        return dict(counts=len(samples), weak=weak, selected_weak=selected,
+        pixel = int((cl["valid"] & (cl["levels"] == PIXEL)).sum())
+        return dict(counts=len(samples), weak=weak, selected_weak=selected, pixel=pixel,
                     steps=-(-len(samples) // b), loss1=mean(losses[0]), loss2=mean(losses[1]),
                     participating=bool(cl["valid"].any()))
 
@@ -244,9 +247,7 @@ class TorchRound:
         metrics = dict(loss1=col("loss1", np.float32), loss2=col("loss2", np.float32),
                        counts=col("counts", np.int32), weak=col("weak", np.int32),
                        selected_weak=col("selected_weak", np.int32), steps=col("steps", np.int32))
-        reports = SiteReport(num_usable=metrics["counts"], loss1=metrics["loss1"],
-                             loss2=metrics["loss2"], num_weak=metrics["weak"],
-                             num_selected_weak=metrics["selected_weak"], steps=metrics["steps"])
+        reports = site_reports(metrics, col("pixel", np.int32))
         weights = np.asarray(self.weights_fn(reports, col("participating", bool), self.hparams))
         metrics["weights"] = weights
         if self.strategy.aggregates:
