@@ -1,3 +1,35 @@
-"""fedmix_jax: FedMix (mixed-supervision federated segmentation) in JAX/Flax."""
+"""fedmix_jax: FedMix (mixed-supervision federated segmentation) in JAX/Flax.
 
-__version__ = "0.1.0"
+The stable public names (listed in the README's API section) are importable from the package:
+
+    import fedmix_jax as fm
+    config = fm.RoundConfig(strategy=fm.get_strategy("fedmix"), batch_size=8)
+    state = fm.init_state(model, jax.random.key(0), (64, 64, 1), num_clients, config)
+    round_fn = fm.make_round_fn(model, config)          # compiled
+    state, metrics = fm.round_step(state, train, config.hparams(), model=model,
+                                   config=config)        # pure, unjitted
+"""
+
+from fedmix_jax.aggregation import fedavg_weights, fedmix_weights, weighted_average
+from fedmix_jax.config import HParams, RoundConfig, default_executor
+from fedmix_jax.executors import LoopClients, map_clients, sharded_clients, vmap_clients
+from fedmix_jax.federated import init_state, make_round_fn
+from fedmix_jax.losses import (bce_loss, dice_coefficient, dice_loss, empty_aware_loss_per_sample,
+                               mixed_supervision_loss)
+from fedmix_jax.models import UNet
+from fedmix_jax.pseudo_labels import PseudoLabels, SelectionConfig, pseudo_labels_from_logits
+from fedmix_jax.round import FedState, RoundMetrics, round_step
+from fedmix_jax.site import ModelPair, SiteReport, SiteState, site_round
+from fedmix_jax.strategies import STRATEGY_NAMES, Strategy, get_strategy, register_strategy
+
+__version__ = "0.2.0"
+
+__all__ = [
+    "FedState", "HParams", "LoopClients", "ModelPair", "PseudoLabels", "RoundConfig",
+    "RoundMetrics", "STRATEGY_NAMES", "SelectionConfig", "SiteReport", "SiteState", "Strategy",
+    "UNet", "bce_loss", "default_executor", "dice_coefficient", "dice_loss",
+    "empty_aware_loss_per_sample", "fedavg_weights", "fedmix_weights", "get_strategy",
+    "init_state", "make_round_fn", "map_clients", "mixed_supervision_loss",
+    "pseudo_labels_from_logits", "register_strategy", "round_step", "sharded_clients",
+    "site_round", "vmap_clients", "weighted_average",
+]

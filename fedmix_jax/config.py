@@ -196,8 +196,14 @@ def build_round_config(config) -> RoundConfig:
             else:
                 value = type(f.default)(value)
             kwargs[f.name] = value
-        return RoundConfig(strategy=get_strategy(str(config.strategy), build_selection(config)),
-                           **kwargs)
+        strategy = get_strategy(str(config.strategy), build_selection(config))
+        if strategy.weak_samples == "self_training":
+            warmup = tr.get("warmup_rounds", None)
+            warmup = int(config.num_rounds) // 2 if warmup is None else int(warmup)
+            if warmup < 0:
+                raise ValueError(f"train.warmup_rounds must be >= 0, got {warmup}")
+            strategy = dataclasses.replace(strategy, warmup_rounds=warmup)
+        return RoundConfig(strategy=strategy, **kwargs)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"invalid config: {e}") from None
 
@@ -229,3 +235,36 @@ def build_model(config, num_classes: int) -> UNet:
         raise ConfigError(f"--config.model.dtype={dtype!r}: choose one of {', '.join(_DTYPES)}")
     return UNet(width=int(m.width), num_classes=int(num_classes), depth=int(m.depth),
                 dtype=_DTYPES[dtype])
+
+
+def check_can_learn(strategy: Strategy, levels: np.ndarray, valid: np.ndarray) -> list[str]:
+    """Refuse, before anything is compiled, a federation on which ``strategy`` cannot learn.
+
+    Args:
+      strategy: the round's strategy; levels / valid: the training split's [C, N] arrays.
+
+    Raises :class:`~fedmix_jax.errors.ConfigError` when no sample can ever train: no valid sample
+    at all, or no pixel-labelled sample for a strategy that needs one (``unused``: only pixel
+    samples train; ``self_training``: the warm-up trains the pixel clients). Returns warnings
+    (strings) for runs that may stay untrained: FedMix without any pixel sample learns only if
+    the initial models' pseudo-labels get selected.
+    """
+    from fedmix_jax.data.federation import LEVEL_NAMES, PIXEL
+
+    levels, valid = np.asarray(levels), np.asarray(valid, bool)
+    if not valid.any():
+        raise ConfigError("the training split has no sample: nothing can train")
+    if strategy.weak_samples == "ground_truth":
+        return []
+    num_pixel = int((valid & (levels == PIXEL)).sum())
+    if num_pixel:
+        return []
+    present = sorted({LEVEL_NAMES[int(v)] for v in levels[valid]})
+    if strategy.weak_samples in ("unused", "self_training"):
+        raise ConfigError(
+            f"strategy {strategy.name!r} trains on pixel-labelled samples, but no client has any "
+            f"(levels present: {', '.join(present)}): no sample can ever train. Give at least one "
+            "client pixel masks (config.data.levels) or choose fedavg_full / fedmix.")
+    return [f"no client has pixel masks (levels present: {', '.join(present)}): {strategy.name} "
+            "can only learn from weak samples that the untrained initial models' pseudo-labels "
+            "get selected; the run stops if round 1 trains nothing."]

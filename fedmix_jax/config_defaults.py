@@ -34,6 +34,9 @@ def train_config(batch_size: int, crop, lam: float, beta: float,
     train.crop = config_dict.placeholder(tuple)
     train.num_devices = config_dict.placeholder(int)
     train.executor = "auto"
+    # FedST / FedRGD: warm-up rounds on the pixel clients (None: half of num_rounds, as the
+    # reference's 150 of 300); other strategies ignore it.
+    train.warmup_rounds = config_dict.placeholder(int)
     train.update(dict(batch_size=batch_size, crop=crop, lam=lam, beta=beta,
                       learning_rate=learning_rate, **overrides))
     return train

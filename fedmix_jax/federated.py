@@ -124,8 +124,8 @@ def _loop_round(model: nn.Module, config: RoundConfig):
     finish = jax.jit(functools.partial(finish_round, config.strategy))
 
     def round_loop(state: FedState, train: FederatedSplit, hparams):
-        global_params, clients, next_key = start(state, train)
-        sites, reports = loop(site_fn, (global_params, hparams), clients)
+        (global_params, round_index), clients, next_key = start(state, train)
+        sites, reports = loop(site_fn, (global_params, round_index, hparams), clients)
         # The per-client program consumed the state's client buffers (donated): finish reads
         # only the global pair and the round counter.
         rest = state.replace(client_params=None, opt_state=None)

@@ -105,7 +105,7 @@ def start_round(state: FedState, data: FederatedSplit):
     (shared args of the site function, per-client args, next state key)."""
     next_key, client_keys = round_keys(state.key, data.valid.shape[0])
     sites = SiteState(params=state.client_params, opt_state=state.opt_state)
-    return state.global_params, (sites, data, client_keys), next_key
+    return (state.global_params, state.round), (sites, data, client_keys), next_key
 
 
 def finish_round(strategy, state: FedState, data: FederatedSplit, sites: SiteState,
@@ -113,10 +113,13 @@ def finish_round(strategy, state: FedState, data: FederatedSplit, sites: SiteSta
                  ) -> tuple[FedState, RoundMetrics]:
     """After the clients: the strategy's weights from the reports, aggregation of both models."""
     participating = jnp.any(data.valid, axis=1)
-    weights = strategy.weights(reports, participating, hparams)
+    weights = strategy.weights(reports, participating, hparams, state.round)
     global_params = state.global_params
-    if strategy.aggregates:
+    if strategy.aggregates and strategy.trains_model2:
         global_params = aggregation.weighted_average(sites.params, weights)
+    elif strategy.aggregates:       # model 2 does not train: it stays as it is
+        global_params = ModelPair(aggregation.weighted_average(sites.params[0], weights),
+                                  global_params[1])
     new_state = FedState(global_params=global_params, client_params=sites.params,
                          opt_state=sites.opt_state, round=state.round + 1, key=next_key)
     return new_state, RoundMetrics(reports=reports, weights=weights)
@@ -124,13 +127,13 @@ def finish_round(strategy, state: FedState, data: FederatedSplit, sites: SiteSta
 
 @functools.lru_cache(maxsize=64)
 def site_fn_for(model, config) -> Callable[[Any, Any], tuple[SiteState, SiteReport]]:
-    """``site_fn((global_params, hparams), (site, data, key))`` — the site function in the
-    calling convention of the backends."""
+    """``site_fn((global_params, round_index, hparams), (site, data, key))`` — the site function
+    in the calling convention of the backends."""
 
     def site_fn(shared, client):
-        global_params, hparams = shared
+        global_params, round_index, hparams = shared
         site, data, key = client
-        return site_round(model, config, global_params, site, data, key, hparams)
+        return site_round(model, config, global_params, site, data, key, hparams, round_index)
 
     return site_fn
 
@@ -148,8 +151,9 @@ def round_step(state: FedState, data: FederatedSplit, hparams, *, model, config,
     """
     if backend is None:
         from fedmix_jax.executors import map_clients as backend
-    global_params, clients, next_key = start_round(state, data)
-    sites, reports = backend(site_fn_for(model, config), (global_params, hparams), clients)
+    (global_params, round_index), clients, next_key = start_round(state, data)
+    sites, reports = backend(site_fn_for(model, config), (global_params, round_index, hparams),
+                             clients)
     return finish_round(config.strategy, state, data, sites, reports, next_key, hparams)
 
 

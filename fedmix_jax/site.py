@@ -44,6 +44,7 @@ from fedmix_jax.inference import apply_in_chunks
 from fedmix_jax.losses import (dice_loss, dice_loss_per_sample, empty_aware_loss_per_sample,
                                mixed_supervision_targets, weighted_mean)
 from fedmix_jax.pseudo_labels import pseudo_labels_from_logits
+from fedmix_jax.self_training import confident_bce_per_sample, intensity_shift
 
 
 @struct.dataclass
@@ -83,6 +84,7 @@ class SiteReport:
     loss1, loss2: mean training Dice loss of model 1 / 2 over the active steps (0 when no step;
       loss2 is 0 when model 2 does not train), float32.
     num_weak: valid weak (non-pixel) samples; num_selected_weak: how many were selected, int32.
+    num_pixel: valid samples with a pixel mask (what FedST's weights need), int32.
     steps: local steps taken, int32.
     """
 
@@ -91,13 +93,15 @@ class SiteReport:
     loss2: jax.Array
     num_weak: jax.Array
     num_selected_weak: jax.Array
+    num_pixel: jax.Array
     steps: jax.Array
 
 
 @struct.dataclass
 class TrainInputs:
     """Per-sample training inputs of one site: images [N,H,W,Cin], target1 / target2 [N,H,W,K]
-    (targets of model 1 / 2), usable [N] bool, and weak / selected_weak [N] bool for the report."""
+    (targets of model 1 / 2), usable [N] bool, weak / selected_weak [N] bool for the report, and
+    self_train [N] bool: samples that train on their own confident pixels (FedST) instead."""
 
     images: jax.Array
     target1: jax.Array
@@ -105,6 +109,7 @@ class TrainInputs:
     usable: jax.Array
     weak: jax.Array
     selected_weak: jax.Array
+    self_train: jax.Array
 
 
 def _torch_adam(learning_rate, weight_decay: float, b1: float, b2: float, eps: float):
@@ -161,8 +166,9 @@ def pseudo_labels(model: nn.Module, global_params: ModelPair, data: FederatedSpl
 
 
 def train_inputs(model: nn.Module, global_params: ModelPair, data: FederatedSplit,
-                 config) -> TrainInputs:
-    """What each sample of a site trains on under the round's strategy (``weak_samples``)."""
+                 config, round_index=0) -> TrainInputs:
+    """What each sample of a site trains on under the round's strategy (``weak_samples``) in
+    round ``round_index`` (0-based; it matters only during a strategy's warm-up)."""
     mode = config.strategy.weak_samples
     levels = jnp.full_like(data.levels, PIXEL) if mode == "ground_truth" else data.levels
     is_pixel = levels == PIXEL
@@ -176,8 +182,12 @@ def train_inputs(model: nn.Module, global_params: ModelPair, data: FederatedSpli
         target1 = target2 = data.masks
         selected = jnp.zeros_like(data.valid)
         usable = data.valid & is_pixel
+    self_train = jnp.zeros_like(data.valid)
+    if mode == "self_training":
+        self_train = weak & ~config.strategy.warming_up(round_index)
+        usable = usable | self_train
     return TrainInputs(images=data.images, target1=target1, target2=target2, usable=usable,
-                       weak=weak, selected_weak=weak & selected)
+                       weak=weak, selected_weak=weak & selected, self_train=self_train)
 
 
 def sample_order(key: jax.Array, usable: jax.Array) -> jax.Array:
@@ -222,7 +232,16 @@ def local_epoch(model: nn.Module, config, params: ModelPair, opt_state: ModelPai
     # strategy passes through.
     trainable, opt_t = (tuple(params), tuple(opt_state)) if dual else ((params[0],), (opt_state[0],))
 
-    def loss_fn(models, x, targets, w):
+    def loss_fn(models, x, targets, w, self_train, key):
+        if config.strategy.weak_samples == "self_training":
+            (p,), (t,) = models, targets
+            logits = _apply(model, p, x)
+            dice = dice_loss_per_sample(logits, t)
+            shifted = _apply(model, p, intensity_shift(key, x))
+            per_sample = jnp.where(self_train, confident_bce_per_sample(shifted, logits), dice)
+            gt = w * (~self_train).astype(w.dtype)
+            return weighted_mean(per_sample, w), ((weighted_mean(dice, gt),),
+                                                  (jnp.sum(gt) > 0).astype(jnp.float32))
         if config.empty_target_loss == "dice":
             losses = tuple(dice_loss(_apply(model, p, x), t, w) for p, t in zip(models, targets))
             return sum(losses), (losses, jnp.ones((), jnp.float32))
@@ -241,11 +260,11 @@ def local_epoch(model: nn.Module, config, params: ModelPair, opt_state: ModelPai
         models, opts = carry
         idx = jax.lax.dynamic_slice(order, (s * b,), (b,))
         targets = (inputs.target1[idx], inputs.target2[idx])[:len(models)]
-        x, *targets = augment_jointly(jax.random.fold_in(k_aug, s),
-                                      (inputs.images[idx],) + targets, config.crop,
+        k_step = jax.random.fold_in(k_aug, s)
+        x, *targets = augment_jointly(k_step, (inputs.images[idx],) + targets, config.crop,
                                       config.hflip, config.vflip)
-        (_, (fits, counted)), grads = jax.value_and_grad(loss_fn, has_aux=True)(models, x,
-                                                                               targets, w)
+        (_, (fits, counted)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            models, x, targets, w, inputs.self_train[idx], jax.random.fold_in(k_step, 1))
         updates = [tx.update(g, o, p) for g, o, p in zip(grads, opts, models)]
         models = tuple(optax.apply_updates(p, u) for p, (u, _) in zip(models, updates))
         opts = tuple(o for _, o in updates)
@@ -283,7 +302,8 @@ def local_epoch(model: nn.Module, config, params: ModelPair, opt_state: ModelPai
 
 
 def site_round(model: nn.Module, config, global_params: ModelPair, site: SiteState,
-               data: FederatedSplit, key: jax.Array, hparams) -> tuple[SiteState, SiteReport]:
+               data: FederatedSplit, key: jax.Array, hparams, round_index=0
+               ) -> tuple[SiteState, SiteReport]:
     """One round at one site (see the module docstring); pure, jittable, vmappable.
 
     Args:
@@ -295,18 +315,21 @@ def site_round(model: nn.Module, config, global_params: ModelPair, site: SiteSta
       data: the site's training split, leaves [N, ...].
       key: the site's PRNG key of this round.
       hparams: :class:`~fedmix_jax.config.HParams` (the learning rate is read here).
+      round_index: the round (0-based, may be traced); it matters only during a strategy's
+        warm-up (FedST / FedRGD).
 
     Returns:
       (new SiteState, SiteReport).
     """
     start = global_params if config.strategy.aggregates else site.params
-    inputs = train_inputs(model, global_params, data, config)
+    inputs = train_inputs(model, global_params, data, config, round_index)
     params, opt_state, (loss1, loss2, steps) = local_epoch(
         model, config, start, site.opt_state, key, inputs, hparams.learning_rate)
     count = lambda m: jnp.sum(m).astype(jnp.int32)  # noqa: E731
     report = SiteReport(num_usable=count(inputs.usable), loss1=loss1, loss2=loss2,
                         num_weak=count(inputs.weak),
-                        num_selected_weak=count(inputs.selected_weak), steps=steps)
+                        num_selected_weak=count(inputs.selected_weak),
+                        num_pixel=count(data.valid & (data.levels == PIXEL)), steps=steps)
     return SiteState(params=params, opt_state=opt_state), report
 
 

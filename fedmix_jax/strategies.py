@@ -7,7 +7,9 @@ server all read the same object from the one registry here.
 * ``weak_samples`` — what a non-pixel sample (box / image / none) trains on:
   ``"pseudo_labels"`` (FedMix: the selected samples train with cross pseudo-supervision),
   ``"ground_truth"`` (the fully supervised upper bound: every sample is treated as pixel-labelled),
-  ``"unused"`` (only pixel samples train).
+  ``"unused"`` (only pixel samples train), ``"self_training"`` (FedST / FedRGD: after
+  ``warmup_rounds`` every weak sample trains on its own confident pixels, see
+  :mod:`fedmix_jax.self_training`).
 * ``trains_model2`` — whether model 2 trains (cross pseudo-supervision needs it); otherwise
   model 2 stays as initialised and only model 1 is trained and evaluated.
 * ``weighting`` — the aggregation weights from the sites' reports ([C] -> [C]), or ``None`` for no
@@ -27,8 +29,9 @@ import jax.numpy as jnp
 
 from fedmix_jax import aggregation
 from fedmix_jax.pseudo_labels import SelectionConfig
+from fedmix_jax.self_training import SelfTrainingWeights
 
-WEAK_SAMPLE_MODES = ("pseudo_labels", "ground_truth", "unused")
+WEAK_SAMPLE_MODES = ("pseudo_labels", "ground_truth", "unused", "self_training")
 
 
 class Weighting(Protocol):
@@ -38,17 +41,19 @@ class Weighting(Protocol):
       reports: a :class:`~fedmix_jax.site.SiteReport` whose fields are [C].
       participating: [C] bool, clients that take part (they hold at least one valid sample).
       hparams: the traced :class:`~fedmix_jax.config.HParams` (λ, β, learning rate).
+      warming_up: [] bool, the round is one of the strategy's warm-up rounds.
     Returns: [C] float32 weights, non-negative, summing to 1 over the participants.
     """
 
-    def __call__(self, reports, participating: jax.Array, hparams) -> jax.Array: ...
+    def __call__(self, reports, participating: jax.Array, hparams,
+                 warming_up: jax.Array) -> jax.Array: ...
 
 
 @dataclasses.dataclass(frozen=True)
 class AdaptiveWeights:
     """FedMix: ``w_i ∝ n_i / Σn + λ · ℓ_i^β / Σℓ^β`` (:func:`~fedmix_jax.aggregation.fedmix_weights`)."""
 
-    def __call__(self, reports, participating, hparams):
+    def __call__(self, reports, participating, hparams, warming_up):
         return aggregation.fedmix_weights(reports.num_usable, reports.loss1, hparams.lam,
                                           hparams.beta, participating)
 
@@ -57,7 +62,7 @@ class AdaptiveWeights:
 class CountWeights:
     """FedAvg: ``w_i = n_i / Σ n_j`` over the usable samples (:func:`~fedmix_jax.aggregation.fedavg_weights`)."""
 
-    def __call__(self, reports, participating, hparams):
+    def __call__(self, reports, participating, hparams, warming_up):
         return aggregation.fedavg_weights(reports.num_usable, participating)
 
 
@@ -70,6 +75,12 @@ class Strategy:
     trains_model2: bool
     weighting: Weighting | None
     selection: SelectionConfig = SelectionConfig()
+    warmup_rounds: int = 0
+
+    def warming_up(self, round_index) -> jax.Array:
+        """[] bool: round ``round_index`` (0-based, traced) is a warm-up round (only pixel
+        samples train)."""
+        return jnp.asarray(round_index) < self.warmup_rounds
 
     def __post_init__(self):
         if self.weak_samples not in WEAK_SAMPLE_MODES:
@@ -81,11 +92,13 @@ class Strategy:
         """Whether the server averages the clients' models (False: local learning)."""
         return self.weighting is not None
 
-    def weights(self, reports, participating: jax.Array, hparams) -> jax.Array:
-        """[C] aggregation weights of this round (zeros when the strategy does not aggregate)."""
+    def weights(self, reports, participating: jax.Array, hparams,
+                round_index=0) -> jax.Array:
+        """[C] aggregation weights of round ``round_index`` (zeros when the strategy does not
+        aggregate)."""
         if self.weighting is None:
             return jnp.zeros(jnp.shape(participating), jnp.float32)
-        return self.weighting(reports, participating, hparams)
+        return self.weighting(reports, participating, hparams, self.warming_up(round_index))
 
     def with_selection(self, selection: SelectionConfig) -> "Strategy":
         return dataclasses.replace(self, selection=selection)
@@ -116,6 +129,14 @@ def _local(sel: SelectionConfig) -> Strategy:
     return Strategy("local", "unused", False, None, sel)
 
 
+def _fedst(sel: SelectionConfig) -> Strategy:
+    return Strategy("fedst", "self_training", False, SelfTrainingWeights(pixel_share=0.9), sel)
+
+
+def _fedrgd(sel: SelectionConfig) -> Strategy:
+    return Strategy("fedrgd", "self_training", False, SelfTrainingWeights(pixel_share=0.5), sel)
+
+
 _FACTORIES: dict[str, Callable[[SelectionConfig], Strategy]] = {
     "fedmix": _fedmix,
     "fedmix_no_adaptive": _fedmix_no_adaptive,
@@ -123,6 +144,8 @@ _FACTORIES: dict[str, Callable[[SelectionConfig], Strategy]] = {
     "fedavg_pixel": _fedavg_pixel,
     "fedavg_full": _fedavg_full,
     "local": _local,
+    "fedst": _fedst,
+    "fedrgd": _fedrgd,
 }
 
 STRATEGY_NAMES = tuple(_FACTORIES)
@@ -144,7 +167,11 @@ def get_strategy(name: str, selection: SelectionConfig = SelectionConfig()) -> S
     * ``fedavg_pixel`` — FedAvg by counts over the pixel-labelled samples only (clients without
       any take no part: zero count, zero weight);
     * ``fedavg_full`` — every client trains on its ground truth (the upper bound);
-    * ``local`` — no aggregation: each client trains alone on its own pixel samples.
+    * ``local`` — no aggregation: each client trains alone on its own pixel samples;
+    * ``fedst`` / ``fedrgd`` — federated self-training (one model, warm-up on the pixel clients,
+      then confident-pixel BCE on an intensity-shifted view; fixed weights 0.9 / 0.5 on the pixel
+      client). Their warm-up length is ``warmup_rounds`` (the job sets it from
+      ``config.train.warmup_rounds``, by default half the rounds, as the reference).
     """
     if name not in _FACTORIES:
         raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(_FACTORIES)}")

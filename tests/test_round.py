@@ -126,7 +126,7 @@ def test_client_update_with_no_usable_sample_is_identity(clients):
     no_sample = jnp.zeros((split.max_samples,), bool)
     inputs = TrainInputs(images=split.images[0], target1=split.masks[0],
                          target2=split.masks[0], usable=no_sample, weak=no_sample,
-                         selected_weak=no_sample)
+                         selected_weak=no_sample, self_train=no_sample)
     p, o, (loss1, _, steps) = jax.jit(lambda *a: local_epoch(MODEL, cfg, *a))(
         params, opt, jax.random.PRNGKey(1), inputs, jnp.float32(cfg.learning_rate))
     assert_trees(p, params)
