@@ -32,13 +32,13 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedmix_jax.flower import records
-from fedmix_jax.flower.validation import LOCAL_RECORD, REPORT_RECORD, SITE_RECORD
+# No JAX at import time: with a site worker this process only relays (see protocol.py).
+from fedmix_jax.flower.protocol import (CONFIG_RECORD, GLOBAL_RECORD, LOCAL_RECORD,  # noqa: F401
+                                        EVAL_RECORD, INFO_RECORD, REPORT_RECORD,
+                                        SITE_RECORD)
 
 log = logging.getLogger("fedmix_jax.flower")
 
-GLOBAL_RECORD = "global"
-CONFIG_RECORD = "fedmix"
 STATE_RECORD = "site-state"
 STATE_META = "site-state-meta"
 
@@ -94,7 +94,7 @@ def info(msg: Message, context: Context) -> Message:
         shared = msg.content.config_records[CONFIG_RECORD].get("config-json")
     backend = _backend(context, shared)
     cr = ConfigRecord(dict(backend.info(shared)))
-    return Message(RecordDict({"info": cr}), reply_to=msg)
+    return Message(RecordDict({INFO_RECORD: cr}), reply_to=msg)
 
 
 def hparams_from(cfg):
@@ -108,6 +108,7 @@ def _restore_state(context: Context, backend, shared: str, round_index: int, run
     """The site's :class:`~fedmix_jax.site.SiteState` for ``round_index`` (None: start fresh)."""
     if round_index <= 1:
         return None
+    from fedmix_jax.flower import records
     from fedmix_jax.flower.local_site import load_state
 
     like = backend.template_state(shared)
@@ -131,6 +132,8 @@ def _restore_state(context: Context, backend, shared: str, round_index: int, run
 
 
 def _store_state(context: Context, state, round_index: int, run_name: str) -> None:
+    from fedmix_jax.flower import records
+
     context.state.array_records[STATE_RECORD] = records.tree_to_record(state, "state")
     context.state.config_records[STATE_META] = ConfigRecord(
         {"round": int(round_index), "run-name": run_name})
@@ -143,8 +146,6 @@ def _store_state(context: Context, state, round_index: int, run_name: str) -> No
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    from fedmix_jax.flower._core import key_from_numpy
-
     cfg = msg.content.config_records[CONFIG_RECORD]
     shared = str(cfg["config-json"])
     round_index = int(cfg["round"])
@@ -158,8 +159,12 @@ def train(msg: Message, context: Context) -> Message:
         local_record, report = backend.train_record(shared, arrays, round_index, run_name,
                                                     key_data, dict(cfg), send_model)
     else:
+        from fedmix_jax.flower import records
+
         global_pair = records.record_to_pair(arrays, backend.template_pair(shared))
         state = _restore_state(context, backend, shared, round_index, run_name)
+        from fedmix_jax.flower._core import key_from_numpy
+
         state, report = backend.train(shared, global_pair, state, key_from_numpy(key_data),
                                       hparams_from(cfg))
         _store_state(context, state, round_index, run_name)
@@ -173,9 +178,10 @@ def make_train_reply(msg: Message, site_info: dict, round_index: int, report: di
     content = RecordDict()
     if local_record is not None:
         content[LOCAL_RECORD] = local_record
-    extra = {"round": int(round_index), "site-index": int(site_info["site-index"]),
-             "num-examples": int(np.asarray(report["num_usable"]))}
-    content[REPORT_RECORD] = records.report_to_metrics(report, **extra)
+    scalars = {k: np.asarray(v).item() for k, v in report.items()}
+    scalars.update({"round": int(round_index), "site-index": int(site_info["site-index"]),
+                    "num-examples": int(scalars["num_usable"])})
+    content[REPORT_RECORD] = MetricRecord(scalars)
     content[SITE_RECORD] = ConfigRecord({"site-name": str(site_info["site-name"])})
     return Message(content, reply_to=msg)
 
@@ -190,6 +196,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     if getattr(backend, "remote", False):
         scores = backend.evaluate_record(shared, arrays, round_index)
     else:
+        from fedmix_jax.flower import records
+
         if arrays is not None:
             params1 = records.record_to_tree(arrays, backend.template_pair(shared).model1,
                                              records.PAIR_PREFIXES[0])
@@ -202,4 +210,4 @@ def evaluate(msg: Message, context: Context) -> Message:
         scores = backend.evaluate(shared, params1)
     scores = dict(scores)
     scores["round"] = round_index
-    return Message(RecordDict({"eval": MetricRecord(scores)}), reply_to=msg)
+    return Message(RecordDict({EVAL_RECORD: MetricRecord(scores)}), reply_to=msg)

@@ -25,9 +25,7 @@ import numpy as np
 
 from fedmix_jax.flower.records import REPORT_FIELDS
 
-LOCAL_RECORD = "local"          # the reply's ArrayRecord: the site's local model pair
-REPORT_RECORD = "report"        # the reply's MetricRecord: the round's scalars
-SITE_RECORD = "site"            # the reply's ConfigRecord: the site's name
+from fedmix_jax.flower.protocol import LOCAL_RECORD, REPORT_RECORD, SITE_RECORD  # noqa: E402
 ALLOWED_STYPE = "numpy.ndarray"
 
 

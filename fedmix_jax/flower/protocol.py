@@ -1,0 +1,26 @@
+"""Names of the records a FedMix message carries (importable without JAX: the relaying ClientApp
+of a site worker stays light).
+
+Server -> site:
+  ``global``  ArrayRecord: the global :class:`~fedmix_jax.site.ModelPair` (``model1/...``,
+              ``model2/...``; evaluation: ``model1/...`` only, none for ``local``);
+  ``fedmix``  ConfigRecord: ``round``, ``config-json`` (the shared config groups), ``run-name``,
+              ``site-key`` (the site's PRNG key of the round, raw uint32 data), ``lam``, ``beta``,
+              ``learning-rate``, ``send-model``.
+Site -> server (train):
+  ``local``   ArrayRecord: the site's local pair after its round (absent for ``local``);
+  ``report``  MetricRecord: the :class:`~fedmix_jax.site.SiteReport` scalars, ``round``,
+              ``site-index``, ``num-examples`` (= n_i, for Flower tooling);
+  ``site``    ConfigRecord: ``site-name``.
+Site -> server (evaluate): ``eval`` MetricRecord (Dice / IoU on validation and test, counts).
+Site -> server (query.info): ``info`` ConfigRecord (name, index, split sizes, image shape, classes,
+levels).
+"""
+
+GLOBAL_RECORD = "global"
+CONFIG_RECORD = "fedmix"
+LOCAL_RECORD = "local"
+REPORT_RECORD = "report"
+SITE_RECORD = "site"
+EVAL_RECORD = "eval"
+INFO_RECORD = "info"
