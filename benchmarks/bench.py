@@ -25,7 +25,7 @@ and spread are reported):
 
 Printed as tables and written as JSON (``--json``; rewritten after every section, so a failure in
 one section keeps the others). ``--sweep`` adds round time versus clients and image size;
-``--profile`` traces the train step and sums its time by HLO opcode (``benchmarks/profile.py``);
+``--profile`` traces the train step and sums its time by HLO opcode (``benchmarks/op_profile.py``);
 ``--dtypes`` compares computation dtypes for speed and test Dice after ``--dice_rounds`` rounds.
 
 By default every weak sample is selected (``--selection lenient``), so each round trains on all
@@ -47,8 +47,9 @@ import time
 import traceback
 import types
 
-if __package__ in (None, ""):   # run as a script: make `benchmarks` and `fedmix_jax` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):   # run as a script: import from the repository root, and keep
+    # this folder off sys.path (its modules must not shadow the standard library's)
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from absl import flags  # noqa: E402
 
@@ -204,7 +205,7 @@ def run(args, log=print) -> dict:
                 res.set("parts", parts)
             if args.profile and "parts" in res.data:
                 with section("profile"):
-                    from benchmarks.profile import profile_program
+                    from benchmarks.op_profile import profile_program
 
                     res.set("profile", profile_program(*step_fn))
         elif args.profile:

@@ -125,7 +125,7 @@ class TorchRound:
         c, n, h, w, cin = train.images.shape
         k = train.masks.shape[-1]
         self.depth = model.depth
-        to = lambda a: torch.as_tensor(np.asarray(a, np.float32)).permute(  # noqa: E731
+        to = lambda a: torch.from_numpy(np.array(a, np.float32)).permute(  # noqa: E731
             0, 3, 1, 2).contiguous().to(self.device)
         self.clients = []
         for i in range(c):
@@ -163,7 +163,7 @@ class TorchRound:
         with torch.no_grad():
             p1, p2 = ((torch.sigmoid(net(x)) > sel.threshold).float() for net in nets)
         level, box = cl["levels"][i], cl["boxes"][i:i + 1]
-        label = torch.as_tensor(cl["labels"][i]).to(self.device)[None, :, None, None]
+        label = torch.from_numpy(cl["labels"][i].copy()).to(self.device)[None, :, None, None]
         if sel.refine and level == BOX:
             p1, p2 = p1 * box, p2 * box
         if level == IMAGE and ((sel.refine and p1.shape[1] > 1) or sel.use_image_labels):
@@ -210,7 +210,7 @@ class TorchRound:
             for net, sd in zip(nets, self.global_sd):                 # load the global models
                 net.load_state_dict(sd)
         samples, weak, selected = [], 0, 0
-        for i in np.flatnonzero(cl["valid"]):
+        for i in map(int, np.flatnonzero(cl["valid"])):
             if strategy.weak_samples == "ground_truth" or cl["levels"][i] == PIXEL:
                 samples.append((i, cl["masks"][i], cl["masks"][i]))
                 continue

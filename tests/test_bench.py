@@ -20,7 +20,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from benchmarks import bench, harness, profile, tables, torch_baseline  # noqa: E402
+from benchmarks import bench, harness, op_profile, tables, torch_baseline  # noqa: E402
 
 # depth 1, width 2, 16 px: the smallest U-Net that runs every part of the round (compiles fast).
 # The paper's selection rules, so that the dtypes section (float32 here) reuses the round compiled
@@ -134,7 +134,7 @@ def test_cost_analysis_counts_convolution_flops():
     compiled = jax.jit(lambda x, k: conv2d_same(x, k, 1)).lower(x, k).compile()
     # 2 * outputs * taps * Cin, less the taps that fall on the zero padding (XLA counts those out)
     assert 0.8 * 2 * 2 * 8 * 8 * 5 * 9 * 3 <= harness.cost_flops(compiled) <= 2 * 2 * 8 * 8 * 5 * 9 * 3
-    assert "convolution" in profile.entry_opcodes(compiled).values()
+    assert "convolution" in op_profile.entry_opcodes(compiled).values()
 
 
 def test_bad_flag_is_an_error():
