@@ -121,7 +121,11 @@ def evaluate(model: nn.Module, params, split: FederatedSplit, per_client_params:
         ``per_image_dice_per_class`` [C, M, K];
       * ``dice_present_per_class`` [C, K]: Dice of class k averaged over the images that contain
         class k (NaN where none does), ``dice_present`` [C] (mean over classes, NaNs skipped),
-        ``mean_dice_present`` [], ``mean_dice_present_per_class`` [K];
+        ``mean_dice_present`` [], ``mean_dice_present_per_class`` [K] (binary tasks: the Dice on
+        images with lesions);
+      * ``false_positive_rate`` [C]: share of a client's lesion-free images (no class present)
+        with any predicted foreground (NaN where it has none), ``mean_false_positive_rate`` []
+        (mean over clients, NaNs skipped), ``num_lesion_free`` [C];
       * ``pooled_dice`` [C], ``pooled_iou`` [C], ``mean_pooled_dice`` []: Dice / IoU pooled over
         the class channels of each image (the pre-multi-class figure; equal to ``dice`` when K = 1);
       * with ``hd95``: ``hd95_per_class`` [C, K] (mean over images, NaNs skipped), ``hd95`` [C]
@@ -170,6 +174,15 @@ def evaluate(model: nn.Module, params, split: FederatedSplit, per_client_params:
         mean_dice_present_per_class=(nanmean(dice_present_pc[has], axis=0) if has.any()
                                      else np.full(dice_present_pc.shape[1:], np.nan)),
     )
+    # Lesion-free images (no class present): the share with any predicted foreground. Such an
+    # image's pooled Dice is 1 (eps / eps) only if nothing is predicted, else <= eps.
+    lesion_free = valid & ~present.any(axis=-1)                                     # [C, M]
+    num_free = lesion_free.sum(axis=1)
+    fp = np.sum(lesion_free & (out["pooled_dice"] < 0.5), axis=1)
+    fp_rate = np.where(num_free > 0, fp / np.maximum(num_free, 1), np.nan)
+    res.update(false_positive_rate=fp_rate, num_lesion_free=num_free,
+               mean_false_positive_rate=np.float64(
+                   nanmean(fp_rate[has]) if has.any() else np.nan))
     if hd95:
         pred = out["pred"]
         gt = np.asarray(split.masks) > 0.5

@@ -105,3 +105,34 @@ def test_bce_mode_round_reports_dice_of_lesion_samples_only():
     # "bce": it has no lesion sample, so nothing enters its l_i; it still trained (1 step)
     assert out["bce"].loss1[1] == 0.0 and out["bce"].steps[1] == 1
     assert 0.0 < out["bce"].loss1[0] < 1.0
+
+
+
+
+def test_false_positive_rate_counts_lesion_free_images_with_any_foreground():
+    import flax.linen as nn
+
+    from fedmix_jax.data.federation import stack_clients
+    from fedmix_jax.evaluation import evaluate
+
+    class Echo(nn.Module):          # predicts foreground where the image is > 0.5
+        @nn.compact
+        def __call__(self, x):
+            self.param("unused", nn.initializers.zeros, ())
+            return (x - 0.5) * 100.0
+
+    size = 8
+    masks = np.zeros((5, size, size, 1), np.float32)
+    masks[:2, 2:5, 2:5] = 1.0                           # 2 lesion images, 3 lesion-free
+    images = masks.copy()
+    images[2, 0, 0] = 1.0                               # one lesion-free image gets a false pixel
+    client = dict(images=images, masks=masks, boxes=masks, image_labels=masks.max(axis=(1, 2)),
+                  levels=np.zeros(5, np.int32))
+    split = stack_clients([client, dict(client, images=masks.copy())])
+    model = Echo()
+    params = model.init(jax.random.PRNGKey(0), images[:1])["params"]
+    res = evaluate(model, params, split, hd95=False)
+    np.testing.assert_allclose(res["false_positive_rate"], [1 / 3, 0.0])
+    assert res["num_lesion_free"].tolist() == [3, 3]
+    np.testing.assert_allclose(res["mean_false_positive_rate"], 1 / 6)
+    np.testing.assert_allclose(res["dice_present"], [1.0, 1.0], atol=1e-4)
