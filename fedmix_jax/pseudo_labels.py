@@ -13,7 +13,8 @@ The rules (fedmix-spec.md, "Pseudo-labels", and deliberate difference 2), each b
 * a weak sample is *selected* when ``dice(p1, p2) >= agreement`` (tau = 0.9); box samples must also
   fill their box: ``dice(p1 * B, B) >= box_fit`` (0.5);
 * ``reject_empty`` (fix, reference: off): two empty predictions agree perfectly through eps; such a
-  sample is rejected (unless ``use_image_labels`` says the image has no lesion);
+  sample is rejected (unless ``use_image_labels`` says the image has no lesion); a box sample of a
+  multi-class task also needs a non-empty prediction of both models in every class that has a box;
 * ``use_image_labels`` (fix, reference: off, it ignores binary image labels): for image-level
   samples, absent classes are zeroed for binary tasks too; an image whose label says *no class
   present* is selected with an empty pseudo-label (that label is certain); an image with a present
@@ -122,7 +123,12 @@ def select_pseudo_labels(p1: jax.Array, p2: jax.Array, boxes: jax.Array, image_l
     selected = (agreement >= config.agreement) & (fit >= config.box_fit)
     if config.reject_empty:
         nonempty = (jnp.sum(p1, axis=(1, 2, 3)) + jnp.sum(p2, axis=(1, 2, 3))) > 0
-        selected = selected & nonempty
+        # Box samples: every class with a box needs an agreed non-empty prediction (pooled over
+        # classes, a class could otherwise be selected with an empty target despite its box).
+        boxed = jnp.sum(boxes, axis=(1, 2)) > 0                                     # [B, K]
+        class_found = (jnp.sum(p1, axis=(1, 2)) > 0) & (jnp.sum(p2, axis=(1, 2)) > 0)
+        every_box_found = jnp.all(class_found | ~boxed, axis=-1)
+        selected = selected & nonempty & jnp.where(is_box, every_box_found, True)
     if config.empty_boxes_negative:
         empty_box = is_box & (jnp.sum(boxes, axis=(1, 2, 3)) == 0)
         p1 = jnp.where(empty_box[:, None, None, None], 0.0, p1)

@@ -136,3 +136,17 @@ def test_false_positive_rate_counts_lesion_free_images_with_any_foreground():
     assert res["num_lesion_free"].tolist() == [3, 3]
     np.testing.assert_allclose(res["mean_false_positive_rate"], 1 / 6)
     np.testing.assert_allclose(res["dice_present"], [1.0, 1.0], atol=1e-4)
+
+
+def test_multiclass_box_sample_needs_every_boxed_class_found():
+    h = 8
+    boxes = np.zeros((2, h, h, 2), np.float32)
+    boxes[:, 1:4, 1:4, 0] = 1.0
+    boxes[:, 4:7, 4:7, 1] = 1.0                        # both samples have a box of each class
+    p = np.zeros_like(boxes)
+    p[:, 1:4, 1:4, 0] = 1.0                            # class 0 found in both samples
+    p[1, 4:7, 4:7, 1] = 1.0                            # class 1 found only in sample 1
+    levels = np.full(2, BOX, np.int32)
+    out = select_pseudo_labels(p, p.copy(), boxes, boxes.max(axis=(1, 2)), levels,
+                               np.ones(2, bool), SelectionConfig(agreement=0.0, box_fit=0.0))
+    assert np.asarray(out.selected).tolist() == [False, True]
