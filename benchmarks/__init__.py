@@ -1,0 +1,1 @@
+"""The FedMix benchmark (not part of the package): see benchmarks/README.md."""
