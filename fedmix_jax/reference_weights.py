@@ -276,6 +276,7 @@ _TORCH_STORAGE_DTYPES = {
     "BoolStorage": np.bool_,
 }
 _MAX_PICKLE_BYTES = 64 << 20
+_MAX_STORAGE_BYTES = 2 << 30   # one tensor; the paper's U-Net (width 64) is 124 MB in all
 
 
 class _StorageType:
@@ -407,6 +408,9 @@ def _read_torch(path: str) -> Mapping[str, Any]:
                 info = infos.get(name)
                 if info is None:
                     raise pickle.UnpicklingError(f"storage record '{name}' is missing")
+                if max(info.file_size, nbytes) > _MAX_STORAGE_BYTES:
+                    raise pickle.UnpicklingError(f"storage record '{name}' is larger than "
+                                                 f"{_MAX_STORAGE_BYTES >> 30} GiB")
                 if info.file_size < nbytes:
                     raise pickle.UnpicklingError(f"storage record '{name}' holds "
                                                  f"{info.file_size} bytes, expected {nbytes}")

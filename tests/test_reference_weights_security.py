@@ -223,7 +223,7 @@ def test_bad_arrays_are_refused_naming_file_and_key(tmp_path, ext, bad):
 
 
 @pytest.mark.parametrize("how", ["truncated", "missing_storage", "short_storage", "overreach",
-                                 "not_a_state_dict", "directory"])
+                                 "huge_claim", "not_a_state_dict", "directory"])
 def test_damaged_pth_is_refused(tmp_path, how):
     sd = _state_dict()
     path = tmp_path / "w.pth"
@@ -249,6 +249,14 @@ def test_damaged_pth_is_refused(tmp_path, how):
         with zipfile.ZipFile(path, "w") as zf:
             zf.writestr("archive/data.pkl", _state_dict_pickle([("outc.conv.bias", t)]))
             zf.writestr("archive/data/0", np.zeros(4, np.float32).tobytes())
+    elif how == "huge_claim":  # a storage claiming 2**40 floats: refused before reading it
+        t = (_g("torch._utils", "_rebuild_tensor_v2")
+             + _tuple(_tuple(_s("storage"), _g("torch", "FloatStorage"), _s("0"), _s("cpu"),
+                             b"\x8a\x06" + (1 << 40).to_bytes(6, "little")) + b"Q",
+                      _i(0), _tuple(_i(3)), _tuple(_i(1)), b"\x89", _ODICT) + b"R")
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("archive/data.pkl", _state_dict_pickle([("outc.conv.bias", t)]))
+            zf.writestr("archive/data/0", np.zeros(4, np.float32).tobytes())
     elif how == "not_a_state_dict":
         with zipfile.ZipFile(path, "w") as zf:
             zf.writestr("archive/data.pkl", b"\x80\x02" + _i(3) + b".")
@@ -258,3 +266,5 @@ def test_damaged_pth_is_refused(tmp_path, how):
     with pytest.raises(WeightsFileError) as e:
         load_reference_weights(path)
     assert str(path) in str(e.value)
+    if how == "huge_claim":
+        assert "larger than 2 GiB" in str(e.value)
