@@ -60,9 +60,11 @@ def _tensor(key, arr, storage="FloatStorage", hooks=_ODICT):
 
 
 def _state_dict_pickle(items):
-    """``items``: [(name, pickled value bytes)] -> an OrderedDict pickle (protocol 2)."""
+    """``items``: [(name, pickled value bytes)] -> an OrderedDict pickle (protocol 2), with the
+    ``_metadata`` attribute torch's ``state_dict()`` sets (restored through BUILD)."""
     body = b"".join(_s(k) + v for k, v in items)
-    return b"\x80\x02" + _ODICT + b"(" + body + b"u."
+    metadata = b"}" + _s("_metadata") + _ODICT + _s("") + b"}" + _s("version") + _i(1) + b"sss"
+    return b"\x80\x02" + _ODICT + b"(" + body + b"u" + metadata + b"b."
 
 
 def write_pth(path, state_dict, *, pickle_bytes=None, extra=None, dtype=np.float32):
