@@ -279,26 +279,58 @@ _MAX_PICKLE_BYTES = 64 << 20
 _MAX_STORAGE_BYTES = 2 << 30   # one tensor; the paper's U-Net (width 64) is 124 MB in all
 
 
-class _StorageType:
+class _Frozen:
+    """Base of the stand-ins: no ``__dict__`` and no attribute setting, so a pickle's BUILD
+    opcode cannot alter them (each load also gets fresh ones)."""
+
+    __slots__ = ()
+
+    def __setattr__(self, key, value):
+        raise pickle.UnpicklingError(f"refused: setting attribute {key!r} of {self!r}")
+
+
+class _StorageType(_Frozen):
     """Stand-in for ``torch.<X>Storage`` (only its dtype is used)."""
 
+    __slots__ = ("name", "dtype")
+
     def __init__(self, name: str):
-        self.name = name
         dt = _TORCH_STORAGE_DTYPES[name]
         if dt == "bfloat16":
             import ml_dtypes  # noqa: PLC0415  (installed with jax)
             dt = ml_dtypes.bfloat16
-        self.dtype = np.dtype(dt)
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "dtype", np.dtype(dt))
+
+    def __repr__(self):
+        return f"torch.{self.name}"
 
 
-class _Marker:
+class _Marker(_Frozen):
     """Stand-in for a class that is only ever passed around (``torch.Tensor``, ``Parameter``)."""
 
+    __slots__ = ("name",)
+
     def __init__(self, name: str):
-        self.name = name
+        object.__setattr__(self, "name", name)
+
+    def __repr__(self):
+        return self.name
 
 
-_TENSOR, _PARAMETER = _Marker("torch.Tensor"), _Marker("torch.nn.Parameter")
+class _Call(_Frozen):
+    """A callable stand-in wrapping one of the rebuild functions below."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn):
+        object.__setattr__(self, "fn", fn)
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self):
+        return f"<{self.fn.__name__}>"
 
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
@@ -330,35 +362,41 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=Non
 
 
 def _rebuild_from_type_v2(func, new_type, args, state):
-    if func is not _rebuild_tensor_v2 or new_type not in (_TENSOR, _PARAMETER) \
+    if not (isinstance(func, _Call) and func.fn is _rebuild_tensor_v2) \
+            or not (isinstance(new_type, _Marker)
+                    and new_type.name in ("torch.Tensor", "torch.nn.Parameter")) \
             or not isinstance(args, tuple):
         raise pickle.UnpicklingError("only plain tensors may be rebuilt")
     return func(*args)
 
 
-_SAFE_GLOBALS = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
-    ("torch", "Tensor"): _TENSOR,
-    ("torch.nn.parameter", "Parameter"): _PARAMETER,
-    **{("torch", name): _StorageType(name) for name in _TORCH_STORAGE_DTYPES},
-}
+def _safe_globals() -> dict:
+    """The only globals a checkpoint may name, as fresh stand-ins (one set per load)."""
+    return {
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("torch._utils", "_rebuild_tensor_v2"): _Call(_rebuild_tensor_v2),
+        ("torch._utils", "_rebuild_parameter"): _Call(_rebuild_parameter),
+        ("torch._utils", "_rebuild_parameter_with_state"): _Call(_rebuild_parameter),
+        ("torch._tensor", "_rebuild_from_type_v2"): _Call(_rebuild_from_type_v2),
+        ("torch", "Tensor"): _Marker("torch.Tensor"),
+        ("torch.nn.parameter", "Parameter"): _Marker("torch.nn.Parameter"),
+        **{("torch", name): _StorageType(name) for name in _TORCH_STORAGE_DTYPES},
+    }
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Resolves only ``_SAFE_GLOBALS``; storages come from the zip, nothing else is reachable."""
+    """Resolves only :func:`_safe_globals`; storages come from the zip, nothing else is
+    reachable."""
 
     def __init__(self, file, path: str, storage_bytes):
         super().__init__(file)
+        self._globals = _safe_globals()
         self._path = path
         self._storage_bytes = storage_bytes
         self._storages: dict[str, np.ndarray] = {}
 
     def find_class(self, module, name):
-        obj = _SAFE_GLOBALS.get((module, name))
+        obj = self._globals.get((module, name))
         if obj is None:
             raise pickle.UnpicklingError(
                 f"refused global '{module}.{name}': only tensors and (Ordered)dicts of tensors "

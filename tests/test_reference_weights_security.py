@@ -270,3 +270,23 @@ def test_damaged_pth_is_refused(tmp_path, how):
     assert str(path) in str(e.value)
     if how == "huge_claim":
         assert "larger than 2 GiB" in str(e.value)
+
+
+@pytest.mark.parametrize("target", [("torch", "FloatStorage"),
+                                    ("torch._utils", "_rebuild_tensor_v2"),
+                                    ("collections", "OrderedDict")])
+@pytest.mark.parametrize("slot", [False, True])
+def test_build_cannot_alter_the_stand_ins(tmp_path, target, slot):
+    """A pickle's BUILD opcode on an allowed global (dict state, or the (None, slotstate) form
+    that calls setattr) is refused, and the next load is unaffected."""
+    state = b"}" + _s("dtype") + _s("O") + b"s"
+    if slot:
+        state = b"(N" + state + b"t"
+    evil = tmp_path / "evil.pth"
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("archive/data.pkl", b"\x80\x02" + _g(*target) + state + b"b.")
+    with pytest.raises(WeightsFileError):
+        load_reference_weights(evil)
+    good = tmp_path / "good.pth"
+    write_pth(good, _state_dict())
+    load_reference_weights(good)
