@@ -50,7 +50,8 @@ __all__ = [
 BOX_MODES = ("component", "enclosing")
 
 # scipy.ndimage structuring elements for 4- and 8-connectivity.
-_STRUCTURE = {4: ndimage.generate_binary_structure(2, 1), 8: ndimage.generate_binary_structure(2, 2)}
+_STRUCTURE = {4: ndimage.generate_binary_structure(2, 1),
+              8: ndimage.generate_binary_structure(2, 2)}
 
 
 def check_box_mode(box_mode: str) -> str:
