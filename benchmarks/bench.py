@@ -160,8 +160,7 @@ def make_federation(args, num_clients=None, image_size=None, train_sizes=None, t
 
 def run(args, log=print) -> dict:
     """Runs the sections selected by ``args`` (see :func:`parse_args`); returns the results."""
-    cache = args.compilation_cache
-    compilation_cache.enable(compilation_cache.DEFAULT if cache == "default" else cache)
+    compilation_cache.enable(args.compilation_cache)
     res = Results(args.json, args.section)
     errors = []
 

@@ -51,9 +51,10 @@ def resolve_cache_dir(cache_dir: str | None | _Default = DEFAULT) -> str | None:
     """The absolute directory :func:`enable` would use, or None if the cache is off.
 
     ``cache_dir``: a path, ``None`` / ``""`` / ``"off"`` / ``"none"`` (off), or :data:`DEFAULT`
-    (the ``FEDMIX_JAX_CACHE_DIR`` variable if set, else ``~/.cache/fedmix_jax/jax_cache``).
+    or the string ``"default"`` (the ``FEDMIX_JAX_CACHE_DIR`` variable if set, else
+    ``~/.cache/fedmix_jax/jax_cache``; the string suits a config field).
     """
-    if isinstance(cache_dir, _Default):
+    if isinstance(cache_dir, _Default) or cache_dir == "default":
         cache_dir = os.environ.get(ENV_VAR, _default_location())
     if cache_dir is None or str(cache_dir).strip().lower() in _OFF:
         return None

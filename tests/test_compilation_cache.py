@@ -34,6 +34,7 @@ def test_resolve_default_env_and_off(monkeypatch, tmp_path):
     monkeypatch.setenv(cc.ENV_VAR, str(tmp_path / "env"))
     assert cc.resolve_cache_dir() == str(tmp_path / "env")
     assert cc.resolve_cache_dir(str(tmp_path / "arg")) == str(tmp_path / "arg")  # arg wins
+    assert cc.resolve_cache_dir("default") == str(tmp_path / "env")
     for off in ("", "off", "OFF", "none"):
         monkeypatch.setenv(cc.ENV_VAR, off)
         assert cc.resolve_cache_dir() is None
@@ -58,7 +59,10 @@ def test_second_process_reads_the_cache(tmp_path):
         "import sys, jax, jax.numpy as jnp\n"
         "from fedmix_jax import compilation_cache as cc\n"
         "cc.enable(sys.argv[1])\n"
-        "from jax._src import monitoring\n"
+        "try:\n"
+        "    from jax._src import monitoring  # JAX's own cache-hit events (internal API)\n"
+        "except ImportError:\n"
+        "    print('HITS -1'); sys.exit()\n"
         "hits = []\n"
         "monitoring.register_event_listener(lambda e, **k: hits.append(e)"
         " if 'cache_hits' in e else None)\n"
@@ -68,4 +72,6 @@ def test_second_process_reads_the_cache(tmp_path):
     runs = [subprocess.run([sys.executable, "-c", script, str(tmp_path / "c")], env=env,
                            capture_output=True, text=True, check=True) for _ in range(2)]
     hits = [int(r.stdout.split("HITS")[1]) for r in runs]
+    if -1 in hits:
+        pytest.skip("this JAX has no jax._src.monitoring to count cache hits")
     assert hits[0] == 0 and hits[1] >= 1, (hits, runs[1].stderr[-2000:])
