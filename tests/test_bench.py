@@ -133,7 +133,8 @@ def test_cost_analysis_counts_convolution_flops():
     k = jnp.ones((3, 3, 3, 5))
     compiled = jax.jit(lambda x, k: conv2d_same(x, k, 1)).lower(x, k).compile()
     # 2 * outputs * taps * Cin, less the taps that fall on the zero padding (XLA counts those out)
-    assert 0.8 * 2 * 2 * 8 * 8 * 5 * 9 * 3 <= harness.cost_flops(compiled) <= 2 * 2 * 8 * 8 * 5 * 9 * 3
+    naive = 2 * 2 * 8 * 8 * 5 * 9 * 3
+    assert 0.8 * naive <= harness.cost_flops(compiled) <= naive
     assert "convolution" in op_profile.entry_opcodes(compiled).values()
 
 
