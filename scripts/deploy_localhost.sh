@@ -88,7 +88,16 @@ done
   --max-retries 3 --max-wait-time 20 > "$WORK/logs/intruder.log" 2>&1 &
 INTRUDER=$!
 PIDS+=($INTRUDER)
-sleep 8
+if [ "$WORKER" = 1 ]; then   # the workers must listen before the first message
+  for i in $(seq 0 $((NUM_SITES - 1))); do
+    for _ in $(seq 600); do [ -S "$WORK/worker_$i.sock" ] && break; sleep 0.5; done
+  done
+fi
+INTRUDER_RC=running
+for _ in $(seq 120); do
+  if ! kill -0 "$INTRUDER" 2>/dev/null; then wait "$INTRUDER" && INTRUDER_RC=0 || INTRUDER_RC=$?; break; fi
+  sleep 0.5
+done
 
 # --- the run -----------------------------------------------------------------------------------
 cat > "$WORK/run_config.toml" <<TOML
@@ -104,11 +113,12 @@ T1=$(date +%s.%N)
 
 echo "== sites listed by the SuperLink"
 "$BIN/flwr" supernode list local-tls 2>&1 | tail -n +1 | grep -v "^$" | head -20 || true
-echo "== unregistered SuperNode"
-if grep -qiE "unauthenticated|not registered|permission|denied|refused|fail" "$WORK/logs/intruder.log"; then
-  echo "refused: $(grep -iE "unauthenticated|not registered|permission|denied|refused|fail" "$WORK/logs/intruder.log" | head -1)"
+echo "== unregistered SuperNode (key not registered with the SuperLink)"
+if [ "$INTRUDER_RC" != 0 ] && grep -q "Exit Code: 305" "$WORK/logs/intruder.log"; then
+  echo "refused (process exit $INTRUDER_RC): $(grep -E "Exit Code|code: [0-9]+" "$WORK/logs/intruder.log" | tr '\n' ' ')"
 else
-  echo "WARNING: no refusal found in $WORK/logs/intruder.log"; tail -5 "$WORK/logs/intruder.log"
+  echo "FAILED: the unregistered SuperNode was not refused (exit $INTRUDER_RC)"
+  tail -5 "$WORK/logs/intruder.log"; exit 1
 fi
 echo "== rounds (deployment, $NUM_SITES sites, worker=$WORKER, jax cache=$JAX_CACHE)"
 "$BIN/python" - "$WORK/run" <<'PY'

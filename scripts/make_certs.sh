@@ -19,10 +19,11 @@ NUM=${2:-3}
 mkdir -p "$OUT"
 cd "$OUT"
 
-openssl genrsa -out ca.key 4096 2>/dev/null
-openssl req -new -x509 -key ca.key -sha256 -days 30 -subj "/CN=fedmix-test-ca" -out ca.crt
+# ECDSA P-384 keys (fast to generate; RSA works as well).
+openssl ecparam -name secp384r1 -genkey -noout -out ca.key
+openssl req -new -x509 -key ca.key -sha384 -days 30 -subj "/CN=fedmix-test-ca" -out ca.crt
 
-openssl genrsa -out server.key 4096 2>/dev/null
+openssl ecparam -name secp384r1 -genkey -noout -out server.key
 cat > server.cnf <<CNF
 [req]
 distinguished_name = dn
@@ -32,7 +33,7 @@ prompt = no
 CN = localhost
 [v3]
 basicConstraints = CA:FALSE
-keyUsage = digitalSignature, keyEncipherment
+keyUsage = digitalSignature
 extendedKeyUsage = serverAuth
 subjectAltName = @alt
 [alt]
@@ -42,7 +43,7 @@ IP.2 = ::1
 CNF
 openssl req -new -key server.key -out server.csr -config server.cnf
 openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.pem \
-  -days 30 -sha256 -extensions v3 -extfile server.cnf 2>/dev/null
+  -days 30 -sha384 -extensions v3 -extfile server.cnf 2>/dev/null
 rm -f server.csr
 
 for i in $(seq 0 $((NUM - 1))) intruder; do

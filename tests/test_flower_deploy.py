@@ -1,0 +1,126 @@
+"""Flower's deployment engine on localhost: TLS and SuperNode authentication.
+
+A SuperLink with TLS (test certificates from scripts/make_certs.sh) and
+``--enable-supernode-auth``; the coordinator registers one site's public key; that site's
+SuperNode joins (listed online), an unregistered SuperNode is refused (exit code 305). Offline,
+loopback only, telemetry off, no dependency installation. The full FedMix run on this engine is
+scripts/deploy_localhost.sh (minutes; figures in docs/across_sites.md).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("flwr")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("openssl") and shutil.which("ssh-keygen")
+         and os.path.exists(os.path.join(BIN, "flower-superlink"))),
+    reason="needs openssl, ssh-keygen and the flwr executables")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(home):
+    env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0", FLWR_HOME=str(home),
+               PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
+    return env
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    t_end = time.time() + timeout
+    while time.time() < t_end:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_tls_and_only_registered_supernodes_join(tmp_path):
+    certs = tmp_path / "certs"
+    subprocess.run(["bash", os.path.join(REPO, "scripts", "make_certs.sh"), str(certs), "1"],
+                   check=True, capture_output=True)
+    home = tmp_path / "flwr_home"
+    home.mkdir()
+    port = _free_port()
+    link = f"127.0.0.1:{port}"
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "t"\n\n[superlink.t]\naddress = "{link}"\n'
+        f'root-certificates = "{certs / "ca.crt"}"\n')
+    env = _env(home)
+    procs = []
+
+    def start(args, log):
+        f = open(tmp_path / log, "w")
+        p = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+        procs.append(p)
+        return p
+
+    try:
+        start([os.path.join(BIN, "flower-superlink"), "--ssl-ca-certfile", str(certs / "ca.crt"),
+               "--ssl-certfile", str(certs / "server.pem"), "--ssl-keyfile",
+               str(certs / "server.key"), "--enable-supernode-auth",
+               "--disable-runtime-dependency-installation", "--host", "127.0.0.1", "--port",
+               str(port), "--database", str(tmp_path / "state.db")], "superlink.log")
+        _wait_for(lambda: "Application startup complete" in (tmp_path / "superlink.log")
+                  .read_text(), 60, "the SuperLink")
+        # Plain HTTP (no TLS) is not served.
+        import ssl
+        import urllib.request
+
+        with pytest.raises(Exception):
+            urllib.request.urlopen(f"http://{link}/", timeout=5)
+        ctx = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                assert tls.version() in ("TLSv1.2", "TLSv1.3")
+        reg = subprocess.run([os.path.join(BIN, "flwr"), "supernode", "register",
+                              str(certs / "site_0.pub"), "t"], env=env, capture_output=True,
+                             text=True, timeout=120)
+        assert reg.returncode == 0, reg.stdout + reg.stderr
+
+        def supernode(key, log, node_port):
+            return start([os.path.join(BIN, "flower-supernode"), "--superlink", link,
+                          "--root-certificates", str(certs / "ca.crt"),
+                          "--auth-supernode-private-key", str(certs / key),
+                          "--node-config", 'data="synthetic" site-index=0',
+                          "--host", "127.0.0.1", "--port", str(node_port),
+                          "--max-retries", "3", "--max-wait-time", "30"], log)
+
+        supernode("site_0", "site_0.log", _free_port())
+        intruder = supernode("intruder", "intruder.log", _free_port())
+        rc = intruder.wait(timeout=120)
+        log = (tmp_path / "intruder.log").read_text()
+        # Flower logs exit code 305 ("Failed to activate SuperNode"); the process exits non-zero.
+        assert rc != 0 and "Exit Code: 305" in log and "Failed to activate" in log, log[-2000:]
+
+        def online():
+            out = subprocess.run([os.path.join(BIN, "flwr"), "supernode", "list", "t",
+                                  "--format", "json"], env=env, capture_output=True, text=True,
+                                 timeout=60).stdout
+            return '"online"' in out
+
+        _wait_for(online, 90, "the registered SuperNode to be online")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
