@@ -22,15 +22,11 @@ import json
 import os
 import time
 
-import jax
 import numpy as np
 from absl import app, flags
 
-
-import fedmix_jax as fm
-from fedmix_jax.config import build_model, build_round_config
 from fedmix_jax.data.sources import load_federation
-from fedmix_jax.evaluation import evaluate
+from seeded_runs import run_variant
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("seeds", "0,1,2", "comma-separated model seeds (the data stays fixed)")
@@ -60,34 +56,6 @@ def base_config():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()
-
-
-def run_variant(config, federation, seeds, rounds):
-    """Best-validation test figures of each seed: list of dicts."""
-    model = build_model(config, federation.num_classes)
-    round_config = build_round_config(config)
-    round_fn = fm.make_round_fn(model, round_config)
-    train = jax.device_put(federation.train)
-    image_shape = federation.train.images.shape[2:]
-    out = []
-    for seed in seeds:
-        state = fm.init_state(model, jax.random.PRNGKey(seed), image_shape,
-                              federation.num_clients, round_config)
-        best = (-1.0, None)
-        for _ in range(rounds):
-            state, _ = round_fn(state, train)
-            params = state.global_params[0]
-            val = evaluate(model, params, federation.val, hd95=False)["mean_dice"]
-            if val > best[0]:
-                test = evaluate(model, params, federation.test, hd95=False)
-                best = (val, dict(round=int(state.round), val_dice=float(val),
-                                  dice=float(test["mean_dice"]),
-                                  dice_lesion=float(test["mean_dice_present"]),
-                                  fp_rate=float(test["mean_false_positive_rate"]),
-                                  fp_rate_per_client=[float(x) for x in
-                                                      test["false_positive_rate"]]))
-        out.append(dict(seed=seed, **best[1]))
-    return out
 
 
 def table(results: dict) -> str:
