@@ -1,0 +1,258 @@
+"""Rendering the synthetic federation: per-sample draws -> images and per-class lesion masks.
+
+All operations are vectorised over one client's split. :func:`_make_client_split` draws a split
+of ``n`` samples of one client (every sample from its own generator seeded by ``(seed, client,
+split, index, stream)``) and returns the unpadded ``stack_clients`` input: images float32
+[n, S, S, 1] in [0, 1], masks and boxes float32 [n, S, S, K] in {0, 1}, image_labels float32
+[n, K], levels int32 [n]. Inside, :func:`_draw` gives uniforms [n, 128] and normal fields
+[n, 5, S, S], and :func:`_render_split` turns them into images [n, S, S] and bool masks
+[n, S, S, K] (skin, up to three lesions composited "over", hairs, then blur, gamma, gain,
+speckle and noise). See :mod:`fedmix_jax.data.synthetic` for the model of a lesion.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from fedmix_jax.data.boxes import box_masks_from_masks, sample_rng
+from fedmix_jax.data.synthetic_domains import Domain, _LesionType
+
+_STREAM_IMAGE, _STREAM_BOX, _STREAM_LESION_FREE = 0, 1, 2
+_MAX_LESIONS = 3
+_MAX_HAIRS = 6
+_NUM_UNIFORMS = 128
+_NUM_FIELDS = 5  # coarse skin, fine skin, lesion texture, sensor noise, speckle
+
+
+# ------------------------------------------------------------------------------------------------
+# Vectorised image operations on [N, H, W] batches.
+
+def _smooth_fft(fields: np.ndarray, sigma: float) -> np.ndarray:
+    """Periodic Gaussian smoothing of [N, H, W] fields, each renormalised to zero mean, unit std."""
+    h, w = fields.shape[-2:]
+    fy = np.fft.fftfreq(h)[:, None]
+    fx = np.fft.rfftfreq(w)[None, :]
+    tf = np.exp(-2.0 * (math.pi * sigma) ** 2 * (fx ** 2 + fy ** 2)).astype(np.float32)
+    out = np.fft.irfft2(np.fft.rfft2(fields.astype(np.float32, copy=False)) * tf, s=(h, w))
+    out -= out.mean(axis=(-2, -1), keepdims=True)
+    out /= out.std(axis=(-2, -1), keepdims=True) + 1e-8
+    return out
+
+
+def _blur(images: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """Gaussian blur with a per-image sigma [N] (0 = none), reflect-padded, via FFT."""
+    smax = float(np.max(sigma)) if sigma.size else 0.0
+    if smax <= 0.05:
+        return images
+    n, h, w = images.shape
+    p = int(math.ceil(3 * smax)) + 1
+    padded = np.pad(images, ((0, 0), (p, p), (p, p)), mode="reflect")
+    hp, wp = h + 2 * p, w + 2 * p
+    fy = np.fft.fftfreq(hp)[:, None]
+    fx = np.fft.rfftfreq(wp)[None, :]
+    f2 = (fx ** 2 + fy ** 2)[None]
+    tf = np.exp(-2.0 * (math.pi * sigma[:, None, None]) ** 2 * f2).astype(np.float32)
+    out = np.fft.irfft2(np.fft.rfft2(padded.astype(np.float32, copy=False)) * tf, s=(hp, wp))
+    return out[:, p:p + h, p:p + w]
+
+
+def _lerp(u, lo, hi):
+    return lo + (hi - lo) * u
+
+
+# ------------------------------------------------------------------------------------------------
+# One client's split.
+
+def _draw(seed: int, client: int, split: int, n: int, size: int):
+    """Per-sample random draws: uniforms [n, U] and normal fields [n, F, S, S]."""
+    uni = np.empty((n, _NUM_UNIFORMS), np.float64)
+    fields = np.empty((n, _NUM_FIELDS, size, size), np.float32)
+    for i in range(n):
+        g = sample_rng(seed, client, split, i, _STREAM_IMAGE)
+        uni[i] = g.random(_NUM_UNIFORMS)
+        fields[i] = g.standard_normal((_NUM_FIELDS, size, size), dtype=np.float32)
+    return uni, fields
+
+
+def _lesion_free_flags(seed: int, client: int, split: int, n: int, fraction: float) -> np.ndarray:
+    """Lesion-free flags from a golden-ratio (low-discrepancy) sequence with a random phase.
+
+    Spreads the lesion-free images evenly: for every n the count stays close to n * fraction
+    (within about one image for the sizes used here), unlike independent coin flips.
+    """
+    if fraction <= 0:
+        return np.zeros(n, bool)
+    phase = sample_rng(seed, client, split, 0, _STREAM_LESION_FREE).random()
+    golden = (math.sqrt(5.0) - 1.0) / 2.0
+    return np.mod(phase + golden * np.arange(n), 1.0) < fraction
+
+
+def _render_split(domain: Domain, types: Sequence[_LesionType], uni: np.ndarray, fields: np.ndarray,
+                  lesion_free: np.ndarray, size: int):
+    """Render images [n, S, S] in [0, 1] and per-class masks [n, S, S, K] from the draws."""
+    n = uni.shape[0]
+    k_cls = len(types)
+    s = float(size)
+    px = s / 64.0  # pixel-scale parameters are specified at 64 px
+    col = iter(range(_NUM_UNIFORMS))
+
+    def u():  # next uniform column, [n]
+        return uni[:, next(col)]
+
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + np.float32(0.5)
+    yy, xx = yy[None], xx[None]
+
+    # --- skin background -----------------------------------------------------------------------
+    coarse = _smooth_fft(fields[:, 0], domain.texture_scale * s)
+    fine = _smooth_fft(fields[:, 1], 0.9 * px)
+    bg_level = domain.bg_level + _lerp(u(), -0.05, 0.05)
+    img = (bg_level[:, None, None] + domain.bg_texture * (0.75 * coarse + 0.35 * fine)).astype(np.float32)
+    ang = 2 * math.pi * u()
+    amp = domain.gradient * _lerp(u(), 0.4, 1.0)
+    proj = ((xx - s / 2) * np.cos(ang)[:, None, None] + (yy - s / 2) * np.sin(ang)[:, None, None]) / s
+    img = img + amp[:, None, None] * proj
+    rr2 = ((xx - s / 2) ** 2 + (yy - s / 2) ** 2) / (s / 2) ** 2
+    img = img - domain.vignette * _lerp(u(), 0.7, 1.3)[:, None, None] * np.clip(rr2 - 0.35, 0, None)
+
+    # --- lesions -------------------------------------------------------------------------------
+    lesion_tex = _smooth_fft(fields[:, 2], 1.6 * px).astype(np.float32)
+    img = img.astype(np.float32)
+    skin = img.copy()
+    u_count, u_count2 = u(), u()
+    if k_cls == 1:
+        n_les = 1 + (u_count < 0.22)
+    else:
+        n_les = 1 + (u_count < 0.45) + ((u_count < 0.45) & (u_count2 < 0.35))
+    n_les = np.where(lesion_free, 0, n_les)
+    shrink = np.where(n_les >= 2, 0.72, 1.0)
+    masks = np.zeros((n, size, size, k_cls), bool)
+    geoms, cls_of = [], []
+    cx0 = cy0 = r_prev = None
+    for slot in range(_MAX_LESIONS):
+        active = n_les > slot
+        uc, uy, ur, ue, ua, ui = u(), u(), u(), u(), u(), u()
+        amps = np.stack([u() for _ in range(5)], 1)
+        phis = 2 * math.pi * np.stack([u() for _ in range(5)], 1)
+        ucls, ucon, ujag, udir, udist, uedge = u(), u(), u(), u(), u(), u()
+        cls = np.minimum((ucls * k_cls).astype(int), k_cls - 1)
+        pick = lambda attr: np.array([getattr(t, attr) for t in types])[cls]  # noqa: E731
+        rng_attr = lambda attr, v: _lerp(v, np.array([getattr(t, attr)[0] for t in types])[cls],  # noqa: E731
+                                         np.array([getattr(t, attr)[1] for t in types])[cls])
+        r0 = s * _lerp(ur, 0.13, 0.29) * domain.size * shrink * pick("size")
+        if slot == 0:
+            cx = s * _lerp(uc, 0.32, 0.68)
+            cy = s * _lerp(uy, 0.32, 0.68)
+        else:
+            d = (r_prev + r0) * _lerp(udist, 0.95, 1.45)
+            th = 2 * math.pi * udir
+            cx = np.clip(cx0 + d * np.cos(th), 0.12 * s, 0.88 * s)
+            cy = np.clip(cy0 + d * np.sin(th), 0.12 * s, 0.88 * s)
+        if slot == 0:
+            cx0, cy0, r_prev = cx, cy, r0
+        ecc = np.sqrt(rng_attr("eccentricity", ue))
+        rot = math.pi * ua
+        budget = rng_attr("irregularity", ui)
+        weights = amps / np.arange(2, 7) ** 0.7
+        weights = weights / weights.sum(1, keepdims=True) * budget[:, None]
+        jag = rng_attr("jag", ujag)
+        edge = domain.edge * px * _lerp(uedge, 0.7, 1.3)
+        contrast = domain.lesion_contrast * pick("contrast") * _lerp(ucon, 0.75, 1.25)
+        # Ring-like types (negative core) override the domain's core darkening.
+        core = np.where(pick("core") < 0, pick("core"), domain.core + pick("core"))
+        tex_amp = domain.lesion_texture * pick("texture")
+        # Render only the samples that have this lesion (float32, [m, S, S]).
+        sel = np.nonzero(active)[0]
+        if sel.size == 0:
+            continue
+        col_ = lambda a: a[sel].astype(np.float32)[:, None, None]  # noqa: E731
+        dx, dy = xx - col_(cx), yy - col_(cy)
+        c, sn = col_(np.cos(rot)), col_(np.sin(rot))
+        xr = (dx * c + dy * sn) / col_(ecc)
+        yr = (dy * c - dx * sn) * col_(ecc)
+        rho = np.hypot(xr, yr)
+        inv = 1.0 / np.maximum(rho, 1e-6)
+        c1, s1 = xr * inv, yr * inv  # cos(theta), sin(theta)
+        ck, sk = c1 * c1 - s1 * s1, 2 * c1 * s1  # k = 2
+        harm = np.ones_like(rho)
+        for j in range(5):  # k = 2..6: cos(k theta + phi) = cos k theta cos phi - sin k theta sin phi
+            ph = phis[:, j]
+            harm += col_(weights[:, j]) * (ck * col_(np.cos(ph)) - sk * col_(np.sin(ph)))
+            ck, sk = ck * c1 - sk * s1, sk * c1 + ck * s1
+        tex = lesion_tex[sel]
+        radius = col_(r0) * harm * (1 + col_(jag) * tex)
+        dist = radius - rho  # > 0 inside, ~ px along the ray
+        alpha = 1.0 / (1.0 + np.exp(-np.clip(dist / col_(edge), -30, 30)))
+        rel = np.clip(rho / np.maximum(radius, 1e-3), 0, 1)
+        dark = col_(contrast) * (1 + col_(core) * (1 - rel)) + col_(tex_amp) * tex
+        dark = np.maximum(dark, 0.2 * col_(contrast))  # texture never makes a lesion brighter than skin
+        # "Over" compositing on the lesion-free skin: a later lesion hides an earlier one.
+        img[sel] = (1 - alpha) * img[sel] + alpha * (skin[sel] - dark)
+        geom = np.zeros((n, size, size), bool)
+        geom[sel] = dist > 0
+        geoms.append(geom)
+        cls_of.append(cls)
+    # A class mask is the visible part of its lesions (later lesions are drawn over earlier ones).
+    covered = np.zeros((n, size, size), bool)
+    for geom, cls in zip(geoms[::-1], cls_of[::-1]):
+        visible = geom & ~covered
+        masks[np.arange(n), :, :, cls] |= visible
+        covered |= geom
+
+    # --- hairs: thin dark arcs, rasterised from dense point samples -------------------------------
+    n_hairs = np.minimum(np.floor(2 * domain.hairs * u()), _MAX_HAIRS).astype(int)
+    hair_u = np.stack([u() for _ in range(_MAX_HAIRS * 5)], 1).reshape(n, _MAX_HAIRS, 5)
+    if domain.hairs > 0 and n_hairs.any():
+        t = np.linspace(0.0, 1.0, int(3 * size))[None, None]
+        x0, y0 = s * hair_u[..., 0:1], s * hair_u[..., 1:2]
+        a0 = 2 * math.pi * hair_u[..., 2:3]
+        curv = _lerp(hair_u[..., 3:4], -2.0, 2.0)
+        length = s * _lerp(hair_u[..., 4:5], 0.5, 1.3)
+        ang_t = a0 + curv * t
+        xs = x0 + length * np.cumsum(np.cos(ang_t), -1) / t.shape[-1]
+        ys = y0 + length * np.cumsum(np.sin(ang_t), -1) / t.shape[-1]
+        on = (np.arange(_MAX_HAIRS)[None, :, None] < n_hairs[:, None, None])
+        xi, yi = np.floor(xs).astype(int), np.floor(ys).astype(int)
+        on = on & (xi >= 0) & (xi < size) & (yi >= 0) & (yi < size)
+        hair = np.zeros((n, size * size))
+        nidx = np.broadcast_to(np.arange(n)[:, None, None], on.shape)
+        hair[nidx[on], (yi * size + xi)[on]] = 1.0
+        hair = _blur(hair.reshape(n, size, size), np.full(n, 0.45 * px))
+        hair = np.clip(hair / (hair.max(axis=(1, 2), keepdims=True) + 1e-8) * 1.4, 0, 1)
+        img = img * (1 - 0.55 * hair)
+
+    # --- acquisition -----------------------------------------------------------------------------
+    sigma = domain.blur * px * _lerp(u(), 0.8, 1.2)
+    img = _blur(img, sigma)
+    img = np.clip(img, 0.0, 1.0) ** domain.gamma
+    img = domain.gain * img + domain.offset
+    if domain.speckle > 0:
+        spk = _smooth_fft(fields[:, 4], 0.9 * px)
+        img = img * (1 + domain.speckle * spk)
+    noise = domain.noise * _lerp(u(), 0.8, 1.2)
+    img = img + noise[:, None, None] * fields[:, 3]
+    return np.clip(img, 0.0, 1.0).astype(np.float32), masks
+
+
+def _make_client_split(seed, client, split, n, domain, types, size, lesion_free_fraction, level,
+                       box_margin, box_mode="component"):
+    if n == 0:
+        k = len(types)
+        return dict(images=np.zeros((0, size, size, 1), np.float32),
+                    masks=np.zeros((0, size, size, k), np.float32),
+                    boxes=np.zeros((0, size, size, k), np.float32),
+                    image_labels=np.zeros((0, k), np.float32), levels=np.zeros((0,), np.int32))
+    uni, fields = _draw(seed, client, split, n, size)
+    free = _lesion_free_flags(seed, client, split, n, lesion_free_fraction)
+    images, masks = _render_split(domain, types, uni, fields, free, size)
+    masks = masks.astype(np.float32)
+    boxes = np.stack([
+        box_masks_from_masks(masks[i], sample_rng(seed, client, split, i, _STREAM_BOX),
+                             margin=box_margin, box_mode=box_mode)
+        for i in range(n)])
+    return dict(images=images[..., None], masks=masks, boxes=boxes,
+                image_labels=(masks.max(axis=(1, 2)) > 0).astype(np.float32),
+                levels=np.full((n,), level, np.int32))
+
