@@ -62,7 +62,7 @@ from fedmix_jax.data.boxes import box_mask, boxes_from_mask, sample_rng
 from fedmix_jax.data.real import builders as _builders
 from fedmix_jax.data.real import layouts as _layouts
 from fedmix_jax.data.real.errors import BadInputError, BadInputPolicy
-from fedmix_jax.data.real.layouts import Layout, Sample, Scan, _norm
+from fedmix_jax.data.real.scanning import Layout, Sample, Scan, _norm
 from fedmix_jax.data.real.splits import stable_int
 
 CLASS_NAMES = ("irf", "srf", "ped")

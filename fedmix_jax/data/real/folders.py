@@ -1,0 +1,180 @@
+"""The folders layout: a federation prepared from one's own data, one folder per client with
+``images/``, ``masks/`` and the optional ``labels.csv``, ``boxes.csv`` and ``levels.csv`` (the
+format is described in :mod:`.layouts`).
+
+Per-sample labels become 0/1, levels the level ints of :mod:`fedmix_jax.data.federation`, boxes
+int64 ``[nb, 4]`` ``(x_min, y_min, x_max, y_max)`` in original pixels (inclusive).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+
+import numpy as np
+
+from fedmix_jax.data.federation import BOX, IMAGE, PIXEL, level_from_name
+from fedmix_jax.data.real.errors import BadInputError, log
+from fedmix_jax.data.real.imaging import is_image_file
+from fedmix_jax.data.real.scanning import (Layout, Sample, Scan, _find_subdir,
+                                           _pair_images_masks, _walk_files)
+from fedmix_jax.data.real.tables import _read_table
+
+# Box coordinates must be below this (pixels); larger numbers are a broken row, not an image.
+MAX_COORDINATE = 1 << 20
+_POSITIVE = {"1", "true", "yes", "present", "positive", "abnormal", "lesion"}
+_NEGATIVE = {"0", "false", "no", "absent", "negative", "normal", "none", "background", "healthy"}
+
+
+class Folders(Layout):
+    name = "folders"
+    title = "Folder federation (one folder per client)"
+    tree = """\
+    data_dir/
+      <client_a>/
+        images/<stem>.png|jpg|bmp|tif    (PNG/JPG/BMP/TIFF)
+        masks/<stem>.png                 (or <stem>_mask.png; binary {0,1} or {0,255})
+        labels.csv   (optional)  stem,label                     label 0/1 or normal/lesion
+        boxes.csv    (optional)  stem,x_min,y_min,x_max,y_max   several rows per stem allowed
+        levels.csv   (optional)  stem,level                     pixel|box|image|none
+      <client_b>/
+        ...
+"""
+    download = "your own data: prepare it in this layout (see fedmix_jax/data/real/layouts.py)"
+
+    def default_levels_for(self, clients):
+        return ["pixel"] * len(clients)
+
+    def scan(self, data_dir, policy):
+        data_dir = self.check_data_dir(data_dir)
+        clients, warnings = [], []
+        for e in sorted(os.listdir(data_dir)):
+            p = os.path.join(data_dir, e)
+            if e.startswith(".") or not os.path.isdir(p):
+                continue
+            if _find_subdir(p, ("images",)) is None:
+                warnings.append(f"ignored folder {p}: no images/ inside")
+                log.warning("ignored folder %s: no images/ inside", p)
+                continue
+            clients.append(e)
+        if not clients:
+            raise self.not_found(f"no client folder with an images/ sub-folder in {data_dir}")
+        samples = []
+        for c in clients:
+            samples += self._scan_client(c, os.path.join(data_dir, c), policy, warnings)
+        return Scan(samples, clients, warnings)
+
+    @staticmethod
+    def _csv(cdir: str, name: str) -> str | None:
+        for e in os.listdir(cdir):
+            if e.lower() == name:
+                return os.path.join(cdir, e)
+        return None
+
+    def _scan_client(self, client, cdir, policy, warnings):
+        image_dir = _find_subdir(cdir, ("images",))
+        mask_dir = _find_subdir(cdir, ("masks",))
+        other = [f for _, f in _walk_files(image_dir) if not is_image_file(f)]
+        if other:
+            warnings.append(f"{len(other)} non-image file(s) in {image_dir} ignored (e.g. "
+                            f"{other[0]})")
+        images, masks = _pair_images_masks(client, image_dir, mask_dir, policy)
+
+        def resolve(path, line, stem):
+            if stem in images:
+                return stem
+            base = os.path.splitext(stem)[0]
+            if base in images:
+                return base
+            policy(BadInputError(f"{path} line {line}: stem {stem!r} is not an image in "
+                                 f"{image_dir}", path))
+            return None
+
+        labels, levels, boxes = {}, {}, defaultdict(list)
+        path = self._csv(cdir, "labels.csv")
+        if path:
+            names = {n.lower() for n in self.class_names}
+            for line, row in _read_table(path, ("stem", "label"), policy):
+                stem = resolve(path, line, row["stem"])
+                if stem is None:
+                    continue
+                v = row["label"].strip().lower()
+                if v in _POSITIVE or v in names:
+                    lab = 1
+                elif v in _NEGATIVE:
+                    lab = 0
+                else:
+                    policy(BadInputError(
+                        f"{path} line {line}: label {row['label']!r} is not 0/1, yes/no, "
+                        f"present/absent, normal or a class name {sorted(names)}", path))
+                    continue
+                if stem in labels:
+                    policy(BadInputError(f"{path} line {line}: duplicate stem {stem!r}", path))
+                    continue
+                labels[stem] = lab
+        path = self._csv(cdir, "levels.csv")
+        if path:
+            for line, row in _read_table(path, ("stem", "level"), policy):
+                stem = resolve(path, line, row["stem"])
+                if stem is None:
+                    continue
+                try:
+                    lv = level_from_name(row["level"])
+                except ValueError as e:
+                    policy(BadInputError(f"{path} line {line}: {e}", path))
+                    continue
+                if stem in levels:
+                    policy(BadInputError(f"{path} line {line}: duplicate stem {stem!r}", path))
+                    continue
+                levels[stem] = lv
+        path = self._csv(cdir, "boxes.csv")
+        if path:
+            cols = ("stem", "x_min", "y_min", "x_max", "y_max")
+            for line, row in _read_table(path, cols, policy):
+                stem = resolve(path, line, row["stem"])
+                if stem is None:
+                    continue
+                try:
+                    b = [float(row[c]) for c in cols[1:]]
+                    if not all(math.isfinite(v) for v in b):
+                        raise ValueError("coordinates must be finite numbers")
+                    if any(v < 0 or v >= MAX_COORDINATE for v in b):
+                        raise ValueError(f"coordinates must be in [0, {MAX_COORDINATE}) pixels")
+                    if b[0] > b[2] or b[1] > b[3]:
+                        raise ValueError("need 0 <= x_min <= x_max and 0 <= y_min <= y_max")
+                except ValueError as e:
+                    policy(BadInputError(f"{path} line {line}: bad box {[row[c] for c in cols[1:]]}"
+                                         f": {e}", path))
+                    continue
+                boxes[stem].append(([int(round(v)) for v in b], f"{path} line {line}"))
+
+        samples = []
+        for stem, img in sorted(images.items()):
+            level = levels.get(stem, -1)
+            mask_paths = masks.get(stem, [])
+            if not mask_paths:
+                hint = (f"expected {os.path.join(mask_dir or os.path.join(cdir, 'masks'), stem)}"
+                        ".png or _mask.png")
+                if level in (-1, PIXEL):
+                    policy(BadInputError(
+                        f"image with no mask: {img} ({hint}; a sample without a mask needs a "
+                        f"box/image/none level in levels.csv)", img))
+                    continue
+                if level == BOX and stem not in boxes:
+                    policy(BadInputError(f"image with no mask: {img} has level 'box' in "
+                                         f"levels.csv but no rows in boxes.csv ({hint})", img))
+                    continue
+                if level == IMAGE and stem not in labels:
+                    policy(BadInputError(f"image with no mask: {img} has level 'image' in "
+                                         f"levels.csv but no label in labels.csv ({hint})", img))
+                    continue
+            b = boxes.get(stem)
+            samples.append(Sample(
+                id=f"{client}/{stem}", client=client, stem=stem, image_path=img,
+                mask_paths=mask_paths, group=f"{client}/{stem}", label=labels.get(stem),
+                level=level,
+                boxes=None if b is None else np.array([x for x, _ in b], np.int64),
+                boxes_source=", ".join(s for _, s in b) if b else ""))
+        return samples
+
