@@ -1,4 +1,4 @@
-"""Acquisition domains and lesion types of the synthetic federation (:mod:`fedmix_jax.data.synthetic`).
+"""Acquisition domains and lesion types of the synthetic federation (:mod:`.synthetic`).
 
 A :class:`Domain` holds one client's look (brightness, gamma, illumination, skin and lesion texture,
 blur, noise, speckle, hairs); pixel-scale fields are in px at 64 x 64 and scale with the image
