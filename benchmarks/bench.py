@@ -143,7 +143,9 @@ def make_config(args, executor: str) -> F.RoundConfig:
                          batch_size=args.batch_size,
                          crop=(args.crop, args.crop) if args.crop else None, lam=args.lam,
                          beta=args.beta, learning_rate=args.learning_rate, executor=executor,
-                         inference_chunk=args.inference_chunk or F.RoundConfig.inference_chunk)
+                         inference_chunk=args.inference_chunk or F.RoundConfig.inference_chunk,
+                         # the reference's loss, the one the sequential baselines implement
+                         empty_target_loss="dice")
 
 
 def make_federation(args, num_clients=None, image_size=None, train_sizes=None, test_size=1):

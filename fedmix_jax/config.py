@@ -73,9 +73,11 @@ class RoundConfig:
       2-core CPU at 64x64, where large chunks fall out of cache; still a large batch on GPU).
     num_devices: devices of the ``sharded`` executor's mesh (None: all of ``jax.devices()``).
     empty_target_loss: the loss of a sample whose target is empty (a lesion-free image):
-      ``"dice"`` (the reference: soft Dice, ~1 with ~no gradient) or ``"bce"`` (binary
-      cross-entropy toward background; l_i then averages the Dice loss of samples with
-      foreground only). See :func:`fedmix_jax.losses.empty_aware_loss_per_sample`.
+      ``"bce"`` (default: binary cross-entropy toward background; l_i then averages the Dice loss
+      of samples with foreground only) or ``"dice"`` (the reference: soft Dice, ~1 with ~no
+      gradient, which Adam turns into steps of full size in directions set by rounding). See
+      :func:`fedmix_jax.losses.empty_aware_loss_per_sample` and
+      ``benchmarks/ablation_empty_targets.py`` for the measurement behind the default.
     """
 
     strategy: Strategy = get_strategy("fedmix")
@@ -93,7 +95,7 @@ class RoundConfig:
     executor: str = "map"
     inference_chunk: int = 16
     num_devices: int | None = None
-    empty_target_loss: str = "dice"
+    empty_target_loss: str = "bce"
 
     def __post_init__(self):
         if self.empty_target_loss not in EMPTY_TARGET_LOSSES:
