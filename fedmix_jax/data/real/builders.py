@@ -16,36 +16,15 @@ back with ``tfds.data_source`` (random access, no TensorFlow). TensorFlow is nev
 ``Image`` feature needs it, so images are stored as zlib-compressed uint8 ``Tensor`` features,
 which TFDS encodes and decodes with NumPy.
 
-Builder configs (:class:`FedMixConfig`) hold the preprocessing and split options; the config name
-encodes them, e.g. ``gray256_seed0_test20_val10`` (``rgb`` for 3 channels, ``_skip`` when built
-with ``on_bad_input='skip'``, and for ``folder_federation`` a hash of the data_dir path so two
-different federations never share a cache). Any combination can be built; ``gray256`` (the
-reference), ``gray64`` and ``rgb256`` with seed 0 are predefined.
+Builder configs (:class:`FedMixConfig`, in :mod:`.builder_config`) hold the preprocessing and
+split options; the config name encodes them, e.g. ``gray256_seed0_test20_val10`` (``rgb`` for 3
+channels, ``_skip`` when built with ``on_bad_input='skip'``, and for ``folder_federation`` a hash
+of the data_dir path so two different federations never share a cache). Any combination can be
+built; ``gray256`` (the reference), ``gray64`` and ``rgb256`` with seed 0 are predefined.
 
-Per-example features (S = image_size, Cin = channels, K = 1 class, 'lesion'):
-
-================  ==================  ============================================================
-``image``         uint8 [S, S, Cin]   resized image (bilinear, antialiased)
-``mask``          uint8 [S, S, K]     {0, 1} ground-truth mask (nearest); zeros when ``has_mask=0``
-``boxes``         uint8 [S, S, K]     {0, 1} box mask: 1 inside any box
-``box_coords``    int32 [nb, 4]       the boxes at S x S, (x_min, y_min, x_max, y_max) inclusive
-``label``         uint8 [K]           image label: lesion present (BUSI: 0 for ``normal``; folders:
-                                      labels.csv, else from the mask)
-``has_mask``      bool                False only for folders samples with a non-pixel level and no mask
-``level``         int32               per-sample level from levels.csv, -1 = use the config's
-``client``        text                client name; ``client_index`` int32 into metadata ``clients``
-``id``/``stem``   text                unique sample id / file stem
-``category``      text                HAM10000: dx; BUSI: benign/malignant/normal; else ''
-``malignant``     int32               1 malignant, 0 benign (or BUSI normal), -1 unknown
-``image_path``    text                the source image, relative to the manual dir
-``orig_size``     int32 [2]           original (height, width)
-================  ==================  ============================================================
-
-Boxes: from ``boxes.csv`` when given (scaled to S, rounded outwards), otherwise derived from the
-resized mask with a random 1-9 px margin per side drawn once per sample from a generator seeded by
-``(seed, hash(id))`` (:func:`fedmix_jax.data.boxes.sample_rng`): with ``box_mode='component'``
-(default) one box per connected component, with ``'enclosing'`` the reference's one box around all
-the foreground (config name suffix ``_enclosing``; see :mod:`fedmix_jax.data.boxes`).
+Per-example features and how a sample is decoded: :mod:`.examples` (images, masks and box masks
+uint8 [S, S, C or K], box coordinates int32 [nb, 4], labels uint8 [K], and the sample's
+metadata).
 
 Splits ``train`` / ``validation`` / ``test`` per client, seeded and file-order independent
 (:mod:`.splits`). Records are written unshuffled, grouped by client (in the order of metadata
@@ -68,30 +47,22 @@ validate the cache first), or plain TFDS::
 from __future__ import annotations
 
 import collections
-import dataclasses
-import hashlib
 import logging
 import os
 import time
 
-import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from fedmix_jax.data.boxes import box_mask, boxes_from_mask, check_box_mode, sample_rng, \
-    scale_boxes
+from fedmix_jax.data.boxes import check_box_mode
+from fedmix_jax.data.real.builder_config import (_DEFAULT_CONFIGS, FedMixConfig, _new_config,
+                                                 built_splits, config_name, data_dir_tag)
 from fedmix_jax.data.real.errors import BadInputError, BadInputPolicy, log
-from fedmix_jax.data.real.imaging import load_image, load_mask, resize_mask
+from fedmix_jax.data.real.examples import BOX_MARGIN, features, process_sample
 from fedmix_jax.data.real.layouts import LAYOUTS, Layout, Sample, Scan, source_fingerprint
-from fedmix_jax.data.real.splits import SPLITS, assign_splits, check_fractions, rank_in_client, \
-    stable_int
+from fedmix_jax.data.real.splits import SPLITS, assign_splits, check_fractions, rank_in_client
 
-BOX_MARGIN = (1, 9)
 ARRAY_RECORD = "array_record"
-# Arrays are zlib-compressed per feature. (array_record also compresses each record with its
-# default options, which TFDS does not expose; storing the features raw and relying on that alone
-# measured slower -- 21 s vs 11.5 s of CPU for 1,000 images at 256 px -- and larger.)
-_ENCODING = tfds.features.Encoding.ZLIB
 
 
 class _NoCustomConfigWarning(logging.Filter):
@@ -103,68 +74,6 @@ class _NoCustomConfigWarning(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_NoCustomConfigWarning())
-
-
-@dataclasses.dataclass(eq=False)
-class FedMixConfig(tfds.core.BuilderConfig):
-    """Preprocessing and split options (see module docstring); build with :func:`make_config`."""
-
-    image_size: int = 256
-    channels: int = 1
-    seed: int = 0
-    test_fraction: float = 0.2
-    val_fraction: float = 0.1
-    on_bad_input: str = "fail"
-    tag: str = ""
-    box_mode: str = "component"
-
-
-def _pct(f: float) -> str:
-    return f"{100 * float(f):g}".replace(".", "p")
-
-
-def config_name(image_size=256, channels=1, seed=0, test_fraction=0.2, val_fraction=0.1,
-                on_bad_input="fail", tag="", box_mode="component") -> str:
-    name = (f"{'gray' if int(channels) == 1 else 'rgb'}{int(image_size)}_seed{int(seed)}"
-            f"_test{_pct(test_fraction)}_val{_pct(val_fraction)}")
-    if str(on_bad_input).lower() == "skip":
-        name += "_skip"
-    if str(box_mode).lower() == "enclosing":
-        name += "_enclosing"
-    if tag:
-        name += f"_{tag}"
-    return name
-
-
-def data_dir_tag(data_dir: str) -> str:
-    """Short hash of an absolute data_dir path (keys the folders builder's cache)."""
-    p = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
-    return "d" + hashlib.sha256(p.encode("utf-8")).hexdigest()[:10]
-
-
-def _new_config(image_size=256, channels=1, seed=0, test_fraction=0.2, val_fraction=0.1,
-                on_bad_input="fail", tag="", box_mode="component") -> FedMixConfig:
-    return FedMixConfig(
-        name=config_name(image_size, channels, seed, test_fraction, val_fraction, on_bad_input,
-                         tag, box_mode),
-        description=(f"{'grayscale' if channels == 1 else 'RGB'} {image_size}x{image_size}, split "
-                     f"seed {seed}, test {test_fraction}, val {val_fraction} of train, "
-                     f"on_bad_input={on_bad_input}, box_mode={box_mode}"),
-        image_size=int(image_size), channels=int(channels), seed=int(seed),
-        test_fraction=float(test_fraction), val_fraction=float(val_fraction),
-        on_bad_input=str(on_bad_input).lower(), tag=tag, box_mode=str(box_mode).lower())
-
-
-def built_splits(cfg) -> tuple[str, ...]:
-    """The splits a config writes: ``train`` always, ``validation``/``test`` when their fraction
-    is > 0 (TFDS cannot write an empty split)."""
-    return tuple(sp for sp in SPLITS if sp == "train"
-                 or (sp == "validation" and cfg.val_fraction > 0)
-                 or (sp == "test" and cfg.test_fraction > 0))
-
-
-_DEFAULT_CONFIGS = [dict(image_size=256, channels=1), dict(image_size=64, channels=1),
-                    dict(image_size=256, channels=3)]
 
 
 class _FedMixBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -181,30 +90,9 @@ class _FedMixBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _info(self) -> tfds.core.DatasetInfo:
         cfg = self.builder_config
         s, c, k = cfg.image_size, cfg.channels, len(self.LAYOUT.class_names)
-
-        def u8(shape):
-            return tfds.features.Tensor(shape=shape, dtype=np.uint8, encoding=_ENCODING)
-
-        features = tfds.features.FeaturesDict({
-            "image": u8((s, s, c)),
-            "mask": u8((s, s, k)),
-            "boxes": u8((s, s, k)),
-            "box_coords": tfds.features.Tensor(shape=(None, 4), dtype=np.int32),
-            "label": tfds.features.Tensor(shape=(k,), dtype=np.uint8),
-            "has_mask": tfds.features.Tensor(shape=(), dtype=np.bool_),
-            "level": tfds.features.Tensor(shape=(), dtype=np.int32),
-            "client": tfds.features.Text(),
-            "client_index": tfds.features.Tensor(shape=(), dtype=np.int32),
-            "id": tfds.features.Text(),
-            "stem": tfds.features.Text(),
-            "category": tfds.features.Text(),
-            "malignant": tfds.features.Tensor(shape=(), dtype=np.int32),
-            "image_path": tfds.features.Text(),
-            "orig_size": tfds.features.Tensor(shape=(2,), dtype=np.int32),
-        })
         return tfds.core.DatasetInfo(
             builder=self, description=f"{self.LAYOUT.title}, for FedMix (fedmix_jax).",
-            features=features, homepage="https://arxiv.org/abs/2205.01840",
+            features=features(s, c, k), homepage="https://arxiv.org/abs/2205.01840",
             disable_shuffling=True, metadata=tfds.core.MetadataDict())
 
     # -- split generation --------------------------------------------------------------------
@@ -294,57 +182,6 @@ def _decode_all(samples: list[Sample], params: tuple):
     """Yield ``(sample, process_sample(sample, *params))`` in order."""
     for s in samples:
         yield s, process_sample(s, *params)
-
-
-def process_sample(s: Sample, size: int, channels: int, seed: int, data_dir: str,
-                   cindex: dict, box_mode: str = "component"):
-    """Decode one sample -> ``(example, label_disagrees_with_mask)``, or the
-    :class:`BadInputError` describing why it is unusable (returned, not raised)."""
-    try:
-        image, (h, w) = load_image(s.image_path, size, channels)
-        full = None
-        for mp in s.mask_paths:
-            m = load_mask(mp, (h, w), s.image_path)
-            full = m if full is None else (full | m)
-        has_mask = full is not None
-        mask = resize_mask(full, size) if has_mask else np.zeros((size, size), bool)
-        if s.boxes is not None:
-            b = np.asarray(s.boxes, np.int64).reshape(-1, 4)
-            outside = (b[:, 2] >= w) | (b[:, 3] >= h)
-            if outside.any():
-                src = s.boxes_source.split(" line ")[0]
-                raise BadInputError(
-                    f"box {b[outside][0].tolist()} for {s.image_path} lies outside the "
-                    f"{w}x{h} image ({s.boxes_source})", src or s.image_path)
-            boxes = scale_boxes(b, (h, w), (size, size))
-        elif has_mask:
-            rng = sample_rng(seed, stable_int("boxes", s.id))
-            boxes = boxes_from_mask(mask, rng, margin=BOX_MARGIN, box_mode=box_mode)
-        else:
-            boxes = np.zeros((0, 4), np.int64)
-        present = bool(full.any()) if has_mask else None
-        label = int(s.label) if s.label is not None else int(bool(present))
-        disagree = present is not None and s.label is not None and bool(s.label) != present
-    except BadInputError as e:
-        return e
-    example = {
-        "image": image,
-        "mask": mask[..., None].astype(np.uint8),
-        "boxes": box_mask(boxes, size, size)[..., None].astype(np.uint8),
-        "box_coords": np.asarray(boxes, np.int32).reshape(-1, 4),
-        "label": np.array([label], np.uint8),
-        "has_mask": bool(has_mask),
-        "level": np.int32(s.level),
-        "client": s.client,
-        "client_index": np.int32(cindex[s.client]),
-        "id": s.id,
-        "stem": s.stem,
-        "category": s.category,
-        "malignant": np.int32(s.malignant),
-        "image_path": os.path.relpath(s.image_path, data_dir),
-        "orig_size": np.array([h, w], np.int32),
-    }
-    return example, bool(disagree)
 
 
 class Ham10000Fedmix(_FedMixBuilder):
