@@ -1,50 +1,26 @@
-"""Build-if-needed, validate the cache, read with ``tfds.data_source`` and stack into a Federation.
+"""Read a prepared real dataset into a :class:`~fedmix_jax.data.federation.Federation`.
 
-Cache layout (TFDS's own; ``cache_dir`` defaults to ``~/fedmix_data``)::
-
-    cache_dir/
-      ham10000_fedmix/                       builder name (breast_us_fedmix, folder_federation)
-        gray256_seed0_test20_val10/          config name (preprocessing + split options)
-          1.0.0/
-            dataset_info.json  features.json  metadata.json (fedmix: clients, counts, skipped...)
-            ham10000_fedmix-train.array_record-00000-of-00001
-            ham10000_fedmix-validation.array_record-00000-of-00001
-            ham10000_fedmix-test.array_record-00000-of-00001
-        .config/ ...                         written by TFDS
-
-TFDS writes a build into ``<config>/incomplete.XXXXXX_1.0.0/`` and renames it to ``1.0.0/`` only
-after every shard and ``dataset_info.json`` are written, so an interrupted build never appears
-complete. Before reading, :func:`prepare_dataset` still checks the version directory (valid
-``dataset_info.json``/``features.json``/``metadata.json``, every shard present with the number of
-records ``dataset_info.json`` promises) and rebuilds anything that fails; leftover ``incomplete.*``
-directories of an interrupted build are removed. It also rebuilds when the image/CSV files under
-``data_dir`` changed since the build (a fingerprint of their relative paths and sizes), and when
-``rebuild=True``. If ``data_dir`` is gone but a valid cache exists, the cache is used. Do not run
-two builds of the same config into the same ``cache_dir`` at the same time.
+:func:`load_federation_from_config` builds the cache if needed (:mod:`.cache`), picks the clients
+and their levels, caps each client at ``max_per_client`` and reads every split into the padded
+arrays of a Federation: images float32 [C, N, S, S, Cin] in [0, 1], masks and boxes float32
+[C, N, S, S, K] in {0, 1}, image_labels [C, N, K], levels int32 [C, N]. :func:`read_client_split`
+reads one client's split unpadded. The cache layout and its validation are described in
+:mod:`.cache`.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import sys
-import time
-from dataclasses import dataclass, field
 
 import ml_collections
 import numpy as np
-import tensorflow_datasets as tfds
 
 from fedmix_jax.data.federation import LEVEL_NAMES, Federation, level_from_name, stack_clients
-from fedmix_jax.data.real.builders import ARRAY_RECORD, BUILDERS, FedMixConfig, built_splits, \
-    make_config
-from fedmix_jax.data.real.errors import DATA_DIR_FLAG, CacheDamagedError, DatasetNotFoundError, \
-    log
-from fedmix_jax.data.real.files import open_regular
-from fedmix_jax.data.real.layouts import LAYOUTS, source_fingerprint
+from fedmix_jax.data.real.cache import (DEFAULT_CACHE_DIR, PreparedDataset, _get,
+                                        prepare_dataset, validate_cache)
+from fedmix_jax.data.real.errors import DATA_DIR_FLAG, CacheDamagedError, log
 
-DEFAULT_CACHE_DIR = "~/fedmix_data"
 SPLIT_FIELDS = {"train": "train", "validation": "val", "test": "test"}
 
 # Default level of each known client when ``levels`` is not given (the paper's settings:
@@ -65,200 +41,6 @@ def default_data_config(name: str = "ham10000", **overrides) -> ml_collections.C
         max_per_client=0, rebuild=False, box_mode="component"))
     cfg.update(overrides)
     return cfg
-
-
-def _get(cfg, key, default):
-    if cfg is None:
-        return default
-    if isinstance(cfg, dict) or hasattr(cfg, "get"):
-        v = cfg.get(key, default)
-    else:
-        v = getattr(cfg, key, default)
-    return default if v is None else v
-
-
-# ----------------------------------------------------------------------------------------------
-# cache validation
-
-
-def _expected_path(builder_cls, cfg: FedMixConfig, cache_dir: str) -> str:
-    return os.path.join(cache_dir, builder_cls.name, cfg.name, str(builder_cls.VERSION))
-
-
-def validate_cache(path: str, builder_name: str, cfg: FedMixConfig | None = None
-                   ) -> tuple[bool, str]:
-    """Is ``path`` (a ``<config>/<version>`` dir) a complete build? Returns ``(ok, reason)``."""
-    from array_record.python.array_record_module import ArrayRecordReader
-
-    if not os.path.isdir(path):
-        return False, "not built"
-    try:
-        with open_regular(os.path.join(path, "dataset_info.json")) as f:
-            info = json.load(f)
-        with open_regular(os.path.join(path, "metadata.json")) as f:
-            meta = json.load(f)["fedmix"]
-        if not isinstance(info, dict) or not isinstance(meta, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        return False, f"unreadable dataset_info.json/metadata.json ({type(e).__name__}: {e})"
-    if not os.path.isfile(os.path.join(path, "features.json")):
-        return False, "features.json is missing"
-    if info.get("fileFormat") != ARRAY_RECORD:
-        return False, f"file format {info.get('fileFormat')!r} is not array_record"
-    splits = {s["name"]: s for s in info.get("splits", [])}
-    wanted = built_splits(cfg) if cfg is not None else tuple(splits)
-    for sp in wanted:
-        if sp not in splits:
-            return False, f"split {sp!r} is missing"
-        lengths = [int(x) for x in splits[sp].get("shardLengths", [])]
-        counts = meta.get("counts", {}).get(sp)
-        if counts is None or sum(counts.values()) != sum(lengths):
-            return False, f"metadata counts of split {sp!r} do not match its shards"
-        for i, n in enumerate(lengths):
-            fname = f"{builder_name}-{sp}.{ARRAY_RECORD}-{i:05d}-of-{len(lengths):05d}"
-            fpath = os.path.join(path, fname)
-            if not os.path.isfile(fpath):
-                return False, f"shard {fname} is missing"
-            try:
-                reader = ArrayRecordReader(fpath)
-                got = reader.num_records()
-                reader.close()
-            except Exception as e:  # noqa: BLE001 -- any reader failure means a damaged shard
-                return False, f"shard {fname} is unreadable ({type(e).__name__}: {e})"
-            if got != n:
-                return False, f"shard {fname} holds {got} records, expected {n}"
-    return True, "ok"
-
-
-def _remove_stale_incomplete(path: str) -> None:
-    parent, version = os.path.dirname(path), os.path.basename(path)
-    if not os.path.isdir(parent):
-        return
-    for e in os.listdir(parent):
-        if e.startswith("incomplete.") and e.endswith("_" + version):
-            log.warning("removing %s left by an interrupted build", os.path.join(parent, e))
-            shutil.rmtree(os.path.join(parent, e), ignore_errors=True)
-
-
-# ----------------------------------------------------------------------------------------------
-# build
-
-
-@dataclass
-class PreparedDataset:
-    """A built, validated dataset: its TFDS data sources and metadata."""
-
-    name: str                       # 'ham10000' | 'breast' | 'folders'
-    builder: tfds.core.DatasetBuilder
-    config: FedMixConfig
-    path: str                       # the cache's version directory
-    sources: dict                   # split -> tfds ArrayRecordDataSource
-    metadata: dict                  # metadata.json's "fedmix" entry
-    built_now: bool = False
-    build_seconds: float = 0.0
-    extras: dict = field(default_factory=dict)
-
-    @property
-    def clients(self) -> list[str]:
-        return list(self.metadata["clients"])
-
-    def client_range(self, split: str, client: str) -> range:
-        """Record indices of ``client`` in ``split`` (records are grouped by client)."""
-        counts = self.metadata["counts"].get(split)
-        if counts is None:
-            return range(0)
-        start = 0
-        for c in self.clients:
-            if c == client:
-                return range(start, start + int(counts.get(c, 0)))
-            start += int(counts.get(c, 0))
-        raise KeyError(client)
-
-
-def prepare_dataset(data_cfg, verbose: bool = True) -> PreparedDataset:
-    """Build the dataset of ``data_cfg`` if it is not cached (or the cache is bad), then open it.
-
-    The same code path serves the CLI (:mod:`.build`) and :func:`load_federation_from_config`.
-    """
-    name = str(_get(data_cfg, "name", "ham10000")).strip().lower()
-    if name not in BUILDERS:
-        raise ValueError(f"unknown --config.data.name {name!r}; expected one of {sorted(BUILDERS)}")
-    builder_cls, layout = BUILDERS[name], LAYOUTS[name]
-    raw_dir = _get(data_cfg, "data_dir", "")
-    data_dir = os.path.abspath(os.path.expanduser(str(raw_dir))) if str(raw_dir).strip() else ""
-    cache_dir = os.path.abspath(os.path.expanduser(str(_get(data_cfg, "cache_dir",
-                                                             DEFAULT_CACHE_DIR))))
-    cfg = make_config(name, image_size=int(_get(data_cfg, "image_size", 256)),
-                      channels=int(_get(data_cfg, "channels", 1)),
-                      seed=int(_get(data_cfg, "seed", 0)),
-                      test_fraction=float(_get(data_cfg, "test_fraction", 0.2)),
-                      val_fraction=float(_get(data_cfg, "val_fraction", 0.1)),
-                      on_bad_input=str(_get(data_cfg, "on_bad_input", "fail")),
-                      data_dir=data_dir or None,
-                      box_mode=str(_get(data_cfg, "box_mode", "component")))
-    path = _expected_path(builder_cls, cfg, cache_dir)
-    have_source = bool(data_dir) and os.path.isdir(data_dir) and any(
-        not e.startswith(".") for e in os.listdir(data_dir))
-
-    ok, reason = validate_cache(path, builder_cls.name, cfg)
-    if ok and bool(_get(data_cfg, "rebuild", False)):
-        ok, reason = False, "rebuild=True"
-    if ok and have_source:
-        with open(os.path.join(path, "metadata.json")) as f:
-            old = json.load(f)["fedmix"].get("source_fingerprint")
-        if old != source_fingerprint(data_dir):
-            ok, reason = False, f"the files under {data_dir} changed since the cache was built"
-    if ok and not have_source:
-        log.info("%s=%r is missing or empty; using the cache %s", DATA_DIR_FLAG, raw_dir, path)
-
-    built_now, seconds = False, 0.0
-    if not ok:
-        if not have_source:
-            if os.path.exists(path):
-                raise DatasetNotFoundError(
-                    f"the cache {path} is damaged ({reason}) and cannot be rebuilt: "
-                    f"{DATA_DIR_FLAG}={raw_dir!r} is missing or empty. Point it at the source "
-                    "files to rebuild the cache.")
-            layout.check_data_dir(data_dir)  # raises DatasetNotFoundError with the layout
-            raise DatasetNotFoundError(f"{DATA_DIR_FLAG}={raw_dir!r}: nothing to build from")
-        if os.path.exists(path):
-            log.warning("cache %s: %s; rebuilding", path, reason)
-            shutil.rmtree(path)
-        _remove_stale_incomplete(path)
-        if verbose:
-            print(f"[fedmix_jax] building {builder_cls.name}/{cfg.name} from {data_dir} into "
-                  f"{cache_dir} ({reason})", file=sys.stderr, flush=True)
-        t0 = time.time()
-        builder = builder_cls(config=cfg, data_dir=cache_dir, file_format=ARRAY_RECORD)
-        builder.download_and_prepare(
-            download_dir=os.path.join(cache_dir, "downloads"),
-            download_config=tfds.download.DownloadConfig(manual_dir=data_dir))
-        seconds = time.time() - t0
-        built_now = True
-        ok, reason = validate_cache(path, builder_cls.name, cfg)
-        if not ok:  # pragma: no cover -- would be a TFDS bug
-            raise RuntimeError(f"build of {path} finished but the cache is invalid: {reason}")
-
-    sources = tfds.data_source(builder_cls.name, data_dir=cache_dir, download=False,
-                               builder_kwargs={"config": cfg, "file_format": ARRAY_RECORD})
-    first = next(iter(sources.values()))
-    meta = dict(first.dataset_info.metadata["fedmix"])
-    if not built_now:
-        builder = builder_cls(config=cfg, data_dir=cache_dir, file_format=ARRAY_RECORD)
-    prepared = PreparedDataset(name=name, builder=builder, config=cfg, path=path,
-                               sources=dict(sources), metadata=meta, built_now=built_now,
-                               build_seconds=seconds)
-    if verbose and built_now:
-        n = {sp: sum(c.values()) for sp, c in meta["counts"].items()}
-        print(f"[fedmix_jax] built {path} in {seconds:.1f} s: {n}; "
-              f"{len(meta['skipped'])} bad file(s) skipped" +
-              "".join(f"\n  skipped: {d['reason']}" for d in meta["skipped"][:20]) +
-              (f"\n  ... see {path}/metadata.json" if len(meta["skipped"]) > 20 else "") +
-              "".join(f"\n  warning: {w}" for w in meta["warnings"]), file=sys.stderr, flush=True)
-    elif meta.get("skipped"):
-        log.warning("%s was built with on_bad_input='skip': %d file(s) were skipped (listed in "
-                    "%s/metadata.json)", path, len(meta["skipped"]), path)
-    return prepared
 
 
 # ----------------------------------------------------------------------------------------------
