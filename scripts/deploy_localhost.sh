@@ -9,6 +9,9 @@
 #   NUM_SITES [3]     OVERRIDES [tiny: num_rounds=2 model.width=4 ...]   PORT_BASE [19090]
 #   WORKER [0]        1: each site runs a long-lived site worker (fedmix_jax.flower.worker) and
 #                     its ClientApp only relays (no tracing / compilation per round)
+#   WARM [0]          1: each SuperNode runs in --isolation process mode and one long-running
+#                     fedmix_jax.flower.warm_clientapp process executes all its ClientApp
+#                     messages (no process start, no tracing / compilation per round)
 #   JAX_CACHE [1]     1: ClientApp processes share a persistent XLA compilation cache
 #
 # Prints the refused-site check, the per-round times and where metrics.jsonl / summary.json are.
@@ -18,6 +21,7 @@ WORK=$(mkdir -p "${1:-/tmp/fedmix_deploy}" && cd "${1:-/tmp/fedmix_deploy}" && p
 NUM_SITES=${NUM_SITES:-3}
 PORT_BASE=${PORT_BASE:-19090}
 WORKER=${WORKER:-0}
+WARM=${WARM:-0}
 JAX_CACHE=${JAX_CACHE:-1}
 OVERRIDES=${OVERRIDES:-"num_rounds=2 model.width=4 model.depth=2 data.image_size=16 data.num_clients=3 data.train_sizes='(8,12,6)' data.levels=\"('box','pixel','box')\" data.val_size=4 data.test_size=4 train.batch_size=4"}
 BIN="$REPO/.venv/bin"
@@ -74,11 +78,18 @@ for i in $(seq 0 $((NUM_SITES - 1))); do
     PIDS+=($!)
     NODE_CONFIG="$NODE_CONFIG worker=\"unix:$SOCK\""
   fi
+  ISOLATION=()
+  [ "$WARM" = 1 ] && ISOLATION=(--isolation process)
   "$BIN/flower-supernode" --superlink "$LINK" --root-certificates "$CERTS/ca.crt" \
-    --auth-supernode-private-key "$CERTS/site_$i" \
+    --auth-supernode-private-key "$CERTS/site_$i" "${ISOLATION[@]}" \
     --node-config "$NODE_CONFIG" --host 127.0.0.1 --port $((PORT_BASE + 10 + i)) \
     > "$WORK/logs/supernode_$i.log" 2>&1 &
   PIDS+=($!)
+  if [ "$WARM" = 1 ]; then
+    "$BIN/python" -m fedmix_jax.flower.warm_clientapp --runtime-api-address 127.0.0.1:$((PORT_BASE + 10 + i)) \
+      > "$WORK/logs/warm_$i.log" 2>&1 &
+    PIDS+=($!)
+  fi
 done
 
 # --- an unregistered SuperNode must be refused ------------------------------------------------
@@ -120,7 +131,7 @@ else
   echo "FAILED: the unregistered SuperNode was not refused (exit $INTRUDER_RC)"
   tail -5 "$WORK/logs/intruder.log"; exit 1
 fi
-echo "== rounds (deployment, $NUM_SITES sites, worker=$WORKER, jax cache=$JAX_CACHE)"
+echo "== rounds (deployment, $NUM_SITES sites, worker=$WORKER, warm=$WARM, jax cache=$JAX_CACHE)"
 "$BIN/python" - "$WORK/run" <<'PY'
 import json, sys, os
 recs = [json.loads(l) for l in open(os.path.join(sys.argv[1], "metrics.jsonl"))]

@@ -307,27 +307,33 @@ def test_resume_after_server_restart_equals_uninterrupted(two_rounds, tmp_path):
 
 
 def test_silent_site_does_not_stall_the_round(two_rounds, tmp_path):
+    import threading
     import time
+
+    release = threading.Event()
 
     def intercept(node, msg, reply):
         if msg.metadata.message_type == "train" and node == silent:
-            time.sleep(12.0)         # answers after the round's timeout
+            release.wait(120.0)      # answers long after the round's timeout
         return reply
 
     sites = synthetic_sites(3)
     silent = list(sites)[1]
     grid = LocalGrid(sites, intercept=intercept)
-    cfg = dict(_run_config(tmp_path, rounds=1), **{"round-timeout": 6.0})
-    # two_rounds compiled the programs in this process (a cold round 1 would exceed 1 s on CPU).
+    # two_rounds compiled the programs in this process: the other sites answer in seconds.
+    cfg = dict(_run_config(tmp_path, rounds=1), **{"round-timeout": 20.0})
     t0 = time.time()
-    summary, _, _ = run_local(3, cfg, grid=grid)
+    try:
+        summary, _, _ = run_local(3, cfg, grid=grid)
+    finally:
+        release.set()
+        grid.close()
     from fedmix_jax.train import read_metrics
 
     rec = read_metrics(os.path.join(summary["workdir"], "metrics.jsonl"))[0]
-    assert rec["accepted"].count(False) == 1 and rec["applied"]
-    assert "no reply" in next(iter(rec["rejected"].values()))
-    assert time.time() - t0 < 60
-    grid.close()
+    assert rec["accepted"][1] is False and rec["applied"]
+    assert "no reply" in rec["rejected"]["site_b_hairy"]
+    assert time.time() - t0 < 110
 
 
 def test_site_worker_relay_equals_in_process(two_rounds, tmp_path):

@@ -80,6 +80,23 @@ def _run_config(run_config) -> dict:
     return rc
 
 
+def send_and_receive(grid: Grid, messages, timeout: float, interval: float = 0.2) -> list:
+    """Push ``messages`` and pull their replies every ``interval`` seconds until all answered or
+    ``timeout`` (Flower's ``Grid.send_and_receive`` pulls every 3 s, which adds up to 3 s to
+    every exchange of a round)."""
+    pending = set(grid.push_messages(list(messages)))
+    t_end = time.time() + timeout
+    got = []
+    while pending:
+        replies = list(grid.pull_messages(pending))
+        got.extend(replies)
+        pending -= {m.metadata.reply_to_message_id for m in replies}
+        if not pending or time.time() > t_end:
+            break
+        time.sleep(interval)
+    return got
+
+
 def _wait_for_nodes(grid: Grid, num: int, timeout: float) -> list[int]:
     t_end = time.time() + timeout
     while True:
@@ -99,7 +116,7 @@ def discover_sites(grid: Grid, shared_json: str, num_sites: int, join_timeout: f
     msgs = [Message(content=RecordDict({CONFIG_RECORD: ConfigRecord(
         {"config-json": shared_json})}), dst_node_id=n, message_type="query.info")
         for n in nodes]
-    replies = list(grid.send_and_receive(msgs, timeout=reply_timeout))
+    replies = send_and_receive(grid, msgs, reply_timeout)
     found = []
     for reply in replies:
         if reply.has_error():
@@ -211,8 +228,8 @@ def run_server(grid: Grid, run_config, *, write_plots: bool = True, return_state
         round_times, eval_times = [], []
         for r in range(start + 1, num_rounds + 1):
             t0 = time.perf_counter()
-            replies = grid.send_and_receive(fed.configure_train(r, arrays, ConfigRecord(), grid),
-                                            timeout=round_timeout)
+            replies = send_and_receive(
+                grid, fed.configure_train(r, arrays, ConfigRecord(), grid), round_timeout)
             new_arrays, _ = fed.aggregate_train(r, replies)
             if new_arrays is not None:
                 arrays = new_arrays
@@ -232,9 +249,8 @@ def run_server(grid: Grid, run_config, *, write_plots: bool = True, return_state
                 rec["rejected"] = out.rejected
             if r % eval_every == 0 or r == num_rounds:
                 t1 = time.perf_counter()
-                ev_replies = grid.send_and_receive(
-                    fed.configure_evaluate(r, arrays, ConfigRecord(), grid),
-                    timeout=round_timeout)
+                ev_replies = send_and_receive(
+                    grid, fed.configure_evaluate(r, arrays, ConfigRecord(), grid), round_timeout)
                 fed.aggregate_evaluate(r, ev_replies)
                 eval_times.append(time.perf_counter() - t1)
                 scores = fed.last_eval["scores"]
