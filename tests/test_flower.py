@@ -19,7 +19,8 @@ import pytest  # noqa: E402
 
 flwr = pytest.importorskip("flwr")
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict  # noqa: E402,E501
+from flwr.app import (Array, ArrayRecord, ConfigRecord, Message, MetricRecord,  # noqa: E402
+                      RecordDict)
 
 from fedmix_jax.flower import _core, records  # noqa: E402
 from fedmix_jax.flower.simulation import LocalGrid, run_local, synthetic_sites  # noqa: E402
@@ -280,7 +281,8 @@ def test_only_the_model_pair_and_scalars_leave_a_site(two_rounds):
             assert list(c.array_records[LOCAL_RECORD].keys()) == spec     # the pair, nothing else
             assert set(c.metric_records) == {REPORT_RECORD}
             assert set(c.metric_records[REPORT_RECORD]) == allowed_report
-            assert all(isinstance(v, (int, float)) for v in c.metric_records[REPORT_RECORD].values())
+            scalars = c.metric_records[REPORT_RECORD].values()
+            assert all(isinstance(v, (int, float)) for v in scalars)
             assert set(c.config_records) == {SITE_RECORD}
             assert set(c.config_records[SITE_RECORD]) == {"site-name"}
         elif kind == "evaluate":

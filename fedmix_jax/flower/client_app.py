@@ -29,7 +29,7 @@ import os
 import threading
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 # No JAX at import time: with a site worker this process only relays (see protocol.py).

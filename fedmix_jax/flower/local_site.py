@@ -5,8 +5,8 @@ long-running site worker (:mod:`fedmix_jax.flower.worker`) both drive a :class:`
 
 A site's data comes from its own machine (``node_config`` of its SuperNode):
 
-* ``data = "folders"``, ``data-dir = /path`` (and optionally ``cache-dir``, ``client`` — the client
-  folder's name when the directory holds several): the hospital's images in the project's
+* ``data = "folders"``, ``data-dir = /path`` (and optionally ``cache-dir``, ``client`` — the
+  client folder's name when the directory holds several): the hospital's images in the project's
   ``folders`` layout (:mod:`fedmix_jax.data.real.layouts`), decoded once into the array_record
   cache and read back from it afterwards;
 * ``data = "synthetic"``, ``site-index = i``: client ``i`` of the embedded synthetic federation
@@ -98,7 +98,8 @@ def site_from_federation(federation, index: int, trim: bool = False) -> SiteData
     """
     return SiteData(name=str(federation.client_names[index]), index=int(index),
                     train=_take(federation.train, index, trim),
-                    val=_take(federation.val, index, trim), test=_take(federation.test, index, trim))
+                    val=_take(federation.val, index, trim),
+                    test=_take(federation.test, index, trim))
 
 
 def load_site_data(node_config: dict, shared: ml_collections.ConfigDict | None) -> SiteData:

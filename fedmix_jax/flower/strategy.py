@@ -1,4 +1,4 @@
-"""The server side of a FedMix round as a Flower strategy (:class:`flwr.serverapp.strategy.Strategy`).
+"""The server side of a FedMix round as a Flower strategy (``flwr.serverapp.strategy.Strategy``).
 
 :class:`FedMixStrategy` wraps a strategy of the project's registry
 (:func:`fedmix_jax.strategies.get_strategy`: ``fedmix``, ``fedavg_pixel``, ``fedavg_full``, the

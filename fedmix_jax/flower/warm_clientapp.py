@@ -49,9 +49,10 @@ def run_task(address: str, token: str, client_app) -> bool:
     from flwr.supernode.runtime.run_clientapp import (pull_task_input, push_message,
                                                       push_task_output)
 
-    client = _runtime_client(address, [RuntimeTracingInterceptor(),
-                                       RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
-                                       RuntimeTokenHttpInterceptor(token)])
+    client = _runtime_client(address, [
+        RuntimeTracingInterceptor(),
+        RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+        RuntimeTokenHttpInterceptor(token)])
     heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
     heartbeat.start()
     message = context = reply = None
