@@ -1,45 +1,156 @@
-"""A thin wrapper around orbax's ``CheckpointManager`` for the training loop.
+"""Checkpoints of a run (orbax ``CheckpointManager``), verified on restore.
 
 One checkpoint (a directory ``<workdir>/checkpoints/<round>/``) holds three items:
 
-* ``state`` -- the :class:`~fedmix_jax.federated.FedState` (global pair, client pairs, per-client
-  Adam states, round counter, PRNG key);
-* ``best`` -- the params selected so far by validation Dice (global model 1, or for ``local`` the
-  stacked client models 1);
-* ``extra`` -- a JSON-able dict (the best-validation tracker, the config, bookkeeping).
+* ``state`` -- the federated state (global pair, client pairs, per-client Adam states, round
+  counter, PRNG key);
+* ``best`` -- the params selected so far by validation Dice;
+* ``extra`` -- a JSON record: the caller's dict (best-validation tracker, config, the per-round
+  metric records, ...) and the **integrity record**: path, dtype, shape and SHA-256 of every
+  array leaf, the whole sealed by a SHA-256 of its canonical JSON.
 
-Saving is asynchronous but safe with the round's buffer donation: the arrays are first copied to
-host memory (synchronously, as orbax itself does), and only those copies are written in the
-background, so the next round may donate the device buffers at once. Orbax writes each checkpoint
-into a temporary directory and renames it when complete, so an interrupted save never looks like a
-checkpoint; leftover temporary directories are removed when the manager is opened again.
-:meth:`Checkpointer.close` (also used on Ctrl-C) waits for a pending save to finish.
+Restoring checks everything: the seal of ``extra``, the saved leaves against the target's
+structure, shapes and dtypes, and each restored array against its SHA-256. A checkpoint that fails
+(a flipped byte, a truncated or missing file) raises :class:`CheckpointDamagedError`;
+:meth:`Checkpointer.restore_newest` then logs one line naming it, moves it to
+``<workdir>/damaged/`` (kept for inspection, never deleted) and tries the next older one.
+
+Saving is asynchronous but safe with the round's buffer donation: the arrays are copied to host
+memory first (and hashed there), and only those copies are written in the background. Orbax writes
+into ``<round>.orbax-checkpoint-tmp*`` and renames when complete, so a checkpoint is complete or
+absent; the job removes leftovers of an interrupted write when it opens the checkpoints (under
+the workdir's lock). A failed write (disk full, read-only) raises
+:class:`~fedmix_jax.errors.CheckpointWriteError` naming the checkpoint kept.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-from typing import Any
+import shutil
+import time
+from typing import Any, Callable
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+
+from fedmix_jax.errors import (CheckpointMismatchError, CheckpointWriteError, RunError,
+                               describe_os_error, disk_advice, disk_errno)
 
 ITEMS = ("state", "best", "extra")
+FORMAT = "fedmix_jax.checkpoint/2"
+TMP_MARK = ".orbax-checkpoint-tmp"
+
+
+class CheckpointDamagedError(Exception):
+    """Checkpoint ``step`` cannot be trusted: ``reason`` says what failed."""
+
+    def __init__(self, step: int, reason: str):
+        super().__init__(f"checkpoint {step} is damaged: {reason}")
+        self.step = step
+        self.reason = reason
+
+
+# ------------------------------------------------------------------------------------ leaves
+
+
+def _is_key(x) -> bool:
+    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
 def _host_copy(tree):
-    """Host (NumPy) copies of every leaf, independent of the (possibly donated) device buffers."""
-    return jax.tree.map(lambda x: np.array(x, copy=True), tree)
+    """Host (NumPy) copies of every leaf, independent of the (possibly donated) device buffers;
+    typed PRNG keys are stored as their key data."""
+    def copy(x):
+        if _is_key(x):
+            x = jax.random.key_data(x)
+        return np.array(x, copy=True)
+
+    return jax.tree.map(copy, tree)
 
 
 def _host_target(tree):
     """NumPy placeholders with the shapes and dtypes of ``tree`` (orbax then restores NumPy)."""
     def zeros(x):
+        if _is_key(x):
+            x = jax.eval_shape(jax.random.key_data, x)
         dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype  # no device transfer
         return np.zeros(np.shape(x), dtype)
 
     return jax.tree.map(zeros, tree)
+
+
+def _rewrap_keys(restored, target):
+    return jax.tree.map(lambda r, t: jax.random.wrap_key_data(r, impl=jax.random.key_impl(t))
+                        if _is_key(t) else r, restored, target)
+
+
+def _digest(x: np.ndarray) -> str:
+    flat = np.ascontiguousarray(x).reshape(-1)
+    return hashlib.sha256(flat.view(np.uint8) if flat.size else b"").hexdigest()
+
+
+def leaf_records(host_tree, digest: bool = True) -> list[list]:
+    """``[path, dtype, shape, sha256]`` of every leaf of a host tree (the integrity record)."""
+    leaves = jax.tree_util.tree_flatten_with_path(host_tree)[0]
+    return [[jax.tree_util.keystr(p), str(x.dtype), list(x.shape), _digest(x) if digest else ""]
+            for p, x in leaves]
+
+
+def _sha(body) -> str:
+    """SHA-256 of the canonical JSON of ``body``."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"))
+                          .encode("utf-8")).hexdigest()
+
+
+def _seal(extra: dict, integrity: dict) -> dict:
+    body = json.loads(json.dumps({"extra": extra, "integrity": integrity}))  # as it reads back
+    return {"format": FORMAT, **body, "sha256": _sha(body)}
+
+
+def _unseal(step: int, item) -> tuple[dict, dict | None]:
+    """``(extra, integrity)`` of a stored JSON item; integrity None for a checkpoint written
+    before integrity records existed."""
+    if not isinstance(item, dict):
+        raise CheckpointDamagedError(step, "its JSON record is not an object")
+    if "format" not in item and "sha256" not in item and "integrity" not in item \
+            and "round" in item:
+        return item, None                                   # written by an older version
+    if item.get("format") != FORMAT:
+        raise CheckpointDamagedError(step, f"unknown record format {item.get('format')!r}")
+    body = {"extra": item.get("extra"), "integrity": item.get("integrity")}
+    if item.get("sha256") != _sha(body):
+        raise CheckpointDamagedError(step, "its JSON record does not match its checksum")
+    if not isinstance(body["extra"], dict) or not isinstance(body["integrity"], dict):
+        raise CheckpointDamagedError(step, "its JSON record is incomplete")
+    return body["extra"], body["integrity"]
+
+
+def _short(e: BaseException) -> str:
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first[:160]}" if first else type(e).__name__
+
+
+def remove_temporaries(directory: str) -> list[str]:
+    """Remove orbax's temporary folders (``*.orbax-checkpoint-tmp*``) of interrupted writes under
+    ``directory`` (the checkpoints and their items). Only call it when no save is running."""
+    removed = []
+    if not os.path.isdir(directory):
+        return removed
+    for root, dirs, _ in os.walk(directory):
+        for d in list(dirs):
+            if TMP_MARK in d:
+                path = os.path.join(root, d)
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+                dirs.remove(d)
+    return removed
+
+
+# ------------------------------------------------------------------------------- checkpointer
 
 
 class Checkpointer:
@@ -49,14 +160,30 @@ class Checkpointer:
       directory: where checkpoints live (created if missing).
       max_to_keep: how many of the most recent checkpoints to keep (``None``: all).
       async_save: write in a background thread (the host copy is always synchronous).
+      damaged_dir: where :meth:`restore_newest` moves damaged checkpoints (default: a folder
+        ``damaged`` next to ``directory``).
+      remove_stale: remove temporary folders of interrupted writes now (only safe when no other
+        process may be saving here: the training job holds the workdir's lock).
     """
 
-    def __init__(self, directory: str, max_to_keep: int | None = 2, async_save: bool = True):
+    def __init__(self, directory: str, max_to_keep: int | None = 2, async_save: bool = True,
+                 damaged_dir: str | None = None, remove_stale: bool = False):
         self.directory = os.path.abspath(os.fspath(directory))
+        self.damaged_dir = damaged_dir or os.path.join(os.path.dirname(self.directory),
+                                                       "damaged")
+        if remove_stale:
+            remove_temporaries(self.directory)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
             enable_async_checkpointing=async_save)
-        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+        try:
+            self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                                  item_names=ITEMS)
+        except OSError as e:
+            raise CheckpointWriteError(
+                f"could not create the checkpoint folder {self.directory}: "
+                f"{describe_os_error(e)}", step=0, kept=None) from None
+        self._pending: int | None = None
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's round, or ``None``."""
@@ -65,13 +192,65 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
+    def kept_step(self) -> int | None:
+        """The newest complete checkpoint on disk now (after any pending save has ended)."""
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return None
+        steps = [int(n) for n in names
+                 if n.isdigit() and os.path.isdir(os.path.join(self.directory, n))]
+        return max(steps) if steps else None
+
     def save(self, step: int, state, best_params, extra: dict[str, Any]) -> None:
-        """Start saving round ``step``; returns once the arrays are copied to host memory."""
+        """Start saving round ``step``; returns once the arrays are copied to host memory (and
+        hashed). A failed earlier save raises :class:`CheckpointWriteError` here."""
+        self.wait_until_finished()  # orbax would wait too; this names a failed earlier save
+        host_state, host_best = _host_copy(state), _host_copy(best_params)
+        integrity = {"state": leaf_records(host_state), "best": leaf_records(host_best)}
         args = ocp.args.Composite(
-            state=ocp.args.StandardSave(_host_copy(state)),
-            best=ocp.args.StandardSave(_host_copy(best_params)),
-            extra=ocp.args.JsonSave(extra))
-        self._manager.save(int(step), args=args, force=True)
+            state=ocp.args.StandardSave(host_state),
+            best=ocp.args.StandardSave(host_best),
+            extra=ocp.args.JsonSave(_seal(extra, integrity)))
+        self._call(int(step), self._manager.save, int(step), args=args, force=True)
+        self._pending = int(step)
+
+    def wait_until_finished(self) -> None:
+        """Block until a pending asynchronous save is complete (raises if it failed)."""
+        self._call(self._pending, self._manager.wait_until_finished)
+        self._pending = None
+
+    def _call(self, step: int | None, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RunError:
+            raise
+        except Exception as e:  # noqa: BLE001 -- only disk errors are translated
+            if not isinstance(e, OSError) and disk_errno(e) is None:
+                raise
+            self._pending = None
+            remove_temporaries(self.directory)
+            kept = self.kept_step()
+            advice = disk_advice(e) or "fix the cause"
+            raise CheckpointWriteError(
+                f"could not write the checkpoint of round {step} in {self.directory}: "
+                f"{describe_os_error(e)}. The newest complete checkpoint is "
+                f"{'none' if kept is None else f'round {kept} (intact)'}; {advice}, then rerun "
+                "the same command to resume", step=int(step or 0), kept=kept) from None
+
+    def read_extra(self, step: int) -> dict:
+        """The caller's dict of round ``step``, checked against its seal (no arrays are read)."""
+        return self._read_record(step)[0]
+
+    def _read_record(self, step: int) -> tuple[dict, dict | None]:
+        try:
+            restored = self._manager.restore(int(step), args=ocp.args.Composite(
+                extra=ocp.args.JsonRestore()))
+            item = restored.extra
+        except Exception as e:  # noqa: BLE001 -- anything unreadable is damage
+            raise CheckpointDamagedError(step, f"its JSON record cannot be read ({_short(e)})") \
+                from None
+        return _unseal(step, item)
 
     def restore(self, step: int, state_target, best_target) -> tuple[Any, Any, dict]:
         """Restore round ``step`` into the tree structure, shapes and dtypes of the targets.
@@ -79,35 +258,125 @@ class Checkpointer:
         Returns ``(state, best_params, extra)``; the arrays are put on the default device
         *uncommitted*, exactly like freshly initialised ones, so a resumed run reuses the
         programs compiled for a fresh run (committed arrays would trigger a recompilation).
+
+        Raises:
+          CheckpointDamagedError: the checkpoint cannot be read or fails verification.
+          CheckpointMismatchError: it holds arrays of another structure, shape or dtype.
         """
-        args = ocp.args.Composite(
-            state=ocp.args.StandardRestore(_host_target(state_target)),
-            best=ocp.args.StandardRestore(_host_target(best_target)),
-            extra=ocp.args.JsonRestore())
-        restored = self._manager.restore(int(step), args=args)
-        return (jax.device_put(restored.state), jax.device_put(restored.best),
-                dict(restored.extra))
+        extra, integrity = self._read_record(step)
+        state, best = self._restore_arrays(step, state_target, best_target, integrity)
+        return state, best, extra
 
-    def read_extra(self, step: int) -> dict:
-        """Only the JSON item of round ``step`` (cheap; no arrays are read)."""
-        restored = self._manager.restore(int(step), args=ocp.args.Composite(
-            extra=ocp.args.JsonRestore()))
-        return dict(restored.extra)
+    def _restore_arrays(self, step, state_target, best_target, integrity):
+        host_state, host_best = _host_target(state_target), _host_target(best_target)
+        if integrity is not None:
+            for name, target in (("state", host_state), ("best", host_best)):
+                _check_structure(step, self.directory, name, integrity.get(name), target)
+        try:
+            restored = self._manager.restore(int(step), args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(host_state),
+                best=ocp.args.StandardRestore(host_best)))
+            state, best = restored.state, restored.best
+        except Exception as e:  # noqa: BLE001 -- a missing / truncated / garbled file
+            raise CheckpointDamagedError(step, f"its arrays cannot be read ({_short(e)})") \
+                from None
+        if integrity is not None:
+            for name, tree in (("state", state), ("best", best)):
+                for (path, _, _, want), (_, _, _, got) in zip(integrity[name],
+                                                              leaf_records(tree)):
+                    if want != got:
+                        raise CheckpointDamagedError(
+                            step, f"array {name}{path} does not match its SHA-256")
+        state = _rewrap_keys(state, state_target)
+        best = _rewrap_keys(best, best_target)
+        return jax.device_put(state), jax.device_put(best)
 
-    def wait_until_finished(self) -> None:
-        """Block until a pending asynchronous save is complete."""
-        self._manager.wait_until_finished()
+    def restore_newest(self, state_target, best_target,
+                       check: Callable[[int, dict], None] | None = None):
+        """The newest checkpoint that passes verification: ``(step, state, best, extra)``, or
+        ``None`` when there is none.
 
-    def close(self) -> None:
-        """Finish a pending save and release the manager's resources."""
-        self._manager.wait_until_finished()
-        self._manager.close()
+        Each damaged checkpoint met on the way is reported in one warning line and moved to
+        :attr:`damaged_dir`. ``check(step, extra)`` runs before the arrays are read; an error it
+        raises (e.g. a config mismatch) propagates.
+        """
+        damaged = []
+        for step in reversed(self.all_steps()):
+            try:
+                extra, integrity = self._read_record(step)
+                if integrity is None:
+                    logging.warning("checkpoint %d in %s has no integrity record (written by an "
+                                    "older version); restored without verification", step,
+                                    self.directory)
+                if check is not None:
+                    check(step, extra)
+                state, best = self._restore_arrays(step, state_target, best_target, integrity)
+                return step, state, best, extra
+            except CheckpointDamagedError as e:
+                damaged.append(step)
+                where = self._set_aside(step)
+                logging.warning("%s; moved to %s, trying the previous checkpoint", e, where)
+        if damaged:
+            logging.warning("no intact checkpoint in %s: starting from round 0", self.directory)
+        return None
+
+    def _set_aside(self, step: int) -> str:
+        src = os.path.join(self.directory, str(step))
+        os.makedirs(self.damaged_dir, exist_ok=True)
+        base = os.path.join(self.damaged_dir,
+                            f"checkpoint-{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+        dest, k = base, 1
+        while os.path.lexists(dest):
+            k += 1
+            dest = f"{base}-{k}"
+        os.replace(src, dest)
+        self._manager.reload()
+        return dest
+
+    def close(self, raise_errors: bool = True) -> None:
+        """Finish a pending save and release the manager's resources. With ``raise_errors``
+        False (an error is already on its way up), a failed save is only logged."""
+        try:
+            self.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            if raise_errors:
+                self._close_manager()
+                raise
+            logging.warning("%s", e)
+        self._close_manager()
+
+    def _close_manager(self) -> None:
+        try:
+            self._manager.close()
+        except Exception:  # noqa: BLE001 -- a failed save was reported already
+            pass
 
     def __enter__(self) -> "Checkpointer":
         return self
 
     def __exit__(self, *exc) -> None:
-        self.close()
+        self.close(raise_errors=exc[0] is None)
 
 
-__all__ = ["Checkpointer", "ITEMS"]
+def _check_structure(step: int, directory: str, name: str, records, target) -> None:
+    """The saved leaves of item ``name`` must be the target's leaves (path, dtype, shape)."""
+    if not isinstance(records, list):
+        raise CheckpointDamagedError(step, f"its integrity record lacks '{name}'")
+    want = [[r[0], r[1], list(r[2])] for r in records]
+    have = [r[:3] for r in leaf_records(target, digest=False)]
+    if want == have:
+        return
+    diff = [(w, h) for w, h in zip(want, have) if w != h]
+    if len(want) == len(have) and diff[0][0][0] == diff[0][1][0]:
+        (path, dtype, shape), (_, dtype_here, shape_here) = diff[0]
+        detail = f"{name}{path} is {dtype}{shape} there, {dtype_here}{shape_here} here"
+    else:
+        detail = f"other arrays in '{name}': {len(want)} there, {len(have)} here"
+    raise CheckpointMismatchError(
+        f"checkpoint {step} in {directory} holds a state of another shape ({detail}): it was "
+        "written by another model or version of fedmix_jax. Use a new --workdir (or delete "
+        "this one)")
+
+
+__all__ = ["Checkpointer", "CheckpointDamagedError", "ITEMS", "leaf_records",
+           "remove_temporaries"]

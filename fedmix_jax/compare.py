@@ -24,7 +24,7 @@ import time
 from typing import Sequence
 
 import numpy as np
-from absl import flags
+from absl import flags, logging
 
 from fedmix_jax import main as main_lib
 
@@ -53,25 +53,26 @@ def run_comparison(config, strategies: Sequence[str], seeds: Sequence[int], work
     workdir; or an ``error``), ``dice_mean`` / ``dice_std`` [C], ``mean_dice_mean`` /
     ``mean_dice_std``; plus ``markdown``, the table.
     """
-    from fedmix_jax import train
+    from fedmix_jax import rundir, train
     from fedmix_jax.federated import get_strategy
+    from fedmix_jax.summary import level_names
 
     for s in strategies:  # fail before any training
         try:
             get_strategy(s)
         except ValueError as e:
             raise train.ConfigError(str(e)) from None
-    workdir = os.path.abspath(os.path.expanduser(os.fspath(workdir)))
+    workdir = rundir.resolve(workdir)
+    rundir.check_usable(workdir)
     if federation is None:
-        from fedmix_jax.data.sources import load_federation
+        federation = train._load_federation(config, quiet)  # noqa: SLF001 -- same errors
+    with rundir.WorkdirLock(workdir):  # one comparison per workdir (each run locks its own)
+        return _compare(config, strategies, seeds, workdir, quiet, plots, federation,
+                        level_names(federation), train)
 
-        try:
-            federation = load_federation(config.data, verbose=not quiet)
-        except (ValueError, FileNotFoundError) as e:
-            raise train.DataError(str(e)) from e
-    os.makedirs(workdir, exist_ok=True)
+
+def _compare(config, strategies, seeds, workdir, quiet, plots, federation, levels, train):
     names = list(federation.client_names)
-    levels = train._level_names(federation)  # noqa: SLF001 -- same labels as the run tables
     out = {"config": train.config_to_dict(config), "client_names": names, "levels": levels,
            "strategies": list(strategies), "seeds": [int(s) for s in seeds],
            "metric": "test Dice of global model 1 (local: each client's model) at the round "
@@ -88,14 +89,12 @@ def run_comparison(config, strategies: Sequence[str], seeds: Sequence[int], work
             cfg.strategy = str(strategy)
             cfg.seed = int(seed)
             run_dir = os.path.join(workdir, strategy, f"seed{seed}")
-            print(f"[fedmix_jax.compare] run {k}/{total}: {strategy}, seed {seed} -> {run_dir}",
-                  file=sys.stderr, flush=True)
+            logging.info("run %d/%d: %s, seed %s -> %s", k, total, strategy, seed, run_dir)
             try:
                 s = train.train_and_evaluate(cfg, run_dir, quiet=quiet, federation=federation,
                                              write_plots=plots)
             except train.TrainingDivergedError as e:
-                print(f"[fedmix_jax.compare] {strategy}, seed {seed} failed: {e}",
-                      file=sys.stderr, flush=True)
+                logging.warning("%s, seed %s failed: %s", strategy, seed, e)
                 runs[str(seed)] = {"error": str(e), "workdir": run_dir}
                 continue
             best = s["best"]
@@ -119,10 +118,9 @@ def run_comparison(config, strategies: Sequence[str], seeds: Sequence[int], work
 
 
 def _write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    from fedmix_jax.rundir import atomic_write_text
+
+    atomic_write_text(path, text)
 
 
 def format_table(result: dict) -> str:
@@ -146,20 +144,28 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the comparison command line ``argv``; returns the exit code."""
-    argv = list(sys.argv if argv is None else argv)
-    path = main_lib.config_path_from_argv(argv)
-    err = main_lib.check_config_file(path)
-    if err:
-        print(err.replace(main_lib.USAGE, USAGE), file=sys.stderr)
-        return 2
+def define_flags(argv: list[str]) -> flags.FlagValues:
+    """main's flags (``--config``, ``--workdir``, ``--quiet``) and the comparison's."""
     fv = main_lib.define_flags(argv)
     flags.DEFINE_list("strategies", ["fedmix", "fedavg_pixel", "fedavg_full", "local"],
                       "Comma-separated strategies.", flag_values=fv)
     flags.DEFINE_list("seeds", ["0", "1", "2"], "Comma-separated seeds (config.seed).",
                       flag_values=fv)
     flags.DEFINE_bool("plots", False, "Also write each run's PNG plots.", flag_values=fv)
+    return fv
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the comparison command line ``argv``; returns the exit code."""
+    argv = list(sys.argv if argv is None else argv)
+    if main_lib.wants_help(argv):
+        return main_lib.print_help(USAGE, define_flags(argv[:1]), __doc__)
+    path = main_lib.config_path_from_argv(argv)
+    err = main_lib.check_config_file(path)
+    if err:
+        print(err.replace(main_lib.USAGE, USAGE), file=sys.stderr)
+        return 2
+    fv = define_flags(argv)
     try:
         rest = fv(argv)
         if len(rest) > 1:
@@ -174,25 +180,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}\n{USAGE}", file=sys.stderr)
         return 2
 
-    from fedmix_jax import train
+    from fedmix_jax import console
 
+    console.setup_logging()
     workdir = fv.workdir
     if not workdir:
         workdir = main_lib.default_workdir(path, "compare")
-    print(f"[fedmix_jax.compare] workdir: {os.path.abspath(workdir)}", file=sys.stderr,
-          flush=True)
-    try:
+    logging.info("workdir: %s", os.path.abspath(workdir))
+
+    def job():
         result = run_comparison(config, strategies, seeds, workdir, quiet=fv.quiet,
                                 plots=fv.plots)
-    except train.RunError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return e.exit_code
-    except KeyboardInterrupt:
-        return 130
-    print(result["markdown"])
-    print(f"written: {os.path.join(workdir, 'compare.md')}, "
-          f"{os.path.join(workdir, 'compare.json')}")
-    return 0
+        print(result["markdown"])
+        print(f"written: {os.path.join(workdir, 'compare.md')}, "
+              f"{os.path.join(workdir, 'compare.json')}")
+    return main_lib.run_job(job)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,12 @@
 """Errors with a message for the user: ``main`` prints them in one line and exits with
-``exit_code`` (2 for a user mistake, 1 for a run that diverged), without a traceback."""
+``exit_code`` (2 for a user mistake or an unusable machine/folder, 1 for a run that diverged),
+without a traceback."""
 
 from __future__ import annotations
+
+import errno
+import os
+import re
 
 
 class RunError(Exception):
@@ -18,8 +23,38 @@ class ConfigMismatchError(RunError, ValueError):
     """``workdir`` holds a run made with a different config."""
 
 
+class CheckpointMismatchError(ConfigMismatchError):
+    """A checkpoint in ``workdir`` holds arrays of another structure, shape or dtype."""
+
+
 class DataError(RunError, ValueError):
     """The data could not be loaded (missing download, bad input file, bad data config)."""
+
+
+class WorkdirError(RunError):
+    """The workdir cannot be used: a file, not writable, full, or holding a damaged record."""
+
+
+class WorkdirLockedError(WorkdirError):
+    """Another run holds the workdir's lock; ``pid`` is its process id (None if unknown)."""
+
+    def __init__(self, message: str, pid: int | None = None):
+        super().__init__(message)
+        self.pid = pid
+
+
+class CheckpointWriteError(WorkdirError):
+    """A checkpoint could not be written (disk full, read-only, ...); ``step`` is its round and
+    ``kept`` the newest complete checkpoint (None if there is none)."""
+
+    def __init__(self, message: str, step: int, kept: int | None):
+        super().__init__(message)
+        self.step = step
+        self.kept = kept
+
+
+class OutOfMemoryError(RunError):
+    """The round (or the evaluation) does not fit in the accelerator's (or host's) memory."""
 
 
 class TrainingDivergedError(RunError, FloatingPointError):
@@ -31,3 +66,50 @@ class TrainingDivergedError(RunError, FloatingPointError):
         super().__init__(message)
         self.round = round
         self.clients = clients
+
+
+# errno values that mean "the disk, not the program": the message names the cause.
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
+               errno.EIO)
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")  # how TensorStore (orbax) reports errno
+_ADVICE = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space (disk quota)",
+           errno.EROFS: "use a writable --workdir", errno.EACCES: "use a writable --workdir",
+           errno.EPERM: "use a writable --workdir", errno.EFBIG: "free some space or raise the "
+           "file size limit (ulimit -f)"}
+
+
+def disk_errno(e: BaseException) -> int | None:
+    """The errno of an I/O error, from an ``OSError`` or TensorStore's message; else None."""
+    if isinstance(e, OSError) and e.errno is not None:
+        return e.errno
+    m = _OS_ERROR_CODE.search(str(e))
+    if m:
+        return int(m.group(1))
+    for code in DISK_ERRNOS:
+        if os.strerror(code) in str(e):
+            return code
+    return None
+
+
+def describe_os_error(e: BaseException) -> str:
+    """``'No space left on device'``-style cause of an I/O error (first line of it otherwise)."""
+    code = disk_errno(e)
+    if code is not None:
+        return os.strerror(code)
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return first[:300]
+
+
+def disk_advice(e: BaseException) -> str:
+    """What to do about an I/O error (``'free some space'``...), or ``''``."""
+    return _ADVICE.get(disk_errno(e) or -1, "")
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """True for XLA's RESOURCE_EXHAUSTED / out-of-memory errors and host ``MemoryError``."""
+    if isinstance(e, MemoryError):
+        return True
+    if isinstance(e, RunError) or not isinstance(e, RuntimeError):  # XLA's errors are these
+        return False
+    text = str(e)
+    return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()

@@ -9,7 +9,9 @@ Flags: ``--config`` (a config file; any field can be overridden with ``--config.
 ``--workdir`` (default: a fresh folder ``runs/<config>-<strategy>-<time>``, printed at the start;
 rerunning with an existing workdir resumes it) and ``--quiet`` (log lines instead of a progress
 bar). Exit codes: 0 done; 1 training diverged (non-finite loss); 2 bad command line, config, data
-or workdir; 130 interrupted (the last checkpoint is intact: rerun the same command to resume).
+or workdir, disk full, out of memory, workdir in use by another run (one line on stderr, no
+traceback); 130 interrupted (the last checkpoint is intact: rerun the same command to resume).
+What the job does on each fault: ``docs/what_can_go_wrong.md``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import re
 import sys
 import time
 
-from absl import flags
+from absl import flags, logging
 from ml_collections import config_flags
 
 USAGE = ("usage: python -m fedmix_jax.main --config configs/synthetic.py "
@@ -36,6 +38,22 @@ def define_flags(argv: list[str]) -> flags.FlagValues:
                         "Default: a fresh folder under runs/.", flag_values=fv)
     flags.DEFINE_bool("quiet", False, "No progress bar: one log line per round.", flag_values=fv)
     return fv
+
+
+def wants_help(argv: list[str]) -> bool:
+    return any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv[1:])
+
+
+def print_help(usage: str, fv: flags.FlagValues, doc: str) -> int:
+    """``--help``: the usage line, the command's description and its flags (exit code 0)."""
+    print(f"{usage}\n\n{doc.strip()}\n\nflags:")
+    for name in sorted(fv):
+        flag = fv[name]
+        if flag.name != name or name.startswith("config."):  # short names; config overrides
+            continue
+        default = "" if flag.default is None else f" (default: {flag.default_as_str})"
+        print(f"  --{name}: {flag.help}{default}")
+    return 0
 
 
 def config_path_from_argv(argv: list[str]) -> str | None:
@@ -94,6 +112,8 @@ def default_workdir(config_path: str, label: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (``argv[0]`` is the program name); returns the exit code."""
     argv = list(sys.argv if argv is None else argv)
+    if wants_help(argv):
+        return print_help(USAGE, define_flags(argv[:1]), __doc__)
     path = config_path_from_argv(argv)
     err = check_config_file(path)
     if err:
@@ -113,19 +133,33 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
 
-    from fedmix_jax import train  # imports JAX: after the cheap checks
+    from fedmix_jax import console
 
+    console.setup_logging()
     if not workdir:
         workdir = default_workdir(path, str(config.strategy))
-    print(f"[fedmix_jax] workdir: {os.path.abspath(workdir)}", file=sys.stderr, flush=True)
+    logging.info("workdir: %s", os.path.abspath(workdir))
+
+    def job():
+        from fedmix_jax import summary, train  # imports JAX: after the cheap checks
+
+        print(summary.format_summary(train.train_and_evaluate(config, workdir, quiet=quiet)),
+              flush=True)
+    return run_job(job)
+
+
+def run_job(job) -> int:
+    """Run ``job()``: 0 when it returns; a :class:`~fedmix_jax.errors.RunError` is printed as
+    one ``error:`` line and ends with its exit code (2, or 1 for divergence); Ctrl-C gives 130."""
+    from fedmix_jax.errors import RunError
+
     try:
-        summary = train.train_and_evaluate(config, workdir, quiet=quiet)
-    except train.RunError as e:
+        job()
+    except RunError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return e.exit_code
     except KeyboardInterrupt:
         return 130
-    print(train.format_summary(summary), flush=True)
     return 0
 
 

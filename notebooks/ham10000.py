@@ -220,12 +220,12 @@ print(config.data)
 #
 # ```
 # python -m fedmix_jax.data.real.build --dataset ham10000 --manual_dir DATA_DIR \
-#     --data_dir CACHE_DIR --image_size 256 --channels 1
+#     --cache_dir CACHE_DIR --image_size 256 --channels 1
 # ```
 
 # %%
 build_cmd = [sys.executable, "-m", "fedmix_jax.data.real.build", "--dataset", "ham10000",
-             "--manual_dir", DATA_DIR, "--data_dir", CACHE_DIR,
+             "--manual_dir", DATA_DIR, "--cache_dir", CACHE_DIR,
              "--image_size", str(config.data.image_size), "--channels", str(config.data.channels),
              "--seed", str(config.data.seed), "--val_fraction", str(config.data.val_fraction),
              "--test_fraction", str(config.data.test_fraction)]

@@ -385,8 +385,8 @@ def test_damaged_cache_is_rebuilt(tmp_path, damage):
 
 def test_cli_builds_then_config_reads_cache(tmp_path, capsys):
     make_breast(str(tmp_path / "b"))
-    rc = build_cli.main(["--dataset", "breast", "--manual_dir", str(tmp_path / "b"),
-                         "--data_dir", str(tmp_path / "cache"), "--image_size", str(SIZE)])
+    rc = build_cli.main(["build", "--dataset", "breast", "--manual_dir", str(tmp_path / "b"),
+                         "--cache_dir", str(tmp_path / "cache"), "--image_size", str(SIZE)])
     assert rc == 0
     assert "built" in capsys.readouterr().out
     p = prepare_dataset(cfg("breast", tmp_path / "b", tmp_path / "cache"), verbose=False)

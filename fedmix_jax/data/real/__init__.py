@@ -22,7 +22,7 @@ From Python::
 From a shell (build only, e.g. on a login node; same code path)::
 
     python -m fedmix_jax.data.real.build --dataset ham10000 --manual_dir /data/HAM10000 \\
-        --data_dir ~/fedmix_data --image_size 64
+        --cache_dir ~/fedmix_data --image_size 64
 
 Bad input (``on_bad_input``: ``'fail'`` default, or ``'skip'`` to log, count and skip each bad
 file): see :mod:`.errors`, :mod:`.imaging` (mask rules), :mod:`.files` (special files, links) and

@@ -12,7 +12,7 @@ Shell (then time a build of it)::
 
     python -m fedmix_jax.data.real.make_fixture --layout ham10000 --out /tmp/ham_fake --num 1000
     time python -m fedmix_jax.data.real.build --dataset ham10000 --manual_dir /tmp/ham_fake \\
-        --data_dir /tmp/ham_cache --image_size 64
+        --cache_dir /tmp/ham_cache --image_size 64
 """
 
 from __future__ import annotations

@@ -1,0 +1,125 @@
+"""What a run prints while it works: the progress over rounds and the log lines.
+
+Messages are logged with ``absl.logging``. :func:`setup_logging` (called by the command lines)
+shows them on stderr in absl's format, without breaking a progress bar, and keeps orbax's internal
+log lines out (the job reports checkpoint problems itself, in one line). The progress is a tqdm
+bar over rounds on stderr, or (``quiet``) one log line per round.
+"""
+
+from __future__ import annotations
+
+import logging as py_logging
+import os
+import sys
+
+import numpy as np
+from absl import logging
+
+_bar = None  # the active progress bar: log lines are written around it
+
+
+class _Handler(py_logging.StreamHandler):
+    """absl's format, to the *current* ``sys.stderr``, around an active tqdm bar."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+        self.setFormatter(logging.PythonFormatter())
+        self.addFilter(_quiet_libraries)
+
+    def emit(self, record) -> None:
+        self.stream = sys.stderr
+        if _bar is not None:
+            from tqdm.auto import tqdm
+
+            with tqdm.external_write_mode(file=sys.stderr):
+                super().emit(record)
+        else:
+            super().emit(record)
+
+
+_LIBRARY_DIRS = tuple(f"{os.sep}{name}{os.sep}" for name in ("orbax", "tensorstore"))
+
+
+def _quiet_libraries(record) -> bool:
+    """Orbax logs its progress at INFO and every failure (with tracebacks) at ERROR; the job
+    reports the failures that matter in one line, so only orbax's CRITICAL lines pass."""
+    path = record.pathname or ""
+    if any(d in path for d in _LIBRARY_DIRS):
+        return record.levelno >= py_logging.CRITICAL
+    return True
+
+
+def _drop_late_tensorstore_noise() -> None:
+    """Drop the 'Event loop is closed' tracebacks that TensorStore's late callbacks print after
+    a failed read of a damaged checkpoint (reported in one line by the job); every other
+    unraisable exception is reported as before."""
+    hook = sys.unraisablehook
+    if getattr(hook, "_fedmix_filter", False):
+        return
+
+    def filtered(unraisable):
+        if isinstance(unraisable.exc_value, RuntimeError) and \
+                "Event loop is closed" in str(unraisable.exc_value):
+            return
+        hook(unraisable)
+
+    filtered._fedmix_filter = True
+    sys.unraisablehook = filtered
+
+
+def setup_logging(verbosity: int = logging.INFO) -> None:
+    """Show absl log lines of ``verbosity`` and above on stderr (idempotent); keep orbax's and
+    TensorStore's internal noise out."""
+    logger = logging.get_absl_logger()
+    if not any(isinstance(h, _Handler) for h in logger.handlers):
+        logger.addHandler(_Handler())
+    # absl.logging calls logging.basicConfig() on first use, which gives the root logger a
+    # handler of its own: without this, every line would be printed twice.
+    logger.propagate = False
+    logging.set_verbosity(verbosity)
+    _drop_late_tensorstore_noise()
+
+
+class Progress:
+    """A tqdm bar over rounds, or (quiet) one log line per round."""
+
+    def __init__(self, quiet: bool, start: int, total: int):
+        global _bar
+        self.bar = None
+        if not quiet:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=start, desc="rounds", unit="round",
+                            file=sys.stderr, dynamic_ncols=True)
+            _bar = self.bar
+
+    def update(self, rec: dict, num_rounds: int, last_dice: float | None) -> None:
+        steps = np.asarray(rec["steps"])
+        loss = np.asarray(rec["loss1"])
+        mean_loss = float(loss[steps > 0].mean()) if (steps > 0).any() else float("nan")
+        weak = np.asarray(rec["weak"])
+        rate = np.asarray(rec["selection_rate"])
+        sel = float(rate[weak > 0].mean()) if (weak > 0).any() else float("nan")
+        dice = float("nan") if last_dice is None else last_dice
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{mean_loss:.3f}", dice=f"{dice:.3f}", sel=f"{sel:.2f}",
+                                 refresh=False)
+            self.bar.update(1)
+        else:
+            msg = (f"round {rec['round']}/{num_rounds}  loss {mean_loss:.4f}  selection {sel:.2f}"
+                   f"  {rec['round_time_s']:.2f} s")
+            if "val_mean_dice" in rec:
+                msg += (f"  val dice {rec['val_mean_dice']:.4f}"
+                        f"  test dice {rec['test_mean_dice']:.4f}")
+            logging.info("%s", msg)
+
+    def close(self) -> None:
+        global _bar
+        if self.bar is not None:
+            self.bar.close()
+            if _bar is self.bar:
+                _bar = None
+            self.bar = None
+
+
+__all__ = ["setup_logging", "Progress"]

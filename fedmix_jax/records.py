@@ -1,0 +1,197 @@
+"""The per-round records of a run and ``metrics.jsonl``, the file that holds them.
+
+A record is a JSON object per round (keys in ``docs/main_job.md``). The records of every round up
+to a checkpoint are also stored *in* that checkpoint, so the file can always be rebuilt:
+:meth:`MetricsFile.reconcile` makes the file hold exactly the checkpoint's records when a run
+resumes -- lines of later rounds (written before an interruption) are dropped silently, and a
+damaged file (a line cut in the middle, a garbled or missing record, a duplicated round, a deleted
+file) is rebuilt with a warning, the damaged file kept in ``<workdir>/damaged/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+from absl import logging
+
+from fedmix_jax import rundir
+
+
+def _tolist(x) -> list:
+    return np.asarray(x).tolist()
+
+
+def round_record(r: int, m, round_time: float) -> dict:
+    """The record of round ``r`` from its per-client metrics ``m`` (host NumPy arrays)."""
+    weak = np.asarray(m.weak)
+    return {"round": r,
+            "loss1": _tolist(m.loss1), "loss2": _tolist(m.loss2),
+            "counts": _tolist(m.counts), "weak": _tolist(weak),
+            "selected_weak": _tolist(m.selected_weak),
+            "selection_rate": _tolist(np.asarray(m.selected_weak) / np.maximum(weak, 1)),
+            "steps": _tolist(m.steps), "weights": _tolist(m.weights),
+            "round_time_s": round_time}
+
+
+def eval_record(ev: dict) -> dict:
+    """Dice / IoU per client and their means, from :func:`fedmix_jax.evaluation.evaluate`."""
+    return dict(dice=_tolist(ev["dice"]), iou=_tolist(ev["iou"]),
+                mean_dice=float(ev["mean_dice"]), mean_iou=float(ev["mean_iou"]))
+
+
+def add_evaluation(rec: dict, val: dict, test: dict, eval_time: float) -> None:
+    for split, ev in (("val", val), ("test", test)):
+        for k, v in ev.items():
+            rec[f"{split}_{k}"] = v
+    rec["eval_time_s"] = eval_time
+
+
+def evaluation_of(rec: dict) -> dict:
+    """``{"round", "val", "test"}`` of an evaluation round's record."""
+    keys = ("dice", "iou", "mean_dice", "mean_iou")
+    return {"round": rec["round"], "val": {k: rec[f"val_{k}"] for k in keys},
+            "test": {k: rec[f"test_{k}"] for k in keys}}
+
+
+def read_metrics(path: str) -> list[dict]:
+    """The records of a ``metrics.jsonl`` (lines that are not JSON are skipped)."""
+    if not os.path.exists(path):
+        return []
+    out = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def _same(a, b) -> bool:
+    """Equal as JSON (NaN equals NaN; the file and the checkpoint hold the same text)."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+class MetricsFile:
+    """``<workdir>/metrics.jsonl``: one JSON line per round, appended as rounds finish."""
+
+    def __init__(self, workdir: str):
+        self.workdir = workdir
+        self.path = os.path.join(workdir, rundir.METRICS_FILE)
+
+    def append(self, rec: dict) -> None:
+        """Append the line of one round (a failed write raises WorkdirError)."""
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(rec) + "\n")
+        except OSError as e:
+            raise rundir.os_error(e, f"append round {rec['round']} to {self.path}") from None
+
+    def rewrite(self, records: list[dict]) -> None:
+        rundir.atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in records))
+
+    def _lines(self) -> tuple[list[str], bool] | None:
+        """(non-empty lines, whether the text ends with a newline), or None without a file."""
+        if not os.path.lexists(self.path):
+            return None
+        try:
+            with open(self.path, "rb") as f:
+                raw = f.read()
+        except OSError as e:
+            raise rundir.os_error(e, f"read {self.path}") from None
+        text = raw.decode("utf-8", errors="replace")
+        return [ln for ln in text.split("\n") if ln.strip()], (not text or text.endswith("\n"))
+
+    def reconcile(self, history: list[dict] | None, last_round: int) -> list[dict]:
+        """Make the file hold the records of rounds 1..``last_round`` and return them.
+
+        ``history``: those records as stored in the checkpoint of ``last_round`` ([] for a fresh
+        start), or None for a checkpoint written before records were stored in checkpoints (the
+        file is then the only copy: its records of rounds <= last_round are kept once each).
+        """
+        found = self._lines()
+        if history is None:
+            return self._reconcile_legacy(found, last_round)
+        lines, _ = found if found is not None else ([], True)
+        problem = None
+        if found is None and history:
+            problem = "it is missing"
+        for i, want in enumerate(history):
+            if problem:
+                break
+            if i >= len(lines):
+                problem = f"round {want['round']} is missing"
+                break
+            try:
+                got = json.loads(lines[i])
+            except json.JSONDecodeError:
+                cut = i == len(lines) - 1 and not found[1]
+                problem = (f"line {i + 1} is cut off" if cut else f"line {i + 1} is not JSON")
+                break
+            if not _same(got, want):
+                r = got.get("round") if isinstance(got, dict) else None
+                problem = (f"line {i + 1} (round {r}) differs from the checkpoint's record"
+                           if r == want["round"] else
+                           f"line {i + 1} holds round {r} where round {want['round']} belongs")
+        if problem:
+            kept = ""
+            if found is not None:
+                kept = f"; the damaged file is kept as {self._set_aside()}"
+            logging.warning("%s: %s; rebuilt from the checkpoint of round %d (rounds 1..%d)%s",
+                            self.path, problem, last_round, last_round, kept)
+            self.rewrite(history)
+        elif found is not None and (len(lines) > len(history) or not found[1]):
+            dropped = len(lines) - len(history)
+            logging.info("%s: dropped %d line(s) after round %d (written after the checkpoint; "
+                         "those rounds run again)", self.path, dropped, last_round)
+            self.rewrite(history)
+        return [dict(r) for r in history]
+
+    def _set_aside(self) -> str:
+        try:
+            return rundir.move_aside(self.path, self.workdir, rundir.METRICS_FILE)
+        except OSError as e:
+            raise rundir.os_error(e, f"move the damaged {self.path} aside") from None
+
+    def _reconcile_legacy(self, found, last_round: int) -> list[dict]:
+        kept, seen = [], set()
+        for line in (found[0] if found else []):
+            try:
+                rec = json.loads(line)
+                r = int(rec["round"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue
+            if r <= last_round and r not in seen:
+                seen.add(r)
+                kept.append(rec)
+        order = [rec["round"] for rec in kept]
+        kept.sort(key=lambda rec: rec["round"])
+        missing = sorted(set(range(1, last_round + 1)) - seen)
+        if missing:
+            logging.warning("%s lacks the records of rounds %s and the checkpoint of round %d "
+                            "(written by an older version) holds none: they are missing from "
+                            "the file and the plots", self.path, _ranges(missing), last_round)
+        if found is not None and (len(kept) != len(found[0]) or not found[1]
+                                  or order != sorted(order)):
+            self.rewrite(kept)
+        return kept
+
+
+def _ranges(xs: list[int]) -> str:
+    out, start = [], None
+    for i, x in enumerate(xs):
+        if start is None:
+            start = x
+        if i + 1 == len(xs) or xs[i + 1] != x + 1:
+            out.append(str(start) if start == x else f"{start}-{x}")
+            start = None
+    return ", ".join(out)
+
+
+__all__ = ["round_record", "eval_record", "add_evaluation", "evaluation_of", "read_metrics",
+           "MetricsFile"]

@@ -1,0 +1,276 @@
+"""The run folder (``--workdir``): its file names, its lock, its config record, safe writes.
+
+* :func:`check_usable` refuses a workdir that is a file or cannot be created, before anything
+  is loaded; :class:`WorkdirLock` (``fcntl.flock`` on ``<workdir>/.lock``, which records the
+  holder's PID) refuses a second run on the same workdir; the kernel drops the lock when its
+  process ends, so a lock file left by a killed run never blocks.
+* :func:`read_config` / :func:`check_config`: ``config.json`` and the refusal to resume with a
+  config that changes the computation.
+* :func:`atomic_write_text`: write a temporary file, fsync, rename; a failed write (disk full,
+  read-only) leaves the previous file intact and raises :class:`WorkdirError` with the cause.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import time
+
+from fedmix_jax.errors import (ConfigMismatchError, WorkdirError, WorkdirLockedError,
+                               describe_os_error, disk_advice)
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover -- not POSIX: runs are not locked
+    fcntl = None
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+LOCK_FILE = ".lock"
+DAMAGED_DIR = "damaged"      # damaged checkpoints and records are moved here, never deleted
+
+# Config fields that may change between a run and its resumption: they do not change what is
+# computed in a round (num_rounds may grow; how often / how many checkpoints; where the data cache
+# lives; forcing a cache rebuild).
+RESUMABLE_FIELDS = ("num_rounds", "checkpoint_every", "keep_checkpoints", "data.cache_dir",
+                    "data.rebuild")
+
+_TMP_SUFFIX = re.compile(r"\.tmp-\d+$")
+
+
+def resolve(workdir) -> str:
+    return os.path.abspath(os.path.expanduser(os.fspath(workdir)))
+
+
+def os_error(e: OSError, doing: str) -> WorkdirError:
+    """A one-line :class:`WorkdirError` for an ``OSError`` raised while ``doing`` something."""
+    advice = disk_advice(e)
+    return WorkdirError(f"could not {doing}: {describe_os_error(e)}"
+                        + (f"; {advice}" if advice else ""))
+
+
+def check_usable(workdir: str) -> None:
+    """Refuse a workdir that is a file or under a file, before anything is created or loaded."""
+    path = workdir
+    while not os.path.lexists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    if not os.path.isdir(path):
+        what = "is a file" if path == workdir else f"is under {path}, which is a file"
+        raise WorkdirError(f"--workdir {workdir} {what}, not a folder; choose another --workdir")
+
+
+def create(workdir: str) -> None:
+    """Create ``workdir`` (and its parents)."""
+    check_usable(workdir)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise os_error(e, f"create --workdir {workdir}") from None
+
+
+# ---------------------------------------------------------------------------------------- lock
+
+
+class WorkdirLock:
+    """An exclusive lock on ``<workdir>/.lock`` for the lifetime of one run.
+
+    ``acquire`` creates the workdir (this is the first write into it, so an unwritable workdir
+    is reported here) and raises :class:`WorkdirLockedError` naming the holder's PID when another
+    process holds the lock.
+    """
+
+    def __init__(self, workdir: str):
+        self.workdir = workdir
+        self.path = os.path.join(workdir, LOCK_FILE)
+        self._fd: int | None = None
+
+    def acquire(self) -> "WorkdirLock":
+        create(self.workdir)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise os_error(e, f"write into --workdir {self.workdir}") from None
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                pid = holder.get("pid")
+                who = f"PID {pid}" if pid else "another process"
+                where = f" on {holder['host']}" if holder.get("host") else ""
+                raise WorkdirLockedError(
+                    f"--workdir {self.workdir} is in use by another run ({who}{where}, lock "
+                    f"{self.path}); wait for it to end, stop it, or use another --workdir",
+                    pid=pid) from None
+            except OSError:  # a file system without flock (some network mounts): no lock
+                pass
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                     "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode()
+                     + b"\n")
+        except OSError as e:
+            os.close(fd)
+            raise os_error(e, f"write into --workdir {self.workdir}") from None
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Release the lock (the file stays: removing it would race with a starting run)."""
+        if self._fd is not None:
+            try:
+                if fcntl is not None:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self._fd)
+                self._fd = None
+
+    def __enter__(self) -> "WorkdirLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> dict:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        data = json.loads(os.read(fd, 4096).decode() or "{}")
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def remove_stale_temporaries(workdir: str) -> list[str]:
+    """Remove ``<file>.tmp-<pid>`` files of interrupted atomic writes (call under the lock)."""
+    removed = []
+    try:
+        names = os.listdir(workdir)
+    except OSError:
+        return removed
+    for name in names:
+        if _TMP_SUFFIX.search(name):
+            path = os.path.join(workdir, name)
+            try:
+                if os.path.isfile(path):
+                    os.remove(path)
+                    removed.append(path)
+            except OSError:
+                pass
+    return removed
+
+
+# ---------------------------------------------------------------------------------- config.json
+
+
+def config_to_dict(config) -> dict:
+    """A JSON round-tripped plain dict of ``config`` (tuples become lists)."""
+    d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return json.loads(json.dumps(d, default=str))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_differences(old: dict, new: dict, ignore=RESUMABLE_FIELDS) -> list[str]:
+    """Human-readable ``field: old -> new`` lines for fields that differ (except ``ignore``)."""
+    a, b = _flatten(old), _flatten(new)
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        if key in ignore:
+            continue
+        if a.get(key, "<missing>") != b.get(key, "<missing>"):
+            diffs.append(f"  {key}: {a.get(key, '<missing>')!r} -> {b.get(key, '<missing>')!r}")
+    return diffs
+
+
+def read_config(workdir: str) -> dict | None:
+    """The config recorded in ``<workdir>/config.json`` (None if there is none)."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.lexists(path):
+        return None
+    fix = ("it records the config of the run in this workdir: restore it, or delete it (the "
+           "checkpoints keep their own copy of the config, which is still checked), or use "
+           "another --workdir")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise WorkdirError(f"{path} is not valid JSON ({e.msg} at line {e.lineno} column "
+                           f"{e.colno}); {fix}") from None
+    except UnicodeDecodeError:
+        raise WorkdirError(f"{path} is not UTF-8 text; {fix}") from None
+    except OSError as e:
+        raise os_error(e, f"read {path}") from None
+    if not isinstance(data, dict):
+        raise WorkdirError(f"{path} does not hold a config (a JSON object); {fix}")
+    return data
+
+
+def check_config(workdir: str, new: dict, old: dict | None, where: str) -> None:
+    """Raise :class:`ConfigMismatchError` if ``old`` differs from ``new`` in a computed field."""
+    if old is None:
+        return
+    diffs = config_differences(old, new)
+    if diffs:
+        raise ConfigMismatchError(
+            f"workdir {workdir} already holds a run with a different config ({where}):\n"
+            + "\n".join(diffs)
+            + "\nThese fields change the computation, so the run cannot be resumed with them. "
+            "Use a new --workdir (or delete this one); only "
+            + ", ".join(RESUMABLE_FIELDS) + " may change when resuming (num_rounds may grow).")
+
+
+# ---------------------------------------------------------------------------------------- files
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Replace ``path`` by ``text`` atomically (the old file stays intact if writing fails)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise os_error(e, f"write {path}") from None
+
+
+def move_aside(path: str, workdir: str, label: str) -> str:
+    """Move ``path`` to ``<workdir>/damaged/<label>-<time>`` (kept for inspection); its new path."""
+    dest_dir = os.path.join(workdir, DAMAGED_DIR)
+    os.makedirs(dest_dir, exist_ok=True)
+    dest = os.path.join(dest_dir, f"{label}-{time.strftime('%Y%m%d-%H%M%S')}")
+    k = 1
+    while os.path.lexists(dest):
+        k += 1
+        dest = os.path.join(dest_dir, f"{label}-{time.strftime('%Y%m%d-%H%M%S')}-{k}")
+    os.replace(path, dest)
+    return dest
+
+
+__all__ = ["METRICS_FILE", "SUMMARY_FILE", "CONFIG_FILE", "CHECKPOINT_DIR", "LOCK_FILE",
+           "DAMAGED_DIR", "RESUMABLE_FIELDS", "resolve", "check_usable", "create", "WorkdirLock",
+           "remove_stale_temporaries", "config_to_dict", "config_differences", "read_config",
+           "check_config", "atomic_write_text", "move_aside", "os_error"]

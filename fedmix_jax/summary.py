@@ -1,0 +1,102 @@
+"""The summary of a run (``summary.json``) and the closing table main prints."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+
+import numpy as np
+
+from fedmix_jax import rundir
+from fedmix_jax.data.federation import LEVEL_NAMES, Federation
+
+
+def level_names(federation: Federation) -> list[str]:
+    """Per client, the supervision levels of its training samples (``"box"``, ``"pixel+box"``)."""
+    out = []
+    for c in range(federation.num_clients):
+        v = np.asarray(federation.train.valid[c])
+        lv = np.asarray(federation.train.levels[c])[v]
+        names = sorted({LEVEL_NAMES[int(x)] for x in np.unique(lv)})
+        out.append("+".join(names) if names else "-")
+    return out
+
+
+def timing(round_times: list[float], eval_times: list[float]) -> dict:
+    """Per-round time and the compile-time estimate of this process's rounds."""
+    t = {}
+    if round_times:
+        later = round_times[1:]
+        t["first_round_s"] = round_times[0]
+        t["round_s_median"] = statistics.median(later) if later else round_times[0]
+        if later:
+            t["compile_s"] = max(0.0, round_times[0] - statistics.median(later))
+            t["compile_note"] = ("estimate: first round of this process minus the median of its "
+                                 "later rounds (tracing + XLA compilation of the round)")
+        else:
+            t["compile_s"] = None
+            t["compile_note"] = ("one round only: its time includes compilation unless this "
+                                 "process had compiled the round before")
+    if eval_times:
+        later = eval_times[1:]
+        t["eval_s_median"] = statistics.median(later) if later else eval_times[0]
+        t["eval_compile_s"] = (max(0.0, eval_times[0] - statistics.median(later))
+                               if later else None)
+    return t
+
+
+def make_summary(workdir: str, strategy: str, seed: int, federation: Federation,
+                 num_rounds: int, completed: int, resumed_from: int, best: dict, final: dict,
+                 config: dict, timing_: dict) -> dict:
+    """The content of ``summary.json`` (keys in ``docs/main_job.md``)."""
+    return {"workdir": workdir, "strategy": strategy, "seed": seed,
+            "client_names": list(federation.client_names), "levels": level_names(federation),
+            "class_names": list(federation.class_names), "num_rounds": num_rounds,
+            "rounds_completed": completed, "resumed_from": resumed_from, "best": best,
+            "final": final, "timing": timing_, "config": config}
+
+
+def write_summary(workdir: str, summary: dict) -> None:
+    rundir.atomic_write_text(os.path.join(workdir, rundir.SUMMARY_FILE),
+                             json.dumps(summary, indent=2) + "\n")
+
+
+def format_summary(summary: dict) -> str:
+    """The closing table: per client (and mean) validation and test Dice / IoU at the best round."""
+    best = summary["best"]
+    names = summary["client_names"]
+    levels = summary.get("levels") or [""] * len(names)
+    width = max([len("mean")] + [len(n) for n in names]) + 2
+    lines = []
+    head = f"{'client':<{width}}{'level':<8}{'val Dice':>10}{'test Dice':>11}{'test IoU':>10}"
+    lines.append(head)
+    lines.append("-" * len(head))
+    if best.get("val") is None:
+        lines.append("(no evaluation yet)")
+    else:
+        for c, n in enumerate(names):
+            lines.append(f"{n:<{width}}{levels[c]:<8}{best['val']['dice'][c]:>10.4f}"
+                         f"{best['test']['dice'][c]:>11.4f}{best['test']['iou'][c]:>10.4f}")
+        lines.append("-" * len(head))
+        lines.append(f"{'mean':<{width}}{'':<8}{best['val']['mean_dice']:>10.4f}"
+                     f"{best['test']['mean_dice']:>11.4f}{best['test']['mean_iou']:>10.4f}")
+    t = summary.get("timing", {})
+    lines.append(f"strategy {summary['strategy']}, seed {summary['seed']}: test numbers of the "
+                 f"round with the best mean validation Dice (round {best['round']} of "
+                 f"{summary['rounds_completed']})")
+    times = [f"total {t.get('total_s', 0):.1f} s"]
+    if t.get("rounds_this_process"):
+        times.append(f"{t['round_s_median']:.2f} s/round (median)")
+        if t.get("compile_s") is not None:
+            times.append(f"compilation ~{t['compile_s']:.1f} s (first round minus the median "
+                         "round)")
+        else:
+            times.append(f"one round in this process: {t['first_round_s']:.1f} s "
+                         "(includes compilation unless compiled before)")
+    lines.append(", ".join(times))
+    lines.append(f"workdir: {summary['workdir']}")
+    return "\n".join(lines)
+
+
+__all__ = ["level_names", "timing", "make_summary", "write_summary", "format_summary"]
