@@ -199,8 +199,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         from fedmix_jax.flower import records
 
         if arrays is not None:
-            params1 = records.record_to_tree(arrays, backend.template_pair(shared).model1,
-                                             records.PAIR_PREFIXES[0])
+            params1 = records.record_to_model(arrays, backend.template_pair(shared).model1)
         else:   # local learning: the site evaluates its own model 1
             if STATE_RECORD not in context.state.array_records:
                 raise RuntimeError("no local model to evaluate")

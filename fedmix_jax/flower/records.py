@@ -1,10 +1,14 @@
 """Conversions between the project's pytrees and Flower records (numpy arrays and scalars only).
 
-A params pytree travels as one :class:`flwr.app.ArrayRecord` whose keys are the leaves' paths
-(``"model1/Down_0/Conv_0/kernel"``) in :func:`jax.tree_util.tree_flatten_with_path` order, so the
-order is stable and a reply can be checked key by key against the tree the server sent. Every
-value is a plain :class:`numpy.ndarray` (Flower serialises it with ``np.save(allow_pickle=False)``
-and reads it back with ``allow_pickle=False``): nothing is ever unpickled.
+A model pair crosses the network as one :class:`flwr.app.ArrayRecord` of two flat float32
+vectors, ``model1`` and ``model2`` (each model's leaves in :func:`jax.tree_util.tree_flatten`
+order; both ends know the layout from the shared config): Flower transfers every array of a record
+in its own HTTPS request, so one array per model instead of one per leaf. Other pytrees (a site's
+Adam state kept in its node context) use :func:`tree_to_record`: one array per leaf, keyed by the
+leaf's path (``"state/opt_state/model1/..."``) in :func:`jax.tree_util.tree_flatten_with_path`
+order. Every value is a plain :class:`numpy.ndarray` (Flower serialises it with
+``np.save(allow_pickle=False)`` and reads it back with ``allow_pickle=False``): nothing is ever
+unpickled.
 
 The scalars of a site's round (:class:`SiteReport` fields) travel as a
 :class:`flwr.app.MetricRecord` of ints and floats.
@@ -70,21 +74,72 @@ def _as_pair(pair):
     return pair if isinstance(pair, ModelPair) else ModelPair(*tuple(pair))
 
 
-def pair_to_record(pair) -> ArrayRecord:
-    """Both models of a :class:`~fedmix_jax.site.ModelPair` (or a 2-tuple) in one record, keys
-    ``model1/...`` then ``model2/...``."""
-    return tree_to_record(_as_pair(pair))
-
-
 def tree_spec(tree, prefix: str = "") -> dict[str, tuple[tuple[int, ...], str]]:
     """``{key: (shape, dtype name)}`` of every leaf, in order."""
     return {k: (tuple(np.shape(x)), np.dtype(x.dtype).name)
             for k, x in flatten_with_keys(tree, prefix)}
 
 
+def _flat_size(params) -> int:
+    return int(sum(int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(params)))
+
+
+def pack_model(params) -> np.ndarray:
+    """One model's params as one flat float32 vector (leaves in flattening order)."""
+    leaves = jax.tree_util.tree_leaves(params)
+    for x in leaves:
+        if np.dtype(x.dtype) != np.float32:
+            raise ValueError(f"packed models need float32 params, got {np.dtype(x.dtype)}")
+    return np.concatenate([np.asarray(x, np.float32).ravel() for x in leaves])
+
+
+def unpack_model(flat: np.ndarray, like):
+    """The inverse of :func:`pack_model` for the structure and shapes of ``like``."""
+    leaves, treedef = jax.tree_util.tree_flatten(like)
+    out, offset = [], 0
+    for x in leaves:
+        n = int(np.prod(np.shape(x)))
+        out.append(np.asarray(flat[offset:offset + n]).reshape(np.shape(x)))
+        offset += n
+    if offset != flat.size:
+        raise ValueError(f"packed model has {flat.size} values, expected {offset}")
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def pair_to_record(pair) -> ArrayRecord:
+    """A :class:`~fedmix_jax.site.ModelPair` (or a 2-tuple) as a record of two arrays, ``model1``
+    and ``model2``: each model's leaves packed into one flat float32 vector (in
+    :func:`jax.tree_util.tree_flatten` order; the receiver knows the layout from the shared
+    config). Two objects per message instead of one per leaf: Flower transfers every array of a
+    record in its own HTTPS request."""
+    record = ArrayRecord()
+    for prefix, params in zip(PAIR_PREFIXES, _as_pair(pair)):
+        record[prefix] = Array(pack_model(params))
+    return record
+
+
 def pair_spec(pair) -> dict[str, tuple[tuple[int, ...], str]]:
     """The ``{key: (shape, dtype)}`` of :func:`pair_to_record`'s record."""
-    return tree_spec(_as_pair(pair))
+    return {prefix: ((_flat_size(params),), "float32")
+            for prefix, params in zip(PAIR_PREFIXES, _as_pair(pair))}
+
+
+def record_to_model(record: ArrayRecord, like, which: str = PAIR_PREFIXES[0]):
+    """One model (``model1`` / ``model2``) of a :func:`pair_to_record` record."""
+    if which not in record:
+        raise ValueError(f"record has no {which!r} array (keys {list(record.keys())[:4]})")
+    flat = record[which].numpy()
+    if flat.dtype != np.float32 or flat.ndim != 1 or flat.size != _flat_size(like):
+        raise ValueError(f"{which}: got {flat.dtype}{list(flat.shape)}, expected "
+                         f"float32[{_flat_size(like)}]")
+    return unpack_model(flat, like)
+
+
+def model_record(record: ArrayRecord, which: str = PAIR_PREFIXES[0]) -> ArrayRecord:
+    """A record with only one model of a pair record (what evaluation needs)."""
+    out = ArrayRecord()
+    out[which] = record[which]
+    return out
 
 
 def record_to_tree(record: ArrayRecord, like, prefix: str = ""):
@@ -113,7 +168,12 @@ def record_to_tree(record: ArrayRecord, like, prefix: str = ""):
 def record_to_pair(record: ArrayRecord, like):
     """The :class:`~fedmix_jax.site.ModelPair` of a :func:`pair_to_record` record (``like``: a
     pair of arrays or ShapeDtypeStructs giving the structure, shapes and dtypes)."""
-    return record_to_tree(record, _as_pair(like))
+    from fedmix_jax.site import ModelPair
+
+    like = _as_pair(like)
+    if sorted(record.keys()) != sorted(PAIR_PREFIXES):
+        raise ValueError(f"record keys {list(record.keys())[:4]} are not {list(PAIR_PREFIXES)}")
+    return ModelPair(*(record_to_model(record, m, k) for k, m in zip(PAIR_PREFIXES, like)))
 
 
 def report_to_metrics(report, **extra) -> MetricRecord:
@@ -133,4 +193,5 @@ def metrics_to_report_dict(metrics: MetricRecord) -> dict[str, Any]:
 
 __all__ = ["PAIR_PREFIXES", "REPORT_FIELDS", "flatten_with_keys", "leaf_key", "tree_to_record",
            "pair_to_record", "tree_spec", "pair_spec", "record_to_tree", "record_to_pair",
+           "pack_model", "unpack_model", "record_to_model", "model_record",
            "report_to_metrics", "metrics_to_report_dict"]

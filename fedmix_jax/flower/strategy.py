@@ -23,7 +23,7 @@ from typing import Any, Iterable
 
 import jax
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy as FlowerStrategy
 
@@ -174,16 +174,17 @@ class FedMixStrategy(FlowerStrategy):
     def _aggregate(self, accepted: dict, weights: list[float]) -> ArrayRecord:
         # Sites left out contribute the broadcast pair with weight 0: the stacked shapes stay
         # [C, ...] every round (one compiled aggregation).
+        # The arrays are the packed models (records.pair_to_record): the weighted average of the
+        # flat vectors is the weighted average of every leaf.
         sent = self._arrays
-        keys = list(self.spec)
-        stacked = []
-        for key in keys:
-            rows = [accepted[i].arrays[key] if i in accepted else sent[key].numpy()
-                    for i in range(len(self.sites))]
-            stacked.append(np.stack(rows))
-        treedef = jax.tree_util.tree_structure(records._as_pair(self.template_pair))
-        pair = _core.aggregate(jax.tree_util.tree_unflatten(treedef, stacked), weights)
-        return records.pair_to_record(jax.device_get(pair))
+        stacked = {key: np.stack([accepted[i].arrays[key] if i in accepted else sent[key].numpy()
+                                  for i in range(len(self.sites))])
+                   for key in self.spec}
+        averaged = jax.device_get(_core.aggregate(stacked, weights))
+        out = ArrayRecord()
+        for key in self.spec:
+            out[key] = Array(np.asarray(averaged[key], np.float32))
+        return out
 
     # ------------------------------------------------------------------------------------------
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -191,10 +192,7 @@ class FedMixStrategy(FlowerStrategy):
         """Global model 1 to every site (``local``: no model; each site scores its own)."""
         model1 = None
         if self.strategy.aggregates:
-            model1 = ArrayRecord()
-            for k in arrays.keys():
-                if k.startswith(records.PAIR_PREFIXES[0] + "/"):
-                    model1[k] = arrays[k]
+            model1 = records.model_record(arrays, records.PAIR_PREFIXES[0])
         out = []
         for site in self.sites:
             content = RecordDict({CONFIG_RECORD: ConfigRecord(

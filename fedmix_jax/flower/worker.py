@@ -210,9 +210,8 @@ class SiteWorker:
 
         shared = header["shared"]
         if arrays:
-            params1 = records.record_to_tree(_record_from(arrays),
-                                             site.template_pair(shared).model1,
-                                             records.PAIR_PREFIXES[0])
+            params1 = records.record_to_model(_record_from(arrays),
+                                              site.template_pair(shared).model1)
         else:
             if not self.state:
                 raise RuntimeError("no local model to evaluate")
