@@ -2,13 +2,16 @@
 of a site worker stays light).
 
 Server -> site:
-  ``global``  ArrayRecord: the global :class:`~fedmix_jax.site.ModelPair` (``model1/...``,
-              ``model2/...``; evaluation: ``model1/...`` only, none for ``local``);
+  ``global``  ArrayRecord: the global :class:`~fedmix_jax.site.ModelPair`, arrays ``model1`` and
+              ``model2``, each model's leaves packed into one float32 vector
+              (:func:`fedmix_jax.flower.records.pair_to_record`); evaluation: ``model1`` only,
+              none for ``local``;
   ``fedmix``  ConfigRecord: ``round``, ``config-json`` (the shared config groups), ``run-name``,
               ``site-key`` (the site's PRNG key of the round, raw uint32 data), ``lam``, ``beta``,
               ``learning-rate``, ``send-model``.
 Site -> server (train):
-  ``local``   ArrayRecord: the site's local pair after its round (absent for ``local``);
+  ``local``   ArrayRecord: the site's local pair after its round, packed as ``global`` (absent
+              for ``local``);
   ``report``  MetricRecord: the :class:`~fedmix_jax.site.SiteReport` scalars, ``round``,
               ``site-index``, ``num-examples`` (= n_i, for Flower tooling);
   ``site``    ConfigRecord: ``site-name``.
