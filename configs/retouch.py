@@ -51,6 +51,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_every = 1            # validate/test global model 1 every k rounds (and the last)
     config.checkpoint_every = 10     # save a checkpoint every k rounds (and the last)
     config.keep_checkpoints = 3      # how many recent checkpoints to keep
+    config.compilation_cache = "default"  # JAX persistent cache: "default" (~/.cache/fedmix_jax,
+                                        # or $FEDMIX_JAX_CACHE_DIR), a directory, or "off"
 
     config.model = ml_collections.ConfigDict()
     config.model.width = WIDTH       # channels of the first U-Net block

@@ -102,6 +102,9 @@ def _compare(config, strategies, seeds, workdir, quiet, plots, federation, level
                 "dice": best["test"]["dice"], "iou": best["test"]["iou"],
                 "mean_dice": best["test"]["mean_dice"], "mean_iou": best["test"]["mean_iou"],
                 "val_mean_dice": best["val"]["mean_dice"], "best_round": best["round"],
+                "mean_hd95": best["test"].get("mean_hd95"),
+                "mean_dice_present": best["test"].get("mean_dice_present"),
+                "mean_false_positive_rate": best["test"].get("mean_false_positive_rate"),
                 "total_s": s["timing"]["total_s"], "workdir": run_dir}
         ok = [r for r in runs.values() if "error" not in r]
         per_client = [_mean_std([r["dice"][c] for r in ok]) for c in range(len(names))]
@@ -110,6 +113,11 @@ def _compare(config, strategies, seeds, workdir, quiet, plots, federation, level
             "runs": runs, "num_ok": len(ok),
             "dice_mean": [m for m, _ in per_client], "dice_std": [s for _, s in per_client],
             "mean_dice_mean": mean[0], "mean_dice_std": mean[1]}
+        for key in ("mean_hd95", "mean_dice_present", "mean_false_positive_rate"):
+            values = [r[key] for r in ok if r.get(key) is not None]
+            if values:
+                m, sd = _mean_std(values)
+                out["results"][strategy].update({f"{key}_mean": m, f"{key}_std": sd})
     out["total_s"] = time.time() - t0
     out["markdown"] = format_table(out)
     _write(os.path.join(workdir, "compare.json"), json.dumps(out, indent=2) + "\n")
@@ -127,20 +135,26 @@ def format_table(result: dict) -> str:
     """The Markdown table: strategies x (clients, mean), cells ``mean ± std`` of test Dice."""
     names, levels = result["client_names"], result["levels"]
     seeds = result["seeds"]
-    head = ["strategy"] + [f"{n} ({lv})" for n, lv in zip(names, levels)] + ["mean"]
+    head = (["strategy"] + [f"{n} ({lv})" for n, lv in zip(names, levels)]
+            + ["mean", "Dice, lesion images", "HD95 px", "FP rate"])
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + [":---:"] * (len(head) - 1))
              + "|"]
     for strategy, r in result["results"].items():
         if r["num_ok"] == 0:
-            cells = ["failed"] * (len(names) + 1)
+            cells = ["failed"] * (len(names) + 4)
         else:
             cells = [_cell(m, s) for m, s in zip(r["dice_mean"], r["dice_std"])]
             cells.append(f"**{_cell(r['mean_dice_mean'], r['mean_dice_std'])}**")
+            for key in ("mean_dice_present", "mean_hd95", "mean_false_positive_rate"):
+                cells.append(_cell(r[f"{key}_mean"], r[f"{key}_std"]) if f"{key}_mean" in r
+                             else "-")
         note = "" if r["num_ok"] == len(seeds) else f" ({r['num_ok']}/{len(seeds)} seeds ok)"
         lines.append("| " + " | ".join([strategy + note] + cells) + " |")
     lines.append("")
-    lines.append(f"Test Dice at the round of best mean validation Dice; mean ± std over seeds "
-                 f"{', '.join(str(s) for s in seeds)} (sample std, ddof=1).")
+    lines.append(f"Test figures at the round of best mean validation Dice; mean ± std over "
+                 f"seeds {', '.join(str(s) for s in seeds)} (sample std, ddof=1). Per client and "
+                 "mean: Dice (per class, averaged); Dice on the images that contain each class; "
+                 "HD95 in px; FP rate: share of lesion-free images with any predicted foreground.")
     return "\n".join(lines)
 
 

@@ -235,6 +235,12 @@ def build_model(config, num_classes: int) -> UNet:
     dtype = str(m.get("dtype", "float32"))
     if dtype not in _DTYPES:
         raise ConfigError(f"--config.model.dtype={dtype!r}: choose one of {', '.join(_DTYPES)}")
+    for name, value in (("model.width", m.width), ("model.depth", m.depth)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"--config.{name} must be an integer >= 1, got {value!r}")
+    if int(m.depth) > 8:
+        raise ConfigError(f"--config.model.depth={m.depth}: at most 8 Down/Up blocks "
+                          "(each halves the image)")
     return UNet(width=int(m.width), num_classes=int(num_classes), depth=int(m.depth),
                 dtype=_DTYPES[dtype])
 

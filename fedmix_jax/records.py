@@ -35,10 +35,26 @@ def round_record(r: int, m, round_time: float) -> dict:
             "round_time_s": round_time}
 
 
+# Figures of :func:`fedmix_jax.evaluation.evaluate` a record keeps: per client [C] and their mean.
+# HD95 in px (lower is better); dice_present: Dice on the images that contain a lesion (per
+# class); false_positive_rate: share of lesion-free images with any predicted foreground.
+EVAL_FIGURES = ("dice", "iou", "hd95", "dice_present", "false_positive_rate")
+
+
+def _json_number(x):
+    x = float(x)
+    return x if np.isfinite(x) else None       # NaN (nothing to measure) -> null
+
+
 def eval_record(ev: dict) -> dict:
-    """Dice / IoU per client and their means, from :func:`fedmix_jax.evaluation.evaluate`."""
-    return dict(dice=_tolist(ev["dice"]), iou=_tolist(ev["iou"]),
-                mean_dice=float(ev["mean_dice"]), mean_iou=float(ev["mean_iou"]))
+    """Per-client figures and their means (``mean_<figure>``) from
+    :func:`fedmix_jax.evaluation.evaluate`; NaN becomes ``null``."""
+    rec = {}
+    for name in EVAL_FIGURES:
+        if name in ev:
+            rec[name] = [_json_number(v) for v in np.asarray(ev[name]).ravel()]
+            rec[f"mean_{name}"] = _json_number(ev[f"mean_{name}"])
+    return rec
 
 
 def add_evaluation(rec: dict, val: dict, test: dict, eval_time: float) -> None:
@@ -50,9 +66,10 @@ def add_evaluation(rec: dict, val: dict, test: dict, eval_time: float) -> None:
 
 def evaluation_of(rec: dict) -> dict:
     """``{"round", "val", "test"}`` of an evaluation round's record."""
-    keys = ("dice", "iou", "mean_dice", "mean_iou")
-    return {"round": rec["round"], "val": {k: rec[f"val_{k}"] for k in keys},
-            "test": {k: rec[f"test_{k}"] for k in keys}}
+    keys = [k for name in EVAL_FIGURES for k in (name, f"mean_{name}")]
+    return {"round": rec["round"],
+            "val": {k: rec[f"val_{k}"] for k in keys if f"val_{k}" in rec},
+            "test": {k: rec[f"test_{k}"] for k in keys if f"test_{k}" in rec}}
 
 
 def read_metrics(path: str) -> list[dict]:

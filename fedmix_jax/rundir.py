@@ -37,7 +37,7 @@ DAMAGED_DIR = "damaged"      # damaged checkpoints and records are moved here, n
 # computed in a round (num_rounds may grow; how often / how many checkpoints; where the data cache
 # lives; forcing a cache rebuild).
 RESUMABLE_FIELDS = ("num_rounds", "checkpoint_every", "keep_checkpoints", "data.cache_dir",
-                    "data.rebuild")
+                    "data.rebuild", "compilation_cache")
 
 _TMP_SUFFIX = re.compile(r"\.tmp-\d+$")
 

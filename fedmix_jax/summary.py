@@ -62,6 +62,10 @@ def write_summary(workdir: str, summary: dict) -> None:
                              json.dumps(summary, indent=2) + "\n")
 
 
+def _fmt(x, width: int, digits: int) -> str:
+    return f"{'-':>{width}}" if x is None else f"{x:>{width}.{digits}f}"
+
+
 def format_summary(summary: dict) -> str:
     """The closing table: per client (and mean) validation and test Dice / IoU at the best round."""
     best = summary["best"]
@@ -69,18 +73,31 @@ def format_summary(summary: dict) -> str:
     levels = summary.get("levels") or [""] * len(names)
     width = max([len("mean")] + [len(n) for n in names]) + 2
     lines = []
-    head = f"{'client':<{width}}{'level':<8}{'val Dice':>10}{'test Dice':>11}{'test IoU':>10}"
+    head = (f"{'client':<{width}}{'level':<8}{'val Dice':>10}{'test Dice':>11}{'test IoU':>10}"
+            f"{'HD95 px':>9}{'FP rate':>9}")
     lines.append(head)
     lines.append("-" * len(head))
     if best.get("val") is None:
         lines.append("(no evaluation yet)")
     else:
+        test = best["test"]
+
+        def extra(key, c):
+            return _fmt(test.get(key, [None] * len(names))[c], 9, 1 if key == "hd95" else 3)
+
         for c, n in enumerate(names):
             lines.append(f"{n:<{width}}{levels[c]:<8}{best['val']['dice'][c]:>10.4f}"
-                         f"{best['test']['dice'][c]:>11.4f}{best['test']['iou'][c]:>10.4f}")
+                         f"{test['dice'][c]:>11.4f}{test['iou'][c]:>10.4f}"
+                         f"{extra('hd95', c)}{extra('false_positive_rate', c)}")
         lines.append("-" * len(head))
         lines.append(f"{'mean':<{width}}{'':<8}{best['val']['mean_dice']:>10.4f}"
-                     f"{best['test']['mean_dice']:>11.4f}{best['test']['mean_iou']:>10.4f}")
+                     f"{test['mean_dice']:>11.4f}{test['mean_iou']:>10.4f}"
+                     f"{_fmt(test.get('mean_hd95'), 9, 1)}"
+                     f"{_fmt(test.get('mean_false_positive_rate'), 9, 3)}")
+        if test.get("mean_dice_present") is not None:
+            lines.append(f"test Dice on images with a lesion (per class): "
+                         f"{test['mean_dice_present']:.4f}; FP rate = share of lesion-free "
+                         "test images with any predicted foreground")
     t = summary.get("timing", {})
     lines.append(f"strategy {summary['strategy']}, seed {summary['seed']}: test numbers of the "
                  f"round with the best mean validation Dice (round {best['round']} of "

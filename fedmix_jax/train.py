@@ -38,6 +38,7 @@ from absl import logging
 
 from fedmix_jax import rundir
 from fedmix_jax.checkpointing import Checkpointer, remove_temporaries
+from fedmix_jax import compilation_cache
 from fedmix_jax.config import build_model, build_round_config, check_can_learn
 from fedmix_jax.console import Progress
 from fedmix_jax.data.federation import Federation
@@ -327,6 +328,19 @@ class _Run:
                         "resume.", where)
 
 
+def _enable_compilation_cache(config) -> None:
+    """JAX's persistent compilation cache (``config.compilation_cache``: "default", a directory or
+    "off"): a second run with the same shapes loads its programs instead of compiling them."""
+    setting = config.get("compilation_cache", "default")
+    try:
+        path = compilation_cache.enable(setting)
+    except OSError as e:        # e.g. a read-only home: run without the cache
+        logging.warning("compilation cache %r not usable (%s); compiling without it", setting, e)
+        return
+    if path:
+        logging.info("compilation cache: %s", path)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, quiet: bool = False,
                        federation: Federation | None = None, write_plots: bool = True
                        ) -> dict[str, Any]:
@@ -354,6 +368,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, quiet: b
     cfg_dict = config_to_dict(config)
     rundir.check_usable(workdir)
     rundir.check_config(workdir, cfg_dict, rundir.read_config(workdir), CONFIG_FILE)
+    _enable_compilation_cache(config)
     if federation is None:
         federation = _load_federation(config, quiet)
     round_config = build_round_config(config)

@@ -41,7 +41,8 @@ def test_compare_two_strategies_two_seeds(tmp_path, capsys):
         cell = f"{r['mean_dice_mean']:.4f} ± {r['mean_dice_std']:.4f}"
         assert cell in md and cell in out
     table_rows = [ln for ln in md.splitlines() if ln.startswith("| fed")]
-    assert sum(ln.count("±") for ln in table_rows) == 2 * 5   # 4 clients + mean, per strategy
+    # 4 clients + mean + Dice on lesion images, HD95, FP rate, per strategy
+    assert sum(ln.count("±") for ln in table_rows) == 2 * 8
     assert "site_c_clean (pixel)" in md
 
 

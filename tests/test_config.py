@@ -101,3 +101,14 @@ def test_an_empty_training_split_is_refused():
     levels, valid = _levels(PIXEL, BOX)
     with pytest.raises(ConfigError, match="no sample"):
         check_can_learn(get_strategy("fedmix"), levels, np.zeros_like(valid))
+
+
+@pytest.mark.parametrize("field,value", [("width", 0), ("depth", 0), ("width", -4),
+                                         ("depth", 12)])
+def test_model_size_out_of_range_is_a_config_error(field, value):
+    from fedmix_jax.config import build_model
+
+    cfg = load("synthetic")
+    cfg.model[field] = value
+    with pytest.raises(ConfigError, match=f"model.{field}"):
+        build_model(cfg, 1)
