@@ -23,7 +23,7 @@ from typing import Any, Iterable
 
 import jax
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy as FlowerStrategy
 
@@ -174,17 +174,18 @@ class FedMixStrategy(FlowerStrategy):
     def _aggregate(self, accepted: dict, weights: list[float]) -> ArrayRecord:
         # Sites left out contribute the broadcast pair with weight 0: the stacked shapes stay
         # [C, ...] every round (one compiled aggregation).
-        # The arrays are the packed models (records.pair_to_record): the weighted average of the
-        # flat vectors is the weighted average of every leaf.
-        sent = self._arrays
-        stacked = {key: np.stack([accepted[i].arrays[key] if i in accepted else sent[key].numpy()
-                                  for i in range(len(self.sites))])
-                   for key in self.spec}
-        averaged = jax.device_get(_core.aggregate(stacked, weights))
-        out = ArrayRecord()
-        for key in self.spec:
-            out[key] = Array(np.asarray(averaged[key], np.float32))
-        return out
+        # Unpacked to the pair's leaves first: the weighted average runs leaf by leaf exactly as
+        # in the in-process round (a dot over one long packed vector may round differently).
+        like = records._as_pair(self.template_pair)
+        sent = {k: self._arrays[k].numpy() for k in self.spec}
+        rows = []
+        for i in range(len(self.sites)):
+            src = accepted[i].arrays if i in accepted else sent
+            rows.append([records.unpack_model(src[k], m)
+                         for k, m in zip(records.PAIR_PREFIXES, like)])
+        stacked = jax.tree.map(lambda *xs: np.stack(xs), *[type(like)(*r) for r in rows])
+        pair = _core.aggregate(stacked, weights)
+        return records.pair_to_record(jax.device_get(pair))
 
     # ------------------------------------------------------------------------------------------
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
