@@ -229,6 +229,7 @@ class Checkpointer:
             if not isinstance(e, OSError) and disk_errno(e) is None:
                 raise
             self._pending = None
+            self._failed_save = True
             remove_temporaries(self.directory)
             kept = self.kept_step()
             advice = disk_advice(e) or "fix the cause"
@@ -350,6 +351,10 @@ class Checkpointer:
             self._manager.close()
         except Exception:  # noqa: BLE001 -- a failed save was reported already
             pass
+        if getattr(self, "_failed_save", False):
+            # Writes of the failed save that were still in flight may have recreated its
+            # temporary folder after the first removal; the manager is closed now.
+            remove_temporaries(self.directory)
 
     def __enter__(self) -> "Checkpointer":
         return self

@@ -16,6 +16,7 @@ What the job does on each fault: ``docs/what_can_go_wrong.md``.
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import re
 import sys
@@ -157,6 +158,9 @@ def run_job(job) -> int:
         job()
     except RunError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
+        # The failure was reported in that line: writes of the same failed save that TensorStore
+        # finishes later must not print asyncio's "Future exception was never retrieved" traces.
+        std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
         return e.exit_code
     except KeyboardInterrupt:
         return 130

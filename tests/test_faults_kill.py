@@ -1,11 +1,11 @@
 """Fault injection: ``kill -9`` a real training process at random points, resume, compare.
 
-One uninterrupted run of ``python -m fedmix_jax.main`` (6 rounds, a checkpoint every round) is the
+One uninterrupted run of ``python -m fedmix_jax.main`` (12 rounds, a checkpoint every round) is the
 reference. A second run in another workdir is started and killed with SIGKILL again and again --
 while a checkpoint is being written (orbax's temporary folder exists), right after a metrics line
 was appended, or at a random moment (start-up included) -- and then rerun to the end. Its final
 checkpoint (every array of the state and of the selected params) must be bit-identical to the
-reference's, ``metrics.jsonl`` must hold rounds 1..6 once each with the reference's numbers, and
+reference's, ``metrics.jsonl`` must hold rounds 1..12 once each with the reference's numbers, and
 no temporary folder or damaged checkpoint may be left. The subprocesses share a persistent XLA
 compilation cache, so only the first one compiles.
 """
@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_checkpointing import _assert_equal_trees, _final, _strip_times  # noqa: E402
 from test_main import REPO, SYNTHETIC, TINY  # noqa: E402
 
-ROUNDS = 6
+ROUNDS = 12          # enough rounds left for every kill, also when the compiled programs are cached
 KILLS = 6
 SEED = 20251128
 TMP_MARK = ".orbax-checkpoint-tmp"
@@ -106,7 +106,7 @@ def _kill_once(workdir, env, log, kind, rng):
         if hit:
             time.sleep(rng.uniform(0.0, 0.15))
     else:  # a random moment, start-up (imports, data, tracing) included
-        _wait_for(proc, lambda: False, timeout=rng.uniform(1.0, 12.0))
+        _wait_for(proc, lambda: False, timeout=rng.uniform(0.5, 4.0))
     if proc.poll() is not None:         # the run ended before the kill point
         return {"kind": kind, "killed": False, "rc": proc.returncode}
     mid_write = bool(_tmp_dirs(ckdir))
