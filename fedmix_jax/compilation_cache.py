@@ -23,8 +23,9 @@ from __future__ import annotations
 import os
 
 import jax
+from absl import logging
 
-__all__ = ["enable", "disable", "resolve_cache_dir", "ENV_VAR", "DEFAULT"]
+__all__ = ["enable", "enable_from_config", "disable", "resolve_cache_dir", "ENV_VAR", "DEFAULT"]
 
 #: Environment variable that overrides the default location ("" / "off" / "none" disables).
 ENV_VAR = "FEDMIX_JAX_CACHE_DIR"
@@ -109,3 +110,17 @@ def disable() -> None:
     """Turns the persistent compilation cache off for the rest of the process."""
     jax.config.update("jax_enable_compilation_cache", False)
     _set_dir(None)
+
+
+def enable_from_config(config) -> str | None:
+    """:func:`enable` with ``config.compilation_cache`` ("default", a directory or "off") of a
+    run's ConfigDict; a cache that cannot be used (e.g. a read-only home) is logged, not fatal."""
+    setting = config.get("compilation_cache", "default")
+    try:
+        path = enable(setting)
+    except OSError as e:
+        logging.warning("compilation cache %r not usable (%s); compiling without it", setting, e)
+        return None
+    if path:
+        logging.info("compilation cache: %s", path)
+    return path

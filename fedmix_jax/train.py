@@ -328,19 +328,6 @@ class _Run:
                         "resume.", where)
 
 
-def _enable_compilation_cache(config) -> None:
-    """JAX's persistent compilation cache (``config.compilation_cache``: "default", a directory or
-    "off"): a second run with the same shapes loads its programs instead of compiling them."""
-    setting = config.get("compilation_cache", "default")
-    try:
-        path = compilation_cache.enable(setting)
-    except OSError as e:        # e.g. a read-only home: run without the cache
-        logging.warning("compilation cache %r not usable (%s); compiling without it", setting, e)
-        return
-    if path:
-        logging.info("compilation cache: %s", path)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, quiet: bool = False,
                        federation: Federation | None = None, write_plots: bool = True
                        ) -> dict[str, Any]:
@@ -368,7 +355,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, quiet: b
     cfg_dict = config_to_dict(config)
     rundir.check_usable(workdir)
     rundir.check_config(workdir, cfg_dict, rundir.read_config(workdir), CONFIG_FILE)
-    _enable_compilation_cache(config)
+    compilation_cache.enable_from_config(config)
     if federation is None:
         federation = _load_federation(config, quiet)
     round_config = build_round_config(config)
