@@ -26,7 +26,7 @@ Smoke run on a generated fixture (seconds)::
 
 import ml_collections
 
-from fedmix_jax.config_defaults import selection_config, train_config
+from fedmix_jax.config_defaults import run_config, selection_config, train_config
 
 # ------------------------------------------------------------------------------------------------
 # The paper's numbers.
@@ -42,22 +42,7 @@ LAM, BETA = 2.0, 3.0
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-
-    config.seed = 0                  # model init and round keys (the split has data.seed)
-    # fedmix | fedmix_no_adaptive | fedmix_no_refine | fedavg_pixel | fedavg_full | local | ...
-    config.strategy = "fedmix"
-    config.num_rounds = NUM_ROUNDS   # communication rounds (one local epoch each)
-    config.eval_every = 1            # validate/test global model 1 every k rounds (and the last)
-    config.checkpoint_every = 10     # save a checkpoint every k rounds (and the last)
-    config.keep_checkpoints = 3      # how many recent checkpoints to keep
-    config.compilation_cache = "default"  # JAX persistent cache: "default" (~/.cache/fedmix_jax,
-                                        # or $FEDMIX_JAX_CACHE_DIR), a directory, or "off"
-
-    config.model = ml_collections.ConfigDict()
-    config.model.width = WIDTH       # channels of the first U-Net block
-    config.model.depth = 4           # Down/Up blocks
-    config.model.dtype = "float32"   # computation dtype: float32 | bfloat16 (params stay f32)
+    config = run_config(NUM_ROUNDS, checkpoint_every=10, keep_checkpoints=3, width=WIDTH)
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "retouch"

@@ -32,7 +32,7 @@ Smoke run (seconds, for CI)::
 
 import ml_collections
 
-from fedmix_jax.config_defaults import selection_config, train_config
+from fedmix_jax.config_defaults import run_config, selection_config, train_config
 
 # ------------------------------------------------------------------------------------------------
 # The demo's numbers, in one place (CPU-friendly, as configs/synthetic.py).
@@ -53,22 +53,8 @@ LAM, BETA = 2.0, 3.0                 # the paper's multi-class (OCT) setting
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-
-    config.seed = 0                  # model init and round keys (the data has its own seed)
-    # fedmix | fedmix_no_adaptive | fedmix_no_refine | fedavg_pixel | fedavg_full | local | ...
-    config.strategy = "fedmix"
-    config.num_rounds = NUM_ROUNDS   # communication rounds (one local epoch each)
-    config.eval_every = 1            # validate/test global model 1 every k rounds (and the last)
-    config.checkpoint_every = 5      # save a checkpoint every k rounds (and the last)
-    config.keep_checkpoints = 2      # how many recent checkpoints to keep
-    config.compilation_cache = "default"  # JAX persistent cache: "default" (~/.cache/fedmix_jax,
-                                        # or $FEDMIX_JAX_CACHE_DIR), a directory, or "off"
-
-    config.model = ml_collections.ConfigDict()
-    config.model.width = WIDTH       # channels of the first U-Net block (paper: 64)
-    config.model.depth = DEPTH       # Down/Up blocks (paper: 4)
-    config.model.dtype = "float32"   # computation dtype: float32 | bfloat16 (params stay f32)
+    config = run_config(NUM_ROUNDS, checkpoint_every=5, keep_checkpoints=2, width=WIDTH,
+                        depth=DEPTH)
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "synthetic"

@@ -1,4 +1,4 @@
-"""The config groups every ``configs/*.py`` shares: ``train`` and ``selection``.
+"""The config groups every ``configs/*.py`` shares: the run and model, ``train``, ``selection``.
 
 Their fields and defaults are not written here: they are read from the typed objects they become
 (:class:`fedmix_jax.config.RoundConfig` and :class:`fedmix_jax.pseudo_labels.SelectionConfig`,
@@ -16,6 +16,28 @@ from ml_collections import config_dict
 
 from fedmix_jax.config import RoundConfig
 from fedmix_jax.pseudo_labels import SelectionConfig
+
+
+def run_config(num_rounds: int, checkpoint_every: int, keep_checkpoints: int, width: int,
+               depth: int = 4) -> ml_collections.ConfigDict:
+    """The top of every config: the run (seed, strategy, rounds, evaluation and checkpoint
+    cadence, compilation cache) and ``config.model``; each config file adds ``data``, ``train``
+    and ``selection``."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0                  # model init and round keys (the data has its own seed)
+    config.strategy = "fedmix"       # a name of fedmix_jax.strategies.STRATEGY_NAMES
+    config.num_rounds = num_rounds   # communication rounds (one local epoch each)
+    config.eval_every = 1            # validate/test global model 1 every k rounds (and the last)
+    config.checkpoint_every = checkpoint_every  # save a checkpoint every k rounds (and the last)
+    config.keep_checkpoints = keep_checkpoints  # how many recent checkpoints to keep
+    # JAX persistent compilation cache: "default" ($FEDMIX_JAX_CACHE_DIR or
+    # ~/.cache/fedmix_jax/jax_cache), a directory, or "off"
+    config.compilation_cache = "default"
+    config.model = ml_collections.ConfigDict()
+    config.model.width = width       # channels of the first U-Net block (paper: 64)
+    config.model.depth = depth       # Down/Up blocks (paper: 4)
+    config.model.dtype = "float32"   # computation dtype: float32 | bfloat16 (params stay f32)
+    return config
 
 
 def train_config(batch_size: int, crop, lam: float, beta: float,
