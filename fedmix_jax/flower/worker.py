@@ -24,9 +24,11 @@ import io
 import json
 import logging
 import os
+import shutil
 import socket
 import struct
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -229,13 +231,20 @@ def parse_node_config(text: str) -> dict:
 def serve(path: str, worker: SiteWorker) -> None:
     if os.path.exists(path):
         os.unlink(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)          # the socket file is created 0600
+    # Bind inside a private 0700 folder, make the socket 0600, then move it into place: the
+    # socket never appears with wider rights. (Not through the umask, which is per process and
+    # races when several workers start in threads of one process.)
+    private = tempfile.mkdtemp(prefix=".worker-", dir=parent)
     try:
-        srv.bind(path)
+        staged = os.path.join(private, "s")
+        srv.bind(staged)
+        os.chmod(staged, 0o600)
+        os.replace(staged, path)
     finally:
-        os.umask(old)
+        shutil.rmtree(private, ignore_errors=True)
     srv.listen(4)
     log.info("site worker listening on %s", path)
     print(f"[fedmix_jax.flower.worker] listening on {path}", file=sys.stderr, flush=True)
