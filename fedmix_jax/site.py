@@ -39,7 +39,7 @@ import optax
 from flax import struct
 
 from fedmix_jax.augment import augment_jointly
-from fedmix_jax.data.federation import PIXEL, FederatedSplit
+from fedmix_jax.data.federation import PIXEL, FederatedSplit, float_images, float_labels
 from fedmix_jax.inference import apply_in_chunks
 from fedmix_jax.losses import (dice_loss, dice_loss_per_sample, empty_aware_loss_per_sample,
                                mixed_supervision_targets, weighted_mean)
@@ -100,8 +100,10 @@ class SiteReport:
 @struct.dataclass
 class TrainInputs:
     """Per-sample training inputs of one site: images [N,H,W,Cin], target1 / target2 [N,H,W,K]
-    (targets of model 1 / 2), usable [N] bool, weak / selected_weak [N] bool for the report, and
-    self_train [N] bool: samples that train on their own confident pixels (FedST) instead."""
+    (targets of model 1 / 2), all in their storage dtype (uint8 or float32; the train step
+    converts the gathered batch with ``float_images`` / ``float_labels``), usable [N] bool,
+    weak / selected_weak [N] bool for the report, and self_train [N] bool: samples that train
+    on their own confident pixels (FedST) instead."""
 
     images: jax.Array
     target1: jax.Array
@@ -143,10 +145,13 @@ def pseudo_labels(model: nn.Module, global_params: ModelPair, data: FederatedSpl
 
     The images run through both models in chunks of ``config.inference_chunk``; a chunk none of
     whose images needs a pseudo-label (pixel-level or padding) is skipped (``lax.cond``; its
-    logits are zeros, never read).
+    logits are zeros). Each chunk is converted to float32, binarised, refined and selected on its
+    own (every one of those steps is per sample), so neither a float copy of the site's images
+    and boxes nor the logits of all its samples are ever held.
 
-    Returns: a :class:`~fedmix_jax.pseudo_labels.PseudoLabels` (pseudo1 / pseudo2 [N,H,W,K],
-    selected [N] bool, ...).
+    Returns: a :class:`~fedmix_jax.pseudo_labels.PseudoLabels` (pseudo1 / pseudo2 [N,H,W,K] in
+    {0, 1}, in the masks' storage dtype: uint8 for uint8 masks, else float32; selected [N] bool,
+    ...).
     """
     p1, p2 = global_params
     needs = data.valid & (data.levels != PIXEL)
@@ -155,14 +160,18 @@ def pseudo_labels(model: nn.Module, global_params: ModelPair, data: FederatedSpl
         return _apply(model, p1, x), _apply(model, p2, x)
 
     def chunk(args):
-        x, need = args
+        x, boxes, labels, levels, valid, need = args
+        x = float_images(x)
         skip = lambda x: jax.tree.map(  # noqa: E731
             lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(both, x))
-        return jax.lax.cond(jnp.any(need), both, skip, x)
+        logits1, logits2 = jax.lax.cond(jnp.any(need), both, skip, x)
+        pl = pseudo_labels_from_logits(logits1, logits2, float_labels(boxes), float_labels(labels),
+                                       levels, valid, config.strategy.selection)
+        store = data.masks.dtype    # {0, 1}: lossless in uint8
+        return pl.replace(pseudo1=pl.pseudo1.astype(store), pseudo2=pl.pseudo2.astype(store))
 
-    logits1, logits2 = apply_in_chunks(chunk, (data.images, needs), config.inference_chunk)
-    return pseudo_labels_from_logits(logits1, logits2, data.boxes, data.image_labels, data.levels,
-                                     data.valid, config.strategy.selection)
+    return apply_in_chunks(chunk, (data.images, data.boxes, data.image_labels, data.levels,
+                                   data.valid, needs), config.inference_chunk)
 
 
 def train_inputs(model: nn.Module, global_params: ModelPair, data: FederatedSplit,
@@ -202,35 +211,26 @@ def sample_order(key: jax.Array, usable: jax.Array) -> jax.Array:
     return jnp.argsort(priority, stable=True).astype(jnp.int32)
 
 
-def local_epoch(model: nn.Module, config, params: ModelPair, opt_state: ModelPair,
-                key: jax.Array, inputs: TrainInputs, learning_rate: jax.Array):
-    """One local epoch of one site: ``S = ceil(N / B)`` steps of fixed batch size B.
-
-    Args:
-      params, opt_state: the site's model pair and Adam pair (leaves without client axis).
-      key: the site's key for this round.
-      inputs: the site's :class:`TrainInputs` (leaves [N, ...]).
-      learning_rate: traced Adam step size [].
-
-    Returns:
-      (params, opt_state, (loss1, loss2, steps)): the mean batch losses of models 1 / 2 over the
-      active steps (0 without step) and the number of active steps. With
-      ``config.empty_target_loss == "bce"`` the losses reported are the Dice losses of the samples
-      with foreground (what l_i of the FedMix weights should measure), over the steps that had
-      such a sample; the training loss itself is Dice + BCE on empty targets.
-    """
-    n = inputs.images.shape[0]
-    b = config.batch_size
-    num_steps = -(-n // b)
-    k_order, k_aug = jax.random.split(key)
-    order = jnp.pad(sample_order(k_order, inputs.usable), (0, num_steps * b - n))
-    in_range = jnp.arange(num_steps * b) < n
+def prepare_epoch(config, params: ModelPair, opt_state: ModelPair, learning_rate: jax.Array):
+    """The start of a local epoch: ``(tx, trainable, opt_t)``: the optimizer, the models that
+    train (both, or model 1 alone for a single-model strategy) and their Adam states with the
+    traced learning rate set. :func:`local_epoch` and the streamed epoch
+    (:mod:`fedmix_jax.streaming`) share it."""
     tx = make_optimizer(config)
-    dual = config.strategy.trains_model2
     opt_state = ModelPair(*(_with_learning_rate(o, learning_rate) for o in opt_state))
     # Only the models that train are differentiated and updated; model 2 of a single-model
     # strategy passes through.
-    trainable, opt_t = (tuple(params), tuple(opt_state)) if dual else ((params[0],), (opt_state[0],))
+    if config.strategy.trains_model2:
+        return tx, tuple(params), tuple(opt_state)
+    return tx, (params[0],), (opt_state[0],)
+
+
+def make_train_batch(model: nn.Module, config, tx, k_aug: jax.Array):
+    """``train_batch(carry, s, w, images, targets, self_train) -> (carry, (l1, l2, counted))``:
+    local step ``s`` on one gathered batch (images [B,H,W,Cin], ``targets`` a tuple of one
+    [B,H,W,K] target per training model, self_train [B] bool, loss weights w [B] float32);
+    ``carry = (models, opt_states)`` (tuples). The one step of :func:`local_epoch` and of the
+    streamed epoch (:mod:`fedmix_jax.streaming`)."""
 
     def loss_fn(models, x, targets, w, self_train, key):
         if config.strategy.weak_samples == "self_training":
@@ -256,37 +256,36 @@ def local_epoch(model: nn.Module, config, params: ModelPair, opt_state: ModelPai
                 counted = (jnp.sum(w * has_fg) > 0).astype(jnp.float32)
         return sum(losses), (tuple(fits), counted)
 
-    def train_step(carry, s, w):
+    def train_batch(carry, s, w, images, targets, self_train):
         models, opts = carry
-        idx = jax.lax.dynamic_slice(order, (s * b,), (b,))
-        targets = (inputs.target1[idx], inputs.target2[idx])[:len(models)]
         k_step = jax.random.fold_in(k_aug, s)
-        x, *targets = augment_jointly(k_step, (inputs.images[idx],) + targets, config.crop,
+        # The gathered batch leaves its storage dtype here (uint8 -> float32), never the split.
+        images, targets = float_images(images), tuple(float_labels(t) for t in targets)
+        x, *targets = augment_jointly(k_step, (images,) + tuple(targets), config.crop,
                                       config.hflip, config.vflip)
         (_, (fits, counted)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            models, x, targets, w, inputs.self_train[idx], jax.random.fold_in(k_step, 1))
+            models, x, targets, w, self_train, jax.random.fold_in(k_step, 1))
         updates = [tx.update(g, o, p) for g, o, p in zip(grads, opts, models)]
         models = tuple(optax.apply_updates(p, u) for p, (u, _) in zip(models, updates))
         opts = tuple(o for _, o in updates)
         fits = fits + (jnp.zeros_like(fits[0]),) * (2 - len(fits))
         return (models, opts), fits + (counted,)
 
-    def masked_step(carry, s, w):
-        zero = jnp.zeros((), jnp.float32)
-        return carry, (zero, zero, zero)
+    return train_batch
 
-    def step(carry, s):
-        idx = jax.lax.dynamic_slice(order, (s * b,), (b,))
-        w = (inputs.usable[idx] & jax.lax.dynamic_slice(in_range, (s * b,), (b,))
-             ).astype(jnp.float32)
-        active = jnp.sum(w) > 0
-        # A batch without usable sample is skipped (under vmap: both branches run, then select).
-        carry, (l1, l2, counted) = jax.lax.cond(active, train_step, masked_step, carry, s, w)
-        return carry, (l1, l2, counted, active)
 
-    (trainable, opt_t), (l1, l2, counted, active) = jax.lax.scan(step, (trainable, opt_t),
-                                                                 jnp.arange(num_steps))
-    if dual:
+def masked_batch(carry, *args):
+    """A masked local step: the state passes through, zero losses (``train_batch``'s outputs)."""
+    zero = jnp.zeros((), jnp.float32)
+    return carry, (zero, zero, zero)
+
+
+def finish_epoch(config, params: ModelPair, opt_state: ModelPair, trainable, opt_t,
+                 l1: jax.Array, l2: jax.Array, counted: jax.Array, active: jax.Array):
+    """The end of a local epoch from the per-step outputs [S] of every step (masked steps: zero
+    losses, ``active`` False): ``(params, opt_state, (loss1, loss2, steps))`` as
+    :func:`local_epoch` returns them."""
+    if config.strategy.trains_model2:
         params, opt_state = ModelPair(*trainable), ModelPair(*opt_t)
     else:
         params = ModelPair(trainable[0], params[1])
@@ -299,6 +298,55 @@ def local_epoch(model: nn.Module, config, params: ModelPair, opt_state: ModelPai
     denom = jnp.maximum(jnp.sum(counted), 1.0)
     return params, opt_state, (jnp.sum(l1 * counted) / denom, jnp.sum(l2 * counted) / denom,
                                steps.astype(jnp.int32))
+
+
+def local_epoch(model: nn.Module, config, params: ModelPair, opt_state: ModelPair,
+                key: jax.Array, inputs: TrainInputs, learning_rate: jax.Array):
+    """One local epoch of one site: ``S = ceil(N / B)`` steps of fixed batch size B.
+
+    Args:
+      params, opt_state: the site's model pair and Adam pair (leaves without client axis).
+      key: the site's key for this round.
+      inputs: the site's :class:`TrainInputs` (leaves [N, ...]).
+      learning_rate: traced Adam step size [].
+
+    Returns:
+      (params, opt_state, (loss1, loss2, steps)): the mean batch losses of models 1 / 2 over the
+      active steps (0 without step) and the number of active steps. With
+      ``config.empty_target_loss == "bce"`` the losses reported are the Dice losses of the samples
+      with foreground (what l_i of the FedMix weights should measure), over the steps that had
+      such a sample; the training loss itself is Dice + BCE on empty targets.
+
+    The streamed epoch (:func:`fedmix_jax.streaming.streamed_site_round`) runs the same steps
+    (:func:`make_train_batch`) on batches gathered on the host.
+    """
+    n = inputs.images.shape[0]
+    b = config.batch_size
+    num_steps = -(-n // b)
+    k_order, k_aug = jax.random.split(key)
+    order = jnp.pad(sample_order(k_order, inputs.usable), (0, num_steps * b - n))
+    in_range = jnp.arange(num_steps * b) < n
+    tx, trainable, opt_t = prepare_epoch(config, params, opt_state, learning_rate)
+    train_batch = make_train_batch(model, config, tx, k_aug)
+
+    def train_step(carry, s, w):
+        models, _ = carry
+        idx = jax.lax.dynamic_slice(order, (s * b,), (b,))
+        targets = (inputs.target1[idx], inputs.target2[idx])[:len(models)]
+        return train_batch(carry, s, w, inputs.images[idx], targets, inputs.self_train[idx])
+
+    def step(carry, s):
+        idx = jax.lax.dynamic_slice(order, (s * b,), (b,))
+        w = (inputs.usable[idx] & jax.lax.dynamic_slice(in_range, (s * b,), (b,))
+             ).astype(jnp.float32)
+        active = jnp.sum(w) > 0
+        # A batch without usable sample is skipped (under vmap: both branches run, then select).
+        carry, (l1, l2, counted) = jax.lax.cond(active, train_step, masked_batch, carry, s, w)
+        return carry, (l1, l2, counted, active)
+
+    (trainable, opt_t), (l1, l2, counted, active) = jax.lax.scan(step, (trainable, opt_t),
+                                                                 jnp.arange(num_steps))
+    return finish_epoch(config, params, opt_state, trainable, opt_t, l1, l2, counted, active)
 
 
 def site_round(model: nn.Module, config, global_params: ModelPair, site: SiteState,
