@@ -212,17 +212,17 @@ def sample_order(key: jax.Array, usable: jax.Array) -> jax.Array:
 
 
 def prepare_epoch(config, params: ModelPair, opt_state: ModelPair, learning_rate: jax.Array):
-    """The start of a local epoch: ``(tx, trainable, opt_t)``: the optimizer, the models that
-    train (both, or model 1 alone for a single-model strategy) and their Adam states with the
-    traced learning rate set. :func:`local_epoch` and the streamed epoch
-    (:mod:`fedmix_jax.streaming`) share it."""
+    """The start of a local epoch: ``(tx, opt_state, trainable, opt_t)``: the optimizer, the
+    pair's Adam states with the traced learning rate set, the models that train (both, or model 1
+    alone for a single-model strategy) and their Adam states. :func:`local_epoch` and the
+    streamed epoch (:mod:`fedmix_jax.streaming`) share it."""
     tx = make_optimizer(config)
     opt_state = ModelPair(*(_with_learning_rate(o, learning_rate) for o in opt_state))
     # Only the models that train are differentiated and updated; model 2 of a single-model
     # strategy passes through.
     if config.strategy.trains_model2:
-        return tx, tuple(params), tuple(opt_state)
-    return tx, (params[0],), (opt_state[0],)
+        return tx, opt_state, tuple(params), tuple(opt_state)
+    return tx, opt_state, (params[0],), (opt_state[0],)
 
 
 def make_train_batch(model: nn.Module, config, tx, k_aug: jax.Array):
@@ -326,7 +326,7 @@ def local_epoch(model: nn.Module, config, params: ModelPair, opt_state: ModelPai
     k_order, k_aug = jax.random.split(key)
     order = jnp.pad(sample_order(k_order, inputs.usable), (0, num_steps * b - n))
     in_range = jnp.arange(num_steps * b) < n
-    tx, trainable, opt_t = prepare_epoch(config, params, opt_state, learning_rate)
+    tx, opt_state, trainable, opt_t = prepare_epoch(config, params, opt_state, learning_rate)
     train_batch = make_train_batch(model, config, tx, k_aug)
 
     def train_step(carry, s, w):

@@ -1,0 +1,514 @@
+"""Streamed rounds: a federation larger than device memory trains block by block.
+
+The in-memory round (:mod:`fedmix_jax.round`) puts the whole training split [C, N, H, W, ...] on
+the device and compiles over it. Here the split stays where it is -- host arrays
+(:class:`ArraySource`) or the built array_record cache (:class:`ArrayRecordSource`, random access
+through ``tfds.data_source``) -- and each site's round runs in three phases whose results equal
+:func:`fedmix_jax.site.site_round` on the same data (same functions, same shapes per sample; the
+tests check bit equality):
+
+1. **inputs** (device, forward only): blocks of ``P`` of the site's samples in index order
+   (``P`` a multiple of ``inference_chunk``, so the chunks of
+   :func:`~fedmix_jax.site.pseudo_labels` are the same as in memory) go through
+   :func:`~fedmix_jax.site.train_inputs` with the global pair; what comes back is kept **on the
+   host** for this site and round: targets ``t1`` / ``t2`` [N, H, W, K] in the masks' storage
+   dtype (uint8 {0, 1} for the real data), ``usable`` / ``weak`` / ``selected_weak`` /
+   ``self_train`` [N] bool. Images are not kept.
+2. **order** (device, [N]): ``k_order, k_aug = split(key)``; ``order = sample_order(k_order,
+   usable)`` padded to ``S * B`` (``S = ceil(N / B)``), as :func:`~fedmix_jax.site.local_epoch`.
+   Per step ``s`` the batch is ``order[s*B:(s+1)*B]`` and its loss weights ``w [B] = usable &
+   in_range`` -- both known on the host before training starts.
+3. **training** (device): blocks of ``k`` steps. A prefetch thread gathers the next block's
+   samples (images from the source; targets, ``self_train`` from the host arrays of phase 1) as
+   ``[k, B, ...]`` arrays and puts them on the device while the device runs the current block:
+   one ``lax.scan`` over the ``k`` steps of :func:`~fedmix_jax.site.make_train_batch` (masked
+   steps under ``lax.cond`` as in memory). Blocks without an active step are not run at all and
+   the samples of masked steps are not read (a masked step changes nothing and reports zeros).
+   The per-step outputs [S] end in :func:`~fedmix_jax.site.finish_epoch`.
+
+Shapes (one site ``c``; ``N`` padded samples, the same for every client; ``B`` batch size;
+``k`` = ``block_steps``; ``P`` = the phase-1 block):
+
+==========================  =====================================  ==========================
+what                        shape                                   where
+==========================  =====================================  ==========================
+source rows (phase 1)       FederatedSplit, leaves [P, ...]         host -> device, per block
+targets t1, t2              [N, H, W, K] storage dtype              host, this site and round
+usable, weak, ..., w        [N] bool; w [S, B] float32              host
+one training block          images [k, B, H, W, Cin], t1/t2         host -> device, prefetched
+                            [k, B, H, W, K], self_train [k, B],
+                            w [k, B], step indices [k]
+per-step outputs            l1, l2, counted [S] f32, active [S]     host, then one jit
+==========================  =====================================  ==========================
+
+Device memory holds the model pair, Adam states, one phase-1 block and two training blocks (the
+one running, the one prefetched): it grows with ``P`` and ``k * B``, not with ``N`` or ``C``.
+
+:class:`StreamedRound` runs a whole round (clients one after another, the same keys, weights and
+aggregation as :func:`fedmix_jax.round.round_step`). :func:`split_bytes` and
+:func:`choose_mode` decide, from ``config.data.device_data_budget_gb``, whether the training job
+streams (:func:`fedmix_jax.train.train_and_evaluate`); :func:`open_streamed_federation` opens a
+real dataset with its training split left in the cache.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import functools
+import math
+from typing import Any, Callable, Iterable, Iterator
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedmix_jax.data.federation import PIXEL, FederatedSplit
+from fedmix_jax.round import FedState, RoundMetrics, finish_round, round_keys
+from fedmix_jax.site import (ModelPair, SiteReport, SiteState, finish_epoch, make_optimizer,
+                             make_train_batch, masked_batch, prepare_epoch, sample_order,
+                             train_inputs)
+
+FIELDS = ("images", "masks", "boxes", "image_labels", "levels", "valid")
+GIB = 1024 ** 3
+
+
+# ----------------------------------------------------------------------------------------------
+# sources: random access to the rows of one client
+
+
+class SplitSource:
+    """Random access to one training split, client by client (the base of the sources).
+
+    Quacks like a :class:`FederatedSplit` for what the job reads of a split without its pixels:
+    ``levels`` [C, N] int32, ``valid`` [C, N] bool, ``image_labels`` [C, N, K] (NumPy, small),
+    and ``images`` / ``masks`` / ``boxes`` as :class:`jax.ShapeDtypeStruct` [C, N, ...] (shape and
+    storage dtype only). :meth:`read` returns rows of one client.
+    """
+
+    levels: np.ndarray
+    valid: np.ndarray
+    image_labels: np.ndarray
+    images: jax.ShapeDtypeStruct
+    masks: jax.ShapeDtypeStruct
+    boxes: jax.ShapeDtypeStruct
+
+    @property
+    def num_clients(self) -> int:
+        return int(self.valid.shape[0])
+
+    @property
+    def max_samples(self) -> int:
+        return int(self.valid.shape[1])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.masks.shape[-1])
+
+    def counts(self) -> np.ndarray:
+        return self.valid.sum(axis=1)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the split as in-memory arrays (what the in-memory round puts on the device)."""
+        return sum(_nbytes(getattr(self, f)) for f in FIELDS)
+
+    def read(self, c: int, rows: np.ndarray) -> FederatedSplit:
+        """Rows ``rows`` [R] of client ``c`` as a FederatedSplit with leaves [R, ...] (NumPy).
+        Rows past the client's samples (up to and beyond N) are zeros with ``valid`` False, as
+        the padding of the in-memory split."""
+        raise NotImplementedError
+
+    def _zeros(self, r: int) -> dict:
+        return {f: np.zeros((r,) + tuple(getattr(self, f).shape[2:]), getattr(self, f).dtype)
+                for f in FIELDS}
+
+    def materialize(self) -> FederatedSplit:
+        """The whole split as in-memory arrays (the in-memory round's input)."""
+        rows = [self.read(c, np.arange(self.max_samples)) for c in range(self.num_clients)]
+        return jax.tree.map(lambda *xs: np.stack(xs), *rows)
+
+
+def _nbytes(x) -> int:
+    return int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+
+
+def _spec(x) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(tuple(x.shape), np.dtype(x.dtype))
+
+
+class ArraySource(SplitSource):
+    """A split held in host memory (a :class:`FederatedSplit` [C, N, ...]): rows by indexing."""
+
+    def __init__(self, split: FederatedSplit):
+        self.split = jax.tree.map(np.asarray, split)
+        self.levels, self.valid = self.split.levels, self.split.valid.astype(bool)
+        self.image_labels = self.split.image_labels
+        self.images, self.masks, self.boxes = (_spec(self.split.images), _spec(self.split.masks),
+                                               _spec(self.split.boxes))
+
+    def read(self, c: int, rows: np.ndarray) -> FederatedSplit:
+        rows = np.asarray(rows, np.int64)
+        inside = rows < self.max_samples
+        safe = np.where(inside, rows, 0)
+        out = {}
+        for f in FIELDS:
+            x = getattr(self.split, f)[c][safe]
+            if not inside.all():
+                x[~inside] = 0
+            out[f] = x
+        return FederatedSplit(**out)
+
+    def materialize(self) -> FederatedSplit:
+        return self.split
+
+
+class ArrayRecordSource(SplitSource):
+    """One split of a built real dataset (:mod:`fedmix_jax.data.real.cache`), read record by
+    record from its array_record shards (``tfds.data_source`` random access); the pixels are
+    never all in memory. Rows hold what :func:`fedmix_jax.data.real.loader.read_client_split`
+    returns (images as stored, uint8; masks and boxes uint8 {0, 1}; labels float32; the level of
+    the client unless the record carries its own).
+
+    Args:
+      prepared: the :class:`~fedmix_jax.data.real.cache.PreparedDataset`.
+      split: "train", "validation" or "test".
+      clients, levels: the clients (names) and their default level ints.
+      takes: records per client (the first ones of its range, as the loader's ``take``).
+    """
+
+    def __init__(self, prepared, split: str, clients: list[str], levels: list[int],
+                 takes: list[int]):
+        self.prepared, self.split_name = prepared, split
+        self.source = prepared.sources[split]
+        self.ranges = [prepared.client_range(split, c)[:t] for c, t in zip(clients, takes)]
+        self.client_names, self.default_levels = list(clients), list(levels)
+        cfg = prepared.config
+        s, ch, k = cfg.image_size, cfg.channels, len(prepared.metadata["class_names"])
+        n, num = max(max((len(r) for r in self.ranges), default=0), 1), len(clients)
+        self.images = jax.ShapeDtypeStruct((num, n, s, s, ch), np.dtype(np.uint8))
+        self.masks = jax.ShapeDtypeStruct((num, n, s, s, k), np.dtype(np.uint8))
+        self.boxes = jax.ShapeDtypeStruct((num, n, s, s, k), np.dtype(np.uint8))
+        # The small per-sample arrays: one pass over the records (their pixels are dropped).
+        self.levels = np.zeros((num, n), np.int32)
+        self.valid = np.zeros((num, n), bool)
+        self.image_labels = np.zeros((num, n, k), np.float32)
+        for c in range(num):
+            m = len(self.ranges[c])
+            for lo in range(0, m, 256):
+                part = self.read(c, np.arange(lo, min(lo + 256, m)))
+                self.levels[c, lo:lo + 256] = part.levels
+                self.image_labels[c, lo:lo + 256] = part.image_labels
+            self.valid[c, :m] = True
+
+    def read(self, c: int, rows: np.ndarray) -> FederatedSplit:
+        from fedmix_jax.data.real.loader import _text
+
+        rows = np.asarray(rows, np.int64)
+        out = self._zeros(len(rows))
+        rng = self.ranges[c]
+        inside = np.flatnonzero(rows < len(rng))
+        out["levels"][:] = 0
+        if inside.size:
+            recs = self.source.__getitems__([rng[int(rows[j])] for j in inside])
+            for j, r in zip(inside, recs):
+                if _text(r["client"]) != self.client_names[c]:
+                    raise RuntimeError(
+                        f"cache {self.prepared.path} is inconsistent: record {rng[int(rows[j])]} "
+                        f"of {self.split_name} belongs to {_text(r['client'])}, expected "
+                        f"{self.client_names[c]}; rebuild it (--config.data.rebuild=True)")
+                out["images"][j] = r["image"]
+                out["masks"][j] = r["mask"]
+                out["boxes"][j] = r["boxes"]
+                out["image_labels"][j] = r["label"]
+                out["levels"][j] = int(r["level"]) if int(r["level"]) >= 0 \
+                    else self.default_levels[c]
+                out["valid"][j] = True
+        return FederatedSplit(**out)
+
+
+# ----------------------------------------------------------------------------------------------
+# prefetch
+
+
+def prefetched(thunks: Iterable[Callable[[], Any]], depth: int = 2) -> Iterator[Any]:
+    """Results of ``thunks`` in order, computed by one background thread up to ``depth`` ahead
+    (reading and ``device_put`` of the next blocks overlap the device's work on this one)."""
+    it = iter(thunks)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pending = collections.deque(pool.submit(t) for t in _take(it, max(depth, 1)))
+        while pending:
+            result = pending.popleft().result()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(pool.submit(nxt))
+            yield result
+
+
+def _take(it, n):
+    for _ in range(n):
+        x = next(it, None)
+        if x is None:
+            return
+        yield x
+
+
+# ----------------------------------------------------------------------------------------------
+# the compiled pieces (one set per model and static round config)
+
+
+@functools.lru_cache(maxsize=16)
+def _programs(model: nn.Module, config):
+    dual = config.strategy.trains_model2
+
+    @jax.jit
+    def inputs_block(global_params, block, round_index):
+        ti = train_inputs(model, global_params, block, config, round_index)
+        return (ti.target1, ti.target2 if dual else None, ti.usable, ti.weak, ti.selected_weak,
+                ti.self_train)
+
+    @jax.jit
+    def order(key, usable):
+        k_order, k_aug = jax.random.split(key)
+        return sample_order(k_order, usable), k_aug
+
+    @jax.jit
+    def start(params, opt_state, learning_rate):
+        _, opt_state, trainable, opt_t = prepare_epoch(config, params, opt_state, learning_rate)
+        return opt_state, (trainable, opt_t)
+
+    @jax.jit
+    def run_block(carry, k_aug, steps, w, images, targets, self_train):
+        train_batch = make_train_batch(model, config, make_optimizer(config), k_aug)
+
+        def step(carry, xs):
+            s, w_s, x, t, st = xs
+            active = jnp.sum(w_s) > 0
+            carry, (l1, l2, counted) = jax.lax.cond(active, train_batch, masked_batch, carry, s,
+                                                    w_s, x, t, st)
+            return carry, (l1, l2, counted, active)
+
+        return jax.lax.scan(step, carry, (steps, w, images, targets, self_train))
+
+    @jax.jit
+    def finish(params, opt_state, trainable, opt_t, l1, l2, counted, active):
+        return finish_epoch(config, params, opt_state, trainable, opt_t, l1, l2, counted, active)
+
+    return inputs_block, order, start, run_block, finish
+
+
+# ----------------------------------------------------------------------------------------------
+# one site
+
+
+@dataclasses.dataclass
+class StreamOptions:
+    """block_steps: local steps per training block (k); pseudo_block: samples per phase-1 block
+    (rounded up to a multiple of ``inference_chunk``; None: ``k * B``); prefetch: blocks read
+    ahead by the background thread."""
+
+    block_steps: int = 8
+    pseudo_block: int | None = None
+    prefetch: int = 2
+
+    def __post_init__(self):
+        if self.block_steps < 1 or self.prefetch < 0 or (
+                self.pseudo_block is not None and self.pseudo_block < 1):
+            raise ValueError(f"invalid stream options {self}")
+
+
+def _phase1_block(config, n: int, options: StreamOptions) -> int:
+    chunk = config.inference_chunk
+    if n <= chunk:   # the in-memory pass runs one call on all N samples: so does this one
+        return n
+    want = options.pseudo_block or options.block_steps * config.batch_size
+    return min(-(-want // chunk) * chunk, -(-n // chunk) * chunk)
+
+
+def streamed_site_round(model: nn.Module, config, global_params: ModelPair, site: SiteState,
+                        source: SplitSource, c: int, key: jax.Array, hparams, round_index=0,
+                        options: StreamOptions | None = None) -> tuple[SiteState, SiteReport]:
+    """:func:`fedmix_jax.site.site_round` of client ``c`` with its data read from ``source`` in
+    blocks (see the module docstring); same arguments otherwise, same results."""
+    options = options or StreamOptions()
+    inputs_block, order_fn, start_fn, run_block, finish = _programs(model, config)
+    dual = config.strategy.trains_model2
+    n, b, k = source.max_samples, config.batch_size, options.block_steps
+
+    # 1. per-sample training inputs from the global pair, block by block, kept on the host.
+    p = _phase1_block(config, n, options)
+    starts = list(range(0, n, p))
+    t1 = t2 = None
+    flags = np.zeros((4, n), bool)      # usable, weak, selected_weak, self_train
+
+    def load_rows(lo):
+        return lambda: jax.device_put(source.read(c, np.arange(lo, lo + p)))
+
+    for lo, block in zip(starts, prefetched((load_rows(lo) for lo in starts),
+                                             options.prefetch)):
+        out = jax.device_get(inputs_block(global_params, block, round_index))
+        m = min(p, n - lo)
+        if t1 is None:
+            t1 = np.empty((n,) + out[0].shape[1:], out[0].dtype)
+            t2 = np.empty((n,) + out[1].shape[1:], out[1].dtype) if dual else None
+        t1[lo:lo + m] = out[0][:m]
+        if dual:
+            t2[lo:lo + m] = out[1][:m]
+        for i, f in enumerate(out[2:]):
+            flags[i, lo:lo + m] = f[:m]
+    usable, weak, selected_weak, self_train = flags
+
+    # 2. the order of the local epoch, as local_epoch computes it.
+    order, k_aug = order_fn(key, jnp.asarray(usable))
+    num_steps = -(-n // b)
+    order = np.pad(np.asarray(order), (0, num_steps * b - n))
+    w = (usable[order] & (np.arange(num_steps * b) < n)).astype(np.float32).reshape(num_steps, b)
+    active = w.sum(axis=1) > 0
+
+    # 3. training in blocks of k steps; blocks without an active step are skipped.
+    start = global_params if config.strategy.aggregates else site.params
+    opt_state, carry = start_fn(start, site.opt_state, hparams.learning_rate)
+    num_blocks = -(-num_steps // k)
+    run = [j for j in range(num_blocks) if active[j * k:(j + 1) * k].any()]
+    outputs = np.zeros((3, num_steps), np.float32)     # l1, l2, counted
+    img_shape = tuple(source.images.shape[2:])
+
+    def load_block(j):
+        def load():
+            steps = np.arange(j * k, (j + 1) * k)
+            live = steps < num_steps
+            steps_c = np.where(live, steps, 0)
+            w_blk = np.where(live[:, None], w[steps_c], 0.0).astype(np.float32)     # [k, B]
+            rows = order.reshape(num_steps, b)[steps_c]                             # [k, B]
+            need = (w_blk.sum(axis=1) > 0)                   # only active steps are read
+            flat = rows[need].reshape(-1)
+            x = np.zeros((k, b) + img_shape, source.images.dtype)
+            if flat.size:
+                x[need] = source.read(c, flat).images.reshape((-1, b) + img_shape)
+            tg1 = np.zeros((k, b) + t1.shape[1:], t1.dtype)
+            tg1[need] = t1[flat].reshape((-1, b) + t1.shape[1:])
+            targets = (tg1,)
+            if dual:
+                tg2 = np.zeros((k, b) + t2.shape[1:], t2.dtype)
+                tg2[need] = t2[flat].reshape((-1, b) + t2.shape[1:])
+                targets = (tg1, tg2)
+            st = np.zeros((k, b), bool)
+            st[need] = self_train[flat].reshape(-1, b)
+            return jax.device_put((steps.astype(np.int32), w_blk, x, targets, st))
+        return load
+
+    for j, blk in zip(run, prefetched((load_block(j) for j in run), options.prefetch)):
+        carry, (l1, l2, counted, act) = run_block(carry, k_aug, *blk)
+        lo, hi = j * k, min((j + 1) * k, num_steps)
+        res = jax.device_get((l1, l2, counted))
+        for i, r in enumerate(res):
+            outputs[i, lo:hi] = r[:hi - lo]
+    trainable, opt_t = carry
+    params, opt_state, (loss1, loss2, steps) = finish(
+        start, opt_state, trainable, opt_t, *map(jnp.asarray, outputs), jnp.asarray(active))
+    count = lambda m: jnp.asarray(np.sum(m), jnp.int32)  # noqa: E731
+    report = SiteReport(num_usable=count(usable), loss1=loss1, loss2=loss2, num_weak=count(weak),
+                        num_selected_weak=count(selected_weak),
+                        num_pixel=count(source.valid[c] & (source.levels[c] == PIXEL)),
+                        steps=steps)
+    return SiteState(params=params, opt_state=opt_state), report
+
+
+# ----------------------------------------------------------------------------------------------
+# a whole round
+
+
+class StreamedRound:
+    """``round_fn(state, hparams=None) -> (state, RoundMetrics)``: one round over every client of
+    ``source``, each a :func:`streamed_site_round`; keys, weights and aggregation are those of
+    :func:`fedmix_jax.round.round_step` (:func:`~fedmix_jax.round.round_keys`,
+    :func:`~fedmix_jax.round.finish_round`). Unlike the in-memory ``round_fn`` it does not donate
+    the input state."""
+
+    def __init__(self, model: nn.Module, config, source: SplitSource,
+                 options: StreamOptions | None = None):
+        self.model, self.config, self.source = model, config, source
+        self.options = options or StreamOptions()
+        self.default_hparams = config.hparams()
+        num = source.num_clients
+        self._keys = jax.jit(lambda key: round_keys(key, num))
+        self._take = jax.jit(lambda tree, c: jax.tree.map(lambda x: x[c], tree))
+        self._stack = jax.jit(lambda *trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees))
+        self._finish = jax.jit(functools.partial(finish_round, config.strategy))
+        self._valid = FederatedSplit(images=None, masks=None, boxes=None, image_labels=None,
+                                     levels=None, valid=jnp.asarray(source.valid))
+        self.jitted = (self._keys, self._finish) + _programs(model, config)
+        self.mesh = None
+
+    def __call__(self, state: FedState, hparams=None) -> tuple[FedState, RoundMetrics]:
+        hparams = self.default_hparams if hparams is None else hparams
+        next_key, client_keys = self._keys(state.key)
+        sites_in = SiteState(params=state.client_params, opt_state=state.opt_state)
+        sites, reports = [], []
+        for c in range(self.source.num_clients):
+            site = self._take(sites_in, c)
+            new_site, report = streamed_site_round(
+                self.model, self.config, state.global_params, site, self.source, c,
+                client_keys[c], hparams, state.round, self.options)
+            sites.append(new_site)
+            reports.append(report)
+        return self._finish(state, self._valid, self._stack(*sites), self._stack(*reports),
+                            next_key, hparams)
+
+
+# ----------------------------------------------------------------------------------------------
+# the job's decision
+
+
+def split_bytes(split) -> int:
+    """Bytes of a split's arrays (a FederatedSplit or a :class:`SplitSource`)."""
+    return sum(_nbytes(getattr(split, f)) for f in FIELDS)
+
+
+def choose_mode(train, budget_gb) -> tuple[bool, str]:
+    """``(stream, why)``: stream when the training split's bytes exceed ``budget_gb`` (GiB;
+    None or <= 0: no budget, always in memory)."""
+    size = split_bytes(train)
+    if budget_gb is None or float(budget_gb) <= 0:
+        return False, f"training split {size / GIB:.3g} GiB, no device_data_budget_gb: in memory"
+    budget = float(budget_gb)
+    if size > budget * GIB:
+        return True, (f"training split {size / GIB:.3g} GiB > device_data_budget_gb={budget:g}: "
+                      "streamed block by block from the host")
+    return False, (f"training split {size / GIB:.3g} GiB <= device_data_budget_gb={budget:g}: "
+                   "in memory")
+
+
+def open_streamed_federation(data_cfg, verbose: bool = True):
+    """A real dataset (``ham10000`` / ``breast`` / ``folders`` / ``retouch``) as a
+    :class:`~fedmix_jax.data.federation.Federation` whose ``train`` is an
+    :class:`ArrayRecordSource` (left in the cache) and whose ``val`` / ``test`` are read into
+    memory as :func:`~fedmix_jax.data.real.load_federation_from_config` reads them."""
+    from fedmix_jax.data.federation import Federation, stack_clients
+    from fedmix_jax.data.real.loader import (_get, _resolve_clients_levels, _take_counts,
+                                             prepare_dataset, read_client_split)
+
+    prepared = prepare_dataset(data_cfg, verbose=verbose)
+    clients, levels = _resolve_clients_levels(data_cfg, prepared)
+    max_pc = int(_get(data_cfg, "max_per_client", 0))
+    takes = {c: _take_counts(prepared, c, max_pc) for c in clients}
+    train = ArrayRecordSource(prepared, "train", clients, levels,
+                              [takes[c]["train"] for c in clients])
+    held = {}
+    for sp, fld in (("validation", "val"), ("test", "test")):
+        held[fld] = stack_clients([read_client_split(prepared, sp, c, lv, takes[c][sp])
+                                   for c, lv in zip(clients, levels)])
+    return Federation(client_names=list(clients),
+                      class_names=list(prepared.metadata["class_names"]), train=train, **held)
+
+
+def throughput(num_images: int, seconds: float) -> float:
+    """Client-images per second (training samples of all clients in one round / round time)."""
+    return num_images / seconds if seconds > 0 else math.nan
+
+
+__all__ = ["SplitSource", "ArraySource", "ArrayRecordSource", "StreamOptions", "StreamedRound",
+           "streamed_site_round", "prefetched", "split_bytes", "choose_mode",
+           "open_streamed_federation"]
