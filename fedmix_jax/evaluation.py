@@ -92,9 +92,26 @@ def _scores_shared(model: nn.Module, chunk: int, threshold: float, with_pred: bo
     return jax.tree.map(lambda v: v.reshape((c, m) + v.shape[1:]), out)
 
 
+def _device_scores(model, params, images, masks, per_client_params: bool, chunk_size: int,
+                   threshold: float, with_pred: bool) -> dict[str, np.ndarray]:
+    """Per-image scores of [C, M, ...] images (all on the device at once), as NumPy arrays."""
+    images, masks = jnp.asarray(images), jnp.asarray(masks)
+    if per_client_params:
+        rows = []
+        for c in range(images.shape[0]):
+            p = jax.tree.map(lambda x: x[c], params)
+            rows.append(_scores_shared(model, chunk_size, threshold, with_pred, p,
+                                       images[c:c + 1], masks[c:c + 1]))
+        out = jax.tree.map(lambda *xs: jnp.concatenate(xs), *rows)
+    else:
+        out = _scores_shared(model, chunk_size, threshold, with_pred, params, images, masks)
+    return jax.tree.map(np.asarray, out)
+
+
 def evaluate(model: nn.Module, params, split: FederatedSplit, per_client_params: bool = False,
              chunk_size: int = 64, threshold: float = 0.5, hd95: bool = True,
-             hd95_one_empty: str = "diagonal") -> dict[str, np.ndarray]:
+             hd95_one_empty: str = "diagonal", block_size: int | None = None
+             ) -> dict[str, np.ndarray]:
     """Per-client (and per-class) Dice, IoU and HD95 of ``model`` on a held-out split.
 
     Args:
@@ -108,6 +125,9 @@ def evaluate(model: nn.Module, params, split: FederatedSplit, per_client_params:
       hd95: also compute HD95 (host-side, :mod:`fedmix_jax.hd95`); False skips it (and its keys).
       hd95_one_empty: HD95 when exactly one of prediction / truth is empty: ``'diagonal'``,
         ``'nan'`` (excluded, as MONAI's HD95) or ``'inf'``.
+      block_size: None puts the whole split on the device; an int moves ``block_size`` images of
+        every client at a time (host arrays sliced along M; a split larger than device memory,
+        see :mod:`fedmix_jax.streaming`). Per-image scores are the same.
 
     Returns:
       dict of NumPy arrays (C clients, M padded images, K classes); "mean over clients" counts the
@@ -132,18 +152,15 @@ def evaluate(model: nn.Module, params, split: FederatedSplit, per_client_params:
         (mean over classes), ``mean_hd95`` [] (mean over clients), ``mean_hd95_per_class`` [K],
         ``per_image_hd95`` [C, M, K] (NaN: both empty or padding). Pixels; lower is better.
     """
-    images, masks = jnp.asarray(split.images), jnp.asarray(split.masks)
     valid = np.asarray(split.valid).astype(bool)
-    if per_client_params:
-        rows = []
-        for c in range(images.shape[0]):
-            p = jax.tree.map(lambda x: x[c], params)
-            rows.append(_scores_shared(model, chunk_size, threshold, bool(hd95), p,
-                                       images[c:c + 1], masks[c:c + 1]))
-        out = jax.tree.map(lambda *xs: jnp.concatenate(xs), *rows)
+    scores = functools.partial(_device_scores, model, params, per_client_params=per_client_params,
+                               chunk_size=chunk_size, threshold=threshold, with_pred=bool(hd95))
+    if block_size is None:
+        out = scores(split.images, split.masks)
     else:
-        out = _scores_shared(model, chunk_size, threshold, bool(hd95), params, images, masks)
-    out = jax.tree.map(np.asarray, out)
+        blocks = [scores(split.images[:, lo:lo + block_size], split.masks[:, lo:lo + block_size])
+                  for lo in range(0, valid.shape[1], max(int(block_size), 1))]
+        out = {k: np.concatenate([b[k] for b in blocks], axis=1) for k in blocks[0]}
     has = valid.any(axis=1)
 
     def over_clients(x):  # [C, ...] -> [...], mean over clients with data
