@@ -13,6 +13,8 @@
 #                     fedmix_jax.flower.warm_clientapp process executes all its ClientApp
 #                     messages (no process start, no tracing / compilation per round)
 #   JAX_CACHE [1]     1: ClientApp processes share a persistent XLA compilation cache
+#   POLL [0.2]        the sites' SuperNodes run as fedmix_jax.flower.supernode with this idle
+#                     poll (seconds); POLL=stock runs Flower's own flower-supernode (3 s)
 #
 # Prints the refused-site check, the per-round times and where metrics.jsonl / summary.json are.
 set -euo pipefail
@@ -23,6 +25,7 @@ PORT_BASE=${PORT_BASE:-19090}
 WORKER=${WORKER:-0}
 WARM=${WARM:-0}
 JAX_CACHE=${JAX_CACHE:-1}
+POLL=${POLL:-0.2}
 OVERRIDES=${OVERRIDES:-"num_rounds=2 model.width=4 model.depth=2 data.image_size=16 data.num_clients=3 data.train_sizes='(8,12,6)' data.levels=\"('box','pixel','box')\" data.val_size=4 data.test_size=4 train.batch_size=4"}
 BIN="$REPO/.venv/bin"
 [ -x "$BIN/flower-superlink" ] || BIN=$(dirname "$(command -v flower-superlink)")
@@ -80,7 +83,9 @@ for i in $(seq 0 $((NUM_SITES - 1))); do
   fi
   ISOLATION=()
   [ "$WARM" = 1 ] && ISOLATION=(--isolation process)
-  "$BIN/flower-supernode" --superlink "$LINK" --root-certificates "$CERTS/ca.crt" \
+  if [ "$POLL" = stock ]; then SUPERNODE=("$BIN/flower-supernode")
+  else SUPERNODE=("$BIN/python" -m fedmix_jax.flower.supernode --poll-interval "$POLL"); fi
+  "${SUPERNODE[@]}" --superlink "$LINK" --root-certificates "$CERTS/ca.crt" \
     --auth-supernode-private-key "$CERTS/site_$i" "${ISOLATION[@]}" \
     --node-config "$NODE_CONFIG" --host 127.0.0.1 --port $((PORT_BASE + 10 + i)) \
     > "$WORK/logs/supernode_$i.log" 2>&1 &
@@ -131,7 +136,7 @@ else
   echo "FAILED: the unregistered SuperNode was not refused (exit $INTRUDER_RC)"
   tail -5 "$WORK/logs/intruder.log"; exit 1
 fi
-echo "== rounds (deployment, $NUM_SITES sites, worker=$WORKER, warm=$WARM, jax cache=$JAX_CACHE)"
+echo "== rounds (deployment, $NUM_SITES sites, worker=$WORKER, warm=$WARM, jax cache=$JAX_CACHE, supernode poll=$POLL)"
 "$BIN/python" - "$WORK/run" <<'PY'
 import json, sys, os
 recs = [json.loads(l) for l in open(os.path.join(sys.argv[1], "metrics.jsonl"))]

@@ -307,6 +307,65 @@ def test_resume_after_server_restart_equals_uninterrupted(two_rounds, tmp_path):
     assert _max_diff(pair2, ref_state.global_params) <= 1e-6
 
 
+def test_server_workdir_is_locked_verified_and_rebuilt(two_rounds, tmp_path):
+    """The server's workdir behaves as the main job's: a second server is refused, a damaged
+    newest checkpoint is set aside for the previous one, metrics.jsonl is rebuilt."""
+    from fedmix_jax import rundir
+    from fedmix_jax.errors import WorkdirLockedError
+    from fedmix_jax.train import read_metrics
+
+    cfg = _run_config(tmp_path, rounds=2, name="wd", extra="checkpoint_every=1 keep_checkpoints=2")
+    wd = cfg["workdir"]
+    with rundir.WorkdirLock(wd):
+        with pytest.raises(WorkdirLockedError, match=str(os.getpid())):
+            run_local(3, cfg)
+    s1, _, grid = run_local(3, cfg)
+    assert s1["rounds_completed"] == 2
+    ckpt = os.path.join(wd, rundir.CHECKPOINT_DIR, "2", "state")
+    victim = max((os.path.join(r, f) for r, _, fs in os.walk(ckpt) for f in fs),
+                 key=os.path.getsize)
+    with open(victim, "r+b") as f:
+        f.truncate(os.path.getsize(victim) // 2)
+    metrics = os.path.join(wd, rundir.METRICS_FILE)
+    text = open(metrics).read()
+    open(metrics, "w").write(text[: len(text) - 40])          # round 2's line cut mid-way
+    s2, _, _ = run_local(3, cfg, grid=grid)
+    assert s2["resumed_from"] == 1 and s2["rounds_completed"] == 2
+    assert [r["round"] for r in read_metrics(metrics)] == [1, 2]
+    moved = os.listdir(os.path.join(wd, rundir.DAMAGED_DIR))
+    assert any(m.startswith("checkpoint-2-") for m in moved), moved
+
+
+def test_flower_waits_are_capped_only_on_the_pinned_version(monkeypatch):
+    import flwr.supernode.start_client_internal as loop
+
+    from fedmix_jax.flower import latency
+
+    monkeypatch.setattr(loop, "time", loop.time)        # restored after the test
+    for module, attr in latency._PULL_FUNCTIONS:
+        mod = __import__(module, fromlist=[attr])
+        monkeypatch.setattr(mod, attr, getattr(mod, attr))
+    patched = latency.cap_object_pulls(0.05)
+    assert len(patched) == 3
+    fn = loop.pull_objects
+    assert fn.keywords == {"initial_backoff": 0.05, "backoff_cap": 0.2,
+                           "max_tries_per_object": None}
+    latency.cap_object_pulls(0.1)                       # re-capping wraps the original once
+    assert loop.pull_objects.func is fn.func
+    assert loop.pull_objects.keywords["initial_backoff"] == 0.1
+    latency.cap_supernode_sleeps(0.01)
+    import time
+
+    t0 = time.perf_counter()
+    loop.time.sleep(3)                                  # Flower's idle sleep, capped
+    assert time.perf_counter() - t0 < 1.0 and loop.time.perf_counter is time.perf_counter
+    with pytest.raises(ValueError):
+        latency.cap_object_pulls(0)
+    monkeypatch.setattr(flwr, "__version__", "1.99.0")
+    with pytest.raises(RuntimeError, match="1.99.0"):
+        latency.cap_supernode_sleeps(0.2)
+
+
 def test_silent_site_does_not_stall_the_round(two_rounds, tmp_path):
     import threading
     import time

@@ -20,7 +20,9 @@
 
 Run config keys (``flwr run . --run-config "key=value ..."``, defaults in
 ``fedmix_jax/flower/app/pyproject.toml``): ``config``, ``overrides``, ``workdir``, ``num-sites``,
-``min-sites``, ``join-timeout``, ``round-timeout``.
+``min-sites``, ``join-timeout``, ``round-timeout``, ``wait-cap`` (seconds; Flower's first 1 s
+back-off when a reply's objects are still uploading is capped at it, 0 keeps Flower's waits; see
+:mod:`fedmix_jax.flower.latency`).
 """
 
 from __future__ import annotations
@@ -39,20 +41,23 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from fedmix_jax import rundir
+from fedmix_jax.checkpointing import Checkpointer
+from fedmix_jax.config import build_model, build_round_config
+from fedmix_jax.errors import ConfigMismatchError
 from fedmix_jax.flower import _core, records
 from fedmix_jax.flower.client_app import CONFIG_RECORD
 from fedmix_jax.flower.local_site import shared_config_json
 from fedmix_jax.flower.strategy import FedMixStrategy, Site
+from fedmix_jax.rundir import CHECKPOINT_DIR, CONFIG_FILE, SUMMARY_FILE
 
 log = logging.getLogger("fedmix_jax.flower")
 
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
-CONFIG_FILE = "config.json"
-CHECKPOINT_DIR = "checkpoints"
+METRICS_FILE = rundir.METRICS_FILE
 
 DEFAULTS = {"config": "configs/synthetic.py", "overrides": "", "workdir": "runs/flower",
-            "num-sites": 0, "min-sites": 1, "join-timeout": 300.0, "round-timeout": 3600.0}
+            "num-sites": 0, "min-sites": 1, "join-timeout": 300.0, "round-timeout": 3600.0,
+            "wait-cap": 0.2}
 
 
 def _say(msg: str) -> None:
@@ -148,173 +153,213 @@ def discover_sites(grid: Grid, shared_json: str, num_sites: int, join_timeout: f
     return sites, infos
 
 
-def _atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _tolist(x) -> list:
     return np.asarray(x).tolist()
 
 
-def run_server(grid: Grid, run_config, *, write_plots: bool = True, return_state: bool = False):
-    """The coordinator's whole job (see the module docstring); returns the summary (and, with
-    ``return_state``, also the final global :class:`~fedmix_jax.site.ModelPair` and key)."""
-    from fedmix_jax.checkpointing import Checkpointer
-    from fedmix_jax.config import build_model, build_round_config
-    from fedmix_jax.train import _truncate_metrics, config_differences, config_to_dict
+def _round_record(r: int, out, round_time: float) -> dict:
+    """The ``metrics.jsonl`` line of round ``r`` (the main job's fields, plus ``accepted``,
+    ``applied`` and the ``rejected`` reasons)."""
+    rep = out.reports
+    weak = np.asarray(rep["num_weak"])
+    rec = {"round": r, "loss1": rep["loss1"], "loss2": rep["loss2"],
+           "counts": rep["num_usable"], "weak": rep["num_weak"],
+           "selected_weak": rep["num_selected_weak"],
+           "selection_rate": _tolist(np.asarray(rep["num_selected_weak"])
+                                     / np.maximum(weak, 1)),
+           "steps": rep["steps"], "weights": out.weights,
+           "round_time_s": round_time, "accepted": out.accepted, "applied": out.applied}
+    if out.rejected:
+        rec["rejected"] = out.rejected
+    return rec
 
-    t_start = time.time()
-    rc = _run_config(run_config)
-    config = load_config(str(rc["config"]), str(rc["overrides"]))
-    cfg_dict = config_to_dict(config)
-    workdir = os.path.abspath(os.path.expanduser(str(rc["workdir"])))
-    os.makedirs(workdir, exist_ok=True)
-    config_path = os.path.join(workdir, CONFIG_FILE)
-    if os.path.exists(config_path):
-        with open(config_path) as f:
-            diffs = config_differences(json.load(f), cfg_dict)
-        if diffs:
-            raise RuntimeError(f"{workdir} holds a run with a different config:\n"
-                               + "\n".join(diffs))
-    round_config = build_round_config(config)
-    strategy = round_config.strategy
-    hparams = round_config.hparams()
-    shared = shared_config_json(config)
-    num_sites = int(rc["num-sites"]) or (int(config.data.num_clients)
-                                         if "num_clients" in config.data else 0)
-    round_timeout = float(rc["round-timeout"])
 
-    sites, infos = discover_sites(grid, shared, num_sites, float(rc["join-timeout"]),
-                                  round_timeout)
-    names = [s.name for s in sites]
-    levels = [str(i.get("levels", "")) for i in infos]
-    _say(f"{len(sites)} sites: " + ", ".join(f"{s.index}:{s.name} ({s.num_train} train)"
-                                             for s in sites))
-    image_shape = tuple(int(x) for x in infos[0]["image-shape"])
-    model = build_model(config, int(infos[0]["num-classes"]))
-    global_pair, key = _core.initial_server_state(model, int(config.seed), image_shape,
-                                                  round_config)
-    best_params = global_pair.model1
-    best: dict[str, Any] = {"round": 0, "val": None, "test": None}
-    num_rounds, eval_every = int(config.num_rounds), int(config.eval_every)
-    ckpt_every = int(config.checkpoint_every)
-    metrics_path = os.path.join(workdir, METRICS_FILE)
-    checkpointer = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR),
-                                max_to_keep=int(config.keep_checkpoints))
-    start = 0
-    try:
-        server_state = {"global_params": global_pair, "key": _core.key_to_numpy(key)}
-        latest = checkpointer.latest_step()
-        if latest is not None:
-            server_state, best_params, extra = checkpointer.restore(latest, server_state,
-                                                                    best_params)
-            if extra.get("client_names") != names:
-                raise RuntimeError(f"checkpoint {latest} was written with sites "
-                                   f"{extra.get('client_names')}, now {names}")
-            best, start = extra["best"], int(extra["round"])
-            _say(f"resuming from the checkpoint of round {start}")
-        _atomic_write(config_path, json.dumps(cfg_dict, indent=2) + "\n")
-        records_so_far = _truncate_metrics(metrics_path, start)
-        global_pair = jax.device_get(server_state["global_params"])
-        key = _core.key_from_numpy(server_state["key"])
-        run_name = os.path.basename(workdir.rstrip("/")) or "run"
-        fed = FedMixStrategy(strategy, sites, global_pair, key, hparams, shared,
-                             min_sites=int(rc["min-sites"]), run_name=run_name)
+def _evaluation(scores: dict) -> dict:
+    return {split: {"dice": scores[f"{split}_dice"], "iou": scores[f"{split}_iou"],
+                    "mean_dice": scores[f"{split}_mean_dice"],
+                    "mean_iou": scores[f"{split}_mean_iou"]}
+            for split in ("val", "test")}
+
+
+class _ServerRun:
+    """One server job in a locked workdir: restore, rounds, summary (as ``train._Run``)."""
+
+    def __init__(self, grid: Grid, rc: dict, config, workdir: str, sites, infos, model,
+                 global_pair, key):
+        from fedmix_jax.records import MetricsFile
+
+        self.grid, self.rc, self.config, self.workdir = grid, rc, config, workdir
+        self.cfg_dict = rundir.config_to_dict(config)
+        self.round_config = build_round_config(config)
+        self.strategy = self.round_config.strategy
+        self.sites, self.infos = sites, infos
+        self.names = [s.name for s in sites]
+        self.levels = [str(i.get("levels", "")) for i in infos]
+        self.model, self.global_pair, self.key = model, global_pair, key
+        self.num_rounds = int(config.num_rounds)
+        self.timeout = float(rc["round-timeout"])
+        self.metrics = MetricsFile(workdir)
+        self.checkpointer = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR),
+                                         max_to_keep=int(config.keep_checkpoints),
+                                         damaged_dir=os.path.join(workdir, rundir.DAMAGED_DIR),
+                                         remove_stale=True)
+        self.round_times: list[float] = []
+        self.eval_times: list[float] = []
+
+    def restore(self) -> None:
+        """The initial or the newest intact checkpoint's state; the records of rounds so far."""
+        self.best_params = self.global_pair.model1
+        self.best: dict[str, Any] = {"round": 0, "val": None, "test": None}
+
+        def check(step, extra):
+            rundir.check_config(self.workdir, self.cfg_dict, extra.get("config"),
+                                f"checkpoint {step}")
+            if extra.get("client_names") != self.names:
+                raise ConfigMismatchError(
+                    f"checkpoint {step} in {self.workdir} was written with sites "
+                    f"{extra.get('client_names')}, now {self.names}; connect the same sites or "
+                    "use another workdir")
+
+        state = {"global_params": self.global_pair, "key": _core.key_to_numpy(self.key)}
+        self.start, history = 0, []
+        found = self.checkpointer.restore_newest(state, self.best_params, check=check)
+        if found is not None:
+            step, state, self.best_params, extra = found
+            self.best, self.start = extra["best"], int(extra["round"])
+            history = extra.get("history")          # None: written before records were kept
+            _say(f"resuming from the checkpoint of round {self.start}")
+        self.records = self.metrics.reconcile(history, self.start)
+        rundir.atomic_write_text(os.path.join(self.workdir, CONFIG_FILE),
+                                 json.dumps(self.cfg_dict, indent=2) + "\n")
+        self.global_pair = jax.device_get(state["global_params"])
+        self.key = _core.key_from_numpy(state["key"])
+
+    def _exchange(self, messages) -> list:
+        return send_and_receive(self.grid, messages, self.timeout)
+
+    def rounds(self):
+        """Rounds ``start+1 .. num_rounds``; returns the strategy and the global arrays."""
+        eval_every, ckpt_every = int(self.config.eval_every), int(self.config.checkpoint_every)
+        run_name = os.path.basename(self.workdir.rstrip("/")) or "run"
+        fed = FedMixStrategy(self.strategy, self.sites, self.global_pair, self.key,
+                             self.round_config.hparams(), shared_config_json(self.config),
+                             min_sites=int(self.rc["min-sites"]), run_name=run_name)
         fed.summary()
-        arrays = records.pair_to_record(global_pair)
-        round_times, eval_times = [], []
-        for r in range(start + 1, num_rounds + 1):
+        arrays = records.pair_to_record(self.global_pair)
+        for r in range(self.start + 1, self.num_rounds + 1):
             t0 = time.perf_counter()
-            replies = send_and_receive(
-                grid, fed.configure_train(r, arrays, ConfigRecord(), grid), round_timeout)
-            new_arrays, _ = fed.aggregate_train(r, replies)
+            new_arrays, _ = fed.aggregate_train(
+                r, self._exchange(fed.configure_train(r, arrays, ConfigRecord(), self.grid)))
             if new_arrays is not None:
                 arrays = new_arrays
             out = fed.last_round
-            round_times.append(time.perf_counter() - t0)
-            rep = out.reports
-            weak = np.asarray(rep["num_weak"])
-            rec = {"round": r, "loss1": rep["loss1"], "loss2": rep["loss2"],
-                   "counts": rep["num_usable"], "weak": rep["num_weak"],
-                   "selected_weak": rep["num_selected_weak"],
-                   "selection_rate": _tolist(np.asarray(rep["num_selected_weak"])
-                                             / np.maximum(weak, 1)),
-                   "steps": rep["steps"], "weights": out.weights,
-                   "round_time_s": round_times[-1], "accepted": out.accepted,
-                   "applied": out.applied}
-            if out.rejected:
-                rec["rejected"] = out.rejected
-            if r % eval_every == 0 or r == num_rounds:
+            self.round_times.append(time.perf_counter() - t0)
+            rec = _round_record(r, out, self.round_times[-1])
+            if r % eval_every == 0 or r == self.num_rounds:
                 t1 = time.perf_counter()
-                ev_replies = send_and_receive(
-                    grid, fed.configure_evaluate(r, arrays, ConfigRecord(), grid), round_timeout)
-                fed.aggregate_evaluate(r, ev_replies)
-                eval_times.append(time.perf_counter() - t1)
-                scores = fed.last_eval["scores"]
-                rec.update(scores)
-                rec["eval_time_s"] = eval_times[-1]
-                ev = {split: {"dice": scores[f"{split}_dice"], "iou": scores[f"{split}_iou"],
-                              "mean_dice": scores[f"{split}_mean_dice"],
-                              "mean_iou": scores[f"{split}_mean_iou"]}
-                      for split in ("val", "test")}
-                v = ev["val"]["mean_dice"]
-                if math.isfinite(v) and (best["val"] is None or v > best["val"]["mean_dice"]):
-                    best = {"round": r, "val": ev["val"], "test": ev["test"]}
-                    if strategy.aggregates:
-                        best_params = records.record_to_pair(arrays, global_pair).model1
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-            records_so_far.append(rec)
-            _say(f"round {r}/{num_rounds}: {sum(out.accepted)}/{len(sites)} sites, "
-                 f"{round_times[-1]:.2f} s" + (f", val dice {rec['val_mean_dice']:.4f}"
-                                                if "val_mean_dice" in rec else "")
+                fed.aggregate_evaluate(r, self._exchange(
+                    fed.configure_evaluate(r, arrays, ConfigRecord(), self.grid)))
+                self.eval_times.append(time.perf_counter() - t1)
+                rec.update(fed.last_eval["scores"])
+                rec["eval_time_s"] = self.eval_times[-1]
+                self._update_best(r, _evaluation(rec), arrays)
+            # The line of round r is written before checkpoint r, which holds rounds 1..r.
+            self.metrics.append(rec)
+            self.records.append(rec)
+            _say(f"round {r}/{self.num_rounds}: {sum(out.accepted)}/{len(self.sites)} sites, "
+                 f"{self.round_times[-1]:.2f} s"
+                 + (f", val dice {rec['val_mean_dice']:.4f}" if "val_mean_dice" in rec else "")
                  + ("" if out.applied else " (NOT applied)"))
-            if r % ckpt_every == 0 or r == num_rounds:
-                pair = records.record_to_pair(arrays, global_pair)
-                checkpointer.save(r, {"global_params": pair,
-                                      "key": _core.key_to_numpy(fed.key)}, best_params,
-                                  {"round": r, "best": best, "config": cfg_dict,
-                                   "client_names": names, "executor": "flower"})
-        checkpointer.wait_until_finished()
-        final = next((x for x in reversed(records_so_far) if "val_mean_dice" in x), None)
-        later = round_times[1:]
+            if r % ckpt_every == 0 or r == self.num_rounds:
+                pair = records.record_to_pair(arrays, self.global_pair)
+                self.checkpointer.save(
+                    r, {"global_params": pair, "key": _core.key_to_numpy(fed.key)},
+                    self.best_params, {"round": r, "best": self.best, "config": self.cfg_dict,
+                                       "client_names": self.names, "executor": "flower",
+                                       "history": self.records})
+        self.checkpointer.wait_until_finished()
+        return fed, arrays
+
+    def _update_best(self, r: int, ev: dict, arrays) -> None:
+        v = ev["val"]["mean_dice"]
+        if math.isfinite(v) and (self.best["val"] is None or v > self.best["val"]["mean_dice"]):
+            self.best = {"round": r, "val": ev["val"], "test": ev["test"]}
+            if self.strategy.aggregates:
+                self.best_params = records.record_to_pair(arrays, self.global_pair).model1
+
+    def finish(self, t_start: float, write_plots: bool) -> dict:
+        """``summary.json`` (and the curves; no prediction grid: the server sees no image)."""
+        final = next((x for x in reversed(self.records) if "val_mean_dice" in x), None)
+        times, later = self.round_times, self.round_times[1:]
         summary = {
-            "workdir": workdir, "strategy": strategy.name, "seed": int(config.seed),
-            "client_names": names, "levels": levels,
-            "class_names": [f"class_{k}" for k in range(int(infos[0]["num-classes"]))],
-            "num_rounds": num_rounds, "rounds_completed": max(start, num_rounds),
-            "resumed_from": start, "best": best,
-            "final": None if final is None else {
-                "round": final["round"],
-                "val": {k: final[f"val_{k}"] for k in ("dice", "iou", "mean_dice", "mean_iou")},
-                "test": {k: final[f"test_{k}"] for k in ("dice", "iou", "mean_dice",
-                                                         "mean_iou")}},
-            "timing": {"total_s": time.time() - t_start, "rounds_this_process": len(round_times),
+            "workdir": self.workdir, "strategy": self.strategy.name,
+            "seed": int(self.config.seed), "client_names": self.names, "levels": self.levels,
+            "class_names": [f"class_{k}" for k in range(int(self.infos[0]["num-classes"]))],
+            "num_rounds": self.num_rounds, "rounds_completed": max(self.start, self.num_rounds),
+            "resumed_from": self.start, "best": self.best,
+            "final": None if final is None else {"round": final["round"], **_evaluation(final)},
+            "timing": {"total_s": time.time() - t_start, "rounds_this_process": len(times),
                        "backend": "flower", "executor": "flower",
-                       "first_round_s": round_times[0] if round_times else None,
+                       "first_round_s": times[0] if times else None,
                        "round_s_median": float(np.median(later)) if later else
-                       (round_times[0] if round_times else None)},
+                       (times[0] if times else None)},
             "sites": [{"name": s.name, "index": s.index, "num_train": s.num_train,
-                       "num_val": s.num_val, "num_test": s.num_test} for s in sites],
-            "config": cfg_dict,
+                       "num_val": s.num_val, "num_test": s.num_test} for s in self.sites],
+            "config": self.cfg_dict,
         }
-        _atomic_write(os.path.join(workdir, SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
-        if write_plots and records_so_far:
+        path = os.path.join(self.workdir, SUMMARY_FILE)
+        rundir.atomic_write_text(path, json.dumps(summary, indent=2) + "\n")
+        if write_plots and self.records:
             from fedmix_jax.plots import write_run_plots
-            from fedmix_jax.train import read_metrics
 
             summary["plots"] = [os.path.basename(p) for p in write_run_plots(
-                workdir, read_metrics(metrics_path), names, levels, best["round"] or None)]
-            _atomic_write(os.path.join(workdir, SUMMARY_FILE),
-                          json.dumps(summary, indent=2) + "\n")
-        if return_state:
-            return summary, records.record_to_pair(arrays, global_pair), fed.key
+                self.workdir, self.records, self.names, self.levels, self.best["round"] or None)]
+            rundir.atomic_write_text(path, json.dumps(summary, indent=2) + "\n")
         return summary
-    finally:
-        checkpointer.close()
+
+
+def run_server(grid: Grid, run_config, *, write_plots: bool = True, return_state: bool = False):
+    """The coordinator's whole job (see the module docstring); returns the summary (and, with
+    ``return_state``, also the final global :class:`~fedmix_jax.site.ModelPair` and key).
+
+    The workdir is the main job's (:mod:`fedmix_jax.rundir`): locked against a second server,
+    ``config.json`` checked before a resume, the checkpoints verified on restore (a damaged newest
+    one is moved to ``damaged/`` and the previous one used), ``metrics.jsonl`` rebuilt from the
+    records kept in the checkpoint, every file written atomically.
+    """
+    t_start = time.time()
+    rc = _run_config(run_config)
+    config = load_config(str(rc["config"]), str(rc["overrides"]))
+    cfg_dict = rundir.config_to_dict(config)
+    workdir = rundir.resolve(str(rc["workdir"]))
+    rundir.check_usable(workdir)
+    rundir.check_config(workdir, cfg_dict, rundir.read_config(workdir), CONFIG_FILE)
+    num_sites = int(rc["num-sites"]) or (int(config.data.num_clients)
+                                         if "num_clients" in config.data else 0)
+
+    with rundir.WorkdirLock(workdir):
+        rundir.check_config(workdir, cfg_dict, rundir.read_config(workdir), CONFIG_FILE)
+        rundir.remove_stale_temporaries(workdir)
+        sites, infos = discover_sites(grid, shared_config_json(config), num_sites,
+                                      float(rc["join-timeout"]), float(rc["round-timeout"]))
+        _say(f"{len(sites)} sites: " + ", ".join(f"{s.index}:{s.name} ({s.num_train} train)"
+                                                 for s in sites))
+        image_shape = tuple(int(x) for x in infos[0]["image-shape"])
+        model = build_model(config, int(infos[0]["num-classes"]))
+        global_pair, key = _core.initial_server_state(model, int(config.seed), image_shape,
+                                                      build_round_config(config))
+        run = _ServerRun(grid, rc, config, workdir, sites, infos, model, global_pair, key)
+        done = False
+        try:
+            run.restore()
+            fed, arrays = run.rounds()
+            summary = run.finish(t_start, write_plots)
+            done = True
+        finally:
+            run.checkpointer.close(raise_errors=done)
+    if return_state:
+        return summary, records.record_to_pair(arrays, run.global_pair), fed.key
+    return summary
 
 
 app = ServerApp()
@@ -322,4 +367,9 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    cap = float(dict(context.run_config).get("wait-cap", DEFAULTS["wait-cap"]))
+    if cap > 0:     # replies' objects pulled with a short back-off (fedmix_jax.flower.latency)
+        from fedmix_jax.flower.latency import cap_object_pulls
+
+        cap_object_pulls(cap)
     run_server(grid, context.run_config)

@@ -58,10 +58,12 @@ def run_task(address: str, token: str, client_app) -> bool:
     message = context = reply = None
     status, details, ok = SubStatus.FAILED, "ClientApp task failed", False
     try:
+        t_pull = time.perf_counter()
         message, context, _run, _fab = pull_task_input(client)
         t0 = time.perf_counter()
         reply = client_app(message=message, context=context)
-        log.info("%s handled in %.2f s", message.metadata.message_type, time.perf_counter() - t0)
+        log.info("%s handled in %.2f s (its input pulled in %.2f s)",
+                 message.metadata.message_type, time.perf_counter() - t0, t0 - t_pull)
         status, details, ok = SubStatus.COMPLETED, "", True
     except Exception as ex:  # noqa: BLE001 - reported to the server as an error reply
         log.exception("ClientApp raised")
@@ -72,7 +74,9 @@ def run_task(address: str, token: str, client_app) -> bool:
     finally:
         try:
             if reply is not None and context is not None:
+                t_push = time.perf_counter()
                 push_message(client, reply, context)
+                log.info("reply pushed to the SuperNode in %.2f s", time.perf_counter() - t_push)
         finally:
             push_task_output(client=client, context=context, sub_status=status,
                              details=details)
@@ -83,7 +87,12 @@ def run_task(address: str, token: str, client_app) -> bool:
 
 
 def serve(address: str, poll_interval: float = 0.2) -> None:
-    """Acquire and run the SuperNode's ClientApp tasks forever."""
+    """Acquire and run the SuperNode's ClientApp tasks forever (polling every
+    ``poll_interval`` s; a task's message is pulled with the same capped back-off, see
+    :mod:`fedmix_jax.flower.latency`)."""
+    from fedmix_jax.flower.latency import cap_object_pulls
+
+    cap_object_pulls(poll_interval)
     from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
     from flwr.supercore.constant import TaskType
     from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
