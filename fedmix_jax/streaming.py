@@ -198,9 +198,10 @@ class ArrayRecordSource(SplitSource):
         for c in range(num):
             m = len(self.ranges[c])
             for lo in range(0, m, 256):
-                part = self.read(c, np.arange(lo, min(lo + 256, m)))
-                self.levels[c, lo:lo + 256] = part.levels
-                self.image_labels[c, lo:lo + 256] = part.image_labels
+                hi = min(lo + 256, m)
+                part = self.read(c, np.arange(lo, hi))
+                self.levels[c, lo:hi] = part.levels
+                self.image_labels[c, lo:hi] = part.image_labels
             self.valid[c, :m] = True
 
     def read(self, c: int, rows: np.ndarray) -> FederatedSplit:
