@@ -11,7 +11,8 @@ missing). The first run decodes everything once into ``data.cache_dir``.
 
 import ml_collections
 
-from fedmix_jax.config_defaults import run_config, selection_config, train_config
+from fedmix_jax.config_defaults import (add_streaming_fields, run_config, selection_config,
+                                        train_config)
 
 # ------------------------------------------------------------------------------------------------
 # The paper's numbers.
@@ -42,6 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.on_bad_input = "fail"  # fail | skip (log, count and skip bad files)
     config.data.max_per_client = 0   # 0 = all images; else cap each client's total (quick runs)
     config.data.rebuild = False      # force rebuilding the cache
+    add_streaming_fields(config.data)  # device_data_budget_gb, stream_block_steps
 
     config.train = train_config(BATCH_SIZE, CROP, LAM, BETA, learning_rate=1e-3)
     config.selection = selection_config()

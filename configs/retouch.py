@@ -26,7 +26,8 @@ Smoke run on a generated fixture (seconds)::
 
 import ml_collections
 
-from fedmix_jax.config_defaults import run_config, selection_config, train_config
+from fedmix_jax.config_defaults import (add_streaming_fields, run_config, selection_config,
+                                        train_config)
 
 # ------------------------------------------------------------------------------------------------
 # The paper's numbers.
@@ -58,6 +59,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.on_bad_input = "fail"  # fail | skip (log, count and skip bad volumes)
     config.data.max_per_client = 0   # 0 = all B-scans; else cap each client's total (quick runs)
     config.data.rebuild = False      # force rebuilding the cache
+    add_streaming_fields(config.data)  # device_data_budget_gb, stream_block_steps
 
     config.train = train_config(BATCH_SIZE, CROP, LAM, BETA, learning_rate=LEARNING_RATE)
     config.train.weight_decay = WEIGHT_DECAY

@@ -17,7 +17,8 @@ Smoke run (seconds, for CI)::
 
 import ml_collections
 
-from fedmix_jax.config_defaults import run_config, selection_config, train_config
+from fedmix_jax.config_defaults import (add_streaming_fields, run_config, selection_config,
+                                        train_config)
 
 # ------------------------------------------------------------------------------------------------
 # The demo's numbers, in one place. Budget: the default run finishes in <= 5 min on a 2-core CPU,
@@ -53,6 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.box_margin = (1, 9)  # px per box side, drawn once per sample
     config.data.box_mode = "component"  # component: a box per lesion | enclosing: one (reference)
     config.data.seed = 0             # the data set itself (kept fixed when comparing seeds)
+    add_streaming_fields(config.data)  # device_data_budget_gb, stream_block_steps
 
     config.train = train_config(BATCH_SIZE, CROP, LAM, BETA, learning_rate=LEARNING_RATE)
     config.selection = selection_config()

@@ -70,3 +70,14 @@ def selection_config(**overrides) -> ml_collections.ConfigDict:
     selection = ml_collections.ConfigDict(dataclasses.asdict(SelectionConfig()))
     selection.update(overrides)
     return selection
+
+
+def add_streaming_fields(data: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``config.data``'s device-memory bound (see docs/streaming.md and
+    :mod:`fedmix_jax.streaming`): ``device_data_budget_gb`` (GiB; None: no bound, the training
+    split always goes to the device) -- a larger training split streams block by block from the
+    host or the array_record cache, with the same results; ``stream_block_steps``: local steps
+    per streamed block (device memory grows with it times the batch size)."""
+    data.device_data_budget_gb = config_dict.placeholder(float)
+    data.stream_block_steps = 8
+    return data

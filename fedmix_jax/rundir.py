@@ -37,7 +37,8 @@ DAMAGED_DIR = "damaged"      # damaged checkpoints and records are moved here, n
 # computed in a round (num_rounds may grow; how often / how many checkpoints; where the data cache
 # lives; forcing a cache rebuild).
 RESUMABLE_FIELDS = ("num_rounds", "checkpoint_every", "keep_checkpoints", "data.cache_dir",
-                    "data.rebuild", "compilation_cache")
+                    "data.rebuild", "compilation_cache", "data.device_data_budget_gb",
+                    "data.stream_block_steps")
 
 _TMP_SUFFIX = re.compile(r"\.tmp-\d+$")
 

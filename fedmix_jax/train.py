@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -71,9 +72,19 @@ def _validate(config, federation: Federation, round_config: RoundConfig) -> bool
 
 
 def _load_federation(config, quiet: bool) -> Federation:
-    from fedmix_jax.data.sources import load_federation
+    from fedmix_jax.data.sources import REAL, load_federation
 
     try:
+        budget = config.data.get("device_data_budget_gb", None)
+        if budget is not None and float(budget) > 0 and str(config.data.get("name")) in REAL:
+            # Under a device-memory bound the real training split stays in the array_record
+            # cache (read into memory below only if it fits the bound).
+            from fedmix_jax.streaming import choose_mode, open_streamed_federation
+
+            federation = open_streamed_federation(config.data, verbose=not quiet)
+            if not choose_mode(federation.train, budget)[0]:
+                federation.train = federation.train.materialize()
+            return federation
         return load_federation(config.data, verbose=not quiet)
     except (ValueError, FileNotFoundError) as e:  # incl. DatasetNotFoundError, BadInputError
         raise DataError(str(e)) from e
@@ -133,6 +144,11 @@ class _Run:
                                          remove_stale=True)
         self.round_times: list[float] = []
         self.eval_times: list[float] = []
+        from fedmix_jax.streaming import choose_mode
+
+        # Streamed (docs/streaming.md): the training split exceeds config.data's device budget.
+        self.streamed, self.mode_reason = choose_mode(
+            federation.train, config.data.get("device_data_budget_gb", None))
 
     # -------------------------------------------------------------------- device calls
 
@@ -157,9 +173,12 @@ class _Run:
                 f"last checkpoint is {'none' if kept is None else f'round {kept}'}") from None
 
     def _evaluate(self, state, split):
+        kwargs = {}
+        if self.streamed:   # held-out images go to the device a block at a time
+            kwargs["block_size"] = self.stream_options.block_steps * self.round_config.batch_size
         return evaluate(self.model, _eval_params(state, self.local), split,
                         per_client_params=self.local,
-                        chunk_size=self.round_config.inference_chunk)
+                        chunk_size=self.round_config.inference_chunk, **kwargs)
 
     # -------------------------------------------------------------------- steps
 
@@ -194,6 +213,8 @@ class _Run:
     def prepare(self, state):
         """Compile-ready round function, the state placed for it, the data on the device(s)."""
         rc = self.round_config
+        if self.streamed:
+            return self._prepare_streamed(state)
         self.round_fn = make_round_fn(self.model, rc)
         state = _place_state(state, self.round_fn, rc.executor)
 
@@ -211,7 +232,30 @@ class _Run:
         self.train_data, self.val, self.test = self._guard("putting the data on the device", put)
         return state
 
+    def _prepare_streamed(self, state):
+        """The streamed round over the training split (host arrays or the array_record cache);
+        val / test stay on the host and are evaluated in blocks."""
+        from fedmix_jax.streaming import ArraySource, SplitSource, StreamedRound
+
+        train = self.federation.train
+        source = train if isinstance(train, SplitSource) else ArraySource(train)
+        self.round_fn = StreamedRound(self.model, self.round_config, source, self.stream_options)
+        self.train_data, self.val, self.test = None, self.federation.val, self.federation.test
+        if self.round_config.executor != "map":
+            logging.info("streamed: clients run one after another on one device (executor %r "
+                         "does not apply)", self.round_config.executor)
+        return state
+
+    @property
+    def stream_options(self):
+        from fedmix_jax.streaming import StreamOptions
+
+        return StreamOptions(block_steps=int(self.config.data.get("stream_block_steps", 8)))
+
     def _round(self, state):
+        if self.streamed:
+            state, metrics = self.round_fn(state)
+            return state, jax.device_get(metrics)
         state, metrics = self.round_fn(state, self.train_data)
         return state, jax.device_get(metrics)  # only the [C] metrics come to the host
 
@@ -374,6 +418,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, quiet: b
             rundir.atomic_write_text(os.path.join(workdir, CONFIG_FILE),
                                      json.dumps(cfg_dict, indent=2) + "\n")
             state = run.prepare(state)
+            logging.info("data: %s", run.mode_reason)
+            if not quiet:
+                print(f"[fedmix_jax] data: {run.mode_reason}", file=sys.stderr, flush=True)
             logging.info("%s: %s, rounds %d..%d (executor %s, %s)",
                          f"resuming from the checkpoint of round {run.start}" if run.start
                          else "starting", round_config.strategy.name, run.start + 1,
