@@ -24,7 +24,7 @@ import optax
 from fedmix_jax import federated as F
 from fedmix_jax import site as S
 from fedmix_jax.augment import augment_jointly
-from fedmix_jax.data.federation import PIXEL, FederatedSplit
+from fedmix_jax.data.federation import PIXEL, FederatedSplit, float_images, float_labels
 from fedmix_jax.losses import dice_loss
 from fedmix_jax.round import FedState, round_keys
 
@@ -168,7 +168,8 @@ class SequentialBaseline:
             idx = padded[s * b:(s + 1) * b]
             w = jnp.asarray((usable[idx] & (np.arange(s * b, (s + 1) * b) < n))
                             .astype(np.float32))
-            arrays = (images[idx], target1[idx]) + ((target2[idx],) if self.dual else ())
+            arrays = ((float_images(images[idx]), float_labels(target1[idx]))
+                      + ((float_labels(target2[idx]),) if self.dual else ()))
             arrays = self.augment(self.fold_in(k_aug, s), arrays)
             p1, o1, l1 = self.step(p1, o1, arrays[0], arrays[1], w, lr)
             losses1.append(float(l1))                  # loss.item(): a host sync per step

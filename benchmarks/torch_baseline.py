@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 from fedmix_jax import federated as F
-from fedmix_jax.data.federation import BOX, IMAGE, PIXEL
+from fedmix_jax.data.federation import BOX, IMAGE, PIXEL, float_images
 from fedmix_jax.models import unet_channels
 from fedmix_jax.reference_weights import params_from_state_dict, state_dict_from_params
 from fedmix_jax.site import ModelPair
@@ -135,7 +135,8 @@ class TorchRound:
                                      betas=(config.b1, config.b2), eps=config.adam_eps,
                                      weight_decay=config.weight_decay) for net in nets]
             self.clients.append(dict(
-                nets=nets, opts=opts, images=to(train.images[i]), masks=to(train.masks[i]),
+                nets=nets, opts=opts, images=to(float_images(np.asarray(train.images[i]))),
+                masks=to(train.masks[i]),
                 boxes=to(train.boxes[i]), labels=np.asarray(train.image_labels[i], np.float32),
                 levels=np.asarray(train.levels[i]), valid=np.asarray(train.valid[i])))
         self.global_sd = [self._state_dict(p) for p in state.global_params]

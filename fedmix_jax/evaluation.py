@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedmix_jax.data.federation import FederatedSplit
+from fedmix_jax.data.federation import FederatedSplit, float_images, float_labels
 from fedmix_jax.hd95 import hd95_per_class, nanmean
 from fedmix_jax.inference import apply_in_chunks
 from fedmix_jax.losses import DICE_EPS, dice_coefficient, iou_coefficient
@@ -74,12 +74,13 @@ def _client_means(per_image: np.ndarray, valid: np.ndarray) -> np.ndarray:
 def _scores_shared(model: nn.Module, chunk: int, threshold: float, with_pred: bool, params, images,
                    masks):
     """One model on every client's images: [C, M, ...] -> dict of per-image scores [C, M(, K)]
-    (and the binary predictions [C, M, H, W, K] as bool when ``with_pred``)."""
+    (and the binary predictions [C, M, H, W, K] as bool when ``with_pred``). Images and masks
+    stay in their storage dtype (uint8 or float32); each chunk is converted on its own."""
     c, m = images.shape[:2]
     flat = lambda x: x.reshape((c * m,) + x.shape[2:])  # noqa: E731
 
     def score(batch):
-        x, y = batch
+        x, y = float_images(batch[0]), float_labels(batch[1])   # the chunk only, on device
         pred = binarize(model.apply({"params": params}, x), threshold)
         dice_k, iou_k = per_class_scores(pred, y)
         out = dict(dice_k=dice_k, iou_k=iou_k, pooled_dice=dice_coefficient(pred, y),

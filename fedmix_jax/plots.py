@@ -145,12 +145,14 @@ def plot_predictions(model, params, split, client_names, path, per_client: int =
     """
     import jax
 
-    images = np.asarray(split.images)
-    masks = np.asarray(split.masks)
-    boxes = np.asarray(split.boxes)
+    from fedmix_jax.data.federation import float_images, float_labels
+
+    k = max(1, min(per_client, np.shape(split.images)[1]))
+    images = float_images(np.asarray(split.images)[:, :k])     # only the k plotted per client
+    masks = float_labels(np.asarray(split.masks)[:, :k])
+    boxes = float_labels(np.asarray(split.boxes)[:, :k])
     valid = np.asarray(split.valid)
     c_num = images.shape[0]
-    k = max(1, min(per_client, images.shape[1]))
     predict = _predict_fn(model)
     preds = np.zeros(masks.shape[:1] + (k,) + masks.shape[2:], np.float32)
     for c in range(c_num):

@@ -49,10 +49,11 @@ def test_ham10000_federation_arrays(ham_built):
     for split in (fed.train, fed.val, fed.test):
         c, n = split.valid.shape
         assert c == 4
-        assert split.images.shape == (4, n, SIZE, SIZE, 1) and split.images.dtype == np.float32
+        assert split.images.shape == (4, n, SIZE, SIZE, 1) and split.images.dtype == np.uint8
         assert split.masks.shape == split.boxes.shape == (4, n, SIZE, SIZE, 1)
+        assert split.masks.dtype == split.boxes.dtype == np.uint8    # {0, 1}, lossless
         assert split.image_labels.shape == (4, n, 1)
-        assert 0.0 <= split.images.min() and split.images.max() <= 1.0
+        assert split.images.max() > 1                        # 0..255 (k means k / 255)
         assert set(np.unique(split.masks)) <= {0.0, 1.0}
         assert set(np.unique(split.boxes)) <= {0.0, 1.0}
         v = split.valid

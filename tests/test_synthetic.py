@@ -31,8 +31,8 @@ def test_layout_shapes_and_dtypes(fed):
         assert isinstance(s, FederatedSplit)
         c, n = 4, max(sizes[name])
         assert s.images.shape == (c, n, 64, 64, 1) and s.images.dtype == np.float32
-        assert s.masks.shape == (c, n, 64, 64, 1) and s.masks.dtype == np.float32
-        assert s.boxes.shape == (c, n, 64, 64, 1) and s.boxes.dtype == np.float32
+        assert s.masks.shape == (c, n, 64, 64, 1) and s.masks.dtype == np.uint8   # {0, 1}
+        assert s.boxes.shape == (c, n, 64, 64, 1) and s.boxes.dtype == np.uint8
         assert s.image_labels.shape == (c, n, 1) and s.image_labels.dtype == np.float32
         assert s.levels.shape == (c, n) and s.levels.dtype == np.int32
         assert s.valid.shape == (c, n) and s.valid.dtype == bool

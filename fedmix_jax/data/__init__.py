@@ -8,6 +8,8 @@ from fedmix_jax.data.federation import (  # noqa: F401
     PIXEL,
     Federation,
     FederatedSplit,
+    float_images,
+    float_labels,
     level_from_name,
     stack_clients,
 )

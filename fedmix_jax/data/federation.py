@@ -7,19 +7,26 @@ smaller clients are padded with zeros and ``valid = False``).
 
 Shapes (NHWC, ``K`` = number of classes, one sigmoid channel per class; binary tasks have K = 1):
 
-==================  =======================  ==========================================================
-field               shape / dtype            meaning
-==================  =======================  ==========================================================
-``images``          [C, N, H, W, Cin] f32    intensities scaled to [0, 1]
-``masks``           [C, N, H, W, K]   f32    ground-truth masks in {0, 1} (used only for ``pixel``
-                                             samples in training, and by the fully-supervised upper
-                                             bound; always used for evaluation)
-``boxes``           [C, N, H, W, K]   f32    box masks in {0, 1}: 1 inside any box of that class
-                                             (drawn once per sample with a fixed noisy margin)
-``image_labels``    [C, N, K]         f32    1 if the class is present in the image, else 0
-``levels``          [C, N]            i32    supervision level: PIXEL=0, BOX=1, IMAGE=2, NONE=3
-``valid``           [C, N]            bool   False for padding
-==================  =======================  ==========================================================
+==================  ========================  ======================================================
+field               shape / dtype             meaning
+==================  ========================  ======================================================
+``images``          [C, N, H, W, Cin] u8|f32  intensities: uint8 ``k`` means ``k / 255`` (the real
+                                              datasets), float32 is already in [0, 1] (synthetic)
+``masks``           [C, N, H, W, K]   u8|f32  ground-truth masks in {0, 1} (used only for ``pixel``
+                                              samples in training, and by the fully-supervised
+                                              upper bound; always used for evaluation)
+``boxes``           [C, N, H, W, K]   u8|f32  box masks in {0, 1}: 1 inside any box of that class
+                                              (drawn once per sample with a fixed noisy margin)
+``image_labels``    [C, N, K]         f32     1 if the class is present in the image, else 0
+``levels``          [C, N]            i32     supervision level: PIXEL=0, BOX=1, IMAGE=2, NONE=3
+``valid``           [C, N]            bool    False for padding
+==================  ========================  ======================================================
+
+Storage dtype and compute dtype are separate: the arrays stay in their storage dtype on the host
+and on the device (uint8 takes a quarter of float32's memory), and the compiled code converts
+only the batch or chunk it has gathered with :func:`float_images` / :func:`float_labels` -- the
+one place where uint8 becomes float32. Never convert a whole [N, ...] split: that materialises
+the float32 copy the uint8 storage avoids.
 
 The level is *data*: a client may mix levels, and one compiled round serves any mix.
 """
@@ -27,12 +34,14 @@ The level is *data*: a client may mix levels, and one compiled round serves any 
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 from flax import struct
 
 PIXEL, BOX, IMAGE, NONE = 0, 1, 2, 3
+#: uint8 image value ``k`` means intensity ``k * IMAGE_SCALE`` (= k / 255 in float32).
+IMAGE_SCALE = 1.0 / 255.0
 LEVEL_NAMES = ("pixel", "box", "image", "none")
 _LEVEL_ALIASES = {"pixel": PIXEL, "l": PIXEL, "mask": PIXEL, "box": BOX, "b": BOX,
                   "image": IMAGE, "i": IMAGE, "none": NONE, "u": NONE, "unlabelled": NONE,
@@ -47,6 +56,26 @@ def level_from_name(name: str) -> int:
         raise ValueError(
             f"unknown supervision level {name!r}; expected one of pixel (L), box (B), image (I), "
             "none (U)") from None
+
+
+def float_images(x):
+    """Images in their storage dtype -> float32 in [0, 1], for a gathered batch or chunk.
+
+    uint8: ``x.astype(float32) * (1 / 255)`` (exactly what the real loader computed before images
+    were kept as uint8, so a uint8 split and its float32 ``k / 255`` copy give bit-identical
+    results); float32: returned unchanged; any other dtype: cast. Works on NumPy and JAX arrays.
+    """
+    if x.dtype == np.float32:
+        return x
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) * np.float32(IMAGE_SCALE)
+    return x.astype(np.float32)
+
+
+def float_labels(x):
+    """Masks / boxes / image labels in their storage dtype (uint8 or bool {0, 1}, or float32)
+    -> float32 {0, 1}, for a gathered batch or chunk: a cast, no scaling."""
+    return x if x.dtype == np.float32 else x.astype(np.float32)
 
 
 @struct.dataclass
@@ -128,33 +157,84 @@ class Federation:
         return "\n".join(lines)
 
 
-def stack_clients(per_client: Sequence[dict], num_samples: int | None = None) -> FederatedSplit:
+def _storage_dtype(dtype) -> np.dtype:
+    """uint8 and bool are kept; anything else is stored as float32 (as before uint8 storage)."""
+    dtype = np.dtype(dtype)
+    return dtype if dtype in (np.dtype(np.uint8), np.dtype(bool)) else np.dtype(np.float32)
+
+
+def stack_clients(per_client: Iterable[dict], num_samples: int | None = None,
+                  num_clients: int | None = None) -> FederatedSplit:
     """Stack per-client dicts of unpadded arrays into one padded :class:`FederatedSplit`.
 
     Each dict holds ``images`` [n, H, W, Cin], ``masks`` [n, H, W, K], ``boxes`` [n, H, W, K],
     ``image_labels`` [n, K] and ``levels`` [n]; ``n`` may differ per client (0 is allowed and
     gives an all-invalid client). ``num_samples`` defaults to the largest ``n``.
+
+    uint8 and bool arrays keep their dtype (no float copy is made), others become float32; every
+    client
+    must store its images in the same dtype (uint8 ``k`` means ``k / 255``, float32 is already
+    scaled, so mixing them would be wrong). ``per_client`` may be a generator (then
+    ``num_samples`` and ``num_clients`` are required): each client is copied into the padded
+    output and dropped before the next is read, so the peak is the padded split plus one client.
     """
-    if not per_client:
+    if isinstance(per_client, Sequence):
+        if not per_client:
+            raise ValueError("stack_clients needs at least one client")
+        sizes = [int(np.shape(d["images"])[0]) for d in per_client]
+        n_max = max(sizes) if num_samples is None else int(num_samples)
+        if n_max < max(sizes):
+            raise ValueError(f"num_samples={n_max} is smaller than the largest client "
+                             f"({max(sizes)})")
+        if num_clients is not None and int(num_clients) != len(per_client):
+            raise ValueError(f"num_clients={num_clients} but {len(per_client)} clients are given")
+        num_clients = len(per_client)
+    elif num_samples is None or num_clients is None:
+        raise ValueError("stack_clients of a generator needs num_samples and num_clients")
+    else:
+        n_max = int(num_samples)
+    num_clients = int(num_clients)
+    if num_clients < 1:
         raise ValueError("stack_clients needs at least one client")
-    sizes = [int(np.asarray(d["images"]).shape[0]) for d in per_client]
-    n_max = max(sizes) if num_samples is None else int(num_samples)
-    if n_max < max(sizes):
-        raise ValueError(f"num_samples={n_max} is smaller than the largest client ({max(sizes)})")
     n_max = max(n_max, 1)
-    ref = next((d for d, n in zip(per_client, sizes) if n > 0), per_client[0])
-    shapes = {k: np.asarray(ref[k]).shape[1:] for k in ("images", "masks", "boxes", "image_labels")}
-    out = {k: np.zeros((len(per_client), n_max) + s, np.float32) for k, s in shapes.items()}
-    out["levels"] = np.zeros((len(per_client), n_max), np.int32)
-    out["valid"] = np.zeros((len(per_client), n_max), bool)
-    for c, (d, n) in enumerate(zip(per_client, sizes)):
+    fields = ("images", "masks", "boxes", "image_labels")
+    out, first, seen = None, None, 0
+
+    def allocate(ref):
+        o = {k: np.zeros((num_clients, n_max) + np.shape(ref[k])[1:],
+                         _storage_dtype(np.asarray(ref[k]).dtype)) for k in fields}
+        o["levels"] = np.zeros((num_clients, n_max), np.int32)
+        o["valid"] = np.zeros((num_clients, n_max), bool)
+        return o
+
+    for c, d in enumerate(per_client):
+        seen = c + 1
+        if c >= num_clients:
+            raise ValueError(f"more clients than num_clients={num_clients}")
+        if first is None:
+            first = {k: np.asarray(d[k])[:0] for k in fields}
+        n = int(np.shape(d["images"])[0])
         if n == 0:
             continue
-        for k, s in shapes.items():
-            a = np.asarray(d[k], np.float32)
-            if a.shape[1:] != s:
-                raise ValueError(f"client {c}: {k} has per-sample shape {a.shape[1:]}, expected {s}")
+        if n > n_max:
+            raise ValueError(f"client {c} has {n} samples, more than num_samples={n_max}")
+        if out is None:
+            out = allocate(d)
+        for k in fields:
+            a = np.asarray(d[k])
+            if a.shape[1:] != out[k].shape[2:]:
+                raise ValueError(f"client {c}: {k} has per-sample shape {a.shape[1:]}, "
+                                 f"expected {out[k].shape[2:]}")
+            if k == "images" and _storage_dtype(a.dtype) != out[k].dtype:
+                raise ValueError(f"client {c}: images are {a.dtype}, the first client's are "
+                                 f"{out[k].dtype}; store every client's images in one dtype "
+                                 "(uint8 k means k/255; float32 is already in [0, 1])")
             out[k][c, :n] = a
         out["levels"][c, :n] = np.asarray(d["levels"], np.int32)
         out["valid"][c, :n] = True
+        d = a = None    # let a generator's client go before the next one is read
+    if seen != num_clients:
+        raise ValueError(f"{seen} clients given, num_clients={num_clients}")
+    if out is None:   # every client is empty: shapes and dtypes from the first
+        out = allocate(first)
     return FederatedSplit(**out)

@@ -40,8 +40,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from fedmix_jax.data.boxes import check_box_mode
-from fedmix_jax.data.federation import (Federation, FederatedSplit, level_from_name,
-                                        stack_clients)
+from fedmix_jax.data.federation import (Federation, FederatedSplit, float_images,
+                                        level_from_name, stack_clients)
 from fedmix_jax.data.synthetic_domains import (DEFAULT_DOMAINS, LESION_TYPES, Domain,
                                                _lesion_types, client_domain)
 from fedmix_jax.data.synthetic_render import _make_client_split
@@ -186,7 +186,8 @@ def preview_grid(federation: Federation, path: str, per_client: int = 6, split: 
             if j >= count:
                 ax.axis("off")
                 continue
-            ax.imshow(np.asarray(data.images[c, j, ..., 0]), cmap="gray", vmin=0, vmax=1,
+            img = float_images(np.asarray(data.images[c, j, ..., 0]))   # uint8 (real) or float32
+            ax.imshow(img, cmap="gray", vmin=0, vmax=1,
                       interpolation="nearest")
             for k in range(k_num):
                 col = colours[k % len(colours)] if k_num > 1 else colours[0]

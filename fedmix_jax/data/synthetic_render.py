@@ -3,7 +3,7 @@
 All operations are vectorised over one client's split. :func:`_make_client_split` draws a split
 of ``n`` samples of one client (every sample from its own generator seeded by ``(seed, client,
 split, index, stream)``) and returns the unpadded ``stack_clients`` input: images float32
-[n, S, S, 1] in [0, 1], masks and boxes float32 [n, S, S, K] in {0, 1}, image_labels float32
+[n, S, S, 1] in [0, 1], masks and boxes uint8 [n, S, S, K] in {0, 1}, image_labels float32
 [n, K], levels int32 [n]. Inside, :func:`_draw` gives uniforms [n, 128] and normal fields
 [n, 5, S, S], and :func:`_render_split` turns them into images [n, S, S] and bool masks
 [n, S, S, K] (skin, up to three lesions composited "over", hairs, then blur, gamma, gain,
@@ -241,8 +241,8 @@ def _make_client_split(seed, client, split, n, domain, types, size, lesion_free_
     if n == 0:
         k = len(types)
         return dict(images=np.zeros((0, size, size, 1), np.float32),
-                    masks=np.zeros((0, size, size, k), np.float32),
-                    boxes=np.zeros((0, size, size, k), np.float32),
+                    masks=np.zeros((0, size, size, k), np.uint8),
+                    boxes=np.zeros((0, size, size, k), np.uint8),
                     image_labels=np.zeros((0, k), np.float32), levels=np.zeros((0,), np.int32))
     uni, fields = _draw(seed, client, split, n, size)
     free = _lesion_free_flags(seed, client, split, n, lesion_free_fraction)
@@ -252,7 +252,10 @@ def _make_client_split(seed, client, split, n, domain, types, size, lesion_free_
         box_masks_from_masks(masks[i], sample_rng(seed, client, split, i, _STREAM_BOX),
                              margin=box_margin, box_mode=box_mode)
         for i in range(n)])
-    return dict(images=images[..., None], masks=masks, boxes=boxes,
+    # Masks and boxes are {0, 1}: stored as uint8 (lossless, a quarter of float32); the images
+    # are not 8-bit and stay float32.
+    return dict(images=images[..., None], masks=masks.astype(np.uint8),
+                boxes=boxes.astype(np.uint8),
                 image_labels=(masks.max(axis=(1, 2)) > 0).astype(np.float32),
                 levels=np.full((n,), level, np.int32))
 

@@ -2,10 +2,11 @@
 
 :func:`load_federation_from_config` builds the cache if needed (:mod:`.cache`), picks the clients
 and their levels, caps each client at ``max_per_client`` and reads every split into the padded
-arrays of a Federation: images float32 [C, N, S, S, Cin] in [0, 1], masks and boxes float32
-[C, N, S, S, K] in {0, 1}, image_labels [C, N, K], levels int32 [C, N]. :func:`read_client_split`
-reads one client's split unpadded. The cache layout and its validation are described in
-:mod:`.cache`.
+arrays of a Federation: images uint8 [C, N, S, S, Cin] (value k means k / 255; the compiled code
+converts each gathered batch with :func:`~fedmix_jax.data.federation.float_images`), masks and
+boxes uint8 [C, N, S, S, K] in {0, 1}, image_labels float32 [C, N, K], levels int32 [C, N].
+:func:`read_client_split` reads one client's split unpadded. The cache layout and its validation
+are described in :mod:`.cache`.
 """
 
 from __future__ import annotations
@@ -100,7 +101,9 @@ def _take_counts(prepared: PreparedDataset, client: str, max_per_client: int) ->
 
 def read_client_split(prepared: PreparedDataset, split: str, client: str, level: int,
                       take: int | None = None, progress=None) -> dict:
-    """One client's records of one split as unpadded float32 arrays (the ``stack_clients`` input).
+    """One client's records of one split as unpadded arrays (the ``stack_clients`` input): images
+    uint8 [n, S, S, Cin] as stored (k means k / 255), masks and boxes uint8 {0, 1}, image_labels
+    float32.
 
     ``take`` limits the number of records (the first ones: a seeded random subset, since records
     are stored in hashed order). Per-sample levels from ``levels.csv`` override ``level``.
@@ -111,9 +114,9 @@ def read_client_split(prepared: PreparedDataset, split: str, client: str, level:
     if take is not None:
         rng = rng[:take]
     n = len(rng)
-    out = {"images": np.zeros((n, s, s, c), np.float32),
-           "masks": np.zeros((n, s, s, k), np.float32),
-           "boxes": np.zeros((n, s, s, k), np.float32),
+    out = {"images": np.zeros((n, s, s, c), np.uint8),
+           "masks": np.zeros((n, s, s, k), np.uint8),
+           "boxes": np.zeros((n, s, s, k), np.uint8),
            "image_labels": np.zeros((n, k), np.float32),
            "levels": np.full((n,), level, np.int32),
            "ids": [], "has_mask": np.zeros((n,), bool)}
@@ -136,7 +139,7 @@ def read_client_split(prepared: PreparedDataset, split: str, client: str, level:
                 raise RuntimeError(f"cache {prepared.path} is inconsistent: record {idx[j]} of "
                                    f"{split} belongs to {_text(r['client'])}, expected {client}; "
                                    "rebuild it (--config.data.rebuild=True)")
-            out["images"][j] = r["image"].astype(np.float32) * (1.0 / 255.0)
+            out["images"][j] = r["image"]
             out["masks"][j] = r["mask"]
             out["boxes"][j] = r["boxes"]
             out["image_labels"][j] = r["label"]
@@ -173,7 +176,9 @@ def load_federation_from_config(data_cfg, verbose: bool = True) -> Federation:
     non-empty split), ``rebuild``, ``box_mode`` ('component' | 'enclosing', boxes derived from
     masks; see :mod:`fedmix_jax.data.boxes`).
 
-    Images are float32 in [0, 1]; masks and boxes float32 in {0, 1}; image_labels [C, N, 1].
+    Images are uint8 (k means k / 255); masks and boxes uint8 in {0, 1}; image_labels float32
+    [C, N, K]. Each split is stacked client by client into its padded arrays (peak: the padded
+    split plus one client).
     Raises :class:`DatasetNotFoundError` when ``data_dir`` is missing/empty and nothing is cached.
 
     A cache found damaged while reading it (:class:`CacheDamagedError`) is rebuilt once from
@@ -205,12 +210,17 @@ def _load_federation(data_cfg, verbose: bool = True) -> Federation:
     with tqdm(total=total, desc=f"reading {prepared.builder.name}", unit="img",
               disable=not verbose, file=sys.stderr) as bar:
         for sp, fld in SPLIT_FIELDS.items():
-            per_client = [read_client_split(prepared, sp, c, lv, takes[c][sp], bar)
-                          for c, lv in zip(clients, levels)]
-            for c, d in zip(clients, per_client):
-                if sp != "train" and len(d["ids"]) and not d["has_mask"].all():  # pragma: no cover
-                    raise RuntimeError(f"{sp} sample without a mask in client {c}")
-            splits[fld] = stack_clients(per_client)
+            def per_client(sp=sp):
+                for c, lv in zip(clients, levels):
+                    d = read_client_split(prepared, sp, c, lv, takes[c][sp], bar)
+                    missing = sp != "train" and len(d["ids"]) and not d["has_mask"].all()
+                    if missing:  # pragma: no cover
+                        raise RuntimeError(f"{sp} sample without a mask in client {c}")
+                    yield d
+                    del d   # stack_clients has copied it: at most one client is held
+
+            splits[fld] = stack_clients(per_client(), num_clients=len(clients),
+                                        num_samples=max(takes[c][sp] for c in clients))
     fed = Federation(client_names=list(clients), class_names=list(prepared.metadata["class_names"]),
                      **splits)
     if verbose:

@@ -27,6 +27,10 @@ from PIL import Image
 
 from fedmix_jax.data.real.layouts import HAM_BENIGN, HAM_CLIENTS, HAM_MALIGNANT
 
+#: Images per client (the metadata's ``dataset`` column) of the real HAM10000: 10,015 in all.
+HAM_REAL_CLIENT_SIZES = {"rosendahl": 2259, "vidir_modern": 3363, "vienna_dias": 439,
+                         "vidir_molemax": 3954}
+
 HAM_COLUMNS = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization", "dataset")
 
 
@@ -61,16 +65,28 @@ def _save_mask(mask: np.ndarray, path: str) -> None:
 
 def make_ham10000(root: str, num_images: int = 1000, size: tuple[int, int] = (600, 450),
                   seed: int = 0, clients: Sequence[str] = HAM_CLIENTS,
-                  repeat_lesion_every: int = 5, quality: int = 90, progress: bool = False) -> dict:
+                  repeat_lesion_every: int = 5, quality: int = 90, progress: bool = False,
+                  client_sizes: Sequence[int] | None = None) -> dict:
     """HAM10000 layout: metadata CSV (all columns), ``ISIC_XXXXXXX.jpg`` images across
     ``HAM10000_images_part_1/`` and ``_part_2/``, and ``ISIC_XXXXXXX_segmentation.png`` masks in
     ``HAM10000_segmentations_lesion_tschandl/``. Clients cycle over ``clients`` by lesion; every
     ``repeat_lesion_every``-th image re-uses the previous image's ``lesion_id``.
 
+    ``client_sizes`` (one count per entry of ``clients``) gives the clients those numbers of
+    images instead (in contiguous blocks, a lesion never spans two clients); ``num_images`` is
+    then their sum. :data:`HAM_REAL_CLIENT_SIZES` are the real dataset's.
+
     Returns ``{"csv": path, "images": [paths], "masks": [paths], "rows": [dicts]}``.
     """
     rng = np.random.default_rng(seed)
     w, h = size
+    owner = None
+    if client_sizes is not None:
+        if len(client_sizes) != len(clients):
+            raise ValueError(f"client_sizes {list(client_sizes)} needs one count per client "
+                             f"{list(clients)}")
+        owner = np.repeat(np.arange(len(clients)), np.asarray(client_sizes, int))
+        num_images = len(owner)
     parts = [os.path.join(root, "HAM10000_images_part_1"),
              os.path.join(root, "HAM10000_images_part_2")]
     mdir = os.path.join(root, "HAM10000_segmentations_lesion_tschandl")
@@ -85,7 +101,9 @@ def make_ham10000(root: str, num_images: int = 1000, size: tuple[int, int] = (60
     lesion = 0
     for i in it:
         image_id = f"ISIC_{24306 + i:07d}"
-        if not (repeat_lesion_every and i % repeat_lesion_every == repeat_lesion_every - 1):
+        first_of_client = owner is not None and (i == 0 or owner[i] != owner[i - 1])
+        if first_of_client or not (repeat_lesion_every
+                                   and i % repeat_lesion_every == repeat_lesion_every - 1):
             lesion += 1
         mask = ellipse_mask(h, w, rng, count=1 + int(rng.random() < 0.1))
         img = synthetic_image(mask, rng, rgb=True)
@@ -99,7 +117,8 @@ def make_ham10000(root: str, num_images: int = 1000, size: tuple[int, int] = (60
                          dx=dxs[int(rng.integers(len(dxs)))], dx_type="histo",
                          age=f"{int(rng.integers(20, 85))}.0",
                          sex=("male", "female")[int(rng.integers(2))],
-                         localization="back", dataset=clients[lesion % len(clients)]))
+                         localization="back",
+                         dataset=clients[lesion % len(clients) if owner is None else owner[i]]))
     csv_path = os.path.join(root, "HAM10000_metadata.csv")
     with open(csv_path, "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=HAM_COLUMNS)

@@ -1,0 +1,155 @@
+"""Storage dtypes (issue 14, item 1): uint8 images / masks / boxes are normalised inside the
+compiled code, batch by batch, and give bit-identical results to their float32 ``k / 255`` copy."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from fedmix_jax import federated as F
+from fedmix_jax.data.federation import (BOX, IMAGE, PIXEL, FederatedSplit, float_images,
+                                        float_labels, stack_clients)
+from fedmix_jax.evaluation import evaluate
+from fedmix_jax.models import UNet
+from fedmix_jax.pseudo_labels import SelectionConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL = UNet(width=4, depth=2)
+SIZE = 32
+# Lenient selection: a fresh model selects weak samples, so the pseudo-label targets train.
+LENIENT = SelectionConfig(agreement=0.0, box_fit=0.0, reject_empty=False)
+
+
+def make_client_u8(rng, n, level):
+    """One client as the real loader returns it: uint8 images (0..255), uint8 {0, 1} masks."""
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    masks = np.zeros((n, SIZE, SIZE, 1), np.uint8)
+    boxes = np.zeros_like(masks)
+    for i in range(n):
+        cy, cx, r = rng.integers(8, 24), rng.integers(8, 24), rng.integers(3, 8)
+        masks[i, ..., 0] = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        ys, xs = np.nonzero(masks[i, ..., 0])
+        boxes[i, max(ys.min() - 2, 0):ys.max() + 3, max(xs.min() - 2, 0):xs.max() + 3] = 1
+    images = np.clip(60 + 120 * masks + rng.normal(0, 25, masks.shape), 0, 255).astype(np.uint8)
+    return dict(images=images, masks=masks, boxes=boxes,
+                image_labels=masks.max(axis=(1, 2)).astype(np.float32),
+                levels=np.full(n, level, np.int32))
+
+
+def as_float32(split: FederatedSplit) -> FederatedSplit:
+    """The same values stored as float32 (images k / 255 as the loader computed them before)."""
+    return split.replace(images=split.images.astype(np.float32) * (1.0 / 255.0),
+                         masks=split.masks.astype(np.float32),
+                         boxes=split.boxes.astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def splits():
+    rng = np.random.default_rng(0)
+    u8 = stack_clients([make_client_u8(rng, 9, BOX), make_client_u8(rng, 6, PIXEL),
+                        make_client_u8(rng, 11, IMAGE)])
+    return u8, as_float32(u8)
+
+
+def test_float_images_is_the_loaders_formula():
+    k = np.arange(256, dtype=np.uint8)
+    old = k.astype(np.float32) * (1.0 / 255.0)          # the loader's conversion before uint8
+    np.testing.assert_array_equal(float_images(k), old)
+    np.testing.assert_array_equal(np.asarray(jax.jit(float_images)(k)), old)   # and compiled
+    assert float_images(k)[0] == 0.0 and float_images(k)[-1] == 1.0
+    f = np.linspace(0, 1, 7, dtype=np.float32)
+    assert float_images(f) is f and float_labels(f) is f                 # float32: unchanged
+    np.testing.assert_array_equal(float_labels(np.array([0, 1], np.uint8)), [0.0, 1.0])
+    np.testing.assert_array_equal(float_labels(np.array([False, True])), [0.0, 1.0])
+    assert float_labels(np.array([0, 1], np.uint8)).dtype == np.float32
+
+
+def test_stack_clients_keeps_dtypes(splits):
+    u8, _ = splits
+    assert u8.images.dtype == u8.masks.dtype == u8.boxes.dtype == np.uint8
+    assert u8.image_labels.dtype == np.float32 and u8.levels.dtype == np.int32
+    rng = np.random.default_rng(1)
+    c = make_client_u8(rng, 3, PIXEL)
+    f64 = dict(c, images=c["images"] / 255.0, masks=c["masks"].astype(np.float64))
+    s = stack_clients([f64])
+    assert s.images.dtype == s.masks.dtype == np.float32         # other floats: float32, as before
+    assert stack_clients([dict(c, masks=c["masks"] > 0)]).masks.dtype == bool
+    with pytest.raises(ValueError, match="one dtype"):          # uint8 k/255 vs float: refused
+        stack_clients([c, dict(c, images=float_images(c["images"]))])
+    # A generator (one client at a time: the loader's path) gives the same split.
+    clients = [make_client_u8(rng, n, PIXEL) for n in (4, 0, 2)]
+    clients[1] = {k: v[:0] for k, v in clients[1].items()}
+    a = stack_clients(clients)
+    b = stack_clients((d for d in clients), num_samples=4, num_clients=3)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        assert x.dtype == y.dtype
+        np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match="num_samples and num_clients"):
+        stack_clients(d for d in clients)
+    with pytest.raises(ValueError, match="more than num_samples"):
+        stack_clients((d for d in clients), num_samples=3, num_clients=3)
+
+
+def _run(split, strategy, executor, rounds=2):
+    cfg = F.RoundConfig(strategy=F.get_strategy(strategy, LENIENT), batch_size=4, crop=(24, 24),
+                        executor=executor, inference_chunk=4)
+    state = F.init_state(MODEL, jax.random.PRNGKey(0), (SIZE, SIZE, 1), split.num_clients, cfg)
+    round_fn = F.make_round_fn(MODEL, cfg)
+    dev = jax.device_put(split)
+    metrics = []
+    for _ in range(rounds):
+        state, m = round_fn(state, dev)
+        metrics.append(jax.device_get(m))
+    return jax.device_get(state), metrics
+
+
+def test_uint8_round_and_evaluation_bit_identical_to_float32(splits):
+    """FedMix (pseudo-labels of both models, box refinement, cross targets), two rounds."""
+    u8, f32 = splits
+    state_u8, m_u8 = _run(u8, "fedmix", "map")
+    state_f32, m_f32 = _run(f32, "fedmix", "map")
+    assert sum(int(m.selected_weak.sum()) for m in m_u8) > 0   # the pseudo-label path ran
+    for a, b in zip(jax.tree.leaves((state_u8, m_u8)), jax.tree.leaves((state_f32, m_f32))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    ev_u8 = evaluate(MODEL, state_u8.global_params[0], u8, chunk_size=5)
+    ev_f32 = evaluate(MODEL, state_f32.global_params[0], f32, chunk_size=5)
+    assert ev_u8.keys() == ev_f32.keys()
+    for k in ev_u8:
+        np.testing.assert_array_equal(ev_u8[k], ev_f32[k], err_msg=k)
+
+
+def test_the_site_never_converts_a_whole_split(splits):
+    """The uint8 round's program holds no float32 array of more than one batch / chunk of
+    images (4 here): no f32 copy of a site's [N, H, W, ...] images, masks, boxes or targets."""
+    import re
+
+    u8, _ = splits
+    cfg = F.RoundConfig(strategy=F.get_strategy("fedmix", LENIENT), batch_size=4,
+                        crop=(24, 24), executor="map", inference_chunk=4)
+    state = F.init_state(MODEL, jax.random.PRNGKey(0), (SIZE, SIZE, 1), u8.num_clients, cfg)
+    program = F.make_round_fn(MODEL, cfg).jitted[0]
+    text = program.lower(state, jax.device_put(u8), cfg.hparams()).as_text()
+    shapes = re.findall(r"tensor<([0-9x]+)x(u8|ui8|f32)>", text)
+    full = [dims for dims, t in shapes
+            if t == "f32" and dims.endswith(f"{SIZE}x{SIZE}x1")
+            and np.prod([int(d) for d in dims.split("x")[:-3]]) > 4]
+    assert any(t != "f32" and dims == f"{u8.max_samples}x{SIZE}x{SIZE}x1" for dims, t in shapes)
+    assert not full, sorted(set(full))
+
+
+def test_memory_benchmark_smoke(tmp_path):
+    sys.path.insert(0, REPO)
+    from benchmarks import memory
+
+    out = memory.main(["--out_dir", str(tmp_path), "--num_images", "24", "--width", "60",
+                       "--height", "45", "--image_size", "32", "--channels", "1,3"])
+    for ch in (1, 3):
+        r = out[ch]
+        assert r["images_dtype"] == "uint8"
+        assert r["valid_samples"] == sum(memory.client_sizes(24))
+        assert r["after_bytes"] * 3 < r["before_bytes"]         # uint8 vs float32 (4x less)
+        assert r["padded_samples"] >= r["valid_samples"]
