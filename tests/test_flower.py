@@ -366,6 +366,23 @@ def test_flower_waits_are_capped_only_on_the_pinned_version(monkeypatch):
         latency.cap_supernode_sleeps(0.2)
 
 
+def test_state_kept_in_a_long_running_process_equals_context_state(two_rounds, tmp_path,
+                                                                    monkeypatch):
+    """warm_clientapp keeps the site state in its memory, not in the Context that travels with
+    every message: same numbers, and the contexts stay free of the state."""
+    from fedmix_jax.flower import client_app
+
+    _, _, _, ref_state, _, _ = two_rounds
+    monkeypatch.setattr(client_app, "_kept_states", {})
+    client_app.keep_state_in_process()
+    monkeypatch.setattr(client_app, "_keep_in_process", True)     # undone after the test
+    summary, pair, grid = run_local(3, _run_config(tmp_path, rounds=2, name="kept"))
+    assert _max_diff(pair, ref_state.global_params) <= 1e-6
+    assert len(client_app._kept_states) == 3
+    assert all(client_app.STATE_RECORD not in c.state.array_records
+               for c in grid.contexts.values())
+
+
 def test_silent_site_does_not_stall_the_round(two_rounds, tmp_path):
     import threading
     import time

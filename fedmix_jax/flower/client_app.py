@@ -12,7 +12,8 @@ Messages it answers (the coordinator's :mod:`~fedmix_jax.flower.server_app` send
 * ``evaluate`` — global model 1: Dice / IoU on the site's validation and test splits (scalars).
 
 The site's data and its state between rounds never leave its machine. The state (local pair and
-Adam moments) is kept in the SuperNode's context (``Context.state``, local to the node) and, when
+Adam moments) is kept in the SuperNode's context (``Context.state``, local to the node) — in the
+memory of a long-running ClientApp process instead (:func:`keep_state_in_process`) — and, when
 the node config sets ``state-dir``, also on the site's disk so that a run resumed after a server
 restart continues with the same Adam moments.
 
@@ -44,6 +45,19 @@ STATE_META = "site-state-meta"
 
 _sites: dict = {}
 _lock = threading.Lock()
+# A long-running ClientApp process (fedmix_jax.flower.warm_clientapp) keeps each site's state in
+# its memory: (node id, run name) -> (round, SiteState). Flower's Context travels with every
+# message (pulled with the task, pushed back with the reply), so the ~6x-model-size state kept in
+# Context.state would cross the SuperNode's loopback API twice per message.
+_kept_states: dict = {}
+_keep_in_process = False
+
+
+def keep_state_in_process(on: bool = True) -> None:
+    """Keep the sites' state in this process instead of ``Context.state`` (for a process that
+    serves every message of its SuperNode; ``state-dir`` on disk is still written)."""
+    global _keep_in_process
+    _keep_in_process = bool(on)
 
 
 def _node_config(context: Context) -> dict:
@@ -111,6 +125,9 @@ def _restore_state(context: Context, backend, shared: str, round_index: int, run
     from fedmix_jax.flower import records
     from fedmix_jax.flower.local_site import load_state
 
+    kept = _kept_states.get((context.node_id, run_name))
+    if kept is not None and kept[0] == round_index - 1:
+        return kept[1]
     like = backend.template_state(shared)
     meta = context.state.config_records.get(STATE_META)
     if (meta is not None and meta.get("run-name") == run_name
@@ -134,9 +151,16 @@ def _restore_state(context: Context, backend, shared: str, round_index: int, run
 def _store_state(context: Context, state, round_index: int, run_name: str) -> None:
     from fedmix_jax.flower import records
 
-    context.state.array_records[STATE_RECORD] = records.tree_to_record(state, "state")
-    context.state.config_records[STATE_META] = ConfigRecord(
-        {"round": int(round_index), "run-name": run_name})
+    if _keep_in_process:
+        _kept_states[(context.node_id, run_name)] = (int(round_index), state)
+        for recs, name in ((context.state.array_records, STATE_RECORD),
+                           (context.state.config_records, STATE_META)):
+            if name in recs:
+                del recs[name]
+    else:
+        context.state.array_records[STATE_RECORD] = records.tree_to_record(state, "state")
+        context.state.config_records[STATE_META] = ConfigRecord(
+            {"round": int(round_index), "run-name": run_name})
     path = _state_path(context, run_name)
     if path:
         from fedmix_jax.flower.local_site import save_state
@@ -201,10 +225,14 @@ def evaluate(msg: Message, context: Context) -> Message:
         if arrays is not None:
             params1 = records.record_to_model(arrays, backend.template_pair(shared).model1)
         else:   # local learning: the site evaluates its own model 1
-            if STATE_RECORD not in context.state.array_records:
+            kept = _kept_states.get((context.node_id, str(cfg.get("run-name", "run"))))
+            if kept is not None:
+                state = kept[1]
+            elif STATE_RECORD in context.state.array_records:
+                state = records.record_to_tree(context.state.array_records[STATE_RECORD],
+                                               backend.template_state(shared), "state")
+            else:
                 raise RuntimeError("no local model to evaluate")
-            state = records.record_to_tree(context.state.array_records[STATE_RECORD],
-                                           backend.template_state(shared), "state")
             params1 = state.params.model1
         scores = backend.evaluate(shared, params1)
     scores = dict(scores)

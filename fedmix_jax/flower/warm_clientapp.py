@@ -98,6 +98,9 @@ def serve(address: str, poll_interval: float = 0.2) -> None:
     from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
 
     from fedmix_jax.flower.client_app import app as client_app
+    from fedmix_jax.flower.client_app import keep_state_in_process
+
+    keep_state_in_process()       # this process serves every message of its SuperNode
 
     client = _runtime_client(address, [RuntimeVersionHttpInterceptor(component_name="SuperExec")])
     print(f"[fedmix_jax.flower.warm_clientapp] serving the SuperNode at {address}",
