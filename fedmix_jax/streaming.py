@@ -347,9 +347,9 @@ def streamed_site_round(model: nn.Module, config, global_params: ModelPair, site
     def load_rows(lo):
         return lambda: jax.device_put(source.read(c, np.arange(lo, lo + p)))
 
-    for lo, block in zip(starts, prefetched((load_rows(lo) for lo in starts),
-                                             options.prefetch)):
-        out = jax.device_get(inputs_block(global_params, block, round_index))
+    def keep(lo, out):     # block [lo, lo + p) to the host
+        nonlocal t1, t2
+        out = jax.device_get(out)
         m = min(p, n - lo)
         if t1 is None:
             t1 = np.empty((n,) + out[0].shape[1:], out[0].dtype)
@@ -359,6 +359,15 @@ def streamed_site_round(model: nn.Module, config, global_params: ModelPair, site
             t2[lo:lo + m] = out[1][:m]
         for i, f in enumerate(out[2:]):
             flags[i, lo:lo + m] = f[:m]
+
+    pending = None         # the previous block's outputs come back while this one computes
+    for lo, block in zip(starts, prefetched((load_rows(lo) for lo in starts),
+                                             options.prefetch)):
+        out = inputs_block(global_params, block, round_index)
+        if pending is not None:
+            keep(*pending)
+        pending = (lo, out)
+    keep(*pending)
     usable, weak, selected_weak, self_train = flags
 
     # 2. the order of the local epoch, as local_epoch computes it.
@@ -400,10 +409,12 @@ def streamed_site_round(model: nn.Module, config, global_params: ModelPair, site
             return jax.device_put((steps.astype(np.int32), w_blk, x, targets, st))
         return load
 
+    results = []           # per-block outputs stay on the device until the epoch ends
     for j, blk in zip(run, prefetched((load_block(j) for j in run), options.prefetch)):
-        carry, (l1, l2, counted, act) = run_block(carry, k_aug, *blk)
+        carry, (l1, l2, counted, _) = run_block(carry, k_aug, *blk)
+        results.append((j, (l1, l2, counted)))
+    for j, res in jax.device_get(results):
         lo, hi = j * k, min((j + 1) * k, num_steps)
-        res = jax.device_get((l1, l2, counted))
         for i, r in enumerate(res):
             outputs[i, lo:hi] = r[:hi - lo]
     trainable, opt_t = carry
