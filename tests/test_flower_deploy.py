@@ -93,16 +93,19 @@ def test_tls_and_only_registered_supernodes_join(tmp_path):
                              text=True, timeout=120)
         assert reg.returncode == 0, reg.stdout + reg.stderr
 
-        def supernode(key, log, node_port, retries):
-            return start([os.path.join(BIN, "flower-supernode"), "--superlink", link,
+        def supernode(key, log, node_port, retries, command):
+            return start(command + ["--superlink", link,
                           "--root-certificates", str(certs / "ca.crt"),
                           "--auth-supernode-private-key", str(certs / key),
                           "--node-config", 'data="synthetic" site-index=0',
                           "--host", "127.0.0.1", "--port", str(node_port),
                           "--max-retries", str(retries), "--max-wait-time", "30"], log)
 
-        supernode("site_0", "site_0.log", _free_port(), 5)
-        intruder = supernode("intruder", "intruder.log", _free_port(), 1)
+        # The site runs the project's SuperNode entry point (Flower's with capped waits).
+        supernode("site_0", "site_0.log", _free_port(), 5,
+                  [sys.executable, "-m", "fedmix_jax.flower.supernode", "--poll-interval", "0.2"])
+        intruder = supernode("intruder", "intruder.log", _free_port(), 1,
+                             [os.path.join(BIN, "flower-supernode")])
         rc = intruder.wait(timeout=120)
         log = (tmp_path / "intruder.log").read_text()
         # Flower logs exit code 305 ("Failed to activate SuperNode"); the process exits non-zero.
