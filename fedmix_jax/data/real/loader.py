@@ -17,7 +17,7 @@ import sys
 import ml_collections
 import numpy as np
 
-from fedmix_jax.data.federation import LEVEL_NAMES, Federation, level_from_name, stack_clients
+from fedmix_jax.data.federation import LEVEL_NAMES, FederatedSplit, Federation, level_from_name
 from fedmix_jax.data.real.cache import (DEFAULT_CACHE_DIR, PreparedDataset, _get,
                                         prepare_dataset, validate_cache)
 from fedmix_jax.data.real.errors import DATA_DIR_FLAG, CacheDamagedError, log
@@ -100,13 +100,16 @@ def _take_counts(prepared: PreparedDataset, client: str, max_per_client: int) ->
 
 
 def read_client_split(prepared: PreparedDataset, split: str, client: str, level: int,
-                      take: int | None = None, progress=None) -> dict:
+                      take: int | None = None, progress=None, out: dict | None = None) -> dict:
     """One client's records of one split as unpadded arrays (the ``stack_clients`` input): images
     uint8 [n, S, S, Cin] as stored (k means k / 255), masks and boxes uint8 {0, 1}, image_labels
     float32.
 
     ``take`` limits the number of records (the first ones: a seeded random subset, since records
     are stored in hashed order). Per-sample levels from ``levels.csv`` override ``level``.
+    ``out``: arrays of at least ``n`` rows (``images``, ``masks``, ``boxes``, ``image_labels``,
+    ``levels``; e.g. the client's row of a padded split) to read into instead of new ones; the
+    returned arrays are then their first ``n`` rows (views).
     """
     cfg = prepared.config
     s, c, k = cfg.image_size, cfg.channels, len(prepared.metadata["class_names"])
@@ -114,12 +117,16 @@ def read_client_split(prepared: PreparedDataset, split: str, client: str, level:
     if take is not None:
         rng = rng[:take]
     n = len(rng)
-    out = {"images": np.zeros((n, s, s, c), np.uint8),
-           "masks": np.zeros((n, s, s, k), np.uint8),
-           "boxes": np.zeros((n, s, s, k), np.uint8),
-           "image_labels": np.zeros((n, k), np.float32),
-           "levels": np.full((n,), level, np.int32),
-           "ids": [], "has_mask": np.zeros((n,), bool)}
+    if out is None:
+        out = {"images": np.zeros((n, s, s, c), np.uint8),
+               "masks": np.zeros((n, s, s, k), np.uint8),
+               "boxes": np.zeros((n, s, s, k), np.uint8),
+               "image_labels": np.zeros((n, k), np.float32),
+               "levels": np.full((n,), level, np.int32)}
+    else:
+        out = {f: out[f][:n] for f in ("images", "masks", "boxes", "image_labels", "levels")}
+        out["levels"][:] = level
+    out.update(ids=[], has_mask=np.zeros((n,), bool))
     if n == 0:
         return out
     source = prepared.sources[split]
@@ -177,8 +184,8 @@ def load_federation_from_config(data_cfg, verbose: bool = True) -> Federation:
     masks; see :mod:`fedmix_jax.data.boxes`).
 
     Images are uint8 (k means k / 255); masks and boxes uint8 in {0, 1}; image_labels float32
-    [C, N, K]. Each split is stacked client by client into its padded arrays (peak: the padded
-    split plus one client).
+    [C, N, K]. Records are decoded straight into the padded arrays of their split (no per-client
+    copy: the host holds the splits and one batch of 256 decoded records).
     Raises :class:`DatasetNotFoundError` when ``data_dir`` is missing/empty and nothing is cached.
 
     A cache found damaged while reading it (:class:`CacheDamagedError`) is rebuilt once from
@@ -197,6 +204,18 @@ def load_federation_from_config(data_cfg, verbose: bool = True) -> Federation:
         return _load_federation(retry, verbose)
 
 
+def _padded_arrays(prepared: PreparedDataset, num_clients: int, num_samples: int) -> dict:
+    """Zeroed arrays of one padded split ([C, N, ...], the FederatedSplit fields). The padding is
+    never written: on Linux its pages are not resident on the host until something copies them."""
+    cfg = prepared.config
+    s, c, k = cfg.image_size, cfg.channels, len(prepared.metadata["class_names"])
+    cn = (num_clients, num_samples)
+    return dict(images=np.zeros(cn + (s, s, c), np.uint8), masks=np.zeros(cn + (s, s, k), np.uint8),
+                boxes=np.zeros(cn + (s, s, k), np.uint8),
+                image_labels=np.zeros(cn + (k,), np.float32), levels=np.zeros(cn, np.int32),
+                valid=np.zeros(cn, bool))
+
+
 def _load_federation(data_cfg, verbose: bool = True) -> Federation:
     """The body of :func:`load_federation_from_config` (no retry)."""
     from tqdm.auto import tqdm
@@ -210,17 +229,15 @@ def _load_federation(data_cfg, verbose: bool = True) -> Federation:
     with tqdm(total=total, desc=f"reading {prepared.builder.name}", unit="img",
               disable=not verbose, file=sys.stderr) as bar:
         for sp, fld in SPLIT_FIELDS.items():
-            def per_client(sp=sp):
-                for c, lv in zip(clients, levels):
-                    d = read_client_split(prepared, sp, c, lv, takes[c][sp], bar)
-                    missing = sp != "train" and len(d["ids"]) and not d["has_mask"].all()
-                    if missing:  # pragma: no cover
-                        raise RuntimeError(f"{sp} sample without a mask in client {c}")
-                    yield d
-                    del d   # stack_clients has copied it: at most one client is held
-
-            splits[fld] = stack_clients(per_client(), num_clients=len(clients),
-                                        num_samples=max(takes[c][sp] for c in clients))
+            arrays = _padded_arrays(prepared, len(clients),
+                                    max(1, max(takes[c][sp] for c in clients)))
+            for i, (c, lv) in enumerate(zip(clients, levels)):
+                d = read_client_split(prepared, sp, c, lv, takes[c][sp], bar,
+                                      out={f: a[i] for f, a in arrays.items()})
+                if sp != "train" and len(d["ids"]) and not d["has_mask"].all():  # pragma: no cover
+                    raise RuntimeError(f"{sp} sample without a mask in client {c}")
+                arrays["valid"][i, :len(d["ids"])] = True
+            splits[fld] = FederatedSplit(**arrays)
     fed = Federation(client_names=list(clients), class_names=list(prepared.metadata["class_names"]),
                      **splits)
     if verbose:
