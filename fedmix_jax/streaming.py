@@ -115,10 +115,10 @@ class SplitSource:
         """Bytes of the split as in-memory arrays (what the in-memory round puts on the device)."""
         return sum(_nbytes(getattr(self, f)) for f in FIELDS)
 
-    def read(self, c: int, rows: np.ndarray) -> FederatedSplit:
-        """Rows ``rows`` [R] of client ``c`` as a FederatedSplit with leaves [R, ...] (NumPy).
-        Rows past the client's samples (up to and beyond N) are zeros with ``valid`` False, as
-        the padding of the in-memory split."""
+    def read(self, c: int, rows: np.ndarray, fields=FIELDS) -> FederatedSplit:
+        """Rows ``rows`` [R] of client ``c`` as a FederatedSplit with leaves [R, ...] (NumPy;
+        the leaves not in ``fields`` are None). Rows past the client's samples (up to and beyond
+        N) are zeros with ``valid`` False, as the padding of the in-memory split."""
         raise NotImplementedError
 
     def _zeros(self, r: int) -> dict:
@@ -149,12 +149,12 @@ class ArraySource(SplitSource):
         self.images, self.masks, self.boxes = (_spec(self.split.images), _spec(self.split.masks),
                                                _spec(self.split.boxes))
 
-    def read(self, c: int, rows: np.ndarray) -> FederatedSplit:
+    def read(self, c: int, rows: np.ndarray, fields=FIELDS) -> FederatedSplit:
         rows = np.asarray(rows, np.int64)
         inside = rows < self.max_samples
         safe = np.where(inside, rows, 0)
-        out = {}
-        for f in FIELDS:
+        out = dict.fromkeys(FIELDS)
+        for f in fields:
             x = getattr(self.split, f)[c][safe]
             if not inside.all():
                 x[~inside] = 0
@@ -204,7 +204,7 @@ class ArrayRecordSource(SplitSource):
                 self.image_labels[c, lo:hi] = part.image_labels
             self.valid[c, :m] = True
 
-    def read(self, c: int, rows: np.ndarray) -> FederatedSplit:
+    def read(self, c: int, rows: np.ndarray, fields=FIELDS) -> FederatedSplit:
         from fedmix_jax.data.real.loader import _text
 
         rows = np.asarray(rows, np.int64)
@@ -396,7 +396,7 @@ def streamed_site_round(model: nn.Module, config, global_params: ModelPair, site
             flat = rows[need].reshape(-1)
             x = np.zeros((k, b) + img_shape, source.images.dtype)
             if flat.size:
-                x[need] = source.read(c, flat).images.reshape((-1, b) + img_shape)
+                x[need] = source.read(c, flat, ("images",)).images.reshape((-1, b) + img_shape)
             tg1 = np.zeros((k, b) + t1.shape[1:], t1.dtype)
             tg1[need] = t1[flat].reshape((-1, b) + t1.shape[1:])
             targets = (tg1,)
