@@ -4,7 +4,9 @@ What one run does (``config`` as in ``configs/*.py``):
 
 1. checks ``workdir`` (not a file; its ``config.json`` readable; a run there with a different
    config is refused: :class:`ConfigMismatchError`), loads the federation (``config.data``) and
-   builds the U-Net and the round configuration;
+   builds the U-Net and the round configuration; a training split larger than
+   ``config.data.device_data_budget_gb`` is streamed to the device block by block
+   (:mod:`fedmix_jax.streaming`, docs/streaming.md; the job prints which mode and why);
 2. locks the workdir (a second run on it is refused with the holder's PID) and resumes from the
    newest checkpoint in ``workdir/checkpoints`` that passes verification (a damaged one is
    reported in one line and moved to ``workdir/damaged``); ``metrics.jsonl`` is made to hold
