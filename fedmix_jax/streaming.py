@@ -213,7 +213,18 @@ class ArrayRecordSource(SplitSource):
         inside = np.flatnonzero(rows < len(rng))
         out["levels"][:] = 0
         if inside.size:
-            recs = self.source.__getitems__([rng[int(rows[j])] for j in inside])
+            ids = [rng[int(rows[j])] for j in inside]
+            try:
+                recs = self.source.__getitems__(ids)
+            except Exception as e:  # noqa: BLE001 -- any failure to read back our own records
+                from fedmix_jax.data.real.errors import DATA_DIR_FLAG, CacheDamagedError
+
+                raise CacheDamagedError(
+                    f"the cache {self.prepared.path} is damaged: reading records {ids[:8]}"
+                    f"{'...' if len(ids) > 8 else ''} of its {self.split_name} split failed "
+                    f"({type(e).__name__}: {str(e)[:300]}); rebuild it with "
+                    f"--config.data.rebuild=True (needs {DATA_DIR_FLAG})",
+                    self.prepared.path) from e
             for j, r in zip(inside, recs):
                 if _text(r["client"]) != self.client_names[c]:
                     raise RuntimeError(
