@@ -86,6 +86,9 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
     d.DEFINE_bool("baseline", True, "time the sequential JAX baseline", flag_values=fv)
     d.DEFINE_bool("torch", True, "time the PyTorch baseline if torch is importable",
                   flag_values=fv)
+    d.DEFINE_list("torch_threads", ["default"], "PyTorch baseline variants: torch's intra-op "
+                  "threads for each ('default': torch's own choice, one per core; e.g. "
+                  "default,1 times both, interleaved)", flag_values=fv)
     d.DEFINE_bool("parts", True, "time the parts of a round", flag_values=fv)
     d.DEFINE_string("strategy", "fedmix", "strategy", flag_values=fv)
     d.DEFINE_enum("selection", "lenient", ["lenient", "reference"], "pseudo-label selection",
@@ -243,25 +246,31 @@ def _rounds(args, model, train, key, image_shape, res, errors, log):
     if args.torch:
         from benchmarks import torch_baseline
 
-        tv = torch_baseline.variant(model, make_config(args, default), train, key, image_shape)
-        if isinstance(tv, str):
-            res.set("torch", dict(skipped=tv))
-            log(f"  torch: skipped ({tv})")
-        else:
-            variants["torch"] = tv
-            res.set("torch", tv.describe())
+        described = {}
+        for threads in args.torch_threads:
+            tv = torch_baseline.variant(model, make_config(args, default), train, key,
+                                        image_shape,
+                                        threads=None if threads == "default" else int(threads))
+            if isinstance(tv, str):
+                res.set("torch", dict(skipped=tv))
+                log(f"  torch: skipped ({tv})")
+                break
+            variants[tv.name] = tv
+            described[tv.name] = tv.describe()
+            res.set("torch", dict(next(iter(described.values())), variants=described))
     kept = dict(variants)
     rounds = time_variants(variants, args.repeats, args.warmup, images_per_round, log,
                            on_update=lambda r: res.set("rounds", r))
     res.set("rounds", rounds)
     done = {k: v for k, v in kept.items()
-            if k not in ("baseline", "torch") and v.first_metrics is not None}
+            if k != "baseline" and not k.startswith("torch") and v.first_metrics is not None}
     ref = done.get(default) or next(iter(done.values()), None)
-    for name, key_ in (("baseline", "baseline_check"), ("torch", "torch_check")):
+    torch_name = next((k for k in kept if k.startswith("torch")), None)
+    for name, key_ in (("baseline", "baseline_check"), (torch_name, "torch_check")):
         other = kept.get(name)
         if other is not None and ref is not None and other.first_metrics is not None:
             check = compare_rounds(ref, other)
-            if name == "torch":   # other sample order and augmentation draws: the same work
+            if name == torch_name:   # other sample order and augmentation draws: the same work
                 check = {k: v for k, v in check.items()          # (counts, steps), not values
                          if k.endswith("_equal") or k in ("between", "loss1_max_rel_diff")}
             res.set(key_, check)

@@ -172,11 +172,22 @@ def summarize_rounds(res: dict, images_per_round: int) -> dict:
             row["seconds"] = s
             row["compile_s"] = max(row["first_call_s"] - s["median"], 0.0)
             row["client_images_per_s"] = images_per_round / s["median"]
-    for ref in ("baseline", "torch"):
-        base = res.get(ref, {}).get("seconds", {}).get("median")
+    torch_rows = {k: r["seconds"]["median"] for k, r in res.items()
+                  if k.startswith("torch") and r.get("seconds")}
+    refs = [(k, k) for k in ("baseline", *torch_rows) if k != "torch"]
+    if torch_rows:     # "vs torch": against the fastest PyTorch variant (e.g. of its threads)
+        refs.append(("torch", min(torch_rows, key=torch_rows.get)))
+    for ref, name in refs:
+        base = res.get(name, {}).get("seconds", {}).get("median")
         for row in res.values():
             if base and row.get("seconds"):
                 row[f"speedup_vs_{ref}"] = base / row["seconds"]["median"]
+                if ref == "torch":
+                    row["torch_reference"] = name
+                    # repeat r of both was timed back to back: the median of the per-repeat
+                    # ratios follows load changes better than the ratio of the medians
+                    pairs = list(zip(res[name]["times"], row["times"]))
+                    row["speedup_vs_torch_paired"] = float(np.median([b / a for b, a in pairs]))
     return res
 
 

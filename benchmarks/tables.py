@@ -57,9 +57,19 @@ def format_tables(data: dict) -> str:
         if torch_row.get("skipped"):
             lines.append(f"PyTorch baseline: skipped ({torch_row['skipped']})")
         else:
+            variants = torch_row.get("variants") or {"torch": torch_row}
+            threads = ", ".join(f"{k} {v.get('threads')}" for k, v in variants.items())
+            ref = next((r.get("torch_reference") for r in rounds.values()
+                        if isinstance(r, dict) and r.get("torch_reference")), "torch")
             lines.append(f"PyTorch baseline: torch {torch_row.get('version')} on "
-                         f"{torch_row.get('device')}, {torch_row.get('threads')} threads; "
-                         f"round time / JAX round time is the 'vs torch' column")
+                         f"{torch_row.get('device')}, threads: {threads}; the 'vs torch' "
+                         f"column is the round time of the fastest of them ({ref}) / the row's")
+            paired = {k: r["speedup_vs_torch_paired"] for k, r in rounds.items()
+                      if isinstance(r, dict) and "speedup_vs_torch_paired" in r
+                      and not k.startswith("torch")}
+            if paired:
+                lines.append("  median of the per-repeat ratios vs " + ref + ": " + ", ".join(
+                    f"{k} {v:.2f}x" for k, v in paired.items()))
     check = data.get("baseline_check")
     if check:
         lines.append(f"baseline computes the same round as {check['between'][0]}: "

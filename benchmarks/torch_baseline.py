@@ -253,20 +253,31 @@ class TorchRound:
         metrics["weights"] = weights
         if self.strategy.aggregates:
             with self.torch.no_grad():
-                self.global_sd = [
-                    {name: sum(float(w) * cl["nets"][m].state_dict()[name]
-                               for w, cl in zip(weights, self.clients))
-                     for name in self.global_sd[m]} for m in range(2)]
+                for m in range(2):
+                    local = [cl["nets"][m].state_dict() for cl in self.clients]
+                    self.global_sd[m] = {name: sum(float(w) * sd[name]
+                                                   for w, sd in zip(weights, local))
+                                         for name in self.global_sd[m]}
         if self.device.type == "cuda":
             self.torch.cuda.synchronize()
         return metrics
 
 
 class TorchVariant:
-    """The benchmark's ``torch`` row: calling it runs one :class:`TorchRound` round."""
+    """The benchmark's ``torch`` row: calling it runs one :class:`TorchRound` round.
 
-    def __init__(self, torch, model, config, train, key, image_shape, device=None):
-        self.name, self.devices = "torch", 1
+    ``threads``: torch's intra-op threads for this variant's rounds (``torch.set_num_threads``
+    before each round; the benchmark interleaves variants in one process); None keeps torch's
+    default (one per core). On a shared CPU whose other jobs keep the cores busy, torch's
+    OpenMP workers wait for each other at every operator, so one thread can be several times
+    faster than the default there: the benchmark can time both (``--torch_threads``).
+    """
+
+    def __init__(self, torch, model, config, train, key, image_shape, device=None,
+                 threads: int | None = None):
+        self.name, self.devices = "torch" if threads is None else f"torch_{threads}t", 1
+        self.default_threads = torch.get_num_threads()
+        self.threads = threads
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         state = F.init_state(model, key, image_shape, train.num_clients, config)
         t0 = time.perf_counter()
@@ -277,9 +288,11 @@ class TorchVariant:
 
     def describe(self) -> dict:
         return dict(version=self.torch.__version__, device=self.device,
-                    threads=self.torch.get_num_threads(), setup_s=self.setup_s)
+                    threads=self.threads or self.default_threads,
+                    default_threads=self.threads is None, setup_s=self.setup_s)
 
     def __call__(self):
+        self.torch.set_num_threads(self.threads or self.default_threads)
         m = self.round()
         if self.first_metrics is None:
             self.first_metrics = m
@@ -290,8 +303,9 @@ class TorchVariant:
         return m
 
 
-def variant(model, config, train, key, image_shape):
-    """A :class:`TorchVariant`, or a message saying why the PyTorch baseline does not run."""
+def variant(model, config, train, key, image_shape, threads: int | None = None):
+    """A :class:`TorchVariant` (``threads``: see there), or a message saying why the PyTorch
+    baseline does not run."""
     torch = _import_torch()
     if torch is None:
         return "torch is not importable; `pip install torch` to time the PyTorch baseline"
@@ -299,4 +313,4 @@ def variant(model, config, train, key, image_shape):
         return "the PyTorch baseline trains with the reference's Dice loss only"
     if getattr(model, "dtype", None) is not None and np.dtype(model.dtype) != np.float32:
         return f"the PyTorch baseline runs float32 only (the model computes in {model.dtype})"
-    return TorchVariant(torch, model, config, train, key, image_shape)
+    return TorchVariant(torch, model, config, train, key, image_shape, threads=threads)

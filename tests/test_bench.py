@@ -157,3 +157,26 @@ def test_script_runs_from_the_repository_root(tmp_path):
                          capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert out.returncode == 0, out.stderr[-2000:]
     assert "--train_per_client" in out.stdout
+
+
+def test_vs_torch_is_against_the_fastest_torch_variant():
+    rows = {"map": dict(first_call_s=3.0, times=[1.0, 1.0]),
+            "torch": dict(first_call_s=9.0, times=[8.0, 8.0]),
+            "torch_1t": dict(first_call_s=5.0, times=[2.0, 2.0])}
+    res = harness.summarize_rounds(rows, images_per_round=4)
+    assert res["map"]["speedup_vs_torch"] == pytest.approx(2.0)
+    assert res["map"]["torch_reference"] == "torch_1t"
+    assert res["map"]["speedup_vs_torch_1t"] == pytest.approx(2.0)
+    assert bench.parse_args(["--torch_threads", "default,1"]).torch_threads == ["default", "1"]
+
+
+def test_client_scaling_runs(tmp_path):
+    from benchmarks import client_scaling
+
+    fv = client_scaling.parse_args(TINY[:-2] + ["--scaling_clients", "1,2", "--repeats", "1",
+                                                "--json", str(tmp_path / "s.json")])
+    data = client_scaling.run(fv, log=lambda *a: None)
+    rows = data["rows"]
+    assert [r["clients"] for r in rows] == [1, 2] and rows[0]["relative"] == 1.0
+    assert all(r["seconds"]["median"] > 0 for r in rows)
+    assert "s / client" in client_scaling.format_table(data)
