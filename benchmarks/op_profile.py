@@ -5,8 +5,10 @@ The compiled module's entry instructions come from the Python API
 ``name`` / ``opcode``), not from parsing HLO text. The trace's events (XLA:CPU thunks, GPU
 kernels) are named after those instructions, and each event's duration is added to its
 instruction's opcode. The categories are therefore *opcodes* (``convolution``, ``fusion``,
-``dot``, ``reduce-window``, ``select-and-scatter``, ``copy``, ...). XLA fuses GroupNorm, ReLU and
-Adam into ``fusion``. Forward and backward are not told apart: that needs each instruction's
+``dot``, ``reduce-window``, ``select-and-scatter``, ``copy``, ...); fusions are split by the
+instruction's name without its number (``fusion:ynn_fusion``: the convolutions XLA:CPU hands to
+YNNPACK; ``fusion:transpose_copy_fusion``, ...). XLA fuses GroupNorm, ReLU and Adam into
+fusions. Forward and backward are not told apart: that needs each instruction's
 ``op_name`` metadata, which the API only exposes through the HLO text.
 
 FLOPs come from XLA's cost analysis of the whole program (``compiled.cost_analysis()``). A split
@@ -18,6 +20,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import tempfile
 import time
 from collections import defaultdict
@@ -76,8 +79,11 @@ def profile_program(fn, args, calls: int = 3) -> dict:
         args_ = e.get("args") or {}
         for key in (e.get("name", ""), args_.get("hlo_op"), args_.get("name")):
             if key in opcodes:
-                dur[opcodes[key]] += float(e.get("dur", 0.0)) / 1e6 / calls
-                count[opcodes[key]] += 1
+                cat = opcodes[key]
+                if cat == "fusion":     # by kind: ynn_fusion (XLA:CPU's library convolutions),
+                    cat = "fusion:" + re.sub(r"[.\d]+$", "", key)  # loop fusions, ...
+                dur[cat] += float(e.get("dur", 0.0)) / 1e6 / calls
+                count[cat] += 1
                 break
     total = sum(dur.values())
     rows = [dict(category=k, seconds=t, share=t / total if total else None,
