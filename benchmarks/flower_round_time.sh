@@ -7,7 +7,9 @@
 #
 # Environment: PAIRS [2]  NUM_SITES [4]  ROUNDS [4]  OVERRIDES [""] (config overrides, as for
 # scripts/deploy_localhost.sh, e.g. "model.width=8"); the deployment runs with TLS, SuperNode
-# authentication, one warm ClientApp process per site (WARM=1) and the capped Flower waits.
+# authentication, one warm ClientApp process per site (WARM=1) and the capped Flower waits; with
+# more sites than cores the sites' processes run at nice 5 with one XLA compute thread each
+# (scripts/deploy_localhost.sh, SITE_NICE / SITE_XLA_FLAGS; set them to override).
 # Prints each run's median round time after round 1 (the in-process figure is the compiled round,
 # the deployment figure the server's time from sending the pair to the last accepted reply plus
 # aggregation; evaluation excluded in both) and the ratio of the medians over all runs.

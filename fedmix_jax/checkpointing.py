@@ -185,6 +185,16 @@ class Checkpointer:
                 f"{describe_os_error(e)}", step=0, kept=None) from None
         self._pending: int | None = None
 
+    @classmethod
+    def for_workdir(cls, workdir: str, max_to_keep: int | None) -> "Checkpointer":
+        """A run folder's checkpointer (the main job's and the Flower server's):
+        ``<workdir>/checkpoints``, damaged ones moved to ``<workdir>/damaged``, stale temporaries
+        removed (call it under the workdir's lock)."""
+        from fedmix_jax import rundir
+
+        return cls(os.path.join(workdir, rundir.CHECKPOINT_DIR), max_to_keep=max_to_keep,
+                   damaged_dir=os.path.join(workdir, rundir.DAMAGED_DIR), remove_stale=True)
+
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's round, or ``None``."""
         return self._manager.latest_step()

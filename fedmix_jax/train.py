@@ -140,10 +140,7 @@ class _Run:
         self.num_rounds = int(config.num_rounds)
         self.client_names = list(federation.client_names)
         self.metrics = MetricsFile(workdir)
-        self.checkpointer = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR),
-                                         max_to_keep=int(config.keep_checkpoints),
-                                         damaged_dir=os.path.join(workdir, rundir.DAMAGED_DIR),
-                                         remove_stale=True)
+        self.checkpointer = Checkpointer.for_workdir(workdir, int(config.keep_checkpoints))
         self.round_times: list[float] = []
         self.eval_times: list[float] = []
         from fedmix_jax.streaming import choose_mode

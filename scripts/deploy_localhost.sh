@@ -13,6 +13,13 @@
 #                     fedmix_jax.flower.warm_clientapp process executes all its ClientApp
 #                     messages (no process start, no tracing / compilation per round)
 #   JAX_CACHE [1]     1: ClientApp processes share a persistent XLA compilation cache
+#   SITE_NICE, SITE_XLA_FLAGS [auto]  how the sites' computing processes (warm ClientApp /
+#                     worker) share this machine. Across hospitals each site has its own machine;
+#                     here NUM_SITES sites share the cores. auto: when the sites outnumber the
+#                     cores, nice 5 (Flower's message handling - SuperLink, SuperNodes, ServerApp -
+#                     does not wait behind the sites' XLA) and --xla_cpu_multi_thread_eigen=false
+#                     (one compute thread per site instead of NUM_SITES x cores threads); same
+#                     numbers either way. Otherwise nice 0 and no flags.
 #   POLL [0.2]        the sites' SuperNodes run as fedmix_jax.flower.supernode with this idle
 #                     poll (seconds); POLL=stock runs Flower's own flower-supernode (3 s)
 #
@@ -26,6 +33,12 @@ WORKER=${WORKER:-0}
 WARM=${WARM:-0}
 JAX_CACHE=${JAX_CACHE:-1}
 POLL=${POLL:-0.2}
+if [ "$NUM_SITES" -gt "$(nproc)" ]; then
+  SITE_NICE=${SITE_NICE:-5}; SITE_XLA_FLAGS=${SITE_XLA_FLAGS-"--xla_cpu_multi_thread_eigen=false"}
+else
+  SITE_NICE=${SITE_NICE:-0}; SITE_XLA_FLAGS=${SITE_XLA_FLAGS:-}
+fi
+SITE_RUN=(env "XLA_FLAGS=${XLA_FLAGS:-} $SITE_XLA_FLAGS" nice -n "$SITE_NICE")
 OVERRIDES=${OVERRIDES:-"num_rounds=2 model.width=4 model.depth=2 data.image_size=16 data.num_clients=3 data.train_sizes='(8,12,6)' data.levels=\"('box','pixel','box')\" data.val_size=4 data.test_size=4 train.batch_size=4"}
 BIN="$REPO/.venv/bin"
 [ -x "$BIN/flower-superlink" ] || BIN=$(dirname "$(command -v flower-superlink)")
@@ -76,7 +89,7 @@ for i in $(seq 0 $((NUM_SITES - 1))); do
   NODE_CONFIG="data=\"synthetic\" site-index=$i state-dir=\"$WORK/site_state/site_$i\""
   if [ "$WORKER" = 1 ]; then
     SOCK="$WORK/worker_$i.sock"
-    "$BIN/python" -m fedmix_jax.flower.worker --socket "$SOCK" --node-config "$NODE_CONFIG" \
+    "${SITE_RUN[@]}" "$BIN/python" -m fedmix_jax.flower.worker --socket "$SOCK" --node-config "$NODE_CONFIG" \
       > "$WORK/logs/worker_$i.log" 2>&1 &
     PIDS+=($!)
     NODE_CONFIG="$NODE_CONFIG worker=\"unix:$SOCK\""
@@ -91,7 +104,7 @@ for i in $(seq 0 $((NUM_SITES - 1))); do
     > "$WORK/logs/supernode_$i.log" 2>&1 &
   PIDS+=($!)
   if [ "$WARM" = 1 ]; then
-    "$BIN/python" -m fedmix_jax.flower.warm_clientapp --runtime-api-address 127.0.0.1:$((PORT_BASE + 10 + i)) \
+    "${SITE_RUN[@]}" "$BIN/python" -m fedmix_jax.flower.warm_clientapp --runtime-api-address 127.0.0.1:$((PORT_BASE + 10 + i)) \
       > "$WORK/logs/warm_$i.log" 2>&1 &
     PIDS+=($!)
   fi
@@ -136,7 +149,7 @@ else
   echo "FAILED: the unregistered SuperNode was not refused (exit $INTRUDER_RC)"
   tail -5 "$WORK/logs/intruder.log"; exit 1
 fi
-echo "== rounds (deployment, $NUM_SITES sites, worker=$WORKER, warm=$WARM, jax cache=$JAX_CACHE, supernode poll=$POLL)"
+echo "== rounds (deployment, $NUM_SITES sites, worker=$WORKER, warm=$WARM, jax cache=$JAX_CACHE, supernode poll=$POLL, site nice=$SITE_NICE, site XLA_FLAGS=$SITE_XLA_FLAGS)"
 "$BIN/python" - "$WORK/run" <<'PY'
 import json, sys, os
 recs = [json.loads(l) for l in open(os.path.join(sys.argv[1], "metrics.jsonl"))]

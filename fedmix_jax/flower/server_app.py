@@ -49,7 +49,7 @@ from fedmix_jax.flower import _core, records
 from fedmix_jax.flower.client_app import CONFIG_RECORD
 from fedmix_jax.flower.local_site import shared_config_json
 from fedmix_jax.flower.strategy import FedMixStrategy, Site
-from fedmix_jax.rundir import CHECKPOINT_DIR, CONFIG_FILE, SUMMARY_FILE
+from fedmix_jax.rundir import CONFIG_FILE, SUMMARY_FILE
 
 log = logging.getLogger("fedmix_jax.flower")
 
@@ -199,10 +199,7 @@ class _ServerRun:
         self.num_rounds = int(config.num_rounds)
         self.timeout = float(rc["round-timeout"])
         self.metrics = MetricsFile(workdir)
-        self.checkpointer = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR),
-                                         max_to_keep=int(config.keep_checkpoints),
-                                         damaged_dir=os.path.join(workdir, rundir.DAMAGED_DIR),
-                                         remove_stale=True)
+        self.checkpointer = Checkpointer.for_workdir(workdir, int(config.keep_checkpoints))
         self.round_times: list[float] = []
         self.eval_times: list[float] = []
 
