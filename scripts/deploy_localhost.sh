@@ -38,7 +38,9 @@ if [ "$NUM_SITES" -gt "$(nproc)" ]; then
 else
   SITE_NICE=${SITE_NICE:-0}; SITE_XLA_FLAGS=${SITE_XLA_FLAGS:-}
 fi
-SITE_RUN=(env "XLA_FLAGS=${XLA_FLAGS:-} $SITE_XLA_FLAGS" nice -n "$SITE_NICE")
+SITE_FLAGS=$(echo "${XLA_FLAGS:-} $SITE_XLA_FLAGS" | xargs)   # XLA refuses a blank XLA_FLAGS
+if [ -n "$SITE_FLAGS" ]; then SITE_RUN=(env "XLA_FLAGS=$SITE_FLAGS" nice -n "$SITE_NICE")
+else SITE_RUN=(env -u XLA_FLAGS nice -n "$SITE_NICE"); fi
 OVERRIDES=${OVERRIDES:-"num_rounds=2 model.width=4 model.depth=2 data.image_size=16 data.num_clients=3 data.train_sizes='(8,12,6)' data.levels=\"('box','pixel','box')\" data.val_size=4 data.test_size=4 train.batch_size=4"}
 BIN="$REPO/.venv/bin"
 [ -x "$BIN/flower-superlink" ] || BIN=$(dirname "$(command -v flower-superlink)")
