@@ -13,13 +13,14 @@
 #                     fedmix_jax.flower.warm_clientapp process executes all its ClientApp
 #                     messages (no process start, no tracing / compilation per round)
 #   JAX_CACHE [1]     1: ClientApp processes share a persistent XLA compilation cache
-#   SITE_NICE, SITE_XLA_FLAGS [auto]  how the sites' computing processes (warm ClientApp /
-#                     worker) share this machine. Across hospitals each site has its own machine;
-#                     here NUM_SITES sites share the cores. auto: when the sites outnumber the
-#                     cores, nice 5 (Flower's message handling - SuperLink, SuperNodes, ServerApp -
-#                     does not wait behind the sites' XLA) and --xla_cpu_multi_thread_eigen=false
-#                     (one compute thread per site instead of NUM_SITES x cores threads); same
-#                     numbers either way. Otherwise nice 0 and no flags.
+#   SITE_NICE [auto]  nice level of the sites' computing processes (warm ClientApp / worker).
+#                     Across hospitals each site has its own machine; here NUM_SITES sites share
+#                     the cores. auto: 5 when the sites outnumber the cores (Flower's message
+#                     handling - SuperLink, SuperNodes, ServerApp - then does not wait behind the
+#                     sites' XLA threads), else 0. Same numbers either way.
+#   SITE_XLA_FLAGS [] XLA_FLAGS of those processes (e.g. --xla_cpu_multi_thread_eigen=false for
+#                     one compute thread per site; measured slower here: a large site then
+#                     leaves a core idle once the small ones are done)
 #   POLL [0.2]        the sites' SuperNodes run as fedmix_jax.flower.supernode with this idle
 #                     poll (seconds); POLL=stock runs Flower's own flower-supernode (3 s)
 #
@@ -33,11 +34,8 @@ WORKER=${WORKER:-0}
 WARM=${WARM:-0}
 JAX_CACHE=${JAX_CACHE:-1}
 POLL=${POLL:-0.2}
-if [ "$NUM_SITES" -gt "$(nproc)" ]; then
-  SITE_NICE=${SITE_NICE:-5}; SITE_XLA_FLAGS=${SITE_XLA_FLAGS-"--xla_cpu_multi_thread_eigen=false"}
-else
-  SITE_NICE=${SITE_NICE:-0}; SITE_XLA_FLAGS=${SITE_XLA_FLAGS:-}
-fi
+if [ "$NUM_SITES" -gt "$(nproc)" ]; then SITE_NICE=${SITE_NICE:-5}; else SITE_NICE=${SITE_NICE:-0}; fi
+SITE_XLA_FLAGS=${SITE_XLA_FLAGS:-}
 SITE_FLAGS=$(echo "${XLA_FLAGS:-} $SITE_XLA_FLAGS" | xargs)   # XLA refuses a blank XLA_FLAGS
 if [ -n "$SITE_FLAGS" ]; then SITE_RUN=(env "XLA_FLAGS=$SITE_FLAGS" nice -n "$SITE_NICE")
 else SITE_RUN=(env -u XLA_FLAGS nice -n "$SITE_NICE"); fi
@@ -106,7 +104,8 @@ for i in $(seq 0 $((NUM_SITES - 1))); do
     > "$WORK/logs/supernode_$i.log" 2>&1 &
   PIDS+=($!)
   if [ "$WARM" = 1 ]; then
-    "${SITE_RUN[@]}" "$BIN/python" -m fedmix_jax.flower.warm_clientapp --runtime-api-address 127.0.0.1:$((PORT_BASE + 10 + i)) \
+    WARM_POLL=(); [ "$POLL" = stock ] || WARM_POLL=(--poll-interval "$POLL")
+    "${SITE_RUN[@]}" "$BIN/python" -m fedmix_jax.flower.warm_clientapp --runtime-api-address 127.0.0.1:$((PORT_BASE + 10 + i)) "${WARM_POLL[@]}" \
       > "$WORK/logs/warm_$i.log" 2>&1 &
     PIDS+=($!)
   fi
@@ -135,6 +134,7 @@ cat > "$WORK/run_config.toml" <<TOML
 workdir = "$WORK/run"
 num-sites = $NUM_SITES
 round-timeout = 1200.0
+wait-cap = $([ "$POLL" = stock ] && echo 0 || echo "$POLL")
 overrides = '''$OVERRIDES'''
 TOML
 T0=$(date +%s.%N)

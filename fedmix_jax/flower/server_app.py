@@ -20,9 +20,9 @@
 
 Run config keys (``flwr run . --run-config "key=value ..."``, defaults in
 ``fedmix_jax/flower/app/pyproject.toml``): ``config``, ``overrides``, ``workdir``, ``num-sites``,
-``min-sites``, ``join-timeout``, ``round-timeout``, ``wait-cap`` (seconds; Flower's first 1 s
-back-off when a reply's objects are still uploading is capped at it, 0 keeps Flower's waits; see
-:mod:`fedmix_jax.flower.latency`).
+``min-sites``, ``join-timeout``, ``round-timeout``, ``wait-cap`` (seconds: how often the server
+checks for replies, and the cap on Flower's first 1 s back-off when a reply's objects are still
+uploading; 0 keeps Flower's waits, 3 s; see :mod:`fedmix_jax.flower.latency`).
 """
 
 from __future__ import annotations
@@ -232,7 +232,9 @@ class _ServerRun:
         self.key = _core.key_from_numpy(state["key"])
 
     def _exchange(self, messages) -> list:
-        return send_and_receive(self.grid, messages, self.timeout)
+        cap = float(self.rc["wait-cap"])
+        return send_and_receive(self.grid, messages, self.timeout,
+                                interval=cap if cap > 0 else 3.0)
 
     def rounds(self):
         """Rounds ``start+1 .. num_rounds``; returns the strategy and the global arrays."""
