@@ -8,8 +8,9 @@
 # Environment: PAIRS [2]  NUM_SITES [4]  ROUNDS [4]  OVERRIDES [""] (config overrides, as for
 # scripts/deploy_localhost.sh, e.g. "model.width=8"); the deployment runs with TLS, SuperNode
 # authentication, one warm ClientApp process per site (WARM=1) and Flower's waits capped at POLL
-# seconds (default here 0.1; scripts/deploy_localhost.sh); with more sites than cores the sites'
-# processes run at nice 5 (SITE_NICE / SITE_XLA_FLAGS override, see that script).
+# seconds (default 0.2; 0.1 measured slower on 2 cores: the polls compete for them); with more
+# sites than cores the sites' processes run at nice 5 (SITE_NICE / SITE_XLA_FLAGS, see
+# scripts/deploy_localhost.sh).
 # Prints each run's median round time after round 1 (the in-process figure is the compiled round,
 # the deployment figure the server's time from sending the pair to the last accepted reply plus
 # aggregation; evaluation excluded in both) and the ratio of the medians over all runs.
@@ -20,7 +21,6 @@ PAIRS=${PAIRS:-2}
 NUM_SITES=${NUM_SITES:-4}
 ROUNDS=${ROUNDS:-4}
 OVERRIDES=${OVERRIDES:-""}
-export POLL=${POLL:-0.1}
 PY="$REPO/.venv/bin/python"
 [ -x "$PY" ] || PY=$(command -v python3)
 export FLWR_TELEMETRY_ENABLED=0 JAX_COMPILATION_CACHE_DIR="$WORK/jax_cache"
