@@ -45,10 +45,9 @@ Device memory holds the model pair, Adam states, one phase-1 block and two train
 one running, the one prefetched): it grows with ``P`` and ``k * B``, not with ``N`` or ``C``.
 
 :class:`StreamedRound` runs a whole round (clients one after another, the same keys, weights and
-aggregation as :func:`fedmix_jax.round.round_step`). :func:`split_bytes` and
-:func:`choose_mode` decide, from ``config.data.device_data_budget_gb``, whether the training job
-streams (:func:`fedmix_jax.train.train_and_evaluate`); :func:`open_streamed_federation` opens a
-real dataset with its training split left in the cache.
+aggregation as :func:`fedmix_jax.round.round_step`). The sources and the job's decision to
+stream (:func:`split_bytes`, :func:`choose_mode`, :func:`open_streamed_federation`) are in
+:mod:`fedmix_jax.data.streamed_sources` and re-exported here.
 """
 
 from __future__ import annotations
@@ -66,179 +65,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedmix_jax.data.federation import PIXEL, FederatedSplit
+# The sources and the mode decision live in data/streamed_sources.py; re-exported here.
+from fedmix_jax.data.streamed_sources import (ArrayRecordSource, ArraySource,  # noqa: F401
+                                              SplitSource, choose_mode, open_streamed_federation,
+                                              split_bytes)
 from fedmix_jax.round import FedState, RoundMetrics, finish_round, round_keys
 from fedmix_jax.site import (ModelPair, SiteReport, SiteState, finish_epoch, make_optimizer,
                              make_train_batch, masked_batch, prepare_epoch, sample_order,
                              train_inputs)
-
-FIELDS = ("images", "masks", "boxes", "image_labels", "levels", "valid")
-GIB = 1024 ** 3
-
-
-# ----------------------------------------------------------------------------------------------
-# sources: random access to the rows of one client
-
-
-class SplitSource:
-    """Random access to one training split, client by client (the base of the sources).
-
-    Quacks like a :class:`FederatedSplit` for what the job reads of a split without its pixels:
-    ``levels`` [C, N] int32, ``valid`` [C, N] bool, ``image_labels`` [C, N, K] (NumPy, small),
-    and ``images`` / ``masks`` / ``boxes`` as :class:`jax.ShapeDtypeStruct` [C, N, ...] (shape and
-    storage dtype only). :meth:`read` returns rows of one client.
-    """
-
-    levels: np.ndarray
-    valid: np.ndarray
-    image_labels: np.ndarray
-    images: jax.ShapeDtypeStruct
-    masks: jax.ShapeDtypeStruct
-    boxes: jax.ShapeDtypeStruct
-
-    @property
-    def num_clients(self) -> int:
-        return int(self.valid.shape[0])
-
-    @property
-    def max_samples(self) -> int:
-        return int(self.valid.shape[1])
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.masks.shape[-1])
-
-    def counts(self) -> np.ndarray:
-        return self.valid.sum(axis=1)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the split as in-memory arrays (what the in-memory round puts on the device)."""
-        return sum(_nbytes(getattr(self, f)) for f in FIELDS)
-
-    def read(self, c: int, rows: np.ndarray, fields=FIELDS) -> FederatedSplit:
-        """Rows ``rows`` [R] of client ``c`` as a FederatedSplit with leaves [R, ...] (NumPy;
-        the leaves not in ``fields`` are None). Rows past the client's samples (up to and beyond
-        N) are zeros with ``valid`` False, as the padding of the in-memory split."""
-        raise NotImplementedError
-
-    def _zeros(self, r: int) -> dict:
-        return {f: np.zeros((r,) + tuple(getattr(self, f).shape[2:]), getattr(self, f).dtype)
-                for f in FIELDS}
-
-    def materialize(self) -> FederatedSplit:
-        """The whole split as in-memory arrays (the in-memory round's input)."""
-        rows = [self.read(c, np.arange(self.max_samples)) for c in range(self.num_clients)]
-        return jax.tree.map(lambda *xs: np.stack(xs), *rows)
-
-
-def _nbytes(x) -> int:
-    return int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
-
-
-def _spec(x) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct(tuple(x.shape), np.dtype(x.dtype))
-
-
-class ArraySource(SplitSource):
-    """A split held in host memory (a :class:`FederatedSplit` [C, N, ...]): rows by indexing."""
-
-    def __init__(self, split: FederatedSplit):
-        self.split = jax.tree.map(np.asarray, split)
-        self.levels, self.valid = self.split.levels, self.split.valid.astype(bool)
-        self.image_labels = self.split.image_labels
-        self.images, self.masks, self.boxes = (_spec(self.split.images), _spec(self.split.masks),
-                                               _spec(self.split.boxes))
-
-    def read(self, c: int, rows: np.ndarray, fields=FIELDS) -> FederatedSplit:
-        rows = np.asarray(rows, np.int64)
-        inside = rows < self.max_samples
-        safe = np.where(inside, rows, 0)
-        out = dict.fromkeys(FIELDS)
-        for f in fields:
-            x = getattr(self.split, f)[c][safe]
-            if not inside.all():
-                x[~inside] = 0
-            out[f] = x
-        return FederatedSplit(**out)
-
-    def materialize(self) -> FederatedSplit:
-        return self.split
-
-
-class ArrayRecordSource(SplitSource):
-    """One split of a built real dataset (:mod:`fedmix_jax.data.real.cache`), read record by
-    record from its array_record shards (``tfds.data_source`` random access); the pixels are
-    never all in memory. Rows hold what :func:`fedmix_jax.data.real.loader.read_client_split`
-    returns (images as stored, uint8; masks and boxes uint8 {0, 1}; labels float32; the level of
-    the client unless the record carries its own).
-
-    Args:
-      prepared: the :class:`~fedmix_jax.data.real.cache.PreparedDataset`.
-      split: "train", "validation" or "test".
-      clients, levels: the clients (names) and their default level ints.
-      takes: records per client (the first ones of its range, as the loader's ``take``).
-    """
-
-    def __init__(self, prepared, split: str, clients: list[str], levels: list[int],
-                 takes: list[int]):
-        self.prepared, self.split_name = prepared, split
-        self.source = prepared.sources[split]
-        self.ranges = [prepared.client_range(split, c)[:t] for c, t in zip(clients, takes)]
-        self.client_names, self.default_levels = list(clients), list(levels)
-        cfg = prepared.config
-        s, ch, k = cfg.image_size, cfg.channels, len(prepared.metadata["class_names"])
-        n, num = max(max((len(r) for r in self.ranges), default=0), 1), len(clients)
-        self.images = jax.ShapeDtypeStruct((num, n, s, s, ch), np.dtype(np.uint8))
-        self.masks = jax.ShapeDtypeStruct((num, n, s, s, k), np.dtype(np.uint8))
-        self.boxes = jax.ShapeDtypeStruct((num, n, s, s, k), np.dtype(np.uint8))
-        # The small per-sample arrays: one pass over the records (their pixels are dropped).
-        self.levels = np.zeros((num, n), np.int32)
-        self.valid = np.zeros((num, n), bool)
-        self.image_labels = np.zeros((num, n, k), np.float32)
-        for c in range(num):
-            m = len(self.ranges[c])
-            for lo in range(0, m, 256):
-                hi = min(lo + 256, m)
-                part = self.read(c, np.arange(lo, hi))
-                self.levels[c, lo:hi] = part.levels
-                self.image_labels[c, lo:hi] = part.image_labels
-            self.valid[c, :m] = True
-
-    def read(self, c: int, rows: np.ndarray, fields=FIELDS) -> FederatedSplit:
-        from fedmix_jax.data.real.loader import _text
-
-        rows = np.asarray(rows, np.int64)
-        out = self._zeros(len(rows))
-        rng = self.ranges[c]
-        inside = np.flatnonzero(rows < len(rng))
-        out["levels"][:] = 0
-        if inside.size:
-            ids = [rng[int(rows[j])] for j in inside]
-            try:
-                recs = self.source.__getitems__(ids)
-            except Exception as e:  # noqa: BLE001 -- any failure to read back our own records
-                from fedmix_jax.data.real.errors import DATA_DIR_FLAG, CacheDamagedError
-
-                raise CacheDamagedError(
-                    f"the cache {self.prepared.path} is damaged: reading records {ids[:8]}"
-                    f"{'...' if len(ids) > 8 else ''} of its {self.split_name} split failed "
-                    f"({type(e).__name__}: {str(e)[:300]}); rebuild it with "
-                    f"--config.data.rebuild=True (needs {DATA_DIR_FLAG})",
-                    self.prepared.path) from e
-            for j, r in zip(inside, recs):
-                if _text(r["client"]) != self.client_names[c]:
-                    raise RuntimeError(
-                        f"cache {self.prepared.path} is inconsistent: record {rng[int(rows[j])]} "
-                        f"of {self.split_name} belongs to {_text(r['client'])}, expected "
-                        f"{self.client_names[c]}; rebuild it (--config.data.rebuild=True)")
-                out["images"][j] = r["image"]
-                out["masks"][j] = r["mask"]
-                out["boxes"][j] = r["boxes"]
-                out["image_labels"][j] = r["label"]
-                out["levels"][j] = int(r["level"]) if int(r["level"]) >= 0 \
-                    else self.default_levels[c]
-                out["valid"][j] = True
-        return FederatedSplit(**out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -479,52 +313,6 @@ class StreamedRound:
             reports.append(report)
         return self._finish(state, self._valid, self._stack(*sites), self._stack(*reports),
                             next_key, hparams)
-
-
-# ----------------------------------------------------------------------------------------------
-# the job's decision
-
-
-def split_bytes(split) -> int:
-    """Bytes of a split's arrays (a FederatedSplit or a :class:`SplitSource`)."""
-    return sum(_nbytes(getattr(split, f)) for f in FIELDS)
-
-
-def choose_mode(train, budget_gb) -> tuple[bool, str]:
-    """``(stream, why)``: stream when the training split's bytes exceed ``budget_gb`` (GiB;
-    None or <= 0: no budget, always in memory)."""
-    size = split_bytes(train)
-    if budget_gb is None or float(budget_gb) <= 0:
-        return False, f"training split {size / GIB:.3g} GiB, no device_data_budget_gb: in memory"
-    budget = float(budget_gb)
-    if size > budget * GIB:
-        return True, (f"training split {size / GIB:.3g} GiB > device_data_budget_gb={budget:g}: "
-                      "streamed block by block from the host")
-    return False, (f"training split {size / GIB:.3g} GiB <= device_data_budget_gb={budget:g}: "
-                   "in memory")
-
-
-def open_streamed_federation(data_cfg, verbose: bool = True):
-    """A real dataset (``ham10000`` / ``breast`` / ``folders`` / ``retouch``) as a
-    :class:`~fedmix_jax.data.federation.Federation` whose ``train`` is an
-    :class:`ArrayRecordSource` (left in the cache) and whose ``val`` / ``test`` are read into
-    memory as :func:`~fedmix_jax.data.real.load_federation_from_config` reads them."""
-    from fedmix_jax.data.federation import Federation, stack_clients
-    from fedmix_jax.data.real.loader import (_get, _resolve_clients_levels, _take_counts,
-                                             prepare_dataset, read_client_split)
-
-    prepared = prepare_dataset(data_cfg, verbose=verbose)
-    clients, levels = _resolve_clients_levels(data_cfg, prepared)
-    max_pc = int(_get(data_cfg, "max_per_client", 0))
-    takes = {c: _take_counts(prepared, c, max_pc) for c in clients}
-    train = ArrayRecordSource(prepared, "train", clients, levels,
-                              [takes[c]["train"] for c in clients])
-    held = {}
-    for sp, fld in (("validation", "val"), ("test", "test")):
-        held[fld] = stack_clients([read_client_split(prepared, sp, c, lv, takes[c][sp])
-                                   for c, lv in zip(clients, levels)])
-    return Federation(client_names=list(clients),
-                      class_names=list(prepared.metadata["class_names"]), train=train, **held)
 
 
 def throughput(num_images: int, seconds: float) -> float:
