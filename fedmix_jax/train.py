@@ -95,11 +95,6 @@ def _load_federation(config, quiet: bool) -> Federation:
                         f"{config.data.get('cache_dir')}): {describe_os_error(e)}") from e
 
 
-def _truncate_metrics(path: str, last_round: int) -> list[dict]:  # for flower.server_app
-    """The records of rounds <= ``last_round`` in ``path``, once each (rewritten if needed)."""
-    return MetricsFile(os.path.dirname(path)).reconcile(None, last_round)
-
-
 def _copy_tree(tree):
     return jax.tree.map(jnp.copy, tree)
 
