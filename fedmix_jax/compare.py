@@ -53,7 +53,8 @@ def run_comparison(config, strategies: Sequence[str], seeds: Sequence[int], work
     workdir; or an ``error``), ``dice_mean`` / ``dice_std`` [C], ``mean_dice_mean`` /
     ``mean_dice_std``; plus ``markdown``, the table.
     """
-    from fedmix_jax import rundir, train
+    from fedmix_jax import cpu_cores, rundir, train
+    from fedmix_jax.data.streamed_sources import load_run_federation
     from fedmix_jax.federated import get_strategy
     from fedmix_jax.summary import level_names
 
@@ -64,8 +65,9 @@ def run_comparison(config, strategies: Sequence[str], seeds: Sequence[int], work
             raise train.ConfigError(str(e)) from None
     workdir = rundir.resolve(workdir)
     rundir.check_usable(workdir)
+    cpu_cores.cpu_devices_from_config(config)        # before the first JAX computation
     if federation is None:
-        federation = train._load_federation(config, quiet)  # noqa: SLF001 -- same errors
+        federation = load_run_federation(config.data, verbose=not quiet)
     with rundir.WorkdirLock(workdir):  # one comparison per workdir (each run locks its own)
         return _compare(config, strategies, seeds, workdir, quiet, plots, federation,
                         level_names(federation), train)

@@ -56,6 +56,9 @@ def train_config(batch_size: int, crop, lam: float, beta: float,
     train.crop = config_dict.placeholder(tuple)
     train.num_devices = config_dict.placeholder(int)
     train.executor = "auto"
+    # CPU only: 0 = one JAX device per core, the clients side by side on them (the sharded
+    # executor when executor is "auto"); 1 = one device (default). See fedmix_jax.cpu_cores.
+    train.cpu_devices = 1
     # FedST / FedRGD: warm-up rounds on the pixel clients (None: half of num_rounds, as the
     # reference's 150 of 300); other strategies ignore it.
     train.warmup_rounds = config_dict.placeholder(int)

@@ -41,13 +41,14 @@ from absl import logging
 
 from fedmix_jax import rundir
 from fedmix_jax.checkpointing import Checkpointer, remove_temporaries
-from fedmix_jax import compilation_cache
+from fedmix_jax import compilation_cache, cpu_cores, placement
 from fedmix_jax.config import build_model, build_round_config, check_can_learn
 from fedmix_jax.console import Progress
 from fedmix_jax.data.federation import Federation
+from fedmix_jax.data.streamed_sources import load_run_federation
 from fedmix_jax.errors import (ConfigError, ConfigMismatchError, DataError,  # noqa: F401
                                OutOfMemoryError, RunError, TrainingDivergedError, WorkdirError,
-                               describe_os_error, is_out_of_memory)
+                               is_out_of_memory)
 from fedmix_jax.evaluation import evaluate
 from fedmix_jax.federated import RoundConfig, init_state, make_round_fn
 from fedmix_jax.records import (MetricsFile, add_evaluation, eval_record, evaluation_of,
@@ -73,49 +74,8 @@ def _validate(config, federation: Federation, round_config: RoundConfig) -> bool
     return bool(warnings)
 
 
-def _load_federation(config, quiet: bool) -> Federation:
-    from fedmix_jax.data.sources import REAL, load_federation
-
-    try:
-        budget = config.data.get("device_data_budget_gb", None)
-        if budget is not None and float(budget) > 0 and str(config.data.get("name")) in REAL:
-            # Under a device-memory bound the real training split stays in the array_record
-            # cache (read into memory below only if it fits the bound).
-            from fedmix_jax.streaming import choose_mode, open_streamed_federation
-
-            federation = open_streamed_federation(config.data, verbose=not quiet)
-            if not choose_mode(federation.train, budget)[0]:
-                federation.train = federation.train.materialize()
-            return federation
-        return load_federation(config.data, verbose=not quiet)
-    except (ValueError, FileNotFoundError) as e:  # incl. DatasetNotFoundError, BadInputError
-        raise DataError(str(e)) from e
-    except OSError as e:                           # e.g. a full or read-only cache_dir
-        raise DataError(f"could not read or build the data (--config.data.cache_dir="
-                        f"{config.data.get('cache_dir')}): {describe_os_error(e)}") from e
-
-
 def _copy_tree(tree):
     return jax.tree.map(jnp.copy, tree)
-
-
-def _place_state(state, round_fn, executor: str):
-    """Put a fresh or restored state where the round leaves it, so round 2 does not recompile.
-
-    Single-device executors: unchanged (uncommitted arrays on the default device, as both
-    ``init_state`` and the checkpoint restore produce them). ``sharded``: the global pair, round
-    and key replicated over the mesh, the per-client leaves split over ``"clients"``.
-    """
-    if executor != "sharded":
-        return state
-    from fedmix_jax.sharding import replicated_sharding, shard_clients
-
-    rep = replicated_sharding(round_fn.mesh)
-    return state.replace(
-        global_params=jax.device_put(state.global_params, rep),
-        client_params=shard_clients(state.client_params, round_fn.mesh),
-        opt_state=shard_clients(state.opt_state, round_fn.mesh),
-        round=jax.device_put(state.round, rep), key=jax.device_put(state.key, rep))
 
 
 def _eval_params(state, local: bool):
@@ -170,7 +130,9 @@ class _Run:
         kwargs = {}
         if self.streamed:   # held-out images go to the device a block at a time
             kwargs["block_size"] = self.stream_options.block_steps * self.round_config.batch_size
-        return evaluate(self.model, _eval_params(state, self.local), split,
+        params = placement.eval_placement(_eval_params(state, self.local),
+                                          self.round_config.executor)
+        return evaluate(self.model, params, split,
                         per_client_params=self.local,
                         chunk_size=self.round_config.inference_chunk, **kwargs)
 
@@ -210,20 +172,10 @@ class _Run:
         if self.streamed:
             return self._prepare_streamed(state)
         self.round_fn = make_round_fn(self.model, rc)
-        state = _place_state(state, self.round_fn, rc.executor)
-
-        def put():
-            # The data goes to the device(s) once. val/test stay uncommitted, so evaluation runs
-            # wherever the params live (one device, or replicated over the "sharded" mesh).
-            if rc.executor == "sharded":
-                from fedmix_jax.sharding import shard_clients
-
-                train = shard_clients(self.federation.train, self.round_fn.mesh)
-            else:
-                train = jax.device_put(self.federation.train)
-            return train, jax.device_put(self.federation.val), jax.device_put(self.federation.test)
-
-        self.train_data, self.val, self.test = self._guard("putting the data on the device", put)
+        state = placement.place_state(state, self.round_fn, rc.executor)
+        self.train_data, self.val, self.test = self._guard(
+            "putting the data on the device", placement.place_data, self.federation,
+            self.round_fn, rc.executor)
         return state
 
     def _prepare_streamed(self, state):
@@ -394,9 +346,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, quiet: b
     rundir.check_usable(workdir)
     rundir.check_config(workdir, cfg_dict, rundir.read_config(workdir), CONFIG_FILE)
     compilation_cache.enable_from_config(config)
+    cpu_cores.cpu_devices_from_config(config)        # before the first JAX computation
     if federation is None:
-        federation = _load_federation(config, quiet)
-    round_config = build_round_config(config)
+        federation = load_run_federation(config.data, verbose=not quiet)
+    round_config = cpu_cores.executor_for_devices(build_round_config(config), config,
+                                                  federation.num_clients)
     may_not_learn = _validate(config, federation, round_config)
     model = build_model(config, federation.num_classes)
 

@@ -229,5 +229,28 @@ def open_streamed_federation(data_cfg, verbose: bool = True):
                       class_names=list(prepared.metadata["class_names"]), train=train, **held)
 
 
+def load_run_federation(data_cfg, verbose: bool = True):
+    """The training job's federation from ``config.data``: in memory, except that under a
+    device-memory bound (``device_data_budget_gb``) a real dataset's training split is left in
+    the array_record cache unless it fits the bound. Bad or missing data and an unusable cache
+    raise :class:`~fedmix_jax.errors.DataError` (one line: what and where)."""
+    from fedmix_jax.data.sources import REAL, load_federation
+    from fedmix_jax.errors import DataError, describe_os_error
+
+    try:
+        budget = data_cfg.get("device_data_budget_gb", None)
+        if budget is not None and float(budget) > 0 and str(data_cfg.get("name")) in REAL:
+            federation = open_streamed_federation(data_cfg, verbose=verbose)
+            if not choose_mode(federation.train, budget)[0]:
+                federation.train = federation.train.materialize()
+            return federation
+        return load_federation(data_cfg, verbose=verbose)
+    except (ValueError, FileNotFoundError) as e:  # incl. DatasetNotFoundError, BadInputError
+        raise DataError(str(e)) from e
+    except OSError as e:                           # e.g. a full or read-only cache_dir
+        raise DataError(f"could not read or build the data (--config.data.cache_dir="
+                        f"{data_cfg.get('cache_dir')}): {describe_os_error(e)}") from e
+
+
 __all__ = ["FIELDS", "GIB", "SplitSource", "ArraySource", "ArrayRecordSource", "split_bytes",
-           "choose_mode", "open_streamed_federation"]
+           "choose_mode", "open_streamed_federation", "load_run_federation"]
