@@ -7,11 +7,12 @@ the main job asks JAX for one CPU device per usable core and runs the ``sharded`
 them: each device trains its block of clients (one after another, ``lax.map``) while the others
 train theirs, and the aggregation is one weighted sum over the devices.
 
-Measured (``benchmarks/bench.py``, docs/cpu_speed.md): on the 2-core CPU of the project's
-machine, 4 clients x 32 images at 64 px, the round took 2.79 s on 2 devices against 3.26 s on
-one (1.17x); the default synthetic job's later rounds 3.88 s against 4.34 s. Results are those
-of the one-device round up to float rounding (the weighted sum adds in another order), so the
-setting is off by default (``1``) and the default job's numbers stay as published.
+Measured (``benchmarks/bench.py``, docs/cpu_speed.md): on the project's 2-core CPU, 4 clients x
+32 images at 64 px, the round took 2.73 s on 2 devices against 3.38 s on one (7 interleaved
+repeats); the default synthetic job's later rounds 4.06-4.48 s against 4.49-4.60 s (its clients
+are unequal, and the devices take contiguous blocks of clients). Results are those of the
+one-device round up to float rounding (the weighted sum adds in another order), so the setting
+is off by default (``1``) and the default job's numbers stay as published.
 
 The device count can only be chosen **before JAX starts its backends** (before the first array
 is made or the first program runs). The main job and ``compare`` call :func:`use_cpu_cores` at
