@@ -120,6 +120,8 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
     d.DEFINE_string("compilation_cache", "default",
                     "persistent compilation cache dir; 'default': $FEDMIX_JAX_CACHE_DIR or "
                     "~/.cache/fedmix_jax/jax_cache; 'off' disables", flag_values=fv)
+    d.DEFINE_integer("cpu_devices", 1, "JAX CPU devices (0: one per core; the 'sharded' "
+                     "executor uses them all; fedmix_jax.cpu_cores)", flag_values=fv)
     return fv
 
 
@@ -166,6 +168,10 @@ def make_federation(args, num_clients=None, image_size=None, train_sizes=None, t
 def run(args, log=print) -> dict:
     """Runs the sections selected by ``args`` (see :func:`parse_args`); returns the results."""
     compilation_cache.enable(args.compilation_cache)
+    if getattr(args, "cpu_devices", 1) != 1:        # before the first JAX computation
+        from fedmix_jax.cpu_cores import use_cpu_cores
+
+        use_cpu_cores(args.cpu_devices)
     res = Results(args.json, args.section)
     errors = []
 
