@@ -2,7 +2,6 @@
 arrays and from the array_record cache, for block sizes that do and do not divide the epoch; the
 job streams when the training split exceeds config.data.device_data_budget_gb."""
 
-import importlib.util
 import json
 import os
 
@@ -19,10 +18,10 @@ from fedmix_jax.data.real.make_fixture import make_folders
 from fedmix_jax.models import UNet
 from fedmix_jax.pseudo_labels import SelectionConfig
 from fixtures_real import cfg
+from test_main import tiny_config as main_tiny_config
 
 MODEL = UNet(width=4, depth=2)
 LENIENT = SelectionConfig(agreement=0.0, box_fit=0.0, reject_empty=False)
-SYNTHETIC = os.path.join(os.path.dirname(__file__), "..", "configs", "synthetic.py")
 
 
 @pytest.fixture(scope="module")
@@ -128,12 +127,7 @@ def _tiny_split():
 
 
 def tiny_config(**data):
-    spec = importlib.util.spec_from_file_location("synthetic_config", SYNTHETIC)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    config = mod.get_config()
-    config.model.width, config.model.depth = 4, 2
-    config.data.image_size = 32
+    config = main_tiny_config()          # width 4, depth 2, 32 px (tests/test_main.py)
     config.data.train_sizes = (10, 6, 4, 6)
     config.data.val_size = config.data.test_size = 4
     config.train.batch_size = 4
