@@ -12,6 +12,9 @@
 #   WARM [0]          1: each SuperNode runs in --isolation process mode and one long-running
 #                     fedmix_jax.flower.warm_clientapp process executes all its ClientApp
 #                     messages (no process start, no tracing / compilation per round)
+#   INPROC [0]        1: each SuperNode runs FedMix's ClientApp in its own process
+#                     (fedmix_jax.flower.supernode --clientapp-in-process): one process per
+#                     site, no tracing / compilation per round and no loopback hop per message
 #   JAX_CACHE [1]     1: ClientApp processes share a persistent XLA compilation cache
 #   SITE_NICE [auto]  nice level of the sites' computing processes (warm ClientApp / worker).
 #                     Across hospitals each site has its own machine; here NUM_SITES sites share
@@ -36,6 +39,7 @@ NUM_SITES=${NUM_SITES:-3}
 PORT_BASE=${PORT_BASE:-19090}
 WORKER=${WORKER:-0}
 WARM=${WARM:-0}
+INPROC=${INPROC:-0}
 JAX_CACHE=${JAX_CACHE:-1}
 POLL=${POLL:-0.2}
 LINK_DB=${LINK_DB:-memory}
@@ -43,8 +47,8 @@ LINK_DB=${LINK_DB:-memory}
 if [ "$NUM_SITES" -gt "$(nproc)" ]; then SITE_NICE=${SITE_NICE:-5}; else SITE_NICE=${SITE_NICE:-0}; fi
 SITE_XLA_FLAGS=${SITE_XLA_FLAGS:-}
 SITE_FLAGS=$(echo "${XLA_FLAGS:-} $SITE_XLA_FLAGS" | xargs)   # XLA refuses a blank XLA_FLAGS
-if [ -n "$SITE_FLAGS" ]; then SITE_RUN=(env "XLA_FLAGS=$SITE_FLAGS" nice -n "$SITE_NICE")
-else SITE_RUN=(env -u XLA_FLAGS nice -n "$SITE_NICE"); fi
+if [ -n "$SITE_FLAGS" ]; then SITE_ENV=(env "XLA_FLAGS=$SITE_FLAGS"); else SITE_ENV=(env -u XLA_FLAGS); fi
+SITE_RUN=("${SITE_ENV[@]}" nice -n "$SITE_NICE")
 OVERRIDES=${OVERRIDES:-"num_rounds=2 model.width=4 model.depth=2 data.image_size=16 data.num_clients=3 data.train_sizes='(8,12,6)' data.levels=\"('box','pixel','box')\" data.val_size=4 data.test_size=4 train.batch_size=4"}
 BIN="$REPO/.venv/bin"
 [ -x "$BIN/flower-superlink" ] || BIN=$(dirname "$(command -v flower-superlink)")
@@ -102,7 +106,11 @@ for i in $(seq 0 $((NUM_SITES - 1))); do
   fi
   ISOLATION=()
   [ "$WARM" = 1 ] && ISOLATION=(--isolation process)
-  if [ "$POLL" = stock ]; then SUPERNODE=("$BIN/flower-supernode")
+  if [ "$INPROC" = 1 ]; then
+    [ "$POLL" = stock ] && { echo "INPROC=1 needs fedmix_jax.flower.supernode (not POLL=stock)"; exit 2; }
+    SUPERNODE=("${SITE_ENV[@]}" "$BIN/python" -m fedmix_jax.flower.supernode --poll-interval "$POLL"
+               --clientapp-in-process --clientapp-nice "$SITE_NICE")
+  elif [ "$POLL" = stock ]; then SUPERNODE=("$BIN/flower-supernode")
   else SUPERNODE=("$BIN/python" -m fedmix_jax.flower.supernode --poll-interval "$POLL"); fi
   "${SUPERNODE[@]}" --superlink "$LINK" --root-certificates "$CERTS/ca.crt" \
     --auth-supernode-private-key "$CERTS/site_$i" "${ISOLATION[@]}" \
@@ -157,7 +165,7 @@ else
   echo "FAILED: the unregistered SuperNode was not refused (exit $INTRUDER_RC)"
   tail -5 "$WORK/logs/intruder.log"; exit 1
 fi
-echo "== rounds (deployment, $NUM_SITES sites, worker=$WORKER, warm=$WARM, jax cache=$JAX_CACHE, supernode poll=$POLL, site nice=$SITE_NICE, site XLA_FLAGS=$SITE_XLA_FLAGS)"
+echo "== rounds (deployment, $NUM_SITES sites, worker=$WORKER, warm=$WARM, in-process clientapp=$INPROC, jax cache=$JAX_CACHE, supernode poll=$POLL, site nice=$SITE_NICE, site XLA_FLAGS=$SITE_XLA_FLAGS)"
 "$BIN/python" - "$WORK/run" <<'PY'
 import json, sys, os
 recs = [json.loads(l) for l in open(os.path.join(sys.argv[1], "metrics.jsonl"))]

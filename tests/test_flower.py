@@ -359,6 +359,13 @@ def test_flower_waits_are_capped_only_on_the_pinned_version(monkeypatch):
     t0 = time.perf_counter()
     loop.time.sleep(3)                                  # Flower's idle sleep, capped
     assert time.perf_counter() - t0 < 1.0 and loop.time.perf_counter is time.perf_counter
+    latency.cap_supernode_sleeps(5.0, local_cap=0.01)   # a ClientApp in the node's process:
+    t0 = time.perf_counter()                           # its reply checks read memory
+    loop.time.sleep(0.5)
+    assert time.perf_counter() - t0 < 0.3 and loop.time.cap == 5.0
+    from fedmix_jax.flower import supernode
+
+    assert supernode.main(["--clientapp-in-process", "--isolation", "subprocess"]) == 2
     with pytest.raises(ValueError):
         latency.cap_object_pulls(0)
     monkeypatch.setattr(flwr, "__version__", "1.99.0")
@@ -440,3 +447,74 @@ def test_site_worker_relay_equals_in_process(two_rounds, tmp_path):
     # The relay's replies carry the same records as the in-process ClientApp's.
     train = [r for r in grid.replies if r.metadata.message_type == "train"]
     assert len(train) == 6 and all(set(r.content.array_records) == {LOCAL_RECORD} for r in train)
+
+
+def test_in_process_runtime_serves_a_supernode_task(monkeypatch):
+    """``--clientapp-in-process``: the ClientApp loop calls the SuperNode's Runtime API handlers on
+    the node's own state (no HTTP). Against Flower's real node state: the task is acquired, the
+    message (with its arrays) and the context reach the ClientApp, the reply is stored for the
+    SuperNode to send with its objects, the task is finished, and a call with a wrong token is
+    refused."""
+    from flwr.app import Context
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest, PullTaskInputRequest  # noqa: E0611
+    from flwr.supercore.constant import TaskType
+    from flwr.supercore.error import FlowerError
+    from flwr.supercore.fab import Fab
+    from flwr.supercore.object_store import ObjectStoreFactory
+    from flwr.supercore.run import Run
+    from flwr.supernode.nodestate import NodeStateFactory
+    from flwr.supernode.start_client_internal import _insert_message
+
+    from fedmix_jax.flower.in_process_runtime import InProcessRuntime
+    from fedmix_jax.flower.warm_clientapp import run_task
+
+    state = NodeStateFactory(objectstore_factory=ObjectStoreFactory()).state()
+    state.set_node_id(7)
+    import hashlib
+
+    run = Run.create_empty(5)
+    run.fab_hash = hashlib.sha256(b"fab").hexdigest()
+    run.primary_task_type, run.series_id = TaskType.CLIENT_APP, 3
+    state.store_run(run)
+    state.store_fab(Fab(run.fab_hash, b"fab", {}))
+    state.set_run_series_context(3, Context(run_id=5, node_id=7, node_config={"site-name": "a"},
+                                            state=RecordDict(), run_config={}, series_id=3))
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for attr, value in (("_run_id", 5), ("_node_id", 0), ("_task_id", 1)):   # the server's
+        monkeypatch.setattr(TaskIdentity, attr, value)                      # (restored after)
+    pair = np.arange(12, dtype=np.float32).reshape(3, 4)
+    msg = Message(RecordDict({"pair": ArrayRecord([pair])}), dst_node_id=7, message_type="train")
+    msg.metadata.__dict__["_run_id"] = 5
+    assert state.create_task(task_type=TaskType.CLIENT_APP, run_id=5, fab_hash=run.fab_hash)
+    _insert_message(msg, state, state.object_store)
+
+    seen = {}
+
+    def client_app(message, context):
+        seen["pair"] = message.content.array_records["pair"].to_numpy_ndarrays()[0]
+        seen["site"] = context.node_config["site-name"]
+        return Message(RecordDict({"pair": ArrayRecord([2 * seen["pair"]])}), reply_to=message)
+
+    node_api = InProcessRuntime(state)
+    acquired = node_api.AcquireTask(AcquireTaskRequest(
+        supported_task_types=[str(TaskType.CLIENT_APP)]))
+    assert acquired.token
+    with pytest.raises(FlowerError):
+        node_api.with_token("not-the-token").PullTaskInput(PullTaskInputRequest())
+    assert run_task(node_api.with_token(acquired.token), client_app)
+    np.testing.assert_array_equal(seen["pair"], pair)
+    assert seen["site"] == "a"
+    [reply] = state.get_messages_legacy(is_reply=True)
+    tree = state.object_store.get_object_tree(reply.metadata.message_id)
+    assert tree.object_id == reply.metadata.message_id
+    assert all(state.object_store.get(t.object_id) not in (None, b"")     # ready to send
+               for t in _object_tree_nodes(tree))
+    assert not node_api.AcquireTask(AcquireTaskRequest(
+        supported_task_types=[str(TaskType.CLIENT_APP)])).token             # task finished
+
+
+def _object_tree_nodes(tree):
+    yield tree
+    for child in tree.children:
+        yield from _object_tree_nodes(child)

@@ -3,7 +3,8 @@
 A SuperLink with TLS (test certificates from scripts/make_certs.sh) and
 ``--enable-supernode-auth``; the coordinator registers one site's public key; that site's
 SuperNode joins (listed online), an unregistered SuperNode is refused (exit code 305). Offline,
-loopback only, telemetry off, no dependency installation. The full FedMix run on this engine is
+loopback only, telemetry off, no dependency installation; the site's SuperNode runs the
+ClientApp in its own process (``--clientapp-in-process``). The full FedMix run on this engine is
 scripts/deploy_localhost.sh (minutes; figures in docs/across_sites.md).
 """
 
@@ -101,9 +102,11 @@ def test_tls_and_only_registered_supernodes_join(tmp_path):
                           "--host", "127.0.0.1", "--port", str(node_port),
                           "--max-retries", str(retries), "--max-wait-time", "30"], log)
 
-        # The site runs the project's SuperNode entry point (Flower's with capped waits).
+        # The site runs the project's SuperNode entry point (Flower's with capped waits), with
+        # the ClientApp in its own process (one process per site).
         supernode("site_0", "site_0.log", _free_port(), 5,
-                  [sys.executable, "-m", "fedmix_jax.flower.supernode", "--poll-interval", "0.2"])
+                  [sys.executable, "-m", "fedmix_jax.flower.supernode", "--poll-interval", "0.2",
+                   "--clientapp-in-process"])
         intruder = supernode("intruder", "intruder.log", _free_port(), 1,
                              [os.path.join(BIN, "flower-supernode")])
         rc = intruder.wait(timeout=120)
@@ -118,6 +121,8 @@ def test_tls_and_only_registered_supernodes_join(tmp_path):
             return '"online"' in out
 
         _wait_for(online, 90, "the registered SuperNode to be online")
+        _wait_for(lambda: "ClientApp tasks in its own process" in (tmp_path / "site_0.log")
+                  .read_text(), 30, "the site's in-process ClientApp loop")
     finally:
         for p in procs:
             if p.poll() is None:

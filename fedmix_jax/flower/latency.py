@@ -41,13 +41,16 @@ _PULL_FUNCTIONS = (
 
 class _CappedSleep:
     """Stands in for the ``time`` module inside one Flower module: ``sleep(s)`` sleeps
-    ``min(s, cap)``; every other attribute is the real ``time`` module's."""
+    ``min(s, cap)``, or ``min(s, local_cap)`` for Flower's sub-second waits (the SuperNode's checks
+    of its own memory for a reply); every other attribute is the real ``time`` module's."""
 
-    def __init__(self, cap: float):
+    def __init__(self, cap: float, local_cap: float | None = None):
         self.cap = float(cap)
+        self.local_cap = self.cap if local_cap is None else float(local_cap)
 
     def sleep(self, seconds: float) -> None:
-        _time.sleep(min(float(seconds), self.cap))
+        seconds = float(seconds)
+        _time.sleep(min(seconds, self.cap if seconds >= 1 else self.local_cap))
 
     def __getattr__(self, name):
         return getattr(_time, name)
@@ -70,12 +73,15 @@ def _check_cap(cap: float) -> float:
     return cap
 
 
-def cap_supernode_sleeps(cap: float = DEFAULT_CAP) -> None:
-    """Cap the SuperNode loop's fixed sleeps (3 s idle, 0.5 s reply checks) at ``cap`` s."""
+def cap_supernode_sleeps(cap: float = DEFAULT_CAP, local_cap: float | None = None) -> None:
+    """Cap the SuperNode loop's fixed sleeps at ``cap`` s: its 3 s idle sleep (then it asks the
+    SuperLink again) and its 0.5 s checks of its own memory for the ClientApp's reply, which
+    ``local_cap`` caps instead if given (a ClientApp in the same process replies in memory)."""
     cap = _check_cap(cap)
+    local_cap = None if local_cap is None else _check_cap(local_cap)
     check_flower_version()
     loop = importlib.import_module("flwr.supernode.start_client_internal")
-    loop.time = _CappedSleep(cap)
+    loop.time = _CappedSleep(cap, local_cap)
 
 
 def cap_object_pulls(cap: float = DEFAULT_CAP) -> list[str]:

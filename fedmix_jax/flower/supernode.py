@@ -10,6 +10,14 @@ a 1 s first back-off when it pulls an object the ServerApp is still uploading â€
 
 The cost is one small HTTPS request to the SuperLink every ``poll-interval`` while a site is
 idle. ``flower-supernode`` works too, with its 3 s waits.
+
+``--clientapp-in-process`` runs FedMix's ClientApp inside this process, in a thread that takes
+the node's tasks from its memory (:mod:`fedmix_jax.flower.in_process_runtime`): one process per
+site, which keeps data, compiled program and JAX loaded across rounds like
+``fedmix_jax.flower.warm_clientapp``, without the loopback HTTP hop that process needs for every
+message. It implies ``--isolation process`` (no SuperExec is started; the thread is the
+executor). ``--clientapp-nice N`` lowers that thread's (and its compute threads') priority on
+Linux, for a machine that hosts several sites.
 """
 
 from __future__ import annotations
@@ -18,23 +26,55 @@ import argparse
 import os
 import sys
 
+from fedmix_jax.flower.in_process_runtime import LOCAL_POLL
 from fedmix_jax.flower.latency import DEFAULT_CAP, cap_object_pulls, cap_supernode_sleeps
+
+
+def _start_clientapp_with_the_node(cli_module, nice: int) -> None:
+    """Make the CLI's ``start_client_internal`` start the in-process ClientApp loop on the
+    node's state first (the state exists only inside ``flower_supernode()``)."""
+    from fedmix_jax.flower.in_process_runtime import serve_in_process
+
+    start = cli_module.start_client_internal
+
+    def start_with_clientapp(*args, **kwargs):
+        serve_in_process(kwargs["state_factory"], nice=nice)
+        return start(*args, **kwargs)
+
+    cli_module.start_client_internal = start_with_clientapp
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--poll-interval", type=float, default=DEFAULT_CAP)
+    p.add_argument("--clientapp-in-process", action="store_true")
+    p.add_argument("--clientapp-nice", type=int, default=0)
+    p.add_argument("--isolation", default=None)
     ours, rest = p.parse_known_args(argv)
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    if ours.clientapp_in_process:
+        if ours.isolation not in (None, "process"):
+            print("fedmix_jax.flower.supernode: --clientapp-in-process runs the ClientApp in this "
+                  f"process; it cannot be combined with --isolation {ours.isolation}",
+                  file=sys.stderr)
+            return 2
+        ours.isolation = "process"
+    if ours.isolation is not None:
+        rest += ["--isolation", ours.isolation]
     try:
-        cap_supernode_sleeps(ours.poll_interval)
+        local = LOCAL_POLL if ours.clientapp_in_process else None
+        cap_supernode_sleeps(ours.poll_interval, local_cap=local)
         cap_object_pulls(ours.poll_interval)
     except (RuntimeError, ValueError) as e:
         print(f"fedmix_jax.flower.supernode: {e}", file=sys.stderr)
         return 2
     from flwr.supercore.logger import update_console_handler
     from flwr.supernode.cli import flower_supernode
+
+    if ours.clientapp_in_process:
+        _start_clientapp_with_the_node(sys.modules["flwr.supernode.cli.flower_supernode"],
+                                       ours.clientapp_nice)
 
     # Timestamps on every line (a site's operator reads these logs); colours only on a terminal.
     update_console_handler(timestamps=True, colored=sys.stderr.isatty())

@@ -37,22 +37,17 @@ def _runtime_client(address: str, interceptors):
         interceptors=interceptors, retry_invoker=make_simple_http_retry_invoker())
 
 
-def run_task(address: str, token: str, client_app) -> bool:
-    """Pull one task's message and context, run the ClientApp here, push reply and context."""
+def run_task(client, client_app) -> bool:
+    """Pull one task's message and context through ``client`` (a Runtime API client bound to
+    the task's token: HTTP, or :class:`~fedmix_jax.flower.in_process_runtime.InProcessRuntime`),
+    run the ClientApp here, push reply and context."""
     from flwr.app import Message
     from flwr.app.error import Error
     from flwr.common.constant import ErrorCode, SubStatus
     from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
-    from flwr.supercore.interceptors import (RuntimeTokenHttpInterceptor,
-                                             RuntimeVersionHttpInterceptor)
-    from flwr.supercore.runtime.tracing import RuntimeTracingInterceptor
     from flwr.supernode.runtime.run_clientapp import (pull_task_input, push_message,
                                                       push_task_output)
 
-    client = _runtime_client(address, [
-        RuntimeTracingInterceptor(),
-        RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
-        RuntimeTokenHttpInterceptor(token)])
     heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
     heartbeat.start()
     message = context = reply = None
@@ -86,33 +81,53 @@ def run_task(address: str, token: str, client_app) -> bool:
     return ok
 
 
-def serve(address: str, poll_interval: float = 0.2) -> None:
-    """Acquire and run the SuperNode's ClientApp tasks forever (polling every
-    ``poll_interval`` s; a task's message is pulled with the same capped back-off, see
-    :mod:`fedmix_jax.flower.latency`)."""
-    from fedmix_jax.flower.latency import cap_object_pulls
-
-    cap_object_pulls(poll_interval)
+def serve_tasks(acquirer, client_for_token, poll_interval: float) -> None:
+    """Acquire the SuperNode's ClientApp tasks through ``acquirer`` (its ``AcquireTask``) and run
+    each with fedmix_jax's ClientApp through ``client_for_token(token)``, forever; ``poll_interval``
+    s between checks while there is none. A task that fails is reported to the server as an
+    error reply (:func:`run_task`); a failure of the node's API itself is logged and retried."""
     from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
     from flwr.supercore.constant import TaskType
-    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
 
     from fedmix_jax.flower.client_app import app as client_app
     from fedmix_jax.flower.client_app import keep_state_in_process
 
     keep_state_in_process()       # this process serves every message of its SuperNode
+    request = AcquireTaskRequest(supported_task_types=[str(TaskType.CLIENT_APP)])
+    while True:
+        try:
+            res = acquirer.AcquireTask(request)
+            if res.HasField("task") and res.token:
+                run_task(client_for_token(res.token), client_app)
+                continue
+        except Exception:  # noqa: BLE001 - the node's API failed; keep serving
+            log.exception("SuperNode Runtime API call failed; retrying")
+            time.sleep(max(poll_interval, 1.0))
+        time.sleep(poll_interval)
+
+
+def serve(address: str, poll_interval: float = 0.2) -> None:
+    """Acquire and run the ClientApp tasks of the SuperNode at ``address`` (its HTTP Runtime
+    API) forever (polling every ``poll_interval`` s; a task's message is pulled with the same
+    capped back-off, see :mod:`fedmix_jax.flower.latency`)."""
+    from fedmix_jax.flower.latency import cap_object_pulls
+
+    cap_object_pulls(poll_interval)
+    from flwr.supercore.interceptors import (RuntimeTokenHttpInterceptor,
+                                             RuntimeVersionHttpInterceptor)
+    from flwr.supercore.runtime.tracing import RuntimeTracingInterceptor
+
+    def client_for_token(token):
+        return _runtime_client(address, [
+            RuntimeTracingInterceptor(),
+            RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+            RuntimeTokenHttpInterceptor(token)])
 
     client = _runtime_client(address, [RuntimeVersionHttpInterceptor(component_name="SuperExec")])
     print(f"[fedmix_jax.flower.warm_clientapp] serving the SuperNode at {address}",
           file=sys.stderr, flush=True)
     try:
-        while True:
-            res = client.AcquireTask(AcquireTaskRequest(
-                supported_task_types=[str(TaskType.CLIENT_APP)]))
-            if res.HasField("task") and res.token:
-                run_task(address, res.token, client_app)
-                continue
-            time.sleep(poll_interval)
+        serve_tasks(client, client_for_token, poll_interval)
     finally:
         client.close()
 
