@@ -129,17 +129,25 @@ def serve_in_process(state_factory, nice: int = 0) -> threading.Thread:
         site_log.setLevel(logging.INFO)
         site_log.propagate = False
 
+    # Import here, in the calling thread, what the loop needs (JAX included): two threads
+    # importing the same modules at once can fail on Python's import locks.
+    import fedmix_jax.flower.client_app  # noqa: F401
+    import fedmix_jax.flower.local_site  # noqa: F401  (JAX; its backend starts in the loop)
+    from fedmix_jax.flower.warm_clientapp import serve_tasks
+
     def loop() -> None:
         if nice:
             try:
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), int(nice))
             except (AttributeError, OSError) as e:  # not Linux, or not permitted
                 log.warning("could not set the ClientApp thread's nice level: %s", e)
-        from fedmix_jax.flower.warm_clientapp import serve_tasks
-
-        runtime = InProcessRuntime(state_factory.state())
-        log.info("serving this SuperNode's ClientApp tasks in its own process")
-        serve_tasks(runtime, runtime.with_token, LOCAL_POLL)
+        try:
+            runtime = InProcessRuntime(state_factory.state())
+            log.info("serving this SuperNode's ClientApp tasks in its own process")
+            serve_tasks(runtime, runtime.with_token, LOCAL_POLL)
+        except BaseException:  # noqa: BLE001 - a node without its ClientApp must not linger
+            log.exception("the in-process ClientApp loop stopped; exiting the SuperNode")
+            os._exit(1)
 
     thread = threading.Thread(target=loop, name="fedmix-clientapp", daemon=True)
     thread.start()
