@@ -109,6 +109,9 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
     d.DEFINE_string("sweep_executor", None, "default: default_executor()", flag_values=fv)
     d.DEFINE_bool("only_sweep", False, "run the sweep section only", flag_values=fv)
     d.DEFINE_bool("profile", False, "profile the train step by HLO opcode", flag_values=fv)
+    d.DEFINE_bool("conv_floor", False, "after the round table, time the round's convolutions "
+                  "alone on one core (benchmarks/conv_floor.py): the fastest round these "
+                  "kernels allow on this machine", flag_values=fv)
     d.DEFINE_list("dtypes", [], "e.g. float32,bfloat16: speed and test Dice", flag_values=fv)
     d.DEFINE_integer("dice_rounds", 5, "rounds of the dtypes section", flag_values=fv)
     d.DEFINE_integer("dice_train_per_client", 64, "dtypes section: images per client",
@@ -207,6 +210,9 @@ def run(args, log=print) -> dict:
         base_obj = None
         with section("rounds"):
             base_obj = _rounds(args, model, train, key, image_shape, res, errors, log)
+        if args.conv_floor and "round_work" in res.data:
+            with section("conv_floor"):
+                res.set("conv_floor", _conv_floor(args, image_shape, res.data["round_work"]))
         if args.parts:
             with section("parts"):
                 parts = sections.time_parts(model, make_config(args, default), train, key,
@@ -271,6 +277,10 @@ def _rounds(args, model, train, key, image_shape, res, errors, log):
     done = {k: v for k, v in kept.items()
             if k != "baseline" and not k.startswith("torch") and v.first_metrics is not None}
     ref = done.get(default) or next(iter(done.values()), None)
+    if ref is not None:      # the work of one round, for the conv floor (2 models)
+        m = ref.first_metrics
+        res.set("round_work", dict(variant=ref.name, model_steps=2 * int(np.sum(m.steps)),
+                                   forward_images=2 * int(np.sum(m.weak))))
     torch_name = next((k for k in kept if k.startswith("torch")), None)
     for name, key_ in (("baseline", "baseline_check"), (torch_name, "torch_check")):
         other = kept.get(name)
@@ -282,6 +292,18 @@ def _rounds(args, model, train, key, image_shape, res, errors, log):
             res.set(key_, check)
     base = kept.get("baseline")
     return base.base if base is not None else None
+
+
+def _conv_floor(args, image_shape, work: dict) -> dict:
+    """benchmarks/conv_floor.py in a child pinned to one core, with this round's work."""
+    from benchmarks import conv_floor
+
+    if jax.default_backend() != "cpu":
+        return dict(skipped=f"CPU only (backend {jax.default_backend()})")
+    return conv_floor.measure(args.width, args.depth, args.image_size, args.batch_size,
+                              args.inference_chunk or F.RoundConfig.inference_chunk,
+                              work["model_steps"], work["forward_images"],
+                              in_channels=int(image_shape[-1]))
 
 
 def main(argv=None) -> int:

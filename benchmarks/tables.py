@@ -15,6 +15,28 @@ def _fmt_s(s: dict | None) -> str:
     return f"{s['median']:.3f} [{s['min']:.3f}, {s['max']:.3f}]"
 
 
+def _floor_lines(floor: dict | None, rounds: dict) -> list[str]:
+    """The conv floor (benchmarks/conv_floor.py) and each round's median as a multiple of it."""
+    if not floor:
+        return []
+    if floor.get("skipped"):
+        return [f"conv floor: skipped ({floor['skipped']})"]
+    from benchmarks.conv_floor import format_floor
+
+    f = floor["floor_s"]
+    rows = [(k, r["seconds"]["median"]) for k, r in rounds.items()
+            if isinstance(r, dict) and (r.get("seconds") or {}).get("n")]
+    out = [format_floor(floor)]
+    if rows:
+        out.append("  round median / floor: " + ", ".join(f"{k} {t / f:.2f}x" for k, t in rows))
+    torch_rows = [t for k, t in rows if k.startswith("torch")]
+    if torch_rows:
+        out.append(f"  the fastest torch round / floor = {min(torch_rows) / f:.2f}x: the largest "
+                   "speed-up over it that a round built on these convolution kernels can reach "
+                   "here")
+    return out
+
+
 def format_tables(data: dict) -> str:
     lines = []
     env = data.get("environment", {})
@@ -70,6 +92,7 @@ def format_tables(data: dict) -> str:
             if paired:
                 lines.append("  median of the per-repeat ratios vs " + ref + ": " + ", ".join(
                     f"{k} {v:.2f}x" for k, v in paired.items()))
+    lines.extend(_floor_lines(data.get("conv_floor"), rounds))
     check = data.get("baseline_check")
     if check:
         lines.append(f"baseline computes the same round as {check['between'][0]}: "

@@ -36,7 +36,7 @@ def tiny_run(tmp_path_factory):
     path = tmp_path_factory.mktemp("bench") / "out.json"
     args = bench.parse_args(TINY + ["--json", str(path), "--profile", "--sweep",
                                     "--sweep_clients", "2", "--sweep_sizes", "16",
-                                    "--sweep_repeats", "1", "--dtypes", "float32",
+                                    "--sweep_repeats", "1", "--dtypes", "float32", "--conv_floor",
                                     "--dice_rounds", "2", "--dice_train_per_client", "5"])
     data = bench.run(args, log=lambda *a: None)
     with open(path) as f:
@@ -49,7 +49,7 @@ def test_bench_json_has_every_section(tiny_run):
     assert not written.get("errors"), written.get("errors")
     for key in ("environment", "config", "matmul_peak", "rounds", "baseline_check", "parts",
                 "profile", "sweep", "mixed_precision", "load_before", "load_after",
-                "memory_end", "torch"):
+                "memory_end", "torch", "round_work", "conv_floor"):
         assert key in written, key
     env = written["environment"]
     assert env["backend"] == jax.default_backend() and env["devices"] >= 1
@@ -78,6 +78,46 @@ def test_bench_json_has_every_section(tiny_run):
     table = tables.format_tables(written)
     assert "baseline" in table and "client-img/s" in table and "sweep" in table
     assert "opcode" in table
+
+
+def test_conv_floor_counts_the_rounds_work(tiny_run):
+    """The floor is the round's own work (both models' local steps: at most 2 per client at 5
+    images and batch 4, fewer when the paper's selection drops samples; the weak clients' images
+    through both models) timed on one core, split over the cores; the table reads each round
+    against it."""
+    written = tiny_run[1]
+    work, floor = written["round_work"], written["conv_floor"]
+    train = bench.make_federation(bench.parse_args(TINY)).train
+    weak = int(np.sum(np.asarray(train.valid) & (np.asarray(train.levels) != 0)))
+    steps = work["model_steps"]
+    assert 0 < steps <= 2 * 2 * 2 and steps % 2 == 0 and work["forward_images"] == 2 * weak
+    assert (floor["model_steps"], floor["forward_images"]) == (steps, 2 * weak)
+    assert floor["step_s"] > 0 and floor["image_forward_s"] > 0
+    assert floor["one_core_s"] == pytest.approx(steps * floor["step_s"]
+                                                + 2 * weak * floor["image_forward_s"])
+    assert floor["floor_s"] == pytest.approx(floor["one_core_s"] / floor["cores"])
+    assert "round median / floor: map" in tables.format_tables(written)
+
+
+def test_conv_floor_layers_are_the_unets_convolutions():
+    """conv_layers lists every kernel of the U-Net, in order, with the side it runs at (odd
+    sides floor at each pool, as the model)."""
+    from benchmarks.conv_floor import conv_layers
+    from fedmix_jax.models import UNet, init_unet
+
+    for width, depth, side, cin in ((4, 4, 37, 3), (2, 1, 16, 1)):
+        params = init_unet(jax.random.key(0), UNet(width=width, depth=depth),
+                           (1, side, side, cin))
+        blocks = ["inc"] + [f"down{i}" for i in range(1, depth + 1)] + [
+            f"up{j}" for j in range(1, depth + 1)]
+        kernels = [params[b][c]["kernel"].shape for b in blocks for c in ("conv1", "conv2")]
+        kernels.append(params["outc"]["kernel"].shape)
+        layers = conv_layers(width, depth, side, cin)
+        assert [(k, k, ci, co) for _, ci, co, k in layers] == [tuple(s) for s in kernels]
+        sides = [side // 2 ** i for i in range(depth + 1)]
+        expected = [sides[0]] * 2 + [s for s in sides[1:] for _ in (0, 1)] + [
+            s for s in sides[-2::-1] for _ in (0, 1)] + [side]
+        assert [s for s, *_ in layers] == expected
 
 
 def test_baseline_computes_the_same_round(tiny_run):
