@@ -81,8 +81,9 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
     d.DEFINE_integer("crop", 0, "train-time random crop side (0: none)", flag_values=fv)
     d.DEFINE_integer("repeats", 5, "timed rounds per variant (interleaved)", flag_values=fv)
     d.DEFINE_integer("warmup", 1, "extra untimed rounds after compiling", flag_values=fv)
-    d.DEFINE_list("executors", ["vmap", "loop", "map", "sharded"], "executors of the client axis",
-                  flag_values=fv)
+    d.DEFINE_list("executors", ["vmap", "loop", "map", "sharded"], "executors of the client axis; "
+                  "vmap:G / sharded:G vectorise the clients in groups of G "
+                  "(RoundConfig.client_group), e.g. map,vmap:2,vmap:4", flag_values=fv)
     d.DEFINE_bool("baseline", True, "time the sequential JAX baseline", flag_values=fv)
     d.DEFINE_bool("torch", True, "time the PyTorch baseline if torch is importable",
                   flag_values=fv)
@@ -146,9 +147,17 @@ def make_model(args, dtype=None) -> UNet:
 
 
 def make_config(args, executor: str) -> F.RoundConfig:
+    """The round's config for ``executor``: an executor name, or ``vmap:G`` / ``sharded:G`` for
+    clients vectorised in groups of G (``RoundConfig.client_group``)."""
     selection = LENIENT if args.selection == "lenient" else SelectionConfig()
+    executor, _, group = executor.partition(":")
+    try:
+        client_group = int(group or 0)
+    except ValueError:
+        raise ValueError(f"--executors: {executor}:{group} needs an integer group "
+                         "(e.g. vmap:2)") from None
     return F.RoundConfig(strategy=F.get_strategy(args.strategy, selection),
-                         batch_size=args.batch_size,
+                         client_group=client_group, batch_size=args.batch_size,
                          crop=(args.crop, args.crop) if args.crop else None, lam=args.lam,
                          beta=args.beta, learning_rate=args.learning_rate, executor=executor,
                          inference_chunk=args.inference_chunk or F.RoundConfig.inference_chunk,
@@ -252,6 +261,7 @@ def _rounds(args, model, train, key, image_shape, res, errors, log):
             variants[ex] = RoundVariant(ex, model, make_config(args, ex), train, key, image_shape)
         except Exception as e:  # noqa: BLE001
             errors.append(dict(section=f"rounds/{ex}", error=f"{type(e).__name__}: {e}"))
+            log(f"  {ex}: FAILED {type(e).__name__}: {str(e)[:300]}")
     if args.baseline:
         variants["baseline"] = BaselineVariant(model, make_config(args, default), train, key,
                                                image_shape)

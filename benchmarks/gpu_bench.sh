@@ -21,14 +21,17 @@
 #                  memory at this size under XLA's default 75% limit (it asks for one 35 GiB
 #                  buffer); `loop` is `map`'s work in three programs and a host loop. Choose
 #                  others with BENCH_EXECUTORS=map,vmap,...
+#   groups         the realistic round with the clients vectorised in groups of 2 and of 4
+#                  (`vmap:G`, RoundConfig.client_group) against `map`, to choose the group by
+#                  measurement (BENCH_GROUPS=map,vmap:2,... to change the list)
 #   sweep          round time for 2, 4, 8, 16 clients at the same size (map executor: one
 #                  client at a time, so memory does not grow with the clients) and the baseline;
 #                  one process, each point written as it completes
 #   bf16           the realistic round with bfloat16 computation (float32 params), if time is left
 #
-# Time: about 6 minutes on an H100, mostly compilation (~20-35 s per round program, GPU
+# Time: about 8 minutes on an H100, mostly compilation (~20-35 s per round program, GPU
 # autotuning included). Every part runs under `timeout` within a global budget (BENCH_BUDGET_S,
-# default 360 s); parts that no longer fit are skipped and recorded as such. Compilation and
+# default 480 s); parts that no longer fit are skipped and recorded as such. Compilation and
 # autotuning caches go to BENCH_CACHE (default /tmp/fedmix_bench_cache): a rerun compiles faster.
 # Override the size with BENCH_SIZE (e.g. "--image_size 64 --width 16 --batch_size 8
 # --train_per_client 32").
@@ -39,7 +42,7 @@ OUTDIR=${OUT:-./bench_out}
 mkdir -p "$OUTDIR"
 JSON="$OUTDIR/gpu_bench.json"
 LOG="$OUTDIR/gpu_bench.log"
-BUDGET=${BENCH_BUDGET_S:-360}
+BUDGET=${BENCH_BUDGET_S:-480}
 START=$(date +%s)
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
@@ -107,12 +110,16 @@ fi
 # shellcheck disable=SC2086  # $SIZE holds several arguments
 part realistic 60 180 $SIZE --clients 4 --repeats 3 --warmup 1 --executors "$EXECUTORS" \
   --profile
-# shellcheck disable=SC2086
-part sweep 60 130 $SIZE --clients 4 --only_sweep --sweep_clients 2,4,8,16 --sweep_sizes "" \
-  --sweep_repeats 2 --sweep_executor map --sweep_baseline --notorch
+# shellcheck disable=SC2086  # the client axis in vectorised groups: which group size fits and
+# runs fastest (RoundConfig.client_group; vmap:4 is every client at once)
+part groups 40 120 $SIZE --clients 4 --repeats 2 --warmup 1 \
+  --executors "${BENCH_GROUPS:-map,vmap:2,vmap:4}" --noparts --nobaseline --notorch
 # shellcheck disable=SC2086
 part bf16 30 50 $SIZE --clients 4 --repeats 3 --warmup 1 --executors map --noparts \
   --nobaseline --notorch --dtype bfloat16
+# shellcheck disable=SC2086
+part sweep 60 130 $SIZE --clients 4 --only_sweep --sweep_clients 2,4,8,16 --sweep_sizes "" \
+  --sweep_repeats 2 --sweep_executor map --sweep_baseline --notorch
 
 echo "[gpu_bench] done in $(( $(date +%s) - START ))s; results: $JSON" | tee -a "$LOG"
 "$PY" - "$JSON" <<'PYEOF' 2>&1 | tee -a "$LOG"

@@ -72,6 +72,12 @@ class RoundConfig:
     inference_chunk: images per chunk when pseudo-labelling (16: measured fastest of 1-128 on a
       2-core CPU at 64x64, where large chunks fall out of cache; still a large batch on GPU).
     num_devices: devices of the ``sharded`` executor's mesh (None: all of ``jax.devices()``).
+    client_group: clients vectorised together, for the ``vmap`` and ``sharded`` executors: the
+      clients run in groups of this many (``vmap`` within a group, the groups one after another;
+      under ``sharded``, within each device's block). 0: the executor's own form (``vmap``: all
+      clients at once; ``sharded``: one client at a time per device). Memory grows with the
+      group, so this is the knob for an accelerator on which ``vmap`` of every client does not
+      fit; choose it by measurement (``benchmarks/bench.py --executors map,vmap:2,...``).
     empty_target_loss: the loss of a sample whose target is empty (a lesion-free image):
       ``"bce"`` (default: binary cross-entropy toward background; l_i then averages the Dice loss
       of samples with foreground only) or ``"dice"`` (the reference: soft Dice, ~1 with ~no
@@ -96,6 +102,7 @@ class RoundConfig:
     inference_chunk: int = 16
     num_devices: int | None = None
     empty_target_loss: str = "bce"
+    client_group: int = 0
 
     def __post_init__(self):
         if self.empty_target_loss not in EMPTY_TARGET_LOSSES:
@@ -107,6 +114,12 @@ class RoundConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.inference_chunk < 1:
             raise ValueError(f"inference_chunk must be >= 1, got {self.inference_chunk}")
+        if self.client_group < 0:
+            raise ValueError(f"client_group must be >= 0, got {self.client_group}")
+        if self.client_group > 1 and self.executor not in ("vmap", "sharded"):
+            raise ValueError(f"client_group={self.client_group} groups clients of the 'vmap' or "
+                             f"'sharded' executor; the {self.executor!r} executor runs them one "
+                             "at a time (set client_group=0 or choose executor='vmap')")
         if self.num_devices is not None and self.num_devices < 1:
             raise ValueError(f"num_devices must be >= 1 or None, got {self.num_devices}")
         if self.crop is not None and (len(self.crop) != 2 or min(self.crop) < 1):

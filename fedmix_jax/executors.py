@@ -13,11 +13,15 @@ give the same numbers to float tolerance:
   one client; the default, see :func:`fedmix_jax.config.default_executor`);
 * :class:`LoopClients` — a Python loop over one jitted per-client program that writes each
   client's result into the stacked outputs in place;
+* :func:`grouped_clients` — clients in groups of G: each group vectorised (``vmap``), the
+  groups one after another (``lax.map``). The memory of G clients, the vectorisation of G: the
+  middle ground to choose by measurement where ``vmap`` of all clients does not fit a device
+  (``RoundConfig.client_group`` with the ``vmap`` executor);
 * :func:`sharded_clients` — the client axis split over the devices of a 1-D mesh ``"clients"``
-  (``shard_map``; each device maps its block of clients one after another); a client count the
-  device count does not divide is padded with non-participating clients (no valid sample: no
-  step, weight 0), sliced off the outputs. The aggregation that follows is a weighted sum over a
-  sharded axis, which XLA lowers to one cross-device reduction.
+  (``shard_map``; each device maps its block of clients one after another, or in groups of G);
+  a client count the device count does not divide is padded with non-participating clients (no
+  valid sample: no step, weight 0), sliced off the outputs. The aggregation that follows is a
+  weighted sum over a sharded axis, which XLA lowers to one cross-device reduction.
 
 Work that changes nothing is skipped where clients run one at a time (``map``, ``loop``,
 ``sharded``): a masked local step is a ``lax.cond`` branch that passes the state through, and
@@ -45,6 +49,46 @@ def vmap_clients(site_fn: Callable, shared: Any, clients: Any) -> Any:
 def map_clients(site_fn: Callable, shared: Any, clients: Any) -> Any:
     """One client after another: ``lax.map`` over the client axis (one program)."""
     return jax.lax.map(lambda client: site_fn(shared, client), clients)
+
+
+def _pad_client_axis(clients: Any, padded: int) -> Any:
+    """``(sites, data, keys)`` with the client axis padded to ``padded`` by non-participating
+    clients: copies of the last site state, data with no valid sample, the last key repeated."""
+    num_clients = jax.tree.leaves(clients)[0].shape[0]
+    if padded == num_clients:
+        return clients
+    sites, data, keys = clients
+    return (sharding.pad_clients(sites, padded, mode="edge"),
+            sharding.pad_clients(data, padded),               # valid = False
+            _pad_keys(keys, padded))
+
+
+def grouped_clients(group: int) -> Callable:
+    """A backend running the clients in groups of ``group``: ``vmap`` within a group,
+    ``lax.map`` over the groups, in one program.
+
+    ``group >= C`` is :func:`vmap_clients`, ``group == 1`` is :func:`map_clients`. A client count
+    that ``group`` does not divide is padded with non-participating clients (no valid sample: no
+    step, weight 0) that are sliced off the outputs, as the ``sharded`` backend does. Leaves
+    ``[C, ...]`` are viewed as ``[ceil(C / G), G, ...]``.
+    """
+    if group < 1:
+        raise ValueError(f"a client group needs >= 1 client, got {group}")
+
+    def backend(site_fn: Callable, shared: Any, clients: Any) -> Any:
+        num_clients = jax.tree.leaves(clients)[0].shape[0]
+        g = min(group, num_clients)
+        if g == 1:
+            return map_clients(site_fn, shared, clients)
+        if g == num_clients:
+            return vmap_clients(site_fn, shared, clients)
+        padded = -(-num_clients // g) * g
+        grouped = jax.tree.map(lambda x: x.reshape((padded // g, g) + x.shape[1:]),
+                               _pad_client_axis(clients, padded))
+        out = jax.lax.map(lambda block: vmap_clients(site_fn, shared, block), grouped)
+        return jax.tree.map(lambda x: x.reshape((padded,) + x.shape[2:])[:num_clients], out)
+
+    return backend
 
 
 def _take(tree, c):
@@ -100,23 +144,22 @@ class LoopClients:
         return sites, reports
 
 
-def sharded_clients(mesh: jax.sharding.Mesh) -> Callable:
-    """A backend splitting the client axis over ``mesh`` (axis :data:`sharding.CLIENT_AXIS`)."""
+def sharded_clients(mesh: jax.sharding.Mesh, group: int = 1) -> Callable:
+    """A backend splitting the client axis over ``mesh`` (axis :data:`sharding.CLIENT_AXIS`);
+    each device runs its block of clients one after another (``group`` 1) or in vectorised
+    groups of ``group`` (:func:`grouped_clients`)."""
     axis = sharding.CLIENT_AXIS
     spec = jax.sharding.PartitionSpec
     num_devices = mesh.size
+    on_device = map_clients if group <= 1 else grouped_clients(group)
 
     def backend(site_fn: Callable, shared: Any, clients: Any) -> Any:
         num_clients = jax.tree.leaves(clients)[0].shape[0]
         padded = sharding.padded_count(num_clients, num_devices)
-        if padded > num_clients:
-            sites, data, keys = clients
-            clients = (sharding.pad_clients(sites, padded, mode="edge"),
-                       sharding.pad_clients(data, padded),               # valid = False
-                       _pad_keys(keys, padded))
+        clients = _pad_client_axis(clients, padded)
 
         def per_device(shared, block):
-            return map_clients(site_fn, shared, block)
+            return on_device(site_fn, shared, block)
 
         # check_vma=False: the skip branches of the round's ``lax.cond``s return constants (not
         # device-varying values).

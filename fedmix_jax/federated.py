@@ -96,7 +96,9 @@ def _compiled_round(model: nn.Module, config: RoundConfig):
         from fedmix_jax import sharding
 
         mesh = sharding.client_mesh(config.num_devices)
-        backend = executors.sharded_clients(mesh)
+        backend = executors.sharded_clients(mesh, group=config.client_group)
+    elif config.executor == "vmap" and config.client_group:
+        backend = executors.grouped_clients(config.client_group)
     else:
         backend = executors.named(config.executor)
     step = functools.partial(round_step, model=model, config=config, backend=backend)

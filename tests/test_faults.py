@@ -402,7 +402,8 @@ def test_out_of_memory_in_the_first_round(tmp_path, monkeypatch, capsys):
     assert run_main(SYNTHETIC, wd, *ARGS, "--config.train.executor=vmap") == 2
     line = _one_error_line(capsys.readouterr().err)
     for part in ("out of memory in round 1", "--config.train.batch_size (now 8)",
-                 "--config.train.inference_chunk", "--config.train.executor=map"):
+                 "--config.train.inference_chunk", "--config.train.executor=map",
+                 "--config.train.client_group (clients vectorised together; now all)"):
         assert part in line, line
     assert _metrics(wd) == []
     assert Checkpointer(os.path.join(wd, rundir.CHECKPOINT_DIR)).all_steps() == []

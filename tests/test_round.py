@@ -158,10 +158,18 @@ def test_lambda_zero_gives_count_weights(clients):
     assert not np.allclose(w10.weights, m.weights)
 
 
-def test_vmap_and_loop_executors_agree(clients):
+@pytest.fixture(scope="module")
+def loop_run(clients):
+    return run(stack_clients(clients), executor="loop")
+
+
+@pytest.mark.parametrize("group", [0, 2])
+def test_vmap_and_loop_executors_agree(clients, loop_run, group):
+    """``vmap`` of all three clients, and in groups of 2 (the second group padded with a
+    non-participating client), computes the loop's round."""
     split = stack_clients(clients)
-    s_loop, m_loop, _ = run(split, executor="loop")
-    s_vmap, m_vmap, _ = run(split, executor="vmap")
+    s_loop, m_loop, _ = loop_run
+    s_vmap, m_vmap, _ = run(split, executor="vmap", client_group=group)
     for a, b in zip(m_loop, m_vmap):
         np.testing.assert_array_equal(a.counts, b.counts)
         np.testing.assert_allclose(a.loss1, b.loss1, rtol=5e-4)
@@ -193,6 +201,10 @@ def test_unknown_strategy_and_executor_raise():
         F.get_strategy("fedprox")
     with pytest.raises(ValueError, match="unknown executor"):
         F.RoundConfig(executor="pmap")
+    with pytest.raises(ValueError, match="client_group=2 groups clients of the 'vmap' or"):
+        F.RoundConfig(executor="map", client_group=2)
+    with pytest.raises(ValueError, match="client_group must be >= 0"):
+        F.RoundConfig(executor="vmap", client_group=-1)
 
 
 @pytest.mark.slow
