@@ -27,7 +27,9 @@
 #   sweep          round time for 2, 4, 8, 16 clients at the same size (map executor: one
 #                  client at a time, so memory does not grow with the clients) and the baseline;
 #                  one process, each point written as it completes
-#   bf16           the realistic round with bfloat16 computation (float32 params), if time is left
+#   bf16_dice      bfloat16 computation (float32 params) against float32: best-validation test
+#                  Dice over 3 seeds and the round time, the main job's training at the
+#                  realistic size (benchmarks/dtype_dice.py -> dtype_dice.json / .log)
 #
 # Time: about 8 minutes on an H100, mostly compilation (~20-35 s per round program, GPU
 # autotuning included). Every part runs under `timeout` within a global budget (BENCH_BUDGET_S,
@@ -114,9 +116,19 @@ part realistic 60 180 $SIZE --clients 4 --repeats 3 --warmup 1 --executors "$EXE
 # runs fastest (RoundConfig.client_group; vmap:4 is every client at once)
 part groups 40 120 $SIZE --clients 4 --repeats 2 --warmup 1 \
   --executors "${BENCH_GROUPS:-map,vmap:2,vmap:4}" --noparts --nobaseline --notorch
-# shellcheck disable=SC2086
-part bf16 30 50 $SIZE --clients 4 --repeats 3 --warmup 1 --executors map --noparts \
-  --nobaseline --notorch --dtype bfloat16
+# bfloat16 against float32 at equal test Dice? 3 seeds each, the main job's training of
+# configs/synthetic.py at the realistic size (benchmarks/dtype_dice.py; its own JSON and log)
+DICE_LEFT=$(left)
+if (( DICE_LEFT >= 90 )); then
+  DICE_LIMIT=$(( DICE_LEFT < 200 ? DICE_LEFT : 200 ))
+  echo "[gpu_bench] bf16_dice (limit ${DICE_LIMIT}s)" | tee -a "$LOG"
+  timeout --signal=TERM --kill-after=10 "$DICE_LIMIT" "$PY" benchmarks/dtype_dice.py \
+    --image_size 224 --width 64 --batch_size 16 --rounds "${BENCH_DICE_ROUNDS:-8}" \
+    --seeds 0,1,2 --json "$OUTDIR/dtype_dice.json" >> "$OUTDIR/dtype_dice.log" 2>&1
+  echo "[gpu_bench] bf16_dice exit $? after $(( $(date +%s) - START ))s" | tee -a "$LOG"
+else
+  echo "[gpu_bench] skip bf16_dice: ${DICE_LEFT}s left" | tee -a "$LOG"
+fi
 # shellcheck disable=SC2086
 part sweep 60 130 $SIZE --clients 4 --only_sweep --sweep_clients 2,4,8,16 --sweep_sizes "" \
   --sweep_repeats 2 --sweep_executor map --sweep_baseline --notorch

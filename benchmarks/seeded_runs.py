@@ -3,6 +3,8 @@ reuse it; each run reports the test figures of its best-validation round."""
 
 from __future__ import annotations
 
+import time
+
 import jax
 
 import fedmix_jax as fm
@@ -10,9 +12,10 @@ from fedmix_jax.config import build_model, build_round_config
 from fedmix_jax.evaluation import evaluate
 
 
-def run_variant(config, federation, seeds, rounds, hd95=False):
+def run_variant(config, federation, seeds, rounds, hd95=False, round_times=None):
     """Best-validation test figures of each seed: list of dicts (with ``hd95``: HD95 and the
-    per-class Dice too)."""
+    per-class Dice too). ``round_times``, if a list, gets each round's seconds (the round alone,
+    to its results on the host; the first one compiles)."""
     model = build_model(config, federation.num_classes)
     round_config = build_round_config(config)
     round_fn = fm.make_round_fn(model, round_config)
@@ -24,7 +27,11 @@ def run_variant(config, federation, seeds, rounds, hd95=False):
                               federation.num_clients, round_config)
         best = (-1.0, None)
         for _ in range(rounds):
-            state, _ = round_fn(state, train)
+            t0 = time.perf_counter()
+            state, metrics = round_fn(state, train)
+            jax.block_until_ready(metrics)
+            if round_times is not None:
+                round_times.append(time.perf_counter() - t0)
             params = state.global_params[0]
             val = evaluate(model, params, federation.val, hd95=False)["mean_dice"]
             if val > best[0]:

@@ -220,3 +220,20 @@ def test_client_scaling_runs(tmp_path):
     assert [r["clients"] for r in rows] == [1, 2] and rows[0]["relative"] == 1.0
     assert all(r["seconds"]["median"] > 0 for r in rows)
     assert "s / client" in client_scaling.format_table(data)
+
+
+def test_dtype_dice_pairs_the_seeds():
+    """benchmarks/dtype_dice.py: each dtype's Dice over seeds, and its difference from the first
+    dtype taken seed by seed (the runs of one seed share their initial parameters)."""
+    from benchmarks.dtype_dice import paired_summary
+
+    runs = lambda dice: dict(runs=[dict(seed=s, dice=d) for s, d in zip((0, 1, 2), dice)])  # noqa: E731
+    res = paired_summary({"float32": runs([0.70, 0.60, 0.65]),
+                          "bfloat16": runs([0.69, 0.62, 0.65])}, "float32")
+    assert res["float32"]["mean"] == pytest.approx(0.65)
+    assert res["float32"]["diff_mean"] == 0.0
+    bf = res["bfloat16"]
+    assert bf["mean"] == pytest.approx(np.mean([0.69, 0.62, 0.65]))
+    assert bf["diff_mean"] == pytest.approx(np.mean([-0.01, 0.02, 0.0]))
+    assert bf["diff_std"] == pytest.approx(np.std([-0.01, 0.02, 0.0]))
+    assert bf["diff_max_abs"] == pytest.approx(0.02)
