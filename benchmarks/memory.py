@@ -63,8 +63,11 @@ def _rss_kib(field: str) -> int:
     return 0
 
 
-def measure_loaded(data_dir: str, cache_dir: str, image_size: int, channels: int) -> dict:
-    """Load the federation (in this process) and describe its arrays; see :func:`main`."""
+def measure_loaded(data_dir: str, cache_dir: str, image_size: int, channels: int,
+                   pack_labels: bool = False) -> dict:
+    """Load the federation (in this process) and describe its arrays; see :func:`main`.
+    ``pack_labels``: masks and boxes bit-packed after loading, as ``config.data.pack_labels``
+    does (the peak RSS then includes the unpacked arrays while they are packed)."""
     from fedmix_jax.data.real.loader import default_data_config, load_federation_from_config
     from fedmix_jax.data.real.cache import prepare_dataset
 
@@ -74,6 +77,10 @@ def measure_loaded(data_dir: str, cache_dir: str, image_size: int, channels: int
     rss_before = _rss_kib("VmRSS")
     t0 = time.perf_counter()
     fed = load_federation_from_config(cfg, verbose=False)
+    if pack_labels:
+        from fedmix_jax.data.federation import pack_federation_labels
+
+        fed = pack_federation_labels(fed)
     load_s = time.perf_counter() - t0
     peak = max(_rss_kib("VmHWM"), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     splits, totals = {}, dict(after=0, before=0, valid_after=0)
@@ -85,9 +92,11 @@ def measure_loaded(data_dir: str, cache_dir: str, image_size: int, channels: int
         for f in FIELDS:
             a = np.asarray(getattr(s, f))
             per = a.nbytes // (c * n)
+            elements = a.size // (c * n)
+            if f in ("masks", "boxes"):       # H * W * K, also when bit-packed
+                elements = int(np.prod(s.images.shape[2:4])) * a.shape[-1]
             arrays[f] = dict(dtype=str(a.dtype), shape=list(a.shape), bytes=int(a.nbytes),
-                             per_sample=int(per), before_per_sample=int(a.size // (c * n)
-                                                                        * BEFORE[f]))
+                             per_sample=int(per), before_per_sample=int(elements * BEFORE[f]))
         per_sample = sum(v["per_sample"] for v in arrays.values())
         before_ps = sum(v["before_per_sample"] for v in arrays.values())
         splits[name] = dict(clients=c, padded_samples=c * n, valid_samples=valid,
@@ -108,6 +117,7 @@ def measure_loaded(data_dir: str, cache_dir: str, image_size: int, channels: int
     padded = sum(sp["padded_samples"] for sp in splits.values())
     valid = sum(sp["valid_samples"] for sp in splits.values())
     return dict(channels=channels, image_size=image_size, clients=list(fed.client_names),
+                pack_labels=bool(pack_labels),
                 splits=splits, images_dtype=str(fed.train.images.dtype),
                 after_bytes=totals["after"], before_bytes=totals["before"],
                 valid_after_bytes=totals["valid_after"], padded_samples=padded,
@@ -116,12 +126,12 @@ def measure_loaded(data_dir: str, cache_dir: str, image_size: int, channels: int
                 rss_peak_kib=peak, load_seconds=load_s)
 
 
-def _load_in_subprocess(data_dir, cache_dir, image_size, channels) -> dict:
+def _load_in_subprocess(data_dir, cache_dir, image_size, channels, pack_labels=False) -> dict:
     """:func:`measure_loaded` in a fresh Python, so its peak RSS is the loading's alone."""
     code = ("import json, sys; sys.path.insert(0, %r); from benchmarks import memory; "
-            "print('RESULT ' + json.dumps(memory.measure_loaded(%r, %r, %d, %d)))"
+            "print('RESULT ' + json.dumps(memory.measure_loaded(%r, %r, %d, %d, %r)))"
             % (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), data_dir, cache_dir,
-               image_size, channels))
+               image_size, channels, bool(pack_labels)))
     env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     if out.returncode != 0:
@@ -137,7 +147,8 @@ def _fmt_bytes(b: float) -> str:
 def report(r: dict) -> str:
     """The printed tables of one :func:`measure_loaded` result."""
     lines = [f"== HAM10000 layout at {r['image_size']} px, channels={r['channels']} "
-             f"({'grayscale, the default config' if r['channels'] == 1 else 'RGB'}): "
+             f"({'grayscale, the default config' if r['channels'] == 1 else 'RGB'}"
+             f"{'; masks and boxes bit-packed' if r.get('pack_labels') else ''}): "
              f"clients {', '.join(r['clients'])}"]
     lines.append(f"{'array':<14}{'dtype':<9}{'B/sample':>10}{'f32 before':>12}"
                  f"{'all splits':>13}{'before':>12}")
@@ -189,6 +200,8 @@ def main(argv=None) -> dict:
     p.add_argument("--image_size", type=int, default=256, help="cache image size")
     p.add_argument("--channels", default="1,3", help="comma-separated: 1 (default config) / 3")
     p.add_argument("--json", default="", help="also write the results here")
+    p.add_argument("--pack_labels", action="store_true",
+                   help="bit-pack masks and boxes after loading (config.data.pack_labels)")
     a = p.parse_args(argv)
     from fedmix_jax.data.real.cache import prepare_dataset
     from fedmix_jax.data.real.loader import default_data_config
@@ -215,7 +228,8 @@ def main(argv=None) -> dict:
             prepare_dataset(cfg, verbose=False)
             print(f"cache at {a.image_size} px, channels={ch}: "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
-            results[ch] = _load_in_subprocess(data_dir, cache_dir, a.image_size, ch)
+            results[ch] = _load_in_subprocess(data_dir, cache_dir, a.image_size, ch,
+                                              a.pack_labels)
             print(report(results[ch]), flush=True)
         if a.json:
             with open(a.json, "w") as f:

@@ -80,7 +80,11 @@ def add_streaming_fields(data: ml_collections.ConfigDict) -> ml_collections.Conf
     :mod:`fedmix_jax.streaming`): ``device_data_budget_gb`` (GiB; None: no bound, the training
     split always goes to the device) -- a larger training split streams block by block from the
     host or the array_record cache, with the same results; ``stream_block_steps``: local steps
-    per streamed block (device memory grows with it times the batch size)."""
+    per streamed block (device memory grows with it times the batch size); ``pack_labels``:
+    masks and boxes bit-packed in memory (see :mod:`fedmix_jax.data.federation`)."""
     data.device_data_budget_gb = config_dict.placeholder(float)
     data.stream_block_steps = 8
+    # Masks and boxes bit-packed, 8 pixels per byte (an eighth of uint8), unpacked one site at a
+    # time in the round and one chunk at a time in evaluation; bit-identical results.
+    data.pack_labels = False
     return data

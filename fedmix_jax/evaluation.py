@@ -31,7 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedmix_jax.data.federation import FederatedSplit, float_images, float_labels
+from fedmix_jax.data.federation import (FederatedSplit, float_images, gathered_labels,
+                                        labels_packed, unpack_labels)
 from fedmix_jax.hd95 import hd95_per_class, nanmean
 from fedmix_jax.inference import apply_in_chunks
 from fedmix_jax.losses import DICE_EPS, dice_coefficient, iou_coefficient
@@ -80,7 +81,8 @@ def _scores_shared(model: nn.Module, chunk: int, threshold: float, with_pred: bo
     flat = lambda x: x.reshape((c * m,) + x.shape[2:])  # noqa: E731
 
     def score(batch):
-        x, y = float_images(batch[0]), float_labels(batch[1])   # the chunk only, on device
+        x = float_images(batch[0])                      # the chunk only, on device
+        y = gathered_labels(batch[1], x.shape[-2])      # unpacked if bit-packed
         pred = binarize(model.apply({"params": params}, x), threshold)
         dice_k, iou_k = per_class_scores(pred, y)
         out = dict(dice_k=dice_k, iou_k=iou_k, pooled_dice=dice_coefficient(pred, y),
@@ -107,6 +109,14 @@ def _device_scores(model, params, images, masks, per_client_params: bool, chunk_
     else:
         out = _scores_shared(model, chunk_size, threshold, with_pred, params, images, masks)
     return jax.tree.map(np.asarray, out)
+
+
+def _host_masks(split: FederatedSplit):
+    """``() -> split.masks`` as a NumPy array, unpacked if bit-packed."""
+    def masks():
+        m = np.asarray(split.masks)
+        return unpack_labels(m, split.images.shape[-2]) if labels_packed(split) else m
+    return masks
 
 
 def evaluate(model: nn.Module, params, split: FederatedSplit, per_client_params: bool = False,
@@ -154,6 +164,7 @@ def evaluate(model: nn.Module, params, split: FederatedSplit, per_client_params:
         ``per_image_hd95`` [C, M, K] (NaN: both empty or padding). Pixels; lower is better.
     """
     valid = np.asarray(split.valid).astype(bool)
+    host_masks = _host_masks(split)
     scores = functools.partial(_device_scores, model, params, per_client_params=per_client_params,
                                chunk_size=chunk_size, threshold=threshold, with_pred=bool(hd95))
     if block_size is None:
@@ -175,7 +186,7 @@ def evaluate(model: nn.Module, params, split: FederatedSplit, per_client_params:
     pooled_dice = _client_means(out["pooled_dice"].astype(np.float64), valid)
     pooled_iou = _client_means(out["pooled_iou"].astype(np.float64), valid)
     pad = ~valid[..., None]
-    present = (np.asarray(split.masks) > 0.5).any(axis=(2, 3)) & valid[..., None]   # [C, M, K]
+    present = (host_masks() > 0.5).any(axis=(2, 3)) & valid[..., None]   # [C, M, K]
     dice_present_pc = nanmean(np.where(present, out["dice_k"], np.nan), axis=1)     # [C, K]
     dice_present = nanmean(dice_present_pc, axis=-1)
     res = dict(
@@ -203,7 +214,7 @@ def evaluate(model: nn.Module, params, split: FederatedSplit, per_client_params:
                    nanmean(fp_rate[has]) if has.any() else np.nan))
     if hd95:
         pred = out["pred"]
-        gt = np.asarray(split.masks) > 0.5
+        gt = host_masks() > 0.5
         c_num, m_num = valid.shape
         per_image = np.full((c_num, m_num, pred.shape[-1]), np.nan)
         for c in range(c_num):

@@ -145,12 +145,13 @@ def plot_predictions(model, params, split, client_names, path, per_client: int =
     """
     import jax
 
-    from fedmix_jax.data.federation import float_images, float_labels
+    from fedmix_jax.data.federation import float_images, gathered_labels
 
     k = max(1, min(per_client, np.shape(split.images)[1]))
     images = float_images(np.asarray(split.images)[:, :k])     # only the k plotted per client
-    masks = float_labels(np.asarray(split.masks)[:, :k])
-    boxes = float_labels(np.asarray(split.boxes)[:, :k])
+    width = images.shape[-2]
+    masks = gathered_labels(np.asarray(split.masks)[:, :k], width)   # unpacked if bit-packed
+    boxes = gathered_labels(np.asarray(split.boxes)[:, :k], width)
     valid = np.asarray(split.valid)
     c_num = images.shape[0]
     predict = _predict_fn(model)

@@ -39,7 +39,8 @@ import optax
 from flax import struct
 
 from fedmix_jax.augment import augment_jointly
-from fedmix_jax.data.federation import PIXEL, FederatedSplit, float_images, float_labels
+from fedmix_jax.data.federation import (PIXEL, FederatedSplit, float_images, float_labels,
+                                        unpack_split_labels)
 from fedmix_jax.inference import apply_in_chunks
 from fedmix_jax.losses import (dice_loss, dice_loss_per_sample, empty_aware_loss_per_sample,
                                mixed_supervision_targets, weighted_mean)
@@ -360,7 +361,8 @@ def site_round(model: nn.Module, config, global_params: ModelPair, site: SiteSta
       global_params: the broadcast global :class:`ModelPair` (leaves [...]).
       site: the site's :class:`SiteState` (its own pair is the start point only for strategies
         that do not aggregate).
-      data: the site's training split, leaves [N, ...].
+      data: the site's training split, leaves [N, ...] (masks and boxes may be bit-packed:
+        they are unpacked here, for this site only).
       key: the site's PRNG key of this round.
       hparams: :class:`~fedmix_jax.config.HParams` (the learning rate is read here).
       round_index: the round (0-based, may be traced); it matters only during a strategy's
@@ -370,6 +372,7 @@ def site_round(model: nn.Module, config, global_params: ModelPair, site: SiteSta
       (new SiteState, SiteReport).
     """
     start = global_params if config.strategy.aggregates else site.params
+    data = unpack_split_labels(data)    # bit-packed masks / boxes: this site's, once
     inputs = train_inputs(model, global_params, data, config, round_index)
     params, opt_state, (loss1, loss2, steps) = local_epoch(
         model, config, start, site.opt_state, key, inputs, hparams.learning_rate)

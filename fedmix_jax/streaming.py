@@ -64,7 +64,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedmix_jax.data.federation import PIXEL, FederatedSplit
+from fedmix_jax.data.federation import PIXEL, FederatedSplit, unpack_split_labels
 # The sources and the mode decision live in data/streamed_sources.py; re-exported here.
 from fedmix_jax.data.streamed_sources import (ArrayRecordSource, ArraySource,  # noqa: F401
                                               SplitSource, choose_mode, open_streamed_federation,
@@ -111,6 +111,7 @@ def _programs(model: nn.Module, config):
 
     @jax.jit
     def inputs_block(global_params, block, round_index):
+        block = unpack_split_labels(block)     # bit-packed masks / boxes: this block's
         ti = train_inputs(model, global_params, block, config, round_index)
         return (ti.target1, ti.target2 if dual else None, ti.usable, ti.weak, ti.selected_weak,
                 ti.self_train)

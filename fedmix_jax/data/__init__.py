@@ -10,6 +10,10 @@ from fedmix_jax.data.federation import (  # noqa: F401
     FederatedSplit,
     float_images,
     float_labels,
+    labels_packed,
     level_from_name,
+    pack_federation_labels,
+    pack_split_labels,
     stack_clients,
+    unpack_split_labels,
 )

@@ -28,6 +28,14 @@ only the batch or chunk it has gathered with :func:`float_images` / :func:`float
 one place where uint8 becomes float32. Never convert a whole [N, ...] split: that materialises
 the float32 copy the uint8 storage avoids.
 
+Masks and boxes may also be **bit-packed** along W (``config.data.pack_labels``;
+:func:`pack_split_labels`): ``[C, N, H, ceil(W / 8), K]`` uint8, 8 pixels of a row per byte (an
+eighth of uint8). A split is packed when its masks are narrower than its images
+(:func:`labels_packed`). The round unpacks one site's masks and boxes at a time
+(:func:`unpack_split_labels` at the start of :func:`fedmix_jax.site.site_round`), evaluation one
+chunk at a time (:func:`gathered_labels`); the values are the same, so every result is
+bit-identical to the unpacked split's.
+
 The level is *data*: a client may mix levels, and one compiled round serves any mix.
 """
 
@@ -78,6 +86,79 @@ def float_labels(x):
     return x if x.dtype == np.float32 else x.astype(np.float32)
 
 
+def pack_labels(x) -> np.ndarray:
+    """Masks or boxes ``[..., H, W, K]`` in {0, 1} (any dtype; nonzero is 1) -> uint8
+    ``[..., H, ceil(W / 8), K]``: 8 pixels of a row per byte, first pixel in the high bit
+    (``np.packbits`` along W). Host (NumPy) only."""
+    x = np.asarray(x)
+    if x.ndim < 3:
+        raise ValueError(f"pack_labels needs [..., H, W, K] arrays, got shape {x.shape}")
+    return np.packbits(x != 0, axis=-2)
+
+
+def unpack_labels(x, width: int):
+    """:func:`pack_labels` reversed: uint8 ``[..., H, ceil(W / 8), K]`` -> uint8 {0, 1}
+    ``[..., H, width, K]``. NumPy or JAX (traceable) arrays."""
+    if isinstance(x, np.ndarray):
+        return np.unpackbits(x, axis=-2, count=int(width))
+    import jax.numpy as jnp
+
+    return jnp.unpackbits(x, axis=-2, count=int(width))
+
+
+def _packed(labels, images) -> bool:
+    return (labels is not None and images is not None and hasattr(labels, "shape")
+            and hasattr(images, "shape") and labels.shape[-2] != images.shape[-2])
+
+
+def labels_packed(split) -> bool:
+    """Whether ``split``'s masks and boxes are bit-packed (narrower than its images along W)."""
+    return _packed(split.masks, split.images)
+
+
+def gathered_labels(labels, width: int):
+    """A gathered batch or chunk of masks / boxes -> float32 {0, 1} ``[..., H, width, K]``,
+    unpacking it first if it is bit-packed (narrower than ``width``)."""
+    if labels.shape[-2] != width:
+        labels = unpack_labels(labels, width)
+    return float_labels(labels)
+
+
+def pack_split_labels(split: "FederatedSplit") -> "FederatedSplit":
+    """``split`` with masks and boxes bit-packed on the host (:func:`pack_labels`); a packed
+    split is returned as it is, and so is a 1 px wide one (nothing to gain, and its packed
+    masks could not be told from unpacked ones). Their values must be in {0, 1}."""
+    if labels_packed(split) or np.shape(split.images)[-2] < 2:
+        return split
+    return split.replace(masks=_pack_by_client(split.masks, "masks"),
+                         boxes=_pack_by_client(split.boxes, "boxes"))
+
+
+def _pack_by_client(labels, name: str) -> np.ndarray:
+    """:func:`pack_labels` of ``[C, N, H, W, K]`` one client at a time (the temporaries are one
+    client's), after checking that the values are in {0, 1}."""
+    a = np.asarray(labels)
+    out = np.empty(a.shape[:-2] + (-(-a.shape[-2] // 8), a.shape[-1]), np.uint8)
+    for c in range(a.shape[0]):
+        x = a[c]
+        binary = (x.max(initial=0) <= 1 if x.dtype in (np.uint8, np.bool_)
+                  else bool(((x == 0) | (x == 1)).all()))
+        if not binary:
+            raise ValueError(f"cannot bit-pack {name}: client {c} has values other than 0 and 1")
+        out[c] = pack_labels(x)
+    return out
+
+
+def unpack_split_labels(split: "FederatedSplit") -> "FederatedSplit":
+    """``split`` with bit-packed masks and boxes unpacked to uint8 {0, 1} (NumPy or JAX, also
+    inside ``jit``); an unpacked split is returned as it is."""
+    if not labels_packed(split):
+        return split
+    width = split.images.shape[-2]
+    return split.replace(masks=unpack_labels(split.masks, width),
+                         boxes=unpack_labels(split.boxes, width))
+
+
 @struct.dataclass
 class FederatedSplit:
     """One split of a federation as padded arrays with a leading client axis (see module doc)."""
@@ -124,6 +205,16 @@ class FederatedSplit:
             return np.pad(x, widths)
 
         return FederatedSplit(*(pad(getattr(self, f.name)) for f in dataclasses.fields(self)))
+
+
+def pack_federation_labels(federation: "Federation") -> "Federation":
+    """``federation`` with the masks and boxes of every in-memory split bit-packed
+    (``config.data.pack_labels``); a streamed training split is left as it is."""
+    for name in ("train", "val", "test"):
+        split = getattr(federation, name)
+        if isinstance(split, FederatedSplit):
+            setattr(federation, name, pack_split_labels(split))
+    return federation
 
 
 @dataclasses.dataclass

@@ -234,6 +234,7 @@ def load_run_federation(data_cfg, verbose: bool = True):
     device-memory bound (``device_data_budget_gb``) a real dataset's training split is left in
     the array_record cache unless it fits the bound. Bad or missing data and an unusable cache
     raise :class:`~fedmix_jax.errors.DataError` (one line: what and where)."""
+    from fedmix_jax.data.federation import pack_federation_labels
     from fedmix_jax.data.sources import REAL, load_federation
     from fedmix_jax.errors import DataError, describe_os_error
 
@@ -243,8 +244,11 @@ def load_run_federation(data_cfg, verbose: bool = True):
             federation = open_streamed_federation(data_cfg, verbose=verbose)
             if not choose_mode(federation.train, budget)[0]:
                 federation.train = federation.train.materialize()
-            return federation
-        return load_federation(data_cfg, verbose=verbose)
+        else:
+            federation = load_federation(data_cfg, verbose=verbose)
+        if data_cfg.get("pack_labels", False):    # masks and boxes 8 pixels per byte
+            federation = pack_federation_labels(federation)
+        return federation
     except (ValueError, FileNotFoundError) as e:  # incl. DatasetNotFoundError, BadInputError
         raise DataError(str(e)) from e
     except OSError as e:                           # e.g. a full or read-only cache_dir

@@ -41,6 +41,7 @@ import numpy as np
 
 from fedmix_jax.data.boxes import check_box_mode
 from fedmix_jax.data.federation import (Federation, FederatedSplit, float_images,
+                                        gathered_labels,
                                         level_from_name, stack_clients)
 from fedmix_jax.data.synthetic_domains import (DEFAULT_DOMAINS, LESION_TYPES, Domain,
                                                _lesion_types, client_domain)
@@ -189,10 +190,12 @@ def preview_grid(federation: Federation, path: str, per_client: int = 6, split: 
             img = float_images(np.asarray(data.images[c, j, ..., 0]))   # uint8 (real) or float32
             ax.imshow(img, cmap="gray", vmin=0, vmax=1,
                       interpolation="nearest")
+            width = img.shape[-1]
+            masks = gathered_labels(np.asarray(data.masks[c, j]), width)   # unpacked if packed
+            boxes = gathered_labels(np.asarray(data.boxes[c, j]), width)
             for k in range(k_num):
                 col = colours[k % len(colours)] if k_num > 1 else colours[0]
-                m = np.asarray(data.masks[c, j, ..., k])
-                b = np.asarray(data.boxes[c, j, ..., k])
+                m, b = masks[..., k], boxes[..., k]
                 if m.any():
                     ax.contour(m, levels=[0.5], colors=[col], linewidths=0.9)
                 if b.any():
