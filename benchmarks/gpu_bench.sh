@@ -36,7 +36,7 @@
 # default 480 s); parts that no longer fit are skipped and recorded as such. Compilation and
 # autotuning caches go to BENCH_CACHE (default /tmp/fedmix_bench_cache): a rerun compiles faster.
 # Override the size with BENCH_SIZE (e.g. "--image_size 64 --width 16 --batch_size 8
-# --train_per_client 32").
+# --train_per_client 32"), and the bf16_dice part's with BENCH_DICE_SIZE (dtype_dice.py flags).
 set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -120,11 +120,13 @@ part groups 40 120 $SIZE --clients 4 --repeats 2 --warmup 1 \
 # configs/synthetic.py at the realistic size (benchmarks/dtype_dice.py; its own JSON and log)
 DICE_LEFT=$(left)
 if (( DICE_LEFT >= 90 )); then
-  DICE_LIMIT=$(( DICE_LEFT < 200 ? DICE_LEFT : 200 ))
+  DICE_LIMIT=$(( DICE_LEFT < 240 ? DICE_LEFT : 240 ))
   echo "[gpu_bench] bf16_dice (limit ${DICE_LIMIT}s)" | tee -a "$LOG"
+  # shellcheck disable=SC2086  # BENCH_DICE_SIZE holds several arguments
   timeout --signal=TERM --kill-after=10 "$DICE_LIMIT" "$PY" benchmarks/dtype_dice.py \
-    --image_size 224 --width 64 --batch_size 16 --rounds "${BENCH_DICE_ROUNDS:-8}" \
-    --seeds 0,1,2 --json "$OUTDIR/dtype_dice.json" >> "$OUTDIR/dtype_dice.log" 2>&1
+    ${BENCH_DICE_SIZE:-"--image_size 224 --width 64 --batch_size 16"} \
+    --rounds "${BENCH_DICE_ROUNDS:-6}" --seeds 0,1,2 --json "$OUTDIR/dtype_dice.json" \
+    >> "$OUTDIR/dtype_dice.log" 2>&1
   echo "[gpu_bench] bf16_dice exit $? after $(( $(date +%s) - START ))s" | tee -a "$LOG"
 else
   echo "[gpu_bench] skip bf16_dice: ${DICE_LEFT}s left" | tee -a "$LOG"
