@@ -63,6 +63,16 @@ def paired_summary(results: dict, base: str) -> dict:
     return out
 
 
+def _write(results: dict, **extra) -> None:
+    """The results so far to ``--json`` (a run cut short keeps its finished runs)."""
+    import jax
+
+    if FLAGS.json:
+        with open(FLAGS.json, "w") as f:
+            json.dump(dict(results=results, backend=jax.default_backend(),
+                           device=str(jax.devices()[0].device_kind), **extra), f, indent=1)
+
+
 def main(argv):
     del argv
     import jax
@@ -85,19 +95,17 @@ def main(argv):
             cfg.train.batch_size = FLAGS.batch_size
         rounds = FLAGS.rounds or int(cfg.num_rounds)
         federation = load_federation(cfg.data, verbose=False)
-        times = []
+        times, runs = [], []
         t0 = time.time()
-        runs = run_variant(cfg, federation, seeds, rounds, round_times=times)
-        later = times[1:] or times          # the first round compiles
-        results[dt] = dict(runs=runs, rounds=rounds, seconds=time.time() - t0,
-                           round_s_median=float(np.median(later)))
+        for seed in seeds:      # one compiled round per dtype; the JSON after every run
+            runs += run_variant(cfg, federation, [seed], rounds, round_times=times)
+            later = times[1:] or times          # the first round compiles
+            results[dt] = dict(runs=runs, rounds=rounds, seconds=time.time() - t0,
+                               round_s_median=float(np.median(later)))
+            _write(results)
         print(f"{dt}: {len(seeds)} seeds x {rounds} rounds in {time.time() - t0:.0f} s "
               f"(round {results[dt]['round_s_median']:.3f} s), best-val test Dice "
               + ", ".join(f"seed {r['seed']} {r['dice']:.4f}" for r in runs), flush=True)
-        if FLAGS.json:
-            with open(FLAGS.json, "w") as f:
-                json.dump(dict(results=results, backend=jax.default_backend(),
-                               device=str(jax.devices()[0].device_kind)), f, indent=1)
     base = FLAGS.dtypes[0]
     summary = paired_summary(results, base)
     print(f"\nbackend {jax.default_backend()} ({jax.devices()[0].device_kind}), config "
@@ -112,10 +120,7 @@ def main(argv):
                 f"{s['diff_mean']:+.4f} ± {s['diff_std']:.4f} ({s['diff_max_abs']:.4f})")
         print(f"| {dt} | {per_seed} | {s['mean']:.4f} ± {s['std']:.4f} | {diff} | "
               f"{res['round_s_median']:.3f} |")
-    if FLAGS.json:
-        with open(FLAGS.json, "w") as f:
-            json.dump(dict(results=results, summary=summary, backend=jax.default_backend(),
-                           device=str(jax.devices()[0].device_kind)), f, indent=1)
+    _write(results, summary=summary)
 
 
 if __name__ == "__main__":
