@@ -227,7 +227,9 @@ def test_dtype_dice_pairs_the_seeds():
     dtype taken seed by seed (the runs of one seed share their initial parameters)."""
     from benchmarks.dtype_dice import paired_summary
 
-    runs = lambda dice: dict(runs=[dict(seed=s, dice=d) for s, d in zip((0, 1, 2), dice)])  # noqa: E731
+    def runs(dice):
+        return dict(runs=[dict(seed=s, dice=d) for s, d in zip((0, 1, 2), dice)])
+
     res = paired_summary({"float32": runs([0.70, 0.60, 0.65]),
                           "bfloat16": runs([0.69, 0.62, 0.65])}, "float32")
     assert res["float32"]["mean"] == pytest.approx(0.65)
