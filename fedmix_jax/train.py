@@ -117,10 +117,9 @@ class _Run:
             rc = self.round_config
             hint = (", or --config.train.executor=map (the clients one after another instead of "
                     f"all at once; now {rc.executor})" if rc.executor in ("vmap", "sharded")
-                    else "")
-            if rc.executor == "vmap":
-                hint += (f" or a smaller --config.train.client_group (clients vectorised "
-                         f"together; now {rc.client_group or 'all'})")
+                    else "") + (" or a smaller --config.train.client_group (clients vectorised "
+                                f"together; now {rc.client_group or 'all'})"
+                                if rc.executor == "vmap" else "")
             kept = self.checkpointer.kept_step()
             raise OutOfMemoryError(
                 f"out of memory {doing} on {jax.default_backend()} ({cause}). It does not fit: "
