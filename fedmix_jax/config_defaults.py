@@ -81,10 +81,14 @@ def add_streaming_fields(data: ml_collections.ConfigDict) -> ml_collections.Conf
     split always goes to the device) -- a larger training split streams block by block from the
     host or the array_record cache, with the same results; ``stream_block_steps``: local steps
     per streamed block (device memory grows with it times the batch size); ``pack_labels``:
-    masks and boxes bit-packed in memory (see :mod:`fedmix_jax.data.federation`)."""
+    masks and boxes bit-packed in memory (see :mod:`fedmix_jax.data.federation`); ``compact``:
+    no padding on the device where clients run one at a time (:mod:`fedmix_jax.data.compact`)."""
     data.device_data_budget_gb = config_dict.placeholder(float)
     data.stream_block_steps = 8
     # Masks and boxes bit-packed, 8 pixels per byte (an eighth of uint8), unpacked one site at a
     # time in the round and one chunk at a time in evaluation; bit-identical results.
     data.pack_labels = False
+    # On the device, the splits read one client at a time hold only the clients' rows, no
+    # padding to the largest client (fedmix_jax.data.compact); bit-identical results.
+    data.compact = True
     return data

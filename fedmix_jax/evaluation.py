@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedmix_jax.data.compact import CompactSplit, padded_rows
 from fedmix_jax.data.federation import (FederatedSplit, float_images, gathered_labels,
                                         labels_packed, unpack_labels)
 from fedmix_jax.hd95 import hd95_per_class, nanmean
@@ -111,12 +112,38 @@ def _device_scores(model, params, images, masks, per_client_params: bool, chunk_
     return jax.tree.map(np.asarray, out)
 
 
-def _host_masks(split: FederatedSplit):
-    """``() -> split.masks`` as a NumPy array, unpacked if bit-packed."""
+def _host_masks(split: FederatedSplit | CompactSplit):
+    """``() -> split.masks`` as a NumPy array [C, M, ...], unpacked if bit-packed."""
     def masks():
         m = np.asarray(split.masks)
-        return unpack_labels(m, split.images.shape[-2]) if labels_packed(split) else m
+        m = unpack_labels(m, split.images.shape[-2]) if labels_packed(split) else m
+        if isinstance(split, CompactSplit):
+            m = padded_rows(m, np.asarray(split.offsets), np.asarray(split.lengths),
+                            split.max_samples)
+        return m
     return masks
+
+
+def _compact_scores(model, params, split: CompactSplit, per_client_params: bool,
+                    chunk_size: int, threshold: float, with_pred: bool) -> dict[str, np.ndarray]:
+    """Per-image scores of a compact split, back in the [C, M, ...] layout (0 on padding): one
+    model over its T rows (no padding is evaluated), or client c's model over its window."""
+    offsets, lengths = np.asarray(split.offsets), np.asarray(split.lengths)
+    m = split.max_samples
+    if per_client_params:
+        out = {}
+        for c, (o, n) in enumerate(zip(offsets, lengths)):
+            p = jax.tree.map(lambda x: x[c], params)
+            window = [jax.lax.dynamic_slice_in_dim(x, int(o), m)[None]
+                      for x in (split.images, split.masks)]
+            for k, v in _scores_shared(model, chunk_size, threshold, with_pred, p,
+                                       *window).items():
+                v = np.asarray(v)[0]
+                out.setdefault(k, np.zeros((len(offsets),) + v.shape, v.dtype))[c, :n] = v[:n]
+        return out
+    flat = _scores_shared(model, chunk_size, threshold, with_pred, params, split.images[None],
+                          split.masks[None])
+    return {k: padded_rows(np.asarray(v)[0], offsets, lengths, m) for k, v in flat.items()}
 
 
 def evaluate(model: nn.Module, params, split: FederatedSplit, per_client_params: bool = False,
@@ -130,7 +157,9 @@ def evaluate(model: nn.Module, params, split: FederatedSplit, per_client_params:
       params: one model's params (leaves [...]) applied to every client, or -- with
         ``per_client_params=True`` (the ``local`` strategy) -- params with leaves [C, ...], client
         c's model evaluated on client c's images.
-      split: held-out :class:`FederatedSplit` ([C, M, ...] arrays; ``valid`` masks padding).
+      split: held-out :class:`FederatedSplit` ([C, M, ...] arrays; ``valid`` masks padding), or
+        its :class:`~fedmix_jax.data.compact.CompactSplit` (only the clients' rows are
+        evaluated; the results are the same and keep the [C, M] layout).
       chunk_size: images per compiled inference chunk.
       threshold: sigmoid threshold of the binary prediction.
       hd95: also compute HD95 (host-side, :mod:`fedmix_jax.hd95`); False skips it (and its keys).
@@ -138,7 +167,8 @@ def evaluate(model: nn.Module, params, split: FederatedSplit, per_client_params:
         ``'nan'`` (excluded, as MONAI's HD95) or ``'inf'``.
       block_size: None puts the whole split on the device; an int moves ``block_size`` images of
         every client at a time (host arrays sliced along M; a split larger than device memory,
-        see :mod:`fedmix_jax.streaming`). Per-image scores are the same.
+        see :mod:`fedmix_jax.streaming`). Per-image scores are the same. Not used for a compact
+      split, which is on the device already.
 
     Returns:
       dict of NumPy arrays (C clients, M padded images, K classes); "mean over clients" counts the
@@ -163,11 +193,15 @@ def evaluate(model: nn.Module, params, split: FederatedSplit, per_client_params:
         (mean over classes), ``mean_hd95`` [] (mean over clients), ``mean_hd95_per_class`` [K],
         ``per_image_hd95`` [C, M, K] (NaN: both empty or padding). Pixels; lower is better.
     """
-    valid = np.asarray(split.valid).astype(bool)
     host_masks = _host_masks(split)
     scores = functools.partial(_device_scores, model, params, per_client_params=per_client_params,
                                chunk_size=chunk_size, threshold=threshold, with_pred=bool(hd95))
-    if block_size is None:
+    compact = isinstance(split, CompactSplit)
+    valid = split.padded_valid() if compact else np.asarray(split.valid).astype(bool)
+    if compact:     # already on the device, without padding
+        out = _compact_scores(model, params, split, per_client_params, chunk_size, threshold,
+                              bool(hd95))
+    elif block_size is None:
         out = scores(split.images, split.masks)
     else:
         blocks = [scores(split.images[:, lo:lo + block_size], split.masks[:, lo:lo + block_size])

@@ -73,7 +73,9 @@ def make_round_fn(model: nn.Module, config: RoundConfig
     donated: keep using the returned one. ``round_fn.jitted`` lists the jitted programs;
     ``round_fn.mesh`` is the ``sharded`` executor's mesh (else None). Keep ``train`` on the
     device(s) (``jax.device_put`` once, or :func:`fedmix_jax.sharding.shard_clients` on
-    ``round_fn.mesh``): host arrays would be copied in every round.
+    ``round_fn.mesh``): host arrays would be copied in every round. ``train`` is a
+    :class:`FederatedSplit` or, except under ``sharded``, its compact layout
+    (:func:`fedmix_jax.data.compact.compact_split`: no padding on the device, the same results).
     For an unjitted pure round, see :func:`fedmix_jax.round.round_step`.
     """
     compiled = _compiled_round(model, config)
@@ -110,6 +112,11 @@ def _compiled_round(model: nn.Module, config: RoundConfig):
     d = mesh.size
 
     def sharded_round(state, train, hparams):
+        if not isinstance(train, FederatedSplit):
+            raise TypeError("the sharded executor splits the client axis of a padded "
+                            f"FederatedSplit over the devices; got a {type(train).__name__} "
+                            "(a CompactSplit is for clients that run on one device: pass "
+                            "its .padded())")
         fn = donating if train.valid.shape[0] % d == 0 else plain
         return fn(state, train, hparams)
 
@@ -126,8 +133,8 @@ def _loop_round(model: nn.Module, config: RoundConfig):
     finish = jax.jit(functools.partial(finish_round, config.strategy))
 
     def round_loop(state: FedState, train: FederatedSplit, hparams):
-        (global_params, round_index), clients, next_key = start(state, train)
-        sites, reports = loop(site_fn, (global_params, round_index, hparams), clients)
+        (global_params, round_index, pool), clients, next_key = start(state, train)
+        sites, reports = loop(site_fn, (global_params, round_index, hparams, pool), clients)
         # The per-client program consumed the state's client buffers (donated): finish reads
         # only the global pair and the round counter.
         rest = state.replace(client_params=None, opt_state=None)

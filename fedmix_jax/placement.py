@@ -8,13 +8,15 @@
   evaluated there (:func:`eval_placement`): replicated params would evaluate on every device at
   once, which on CPU devices (``train.cpu_devices``) is the same work twice on the same cores.
 
-Placing the state where the round leaves it means round 2 does not recompile.
+Placing the state where the round leaves it means round 2 does not recompile. With
+``config.data.compact`` (the default) the splits that are read one client at a time go to the
+device without their padding (:mod:`fedmix_jax.data.compact`).
 """
 from __future__ import annotations
 
 import jax
 
-__all__ = ["place_state", "place_data", "eval_placement"]
+__all__ = ["place_state", "place_data", "eval_placement", "compact_applies"]
 
 
 def place_state(state, round_fn, executor: str):
@@ -31,15 +33,34 @@ def place_state(state, round_fn, executor: str):
         round=jax.device_put(state.round, rep), key=jax.device_put(state.key, rep))
 
 
-def place_data(federation, round_fn, executor: str):
-    """``(train, val, test)`` of ``federation`` on the device(s), once for the whole run."""
+def compact_applies(executor: str, client_group: int, num_clients: int) -> bool:
+    """Whether the round reads the training split one client (or one group) at a time, so that
+    its compact layout (:mod:`fedmix_jax.data.compact`) saves device memory: ``map``, ``loop``
+    and ``vmap`` in groups smaller than the federation. ``vmap`` of every client would gather
+    the padded ``[C, N]`` split inside the program anyway, and ``sharded`` splits its C axis."""
+    return executor in ("map", "loop") or (executor == "vmap" and 0 < client_group < num_clients)
+
+
+def place_data(federation, round_fn, round_config, compact: bool = False):
+    """``(train, val, test)`` of ``federation`` on the device(s) for the round of
+    ``round_config`` (a :class:`~fedmix_jax.config.RoundConfig`), once for the whole run.
+
+    ``compact``: the held-out splits, and the training split where :func:`compact_applies`,
+    go to the device without their padding (:func:`fedmix_jax.data.compact.put_compact`; the
+    same results, bit for bit)."""
+    from fedmix_jax.data.compact import put_compact
+
+    executor, held_out = round_config.executor, (put_compact if compact else jax.device_put)
     if executor == "sharded":
         from fedmix_jax.sharding import shard_clients
 
         train = shard_clients(federation.train, round_fn.mesh)
+    elif compact and compact_applies(executor, round_config.client_group,
+                                     federation.num_clients):
+        train = put_compact(federation.train)
     else:
         train = jax.device_put(federation.train)
-    return train, jax.device_put(federation.val), jax.device_put(federation.test)
+    return train, held_out(federation.val), held_out(federation.test)
 
 
 def eval_placement(params, executor: str):

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from fedmix_jax import aggregation
+from fedmix_jax.data.compact import ClientRows, CompactSplit, client_counts, client_window
 from fedmix_jax.data.federation import FederatedSplit
 from fedmix_jax.site import ModelPair, SiteReport, SiteState, site_round
 
@@ -100,20 +101,32 @@ def round_keys(key: jax.Array, num_clients: int) -> tuple[jax.Array, jax.Array]:
     return next_key, client_keys
 
 
-def start_round(state: FedState, data: FederatedSplit):
+def start_round(state: FedState, data: FederatedSplit | CompactSplit):
     """Before the clients: the round keys and the stacked site states. Returns
-    (shared args of the site function, per-client args, next state key)."""
-    next_key, client_keys = round_keys(state.key, data.valid.shape[0])
+    ``((global_params, round, pool), (sites, rows, client_keys), next_key)``: the shared args of
+    the site function and the per-client args. For a padded split, ``rows`` is the split
+    ([C, N, ...]) and ``pool`` None; for a compact one (:mod:`fedmix_jax.data.compact`), ``pool``
+    is the split, shared by every client, and ``rows`` its :class:`ClientRows` ([C] each)."""
+    next_key, client_keys = round_keys(state.key, data.num_clients)
     sites = SiteState(params=state.client_params, opt_state=state.opt_state)
-    return (state.global_params, state.round), (sites, data, client_keys), next_key
+    rows, pool = data, None
+    if isinstance(data, CompactSplit):
+        rows, pool = ClientRows(offsets=data.offsets, lengths=data.lengths), data
+    return (state.global_params, state.round, pool), (sites, rows, client_keys), next_key
+
+
+def participating(data: FederatedSplit | CompactSplit) -> jax.Array:
+    """[C] bool: the clients with at least one valid sample."""
+    if isinstance(data, CompactSplit):
+        return client_counts(data) > 0
+    return jnp.any(data.valid, axis=1)
 
 
 def finish_round(strategy, state: FedState, data: FederatedSplit, sites: SiteState,
                  reports: SiteReport, next_key: jax.Array, hparams
                  ) -> tuple[FedState, RoundMetrics]:
     """After the clients: the strategy's weights from the reports, aggregation of both models."""
-    participating = jnp.any(data.valid, axis=1)
-    weights = strategy.weights(reports, participating, hparams, state.round)
+    weights = strategy.weights(reports, participating(data), hparams, state.round)
     global_params = state.global_params
     if strategy.aggregates and strategy.trains_model2:
         global_params = aggregation.weighted_average(sites.params, weights)
@@ -127,12 +140,15 @@ def finish_round(strategy, state: FedState, data: FederatedSplit, sites: SiteSta
 
 @functools.lru_cache(maxsize=64)
 def site_fn_for(model, config) -> Callable[[Any, Any], tuple[SiteState, SiteReport]]:
-    """``site_fn((global_params, round_index, hparams), (site, data, key))`` — the site function
-    in the calling convention of the backends."""
+    """``site_fn((global_params, round_index, hparams, pool), (site, rows, key))`` — the site
+    function in the calling convention of the backends (``pool``, ``rows``: see
+    :func:`start_round`)."""
 
     def site_fn(shared, client):
-        global_params, round_index, hparams = shared
+        global_params, round_index, hparams, pool = shared
         site, data, key = client
+        if pool is not None:        # a compact split: this client's [N, ...] window of it
+            data = client_window(pool, data.offsets, data.lengths)
         return site_round(model, config, global_params, site, data, key, hparams, round_index)
 
     return site_fn
@@ -144,16 +160,17 @@ def round_step(state: FedState, data: FederatedSplit, hparams, *, model, config,
 
     Args:
       state: the :class:`FedState`.
-      data: the training split, leaves [C, N, ...].
+      data: the training split: a :class:`FederatedSplit` (leaves [C, N, ...]) or its
+        :class:`~fedmix_jax.data.compact.CompactSplit` (not with the ``sharded`` backend).
       hparams: :class:`~fedmix_jax.config.HParams` (traced λ, β, learning rate).
       model: the Flax model; config: the static :class:`~fedmix_jax.config.RoundConfig`.
       backend: how the client axis runs (default :func:`fedmix_jax.executors.map_clients`).
     """
     if backend is None:
         from fedmix_jax.executors import map_clients as backend
-    (global_params, round_index), clients, next_key = start_round(state, data)
-    sites, reports = backend(site_fn_for(model, config), (global_params, round_index, hparams),
-                             clients)
+    (global_params, round_index, pool), clients, next_key = start_round(state, data)
+    sites, reports = backend(site_fn_for(model, config),
+                             (global_params, round_index, hparams, pool), clients)
     return finish_round(config.strategy, state, data, sites, reports, next_key, hparams)
 
 

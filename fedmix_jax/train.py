@@ -177,7 +177,7 @@ class _Run:
         state = placement.place_state(state, self.round_fn, rc.executor)
         self.train_data, self.val, self.test = self._guard(
             "putting the data on the device", placement.place_data, self.federation,
-            self.round_fn, rc.executor)
+            self.round_fn, rc, bool(self.config.data.get("compact", True)))
         return state
 
     def _prepare_streamed(self, state):

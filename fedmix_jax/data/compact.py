@@ -1,0 +1,157 @@
+"""The compact layout of a split: every client's rows one after another, no padding.
+
+A :class:`~fedmix_jax.data.federation.FederatedSplit` pads every client to the largest one
+(``[C, N, ...]``), which is what ``vmap`` and ``sharded`` need. Clients that run one after
+another (``map``, ``loop``, groups of ``vmap``) only ever need one client's ``[N, ...]`` view at a
+time, so on the device the split can hold just the clients' rows, concatenated:
+
+==================  ======================  ==================================================
+``images``          [T, H, W, Cin]          rows of client ``c``: ``offsets[c]`` to
+``masks, boxes``    [T, H, W or W/8, K]     ``offsets[c] + lengths[c]`` (its rows up to its
+``image_labels``    [T, K]                  last valid one, in order); then the next client's
+``levels``          [T] int32               rows; ``T >= offsets[c] + N`` for every ``c``
+``valid``           [T] bool                (zero rows at the end where needed)
+``offsets``         [C] int32
+``lengths``         [C] int32
+``max_samples``     N (static)              the window every client is read in
+==================  ======================  ==================================================
+
+:func:`client_window` reads client ``c`` as the padded split's row ``c``: the ``N`` rows from
+``offsets[c]``, with ``valid`` off beyond ``lengths[c]``. Those rows belong to the next client
+(or are zeros), where the padded split holds zeros: every use of a sample in the round is masked
+by ``valid`` (the losses weigh it 0, pseudo-labels are not selected, it is never counted), so the
+round's results are the same, bit for bit (``tests/test_compact.py``). The clients are laid out
+smallest first, so the largest needs no zero rows after it.
+
+HAM10000 at 256 px pads its 7,206 training images to 11,384 (58 % more, docs/memory.md); the
+compact layout stores the 7,206.
+"""
+from __future__ import annotations
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from fedmix_jax.data.federation import FederatedSplit
+
+__all__ = ["CompactSplit", "compact_split", "put_compact", "client_window", "client_counts", "padded_rows",
+           "ClientRows"]
+
+_ROW_FIELDS = ("images", "masks", "boxes", "image_labels", "levels", "valid")
+
+
+@struct.dataclass
+class CompactSplit:
+    """A split's clients' rows concatenated (see the module docstring for the shapes)."""
+
+    images: jax.Array
+    masks: jax.Array
+    boxes: jax.Array
+    image_labels: jax.Array
+    levels: jax.Array
+    valid: jax.Array
+    offsets: jax.Array
+    lengths: jax.Array
+    max_samples: int = struct.field(pytree_node=False)
+
+    @property
+    def num_clients(self) -> int:
+        return int(self.offsets.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.masks.shape[-1])
+
+    def counts(self) -> np.ndarray:
+        """Number of valid samples per client, [C] int (host)."""
+        return np.asarray(client_counts(self))
+
+    def padded_valid(self) -> np.ndarray:
+        """The padded split's ``valid``, [C, N] bool (host)."""
+        return padded_rows(np.asarray(self.valid), np.asarray(self.offsets),
+                           np.asarray(self.lengths), self.max_samples)
+
+    def padded(self) -> FederatedSplit:
+        """The same split padded to ``[C, N, ...]`` on the host (NumPy)."""
+        offsets, lengths = np.asarray(self.offsets), np.asarray(self.lengths)
+        return FederatedSplit(**{
+            f: padded_rows(np.asarray(getattr(self, f)), offsets, lengths, self.max_samples)
+            for f in _ROW_FIELDS})
+
+
+@struct.dataclass
+class ClientRows:
+    """Where the clients' rows are, [C] each: the per-client part of a compact split that the
+    round maps over the client axis (the arrays themselves are shared by every client)."""
+
+    offsets: jax.Array
+    lengths: jax.Array
+
+
+def _lengths(valid: np.ndarray) -> np.ndarray:
+    """Per client, the rows up to and including its last valid one: [C, N] -> [C]."""
+    n = valid.shape[1]
+    last = n - np.argmax(valid[:, ::-1], axis=1)
+    return np.where(valid.any(axis=1), last, 0).astype(np.int64)
+
+
+def compact_split(split: FederatedSplit, put=lambda x: x) -> CompactSplit:
+    """The compact layout of a padded split (host NumPy in, NumPy out, or each field through
+    ``put`` as soon as it is built: :func:`put_compact`). Masks and boxes keep their dtype and
+    packing. The clients' valid samples keep their order and positions in their window."""
+    valid = np.asarray(split.valid).astype(bool)
+    num_clients, n = valid.shape
+    lengths = _lengths(valid)
+    order = np.argsort(lengths, kind="stable")          # smallest first, the largest last
+    offsets = np.zeros(num_clients, np.int64)
+    offsets[order] = np.concatenate([[0], np.cumsum(lengths[order])[:-1]]) if num_clients else []
+    total = int(lengths.sum())
+    rows = max(total, int((offsets + n).max(initial=0)))
+
+    def compact(name):
+        x = np.asarray(getattr(split, name))
+        out = np.zeros((rows,) + x.shape[2:], x.dtype)
+        for c in range(num_clients):
+            out[offsets[c]:offsets[c] + lengths[c]] = x[c, :lengths[c]]
+        return put(out)
+
+    return CompactSplit(**{f: compact(f) for f in _ROW_FIELDS},
+                        offsets=put(offsets.astype(np.int32)), lengths=put(lengths.astype(np.int32)),
+                        max_samples=int(n))
+
+
+def put_compact(split: FederatedSplit, device=None) -> CompactSplit:
+    """:func:`compact_split` straight onto ``device`` (default: JAX's default device), one field
+    at a time: the host holds one compact field at once, never the whole compact copy."""
+    return compact_split(split, put=lambda x: jax.device_put(x, device))
+
+
+def padded_rows(flat: np.ndarray, offsets, lengths, max_samples: int, fill=0) -> np.ndarray:
+    """Rows of a compact array back to ``[C, N, ...]`` (host): client ``c``'s ``lengths[c]``
+    rows from ``offsets[c]``, ``fill`` after them."""
+    out = np.full((len(offsets), max_samples) + flat.shape[1:], fill, flat.dtype)
+    for c, (o, n) in enumerate(zip(offsets, lengths)):
+        out[c, :n] = flat[o:o + n]
+    return out
+
+
+def client_window(split: CompactSplit, offset: jax.Array, length: jax.Array) -> FederatedSplit:
+    """One client's ``[N, ...]`` view (jittable; ``offset`` and ``length`` may be traced): the
+    padded split's row, except that the rows past ``length`` hold the next client's samples
+    (or zeros) with ``valid`` off."""
+    n = split.max_samples
+
+    def window(x):
+        return jax.lax.dynamic_slice_in_dim(x, offset, n, axis=0)
+
+    rows = {f: window(getattr(split, f)) for f in _ROW_FIELDS}
+    rows["valid"] = rows["valid"] & (jnp.arange(n) < length)
+    return FederatedSplit(**rows)
+
+
+def client_counts(split: CompactSplit) -> jax.Array:
+    """Valid samples per client, [C] int32 (jittable)."""
+    ends = jnp.concatenate([jnp.zeros((1,), jnp.int32),
+                            jnp.cumsum(split.valid.astype(jnp.int32))])
+    return ends[split.offsets + split.lengths] - ends[split.offsets]
