@@ -6,7 +6,8 @@ Writes a HAM10000-layout tree of realistic size (by default the real dataset's 1
 same builder a training run uses), loads the federation once per ``--channels`` value in a fresh
 process and prints, per split and array: dtype, bytes per sample, totals; the padding overhead
 (padded vs valid samples); the float32 layout stored before (images, masks and boxes float32) vs
-the uint8 layout stored now; and the peak RSS of the loading process.
+the uint8 layout stored now; the peak RSS of the loading process; and the bytes on the device
+when the job puts the splits there without their padding (``config.data.compact``).
 
     python benchmarks/memory.py --out_dir /tmp/ham_mem            # full size: minutes
     python benchmarks/memory.py --data_dir /tmp/ham_mem/tree --out_dir /tmp/ham_mem  # reuse
@@ -116,7 +117,8 @@ def measure_loaded(data_dir: str, cache_dir: str, image_size: int, channels: int
         held += sp["before_bytes"]
     padded = sum(sp["padded_samples"] for sp in splits.values())
     valid = sum(sp["valid_samples"] for sp in splits.values())
-    return dict(channels=channels, image_size=image_size, clients=list(fed.client_names),
+    placed = _place_compact(fed)
+    return dict(**placed,channels=channels, image_size=image_size, clients=list(fed.client_names),
                 pack_labels=bool(pack_labels),
                 splits=splits, images_dtype=str(fed.train.images.dtype),
                 after_bytes=totals["after"], before_bytes=totals["before"],
@@ -124,6 +126,25 @@ def measure_loaded(data_dir: str, cache_dir: str, image_size: int, channels: int
                 valid_samples=valid, padding_overhead=padded / max(valid, 1) - 1.0,
                 old_peak_estimate_bytes=old_peak, rss_before_kib=rss_before,
                 rss_peak_kib=peak, load_seconds=load_s)
+
+
+def _place_compact(fed) -> dict:
+    """The federation on JAX's default device as the job puts it with ``config.data.compact``
+    (:func:`fedmix_jax.data.compact.put_compact`: the clients' rows, no padding): the bytes
+    there and this process's peak RSS after it (on CPU the device's arrays are host memory)."""
+    import jax
+
+    from fedmix_jax.data.compact import put_compact
+
+    t0 = time.perf_counter()
+    placed = [put_compact(getattr(fed, name)) for name in ("train", "val", "test")]
+    jax.block_until_ready(placed)
+    return dict(device=str(jax.devices()[0].platform),
+                compact_bytes=int(sum(x.nbytes for p in placed for x in jax.tree.leaves(p))),
+                compact_rows=int(sum(p.images.shape[0] for p in placed)),
+                place_seconds=time.perf_counter() - t0,
+                rss_peak_placed_kib=max(_rss_kib("VmHWM"),
+                                        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
 
 
 def _load_in_subprocess(data_dir, cache_dir, image_size, channels, pack_labels=False) -> dict:
@@ -183,6 +204,12 @@ def report(r: dict) -> str:
                  f"increase {_fmt_bytes((r['rss_peak_kib'] - r['rss_before_kib']) * 1024)}); "
                  f"the float32 loader's stacking peak, estimated from the shapes: "
                  f"{_fmt_bytes(r['old_peak_estimate_bytes'])}; load {r['load_seconds']:.0f} s")
+    lines.append(f"on the device, compact (config.data.compact, the default): "
+                 f"{_fmt_bytes(r['compact_bytes'])} in {r['compact_rows']} rows (padded: "
+                 f"{_fmt_bytes(r['after_bytes'])} in {r['padded_samples']}); put on "
+                 f"{r['device']} in {r['place_seconds']:.1f} s, peak RSS of the process after "
+                 f"it {_fmt_bytes(r['rss_peak_placed_kib'] * 1024)}"
+                 + (" (the CPU device's arrays are host memory)" if r['device'] == 'cpu' else ""))
     return "\n".join(lines)
 
 

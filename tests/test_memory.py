@@ -216,6 +216,9 @@ def test_memory_benchmark_smoke(tmp_path):
         assert r["valid_samples"] == sum(memory.client_sizes(24))
         assert r["after_bytes"] * 3 < r["before_bytes"]         # uint8 vs float32 (4x less)
         assert r["padded_samples"] >= r["valid_samples"]
+        # on the device without padding: the valid rows (+ zero rows where a window needs them)
+        assert r["valid_samples"] <= r["compact_rows"] < r["padded_samples"]
+        assert r["compact_bytes"] < r["after_bytes"]
     # bit-packed masks and boxes (config.data.pack_labels): 4 bytes per 32 px row, K = 1
     packed = memory.main(["--out_dir", str(tmp_path), "--image_size", "32", "--channels", "3",
                           "--pack_labels"])[3]
