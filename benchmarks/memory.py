@@ -67,13 +67,14 @@ def _rss_kib(field: str) -> int:
 def measure_loaded(data_dir: str, cache_dir: str, image_size: int, channels: int,
                    pack_labels: bool = False) -> dict:
     """Load the federation (in this process) and describe its arrays; see :func:`main`.
-    ``pack_labels``: masks and boxes bit-packed after loading, as ``config.data.pack_labels``
-    does (the peak RSS then includes the unpacked arrays while they are packed)."""
+    ``pack_labels``: masks and boxes bit-packed as ``config.data.pack_labels`` does (each split
+    as soon as it is read: the peak RSS includes one split's unpacked labels)."""
     from fedmix_jax.data.real.loader import default_data_config, load_federation_from_config
     from fedmix_jax.data.real.cache import prepare_dataset
 
     cfg = default_data_config("ham10000", data_dir=data_dir, cache_dir=cache_dir,
-                              image_size=image_size, channels=channels)
+                              image_size=image_size, channels=channels,
+                              pack_labels=bool(pack_labels))
     prepare_dataset(cfg, verbose=False)          # built already: opens it (imports, readers)
     rss_before = _rss_kib("VmRSS")
     t0 = time.perf_counter()
@@ -228,7 +229,7 @@ def main(argv=None) -> dict:
     p.add_argument("--channels", default="1,3", help="comma-separated: 1 (default config) / 3")
     p.add_argument("--json", default="", help="also write the results here")
     p.add_argument("--pack_labels", action="store_true",
-                   help="bit-pack masks and boxes after loading (config.data.pack_labels)")
+                   help="bit-pack masks and boxes (config.data.pack_labels: each split as it is read)")
     a = p.parse_args(argv)
     from fedmix_jax.data.real.cache import prepare_dataset
     from fedmix_jax.data.real.loader import default_data_config

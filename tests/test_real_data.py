@@ -8,10 +8,11 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import numpy as np
 import pytest
 
-from fedmix_jax.data.federation import BOX, IMAGE, NONE, PIXEL
+from fedmix_jax.data.federation import BOX, IMAGE, NONE, PIXEL, pack_split_labels
 from fedmix_jax.data.real import (DatasetNotFoundError, load_federation_from_config,
                                   prepare_dataset, validate_cache)
 from fedmix_jax.data.real import build as build_cli
@@ -67,6 +68,14 @@ def test_ham10000_federation_arrays(ham_built):
     assert total == 28
     assert fed.train.counts().tolist() == [
         prepared.metadata["counts"]["train"][c] for c in fed.client_names]
+    # config.data.pack_labels: each split packed as it is read, equal to packing afterwards
+    packed = load_federation_from_config(
+        cfg("ham10000", prepared.metadata["source_dir"], cache, pack_labels=True), verbose=False)
+    for name in ("train", "val", "test"):
+        a, b = pack_split_labels(getattr(fed, name)), getattr(packed, name)
+        assert b.masks.shape[-2] == -(-SIZE // 8)
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+            np.testing.assert_array_equal(x, y)
 
 
 def test_ham10000_records_match_csv_and_masks(ham_built):

@@ -17,7 +17,8 @@ import sys
 import ml_collections
 import numpy as np
 
-from fedmix_jax.data.federation import LEVEL_NAMES, FederatedSplit, Federation, level_from_name
+from fedmix_jax.data.federation import (LEVEL_NAMES, FederatedSplit, Federation, level_from_name,
+                                        pack_split_labels)
 from fedmix_jax.data.real.cache import (DEFAULT_CACHE_DIR, PreparedDataset, _get,
                                         prepare_dataset, validate_cache)
 from fedmix_jax.data.real.errors import DATA_DIR_FLAG, CacheDamagedError, log
@@ -39,7 +40,7 @@ def default_data_config(name: str = "ham10000", **overrides) -> ml_collections.C
     cfg = ml_collections.ConfigDict(dict(
         name=name, data_dir="", cache_dir=DEFAULT_CACHE_DIR, image_size=256, channels=1,
         clients=(), levels=(), seed=0, val_fraction=0.1, test_fraction=0.2, on_bad_input="fail",
-        max_per_client=0, rebuild=False, box_mode="component"))
+        max_per_client=0, rebuild=False, box_mode="component", pack_labels=False))
     cfg.update(overrides)
     return cfg
 
@@ -181,11 +182,13 @@ def load_federation_from_config(data_cfg, verbose: bool = True) -> Federation:
     ``on_bad_input`` ('fail' | 'skip'), ``max_per_client`` (0 = all; else the client's total over
     the three splits is capped at it, spread in proportion to the split sizes, at least 1 per
     non-empty split), ``rebuild``, ``box_mode`` ('component' | 'enclosing', boxes derived from
-    masks; see :mod:`fedmix_jax.data.boxes`).
+    masks; see :mod:`fedmix_jax.data.boxes`), ``pack_labels`` (masks and boxes bit-packed).
 
     Images are uint8 (k means k / 255); masks and boxes uint8 in {0, 1}; image_labels float32
     [C, N, K]. Records are decoded straight into the padded arrays of their split (no per-client
-    copy: the host holds the splits and one batch of 256 decoded records).
+    copy: the host holds the splits and one batch of 256 decoded records). With ``pack_labels``
+    (``config.data.pack_labels``) each split's masks and boxes are bit-packed as soon as it is
+    read, so only one split's are ever unpacked.
     Raises :class:`DatasetNotFoundError` when ``data_dir`` is missing/empty and nothing is cached.
 
     A cache found damaged while reading it (:class:`CacheDamagedError`) is rebuilt once from
@@ -225,6 +228,7 @@ def _load_federation(data_cfg, verbose: bool = True) -> Federation:
     max_pc = int(_get(data_cfg, "max_per_client", 0))
     takes = {c: _take_counts(prepared, c, max_pc) for c in clients}
     total = sum(sum(t.values()) for t in takes.values())
+    pack = bool(_get(data_cfg, "pack_labels", False))
     splits = {}
     with tqdm(total=total, desc=f"reading {prepared.builder.name}", unit="img",
               disable=not verbose, file=sys.stderr) as bar:
@@ -238,6 +242,9 @@ def _load_federation(data_cfg, verbose: bool = True) -> Federation:
                     raise RuntimeError(f"{sp} sample without a mask in client {c}")
                 arrays["valid"][i, :len(d["ids"])] = True
             splits[fld] = FederatedSplit(**arrays)
+            if pack:     # before the next split is read: one split's unpacked labels at a time
+                splits[fld] = pack_split_labels(splits[fld])
+            del arrays
     fed = Federation(client_names=list(clients), class_names=list(prepared.metadata["class_names"]),
                      **splits)
     if verbose:
