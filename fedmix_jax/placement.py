@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import jax
 
-__all__ = ["place_state", "place_data", "eval_placement", "compact_applies"]
+__all__ = ["place_state", "place_data", "eval_placement", "compact_applies", "train_is_compact"]
 
 
 def place_state(state, round_fn, executor: str):
@@ -39,6 +39,13 @@ def compact_applies(executor: str, client_group: int, num_clients: int) -> bool:
     and ``vmap`` in groups smaller than the federation. ``vmap`` of every client would gather
     the padded ``[C, N]`` split inside the program anyway, and ``sharded`` splits its C axis."""
     return executor in ("map", "loop") or (executor == "vmap" and 0 < client_group < num_clients)
+
+
+def train_is_compact(config, round_config, num_clients: int) -> bool:
+    """Whether the job puts its training split on the device compact: ``config.data.compact``
+    (default True) and :func:`compact_applies` to ``round_config``'s executor."""
+    return bool(config.data.get("compact", True)) and compact_applies(
+        round_config.executor, round_config.client_group, num_clients)
 
 
 def place_data(federation, round_fn, round_config, compact: bool = False):

@@ -67,8 +67,8 @@ import numpy as np
 from fedmix_jax.data.federation import PIXEL, FederatedSplit, unpack_split_labels
 # The sources and the mode decision live in data/streamed_sources.py; re-exported here.
 from fedmix_jax.data.streamed_sources import (ArrayRecordSource, ArraySource,  # noqa: F401
-                                              SplitSource, choose_mode, open_streamed_federation,
-                                              split_bytes)
+                                              SplitSource, choose_mode, device_bytes,
+                                              open_streamed_federation, split_bytes)
 from fedmix_jax.round import FedState, RoundMetrics, finish_round, round_keys
 from fedmix_jax.site import (ModelPair, SiteReport, SiteState, finish_epoch, make_optimizer,
                              make_train_batch, masked_batch, prepare_epoch, sample_order,
@@ -322,5 +322,5 @@ def throughput(num_images: int, seconds: float) -> float:
 
 
 __all__ = ["SplitSource", "ArraySource", "ArrayRecordSource", "StreamOptions", "StreamedRound",
-           "streamed_site_round", "prefetched", "split_bytes", "choose_mode",
+           "streamed_site_round", "prefetched", "split_bytes", "device_bytes", "choose_mode",
            "open_streamed_federation"]

@@ -45,7 +45,7 @@ from fedmix_jax import compilation_cache, cpu_cores, placement
 from fedmix_jax.config import build_model, build_round_config, check_can_learn
 from fedmix_jax.console import Progress
 from fedmix_jax.data.federation import Federation
-from fedmix_jax.data.streamed_sources import load_run_federation
+from fedmix_jax.data.streamed_sources import choose_mode, load_run_federation
 from fedmix_jax.errors import (ConfigError, ConfigMismatchError, DataError,  # noqa: F401
                                OutOfMemoryError, RunError, TrainingDivergedError, WorkdirError,
                                is_out_of_memory)
@@ -98,11 +98,10 @@ class _Run:
         self.checkpointer = Checkpointer.for_workdir(workdir, int(config.keep_checkpoints))
         self.round_times: list[float] = []
         self.eval_times: list[float] = []
-        from fedmix_jax.streaming import choose_mode
-
         # Streamed (docs/streaming.md): the training split exceeds config.data's device budget.
         self.streamed, self.mode_reason = choose_mode(
-            federation.train, config.data.get("device_data_budget_gb", None))
+            federation.train, config.data.get("device_data_budget_gb", None),
+            placement.train_is_compact(config, round_config, federation.num_clients))
 
     # -------------------------------------------------------------------- device calls
 

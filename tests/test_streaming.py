@@ -115,6 +115,18 @@ def test_choose_mode():
     assert not S.choose_mode(split, 0)[0]
     assert S.choose_mode(split, 1e-9)[0]
     assert not S.choose_mode(split, 1.0)[0]
+    # What goes on the device: 201 bytes a row (64 + 64 + 64 + 9), 8 + 8 for packed labels.
+    uneven = split.replace(valid=np.array([[True] * 3, [True, False, False]]))
+    assert S.device_bytes(uneven) == 6 * 201 == S.split_bytes(uneven)     # padded [C, N]
+    assert S.device_bytes(uneven, compact=True) == 4 * 201                  # 3 + 1 rows
+    assert S.device_bytes(uneven, compact=True, pack_labels=True) == 4 * (64 + 8 + 8 + 9)
+    from fedmix_jax.data.federation import pack_split_labels
+
+    assert S.device_bytes(pack_split_labels(uneven), True, True) == 4 * 89  # packed already
+    budget = 1000 / 2 ** 30                 # between the compact 804 and the padded 1,206 bytes
+    assert S.choose_mode(uneven, budget)[0]
+    stream, why = S.choose_mode(uneven, budget, compact=True)
+    assert not stream and "without padding" in why
 
 
 def _tiny_split():

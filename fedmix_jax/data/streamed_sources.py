@@ -192,18 +192,41 @@ def split_bytes(split) -> int:
     return sum(_nbytes(getattr(split, f)) for f in FIELDS)
 
 
-def choose_mode(train, budget_gb) -> tuple[bool, str]:
-    """``(stream, why)``: stream when the training split's bytes exceed ``budget_gb`` (GiB;
-    None or <= 0: no budget, always in memory)."""
-    size = split_bytes(train)
+def device_bytes(split, compact: bool = False, pack_labels: bool = False) -> int:
+    """Bytes of ``split`` as the in-memory job puts it on the device: padded ``[C, N]`` rows,
+    or with ``compact`` (:mod:`fedmix_jax.data.compact`) each client's rows up to its last valid
+    one; with ``pack_labels`` masks and boxes count 8 pixels per byte (a split whose labels are
+    packed already counts as it is)."""
+    valid = np.asarray(split.valid).astype(bool)
+    rows = valid.size
+    if compact and valid.size:
+        n = valid.shape[1]
+        rows = int(np.where(valid.any(1), n - np.argmax(valid[:, ::-1], axis=1), 0).sum())
+    total = 0
+    for f in FIELDS:
+        x = getattr(split, f)
+        nbytes = _nbytes(x)
+        if pack_labels and f in ("masks", "boxes") and x.shape[-2] == split.images.shape[-2]:
+            nbytes = nbytes // x.shape[-2] * -(-x.shape[-2] // 8)
+        total += nbytes // max(valid.size, 1) * rows
+    return total
+
+
+def choose_mode(train, budget_gb, compact: bool = False, pack_labels: bool = False
+                ) -> tuple[bool, str]:
+    """``(stream, why)``: stream when the training split's bytes on the device
+    (:func:`device_bytes`) exceed ``budget_gb`` (GiB; None or <= 0: no budget, always in
+    memory)."""
+    size = device_bytes(train, compact, pack_labels)
+    what = f"training split {size / GIB:.3g} GiB on the device" + (
+        " (without padding)" if compact else "")
     if budget_gb is None or float(budget_gb) <= 0:
-        return False, f"training split {size / GIB:.3g} GiB, no device_data_budget_gb: in memory"
+        return False, f"{what}, no device_data_budget_gb: in memory"
     budget = float(budget_gb)
     if size > budget * GIB:
-        return True, (f"training split {size / GIB:.3g} GiB > device_data_budget_gb={budget:g}: "
+        return True, (f"{what} > device_data_budget_gb={budget:g}: "
                       "streamed block by block from the host")
-    return False, (f"training split {size / GIB:.3g} GiB <= device_data_budget_gb={budget:g}: "
-                   "in memory")
+    return False, f"{what} <= device_data_budget_gb={budget:g}: in memory"
 
 
 def open_streamed_federation(data_cfg, verbose: bool = True):
@@ -242,7 +265,9 @@ def load_run_federation(data_cfg, verbose: bool = True):
         budget = data_cfg.get("device_data_budget_gb", None)
         if budget is not None and float(budget) > 0 and str(data_cfg.get("name")) in REAL:
             federation = open_streamed_federation(data_cfg, verbose=verbose)
-            if not choose_mode(federation.train, budget)[0]:
+            # The job's default executor reads clients one at a time: compact on the device.
+            if not choose_mode(federation.train, budget, bool(data_cfg.get("compact", True)),
+                               bool(data_cfg.get("pack_labels", False)))[0]:
                 federation.train = federation.train.materialize()
         else:
             federation = load_federation(data_cfg, verbose=verbose)
@@ -257,4 +282,4 @@ def load_run_federation(data_cfg, verbose: bool = True):
 
 
 __all__ = ["FIELDS", "GIB", "SplitSource", "ArraySource", "ArrayRecordSource", "split_bytes",
-           "choose_mode", "open_streamed_federation", "load_run_federation"]
+           "device_bytes", "choose_mode", "open_streamed_federation", "load_run_federation"]
