@@ -229,7 +229,8 @@ def main(argv=None) -> dict:
     p.add_argument("--channels", default="1,3", help="comma-separated: 1 (default config) / 3")
     p.add_argument("--json", default="", help="also write the results here")
     p.add_argument("--pack_labels", action="store_true",
-                   help="bit-pack masks and boxes (config.data.pack_labels: each split as it is read)")
+                   help="bit-pack masks and boxes (config.data.pack_labels: each split as it "
+                   "is read)")
     a = p.parse_args(argv)
     from fedmix_jax.data.real.cache import prepare_dataset
     from fedmix_jax.data.real.loader import default_data_config

@@ -64,7 +64,7 @@ def test_layout_on_random_splits():
 def test_compact_keeps_dtypes_and_packing():
     split = pack_split_labels(_split([5, 3], [PIXEL, BOX]))
     cs = put_compact(split)
-    assert isinstance(cs.images, jax.Array)
+    assert isinstance(cs, CompactSplit) and isinstance(cs.images, jax.Array)
     assert cs.masks.dtype == np.uint8 and cs.masks.shape[1:] == split.masks.shape[2:]
     assert cs.images.shape[0] == 8               # 8 rows instead of 2 x 5
     np.testing.assert_array_equal(padded_rows(np.asarray(cs.masks), cs.offsets, cs.lengths, 5),

@@ -35,8 +35,8 @@ from flax import struct
 
 from fedmix_jax.data.federation import FederatedSplit
 
-__all__ = ["CompactSplit", "compact_split", "put_compact", "client_window", "client_counts", "padded_rows",
-           "ClientRows"]
+__all__ = ["CompactSplit", "ClientRows", "compact_split", "put_compact", "client_lengths",
+           "client_window", "client_counts", "padded_rows"]
 
 _ROW_FIELDS = ("images", "masks", "boxes", "image_labels", "levels", "valid")
 
@@ -89,8 +89,9 @@ class ClientRows:
     lengths: jax.Array
 
 
-def _lengths(valid: np.ndarray) -> np.ndarray:
-    """Per client, the rows up to and including its last valid one: [C, N] -> [C]."""
+def client_lengths(valid: np.ndarray) -> np.ndarray:
+    """Per client, the rows up to and including its last valid one: [C, N] bool -> [C] (host);
+    a client's rows in the compact layout."""
     n = valid.shape[1]
     last = n - np.argmax(valid[:, ::-1], axis=1)
     return np.where(valid.any(axis=1), last, 0).astype(np.int64)
@@ -102,7 +103,7 @@ def compact_split(split: FederatedSplit, put=lambda x: x) -> CompactSplit:
     packing. The clients' valid samples keep their order and positions in their window."""
     valid = np.asarray(split.valid).astype(bool)
     num_clients, n = valid.shape
-    lengths = _lengths(valid)
+    lengths = client_lengths(valid)
     order = np.argsort(lengths, kind="stable")          # smallest first, the largest last
     offsets = np.zeros(num_clients, np.int64)
     offsets[order] = np.concatenate([[0], np.cumsum(lengths[order])[:-1]]) if num_clients else []
@@ -117,8 +118,8 @@ def compact_split(split: FederatedSplit, put=lambda x: x) -> CompactSplit:
         return put(out)
 
     return CompactSplit(**{f: compact(f) for f in _ROW_FIELDS},
-                        offsets=put(offsets.astype(np.int32)), lengths=put(lengths.astype(np.int32)),
-                        max_samples=int(n))
+                        offsets=put(offsets.astype(np.int32)),
+                        lengths=put(lengths.astype(np.int32)), max_samples=int(n))
 
 
 def put_compact(split: FederatedSplit, device=None) -> CompactSplit:

@@ -197,11 +197,10 @@ def device_bytes(split, compact: bool = False, pack_labels: bool = False) -> int
     or with ``compact`` (:mod:`fedmix_jax.data.compact`) each client's rows up to its last valid
     one; with ``pack_labels`` masks and boxes count 8 pixels per byte (a split whose labels are
     packed already counts as it is)."""
+    from fedmix_jax.data.compact import client_lengths
+
     valid = np.asarray(split.valid).astype(bool)
-    rows = valid.size
-    if compact and valid.size:
-        n = valid.shape[1]
-        rows = int(np.where(valid.any(1), n - np.argmax(valid[:, ::-1], axis=1), 0).sum())
+    rows = int(client_lengths(valid).sum()) if compact and valid.size else valid.size
     total = 0
     for f in FIELDS:
         x = getattr(split, f)
