@@ -254,6 +254,20 @@ def test_folders_default_levels_and_labels_from_masks(tmp_path):
     make_folders(str(tmp_path / "fed"), clients={"a": 4, "b": 4})
     fed = load_federation_from_config(cfg("folders", tmp_path / "fed", tmp_path / "c"),
                                       verbose=False)
+    # A Flower site on the same tree, with the coordinator's data.pack_labels: its own rows,
+    # masks and boxes bit-packed as the main job packs them.
+    import ml_collections
+
+    from fedmix_jax.flower.local_site import load_site_data
+
+    shared = ml_collections.ConfigDict(dict(data=dict(image_size=SIZE, channels=1,
+                                                      pack_labels=True)))
+    site = load_site_data({"data": "folders", "data-dir": str(tmp_path / "fed"),
+                           "cache-dir": str(tmp_path / "c"), "client": "b"}, shared)
+    n = int(fed.train.valid[1].sum())
+    assert site.train.masks.shape == (n, SIZE, SIZE // 8, 1)
+    np.testing.assert_array_equal(site.train.boxes,
+                                  pack_split_labels(fed.train).boxes[1][:n])
     for split in (fed.train, fed.val, fed.test):
         v = split.valid
         assert (split.levels[v] == PIXEL).all()

@@ -126,7 +126,7 @@ def load_site_data(node_config: dict, shared: ml_collections.ConfigDict | None) 
         if node_config.get("cache-dir"):
             overrides["cache_dir"] = str(node_config["cache-dir"])
         if shared is not None and "data" in shared:
-            for key in ("image_size", "channels"):
+            for key in ("image_size", "channels", "pack_labels"):
                 if key in shared.data:
                     overrides[key] = shared.data[key]
         cfg = default_data_config("folders", **overrides)
