@@ -168,7 +168,7 @@ def evaluate(model: nn.Module, params, split: FederatedSplit, per_client_params:
       block_size: None puts the whole split on the device; an int moves ``block_size`` images of
         every client at a time (host arrays sliced along M; a split larger than device memory,
         see :mod:`fedmix_jax.streaming`). Per-image scores are the same. Not used for a compact
-      split, which is on the device already.
+        split, which is on the device already.
 
     Returns:
       dict of NumPy arrays (C clients, M padded images, K classes); "mean over clients" counts the
