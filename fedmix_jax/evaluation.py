@@ -125,25 +125,32 @@ def _host_masks(split: FederatedSplit | CompactSplit):
 
 
 def _compact_scores(model, params, split: CompactSplit, per_client_params: bool,
-                    chunk_size: int, threshold: float, with_pred: bool) -> dict[str, np.ndarray]:
+                    chunk_size: int, threshold: float, with_pred: bool,
+                    block_rows: int | None = None) -> dict[str, np.ndarray]:
     """Per-image scores of a compact split, back in the [C, M, ...] layout (0 on padding): one
-    model over its T rows (no padding is evaluated), or client c's model over its window."""
+    model over its T rows (no padding is evaluated), ``block_rows`` rows at a time if given (a
+    split on the host), or client c's model over its window."""
     offsets, lengths = np.asarray(split.offsets), np.asarray(split.lengths)
     m = split.max_samples
+    score = functools.partial(_scores_shared, model, chunk_size, threshold, with_pred)
     if per_client_params:
         out = {}
         for c, (o, n) in enumerate(zip(offsets, lengths)):
             p = jax.tree.map(lambda x: x[c], params)
-            window = [jax.lax.dynamic_slice_in_dim(x, int(o), m)[None]
-                      for x in (split.images, split.masks)]
-            for k, v in _scores_shared(model, chunk_size, threshold, with_pred, p,
-                                       *window).items():
+            o = int(o)    # T >= o + M: a static slice of device or host rows
+            for k, v in score(p, split.images[o:o + m][None], split.masks[o:o + m][None]).items():
                 v = np.asarray(v)[0]
                 out.setdefault(k, np.zeros((len(offsets),) + v.shape, v.dtype))[c, :n] = v[:n]
         return out
-    flat = _scores_shared(model, chunk_size, threshold, with_pred, params, split.images[None],
-                          split.masks[None])
-    return {k: padded_rows(np.asarray(v)[0], offsets, lengths, m) for k, v in flat.items()}
+    t = split.images.shape[0]
+    if block_rows is None or block_rows >= t:
+        parts = [score(params, split.images[None], split.masks[None])]
+    else:
+        step = max(int(block_rows), 1)
+        parts = [score(params, split.images[lo:lo + step][None], split.masks[lo:lo + step][None])
+                 for lo in range(0, t, step)]
+    return {k: padded_rows(np.concatenate([np.asarray(p[k])[0] for p in parts]), offsets,
+                           lengths, m) for k in parts[0]}
 
 
 def evaluate(model: nn.Module, params, split: FederatedSplit, per_client_params: bool = False,
@@ -167,8 +174,8 @@ def evaluate(model: nn.Module, params, split: FederatedSplit, per_client_params:
         ``'nan'`` (excluded, as MONAI's HD95) or ``'inf'``.
       block_size: None puts the whole split on the device; an int moves ``block_size`` images of
         every client at a time (host arrays sliced along M; a split larger than device memory,
-        see :mod:`fedmix_jax.streaming`). Per-image scores are the same. Not used for a compact
-        split, which is on the device already.
+        see :mod:`fedmix_jax.streaming`). Per-image scores are the same. A compact split moves
+        ``block_size * C`` of its rows at a time (the same device memory, no padding).
 
     Returns:
       dict of NumPy arrays (C clients, M padded images, K classes); "mean over clients" counts the
@@ -198,9 +205,10 @@ def evaluate(model: nn.Module, params, split: FederatedSplit, per_client_params:
                                chunk_size=chunk_size, threshold=threshold, with_pred=bool(hd95))
     compact = isinstance(split, CompactSplit)
     valid = split.padded_valid() if compact else np.asarray(split.valid).astype(bool)
-    if compact:     # already on the device, without padding
+    if compact:     # without padding; on the host: block_size images per client at a time
         out = _compact_scores(model, params, split, per_client_params, chunk_size, threshold,
-                              bool(hd95))
+                              bool(hd95), None if block_size is None
+                              else int(block_size) * split.num_clients)
     elif block_size is None:
         out = scores(split.images, split.masks)
     else:

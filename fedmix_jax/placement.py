@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import jax
 
-__all__ = ["place_state", "place_data", "eval_placement", "compact_applies", "train_is_compact"]
+__all__ = ["place_state", "place_data", "held_out_on_host", "eval_placement", "compact_applies",
+           "train_is_compact"]
 
 
 def place_state(state, round_fn, executor: str):
@@ -68,6 +69,17 @@ def place_data(federation, round_fn, round_config, compact: bool = False):
     else:
         train = jax.device_put(federation.train)
     return train, held_out(federation.val), held_out(federation.test)
+
+
+def held_out_on_host(federation, compact: bool = False):
+    """``(val, test)`` of a streamed run: they stay on the host and are evaluated in blocks;
+    ``compact``: without their padding (host :class:`~fedmix_jax.data.compact.CompactSplit`s,
+    so no padded image is moved or evaluated)."""
+    from fedmix_jax.data.compact import compact_split
+
+    if not compact:
+        return federation.val, federation.test
+    return compact_split(federation.val), compact_split(federation.test)
 
 
 def eval_placement(params, executor: str):

@@ -187,7 +187,8 @@ class _Run:
         train = self.federation.train
         source = train if isinstance(train, SplitSource) else ArraySource(train)
         self.round_fn = StreamedRound(self.model, self.round_config, source, self.stream_options)
-        self.train_data, self.val, self.test = None, self.federation.val, self.federation.test
+        self.train_data, self.val, self.test = None, *placement.held_out_on_host(
+            self.federation, bool(self.config.data.get("compact", True)))
         if self.round_config.executor != "map":
             logging.info("streamed: clients run one after another on one device (executor %r "
                          "does not apply)", self.round_config.executor)

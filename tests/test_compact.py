@@ -110,9 +110,12 @@ def test_evaluation_bit_identical_to_padded(splits):
         p = params if per_client else jax.tree.map(lambda x: x[0], params)
         a = evaluate(MODEL, p, u8, per_client_params=per_client, chunk_size=5)
         b = evaluate(MODEL, p, dev, per_client_params=per_client, chunk_size=5)
-        assert a.keys() == b.keys()
+        # on the host, in blocks (the streamed job's held-out splits): 2 x 3 rows at a time
+        c = evaluate(MODEL, p, cs, per_client_params=per_client, chunk_size=5, block_size=2)
+        assert a.keys() == b.keys() == c.keys()
         for k in a:
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+            np.testing.assert_array_equal(a[k], c[k], err_msg=k)
 
 
 def test_where_compact_applies_and_sharded_refuses(splits):
