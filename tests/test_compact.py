@@ -126,3 +126,16 @@ def test_where_compact_applies_and_sharded_refuses(splits):
     state = F.init_state(MODEL, jax.random.PRNGKey(0), (SIZE, SIZE, 1), 3, cfg)
     with pytest.raises(TypeError, match="padded FederatedSplit"):
         F.make_round_fn(MODEL, cfg)(state, splits[1])
+
+
+def test_compact_layout_benchmark_smoke():
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from benchmarks import compact_layout
+
+    out = compact_layout.main(["--sizes", "3,1", "--image_size", "16", "--width", "2",
+                               "--chunk", "2", "--repeats", "1"])
+    assert out["layouts"]["compact"]["rows"] == 4 < out["layouts"]["padded"]["rows"] == 6
+    assert out["layouts"]["compact"]["bytes"] < out["layouts"]["padded"]["bytes"]
