@@ -69,6 +69,9 @@ def test_compact_keeps_dtypes_and_packing():
     assert cs.images.shape[0] == 8               # 8 rows instead of 2 x 5
     np.testing.assert_array_equal(padded_rows(np.asarray(cs.masks), cs.offsets, cs.lengths, 5),
                                   split.masks)
+    assert compact_split(cs).max_samples == 5          # already compact: kept as it is
+    with pytest.raises(ValueError, match=r"valid \[C, N\]"):
+        compact_split(jax.tree.map(lambda x: x[0], split))     # one site's [N, ...] rows
 
 
 @pytest.fixture(scope="module")

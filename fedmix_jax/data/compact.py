@@ -101,7 +101,11 @@ def compact_split(split: FederatedSplit, put=lambda x: x) -> CompactSplit:
     """The compact layout of a padded split (host NumPy in, NumPy out, or each field through
     ``put`` as soon as it is built: :func:`put_compact`). Masks and boxes keep their dtype and
     packing. The clients' valid samples keep their order and positions in their window."""
+    if isinstance(split, CompactSplit):
+        return jax.tree.map(put, split)
     valid = np.asarray(split.valid).astype(bool)
+    if valid.ndim != 2:
+        raise ValueError(f"compact_split needs a padded split, valid [C, N]; got {valid.shape}")
     num_clients, n = valid.shape
     lengths = client_lengths(valid)
     order = np.argsort(lengths, kind="stable")          # smallest first, the largest last
