@@ -134,20 +134,25 @@ def _short(e: BaseException) -> str:
     return f"{type(e).__name__}: {first[:160]}" if first else type(e).__name__
 
 
-def remove_temporaries(directory: str) -> list[str]:
+def remove_temporaries(directory: str, settle_s: float = 0.0) -> list[str]:
     """Remove orbax's temporary folders (``*.orbax-checkpoint-tmp*``) of interrupted writes under
-    ``directory`` (the checkpoints and their items). Only call it when no save is running."""
-    removed = []
-    if not os.path.isdir(directory):
-        return removed
-    for root, dirs, _ in os.walk(directory):
-        for d in list(dirs):
-            if TMP_MARK in d:
-                path = os.path.join(root, d)
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(path)
+    ``directory`` (the checkpoints and their items). Only call it when no save is running. After
+    a failed save, ``settle_s > 0`` repeats the removal until none has reappeared for
+    ``settle_s`` (at most 10 s): writes still in flight when the save failed (TensorStore's
+    background writer) can recreate the folder after a removal, even after the manager closed."""
+    removed, first, deadline = [], True, time.monotonic() + 10.0
+    while True:
+        found = []
+        for root, dirs, _ in os.walk(directory):    # nothing if the directory does not exist
+            for d in [d for d in dirs if TMP_MARK in d]:
+                found.append(os.path.join(root, d))
+                shutil.rmtree(found[-1], ignore_errors=True)
                 dirs.remove(d)
-    return removed
+        removed += found
+        if settle_s <= 0 or (not first and not found) or time.monotonic() > deadline:
+            return removed
+        first = False
+        time.sleep(settle_s)
 
 
 # ------------------------------------------------------------------------------- checkpointer
@@ -361,10 +366,8 @@ class Checkpointer:
             self._manager.close()
         except Exception:  # noqa: BLE001 -- a failed save was reported already
             pass
-        if getattr(self, "_failed_save", False):
-            # Writes of the failed save that were still in flight may have recreated its
-            # temporary folder after the first removal; the manager is closed now.
-            remove_temporaries(self.directory)
+        if getattr(self, "_failed_save", False):     # its writes may still recreate them
+            remove_temporaries(self.directory, settle_s=0.3)
 
     def __enter__(self) -> "Checkpointer":
         return self

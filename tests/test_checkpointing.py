@@ -138,3 +138,25 @@ def test_config_change_on_resume(uninterrupted, federation):
     diffs = train.config_differences({"num_rounds": 4, "a": {"b": 1}},
                                      {"num_rounds": 9, "a": {"b": 1}})
     assert diffs == []                          # num_rounds may change
+
+
+def test_remove_temporaries_waits_out_a_late_writer(tmp_path):
+    """After a failed save, a write still in flight can recreate the temporary folder after it
+    was removed: ``settle_s`` removes until none reappears (the job's exit path uses it)."""
+    import threading
+    import time
+
+    from fedmix_jax.checkpointing import remove_temporaries
+
+    tmp = tmp_path / "3.orbax-checkpoint-tmp" / "state.orbax-checkpoint-tmp"
+    keep = tmp_path / "2" / "state"
+    tmp.mkdir(parents=True)
+    keep.mkdir(parents=True)
+    late = threading.Timer(0.15, lambda: tmp.mkdir(parents=True, exist_ok=True))
+    late.start()
+    t0 = time.monotonic()
+    removed = remove_temporaries(str(tmp_path), settle_s=0.3)
+    late.join()
+    assert not (tmp_path / "3.orbax-checkpoint-tmp").exists() and keep.is_dir()
+    assert len(removed) == 2 and time.monotonic() - t0 < 5     # removed twice, then settled
+    assert remove_temporaries(str(tmp_path / "missing")) == []
