@@ -29,12 +29,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 
 if __package__ in (None, ""):   # run as a script: import from the repository root, and keep
     # this folder off sys.path (its modules must not shadow the standard library's)
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
+
+from fedmix_jax import placement  # noqa: E402
 
 GIB = 1024 ** 3
 MIB = 1024 ** 2
@@ -118,10 +121,12 @@ def measure_loaded(data_dir: str, cache_dir: str, image_size: int, channels: int
         held += sp["before_bytes"]
     padded = sum(sp["padded_samples"] for sp in splits.values())
     valid = sum(sp["valid_samples"] for sp in splits.values())
-    placed = _place_compact(fed)
-    return dict(**placed,channels=channels, image_size=image_size, clients=list(fed.client_names),
-                pack_labels=bool(pack_labels),
-                splits=splits, images_dtype=str(fed.train.images.dtype),
+    clients, images_dtype = list(fed.client_names), str(fed.train.images.dtype)
+    del s, a            # the loop's last split and array: the loaded arrays leave with `host`
+    host, fed, _ = placement.hand_over(fed)
+    placed = _place_as_job(host)
+    return dict(**placed, channels=channels, image_size=image_size, clients=clients,
+                pack_labels=bool(pack_labels), splits=splits, images_dtype=images_dtype,
                 after_bytes=totals["after"], before_bytes=totals["before"],
                 valid_after_bytes=totals["valid_after"], padded_samples=padded,
                 valid_samples=valid, padding_overhead=padded / max(valid, 1) - 1.0,
@@ -129,23 +134,25 @@ def measure_loaded(data_dir: str, cache_dir: str, image_size: int, channels: int
                 rss_peak_kib=peak, load_seconds=load_s)
 
 
-def _place_compact(fed) -> dict:
-    """The federation on JAX's default device as the job puts it with ``config.data.compact``
-    (:func:`fedmix_jax.data.compact.put_compact`: the clients' rows, no padding): the bytes
-    there and this process's peak RSS after it (on CPU the device's arrays are host memory)."""
+def _place_as_job(host: dict) -> dict:
+    """The splits on JAX's default device as the job puts them for the default ``map`` executor
+    with ``config.data.compact`` (:func:`fedmix_jax.placement.place_splits`: the clients' rows,
+    no padding; each host array dropped as soon as it is placed): the bytes there, this
+    process's peak RSS through the placing and its RSS after it (on CPU the device's arrays
+    are host memory)."""
     import jax
 
-    from fedmix_jax.data.compact import put_compact
-
     t0 = time.perf_counter()
-    placed = [put_compact(getattr(fed, name)) for name in ("train", "val", "test")]
+    placed = placement.place_splits(host, None, types.SimpleNamespace(executor="map",
+                                                                      client_group=0), True)
     jax.block_until_ready(placed)
     return dict(device=str(jax.devices()[0].platform),
                 compact_bytes=int(sum(x.nbytes for p in placed for x in jax.tree.leaves(p))),
                 compact_rows=int(sum(p.images.shape[0] for p in placed)),
                 place_seconds=time.perf_counter() - t0,
                 rss_peak_placed_kib=max(_rss_kib("VmHWM"),
-                                        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+                                        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss),
+                rss_after_placed_kib=_rss_kib("VmRSS"))
 
 
 def _load_in_subprocess(data_dir, cache_dir, image_size, channels, pack_labels=False) -> dict:
@@ -208,8 +215,10 @@ def report(r: dict) -> str:
     lines.append(f"on the device, compact (config.data.compact, the default): "
                  f"{_fmt_bytes(r['compact_bytes'])} in {r['compact_rows']} rows (padded: "
                  f"{_fmt_bytes(r['after_bytes'])} in {r['padded_samples']}); put on "
-                 f"{r['device']} in {r['place_seconds']:.1f} s, peak RSS of the process after "
-                 f"it {_fmt_bytes(r['rss_peak_placed_kib'] * 1024)}"
+                 f"{r['device']} in {r['place_seconds']:.1f} s, the host arrays dropped as "
+                 f"they are placed (as the job does); process RSS: peak "
+                 f"{_fmt_bytes(r['rss_peak_placed_kib'] * 1024)}, after placing "
+                 f"{_fmt_bytes(r['rss_after_placed_kib'] * 1024)}"
                  + (" (the CPU device's arrays are host memory)" if r['device'] == 'cpu' else ""))
     return "\n".join(lines)
 

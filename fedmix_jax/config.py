@@ -289,3 +289,23 @@ def check_can_learn(strategy: Strategy, levels: np.ndarray, valid: np.ndarray) -
     return [f"no client has pixel masks (levels present: {', '.join(present)}): {strategy.name} "
             "can only learn from weak samples that the untrained initial models' pseudo-labels "
             "get selected; the run stops if round 1 trains nothing."]
+
+
+def validate_run(config, federation, round_config: RoundConfig) -> bool:
+    """Refuse, before anything is compiled, a job that cannot run (round counts below 1, a crop
+    larger than the images, :func:`check_can_learn`); True if the run may not learn (the
+    warnings are logged)."""
+    from absl import logging
+
+    for name in ("num_rounds", "eval_every", "checkpoint_every", "keep_checkpoints"):
+        if int(config[name]) < 1:
+            raise ConfigError(f"--config.{name} must be >= 1, got {config[name]}")
+    h, w = federation.train.images.shape[2:4]
+    if round_config.crop is not None and (round_config.crop[0] > h or round_config.crop[1] > w):
+        raise ConfigError(f"--config.train.crop={round_config.crop} is larger than the images "
+                          f"({h}x{w}); set a smaller crop or --config.train.crop=None")
+    warnings = check_can_learn(round_config.strategy, federation.train.levels,
+                               federation.train.valid)
+    for message in warnings:
+        logging.warning("%s", message)
+    return bool(warnings)

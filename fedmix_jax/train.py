@@ -42,7 +42,7 @@ from absl import logging
 from fedmix_jax import rundir
 from fedmix_jax.checkpointing import Checkpointer, remove_temporaries
 from fedmix_jax import compilation_cache, cpu_cores, placement
-from fedmix_jax.config import build_model, build_round_config, check_can_learn
+from fedmix_jax.config import build_model, build_round_config, validate_run
 from fedmix_jax.console import Progress
 from fedmix_jax.data.federation import Federation
 from fedmix_jax.data.streamed_sources import choose_mode, load_run_federation
@@ -56,22 +56,6 @@ from fedmix_jax.records import (MetricsFile, add_evaluation, eval_record, evalua
 from fedmix_jax.rundir import (CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE,  # noqa: F401
                                RESUMABLE_FIELDS, SUMMARY_FILE, config_differences, config_to_dict)
 from fedmix_jax.summary import format_summary, make_summary, timing, write_summary
-
-
-def _validate(config, federation: Federation, round_config: RoundConfig) -> bool:
-    """Refuse what cannot run, before anything is compiled; True if the run may not learn."""
-    for name in ("num_rounds", "eval_every", "checkpoint_every", "keep_checkpoints"):
-        if int(config[name]) < 1:
-            raise ConfigError(f"--config.{name} must be >= 1, got {config[name]}")
-    h, w = federation.train.images.shape[2:4]
-    if round_config.crop is not None and (round_config.crop[0] > h or round_config.crop[1] > w):
-        raise ConfigError(f"--config.train.crop={round_config.crop} is larger than the images "
-                          f"({h}x{w}); set a smaller crop or --config.train.crop=None")
-    warnings = check_can_learn(round_config.strategy, federation.train.levels,
-                               federation.train.valid)
-    for w in warnings:
-        logging.warning("%s", w)
-    return bool(warnings)
 
 
 def _copy_tree(tree):
@@ -174,9 +158,11 @@ class _Run:
             return self._prepare_streamed(state)
         self.round_fn = make_round_fn(self.model, rc)
         state = placement.place_state(state, self.round_fn, rc.executor)
+        # The host arrays are handed over and dropped as they are placed (docs/memory.md).
+        host, self.federation, self.plot_split = placement.hand_over(self.federation)
         self.train_data, self.val, self.test = self._guard(
-            "putting the data on the device", placement.place_data, self.federation,
-            self.round_fn, rc, bool(self.config.data.get("compact", True)))
+            "putting the data on the device", placement.place_splits, host, self.round_fn, rc,
+            bool(self.config.data.get("compact", True)))
         return state
 
     def _prepare_streamed(self, state):
@@ -187,8 +173,10 @@ class _Run:
         train = self.federation.train
         source = train if isinstance(train, SplitSource) else ArraySource(train)
         self.round_fn = StreamedRound(self.model, self.round_config, source, self.stream_options)
+        host, self.federation, self.plot_split = placement.hand_over(self.federation,
+                                                                     ("val", "test"))
         self.train_data, self.val, self.test = None, *placement.held_out_on_host(
-            self.federation, bool(self.config.data.get("compact", True)))
+            host, bool(self.config.data.get("compact", True)))
         if self.round_config.executor != "map":
             logging.info("streamed: clients run one after another on one device (executor %r "
                          "does not apply)", self.round_config.executor)
@@ -295,7 +283,7 @@ class _Run:
                 paths = write_run_plots(
                     self.workdir, self.records, self.client_names, summary["levels"],
                     self.best["round"] or None, self.model, self.best_params,
-                    self.federation.test, per_client_params=self.local)
+                    self.plot_split, per_client_params=self.local)
             except OSError as e:
                 raise rundir.os_error(e, f"write the plots into {self.workdir} (the run, its "
                                          "checkpoint, metrics.jsonl and summary.json are "
@@ -353,7 +341,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, quiet: b
         federation = load_run_federation(config.data, verbose=not quiet)
     round_config = cpu_cores.executor_for_devices(build_round_config(config), config,
                                                   federation.num_clients)
-    may_not_learn = _validate(config, federation, round_config)
+    may_not_learn = validate_run(config, federation, round_config)
     model = build_model(config, federation.num_classes)
 
     with rundir.WorkdirLock(workdir):
@@ -362,6 +350,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, quiet: b
         rundir.remove_stale_temporaries(workdir)
         run = _Run(config, cfg_dict, workdir, federation, round_config, model, quiet,
                    may_not_learn)
+        del federation      # the run owns it now: its arrays are freed as they are placed
         progress, done = None, False
         try:
             state = run.restore()

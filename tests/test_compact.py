@@ -142,3 +142,85 @@ def test_compact_layout_benchmark_smoke():
                                "--chunk", "2", "--repeats", "1"])
     assert out["layouts"]["compact"]["rows"] == 4 < out["layouts"]["padded"]["rows"] == 6
     assert out["layouts"]["compact"]["bytes"] < out["layouts"]["padded"]["bytes"]
+
+
+# ------------------------------------------------------------ handing the host arrays over
+
+def _federation(seed=0):
+    from fedmix_jax.data.federation import Federation
+
+    splits = [_split(sizes, [PIXEL, BOX, IMAGE, PIXEL], seed + i)
+              for i, sizes in enumerate(([5, 2, 7, 0], [2, 1, 3, 1], [3, 2, 4, 1]))]
+    return Federation(client_names=list("abcd"), class_names=["lesion"], train=splits[0],
+                      val=splits[1], test=splits[2])
+
+
+def _map_config(executor="map"):
+    import types
+
+    return types.SimpleNamespace(executor=executor, client_group=0)
+
+
+@pytest.mark.parametrize("executor,compact", [("map", True), ("map", False), ("vmap", True)])
+def test_hand_over_places_the_same_and_frees_the_host_arrays(executor, compact):
+    """The job's placing (issue 14: on the CPU backend the device's arrays are host memory):
+    handing the loaded arrays over places exactly what place_data places, leaves the host
+    dict empty, and no loaded pixel array outlives it (weak references die without a full
+    collection) except as the device's own buffer. The federation the job keeps has the shapes
+    and the metadata, no pixels."""
+    import weakref
+
+    from fedmix_jax import placement
+
+    expected = placement.place_data(_federation(), None, _map_config(executor), compact)
+    fed = _federation()
+    weak = [weakref.ref(getattr(getattr(fed, s), f)) for s in ("train", "val", "test")
+            for f in ("images", "masks", "boxes")]
+    test_images = np.array(fed.test.images)
+    host, hollow, plot = placement.hand_over(fed)
+    meta = {s: (getattr(fed, s).levels, getattr(fed, s).valid, getattr(fed, s).images.shape)
+            for s in ("train", "val", "test")}
+    del fed
+    placed = placement.place_splits(host, None, _map_config(executor), compact)
+    assert host == {}
+    # The CPU backend may alias a 64-byte-aligned host array instead of copying it: then it is
+    # the device's own buffer. Any other loaded array still alive would be a second copy.
+    buffers = {x.unsafe_buffer_pointer() for x in jax.tree.leaves(placed)}
+    alive = [r() for r in weak if r() is not None]
+    assert not [a.shape for a in alive if a.ctypes.data not in buffers]
+    _assert_same(placed, expected)
+    assert isinstance(placed[0], CompactSplit) == (compact and executor == "map")
+    assert all(isinstance(p, CompactSplit) == compact for p in placed[1:])
+    for s, (levels, valid, shape) in meta.items():
+        split = getattr(hollow, s)
+        np.testing.assert_array_equal(split.levels, levels)
+        np.testing.assert_array_equal(split.valid, valid)
+        assert split.images.shape == shape and split.images.dtype == np.uint8
+        for f in ("images", "masks", "boxes"):       # no memory behind the shapes
+            assert not any(getattr(split, f).strides)
+    # the prediction plot's samples: copies of the first PLOT_SAMPLES of every client
+    np.testing.assert_array_equal(plot.images, test_images[:, :placement.PLOT_SAMPLES])
+    assert plot.images.base is None
+
+
+def test_place_data_leaves_the_federation_unchanged():
+    """The non-consuming entry (a federation shared by several runs, e.g. the compare command)."""
+    from fedmix_jax import placement
+
+    fed = _federation(3)
+    before = jax.tree.map(np.copy, (fed.train, fed.val, fed.test))
+    placement.place_data(fed, None, _map_config(), True)
+    _assert_same((fed.train, fed.val, fed.test), before)
+
+
+def test_held_out_on_host_consumes():
+    from fedmix_jax import placement
+
+    fed = _federation(5)
+    host = placement.host_arrays(fed, ("val", "test"))
+    val, test = placement.held_out_on_host(host, compact=True)
+    assert host == {}
+    _assert_same(val.padded(), fed.val)
+    _assert_same(test.padded(), fed.test)
+    val, test = placement.held_out_on_host(placement.host_arrays(fed, ("val", "test")))
+    _assert_same((val, test), (fed.val, fed.test))

@@ -230,3 +230,36 @@ def test_breast_config_end_to_end_on_fixture(tmp_path, capsys):
     assert summary["levels"] == ["image", "box", "pixel"]
     assert summary["config"]["train"]["lam"] == 10.0
     assert summary["config"]["train"]["beta"] == 1.5
+
+
+def test_the_job_keeps_no_host_copy_of_the_placed_data(tmp_path, monkeypatch):
+    """Once the data is on the device, the job holds no host copy of the loaded pixels (issue
+    14: on the CPU backend the device's arrays are host memory, so a kept copy doubled the
+    process): every loaded image / mask / box array is dead when training starts, or is the
+    device's own buffer (the CPU backend may alias an aligned array instead of copying)."""
+    import weakref
+
+    import jax
+
+    cfg = tiny_config(num_rounds=1)
+    weak, seen = [], {}
+
+    def load(data_cfg, verbose=True):
+        fed = synthetic_federation_from_config(data_cfg)
+        weak.extend(weakref.ref(getattr(getattr(fed, s), f)) for s in ("train", "val", "test")
+                    for f in ("images", "masks", "boxes"))
+        return fed
+
+    def check_then_train(run, state, progress):
+        buffers = {x.unsafe_buffer_pointer()
+                   for x in jax.tree.leaves((run.train_data, run.val, run.test))}
+        seen["copies"] = [r().shape for r in weak
+                          if r() is not None and r().ctypes.data not in buffers]
+        return original(run, state, progress)
+
+    original = train._Run.train
+    monkeypatch.setattr(train, "load_run_federation", load)
+    monkeypatch.setattr(train._Run, "train", check_then_train)
+    summary = train.train_and_evaluate(cfg, str(tmp_path / "run"), quiet=True)
+    assert len(weak) == 9 and seen["copies"] == []
+    assert summary["rounds_completed"] == 1 and summary["plots"]   # the plot's own samples

@@ -219,6 +219,7 @@ def test_memory_benchmark_smoke(tmp_path):
         # on the device without padding: the valid rows (+ zero rows where a window needs them)
         assert r["valid_samples"] <= r["compact_rows"] < r["padded_samples"]
         assert r["compact_bytes"] < r["after_bytes"]
+        assert 0 < r["rss_after_placed_kib"] <= r["rss_peak_placed_kib"]
     # bit-packed masks and boxes (config.data.pack_labels): 4 bytes per 32 px row, K = 1
     packed = memory.main(["--out_dir", str(tmp_path), "--image_size", "32", "--channels", "3",
                           "--pack_labels"])[3]

@@ -35,8 +35,8 @@ from flax import struct
 
 from fedmix_jax.data.federation import FederatedSplit
 
-__all__ = ["CompactSplit", "ClientRows", "compact_split", "put_compact", "client_lengths",
-           "client_window", "client_counts", "padded_rows"]
+__all__ = ["CompactSplit", "ClientRows", "compact_split", "compact_fields", "put_compact",
+           "client_lengths", "client_window", "client_counts", "padded_rows"]
 
 _ROW_FIELDS = ("images", "masks", "boxes", "image_labels", "levels", "valid")
 
@@ -103,7 +103,16 @@ def compact_split(split: FederatedSplit, put=lambda x: x) -> CompactSplit:
     packing. The clients' valid samples keep their order and positions in their window."""
     if isinstance(split, CompactSplit):
         return jax.tree.map(put, split)
-    valid = np.asarray(split.valid).astype(bool)
+    return compact_fields({f: getattr(split, f) for f in _ROW_FIELDS}, put)
+
+
+def compact_fields(fields: dict, put=lambda x: x) -> CompactSplit:
+    """:func:`compact_split` of a padded split given as a dict of its six arrays, which it
+    *consumes*: each padded array is removed from ``fields`` as soon as its compact copy is
+    built, before ``put``. Where nothing else refers to the padded arrays (the job hands its
+    host federation over, :func:`fedmix_jax.placement.hand_over`), the host holds one padded
+    or compact field at a time on top of what is already put."""
+    valid = np.asarray(fields["valid"]).astype(bool)
     if valid.ndim != 2:
         raise ValueError(f"compact_split needs a padded split, valid [C, N]; got {valid.shape}")
     num_clients, n = valid.shape
@@ -115,12 +124,14 @@ def compact_split(split: FederatedSplit, put=lambda x: x) -> CompactSplit:
     rows = max(total, int((offsets + n).max(initial=0)))
 
     def compact(name):
-        x = np.asarray(getattr(split, name))
+        x = np.asarray(fields.pop(name))
         out = np.zeros((rows,) + x.shape[2:], x.dtype)
         for c in range(num_clients):
             out[offsets[c]:offsets[c] + lengths[c]] = x[c, :lengths[c]]
+        del x                                   # the padded field, before the copy is put
         return put(out)
 
+    del valid
     return CompactSplit(**{f: compact(f) for f in _ROW_FIELDS},
                         offsets=put(offsets.astype(np.int32)),
                         lengths=put(lengths.astype(np.int32)), max_samples=int(n))
