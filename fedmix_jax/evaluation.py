@@ -87,7 +87,7 @@ def _scores_shared(model: nn.Module, chunk: int, threshold: float, with_pred: bo
         pred = binarize(model.apply({"params": params}, x), threshold)
         dice_k, iou_k = per_class_scores(pred, y)
         out = dict(dice_k=dice_k, iou_k=iou_k, pooled_dice=dice_coefficient(pred, y),
-                   pooled_iou=iou_coefficient(pred, y))
+                   pooled_iou=iou_coefficient(pred, y), present_k=jnp.any(y > 0.5, axis=(1, 2)))
         if with_pred:
             out["pred"] = pred > 0.5
         return out
@@ -112,16 +112,14 @@ def _device_scores(model, params, images, masks, per_client_params: bool, chunk_
     return jax.tree.map(np.asarray, out)
 
 
-def _host_masks(split: FederatedSplit | CompactSplit):
-    """``() -> split.masks`` as a NumPy array [C, M, ...], unpacked if bit-packed."""
-    def masks():
-        m = np.asarray(split.masks)
-        m = unpack_labels(m, split.images.shape[-2]) if labels_packed(split) else m
-        if isinstance(split, CompactSplit):
-            m = padded_rows(m, np.asarray(split.offsets), np.asarray(split.lengths),
-                            split.max_samples)
-        return m
-    return masks
+def _host_masks(split: FederatedSplit | CompactSplit) -> np.ndarray:
+    """``split.masks`` as a NumPy array [C, M, ...], unpacked if bit-packed (for HD95)."""
+    m = np.asarray(split.masks)
+    m = unpack_labels(m, split.images.shape[-2]) if labels_packed(split) else m
+    if isinstance(split, CompactSplit):
+        m = padded_rows(m, np.asarray(split.offsets), np.asarray(split.lengths),
+                        split.max_samples)
+    return m
 
 
 def _compact_scores(model, params, split: CompactSplit, per_client_params: bool,
@@ -200,7 +198,6 @@ def evaluate(model: nn.Module, params, split: FederatedSplit, per_client_params:
         (mean over classes), ``mean_hd95`` [] (mean over clients), ``mean_hd95_per_class`` [K],
         ``per_image_hd95`` [C, M, K] (NaN: both empty or padding). Pixels; lower is better.
     """
-    host_masks = _host_masks(split)
     scores = functools.partial(_device_scores, model, params, per_client_params=per_client_params,
                                chunk_size=chunk_size, threshold=threshold, with_pred=bool(hd95))
     compact = isinstance(split, CompactSplit)
@@ -228,7 +225,7 @@ def evaluate(model: nn.Module, params, split: FederatedSplit, per_client_params:
     pooled_dice = _client_means(out["pooled_dice"].astype(np.float64), valid)
     pooled_iou = _client_means(out["pooled_iou"].astype(np.float64), valid)
     pad = ~valid[..., None]
-    present = (host_masks() > 0.5).any(axis=(2, 3)) & valid[..., None]   # [C, M, K]
+    present = out["present_k"] & valid[..., None]       # [C, M, K]: class k in image m's mask
     dice_present_pc = nanmean(np.where(present, out["dice_k"], np.nan), axis=1)     # [C, K]
     dice_present = nanmean(dice_present_pc, axis=-1)
     res = dict(
@@ -256,7 +253,7 @@ def evaluate(model: nn.Module, params, split: FederatedSplit, per_client_params:
                    nanmean(fp_rate[has]) if has.any() else np.nan))
     if hd95:
         pred = out["pred"]
-        gt = host_masks() > 0.5
+        gt = _host_masks(split) > 0.5     # the only copy of the masks to the host
         c_num, m_num = valid.shape
         per_image = np.full((c_num, m_num, pred.shape[-1]), np.nan)
         for c in range(c_num):
