@@ -14,8 +14,11 @@ from fedmix_jax.aggregation import fedavg_weights, fedmix_weights, weighted_aver
 from fedmix_jax.config import HParams, RoundConfig, default_executor
 from fedmix_jax.executors import LoopClients, map_clients, sharded_clients, vmap_clients
 from fedmix_jax.federated import init_state, make_round_fn
-from fedmix_jax.losses import (bce_loss, dice_coefficient, dice_loss, empty_aware_loss_per_sample,
-                               mixed_supervision_loss)
+from fedmix_jax.losses import (WeakSupervision, bce_loss, box_tightness_loss_per_sample,
+                               dice_coefficient, dice_loss, empty_aware_loss_per_sample,
+                               mil_image_loss_per_sample, mixed_supervision_loss,
+                               outside_region_bce_per_sample, weak_label_regions,
+                               weak_supervision_loss_per_sample)
 from fedmix_jax.models import UNet
 from fedmix_jax.pseudo_labels import PseudoLabels, SelectionConfig, pseudo_labels_from_logits
 from fedmix_jax.round import FedState, RoundMetrics, round_step
@@ -27,9 +30,11 @@ __version__ = "0.2.0"
 __all__ = [
     "FedState", "HParams", "LoopClients", "ModelPair", "PseudoLabels", "RoundConfig",
     "RoundMetrics", "STRATEGY_NAMES", "SelectionConfig", "SiteReport", "SiteState", "Strategy",
-    "UNet", "bce_loss", "default_executor", "dice_coefficient", "dice_loss",
+    "UNet", "WeakSupervision", "bce_loss", "box_tightness_loss_per_sample", "default_executor", "dice_coefficient", "dice_loss",
     "empty_aware_loss_per_sample", "fedavg_weights", "fedmix_weights", "get_strategy",
-    "init_state", "make_round_fn", "map_clients", "mixed_supervision_loss",
+    "init_state", "make_round_fn", "map_clients", "mil_image_loss_per_sample",
+    "mixed_supervision_loss", "outside_region_bce_per_sample",
     "pseudo_labels_from_logits", "register_strategy", "round_step", "sharded_clients",
-    "site_round", "vmap_clients", "weighted_average",
+    "site_round", "vmap_clients", "weak_label_regions", "weak_supervision_loss_per_sample",
+    "weighted_average",
 ]

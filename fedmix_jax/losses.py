@@ -14,11 +14,13 @@ return ``sum(w * l) / sum(w)``; a batch whose weights are all zero returns 0 wit
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import optax
 
-from fedmix_jax.data.federation import PIXEL
+from fedmix_jax.data.federation import BOX, IMAGE, PIXEL
 
 DICE_EPS = 1e-4
 
@@ -169,3 +171,194 @@ def mixed_supervision_loss(logits1: jax.Array, logits2: jax.Array, masks: jax.Ar
     t1, t2 = mixed_supervision_targets(masks, pseudo1, pseudo2, levels)
     w = sample_weights(levels, selected, valid)
     return dice_loss(logits1, t1, w, eps), dice_loss(logits2, t2, w, eps)
+
+
+# ------------------------------------------------------------------------------------------------
+# Weak supervision used directly (fedmix-spec.md, "Beyond the paper"). A weak label says, per
+# sample and class, *where the class may be* (``region`` [B, H, W, K] in {0, 1}: the union of the
+# class's boxes; everywhere for an image-level "present"; nowhere for "absent" or an empty box)
+# and *whether it is present* (``present`` [B, K]); ``known`` [B, K] marks the classes a sample's
+# label speaks about (0 for pixel / unlabelled samples and padding). :func:`weak_label_regions`
+# builds the three from the stored boxes, image labels and levels.
+
+def weak_label_regions(boxes: jax.Array, image_labels: jax.Array, levels: jax.Array,
+                       valid: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """What a box or image-level label says about each class: ``(region, present, known)``
+    (box samples are those with ``levels == BOX``).
+
+    Args:
+      boxes: [B, H, W, K] box masks in {0, 1} (read for box samples).
+      image_labels: [B, K] in {0, 1} (read for image-level samples).
+      levels: [B] int supervision levels; valid: [B] bool.
+
+    Returns:
+      region [B, H, W, K] float32 (box samples: their boxes; image samples: all ones where the
+      class is present, zeros where absent), present [B, K] float32 (box: the class has a box;
+      image: the label), known [B, K] float32 (1 for valid box / image samples, else 0).
+    """
+    boxes = boxes.astype(jnp.float32)
+    labels = image_labels.astype(jnp.float32)
+    is_box = (levels == BOX)[:, None]
+    is_image = (levels == IMAGE)[:, None]
+    box_present = (jnp.max(boxes, axis=(1, 2)) > 0).astype(jnp.float32)
+    present = jnp.where(is_box, box_present, labels)
+    region = jnp.where(is_box[:, None, None, :], boxes,
+                       jnp.broadcast_to(labels[:, None, None, :], boxes.shape))
+    known = ((is_box | is_image) & valid[:, None]).astype(jnp.float32)
+    known = jnp.broadcast_to(known, present.shape)
+    return region, present, known
+
+
+def _masked_max(logits: jax.Array, mask: jax.Array, axes) -> jax.Array:
+    """Max of ``logits`` over ``axes`` where ``mask`` is 1 (a very negative number where empty)."""
+    return jnp.max(jnp.where(mask > 0, logits, -1e4), axis=axes)
+
+
+def outside_region_bce_per_sample(logits: jax.Array, region: jax.Array,
+                                  known: jax.Array) -> jax.Array:
+    """Box emptiness: every pixel outside a class's region is certain background.
+
+    ``mean_{pixels with region = 0, classes with known = 1} BCE(logit, 0)`` per sample.
+
+    Args:
+      logits: [B, H, W, K]; region: [B, H, W, K] in {0, 1}; known: [B, K] in {0, 1}.
+    Returns:
+      [B]; 0 (zero gradient) for a sample without any such pixel.
+    """
+    logits = logits.astype(jnp.float32)
+    neg = (1.0 - region.astype(jnp.float32)) * known[:, None, None, :]
+    per_pixel = jax.nn.softplus(logits)            # BCE toward 0
+    total = jnp.sum(neg, axis=(1, 2, 3))
+    return jnp.sum(neg * per_pixel, axis=(1, 2, 3)) / jnp.maximum(total, 1.0)
+
+
+def mil_image_loss_per_sample(logits: jax.Array, region: jax.Array, present: jax.Array,
+                              known: jax.Array) -> jax.Array:
+    """Multiple-instance loss of a weak label: a positive bag inside a present class's region,
+    a negative bag outside it.
+
+    Per known class: ``softplus(-max_{region} logit)`` if the class is present (at least one
+    foreground pixel in its boxes / in the image), plus ``softplus(max_{outside region} logit)``
+    when there are pixels outside the region (no foreground outside the boxes; for an absent
+    class or an empty box, the whole image: its maximum probability below 0.5, exactly what the
+    false-positive-rate metric counts). Averaged over the known classes.
+
+    Args:
+      logits: [B, H, W, K]; region: [B, H, W, K] in {0, 1}; present, known: [B, K] in {0, 1}.
+    Returns:
+      [B]; 0 for a sample with no known class.
+    """
+    logits = logits.astype(jnp.float32)
+    present = present.astype(jnp.float32)
+    region = region.astype(jnp.float32)
+    inside = _masked_max(logits, region, axes=(1, 2))                       # [B, K]
+    outside = _masked_max(logits, 1.0 - region, axes=(1, 2))
+    has_outside = (jnp.min(region, axis=(1, 2)) == 0).astype(jnp.float32)
+    per_class = present * jax.nn.softplus(-inside) + has_outside * jax.nn.softplus(outside)
+    return jnp.sum(per_class * known, axis=1) / jnp.maximum(jnp.sum(known, axis=1), 1.0)
+
+
+def negative_max_loss_per_sample(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """For a sample whose target is empty in a class, ``softplus(max logit)`` of that class (its
+    maximum probability below 0.5); averaged over classes, 0 for classes with foreground.
+
+    Args:
+      logits, targets: [B, H, W, K] (targets in {0, 1}).
+    Returns:
+      [B].
+    """
+    logits = logits.astype(jnp.float32)
+    empty = (jnp.max(targets.astype(jnp.float32), axis=(1, 2)) == 0).astype(jnp.float32)
+    return jnp.mean(empty * jax.nn.softplus(jnp.max(logits, axis=(1, 2))), axis=1)
+
+
+def _inset(region: jax.Array, inset: int, axis: int) -> jax.Array:
+    """``region`` [B, H, W, K] kept where it also holds ``inset`` pixels before and after along
+    ``axis`` (1 = H, 2 = W): the box shrunk by ``inset`` on the two sides of that axis."""
+    if inset <= 0:
+        return region
+    size = region.shape[axis]
+    pad = [(0, 0)] * region.ndim
+    pad[axis] = (inset, inset)
+    padded = jnp.pad(region, pad)
+    before = jax.lax.slice_in_dim(padded, 0, size, axis=axis)
+    after = jax.lax.slice_in_dim(padded, 2 * inset, 2 * inset + size, axis=axis)
+    return region * before * after
+
+
+def box_tightness_loss_per_sample(logits: jax.Array, boxes: jax.Array, known: jax.Array,
+                                  inset: int = 0) -> jax.Array:
+    """Box tightness prior (Hsu et al., NeurIPS 2019): every horizontal and vertical line of
+    pixels crossing a box holds at least one foreground pixel.
+
+    Each line (a row or a column of a class's box mask) is a positive bag; its loss is
+    ``softplus(-max logit over the line's box pixels)`` (BCE of the bag's maximum toward 1). The
+    loss is the mean over the bags of the sample's known classes. ``inset`` (px) keeps only the
+    lines at least that far inside the box from both of its ends across the line (rows at least
+    ``inset`` rows from the box's top and bottom), for boxes drawn with a margin around the lesion.
+
+    Args:
+      logits, boxes: [B, H, W, K] (boxes in {0, 1}); known: [B, K] in {0, 1}.
+      inset: static int >= 0.
+    Returns:
+      [B]; 0 for a sample without any bag.
+    """
+    logits = logits.astype(jnp.float32)
+    boxes = boxes.astype(jnp.float32) * known[:, None, None, :]
+    total, count = 0.0, 0.0
+    for line_axis, across in ((2, 1), (1, 2)):     # rows (max over W), columns (max over H)
+        keep = _inset(boxes, inset, across)
+        bag = jnp.max(keep, axis=line_axis)                           # [B, L, K] line in use
+        pooled = _masked_max(logits, boxes, axes=line_axis)           # [B, L, K]
+        total = total + jnp.sum(bag * jax.nn.softplus(-pooled), axis=(1, 2))
+        count = count + jnp.sum(bag, axis=(1, 2))
+    return total / jnp.maximum(count, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class WeakSupervision:
+    """Weights of the direct weak-label terms (0 switches a term off; static, hashable).
+
+    emptiness: :func:`outside_region_bce_per_sample` (pixels outside every box of a class, and
+      every pixel of an absent class, are background).
+    tightness: :func:`box_tightness_loss_per_sample` (every line crossing a box holds
+      foreground), with ``tightness_inset`` px.
+    image_mil: :func:`mil_image_loss_per_sample` (the image's maximum within a class's region
+      toward its presence; for an absent class or an empty box, the maximum below 0.5).
+    """
+
+    emptiness: float = 1.0
+    tightness: float = 1.0
+    image_mil: float = 1.0
+    tightness_inset: int = 0
+
+    def __post_init__(self):
+        for name in ("emptiness", "tightness", "image_mil"):
+            value = getattr(self, name)
+            if not (value >= 0 and value < float("inf")):
+                raise ValueError(f"weak.{name} must be a finite number >= 0, got {value}")
+        if self.tightness_inset < 0:
+            raise ValueError(f"weak.tightness_inset must be >= 0, got {self.tightness_inset}")
+
+
+def weak_supervision_loss_per_sample(logits: jax.Array, boxes: jax.Array,
+                                     image_labels: jax.Array, levels: jax.Array,
+                                     valid: jax.Array, weights: WeakSupervision) -> jax.Array:
+    """The weighted sum of the weak-label terms of each sample, [B] (0 for pixel-level,
+    unlabelled and invalid samples).
+
+    Args:
+      logits, boxes: [B, H, W, K]; image_labels: [B, K]; levels: [B] int; valid: [B] bool.
+      weights: a :class:`WeakSupervision` (static).
+    """
+    region, present, known = weak_label_regions(boxes, image_labels, levels, valid)
+    total = jnp.zeros(logits.shape[:1], jnp.float32)
+    if weights.emptiness:
+        total += weights.emptiness * outside_region_bce_per_sample(logits, region, known)
+    if weights.image_mil:
+        total += weights.image_mil * mil_image_loss_per_sample(logits, region, present, known)
+    if weights.tightness:
+        box_known = known * (levels == BOX)[:, None]
+        total += weights.tightness * box_tightness_loss_per_sample(
+            logits, boxes, box_known, weights.tightness_inset)
+    return total

@@ -1,0 +1,230 @@
+"""The direct weak-label losses (fedmix_jax.losses, "Weak supervision used directly") against NumPy
+oracles written from their definitions, and fedmix_plus's invariants on tiny shapes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fedmix_jax import losses as L
+from fedmix_jax.data.federation import BOX, IMAGE, NONE, PIXEL
+
+
+def _softplus(x):
+    return np.logaddexp(0.0, x)
+
+
+def _bce(logit, target):
+    return _softplus(logit) - target * logit
+
+
+def _random_case(seed, b=5, h=12, w=10, k=2):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 2, (b, h, w, k)).astype(np.float32)
+    boxes = np.zeros((b, h, w, k), np.float32)
+    for i in range(b):
+        for c in range(k):
+            for _ in range(rng.integers(0, 3)):          # 0-2 boxes per class
+                y0, x0 = rng.integers(0, h - 3), rng.integers(0, w - 3)
+                boxes[i, y0:y0 + rng.integers(2, h - y0), x0:x0 + rng.integers(2, w - x0), c] = 1
+    labels = rng.integers(0, 2, (b, k)).astype(np.float32)
+    levels = np.array([BOX, IMAGE, PIXEL, NONE, BOX][:b])
+    valid = np.ones(b, bool)
+    return logits, boxes, labels, levels, valid
+
+
+def _oracle_regions(boxes, labels, levels, valid):
+    b, h, w, k = boxes.shape
+    region = np.zeros_like(boxes)
+    present = np.zeros((b, k), np.float32)
+    known = np.zeros((b, k), np.float32)
+    for i in range(b):
+        if not valid[i]:
+            pass
+        if levels[i] == BOX:
+            region[i] = boxes[i]
+            present[i] = boxes[i].reshape(-1, k).max(0)
+            known[i] = valid[i]
+        elif levels[i] == IMAGE:
+            region[i] = np.broadcast_to(labels[i], (h, w, k))
+            present[i] = labels[i]
+            known[i] = valid[i]
+        else:
+            present[i] = labels[i]
+            region[i] = np.broadcast_to(labels[i], (h, w, k))
+    return region, present, known
+
+
+def _oracle_emptiness(logits, region, known):
+    out = []
+    for i in range(logits.shape[0]):
+        terms = [_bce(logits[i, y, x, c], 0.0)
+                 for y in range(logits.shape[1]) for x in range(logits.shape[2])
+                 for c in range(logits.shape[3]) if known[i, c] and region[i, y, x, c] == 0]
+        out.append(np.mean(terms) if terms else 0.0)
+    return np.array(out)
+
+
+def _oracle_mil(logits, region, present, known):
+    # positive bag: the region of a present class; negative bag: every pixel outside the region
+    out = []
+    for i in range(logits.shape[0]):
+        terms = []
+        for c in range(logits.shape[3]):
+            if not known[i, c]:
+                continue
+            inside = region[i, :, :, c] > 0
+            t = 0.0
+            if present[i, c]:
+                m = logits[i, :, :, c][inside].max() if inside.any() else -1e4
+                t += _bce(m, 1.0)
+            if (~inside).any():
+                t += _bce(logits[i, :, :, c][~inside].max(), 0.0)
+            terms.append(t)
+        out.append(np.mean(terms) if terms else 0.0)
+    return np.array(out)
+
+
+def _oracle_tightness(logits, boxes, known, inset):
+    out = []
+    b, h, w, k = logits.shape
+    for i in range(b):
+        terms = []
+        for c in range(k):
+            if not known[i, c]:
+                continue
+            box = boxes[i, :, :, c] > 0
+            for y in range(h):                      # rows: bag = the row's box pixels
+                ok = [box[y, x] and all(0 <= y + d < h and box[y + d, x]
+                                        for d in (-inset, inset)) for x in range(w)]
+                if any(ok):
+                    terms.append(_softplus(-logits[i, y, :, c][box[y]].max()))
+            for x in range(w):                      # columns
+                ok = [box[y, x] and all(0 <= x + d < w and box[y, x + d]
+                                        for d in (-inset, inset)) for y in range(h)]
+                if any(ok):
+                    terms.append(_softplus(-logits[i, :, x, c][box[:, x]].max()))
+        out.append(np.mean(terms) if terms else 0.0)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_weak_label_regions_match_oracle(seed):
+    logits, boxes, labels, levels, valid = _random_case(seed)
+    valid[4] = False
+    region, present, known = jax.jit(L.weak_label_regions)(boxes, labels, levels, valid)
+    r, p, k = _oracle_regions(boxes, labels, levels, valid)
+    weak = np.isin(levels, [BOX, IMAGE])
+    np.testing.assert_array_equal(np.asarray(known), k * valid[:, None])
+    # region / present matter only where the label is known
+    np.testing.assert_array_equal(np.asarray(region)[weak], r[weak])
+    np.testing.assert_array_equal(np.asarray(present)[weak], p[weak])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_emptiness_and_mil_match_oracles(seed):
+    logits, boxes, labels, levels, valid = _random_case(seed)
+    region, present, known = L.weak_label_regions(boxes, labels, levels, valid)
+    region, present, known = map(np.asarray, (region, present, known))
+    np.testing.assert_allclose(
+        jax.jit(L.outside_region_bce_per_sample)(logits, region, known),
+        _oracle_emptiness(logits, region, known), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        jax.jit(L.mil_image_loss_per_sample)(logits, region, present, known),
+        _oracle_mil(logits, region, present, known), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed,inset", [(0, 0), (1, 1), (2, 2)])
+def test_tightness_matches_oracle(seed, inset):
+    logits, boxes, labels, levels, valid = _random_case(seed)
+    known = np.ones((logits.shape[0], logits.shape[3]), np.float32)
+    known[2] = 0
+    got = jax.jit(L.box_tightness_loss_per_sample, static_argnums=3)(logits, boxes, known, inset)
+    np.testing.assert_allclose(got, _oracle_tightness(logits, boxes, known, inset),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_tightness_inset_drops_the_margin_lines():
+    # A 9-row box whose lesion fills only its middle row: with inset 4 only the middle row (and
+    # the columns) count, so a prediction of exactly the lesion has a lower loss than with inset 0.
+    logits = np.full((1, 16, 16, 1), -8.0, np.float32)
+    boxes = np.zeros_like(logits)
+    boxes[0, 3:12, 4:9] = 1
+    logits[0, 7, 4:9] = 8.0
+    known = np.ones((1, 1), np.float32)
+    loose = float(L.box_tightness_loss_per_sample(logits, boxes, known, 0)[0])
+    tight = float(L.box_tightness_loss_per_sample(logits, boxes, known, 4)[0])
+    assert tight < 1e-3 < loose
+
+
+def test_absent_class_pushes_the_maximum_down():
+    # An absent class (image label 0, or an empty box): the MIL term is BCE of the image's max
+    # toward 0, so its gradient is on the maximum pixel only; emptiness covers every pixel.
+    logits = np.zeros((2, 8, 8, 1), np.float32)
+    logits[:, 2, 3] = 3.0
+    boxes = np.zeros_like(logits)
+    labels = np.zeros((2, 1), np.float32)
+    levels = np.array([IMAGE, BOX])
+    valid = np.ones(2, bool)
+    region, present, known = L.weak_label_regions(boxes, labels, levels, valid)
+    g = jax.grad(lambda x: L.mil_image_loss_per_sample(x, region, present, known).sum())(logits)
+    g = np.asarray(g)
+    assert (g[:, 2, 3] > 0).all() and np.count_nonzero(g) == 2
+    np.testing.assert_allclose(L.mil_image_loss_per_sample(logits, region, present, known),
+                               _softplus(3.0), rtol=1e-6)
+    emp = L.outside_region_bce_per_sample(logits, region, known)
+    np.testing.assert_allclose(emp, (63 * _softplus(0.0) + _softplus(3.0)) / 64, rtol=1e-6)
+
+
+def test_weak_loss_is_zero_without_weak_labels_and_finite_grads():
+    logits, boxes, labels, levels, valid = _random_case(3)
+    levels = np.array([PIXEL, NONE, PIXEL, NONE, PIXEL])
+    weights = L.WeakSupervision(tightness_inset=1)
+    f = lambda x: L.weak_supervision_loss_per_sample(x, boxes, labels, levels, valid,  # noqa
+                                                     weights)
+    np.testing.assert_array_equal(f(logits), 0.0)
+    g = jax.grad(lambda x: f(x).sum())(logits)
+    assert np.isfinite(np.asarray(g)).all() and not np.asarray(g).any()
+
+
+def test_weak_loss_combines_the_terms_by_their_weights():
+    logits, boxes, labels, levels, valid = _random_case(4)
+    region, present, known = L.weak_label_regions(boxes, labels, levels, valid)
+    box_known = np.asarray(known) * (levels == BOX)[:, None]
+    w = L.WeakSupervision(emptiness=0.5, tightness=2.0, image_mil=0.25, tightness_inset=1)
+    want = (0.5 * L.outside_region_bce_per_sample(logits, region, known)
+            + 0.25 * L.mil_image_loss_per_sample(logits, region, present, known)
+            + 2.0 * L.box_tightness_loss_per_sample(logits, boxes, box_known, 1))
+    np.testing.assert_allclose(
+        L.weak_supervision_loss_per_sample(logits, boxes, labels, levels, valid, w), want,
+        rtol=1e-6)
+    off = L.WeakSupervision(emptiness=0.0, tightness=0.0, image_mil=0.0)
+    np.testing.assert_array_equal(
+        L.weak_supervision_loss_per_sample(logits, boxes, labels, levels, valid, off), 0.0)
+
+
+@pytest.mark.parametrize("bad", [dict(emptiness=-1.0), dict(tightness=float("nan")),
+                                 dict(image_mil=float("inf")), dict(tightness_inset=-1)])
+def test_weak_supervision_refuses_bad_weights(bad):
+    with pytest.raises(ValueError):
+        L.WeakSupervision(**bad)
+
+
+def test_weak_losses_are_jittable_under_vmap():
+    logits, boxes, labels, levels, valid = _random_case(5)
+    f = jax.jit(jax.vmap(lambda *a: L.weak_supervision_loss_per_sample(
+        *(x[None] for x in a), L.WeakSupervision())[0]))
+    out = f(jnp.asarray(logits), boxes, labels, levels, valid)
+    np.testing.assert_allclose(out, L.weak_supervision_loss_per_sample(
+        logits, boxes, labels, levels, valid, L.WeakSupervision()), rtol=1e-6)
+
+
+def test_negative_max_matches_oracle():
+    logits, boxes, *_ = _random_case(6)
+    targets = boxes.copy()
+    targets[1] = 0                                   # an empty target in every class
+    want = np.array([np.mean([_softplus(logits[i, :, :, c].max())
+                              if not targets[i, :, :, c].any() else 0.0
+                              for c in range(logits.shape[3])]) for i in range(len(logits))])
+    np.testing.assert_allclose(jax.jit(L.negative_max_loss_per_sample)(logits, targets), want,
+                               rtol=1e-6)
