@@ -24,6 +24,7 @@ import numpy as np
 from flax import struct
 
 from fedmix_jax.errors import ConfigError
+from fedmix_jax.losses import WeakSupervision
 from fedmix_jax.models import UNet
 from fedmix_jax.pseudo_labels import SelectionConfig
 from fedmix_jax.strategies import Strategy, get_strategy
@@ -188,6 +189,14 @@ def build_selection(config) -> SelectionConfig:
         for f in dataclasses.fields(SelectionConfig) if f.name in sel})
 
 
+def build_weak(config) -> WeakSupervision:
+    """The :class:`~fedmix_jax.losses.WeakSupervision` of ``config.weak`` (read by strategies
+    with direct weak-label losses, e.g. ``fedmix_plus``; missing fields keep their default)."""
+    weak = config.get("weak", {})
+    return WeakSupervision(**{f.name: type(f.default)(weak[f.name])
+                              for f in dataclasses.fields(WeakSupervision) if f.name in weak})
+
+
 def build_round_config(config) -> RoundConfig:
     """The :class:`RoundConfig` of ``config`` (strategy, selection, ``config.train``), validated.
 
@@ -212,6 +221,7 @@ def build_round_config(config) -> RoundConfig:
                 value = type(f.default)(value)
             kwargs[f.name] = value
         strategy = get_strategy(str(config.strategy), build_selection(config))
+        strategy = strategy.with_weak(build_weak(config))
         if strategy.weak_samples == "self_training":
             warmup = tr.get("warmup_rounds", None)
             warmup = int(config.num_rounds) // 2 if warmup is None else int(warmup)

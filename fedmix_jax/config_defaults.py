@@ -15,6 +15,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from fedmix_jax.config import RoundConfig
+from fedmix_jax.losses import WeakSupervision
 from fedmix_jax.pseudo_labels import SelectionConfig
 
 
@@ -33,10 +34,17 @@ def run_config(num_rounds: int, checkpoint_every: int, keep_checkpoints: int, wi
     # JAX persistent compilation cache: "default" ($FEDMIX_JAX_CACHE_DIR or
     # ~/.cache/fedmix_jax/jax_cache), a directory, or "off"
     config.compilation_cache = "default"
+    # Pseudo-label quality against the true masks in metrics.jsonl (pl_* keys, every evaluation
+    # round; fedmix_jax.diagnostics). Needs true masks for the weak samples: on for the
+    # synthetic configs, off for real data unless every sample has a mask. Never sent by a site.
+    config.diagnostics = False
     config.model = ml_collections.ConfigDict()
     config.model.width = width       # channels of the first U-Net block (paper: 64)
     config.model.depth = depth       # Down/Up blocks (paper: 4)
     config.model.dtype = "float32"   # computation dtype: float32 | bfloat16 (params stay f32)
+    # Direct weak-label losses of fedmix_plus (fedmix_jax.losses.WeakSupervision: the weight of
+    # each term, 0 = off); other strategies ignore them.
+    config.weak = ml_collections.ConfigDict(dataclasses.asdict(WeakSupervision()))
     return config
 
 

@@ -39,11 +39,12 @@ import optax
 from flax import struct
 
 from fedmix_jax.augment import augment_jointly
-from fedmix_jax.data.federation import (PIXEL, FederatedSplit, float_images, float_labels,
+from fedmix_jax.data.federation import (BOX, IMAGE, PIXEL, FederatedSplit, float_images, float_labels,
                                         unpack_split_labels)
 from fedmix_jax.inference import apply_in_chunks
 from fedmix_jax.losses import (dice_loss, dice_loss_per_sample, empty_aware_loss_per_sample,
-                               mixed_supervision_targets, weighted_mean)
+                               mixed_supervision_targets, negative_max_loss_per_sample,
+                               weak_supervision_loss_per_sample, weighted_mean)
 from fedmix_jax.pseudo_labels import pseudo_labels_from_logits
 from fedmix_jax.self_training import confident_bce_per_sample, intensity_shift
 
@@ -113,6 +114,18 @@ class TrainInputs:
     weak: jax.Array
     selected_weak: jax.Array
     self_train: jax.Array
+    # Strategies with direct weak-label losses (``strategy.weak``) only, else None:
+    # has_target [N] bool (the sample trains on target1 / target2: pixel or selected), boxes
+    # [N,H,W,K], image_labels [N,K] and levels [N] (what the weak terms read).
+    has_target: jax.Array | None = None
+    boxes: jax.Array | None = None
+    image_labels: jax.Array | None = None
+    levels: jax.Array | None = None
+
+    def batch_extras(self) -> tuple:
+        """The per-sample fields a train step gathers besides images and targets:
+        ``(self_train, has_target, boxes, image_labels, levels)`` (Nones stay None)."""
+        return (self.self_train, self.has_target, self.boxes, self.image_labels, self.levels)
 
 
 def _torch_adam(learning_rate, weight_decay: float, b1: float, b2: float, eps: float):
@@ -196,8 +209,14 @@ def train_inputs(model: nn.Module, global_params: ModelPair, data: FederatedSpli
     if mode == "self_training":
         self_train = weak & ~config.strategy.warming_up(round_index)
         usable = usable | self_train
-    return TrainInputs(images=data.images, target1=target1, target2=target2, usable=usable,
-                       weak=weak, selected_weak=weak & selected, self_train=self_train)
+    inputs = TrainInputs(images=data.images, target1=target1, target2=target2, usable=usable,
+                         weak=weak, selected_weak=weak & selected, self_train=self_train)
+    if config.strategy.weak is None:
+        return inputs
+    # Box and image-level samples train on their weak labels every round, selected or not.
+    labelled = data.valid & ((levels == BOX) | (levels == IMAGE))
+    return inputs.replace(usable=usable | labelled, has_target=usable, boxes=data.boxes,
+                          image_labels=data.image_labels, levels=levels)
 
 
 def sample_order(key: jax.Array, usable: jax.Array) -> jax.Array:
@@ -227,11 +246,37 @@ def prepare_epoch(config, params: ModelPair, opt_state: ModelPair, learning_rate
 
 
 def make_train_batch(model: nn.Module, config, tx, k_aug: jax.Array):
-    """``train_batch(carry, s, w, images, targets, self_train) -> (carry, (l1, l2, counted))``:
+    """``train_batch(carry, s, w, images, targets, extras) -> (carry, (l1, l2, counted))``:
     local step ``s`` on one gathered batch (images [B,H,W,Cin], ``targets`` a tuple of one
-    [B,H,W,K] target per training model, self_train [B] bool, loss weights w [B] float32);
+    [B,H,W,K] target per training model, loss weights w [B] float32, ``extras`` the batch's
+    :meth:`TrainInputs.batch_extras`, or the [B] bool ``self_train`` alone);
     ``carry = (models, opt_states)`` (tuples). The one step of :func:`local_epoch` and of the
     streamed epoch (:mod:`fedmix_jax.streaming`)."""
+    weak_weights = config.strategy.weak
+
+    def weak_loss_fn(models, x, targets, w, extras):
+        # Targets (ground truth / pseudo-labels) where the sample has one, plus the direct
+        # weak-label terms of box and image samples (fedmix_jax.losses.WeakSupervision).
+        _, has_target, boxes, labels, levels = extras
+        has_target = has_target.astype(w.dtype)
+        losses, fits, counted = [], [], None
+        for p, t in zip(models, targets):
+            logits = _apply(model, p, x)
+            if config.empty_target_loss == "dice":
+                target_loss = dice_loss_per_sample(logits, t)
+            else:
+                target_loss = empty_aware_loss_per_sample(logits, t)
+            weak = weak_supervision_loss_per_sample(logits, boxes, labels, levels, w > 0,
+                                                    weak_weights)
+            if weak_weights.image_mil:   # a certain empty target: its maximum below 0.5 too
+                target_loss += weak_weights.image_mil * negative_max_loss_per_sample(logits, t)
+            losses.append(weighted_mean(has_target * target_loss + weak, w))
+            has_fg = (jnp.sum(t, axis=(1, 2, 3)) > 0).astype(w.dtype)
+            fit_w = w * has_target * (has_fg if config.empty_target_loss == "bce" else 1.0)
+            fits.append(weighted_mean(dice_loss_per_sample(logits, t), fit_w))
+            if counted is None:
+                counted = (jnp.sum(fit_w) > 0).astype(jnp.float32)
+        return sum(losses), (tuple(fits), counted)
 
     def loss_fn(models, x, targets, w, self_train, key):
         if config.strategy.weak_samples == "self_training":
@@ -257,15 +302,24 @@ def make_train_batch(model: nn.Module, config, tx, k_aug: jax.Array):
                 counted = (jnp.sum(w * has_fg) > 0).astype(jnp.float32)
         return sum(losses), (tuple(fits), counted)
 
-    def train_batch(carry, s, w, images, targets, self_train):
+    def train_batch(carry, s, w, images, targets, extras):
         models, opts = carry
         k_step = jax.random.fold_in(k_aug, s)
+        extras = extras if isinstance(extras, tuple) else (extras, None, None, None, None)
         # The gathered batch leaves its storage dtype here (uint8 -> float32), never the split.
         images, targets = float_images(images), tuple(float_labels(t) for t in targets)
-        x, *targets = augment_jointly(k_step, (images,) + tuple(targets), config.crop,
-                                      config.hflip, config.vflip)
-        (_, (fits, counted)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            models, x, targets, w, self_train, jax.random.fold_in(k_step, 1))
+        if weak_weights is None:
+            x, *targets = augment_jointly(k_step, (images,) + tuple(targets), config.crop,
+                                          config.hflip, config.vflip)
+            (_, (fits, counted)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                models, x, targets, w, extras[0], jax.random.fold_in(k_step, 1))
+        else:   # the boxes move with the image
+            x, *targets, boxes = augment_jointly(
+                k_step, (images,) + tuple(targets) + (float_labels(extras[2]),), config.crop,
+                config.hflip, config.vflip)
+            extras = extras[:2] + (boxes, float_labels(extras[3])) + extras[4:]
+            (_, (fits, counted)), grads = jax.value_and_grad(weak_loss_fn, has_aux=True)(
+                models, x, targets, w, extras)
         updates = [tx.update(g, o, p) for g, o, p in zip(grads, opts, models)]
         models = tuple(optax.apply_updates(p, u) for p, (u, _) in zip(models, updates))
         opts = tuple(o for _, o in updates)
@@ -334,7 +388,8 @@ def local_epoch(model: nn.Module, config, params: ModelPair, opt_state: ModelPai
         models, _ = carry
         idx = jax.lax.dynamic_slice(order, (s * b,), (b,))
         targets = (inputs.target1[idx], inputs.target2[idx])[:len(models)]
-        return train_batch(carry, s, w, inputs.images[idx], targets, inputs.self_train[idx])
+        extras = jax.tree.map(lambda a: a[idx], inputs.batch_extras())
+        return train_batch(carry, s, w, inputs.images[idx], targets, extras)
 
     def step(carry, s):
         idx = jax.lax.dynamic_slice(order, (s * b,), (b,))

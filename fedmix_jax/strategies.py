@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from fedmix_jax import aggregation
+from fedmix_jax.losses import WeakSupervision
 from fedmix_jax.pseudo_labels import SelectionConfig
 from fedmix_jax.self_training import SelfTrainingWeights
 
@@ -76,6 +77,7 @@ class Strategy:
     weighting: Weighting | None
     selection: SelectionConfig = SelectionConfig()
     warmup_rounds: int = 0
+    weak: WeakSupervision | None = None   # direct weak-label losses (fedmix_plus), else None
 
     def warming_up(self, round_index) -> jax.Array:
         """[] bool: round ``round_index`` (0-based, traced) is a warm-up round (only pixel
@@ -100,12 +102,21 @@ class Strategy:
             return jnp.zeros(jnp.shape(participating), jnp.float32)
         return self.weighting(reports, participating, hparams, self.warming_up(round_index))
 
+    def with_weak(self, weak: WeakSupervision) -> "Strategy":
+        """The strategy with other weak-loss weights (unchanged if it uses no weak losses)."""
+        return self if self.weak is None else dataclasses.replace(self, weak=weak)
+
     def with_selection(self, selection: SelectionConfig) -> "Strategy":
         return dataclasses.replace(self, selection=selection)
 
 
 def _fedmix(sel: SelectionConfig) -> Strategy:
     return Strategy("fedmix", "pseudo_labels", True, AdaptiveWeights(), sel)
+
+
+def _fedmix_plus(sel: SelectionConfig) -> Strategy:
+    return Strategy("fedmix_plus", "pseudo_labels", True, AdaptiveWeights(), sel,
+                    weak=WeakSupervision())
 
 
 def _fedmix_no_adaptive(sel: SelectionConfig) -> Strategy:
@@ -139,6 +150,7 @@ def _fedrgd(sel: SelectionConfig) -> Strategy:
 
 _FACTORIES: dict[str, Callable[[SelectionConfig], Strategy]] = {
     "fedmix": _fedmix,
+    "fedmix_plus": _fedmix_plus,
     "fedmix_no_adaptive": _fedmix_no_adaptive,
     "fedmix_no_refine": _fedmix_no_refine,
     "fedavg_pixel": _fedavg_pixel,
@@ -162,6 +174,9 @@ def get_strategy(name: str, selection: SelectionConfig = SelectionConfig()) -> S
     """The strategy called ``name`` (see :data:`STRATEGY_NAMES`) with the given selection rules.
 
     * ``fedmix`` — adaptive weights, both models, cross pseudo-supervision;
+    * ``fedmix_plus`` — FedMix plus the box and image labels used directly as losses
+      (:class:`~fedmix_jax.losses.WeakSupervision`: box emptiness, box tightness, image-level
+      multiple-instance learning) on every box / image sample, selected or not;
     * ``fedmix_no_adaptive`` — FedMix pseudo-labels with count-only FedAvg weights;
     * ``fedmix_no_refine`` — FedMix without box / class refinement of the pseudo-labels;
     * ``fedavg_pixel`` — FedAvg by counts over the pixel-labelled samples only (clients without

@@ -64,6 +64,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedmix_jax.errors import ConfigError
 from fedmix_jax.data.federation import PIXEL, FederatedSplit, unpack_split_labels
 # The sources and the mode decision live in data/streamed_sources.py; re-exported here.
 from fedmix_jax.data.streamed_sources import (ArrayRecordSource, ArraySource,  # noqa: F401
@@ -287,6 +288,10 @@ class StreamedRound:
 
     def __init__(self, model: nn.Module, config, source: SplitSource,
                  options: StreamOptions | None = None):
+        if config.strategy.weak is not None:
+            raise ConfigError(f"strategy {config.strategy.name!r} (direct weak-label losses) does "
+                              "not run streamed yet: raise config.data.device_data_budget_gb so "
+                              "the training split fits on the device")
         self.model, self.config, self.source = model, config, source
         self.options = options or StreamOptions()
         self.default_hparams = config.hparams()

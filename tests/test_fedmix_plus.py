@@ -1,0 +1,161 @@
+"""fedmix_plus (FedMix + the weak labels used directly as losses): the round's invariants on tiny
+shapes, its config, and the pseudo-label diagnostics against a NumPy reference."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fedmix_jax import federated as F
+from fedmix_jax.data.federation import BOX, IMAGE, NONE, PIXEL, stack_clients
+from fedmix_jax.diagnostics import pseudo_label_diagnostics, summarize
+from fedmix_jax.losses import WeakSupervision, dice_coefficient
+from fedmix_jax.pseudo_labels import SelectionConfig
+from fedmix_jax.site import pseudo_labels
+from test_round import LENIENT, MODEL, SIZE, as_device, assert_trees, make_client, run
+
+# Nothing is ever selected: an agreement above 1 is impossible (dice <= 1), and empty agreed
+# predictions are rejected. Only the direct weak-label terms can train the weak clients.
+STRICT = SelectionConfig(agreement=1.0, box_fit=1.0, reject_empty=True, use_image_labels=False,
+                         empty_boxes_negative=False)
+
+
+@pytest.fixture(scope="module")
+def clients():
+    rng = np.random.default_rng(1)
+    return [make_client(rng, 9, BOX), make_client(rng, 6, PIXEL), make_client(rng, 7, IMAGE),
+            make_client(rng, 5, NONE)]
+
+
+def _cfg(strategy, selection, **kw):
+    return F.RoundConfig(strategy=F.get_strategy(strategy, selection), batch_size=4,
+                         crop=(12, 12), **kw)
+
+
+def _rounds(split, cfg, rounds=2, seed=0):
+    state = F.init_state(MODEL, jax.random.PRNGKey(seed), (SIZE, SIZE, 1), split.num_clients,
+                         cfg)
+    before = jax.device_get(state)
+    round_fn = F.make_round_fn(MODEL, cfg)
+    ms = []
+    for _ in range(rounds):
+        state, m = round_fn(state, as_device(split))
+        ms.append(jax.device_get(m))
+    return before, jax.device_get(state), ms
+
+
+@pytest.fixture(scope="module")
+def strict_runs(clients):
+    """One round of fedmix and two of fedmix_plus where nothing is ever selected."""
+    split = stack_clients(clients)
+    return _rounds(split, _cfg("fedmix", STRICT), rounds=1), _rounds(
+        split, _cfg("fedmix_plus", STRICT), rounds=2)
+
+
+@pytest.fixture(scope="module")
+def lenient_run(clients):
+    return _rounds(stack_clients(clients), _cfg("fedmix_plus", LENIENT))
+
+
+def test_weak_clients_train_on_their_labels_without_any_selection(strict_runs):
+    (_, _, plain), (_, _, plus) = strict_runs
+    m, p = plain[0], plus[0]
+    assert m.selected_weak.sum() == 0 and p.selected_weak.sum() == 0
+    # fedmix: only the pixel client trains; fedmix_plus: the box and image clients too, every
+    # sample (n_i counts them); the unlabelled client has nothing to train on.
+    assert m.steps.tolist() == [0, 2, 0, 0] and m.counts.tolist() == [0, 6, 0, 0]
+    assert p.steps.tolist() == [3, 2, 2, 0] and p.counts.tolist() == [9, 6, 7, 0]
+    # l_i stays the Dice loss of samples with a (pseudo-)target: 0 for the weak clients here
+    assert p.loss1[0] == 0 and p.loss1[2] == 0 and p.loss1[1] > 0
+    assert np.isclose(p.weights.sum(), 1.0) and p.weights[3] == 0
+
+
+def test_masked_steps_leave_a_client_without_labels_untouched(strict_runs):
+    # The unlabelled client (NONE) selects nothing: every step is masked and its Adam state
+    # passes through bit-identical.
+    _, (before, after, ms) = strict_runs
+    take = lambda t, c: jax.tree.map(lambda x: np.asarray(x)[c], t)  # noqa: E731
+    assert [int(m.steps[3]) for m in ms] == [0, 0]
+    assert_trees(take(after.opt_state, 3), take(before.opt_state, 3))
+
+
+def test_padding_with_invalid_samples_changes_nothing(clients, lenient_run):
+    split = stack_clients(clients)
+    padded = split.pad_to(split.max_samples + 5)
+    _, s1, m1 = lenient_run
+    _, s2, m2 = _rounds(padded, _cfg("fedmix_plus", LENIENT))
+    assert sum(int(m.selected_weak.sum()) for m in m1) > 0
+    assert_trees(s1.global_params, s2.global_params, exact=False, atol=1e-6)
+    for a, b in zip(m1, m2):
+        np.testing.assert_array_equal(a.counts, b.counts)
+        np.testing.assert_allclose(a.loss1, b.loss1, rtol=5e-4, atol=1e-7)
+
+
+def test_weak_weights_change_the_update(clients, lenient_run):
+    cfg = _cfg("fedmix_plus", LENIENT)
+    off = WeakSupervision(emptiness=0.0, tightness=0.0, image_mil=0.0)
+    cfg_off = F.RoundConfig(strategy=cfg.strategy.with_weak(off), batch_size=4, crop=(12, 12))
+    _, b, _ = _rounds(stack_clients(clients), cfg_off)
+    _, a, _ = lenient_run
+    leaf = lambda s: jax.tree.leaves(s.global_params)[0]  # noqa: E731
+    assert not np.allclose(leaf(a), leaf(b))
+
+
+def test_config_builds_the_weak_terms_and_streaming_refuses():
+    import ml_collections
+
+    from fedmix_jax.config import build_round_config
+    from fedmix_jax.config_defaults import run_config, selection_config, train_config
+    from fedmix_jax.errors import ConfigError
+
+    config = run_config(2, 1, 1, width=4, depth=2)
+    config.train = train_config(4, None, 10.0, 3.0)
+    config.selection = selection_config()
+    config.weak.tightness_inset = 3
+    config.weak.emptiness = 0.5
+    config.strategy = "fedmix_plus"
+    rc = build_round_config(config)
+    assert rc.strategy.weak == WeakSupervision(emptiness=0.5, tightness_inset=3)
+    config.strategy = "fedmix"
+    assert build_round_config(config).strategy.weak is None
+    config.strategy = "fedmix_plus"
+    config.weak.tightness = -1.0
+    with pytest.raises(ConfigError, match="weak.tightness"):
+        build_round_config(config)
+
+    from fedmix_jax.streaming import StreamedRound
+    with pytest.raises(ConfigError, match="streamed"):
+        StreamedRound(MODEL, rc, source=None)
+    del ml_collections
+
+
+def test_diagnostics_match_a_numpy_reference(clients):
+    split = stack_clients(clients)
+    cfg = _cfg("fedmix", LENIENT)
+    state = F.init_state(MODEL, jax.random.PRNGKey(0), (SIZE, SIZE, 1), 4, cfg)
+    diag = pseudo_label_diagnostics(MODEL, cfg, state.global_params, as_device(split))
+    assert set(k.split("_")[1] for k in diag) == {"box", "image", "none"}
+    for c, level, name in ((0, BOX, "box"), (2, IMAGE, "image"), (3, NONE, "none")):
+        site = jax.tree.map(lambda x: jnp.asarray(x)[c], split)
+        pl = pseudo_labels(MODEL, state.global_params, site, cfg)
+        sel = np.asarray(pl.selected) & np.asarray(site.valid)
+        dice = np.asarray(dice_coefficient(np.asarray(pl.pseudo2, np.float32),
+                                           np.asarray(site.masks, np.float32)))
+        mine = np.asarray(site.valid) & (np.asarray(site.levels) == level)
+        assert diag[f"pl_{name}_n"][c] == mine.sum()
+        assert diag[f"pl_{name}_sel"][c] == (sel & mine).sum()
+        if (sel & mine).any():
+            np.testing.assert_allclose(diag[f"pl_{name}_dice"][c], dice[sel & mine].mean(),
+                                       rtol=1e-5)
+            np.testing.assert_allclose(diag[f"pl_{name}_precision"][c],
+                                       (dice[sel & mine] >= 0.8).mean(), rtol=1e-6)
+        else:
+            assert diag[f"pl_{name}_dice"][c] is None
+        good = mine & (dice >= 0.8)
+        if good.any():
+            np.testing.assert_allclose(diag[f"pl_{name}_recall"][c], sel[good].mean(), rtol=1e-6)
+    pooled = summarize(diag)
+    assert pooled["pl_box_n"] == 9 and pooled["pl_image_n"] == 7 and pooled["pl_none_n"] == 5
+    # fedavg_pixel trains on no pseudo-label: nothing to diagnose
+    assert pseudo_label_diagnostics(MODEL, _cfg("fedavg_pixel", LENIENT), state.global_params,
+                                    as_device(split)) == {}
