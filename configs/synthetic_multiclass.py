@@ -73,5 +73,6 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.train = train_config(BATCH_SIZE, CROP, LAM, BETA, learning_rate=LEARNING_RATE)
     config.selection = selection_config()
+    config.diagnostics = True        # pseudo-label quality vs the true masks (pl_* in metrics)
 
     return config

@@ -44,6 +44,20 @@ def _cell(mean: float, std: float) -> str:
     return f"{mean:.4f} ± {std:.4f}"
 
 
+def pseudo_label_summary(run_dir: str) -> dict:
+    """The pseudo-label diagnostics (``pl_*``, pooled over clients) of the run's last record
+    that has them (``config.diagnostics``); empty without."""
+    from fedmix_jax.diagnostics import summarize
+    from fedmix_jax.records import read_metrics
+
+    try:
+        records = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
+    except (OSError, ValueError):
+        return {}
+    last = next((r for r in reversed(records) if any(k.startswith("pl_") for k in r)), None)
+    return summarize({k: v for k, v in last.items() if k.startswith("pl_")}) if last else {}
+
+
 def run_comparison(config, strategies: Sequence[str], seeds: Sequence[int], workdir: str,
                    quiet: bool = False, plots: bool = False, federation=None) -> dict:
     """Train every (strategy, seed) on one federation; write and return the comparison.
@@ -107,6 +121,9 @@ def _compare(config, strategies, seeds, workdir, quiet, plots, federation, level
                 "mean_hd95": best["test"].get("mean_hd95"),
                 "mean_dice_present": best["test"].get("mean_dice_present"),
                 "mean_false_positive_rate": best["test"].get("mean_false_positive_rate"),
+                "mean_dice_per_class": best["test"].get("mean_dice_per_class"),
+                "mean_dice_present_per_class": best["test"].get("mean_dice_present_per_class"),
+                "pseudo_labels": pseudo_label_summary(run_dir),
                 "total_s": s["timing"]["total_s"], "workdir": run_dir}
         ok = [r for r in runs.values() if "error" not in r]
         per_client = [_mean_std([r["dice"][c] for r in ok]) for c in range(len(names))]
@@ -152,12 +169,37 @@ def format_table(result: dict) -> str:
                              else "-")
         note = "" if r["num_ok"] == len(seeds) else f" ({r['num_ok']}/{len(seeds)} seeds ok)"
         lines.append("| " + " | ".join([strategy + note] + cells) + " |")
+    lines += _pseudo_label_table(result)
     lines.append("")
     lines.append(f"Test figures at the round of best mean validation Dice; mean ± std over "
                  f"seeds {', '.join(str(s) for s in seeds)} (sample std, ddof=1). Per client and "
                  "mean: Dice (per class, averaged); Dice on the images that contain each class; "
                  "HD95 in px; FP rate: share of lesion-free images with any predicted foreground.")
     return "\n".join(lines)
+
+
+def _pseudo_label_table(result: dict) -> list[str]:
+    """Pseudo-label diagnostics of the runs' last rounds (``config.diagnostics``), pooled over
+    clients, mean over seeds: per strategy and weak level, selected / with a lesion / total,
+    Dice of the selected against the true masks, selection precision and recall, area ratio."""
+    rows = []
+    for strategy, r in result["results"].items():
+        runs = [x.get("pseudo_labels") or {} for x in r["runs"].values() if "error" not in x]
+        levels = sorted({k.split("_")[1] for run in runs for k in run})
+        for lvl in levels:
+            def avg(key):
+                v = [run.get(f"pl_{lvl}_{key}") for run in runs]
+                v = [x for x in v if x is not None]
+                return f"{np.mean(v):.3f}" if v else "-"
+            rows.append(f"| {strategy} | {lvl} | {avg('sel')} / {avg('sel_lesion')} / "
+                        f"{avg('n')} | {avg('dice')} | {avg('dice_all')} | {avg('precision')} | "
+                        f"{avg('recall')} | {avg('area')} |")
+    if not rows:
+        return []
+    return ["", "Pseudo-labels in the last round (vs the true masks; mean over seeds):", "",
+            "| strategy | level | selected / with a lesion / samples | Dice, selected | "
+            "Dice, all with a lesion | precision | recall | area pred/true |",
+            "|---|---|---|---|---|---|---|---|"] + rows
 
 
 def define_flags(argv: list[str]) -> flags.FlagValues:

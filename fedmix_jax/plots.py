@@ -5,6 +5,8 @@
 * ``weights.png`` -- aggregation weight of each client vs round;
 * ``selection_rate.png`` -- fraction of each weak client's samples selected for pseudo-labels;
 * ``loss.png`` -- each client's mean training loss of model 1 vs round;
+* ``pseudo_labels.png`` -- with ``config.diagnostics``: per weak level, the pseudo-labels' Dice
+  against the true masks and the selected share (with a lesion, dashed) vs round;
 * ``predictions.png`` -- test images of each client with the ground truth (green), the selected
   model's prediction (red) and the box (yellow, dashed) outlined.
 
@@ -127,6 +129,40 @@ def plot_loss(records, client_names, path, levels=None) -> str:
     return _finish(fig, ax, path, "Training Dice loss of model 1", ylabel="loss")
 
 
+def plot_pseudo_labels(records, client_names, path, levels=None) -> str | None:
+    """Pseudo-label quality vs round (records with ``pl_*`` diagnostics; None without): per weak
+    level, the Dice of the selected pseudo-labels against the true masks and the selected share
+    of samples, pooled over clients (:func:`fedmix_jax.diagnostics.summarize`)."""
+    from fedmix_jax.diagnostics import LEVELS, summarize
+
+    rows = [(r["round"], summarize({k: v for k, v in r.items() if k.startswith("pl_")}))
+            for r in records if any(k.startswith("pl_") for k in r)]
+    if not rows:
+        return None
+    fig = _figure(figsize=(9.0, 3.6))
+    ax_dice, ax_sel = fig.subplots(1, 2)
+    rounds = np.array([r for r, _ in rows])
+    for i, name in enumerate(LEVELS):
+        if not any(f"pl_{name}_n" in s for _, s in rows):
+            continue
+        get = lambda key: np.array([np.nan if s.get(key) is None else s[key]  # noqa: E731
+                                    for _, s in rows], float)
+        n = get(f"pl_{name}_n")
+        ax_dice.plot(rounds, get(f"pl_{name}_dice"), color=_colour(i), marker=".",
+                     label=f"{name}: selected")
+        ax_dice.plot(rounds, get(f"pl_{name}_dice_all"), color=_colour(i), ls="--",
+                     label=f"{name}: all with a lesion")
+        ax_sel.plot(rounds, get(f"pl_{name}_sel") / n, color=_colour(i), marker=".",
+                    label=f"{name}: selected")
+        ax_sel.plot(rounds, get(f"pl_{name}_sel_lesion") / n, color=_colour(i), ls="--",
+                    label=f"{name}: selected with a lesion")
+    ax_dice.set_ylim(0, 1.02)
+    ax_sel.set_ylim(0, 1.02)
+    _finish(fig, ax_sel, path, "Selected share of weak samples", ylabel="share")
+    return _finish(fig, ax_dice, path, "Pseudo-label Dice vs true masks",
+                   ylabel="Dice")
+
+
 @functools.lru_cache(maxsize=8)
 def _predict_fn(model):
     import jax
@@ -211,6 +247,10 @@ def write_run_plots(workdir: str, records, client_names, levels=None, best_round
                             levels),
         plot_loss(records, client_names, os.path.join(workdir, "loss.png"), levels),
     ]
+    pl = plot_pseudo_labels(records, client_names, os.path.join(workdir, "pseudo_labels.png"),
+                            levels)
+    if pl is not None:
+        paths.append(pl)
     if model is not None and params is not None and split is not None:
         title = (f"test images, model selected at round {best_round}" if best_round
                  else "test images")
@@ -221,4 +261,5 @@ def write_run_plots(workdir: str, records, client_names, levels=None, best_round
 
 
 __all__ = ["plot_validation_dice", "plot_weights", "plot_selection_rate", "plot_loss",
+           "plot_pseudo_labels",
            "plot_predictions", "write_run_plots", "PLOT_FILES"]

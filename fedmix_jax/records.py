@@ -39,6 +39,8 @@ def round_record(r: int, m, round_time: float) -> dict:
 # HD95 in px (lower is better); dice_present: Dice on the images that contain a lesion (per
 # class); false_positive_rate: share of lesion-free images with any predicted foreground.
 EVAL_FIGURES = ("dice", "iou", "hd95", "dice_present", "false_positive_rate")
+# Per class: [C][K] per client and [K] their mean (``mean_dice_per_class``, ...).
+PER_CLASS_FIGURES = ("dice_per_class", "dice_present_per_class")
 
 
 def _json_number(x):
@@ -54,6 +56,10 @@ def eval_record(ev: dict) -> dict:
         if name in ev:
             rec[name] = [_json_number(v) for v in np.asarray(ev[name]).ravel()]
             rec[f"mean_{name}"] = _json_number(ev[f"mean_{name}"])
+    for name in PER_CLASS_FIGURES:
+        if name in ev:
+            rec[name] = [[_json_number(v) for v in row] for row in np.asarray(ev[name])]
+            rec[f"mean_{name}"] = [_json_number(v) for v in np.asarray(ev[f"mean_{name}"])]
     return rec
 
 
@@ -66,7 +72,7 @@ def add_evaluation(rec: dict, val: dict, test: dict, eval_time: float) -> None:
 
 def evaluation_of(rec: dict) -> dict:
     """``{"round", "val", "test"}`` of an evaluation round's record."""
-    keys = [k for name in EVAL_FIGURES for k in (name, f"mean_{name}")]
+    keys = [k for name in EVAL_FIGURES + PER_CLASS_FIGURES for k in (name, f"mean_{name}")]
     return {"round": rec["round"],
             "val": {k: rec[f"val_{k}"] for k in keys if f"val_{k}" in rec},
             "test": {k: rec[f"test_{k}"] for k in keys if f"test_{k}" in rec}}

@@ -38,7 +38,8 @@ DAMAGED_DIR = "damaged"      # damaged checkpoints and records are moved here, n
 # lives; forcing a cache rebuild).
 RESUMABLE_FIELDS = ("num_rounds", "checkpoint_every", "keep_checkpoints", "data.cache_dir",
                     "data.rebuild", "compilation_cache", "data.device_data_budget_gb",
-                    "data.stream_block_steps", "train.cpu_devices", "data.compact")
+                    "data.stream_block_steps", "train.cpu_devices", "data.compact",
+                    "diagnostics")
 
 _TMP_SUFFIX = re.compile(r"\.tmp-\d+$")
 

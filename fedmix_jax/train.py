@@ -195,6 +195,15 @@ class _Run:
         state, metrics = self.round_fn(state, self.train_data)
         return state, jax.device_get(metrics)  # only the [C] metrics come to the host
 
+    def _diagnostics(self, state) -> dict:
+        """Pseudo-label diagnostics of the pair this round starts from (``config.diagnostics``;
+        in-memory runs only): :mod:`fedmix_jax.diagnostics`."""
+        if not self.config.get("diagnostics", False) or self.streamed:
+            return {}
+        from fedmix_jax.diagnostics import pseudo_label_diagnostics
+        return self._guard("computing the pseudo-label diagnostics", pseudo_label_diagnostics,
+                           self.model, self.round_config, state.global_params, self.train_data)
+
     def _check_finite(self, r: int, m) -> None:
         """A NaN/inf loss (or weight, which would poison the aggregate) stops the run before
         anything of this round is written."""
@@ -217,6 +226,8 @@ class _Run:
         eval_every, ckpt_every = int(self.config.eval_every), int(self.config.checkpoint_every)
         last_dice = self.best["val"]["mean_dice"] if self.best.get("val") else None
         for r in range(self.start + 1, self.num_rounds + 1):
+            evaluating = r % eval_every == 0 or r == self.num_rounds
+            diag = self._diagnostics(state) if evaluating else {}
             t0 = time.perf_counter()
             state, m = self._guard(f"in round {r}", self._round, state)
             round_time = time.perf_counter() - t0
@@ -228,8 +239,8 @@ class _Run:
                     "the initial models was selected, so no later round can train either. Give "
                     "at least one client pixel masks (config.data.levels) or loosen the "
                     "selection (--config.selection.*). Nothing of round 1 was written.")
-            rec = round_record(r, m, round_time)
-            if r % eval_every == 0 or r == self.num_rounds:
+            rec = round_record(r, m, round_time) | diag
+            if evaluating:
                 t1 = time.perf_counter()
                 rv, rt = (eval_record(self._guard(f"evaluating round {r}", self._evaluate,
                                                   state, split))

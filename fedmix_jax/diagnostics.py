@@ -1,0 +1,135 @@
+"""Pseudo-label diagnostics: how good are the pseudo-labels FedMix trains on, where true masks exist.
+
+Where the training split holds true masks for its weak samples (the synthetic federations; real
+data sets whose levels are assigned by the config, e.g. HAM10000 with its lesion masks), this
+measures, per client and per supervision level (box, image, unlabelled), what the round's
+pseudo-labels are worth against the truth:
+
+==================  =====  =================================================================
+key                 shape  meaning
+==================  =====  =================================================================
+``pl_<lvl>_n``      [C]    valid samples of that level
+``pl_<lvl>_sel``    [C]    selected samples (they train on a pseudo-label this round)
+``pl_<lvl>_sel_lesion`` [C] selected samples whose image holds a lesion
+``pl_<lvl>_dice``   [C]    mean Dice of the selected pseudo-labels (model 1's target, ``p2``)
+                           against the true masks (NaN: none selected)
+``pl_<lvl>_dice_all`` [C]  the same over every sample with a lesion, selected or not (the
+                           quality of the refined predictions themselves)
+``pl_<lvl>_precision`` [C] share of the selected whose pseudo-label Dice is >= 0.8
+``pl_<lvl>_recall`` [C]    share of the samples with a pseudo-label Dice >= 0.8 that are selected
+``pl_<lvl>_area``   [C]    predicted / true foreground area over the selected samples with a
+                           lesion (< 1: under-segmentation)
+==================  =====  =================================================================
+
+The pseudo-labels are those of :func:`fedmix_jax.site.pseudo_labels` (the global pair, refined,
+selected) on the un-augmented training images, as the round computes them. This is a local or
+benchmark measurement only: it reads true masks that a weak site does not have, and nothing of it
+is sent in the multi-site mode.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedmix_jax.data.compact import ClientRows, CompactSplit, client_window
+from fedmix_jax.data.federation import BOX, IMAGE, NONE, float_labels, unpack_split_labels
+from fedmix_jax.losses import dice_coefficient
+from fedmix_jax.site import pseudo_labels
+
+LEVELS = {"box": BOX, "image": IMAGE, "none": NONE}
+GOOD_DICE = 0.8     # a pseudo-label at least this close to the truth counts as good
+
+
+def site_diagnostics(model: nn.Module, config, global_params, data) -> dict[str, jax.Array]:
+    """The diagnostics of one site (leaves [N, ...], masks unpacked): dict of [] float32."""
+    pl = pseudo_labels(model, global_params, data, config)
+    truth = float_labels(data.masks)
+    pseudo = float_labels(pl.pseudo2)
+    dice = dice_coefficient(pseudo, truth)                                      # [N]
+    lesion = jnp.sum(truth, axis=(1, 2, 3)) > 0
+    good = dice >= GOOD_DICE
+    out = {}
+    for name, level in LEVELS.items():
+        mine = data.valid & (data.levels == level)
+        sel = mine & pl.selected
+        f = lambda m: jnp.sum(m.astype(jnp.float32))     # noqa: E731
+        mean_over = lambda v, m: jnp.where(f(m) > 0, jnp.sum(v * m) / jnp.maximum(f(m), 1),  # noqa
+                                           jnp.nan)
+        sel_lesion = sel & lesion
+        out[f"pl_{name}_n"] = f(mine)
+        out[f"pl_{name}_sel"] = f(sel)
+        out[f"pl_{name}_sel_lesion"] = f(sel_lesion)
+        out[f"pl_{name}_dice"] = mean_over(dice, sel)
+        out[f"pl_{name}_dice_all"] = mean_over(dice, mine & lesion)
+        out[f"pl_{name}_precision"] = mean_over(good.astype(jnp.float32), sel)
+        out[f"pl_{name}_recall"] = mean_over(sel.astype(jnp.float32), mine & good)
+        area = lambda x: jnp.sum(x * sel_lesion[:, None, None, None])   # noqa: E731
+        out[f"pl_{name}_area"] = jnp.where(area(truth) > 0,
+                                           area(pseudo) / jnp.maximum(area(truth), 1), jnp.nan)
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _program(model: nn.Module, config):
+    @jax.jit
+    def run(global_params, data):
+        rows, pool = data, None
+        if isinstance(data, CompactSplit):
+            rows, pool = ClientRows(offsets=data.offsets, lengths=data.lengths), data
+
+        def one(r):
+            site = client_window(pool, r.offsets, r.lengths) if pool is not None else r
+            return site_diagnostics(model, config, global_params, unpack_split_labels(site))
+
+        return jax.lax.map(one, rows)
+
+    return run
+
+
+def pseudo_label_diagnostics(model: nn.Module, config, global_params, data) -> dict[str, list]:
+    """Per-client diagnostics of the pseudo-labels of ``global_params`` on the training split.
+
+    Args:
+      model: the Flax model; config: the static :class:`~fedmix_jax.config.RoundConfig` (its
+        strategy's selection rules apply).
+      global_params: the broadcast :class:`~fedmix_jax.site.ModelPair`.
+      data: the training split, :class:`~fedmix_jax.data.federation.FederatedSplit` ([C, N,
+        ...]) or its :class:`~fedmix_jax.data.compact.CompactSplit`.
+
+    Returns:
+      ``{key: [C] list of floats (None for NaN)}`` with the keys of the module docstring, for
+      the levels the split holds; empty when the strategy does not train on pseudo-labels.
+    """
+    if config.strategy.weak_samples != "pseudo_labels":
+        return {}
+    out = jax.device_get(_program(model, config)(global_params, data))
+    absent = [name for name in LEVELS if not np.any(out[f"pl_{name}_n"])]
+    return {k: [None if not np.isfinite(v) else float(v) for v in np.asarray(x)]
+            for k, x in out.items() if k.split("_")[1] not in absent}
+
+
+def summarize(diagnostics: dict[str, list]) -> dict[str, float | None]:
+    """Per level, the figures pooled over clients (selected-weighted means): ``{key: value}``
+    with the same keys, for tables and ``compare``."""
+    out = {}
+    for name in LEVELS:
+        n = np.asarray(diagnostics.get(f"pl_{name}_n", []), float)
+        sel = np.asarray(diagnostics.get(f"pl_{name}_sel", []), float)
+        if n.size == 0 or n.sum() == 0:
+            continue
+        out[f"pl_{name}_n"] = float(n.sum())
+        out[f"pl_{name}_sel"] = float(sel.sum())
+        out[f"pl_{name}_sel_lesion"] = float(np.sum(diagnostics[f"pl_{name}_sel_lesion"]))
+        for key, weight in (("dice", sel), ("precision", sel), ("area", sel),
+                            ("dice_all", n), ("recall", n)):
+            v = np.asarray([np.nan if x is None else x
+                            for x in diagnostics[f"pl_{name}_{key}"]], float)
+            ok = np.isfinite(v) & (weight > 0)
+            out[f"pl_{name}_{key}"] = (float(np.sum(v[ok] * weight[ok]) / weight[ok].sum())
+                                       if ok.any() else None)
+    return out
