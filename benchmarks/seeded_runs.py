@@ -6,16 +6,22 @@ from __future__ import annotations
 import time
 
 import jax
+import jax.numpy as jnp
 
 import fedmix_jax as fm
 from fedmix_jax.config import build_model, build_round_config
+from fedmix_jax.diagnostics import pseudo_label_diagnostics, summarize
 from fedmix_jax.evaluation import evaluate
 
 
-def run_variant(config, federation, seeds, rounds, hd95=False, round_times=None):
+def run_variant(config, federation, seeds, rounds, hd95=False, round_times=None,
+                diagnostics=False):
     """Best-validation test figures of each seed: list of dicts (with ``hd95``: HD95 and the
     per-class Dice too). ``round_times``, if a list, gets each round's seconds (the round alone,
-    to its results on the host; the first one compiles)."""
+    to its results on the host; the first one compiles). With ``diagnostics`` = k (an int; True
+    is 1), each run also gets ``pseudo_labels``: in round 1 and every k-th round, the pooled
+    pseudo-label diagnostics of the pair the round starts from (:mod:`fedmix_jax.diagnostics`;
+    empty for strategies without pseudo-labels)."""
     model = build_model(config, federation.num_classes)
     round_config = build_round_config(config)
     round_fn = fm.make_round_fn(model, round_config)
@@ -25,8 +31,12 @@ def run_variant(config, federation, seeds, rounds, hd95=False, round_times=None)
     for seed in seeds:
         state = fm.init_state(model, jax.random.PRNGKey(seed), image_shape,
                               federation.num_clients, round_config)
-        best = (-1.0, None)
-        for _ in range(rounds):
+        best = (-1.0, 0, None)          # validation Dice, round, model 1's params
+        per_round = []
+        for r in range(rounds):
+            if diagnostics and (r == 0 or (r + 1) % int(diagnostics) == 0):
+                per_round.append({"round": r + 1, **summarize(pseudo_label_diagnostics(
+                    model, round_config, state.global_params, train))})
             t0 = time.perf_counter()
             state, metrics = round_fn(state, train)
             jax.block_until_ready(metrics)
@@ -34,16 +44,18 @@ def run_variant(config, federation, seeds, rounds, hd95=False, round_times=None)
                 round_times.append(time.perf_counter() - t0)
             params = state.global_params[0]
             val = evaluate(model, params, federation.val, hd95=False)["mean_dice"]
-            if val > best[0]:
-                test = evaluate(model, params, federation.test, hd95=hd95)
-                best = (val, dict(round=int(state.round), val_dice=float(val),
-                                  dice=float(test["mean_dice"]),
-                                  dice_lesion=float(test["mean_dice_present"]),
-                                  fp_rate=float(test["mean_false_positive_rate"]),
-                                  fp_rate_per_client=[float(x) for x in
-                                                      test["false_positive_rate"]],
-                                  dice_per_class=[float(x) for x in
-                                                  test["mean_dice_per_class"]],
-                                  **({"hd95": float(test["mean_hd95"])} if hd95 else {})))
-        out.append(dict(seed=seed, **best[1]))
+            if val > best[0]:       # the test split is scored once, for the selected round
+                best = (val, int(state.round), jax.tree.map(jnp.copy, params))
+        val, best_round, params = best
+        test = evaluate(model, params, federation.test, hd95=hd95)
+        out.append(dict(seed=seed, round=best_round, val_dice=float(val),
+                        dice=float(test["mean_dice"]),
+                        dice_lesion=float(test["mean_dice_present"]),
+                        fp_rate=float(test["mean_false_positive_rate"]),
+                        fp_rate_per_client=[float(x) for x in test["false_positive_rate"]],
+                        dice_per_class=[float(x) for x in test["mean_dice_per_class"]],
+                        dice_lesion_per_class=[float(x) for x in
+                                               test["mean_dice_present_per_class"]],
+                        **({"hd95": float(test["mean_hd95"])} if hd95 else {}),
+                        **({"pseudo_labels": per_round} if diagnostics else {})))
     return out

@@ -1,0 +1,181 @@
+r"""Do weak labels make the model better at segmenting lesions? One command, paired by seed.
+
+    python benchmarks/efficacy.py --tasks binary,multiclass --data_seeds 1,2,3 --seeds 0,1,2 \
+        --json efficacy.json
+
+For each task (``binary``: ``configs/synthetic.py``; ``multiclass``:
+``configs/synthetic_multiclass.py``, each at its own default size and round budget), each data
+seed (``config.data.seed``: a different federation) and each training seed, every strategy trains
+from the same initialisation and is scored on the test split at its best-validation round:
+
+* mean Dice (per class, averaged; absent-class images score 1, so a model that predicts nothing
+  scores well on lesion-free images),
+* **Dice on the images that contain a lesion** (per class, over the images with that class),
+  and its minimum over classes (a class never predicted shows as ~0),
+* the **false-positive rate** on lesion-free images (share with any predicted foreground pixel),
+* HD95 (px),
+* the **share of the pixel -> full gap recovered** on lesion-image Dice,
+  ``(x - fedavg_pixel) / (fedavg_full - fedavg_pixel)``, computed per (data seed, training seed)
+  pair, then mean ± std.
+
+Strategies with pseudo-labels also record, per round, the pseudo-label diagnostics of
+:mod:`fedmix_jax.diagnostics` (pooled over clients): how many weak samples are selected, how many
+of those hold a lesion, their Dice against the true masks, precision / recall of the selection and
+the predicted / true area. The JSON holds everything (written after every run, so a cut-short
+benchmark keeps its finished runs); the tables are printed at the end.
+
+``--set weak.tightness_inset=3`` (repeatable) overrides config fields of every run; tune on data
+seed 0 only, report on the others.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from fedmix_jax.data.sources import load_federation  # noqa: E402
+from seeded_runs import run_variant  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("tasks", "binary,multiclass", "binary and/or multiclass")
+flags.DEFINE_string("strategies", "fedmix,fedmix_plus,fedavg_pixel,fedavg_full",
+                    "strategies (fedavg_pixel and fedavg_full are needed for the gap)")
+flags.DEFINE_string("data_seeds", "1,2,3", "federations (config.data.seed); 0 is for tuning")
+flags.DEFINE_string("seeds", "0,1,2", "training seeds (model init, order, augmentation)")
+flags.DEFINE_integer("rounds", 0, "rounds per run (0: the config's num_rounds)")
+flags.DEFINE_multi_string("set", [], "config overrides for every run, e.g. weak.emptiness=0")
+flags.DEFINE_string("json", None, "write the results here (after every run)")
+flags.DEFINE_integer("diagnostics_every", 4, "pseudo-label diagnostics every k rounds "
+                     "(and round 1); 0: none")
+flags.DEFINE_string("merge", None, "comma-separated JSON files of earlier runs: print their "
+                    "tables together (later files add strategies / data seeds), train nothing")
+
+CONFIGS = {"binary": "synthetic.py", "multiclass": "synthetic_multiclass.py"}
+FIGURES = ("dice", "dice_lesion", "min_class_dice_lesion", "fp_rate", "hd95")
+
+
+def load_config(task: str):
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
+                        CONFIGS[task])
+    spec = importlib.util.spec_from_file_location(f"cfg_{task}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def apply_overrides(config, overrides):
+    for item in overrides:
+        key, value = item.split("=", 1)
+        *groups, field = key.split(".")
+        node = config
+        for g in groups:
+            node = node[g]
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pass
+        node[field] = value
+
+
+def gap_recovered(x: float, pixel: float, full: float) -> float:
+    """(x - pixel) / (full - pixel); NaN when the gap is not positive."""
+    return (x - pixel) / (full - pixel) if full > pixel else float("nan")
+
+
+def _ms(values) -> str:
+    a = np.asarray([v for v in values if v is not None and np.isfinite(v)], float)
+    if a.size == 0:
+        return "n/a"
+    return f"{a.mean():.3f} ± {a.std(ddof=1) if a.size > 1 else 0.0:.3f}"
+
+
+def tables(results: dict, strategies) -> str:
+    """Markdown tables: per task, every data seed pooled (mean ± sample std over all runs) and
+    per data seed, with the gap recovered paired by (data seed, seed)."""
+    lines = []
+    for task, by_data in results.items():
+        lines.append(f"\n### {task}\n")
+        lines.append("| data seed | strategy | mean Dice | Dice, lesion images | min class Dice, "
+                     "lesion images | FP rate, lesion-free | HD95 px | gap recovered |")
+        lines.append("|---|---|---|---|---|---|---|---|")
+        for data_seed in list(by_data) + ["all"]:
+            seeds_here = list(by_data) if data_seed == "all" else [data_seed]
+            for s in strategies:
+                runs, gaps = [], []
+                for ds in seeds_here:
+                    per = by_data[ds]
+                    for i, r in enumerate(per.get(s, [])):
+                        runs.append(r)
+                        pix, full = per.get("fedavg_pixel", []), per.get("fedavg_full", [])
+                        if i < len(pix) and i < len(full):
+                            gaps.append(gap_recovered(r["dice_lesion"], pix[i]["dice_lesion"],
+                                                      full[i]["dice_lesion"]))
+                if not runs:
+                    continue
+                cells = [_ms([r.get(k) for r in runs]) for k in FIGURES]
+                lines.append(f"| {data_seed} | {s} | " + " | ".join(cells) + f" | {_ms(gaps)} |")
+    return "\n".join(lines)
+
+
+def merged(paths) -> dict:
+    """The results of several JSON files of this script, merged task > data seed > strategy."""
+    results: dict = {}
+    for path in paths:
+        with open(path) as f:
+            for task, by_data in json.load(f)["results"].items():
+                for ds, by_strategy in by_data.items():
+                    results.setdefault(task, {}).setdefault(ds, {}).update(by_strategy)
+    return results
+
+
+def main(argv):
+    del argv
+    seeds = [int(s) for s in FLAGS.seeds.split(",")]
+    strategies = FLAGS.strategies.split(",")
+    if FLAGS.merge:
+        results = merged(FLAGS.merge.split(","))
+        print(tables(results, strategies))
+        return
+    results: dict = {}
+    t_all = time.time()
+    for task in FLAGS.tasks.split(","):
+        results[task] = {}
+        for data_seed in FLAGS.data_seeds.split(","):
+            results[task][data_seed] = {}
+            for strategy in strategies:
+                cfg = load_config(task)
+                cfg.strategy = strategy
+                cfg.data.seed = int(data_seed)
+                apply_overrides(cfg, FLAGS.set)
+                rounds = FLAGS.rounds or int(cfg.num_rounds)
+                federation = load_federation(cfg.data, verbose=False)
+                t0 = time.time()
+                runs = run_variant(cfg, federation, seeds, rounds, hd95=True,
+                                   diagnostics=FLAGS.diagnostics_every)
+                for r in runs:
+                    r["min_class_dice_lesion"] = float(np.min(r["dice_lesion_per_class"]))
+                results[task][data_seed][strategy] = runs
+                print(f"{task} data seed {data_seed} {strategy}: "
+                      f"lesion Dice {_ms([r['dice_lesion'] for r in runs])}, "
+                      f"FP {_ms([r['fp_rate'] for r in runs])} ({time.time() - t0:.0f} s)",
+                      flush=True)
+                if FLAGS.json:
+                    with open(FLAGS.json + ".tmp", "w") as f:
+                        json.dump({"overrides": FLAGS.set, "seeds": seeds, "results": results},
+                                  f, indent=1)
+                    os.replace(FLAGS.json + ".tmp", FLAGS.json)
+    print(tables(results, strategies))
+    print(f"\ntotal {time.time() - t_all:.0f} s")
+
+
+if __name__ == "__main__":
+    app.run(main)
