@@ -518,3 +518,24 @@ def _object_tree_nodes(tree):
     yield tree
     for child in tree.children:
         yield from _object_tree_nodes(child)
+
+
+def test_fedst_leaves_its_warm_up_on_flower_as_in_process(tmp_path):
+    """The round index reaches every site and the server's weights: FedST with a 1-round warm-up
+    over 3 rounds equals the in-process job (round 1 weighs the pixel site alone and trains only
+    pixel samples; rounds 2-3 self-train the weak sites and give them weight)."""
+    extra = "strategy=fedst train.warmup_rounds=1"
+    ref_state, ref_metrics = _in_process(3, extra)
+    summary, pair, _ = run_local(3, _run_config(tmp_path, rounds=3, name="fedst", extra=extra))
+    assert _max_diff(pair, ref_state.global_params) <= 1e-6
+    from fedmix_jax.train import read_metrics
+
+    recs = read_metrics(os.path.join(summary["workdir"], "metrics.jsonl"))
+    for rec, m in zip(recs, ref_metrics):
+        np.testing.assert_array_equal(rec["counts"], np.asarray(m.counts))
+        np.testing.assert_allclose(rec["weights"], np.asarray(m.weights), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(rec["loss1"], np.asarray(m.loss1), rtol=1e-6, atol=1e-7)
+    w = [np.asarray(r["weights"]) for r in recs]
+    np.testing.assert_allclose(w[0], [0.0, 1.0, 0.0])              # warm-up: pixel site only
+    np.testing.assert_allclose(w[1], [0.05, 0.9, 0.05], rtol=1e-6)  # after it: 0.9 / shared 0.1
+    assert recs[1]["counts"][0] > recs[0]["counts"][0] == 0         # weak site a self-trains

@@ -188,9 +188,10 @@ def train(msg: Message, context: Context) -> Message:
         global_pair = records.record_to_pair(arrays, backend.template_pair(shared))
         state = _restore_state(context, backend, shared, round_index, run_name)
         from fedmix_jax.flower._core import key_from_numpy
+        from fedmix_jax.flower._core import round_index as index_of
 
         state, report = backend.train(shared, global_pair, state, key_from_numpy(key_data),
-                                      hparams_from(cfg))
+                                      hparams_from(cfg), index_of(round_index))
         _store_state(context, state, round_index, run_name)
         local_record = records.pair_to_record(state.params) if send_model else None
     return make_train_reply(msg, backend.info(shared), round_index, report, local_record)

@@ -37,8 +37,9 @@ from fedmix_jax.flower.records import REPORT_FIELDS
 
 REPORT_KEYS = tuple(REPORT_FIELDS)
 
-# The config groups a site needs (and that the coordinator sends).
-SHARED_GROUPS = ("seed", "strategy", "model", "train", "selection", "data")
+# The config groups a site needs (and that the coordinator sends). ``num_rounds`` sets the
+# default warm-up of FedST / FedRGD (half the rounds), as in the in-process job.
+SHARED_GROUPS = ("seed", "num_rounds", "strategy", "model", "train", "selection", "data")
 
 
 def shared_config_json(config) -> str:
@@ -191,7 +192,7 @@ class LocalSite:
         pair = self.template_pair(shared_json)
         return jax.eval_shape(lambda p: _core.initial_site_state(p, config), pair)
 
-    def train(self, shared_json: str, global_pair, state, key, hparams):
+    def train(self, shared_json: str, global_pair, state, key, hparams, round_index: int):
         """One round of the site function: ``(SiteState, report dict of numpy scalars)``.
 
         Args:
@@ -200,6 +201,8 @@ class LocalSite:
             None (first round, or a site that lost its state: the broadcast pair with fresh Adam
             moments, as the in-process round's initial state).
           key: the site's PRNG key of this round; hparams: :class:`~fedmix_jax.config.HParams`.
+          round_index: the round, 0-based (Flower's round ``r`` is ``r - 1``,
+            :func:`fedmix_jax.flower._core.round_index`): the strategy's warm-up depends on it.
         """
         model, config = self.setup(shared_json)
         fn = _core.compiled_site_fn(model, config)
@@ -207,7 +210,8 @@ class LocalSite:
         if state is None:
             state = _core.initial_site_state(global_pair, config)
         state = jax.tree.map(jnp.asarray, state)
-        new_state, report = fn(global_pair, state, self._train_on_device(), key, hparams)
+        new_state, report = fn(global_pair, state, self._train_on_device(), key, hparams,
+                               round_index)
         report = jax.device_get(report)
         return new_state, {k: np.asarray(getattr(report, k)) for k in REPORT_KEYS}
 

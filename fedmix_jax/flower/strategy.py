@@ -158,8 +158,9 @@ class FedMixStrategy(FlowerStrategy):
         weights = [0.0] * c
         new_arrays = None
         if applied:
-            weights = [float(w) for w in _core.site_weights(self.strategy, reports,
-                                                            participating, self.hparams)]
+            weights = [float(w) for w in _core.site_weights(
+                self.strategy, reports, participating, self.hparams,
+                _core.round_index(server_round))]
             if self.strategy.aggregates:
                 new_arrays = self._aggregate(accepted, weights)
         else:
@@ -185,7 +186,11 @@ class FedMixStrategy(FlowerStrategy):
                          for k, m in zip(records.PAIR_PREFIXES, like)])
         stacked = jax.tree.map(lambda *xs: np.stack(xs), *[type(like)(*r) for r in rows])
         pair = _core.aggregate(stacked, weights)
-        return records.pair_to_record(jax.device_get(pair))
+        out = records.pair_to_record(jax.device_get(pair))
+        if not self.strategy.trains_model2:
+            # Model 2 does not train: it stays as broadcast (as in the in-process round).
+            out[records.PAIR_PREFIXES[1]] = self._arrays[records.PAIR_PREFIXES[1]]
+        return out
 
     # ------------------------------------------------------------------------------------------
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

@@ -194,7 +194,8 @@ class SiteWorker:
         hp = HParams.create(lam=header["lam"], beta=header["beta"],
                             learning_rate=header["learning_rate"])
         t0 = time.perf_counter()
-        state, report = site.train(shared, pair, state, _core.key_from_numpy(header["key"]), hp)
+        state, report = site.train(shared, pair, state, _core.key_from_numpy(header["key"]), hp,
+                                   _core.round_index(r))
         state = jax.device_get(state)
         self.state = {run: (r, state)}
         if self._state_path(run):
