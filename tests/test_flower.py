@@ -230,7 +230,7 @@ def test_strategy_error_and_missing_replies_and_min_sites():
     assert new is None and not out.applied                     # 1 accepted < min_sites 3
     assert "boom" in out.rejected["s1"]
     assert "someone-else" in out.rejected["s2"]
-    assert "negative loss" in out.rejected["s3"]
+    assert "outside the Dice loss range" in out.rejected["s3"]
     assert "no reply" in out.rejected["s4"] and "no reply" in out.rejected["s7"]
     assert not np.array_equal(_core.key_to_numpy(strat.key), _core.key_to_numpy(key_before))
 
@@ -539,3 +539,32 @@ def test_fedst_leaves_its_warm_up_on_flower_as_in_process(tmp_path):
     np.testing.assert_allclose(w[0], [0.0, 1.0, 0.0])              # warm-up: pixel site only
     np.testing.assert_allclose(w[1], [0.05, 0.9, 0.05], rtol=1e-6)  # after it: 0.9 / shared 0.1
     assert recs[1]["counts"][0] > recs[0]["counts"][0] == 0         # weak site a self-trains
+
+
+def test_hostile_sites_are_left_out_of_a_flower_run(two_rounds, tmp_path, caplog):
+    """End to end over LocalGrid: site c declares 10^12 training samples (excluded when it
+    joins), site b reports a NaN loss in its train reply (rejected in the round); the run goes on
+    with the others and never crashes."""
+    def intercept(node, msg, reply):
+        kind = msg.metadata.message_type
+        if kind == "query.info" and node == nodes[2]:
+            reply.content.config_records["info"]["num-train"] = 10**12
+        if kind == "train" and node == nodes[1]:
+            reply.content.metric_records[REPORT_RECORD]["loss1"] = math.nan
+        return reply
+
+    sites = synthetic_sites(3)
+    nodes = list(sites)
+    grid = LocalGrid(sites, intercept=intercept)
+    cfg = dict(_run_config(tmp_path, rounds=1, name="hostile"), **{"num-sites": 3})
+    with caplog.at_level("WARNING", logger="fedmix_jax.flower"):
+        summary, pair, _ = run_local(3, cfg, grid=grid)
+    assert summary["client_names"] == ["site_a_dim", "site_b_hairy"]
+    assert f"node {nodes[2]} excluded: bad declaration: num-train 1000000000000" in caplog.text
+    from fedmix_jax.train import read_metrics
+
+    rec = read_metrics(os.path.join(summary["workdir"], "metrics.jsonl"))[0]
+    assert rec["accepted"] == [True, False] and rec["applied"]
+    assert "loss1: non-finite" in rec["rejected"]["site_b_hairy"]
+    assert rec["weights"] == [1.0, 0.0]
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(pair))
