@@ -9,7 +9,8 @@ can do:
 * **update-norm bound** (run config ``max-update-norm-ratio`` = r > 0): a site whose update
   ``||local - broadcast||_2`` (both models, float64) is above ``r`` times the median update norm
   of the round's accepted sites that trained (``n_i > 0``) is rejected for the round
-  (:func:`norm_outliers`);
+  (:func:`norm_outliers`; a median needs an honest majority of at least three sites that
+  trained: of two it is their mean);
 * **robust aggregator** (run config ``aggregator``): ``"trimmed_mean"`` (coordinate-wise, the
   ``trim-fraction`` lowest and highest values of every coordinate dropped) or ``"median"``
   (coordinate-wise) over the sites whose weight is positive, **unweighted**: the strategy's
