@@ -344,3 +344,46 @@ def test_robust_functions():
     for bad in (("mean", 0.0, 0.1), ("median", -1.0, 0.1), ("trimmed_mean", 0.0, 0.5)):
         with pytest.raises(ValueError):
             robust.check_options(*bad)
+
+
+# ------------------------------------------------------------------------------------------------
+# a site's data follows the run's config (issue 23, item 5)
+
+
+def test_a_site_data_follows_the_coordinators_data_settings(monkeypatch):
+    import json
+
+    from fedmix_jax.flower import local_site
+
+    node = {"data": "folders", "data-dir": "/data/a", "site-name": "a", "worker": "unix:/x"}
+    shared = {"num_rounds": 3, "data": {"name": "folders", "seed": 7, "val_fraction": 0.2,
+                                        "test_fraction": 0.3, "image_size": 32,
+                                        "levels": ["box"]}}
+    key = local_site.data_key(node, json.dumps(shared))
+    # num_rounds, the worker's address and settings a folders site does not read leave it alone
+    same = dict(shared, num_rounds=9, data=dict(shared["data"], levels=["pixel"]))
+    assert local_site.data_key(dict(node, worker="unix:/y"), json.dumps(same)) == key
+    for change in ({"seed": 8}, {"val_fraction": 0.1}, {"image_size": 64}):
+        other = dict(shared, data=dict(shared["data"], **change))
+        assert local_site.data_key(node, json.dumps(other)) != key, change
+    assert local_site.data_key(dict(node, client="b"), json.dumps(shared)) != key
+    # A synthetic site: its whole data group.
+    syn = {"data": "synthetic", "site-index": 0}
+    assert (local_site.data_key(syn, json.dumps(same))
+            != local_site.data_key(syn, json.dumps(shared)))
+
+    # The folders loader gets the coordinator's seed and fractions (they key its cache).
+    seen = {}
+
+    def fake_load(cfg, verbose=True):
+        seen.update(cfg.to_dict())
+        raise RuntimeError("stop here")
+
+    import fedmix_jax.data.real as real
+
+    monkeypatch.setattr(real, "load_federation_from_config", fake_load)
+    with pytest.raises(RuntimeError, match="stop here"):
+        local_site.load_site_data(node, local_site.config_from_json(json.dumps(shared)))
+    assert (seen["seed"], seen["val_fraction"], seen["test_fraction"], seen["image_size"]) == (
+        7, 0.2, 0.3, 32)
+    assert seen["data_dir"] == "/data/a" and seen["name"] == "folders"

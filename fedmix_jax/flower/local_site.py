@@ -8,7 +8,9 @@ A site's data comes from its own machine (``node_config`` of its SuperNode):
 * ``data = "folders"``, ``data-dir = /path`` (and optionally ``cache-dir``, ``client`` — the
   client folder's name when the directory holds several): the hospital's images in the project's
   ``folders`` layout (:mod:`fedmix_jax.data.real.layouts`), decoded once into the array_record
-  cache and read back from it afterwards;
+  cache and read back from it afterwards; the split seed, fractions, image size and the other
+  :data:`FOLDERS_DATA_KEYS` come from the coordinator's ``data`` group (one cache per
+  combination; a process reloads its site when they change, :func:`data_key`);
 * ``data = "synthetic"``, ``site-index = i``: client ``i`` of the embedded synthetic federation
   (demos and tests; the data settings then come from the coordinator's config).
 
@@ -103,6 +105,38 @@ def site_from_federation(federation, index: int, trim: bool = False) -> SiteData
                     test=_take(federation.test, index, trim))
 
 
+# The coordinator's data settings a folders site applies (the split seed, fractions, size ...): the
+# run's config, not the site's, decides them, as in the in-process job. Each combination has its
+# own array_record cache (the cache directory's name encodes them), so a site never reads a cache
+# built for other settings.
+FOLDERS_DATA_KEYS = ("image_size", "channels", "pack_labels", "seed", "val_fraction",
+                     "test_fraction", "on_bad_input", "box_mode", "max_per_client")
+# Node config keys that do not change the data.
+_NOT_DATA = ("worker", "state-dir")
+
+
+def data_settings(node_config: dict, shared: ml_collections.ConfigDict | None) -> dict:
+    """What decides a site's data: ``{"node": [(key, value)], "data": {...}}``: its node config
+    (but ``worker`` / ``state-dir``) and the coordinator's data settings that apply to it (the
+    whole ``data`` group for a synthetic site, :data:`FOLDERS_DATA_KEYS` for a folders site).
+    JSON-able; :func:`data_key` of it keys a process's loaded sites."""
+    kind = str(node_config.get("data", "synthetic")).strip().lower()
+    data = {}
+    if shared is not None and "data" in shared:
+        group = shared.data.to_dict() if hasattr(shared.data, "to_dict") else dict(shared.data)
+        data = group if kind == "synthetic" else {k: group[k] for k in FOLDERS_DATA_KEYS
+                                                 if k in group}
+    node = sorted((str(k), str(v)) for k, v in node_config.items() if k not in _NOT_DATA)
+    return {"node": node, "data": data}
+
+
+def data_key(node_config: dict, shared_json: str | None) -> str:
+    """A string equal for two (node config, coordinator config) pairs exactly when they give the
+    same data (:func:`data_settings`)."""
+    shared = config_from_json(shared_json) if shared_json else None
+    return json.dumps(data_settings(node_config, shared), sort_keys=True, default=str)
+
+
 def load_site_data(node_config: dict, shared: ml_collections.ConfigDict | None) -> SiteData:
     """The site's data from its node config (see the module docstring)."""
     kind = str(node_config.get("data", "synthetic")).strip().lower()
@@ -126,10 +160,7 @@ def load_site_data(node_config: dict, shared: ml_collections.ConfigDict | None) 
         overrides = {"data_dir": data_dir}
         if node_config.get("cache-dir"):
             overrides["cache_dir"] = str(node_config["cache-dir"])
-        if shared is not None and "data" in shared:
-            for key in ("image_size", "channels", "pack_labels"):
-                if key in shared.data:
-                    overrides[key] = shared.data[key]
+        overrides.update(data_settings(node_config, shared)["data"])
         cfg = default_data_config("folders", **overrides)
         fed = load_federation_from_config(cfg, verbose=False)
         wanted = node_config.get("client")
