@@ -60,6 +60,21 @@ def _in_process(rounds: int, extra: str = ""):
     return state, metrics
 
 
+def _in_process_evaluation(params1) -> dict:
+    """``{"val", "test"}``: the main job's record figures of ``params1`` on the same data."""
+    from fedmix_jax.config import build_model
+    from fedmix_jax.data.synthetic import synthetic_federation_from_config
+    from fedmix_jax.evaluation import evaluate
+    from fedmix_jax.flower.server_app import load_config
+    from fedmix_jax.records import eval_record
+
+    config = load_config("configs/synthetic.py", f"num_rounds=2 {OVERRIDES}")
+    fed = synthetic_federation_from_config(config.data)
+    model = build_model(config, fed.num_classes)
+    return {split: eval_record(evaluate(model, params1, getattr(fed, split)))
+            for split in ("val", "test")}
+
+
 def _max_diff(a, b) -> float:
     return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
                for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
@@ -263,6 +278,15 @@ def test_simulation_equals_in_process_loop_round(two_rounds):
         np.testing.assert_allclose(rec["weights"], np.asarray(m.weights), rtol=1e-6, atol=1e-7)
         assert all(rec["accepted"]) and "val_mean_dice" in rec
     assert summary["client_names"] == ["site_a_dim", "site_b_hairy", "site_c_clean"]
+    # Each evaluation carries the main job's figures (records.EVAL_FIGURES: Dice, IoU, HD95,
+    # dice_present, false-positive rate, per site and mean), equal to the in-process evaluation
+    # of the same global model 1.
+    for split, ref in _in_process_evaluation(ref_state.global_params.model1).items():
+        for k, v in ref.items():
+            got = recs[-1][f"{split}_{k}"]
+            np.testing.assert_allclose(np.asarray(got, float), np.asarray(v, float), rtol=1e-5,
+                                       atol=1e-6, err_msg=f"{split}_{k}")
+    assert summary["best"]["val"].keys() == ref.keys()
     assert os.path.exists(os.path.join(summary["workdir"], "summary.json"))
 
 

@@ -387,3 +387,40 @@ def test_a_site_data_follows_the_coordinators_data_settings(monkeypatch):
     assert (seen["seed"], seen["val_fraction"], seen["test_fraction"], seen["image_size"]) == (
         7, 0.2, 0.3, 32)
     assert seen["data_dir"] == "/data/a" and seen["name"] == "folders"
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluation replies
+
+
+def _eval_reply(**kw):
+    m = {"round": 2, "num-val": 4, "num-test": 4}
+    for split in ("val", "test"):
+        m.update({f"{split}-dice": 0.5, f"{split}-iou": 0.4, f"{split}-hd95": 3.5,
+                  f"{split}-dice-present": 0.6, f"{split}-false-positive-rate": 0.25})
+    m.update(kw)
+    LocalGrid({})
+    msg = Message(RecordDict(), dst_node_id=1, message_type="evaluate")
+    return Message(RecordDict({"eval": MetricRecord(m)}), reply_to=msg)
+
+
+def test_evaluation_replies_are_bounded():
+    from fedmix_jax.flower.validation import check_eval_reply
+
+    ok = check_eval_reply(_eval_reply(), round_index=2, site="s")
+    assert ok["val-hd95"] == 3.5 and ok["test-false-positive-rate"] == 0.25
+    # Nothing to measure: HD95 / dice-present / FP rate may be NaN; Dice and IoU may not.
+    nan = check_eval_reply(_eval_reply(**{"val-hd95": math.nan, "val-dice-present": math.nan,
+                                          "val-false-positive-rate": math.nan}),
+                           round_index=2, site="s")
+    assert math.isnan(nan["val-hd95"])
+    for bad in ({"val-dice": math.nan}, {"val-dice": 1.5}, {"test-iou": -0.1},
+                {"val-hd95": math.inf}, {"val-hd95": 1e9}, {"val-hd95": -1.0},
+                {"val-dice-present": 2.0}, {"test-false-positive-rate": -0.5},
+                {"num-val": 10**12}, {"num-test": -1}, {"val-dice": [0.5]}, {"round": 3}):
+        with pytest.raises(ReplyRejected):
+            check_eval_reply(_eval_reply(**bad), round_index=2, site="s")
+    reply = _eval_reply()
+    del reply.content.metric_records["eval"]["test-hd95"]
+    with pytest.raises(ReplyRejected, match="missing"):
+        check_eval_reply(reply, round_index=2, site="s")

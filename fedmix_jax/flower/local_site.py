@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 from typing import Any
 
@@ -38,6 +39,9 @@ from fedmix_jax.flower import _core
 from fedmix_jax.flower.records import REPORT_FIELDS
 
 REPORT_KEYS = tuple(REPORT_FIELDS)
+# Evaluation reply keys -> the figures of fedmix_jax.evaluation.evaluate they carry.
+_EVAL_NAMES = {"dice": "dice", "iou": "iou", "hd95": "hd95", "dice-present": "dice_present",
+               "false-positive-rate": "false_positive_rate"}
 
 # The config groups a site needs (and that the coordinator sends). ``num_rounds`` sets the
 # default warm-up of FedST / FedRGD (half the rounds), as in the in-process job.
@@ -247,7 +251,10 @@ class LocalSite:
         return new_state, {k: np.asarray(getattr(report, k)) for k in REPORT_KEYS}
 
     def evaluate(self, shared_json: str, params_model1) -> dict[str, float]:
-        """Dice and IoU of model 1 on the site's validation and test splits (scalars)."""
+        """Model 1 on the site's validation and test splits (scalars): ``num-{split}``, and
+        ``{split}-{figure}`` for Dice, IoU, HD95 (px), Dice on the images with a lesion and the
+        false-positive rate on lesion-free images (the main job's figures; NaN where there is
+        nothing to measure)."""
         from fedmix_jax.evaluation import evaluate
 
         model, config = self.setup(shared_json)
@@ -257,13 +264,13 @@ class LocalSite:
             n = int(np.asarray(split.valid).sum())
             out[f"num-{split_name}"] = n
             if n == 0:
-                out[f"{split_name}-dice"] = 0.0
-                out[f"{split_name}-iou"] = 0.0
+                out.update({f"{split_name}-{k}": 0.0 if k in ("dice", "iou") else math.nan
+                            for k in _EVAL_NAMES})
                 continue
             one = jax.tree.map(lambda x: np.asarray(x)[None], split)
             ev = evaluate(model, params_model1, one, chunk_size=config.inference_chunk)
-            out[f"{split_name}-dice"] = float(ev["dice"][0])
-            out[f"{split_name}-iou"] = float(ev["iou"][0])
+            for k, name in _EVAL_NAMES.items():
+                out[f"{split_name}-{k}"] = float(ev[name][0])
         return out
 
 

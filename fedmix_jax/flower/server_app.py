@@ -51,6 +51,7 @@ from fedmix_jax.flower import _core, records
 from fedmix_jax.flower.discovery import discover_sites, send_and_receive
 from fedmix_jax.flower.local_site import shared_config_json
 from fedmix_jax.flower.strategy import FedMixStrategy
+from fedmix_jax.records import add_evaluation, evaluation_of
 from fedmix_jax.rundir import CONFIG_FILE, SUMMARY_FILE
 
 log = logging.getLogger("fedmix_jax.flower")
@@ -111,11 +112,14 @@ def _round_record(r: int, out, round_time: float) -> dict:
     return rec
 
 
-def _evaluation(scores: dict) -> dict:
-    return {split: {"dice": scores[f"{split}_dice"], "iou": scores[f"{split}_iou"],
-                    "mean_dice": scores[f"{split}_mean_dice"],
-                    "mean_iou": scores[f"{split}_mean_iou"]}
-            for split in ("val", "test")}
+def _split_record(scores: dict, split: str) -> dict:
+    """The main job's figures of one split (:func:`fedmix_jax.records.eval_record`: per site and
+    their mean, NaN as ``null``) from :meth:`FedMixStrategy.aggregate_evaluate`'s scores."""
+    from fedmix_jax.records import EVAL_FIGURES, eval_record
+
+    return eval_record({k: v for name in EVAL_FIGURES
+                        for k, v in ((name, scores[f"{split}_{name}"]),
+                                     (f"mean_{name}", scores[f"{split}_mean_{name}"]))})
 
 
 class _ServerRun:
@@ -199,15 +203,17 @@ class _ServerRun:
                 fed.aggregate_evaluate(r, self._exchange(
                     fed.configure_evaluate(r, arrays, ConfigRecord(), self.grid)))
                 self.eval_times.append(time.perf_counter() - t1)
-                rec.update(fed.last_eval["scores"])
-                rec["eval_time_s"] = self.eval_times[-1]
-                self._update_best(r, _evaluation(rec), arrays)
+                scores = fed.last_eval["scores"]
+                add_evaluation(rec, _split_record(scores, "val"), _split_record(scores, "test"),
+                               self.eval_times[-1])
+                self._update_best(r, evaluation_of(rec), arrays)
             # The line of round r is written before checkpoint r, which holds rounds 1..r.
             self.metrics.append(rec)
             self.records.append(rec)
             _say(f"round {r}/{self.num_rounds}: {sum(out.accepted)}/{len(self.sites)} sites, "
                  f"{self.round_times[-1]:.2f} s"
-                 + (f", val dice {rec['val_mean_dice']:.4f}" if "val_mean_dice" in rec else "")
+                 + (f", val dice {rec['val_mean_dice']:.4f}"
+                    if rec.get("val_mean_dice") is not None else "")
                  + ("" if out.applied else " (NOT applied)"))
             if r % ckpt_every == 0 or r == self.num_rounds:
                 pair = records.record_to_pair(arrays, self.global_pair)
@@ -221,7 +227,8 @@ class _ServerRun:
 
     def _update_best(self, r: int, ev: dict, arrays) -> None:
         v = ev["val"]["mean_dice"]
-        if math.isfinite(v) and (self.best["val"] is None or v > self.best["val"]["mean_dice"]):
+        if v is not None and math.isfinite(v) and (
+                self.best["val"] is None or v > self.best["val"]["mean_dice"]):
             self.best = {"round": r, "val": ev["val"], "test": ev["test"]}
             if self.strategy.aggregates:
                 self.best_params = records.record_to_pair(arrays, self.global_pair).model1
@@ -236,7 +243,7 @@ class _ServerRun:
             "class_names": [f"class_{k}" for k in range(int(self.infos[0]["num-classes"]))],
             "num_rounds": self.num_rounds, "rounds_completed": max(self.start, self.num_rounds),
             "resumed_from": self.start, "best": self.best,
-            "final": None if final is None else {"round": final["round"], **_evaluation(final)},
+            "final": None if final is None else evaluation_of(final),
             "timing": {"total_s": time.time() - t_start, "rounds_this_process": len(times),
                        "backend": "flower", "executor": "flower",
                        "first_round_s": times[0] if times else None,

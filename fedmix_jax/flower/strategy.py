@@ -29,7 +29,8 @@ from flwr.serverapp.strategy import Strategy as FlowerStrategy
 
 from fedmix_jax.flower import _core, records, robust
 from fedmix_jax.flower.client_app import CONFIG_RECORD, GLOBAL_RECORD
-from fedmix_jax.flower.validation import ReplyRejected, check_eval_reply, check_train_reply
+from fedmix_jax.flower.validation import (EVAL_FIGURES, ReplyRejected, check_eval_reply,
+                                          check_train_reply)
 from fedmix_jax.site import ModelPair
 
 log = logging.getLogger("fedmix_jax.flower")
@@ -259,8 +260,11 @@ class FedMixStrategy(FlowerStrategy):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
-        """Per-site validation / test Dice and IoU (lists in site order; NaN where missing) and
-        their means over the sites that hold data of the split (as the in-process job)."""
+        """Per-site validation / test figures (``{split}_{figure}``: lists in site order, NaN
+        where missing; the figures of :data:`fedmix_jax.records.EVAL_FIGURES`: Dice, IoU, HD95,
+        Dice on images with a lesion, false-positive rate) and their means over the sites that
+        hold data of the split (``{split}_mean_{figure}``; NaNs skipped, as the in-process
+        job)."""
         c = len(self.sites)
         rows: dict[int, dict] = {}
         rejected = {}
@@ -277,12 +281,13 @@ class FedMixStrategy(FlowerStrategy):
                             site.name, e)
         out: dict[str, Any] = {}
         for split in ("val", "test"):
-            for k in ("dice", "iou"):
+            for k in EVAL_FIGURES:
+                name = k.replace("-", "_")
                 vals = [rows[i][f"{split}-{k}"] if i in rows else math.nan for i in range(c)]
-                out[f"{split}_{k}"] = vals
-                have = [v for i, v in enumerate(vals)
-                        if i in rows and rows[i][f"num-{split}"] > 0]
-                out[f"{split}_mean_{k}"] = float(np.mean(have)) if have else math.nan
+                out[f"{split}_{name}"] = vals
+                have = [v for i, v in enumerate(vals) if i in rows
+                        and rows[i][f"num-{split}"] > 0 and not math.isnan(v)]
+                out[f"{split}_mean_{name}"] = float(np.mean(have)) if have else math.nan
         self.last_eval = {"scores": out, "rejected": rejected, "answered": sorted(rows)}
         return MetricRecord({k: v for k, v in out.items()})
 

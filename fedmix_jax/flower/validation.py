@@ -237,8 +237,34 @@ def check_declaration(info) -> dict[str, Any]:
     return out
 
 
+# The figures a site's evaluation reply carries per split (the main job's EVAL_FIGURES), with
+# their upper bounds. Dice and IoU are always measured; HD95, Dice on the images with a lesion and
+# the false-positive rate may be NaN (nothing to measure: no lesion, no lesion-free image). HD95
+# is in pixels, at most an image's diagonal (MAX_IMAGE_SIDE * sqrt(2)).
+EVAL_FIGURES = {"dice": 1.0, "iou": 1.0, "hd95": MAX_IMAGE_SIDE * math.sqrt(2.0),
+                "dice-present": 1.0, "false-positive-rate": 1.0}
+_MAY_BE_NAN = ("hd95", "dice-present", "false-positive-rate")
+
+
+def _figure(m, name: str, hi: float, may_be_nan: bool) -> float:
+    if name not in m:
+        raise ReplyRejected(f"missing scalar {name!r}")
+    v = m[name]
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ReplyRejected(f"{name}: expected a number, got {type(v).__name__}")
+    v = float(v)
+    if math.isnan(v) and may_be_nan:
+        return v
+    if not 0.0 <= v <= hi:          # NaN fails this too
+        raise ReplyRejected(f"{name} {v} outside [0, {hi:g}]")
+    return v
+
+
 def check_eval_reply(reply, *, round_index: int, site: str) -> dict[str, float]:
-    """Check an evaluate reply: Dice / IoU in [0, 1], counts >= 0 (raises ReplyRejected)."""
+    """Check an evaluate reply (raises ReplyRejected): per split, the count >= 0 and
+    :data:`EVAL_FIGURES` in their ranges (Dice, IoU, Dice on images with a lesion and the
+    false-positive rate in [0, 1], HD95 in [0, the largest image's diagonal]; the last three may
+    be NaN)."""
     if reply.has_error():
         raise ReplyRejected(f"site error {reply.error.code}: {reply.error.reason}")
     if not reply.has_content() or "eval" not in reply.content.metric_records:
@@ -249,17 +275,14 @@ def check_eval_reply(reply, *, round_index: int, site: str) -> dict[str, float]:
     out = {}
     for split in ("val", "test"):
         n = _scalar(m, f"num-{split}", int)
-        if n < 0:
-            raise ReplyRejected(f"num-{split} < 0")
+        if not 0 <= n <= MAX_SITE_SAMPLES:
+            raise ReplyRejected(f"num-{split} {n} outside [0, {MAX_SITE_SAMPLES}]")
         out[f"num-{split}"] = n
-        for k in ("dice", "iou"):
-            v = _scalar(m, f"{split}-{k}", float)
-            if not 0.0 <= v <= 1.0:
-                raise ReplyRejected(f"{split}-{k} {v} outside [0, 1]")
-            out[f"{split}-{k}"] = v
+        for k, hi in EVAL_FIGURES.items():
+            out[f"{split}-{k}"] = _figure(m, f"{split}-{k}", hi, k in _MAY_BE_NAN)
     return out
 
 
 __all__ = ["ReplyRejected", "AcceptedReply", "check_report", "check_loss", "check_train_reply",
-           "check_eval_reply", "check_declaration", "LOSS_RANGE", "MAX_SITE_SAMPLES",
+           "check_eval_reply", "check_declaration", "LOSS_RANGE", "MAX_SITE_SAMPLES", "EVAL_FIGURES",
            "LOCAL_RECORD", "REPORT_RECORD", "SITE_RECORD"]
