@@ -204,7 +204,8 @@ class SequentialBaseline:
                        selected_weak=col("selected_weak", np.int32),
                        steps=col("steps", np.int32))
         reports = site_reports(metrics, col("pixel", np.int32))
-        weights = self.weights(reports, jnp.asarray(col("participating", bool)), hparams)
+        weights = self.weights(reports, jnp.asarray(col("participating", bool)), hparams,
+                               bstate["round"])
         metrics["weights"] = np.asarray(weights)
         if strategy.aggregates:
             ws = [weights[i] for i in range(c)]

@@ -406,7 +406,7 @@ def local_epoch(model: nn.Module, config, params: ModelPair, opt_state: ModelPai
 
 
 def site_round(model: nn.Module, config, global_params: ModelPair, site: SiteState,
-               data: FederatedSplit, key: jax.Array, hparams, round_index=0
+               data: FederatedSplit, key: jax.Array, hparams, round_index
                ) -> tuple[SiteState, SiteReport]:
     """One round at one site (see the module docstring); pure, jittable, vmappable.
 
@@ -420,8 +420,8 @@ def site_round(model: nn.Module, config, global_params: ModelPair, site: SiteSta
         they are unpacked here, for this site only).
       key: the site's PRNG key of this round.
       hparams: :class:`~fedmix_jax.config.HParams` (the learning rate is read here).
-      round_index: the round (0-based, may be traced); it matters only during a strategy's
-        warm-up (FedST / FedRGD).
+      round_index: the round (0-based, may be traced; required: round ``r`` of a job is index
+        ``r - 1`` everywhere); it matters only during a strategy's warm-up (FedST / FedRGD).
 
     Returns:
       (new SiteState, SiteReport).

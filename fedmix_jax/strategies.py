@@ -95,9 +95,9 @@ class Strategy:
         return self.weighting is not None
 
     def weights(self, reports, participating: jax.Array, hparams,
-                round_index=0) -> jax.Array:
-        """[C] aggregation weights of round ``round_index`` (zeros when the strategy does not
-        aggregate)."""
+                round_index) -> jax.Array:
+        """[C] aggregation weights of round ``round_index`` (0-based, may be traced; required)
+        (zeros when the strategy does not aggregate)."""
         if self.weighting is None:
             return jnp.zeros(jnp.shape(participating), jnp.float32)
         return self.weighting(reports, participating, hparams, self.warming_up(round_index))

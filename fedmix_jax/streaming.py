@@ -176,7 +176,7 @@ def _phase1_block(config, n: int, options: StreamOptions) -> int:
 
 
 def streamed_site_round(model: nn.Module, config, global_params: ModelPair, site: SiteState,
-                        source: SplitSource, c: int, key: jax.Array, hparams, round_index=0,
+                        source: SplitSource, c: int, key: jax.Array, hparams, round_index,
                         options: StreamOptions | None = None) -> tuple[SiteState, SiteReport]:
     """:func:`fedmix_jax.site.site_round` of client ``c`` with its data read from ``source`` in
     blocks (see the module docstring); same arguments otherwise, same results."""

@@ -60,6 +60,21 @@ def _in_process(rounds: int, extra: str = ""):
     return state, metrics
 
 
+def _in_process_evaluation(params1) -> dict:
+    """``{"val", "test"}``: the main job's record figures of ``params1`` on the same data."""
+    from fedmix_jax.config import build_model
+    from fedmix_jax.data.synthetic import synthetic_federation_from_config
+    from fedmix_jax.evaluation import evaluate
+    from fedmix_jax.flower.server_app import load_config
+    from fedmix_jax.records import eval_record
+
+    config = load_config("configs/synthetic.py", f"num_rounds=2 {OVERRIDES}")
+    fed = synthetic_federation_from_config(config.data)
+    model = build_model(config, fed.num_classes)
+    return {split: eval_record(evaluate(model, params1, getattr(fed, split)))
+            for split in ("val", "test")}
+
+
 def _max_diff(a, b) -> float:
     return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
                for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
@@ -230,7 +245,7 @@ def test_strategy_error_and_missing_replies_and_min_sites():
     assert new is None and not out.applied                     # 1 accepted < min_sites 3
     assert "boom" in out.rejected["s1"]
     assert "someone-else" in out.rejected["s2"]
-    assert "negative loss" in out.rejected["s3"]
+    assert "outside the Dice loss range" in out.rejected["s3"]
     assert "no reply" in out.rejected["s4"] and "no reply" in out.rejected["s7"]
     assert not np.array_equal(_core.key_to_numpy(strat.key), _core.key_to_numpy(key_before))
 
@@ -263,6 +278,15 @@ def test_simulation_equals_in_process_loop_round(two_rounds):
         np.testing.assert_allclose(rec["weights"], np.asarray(m.weights), rtol=1e-6, atol=1e-7)
         assert all(rec["accepted"]) and "val_mean_dice" in rec
     assert summary["client_names"] == ["site_a_dim", "site_b_hairy", "site_c_clean"]
+    # Each evaluation carries the main job's figures (records.EVAL_FIGURES: Dice, IoU, HD95,
+    # dice_present, false-positive rate, per site and mean), equal to the in-process evaluation
+    # of the same global model 1.
+    for split, ref in _in_process_evaluation(ref_state.global_params.model1).items():
+        for k, v in ref.items():
+            got = recs[-1][f"{split}_{k}"]
+            np.testing.assert_allclose(np.asarray(got, float), np.asarray(v, float), rtol=1e-5,
+                                       atol=1e-6, err_msg=f"{split}_{k}")
+    assert summary["best"]["val"].keys() == ref.keys()
     assert os.path.exists(os.path.join(summary["workdir"], "summary.json"))
 
 
@@ -518,3 +542,53 @@ def _object_tree_nodes(tree):
     yield tree
     for child in tree.children:
         yield from _object_tree_nodes(child)
+
+
+def test_fedst_leaves_its_warm_up_on_flower_as_in_process(tmp_path):
+    """The round index reaches every site and the server's weights: FedST with a 1-round warm-up
+    over 3 rounds equals the in-process job (round 1 weighs the pixel site alone and trains only
+    pixel samples; rounds 2-3 self-train the weak sites and give them weight)."""
+    extra = "strategy=fedst train.warmup_rounds=1"
+    ref_state, ref_metrics = _in_process(3, extra)
+    summary, pair, _ = run_local(3, _run_config(tmp_path, rounds=3, name="fedst", extra=extra))
+    assert _max_diff(pair, ref_state.global_params) <= 1e-6
+    from fedmix_jax.train import read_metrics
+
+    recs = read_metrics(os.path.join(summary["workdir"], "metrics.jsonl"))
+    for rec, m in zip(recs, ref_metrics):
+        np.testing.assert_array_equal(rec["counts"], np.asarray(m.counts))
+        np.testing.assert_allclose(rec["weights"], np.asarray(m.weights), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(rec["loss1"], np.asarray(m.loss1), rtol=1e-6, atol=1e-7)
+    w = [np.asarray(r["weights"]) for r in recs]
+    np.testing.assert_allclose(w[0], [0.0, 1.0, 0.0])              # warm-up: pixel site only
+    np.testing.assert_allclose(w[1], [0.05, 0.9, 0.05], rtol=1e-6)  # after it: 0.9 / shared 0.1
+    assert recs[1]["counts"][0] > recs[0]["counts"][0] == 0         # weak site a self-trains
+
+
+def test_hostile_sites_are_left_out_of_a_flower_run(two_rounds, tmp_path, caplog):
+    """End to end over LocalGrid: site c declares 10^12 training samples (excluded when it
+    joins), site b reports a NaN loss in its train reply (rejected in the round); the run goes on
+    with the others and never crashes."""
+    def intercept(node, msg, reply):
+        kind = msg.metadata.message_type
+        if kind == "query.info" and node == nodes[2]:
+            reply.content.config_records["info"]["num-train"] = 10**12
+        if kind == "train" and node == nodes[1]:
+            reply.content.metric_records[REPORT_RECORD]["loss1"] = math.nan
+        return reply
+
+    sites = synthetic_sites(3)
+    nodes = list(sites)
+    grid = LocalGrid(sites, intercept=intercept)
+    cfg = dict(_run_config(tmp_path, rounds=1, name="hostile"), **{"num-sites": 3})
+    with caplog.at_level("WARNING", logger="fedmix_jax.flower"):
+        summary, pair, _ = run_local(3, cfg, grid=grid)
+    assert summary["client_names"] == ["site_a_dim", "site_b_hairy"]
+    assert f"node {nodes[2]} excluded: bad declaration: num-train 1000000000000" in caplog.text
+    from fedmix_jax.train import read_metrics
+
+    rec = read_metrics(os.path.join(summary["workdir"], "metrics.jsonl"))[0]
+    assert rec["accepted"] == [True, False] and rec["applied"]
+    assert "loss1: non-finite" in rec["rejected"]["site_b_hairy"]
+    assert rec["weights"] == [1.0, 0.0]
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(pair))

@@ -57,28 +57,44 @@ def initial_site_state(params: ModelPair, config: RoundConfig) -> SiteState:
     return init_site_state(make_optimizer(config), params)
 
 
+def round_index(server_round: int) -> int:
+    """The 0-based round index of Flower's round ``server_round`` (1-based): what the in-process
+    round's ``state.round`` is in that round (round 1 of a job is index 0)."""
+    return int(server_round) - 1
+
+
+def _index_array(index) -> jax.Array:
+    # int32 [], as the in-process state's round counter: one compiled program for every round.
+    return jnp.asarray(int(index), jnp.int32)
+
+
 @functools.lru_cache(maxsize=8)
 def compiled_site_fn(model, config: RoundConfig):
-    """``jit(site_round)`` for one (model, static config): ``fn(global, site, data, key, hparams)``.
+    """``jit(site_round)`` for one (model, static config):
+    ``fn(global, site, data, key, hparams, round_index)`` (``round_index`` 0-based, traced: one
+    program for every round).
 
     Cached per process: a site process that lives across rounds (simulation, the site worker)
     traces and compiles once.
     """
 
-    def fn(global_params, site, data, key, hparams):
-        return site_round(model, config, global_params, site, data, key, hparams)
+    def fn(global_params, site, data, key, hparams, index):
+        return site_round(model, config, global_params, site, data, key, hparams, index)
 
-    return jax.jit(fn)
+    jitted = jax.jit(fn)
+    return lambda g, s, d, k, h, index: jitted(g, s, d, k, h, _index_array(index))
 
 
-def site_weights(strategy, reports: dict, participating, hparams: HParams) -> np.ndarray:
-    """[C] aggregation weights of ``strategy`` from the sites' scalars (numpy float32)."""
+def site_weights(strategy, reports: dict, participating, hparams: HParams,
+                 index: int) -> np.ndarray:
+    """[C] aggregation weights of ``strategy`` from the sites' scalars (numpy float32) in the
+    round of 0-based index ``index`` (warm-up of FedST / FedRGD)."""
     from fedmix_jax.flower.records import REPORT_FIELDS
 
     rep = SiteReport(**{k: jnp.asarray(reports[k], jnp.float32 if typ is float else jnp.int32)
                         for k, typ in REPORT_FIELDS.items()})
-    return np.asarray(_weights_jit(strategy)(rep, jnp.asarray(participating, bool), hparams),
-                      np.float32)
+    return np.asarray(_weights_jit(strategy)(rep, jnp.asarray(participating, bool), hparams,
+                                             _index_array(index)), np.float32)
 
 
 @functools.lru_cache(maxsize=16)

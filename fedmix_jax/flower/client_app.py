@@ -66,18 +66,18 @@ def _node_config(context: Context) -> dict:
 
 def _local_site(context: Context, shared_json: str | None):
     """The node's :class:`LocalSite`, built once per process and node (data loaded once)."""
-    from fedmix_jax.flower.local_site import LocalSite, config_from_json, load_site_data
+    from fedmix_jax.flower.local_site import LocalSite, config_from_json, data_key, load_site_data
 
     node = _node_config(context)
-    data_key = (context.node_id, tuple(sorted((k, str(v)) for k, v in node.items())))
-    if node.get("data", "synthetic") == "synthetic":
-        data_key += (shared_json,)
+    # Keyed by what decides the data (node config and the coordinator's data settings): a run
+    # with other data settings loads the site anew.
+    key = (context.node_id, data_key(node, shared_json))
     with _lock:
-        site = _sites.get(data_key)
+        site = _sites.get(key)
         if site is None:
             shared = config_from_json(shared_json) if shared_json else None
             site = LocalSite(load_site_data(node, shared))
-            _sites[data_key] = site
+            _sites[key] = site
     return site
 
 
@@ -188,9 +188,10 @@ def train(msg: Message, context: Context) -> Message:
         global_pair = records.record_to_pair(arrays, backend.template_pair(shared))
         state = _restore_state(context, backend, shared, round_index, run_name)
         from fedmix_jax.flower._core import key_from_numpy
+        from fedmix_jax.flower._core import round_index as index_of
 
         state, report = backend.train(shared, global_pair, state, key_from_numpy(key_data),
-                                      hparams_from(cfg))
+                                      hparams_from(cfg), index_of(round_index))
         _store_state(context, state, round_index, run_name)
         local_record = records.pair_to_record(state.params) if send_model else None
     return make_train_reply(msg, backend.info(shared), round_index, report, local_record)

@@ -8,7 +8,9 @@ A site's data comes from its own machine (``node_config`` of its SuperNode):
 * ``data = "folders"``, ``data-dir = /path`` (and optionally ``cache-dir``, ``client`` — the
   client folder's name when the directory holds several): the hospital's images in the project's
   ``folders`` layout (:mod:`fedmix_jax.data.real.layouts`), decoded once into the array_record
-  cache and read back from it afterwards;
+  cache and read back from it afterwards; the split seed, fractions, image size and the other
+  :data:`FOLDERS_DATA_KEYS` come from the coordinator's ``data`` group (one cache per
+  combination; a process reloads its site when they change, :func:`data_key`);
 * ``data = "synthetic"``, ``site-index = i``: client ``i`` of the embedded synthetic federation
   (demos and tests; the data settings then come from the coordinator's config).
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 from typing import Any
 
@@ -36,9 +39,13 @@ from fedmix_jax.flower import _core
 from fedmix_jax.flower.records import REPORT_FIELDS
 
 REPORT_KEYS = tuple(REPORT_FIELDS)
+# Evaluation reply keys -> the figures of fedmix_jax.evaluation.evaluate they carry.
+_EVAL_NAMES = {"dice": "dice", "iou": "iou", "hd95": "hd95", "dice-present": "dice_present",
+               "false-positive-rate": "false_positive_rate"}
 
-# The config groups a site needs (and that the coordinator sends).
-SHARED_GROUPS = ("seed", "strategy", "model", "train", "selection", "data")
+# The config groups a site needs (and that the coordinator sends). ``num_rounds`` sets the
+# default warm-up of FedST / FedRGD (half the rounds), as in the in-process job.
+SHARED_GROUPS = ("seed", "num_rounds", "strategy", "model", "train", "selection", "data")
 
 
 def shared_config_json(config) -> str:
@@ -102,6 +109,38 @@ def site_from_federation(federation, index: int, trim: bool = False) -> SiteData
                     test=_take(federation.test, index, trim))
 
 
+# The coordinator's data settings a folders site applies (the split seed, fractions, size ...): the
+# run's config, not the site's, decides them, as in the in-process job. Each combination has its
+# own array_record cache (the cache directory's name encodes them), so a site never reads a cache
+# built for other settings.
+FOLDERS_DATA_KEYS = ("image_size", "channels", "pack_labels", "seed", "val_fraction",
+                     "test_fraction", "on_bad_input", "box_mode", "max_per_client")
+# Node config keys that do not change the data.
+_NOT_DATA = ("worker", "state-dir")
+
+
+def data_settings(node_config: dict, shared: ml_collections.ConfigDict | None) -> dict:
+    """What decides a site's data: ``{"node": [(key, value)], "data": {...}}``: its node config
+    (but ``worker`` / ``state-dir``) and the coordinator's data settings that apply to it (the
+    whole ``data`` group for a synthetic site, :data:`FOLDERS_DATA_KEYS` for a folders site).
+    JSON-able; :func:`data_key` of it keys a process's loaded sites."""
+    kind = str(node_config.get("data", "synthetic")).strip().lower()
+    data = {}
+    if shared is not None and "data" in shared:
+        group = shared.data.to_dict() if hasattr(shared.data, "to_dict") else dict(shared.data)
+        data = group if kind == "synthetic" else {k: group[k] for k in FOLDERS_DATA_KEYS
+                                                 if k in group}
+    node = sorted((str(k), str(v)) for k, v in node_config.items() if k not in _NOT_DATA)
+    return {"node": node, "data": data}
+
+
+def data_key(node_config: dict, shared_json: str | None) -> str:
+    """A string equal for two (node config, coordinator config) pairs exactly when they give the
+    same data (:func:`data_settings`)."""
+    shared = config_from_json(shared_json) if shared_json else None
+    return json.dumps(data_settings(node_config, shared), sort_keys=True, default=str)
+
+
 def load_site_data(node_config: dict, shared: ml_collections.ConfigDict | None) -> SiteData:
     """The site's data from its node config (see the module docstring)."""
     kind = str(node_config.get("data", "synthetic")).strip().lower()
@@ -125,10 +164,7 @@ def load_site_data(node_config: dict, shared: ml_collections.ConfigDict | None) 
         overrides = {"data_dir": data_dir}
         if node_config.get("cache-dir"):
             overrides["cache_dir"] = str(node_config["cache-dir"])
-        if shared is not None and "data" in shared:
-            for key in ("image_size", "channels", "pack_labels"):
-                if key in shared.data:
-                    overrides[key] = shared.data[key]
+        overrides.update(data_settings(node_config, shared)["data"])
         cfg = default_data_config("folders", **overrides)
         fed = load_federation_from_config(cfg, verbose=False)
         wanted = node_config.get("client")
@@ -191,7 +227,7 @@ class LocalSite:
         pair = self.template_pair(shared_json)
         return jax.eval_shape(lambda p: _core.initial_site_state(p, config), pair)
 
-    def train(self, shared_json: str, global_pair, state, key, hparams):
+    def train(self, shared_json: str, global_pair, state, key, hparams, round_index: int):
         """One round of the site function: ``(SiteState, report dict of numpy scalars)``.
 
         Args:
@@ -200,6 +236,8 @@ class LocalSite:
             None (first round, or a site that lost its state: the broadcast pair with fresh Adam
             moments, as the in-process round's initial state).
           key: the site's PRNG key of this round; hparams: :class:`~fedmix_jax.config.HParams`.
+          round_index: the round, 0-based (Flower's round ``r`` is ``r - 1``,
+            :func:`fedmix_jax.flower._core.round_index`): the strategy's warm-up depends on it.
         """
         model, config = self.setup(shared_json)
         fn = _core.compiled_site_fn(model, config)
@@ -207,12 +245,16 @@ class LocalSite:
         if state is None:
             state = _core.initial_site_state(global_pair, config)
         state = jax.tree.map(jnp.asarray, state)
-        new_state, report = fn(global_pair, state, self._train_on_device(), key, hparams)
+        new_state, report = fn(global_pair, state, self._train_on_device(), key, hparams,
+                               round_index)
         report = jax.device_get(report)
         return new_state, {k: np.asarray(getattr(report, k)) for k in REPORT_KEYS}
 
     def evaluate(self, shared_json: str, params_model1) -> dict[str, float]:
-        """Dice and IoU of model 1 on the site's validation and test splits (scalars)."""
+        """Model 1 on the site's validation and test splits (scalars): ``num-{split}``, and
+        ``{split}-{figure}`` for Dice, IoU, HD95 (px), Dice on the images with a lesion and the
+        false-positive rate on lesion-free images (the main job's figures; NaN where there is
+        nothing to measure)."""
         from fedmix_jax.evaluation import evaluate
 
         model, config = self.setup(shared_json)
@@ -222,13 +264,13 @@ class LocalSite:
             n = int(np.asarray(split.valid).sum())
             out[f"num-{split_name}"] = n
             if n == 0:
-                out[f"{split_name}-dice"] = 0.0
-                out[f"{split_name}-iou"] = 0.0
+                out.update({f"{split_name}-{k}": 0.0 if k in ("dice", "iou") else math.nan
+                            for k in _EVAL_NAMES})
                 continue
             one = jax.tree.map(lambda x: np.asarray(x)[None], split)
             ev = evaluate(model, params_model1, one, chunk_size=config.inference_chunk)
-            out[f"{split_name}-dice"] = float(ev["dice"][0])
-            out[f"{split_name}-iou"] = float(ev["iou"][0])
+            for k, name in _EVAL_NAMES.items():
+                out[f"{split_name}-{k}"] = float(ev[name][0])
         return out
 
 

@@ -6,7 +6,8 @@ Server -> site:
               ``model2``, each model's leaves packed into one float32 vector
               (:func:`fedmix_jax.flower.records.pair_to_record`); evaluation: ``model1`` only,
               none for ``local``;
-  ``fedmix``  ConfigRecord: ``round``, ``config-json`` (the shared config groups), ``run-name``,
+  ``fedmix``  ConfigRecord: ``round`` (1-based; the site function's 0-based ``round_index`` is
+              ``round - 1``, which drives FedST / FedRGD's warm-up), ``config-json`` (the shared config groups), ``run-name``,
               ``site-key`` (the site's PRNG key of the round, raw uint32 data), ``lam``, ``beta``,
               ``learning-rate``, ``send-model``.
 Site -> server (train):

@@ -22,7 +22,9 @@ Run config keys (``flwr run . --run-config "key=value ..."``, defaults in
 ``fedmix_jax/flower/app/pyproject.toml``): ``config``, ``overrides``, ``workdir``, ``num-sites``,
 ``min-sites``, ``join-timeout``, ``round-timeout``, ``wait-cap`` (seconds: how often the server
 checks for replies, and the cap on Flower's first 1 s back-off when a reply's objects are still
-uploading; 0 keeps Flower's waits, 3 s; see :mod:`fedmix_jax.flower.latency`).
+uploading; 0 keeps Flower's waits, 3 s; see :mod:`fedmix_jax.flower.latency`),
+``max-update-norm-ratio`` (0: off), ``aggregator`` (``weighted`` | ``trimmed_mean`` |
+``median``), ``trim-fraction`` (:mod:`fedmix_jax.flower.robust`).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedmix_jax import rundir
@@ -46,9 +48,10 @@ from fedmix_jax.checkpointing import Checkpointer
 from fedmix_jax.config import build_model, build_round_config
 from fedmix_jax.errors import ConfigMismatchError
 from fedmix_jax.flower import _core, records
-from fedmix_jax.flower.client_app import CONFIG_RECORD
+from fedmix_jax.flower.discovery import discover_sites, send_and_receive
 from fedmix_jax.flower.local_site import shared_config_json
-from fedmix_jax.flower.strategy import FedMixStrategy, Site
+from fedmix_jax.flower.strategy import FedMixStrategy
+from fedmix_jax.records import add_evaluation, evaluation_of
 from fedmix_jax.rundir import CONFIG_FILE, SUMMARY_FILE
 
 log = logging.getLogger("fedmix_jax.flower")
@@ -57,7 +60,8 @@ METRICS_FILE = rundir.METRICS_FILE
 
 DEFAULTS = {"config": "configs/synthetic.py", "overrides": "", "workdir": "runs/flower",
             "num-sites": 0, "min-sites": 1, "join-timeout": 300.0, "round-timeout": 3600.0,
-            "wait-cap": 0.2}
+            "wait-cap": 0.2, "max-update-norm-ratio": 0.0, "aggregator": "weighted",
+            "trim-fraction": 0.1}
 
 
 def _say(msg: str) -> None:
@@ -85,74 +89,6 @@ def _run_config(run_config) -> dict:
     return rc
 
 
-def send_and_receive(grid: Grid, messages, timeout: float, interval: float = 0.2) -> list:
-    """Push ``messages`` and pull their replies every ``interval`` seconds until all answered or
-    ``timeout`` (Flower's ``Grid.send_and_receive`` pulls every 3 s, which adds up to 3 s to
-    every exchange of a round)."""
-    pending = set(grid.push_messages(list(messages)))
-    t_end = time.time() + timeout
-    got = []
-    while pending:
-        replies = list(grid.pull_messages(pending))
-        got.extend(replies)
-        pending -= {m.metadata.reply_to_message_id for m in replies}
-        if not pending or time.time() > t_end:
-            break
-        time.sleep(interval)
-    return got
-
-
-def _wait_for_nodes(grid: Grid, num: int, timeout: float) -> list[int]:
-    t_end = time.time() + timeout
-    while True:
-        nodes = sorted(grid.get_node_ids())
-        if len(nodes) >= max(num, 1) or time.time() > t_end:
-            return nodes
-        time.sleep(0.5)
-
-
-def discover_sites(grid: Grid, shared_json: str, num_sites: int, join_timeout: float,
-                   reply_timeout: float) -> list[Site]:
-    """Wait for the SuperNodes, ask each for its declaration, order them (index, then name)."""
-    nodes = _wait_for_nodes(grid, num_sites, join_timeout)
-    if num_sites and len(nodes) < num_sites:
-        raise RuntimeError(f"only {len(nodes)} of {num_sites} sites joined within "
-                           f"{join_timeout:.0f} s")
-    msgs = [Message(content=RecordDict({CONFIG_RECORD: ConfigRecord(
-        {"config-json": shared_json})}), dst_node_id=n, message_type="query.info")
-        for n in nodes]
-    replies = send_and_receive(grid, msgs, reply_timeout)
-    found = []
-    for reply in replies:
-        if reply.has_error():
-            log.warning("node %s failed to declare itself: %s", reply.metadata.src_node_id,
-                        reply.error.reason)
-            _say(f"node {reply.metadata.src_node_id} failed to declare itself: "
-                 f"{reply.error.reason}")
-            continue
-        info = reply.content.config_records["info"]
-        found.append((int(info["site-index"]), str(info["site-name"]),
-                      reply.metadata.src_node_id, dict(info)))
-    # Declared indices first (in order), then the others by name.
-    found.sort(key=lambda t: (t[0] < 0, t[0], t[1]))
-    names = [f[1] for f in found]
-    if len(set(names)) != len(names):
-        raise RuntimeError(f"two sites declared the same name: {names}")
-    sites, infos = [], []
-    for position, (_, name, node, info) in enumerate(found):
-        sites.append(Site(node_id=node, index=position, name=name,
-                          num_train=int(info["num-train"]), num_val=int(info["num-val"]),
-                          num_test=int(info["num-test"])))
-        infos.append(info)
-    if num_sites and len(sites) < num_sites:
-        raise RuntimeError(f"only {len(sites)} of {num_sites} sites declared themselves")
-    shapes = {tuple(i["image-shape"]) for i in infos}
-    classes = {int(i["num-classes"]) for i in infos}
-    if len(shapes) != 1 or len(classes) != 1:
-        raise RuntimeError(f"sites disagree on image shape {shapes} or classes {classes}")
-    return sites, infos
-
-
 def _tolist(x) -> list:
     return np.asarray(x).tolist()
 
@@ -171,14 +107,19 @@ def _round_record(r: int, out, round_time: float) -> dict:
            "round_time_s": round_time, "accepted": out.accepted, "applied": out.applied}
     if out.rejected:
         rec["rejected"] = out.rejected
+    if out.update_norms is not None:
+        rec["update_norms"] = out.update_norms
     return rec
 
 
-def _evaluation(scores: dict) -> dict:
-    return {split: {"dice": scores[f"{split}_dice"], "iou": scores[f"{split}_iou"],
-                    "mean_dice": scores[f"{split}_mean_dice"],
-                    "mean_iou": scores[f"{split}_mean_iou"]}
-            for split in ("val", "test")}
+def _split_record(scores: dict, split: str) -> dict:
+    """The main job's figures of one split (:func:`fedmix_jax.records.eval_record`: per site and
+    their mean, NaN as ``null``) from :meth:`FedMixStrategy.aggregate_evaluate`'s scores."""
+    from fedmix_jax.records import EVAL_FIGURES, eval_record
+
+    return eval_record({k: v for name in EVAL_FIGURES
+                        for k, v in ((name, scores[f"{split}_{name}"]),
+                                     (f"mean_{name}", scores[f"{split}_mean_{name}"]))})
 
 
 class _ServerRun:
@@ -242,7 +183,10 @@ class _ServerRun:
         run_name = os.path.basename(self.workdir.rstrip("/")) or "run"
         fed = FedMixStrategy(self.strategy, self.sites, self.global_pair, self.key,
                              self.round_config.hparams(), shared_config_json(self.config),
-                             min_sites=int(self.rc["min-sites"]), run_name=run_name)
+                             min_sites=int(self.rc["min-sites"]), run_name=run_name,
+                             max_update_norm_ratio=float(self.rc["max-update-norm-ratio"]),
+                             aggregator=str(self.rc["aggregator"]),
+                             trim_fraction=float(self.rc["trim-fraction"]))
         fed.summary()
         arrays = records.pair_to_record(self.global_pair)
         for r in range(self.start + 1, self.num_rounds + 1):
@@ -259,15 +203,17 @@ class _ServerRun:
                 fed.aggregate_evaluate(r, self._exchange(
                     fed.configure_evaluate(r, arrays, ConfigRecord(), self.grid)))
                 self.eval_times.append(time.perf_counter() - t1)
-                rec.update(fed.last_eval["scores"])
-                rec["eval_time_s"] = self.eval_times[-1]
-                self._update_best(r, _evaluation(rec), arrays)
+                scores = fed.last_eval["scores"]
+                add_evaluation(rec, _split_record(scores, "val"), _split_record(scores, "test"),
+                               self.eval_times[-1])
+                self._update_best(r, evaluation_of(rec), arrays)
             # The line of round r is written before checkpoint r, which holds rounds 1..r.
             self.metrics.append(rec)
             self.records.append(rec)
             _say(f"round {r}/{self.num_rounds}: {sum(out.accepted)}/{len(self.sites)} sites, "
                  f"{self.round_times[-1]:.2f} s"
-                 + (f", val dice {rec['val_mean_dice']:.4f}" if "val_mean_dice" in rec else "")
+                 + (f", val dice {rec['val_mean_dice']:.4f}"
+                    if rec.get("val_mean_dice") is not None else "")
                  + ("" if out.applied else " (NOT applied)"))
             if r % ckpt_every == 0 or r == self.num_rounds:
                 pair = records.record_to_pair(arrays, self.global_pair)
@@ -281,7 +227,8 @@ class _ServerRun:
 
     def _update_best(self, r: int, ev: dict, arrays) -> None:
         v = ev["val"]["mean_dice"]
-        if math.isfinite(v) and (self.best["val"] is None or v > self.best["val"]["mean_dice"]):
+        if v is not None and math.isfinite(v) and (
+                self.best["val"] is None or v > self.best["val"]["mean_dice"]):
             self.best = {"round": r, "val": ev["val"], "test": ev["test"]}
             if self.strategy.aggregates:
                 self.best_params = records.record_to_pair(arrays, self.global_pair).model1
@@ -296,7 +243,7 @@ class _ServerRun:
             "class_names": [f"class_{k}" for k in range(int(self.infos[0]["num-classes"]))],
             "num_rounds": self.num_rounds, "rounds_completed": max(self.start, self.num_rounds),
             "resumed_from": self.start, "best": self.best,
-            "final": None if final is None else {"round": final["round"], **_evaluation(final)},
+            "final": None if final is None else evaluation_of(final),
             "timing": {"total_s": time.time() - t_start, "rounds_this_process": len(times),
                        "backend": "flower", "executor": "flower",
                        "first_round_s": times[0] if times else None,
@@ -340,7 +287,8 @@ def run_server(grid: Grid, run_config, *, write_plots: bool = True, return_state
         rundir.check_config(workdir, cfg_dict, rundir.read_config(workdir), CONFIG_FILE)
         rundir.remove_stale_temporaries(workdir)
         sites, infos = discover_sites(grid, shared_config_json(config), num_sites,
-                                      float(rc["join-timeout"]), float(rc["round-timeout"]))
+                                      float(rc["join-timeout"]), float(rc["round-timeout"]),
+                                      int(rc["min-sites"]))
         _say(f"{len(sites)} sites: " + ", ".join(f"{s.index}:{s.name} ({s.num_train} train)"
                                                  for s in sites))
         image_shape = tuple(int(x) for x in infos[0]["image-shape"])

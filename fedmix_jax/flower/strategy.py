@@ -23,13 +23,15 @@ from typing import Any, Iterable
 
 import jax
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy as FlowerStrategy
 
-from fedmix_jax.flower import _core, records
+from fedmix_jax.flower import _core, records, robust
 from fedmix_jax.flower.client_app import CONFIG_RECORD, GLOBAL_RECORD
-from fedmix_jax.flower.validation import ReplyRejected, check_eval_reply, check_train_reply
+from fedmix_jax.flower.validation import (EVAL_FIGURES, ReplyRejected, check_eval_reply,
+                                          check_train_reply)
+from fedmix_jax.site import ModelPair
 
 log = logging.getLogger("fedmix_jax.flower")
 
@@ -59,6 +61,7 @@ class RoundOutcome:
     accepted: list[bool]
     rejected: dict[str, str]                  # site name -> reason
     applied: bool                             # False: fewer than min_sites accepted
+    update_norms: list[float] | None = None   # ||local - broadcast||_2 (norm bound on; 0: out)
 
 
 class FedMixStrategy(FlowerStrategy):
@@ -74,10 +77,21 @@ class FedMixStrategy(FlowerStrategy):
       shared_json: the config groups every site needs (sent with every message).
       min_sites: the fewest accepted replies for a round to be applied.
       run_name: names the run's site state files (resume after a server restart).
+      max_update_norm_ratio: > 0: reject a site whose update norm is above this many times the
+        round's median (:func:`fedmix_jax.flower.robust.norm_outliers`); 0: off.
+      aggregator: ``"weighted"`` (the strategy's weighted average, default), ``"trimmed_mean"``
+        or ``"median"`` (coordinate-wise, unweighted, over the sites of positive weight;
+        :mod:`fedmix_jax.flower.robust`); ``trim_fraction`` for the trimmed mean.
     """
 
     def __init__(self, strategy, sites: list[Site], template_pair, key, hparams,
-                 shared_json: str, *, min_sites: int = 1, run_name: str = "run"):
+                 shared_json: str, *, min_sites: int = 1, run_name: str = "run",
+                 max_update_norm_ratio: float = 0.0, aggregator: str = "weighted",
+                 trim_fraction: float = 0.1):
+        robust.check_options(aggregator, float(max_update_norm_ratio), float(trim_fraction))
+        self.max_update_norm_ratio = float(max_update_norm_ratio)
+        self.aggregator = aggregator
+        self.trim_fraction = float(trim_fraction)
         self.strategy = strategy
         self.sites = list(sites)
         self.by_node = {s.node_id: s for s in self.sites}
@@ -142,6 +156,7 @@ class FedMixStrategy(FlowerStrategy):
                     declared_size=site.num_train, spec=self.spec)
             except ReplyRejected as e:
                 rejected[site.name] = str(e)
+        norms = self._bound_updates(accepted, rejected)
         for site in self.sites:
             if site.index not in accepted and site.name not in rejected:
                 rejected[site.name] = "no reply within the round's timeout"
@@ -158,34 +173,73 @@ class FedMixStrategy(FlowerStrategy):
         weights = [0.0] * c
         new_arrays = None
         if applied:
-            weights = [float(w) for w in _core.site_weights(self.strategy, reports,
-                                                            participating, self.hparams)]
-            if self.strategy.aggregates:
+            w = _core.site_weights(self.strategy, reports, participating, self.hparams,
+                                   _core.round_index(server_round))
+            if np.all(np.isfinite(w)) and np.all(w >= 0):
+                weights = [float(x) for x in w]
+            else:       # the checked reports make this unreachable; never average with it
+                log.error("round %d: non-finite weights %s: round not applied", server_round, w)
+                applied = False
+            if applied and self.strategy.aggregates:
                 new_arrays = self._aggregate(accepted, weights)
         else:
             log.error("round %d: only %d of %d sites accepted (min_sites %d): round not "
                       "applied", server_round, sum(ok), c, self.min_sites)
         self.last_round = RoundOutcome(round=server_round, reports=reports, weights=weights,
-                                       accepted=ok, rejected=rejected, applied=applied)
+                                       accepted=ok, rejected=rejected, applied=applied,
+                                       update_norms=norms)
         metrics = MetricRecord({"num-accepted": int(sum(ok)), "applied": int(applied),
                                 "weights": [float(w) for w in weights]})
         return new_arrays, metrics
 
+    def _bound_updates(self, accepted: dict, rejected: dict) -> list[float] | None:
+        """With ``max_update_norm_ratio`` > 0: each accepted site's update norm (float64, both
+        models); the outliers move from ``accepted`` to ``rejected``. Returns the norms [C]
+        (0 for sites without reply), or None when the bound is off."""
+        if self.max_update_norm_ratio <= 0 or self.spec is None or not accepted:
+            return None
+        sent = {k: self._arrays[k].numpy() for k in self.spec}
+        idx = sorted(accepted)
+        sq = sum(robust.update_norms(np.stack([accepted[i].arrays[k] for i in idx]), sent[k]) ** 2
+                 for k in self.spec)
+        norms = np.sqrt(sq)
+        trained = np.array([accepted[i].report["num_usable"] > 0 for i in idx])
+        flagged = robust.norm_outliers(norms, trained, self.max_update_norm_ratio)
+        median = float(np.median(norms[trained])) if trained.any() else 0.0
+        for i, norm, bad in zip(idx, norms, flagged):
+            if bad:
+                site = accepted.pop(i).site
+                rejected[site] = (f"update norm {norm:.4g} is above {self.max_update_norm_ratio:g}"
+                                  f" x the round's median {median:.4g}")
+        out = [0.0] * len(self.sites)
+        for i, norm in zip(idx, norms):
+            out[i] = float(norm)
+        return out
+
     def _aggregate(self, accepted: dict, weights: list[float]) -> ArrayRecord:
         # Sites left out contribute the broadcast pair with weight 0: the stacked shapes stay
         # [C, ...] every round (one compiled aggregation).
-        # Unpacked to the pair's leaves first: the weighted average runs leaf by leaf exactly as
-        # in the in-process round (a dot over one long packed vector may round differently).
-        like = records._as_pair(self.template_pair)
         sent = {k: self._arrays[k].numpy() for k in self.spec}
-        rows = []
-        for i in range(len(self.sites)):
-            src = accepted[i].arrays if i in accepted else sent
-            rows.append([records.unpack_model(src[k], m)
-                         for k, m in zip(records.PAIR_PREFIXES, like)])
-        stacked = jax.tree.map(lambda *xs: np.stack(xs), *[type(like)(*r) for r in rows])
-        pair = _core.aggregate(stacked, weights)
-        return records.pair_to_record(jax.device_get(pair))
+        src = [accepted[i].arrays if i in accepted else sent for i in range(len(self.sites))]
+        if self.aggregator != "weighted":
+            out = ArrayRecord()
+            for k in self.spec:
+                out[k] = Array(robust.robust_average(np.stack([a[k] for a in src]), weights,
+                                                     self.aggregator, self.trim_fraction))
+        else:
+            # Unpacked to the pair's leaves first: the weighted average runs leaf by leaf exactly
+            # as in the in-process round (a dot over one long packed vector may round
+            # differently).
+            like = ModelPair(*tuple(self.template_pair))
+            rows = [[records.unpack_model(a[k], m) for k, m in zip(records.PAIR_PREFIXES, like)]
+                    for a in src]
+            stacked = jax.tree.map(lambda *xs: np.stack(xs), *[ModelPair(*r) for r in rows])
+            out = records.pair_to_record(jax.device_get(_core.aggregate(stacked, weights)))
+        if not self.strategy.trains_model2:
+            # Model 2 does not train: it stays as broadcast (as in the in-process round).
+            second = records.PAIR_PREFIXES[1]
+            out[second] = Array(sent[second])
+        return out
 
     # ------------------------------------------------------------------------------------------
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -206,8 +260,11 @@ class FedMixStrategy(FlowerStrategy):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
-        """Per-site validation / test Dice and IoU (lists in site order; NaN where missing) and
-        their means over the sites that hold data of the split (as the in-process job)."""
+        """Per-site validation / test figures (``{split}_{figure}``: lists in site order, NaN
+        where missing; the figures of :data:`fedmix_jax.records.EVAL_FIGURES`: Dice, IoU, HD95,
+        Dice on images with a lesion, false-positive rate) and their means over the sites that
+        hold data of the split (``{split}_mean_{figure}``; NaNs skipped, as the in-process
+        job)."""
         c = len(self.sites)
         rows: dict[int, dict] = {}
         rejected = {}
@@ -224,12 +281,13 @@ class FedMixStrategy(FlowerStrategy):
                             site.name, e)
         out: dict[str, Any] = {}
         for split in ("val", "test"):
-            for k in ("dice", "iou"):
+            for k in EVAL_FIGURES:
+                name = k.replace("-", "_")
                 vals = [rows[i][f"{split}-{k}"] if i in rows else math.nan for i in range(c)]
-                out[f"{split}_{k}"] = vals
-                have = [v for i, v in enumerate(vals)
-                        if i in rows and rows[i][f"num-{split}"] > 0]
-                out[f"{split}_mean_{k}"] = float(np.mean(have)) if have else math.nan
+                out[f"{split}_{name}"] = vals
+                have = [v for i, v in enumerate(vals) if i in rows
+                        and rows[i][f"num-{split}"] > 0 and not math.isnan(v)]
+                out[f"{split}_mean_{name}"] = float(np.mean(have)) if have else math.nan
         self.last_eval = {"scores": out, "rejected": rejected, "answered": sorted(rows)}
         return MetricRecord({k: v for k, v in out.items()})
 

@@ -7,9 +7,12 @@ A reply is rejected, with a reason that the server logs and writes to ``metrics.
 * it answers another round (a late or replayed reply);
 * its arrays differ from the broadcast pair in keys, shapes or dtypes, are not plain numpy
   arrays, or hold a non-finite value;
-* its scalars are missing, of the wrong type, non-finite or out of range: a usable count above the
+* its scalars are missing, of the wrong type, non-finite or out of range: a count above the
   size the site declared when it joined, negative counts, more selected than weak samples, a
-  negative loss.
+  loss outside the Dice loss range [0, 1] (:func:`check_loss`: refused, not clipped).
+
+A site's declaration when it joins is checked too (:func:`check_declaration`): types, ranges
+(sizes in ``[0, 10^9]``), no missing key; a bad one excludes that site, never the run.
 
 The round then goes on with the accepted replies (the strategy renormalises the weights over
 them). Validation never decodes anything but numpy arrays (``allow_pickle=False``).
@@ -27,6 +30,11 @@ from fedmix_jax.flower.records import REPORT_FIELDS
 
 from fedmix_jax.flower.protocol import LOCAL_RECORD, REPORT_RECORD, SITE_RECORD  # noqa: E402
 ALLOWED_STYPE = "numpy.ndarray"
+
+# The range of a site's reported losses (soft Dice losses, see check_loss) and the float rounding
+# a site's mean of per-batch means may add at either end.
+LOSS_RANGE = (0.0, 1.0)
+LOSS_TOLERANCE = 1e-6
 
 
 class ReplyRejected(ValueError):
@@ -77,15 +85,26 @@ def _scalar(metrics, name: str, typ) -> Any:
     v = metrics[name]
     if isinstance(v, (list, bool)) or not isinstance(v, (int, float)):
         raise ReplyRejected(f"{name}: expected a number, got {type(v).__name__}")
-    if typ is int and not isinstance(v, int):
-        raise ReplyRejected(f"{name}: expected an integer, got {v!r}")
-    if not math.isfinite(float(v)):
+    if typ is int:
+        if not isinstance(v, int):
+            raise ReplyRejected(f"{name}: expected an integer, got {v!r}")
+        return int(v)             # exact at any size; the callers bound it
+    try:
+        f = float(v)
+    except OverflowError:         # an integer beyond float64
+        raise ReplyRejected(f"{name}: value out of range") from None
+    if not math.isfinite(f):
         raise ReplyRejected(f"{name}: non-finite value {v}")
-    return typ(v)
+    return typ(f)
 
 
 def check_report(metrics, *, round_index: int, site: str, declared_size: int) -> dict[str, Any]:
-    """The checked scalars of a train reply's MetricRecord (raises :class:`ReplyRejected`)."""
+    """The checked scalars of a train reply's MetricRecord (raises :class:`ReplyRejected`).
+
+    Every count lies in ``[0, declared_size]`` (``num_pixel + num_weak`` too, and
+    ``num_selected_weak <= num_weak``), both losses in :data:`LOSS_RANGE` (see
+    :func:`check_loss`); ``round`` is ``round_index``.
+    """
     r = _scalar(metrics, "round", int)
     if r != round_index:
         raise ReplyRejected(f"reply for round {r}, expected round {round_index}")
@@ -93,19 +112,41 @@ def check_report(metrics, *, round_index: int, site: str, declared_size: int) ->
     counts = {k: v for k, v in rep.items() if REPORT_FIELDS[k] is int}
     if any(v < 0 for v in counts.values()):
         raise ReplyRejected(f"negative count in {counts}")
-    too_large = [k for k, v in counts.items() if k != "steps" and v > declared_size]
     if rep["num_usable"] > declared_size:
         raise ReplyRejected(f"num_usable {rep['num_usable']} is above the site's declared size "
                             f"{declared_size}")
     if rep["num_weak"] > declared_size or rep["num_selected_weak"] > rep["num_weak"]:
         raise ReplyRejected(f"inconsistent weak counts (weak {rep['num_weak']}, selected "
                             f"{rep['num_selected_weak']}, declared size {declared_size})")
+    too_large = [k for k, v in counts.items() if v > declared_size]
     if too_large:
         raise ReplyRejected(f"{too_large[0]} {counts[too_large[0]]} is above the site's declared "
                             f"size {declared_size}")
-    if rep["loss1"] < 0 or rep["loss2"] < 0:
-        raise ReplyRejected(f"negative loss ({rep['loss1']}, {rep['loss2']})")
+    if "num_pixel" in rep and rep["num_pixel"] + rep["num_weak"] > declared_size:
+        raise ReplyRejected(f"num_pixel {rep['num_pixel']} + num_weak {rep['num_weak']} is above "
+                            f"the site's declared size {declared_size}")
+    for k in ("loss1", "loss2"):
+        check_loss(k, rep[k])
     return rep
+
+
+def check_loss(name: str, value: float) -> float:
+    """``value`` if it lies in :data:`LOSS_RANGE` (with the rounding tolerance
+    :data:`LOSS_TOLERANCE`), else :class:`ReplyRejected`.
+
+    A site's reported loss is always a soft Dice loss ``1 - dice`` with ``dice`` in ``[0, 1]``
+    (model 1 / 2's Dice loss of the round, also with ``empty_target_loss="bce"`` and for
+    FedST's pixel samples: :func:`fedmix_jax.site.local_epoch`), so any other value is a fault or
+    a lie. Out-of-range values are **refused, not clipped**: a site that sends one is excluded
+    from the round (a clipped 1e13 would become the highest loss, i.e. the largest FedMix
+    weight). Values inside the tolerance are kept as sent, so an honest site's numbers reach the
+    weights unchanged (bit-identical to the in-process round); with ``l <= 1 + 1e-6`` the power
+    ``l ** beta`` of the weights cannot overflow float32 for any usable ``beta``.
+    """
+    lo, hi = LOSS_RANGE
+    if not lo - LOSS_TOLERANCE <= value <= hi + LOSS_TOLERANCE:
+        raise ReplyRejected(f"{name} {value!r} is outside the Dice loss range [{lo:g}, {hi:g}]")
+    return value
 
 
 def check_train_reply(reply, *, round_index: int, site: str, index: int, declared_size: int,
@@ -139,8 +180,91 @@ def check_train_reply(reply, *, round_index: int, site: str, index: int, declare
     return AcceptedReply(site=site, index=index, arrays=arrays, report=report)
 
 
+# Bounds of a declaration (query.info). Sizes stay far below 2**31 (int32 on the device, exact
+# in float64); no hospital holds a billion training images.
+MAX_SITE_SAMPLES = 10**9
+MAX_SITE_INDEX = 10**6
+MAX_NAME_LENGTH = 128
+MAX_IMAGE_SIDE = 1 << 16
+MAX_CLASSES = 1024
+DECLARATION_INTS = {"site-index": (-1, MAX_SITE_INDEX), "num-train": (0, MAX_SITE_SAMPLES),
+                    "num-val": (0, MAX_SITE_SAMPLES), "num-test": (0, MAX_SITE_SAMPLES),
+                    "num-classes": (1, MAX_CLASSES)}
+
+
+def _bounded_int(name: str, v, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise ReplyRejected(f"{name}: expected an integer, got {type(v).__name__}")
+    if not lo <= int(v) <= hi:
+        raise ReplyRejected(f"{name} {int(v)} is outside [{lo}, {hi}]")
+    return int(v)
+
+
+def _bounded_str(name: str, v, max_len: int) -> str:
+    if not isinstance(v, str):
+        raise ReplyRejected(f"{name}: expected a string, got {type(v).__name__}")
+    if not 0 < len(v) <= max_len or not v.isprintable():
+        raise ReplyRejected(f"{name}: not a printable string of 1-{max_len} characters")
+    return v
+
+
+def check_declaration(info) -> dict[str, Any]:
+    """The checked declaration a site sends when it joins (its ``info`` ConfigRecord, or a dict).
+
+    Returns ``{"site-name": str, "site-index": int, "num-train" / "num-val" / "num-test": int,
+    "image-shape": tuple[int, int, int], "num-classes": int, "levels": str}`` or raises
+    :class:`ReplyRejected`: a missing key, a value of another type (a string for a number, a
+    bool, a float), a size outside ``[0, MAX_SITE_SAMPLES]`` (negative, 10^12), an index outside
+    ``[-1, MAX_SITE_INDEX]``, an image shape that is not three sides in
+    ``[1, MAX_IMAGE_SIDE]``, classes outside ``[1, MAX_CLASSES]``, a name that is empty, too long
+    or not printable. The server excludes such a site (one log line) and goes on with the others.
+    """
+    if info is None:
+        raise ReplyRejected("no 'info' ConfigRecord")
+    missing = [k for k in ("site-name", *DECLARATION_INTS, "image-shape") if k not in info]
+    if missing:
+        raise ReplyRejected(f"declaration lacks {missing}")
+    out: dict[str, Any] = {"site-name": _bounded_str("site-name", info["site-name"],
+                                                     MAX_NAME_LENGTH)}
+    for k, (lo, hi) in DECLARATION_INTS.items():
+        out[k] = _bounded_int(k, info[k], lo, hi)
+    shape = info["image-shape"]
+    if not isinstance(shape, (list, tuple)) or len(shape) != 3:
+        raise ReplyRejected(f"image-shape: expected 3 integers, got {shape!r:.60}")
+    out["image-shape"] = tuple(_bounded_int("image-shape", x, 1, MAX_IMAGE_SIDE) for x in shape)
+    levels = info.get("levels", "-")
+    out["levels"] = _bounded_str("levels", levels, 64) if levels != "" else "-"
+    return out
+
+
+# The figures a site's evaluation reply carries per split (the main job's EVAL_FIGURES), with
+# their upper bounds. Dice and IoU are always measured; HD95, Dice on the images with a lesion and
+# the false-positive rate may be NaN (nothing to measure: no lesion, no lesion-free image). HD95
+# is in pixels, at most an image's diagonal (MAX_IMAGE_SIDE * sqrt(2)).
+EVAL_FIGURES = {"dice": 1.0, "iou": 1.0, "hd95": MAX_IMAGE_SIDE * math.sqrt(2.0),
+                "dice-present": 1.0, "false-positive-rate": 1.0}
+_MAY_BE_NAN = ("hd95", "dice-present", "false-positive-rate")
+
+
+def _figure(m, name: str, hi: float, may_be_nan: bool) -> float:
+    if name not in m:
+        raise ReplyRejected(f"missing scalar {name!r}")
+    v = m[name]
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ReplyRejected(f"{name}: expected a number, got {type(v).__name__}")
+    v = float(v)
+    if math.isnan(v) and may_be_nan:
+        return v
+    if not 0.0 <= v <= hi:          # NaN fails this too
+        raise ReplyRejected(f"{name} {v} outside [0, {hi:g}]")
+    return v
+
+
 def check_eval_reply(reply, *, round_index: int, site: str) -> dict[str, float]:
-    """Check an evaluate reply: Dice / IoU in [0, 1], counts >= 0 (raises ReplyRejected)."""
+    """Check an evaluate reply (raises ReplyRejected): per split, the count >= 0 and
+    :data:`EVAL_FIGURES` in their ranges (Dice, IoU, Dice on images with a lesion and the
+    false-positive rate in [0, 1], HD95 in [0, the largest image's diagonal]; the last three may
+    be NaN)."""
     if reply.has_error():
         raise ReplyRejected(f"site error {reply.error.code}: {reply.error.reason}")
     if not reply.has_content() or "eval" not in reply.content.metric_records:
@@ -151,16 +275,14 @@ def check_eval_reply(reply, *, round_index: int, site: str) -> dict[str, float]:
     out = {}
     for split in ("val", "test"):
         n = _scalar(m, f"num-{split}", int)
-        if n < 0:
-            raise ReplyRejected(f"num-{split} < 0")
+        if not 0 <= n <= MAX_SITE_SAMPLES:
+            raise ReplyRejected(f"num-{split} {n} outside [0, {MAX_SITE_SAMPLES}]")
         out[f"num-{split}"] = n
-        for k in ("dice", "iou"):
-            v = _scalar(m, f"{split}-{k}", float)
-            if not 0.0 <= v <= 1.0:
-                raise ReplyRejected(f"{split}-{k} {v} outside [0, 1]")
-            out[f"{split}-{k}"] = v
+        for k, hi in EVAL_FIGURES.items():
+            out[f"{split}-{k}"] = _figure(m, f"{split}-{k}", hi, k in _MAY_BE_NAN)
     return out
 
 
-__all__ = ["ReplyRejected", "AcceptedReply", "check_report", "check_train_reply",
-           "check_eval_reply", "LOCAL_RECORD", "REPORT_RECORD", "SITE_RECORD"]
+__all__ = ["ReplyRejected", "AcceptedReply", "check_report", "check_loss", "check_train_reply",
+           "check_eval_reply", "check_declaration", "LOSS_RANGE", "MAX_SITE_SAMPLES", "EVAL_FIGURES",
+           "LOCAL_RECORD", "REPORT_RECORD", "SITE_RECORD"]

@@ -143,14 +143,18 @@ class SiteWorker:
     def __init__(self, node_config: dict):
         self.node_config = node_config
         self.site = None
+        self.site_key = None       # what decided self.site's data (local_site.data_key)
         self.state = {}            # run name -> (round, SiteState)
 
     def _site(self, shared):
-        from fedmix_jax.flower.local_site import LocalSite, config_from_json, load_site_data
+        from fedmix_jax.flower.local_site import (LocalSite, config_from_json, data_key,
+                                                  load_site_data)
 
-        if self.site is None:
+        key = data_key(self.node_config, shared)
+        if self.site is None or key != self.site_key:
             self.site = LocalSite(load_site_data(self.node_config,
                                                  config_from_json(shared) if shared else None))
+            self.site_key = key
         return self.site
 
     def _state_path(self, run_name: str):
@@ -194,7 +198,8 @@ class SiteWorker:
         hp = HParams.create(lam=header["lam"], beta=header["beta"],
                             learning_rate=header["learning_rate"])
         t0 = time.perf_counter()
-        state, report = site.train(shared, pair, state, _core.key_from_numpy(header["key"]), hp)
+        state, report = site.train(shared, pair, state, _core.key_from_numpy(header["key"]), hp,
+                                   _core.round_index(r))
         state = jax.device_get(state)
         self.state = {run: (r, state)}
         if self._state_path(run):

@@ -1,0 +1,109 @@
+"""How the coordinator finds its sites: the SuperNodes that joined, their checked declarations,
+the federation's order (declared index, then name); and the short-interval exchange of messages
+the ServerApp uses for every round.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from fedmix_jax.flower.protocol import CONFIG_RECORD, INFO_RECORD
+from fedmix_jax.flower.strategy import Site
+from fedmix_jax.flower.validation import ReplyRejected, check_declaration
+
+log = logging.getLogger("fedmix_jax.flower")
+
+
+def send_and_receive(grid: Grid, messages, timeout: float, interval: float = 0.2) -> list:
+    """Push ``messages`` and pull their replies every ``interval`` seconds until all answered or
+    ``timeout`` (Flower's ``Grid.send_and_receive`` pulls every 3 s, which adds up to 3 s to
+    every exchange of a round)."""
+    pending = set(grid.push_messages(list(messages)))
+    t_end = time.time() + timeout
+    got = []
+    while pending:
+        replies = list(grid.pull_messages(pending))
+        got.extend(replies)
+        pending -= {m.metadata.reply_to_message_id for m in replies}
+        if not pending or time.time() > t_end:
+            break
+        time.sleep(interval)
+    return got
+
+
+def _wait_for_nodes(grid: Grid, num: int, timeout: float) -> list[int]:
+    t_end = time.time() + timeout
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= max(num, 1) or time.time() > t_end:
+            return nodes
+        time.sleep(0.5)
+
+
+def _majority(values: list) -> Any:
+    """The most common value (ties: the earliest), for the sites' image shape and classes."""
+    return max(values, key=lambda v: (values.count(v), -values.index(v)))
+
+
+def discover_sites(grid: Grid, shared_json: str, num_sites: int, join_timeout: float,
+                   reply_timeout: float, min_sites: int = 1) -> tuple[list[Site], list[dict]]:
+    """Wait for the SuperNodes, ask each for its declaration, order them (index, then name).
+
+    Each declaration is checked (:func:`~fedmix_jax.flower.validation.check_declaration`); a
+    site whose declaration is bad, whose name another site declared too, or whose image shape
+    or classes differ from the majority's is excluded with one log line. Raises RuntimeError
+    only when fewer than ``num_sites`` nodes joined or fewer than ``min_sites`` sites remain.
+    """
+    nodes = _wait_for_nodes(grid, num_sites, join_timeout)
+    if num_sites and len(nodes) < num_sites:
+        raise RuntimeError(f"only {len(nodes)} of {num_sites} sites joined within "
+                           f"{join_timeout:.0f} s")
+    msgs = [Message(content=RecordDict({CONFIG_RECORD: ConfigRecord(
+        {"config-json": shared_json})}), dst_node_id=n, message_type="query.info")
+        for n in nodes]
+    replies = send_and_receive(grid, msgs, reply_timeout)
+    found = []
+    for reply in replies:
+        node = reply.metadata.src_node_id
+        try:
+            if reply.has_error():
+                raise ReplyRejected(f"site error: {reply.error.reason}")
+            info = check_declaration(reply.content.config_records.get(INFO_RECORD)
+                                     if reply.has_content() else None)
+        except ReplyRejected as e:
+            log.warning("node %s excluded: bad declaration: %s", node, e)
+            continue
+        found.append((info["site-index"], info["site-name"], node, info))
+    names = [f[1] for f in found]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        log.warning("site name %r declared by %d nodes: all excluded", name, names.count(name))
+    found = [f for f in found if names.count(f[1]) == 1]
+    # Declared indices first (in order), then the others by name.
+    found.sort(key=lambda t: (t[0] < 0, t[0], t[1]))
+    if found:
+        kind = _majority([(f[3]["image-shape"], f[3]["num-classes"]) for f in found])
+        for f in found:
+            if (f[3]["image-shape"], f[3]["num-classes"]) != kind:
+                log.warning("site %s excluded: image shape %s / %d classes differ from the "
+                            "other sites' %s / %d", f[1], list(f[3]["image-shape"]),
+                            f[3]["num-classes"], list(kind[0]), kind[1])
+        found = [f for f in found if (f[3]["image-shape"], f[3]["num-classes"]) == kind]
+    sites = [Site(node_id=node, index=position, name=name, num_train=info["num-train"],
+                  num_val=info["num-val"], num_test=info["num-test"])
+             for position, (_, name, node, info) in enumerate(found)]
+    infos = [f[3] for f in found]
+    if len(sites) < max(int(min_sites), 1):
+        raise RuntimeError(f"only {len(sites)} sites declared themselves validly (min-sites "
+                           f"{min_sites}, {len(nodes)} joined)")
+    if num_sites and len(sites) < num_sites:
+        log.warning("only %d of %d sites declared themselves validly: going on with them",
+                    len(sites), num_sites)
+    return sites, infos
+
+
+__all__ = ["discover_sites", "send_and_receive"]

@@ -1,0 +1,106 @@
+"""Optional limits on one site's influence on the aggregate (server side, numpy on the host).
+
+FedMix's adaptive weight *by design* favours a site with a high loss (it "has more to teach"), so
+a site that reports the highest loss the Dice loss allows (1.0) and sends a poisoned but finite
+model gets the largest weight; the reply checks (:mod:`fedmix_jax.flower.validation`) cannot tell
+it from an honest site that fits badly. Two options, both off by default, bound what such a site
+can do:
+
+* **update-norm bound** (run config ``max-update-norm-ratio`` = r > 0): a site whose update
+  ``||local - broadcast||_2`` (both models, float64) is above ``r`` times the median update norm
+  of the round's accepted sites that trained (``n_i > 0``) is rejected for the round
+  (:func:`norm_outliers`; a median needs an honest majority of at least three sites that
+  trained: of two it is their mean);
+* **robust aggregator** (run config ``aggregator``): ``"trimmed_mean"`` (coordinate-wise, the
+  ``trim-fraction`` lowest and highest values of every coordinate dropped) or ``"median"``
+  (coordinate-wise) over the sites whose weight is positive, **unweighted**: the strategy's
+  weights then only decide who takes part (:func:`robust_average`). ``"weighted"`` (default) is
+  the strategy's weighted average, as the in-process round.
+
+Shapes: ``K`` sites, ``P`` parameters of one model (a packed vector, as a reply carries it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+AGGREGATORS = ("weighted", "trimmed_mean", "median")
+
+
+def update_norms(local: np.ndarray, broadcast: np.ndarray) -> np.ndarray:
+    """``||local_k - broadcast||_2`` in float64: local [K, P], broadcast [P] -> [K].
+
+    Several models: add the squares (``sqrt(sum of update_norms(...)**2)``)."""
+    diff = np.asarray(local, np.float64) - np.asarray(broadcast, np.float64)[None]
+    return np.sqrt(np.sum(diff * diff, axis=1))
+
+
+def norm_outliers(norms: np.ndarray, trained: np.ndarray, ratio: float) -> np.ndarray:
+    """[K] bool: the sites whose update norm is above ``ratio`` times the median of the norms of
+    the sites that trained (``trained`` [K] bool). None flagged when ``ratio <= 0`` (off), when
+    no site trained or when that median is 0.
+
+    Example: norms [1.0, 1.2, 1000.0], all trained, ratio 3 -> [False, False, True].
+    """
+    norms = np.asarray(norms, np.float64)
+    flagged = np.zeros(norms.shape, bool)
+    trained = np.asarray(trained, bool)
+    if ratio <= 0 or not trained.any():
+        return flagged
+    median = float(np.median(norms[trained]))
+    if not median > 0:
+        return flagged
+    return norms > ratio * median
+
+
+def trimmed_mean(stacked: np.ndarray, trim_fraction: float) -> np.ndarray:
+    """Coordinate-wise trimmed mean [K, P] -> [P]: per coordinate, the ``floor(trim_fraction *
+    K)`` lowest and highest values are dropped and the rest averaged (float64 inside, the input
+    dtype out). ``trim_fraction`` in [0, 0.5); if nothing would remain, the median."""
+    x = np.asarray(stacked)
+    k = x.shape[0]
+    t = int(np.floor(float(trim_fraction) * k))
+    if k - 2 * t < 1:
+        return coordinate_median(x)
+    s = np.sort(x.astype(np.float64), axis=0)[t:k - t]
+    return np.mean(s, axis=0).astype(x.dtype)
+
+
+def coordinate_median(stacked: np.ndarray) -> np.ndarray:
+    """Coordinate-wise median [K, P] -> [P] (float64 inside, the input dtype out)."""
+    x = np.asarray(stacked)
+    return np.median(x.astype(np.float64), axis=0).astype(x.dtype)
+
+
+def robust_average(stacked: np.ndarray, weights: np.ndarray, aggregator: str,
+                   trim_fraction: float = 0.1) -> np.ndarray:
+    """The robust aggregate of the sites with positive weight: stacked [C, P], weights [C] ->
+    [P]. ``aggregator`` is ``"trimmed_mean"`` or ``"median"``; the weights only select the
+    sites (unweighted). With no site of positive weight: the first row (callers pass the
+    broadcast for sites left out, so that row is the broadcast)."""
+    if aggregator not in AGGREGATORS[1:]:
+        raise ValueError(f"aggregator must be one of {AGGREGATORS[1:]}, got {aggregator!r}")
+    take = np.asarray(weights) > 0
+    x = np.asarray(stacked)
+    if not take.any():
+        return x[0]
+    x = x[take]
+    if aggregator == "median":
+        return coordinate_median(x)
+    return trimmed_mean(x, trim_fraction)
+
+
+def check_options(aggregator: str, max_update_norm_ratio: float, trim_fraction: float) -> None:
+    """Raise ValueError on an unknown aggregator, a negative ratio or a trim fraction outside
+    [0, 0.5)."""
+    if aggregator not in AGGREGATORS:
+        raise ValueError(f"aggregator must be one of {AGGREGATORS}, got {aggregator!r}")
+    if not max_update_norm_ratio >= 0:
+        raise ValueError(f"max-update-norm-ratio must be >= 0 (0: off), got "
+                         f"{max_update_norm_ratio}")
+    if not 0 <= trim_fraction < 0.5:
+        raise ValueError(f"trim-fraction must lie in [0, 0.5), got {trim_fraction}")
+
+
+__all__ = ["AGGREGATORS", "update_norms", "norm_outliers", "trimmed_mean", "coordinate_median",
+           "robust_average", "check_options"]
