@@ -21,8 +21,8 @@ key                 shape  meaning
                            lesion (< 1: under-segmentation)
 ==================  =====  =================================================================
 
-The pseudo-labels are those of :func:`fedmix_jax.site.pseudo_labels` (the global pair, refined,
-selected) on the un-augmented training images, as the round computes them. This is a local or
+The pseudo-labels are those of :func:`fedmix_jax.pseudo_labels.site_pseudo_labels` (the global
+pair, refined, selected) on the un-augmented training images, as the round computes them. This is a local or
 benchmark measurement only: it reads true masks that a weak site does not have, and nothing of it
 is sent in the multi-site mode.
 """
@@ -39,7 +39,7 @@ import numpy as np
 from fedmix_jax.data.compact import ClientRows, CompactSplit, client_window
 from fedmix_jax.data.federation import BOX, IMAGE, NONE, float_labels, unpack_split_labels
 from fedmix_jax.losses import dice_coefficient
-from fedmix_jax.site import pseudo_labels
+from fedmix_jax.pseudo_labels import site_pseudo_labels
 
 LEVELS = {"box": BOX, "image": IMAGE, "none": NONE}
 GOOD_DICE = 0.8     # a pseudo-label at least this close to the truth counts as good
@@ -47,7 +47,7 @@ GOOD_DICE = 0.8     # a pseudo-label at least this close to the truth counts as 
 
 def site_diagnostics(model: nn.Module, config, global_params, data) -> dict[str, jax.Array]:
     """The diagnostics of one site (leaves [N, ...], masks unpacked): dict of [] float32."""
-    pl = pseudo_labels(model, global_params, data, config)
+    pl = site_pseudo_labels(model, global_params, data, config)
     truth = float_labels(data.masks)
     pseudo = float_labels(pl.pseudo2)
     dice = dice_coefficient(pseudo, truth)                                      # [N]

@@ -36,7 +36,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from fedmix_jax.data.federation import BOX, IMAGE, PIXEL
+from fedmix_jax.data.federation import BOX, IMAGE, PIXEL, float_images, float_labels
+from fedmix_jax.inference import apply_in_chunks
 from fedmix_jax.losses import dice_coefficient
 
 
@@ -154,3 +155,43 @@ def pseudo_labels_from_logits(logits1: jax.Array, logits2: jax.Array, boxes: jax
     return select_pseudo_labels(binarize(logits1, config.threshold),
                                 binarize(logits2, config.threshold),
                                 boxes, image_labels, levels, valid, config)
+
+
+def site_pseudo_labels(model, global_params, data, config) -> "PseudoLabels":
+    """Pseudo-labels of the global pair on a site's un-augmented training images.
+
+    The images run through both models in chunks of ``config.inference_chunk``; a chunk none of
+    whose images needs a pseudo-label (pixel-level or padding) is skipped (``lax.cond``; its
+    logits are zeros). Each chunk is converted to float32, binarised, refined and selected on its
+    own (every one of those steps is per sample), so neither a float copy of the site's images
+    and boxes nor the logits of all its samples are ever held.
+
+    Args:
+      model: the Flax model; global_params: the broadcast pair (model 1, model 2), leaves [...];
+      data: one site's split (:class:`~fedmix_jax.data.federation.FederatedSplit`, leaves
+        [N, ...], masks and boxes unpacked); config: the static round config (its strategy's
+        ``selection`` and ``inference_chunk`` apply).
+
+    Returns: a :class:`PseudoLabels` (pseudo1 / pseudo2 [N,H,W,K] in
+    {0, 1}, in the masks' storage dtype: uint8 for uint8 masks, else float32; selected [N] bool,
+    ...).
+    """
+    p1, p2 = global_params
+    needs = data.valid & (data.levels != PIXEL)
+
+    def both(x):
+        return model.apply({"params": p1}, x), model.apply({"params": p2}, x)
+
+    def chunk(args):
+        x, boxes, labels, levels, valid, need = args
+        x = float_images(x)
+        skip = lambda x: jax.tree.map(  # noqa: E731
+            lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(both, x))
+        logits1, logits2 = jax.lax.cond(jnp.any(need), both, skip, x)
+        pl = pseudo_labels_from_logits(logits1, logits2, float_labels(boxes), float_labels(labels),
+                                       levels, valid, config.strategy.selection)
+        store = data.masks.dtype    # {0, 1}: lossless in uint8
+        return pl.replace(pseudo1=pl.pseudo1.astype(store), pseudo2=pl.pseudo2.astype(store))
+
+    return apply_in_chunks(chunk, (data.images, data.boxes, data.image_labels, data.levels,
+                                   data.valid, needs), config.inference_chunk)

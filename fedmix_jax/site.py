@@ -39,14 +39,13 @@ import optax
 from flax import struct
 
 from fedmix_jax.augment import augment_jointly
-from fedmix_jax.data.federation import (BOX, IMAGE, PIXEL, FederatedSplit, float_images, float_labels,
-                                        unpack_split_labels)
-from fedmix_jax.inference import apply_in_chunks
+from fedmix_jax.data.federation import (BOX, IMAGE, PIXEL, FederatedSplit, float_images,
+                                        float_labels, unpack_split_labels)
 from fedmix_jax.losses import (dice_loss, dice_loss_per_sample, empty_aware_loss_per_sample,
-                               mixed_supervision_targets, negative_max_loss_per_sample,
-                               weak_supervision_loss_per_sample, weighted_mean)
-from fedmix_jax.pseudo_labels import pseudo_labels_from_logits
+                               mixed_supervision_targets, weighted_mean)
+from fedmix_jax.pseudo_labels import site_pseudo_labels
 from fedmix_jax.self_training import confident_bce_per_sample, intensity_shift
+from fedmix_jax.weak_objective import weak_batch_loss
 
 
 @struct.dataclass
@@ -154,40 +153,6 @@ def _apply(model: nn.Module, params, x):
     return model.apply({"params": params}, x)
 
 
-def pseudo_labels(model: nn.Module, global_params: ModelPair, data: FederatedSplit, config):
-    """Pseudo-labels of the global pair on a site's un-augmented training images.
-
-    The images run through both models in chunks of ``config.inference_chunk``; a chunk none of
-    whose images needs a pseudo-label (pixel-level or padding) is skipped (``lax.cond``; its
-    logits are zeros). Each chunk is converted to float32, binarised, refined and selected on its
-    own (every one of those steps is per sample), so neither a float copy of the site's images
-    and boxes nor the logits of all its samples are ever held.
-
-    Returns: a :class:`~fedmix_jax.pseudo_labels.PseudoLabels` (pseudo1 / pseudo2 [N,H,W,K] in
-    {0, 1}, in the masks' storage dtype: uint8 for uint8 masks, else float32; selected [N] bool,
-    ...).
-    """
-    p1, p2 = global_params
-    needs = data.valid & (data.levels != PIXEL)
-
-    def both(x):
-        return _apply(model, p1, x), _apply(model, p2, x)
-
-    def chunk(args):
-        x, boxes, labels, levels, valid, need = args
-        x = float_images(x)
-        skip = lambda x: jax.tree.map(  # noqa: E731
-            lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(both, x))
-        logits1, logits2 = jax.lax.cond(jnp.any(need), both, skip, x)
-        pl = pseudo_labels_from_logits(logits1, logits2, float_labels(boxes), float_labels(labels),
-                                       levels, valid, config.strategy.selection)
-        store = data.masks.dtype    # {0, 1}: lossless in uint8
-        return pl.replace(pseudo1=pl.pseudo1.astype(store), pseudo2=pl.pseudo2.astype(store))
-
-    return apply_in_chunks(chunk, (data.images, data.boxes, data.image_labels, data.levels,
-                                   data.valid, needs), config.inference_chunk)
-
-
 def train_inputs(model: nn.Module, global_params: ModelPair, data: FederatedSplit,
                  config, round_index=0) -> TrainInputs:
     """What each sample of a site trains on under the round's strategy (``weak_samples``) in
@@ -197,7 +162,7 @@ def train_inputs(model: nn.Module, global_params: ModelPair, data: FederatedSpli
     is_pixel = levels == PIXEL
     weak = data.valid & ~is_pixel
     if mode == "pseudo_labels":
-        pl = pseudo_labels(model, global_params, data, config)
+        pl = site_pseudo_labels(model, global_params, data, config)
         target1, target2 = mixed_supervision_targets(data.masks, pl.pseudo1, pl.pseudo2, levels)
         selected = pl.selected
         usable = data.valid & (is_pixel | selected)
@@ -254,30 +219,6 @@ def make_train_batch(model: nn.Module, config, tx, k_aug: jax.Array):
     streamed epoch (:mod:`fedmix_jax.streaming`)."""
     weak_weights = config.strategy.weak
 
-    def weak_loss_fn(models, x, targets, w, extras):
-        # Targets (ground truth / pseudo-labels) where the sample has one, plus the direct
-        # weak-label terms of box and image samples (fedmix_jax.losses.WeakSupervision).
-        _, has_target, boxes, labels, levels = extras
-        has_target = has_target.astype(w.dtype)
-        losses, fits, counted = [], [], None
-        for p, t in zip(models, targets):
-            logits = _apply(model, p, x)
-            if config.empty_target_loss == "dice":
-                target_loss = dice_loss_per_sample(logits, t)
-            else:
-                target_loss = empty_aware_loss_per_sample(logits, t)
-            weak = weak_supervision_loss_per_sample(logits, boxes, labels, levels, w > 0,
-                                                    weak_weights)
-            if weak_weights.image_mil:   # a certain empty target: its maximum below 0.5 too
-                target_loss += weak_weights.image_mil * negative_max_loss_per_sample(logits, t)
-            losses.append(weighted_mean(has_target * target_loss + weak, w))
-            has_fg = (jnp.sum(t, axis=(1, 2, 3)) > 0).astype(w.dtype)
-            fit_w = w * has_target * (has_fg if config.empty_target_loss == "bce" else 1.0)
-            fits.append(weighted_mean(dice_loss_per_sample(logits, t), fit_w))
-            if counted is None:
-                counted = (jnp.sum(fit_w) > 0).astype(jnp.float32)
-        return sum(losses), (tuple(fits), counted)
-
     def loss_fn(models, x, targets, w, self_train, key):
         if config.strategy.weak_samples == "self_training":
             (p,), (t,) = models, targets
@@ -318,8 +259,8 @@ def make_train_batch(model: nn.Module, config, tx, k_aug: jax.Array):
                 k_step, (images,) + tuple(targets) + (float_labels(extras[2]),), config.crop,
                 config.hflip, config.vflip)
             extras = extras[:2] + (boxes, float_labels(extras[3])) + extras[4:]
-            (_, (fits, counted)), grads = jax.value_and_grad(weak_loss_fn, has_aux=True)(
-                models, x, targets, w, extras)
+            (_, (fits, counted)), grads = jax.value_and_grad(weak_batch_loss, has_aux=True)(
+                models, lambda p, x: _apply(model, p, x), config, x, targets, w, extras)
         updates = [tx.update(g, o, p) for g, o, p in zip(grads, opts, models)]
         models = tuple(optax.apply_updates(p, u) for p, (u, _) in zip(models, updates))
         opts = tuple(o for _, o in updates)

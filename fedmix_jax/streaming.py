@@ -9,7 +9,7 @@ tests check bit equality):
 
 1. **inputs** (device, forward only): blocks of ``P`` of the site's samples in index order
    (``P`` a multiple of ``inference_chunk``, so the chunks of
-   :func:`~fedmix_jax.site.pseudo_labels` are the same as in memory) go through
+   :func:`~fedmix_jax.pseudo_labels.site_pseudo_labels` are the same as in memory) go through
    :func:`~fedmix_jax.site.train_inputs` with the global pair; what comes back is kept **on the
    host** for this site and round: targets ``t1`` / ``t2`` [N, H, W, K] in the masks' storage
    dtype (uint8 {0, 1} for the real data), ``usable`` / ``weak`` / ``selected_weak`` /

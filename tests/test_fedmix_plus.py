@@ -11,8 +11,8 @@ from fedmix_jax.data.federation import BOX, IMAGE, NONE, PIXEL, stack_clients
 from fedmix_jax.diagnostics import pseudo_label_diagnostics, summarize
 from fedmix_jax.losses import WeakSupervision, dice_coefficient
 from fedmix_jax.pseudo_labels import SelectionConfig
-from fedmix_jax.site import pseudo_labels
-from test_round import LENIENT, MODEL, SIZE, as_device, assert_trees, make_client, run
+from fedmix_jax.pseudo_labels import site_pseudo_labels
+from test_round import LENIENT, MODEL, SIZE, as_device, assert_trees, make_client
 
 # Nothing is ever selected: an agreement above 1 is impossible (dice <= 1), and empty agreed
 # predictions are rejected. Only the direct weak-label terms can train the weak clients.
@@ -137,7 +137,7 @@ def test_diagnostics_match_a_numpy_reference(clients):
     assert set(k.split("_")[1] for k in diag) == {"box", "image", "none"}
     for c, level, name in ((0, BOX, "box"), (2, IMAGE, "image"), (3, NONE, "none")):
         site = jax.tree.map(lambda x: jnp.asarray(x)[c], split)
-        pl = pseudo_labels(MODEL, state.global_params, site, cfg)
+        pl = site_pseudo_labels(MODEL, state.global_params, site, cfg)
         sel = np.asarray(pl.selected) & np.asarray(site.valid)
         dice = np.asarray(dice_coefficient(np.asarray(pl.pseudo2, np.float32),
                                            np.asarray(site.masks, np.float32)))
