@@ -51,11 +51,12 @@ from fedmix_jax.errors import (ConfigError, ConfigMismatchError, DataError,  # n
                                is_out_of_memory)
 from fedmix_jax.evaluation import evaluate
 from fedmix_jax.federated import RoundConfig, init_state, make_round_fn
-from fedmix_jax.records import (MetricsFile, add_evaluation, eval_record, evaluation_of,
-                                read_metrics, round_record)
+from fedmix_jax.records import (MetricsFile, add_evaluation, check_checkpoint_record,
+                                eval_record, evaluation_of, read_metrics, round_record)
 from fedmix_jax.rundir import (CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE,  # noqa: F401
                                RESUMABLE_FIELDS, SUMMARY_FILE, config_differences, config_to_dict)
 from fedmix_jax.summary import format_summary, make_summary, timing, write_summary
+from fedmix_jax.workdir_entries import refuse_links_and_special_files
 
 
 def _copy_tree(tree):
@@ -137,6 +138,7 @@ class _Run:
         def check(step, extra):
             rundir.check_config(self.workdir, self.cfg_dict, extra.get("config"),
                                 f"checkpoint {step}")
+            check_checkpoint_record(step, extra)
 
         found = self.checkpointer.restore_newest(state, self.best_params, check=check)
         if found is not None:
@@ -334,6 +336,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, quiet: b
     workdir = rundir.resolve(workdir)
     cfg_dict = config_to_dict(config)
     rundir.check_usable(workdir)
+    refuse_links_and_special_files(workdir)
     rundir.check_config(workdir, cfg_dict, rundir.read_config(workdir), CONFIG_FILE)
     compilation_cache.enable_from_config(config)
     cpu_cores.cpu_devices_from_config(config)        # before the first JAX computation
@@ -346,6 +349,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, quiet: b
 
     with rundir.WorkdirLock(workdir):
         # Again under the lock: another run may have written the workdir meanwhile.
+        refuse_links_and_special_files(workdir)
         rundir.check_config(workdir, cfg_dict, rundir.read_config(workdir), CONFIG_FILE)
         rundir.remove_stale_temporaries(workdir)
         run = _Run(config, cfg_dict, workdir, federation, round_config, model, quiet,
