@@ -72,6 +72,8 @@ def check_usable(workdir: str) -> None:
         if dangling:
             what = dangling if path == workdir else f"is under {path}, which {dangling}"
         raise WorkdirError(f"--workdir {workdir} {what}, not a folder; choose another --workdir")
+    if path == workdir:
+        refuse_links_and_special_files(workdir)
 
 
 def create(workdir: str) -> None:
@@ -127,6 +129,11 @@ class WorkdirLock:
                     pid=pid) from None
             except OSError:  # a file system without flock (some network mounts): no lock
                 pass
+        try:
+            refuse_links_and_special_files(self.workdir)   # again, now that no run can change it
+        except WorkdirError:
+            os.close(fd)
+            raise
         try:
             os.ftruncate(fd, 0)
             os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),

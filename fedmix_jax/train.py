@@ -43,6 +43,7 @@ from fedmix_jax import rundir
 from fedmix_jax.checkpointing import Checkpointer, remove_temporaries
 from fedmix_jax import compilation_cache, cpu_cores, placement
 from fedmix_jax.config import build_model, build_round_config, validate_run
+from fedmix_jax.config_checks import check_config_values, check_num_devices
 from fedmix_jax.console import Progress
 from fedmix_jax.data.federation import Federation
 from fedmix_jax.data.streamed_sources import choose_mode, load_run_federation
@@ -56,7 +57,6 @@ from fedmix_jax.records import (MetricsFile, add_evaluation, check_checkpoint_re
 from fedmix_jax.rundir import (CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE,  # noqa: F401
                                RESUMABLE_FIELDS, SUMMARY_FILE, config_differences, config_to_dict)
 from fedmix_jax.summary import format_summary, make_summary, timing, write_summary
-from fedmix_jax.workdir_entries import refuse_links_and_special_files
 
 
 def _copy_tree(tree):
@@ -335,11 +335,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, quiet: b
     t_start = time.time()
     workdir = rundir.resolve(workdir)
     cfg_dict = config_to_dict(config)
+    check_config_values(config)
     rundir.check_usable(workdir)
-    refuse_links_and_special_files(workdir)
     rundir.check_config(workdir, cfg_dict, rundir.read_config(workdir), CONFIG_FILE)
     compilation_cache.enable_from_config(config)
     cpu_cores.cpu_devices_from_config(config)        # before the first JAX computation
+    check_num_devices(config)
     if federation is None:
         federation = load_run_federation(config.data, verbose=not quiet)
     round_config = cpu_cores.executor_for_devices(build_round_config(config), config,
@@ -349,7 +350,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, quiet: b
 
     with rundir.WorkdirLock(workdir):
         # Again under the lock: another run may have written the workdir meanwhile.
-        refuse_links_and_special_files(workdir)
         rundir.check_config(workdir, cfg_dict, rundir.read_config(workdir), CONFIG_FILE)
         rundir.remove_stale_temporaries(workdir)
         run = _Run(config, cfg_dict, workdir, federation, round_config, model, quiet,
