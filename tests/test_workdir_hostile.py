@@ -137,3 +137,22 @@ def test_renamed_or_resealed_checkpoints_are_set_aside(tmp_path):
         check_checkpoint_record(3, {"round": 3})
     with pytest.raises(Exception, match="not 3"):
         check_checkpoint_record(3, {"round": "3", "best": {"round": 1}})
+
+
+def test_ctrl_c_in_the_synchronous_part_of_a_save_leaves_no_temporary(tmp_path, monkeypatch):
+    d = str(tmp_path / "ck")
+    ck = Checkpointer(d, max_to_keep=None)
+    ck.save(1, _tree(1), _tree(1), {"round": 1, "best": {"round": 1}})
+    ck.wait_until_finished()
+    real_save = ck._manager.save
+
+    def interrupted(step, *args, **kwargs):   # orbax made its temporary folder, then Ctrl-C
+        os.makedirs(os.path.join(d, f"{step}.orbax-checkpoint-tmp-1234", "state"))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ck._manager, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ck.save(2, _tree(2), _tree(2), {"round": 2, "best": {"round": 2}})
+    monkeypatch.setattr(ck._manager, "save", real_save)
+    ck.close(raise_errors=False)
+    assert sorted(os.listdir(d)) == ["1"]
