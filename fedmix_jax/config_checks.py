@@ -43,7 +43,7 @@ TABLE = (
     ("data.val_fraction", "float", 0.0, 0.99, False),
     ("data.test_fraction", "float", 0.0, 0.99, False),
     ("data.stream_block_steps", "int", 1, 10 ** 6, False),
-    ("data.device_data_budget_gb", "opt_float", 1e-6, 1e9, False),
+    ("data.device_data_budget_gb", "opt_float", 1e-12, 1e9, False),
     ("train.batch_size", "int", 1, 10 ** 5, True),
     ("train.inference_chunk", "int", 1, 10 ** 5, False),
     ("train.client_group", "int", 0, 1024, False),
