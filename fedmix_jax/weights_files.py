@@ -40,6 +40,11 @@ class WeightsFileError(ValueError):
         self.key = key
 
 
+def _one_line(e: BaseException) -> str:
+    """The first line of an exception's message, at most 200 characters."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
 class _Budget:
     """Bytes a file may still make the reader read or allocate (see :data:`_MAX_TOTAL_BYTES`)."""
 
@@ -96,11 +101,11 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
         raise
     except ValueError as e:  # e.g. a pickle file renamed .npz
         raise WeightsFileError(f"cannot read weights file '{path}': not an .npz of plain arrays "
-                               f"({str(e)[:200]}); pickled content is refused", path) from None
+                               f"({_one_line(e)}); pickled content is refused", path) from None
     except (OSError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, OverflowError,
             RecursionError, MemoryError, SyntaxError, TypeError, KeyError) as e:
         raise WeightsFileError(f"cannot read weights file '{path}': {type(e).__name__}: "
-                               f"{str(e)[:300]}", path) from None
+                               f"{_one_line(e)}", path) from None
     if not isinstance(data, np.lib.npyio.NpzFile):
         raise WeightsFileError(f"'{path}' is a single .npy array, not an .npz of named arrays",
                                path)
@@ -120,7 +125,7 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
             except (OSError, EOFError, zipfile.BadZipFile, OverflowError, RecursionError,
                     MemoryError, SyntaxError, TypeError, KeyError) as e:
                 raise WeightsFileError(f"'{path}': entry '{k}' is unreadable: "
-                                       f"{type(e).__name__}: {str(e)[:300]}", path,
+                                       f"{type(e).__name__}: {_one_line(e)}", path,
                                        name) from None
     return out
 
@@ -335,7 +340,7 @@ def _read_torch(path: str) -> Mapping[str, Any]:
             TypeError, AttributeError, IndexError, KeyError, RecursionError, OverflowError,
             MemoryError) as e:
         raise WeightsFileError(f"refused weights file '{path}': {type(e).__name__}: "
-                               f"{str(e)[:300]}", path) from None
+                               f"{_one_line(e)}", path) from None
     if not isinstance(obj, Mapping):
         raise WeightsFileError(f"'{path}' holds a {type(obj).__name__}, not a state_dict", path)
     return obj
