@@ -48,7 +48,7 @@ TABLE = (
     ("train.inference_chunk", "int", 1, 10 ** 5, False),
     ("train.client_group", "int", 0, 1024, False),
     ("train.num_devices", "opt_int", 1, 1 << 16, False),
-    ("train.cpu_devices", "int", 0, 1024, False),
+    ("train.cpu_devices", "opt_int", 0, 1024, False),
     ("train.warmup_rounds", "opt_int", 0, BIG, False),
 )
 

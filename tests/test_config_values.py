@@ -83,5 +83,15 @@ def test_config_file_missing_fields(tmp_path, capsys, drop, names):
     assert not wd.exists()
 
 
-def test_the_defaults_pass():
+def test_the_shipped_configs_pass():
+    import glob
+    import importlib.util
+
     check_config_values(tiny_config())
+    configs = sorted(glob.glob(os.path.join(os.path.dirname(SYNTHETIC), "*.py")))
+    assert len(configs) >= 4
+    for path in configs:
+        spec = importlib.util.spec_from_file_location("shipped_config", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        check_config_values(mod.get_config())
