@@ -262,12 +262,16 @@ def check_config(workdir: str, new: dict, old: dict | None, where: str) -> None:
 # ---------------------------------------------------------------------------------------- files
 
 
+def _no_follow(path: str, flags: int) -> int:
+    """``open(..., opener=_no_follow)``: never through a symlink, never blocking on a FIFO."""
+    return os.open(path, flags | _NOFOLLOW | _NONBLOCK, 0o666)
+
+
 def atomic_write_text(path: str, text: str) -> None:
     """Replace ``path`` by ``text`` atomically (the old file stays intact if writing fails)."""
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW | _NONBLOCK, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with open(tmp, "w", encoding="utf-8", opener=_no_follow) as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
