@@ -3,10 +3,8 @@ announce terabytes are refused with WeightsFileError before anything is allocate
 
 from __future__ import annotations
 
-import os
 import signal
 import struct
-import sys
 import zipfile
 
 import numpy as np
@@ -15,9 +13,32 @@ import pytest
 from fedmix_jax import weights_files
 from fedmix_jax.reference_weights import WeightsFileError, load_reference_weights
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_reference_weights_security import (_ODICT, _g, _i, _s,  # noqa: E402
-                                             _state_dict_pickle, _tuple)
+
+# A few pickle opcodes, enough for a torch-style state_dict (as in
+# tests/test_reference_weights_security.py).
+def _g(module, name):
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"        # GLOBAL
+
+
+def _s(text):
+    b = text.encode()
+    return b"X" + struct.pack("<I", len(b)) + b                          # BINUNICODE
+
+
+def _i(v):
+    return b"J" + struct.pack("<i", v)                                   # BININT
+
+
+def _tuple(*items):
+    return b"(" + b"".join(items) + b"t"                                 # MARK ... TUPLE
+
+
+_ODICT = _g("collections", "OrderedDict") + b")R"                         # OrderedDict()
+
+
+def _state_dict_pickle(items):
+    body = b"".join(_s(k) + v for k, v in items)
+    return b"\x80\x02" + _ODICT + b"(" + body + b"u."
 
 
 @pytest.fixture(autouse=True)

@@ -9,6 +9,7 @@ import sys
 
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from fedmix_jax import rundir
@@ -144,15 +145,14 @@ def test_ctrl_c_in_the_synchronous_part_of_a_save_leaves_no_temporary(tmp_path, 
     ck = Checkpointer(d, max_to_keep=None)
     ck.save(1, _tree(1), _tree(1), {"round": 1, "best": {"round": 1}})
     ck.wait_until_finished()
-    real_save = ck._manager.save
 
-    def interrupted(step, *args, **kwargs):   # orbax made its temporary folder, then Ctrl-C
+    def interrupted(self, step, *args, **kwargs):   # orbax made its temporary folder, then ^C
         os.makedirs(os.path.join(d, f"{step}.orbax-checkpoint-tmp-1234", "state"))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ck._manager, "save", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        ck.save(2, _tree(2), _tree(2), {"round": 2, "best": {"round": 2}})
-    monkeypatch.setattr(ck._manager, "save", real_save)
+    with monkeypatch.context() as m:
+        m.setattr(ocp.CheckpointManager, "save", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            ck.save(2, _tree(2), _tree(2), {"round": 2, "best": {"round": 2}})
     ck.close(raise_errors=False)
     assert sorted(os.listdir(d)) == ["1"]
