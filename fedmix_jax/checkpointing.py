@@ -18,9 +18,9 @@ structure, shapes and dtypes, and each restored array against its SHA-256. A che
 Saving is asynchronous but safe with the round's buffer donation: the arrays are copied to host
 memory first (and hashed there), and only those copies are written in the background. Orbax writes
 into ``<round>.orbax-checkpoint-tmp*`` and renames when complete, so a checkpoint is complete or
-absent; the job removes leftovers of an interrupted write when it opens the checkpoints (under
-the workdir's lock). A failed write (disk full, read-only) raises
-:class:`~fedmix_jax.errors.CheckpointWriteError` naming the checkpoint kept.
+absent; leftovers of a write interrupted by Ctrl-C are removed at :meth:`Checkpointer.close`, of
+a killed one when the job next opens the checkpoints (under the workdir's lock). A failed write
+(disk full, read-only) raises :class:`~fedmix_jax.errors.CheckpointWriteError` naming the one kept.
 """
 
 from __future__ import annotations
@@ -213,8 +213,7 @@ class Checkpointer:
             names = os.listdir(self.directory)
         except OSError:
             return None
-        steps = [int(n) for n in names
-                 if n.isdigit() and os.path.isdir(os.path.join(self.directory, n))]
+        steps = [int(n) for n in names if n.isdigit() and os.path.isdir(f"{self.directory}/{n}")]
         return max(steps) if steps else None
 
     def save(self, step: int, state, best_params, extra: dict[str, Any]) -> None:
@@ -238,6 +237,9 @@ class Checkpointer:
     def _call(self, step: int | None, fn, *args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except KeyboardInterrupt:   # close() removes the temporary folders this save left
+            self._failed_save = True
+            raise
         except RunError:
             raise
         except Exception as e:  # noqa: BLE001 -- only disk errors are translated
@@ -271,9 +273,8 @@ class Checkpointer:
     def restore(self, step: int, state_target, best_target) -> tuple[Any, Any, dict]:
         """Restore round ``step`` into the tree structure, shapes and dtypes of the targets.
 
-        Returns ``(state, best_params, extra)``; the arrays are put on the default device
-        *uncommitted*, exactly like freshly initialised ones, so a resumed run reuses the
-        programs compiled for a fresh run (committed arrays would trigger a recompilation).
+        Returns ``(state, best_params, extra)``, the arrays on the default device *uncommitted*
+        like fresh ones, so a resumed run reuses a fresh run's compiled programs.
 
         Raises:
           CheckpointDamagedError: the checkpoint cannot be read or fails verification.
@@ -396,5 +397,4 @@ def _check_structure(step: int, directory: str, name: str, records, target) -> N
         "this one)")
 
 
-__all__ = ["Checkpointer", "CheckpointDamagedError", "ITEMS", "leaf_records",
-           "remove_temporaries"]
+__all__ = ["Checkpointer", "CheckpointDamagedError", "ITEMS", "leaf_records", "remove_temporaries"]

@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     console.setup_logging()
     if not workdir:
-        workdir = default_workdir(path, str(config.strategy))
+        workdir = default_workdir(path, str(config.get("strategy", "run")))
     logging.info("workdir: %s", os.path.abspath(workdir))
 
     def job():

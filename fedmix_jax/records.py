@@ -23,6 +23,25 @@ def _tolist(x) -> list:
     return np.asarray(x).tolist()
 
 
+def check_checkpoint_record(step: int, extra: dict) -> None:
+    """Refuse the record of checkpoint folder ``step`` unless it holds round ``step`` (a renamed
+    or swapped folder would make a later save of that round collide) and its ``best`` tracker.
+
+    Raises :class:`~fedmix_jax.checkpointing.CheckpointDamagedError` (the checkpoint is then set
+    aside like a damaged one, with one warning line, and the previous one is tried).
+    """
+    from fedmix_jax.checkpointing import CheckpointDamagedError
+
+    rnd = extra.get("round")
+    if isinstance(rnd, bool) or not isinstance(rnd, int) or rnd != int(step):
+        raise CheckpointDamagedError(step, f"its record holds round {rnd!r}, not {step} (a "
+                                     "renamed or swapped checkpoint folder)")
+    best = extra.get("best")
+    if not isinstance(best, dict) or "round" not in best:
+        raise CheckpointDamagedError(step, "its record lacks the best-validation tracker "
+                                     "('best')")
+
+
 def round_record(r: int, m, round_time: float) -> dict:
     """The record of round ``r`` from its per-client metrics ``m`` (host NumPy arrays)."""
     weak = np.asarray(m.weak)

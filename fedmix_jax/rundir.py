@@ -16,10 +16,12 @@ import json
 import os
 import re
 import socket
+import stat
 import time
 
 from fedmix_jax.errors import (ConfigMismatchError, WorkdirError, WorkdirLockedError,
                                describe_os_error, disk_advice)
+from fedmix_jax.workdir_entries import describe_missing_workdir, refuse_links_and_special_files
 
 try:
     import fcntl
@@ -41,6 +43,8 @@ RESUMABLE_FIELDS = ("num_rounds", "checkpoint_every", "keep_checkpoints", "data.
                     "data.stream_block_steps", "train.cpu_devices", "data.compact",
                     "diagnostics")
 
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _TMP_SUFFIX = re.compile(r"\.tmp-\d+$")
 
 
@@ -64,8 +68,13 @@ def check_usable(workdir: str) -> None:
             break
         path = parent
     if not os.path.isdir(path):
+        dangling = describe_missing_workdir(path)
         what = "is a file" if path == workdir else f"is under {path}, which is a file"
+        if dangling:
+            what = dangling if path == workdir else f"is under {path}, which {dangling}"
         raise WorkdirError(f"--workdir {workdir} {what}, not a folder; choose another --workdir")
+    if path == workdir:
+        refuse_links_and_special_files(workdir)
 
 
 def create(workdir: str) -> None:
@@ -96,9 +105,16 @@ class WorkdirLock:
     def acquire(self) -> "WorkdirLock":
         create(self.workdir)
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            # never through a link (its target would be truncated), never blocking on a FIFO
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _NONBLOCK, 0o644)
         except OSError as e:
+            if os.path.islink(self.path):
+                refuse_links_and_special_files(self.workdir)
             raise os_error(e, f"write into --workdir {self.workdir}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            refuse_links_and_special_files(self.workdir)
+            raise WorkdirError(f"{self.path} is not a regular file; remove it")
         if fcntl is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -114,6 +130,11 @@ class WorkdirLock:
                     pid=pid) from None
             except OSError:  # a file system without flock (some network mounts): no lock
                 pass
+        try:
+            refuse_links_and_special_files(self.workdir)   # again, now that no run can change it
+        except WorkdirError:
+            os.close(fd)
+            raise
         try:
             os.ftruncate(fd, 0)
             os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
@@ -242,11 +263,16 @@ def check_config(workdir: str, new: dict, old: dict | None, where: str) -> None:
 # ---------------------------------------------------------------------------------------- files
 
 
+def _no_follow(path: str, flags: int) -> int:
+    """``open(..., opener=_no_follow)``: never through a symlink, never blocking on a FIFO."""
+    return os.open(path, flags | _NOFOLLOW | _NONBLOCK, 0o666)
+
+
 def atomic_write_text(path: str, text: str) -> None:
     """Replace ``path`` by ``text`` atomically (the old file stays intact if writing fails)."""
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
+        with open(tmp, "w", encoding="utf-8", opener=_no_follow) as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

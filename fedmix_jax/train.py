@@ -43,6 +43,7 @@ from fedmix_jax import rundir
 from fedmix_jax.checkpointing import Checkpointer, remove_temporaries
 from fedmix_jax import compilation_cache, cpu_cores, placement
 from fedmix_jax.config import build_model, build_round_config, validate_run
+from fedmix_jax.config_checks import check_config_values, check_num_devices
 from fedmix_jax.console import Progress
 from fedmix_jax.data.federation import Federation
 from fedmix_jax.data.streamed_sources import choose_mode, load_run_federation
@@ -51,8 +52,8 @@ from fedmix_jax.errors import (ConfigError, ConfigMismatchError, DataError,  # n
                                is_out_of_memory)
 from fedmix_jax.evaluation import evaluate
 from fedmix_jax.federated import RoundConfig, init_state, make_round_fn
-from fedmix_jax.records import (MetricsFile, add_evaluation, eval_record, evaluation_of,
-                                read_metrics, round_record)
+from fedmix_jax.records import (MetricsFile, add_evaluation, check_checkpoint_record,
+                                eval_record, evaluation_of, read_metrics, round_record)
 from fedmix_jax.rundir import (CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE,  # noqa: F401
                                RESUMABLE_FIELDS, SUMMARY_FILE, config_differences, config_to_dict)
 from fedmix_jax.summary import format_summary, make_summary, timing, write_summary
@@ -137,6 +138,7 @@ class _Run:
         def check(step, extra):
             rundir.check_config(self.workdir, self.cfg_dict, extra.get("config"),
                                 f"checkpoint {step}")
+            check_checkpoint_record(step, extra)
 
         found = self.checkpointer.restore_newest(state, self.best_params, check=check)
         if found is not None:
@@ -344,10 +346,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, quiet: b
     t_start = time.time()
     workdir = rundir.resolve(workdir)
     cfg_dict = config_to_dict(config)
+    check_config_values(config)
     rundir.check_usable(workdir)
     rundir.check_config(workdir, cfg_dict, rundir.read_config(workdir), CONFIG_FILE)
     compilation_cache.enable_from_config(config)
     cpu_cores.cpu_devices_from_config(config)        # before the first JAX computation
+    check_num_devices(config)
     if federation is None:
         federation = load_run_federation(config.data, verbose=not quiet)
     round_config = cpu_cores.executor_for_devices(build_round_config(config), config,

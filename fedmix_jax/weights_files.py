@@ -20,6 +20,7 @@ float32.
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import pickle
 import zipfile
@@ -39,16 +40,72 @@ class WeightsFileError(ValueError):
         self.key = key
 
 
+def _one_line(e: BaseException) -> str:
+    """The first line of an exception's message, at most 200 characters."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+class _Budget:
+    """Bytes a file may still make the reader read or allocate (see :data:`_MAX_TOTAL_BYTES`)."""
+
+    def __init__(self, what: str):
+        self.what, self.left = what, _MAX_TOTAL_BYTES
+
+    def charge(self, nbytes: int, name: str) -> None:
+        if nbytes > self.left:
+            raise pickle.UnpicklingError(
+                f"'{name}' would bring the {self.what} of this file over "
+                f"{_MAX_TOTAL_BYTES >> 20} MiB ({nbytes} more bytes); refused before reading")
+        self.left -= nbytes
+
+
+def _check_npz_headers(path: str) -> None:
+    """Each ``.npy`` entry's header (shape x dtype) must fit its stored size and, all together,
+    :data:`_MAX_TOTAL_BYTES`, before NumPy allocates anything."""
+    budget = _Budget("arrays")
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with zf.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise WeightsFileError(f"cannot read weights file '{path}': entry "
+                                           f"'{info.filename}' is .npy format {version}, not "
+                                           "1.0 or 2.0", path)
+            if dtype.hasobject:
+                continue    # np.load refuses it below, naming the entry
+            nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            if nbytes > info.file_size:
+                raise WeightsFileError(f"cannot read weights file '{path}': entry "
+                                       f"'{info.filename}' announces {str(shape)[:80]} of "
+                                       f"{str(dtype)[:40]} ({nbytes} bytes) but holds "
+                                       f"{info.file_size} bytes; refused before reading", path)
+            try:
+                budget.charge(nbytes, info.filename)
+            except pickle.UnpicklingError as e:
+                raise WeightsFileError(f"cannot read weights file '{path}': {e}", path) from None
+
+
 def _read_npz(path: str) -> dict[str, np.ndarray]:
     """Arrays of an ``.npz``, never unpickling (``allow_pickle=False``; object arrays refused)."""
     try:
+        if zipfile.is_zipfile(path):
+            _check_npz_headers(path)
         data = np.load(path, allow_pickle=False)
+    except WeightsFileError:
+        raise
     except ValueError as e:  # e.g. a pickle file renamed .npz
         raise WeightsFileError(f"cannot read weights file '{path}': not an .npz of plain arrays "
-                               f"({e}); pickled content is refused", path) from None
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise WeightsFileError(f"cannot read weights file '{path}': {type(e).__name__}: {e}",
-                               path) from None
+                               f"({_one_line(e)}); pickled content is refused", path) from None
+    except (OSError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, OverflowError,
+            RecursionError, MemoryError, SyntaxError, TypeError, KeyError) as e:
+        raise WeightsFileError(f"cannot read weights file '{path}': {type(e).__name__}: "
+                               f"{_one_line(e)}", path) from None
     if not isinstance(data, np.lib.npyio.NpzFile):
         raise WeightsFileError(f"'{path}' is a single .npy array, not an .npz of named arrays",
                                path)
@@ -65,9 +122,11 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
             except ValueError as e:  # "Object arrays cannot be loaded when allow_pickle=False"
                 raise WeightsFileError(f"'{path}': entry '{k}' holds pickled objects, which are "
                                        f"refused ({e})", path, name) from None
-            except (OSError, EOFError, zipfile.BadZipFile) as e:
+            except (OSError, EOFError, zipfile.BadZipFile, OverflowError, RecursionError,
+                    MemoryError, SyntaxError, TypeError, KeyError) as e:
                 raise WeightsFileError(f"'{path}': entry '{k}' is unreadable: "
-                                       f"{type(e).__name__}: {e}", path, name) from None
+                                       f"{type(e).__name__}: {_one_line(e)}", path,
+                                       name) from None
     return out
 
 
@@ -88,7 +147,10 @@ _TORCH_STORAGE_DTYPES = {
     "BoolStorage": np.bool_,
 }
 _MAX_PICKLE_BYTES = 64 << 20
-_MAX_STORAGE_BYTES = 2 << 30   # one tensor; the paper's U-Net (width 64) is 124 MB in all
+# Budgets of one file, checked before anything is read or allocated: the bytes of all its storage
+# records (or .npz entries) together, and of all the tensors built from them together (a stride-0
+# tensor can be far larger than its storage). The paper's U-Net (width 64) is 124 MB in all.
+_MAX_TOTAL_BYTES = 1 << 30
 
 
 class _Frozen:
@@ -146,7 +208,7 @@ class _Call(_Frozen):
 
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
-                       backward_hooks=None, metadata=None):
+                       backward_hooks=None, metadata=None, *, budget: _Budget):
     if not isinstance(storage, np.ndarray) or storage.ndim != 1:
         raise pickle.UnpicklingError("a tensor without a storage")
     if not (isinstance(storage_offset, int) and isinstance(size, tuple)
@@ -156,6 +218,8 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
                                      f"size={size!r} stride={stride!r}")
     if 0 in size:
         return np.zeros(size, storage.dtype)
+    # before allocating: a stride-0 tensor may be far larger than its storage
+    budget.charge(int(np.prod(size, dtype=object)) * storage.itemsize, f"tensor of size {size}")
     last = storage_offset + sum((n - 1) * st for n, st in zip(size, stride))
     if last >= storage.size:
         raise pickle.UnpicklingError(f"tensor of size {size} (offset {storage_offset}, stride "
@@ -174,7 +238,7 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=Non
 
 
 def _rebuild_from_type_v2(func, new_type, args, state):
-    if not (isinstance(func, _Call) and func.fn is _rebuild_tensor_v2) \
+    if not (isinstance(func, _Call) and getattr(func.fn, "func", None) is _rebuild_tensor_v2) \
             or not (isinstance(new_type, _Marker)
                     and new_type.name in ("torch.Tensor", "torch.nn.Parameter")) \
             or not isinstance(args, tuple):
@@ -183,10 +247,12 @@ def _rebuild_from_type_v2(func, new_type, args, state):
 
 
 def _safe_globals() -> dict:
-    """The only globals a checkpoint may name, as fresh stand-ins (one set per load)."""
+    """The only globals a checkpoint may name, as fresh stand-ins (one set per load, with the
+    load's tensor budget)."""
+    rebuild = functools.partial(_rebuild_tensor_v2, budget=_Budget("tensors"))
     return {
         ("collections", "OrderedDict"): collections.OrderedDict,
-        ("torch._utils", "_rebuild_tensor_v2"): _Call(_rebuild_tensor_v2),
+        ("torch._utils", "_rebuild_tensor_v2"): _Call(rebuild),
         ("torch._utils", "_rebuild_parameter"): _Call(_rebuild_parameter),
         ("torch._utils", "_rebuild_parameter_with_state"): _Call(_rebuild_parameter),
         ("torch._tensor", "_rebuild_from_type_v2"): _Call(_rebuild_from_type_v2),
@@ -253,14 +319,14 @@ def _read_torch(path: str) -> Mapping[str, Any]:
                 raise WeightsFileError(f"'{path}' was written on a big-endian machine; "
                                        "not supported", path)
 
+            storages = _Budget("storage records")
+
             def storage_bytes(key: str, nbytes: int) -> bytes:
                 name = f"{prefix}data/{key}"
                 info = infos.get(name)
                 if info is None:
                     raise pickle.UnpicklingError(f"storage record '{name}' is missing")
-                if max(info.file_size, nbytes) > _MAX_STORAGE_BYTES:
-                    raise pickle.UnpicklingError(f"storage record '{name}' is larger than "
-                                                 f"{_MAX_STORAGE_BYTES >> 30} GiB")
+                storages.charge(max(info.file_size, nbytes), name)   # before decompressing
                 if info.file_size < nbytes:
                     raise pickle.UnpicklingError(f"storage record '{name}' holds "
                                                  f"{info.file_size} bytes, expected {nbytes}")
@@ -271,9 +337,10 @@ def _read_torch(path: str) -> Mapping[str, Any]:
     except WeightsFileError:
         raise
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError, ValueError,
-            TypeError, AttributeError, IndexError, KeyError, RecursionError) as e:
-        raise WeightsFileError(f"refused weights file '{path}': {type(e).__name__}: {e}",
-                               path) from None
+            TypeError, AttributeError, IndexError, KeyError, RecursionError, OverflowError,
+            MemoryError) as e:
+        raise WeightsFileError(f"refused weights file '{path}': {type(e).__name__}: "
+                               f"{_one_line(e)}", path) from None
     if not isinstance(obj, Mapping):
         raise WeightsFileError(f"'{path}' holds a {type(obj).__name__}, not a state_dict", path)
     return obj
@@ -288,7 +355,7 @@ def _check_arrays(state_dict: Mapping[str, Any], path: str) -> dict[str, np.ndar
     for key, value in state_dict.items():
         key = str(key)
         if not isinstance(value, np.ndarray) or value.dtype.name not in _FLOAT_DTYPES:
-            what = (f"dtype {value.dtype}" if isinstance(value, np.ndarray)
+            what = (f"dtype {str(value.dtype)[:60]}" if isinstance(value, np.ndarray)
                     else f"a {type(value).__name__}")
             raise WeightsFileError(f"'{path}': '{key}' is {what}; expected a float tensor",
                                    path, key)

@@ -51,7 +51,7 @@ from fedmix_jax.flower import _core, records
 from fedmix_jax.flower.discovery import discover_sites, send_and_receive
 from fedmix_jax.flower.local_site import shared_config_json
 from fedmix_jax.flower.strategy import FedMixStrategy
-from fedmix_jax.records import add_evaluation, evaluation_of
+from fedmix_jax.records import add_evaluation, check_checkpoint_record, evaluation_of
 from fedmix_jax.rundir import CONFIG_FILE, SUMMARY_FILE
 
 log = logging.getLogger("fedmix_jax.flower")
@@ -157,6 +157,7 @@ class _ServerRun:
                     f"checkpoint {step} in {self.workdir} was written with sites "
                     f"{extra.get('client_names')}, now {self.names}; connect the same sites or "
                     "use another workdir")
+            check_checkpoint_record(step, extra)
 
         state = {"global_params": self.global_pair, "key": _core.key_to_numpy(self.key)}
         self.start, history = 0, []

@@ -60,6 +60,7 @@ from fedmix_jax.data.real.builder_config import (_DEFAULT_CONFIGS, FedMixConfig,
 from fedmix_jax.data.real.errors import BadInputError, BadInputPolicy, log
 from fedmix_jax.data.real.examples import BOX_MARGIN, features, process_sample
 from fedmix_jax.data.real.layouts import LAYOUTS, Layout, Sample, Scan, source_fingerprint
+from fedmix_jax.data.real.names import drop_undecodable
 from fedmix_jax.data.real.splits import SPLITS, assign_splits, check_fractions, rank_in_client
 
 ARRAY_RECORD = "array_record"
@@ -106,7 +107,7 @@ class _FedMixBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             raise self.LAYOUT.not_found(str(e).splitlines()[0]) from e
         t0 = time.time()
         policy = BadInputPolicy(cfg.on_bad_input)
-        scan = self.LAYOUT.scan(data_dir, policy)
+        scan = drop_undecodable(self.LAYOUT.scan(data_dir, policy), policy, data_dir)
         for w in scan.warnings:
             log.warning("%s", w)
         split_of = assign_splits(((s.id, s.client, s.group, bool(s.mask_paths))

@@ -24,6 +24,17 @@ Binarisation (``m`` = the mask's largest value):
 * ``1 < m <= 127``: rejected as *not binary* (a label map such as {0, 1, 2}, or a dim mask whose
   foreground the threshold would silently erase).
 
+Mixed values never erase a lesion silently (a {0, 1} mask with one stray 255 pixel would
+otherwise lose its lesion to the threshold). With ``m > 127``, call a pixel *dim* when its value
+is 1-127 and *bright* when it is above 127:
+
+* lossless masks (PNG, BMP, TIFF...): every dim pixel must lie within 2 px of a bright one (an
+  anti-aliased rim) **and** each connected region of non-zero pixels (8-connectivity) must hold
+  at least as many bright as dim pixels; otherwise the mask is rejected as *mixing values*
+  (e.g. a {0, 1} lesion with a stray 255);
+* lossy masks (JPEG, whose compression scatters dim specks): rejected as *mixing values* when
+  pixels of value exactly 1 outnumber the bright ones (a {0, 1} mask with stray bright pixels).
+
 A mask whose size differs from its image's is rejected. Masks are resized with ``NEAREST``.
 
 Files
@@ -49,6 +60,7 @@ from fedmix_jax.data.real.files import open_regular
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 NON_BINARY_FRACTION = 0.05
 MASK_THRESHOLD = 127
+LOSSY_FORMATS = ("JPEG", "MPO", "WEBP", "JPEG2000")
 
 _READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError,
                 Image.DecompressionBombWarning, IndexError, TypeError, KeyError, MemoryError)
@@ -153,7 +165,7 @@ def _mask_array(im: Image.Image) -> np.ndarray:
     return np.clip(a, 0, 255).astype(np.uint8)
 
 
-def binarize_mask(arr: np.ndarray, path: str) -> np.ndarray:
+def binarize_mask(arr: np.ndarray, path: str, lossy: bool = False) -> np.ndarray:
     """2-D mask array -> bool foreground, with the rules of the module docstring."""
     arr = np.asarray(arr)
     m = int(arr.max()) if arr.size else 0
@@ -173,7 +185,42 @@ def binarize_mask(arr: np.ndarray, path: str) -> np.ndarray:
             f"mask is not binary: {path} has {100 * frac:.1f}% of its pixels neither 0 nor {m} "
             f"(more than {100 * NON_BINARY_FRACTION:.0f}% allowed for anti-aliased edges); "
             f"expected {{0, 1}} or {{0, 255}}", path)
-    return arr > MASK_THRESHOLD
+    bright = arr > MASK_THRESHOLD
+    problem = _mixed_values(arr, bright, lossy)
+    if problem:
+        raise BadInputError(
+            f"mask mixes values: {path} {problem}; thresholding at {MASK_THRESHOLD} would erase "
+            "that foreground (a {0, 1} mask with stray bright pixels?). Save it as {0, 1} or "
+            "{0, 255}", path)
+    return bright
+
+
+def _mixed_values(arr: np.ndarray, bright: np.ndarray, lossy: bool) -> str:
+    """Why thresholding ``arr`` at 127 could erase foreground (module docstring), or ''."""
+    dim = (arr > 0) & ~bright
+    if not dim.any():
+        return ""
+    nb = int(bright.sum())
+    if lossy:
+        ones = int((arr == 1).sum())
+        return (f"has {ones} pixels of value 1 but only {nb} above {MASK_THRESHOLD}"
+                if ones > nb else "")
+    from scipy import ndimage  # noqa: PLC0415
+
+    near = ndimage.binary_dilation(bright, structure=np.ones((5, 5), bool))
+    far = int((dim & ~near).sum())
+    if far:
+        return (f"has {far} pixels of values 1-{MASK_THRESHOLD} farther than 2 px from any "
+                f"pixel above {MASK_THRESHOLD}")
+    labels, n = ndimage.label(arr > 0, structure=np.ones((3, 3), bool))
+    idx = np.arange(1, n + 1)
+    nd = ndimage.sum(dim, labels, idx)
+    nbr = ndimage.sum(bright, labels, idx)
+    worst = int(np.argmax(nd - nbr))
+    if nd[worst] > nbr[worst]:
+        return (f"has a region of {int(nd[worst])} pixels of values 1-{MASK_THRESHOLD} around "
+                f"only {int(nbr[worst])} above {MASK_THRESHOLD}")
+    return ""
 
 
 def load_mask(path: str, image_hw: tuple[int, int] | None = None, image_path: str | None = None
@@ -183,6 +230,7 @@ def load_mask(path: str, image_hw: tuple[int, int] | None = None, image_path: st
         with open_regular(path, "mask") as f, _open_checked(f, path, "mask") as im:
             im.load()
             arr = _mask_array(im)
+            lossy = im.format in LOSSY_FORMATS
     except BadInputError:
         raise
     except _READ_ERRORS as e:
@@ -191,7 +239,7 @@ def load_mask(path: str, image_hw: tuple[int, int] | None = None, image_path: st
         raise BadInputError(
             f"mask size differs from its image: {path} is {arr.shape[1]}x{arr.shape[0]} (WxH) but "
             f"{image_path or 'the image'} is {image_hw[1]}x{image_hw[0]}", path)
-    return binarize_mask(arr, path)
+    return binarize_mask(arr, path, lossy=lossy)
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:

@@ -20,8 +20,9 @@ Layout (``data_dir`` is the folder the training-set archives were extracted into
       RETOUCH-TrainingSet-Topcon/        "topcon"     -> client topcon
 
 (the vendor folders may also sit one level deeper, e.g. ``data_dir/RETOUCH_train/...``). Volumes
-are read with SimpleITK (``pip install SimpleITK``, the field's standard MetaImage reader; also
-handles ``.zraw`` and ``.mha``). A volume of ITK size (X, Y, Z) is the array [Z, Y, X]: Z B-scans
+are read by the strict MetaImage reader :mod:`fedmix_jax.data.real.metaimage` (``.raw``, ``.zraw``,
+``.mha``; header, data file and sizes validated before anything is read; SimpleITK only writes the
+fixture). A volume of ITK size (X, Y, Z) is the array [Z, Y, X]: Z B-scans
 of Y (depth) x X (A-scans) pixels. Typical sizes: Cirrus 512 x 1024 x 128, Spectralis
 512 x 496 x 49, Topcon 512 x 885 x 128 (or x 650).
 
@@ -61,6 +62,7 @@ from PIL import Image
 from fedmix_jax.data.boxes import box_mask, boxes_from_mask, sample_rng
 from fedmix_jax.data.real import builders as _builders
 from fedmix_jax.data.real import layouts as _layouts
+from fedmix_jax.data.real import metaimage
 from fedmix_jax.data.real.errors import BadInputError, BadInputPolicy
 from fedmix_jax.data.real.scanning import Layout, Sample, Scan, _norm
 from fedmix_jax.data.real.splits import stable_int
@@ -86,32 +88,14 @@ def _sitk():
 
 
 def read_volume_size(path: str) -> tuple[int, ...]:
-    """The numpy shape [Z, Y, X] of a MetaImage volume, from its header only."""
-    sitk = _sitk()
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(os.fspath(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as e:
-        raise BadInputError(f"cannot read the MetaImage header {path}: {_first_line(e)}",
-                            path) from None
-    return tuple(int(v) for v in reversed(reader.GetSize()))
+    """The numpy shape [Z, Y, X] of a MetaImage volume, from its validated header (and the size
+    of its data file; :func:`fedmix_jax.data.real.metaimage.read_header`)."""
+    return metaimage.read_header(path).shape
 
 
 def read_volume(path: str) -> np.ndarray:
-    """A MetaImage volume as a numpy array [Z, Y, X] (its stored dtype)."""
-    sitk = _sitk()
-    try:
-        return sitk.GetArrayFromImage(sitk.ReadImage(os.fspath(path)))
-    except RuntimeError as e:
-        raise BadInputError(f"cannot read the volume {path} (header or its data file): "
-                            f"{_first_line(e)}", path) from None
-
-
-def _first_line(e: Exception) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    useful = [ln for ln in lines if "Description:" in ln or "ERROR" in ln.upper()]
-    return (useful or lines or [type(e).__name__])[-1][:300]
+    """A MetaImage volume as a numpy array [Z, Y, X] (its stored dtype), validated and finite."""
+    return metaimage.read_volume(path)
 
 
 def _fmt(shape) -> str:
