@@ -113,6 +113,17 @@ def pseudo_label_diagnostics(model: nn.Module, config, global_params, data) -> d
             for k, x in out.items() if k.split("_")[1] not in absent}
 
 
+def diagnostics_of_run(run, state) -> dict[str, list]:
+    """The job's diagnostics of the pair a round starts from: those of
+    :func:`pseudo_label_diagnostics` when ``config.diagnostics`` is on and the training split is
+    in memory (``run``: the job's run, with ``config``, ``streamed``, ``model``, ``round_config``
+    and ``train_data``), else empty."""
+    if not run.config.get("diagnostics", False) or run.streamed:
+        return {}
+    return pseudo_label_diagnostics(run.model, run.round_config, state.global_params,
+                                    run.train_data)
+
+
 def summarize(diagnostics: dict[str, list]) -> dict[str, float | None]:
     """Per level, the figures pooled over clients (selected-weighted means): ``{key: value}``
     with the same keys, for tables and ``compare``."""

@@ -46,6 +46,7 @@ from fedmix_jax.config import build_model, build_round_config, validate_run
 from fedmix_jax.config_checks import check_config_values, check_num_devices
 from fedmix_jax.console import Progress
 from fedmix_jax.data.federation import Federation
+from fedmix_jax.diagnostics import diagnostics_of_run
 from fedmix_jax.data.streamed_sources import choose_mode, load_run_federation
 from fedmix_jax.errors import (ConfigError, ConfigMismatchError, DataError,  # noqa: F401
                                OutOfMemoryError, RunError, TrainingDivergedError, WorkdirError,
@@ -197,15 +198,6 @@ class _Run:
         state, metrics = self.round_fn(state, self.train_data)
         return state, jax.device_get(metrics)  # only the [C] metrics come to the host
 
-    def _diagnostics(self, state) -> dict:
-        """Pseudo-label diagnostics of the pair this round starts from (``config.diagnostics``;
-        in-memory runs only): :mod:`fedmix_jax.diagnostics`."""
-        if not self.config.get("diagnostics", False) or self.streamed:
-            return {}
-        from fedmix_jax.diagnostics import pseudo_label_diagnostics
-        return self._guard("computing the pseudo-label diagnostics", pseudo_label_diagnostics,
-                           self.model, self.round_config, state.global_params, self.train_data)
-
     def _check_finite(self, r: int, m) -> None:
         """A NaN/inf loss (or weight, which would poison the aggregate) stops the run before
         anything of this round is written."""
@@ -229,7 +221,8 @@ class _Run:
         last_dice = self.best["val"]["mean_dice"] if self.best.get("val") else None
         for r in range(self.start + 1, self.num_rounds + 1):
             evaluating = r % eval_every == 0 or r == self.num_rounds
-            diag = self._diagnostics(state) if evaluating else {}
+            diag = (self._guard("computing the pseudo-label diagnostics", diagnostics_of_run,
+                                self, state) if evaluating else {})
             t0 = time.perf_counter()
             state, m = self._guard(f"in round {r}", self._round, state)
             round_time = time.perf_counter() - t0
