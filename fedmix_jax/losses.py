@@ -232,8 +232,16 @@ def outside_region_bce_per_sample(logits: jax.Array, region: jax.Array,
     return jnp.sum(neg * per_pixel, axis=(1, 2, 3)) / jnp.maximum(total, 1.0)
 
 
+def dilate(region: jax.Array, radius: int) -> jax.Array:
+    """``region`` [B, H, W, K] in {0, 1} grown by ``radius`` px (a square window, static int)."""
+    if radius <= 0:
+        return region
+    size = (1, 2 * radius + 1, 2 * radius + 1, 1)
+    return jax.lax.reduce_window(region, -jnp.inf, jax.lax.max, size, (1, 1, 1, 1), "SAME")
+
+
 def mil_image_loss_per_sample(logits: jax.Array, region: jax.Array, present: jax.Array,
-                              known: jax.Array) -> jax.Array:
+                              known: jax.Array, outside_margin: int = 0) -> jax.Array:
     """Multiple-instance loss of a weak label: a positive bag inside a present class's region,
     a negative bag outside it.
 
@@ -241,10 +249,14 @@ def mil_image_loss_per_sample(logits: jax.Array, region: jax.Array, present: jax
     foreground pixel in its boxes / in the image), plus ``softplus(max_{outside region} logit)``
     when there are pixels outside the region (no foreground outside the boxes; for an absent
     class or an empty box, the whole image: its maximum probability below 0.5, exactly what the
-    false-positive-rate metric counts). Averaged over the known classes.
+    false-positive-rate metric counts). Averaged over the known classes. ``outside_margin`` (px)
+    leaves the pixels that close to the region out of the negative bag: a prediction bleeding
+    just past a box edge is left to the emptiness term, and the bag's maximum is a spurious
+    detection away from the lesion.
 
     Args:
-      logits: [B, H, W, K]; region: [B, H, W, K] in {0, 1}; present, known: [B, K] in {0, 1}.
+      logits: [B, H, W, K]; region: [B, H, W, K] in {0, 1}; present, known: [B, K] in {0, 1};
+      outside_margin: static int >= 0.
     Returns:
       [B]; 0 for a sample with no known class.
     """
@@ -252,8 +264,9 @@ def mil_image_loss_per_sample(logits: jax.Array, region: jax.Array, present: jax
     present = present.astype(jnp.float32)
     region = region.astype(jnp.float32)
     inside = _masked_max(logits, region, axes=(1, 2))                       # [B, K]
-    outside = _masked_max(logits, 1.0 - region, axes=(1, 2))
-    has_outside = (jnp.min(region, axis=(1, 2)) == 0).astype(jnp.float32)
+    near = dilate(region, outside_margin)
+    outside = _masked_max(logits, 1.0 - near, axes=(1, 2))
+    has_outside = (jnp.min(near, axis=(1, 2)) == 0).astype(jnp.float32)
     per_class = present * jax.nn.softplus(-inside) + has_outside * jax.nn.softplus(outside)
     return jnp.sum(per_class * known, axis=1) / jnp.maximum(jnp.sum(known, axis=1), 1.0)
 
@@ -323,22 +336,25 @@ class WeakSupervision:
       every pixel of an absent class, are background).
     tightness: :func:`box_tightness_loss_per_sample` (every line crossing a box holds
       foreground), with ``tightness_inset`` px.
-    image_mil: :func:`mil_image_loss_per_sample` (the image's maximum within a class's region
-      toward its presence; for an absent class or an empty box, the maximum below 0.5).
+    image_mil: :func:`mil_image_loss_per_sample` (the maximum within a present class's region
+      toward 1, the maximum outside it -- farther than ``outside_margin`` px -- toward 0; for an
+      absent class or an empty box, the image's maximum below 0.5).
     """
 
     emptiness: float = 1.0
     tightness: float = 1.0
     image_mil: float = 1.0
     tightness_inset: int = 0
+    outside_margin: int = 0
 
     def __post_init__(self):
         for name in ("emptiness", "tightness", "image_mil"):
             value = getattr(self, name)
             if not (value >= 0 and value < float("inf")):
                 raise ValueError(f"weak.{name} must be a finite number >= 0, got {value}")
-        if self.tightness_inset < 0:
-            raise ValueError(f"weak.tightness_inset must be >= 0, got {self.tightness_inset}")
+        for name in ("tightness_inset", "outside_margin"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"weak.{name} must be >= 0, got {getattr(self, name)}")
 
 
 def weak_supervision_loss_per_sample(logits: jax.Array, boxes: jax.Array,
@@ -356,7 +372,8 @@ def weak_supervision_loss_per_sample(logits: jax.Array, boxes: jax.Array,
     if weights.emptiness:
         total += weights.emptiness * outside_region_bce_per_sample(logits, region, known)
     if weights.image_mil:
-        total += weights.image_mil * mil_image_loss_per_sample(logits, region, present, known)
+        total += weights.image_mil * mil_image_loss_per_sample(logits, region, present, known,
+                                                               weights.outside_margin)
     if weights.tightness:
         box_known = known * (levels == BOX)[:, None]
         total += weights.tightness * box_tightness_loss_per_sample(

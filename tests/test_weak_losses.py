@@ -65,8 +65,9 @@ def _oracle_emptiness(logits, region, known):
     return np.array(out)
 
 
-def _oracle_mil(logits, region, present, known):
-    # positive bag: the region of a present class; negative bag: every pixel outside the region
+def _oracle_mil(logits, region, present, known, margin=0):
+    # positive bag: the region of a present class; negative bag: every pixel farther than
+    # `margin` px (Chebyshev distance) from the region
     out = []
     for i in range(logits.shape[0]):
         terms = []
@@ -74,12 +75,15 @@ def _oracle_mil(logits, region, present, known):
             if not known[i, c]:
                 continue
             inside = region[i, :, :, c] > 0
+            near = np.zeros_like(inside)
+            for y, x in zip(*np.nonzero(inside)):
+                near[max(y - margin, 0):y + margin + 1, max(x - margin, 0):x + margin + 1] = True
             t = 0.0
             if present[i, c]:
                 m = logits[i, :, :, c][inside].max() if inside.any() else -1e4
                 t += _bce(m, 1.0)
-            if (~inside).any():
-                t += _bce(logits[i, :, :, c][~inside].max(), 0.0)
+            if (~near).any():
+                t += _bce(logits[i, :, :, c][~near].max(), 0.0)
             terms.append(t)
         out.append(np.mean(terms) if terms else 0.0)
     return np.array(out)
@@ -132,6 +136,16 @@ def test_emptiness_and_mil_match_oracles(seed):
     np.testing.assert_allclose(
         jax.jit(L.mil_image_loss_per_sample)(logits, region, present, known),
         _oracle_mil(logits, region, present, known), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed,margin", [(0, 1), (1, 2), (2, 4)])
+def test_mil_negative_bag_leaves_a_margin_around_the_region(seed, margin):
+    logits, boxes, labels, levels, valid = _random_case(seed)
+    region, present, known = map(np.asarray, L.weak_label_regions(boxes, labels, levels, valid))
+    got = jax.jit(L.mil_image_loss_per_sample, static_argnums=4)(logits, region, present, known,
+                                                                  margin)
+    np.testing.assert_allclose(got, _oracle_mil(logits, region, present, known, margin),
+                               rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("seed,inset", [(0, 0), (1, 1), (2, 2)])
@@ -191,9 +205,10 @@ def test_weak_loss_combines_the_terms_by_their_weights():
     logits, boxes, labels, levels, valid = _random_case(4)
     region, present, known = L.weak_label_regions(boxes, labels, levels, valid)
     box_known = np.asarray(known) * (levels == BOX)[:, None]
-    w = L.WeakSupervision(emptiness=0.5, tightness=2.0, image_mil=0.25, tightness_inset=1)
+    w = L.WeakSupervision(emptiness=0.5, tightness=2.0, image_mil=0.25, tightness_inset=1,
+                          outside_margin=2)
     want = (0.5 * L.outside_region_bce_per_sample(logits, region, known)
-            + 0.25 * L.mil_image_loss_per_sample(logits, region, present, known)
+            + 0.25 * L.mil_image_loss_per_sample(logits, region, present, known, 2)
             + 2.0 * L.box_tightness_loss_per_sample(logits, boxes, box_known, 1))
     np.testing.assert_allclose(
         L.weak_supervision_loss_per_sample(logits, boxes, labels, levels, valid, w), want,
@@ -204,7 +219,8 @@ def test_weak_loss_combines_the_terms_by_their_weights():
 
 
 @pytest.mark.parametrize("bad", [dict(emptiness=-1.0), dict(tightness=float("nan")),
-                                 dict(image_mil=float("inf")), dict(tightness_inset=-1)])
+                                 dict(image_mil=float("inf")), dict(tightness_inset=-1),
+                                 dict(outside_margin=-2)])
 def test_weak_supervision_refuses_bad_weights(bad):
     with pytest.raises(ValueError):
         L.WeakSupervision(**bad)
