@@ -26,6 +26,7 @@ from flax import struct
 from fedmix_jax.errors import ConfigError
 from fedmix_jax.models import UNet
 from fedmix_jax.pseudo_labels import SelectionConfig
+from fedmix_jax.self_training import SELF_TRAINING_MEANS
 from fedmix_jax.strategies import Strategy, get_strategy
 
 EXECUTORS = ("vmap", "loop", "map", "sharded")
@@ -84,6 +85,10 @@ class RoundConfig:
       gradient, which Adam turns into steps of full size in directions set by rounding). See
       :func:`fedmix_jax.losses.empty_aware_loss_per_sample` and
       ``benchmarks/ablation_empty_targets.py`` for the measurement behind the default.
+    self_training_mean: FedST / FedRGD: how the confident-pixel BCE of the self-training samples
+      is averaged: ``"pixels"`` (default, the reference: one mean over every confident pixel of
+      the batch) or ``"samples"`` (per sample, then over the samples); see
+      :func:`fedmix_jax.self_training.self_training_loss`.
     """
 
     strategy: Strategy = get_strategy("fedmix")
@@ -103,11 +108,15 @@ class RoundConfig:
     num_devices: int | None = None
     empty_target_loss: str = "bce"
     client_group: int = 0
+    self_training_mean: str = "pixels"
 
     def __post_init__(self):
         if self.empty_target_loss not in EMPTY_TARGET_LOSSES:
             raise ValueError(f"empty_target_loss must be one of {EMPTY_TARGET_LOSSES}, "
                              f"got {self.empty_target_loss!r}")
+        if self.self_training_mean not in SELF_TRAINING_MEANS:
+            raise ValueError(f"self_training_mean must be one of {SELF_TRAINING_MEANS}, "
+                             f"got {self.self_training_mean!r}")
         if self.executor not in EXECUTORS:
             raise ValueError(f"unknown executor {self.executor!r}; choose one of {EXECUTORS}")
         if self.batch_size < 1:
