@@ -39,6 +39,7 @@ BATCH_SIZE = 16
 LEARNING_RATE = 1.5e-3
 WEIGHT_DECAY = 1e-5
 LAM, BETA = 2.0, 3.0
+WARMUP_ROUNDS = 100         # FedST / FedRGD: warm-up on the pixel client (reference: 100 of 150)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -63,6 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.train = train_config(BATCH_SIZE, CROP, LAM, BETA, learning_rate=LEARNING_RATE)
     config.train.weight_decay = WEIGHT_DECAY
+    config.train.warmup_rounds = WARMUP_ROUNDS
     config.selection = selection_config()
 
     return config

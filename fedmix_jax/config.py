@@ -223,13 +223,44 @@ def build_round_config(config) -> RoundConfig:
         strategy = get_strategy(str(config.strategy), build_selection(config))
         if strategy.weak_samples == "self_training":
             warmup = tr.get("warmup_rounds", None)
-            warmup = int(config.num_rounds) // 2 if warmup is None else int(warmup)
+            warmup = default_warmup_rounds(config.num_rounds) if warmup is None else int(warmup)
             if warmup < 0:
                 raise ValueError(f"train.warmup_rounds must be >= 0, got {warmup}")
             strategy = dataclasses.replace(strategy, warmup_rounds=warmup)
         return RoundConfig(strategy=strategy, **kwargs)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"invalid config: {e}") from None
+
+
+def default_warmup_rounds(num_rounds: int) -> int:
+    """FedST / FedRGD's warm-up when ``train.warmup_rounds`` is None: half the rounds (the
+    reference's skin and breast runs: 150 of 300)."""
+    return int(num_rounds) // 2
+
+
+def resolve_warmup_rounds(config, stored: dict | None = None):
+    """``config`` with ``train.warmup_rounds`` set once and for all (a copy; ``config`` itself is
+    not changed) for FedST / FedRGD, whose warm-up must not move when ``num_rounds`` grows on
+    resume.
+
+    A value set in the config is kept. None becomes the warm-up recorded in ``stored`` (the
+    workdir's ``config.json``) when it records one, else :func:`default_warmup_rounds`; the job
+    writes the resolved value into ``config.json``, so a resumed run keeps its warm-up and a
+    different explicit value is refused like any other change of the computation. Other
+    strategies are returned unchanged.
+    """
+    try:
+        strategy = get_strategy(str(config.strategy))
+    except ValueError as e:
+        raise ConfigError(f"invalid config: {e}") from None
+    if strategy.weak_samples != "self_training" or config.train.get("warmup_rounds") is not None:
+        return config
+    old = ((stored or {}).get("train") or {}).get("warmup_rounds")
+    value = int(old) if isinstance(old, int) else default_warmup_rounds(config.num_rounds)
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.train.warmup_rounds = value
+    return config
 
 
 def normalize_crop(crop) -> tuple[int, int] | None:
@@ -313,6 +344,11 @@ def validate_run(config, federation, round_config: RoundConfig) -> bool:
     if round_config.crop is not None and (round_config.crop[0] > h or round_config.crop[1] > w):
         raise ConfigError(f"--config.train.crop={round_config.crop} is larger than the images "
                           f"({h}x{w}); set a smaller crop or --config.train.crop=None")
+    warmup = round_config.strategy.warmup_rounds
+    if round_config.strategy.weak_samples == "self_training" and warmup >= int(config.num_rounds):
+        logging.warning("the warm-up (train.warmup_rounds=%d) covers all %d rounds: only the pixel "
+                        "clients train; lower --config.train.warmup_rounds", warmup,
+                        int(config.num_rounds))
     warnings = check_can_learn(round_config.strategy, federation.train.levels,
                                federation.train.valid)
     for message in warnings:

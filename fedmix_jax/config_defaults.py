@@ -59,8 +59,9 @@ def train_config(batch_size: int, crop, lam: float, beta: float,
     # CPU only: 0 = one JAX device per core, the clients side by side on them (the sharded
     # executor when executor is "auto"); 1 = one device (default). See fedmix_jax.cpu_cores.
     train.cpu_devices = 1
-    # FedST / FedRGD: warm-up rounds on the pixel clients (None: half of num_rounds, as the
-    # reference's 150 of 300); other strategies ignore it.
+    # FedST / FedRGD: warm-up rounds on the pixel clients; other strategies ignore it. None: half
+    # of num_rounds, resolved once when the run starts and recorded in the workdir's config.json,
+    # so a resumed run keeps it when num_rounds grows (the paper's configs set it explicitly).
     train.warmup_rounds = config_dict.placeholder(int)
     train.update(dict(batch_size=batch_size, crop=crop, lam=lam, beta=beta,
                       learning_rate=learning_rate, **overrides))

@@ -42,7 +42,8 @@ from absl import logging
 from fedmix_jax import rundir
 from fedmix_jax.checkpointing import Checkpointer, remove_temporaries
 from fedmix_jax import compilation_cache, cpu_cores, placement
-from fedmix_jax.config import build_model, build_round_config, validate_run
+from fedmix_jax.config import (build_model, build_round_config, resolve_warmup_rounds,
+                               validate_run)
 from fedmix_jax.console import Progress
 from fedmix_jax.data.federation import Federation
 from fedmix_jax.data.streamed_sources import choose_mode, load_run_federation
@@ -332,9 +333,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, quiet: b
     """
     t_start = time.time()
     workdir = rundir.resolve(workdir)
-    cfg_dict = config_to_dict(config)
     rundir.check_usable(workdir)
-    rundir.check_config(workdir, cfg_dict, rundir.read_config(workdir), CONFIG_FILE)
+    stored = rundir.read_config(workdir)
+    config = resolve_warmup_rounds(config, stored)     # recorded once: stable on resume
+    cfg_dict = config_to_dict(config)
+    rundir.check_config(workdir, cfg_dict, stored, CONFIG_FILE)
     compilation_cache.enable_from_config(config)
     cpu_cores.cpu_devices_from_config(config)        # before the first JAX computation
     if federation is None:

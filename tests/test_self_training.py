@@ -222,3 +222,47 @@ def test_warmup_rounds_come_from_the_config():
     assert build_round_config(cfg).strategy.warmup_rounds == 4
     cfg.strategy = "fedmix"
     assert build_round_config(cfg).strategy.warmup_rounds == 0
+
+
+def test_the_warm_up_is_resolved_once():
+    from fedmix_jax.config import resolve_warmup_rounds
+    from test_main import tiny_config
+
+    cfg = tiny_config(strategy="fedst", num_rounds=8)
+    assert resolve_warmup_rounds(cfg).train.warmup_rounds == 4          # half, no record
+    assert cfg.train.warmup_rounds is None                               # a copy was changed
+    stored = {"strategy": "fedst", "num_rounds": 4, "train": {"warmup_rounds": 2}}
+    assert resolve_warmup_rounds(cfg, stored).train.warmup_rounds == 2   # the recorded one
+    cfg.train.warmup_rounds = 3
+    assert resolve_warmup_rounds(cfg, stored).train.warmup_rounds == 3   # explicit: kept
+    other = tiny_config(strategy="fedmix", num_rounds=8)
+    assert resolve_warmup_rounds(other, stored) is other                 # only FedST / FedRGD
+
+
+def test_a_resumed_fedst_run_keeps_its_stored_warm_up(tmp_path, monkeypatch):
+    """4 rounds, then resumed to 8: the warm-up stays the 2 rounds recorded in config.json (it
+    was recomputed from num_rounds, 4, before); a different explicit warm-up is refused."""
+    import json
+
+    from fedmix_jax import train
+    from test_main import tiny_config
+
+    used = []
+    build = train.build_round_config
+    monkeypatch.setattr(train, "build_round_config",
+                        lambda c: used.append(build(c).strategy.warmup_rounds) or build(c))
+    workdir = tmp_path / "run"
+
+    def stored():
+        return json.loads((workdir / train.CONFIG_FILE).read_text())["train"]["warmup_rounds"]
+
+    train.train_and_evaluate(tiny_config(strategy="fedst", num_rounds=4), str(workdir),
+                             quiet=True, write_plots=False)
+    assert stored() == 2 and used == [2]
+    summary = train.train_and_evaluate(tiny_config(strategy="fedst", num_rounds=8),
+                                       str(workdir), quiet=True, write_plots=False)
+    assert stored() == 2 and used == [2, 2] and summary["rounds_completed"] == 8
+    changed = tiny_config(strategy="fedst", num_rounds=8)
+    changed.train.warmup_rounds = 4
+    with pytest.raises(train.ConfigMismatchError, match="train.warmup_rounds: 2 -> 4"):
+        train.train_and_evaluate(changed, str(workdir), quiet=True, write_plots=False)
