@@ -48,6 +48,7 @@ WARMUP_ROUNDS = 100         # FedST / FedRGD: warm-up on the pixel client (refer
 
 def get_config() -> ml_collections.ConfigDict:
     config = run_config(NUM_ROUNDS, checkpoint_every=10, keep_checkpoints=3, width=WIDTH)
+    config.eval_local_models = True  # the paper's RETOUCH table: each vendor's local model
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "retouch"

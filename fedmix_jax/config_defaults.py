@@ -28,6 +28,9 @@ def run_config(num_rounds: int, checkpoint_every: int, keep_checkpoints: int, wi
     config.strategy = "fedmix"       # a name of fedmix_jax.strategies.STRATEGY_NAMES
     config.num_rounds = num_rounds   # communication rounds (one local epoch each)
     config.eval_every = 1            # validate/test global model 1 every k rounds (and the last)
+    # also test each client's local (pre-aggregation) model 1 on its own test split: local_test_*
+    # keys in metrics.jsonl / summary.json (what the reference's RETOUCH tables report)
+    config.eval_local_models = False
     config.checkpoint_every = checkpoint_every  # save a checkpoint every k rounds (and the last)
     config.keep_checkpoints = keep_checkpoints  # how many recent checkpoints to keep
     # JAX persistent compilation cache: "default" ($FEDMIX_JAX_CACHE_DIR or

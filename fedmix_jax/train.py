@@ -14,7 +14,8 @@ What one run does (``config`` as in ``configs/*.py``):
 3. runs rounds ``start + 1 .. num_rounds``; after each round only the small per-client metrics [C]
    come to the host (a non-finite loss stops the run: :class:`TrainingDivergedError`); every
    ``eval_every`` rounds (and the last) global model 1 (``local``: each client's model 1) is
-   evaluated on the validation and test splits, and the round with the best mean *validation*
+   evaluated on the validation and test splits (``eval_local_models``: also each client's local
+   model 1 on its test split, ``local_test_*``), and the round with the best mean *validation*
    Dice is remembered with its test numbers; one JSON line per round goes to ``metrics.jsonl``;
    every ``checkpoint_every`` rounds (and the last) a checkpoint is saved with every record so far;
 4. writes ``summary.json`` and the PNG plots, and returns the summary (printed as a table by main).
@@ -53,7 +54,7 @@ from fedmix_jax.errors import (ConfigError, ConfigMismatchError, DataError,  # n
 from fedmix_jax.evaluation import evaluate
 from fedmix_jax.federated import RoundConfig, init_state, make_round_fn
 from fedmix_jax.records import (MetricsFile, add_evaluation, eval_record, evaluation_of,
-                                read_metrics, round_record)
+                                local_test_record, read_metrics, round_record)
 from fedmix_jax.rundir import (CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE,  # noqa: F401
                                RESUMABLE_FIELDS, SUMMARY_FILE, config_differences, config_to_dict)
 from fedmix_jax.summary import format_summary, make_summary, timing, write_summary
@@ -77,6 +78,7 @@ class _Run:
         self.federation, self.round_config, self.model = federation, round_config, model
         self.quiet = quiet
         self.local = not round_config.strategy.aggregates
+        self.eval_local = bool(config.get("eval_local_models", False))
         self.num_rounds = int(config.num_rounds)
         self.client_names = list(federation.client_names)
         self.metrics = MetricsFile(workdir)
@@ -112,14 +114,15 @@ class _Run:
                 f"evaluation run in chunks of it){hint}. Nothing of this round was written; the "
                 f"last checkpoint is {'none' if kept is None else f'round {kept}'}") from None
 
-    def _evaluate(self, state, split):
+    def _evaluate(self, state, split, local: bool | None = None):
+        local = self.local if local is None else local      # True: each client's own model 1
         kwargs = {}
         if self.streamed:   # held-out images go to the device a block at a time
             kwargs["block_size"] = self.stream_options.block_steps * self.round_config.batch_size
-        params = placement.eval_placement(_eval_params(state, self.local),
+        params = placement.eval_placement(_eval_params(state, local),
                                           self.round_config.executor)
         return evaluate(self.model, params, split,
-                        per_client_params=self.local,
+                        per_client_params=local,
                         chunk_size=self.round_config.inference_chunk, **kwargs)
 
     # -------------------------------------------------------------------- steps
@@ -235,13 +238,15 @@ class _Run:
                 rv, rt = (eval_record(self._guard(f"evaluating round {r}", self._evaluate,
                                                   state, split))
                           for split in (self.val, self.test))
+                lt = local_test_record(self._guard, self._evaluate, state, self.test, r,
+                                       self.eval_local)
                 self.eval_times.append(time.perf_counter() - t1)
-                add_evaluation(rec, rv, rt, self.eval_times[-1])
+                add_evaluation(rec, rv, rt, self.eval_times[-1], lt)
                 last_dice = rv["mean_dice"]
                 best_val = self.best["val"]
                 if np.isfinite(rv["mean_dice"]) and (
                         best_val is None or rv["mean_dice"] > best_val["mean_dice"]):
-                    self.best = {"round": r, "val": rv, "test": rt}
+                    self.best = {"round": r, "val": rv, "test": rt, **lt}
                     self.best_params = _copy_tree(_eval_params(state, self.local))
             # The line of round r is written before checkpoint r; the checkpoint holds the
             # records of rounds 1..r, so a resume from it can rebuild the file.

@@ -266,3 +266,4 @@ def test_a_resumed_fedst_run_keeps_its_stored_warm_up(tmp_path, monkeypatch):
     changed.train.warmup_rounds = 4
     with pytest.raises(train.ConfigMismatchError, match="train.warmup_rounds: 2 -> 4"):
         train.train_and_evaluate(changed, str(workdir), quiet=True, write_plots=False)
+
