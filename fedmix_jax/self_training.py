@@ -13,8 +13,8 @@ every client trains; a weak sample's step (fedmix-spec.md, "Baselines"):
   mean over every confident pixel of the batch's self-training samples, as the reference's
   ``CE_LOSS(pred[mask], target[mask])`` (:func:`confident_bce_batch`); ``"samples"`` averages
   per sample, then over the samples (:func:`confident_bce_per_sample`). A batch without any
-  confident pixel contributes 0 with zero gradient (the reference's mean over no element is NaN
-  and its step a no-op: torch's NaN loss has no usable gradient either).
+  confident pixel contributes 0 with zero gradient (the reference's mean over no element is a
+  NaN loss whose gradient is zero: the same Adam step, only the logged loss differs).
 
 How a batch that mixes pixel and self-training samples combines (:func:`self_training_loss`):
 pixel samples keep their soft Dice loss per sample, and the loss is ``(sum of w_b * dice_b over
@@ -72,7 +72,7 @@ def confident_bce_batch(logits_shifted: jax.Array, logits_plain: jax.Array,
 
         sum_b w_b sum_px c * bce / sum_b w_b sum_px c
 
-    0 with zero gradient when the batch has no confident pixel (the reference: NaN, no step).
+    0 with zero gradient when the batch has no confident pixel (the reference: a NaN loss, zero gradient).
     """
     target, confident = _confident_targets(logits_plain, tau)
     per_pixel = optax.sigmoid_binary_cross_entropy(logits_shifted.astype(jnp.float32), target)
