@@ -72,7 +72,8 @@ def confident_bce_batch(logits_shifted: jax.Array, logits_plain: jax.Array,
 
         sum_b w_b sum_px c * bce / sum_b w_b sum_px c
 
-    0 with zero gradient when the batch has no confident pixel (the reference: a NaN loss, zero gradient).
+    0 with zero gradient when the batch has no confident pixel (the reference: a NaN loss, zero
+    gradient).
     """
     target, confident = _confident_targets(logits_plain, tau)
     per_pixel = optax.sigmoid_binary_cross_entropy(logits_shifted.astype(jnp.float32), target)
