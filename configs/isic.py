@@ -22,6 +22,7 @@ CROP = (224, 224)
 WIDTH = 64                  # 17.3 M parameters, as the reference
 BATCH_SIZE = 16
 LAM, BETA = 10.0, 3.0
+WARMUP_ROUNDS = 150         # FedST / FedRGD: warm-up on the pixel client (reference: 150 of 300)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -46,6 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
     add_streaming_fields(config.data)  # device_data_budget_gb, stream_block_steps
 
     config.train = train_config(BATCH_SIZE, CROP, LAM, BETA, learning_rate=1e-3)
+    config.train.warmup_rounds = WARMUP_ROUNDS
     config.selection = selection_config()
 
     return config

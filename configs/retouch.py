@@ -8,7 +8,10 @@ Every B-scan is a 2D sample, resized to 224 px and randomly cropped to 200 for t
 sigmoid output per class (irf, srf, ped); lambda = 2, beta = 3, Adam lr 1.5e-3 with weight decay
 1e-5, batch 16, 150 rounds (fedmix-spec.md). Splits are by volume: 20 % of each vendor's B-scans
 (whole volumes: 5 of the 24 / 24 / 22 training-set volumes) for test, 10 % of the rest for
-validation. Nothing is downloaded: ``data_dir`` must hold the extracted training set
+validation. As the reference's RETOUCH notebooks: B-scans without fluid are dropped from every
+split (``data.drop_empty_slices``; ``=False`` keeps them), horizontal flips only, FedST / FedRGD
+warm up for 100 of the 150 rounds (docs/reproducing_paper.md lists what still differs).
+Nothing is downloaded: ``data_dir`` must hold the extracted training set
 (``RETOUCH-TrainingSet-{Cirrus,Spectralis,Topcon}/TRAINxxx/{oct,reference}.mhd`` + ``.raw``; the
 expected tree is printed when it is missing). Reading needs SimpleITK (``pip install SimpleITK``).
 The first run decodes every volume once into ``data.cache_dir``.
@@ -39,11 +42,13 @@ BATCH_SIZE = 16
 LEARNING_RATE = 1.5e-3
 WEIGHT_DECAY = 1e-5
 LAM, BETA = 2.0, 3.0
+WARMUP_ROUNDS = 100         # FedST / FedRGD: warm-up on the pixel client (reference: 100 of 150)
 # ------------------------------------------------------------------------------------------------
 
 
 def get_config() -> ml_collections.ConfigDict:
     config = run_config(NUM_ROUNDS, checkpoint_every=10, keep_checkpoints=3, width=WIDTH)
+    config.eval_local_models = True  # the paper's RETOUCH table: each vendor's local model
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "retouch"
@@ -54,6 +59,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.clients = ("cirrus", "topcon", "spectralis")  # the reference's order
     config.data.levels = ("image", "box", "pixel")  # per client: pixel|box|image|none
     config.data.seed = 0             # split (by volume) and box-margin seed
+    config.data.box_mode = "component"  # component: a box per fluid region | enclosing: one per
+                                        # class (the reference)
+    config.data.drop_empty_slices = True  # leave out B-scans without fluid (the reference)
     config.data.val_fraction = 0.1   # of each vendor's remaining B-scans, whole volumes
     config.data.test_fraction = 0.2  # of each vendor's B-scans, whole volumes (5 volumes each)
     config.data.on_bad_input = "fail"  # fail | skip (log, count and skip bad volumes)
@@ -63,6 +71,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.train = train_config(BATCH_SIZE, CROP, LAM, BETA, learning_rate=LEARNING_RATE)
     config.train.weight_decay = WEIGHT_DECAY
+    config.train.warmup_rounds = WARMUP_ROUNDS
+    config.train.vflip = False       # horizontal flips only, as the reference's RETOUCH notebooks
     config.selection = selection_config()
 
     return config

@@ -27,6 +27,7 @@ from fedmix_jax.errors import ConfigError
 from fedmix_jax.losses import WeakSupervision
 from fedmix_jax.models import UNet
 from fedmix_jax.pseudo_labels import SelectionConfig
+from fedmix_jax.self_training import SELF_TRAINING_MEANS
 from fedmix_jax.strategies import Strategy, get_strategy
 
 EXECUTORS = ("vmap", "loop", "map", "sharded")
@@ -85,6 +86,10 @@ class RoundConfig:
       gradient, which Adam turns into steps of full size in directions set by rounding). See
       :func:`fedmix_jax.losses.empty_aware_loss_per_sample` and
       ``benchmarks/ablation_empty_targets.py`` for the measurement behind the default.
+    self_training_mean: FedST / FedRGD: how the confident-pixel BCE of the self-training samples
+      is averaged: ``"pixels"`` (default, the reference: one mean over every confident pixel of
+      the batch) or ``"samples"`` (per sample, then over the samples); see
+      :func:`fedmix_jax.self_training.self_training_loss`.
     """
 
     strategy: Strategy = get_strategy("fedmix")
@@ -104,11 +109,15 @@ class RoundConfig:
     num_devices: int | None = None
     empty_target_loss: str = "bce"
     client_group: int = 0
+    self_training_mean: str = "pixels"
 
     def __post_init__(self):
         if self.empty_target_loss not in EMPTY_TARGET_LOSSES:
             raise ValueError(f"empty_target_loss must be one of {EMPTY_TARGET_LOSSES}, "
                              f"got {self.empty_target_loss!r}")
+        if self.self_training_mean not in SELF_TRAINING_MEANS:
+            raise ValueError(f"self_training_mean must be one of {SELF_TRAINING_MEANS}, "
+                             f"got {self.self_training_mean!r}")
         if self.executor not in EXECUTORS:
             raise ValueError(f"unknown executor {self.executor!r}; choose one of {EXECUTORS}")
         if self.batch_size < 1:
@@ -224,13 +233,44 @@ def build_round_config(config) -> RoundConfig:
         strategy = strategy.with_weak(build_weak(config))
         if strategy.weak_samples == "self_training":
             warmup = tr.get("warmup_rounds", None)
-            warmup = int(config.num_rounds) // 2 if warmup is None else int(warmup)
+            warmup = default_warmup_rounds(config.num_rounds) if warmup is None else int(warmup)
             if warmup < 0:
                 raise ValueError(f"train.warmup_rounds must be >= 0, got {warmup}")
             strategy = dataclasses.replace(strategy, warmup_rounds=warmup)
         return RoundConfig(strategy=strategy, **kwargs)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"invalid config: {e}") from None
+
+
+def default_warmup_rounds(num_rounds: int) -> int:
+    """FedST / FedRGD's warm-up when ``train.warmup_rounds`` is None: half the rounds (the
+    reference's skin and breast runs: 150 of 300)."""
+    return int(num_rounds) // 2
+
+
+def resolve_warmup_rounds(config, stored: dict | None = None):
+    """``config`` with ``train.warmup_rounds`` set once and for all (a copy; ``config`` itself is
+    not changed) for FedST / FedRGD, whose warm-up must not move when ``num_rounds`` grows on
+    resume.
+
+    A value set in the config is kept. None becomes the warm-up recorded in ``stored`` (the
+    workdir's ``config.json``) when it records one, else :func:`default_warmup_rounds`; the job
+    writes the resolved value into ``config.json``, so a resumed run keeps its warm-up and a
+    different explicit value is refused like any other change of the computation. Other
+    strategies are returned unchanged.
+    """
+    try:
+        strategy = get_strategy(str(config.strategy))
+    except ValueError as e:
+        raise ConfigError(f"invalid config: {e}") from None
+    if strategy.weak_samples != "self_training" or config.train.get("warmup_rounds") is not None:
+        return config
+    old = ((stored or {}).get("train") or {}).get("warmup_rounds")
+    value = int(old) if isinstance(old, int) else default_warmup_rounds(config.num_rounds)
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.train.warmup_rounds = value
+    return config
 
 
 def normalize_crop(crop) -> tuple[int, int] | None:
@@ -301,6 +341,13 @@ def check_can_learn(strategy: Strategy, levels: np.ndarray, valid: np.ndarray) -
             "get selected; the run stops if round 1 trains nothing."]
 
 
+NOTHING_TRAINED = (
+    "round 1 trained nothing: no client has pixel masks and no pseudo-label of the initial models "
+    "was selected, so no later round can train either. Give at least one client pixel masks "
+    "(config.data.levels) or loosen the selection (--config.selection.*). Nothing of round 1 was "
+    "written.")
+
+
 def validate_run(config, federation, round_config: RoundConfig) -> bool:
     """Refuse, before anything is compiled, a job that cannot run (round counts below 1, a crop
     larger than the images, :func:`check_can_learn`); True if the run may not learn (the
@@ -314,6 +361,11 @@ def validate_run(config, federation, round_config: RoundConfig) -> bool:
     if round_config.crop is not None and (round_config.crop[0] > h or round_config.crop[1] > w):
         raise ConfigError(f"--config.train.crop={round_config.crop} is larger than the images "
                           f"({h}x{w}); set a smaller crop or --config.train.crop=None")
+    warmup = round_config.strategy.warmup_rounds
+    if round_config.strategy.weak_samples == "self_training" and warmup >= int(config.num_rounds):
+        logging.warning("the warm-up (train.warmup_rounds=%d) covers all %d rounds: only the pixel "
+                        "clients train; lower --config.train.warmup_rounds", warmup,
+                        int(config.num_rounds))
     warnings = check_can_learn(round_config.strategy, federation.train.levels,
                                federation.train.valid)
     for message in warnings:

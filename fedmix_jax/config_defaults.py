@@ -29,6 +29,9 @@ def run_config(num_rounds: int, checkpoint_every: int, keep_checkpoints: int, wi
     config.strategy = "fedmix"       # a name of fedmix_jax.strategies.STRATEGY_NAMES
     config.num_rounds = num_rounds   # communication rounds (one local epoch each)
     config.eval_every = 1            # validate/test global model 1 every k rounds (and the last)
+    # also test each client's local (pre-aggregation) model 1 on its own test split: local_test_*
+    # keys in metrics.jsonl / summary.json (what the reference's RETOUCH tables report)
+    config.eval_local_models = False
     config.checkpoint_every = checkpoint_every  # save a checkpoint every k rounds (and the last)
     config.keep_checkpoints = keep_checkpoints  # how many recent checkpoints to keep
     # JAX persistent compilation cache: "default" ($FEDMIX_JAX_CACHE_DIR or
@@ -67,8 +70,9 @@ def train_config(batch_size: int, crop, lam: float, beta: float,
     # CPU only: 0 = one JAX device per core, the clients side by side on them (the sharded
     # executor when executor is "auto"); 1 = one device (default). See fedmix_jax.cpu_cores.
     train.cpu_devices = 1
-    # FedST / FedRGD: warm-up rounds on the pixel clients (None: half of num_rounds, as the
-    # reference's 150 of 300); other strategies ignore it.
+    # FedST / FedRGD: warm-up rounds on the pixel clients; other strategies ignore it. None: half
+    # of num_rounds, resolved once when the run starts and recorded in the workdir's config.json,
+    # so a resumed run keeps it when num_rounds grows (the paper's configs set it explicitly).
     train.warmup_rounds = config_dict.placeholder(int)
     train.update(dict(batch_size=batch_size, crop=crop, lam=lam, beta=beta,
                       learning_rate=learning_rate, **overrides))

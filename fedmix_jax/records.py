@@ -82,8 +82,21 @@ def eval_record(ev: dict) -> dict:
     return rec
 
 
-def add_evaluation(rec: dict, val: dict, test: dict, eval_time: float) -> None:
-    for split, ev in (("val", val), ("test", test)):
+def local_test_record(guard, evaluate, state, test, r: int, enabled: bool) -> dict:
+    """``{"local_test": <eval_record>}`` of each client's local (pre-aggregation) model 1 on its
+    own test split, as the reference's RETOUCH notebooks report (``config.eval_local_models``);
+    ``{}`` when not enabled. ``evaluate(state, split, True)`` runs the per-client models
+    (``state.client_params``, leaves [C, ...]); ``guard`` turns out-of-memory into one line."""
+    if not enabled:
+        return {}
+    return {"local_test": eval_record(guard(f"evaluating the local models of round {r}",
+                                            evaluate, state, test, True))}
+
+
+def add_evaluation(rec: dict, val: dict, test: dict, eval_time: float,
+                   extra: dict | None = None) -> None:
+    """Add ``<split>_<figure>`` keys: val, test and the ``extra`` ones (e.g. ``local_test``)."""
+    for split, ev in (("val", val), ("test", test), *(extra or {}).items()):
         for k, v in ev.items():
             rec[f"{split}_{k}"] = v
     rec["eval_time_s"] = eval_time
@@ -92,9 +105,11 @@ def add_evaluation(rec: dict, val: dict, test: dict, eval_time: float) -> None:
 def evaluation_of(rec: dict) -> dict:
     """``{"round", "val", "test"}`` of an evaluation round's record."""
     keys = [k for name in EVAL_FIGURES + PER_CLASS_FIGURES for k in (name, f"mean_{name}")]
-    return {"round": rec["round"],
-            "val": {k: rec[f"val_{k}"] for k in keys if f"val_{k}" in rec},
-            "test": {k: rec[f"test_{k}"] for k in keys if f"test_{k}" in rec}}
+    out = {"round": rec["round"]}
+    for split in ("val", "test", "local_test"):
+        if split != "local_test" or "local_test_mean_dice" in rec:
+            out[split] = {k: rec[f"{split}_{k}"] for k in keys if f"{split}_{k}" in rec}
+    return out
 
 
 def read_metrics(path: str) -> list[dict]:
@@ -235,5 +250,5 @@ def _ranges(xs: list[int]) -> str:
     return ", ".join(out)
 
 
-__all__ = ["round_record", "eval_record", "add_evaluation", "evaluation_of", "read_metrics",
-           "MetricsFile"]
+__all__ = ["round_record", "eval_record", "add_evaluation", "evaluation_of", "local_test_record",
+           "read_metrics", "MetricsFile"]

@@ -9,7 +9,18 @@ every client trains; a weak sample's step (fedmix-spec.md, "Baselines"):
 * ``p = sigmoid(f(x))`` on the un-shifted (augmented) image, without gradient;
 * confident pixels: ``p > tau`` or ``p < 1 - tau`` (tau = 0.9); target ``[p > 0.5]``;
 * the prediction on an intensity-shifted view ``x ** gamma`` (gamma ~ U(0, 2), one per batch) is
-  trained with BCE on the confident pixels only.
+  trained with BCE on the confident pixels only: by default (``self_training_mean="pixels"``) one
+  mean over every confident pixel of the batch's self-training samples, as the reference's
+  ``CE_LOSS(pred[mask], target[mask])`` (:func:`confident_bce_batch`); ``"samples"`` averages
+  per sample, then over the samples (:func:`confident_bce_per_sample`). A batch without any
+  confident pixel contributes 0 with zero gradient (the reference's mean over no element is a
+  NaN loss whose gradient is zero: the same Adam step, only the logged loss differs).
+
+How a batch that mixes pixel and self-training samples combines (:func:`self_training_loss`):
+pixel samples keep their soft Dice loss per sample, and the loss is ``(sum of w_b * dice_b over
+the pixel samples + W_st * BCE) / sum(w)`` with ``W_st`` the self-training samples' total weight,
+so a batch of self-training samples only is the reference's confident-pixel mean exactly and a
+batch of pixel samples only the usual Dice mean.
 
 Post-warm-up weights are fixed: FedST puts 0.9 on the pixel client(s) and shares 0.1 equally among
 the others; FedRGD 0.5 and 0.5. Both ignore boxes and image labels.
@@ -21,11 +32,13 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from fedmix_jax import aggregation
-from fedmix_jax.losses import bce_loss_per_sample
+from fedmix_jax.losses import bce_loss_per_sample, weighted_mean
 
 CONFIDENCE = 0.9
+SELF_TRAINING_MEANS = ("pixels", "samples")
 
 
 def intensity_shift(key: jax.Array, images: jax.Array, max_gamma: float = 2.0) -> jax.Array:
@@ -38,9 +51,65 @@ def confident_bce_per_sample(logits_shifted: jax.Array, logits_plain: jax.Array,
                              tau: float = CONFIDENCE) -> jax.Array:
     """Self-training loss per sample: BCE of the shifted view's logits toward ``[p > 0.5]`` on
     the confident pixels of ``p = sigmoid(logits_plain)`` (no gradient through ``p``). [B]."""
+    target, confident = _confident_targets(logits_plain, tau)
+    return bce_loss_per_sample(logits_shifted, target, confident)
+
+
+def _confident_targets(logits_plain: jax.Array, tau: float):
+    """``([p > 0.5], confident)`` of ``p = sigmoid(logits_plain)`` (no gradient), [B,H,W,K]."""
     p = jax.lax.stop_gradient(jax.nn.sigmoid(logits_plain.astype(jnp.float32)))
     confident = ((p > tau) | (p < 1.0 - tau)).astype(jnp.float32)
-    return bce_loss_per_sample(logits_shifted, (p > 0.5).astype(jnp.float32), confident)
+    return (p > 0.5).astype(jnp.float32), confident
+
+
+def confident_bce_batch(logits_shifted: jax.Array, logits_plain: jax.Array,
+                        weights: jax.Array | None = None, tau: float = CONFIDENCE) -> jax.Array:
+    """Self-training loss of a batch, the reference's ``CE_LOSS(pred[mask], target[mask])``: []
+
+    One mean of the BCE of ``logits_shifted`` toward ``[p > 0.5]`` over every confident pixel
+    (``p > tau`` or ``p < 1 - tau``, ``p = sigmoid(logits_plain)``, no gradient through ``p``) of
+    the samples with ``weights`` [B] > 0 (each pixel weighted by its sample's weight)::
+
+        sum_b w_b sum_px c * bce / sum_b w_b sum_px c
+
+    0 with zero gradient when the batch has no confident pixel (the reference: a NaN loss, zero
+    gradient).
+    """
+    target, confident = _confident_targets(logits_plain, tau)
+    per_pixel = optax.sigmoid_binary_cross_entropy(logits_shifted.astype(jnp.float32), target)
+    if weights is not None:
+        confident = confident * weights.astype(jnp.float32)[:, None, None, None]
+    total = jnp.sum(confident)
+    return jnp.sum(confident * per_pixel) / jnp.maximum(total, 1e-12) * (total > 0)
+
+
+def self_training_loss(logits_shifted: jax.Array, logits_plain: jax.Array, dice: jax.Array,
+                       weights: jax.Array, self_train: jax.Array, mean: str = "pixels",
+                       tau: float = CONFIDENCE) -> jax.Array:
+    """FedST / FedRGD's training loss of one batch of pixel and self-training samples: []
+
+    Args:
+      logits_shifted, logits_plain: [B,H,W,K] logits of the shifted and the plain view.
+      dice: [B] soft Dice loss of each sample toward its ground truth (read for pixel samples).
+      weights: [B] sample weights (1 usable, 0 not); self_train: [B] bool.
+      mean: ``"pixels"`` (reference): ``(sum_pixel w_b dice_b + W_st * BCE) / sum(w)``, with
+        ``BCE`` :func:`confident_bce_batch` over the self-training samples and ``W_st`` their
+        total weight; ``"samples"``: ``sum_b w_b l_b / sum(w)`` with ``l_b`` the sample's own
+        confident-pixel mean (:func:`confident_bce_per_sample`) or its Dice loss.
+
+    0 with zero gradient when every weight is 0.
+    """
+    if mean not in SELF_TRAINING_MEANS:
+        raise ValueError(f"self_training_mean must be one of {SELF_TRAINING_MEANS}, got {mean!r}")
+    st = self_train.astype(weights.dtype) * weights
+    if mean == "samples":
+        per_sample = jnp.where(self_train, confident_bce_per_sample(logits_shifted, logits_plain,
+                                                                    tau), dice)
+        return weighted_mean(per_sample, weights)
+    pixel = weights - st
+    total = jnp.sum(weights)
+    bce = confident_bce_batch(logits_shifted, logits_plain, st, tau)
+    return (jnp.sum(pixel * dice) + jnp.sum(st) * bce) / jnp.maximum(total, 1e-12) * (total > 0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -44,7 +44,7 @@ from fedmix_jax.data.federation import (BOX, IMAGE, PIXEL, FederatedSplit, float
 from fedmix_jax.losses import (dice_loss, dice_loss_per_sample, empty_aware_loss_per_sample,
                                mixed_supervision_targets, weighted_mean)
 from fedmix_jax.pseudo_labels import site_pseudo_labels
-from fedmix_jax.self_training import confident_bce_per_sample, intensity_shift
+from fedmix_jax.self_training import intensity_shift, self_training_loss
 from fedmix_jax.weak_objective import weak_batch_loss
 
 
@@ -225,10 +225,10 @@ def make_train_batch(model: nn.Module, config, tx, k_aug: jax.Array):
             logits = _apply(model, p, x)
             dice = dice_loss_per_sample(logits, t)
             shifted = _apply(model, p, intensity_shift(key, x))
-            per_sample = jnp.where(self_train, confident_bce_per_sample(shifted, logits), dice)
+            loss = self_training_loss(shifted, logits, dice, w, self_train,
+                                      config.self_training_mean)
             gt = w * (~self_train).astype(w.dtype)
-            return weighted_mean(per_sample, w), ((weighted_mean(dice, gt),),
-                                                  (jnp.sum(gt) > 0).astype(jnp.float32))
+            return loss, ((weighted_mean(dice, gt),), (jnp.sum(gt) > 0).astype(jnp.float32))
         if config.empty_target_loss == "dice":
             losses = tuple(dice_loss(_apply(model, p, x), t, w) for p, t in zip(models, targets))
             return sum(losses), (losses, jnp.ones((), jnp.float32))

@@ -186,7 +186,8 @@ def get_strategy(name: str, selection: SelectionConfig = SelectionConfig()) -> S
     * ``fedst`` / ``fedrgd`` — federated self-training (one model, warm-up on the pixel clients,
       then confident-pixel BCE on an intensity-shifted view; fixed weights 0.9 / 0.5 on the pixel
       client). Their warm-up length is ``warmup_rounds`` (the job sets it from
-      ``config.train.warmup_rounds``, by default half the rounds, as the reference).
+      ``config.train.warmup_rounds``; unset, half the rounds, resolved once per run by
+      :func:`fedmix_jax.config.resolve_warmup_rounds`).
     """
     if name not in _FACTORIES:
         raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(_FACTORIES)}")

@@ -94,6 +94,11 @@ def format_summary(summary: dict) -> str:
                      f"{test['mean_dice']:>11.4f}{test['mean_iou']:>10.4f}"
                      f"{_fmt(test.get('mean_hd95'), 9, 1)}"
                      f"{_fmt(test.get('mean_false_positive_rate'), 9, 3)}")
+        if best.get("local_test"):
+            lt = best["local_test"]
+            lines.append("test Dice of each client's local (pre-aggregation) model: "
+                         + ", ".join(f"{n} {d:.4f}" for n, d in zip(names, lt["dice"]))
+                         + f"; mean {lt['mean_dice']:.4f}")
         if test.get("mean_dice_present") is not None:
             lines.append(f"test Dice on images with a lesion (per class): "
                          f"{test['mean_dice_present']:.4f}; FP rate = share of lesion-free "

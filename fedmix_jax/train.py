@@ -14,7 +14,8 @@ What one run does (``config`` as in ``configs/*.py``):
 3. runs rounds ``start + 1 .. num_rounds``; after each round only the small per-client metrics [C]
    come to the host (a non-finite loss stops the run: :class:`TrainingDivergedError`); every
    ``eval_every`` rounds (and the last) global model 1 (``local``: each client's model 1) is
-   evaluated on the validation and test splits, and the round with the best mean *validation*
+   evaluated on the validation and test splits (``eval_local_models``: also each client's local
+   model 1 on its test split, ``local_test_*``), and the round with the best mean *validation*
    Dice is remembered with its test numbers; one JSON line per round goes to ``metrics.jsonl``;
    every ``checkpoint_every`` rounds (and the last) a checkpoint is saved with every record so far;
 4. writes ``summary.json`` and the PNG plots, and returns the summary (printed as a table by main).
@@ -39,10 +40,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from fedmix_jax import rundir
+from fedmix_jax import compilation_cache, cpu_cores, placement, rundir
 from fedmix_jax.checkpointing import Checkpointer, remove_temporaries
-from fedmix_jax import compilation_cache, cpu_cores, placement
-from fedmix_jax.config import build_model, build_round_config, validate_run
+from fedmix_jax.config import (NOTHING_TRAINED, build_model, build_round_config,
+                               resolve_warmup_rounds, validate_run)
 from fedmix_jax.config_checks import check_config_values, check_num_devices
 from fedmix_jax.console import Progress
 from fedmix_jax.data.federation import Federation
@@ -54,7 +55,8 @@ from fedmix_jax.errors import (ConfigError, ConfigMismatchError, DataError,  # n
 from fedmix_jax.evaluation import evaluate
 from fedmix_jax.federated import RoundConfig, init_state, make_round_fn
 from fedmix_jax.records import (MetricsFile, add_evaluation, check_checkpoint_record,
-                                eval_record, evaluation_of, read_metrics, round_record)
+                                eval_record, evaluation_of, local_test_record, read_metrics,
+                                round_record)
 from fedmix_jax.rundir import (CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE,  # noqa: F401
                                RESUMABLE_FIELDS, SUMMARY_FILE, config_differences, config_to_dict)
 from fedmix_jax.summary import format_summary, make_summary, timing, write_summary
@@ -78,6 +80,7 @@ class _Run:
         self.federation, self.round_config, self.model = federation, round_config, model
         self.quiet = quiet
         self.local = not round_config.strategy.aggregates
+        self.eval_local = bool(config.get("eval_local_models", False))
         self.num_rounds = int(config.num_rounds)
         self.client_names = list(federation.client_names)
         self.metrics = MetricsFile(workdir)
@@ -113,14 +116,15 @@ class _Run:
                 f"evaluation run in chunks of it){hint}. Nothing of this round was written; the "
                 f"last checkpoint is {'none' if kept is None else f'round {kept}'}") from None
 
-    def _evaluate(self, state, split):
+    def _evaluate(self, state, split, local: bool | None = None):
+        local = self.local if local is None else local      # True: each client's own model 1
         kwargs = {}
         if self.streamed:   # held-out images go to the device a block at a time
             kwargs["block_size"] = self.stream_options.block_steps * self.round_config.batch_size
-        params = placement.eval_placement(_eval_params(state, self.local),
+        params = placement.eval_placement(_eval_params(state, local),
                                           self.round_config.executor)
         return evaluate(self.model, params, split,
-                        per_client_params=self.local,
+                        per_client_params=local,
                         chunk_size=self.round_config.inference_chunk, **kwargs)
 
     # -------------------------------------------------------------------- steps
@@ -221,32 +225,29 @@ class _Run:
         last_dice = self.best["val"]["mean_dice"] if self.best.get("val") else None
         for r in range(self.start + 1, self.num_rounds + 1):
             evaluating = r % eval_every == 0 or r == self.num_rounds
-            diag = (self._guard("computing the pseudo-label diagnostics", diagnostics_of_run,
-                                self, state) if evaluating else {})
+            diag = evaluating and self._guard("the diagnostics", diagnostics_of_run, self, state)
             t0 = time.perf_counter()
             state, m = self._guard(f"in round {r}", self._round, state)
             round_time = time.perf_counter() - t0
             self.round_times.append(round_time)
             self._check_finite(r, m)
             if r == 1 and self.may_not_learn and not np.any(np.asarray(m.steps) > 0):
-                raise ConfigError(
-                    "round 1 trained nothing: no client has pixel masks and no pseudo-label of "
-                    "the initial models was selected, so no later round can train either. Give "
-                    "at least one client pixel masks (config.data.levels) or loosen the "
-                    "selection (--config.selection.*). Nothing of round 1 was written.")
-            rec = round_record(r, m, round_time) | diag
+                raise ConfigError(NOTHING_TRAINED)
+            rec = round_record(r, m, round_time) | (diag or {})
             if evaluating:
                 t1 = time.perf_counter()
                 rv, rt = (eval_record(self._guard(f"evaluating round {r}", self._evaluate,
                                                   state, split))
                           for split in (self.val, self.test))
+                lt = local_test_record(self._guard, self._evaluate, state, self.test, r,
+                                       self.eval_local)
                 self.eval_times.append(time.perf_counter() - t1)
-                add_evaluation(rec, rv, rt, self.eval_times[-1])
+                add_evaluation(rec, rv, rt, self.eval_times[-1], lt)
                 last_dice = rv["mean_dice"]
                 best_val = self.best["val"]
                 if np.isfinite(rv["mean_dice"]) and (
                         best_val is None or rv["mean_dice"] > best_val["mean_dice"]):
-                    self.best = {"round": r, "val": rv, "test": rt}
+                    self.best = {"round": r, "val": rv, "test": rt, **lt}
                     self.best_params = _copy_tree(_eval_params(state, self.local))
             # The line of round r is written before checkpoint r; the checkpoint holds the
             # records of rounds 1..r, so a resume from it can rebuild the file.
@@ -338,10 +339,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, quiet: b
     """
     t_start = time.time()
     workdir = rundir.resolve(workdir)
-    cfg_dict = config_to_dict(config)
     check_config_values(config)
     rundir.check_usable(workdir)
-    rundir.check_config(workdir, cfg_dict, rundir.read_config(workdir), CONFIG_FILE)
+    stored = rundir.read_config(workdir)
+    config = resolve_warmup_rounds(config, stored)     # recorded once: stable on resume
+    cfg_dict = config_to_dict(config)
+    rundir.check_config(workdir, cfg_dict, stored, CONFIG_FILE)
     compilation_cache.enable_from_config(config)
     cpu_cores.cpu_devices_from_config(config)        # before the first JAX computation
     check_num_devices(config)

@@ -210,3 +210,70 @@ def test_config_runs_end_to_end_on_the_fixture(tree, tmp_path):
     assert len(summary["best"]["test"]["dice"]) == 3
     bad = [m for m in sys.modules if m == "tensorflow" or m.startswith("tensorflow.")]
     assert not bad
+
+
+def test_config_follows_the_reference_notebooks():
+    c = _config()
+    assert c.train.hflip and not c.train.vflip
+    assert c.train.warmup_rounds == 100 and c.data.drop_empty_slices
+    assert c.data.box_mode in ("component", "enclosing")
+
+
+def test_drop_empty_slices_leaves_fluid_free_bscans_out_of_every_split(tree, prepared):
+    dropped = prepare_dataset(_cfg(tree / "src", tree / "cache", drop_empty_slices=True),
+                              verbose=False)
+    assert dropped.path != prepared.path          # its own cache
+    total = 0
+    for split in ("train", "validation", "test"):
+        full = _records(prepared, split)
+        kept = _records(dropped, split)
+        assert [r["id"] for r in kept] == [r["id"] for r in full if r["mask"].any()]
+        assert all(r["mask"].any() for r in kept)
+        lost = {c: sum(1 for r in full if r["client"] == c and not r["mask"].any())
+                for c in dropped.clients}
+        assert dropped.metadata["dropped_empty"][split] == lost
+        total += sum(lost.values())
+    assert total > 0                              # the fixture has B-scans without fluid
+
+
+def test_drop_empty_slices_is_a_retouch_option():
+    from fedmix_jax.data.real.builders import make_config
+
+    assert make_config("retouch", drop_empty_slices=True).drop_empty_slices
+    with pytest.raises(ValueError, match="drop_empty_slices"):
+        make_config("ham10000", drop_empty_slices=True)
+
+
+def _two_regions_of_one_class():
+    labels = np.zeros((32, 32), np.uint8)
+    labels[2:5, 2:5] = 1                          # IRF, two regions far apart (more than
+    labels[26:30, 26:30] = 1                      # two 9 px margins between them)
+    labels[12:15, 12:16] = 3                      # PED, one region
+    return labels
+
+
+@pytest.mark.parametrize("box_mode,irf_boxes", [("component", 2), ("enclosing", 1)])
+def test_box_mode_gives_a_box_per_region_or_one_per_class(box_mode, irf_boxes):
+    from fedmix_jax.data.real.retouch import slice_example
+    from fedmix_jax.data.real.scanning import Sample
+
+    s = Sample(id="cirrus/TRAIN001/002", client="cirrus", stem="TRAIN001_002",
+               image_path="/d/cirrus/TRAIN001/oct.mhd", mask_paths=[], group="cirrus/TRAIN001")
+    labels = _two_regions_of_one_class()
+    ex = slice_example(s, np.zeros((32, 32, 1), np.uint8), labels, (32, 32), 0, "/d",
+                       {"cirrus": 0}, "cirrus/TRAIN001", 2, box_mode=box_mode)
+    assert ex["box_class"].tolist() == [0] * irf_boxes + [2]
+    assert ex["label"].tolist() == [1, 0, 1]
+    irf = ex["boxes"][..., 0].astype(bool)
+    assert irf[labels == 1].all()                 # every IRF pixel is inside an IRF box
+    # one enclosing box also covers the gap between the regions; per-region boxes do not
+    assert irf[15, 15] == (box_mode == "enclosing")
+
+
+def test_box_mode_reaches_the_retouch_builder(tree):
+    enclosing = prepare_dataset(_cfg(tree / "src", tree / "cache", box_mode="enclosing"),
+                                verbose=False)
+    assert enclosing.metadata["config"]["box_mode"] == "enclosing"
+    for r in _records(enclosing, "train"):
+        classes = np.asarray(r["box_class"]).tolist()
+        assert len(classes) == len(set(classes))  # at most one box per class

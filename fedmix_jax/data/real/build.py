@@ -31,7 +31,7 @@ from absl import flags
 
 USAGE = ("usage: python -m fedmix_jax.data.real.build --dataset NAME --manual_dir DOWNLOAD "
          "[--cache_dir CACHE] [--image_size 256] [--channels 1|3] [--on_bad_input fail|skip] "
-         "[--rebuild] [--load]")
+         "[--box_mode component|enclosing] [--drop_empty_slices] [--rebuild] [--load]")
 
 RENAMED = {"data_dir": "--data_dir is not a flag of build: the manual download is --manual_dir "
                        "(--config.data.data_dir of a training config) and the built cache is "
@@ -59,6 +59,11 @@ def define_flags() -> flags.FlagValues:
                        upper_bound=1.0, flag_values=fv)
     flags.DEFINE_enum("on_bad_input", "fail", ["fail", "skip"], "Stop at the first bad file, "
                       "or skip (and list) bad files.", flag_values=fv)
+    flags.DEFINE_enum("box_mode", "component", ["component", "enclosing"], "A box per "
+                      "connected component, or one enclosing box per class (the reference).",
+                      flag_values=fv)
+    flags.DEFINE_bool("drop_empty_slices", False, "RETOUCH: leave out B-scans without fluid "
+                      "(configs/retouch.py sets it, as the reference).", flag_values=fv)
     flags.DEFINE_bool("rebuild", False, "Rebuild even if cached.", flag_values=fv)
     flags.DEFINE_bool("load", False, "Also load the federation and print it.", flag_values=fv)
     return fv
@@ -86,7 +91,8 @@ def config_from_flags(fv: flags.FlagValues):
     return default_data_config(
         fv.dataset, data_dir=fv.manual_dir, cache_dir=fv.cache_dir, image_size=fv.image_size,
         channels=int(fv.channels), seed=fv.seed, test_fraction=fv.test_fraction,
-        val_fraction=fv.val_fraction, on_bad_input=fv.on_bad_input, rebuild=fv.rebuild)
+        val_fraction=fv.val_fraction, on_bad_input=fv.on_bad_input, rebuild=fv.rebuild,
+        box_mode=fv.box_mode, drop_empty_slices=fv.drop_empty_slices)
 
 
 def main(argv: list[str] | None = None) -> int:

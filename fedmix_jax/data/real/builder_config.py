@@ -1,9 +1,10 @@
 """Builder configs of the real-data TFDS builders: the preprocessing and split options.
 
 A :class:`FedMixConfig` holds ``image_size``, ``channels`` (1 or 3), the split ``seed``,
-``test_fraction``, ``val_fraction``, ``on_bad_input`` ('fail' | 'skip'), ``box_mode`` and a
-``tag``; its name encodes them (:func:`config_name`), e.g. ``gray256_seed0_test20_val10`` (``rgb``
-for 3 channels, ``_skip``, ``_enclosing``, and ``_d<hash>`` from :func:`data_dir_tag` for the
+``test_fraction``, ``val_fraction``, ``on_bad_input`` ('fail' | 'skip'), ``box_mode``,
+``drop_empty_slices`` (RETOUCH only: B-scans without fluid are not written) and a ``tag``; its name
+encodes them (:func:`config_name`), e.g. ``gray256_seed0_test20_val10`` (``rgb`` for 3 channels,
+``_skip``, ``_enclosing``, ``_dropempty``, and ``_d<hash>`` from :func:`data_dir_tag` for the
 folders builder), so every combination has its own cache directory.
 :func:`built_splits` lists the splits a config writes.
 """
@@ -31,6 +32,7 @@ class FedMixConfig(tfds.core.BuilderConfig):
     on_bad_input: str = "fail"
     tag: str = ""
     box_mode: str = "component"
+    drop_empty_slices: bool = False
 
 
 def _pct(f: float) -> str:
@@ -38,13 +40,16 @@ def _pct(f: float) -> str:
 
 
 def config_name(image_size=256, channels=1, seed=0, test_fraction=0.2, val_fraction=0.1,
-                on_bad_input="fail", tag="", box_mode="component") -> str:
+                on_bad_input="fail", tag="", box_mode="component",
+                drop_empty_slices=False) -> str:
     name = (f"{'gray' if int(channels) == 1 else 'rgb'}{int(image_size)}_seed{int(seed)}"
             f"_test{_pct(test_fraction)}_val{_pct(val_fraction)}")
     if str(on_bad_input).lower() == "skip":
         name += "_skip"
     if str(box_mode).lower() == "enclosing":
         name += "_enclosing"
+    if drop_empty_slices:
+        name += "_dropempty"
     if tag:
         name += f"_{tag}"
     return name
@@ -57,16 +62,19 @@ def data_dir_tag(data_dir: str) -> str:
 
 
 def _new_config(image_size=256, channels=1, seed=0, test_fraction=0.2, val_fraction=0.1,
-                on_bad_input="fail", tag="", box_mode="component") -> FedMixConfig:
+                on_bad_input="fail", tag="", box_mode="component",
+                drop_empty_slices=False) -> FedMixConfig:
     return FedMixConfig(
         name=config_name(image_size, channels, seed, test_fraction, val_fraction, on_bad_input,
-                         tag, box_mode),
+                         tag, box_mode, drop_empty_slices),
         description=(f"{'grayscale' if channels == 1 else 'RGB'} {image_size}x{image_size}, split "
                      f"seed {seed}, test {test_fraction}, val {val_fraction} of train, "
-                     f"on_bad_input={on_bad_input}, box_mode={box_mode}"),
+                     f"on_bad_input={on_bad_input}, box_mode={box_mode}"
+                     + (", slices without foreground dropped" if drop_empty_slices else "")),
         image_size=int(image_size), channels=int(channels), seed=int(seed),
         test_fraction=float(test_fraction), val_fraction=float(val_fraction),
-        on_bad_input=str(on_bad_input).lower(), tag=tag, box_mode=str(box_mode).lower())
+        on_bad_input=str(on_bad_input).lower(), tag=tag, box_mode=str(box_mode).lower(),
+        drop_empty_slices=bool(drop_empty_slices))
 
 
 def built_splits(cfg) -> tuple[str, ...]:

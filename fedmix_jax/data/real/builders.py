@@ -84,6 +84,8 @@ class _FedMixBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     RELEASE_NOTES = {"1.0.0": "Initial release."}
     BUILDER_CONFIGS = [_new_config(**kw) for kw in _DEFAULT_CONFIGS]
     LAYOUT: Layout
+    # Whether the builder honours drop_empty_slices (RETOUCH's B-scans without fluid).
+    DROPS_EMPTY_SLICES = False
     # TFDS finds a builder's source file through the optional ``importlib_resources`` backport
     # when the builder lives in a package; name it directly (there is no checksums file here).
     code_path = epath.Path(__file__)
@@ -133,7 +135,8 @@ class _FedMixBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             "source_fingerprint": source_fingerprint(data_dir),
             "config": {f: getattr(cfg, f) for f in ("image_size", "channels", "seed",
                                                     "test_fraction", "val_fraction",
-                                                    "on_bad_input", "box_mode")},
+                                                    "on_bad_input", "box_mode",
+                                                    "drop_empty_slices")},
             "box_margin": list(BOX_MARGIN),
             "scan_seconds": round(time.time() - t0, 3),
         }
@@ -211,10 +214,12 @@ BUILDERS = {"ham10000": Ham10000Fedmix, "breast": BreastUsFedmix, "folders": Fol
 
 def make_config(dataset: str, image_size: int = 256, channels: int = 1, seed: int = 0,
                 test_fraction: float = 0.2, val_fraction: float = 0.1, on_bad_input: str = "fail",
-                data_dir: str | None = None, box_mode: str = "component") -> FedMixConfig:
+                data_dir: str | None = None, box_mode: str = "component",
+                drop_empty_slices: bool = False) -> FedMixConfig:
     """The builder config for these options (a predefined one when the name matches).
 
-    ``data_dir`` is needed for ``dataset='folders'`` (its path keys the cache).
+    ``data_dir`` is needed for ``dataset='folders'`` (its path keys the cache);
+    ``drop_empty_slices`` only for a builder that supports it (RETOUCH).
     """
     if dataset not in BUILDERS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(BUILDERS)} "
@@ -229,14 +234,17 @@ def make_config(dataset: str, image_size: int = 256, channels: int = 1, seed: in
         raise ValueError(f"--config.data.on_bad_input must be 'fail' or 'skip', got "
                          f"{on_bad_input!r}")
     box_mode = check_box_mode(box_mode)
+    if drop_empty_slices and not BUILDERS[dataset].DROPS_EMPTY_SLICES:
+        raise ValueError(f"--config.data.drop_empty_slices=True is a RETOUCH option; the "
+                         f"{dataset!r} loader keeps every image (set it to False)")
     tag = data_dir_tag(data_dir) if dataset == "folders" and data_dir else ""
     name = config_name(image_size, channels, seed, test_fraction, val_fraction, on_bad_input, tag,
-                       box_mode)
+                       box_mode, drop_empty_slices)
     predefined = BUILDERS[dataset].builder_configs.get(name)
     if predefined is not None:
         return predefined
     return _new_config(image_size, channels, seed, test_fraction, val_fraction, on_bad_input, tag,
-                       box_mode)
+                       box_mode, drop_empty_slices)
 
 
 __all__ = ["FedMixConfig", "Ham10000Fedmix", "BreastUsFedmix", "FolderFederation", "BUILDERS",

@@ -175,7 +175,8 @@ def prepare_dataset(data_cfg, verbose: bool = True) -> PreparedDataset:
                       val_fraction=float(_get(data_cfg, "val_fraction", 0.1)),
                       on_bad_input=str(_get(data_cfg, "on_bad_input", "fail")),
                       data_dir=data_dir or None,
-                      box_mode=str(_get(data_cfg, "box_mode", "component")))
+                      box_mode=str(_get(data_cfg, "box_mode", "component")),
+                      drop_empty_slices=bool(_get(data_cfg, "drop_empty_slices", False)))
     path = _expected_path(builder_cls, cfg, cache_dir)
     have_source = bool(data_dir) and os.path.isdir(data_dir) and any(
         not e.startswith(".") for e in os.listdir(data_dir))

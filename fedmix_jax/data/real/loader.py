@@ -40,7 +40,8 @@ def default_data_config(name: str = "ham10000", **overrides) -> ml_collections.C
     cfg = ml_collections.ConfigDict(dict(
         name=name, data_dir="", cache_dir=DEFAULT_CACHE_DIR, image_size=256, channels=1,
         clients=(), levels=(), seed=0, val_fraction=0.1, test_fraction=0.2, on_bad_input="fail",
-        max_per_client=0, rebuild=False, box_mode="component", pack_labels=False))
+        max_per_client=0, rebuild=False, box_mode="component", pack_labels=False,
+        drop_empty_slices=False))
     cfg.update(overrides)
     return cfg
 
@@ -182,7 +183,8 @@ def load_federation_from_config(data_cfg, verbose: bool = True) -> Federation:
     ``on_bad_input`` ('fail' | 'skip'), ``max_per_client`` (0 = all; else the client's total over
     the three splits is capped at it, spread in proportion to the split sizes, at least 1 per
     non-empty split), ``rebuild``, ``box_mode`` ('component' | 'enclosing', boxes derived from
-    masks; see :mod:`fedmix_jax.data.boxes`), ``pack_labels`` (masks and boxes bit-packed).
+    masks; see :mod:`fedmix_jax.data.boxes`), ``pack_labels`` (masks and boxes bit-packed),
+    ``drop_empty_slices`` (RETOUCH only: B-scans without fluid are left out of every split).
 
     Images are uint8 (k means k / 255); masks and boxes uint8 in {0, 1}; image_labels float32
     [C, N, K]. Records are decoded straight into the padded arrays of their split (no per-client

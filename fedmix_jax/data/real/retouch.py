@@ -31,7 +31,8 @@ labels nearest). Intensities: uint8 volumes are kept; any other type (Spectralis
 scaled per volume linearly from its [0.5, 99.5] percentile range to [0, 255] and clipped. Masks are
 one-hot per class (``mask`` [S, S, 3]); the image label of a class is its presence in the resized
 mask (so label, mask and box always agree); boxes are drawn per class from the resized mask with
-the builders' random 1-9 px margins (:func:`fedmix_jax.data.boxes.boxes_from_mask`).
+the random 1-9 px margins (``box_mode``), of the whole B-scan, not the train-time crop.
+``drop_empty_slices``: B-scans without fluid are not written (metadata ``dropped_empty``).
 
 Splits are **by volume** (a volume's B-scans never straddle splits): the volume is the split group
 of :func:`fedmix_jax.data.real.splits.assign_splits`, seeded and independent of file order. With the
@@ -262,14 +263,15 @@ def load_volume_pair(oct_path: str, ref_path: str, size: int, channels: int = 1,
 
 
 def slice_example(s: Sample, image: np.ndarray, labels: np.ndarray, orig_hw, seed: int,
-                  data_dir: str, cindex: dict, volume: str, index: int) -> dict:
-    """The TFDS example of one B-scan: one-hot masks, per-class labels and boxes."""
+                  data_dir: str, cindex: dict, volume: str, index: int,
+                  box_mode: str = "component") -> dict:
+    """The TFDS example of one B-scan: one-hot masks, per-class labels and boxes (``box_mode``)."""
     size = labels.shape[0]
     mask = np.stack([labels == k + 1 for k in range(NUM_LABELS)], axis=-1)
     rng = sample_rng(seed, stable_int("boxes", s.id))
     coords, classes, boxes = [], [], np.zeros((size, size, NUM_LABELS), np.uint8)
     for k in range(NUM_LABELS):
-        b = boxes_from_mask(mask[..., k], rng, margin=_builders.BOX_MARGIN)
+        b = boxes_from_mask(mask[..., k], rng, margin=_builders.BOX_MARGIN, box_mode=box_mode)
         if b.shape[0]:
             boxes[..., k] = box_mask(b, size, size)
             coords.append(b)
@@ -312,6 +314,7 @@ class RetouchFedmix(_builders._FedMixBuilder):
     LAYOUT = RETOUCH_LAYOUT
     MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT.instructions()
     code_path = epath.Path(__file__)
+    DROPS_EMPTY_SLICES = True
 
     def _info(self) -> tfds.core.DatasetInfo:
         info = super()._info()
@@ -329,7 +332,7 @@ class RetouchFedmix(_builders._FedMixBuilder):
         data_dir, policy, scan, cindex = self._build_state
         cfg = self.builder_config
         meta = self.info.metadata["fedmix"]
-        counts = collections.Counter()
+        counts, dropped = collections.Counter(), collections.Counter()
         cache: dict[str, object] = {}
         client = None
         for s in samples:
@@ -349,10 +352,14 @@ class RetouchFedmix(_builders._FedMixBuilder):
                 continue
             images, labels, hw = got
             z = int(s.id.rsplit("/", 1)[1])
+            if cfg.drop_empty_slices and not labels[z].any():   # no fluid (the reference)
+                dropped[s.client] += 1
+                continue
             yield s.id, slice_example(s, images[z], labels[z], hw, cfg.seed, data_dir, cindex,
-                                      vol, z)
+                                      vol, z, cfg.box_mode)
             counts[s.client] += 1
         meta["counts"][split] = {c: int(counts[c]) for c in scan.clients}
+        meta.setdefault("dropped_empty", {})[split] = {c: int(dropped[c]) for c in scan.clients}
         for c in scan.clients:
             if counts[c] == 0:
                 raise BadInputError(

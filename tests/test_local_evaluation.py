@@ -1,0 +1,40 @@
+"""``config.eval_local_models``: each client's local model evaluated beside the global one."""
+
+import jax
+import numpy as np
+import pytest
+
+
+def test_local_models_are_evaluated_beside_the_global_one(tmp_path, monkeypatch):
+    """``eval_local_models``: each client's local (pre-aggregation) model 1 on its own test split,
+    ``local_test_*`` keys beside the global model's ``test_*``."""
+    from fedmix_jax import train
+    from fedmix_jax.evaluation import evaluate
+    from test_main import tiny_config
+
+    oracle = {}
+    finish = train._Run.finish
+
+    def capture(self, state, *args, **kwargs):
+        local = jax.device_get(state.client_params[0])
+        oracle.update(evaluate(self.model, local, self.test, per_client_params=True))
+        return finish(self, state, *args, **kwargs)
+
+    monkeypatch.setattr(train._Run, "finish", capture)
+    cfg = tiny_config(strategy="fedavg_pixel", eval_local_models=True)
+    summary = train.train_and_evaluate(cfg, str(tmp_path / "run"), quiet=True, write_plots=False)
+    last = train.read_metrics(str(tmp_path / "run" / train.METRICS_FILE))[-1]
+    np.testing.assert_allclose(last["local_test_dice"], oracle["dice"], rtol=1e-6)
+    assert last["local_test_mean_dice"] == pytest.approx(float(oracle["mean_dice"]), rel=1e-6)
+    assert len(last["local_test_dice"]) == len(last["test_dice"]) == 4
+    # the clients without pixel masks did not train: their local model is the broadcast one,
+    # the global model differs from it after aggregation
+    assert last["local_test_dice"] != last["test_dice"]
+    assert summary["final"]["local_test"]["mean_dice"] == last["local_test_mean_dice"]
+    assert "local_test" in summary["best"] and "test Dice of each client's local" in \
+        train.format_summary(summary)
+    off = train.train_and_evaluate(tiny_config(strategy="fedavg_pixel"), str(tmp_path / "off"),
+                                   quiet=True, write_plots=False)
+    assert "local_test" not in off["final"] and "local_test" not in off["best"]
+    assert not any(k.startswith("local_test") for k in
+                   train.read_metrics(str(tmp_path / "off" / train.METRICS_FILE))[-1])
