@@ -345,7 +345,7 @@ class WeakSupervision:
     tightness: float = 1.0
     image_mil: float = 1.0
     tightness_inset: int = 0
-    outside_margin: int = 0
+    outside_margin: int = 4
 
     def __post_init__(self):
         for name in ("emptiness", "tightness", "image_mil"):
