@@ -126,6 +126,44 @@ def tables(results: dict, strategies) -> str:
     return "\n".join(lines)
 
 
+DIAG = ("sel", "sel_lesion", "dice", "dice_all", "precision", "recall", "area")
+
+
+def diagnostics_table(results: dict, strategies) -> str:
+    """Pseudo-label diagnostics per task, strategy and weak level: the mean over every data seed
+    and training seed of the first, a middle and the last recorded round (selected / with a
+    lesion as shares of the level's samples)."""
+    lines = []
+    for task, by_data in results.items():
+        rows = []
+        for s in strategies:
+            runs = [r for per in by_data.values() for r in per.get(s, []) if r.get("pseudo_labels")]
+            if not runs:
+                continue
+            rounds = [d["round"] for d in runs[0]["pseudo_labels"]]
+            for lvl in ("box", "image", "none"):
+                if f"pl_{lvl}_n" not in runs[0]["pseudo_labels"][0]:
+                    continue
+                for idx in sorted({0, len(rounds) // 2, len(rounds) - 1}):
+                    cells = []
+                    for key in DIAG:
+                        vals = []
+                        for r in runs:
+                            d = r["pseudo_labels"][idx]
+                            v = d.get(f"pl_{lvl}_{key}")
+                            if v is not None and key in ("sel", "sel_lesion"):
+                                v = v / max(d[f"pl_{lvl}_n"], 1)
+                            vals.append(v)
+                        cells.append(_ms(vals))
+                    rows.append(f"| {s} | {lvl} | {rounds[idx]} | " + " | ".join(cells) + " |")
+        if rows:
+            lines += [f"\n### {task}: pseudo-labels vs the true masks\n",
+                      "| strategy | level | round | selected | selected with a lesion | Dice, "
+                      "selected | Dice, all with a lesion | precision | recall | area pred/true |",
+                      "|---|---|---|---|---|---|---|---|---|---|"] + rows
+    return "\n".join(lines)
+
+
 def merged(paths) -> dict:
     """The results of several JSON files of this script, merged task > data seed > strategy."""
     results: dict = {}
@@ -144,6 +182,7 @@ def main(argv):
     if FLAGS.merge:
         results = merged(FLAGS.merge.split(","))
         print(tables(results, strategies))
+        print(diagnostics_table(results, strategies))
         return
     results: dict = {}
     t_all = time.time()
@@ -174,6 +213,7 @@ def main(argv):
                                   f, indent=1)
                     os.replace(FLAGS.json + ".tmp", FLAGS.json)
     print(tables(results, strategies))
+    print(diagnostics_table(results, strategies))
     print(f"\ntotal {time.time() - t_all:.0f} s")
 
 

@@ -1,0 +1,73 @@
+"""benchmarks/efficacy.py: the gap recovered, the tables, merging, and a tiny smoke run.
+
+No figure is asserted: the benchmark measures, the test checks that it runs and that its
+arithmetic is right."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+import efficacy  # noqa: E402
+
+
+def _run(dice_lesion, fp=0.5, seed=0, diag=None):
+    r = dict(seed=seed, dice=dice_lesion - 0.05, dice_lesion=dice_lesion,
+             min_class_dice_lesion=dice_lesion, fp_rate=fp, hd95=10.0)
+    if diag is not None:
+        r["pseudo_labels"] = diag
+    return r
+
+
+def test_gap_recovered_is_paired_by_seed():
+    assert efficacy.gap_recovered(0.8, 0.7, 0.9) == pytest.approx(0.5)
+    assert math.isnan(efficacy.gap_recovered(0.8, 0.9, 0.9))
+    results = {"binary": {"1": {
+        "fedavg_pixel": [_run(0.70, seed=0), _run(0.60, seed=1)],
+        "fedavg_full": [_run(0.90, seed=0), _run(0.80, seed=1)],
+        "fedmix_plus": [_run(0.85, seed=0), _run(0.65, seed=1)]}}}
+    table = efficacy.tables(results, ["fedmix_plus", "fedavg_pixel", "fedavg_full"])
+    # paired: (0.85-0.70)/0.20 = 0.75 and (0.65-0.60)/0.20 = 0.25 -> 0.500 ± 0.354
+    row = next(line for line in table.splitlines() if line.startswith("| 1 | fedmix_plus"))
+    assert row.endswith("| 0.500 ± 0.354 |")
+    assert "| all | fedmix_plus |" in table
+
+
+def test_merge_and_diagnostics_table(tmp_path):
+    diag = [{"round": 1, "pl_box_n": 10.0, "pl_box_sel": 2.0, "pl_box_sel_lesion": 1.0,
+             "pl_box_dice": 0.5, "pl_box_dice_all": 0.4, "pl_box_precision": 0.5,
+             "pl_box_recall": 1.0, "pl_box_area": 0.7}]
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"results": {"binary": {"1": {"fedavg_pixel": [_run(0.7)]}}}}))
+    b.write_text(json.dumps({"results": {"binary": {"1": {"fedmix": [_run(0.75, diag=diag)]}}}}))
+    merged = efficacy.merged([str(a), str(b)])
+    assert set(merged["binary"]["1"]) == {"fedavg_pixel", "fedmix"}
+    text = efficacy.diagnostics_table(merged, ["fedmix"])
+    assert "| fedmix | box | 1 | 0.200 ± 0.000 | 0.100 ± 0.000 | 0.500 ± 0.000 |" in text
+
+
+@pytest.mark.slow
+def test_efficacy_smoke_run(tmp_path):
+    out = tmp_path / "eff.json"
+    tiny = ["--set", "model.width=4", "--set", "model.depth=2", "--set", "data.image_size=32",
+            "--set", "data.train_sizes=(8,8,8,8)", "--set", "data.val_size=4",
+            "--set", "data.test_size=6", "--set", "compilation_cache='off'"]
+    cmd = [sys.executable, os.path.join(REPO, "benchmarks", "efficacy.py"), "--tasks", "binary",
+           "--strategies", "fedmix_plus,fedavg_pixel,fedavg_full", "--data_seeds", "1",
+           "--seeds", "0", "--rounds", "1", "--diagnostics_every", "1", "--json", str(out)] + tiny
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ, PYTHONPATH=REPO))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| all | fedmix_plus |" in proc.stdout
+    data = json.loads(out.read_text())
+    run = data["results"]["binary"]["1"]["fedmix_plus"][0]
+    assert {"dice", "dice_lesion", "fp_rate", "hd95", "min_class_dice_lesion"} <= set(run)
+    assert run["pseudo_labels"][0]["round"] == 1 and "pl_box_n" in run["pseudo_labels"][0]
+    assert "pseudo_labels" not in data["results"]["binary"]["1"]["fedavg_pixel"][0] or \
+        data["results"]["binary"]["1"]["fedavg_pixel"][0]["pseudo_labels"][0].keys() == {"round"}
