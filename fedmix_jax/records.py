@@ -44,13 +44,14 @@ def check_checkpoint_record(step: int, extra: dict) -> None:
 
 def round_record(r: int, m, round_time: float) -> dict:
     """The record of round ``r`` from its per-client metrics ``m`` (host NumPy arrays)."""
-    weak = np.asarray(m.weak)
+    rep = m.reports
+    weak = np.asarray(rep.num_weak)
     return {"round": r,
-            "loss1": _tolist(m.loss1), "loss2": _tolist(m.loss2),
-            "counts": _tolist(m.counts), "weak": _tolist(weak),
-            "selected_weak": _tolist(m.selected_weak),
-            "selection_rate": _tolist(np.asarray(m.selected_weak) / np.maximum(weak, 1)),
-            "steps": _tolist(m.steps), "weights": _tolist(m.weights),
+            "loss1": _tolist(rep.loss1), "loss2": _tolist(rep.loss2),
+            "counts": _tolist(rep.num_usable), "weak": _tolist(weak),
+            "selected_weak": _tolist(rep.num_selected_weak),
+            "selection_rate": _tolist(np.asarray(rep.num_selected_weak) / np.maximum(weak, 1)),
+            "steps": _tolist(rep.steps), "weights": _tolist(m.weights),
             "round_time_s": round_time}
 
 
