@@ -154,7 +154,7 @@ class _Run:
                              extra["executor"], rc.executor)
             self.best = extra["best"]
             self.start = int(extra["round"])
-            history = extra.get("history")          # None: written by an older version
+            history = extra.get("history")          # None: written by an older version (refused)
         self.records = self.metrics.reconcile(history, self.start)
         return state
 
