@@ -6,7 +6,7 @@ size. :data:`DEFAULT_DOMAINS` are the four preset hospitals, :func:`client_domai
 ``c`` its domain (the presets, then seeded perturbed copies). A lesion type (``_LesionType``)
 sets the ranges of a lesion's shape (harmonic irregularity, axis ratio, rim jaggedness) and
 multiplies the domain's texture, core darkening, contrast and size; :data:`LESION_TYPES` are the
-multi-class types, ``_lesion_types(K)`` the K types and class names of a K-class federation.
+multi-class types, ``lesion_types(K)`` the K types and class names of a K-class federation.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ LESION_TYPES = (
 _BINARY_TYPE = _LesionType("lesion", (0.03, 0.26), (1.0, 1.6), (0.02, 0.10), 1.0, 0.0, 1.0, 1.0)
 
 
-def _lesion_types(num_classes: int) -> tuple[list[_LesionType], list[str]]:
+def lesion_types(num_classes: int) -> tuple[list[_LesionType], list[str]]:
     if num_classes == 1:
         return [_BINARY_TYPE], ["lesion"]
     if not 1 <= num_classes <= 2 * len(LESION_TYPES):
