@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from fedmix_jax.data.boxes import box_masks_from_masks, sample_rng
-from fedmix_jax.data.synthetic_domains import Domain, _LesionType
+from fedmix_jax.data.synthetic_domains import Domain, LesionType
 
 _STREAM_IMAGE, _STREAM_BOX, _STREAM_LESION_FREE = 0, 1, 2
 _MAX_LESIONS = 3
@@ -90,7 +90,7 @@ def _lesion_free_flags(seed: int, client: int, split: int, n: int, fraction: flo
     return np.mod(phase + golden * np.arange(n), 1.0) < fraction
 
 
-def _render_split(domain: Domain, types: Sequence[_LesionType], uni: np.ndarray, fields: np.ndarray,
+def _render_split(domain: Domain, types: Sequence[LesionType], uni: np.ndarray, fields: np.ndarray,
                   lesion_free: np.ndarray, size: int):
     """Render images [n, S, S] in [0, 1] and per-class masks [n, S, S, K] from the draws."""
     n = uni.shape[0]
