@@ -203,8 +203,7 @@ class _Run:
         return state, jax.device_get(metrics)  # only the [C] metrics come to the host
 
     def _check_finite(self, r: int, m) -> None:
-        """A NaN/inf loss (or weight, which would poison the aggregate) stops the run before
-        anything of this round is written."""
+        """A NaN/inf loss or weight stops the run before anything of this round is written."""
         rep = m.reports
         finite = np.isfinite(rep.loss1) & np.isfinite(rep.loss2) & np.isfinite(m.weights)
         if finite.all():
