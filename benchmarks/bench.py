@@ -289,8 +289,8 @@ def _rounds(args, model, train, key, image_shape, res, errors, log):
     ref = done.get(default) or next(iter(done.values()), None)
     if ref is not None:      # the work of one round, for the conv floor (2 models)
         m = ref.first_metrics
-        res.set("round_work", dict(variant=ref.name, model_steps=2 * int(np.sum(m.steps)),
-                                   forward_images=2 * int(np.sum(m.weak))))
+        res.set("round_work", dict(variant=ref.name, model_steps=2 * int(np.sum(m.reports.steps)),
+                                   forward_images=2 * int(np.sum(m.reports.num_weak))))
     torch_name = next((k for k in kept if k.startswith("torch")), None)
     for name, key_ in (("baseline", "baseline_check"), (torch_name, "torch_check")):
         other = kept.get(name)

@@ -191,14 +191,26 @@ def summarize_rounds(res: dict, images_per_round: int) -> dict:
     return res
 
 
+# A baseline's metric names -> the fields of RoundMetrics.reports (SiteReport).
+_REPORT_FIELDS = {"counts": "num_usable", "weak": "num_weak", "selected_weak": "num_selected_weak",
+                  "steps": "steps", "loss1": "loss1", "loss2": "loss2"}
+
+
 def compare_rounds(a, b) -> dict:
     """How far apart two variants' first rounds are (same initial state): metrics and params.
 
-    ``a`` / ``b`` have ``name``, ``first_metrics`` (a mapping or an object with counts, weak,
-    selected_weak, steps, loss1, loss2, weights) and ``first_global`` (the global pair).
+    ``a`` / ``b`` have ``name``, ``first_metrics`` (a mapping with counts, weak, selected_weak,
+    steps, loss1, loss2, weights, or a :class:`~fedmix_jax.round.RoundMetrics`) and
+    ``first_global`` (the global pair).
     """
     ma, mb = a.first_metrics, b.first_metrics
-    get = lambda m, k: np.asarray(m[k] if isinstance(m, dict) else getattr(m, k))  # noqa: E731
+
+    def get(m, k):
+        if isinstance(m, dict):
+            return np.asarray(m[k])
+        return np.asarray(getattr(m.reports, _REPORT_FIELDS[k]) if k in _REPORT_FIELDS
+                          else getattr(m, k))
+
     out = dict(between=[a.name, b.name])
     for k in ("counts", "weak", "selected_weak", "steps"):
         out[f"{k}_equal"] = bool(np.array_equal(get(ma, k), get(mb, k)))

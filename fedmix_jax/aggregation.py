@@ -85,6 +85,3 @@ def weighted_average(stacked_tree, weights: jax.Array):
     w = jnp.asarray(weights, jnp.float32)
     return jax.tree.map(
         lambda x: jnp.tensordot(w, x.astype(jnp.float32), axes=1).astype(x.dtype), stacked_tree)
-
-
-weighted_average_jit = jax.jit(weighted_average)

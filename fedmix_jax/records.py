@@ -17,6 +17,7 @@ import numpy as np
 from absl import logging
 
 from fedmix_jax import rundir
+from fedmix_jax.errors import WorkdirError
 
 
 def _tolist(x) -> list:
@@ -44,13 +45,14 @@ def check_checkpoint_record(step: int, extra: dict) -> None:
 
 def round_record(r: int, m, round_time: float) -> dict:
     """The record of round ``r`` from its per-client metrics ``m`` (host NumPy arrays)."""
-    weak = np.asarray(m.weak)
+    rep = m.reports
+    weak = np.asarray(rep.num_weak)
     return {"round": r,
-            "loss1": _tolist(m.loss1), "loss2": _tolist(m.loss2),
-            "counts": _tolist(m.counts), "weak": _tolist(weak),
-            "selected_weak": _tolist(m.selected_weak),
-            "selection_rate": _tolist(np.asarray(m.selected_weak) / np.maximum(weak, 1)),
-            "steps": _tolist(m.steps), "weights": _tolist(m.weights),
+            "loss1": _tolist(rep.loss1), "loss2": _tolist(rep.loss2),
+            "counts": _tolist(rep.num_usable), "weak": _tolist(weak),
+            "selected_weak": _tolist(rep.num_selected_weak),
+            "selection_rate": _tolist(np.asarray(rep.num_selected_weak) / np.maximum(weak, 1)),
+            "steps": _tolist(rep.steps), "weights": _tolist(m.weights),
             "round_time_s": round_time}
 
 
@@ -168,12 +170,15 @@ class MetricsFile:
         """Make the file hold the records of rounds 1..``last_round`` and return them.
 
         ``history``: those records as stored in the checkpoint of ``last_round`` ([] for a fresh
-        start), or None for a checkpoint written before records were stored in checkpoints (the
-        file is then the only copy: its records of rounds <= last_round are kept once each).
+        start). None (a checkpoint written before records were stored in checkpoints) raises
+        :class:`~fedmix_jax.errors.WorkdirError`: resume it with the version that wrote it.
         """
-        found = self._lines()
         if history is None:
-            return self._reconcile_legacy(found, last_round)
+            raise WorkdirError(
+                f"the checkpoint of round {last_round} in {self.workdir} was written by an older "
+                "version of fedmix_jax, without the rounds' records; resume it with that version, "
+                "or start afresh in another --workdir")
+        found = self._lines()
         lines, _ = found if found is not None else ([], True)
         problem = None
         if found is None and history:
@@ -214,40 +219,6 @@ class MetricsFile:
             return rundir.move_aside(self.path, self.workdir, rundir.METRICS_FILE)
         except OSError as e:
             raise rundir.os_error(e, f"move the damaged {self.path} aside") from None
-
-    def _reconcile_legacy(self, found, last_round: int) -> list[dict]:
-        kept, seen = [], set()
-        for line in (found[0] if found else []):
-            try:
-                rec = json.loads(line)
-                r = int(rec["round"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                continue
-            if r <= last_round and r not in seen:
-                seen.add(r)
-                kept.append(rec)
-        order = [rec["round"] for rec in kept]
-        kept.sort(key=lambda rec: rec["round"])
-        missing = sorted(set(range(1, last_round + 1)) - seen)
-        if missing:
-            logging.warning("%s lacks the records of rounds %s and the checkpoint of round %d "
-                            "(written by an older version) holds none: they are missing from "
-                            "the file and the plots", self.path, _ranges(missing), last_round)
-        if found is not None and (len(kept) != len(found[0]) or not found[1]
-                                  or order != sorted(order)):
-            self.rewrite(kept)
-        return kept
-
-
-def _ranges(xs: list[int]) -> str:
-    out, start = [], None
-    for i, x in enumerate(xs):
-        if start is None:
-            start = x
-        if i + 1 == len(xs) or xs[i + 1] != x + 1:
-            out.append(str(start) if start == x else f"{start}-{x}")
-            start = None
-    return ", ".join(out)
 
 
 __all__ = ["round_record", "eval_record", "add_evaluation", "evaluation_of", "local_test_record",

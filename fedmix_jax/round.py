@@ -53,36 +53,10 @@ class RoundMetrics:
     reports: SiteReport
     weights: jax.Array
 
-    # Names of the per-client figures as the training job writes them.
-    @property
-    def loss1(self) -> jax.Array:
-        return self.reports.loss1
-
-    @property
-    def loss2(self) -> jax.Array:
-        return self.reports.loss2
-
-    @property
-    def counts(self) -> jax.Array:
-        """n_i, usable samples (pixel + selected weak)."""
-        return self.reports.num_usable
-
-    @property
-    def weak(self) -> jax.Array:
-        return self.reports.num_weak
-
-    @property
-    def selected_weak(self) -> jax.Array:
-        return self.reports.num_selected_weak
-
-    @property
-    def steps(self) -> jax.Array:
-        return self.reports.steps
-
     @property
     def selection_rate(self) -> jax.Array:
         """Selected fraction of each client's weak samples, [C] (0 where it has none)."""
-        return self.selected_weak / jnp.maximum(self.weak, 1)
+        return self.reports.num_selected_weak / jnp.maximum(self.reports.num_weak, 1)
 
 
 # A backend maps ``site_fn(shared, client)`` over the leading client axis of ``clients``:

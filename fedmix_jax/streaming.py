@@ -56,7 +56,6 @@ import collections
 import concurrent.futures
 import dataclasses
 import functools
-import math
 from typing import Any, Callable, Iterable, Iterator
 
 import flax.linen as nn
@@ -319,11 +318,6 @@ class StreamedRound:
             reports.append(report)
         return self._finish(state, self._valid, self._stack(*sites), self._stack(*reports),
                             next_key, hparams)
-
-
-def throughput(num_images: int, seconds: float) -> float:
-    """Client-images per second (training samples of all clients in one round / round time)."""
-    return num_images / seconds if seconds > 0 else math.nan
 
 
 __all__ = ["SplitSource", "ArraySource", "ArrayRecordSource", "StreamOptions", "StreamedRound",

@@ -154,7 +154,7 @@ class _Run:
                              extra["executor"], rc.executor)
             self.best = extra["best"]
             self.start = int(extra["round"])
-            history = extra.get("history")          # None: written by an older version
+            history = extra.get("history")          # None: written by an older version (refused)
         self.records = self.metrics.reconcile(history, self.start)
         return state
 
@@ -203,14 +203,14 @@ class _Run:
         return state, jax.device_get(metrics)  # only the [C] metrics come to the host
 
     def _check_finite(self, r: int, m) -> None:
-        """A NaN/inf loss (or weight, which would poison the aggregate) stops the run before
-        anything of this round is written."""
-        finite = np.isfinite(m.loss1) & np.isfinite(m.loss2) & np.isfinite(m.weights)
+        """A NaN/inf loss or weight stops the run before anything of this round is written."""
+        rep = m.reports
+        finite = np.isfinite(rep.loss1) & np.isfinite(rep.loss2) & np.isfinite(m.weights)
         if finite.all():
             return
         bad = [int(c) for c in np.nonzero(~finite)[0]]
-        where = ", ".join(f"client {c} ({self.client_names[c]}): loss1={m.loss1[c]}, "
-                          f"loss2={m.loss2[c]}, weight={m.weights[c]}" for c in bad)
+        where = ", ".join(f"client {c} ({self.client_names[c]}): loss1={rep.loss1[c]}, "
+                          f"loss2={rep.loss2[c]}, weight={m.weights[c]}" for c in bad)
         self.checkpointer.wait_until_finished()
         last = self.checkpointer.kept_step()
         raise TrainingDivergedError(
@@ -231,7 +231,7 @@ class _Run:
             round_time = time.perf_counter() - t0
             self.round_times.append(round_time)
             self._check_finite(r, m)
-            if r == 1 and self.may_not_learn and not np.any(np.asarray(m.steps) > 0):
+            if r == 1 and self.may_not_learn and not np.any(np.asarray(m.reports.steps) > 0):
                 raise ConfigError(NOTHING_TRAINED)
             rec = round_record(r, m, round_time) | (diag or {})
             if evaluating:

@@ -239,9 +239,10 @@ def run(strategy_name):
         ev = evaluate(model, state.global_params[0], val)
         history.append(dict(
             round=r, seconds=seconds, val_dice=ev["dice"], val_mean_dice=float(ev["mean_dice"]),
-            weights=np.asarray(m.weights), counts=np.asarray(m.counts),
-            loss1=np.asarray(m.loss1), weak=np.asarray(m.weak),
-            selection_rate=np.asarray(m.selected_weak) / np.maximum(np.asarray(m.weak), 1)))
+            weights=np.asarray(m.weights), counts=np.asarray(m.reports.num_usable),
+            loss1=np.asarray(m.reports.loss1), weak=np.asarray(m.reports.num_weak),
+            selection_rate=(np.asarray(m.reports.num_selected_weak)
+                            / np.maximum(np.asarray(m.reports.num_weak), 1))))
         if ev["mean_dice"] > best:           # model selection on validation, never on test
             best = float(ev["mean_dice"])
             best_params = jax.tree.map(jnp.copy, state.global_params[0])

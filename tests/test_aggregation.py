@@ -77,6 +77,6 @@ def test_weighted_average_matches_numpy_and_equal_weights_give_mean():
     out = aggregation.weighted_average(tree, w)
     np.testing.assert_allclose(out["a"], np.tensordot(w, tree["a"], 1), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out["b"][0], (w * tree["b"][0]).sum(), rtol=1e-5)
-    mean = aggregation.weighted_average_jit(tree, jnp.full((4,), 0.25))
+    mean = jax.jit(aggregation.weighted_average)(tree, jnp.full((4,), 0.25))
     np.testing.assert_allclose(mean["a"], tree["a"].mean(0), rtol=1e-5, atol=1e-6)
     assert jax.tree.structure(mean) == jax.tree.structure(jax.tree.map(lambda x: x[0], tree))

@@ -74,4 +74,4 @@ def test_a_registered_strategy_is_used_everywhere(split):
     cfg = fm.RoundConfig(strategy=fm.get_strategy("mine"), batch_size=4)
     state = fm.init_state(MODEL, jax.random.PRNGKey(0), (SIZE, SIZE, 1), 3, cfg)
     _, m = fm.make_round_fn(MODEL, cfg)(state, split)
-    assert np.asarray(m.counts).tolist() == [0, 6, 0]
+    assert np.asarray(m.reports.num_usable).tolist() == [0, 6, 0]

@@ -101,10 +101,10 @@ def test_bce_mode_round_reports_dice_of_lesion_samples_only():
         _, m = F.make_round_fn(model, cfg)(state, split)
         out[mode] = jax.device_get(m)
     # "dice": the lesion-free client's loss is ~1 (soft Dice of empty targets)
-    assert out["dice"].loss1[1] > 0.99
+    assert out["dice"].reports.loss1[1] > 0.99
     # "bce": it has no lesion sample, so nothing enters its l_i; it still trained (1 step)
-    assert out["bce"].loss1[1] == 0.0 and out["bce"].steps[1] == 1
-    assert 0.0 < out["bce"].loss1[0] < 1.0
+    assert out["bce"].reports.loss1[1] == 0.0 and out["bce"].reports.steps[1] == 1
+    assert 0.0 < out["bce"].reports.loss1[0] < 1.0
 
 
 

@@ -461,7 +461,7 @@ def test_round_1_that_trains_nothing_stops_the_run(tmp_path, monkeypatch, federa
 
         def wrapped(state, data, *args):
             state, m = round_fn(state, data, *args)
-            return state, m.replace(reports=m.reports.replace(steps=0 * m.steps))
+            return state, m.replace(reports=m.reports.replace(steps=0 * m.reports.steps))
         return wrapped
 
     monkeypatch.setattr(train, "make_round_fn", idle)

@@ -60,13 +60,15 @@ def lenient_run(clients):
 def test_weak_clients_train_on_their_labels_without_any_selection(strict_runs):
     (_, _, plain), (_, _, plus) = strict_runs
     m, p = plain[0], plus[0]
-    assert m.selected_weak.sum() == 0 and p.selected_weak.sum() == 0
+    assert m.reports.num_selected_weak.sum() == 0 and p.reports.num_selected_weak.sum() == 0
     # fedmix: only the pixel client trains; fedmix_plus: the box and image clients too, every
     # sample (n_i counts them); the unlabelled client has nothing to train on.
-    assert m.steps.tolist() == [0, 2, 0, 0] and m.counts.tolist() == [0, 6, 0, 0]
-    assert p.steps.tolist() == [3, 2, 2, 0] and p.counts.tolist() == [9, 6, 7, 0]
+    assert m.reports.steps.tolist() == [0, 2, 0, 0]
+    assert m.reports.num_usable.tolist() == [0, 6, 0, 0]
+    assert p.reports.steps.tolist() == [3, 2, 2, 0]
+    assert p.reports.num_usable.tolist() == [9, 6, 7, 0]
     # l_i stays the Dice loss of samples with a (pseudo-)target: 0 for the weak clients here
-    assert p.loss1[0] == 0 and p.loss1[2] == 0 and p.loss1[1] > 0
+    assert p.reports.loss1[0] == 0 and p.reports.loss1[2] == 0 and p.reports.loss1[1] > 0
     assert np.isclose(p.weights.sum(), 1.0) and p.weights[3] == 0
 
 
@@ -75,7 +77,7 @@ def test_masked_steps_leave_a_client_without_labels_untouched(strict_runs):
     # passes through bit-identical.
     _, (before, after, ms) = strict_runs
     take = lambda t, c: jax.tree.map(lambda x: np.asarray(x)[c], t)  # noqa: E731
-    assert [int(m.steps[3]) for m in ms] == [0, 0]
+    assert [int(m.reports.steps[3]) for m in ms] == [0, 0]
     assert_trees(take(after.opt_state, 3), take(before.opt_state, 3))
 
 
@@ -84,11 +86,11 @@ def test_padding_with_invalid_samples_changes_nothing(clients, lenient_run):
     padded = split.pad_to(split.max_samples + 5)
     _, s1, m1 = lenient_run
     _, s2, m2 = _rounds(padded, _cfg("fedmix_plus", LENIENT))
-    assert sum(int(m.selected_weak.sum()) for m in m1) > 0
+    assert sum(int(m.reports.num_selected_weak.sum()) for m in m1) > 0
     assert_trees(s1.global_params, s2.global_params, exact=False, atol=1e-6)
     for a, b in zip(m1, m2):
-        np.testing.assert_array_equal(a.counts, b.counts)
-        np.testing.assert_allclose(a.loss1, b.loss1, rtol=5e-4, atol=1e-7)
+        np.testing.assert_array_equal(a.reports.num_usable, b.reports.num_usable)
+        np.testing.assert_allclose(a.reports.loss1, b.reports.loss1, rtol=5e-4, atol=1e-7)
 
 
 def test_weak_weights_change_the_update(clients, lenient_run):

@@ -272,9 +272,9 @@ def test_simulation_equals_in_process_loop_round(two_rounds):
     recs = read_metrics(os.path.join(summary["workdir"], "metrics.jsonl"))
     assert [r["round"] for r in recs] == [1, 2]
     for rec, m in zip(recs, ref_metrics):
-        np.testing.assert_array_equal(rec["counts"], np.asarray(m.counts))
-        np.testing.assert_array_equal(rec["selected_weak"], np.asarray(m.selected_weak))
-        np.testing.assert_allclose(rec["loss1"], np.asarray(m.loss1), rtol=1e-6, atol=1e-7)
+        np.testing.assert_array_equal(rec["counts"], np.asarray(m.reports.num_usable))
+        np.testing.assert_array_equal(rec["selected_weak"], np.asarray(m.reports.num_selected_weak))
+        np.testing.assert_allclose(rec["loss1"], np.asarray(m.reports.loss1), rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(rec["weights"], np.asarray(m.weights), rtol=1e-6, atol=1e-7)
         assert all(rec["accepted"]) and "val_mean_dice" in rec
     assert summary["client_names"] == ["site_a_dim", "site_b_hairy", "site_c_clean"]
@@ -556,9 +556,9 @@ def test_fedst_leaves_its_warm_up_on_flower_as_in_process(tmp_path):
 
     recs = read_metrics(os.path.join(summary["workdir"], "metrics.jsonl"))
     for rec, m in zip(recs, ref_metrics):
-        np.testing.assert_array_equal(rec["counts"], np.asarray(m.counts))
+        np.testing.assert_array_equal(rec["counts"], np.asarray(m.reports.num_usable))
         np.testing.assert_allclose(rec["weights"], np.asarray(m.weights), rtol=1e-6, atol=1e-7)
-        np.testing.assert_allclose(rec["loss1"], np.asarray(m.loss1), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(rec["loss1"], np.asarray(m.reports.loss1), rtol=1e-6, atol=1e-7)
     w = [np.asarray(r["weights"]) for r in recs]
     np.testing.assert_allclose(w[0], [0.0, 1.0, 0.0])              # warm-up: pixel site only
     np.testing.assert_allclose(w[1], [0.05, 0.9, 0.05], rtol=1e-6)  # after it: 0.9 / shared 0.1

@@ -162,7 +162,7 @@ def test_nan_in_a_later_round_keeps_earlier_checkpoint(tmp_path, monkeypatch, ca
         def wrapped(state, data):
             state, m = round_fn(state, data)
             if int(state.round) == 2:
-                m = m.replace(reports=m.reports.replace(loss1=m.loss1.at[1].set(np.nan)))
+                m = m.replace(reports=m.reports.replace(loss1=m.reports.loss1.at[1].set(np.nan)))
             return state, m
         return wrapped
 

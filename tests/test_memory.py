@@ -119,7 +119,7 @@ def test_uint8_round_and_evaluation_bit_identical_to_float32(splits, u8_run):
     u8, f32 = splits
     state_u8, m_u8 = u8_run
     state_f32, m_f32 = _run(f32, "fedmix", "map")
-    assert sum(int(m.selected_weak.sum()) for m in m_u8) > 0   # the pseudo-label path ran
+    assert sum(int(m.reports.num_selected_weak.sum()) for m in m_u8) > 0  # pseudo-labels ran
     for a, b in zip(jax.tree.leaves((state_u8, m_u8)), jax.tree.leaves((state_f32, m_f32))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     ev_u8 = evaluate(MODEL, state_u8.global_params[0], u8, chunk_size=5)
@@ -141,7 +141,7 @@ def test_compact_round_bit_identical_to_padded(splits, u8_run):
     assert compact.images.shape[0] == int(u8.valid.sum()) < u8.valid.size
     state_p, m_p = u8_run
     state_c, m_c = _run(compact, "fedmix", "map")
-    assert sum(int(m.selected_weak.sum()) for m in m_p) > 0   # the pseudo-label path ran
+    assert sum(int(m.reports.num_selected_weak.sum()) for m in m_p) > 0   # pseudo-labels ran
     for a, b in zip(jax.tree.leaves((state_p, m_p)), jax.tree.leaves((state_c, m_c))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 

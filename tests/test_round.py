@@ -41,7 +41,7 @@ def clients():
 
 
 def selected_count(metrics):
-    return sum(int(m.selected_weak.sum()) for m in metrics)
+    return sum(int(m.reports.num_selected_weak.sum()) for m in metrics)
 
 
 def as_device(split):
@@ -90,8 +90,8 @@ def test_padding_with_invalid_samples_changes_nothing(clients):
     assert_trees(s1.global_params, s2.global_params, exact=False, atol=1e-6)
     assert_trees(s1.opt_state, s2.opt_state, exact=False, atol=1e-6)
     for a, b in zip(m1, m2):
-        np.testing.assert_array_equal(a.counts, b.counts)
-        np.testing.assert_allclose(a.loss1, b.loss1, rtol=5e-4)
+        np.testing.assert_array_equal(a.reports.num_usable, b.reports.num_usable)
+        np.testing.assert_allclose(a.reports.loss1, b.reports.loss1, rtol=5e-4)
         np.testing.assert_allclose(a.weights, b.weights, rtol=1e-5)
 
 
@@ -106,7 +106,7 @@ def test_masked_steps_leave_client_bit_identical(clients):
     for _ in range(2):
         state, m = round_fn(state, split)
     m = jax.device_get(m)
-    assert m.steps.tolist() == [0, 2, 0] and m.counts.tolist() == [0, 6, 0]
+    assert m.reports.steps.tolist() == [0, 2, 0] and m.reports.num_usable.tolist() == [0, 6, 0]
     assert m.weights.tolist() == [0, 0, 0]
     take = lambda t, c: jax.tree.map(lambda x: np.asarray(x)[c], t)  # noqa: E731
     for c in (0, 2):
@@ -148,12 +148,13 @@ def test_lambda_zero_gives_count_weights(clients):
     split = stack_clients(clients)
     _, metrics, _ = run(split, rounds=1, lam=0.0)
     m = metrics[0]
-    assert m.counts.sum() > m.counts[1]                # weak samples were selected
-    np.testing.assert_allclose(m.weights, m.counts / m.counts.sum(), rtol=1e-6)
+    counts = m.reports.num_usable
+    assert counts.sum() > counts[1]                # weak samples were selected
+    np.testing.assert_allclose(m.weights, counts / counts.sum(), rtol=1e-6)
     _, metrics10, _ = run(split, rounds=1, lam=10.0)
     w10 = metrics10[0]
-    expected = (m.counts / m.counts.sum()
-                + 10 * w10.loss1 ** 3 / (w10.loss1 ** 3).sum())
+    expected = (counts / counts.sum()
+                + 10 * w10.reports.loss1 ** 3 / (w10.reports.loss1 ** 3).sum())
     np.testing.assert_allclose(w10.weights, expected / expected.sum(), rtol=1e-5)
     assert not np.allclose(w10.weights, m.weights)
 
@@ -171,9 +172,9 @@ def test_vmap_and_loop_executors_agree(clients, loop_run, group):
     s_loop, m_loop, _ = loop_run
     s_vmap, m_vmap, _ = run(split, executor="vmap", client_group=group)
     for a, b in zip(m_loop, m_vmap):
-        np.testing.assert_array_equal(a.counts, b.counts)
-        np.testing.assert_allclose(a.loss1, b.loss1, rtol=5e-4)
-        np.testing.assert_allclose(a.loss2, b.loss2, rtol=5e-4)
+        np.testing.assert_array_equal(a.reports.num_usable, b.reports.num_usable)
+        np.testing.assert_allclose(a.reports.loss1, b.reports.loss1, rtol=5e-4)
+        np.testing.assert_allclose(a.reports.loss2, b.reports.loss2, rtol=5e-4)
         np.testing.assert_allclose(a.weights, b.weights, rtol=5e-4)
     # Adam divides by sqrt(v): a parameter whose gradient is ~0 moves by up to lr in a direction
     # set by rounding, so the bound is one step (lr = 1e-3); almost all parameters agree closely.
@@ -225,7 +226,7 @@ def test_end_to_end_learns_and_selects():
     selected = np.zeros(3)
     for _ in range(6):
         state, m = round_fn(state, train)
-        selected += np.asarray(m.selected_weak)
+        selected += np.asarray(m.reports.num_selected_weak)
     after = evaluate(model, state.global_params[0], fed.test)["mean_dice"]
     assert after > before + 0.2, (before, after)
     assert selected[0] > 0 and selected[1] > 0 and selected[2] == 0, selected

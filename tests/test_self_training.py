@@ -197,10 +197,11 @@ def test_warm_up_then_fixed_weights(split, name, share):
     state, after = round_fn(state, split)
     warm, after = jax.device_get((warm, after))
     # warm-up: only the pixel client trains and it carries all the weight
-    assert warm.steps.tolist() == [2, 0, 0] and warm.counts.tolist() == [6, 0, 0]
+    assert warm.reports.steps.tolist() == [2, 0, 0]
+    assert warm.reports.num_usable.tolist() == [6, 0, 0]
     np.testing.assert_allclose(warm.weights, [1, 0, 0])
     # after: every client trains on all its samples; fixed weights
-    assert after.counts.tolist() == [6, 8, 7] and all(after.steps > 0)
+    assert after.reports.num_usable.tolist() == [6, 8, 7] and all(after.reports.steps > 0)
     np.testing.assert_allclose(after.weights, [share, (1 - share) / 2, (1 - share) / 2],
                                rtol=1e-6)
     # one model: model 2 never moves

@@ -89,7 +89,7 @@ def test_streamed_round_equals_in_memory_round(real, in_memory, block_steps):
                                 jax.tree.map(jnp.copy, state), 2)
     assert same(got_state, want_state)
     assert same(got, want)
-    assert int(want[0].reports.num_selected_weak[0]) > 0 and int(want[0].steps.min()) > 0
+    assert int(want[0].reports.num_selected_weak[0]) > 0 and int(want[0].reports.steps.min()) > 0
 
 
 @pytest.mark.parametrize("strategy", ["fedst"])

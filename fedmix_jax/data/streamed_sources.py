@@ -151,7 +151,7 @@ class ArrayRecordSource(SplitSource):
             self.valid[c, :m] = True
 
     def read(self, c: int, rows: np.ndarray, fields=FIELDS) -> FederatedSplit:
-        from fedmix_jax.data.real.loader import _text
+        from fedmix_jax.data.real.loader import record_text
 
         rows = np.asarray(rows, np.int64)
         out = self._zeros(len(rows))
@@ -172,10 +172,10 @@ class ArrayRecordSource(SplitSource):
                     f"--config.data.rebuild=True (needs {DATA_DIR_FLAG})",
                     self.prepared.path) from e
             for j, r in zip(inside, recs):
-                if _text(r["client"]) != self.client_names[c]:
+                if record_text(r["client"]) != self.client_names[c]:
                     raise RuntimeError(
                         f"cache {self.prepared.path} is inconsistent: record {rng[int(rows[j])]} "
-                        f"of {self.split_name} belongs to {_text(r['client'])}, expected "
+                        f"of {self.split_name} belongs to {record_text(r['client'])}, expected "
                         f"{self.client_names[c]}; rebuild it (--config.data.rebuild=True)")
                 out["images"][j] = r["image"]
                 out["masks"][j] = r["mask"]
@@ -234,13 +234,14 @@ def open_streamed_federation(data_cfg, verbose: bool = True):
     :class:`ArrayRecordSource` (left in the cache) and whose ``val`` / ``test`` are read into
     memory as :func:`~fedmix_jax.data.real.load_federation_from_config` reads them."""
     from fedmix_jax.data.federation import Federation, stack_clients
-    from fedmix_jax.data.real.loader import (_get, _resolve_clients_levels, _take_counts,
-                                             prepare_dataset, read_client_split)
+    from fedmix_jax.data.real.cache import config_get
+    from fedmix_jax.data.real.loader import (prepare_dataset, read_client_split,
+                                             resolve_clients_levels, take_counts)
 
     prepared = prepare_dataset(data_cfg, verbose=verbose)
-    clients, levels = _resolve_clients_levels(data_cfg, prepared)
-    max_pc = int(_get(data_cfg, "max_per_client", 0))
-    takes = {c: _take_counts(prepared, c, max_pc) for c in clients}
+    clients, levels = resolve_clients_levels(data_cfg, prepared)
+    max_pc = int(config_get(data_cfg, "max_per_client", 0))
+    takes = {c: take_counts(prepared, c, max_pc) for c in clients}
     train = ArrayRecordSource(prepared, "train", clients, levels,
                               [takes[c]["train"] for c in clients])
     held = {}

@@ -44,8 +44,8 @@ from fedmix_jax.data.federation import (Federation, FederatedSplit, float_images
                                         gathered_labels,
                                         level_from_name, stack_clients)
 from fedmix_jax.data.synthetic_domains import (DEFAULT_DOMAINS, LESION_TYPES, Domain,
-                                               _lesion_types, client_domain)
-from fedmix_jax.data.synthetic_render import _make_client_split
+                                               lesion_types, client_domain)
+from fedmix_jax.data.synthetic_render import make_client_split
 
 __all__ = [
     "Domain",
@@ -112,7 +112,7 @@ def make_synthetic_federation(num_clients: int = 4, image_size: int = 64,
     if not 0.0 <= lesion_free_fraction <= 1.0:
         raise ValueError(f"lesion_free_fraction must be in [0, 1], got {lesion_free_fraction}")
     box_mode = check_box_mode(box_mode)
-    types, class_names = _lesion_types(int(num_classes))
+    types, class_names = lesion_types(int(num_classes))
     sizes = {
         "train": [int(v) for v in _per_client(train_sizes, num_clients, "train_sizes", _DEFAULT_TRAIN_SIZES)],
         "val": [int(v) for v in _per_client(val_size, num_clients, "val_size", ())],
@@ -126,9 +126,9 @@ def make_synthetic_federation(num_clients: int = 4, image_size: int = 64,
     out = {}
     for split, split_id in _SPLITS.items():
         per_client = [
-            _make_client_split(int(seed), c, split_id, sizes[split][c], domains[c], types,
-                               int(image_size), float(lesion_free_fraction), lv[c], box_margin,
-                               box_mode)
+            make_client_split(int(seed), c, split_id, sizes[split][c], domains[c], types,
+                              int(image_size), float(lesion_free_fraction), lv[c], box_margin,
+                              box_mode)
             for c in range(num_clients)]
         out[split] = stack_clients(per_client)
     return Federation(client_names=[d.name for d in domains], class_names=class_names, **out)

@@ -3,10 +3,10 @@
 A :class:`Domain` holds one client's look (brightness, gamma, illumination, skin and lesion texture,
 blur, noise, speckle, hairs); pixel-scale fields are in px at 64 x 64 and scale with the image
 size. :data:`DEFAULT_DOMAINS` are the four preset hospitals, :func:`client_domain` gives client
-``c`` its domain (the presets, then seeded perturbed copies). A lesion type (``_LesionType``)
+``c`` its domain (the presets, then seeded perturbed copies). A lesion type (``LesionType``)
 sets the ranges of a lesion's shape (harmonic irregularity, axis ratio, rim jaggedness) and
 multiplies the domain's texture, core darkening, contrast and size; :data:`LESION_TYPES` are the
-multi-class types, ``_lesion_types(K)`` the K types and class names of a K-class federation.
+multi-class types, ``lesion_types(K)`` the K types and class names of a K-class federation.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ DEFAULT_DOMAINS = (
 
 
 @dataclasses.dataclass(frozen=True)
-class _LesionType:
+class LesionType:
     name: str
     irregularity: tuple[float, float]  # range of the harmonic amplitude budget
     eccentricity: tuple[float, float]  # axis ratio range
@@ -79,15 +79,15 @@ class _LesionType:
 # Multi-class lesion types (K > 1), distinguished by shape and texture. Types 4-7 are smaller
 # variants of types 0-3.
 LESION_TYPES = (
-    _LesionType("nodular", (0.02, 0.08), (1.0, 1.2), (0.01, 0.03), 0.5, 0.45, 1.15, 1.0),
-    _LesionType("irregular", (0.18, 0.30), (1.0, 1.4), (0.08, 0.14), 2.2, 0.0, 0.9, 1.0),
-    _LesionType("elongated", (0.02, 0.08), (1.9, 2.6), (0.01, 0.04), 1.0, 0.2, 1.0, 0.95),
-    _LesionType("ring", (0.03, 0.10), (1.0, 1.3), (0.02, 0.05), 0.8, -0.8, 1.3, 1.0),
+    LesionType("nodular", (0.02, 0.08), (1.0, 1.2), (0.01, 0.03), 0.5, 0.45, 1.15, 1.0),
+    LesionType("irregular", (0.18, 0.30), (1.0, 1.4), (0.08, 0.14), 2.2, 0.0, 0.9, 1.0),
+    LesionType("elongated", (0.02, 0.08), (1.9, 2.6), (0.01, 0.04), 1.0, 0.2, 1.0, 0.95),
+    LesionType("ring", (0.03, 0.10), (1.0, 1.3), (0.02, 0.05), 0.8, -0.8, 1.3, 1.0),
 )
-_BINARY_TYPE = _LesionType("lesion", (0.03, 0.26), (1.0, 1.6), (0.02, 0.10), 1.0, 0.0, 1.0, 1.0)
+_BINARY_TYPE = LesionType("lesion", (0.03, 0.26), (1.0, 1.6), (0.02, 0.10), 1.0, 0.0, 1.0, 1.0)
 
 
-def _lesion_types(num_classes: int) -> tuple[list[_LesionType], list[str]]:
+def lesion_types(num_classes: int) -> tuple[list[LesionType], list[str]]:
     if num_classes == 1:
         return [_BINARY_TYPE], ["lesion"]
     if not 1 <= num_classes <= 2 * len(LESION_TYPES):

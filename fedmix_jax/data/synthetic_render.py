@@ -1,6 +1,6 @@
 """Rendering the synthetic federation: per-sample draws -> images and per-class lesion masks.
 
-All operations are vectorised over one client's split. :func:`_make_client_split` draws a split
+All operations are vectorised over one client's split. :func:`make_client_split` draws a split
 of ``n`` samples of one client (every sample from its own generator seeded by ``(seed, client,
 split, index, stream)``) and returns the unpadded ``stack_clients`` input: images float32
 [n, S, S, 1] in [0, 1], masks and boxes uint8 [n, S, S, K] in {0, 1}, image_labels float32
@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from fedmix_jax.data.boxes import box_masks_from_masks, sample_rng
-from fedmix_jax.data.synthetic_domains import Domain, _LesionType
+from fedmix_jax.data.synthetic_domains import Domain, LesionType
 
 _STREAM_IMAGE, _STREAM_BOX, _STREAM_LESION_FREE = 0, 1, 2
 _MAX_LESIONS = 3
@@ -90,7 +90,7 @@ def _lesion_free_flags(seed: int, client: int, split: int, n: int, fraction: flo
     return np.mod(phase + golden * np.arange(n), 1.0) < fraction
 
 
-def _render_split(domain: Domain, types: Sequence[_LesionType], uni: np.ndarray, fields: np.ndarray,
+def _render_split(domain: Domain, types: Sequence[LesionType], uni: np.ndarray, fields: np.ndarray,
                   lesion_free: np.ndarray, size: int):
     """Render images [n, S, S] in [0, 1] and per-class masks [n, S, S, K] from the draws."""
     n = uni.shape[0]
@@ -236,8 +236,8 @@ def _render_split(domain: Domain, types: Sequence[_LesionType], uni: np.ndarray,
     return np.clip(img, 0.0, 1.0).astype(np.float32), masks
 
 
-def _make_client_split(seed, client, split, n, domain, types, size, lesion_free_fraction, level,
-                       box_margin, box_mode="component"):
+def make_client_split(seed, client, split, n, domain, types, size, lesion_free_fraction, level,
+                      box_margin, box_mode="component"):
     if n == 0:
         k = len(types)
         return dict(images=np.zeros((0, size, size, 1), np.float32),

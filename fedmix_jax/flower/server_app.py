@@ -165,7 +165,7 @@ class _ServerRun:
         if found is not None:
             step, state, self.best_params, extra = found
             self.best, self.start = extra["best"], int(extra["round"])
-            history = extra.get("history")          # None: written before records were kept
+            history = extra.get("history")          # None: an older version's (refused)
             _say(f"resuming from the checkpoint of round {self.start}")
         self.records = self.metrics.reconcile(history, self.start)
         rundir.atomic_write_text(os.path.join(self.workdir, CONFIG_FILE),

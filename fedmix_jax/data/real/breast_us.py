@@ -13,8 +13,8 @@ import re
 from collections import defaultdict
 
 from fedmix_jax.data.real.errors import BadInputError
-from fedmix_jax.data.real.scanning import (Layout, Sample, Scan, _find_subdir, _image_files,
-                                           _pair_images_masks)
+from fedmix_jax.data.real.scanning import (Layout, Sample, Scan, find_subdir, image_files,
+                                           pair_images_masks)
 
 _BREAST_ALIASES = {
     "busi": ("Dataset_BUSI_with_GT", "BUSI"),
@@ -51,7 +51,7 @@ class BreastUS(Layout):
 
     def scan(self, data_dir, policy):
         data_dir = self.check_data_dir(data_dir)
-        found = {c: _find_subdir(data_dir, a) for c, a in _BREAST_ALIASES.items()}
+        found = {c: find_subdir(data_dir, a) for c, a in _BREAST_ALIASES.items()}
         found = {c: p for c, p in found.items() if p is not None}
         if not found:
             raise self.not_found(f"none of the folders {sum(_BREAST_ALIASES.values(), ())} in "
@@ -70,9 +70,9 @@ class BreastUS(Layout):
         return Scan(samples, clients, warnings)
 
     def _scan_busi(self, root, policy, warnings):
-        cats = {c: _find_subdir(root, (c,)) for c in ("benign", "malignant", "normal")}
+        cats = {c: find_subdir(root, (c,)) for c in ("benign", "malignant", "normal")}
         if not any(cats.values()):
-            inner = _find_subdir(root, _BREAST_ALIASES["busi"])
+            inner = find_subdir(root, _BREAST_ALIASES["busi"])
             if inner is not None:
                 return self._scan_busi(inner, policy, warnings)
             raise self.not_found(f"{root} has none of the folders benign/, malignant/, normal/")
@@ -82,7 +82,7 @@ class BreastUS(Layout):
                 warnings.append(f"BUSI: no {cat}/ folder in {root}")
                 continue
             images, masks = {}, defaultdict(list)
-            for p in _image_files(cdir):
+            for p in image_files(cdir):
                 stem = os.path.splitext(os.path.basename(p))[0]
                 m = _BUSI_MASK.match(stem)
                 if m:
@@ -111,12 +111,12 @@ class BreastUS(Layout):
         return samples
 
     def _scan_pair(self, client, root, policy):
-        image_dir = _find_subdir(root, _IMAGE_DIRS)
-        mask_dir = _find_subdir(root, _MASK_DIRS)
+        image_dir = find_subdir(root, _IMAGE_DIRS)
+        mask_dir = find_subdir(root, _MASK_DIRS)
         if image_dir is None or mask_dir is None:
             raise self.not_found(f"{root} needs an image folder ({'/, '.join(_IMAGE_DIRS)}/) and "
                                  f"a mask folder ({'/, '.join(_MASK_DIRS)}/) for client {client}")
-        images, masks = _pair_images_masks(client, image_dir, mask_dir, policy)
+        images, masks = pair_images_masks(client, image_dir, mask_dir, policy)
         samples = []
         for stem, img in sorted(images.items()):
             if stem not in masks:

@@ -61,9 +61,9 @@ def data_dir_tag(data_dir: str) -> str:
     return "d" + hashlib.sha256(p.encode("utf-8")).hexdigest()[:10]
 
 
-def _new_config(image_size=256, channels=1, seed=0, test_fraction=0.2, val_fraction=0.1,
-                on_bad_input="fail", tag="", box_mode="component",
-                drop_empty_slices=False) -> FedMixConfig:
+def new_config(image_size=256, channels=1, seed=0, test_fraction=0.2, val_fraction=0.1,
+               on_bad_input="fail", tag="", box_mode="component",
+               drop_empty_slices=False) -> FedMixConfig:
     return FedMixConfig(
         name=config_name(image_size, channels, seed, test_fraction, val_fraction, on_bad_input,
                          tag, box_mode, drop_empty_slices),
@@ -85,5 +85,5 @@ def built_splits(cfg) -> tuple[str, ...]:
                  or (sp == "test" and cfg.test_fraction > 0))
 
 
-_DEFAULT_CONFIGS = [dict(image_size=256, channels=1), dict(image_size=64, channels=1),
+DEFAULT_CONFIGS = [dict(image_size=256, channels=1), dict(image_size=64, channels=1),
                     dict(image_size=256, channels=3)]

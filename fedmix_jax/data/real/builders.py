@@ -55,7 +55,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from fedmix_jax.data.boxes import check_box_mode
-from fedmix_jax.data.real.builder_config import (_DEFAULT_CONFIGS, FedMixConfig, _new_config,
+from fedmix_jax.data.real.builder_config import (DEFAULT_CONFIGS, FedMixConfig, new_config,
                                                  built_splits, config_name, data_dir_tag)
 from fedmix_jax.data.real.errors import BadInputError, BadInputPolicy, log
 from fedmix_jax.data.real.examples import BOX_MARGIN, features, process_sample
@@ -82,7 +82,7 @@ class _FedMixBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
-    BUILDER_CONFIGS = [_new_config(**kw) for kw in _DEFAULT_CONFIGS]
+    BUILDER_CONFIGS = [new_config(**kw) for kw in DEFAULT_CONFIGS]
     LAYOUT: Layout
     # Whether the builder honours drop_empty_slices (RETOUCH's B-scans without fluid).
     DROPS_EMPTY_SLICES = False
@@ -243,8 +243,8 @@ def make_config(dataset: str, image_size: int = 256, channels: int = 1, seed: in
     predefined = BUILDERS[dataset].builder_configs.get(name)
     if predefined is not None:
         return predefined
-    return _new_config(image_size, channels, seed, test_fraction, val_fraction, on_bad_input, tag,
-                       box_mode, drop_empty_slices)
+    return new_config(image_size, channels, seed, test_fraction, val_fraction, on_bad_input, tag,
+                      box_mode, drop_empty_slices)
 
 
 __all__ = ["FedMixConfig", "Ham10000Fedmix", "BreastUsFedmix", "FolderFederation", "BUILDERS",

@@ -47,7 +47,9 @@ from fedmix_jax.data.real.layouts import LAYOUTS, source_fingerprint
 DEFAULT_CACHE_DIR = "~/fedmix_data"
 
 
-def _get(cfg, key, default):
+def config_get(cfg, key, default):
+    """``cfg[key]`` of a dict, ConfigDict or object; ``default`` when cfg, or the value, is None
+    or the key is unset."""
     if cfg is None:
         return default
     if isinstance(cfg, dict) or hasattr(cfg, "get"):
@@ -160,29 +162,29 @@ def prepare_dataset(data_cfg, verbose: bool = True) -> PreparedDataset:
 
     The same code path serves the CLI (:mod:`.build`) and :func:`load_federation_from_config`.
     """
-    name = str(_get(data_cfg, "name", "ham10000")).strip().lower()
+    name = str(config_get(data_cfg, "name", "ham10000")).strip().lower()
     if name not in BUILDERS:
         raise ValueError(f"unknown --config.data.name {name!r}; expected one of {sorted(BUILDERS)}")
     builder_cls, layout = BUILDERS[name], LAYOUTS[name]
-    raw_dir = _get(data_cfg, "data_dir", "")
+    raw_dir = config_get(data_cfg, "data_dir", "")
     data_dir = os.path.abspath(os.path.expanduser(str(raw_dir))) if str(raw_dir).strip() else ""
-    cache_dir = os.path.abspath(os.path.expanduser(str(_get(data_cfg, "cache_dir",
+    cache_dir = os.path.abspath(os.path.expanduser(str(config_get(data_cfg, "cache_dir",
                                                              DEFAULT_CACHE_DIR))))
-    cfg = make_config(name, image_size=int(_get(data_cfg, "image_size", 256)),
-                      channels=int(_get(data_cfg, "channels", 1)),
-                      seed=int(_get(data_cfg, "seed", 0)),
-                      test_fraction=float(_get(data_cfg, "test_fraction", 0.2)),
-                      val_fraction=float(_get(data_cfg, "val_fraction", 0.1)),
-                      on_bad_input=str(_get(data_cfg, "on_bad_input", "fail")),
+    cfg = make_config(name, image_size=int(config_get(data_cfg, "image_size", 256)),
+                      channels=int(config_get(data_cfg, "channels", 1)),
+                      seed=int(config_get(data_cfg, "seed", 0)),
+                      test_fraction=float(config_get(data_cfg, "test_fraction", 0.2)),
+                      val_fraction=float(config_get(data_cfg, "val_fraction", 0.1)),
+                      on_bad_input=str(config_get(data_cfg, "on_bad_input", "fail")),
                       data_dir=data_dir or None,
-                      box_mode=str(_get(data_cfg, "box_mode", "component")),
-                      drop_empty_slices=bool(_get(data_cfg, "drop_empty_slices", False)))
+                      box_mode=str(config_get(data_cfg, "box_mode", "component")),
+                      drop_empty_slices=bool(config_get(data_cfg, "drop_empty_slices", False)))
     path = _expected_path(builder_cls, cfg, cache_dir)
     have_source = bool(data_dir) and os.path.isdir(data_dir) and any(
         not e.startswith(".") for e in os.listdir(data_dir))
 
     ok, reason = validate_cache(path, builder_cls.name, cfg)
-    if ok and bool(_get(data_cfg, "rebuild", False)):
+    if ok and bool(config_get(data_cfg, "rebuild", False)):
         ok, reason = False, "rebuild=True"
     if ok and have_source:
         with open(os.path.join(path, "metadata.json")) as f:

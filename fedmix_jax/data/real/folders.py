@@ -17,9 +17,9 @@ import numpy as np
 from fedmix_jax.data.federation import BOX, IMAGE, PIXEL, level_from_name
 from fedmix_jax.data.real.errors import BadInputError, log
 from fedmix_jax.data.real.imaging import is_image_file
-from fedmix_jax.data.real.scanning import (Layout, Sample, Scan, _find_subdir,
-                                           _pair_images_masks, _walk_files)
-from fedmix_jax.data.real.tables import _read_table
+from fedmix_jax.data.real.scanning import (Layout, Sample, Scan, find_subdir,
+                                           pair_images_masks, walk_data_files)
+from fedmix_jax.data.real.tables import read_table
 
 # Box coordinates must be below this (pixels); larger numbers are a broken row, not an image.
 MAX_COORDINATE = 1 << 20
@@ -53,7 +53,7 @@ class Folders(Layout):
             p = os.path.join(data_dir, e)
             if e.startswith(".") or not os.path.isdir(p):
                 continue
-            if _find_subdir(p, ("images",)) is None:
+            if find_subdir(p, ("images",)) is None:
                 warnings.append(f"ignored folder {p}: no images/ inside")
                 log.warning("ignored folder %s: no images/ inside", p)
                 continue
@@ -73,13 +73,13 @@ class Folders(Layout):
         return None
 
     def _scan_client(self, client, cdir, policy, warnings):
-        image_dir = _find_subdir(cdir, ("images",))
-        mask_dir = _find_subdir(cdir, ("masks",))
-        other = [f for _, f in _walk_files(image_dir) if not is_image_file(f)]
+        image_dir = find_subdir(cdir, ("images",))
+        mask_dir = find_subdir(cdir, ("masks",))
+        other = [f for _, f in walk_data_files(image_dir) if not is_image_file(f)]
         if other:
             warnings.append(f"{len(other)} non-image file(s) in {image_dir} ignored (e.g. "
                             f"{other[0]})")
-        images, masks = _pair_images_masks(client, image_dir, mask_dir, policy)
+        images, masks = pair_images_masks(client, image_dir, mask_dir, policy)
 
         def resolve(path, line, stem):
             if stem in images:
@@ -95,7 +95,7 @@ class Folders(Layout):
         path = self._csv(cdir, "labels.csv")
         if path:
             names = {n.lower() for n in self.class_names}
-            for line, row in _read_table(path, ("stem", "label"), policy):
+            for line, row in read_table(path, ("stem", "label"), policy):
                 stem = resolve(path, line, row["stem"])
                 if stem is None:
                     continue
@@ -115,7 +115,7 @@ class Folders(Layout):
                 labels[stem] = lab
         path = self._csv(cdir, "levels.csv")
         if path:
-            for line, row in _read_table(path, ("stem", "level"), policy):
+            for line, row in read_table(path, ("stem", "level"), policy):
                 stem = resolve(path, line, row["stem"])
                 if stem is None:
                     continue
@@ -131,7 +131,7 @@ class Folders(Layout):
         path = self._csv(cdir, "boxes.csv")
         if path:
             cols = ("stem", "x_min", "y_min", "x_max", "y_max")
-            for line, row in _read_table(path, cols, policy):
+            for line, row in read_table(path, cols, policy):
                 stem = resolve(path, line, row["stem"])
                 if stem is None:
                     continue

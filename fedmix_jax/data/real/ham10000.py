@@ -13,8 +13,8 @@ from collections import defaultdict
 
 from fedmix_jax.data.real.errors import BadInputError
 from fedmix_jax.data.real.imaging import IMAGE_EXTENSIONS
-from fedmix_jax.data.real.scanning import Layout, Sample, Scan, _walk_files
-from fedmix_jax.data.real.tables import _HAM_CSV_NAMES, _read_rows
+from fedmix_jax.data.real.scanning import Layout, Sample, Scan, walk_data_files
+from fedmix_jax.data.real.tables import HAM_CSV_NAMES, read_rows
 
 HAM_CLIENTS = ("rosendahl", "vidir_modern", "vienna_dias", "vidir_molemax")
 HAM_BENIGN = ("nv", "bkl", "df", "vasc")
@@ -41,10 +41,10 @@ class HAM10000(Layout):
     def scan(self, data_dir, policy):
         data_dir = self.check_data_dir(data_dir)
         csv_paths, images, masks = [], defaultdict(list), defaultdict(list)
-        for dirpath, f in _walk_files(data_dir):
+        for dirpath, f in walk_data_files(data_dir):
             stem, ext = os.path.splitext(f)
             path = os.path.join(dirpath, f)
-            if f.lower() in _HAM_CSV_NAMES:
+            if f.lower() in HAM_CSV_NAMES:
                 csv_paths.append(path)
             elif ext.lower() in IMAGE_EXTENSIONS:
                 if stem.lower().endswith("_segmentation"):
@@ -80,7 +80,7 @@ class HAM10000(Layout):
 
         images, masks = unique("image", images), unique("mask", masks)
 
-        rows = _read_rows(csv_path)
+        rows = read_rows(csv_path)
         if not rows:
             raise BadInputError(f"{csv_path} is empty", csv_path)
         header = [c.lower() for c in rows[0][1]]

@@ -19,7 +19,7 @@ import numpy as np
 
 from fedmix_jax.data.federation import (LEVEL_NAMES, FederatedSplit, Federation, level_from_name,
                                         pack_split_labels)
-from fedmix_jax.data.real.cache import (DEFAULT_CACHE_DIR, PreparedDataset, _get,
+from fedmix_jax.data.real.cache import (DEFAULT_CACHE_DIR, PreparedDataset, config_get,
                                         prepare_dataset, validate_cache)
 from fedmix_jax.data.real.errors import DATA_DIR_FLAG, CacheDamagedError, log
 
@@ -50,13 +50,16 @@ def default_data_config(name: str = "ham10000", **overrides) -> ml_collections.C
 # read into a Federation
 
 
-def _text(v) -> str:
+def record_text(v) -> str:
+    """A text field of a cached record (bytes from array_record, or str) as str."""
     return v.decode("utf-8") if isinstance(v, (bytes, bytearray)) else str(v)
 
 
-def _resolve_clients_levels(data_cfg, prepared: PreparedDataset) -> tuple[list[str], list[int]]:
+def resolve_clients_levels(data_cfg, prepared: PreparedDataset) -> tuple[list[str], list[int]]:
+    """The clients ``data_cfg.clients`` names (default: all of the cache's) and their levels as
+    ints (``data_cfg.levels``: one name, one per client, or the dataset's defaults)."""
     available = prepared.clients
-    clients = [str(c) for c in (_get(data_cfg, "clients", ()) or ())]
+    clients = [str(c) for c in (config_get(data_cfg, "clients", ()) or ())]
     if not clients:
         clients = list(available)
     unknown = [c for c in clients if c not in available]
@@ -65,7 +68,7 @@ def _resolve_clients_levels(data_cfg, prepared: PreparedDataset) -> tuple[list[s
                          f"{prepared.name} at {prepared.path} has clients {available}")
     if len(set(clients)) != len(clients):
         raise ValueError(f"--config.data.clients lists a client twice: {clients}")
-    levels = _get(data_cfg, "levels", ()) or ()
+    levels = config_get(data_cfg, "levels", ()) or ()
     if isinstance(levels, str):
         levels = [levels] * len(clients)
     levels = [str(x) for x in levels]
@@ -82,7 +85,9 @@ def _resolve_clients_levels(data_cfg, prepared: PreparedDataset) -> tuple[list[s
     return clients, ints
 
 
-def _take_counts(prepared: PreparedDataset, client: str, max_per_client: int) -> dict[str, int]:
+def take_counts(prepared: PreparedDataset, client: str, max_per_client: int) -> dict[str, int]:
+    """Per split, how many of ``client``'s records to read: all, or ``max_per_client`` (> 0) in
+    all shared over the splits in proportion (largest remainder, at least 1 per non-empty split)."""
     counts = {sp: len(prepared.client_range(sp, client)) for sp in SPLIT_FIELDS}
     if max_per_client <= 0:
         return counts
@@ -144,10 +149,10 @@ def read_client_split(prepared: PreparedDataset, split: str, client: str, level:
                 f"{str(e)[:300]}); rebuild it with --config.data.rebuild=True (needs "
                 f"{DATA_DIR_FLAG})", prepared.path) from e
         for j, r in enumerate(recs, start=lo):
-            if _text(r["client"]) != client:
+            if record_text(r["client"]) != client:
                 raise RuntimeError(f"cache {prepared.path} is inconsistent: record {idx[j]} of "
-                                   f"{split} belongs to {_text(r['client'])}, expected {client}; "
-                                   "rebuild it (--config.data.rebuild=True)")
+                                   f"{split} belongs to {record_text(r['client'])}, expected "
+                                   f"{client}; rebuild it (--config.data.rebuild=True)")
             out["images"][j] = r["image"]
             out["masks"][j] = r["mask"]
             out["boxes"][j] = r["boxes"]
@@ -155,7 +160,7 @@ def read_client_split(prepared: PreparedDataset, split: str, client: str, level:
             if int(r["level"]) >= 0:
                 out["levels"][j] = int(r["level"])
             out["has_mask"][j] = bool(r["has_mask"])
-            out["ids"].append(_text(r["id"]))
+            out["ids"].append(record_text(r["id"]))
         if progress is not None:
             progress.update(len(recs))
     return out
@@ -199,7 +204,7 @@ def load_federation_from_config(data_cfg, verbose: bool = True) -> Federation:
     try:
         return _load_federation(data_cfg, verbose)
     except CacheDamagedError as e:
-        raw_dir = str(_get(data_cfg, "data_dir", "")).strip()
+        raw_dir = str(config_get(data_cfg, "data_dir", "")).strip()
         src = os.path.abspath(os.path.expanduser(raw_dir)) if raw_dir else ""
         if not (src and os.path.isdir(src) and os.listdir(src)):
             raise
@@ -226,11 +231,11 @@ def _load_federation(data_cfg, verbose: bool = True) -> Federation:
     from tqdm.auto import tqdm
 
     prepared = prepare_dataset(data_cfg, verbose=verbose)
-    clients, levels = _resolve_clients_levels(data_cfg, prepared)
-    max_pc = int(_get(data_cfg, "max_per_client", 0))
-    takes = {c: _take_counts(prepared, c, max_pc) for c in clients}
+    clients, levels = resolve_clients_levels(data_cfg, prepared)
+    max_pc = int(config_get(data_cfg, "max_per_client", 0))
+    takes = {c: take_counts(prepared, c, max_pc) for c in clients}
     total = sum(sum(t.values()) for t in takes.values())
-    pack = bool(_get(data_cfg, "pack_labels", False))
+    pack = bool(config_get(data_cfg, "pack_labels", False))
     splits = {}
     with tqdm(total=total, desc=f"reading {prepared.builder.name}", unit="img",
               disable=not verbose, file=sys.stderr) as bar:

@@ -65,7 +65,7 @@ from fedmix_jax.data.real import builders as _builders
 from fedmix_jax.data.real import layouts as _layouts
 from fedmix_jax.data.real import metaimage
 from fedmix_jax.data.real.errors import BadInputError, BadInputPolicy
-from fedmix_jax.data.real.scanning import Layout, Sample, Scan, _norm
+from fedmix_jax.data.real.scanning import Layout, Sample, Scan, normalized_name
 from fedmix_jax.data.real.splits import stable_int
 
 CLASS_NAMES = ("irf", "srf", "ped")
@@ -79,7 +79,7 @@ NUM_LABELS = len(CLASS_NAMES)
 
 
 
-def _sitk():
+def import_sitk():
     try:
         import SimpleITK as sitk
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -133,7 +133,7 @@ class Retouch(Layout):
                 p = os.path.join(root, e)
                 if e.startswith(".") or not os.path.isdir(p):
                     continue
-                n = _norm(e)
+                n = normalized_name(e)
                 for client, tokens in _VENDOR_TOKENS.items():
                     if any(t in n for t in tokens):
                         if client in out:

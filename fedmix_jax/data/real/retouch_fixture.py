@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from fedmix_jax.data.boxes import sample_rng
-from fedmix_jax.data.real.retouch import _sitk
+from fedmix_jax.data.real.retouch import import_sitk
 from fedmix_jax.data.real.splits import stable_int
 
 # Full-size volumes of the training set, numpy order [Z, Y, X] (B-scans, depth, A-scans), dtype.
@@ -79,7 +79,7 @@ def fake_oct_volume(shape: Sequence[int], rng: np.random.Generator, dtype=np.uin
 
 
 def write_mhd(arr: np.ndarray, path: str, spacing=(0.0117, 0.0039, 0.047)) -> None:
-    sitk = _sitk()
+    sitk = import_sitk()
     im = sitk.GetImageFromArray(arr)
     im.SetSpacing(tuple(float(v) for v in spacing))
     sitk.WriteImage(im, path, False)   # path.mhd + path.raw (uncompressed), as RETOUCH ships

@@ -5,7 +5,7 @@ A :class:`Sample` is one sample as found on disk (paths, client, split group, op
 level and boxes ``[nb, 4]`` int64 in original pixels); nothing is decoded here. A :class:`Scan`
 is what a layout's ``scan`` returns: the samples, the clients in canonical order and warnings.
 :func:`source_fingerprint` hashes the relative paths and sizes of a download's image and table
-files (``"<count>:<20 hex digits>"``). ``_pair_images_masks`` pairs ``<stem>.*`` images with
+files (``"<count>:<20 hex digits>"``). ``pair_images_masks`` pairs ``<stem>.*`` images with
 ``<stem>.*`` / ``<stem>_mask.*`` masks, as the breast and folders layouts lay them out.
 """
 
@@ -23,7 +23,7 @@ from fedmix_jax.data.real.errors import (DATA_DIR_FLAG, BadInputError, BadInputP
                                          DatasetNotFoundError, log)
 from fedmix_jax.data.real.files import Irregular, walk_files
 from fedmix_jax.data.real.imaging import IMAGE_EXTENSIONS, is_image_file
-from fedmix_jax.data.real.tables import _HAM_CSV_NAMES, _TABLE_EXTENSIONS
+from fedmix_jax.data.real.tables import HAM_CSV_NAMES, TABLE_EXTENSIONS
 
 
 @dataclasses.dataclass
@@ -51,11 +51,11 @@ class Scan:
     warnings: list[str]
 
 
-def _norm(name: str) -> str:
+def normalized_name(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
-def _walk_files(root: str) -> list[tuple[str, str]]:
+def walk_data_files(root: str) -> list[tuple[str, str]]:
     """(dirpath, filename) for every non-hidden file under root, deterministic order.
 
     Symlinked folders are followed (each real folder once, so a link loop ends; links leading
@@ -74,8 +74,8 @@ def _walk_files(root: str) -> list[tuple[str, str]]:
 
 def _data_name(name: str) -> bool:
     """Named like a file some layout reads (an image or a table)."""
-    return is_image_file(name) or os.path.splitext(name)[1].lower() in _TABLE_EXTENSIONS \
-        or name.lower() in _HAM_CSV_NAMES
+    return is_image_file(name) or os.path.splitext(name)[1].lower() in TABLE_EXTENSIONS \
+        or name.lower() in HAM_CSV_NAMES
 
 
 def source_fingerprint(data_dir: str) -> str:
@@ -86,7 +86,7 @@ def source_fingerprint(data_dir: str) -> str:
     h = hashlib.sha256()
     n = 0
     exts = set(IMAGE_EXTENSIONS) | {".csv", ".tab", ".tsv", ".mhd", ".mha", ".raw", ".zraw"}
-    for dirpath, f in _walk_files(data_dir):
+    for dirpath, f in walk_data_files(data_dir):
         if os.path.splitext(f)[1].lower() in exts:
             p = os.path.join(dirpath, f)
             try:
@@ -145,24 +145,24 @@ class Layout:
         raise NotImplementedError
 
 
-def _find_subdir(root: str, names: tuple[str, ...]) -> str | None:
-    entries = {_norm(e): e for e in sorted(os.listdir(root))
+def find_subdir(root: str, names: tuple[str, ...]) -> str | None:
+    entries = {normalized_name(e): e for e in sorted(os.listdir(root))
                if os.path.isdir(os.path.join(root, e)) and not e.startswith(".")}
     for n in names:
-        if _norm(n) in entries:
-            return os.path.join(root, entries[_norm(n)])
+        if normalized_name(n) in entries:
+            return os.path.join(root, entries[normalized_name(n)])
     return None
 
 
-def _image_files(root: str) -> list[str]:
-    return [os.path.join(d, f) for d, f in _walk_files(root) if is_image_file(f)]
+def image_files(root: str) -> list[str]:
+    return [os.path.join(d, f) for d, f in walk_data_files(root) if is_image_file(f)]
 
 
-def _pair_images_masks(client: str, image_dir: str, mask_dir: str | None,
-                       policy: BadInputPolicy) -> tuple[dict[str, str], dict[str, list[str]]]:
+def pair_images_masks(client: str, image_dir: str, mask_dir: str | None,
+                      policy: BadInputPolicy) -> tuple[dict[str, str], dict[str, list[str]]]:
     """Stems -> image path, stems -> mask paths (``<stem>.*`` or ``<stem>_mask.*``)."""
     images: dict[str, list[str]] = defaultdict(list)
-    for p in _image_files(image_dir):
+    for p in image_files(image_dir):
         images[os.path.splitext(os.path.basename(p))[0]].append(p)
     out_images = {}
     for stem, paths in images.items():
@@ -172,7 +172,7 @@ def _pair_images_masks(client: str, image_dir: str, mask_dir: str | None,
         out_images[stem] = paths[0]
     masks: dict[str, list[str]] = defaultdict(list)
     if mask_dir is not None:
-        for p in _image_files(mask_dir):
+        for p in image_files(mask_dir):
             stem = os.path.splitext(os.path.basename(p))[0]
             base = stem
             if stem not in out_images:

@@ -1,12 +1,12 @@
 """CSV/TSV tables of the layouts (HAM10000's metadata; folders' labels/boxes/levels CSVs).
 
-:func:`_read_rows` reads a table into ``[(line number, [cell, ...])]`` (non-empty, non-comment
+:func:`read_rows` reads a table into ``[(line number, [cell, ...])]`` (non-empty, non-comment
 rows, cells stripped; comma-separated, or tab-separated when the first line has tabs and no
-commas); :func:`_read_table` maps the rows onto named columns, with an optional header row whose
+commas); :func:`read_table` maps the rows onto named columns, with an optional header row whose
 first cell is the first column's name. A table must be a regular file of at most
 :data:`MAX_CSV_BYTES` bytes of UTF-8 text (a BOM is allowed); anything else is a
-:class:`~fedmix_jax.data.real.errors.BadInputError` naming it. ``_TABLE_EXTENSIONS`` and
-``_HAM_CSV_NAMES`` are the file names read as tables.
+:class:`~fedmix_jax.data.real.errors.BadInputError` naming it. ``TABLE_EXTENSIONS`` and
+``HAM_CSV_NAMES`` are the file names read as tables.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from fedmix_jax.data.real.files import open_regular
 
 # A CSV larger than this is refused (the HAM10000 metadata is 0.6 MB).
 MAX_CSV_BYTES = 64 << 20
-_TABLE_EXTENSIONS = (".csv", ".tsv", ".tab")
-_HAM_CSV_NAMES = ("ham10000_metadata.csv", "ham10000_metadata.tab", "ham10000_metadata.tsv",
-                  "ham10000_metadata")
+TABLE_EXTENSIONS = (".csv", ".tsv", ".tab")
+HAM_CSV_NAMES = ("ham10000_metadata.csv", "ham10000_metadata.tab", "ham10000_metadata.tsv",
+                 "ham10000_metadata")
 
 
-def _read_rows(path: str) -> list[tuple[int, list[str]]]:
+def read_rows(path: str) -> list[tuple[int, list[str]]]:
     """Non-empty, non-comment rows of a CSV/TSV file with their 1-based line numbers.
 
     The file must be a regular file of at most ``MAX_CSV_BYTES`` bytes of UTF-8 text (a BOM is
@@ -60,11 +60,11 @@ def _read_rows(path: str) -> list[tuple[int, list[str]]]:
     return rows
 
 
-def _read_table(path: str, columns: tuple[str, ...], policy: BadInputPolicy
-                ) -> list[tuple[int, dict]]:
+def read_table(path: str, columns: tuple[str, ...], policy: BadInputPolicy
+               ) -> list[tuple[int, dict]]:
     """Rows as dicts over ``columns``; the header row is optional (first cell 'stem'). A row with
     too few cells is a bad row (``policy``: error, or a logged skip)."""
-    rows = _read_rows(path)
+    rows = read_rows(path)
     if not rows:
         return []
     first = [c.lower() for c in rows[0][1]]
