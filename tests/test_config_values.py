@@ -4,7 +4,6 @@ the field, never a traceback, MemoryError or the OOM killer; the workdir is not 
 from __future__ import annotations
 
 import os
-import signal
 import sys
 
 import pytest
@@ -13,17 +12,10 @@ from fedmix_jax.config_checks import check_config_values
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_main import SYNTHETIC, TINY, run_main, tiny_config  # noqa: E402
+from hang_alarm import alarm_fixture  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def alarm():
-    def boom(*_):
-        raise TimeoutError("test hung")
-    old = signal.signal(signal.SIGALRM, boom)
-    signal.alarm(120)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
+alarm = alarm_fixture(120)
 
 
 def _error_line(capsys):

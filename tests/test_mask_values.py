@@ -4,7 +4,6 @@ anti-aliased, JPEG-noisy and mixed masks (fedmix_jax.data.real.imaging, module d
 from __future__ import annotations
 
 import io
-import signal
 
 import numpy as np
 import pytest
@@ -12,17 +11,10 @@ from PIL import Image, ImageDraw
 
 from fedmix_jax.data.real.errors import BadInputError
 from fedmix_jax.data.real.imaging import binarize_mask, load_mask
+from hang_alarm import alarm_fixture  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def alarm():
-    def boom(*_):
-        raise TimeoutError("test hung")
-    old = signal.signal(signal.SIGALRM, boom)
-    signal.alarm(60)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
+alarm = alarm_fixture(60)
 
 
 def _lesion(value=1):

@@ -4,7 +4,6 @@ the sample (skip); the build command line and the main job never print a traceba
 from __future__ import annotations
 
 import os
-import signal
 import sys
 
 import pytest
@@ -16,19 +15,12 @@ from fedmix_jax.data.real.names import printable
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fixtures_real import prepare  # noqa: E402
 from test_main import BREAST, run_main  # noqa: E402
+from hang_alarm import alarm_fixture  # noqa: E402
 
 pytestmark = pytest.mark.skipif(sys.platform == "darwin", reason="macOS names are UTF-8 only")
 
 
-@pytest.fixture(autouse=True)
-def alarm():
-    def boom(*_):
-        raise TimeoutError("test hung")
-    old = signal.signal(signal.SIGALRM, boom)
-    signal.alarm(240)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
+alarm = alarm_fixture(240)
 
 
 def _tree(tmp_path, what):

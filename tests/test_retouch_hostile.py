@@ -6,7 +6,6 @@ that do not match, decompression bombs."""
 from __future__ import annotations
 
 import os
-import signal
 import zlib
 
 import numpy as np
@@ -17,20 +16,12 @@ sitk = pytest.importorskip("SimpleITK")
 from fedmix_jax.data.real import BadInputError, default_data_config, prepare_dataset  # noqa: E402
 from fedmix_jax.data.real import metaimage  # noqa: E402
 from fedmix_jax.data.real.retouch_fixture import make_retouch_fixture  # noqa: E402
+from hang_alarm import alarm_fixture  # noqa: E402
 
 SHAPE = (5, 40, 30)
 
 
-@pytest.fixture(autouse=True)
-def alarm():
-    """A read that blocks (a FIFO) fails the test instead of hanging the suite."""
-    def boom(*_):
-        raise TimeoutError("test hung")
-    old = signal.signal(signal.SIGALRM, boom)
-    signal.alarm(120)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
+alarm = alarm_fixture(120)
 
 
 def _header(data_file, dims=(4, 3, 2), etype="MET_UCHAR", **extra):

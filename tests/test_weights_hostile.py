@@ -3,7 +3,6 @@ announce terabytes are refused with WeightsFileError before anything is allocate
 
 from __future__ import annotations
 
-import signal
 import struct
 import zipfile
 
@@ -12,6 +11,7 @@ import pytest
 
 from fedmix_jax import weights_files
 from fedmix_jax.reference_weights import WeightsFileError, load_reference_weights
+from hang_alarm import alarm_fixture  # noqa: E402
 
 
 # A few pickle opcodes, enough for a torch-style state_dict (as in
@@ -41,15 +41,7 @@ def _state_dict_pickle(items):
     return b"\x80\x02" + _ODICT + b"(" + body + b"u."
 
 
-@pytest.fixture(autouse=True)
-def alarm():
-    def boom(*_):
-        raise TimeoutError("test hung")
-    old = signal.signal(signal.SIGALRM, boom)
-    signal.alarm(60)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
+alarm = alarm_fixture(60)
 
 
 def _pth(path, size, stride, numel=1, storage=None, compress=zipfile.ZIP_STORED):

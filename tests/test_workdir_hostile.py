@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
 
 import jax.numpy as jnp
@@ -19,20 +18,12 @@ from fedmix_jax.records import check_checkpoint_record
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_main import SYNTHETIC, TINY, run_main  # noqa: E402
+from hang_alarm import alarm_fixture  # noqa: E402
 
 ARGS = ["--config.num_rounds=1", *TINY]
 
 
-@pytest.fixture(autouse=True)
-def alarm():
-    """A hang (a FIFO opened for writing) fails the test instead of blocking the suite."""
-    def boom(*_):
-        raise TimeoutError("test hung")
-    old = signal.signal(signal.SIGALRM, boom)
-    signal.alarm(120)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
+alarm = alarm_fixture(120)
 
 
 def _error_line(capsys):
