@@ -93,9 +93,11 @@ def run(executor, num_clients, rounds=2):
     metrics = []
     for _ in range(rounds):
         state, m = round_fn(state, train)
-        metrics.append({{k: np.asarray(getattr(m, k)).tolist() for k in
-                        ("loss1", "loss2", "counts", "weak", "selected_weak", "steps",
-                         "weights")}})
+        r = m.reports
+        metrics.append({{k: np.asarray(v).tolist() for k, v in
+                        (("loss1", r.loss1), ("loss2", r.loss2), ("counts", r.num_usable),
+                         ("weak", r.num_weak), ("selected_weak", r.num_selected_weak),
+                         ("steps", r.steps), ("weights", m.weights))}})
     leaves = lambda t: [np.asarray(x).ravel() for x in jax.tree.leaves(t)]
     flat = lambda t: np.concatenate(leaves(t)).tolist()
     return dict(metrics=metrics, devices=devices,

@@ -1,0 +1,15 @@
+"""Suite-wide setup: the JAX persistent compilation cache of every job the tests run (in this
+process and in the subprocesses they start) goes to a fresh temporary folder, unless
+``FEDMIX_JAX_CACHE_DIR`` is already set. A cache left on the machine by other runs never reaches
+the tests (in one run here, after several processes sharing ~/.cache/fedmix_jax had been killed,
+jaxlib crashed while reading an entry back; with the cache emptied the same tests passed)."""
+
+import atexit
+import os
+import shutil
+import tempfile
+
+if "FEDMIX_JAX_CACHE_DIR" not in os.environ:
+    _CACHE = tempfile.mkdtemp(prefix="fedmix_jax_test_cache_")
+    os.environ["FEDMIX_JAX_CACHE_DIR"] = _CACHE
+    atexit.register(shutil.rmtree, _CACHE, True)
