@@ -46,19 +46,6 @@ from fedmix_jax.data.sources import load_federation  # noqa: E402
 from seeded_runs import run_variant  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("tasks", "binary,multiclass", "binary and/or multiclass")
-flags.DEFINE_string("strategies", "fedmix,fedmix_plus,fedavg_pixel,fedavg_full",
-                    "strategies (fedavg_pixel and fedavg_full are needed for the gap)")
-flags.DEFINE_string("data_seeds", "1,2,3", "federations (config.data.seed); 0 is for tuning")
-flags.DEFINE_string("seeds", "0,1,2", "training seeds (model init, order, augmentation)")
-flags.DEFINE_integer("rounds", 0, "rounds per run (0: the config's num_rounds)")
-flags.DEFINE_multi_string("set", [], "config overrides for every run, e.g. weak.emptiness=0")
-flags.DEFINE_string("json", None, "write the results here (after every run)")
-flags.DEFINE_integer("diagnostics_every", 4, "pseudo-label diagnostics every k rounds "
-                     "(and round 1); 0: none")
-flags.DEFINE_string("merge", None, "comma-separated JSON files of earlier runs: print their "
-                    "tables together (later files add strategies / data seeds), train nothing")
-
 CONFIGS = {"binary": "synthetic.py", "multiclass": "synthetic_multiclass.py"}
 FIGURES = ("dice", "dice_lesion", "min_class_dice_lesion", "fp_rate", "hd95")
 
@@ -175,6 +162,23 @@ def merged(paths) -> dict:
     return results
 
 
+def define_flags() -> None:
+    """The command's flags (defined only when it runs as a script, so that importing the module
+    for its tables -- tests, other scripts -- adds no absl flag)."""
+    flags.DEFINE_string("tasks", "binary,multiclass", "binary and/or multiclass")
+    flags.DEFINE_string("strategies", "fedmix,fedmix_plus,fedavg_pixel,fedavg_full",
+                        "strategies (fedavg_pixel and fedavg_full are needed for the gap)")
+    flags.DEFINE_string("data_seeds", "1,2,3", "federations (config.data.seed); 0 is for tuning")
+    flags.DEFINE_string("seeds", "0,1,2", "training seeds (model init, order, augmentation)")
+    flags.DEFINE_integer("rounds", 0, "rounds per run (0: the config's num_rounds)")
+    flags.DEFINE_multi_string("set", [], "config overrides for every run, e.g. weak.emptiness=0")
+    flags.DEFINE_string("json", None, "write the results here (after every run)")
+    flags.DEFINE_integer("diagnostics_every", 4, "pseudo-label diagnostics every k rounds "
+                         "(and round 1); 0: none")
+    flags.DEFINE_string("merge", None, "comma-separated JSON files of earlier runs: print their "
+                        "tables together (later files add strategies / data seeds), train nothing")
+
+
 def main(argv):
     del argv
     seeds = [int(s) for s in FLAGS.seeds.split(",")]
@@ -222,4 +226,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
