@@ -13,3 +13,9 @@ if "FEDMIX_JAX_CACHE_DIR" not in os.environ:
     _CACHE = tempfile.mkdtemp(prefix="fedmix_jax_test_cache_")
     os.environ["FEDMIX_JAX_CACHE_DIR"] = _CACHE
     atexit.register(shutil.rmtree, _CACHE, True)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The Flower tests run last: they leave worker threads in the process, and a later XLA
+    compilation (tests/test_streaming.py) crashed in one full run here with them alive."""
+    items.sort(key=lambda item: "test_flower" in item.nodeid)
