@@ -38,7 +38,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from fedmix_jax.errors import (CheckpointMismatchError, CheckpointWriteError, RunError,
-                               describe_os_error, disk_advice, disk_errno)
+                               describe_os_error, disk_advice, disk_errno,
+                               silence_late_read_errors)
 
 ITEMS = ("state", "best", "extra")
 FORMAT = "fedmix_jax.checkpoint/2"
@@ -295,6 +296,7 @@ class Checkpointer:
                 best=ocp.args.StandardRestore(host_best)))
             state, best = restored.state, restored.best
         except Exception as e:  # noqa: BLE001 -- a missing / truncated / garbled file
+            silence_late_read_errors(self.directory)
             raise CheckpointDamagedError(step, f"its arrays cannot be read ({_short(e)})") \
                 from None
         if integrity is not None:

@@ -113,3 +113,33 @@ def is_out_of_memory(e: BaseException) -> bool:
         return False
     text = str(e)
     return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
+
+
+class _LateReadErrors:
+    """A filter of the ``asyncio`` logger: drops "... exception was never retrieved" records whose
+    exception names one of :attr:`directories` (the reads of a checkpoint already reported as
+    damaged, which TensorStore's other pending tasks fail again after the first error)."""
+
+    def __init__(self):
+        self.directories: set[str] = set()
+
+    def filter(self, record) -> bool:
+        if "never retrieved" not in str(record.msg):
+            return True
+        text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
+        return not any(d in text for d in self.directories)
+
+
+_LATE_READ_ERRORS = _LateReadErrors()
+
+
+def silence_late_read_errors(directory: str) -> None:
+    """After a damaged checkpoint under ``directory`` was reported in one line, asyncio's
+    "Task exception was never retrieved" traces of its remaining reads (logged whenever the
+    failed tasks are collected) are not printed; every other asyncio record still is."""
+    import logging
+
+    logger = logging.getLogger("asyncio")
+    if _LATE_READ_ERRORS not in logger.filters:
+        logger.addFilter(_LATE_READ_ERRORS)
+    _LATE_READ_ERRORS.directories.update({os.path.abspath(directory), os.path.realpath(directory)})

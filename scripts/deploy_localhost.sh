@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A whole FedMix federation on this machine with Flower's deployment engine: one SuperLink (TLS,
-# SuperNode authentication), NUM_SITES authenticated SuperNodes on the synthetic federation, one
-# unregistered SuperNode that must be refused, then `flwr run`. Offline, loopback only.
+# SuperNode authentication, its Control and Runtime APIs for the admin host 127.0.0.1 only:
+# fedmix_jax.flower.superlink), NUM_SITES authenticated SuperNodes on the synthetic federation,
+# one unregistered SuperNode that must be refused, then `flwr run` with the run config `sites`
+# listing the registered hospitals (name=node id). Offline, loopback only.
 #
 #   scripts/deploy_localhost.sh [WORK_DIR]
 #
@@ -80,7 +82,9 @@ root-certificates = "$CERTS/ca.crt"
 TOML
 
 # --- the coordinator: SuperLink with TLS and SuperNode authentication -------------------------
-"$BIN/flower-superlink" \
+# (across hospitals: --host 0.0.0.0; the Control and Runtime APIs still answer only the admin
+# hosts, so registering keys and starting runs stays on the coordinator's machine)
+"$BIN/python" -m fedmix_jax.flower.superlink --admin-hosts 127.0.0.1 \
   --ssl-ca-certfile "$CERTS/ca.crt" --ssl-certfile "$CERTS/server.pem" --ssl-keyfile "$CERTS/server.key" \
   --enable-supernode-auth --disable-runtime-dependency-installation \
   --host 127.0.0.1 --port $((PORT_BASE + 1)) --database "$LINK_DB" \
@@ -89,14 +93,18 @@ PIDS+=($!)
 for _ in $(seq 120); do grep -q "Application startup complete" "$WORK/logs/superlink.log" 2>/dev/null && break; sleep 0.5; done
 sleep 2
 
-# --- the coordinator registers each hospital's public key -------------------------------------
+# --- the coordinator registers each hospital's public key and lists its node id ---------------
+SITES=""
 for i in $(seq 0 $((NUM_SITES - 1))); do
   "$BIN/flwr" supernode register "$CERTS/site_$i.pub" local-tls > "$WORK/logs/register_$i.log" 2>&1
+  NODE_ID=$(grep -o 'SuperNode [0-9]* registered' "$WORK/logs/register_$i.log" | awk '{print $2}')
+  [ -n "$NODE_ID" ] || { echo "registering site_$i failed:"; cat "$WORK/logs/register_$i.log"; exit 1; }
+  SITES="$SITES site_$i=$NODE_ID"
 done
 
 # --- each hospital: (optionally) its site worker, then its SuperNode ------------------------
 for i in $(seq 0 $((NUM_SITES - 1))); do
-  NODE_CONFIG="data=\"synthetic\" site-index=$i state-dir=\"$WORK/site_state/site_$i\""
+  NODE_CONFIG="data=\"synthetic\" site-index=$i site-name=\"site_$i\" state-dir=\"$WORK/site_state/site_$i\""
   if [ "$WORKER" = 1 ]; then
     SOCK="$WORK/worker_$i.sock"
     "${SITE_RUN[@]}" "$BIN/python" -m fedmix_jax.flower.worker --socket "$SOCK" --node-config "$NODE_CONFIG" \
@@ -146,6 +154,7 @@ done
 # --- the run -----------------------------------------------------------------------------------
 cat > "$WORK/run_config.toml" <<TOML
 workdir = "$WORK/run"
+sites = "${SITES# }"
 num-sites = $NUM_SITES
 round-timeout = 1200.0
 wait-cap = $([ "$POLL" = stock ] && echo 0 || echo "$POLL")

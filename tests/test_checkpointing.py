@@ -160,3 +160,30 @@ def test_remove_temporaries_waits_out_a_late_writer(tmp_path):
     assert not (tmp_path / "3.orbax-checkpoint-tmp").exists() and keep.is_dir()
     assert len(removed) == 2 and time.monotonic() - t0 < 5     # removed twice, then settled
     assert remove_temporaries(str(tmp_path / "missing")) == []
+
+
+def test_late_read_errors_of_a_damaged_checkpoint_are_not_printed(tmp_path, caplog):
+    """After a damaged checkpoint was reported, asyncio's "never retrieved" records of its other
+    pending reads are dropped; such records about anything else, and other asyncio records, are
+    kept."""
+    import logging
+
+    from fedmix_jax.errors import silence_late_read_errors
+
+    damaged = str(tmp_path / "checkpoints")
+    silence_late_read_errors(damaged)
+    logger = logging.getLogger("asyncio")
+
+    def emit(msg, exc):
+        try:
+            raise exc
+        except ValueError:
+            logger.error(msg, exc_info=True)
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        caplog.clear()
+        emit("Task exception was never retrieved", ValueError(f'reading "{damaged}/12/state/"'))
+        assert not caplog.records
+        emit("Task exception was never retrieved", ValueError('reading "/elsewhere/state/"'))
+        emit("Event loop is closed", ValueError(f'reading "{damaged}/12/state/"'))
+        assert len(caplog.records) == 2

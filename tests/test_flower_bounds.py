@@ -167,11 +167,13 @@ class _DeclaringGrid(LocalGrid):
     def __init__(self, infos: dict):
         super().__init__({})
         self.infos = infos
+        self.messaged: list[int] = []
 
     def get_node_ids(self):
         return list(self.infos)
 
     def _deliver(self, msg):
+        self.messaged.append(msg.metadata.dst_node_id)
         info = self.infos[msg.metadata.dst_node_id]
         if isinstance(info, Exception):
             from flwr.app import Error
@@ -212,6 +214,35 @@ def test_discovery_excludes_bad_declarations_and_never_crashes(caplog):
     assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 8
     with pytest.raises(RuntimeError, match="only 2 sites declared themselves validly"):
         discover_sites(_DeclaringGrid(infos), "{}", 10, 5.0, 30.0, min_sites=3)
+
+
+def test_only_the_listed_sites_take_part(caplog):
+    """The coordinator lists its hospitals by node id: an extra node (registered or not) is never
+    sent anything, a listed node declaring another site's name is excluded, and a bad list is
+    refused before anything starts."""
+    from fedmix_jax.flower.discovery import discover_sites, parse_site_list
+
+    listed = parse_site_list("site_a=19, site_b=11 site_c=21")
+    assert listed == {19: "site_a", 11: "site_b", 21: "site_c"}
+    infos = {11: _info(**{"site-name": "site_b", "site-index": 1}),
+             19: _info(**{"site-name": "site_a", "site-index": 0}),
+             21: _info(**{"site-name": "site_a", "site-index": 2}),    # claims another's name
+             30: _info(**{"site-name": "site_c", "site-index": 0})}    # not listed: an outsider
+    grid = _DeclaringGrid(infos)
+    with caplog.at_level("WARNING", logger="fedmix_jax.flower"):
+        sites, _ = discover_sites(grid, "{}", 0, 5.0, 30.0, min_sites=1, listed=listed)
+    assert [(s.name, s.node_id) for s in sites] == [("site_a", 19), ("site_b", 11)]
+    assert 30 not in grid.messaged and sorted(grid.messaged) == [11, 19, 21]
+    assert "node 30 is not on the coordinator's site list" in caplog.text
+    assert "node 21 excluded" in caplog.text and "names it 'site_c'" in caplog.text
+    # Waiting: every listed node must connect (an unlisted one does not count towards it).
+    with pytest.raises(RuntimeError, match="only 1 of 2 sites joined"):
+        discover_sites(_DeclaringGrid({19: infos[19], 30: infos[30]}), "{}", 0, 0.1, 30.0,
+                       listed=parse_site_list("site_a=19 site_b=11"))
+    for bad in ("site_a", "site_a=x", "=3", "a=1 b=1", "a=1 a=2"):
+        with pytest.raises(ValueError, match="run config 'sites'"):
+            parse_site_list(bad)
+    assert parse_site_list("") == {}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -2,7 +2,11 @@
 
 A SuperLink with TLS (test certificates from scripts/make_certs.sh) and
 ``--enable-supernode-auth``; the coordinator registers one site's public key; that site's
-SuperNode joins (listed online), an unregistered SuperNode is refused (exit code 305). Offline,
+SuperNode joins (listed online), an unregistered SuperNode is refused (exit code 305). The
+SuperLink is ``python -m fedmix_jax.flower.superlink``: from an address that is not an admin host
+(127.0.0.2 here) the Control API refuses everything -- an outsider's own key cannot be registered
+(its SuperNode is then refused too), no run can be listed or started -- while the Fleet API and
+the health check still answer. Offline,
 loopback only, telemetry off, no dependency installation; the site's SuperNode runs the
 ClientApp in its own process (``--clientapp-in-process``). The full FedMix run on this engine is
 scripts/deploy_localhost.sh (minutes; figures in docs/across_sites.md).
@@ -51,6 +55,38 @@ def _wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+# The flwr CLI run as an outsider: every IPv4 connection it opens leaves from 127.0.0.2.
+OUTSIDER_CLI = """
+import socket, sys
+_connect = socket.socket.connect
+def connect(self, address):
+    if self.family == socket.AF_INET:
+        self.bind(("127.0.0.2", 0))
+    return _connect(self, address)
+socket.socket.connect = connect
+from flwr.cli.app import app
+sys.argv = ["flwr"] + sys.argv[1:]
+app()
+"""
+
+
+def _https(link: str, path: str, cafile: str, source: str, method: str = "POST") -> str:
+    """``"<status> <body>"`` of one request to ``https://link/path`` sent from ``source``."""
+    import http.client
+    import ssl
+
+    host, port = link.rsplit(":", 1)
+    conn = http.client.HTTPSConnection(host, int(port), timeout=30, source_address=(source, 0),
+                                       context=ssl.create_default_context(cafile=cafile))
+    try:
+        conn.request(method, path, body=b"" if method == "POST" else None,
+                     headers={"content-type": "application/protobuf"})
+        r = conn.getresponse()
+        return f"{r.status} {r.read()[:200]!r}"
+    finally:
+        conn.close()
+
+
 def test_tls_and_only_registered_supernodes_join(tmp_path):
     certs = tmp_path / "certs"
     subprocess.run(["bash", os.path.join(REPO, "scripts", "make_certs.sh"), str(certs), "1"],
@@ -72,7 +108,8 @@ def test_tls_and_only_registered_supernodes_join(tmp_path):
         return p
 
     try:
-        start([os.path.join(BIN, "flower-superlink"), "--ssl-ca-certfile", str(certs / "ca.crt"),
+        start([sys.executable, "-m", "fedmix_jax.flower.superlink", "--admin-hosts", "127.0.0.1",
+               "--ssl-ca-certfile", str(certs / "ca.crt"),
                "--ssl-certfile", str(certs / "server.pem"), "--ssl-keyfile",
                str(certs / "server.key"), "--enable-supernode-auth",
                "--disable-runtime-dependency-installation", "--host", "127.0.0.1", "--port",
@@ -93,6 +130,26 @@ def test_tls_and_only_registered_supernodes_join(tmp_path):
                               str(certs / "site_0.pub"), "t"], env=env, capture_output=True,
                              text=True, timeout=120)
         assert reg.returncode == 0, reg.stdout + reg.stderr
+        # An outsider (127.0.0.2: not an admin host) cannot register its own key, list or start
+        # runs; it still reaches the Fleet API (Flower answers it, not the guard) and the health
+        # check.
+        ca = str(certs / "ca.crt")
+        out = subprocess.run([sys.executable, "-c", OUTSIDER_CLI, "supernode", "register",
+                              str(certs / "intruder.pub"), "t"], env=env, capture_output=True,
+                             text=True, timeout=120)
+        said = out.stdout + out.stderr
+        assert out.returncode != 0 and "registered successfully" not in said, said
+        assert "403" in said or "orbidden" in said or "admin hosts" in said, said
+        guard = "admin hosts only"
+        for path in ("/v1/control/start-run", "/v1/control/list-runs", "/v1/runtime/get-run",
+                     "/v1/fleet/../control/list-runs", "/docs"):
+            got = _https(link, path, ca, "127.0.0.2")
+            assert got.startswith("403") and guard in got, (path, got)
+        assert _https(link, "/health", ca, "127.0.0.2", "GET").startswith("200")
+        assert guard not in _https(link, "/v1/fleet/pull-messages", ca, "127.0.0.2")
+        assert guard not in _https(link, "/v1/control/list-runs", ca, "127.0.0.1")
+        _wait_for(lambda: "refused POST /v1/control/list-runs from 127.0.0.2" in
+                  (tmp_path / "superlink.log").read_text(), 10, "the refusal's log line")
 
         def supernode(key, log, node_port, retries, command):
             return start(command + ["--superlink", link,

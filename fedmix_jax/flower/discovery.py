@@ -36,10 +36,37 @@ def send_and_receive(grid: Grid, messages, timeout: float, interval: float = 0.2
     return got
 
 
-def _wait_for_nodes(grid: Grid, num: int, timeout: float) -> list[int]:
+def parse_site_list(text: str) -> dict[int, str]:
+    """The coordinator's list of sites, ``"name=node_id name=node_id ..."`` (spaces or commas
+    between entries; the node ids are those ``flwr supernode register`` printed for each
+    hospital's key): ``{node_id: name}``; ``{}`` for an empty text. Raises ValueError naming the
+    bad entry (not ``name=integer``, a name or node id listed twice)."""
+    listed: dict[int, str] = {}
+    for entry in str(text or "").replace(",", " ").split():
+        name, sep, node = entry.partition("=")
+        if not sep or not name or not node.strip().isdigit():
+            raise ValueError(f"run config 'sites': entry {entry!r} is not name=node_id (the "
+                             "node id that `flwr supernode register` printed)")
+        node_id = int(node)
+        if node_id in listed or name in listed.values():
+            raise ValueError(f"run config 'sites': {entry!r} repeats a listed name or node id")
+        listed[node_id] = name
+    return listed
+
+
+def _wait_for_nodes(grid: Grid, num: int, timeout: float, listed: dict[int, str]) -> list[int]:
+    """The connected nodes once ``num`` (with a list: every listed node) are connected, or at
+    ``timeout``; with a list, a node not on it is logged once and left out."""
     t_end = time.time() + timeout
+    ignored: set[int] = set()
     while True:
         nodes = sorted(grid.get_node_ids())
+        if listed:
+            for node in set(nodes) - set(listed) - ignored:
+                log.warning("node %s is not on the coordinator's site list: ignored (sent "
+                            "nothing)", node)
+                ignored.add(node)
+            nodes = [n for n in nodes if n in listed]
         if len(nodes) >= max(num, 1) or time.time() > t_end:
             return nodes
         time.sleep(0.5)
@@ -51,15 +78,22 @@ def _majority(values: list) -> Any:
 
 
 def discover_sites(grid: Grid, shared_json: str, num_sites: int, join_timeout: float,
-                   reply_timeout: float, min_sites: int = 1) -> tuple[list[Site], list[dict]]:
+                   reply_timeout: float, min_sites: int = 1,
+                   listed: dict[int, str] | None = None) -> tuple[list[Site], list[dict]]:
     """Wait for the SuperNodes, ask each for its declaration, order them (index, then name).
+
+    With ``listed`` (:func:`parse_site_list`: ``{node_id: name}``) only those nodes take part:
+    any other connected node is logged once and never sent anything, a listed node declaring
+    another name than its listed one is excluded, and ``num_sites`` defaults to the list's length.
 
     Each declaration is checked (:func:`~fedmix_jax.flower.validation.check_declaration`); a
     site whose declaration is bad, whose name another site declared too, or whose image shape
     or classes differ from the majority's is excluded with one log line. Raises RuntimeError
     only when fewer than ``num_sites`` nodes joined or fewer than ``min_sites`` sites remain.
     """
-    nodes = _wait_for_nodes(grid, num_sites, join_timeout)
+    listed = dict(listed or {})
+    num_sites = num_sites or len(listed)
+    nodes = _wait_for_nodes(grid, num_sites, join_timeout, listed)
     if num_sites and len(nodes) < num_sites:
         raise RuntimeError(f"only {len(nodes)} of {num_sites} sites joined within "
                            f"{join_timeout:.0f} s")
@@ -75,6 +109,9 @@ def discover_sites(grid: Grid, shared_json: str, num_sites: int, join_timeout: f
                 raise ReplyRejected(f"site error: {reply.error.reason}")
             info = check_declaration(reply.content.config_records.get(INFO_RECORD)
                                      if reply.has_content() else None)
+            if listed and info["site-name"] != listed.get(node):
+                raise ReplyRejected(f"it declared the name {info['site-name']!r}, the "
+                                    f"coordinator's list names it {listed.get(node)!r}")
         except ReplyRejected as e:
             log.warning("node %s excluded: bad declaration: %s", node, e)
             continue
@@ -106,4 +143,4 @@ def discover_sites(grid: Grid, shared_json: str, num_sites: int, join_timeout: f
     return sites, infos
 
 
-__all__ = ["discover_sites", "send_and_receive"]
+__all__ = ["discover_sites", "parse_site_list", "send_and_receive"]

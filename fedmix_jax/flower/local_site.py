@@ -154,7 +154,9 @@ def load_site_data(node_config: dict, shared: ml_collections.ConfigDict | None) 
         if not 0 <= index < fed.num_clients:
             raise ValueError(f"site-index {index} is outside the synthetic federation's "
                              f"{fed.num_clients} clients")
-        return site_from_federation(fed, index, trim=False)
+        site = site_from_federation(fed, index, trim=False)
+        site.name = str(node_config.get("site-name", site.name))
+        return site
     if kind == "folders":
         from fedmix_jax.data.real import default_data_config, load_federation_from_config
 

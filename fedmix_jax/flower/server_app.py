@@ -23,6 +23,8 @@ Run config keys (``flwr run . --run-config "key=value ..."``, defaults in
 ``min-sites``, ``join-timeout``, ``round-timeout``, ``wait-cap`` (seconds: how often the server
 checks for replies, and the cap on Flower's first 1 s back-off when a reply's objects are still
 uploading; 0 keeps Flower's waits, 3 s; see :mod:`fedmix_jax.flower.latency`),
+``sites`` (the coordinator's list, ``"name=node_id ..."``: only those nodes take part, each
+under its listed name; empty: every node the SuperLink admits, with a warning),
 ``max-update-norm-ratio`` (0: off), ``aggregator`` (``weighted`` | ``trimmed_mean`` |
 ``median``), ``trim-fraction`` (:mod:`fedmix_jax.flower.robust`).
 """
@@ -48,7 +50,7 @@ from fedmix_jax.checkpointing import Checkpointer
 from fedmix_jax.config import build_model, build_round_config
 from fedmix_jax.errors import ConfigMismatchError
 from fedmix_jax.flower import _core, records
-from fedmix_jax.flower.discovery import discover_sites, send_and_receive
+from fedmix_jax.flower.discovery import discover_sites, parse_site_list, send_and_receive
 from fedmix_jax.flower.local_site import shared_config_json
 from fedmix_jax.flower.strategy import FedMixStrategy
 from fedmix_jax.records import add_evaluation, check_checkpoint_record, evaluation_of
@@ -61,7 +63,7 @@ METRICS_FILE = rundir.METRICS_FILE
 DEFAULTS = {"config": "configs/synthetic.py", "overrides": "", "workdir": "runs/flower",
             "num-sites": 0, "min-sites": 1, "join-timeout": 300.0, "round-timeout": 3600.0,
             "wait-cap": 0.2, "max-update-norm-ratio": 0.0, "aggregator": "weighted",
-            "trim-fraction": 0.1}
+            "trim-fraction": 0.1, "sites": ""}
 
 
 def _say(msg: str) -> None:
@@ -281,15 +283,19 @@ def run_server(grid: Grid, run_config, *, write_plots: bool = True, return_state
     workdir = rundir.resolve(str(rc["workdir"]))
     rundir.check_usable(workdir)
     rundir.check_config(workdir, cfg_dict, rundir.read_config(workdir), CONFIG_FILE)
-    num_sites = int(rc["num-sites"]) or (int(config.data.num_clients)
-                                         if "num_clients" in config.data else 0)
+    listed = parse_site_list(str(rc["sites"]))
+    num_sites = int(rc["num-sites"]) or len(listed) or (
+        int(config.data.num_clients) if "num_clients" in config.data else 0)
+    if not listed:
+        log.warning("run config 'sites' is empty: every node the SuperLink admits takes part "
+                    "(list the hospitals as \"name=node_id ...\" to admit only them)")
 
     with rundir.WorkdirLock(workdir):
         rundir.check_config(workdir, cfg_dict, rundir.read_config(workdir), CONFIG_FILE)
         rundir.remove_stale_temporaries(workdir)
         sites, infos = discover_sites(grid, shared_config_json(config), num_sites,
                                       float(rc["join-timeout"]), float(rc["round-timeout"]),
-                                      int(rc["min-sites"]))
+                                      int(rc["min-sites"]), listed)
         _say(f"{len(sites)} sites: " + ", ".join(f"{s.index}:{s.name} ({s.num_train} train)"
                                                  for s in sites))
         image_shape = tuple(int(x) for x in infos[0]["image-shape"])
