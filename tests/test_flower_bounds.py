@@ -354,6 +354,79 @@ def test_robust_aggregators_bound_a_scaled_model(aggregator):
     assert np.all(agg >= honest.min(0) - 1e-6) and np.all(agg <= honest.max(0) + 1e-6)
 
 
+# ------------------------------------------------------------------------------------------------
+# client-level differential privacy of the aggregate
+
+
+def test_privacy_accountant_against_closed_forms():
+    """ε of R rounds at noise multiplier z: the exact Gaussian (ε, δ) curve solved for δ, never
+    above the classical bound sqrt(2 ln(1.25/δ))/z (one round, ε < 1, Dwork & Roth Thm A.1) nor
+    the RDP bound min_α R·α/(2z²) + ln(1/δ)/(α-1); growing with rounds, falling with z."""
+    from fedmix_jax.flower.privacy import delta_of, epsilon
+
+    delta = 1e-5
+    for z in (5.0, 20.0, 80.0):
+        classic = math.sqrt(2 * math.log(1.25 / delta)) / z
+        if classic < 1:
+            assert epsilon(z, 1, delta) <= classic
+    for z, rounds in ((0.7, 1), (1.0, 16), (3.0, 100)):
+        eps = epsilon(z, rounds, delta)
+        assert math.isclose(delta_of(eps, math.sqrt(rounds) / z), delta, rel_tol=1e-6)
+        alphas = np.linspace(1.01, 500, 200000)
+        rdp = np.min(rounds * alphas / (2 * z * z) + math.log(1 / delta) / (alphas - 1))
+        assert eps <= rdp
+    assert epsilon(1.0, 16, delta) > epsilon(1.0, 4, delta) > epsilon(2.0, 4, delta) > 0
+    assert epsilon(1.0, 0, delta) == 0.0 and epsilon(0.0, 3, delta) == math.inf
+
+
+def test_privacy_clipping_and_noise():
+    from fedmix_jax.flower.privacy import add_noise, clip_update
+
+    rng = np.random.default_rng(0)
+    base = {"a": rng.standard_normal(50).astype(np.float32),
+            "b": rng.standard_normal(30).astype(np.float32)}
+    far = {k: v + 3 * rng.standard_normal(v.shape).astype(np.float32) for k, v in base.items()}
+    clipped, norm = clip_update(far, base, 1.5)
+    d = np.concatenate([far[k].astype(np.float64) - base[k] for k in base])
+    assert math.isclose(norm, float(np.linalg.norm(d)), rel_tol=1e-9) and norm > 1.5
+    got = np.concatenate([clipped[k].astype(np.float64) - base[k] for k in base])
+    assert math.isclose(float(np.linalg.norm(got)), 1.5, rel_tol=1e-5)
+    np.testing.assert_allclose(got / 1.5, d / norm, atol=1e-5)       # same direction
+    near = {k: v + np.float32(1e-3) for k, v in base.items()}
+    kept, _ = clip_update(near, base, 1.5)
+    assert all(np.array_equal(kept[k], near[k]) for k in base) and kept["a"].dtype == np.float32
+    zeros = {"a": np.zeros(200000, np.float32)}
+    one, two = add_noise(zeros, 0.25)["a"], add_noise(zeros, 0.25)["a"]
+    assert abs(float(one.std()) - 0.25) < 0.005 and abs(float(one.mean())) < 0.005
+    assert not np.array_equal(one, two) and one.dtype == np.float32   # fresh OS entropy
+
+
+def test_privacy_in_the_strategy_bounds_a_scaled_model_and_adds_the_noise():
+    """With privacy on, a site scaled x1000 moves the aggregate by at most C before the noise;
+    the noise is there, with σ = z·2C; ε is reported; a robust aggregator is refused."""
+    clip, z = 0.05, 1.0
+    strat, pair, sites = _strategy(dp_clip_norm=clip, dp_noise_multiplier=z)
+    arrays, base = _updates(pair, [1, 1, 1])
+    arrays[2] = {k: v * 1000 for k, v in arrays[2].items()}
+    new, out = _round(strat, pair, sites, arrays, [{}, {}, dict(loss1=1.0)])
+    assert all(out.accepted) and out.dp_update_norms[2] > 1e3 * max(out.dp_update_norms[:2])
+    assert out.dp_epsilon == pytest.approx(__import__(
+        "fedmix_jax.flower.privacy", fromlist=["epsilon"]).epsilon(z, 1, 1e-5))
+    moved = np.concatenate([new[k].numpy().astype(np.float64) - base[k] for k in base])
+    sigma = z * 2 * clip
+    assert abs(float(np.std(moved)) - sigma) < 0.05 * sigma       # the update itself: <= 0.05
+    # Without the noise (a second strategy, z tiny): the update is within the clip norm.
+    strat2, _, _ = _strategy(dp_clip_norm=clip, dp_noise_multiplier=1e-9)
+    new2, _ = _round(strat2, pair, sites, arrays, [{}, {}, dict(loss1=1.0)])
+    moved2 = np.concatenate([new2[k].numpy().astype(np.float64) - base[k] for k in base])
+    assert float(np.linalg.norm(moved2)) <= clip * (1 + 1e-4)
+    for bad, match in ((dict(aggregator="median"), "aggregator 'weighted'"),
+                       (dict(dp_noise_multiplier=0.0), "dp-noise-multiplier"),
+                       (dict(dp_delta=1.0), "dp-delta")):
+        with pytest.raises(ValueError, match=match):
+            _strategy(dp_clip_norm=clip, **{"dp_noise_multiplier": z, **bad})
+
+
 def test_robust_functions():
     x = np.array([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0], [4.0, 40.0], [1000.0, -1000.0]],
                  np.float32)

@@ -26,7 +26,9 @@ uploading; 0 keeps Flower's waits, 3 s; see :mod:`fedmix_jax.flower.latency`),
 ``sites`` (the coordinator's list, ``"name=node_id ..."``: only those nodes take part, each
 under its listed name; empty: every node the SuperLink admits, with a warning),
 ``max-update-norm-ratio`` (0: off), ``aggregator`` (``weighted`` | ``trimmed_mean`` |
-``median``), ``trim-fraction`` (:mod:`fedmix_jax.flower.robust`).
+``median``), ``trim-fraction`` (:mod:`fedmix_jax.flower.robust`), ``dp-clip-norm`` (0: off),
+``dp-noise-multiplier``, ``dp-delta`` (client-level differential privacy,
+:mod:`fedmix_jax.flower.privacy`).
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ METRICS_FILE = rundir.METRICS_FILE
 DEFAULTS = {"config": "configs/synthetic.py", "overrides": "", "workdir": "runs/flower",
             "num-sites": 0, "min-sites": 1, "join-timeout": 300.0, "round-timeout": 3600.0,
             "wait-cap": 0.2, "max-update-norm-ratio": 0.0, "aggregator": "weighted",
-            "trim-fraction": 0.1, "sites": ""}
+            "trim-fraction": 0.1, "sites": "", "dp-clip-norm": 0.0, "dp-noise-multiplier": 1.0,
+            "dp-delta": 1e-5}
 
 
 def _say(msg: str) -> None:
@@ -111,6 +114,10 @@ def _round_record(r: int, out, round_time: float) -> dict:
         rec["rejected"] = out.rejected
     if out.update_norms is not None:
         rec["update_norms"] = out.update_norms
+    if out.dp_epsilon is not None:
+        rec["dp_epsilon"] = out.dp_epsilon
+        if out.dp_update_norms is not None:
+            rec["dp_update_norms"] = out.dp_update_norms
     return rec
 
 
@@ -189,8 +196,17 @@ class _ServerRun:
                              min_sites=int(self.rc["min-sites"]), run_name=run_name,
                              max_update_norm_ratio=float(self.rc["max-update-norm-ratio"]),
                              aggregator=str(self.rc["aggregator"]),
-                             trim_fraction=float(self.rc["trim-fraction"]))
+                             trim_fraction=float(self.rc["trim-fraction"]),
+                             **self.privacy_options())
         fed.summary()
+        if fed.dp is not None:
+            from fedmix_jax.flower.privacy import epsilon, noise_std
+
+            clip, z, delta = fed.dp
+            _say(f"client-level differential privacy: updates clipped to norm {clip:g}, noise "
+                 f"std {noise_std(clip, z):.4g} (multiplier {z:g} x sensitivity {2 * clip:g}); "
+                 f"after {self.num_rounds} rounds (ε, δ) = "
+                 f"({epsilon(z, self.num_rounds, delta):.4g}, {delta:g})")
         arrays = records.pair_to_record(self.global_pair)
         for r in range(self.start + 1, self.num_rounds + 1):
             t0 = time.perf_counter()
@@ -228,6 +244,12 @@ class _ServerRun:
         self.checkpointer.wait_until_finished()
         return fed, arrays
 
+    def privacy_options(self) -> dict:
+        """The strategy's differential-privacy arguments from the run config."""
+        return {"dp_clip_norm": float(self.rc["dp-clip-norm"]),
+                "dp_noise_multiplier": float(self.rc["dp-noise-multiplier"]),
+                "dp_delta": float(self.rc["dp-delta"])}
+
     def _update_best(self, r: int, ev: dict, arrays) -> None:
         v = ev["val"]["mean_dice"]
         if v is not None and math.isfinite(v) and (
@@ -256,6 +278,13 @@ class _ServerRun:
                        "num_val": s.num_val, "num_test": s.num_test} for s in self.sites],
             "config": self.cfg_dict,
         }
+        dp = self.privacy_options()
+        if dp["dp_clip_norm"] > 0:
+            from fedmix_jax.flower.privacy import epsilon
+
+            summary["privacy"] = dict(dp, epsilon=epsilon(
+                dp["dp_noise_multiplier"], max(self.start, self.num_rounds), dp["dp_delta"]),
+                scope="client-level, the global models sent out; the coordinator is trusted")
         path = os.path.join(self.workdir, SUMMARY_FILE)
         rundir.atomic_write_text(path, json.dumps(summary, indent=2) + "\n")
         if write_plots and self.records:

@@ -27,7 +27,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy as FlowerStrategy
 
-from fedmix_jax.flower import _core, records, robust
+from fedmix_jax.flower import _core, privacy, records, robust
 from fedmix_jax.flower.client_app import CONFIG_RECORD, GLOBAL_RECORD
 from fedmix_jax.flower.validation import (EVAL_FIGURES, ReplyRejected, check_eval_reply,
                                           check_train_reply)
@@ -62,6 +62,8 @@ class RoundOutcome:
     rejected: dict[str, str]                  # site name -> reason
     applied: bool                             # False: fewer than min_sites accepted
     update_norms: list[float] | None = None   # ||local - broadcast||_2 (norm bound on; 0: out)
+    dp_update_norms: list[float] | None = None  # before clipping (privacy on; 0: no reply)
+    dp_epsilon: float | None = None           # (ε, δ) spent by rounds 1..round (privacy on)
 
 
 class FedMixStrategy(FlowerStrategy):
@@ -82,13 +84,21 @@ class FedMixStrategy(FlowerStrategy):
       aggregator: ``"weighted"`` (the strategy's weighted average, default), ``"trimmed_mean"``
         or ``"median"`` (coordinate-wise, unweighted, over the sites of positive weight;
         :mod:`fedmix_jax.flower.robust`); ``trim_fraction`` for the trimmed mean.
+      dp_clip_norm, dp_noise_multiplier, dp_delta: client-level differential privacy of the
+        aggregate (:mod:`fedmix_jax.flower.privacy`; ``dp_clip_norm`` 0: off).
     """
 
     def __init__(self, strategy, sites: list[Site], template_pair, key, hparams,
                  shared_json: str, *, min_sites: int = 1, run_name: str = "run",
                  max_update_norm_ratio: float = 0.0, aggregator: str = "weighted",
-                 trim_fraction: float = 0.1):
+                 trim_fraction: float = 0.1, dp_clip_norm: float = 0.0,
+                 dp_noise_multiplier: float = 0.0, dp_delta: float = 1e-5):
         robust.check_options(aggregator, float(max_update_norm_ratio), float(trim_fraction))
+        privacy.check_options(float(dp_clip_norm), float(dp_noise_multiplier), float(dp_delta),
+                              aggregator)
+        self.dp = (float(dp_clip_norm), float(dp_noise_multiplier), float(dp_delta)) \
+            if dp_clip_norm > 0 else None
+        self._dp_norms: list[float] | None = None
         self.max_update_norm_ratio = float(max_update_norm_ratio)
         self.aggregator = aggregator
         self.trim_fraction = float(trim_fraction)
@@ -172,6 +182,7 @@ class FedMixStrategy(FlowerStrategy):
         participating = np.array([ok[i] and self.sites[i].num_train > 0 for i in range(c)])
         weights = [0.0] * c
         new_arrays = None
+        self._dp_norms = None
         if applied:
             w = _core.site_weights(self.strategy, reports, participating, self.hparams,
                                    _core.round_index(server_round))
@@ -185,9 +196,12 @@ class FedMixStrategy(FlowerStrategy):
         else:
             log.error("round %d: only %d of %d sites accepted (min_sites %d): round not "
                       "applied", server_round, sum(ok), c, self.min_sites)
-        self.last_round = RoundOutcome(round=server_round, reports=reports, weights=weights,
-                                       accepted=ok, rejected=rejected, applied=applied,
-                                       update_norms=norms)
+        self.last_round = RoundOutcome(
+            round=server_round, reports=reports, weights=weights, accepted=ok,
+            rejected=rejected, applied=applied, update_norms=norms,
+            dp_update_norms=self._dp_norms,
+            dp_epsilon=None if self.dp is None else privacy.epsilon(
+                self.dp[1], server_round, self.dp[2]))
         metrics = MetricRecord({"num-accepted": int(sum(ok)), "applied": int(applied),
                                 "weights": [float(w) for w in weights]})
         return new_arrays, metrics
@@ -221,6 +235,14 @@ class FedMixStrategy(FlowerStrategy):
         # [C, ...] every round (one compiled aggregation).
         sent = {k: self._arrays[k].numpy() for k in self.spec}
         src = [accepted[i].arrays if i in accepted else sent for i in range(len(self.sites))]
+        trained = records.PAIR_PREFIXES[:2 if self.strategy.trains_model2 else 1]
+        if self.dp is not None:     # each update clipped to norm C over the models that train
+            norms = [0.0] * len(self.sites)
+            for i in accepted:
+                clipped, norms[i] = privacy.clip_update(
+                    src[i], {k: sent[k] for k in trained}, self.dp[0])
+                src[i] = dict(src[i]) | clipped
+            self._dp_norms = norms
         if self.aggregator != "weighted":
             out = ArrayRecord()
             for k in self.spec:
@@ -235,6 +257,11 @@ class FedMixStrategy(FlowerStrategy):
                     for a in src]
             stacked = jax.tree.map(lambda *xs: np.stack(xs), *[ModelPair(*r) for r in rows])
             out = records.pair_to_record(jax.device_get(_core.aggregate(stacked, weights)))
+        if self.dp is not None:     # noise from the OS's entropy, never from the run's seed
+            noisy = privacy.add_noise({k: out[k].numpy() for k in trained},
+                                      privacy.noise_std(self.dp[0], self.dp[1]))
+            for k, a in noisy.items():
+                out[k] = Array(a)
         if not self.strategy.trains_model2:
             # Model 2 does not train: it stays as broadcast (as in the in-process round).
             second = records.PAIR_PREFIXES[1]

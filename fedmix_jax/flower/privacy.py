@@ -1,0 +1,116 @@
+"""Client-level differential privacy of the aggregate (server side, numpy on the host).
+
+What it protects: the sequence of global model pairs the coordinator sends out (to every site,
+and whatever is released after the run), against the data of any **one whole site** changing
+arbitrarily (replace-one-site adjacency). The coordinator itself is trusted: it sees each site's
+update and its scalars (n_i, ℓ_i, the counts in ``metrics.jsonl``), which this does not protect.
+
+Mechanism, each round (run config ``dp-clip-norm`` = C > 0, ``dp-noise-multiplier`` = z):
+
+1. every accepted site's update ``Δ_i = local_i - broadcast`` is clipped as one vector over the
+   models that train (both U-Nets for FedMix) to L2 norm at most C: ``Δ_i · min(1, C/‖Δ_i‖)``
+   (:func:`clip_update`);
+2. the strategy's weighted average of the clipped updates is formed as usual. Whatever the
+   weights -- FedMix's adaptive ones depend on every site's ℓ_i and n_i, so one site's data moves
+   all of them -- the aggregate is a convex combination of vectors of norm at most C, so replacing
+   one site's data moves it by at most **2C** (its L2 sensitivity);
+3. Gaussian noise of standard deviation ``σ = z · 2C`` is added to every coordinate of the
+   aggregated models that train (:func:`add_noise`), drawn from the operating system's entropy
+   (never from the run's seed, which every site receives with the config: a site could otherwise
+   regenerate and subtract it). A DP run is therefore not reproducible bit for bit, by design.
+
+Each round is a Gaussian mechanism with noise multiplier z relative to its sensitivity; R rounds
+compose exactly to a Gaussian mechanism with ``μ = √R / z`` (Dong, Roth & Su, Gaussian
+differential privacy, 2019), whose exact (ε, δ) curve is Balle & Wang's (ICML 2018):
+``δ(ε) = Φ(-ε/μ + μ/2) - e^ε Φ(-ε/μ - μ/2)``. :func:`epsilon` inverts it for the run's δ.
+
+Why not Flower's ``DifferentialPrivacyServerSideFixedClipping``: it adds noise ``z·C/K`` to a
+*uniform* mean of K clipped updates and clips one flat model; FedMix averages two models with
+data-dependent weights, for which that noise does not bound the sensitivity.
+
+Shapes: ``P`` parameters of one model (a packed vector, as a reply carries it).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.special import log_ndtr
+
+
+def check_options(clip_norm: float, noise_multiplier: float, delta: float,
+                  aggregator: str) -> None:
+    """ValueError naming the run config key that is out of range, or a combination that the
+    sensitivity bound does not cover (a robust aggregator)."""
+    if not (math.isfinite(clip_norm) and clip_norm >= 0):
+        raise ValueError(f"run config dp-clip-norm must be >= 0 (0: off), got {clip_norm}")
+    if clip_norm == 0:
+        return
+    if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
+        raise ValueError("run config dp-noise-multiplier must be > 0 when dp-clip-norm is on, "
+                         f"got {noise_multiplier}")
+    if not 0 < delta < 1:
+        raise ValueError(f"run config dp-delta must be in (0, 1), got {delta}")
+    if aggregator != "weighted":
+        raise ValueError(f"differential privacy needs aggregator 'weighted' (its sensitivity "
+                         f"bound assumes a convex combination), got {aggregator!r}")
+
+
+def clip_update(local: dict, broadcast: dict, clip_norm: float) -> tuple[dict, float]:
+    """``broadcast + Δ · min(1, C/‖Δ‖)`` with ``Δ = local - broadcast`` taken over all keys of
+    ``broadcast`` together (float64), and ‖Δ‖ before clipping. ``local`` / ``broadcast``:
+    ``{key: [P_key] array}``; returns arrays of ``local``'s dtypes."""
+    diffs = {k: np.asarray(local[k], np.float64) - np.asarray(b, np.float64)
+             for k, b in broadcast.items()}
+    norm = math.sqrt(sum(float(np.sum(d * d)) for d in diffs.values()))
+    scale = min(1.0, clip_norm / norm) if norm > 0 else 1.0
+    out = {k: (np.asarray(broadcast[k], np.float64) + d * scale).astype(np.asarray(local[k]).dtype)
+           for k, d in diffs.items()}
+    return out, norm
+
+
+def noise_std(clip_norm: float, noise_multiplier: float) -> float:
+    """σ of the noise on every coordinate: ``z · 2C`` (the aggregate's sensitivity is 2C)."""
+    return float(noise_multiplier) * 2.0 * float(clip_norm)
+
+
+def add_noise(arrays: dict, std: float, rng: np.random.Generator | None = None) -> dict:
+    """Each array plus N(0, std²) per coordinate (float64 noise, cast back to its dtype);
+    ``rng`` defaults to a generator seeded from the operating system's entropy."""
+    rng = np.random.default_rng() if rng is None else rng
+    return {k: (np.asarray(a, np.float64) + rng.normal(0.0, std, np.shape(a))).astype(
+        np.asarray(a).dtype) for k, a in arrays.items()}
+
+
+def delta_of(eps: float, mu: float) -> float:
+    """δ(ε) of a μ-Gaussian mechanism (Balle & Wang 2018), computed in log space."""
+    if mu <= 0:
+        return 0.0
+    a = log_ndtr(-eps / mu + mu / 2)
+    b = eps + log_ndtr(-eps / mu - mu / 2)
+    return float(math.exp(a) * -math.expm1(min(b - a, 0.0)))
+
+
+def epsilon(noise_multiplier: float, rounds: int, delta: float) -> float:
+    """The smallest ε for which ``rounds`` rounds at noise multiplier z are (ε, δ)-DP
+    (``μ = √rounds / z``); 0 for no round, ``inf`` for z = 0."""
+    if rounds <= 0:
+        return 0.0
+    if noise_multiplier <= 0:
+        return math.inf
+    mu = math.sqrt(rounds) / noise_multiplier
+    if delta_of(0.0, mu) <= delta:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while delta_of(hi, mu) > delta:
+        lo, hi = hi, hi * 2
+        if hi > 1e7:
+            return math.inf
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if delta_of(mid, mu) > delta else (lo, mid)
+    return hi
+
+
+__all__ = ["add_noise", "check_options", "clip_update", "delta_of", "epsilon", "noise_std"]
