@@ -6,12 +6,11 @@
 #   benchmarks/flower_round_time.sh [WORK_DIR]
 #
 # Environment: PAIRS [2]  NUM_SITES [4]  ROUNDS [4]  OVERRIDES [""] (config overrides, as for
-# scripts/deploy_localhost.sh, e.g. "model.width=8")  SITE_MODE [inproc]; the deployment runs
-# with TLS, SuperNode authentication, the ClientApp in each SuperNode's process (SITE_MODE=inproc:
-# INPROC=1 of scripts/deploy_localhost.sh) or one warm ClientApp process per site (SITE_MODE=warm:
-# WARM=1), and Flower's waits capped at POLL
+# scripts/deploy_localhost.sh, e.g. "model.width=8"); the deployment runs with TLS, SuperNode
+# authentication, the ClientApp in each SuperNode's process (INPROC=1 of
+# scripts/deploy_localhost.sh), and Flower's waits capped at POLL
 # seconds (default 0.2; 0.1 measured slower on 2 cores: the polls compete for them); with more
-# sites than cores the sites' processes run at nice 5 (SITE_NICE / SITE_XLA_FLAGS, see
+# sites than cores the sites' ClientApp threads run at nice 5 (SITE_NICE / SITE_XLA_FLAGS, see
 # scripts/deploy_localhost.sh).
 # Prints each run's median round time after round 1 (the in-process figure is the compiled round,
 # the deployment figure the server's time from sending the pair to the last accepted reply plus
@@ -23,12 +22,6 @@ PAIRS=${PAIRS:-2}
 NUM_SITES=${NUM_SITES:-4}
 ROUNDS=${ROUNDS:-4}
 OVERRIDES=${OVERRIDES:-""}
-SITE_MODE=${SITE_MODE:-inproc}
-case "$SITE_MODE" in
-  inproc) MODE_ENV=(INPROC=1) ;;
-  warm) MODE_ENV=(WARM=1) ;;
-  *) echo "SITE_MODE must be inproc or warm, got $SITE_MODE"; exit 2 ;;
-esac
 PY="$REPO/.venv/bin/python"
 [ -x "$PY" ] || PY=$(command -v python3)
 export FLWR_TELEMETRY_ENABLED=0 JAX_COMPILATION_CACHE_DIR="$WORK/jax_cache"
@@ -43,8 +36,8 @@ for k in $(seq 1 "$PAIRS"); do
   "$PY" -m fedmix_jax.main "${ARGS[@]}" --workdir "$WORK/inproc_$k" > "$WORK/inproc_$k.log" 2>&1
   IN+=("$(median "$WORK/inproc_$k/summary.json")")
   echo "   median round after round 1: ${IN[-1]} s"
-  echo "== pair $k: deployment, sites $SITE_MODE ($(uptime | sed 's/.*load/load/'))"
-  env "${MODE_ENV[@]}" NUM_SITES="$NUM_SITES" OVERRIDES="num_rounds=$ROUNDS data.num_clients=$NUM_SITES $OVERRIDES" \
+  echo "== pair $k: deployment, ClientApp in each SuperNode ($(uptime | sed 's/.*load/load/'))"
+  env INPROC=1 NUM_SITES="$NUM_SITES" OVERRIDES="num_rounds=$ROUNDS data.num_clients=$NUM_SITES $OVERRIDES" \
     "$REPO/scripts/deploy_localhost.sh" "$WORK/deploy_$k" > "$WORK/deploy_$k.log" 2>&1 \
     || { echo "deployment failed: $WORK/deploy_$k.log"; tail -20 "$WORK/deploy_$k.log"; exit 1; }
   DEP+=("$(median "$WORK/deploy_$k/run/summary.json")")

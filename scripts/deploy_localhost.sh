@@ -9,23 +9,21 @@
 #
 # Environment (defaults in brackets):
 #   NUM_SITES [3]     OVERRIDES [tiny: num_rounds=2 model.width=4 ...]   PORT_BASE [19090]
-#   WORKER [0]        1: each site runs a long-lived site worker (fedmix_jax.flower.worker) and
-#                     its ClientApp only relays (no tracing / compilation per round)
-#   WARM [0]          1: each SuperNode runs in --isolation process mode and one long-running
-#                     fedmix_jax.flower.warm_clientapp process executes all its ClientApp
-#                     messages (no process start, no tracing / compilation per round)
 #   INPROC [0]        1: each SuperNode runs FedMix's ClientApp in its own process
 #                     (fedmix_jax.flower.supernode --clientapp-in-process): one process per
-#                     site, no tracing / compilation per round and no loopback hop per message
+#                     site, no tracing / compilation per round and no loopback hop per message.
+#                     0: Flower's SuperExec starts a ClientApp process (fedmix_jax/flower/app)
+#                     for every message, which imports JAX, loads the data and compiles each time
 #   JAX_CACHE [1]     1: ClientApp processes share a persistent XLA compilation cache
-#   SITE_NICE [auto]  nice level of the sites' computing processes (warm ClientApp / worker).
+#   SITE_NICE [auto]  nice level of the sites' computing (INPROC=1: the ClientApp thread).
 #                     Across hospitals each site has its own machine; here NUM_SITES sites share
 #                     the cores. auto: 5 when the sites outnumber the cores (Flower's message
 #                     handling - SuperLink, SuperNodes, ServerApp - then does not wait behind the
 #                     sites' XLA threads), else 0. Same numbers either way.
-#   SITE_XLA_FLAGS [] XLA_FLAGS of those processes (e.g. --xla_cpu_multi_thread_eigen=false for
-#                     one compute thread per site; measured slower here: a large site then
-#                     leaves a core idle once the small ones are done)
+#   SITE_XLA_FLAGS [] XLA_FLAGS of the sites' SuperNodes with INPROC=1 (e.g.
+#                     --xla_cpu_multi_thread_eigen=false for one compute thread per site;
+#                     measured slower here: a large site then leaves a core idle once the small
+#                     ones are done)
 #   POLL [0.2]        the sites' SuperNodes run as fedmix_jax.flower.supernode with this idle
 #                     poll (seconds); POLL=stock runs Flower's own flower-supernode (3 s)
 #   LINK_DB [memory]  the SuperLink's --database: memory (Flower's in-memory state and object
@@ -39,8 +37,6 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mkdir -p "${1:-/tmp/fedmix_deploy}" && cd "${1:-/tmp/fedmix_deploy}" && pwd)
 NUM_SITES=${NUM_SITES:-3}
 PORT_BASE=${PORT_BASE:-19090}
-WORKER=${WORKER:-0}
-WARM=${WARM:-0}
 INPROC=${INPROC:-0}
 JAX_CACHE=${JAX_CACHE:-1}
 POLL=${POLL:-0.2}
@@ -50,7 +46,6 @@ if [ "$NUM_SITES" -gt "$(nproc)" ]; then SITE_NICE=${SITE_NICE:-5}; else SITE_NI
 SITE_XLA_FLAGS=${SITE_XLA_FLAGS:-}
 SITE_FLAGS=$(echo "${XLA_FLAGS:-} $SITE_XLA_FLAGS" | xargs)   # XLA refuses a blank XLA_FLAGS
 if [ -n "$SITE_FLAGS" ]; then SITE_ENV=(env "XLA_FLAGS=$SITE_FLAGS"); else SITE_ENV=(env -u XLA_FLAGS); fi
-SITE_RUN=("${SITE_ENV[@]}" nice -n "$SITE_NICE")
 OVERRIDES=${OVERRIDES:-"num_rounds=2 model.width=4 model.depth=2 data.image_size=16 data.num_clients=3 data.train_sizes='(8,12,6)' data.levels=\"('box','pixel','box')\" data.val_size=4 data.test_size=4 train.batch_size=4"}
 BIN="$REPO/.venv/bin"
 [ -x "$BIN/flower-superlink" ] || BIN=$(dirname "$(command -v flower-superlink)")
@@ -102,18 +97,9 @@ for i in $(seq 0 $((NUM_SITES - 1))); do
   SITES="$SITES site_$i=$NODE_ID"
 done
 
-# --- each hospital: (optionally) its site worker, then its SuperNode ------------------------
+# --- each hospital: its SuperNode -------------------------------------------------------------
 for i in $(seq 0 $((NUM_SITES - 1))); do
   NODE_CONFIG="data=\"synthetic\" site-index=$i site-name=\"site_$i\" state-dir=\"$WORK/site_state/site_$i\""
-  if [ "$WORKER" = 1 ]; then
-    SOCK="$WORK/worker_$i.sock"
-    "${SITE_RUN[@]}" "$BIN/python" -m fedmix_jax.flower.worker --socket "$SOCK" --node-config "$NODE_CONFIG" \
-      > "$WORK/logs/worker_$i.log" 2>&1 &
-    PIDS+=($!)
-    NODE_CONFIG="$NODE_CONFIG worker=\"unix:$SOCK\""
-  fi
-  ISOLATION=()
-  [ "$WARM" = 1 ] && ISOLATION=(--isolation process)
   if [ "$INPROC" = 1 ]; then
     [ "$POLL" = stock ] && { echo "INPROC=1 needs fedmix_jax.flower.supernode (not POLL=stock)"; exit 2; }
     SUPERNODE=("${SITE_ENV[@]}" "$BIN/python" -m fedmix_jax.flower.supernode --poll-interval "$POLL"
@@ -121,16 +107,10 @@ for i in $(seq 0 $((NUM_SITES - 1))); do
   elif [ "$POLL" = stock ]; then SUPERNODE=("$BIN/flower-supernode")
   else SUPERNODE=("$BIN/python" -m fedmix_jax.flower.supernode --poll-interval "$POLL"); fi
   "${SUPERNODE[@]}" --superlink "$LINK" --root-certificates "$CERTS/ca.crt" \
-    --auth-supernode-private-key "$CERTS/site_$i" "${ISOLATION[@]}" \
+    --auth-supernode-private-key "$CERTS/site_$i" \
     --node-config "$NODE_CONFIG" --host 127.0.0.1 --port $((PORT_BASE + 10 + i)) \
     > "$WORK/logs/supernode_$i.log" 2>&1 &
   PIDS+=($!)
-  if [ "$WARM" = 1 ]; then
-    WARM_POLL=(); [ "$POLL" = stock ] || WARM_POLL=(--poll-interval "$POLL")
-    "${SITE_RUN[@]}" "$BIN/python" -m fedmix_jax.flower.warm_clientapp --runtime-api-address 127.0.0.1:$((PORT_BASE + 10 + i)) "${WARM_POLL[@]}" \
-      > "$WORK/logs/warm_$i.log" 2>&1 &
-    PIDS+=($!)
-  fi
 done
 
 # --- an unregistered SuperNode must be refused ------------------------------------------------
@@ -140,11 +120,6 @@ done
   --max-retries 3 --max-wait-time 20 > "$WORK/logs/intruder.log" 2>&1 &
 INTRUDER=$!
 PIDS+=($INTRUDER)
-if [ "$WORKER" = 1 ]; then   # the workers must listen before the first message
-  for i in $(seq 0 $((NUM_SITES - 1))); do
-    for _ in $(seq 600); do [ -S "$WORK/worker_$i.sock" ] && break; sleep 0.5; done
-  done
-fi
 INTRUDER_RC=running
 for _ in $(seq 120); do
   if ! kill -0 "$INTRUDER" 2>/dev/null; then wait "$INTRUDER" && INTRUDER_RC=0 || INTRUDER_RC=$?; break; fi
@@ -174,7 +149,7 @@ else
   echo "FAILED: the unregistered SuperNode was not refused (exit $INTRUDER_RC)"
   tail -5 "$WORK/logs/intruder.log"; exit 1
 fi
-echo "== rounds (deployment, $NUM_SITES sites, worker=$WORKER, warm=$WARM, in-process clientapp=$INPROC, jax cache=$JAX_CACHE, supernode poll=$POLL, site nice=$SITE_NICE, site XLA_FLAGS=$SITE_XLA_FLAGS)"
+echo "== rounds (deployment, $NUM_SITES sites, in-process clientapp=$INPROC, jax cache=$JAX_CACHE, supernode poll=$POLL, site nice=$SITE_NICE, site XLA_FLAGS=$SITE_XLA_FLAGS)"
 "$BIN/python" - "$WORK/run" <<'PY'
 import json, sys, os
 recs = [json.loads(l) for l in open(os.path.join(sys.argv[1], "metrics.jsonl"))]

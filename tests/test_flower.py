@@ -401,8 +401,10 @@ def test_flower_waits_are_capped_only_on_the_pinned_version(monkeypatch):
 
 def test_state_kept_in_a_long_running_process_equals_context_state(two_rounds, tmp_path,
                                                                     monkeypatch):
-    """warm_clientapp keeps the site state in its memory, not in the Context that travels with
-    every message: same numbers, and the contexts stay free of the state."""
+    """The ClientApp inside the SuperNode's process (``keep_state_in_process``, as
+    ``in_process_runtime.serve_tasks`` sets it) keeps the site state in its memory, not in the
+    Context that travels with every message: same numbers, and the contexts stay free of the
+    state."""
     from fedmix_jax.flower import client_app
 
     _, _, _, ref_state, _, _ = two_rounds
@@ -446,35 +448,6 @@ def test_silent_site_does_not_stall_the_round(two_rounds, tmp_path):
     assert time.time() - t0 < 110
 
 
-def test_site_worker_relay_equals_in_process(two_rounds, tmp_path):
-    """The deployment mode without per-round compilation: each site's ClientApp relays to a
-    long-running site worker (here threads of this process) over a Unix socket."""
-    import threading
-
-    from fedmix_jax.flower.worker import SiteWorker, serve
-
-    _, _, _, ref_state, _, _ = two_rounds
-    sites = synthetic_sites(3)
-    for i, (node, (app, cfg)) in enumerate(list(sites.items())):
-        sock = str(tmp_path / f"w{i}.sock")
-        threading.Thread(target=serve, args=(sock, SiteWorker(dict(cfg))), daemon=True).start()
-        sites[node] = (app, dict(cfg, worker=f"unix:{sock}"))
-    import time
-
-    for i in range(3):
-        for _ in range(100):
-            if os.path.exists(tmp_path / f"w{i}.sock"):
-                break
-            time.sleep(0.05)
-        assert oct(os.stat(tmp_path / f"w{i}.sock").st_mode & 0o777) == "0o600"
-    grid = LocalGrid(sites)
-    summary, pair, _ = run_local(3, _run_config(tmp_path, rounds=2, name="worker"), grid=grid)
-    assert _max_diff(pair, ref_state.global_params) <= 1e-6
-    # The relay's replies carry the same records as the in-process ClientApp's.
-    train = [r for r in grid.replies if r.metadata.message_type == "train"]
-    assert len(train) == 6 and all(set(r.content.array_records) == {LOCAL_RECORD} for r in train)
-
-
 def test_in_process_runtime_serves_a_supernode_task(monkeypatch):
     """``--clientapp-in-process``: the ClientApp loop calls the SuperNode's Runtime API handlers on
     the node's own state (no HTTP). Against Flower's real node state: the task is acquired, the
@@ -491,8 +464,7 @@ def test_in_process_runtime_serves_a_supernode_task(monkeypatch):
     from flwr.supernode.nodestate import NodeStateFactory
     from flwr.supernode.start_client_internal import _insert_message
 
-    from fedmix_jax.flower.in_process_runtime import InProcessRuntime
-    from fedmix_jax.flower.warm_clientapp import run_task
+    from fedmix_jax.flower.in_process_runtime import InProcessRuntime, run_task
 
     state = NodeStateFactory(objectstore_factory=ObjectStoreFactory()).state()
     state.set_node_id(7)

@@ -459,14 +459,14 @@ def test_a_site_data_follows_the_coordinators_data_settings(monkeypatch):
 
     from fedmix_jax.flower import local_site
 
-    node = {"data": "folders", "data-dir": "/data/a", "site-name": "a", "worker": "unix:/x"}
+    node = {"data": "folders", "data-dir": "/data/a", "site-name": "a", "state-dir": "/s/x"}
     shared = {"num_rounds": 3, "data": {"name": "folders", "seed": 7, "val_fraction": 0.2,
                                         "test_fraction": 0.3, "image_size": 32,
                                         "levels": ["box"]}}
     key = local_site.data_key(node, json.dumps(shared))
-    # num_rounds, the worker's address and settings a folders site does not read leave it alone
+    # num_rounds, the state directory and settings a folders site does not read leave it alone
     same = dict(shared, num_rounds=9, data=dict(shared["data"], levels=["pixel"]))
-    assert local_site.data_key(dict(node, worker="unix:/y"), json.dumps(same)) == key
+    assert local_site.data_key(dict(node, **{"state-dir": "/s/y"}), json.dumps(same)) == key
     for change in ({"seed": 8}, {"val_fraction": 0.1}, {"image_size": 64}):
         other = dict(shared, data=dict(shared["data"], **change))
         assert local_site.data_key(node, json.dumps(other)) != key, change

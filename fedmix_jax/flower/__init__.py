@@ -8,8 +8,10 @@
   project's strategy registry (weights, aggregation of both models);
 * :mod:`~fedmix_jax.flower.validation` — the checks every reply passes before aggregation;
 * :mod:`~fedmix_jax.flower.records` — pytrees <-> Flower records (numpy arrays and scalars only);
-* :mod:`~fedmix_jax.flower.worker` — the long-running site worker (no recompilation per round
-  under the deployment engine);
+* :mod:`~fedmix_jax.flower.supernode` — Flower's SuperNode with capped waits; with
+  ``--clientapp-in-process`` the ClientApp runs inside it
+  (:mod:`~fedmix_jax.flower.in_process_runtime`: no recompilation per round under the deployment
+  engine);
 * :mod:`~fedmix_jax.flower.simulation` — ServerApp and ClientApps in one process (tests, demos).
 
 See docs/across_sites.md for the runbook. Set ``FLWR_TELEMETRY_ENABLED=0`` (Flower's telemetry

@@ -74,8 +74,8 @@ def compiled_site_fn(model, config: RoundConfig):
     ``fn(global, site, data, key, hparams, round_index)`` (``round_index`` 0-based, traced: one
     program for every round).
 
-    Cached per process: a site process that lives across rounds (simulation, the site worker)
-    traces and compiles once.
+    Cached per process: a site process that lives across rounds (simulation, the ClientApp
+    inside the SuperNode, ``--clientapp-in-process``) traces and compiles once.
     """
 
     def fn(global_params, site, data, key, hparams, index):

@@ -13,14 +13,13 @@ Messages it answers (the coordinator's :mod:`~fedmix_jax.flower.server_app` send
 
 The site's data and its state between rounds never leave its machine. The state (local pair and
 Adam moments) is kept in the SuperNode's context (``Context.state``, local to the node) — in the
-memory of a long-running ClientApp process instead (:func:`keep_state_in_process`) — and, when
-the node config sets ``state-dir``, also on the site's disk so that a run resumed after a server
-restart continues with the same Adam moments.
+memory of the process instead when the ClientApp runs inside the SuperNode
+(``--clientapp-in-process``, :func:`keep_state_in_process`) — and, when the node config sets
+``state-dir``, also on the site's disk so that a run resumed after a server restart continues with
+the same Adam moments.
 
 Node config (``flower-supernode --node-config "..."``): ``data`` (``folders`` | ``synthetic``),
-``data-dir``, ``cache-dir``, ``client``, ``site-name``, ``site-index``, ``state-dir``, ``worker``
-(address of a long-running site worker, :mod:`fedmix_jax.flower.worker`: then this ClientApp only
-relays the arrays to it, and nothing is compiled per round).
+``data-dir``, ``cache-dir``, ``client``, ``site-name``, ``site-index``, ``state-dir``.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-# No JAX at import time: with a site worker this process only relays (see protocol.py).
+# No JAX at import time: JAX is imported with the site's data, at its first message.
 from fedmix_jax.flower.protocol import (CONFIG_RECORD, GLOBAL_RECORD, LOCAL_RECORD,  # noqa: F401
                                         EVAL_RECORD, INFO_RECORD, REPORT_RECORD,
                                         SITE_RECORD)
@@ -45,10 +44,10 @@ STATE_META = "site-state-meta"
 
 _sites: dict = {}
 _lock = threading.Lock()
-# A long-running ClientApp process (fedmix_jax.flower.warm_clientapp) keeps each site's state in
-# its memory: (node id, run name) -> (round, SiteState). Flower's Context travels with every
-# message (pulled with the task, pushed back with the reply), so the ~6x-model-size state kept in
-# Context.state would cross the SuperNode's loopback API twice per message.
+# The ClientApp inside the SuperNode's process (fedmix_jax.flower.in_process_runtime) keeps each
+# site's state in its memory: (node id, run name) -> (round, SiteState). Flower's Context travels
+# with every message (pulled with the task, pushed back with the reply, serialised each way even
+# in process), so the ~6x-model-size state kept in Context.state would be copied twice per message.
 _kept_states: dict = {}
 _keep_in_process = False
 
@@ -81,15 +80,6 @@ def _local_site(context: Context, shared_json: str | None):
     return site
 
 
-def _backend(context: Context, shared_json: str | None):
-    node = _node_config(context)
-    if node.get("worker"):
-        from fedmix_jax.flower.worker import WorkerClient
-
-        return WorkerClient(str(node["worker"]))
-    return _local_site(context, shared_json)
-
-
 def _state_path(context: Context, run_name: str) -> str | None:
     d = _node_config(context).get("state-dir")
     if not d:
@@ -106,8 +96,8 @@ def info(msg: Message, context: Context) -> Message:
     shared = None
     if CONFIG_RECORD in msg.content.config_records:
         shared = msg.content.config_records[CONFIG_RECORD].get("config-json")
-    backend = _backend(context, shared)
-    cr = ConfigRecord(dict(backend.info(shared)))
+    site = _local_site(context, shared)
+    cr = ConfigRecord(dict(site.info(shared)))
     return Message(RecordDict({INFO_RECORD: cr}), reply_to=msg)
 
 
@@ -118,7 +108,7 @@ def hparams_from(cfg):
                           learning_rate=float(cfg["learning-rate"]))
 
 
-def _restore_state(context: Context, backend, shared: str, round_index: int, run_name: str):
+def _restore_state(context: Context, site, shared: str, round_index: int, run_name: str):
     """The site's :class:`~fedmix_jax.site.SiteState` for ``round_index`` (None: start fresh)."""
     if round_index <= 1:
         return None
@@ -128,7 +118,7 @@ def _restore_state(context: Context, backend, shared: str, round_index: int, run
     kept = _kept_states.get((context.node_id, run_name))
     if kept is not None and kept[0] == round_index - 1:
         return kept[1]
-    like = backend.template_state(shared)
+    like = site.template_state(shared)
     meta = context.state.config_records.get(STATE_META)
     if (meta is not None and meta.get("run-name") == run_name
             and int(meta.get("round", -1)) == round_index - 1
@@ -176,25 +166,19 @@ def train(msg: Message, context: Context) -> Message:
     run_name = str(cfg.get("run-name", "run"))
     key_data = np.asarray(cfg["site-key"], np.uint32)
     send_model = bool(cfg.get("send-model", True))
-    backend = _backend(context, shared)
-    arrays = msg.content.array_records[GLOBAL_RECORD]
-    if getattr(backend, "remote", False):
-        # The worker keeps the data, the compiled program and the state; this process relays.
-        local_record, report = backend.train_record(shared, arrays, round_index, run_name,
-                                                    key_data, dict(cfg), send_model)
-    else:
-        from fedmix_jax.flower import records
+    from fedmix_jax.flower import records
+    from fedmix_jax.flower._core import key_from_numpy
+    from fedmix_jax.flower._core import round_index as index_of
 
-        global_pair = records.record_to_pair(arrays, backend.template_pair(shared))
-        state = _restore_state(context, backend, shared, round_index, run_name)
-        from fedmix_jax.flower._core import key_from_numpy
-        from fedmix_jax.flower._core import round_index as index_of
-
-        state, report = backend.train(shared, global_pair, state, key_from_numpy(key_data),
-                                      hparams_from(cfg), index_of(round_index))
-        _store_state(context, state, round_index, run_name)
-        local_record = records.pair_to_record(state.params) if send_model else None
-    return make_train_reply(msg, backend.info(shared), round_index, report, local_record)
+    site = _local_site(context, shared)
+    global_pair = records.record_to_pair(msg.content.array_records[GLOBAL_RECORD],
+                                         site.template_pair(shared))
+    state = _restore_state(context, site, shared, round_index, run_name)
+    state, report = site.train(shared, global_pair, state, key_from_numpy(key_data),
+                               hparams_from(cfg), index_of(round_index))
+    _store_state(context, state, round_index, run_name)
+    local_record = records.pair_to_record(state.params) if send_model else None
+    return make_train_reply(msg, site.info(shared), round_index, report, local_record)
 
 
 def make_train_reply(msg: Message, site_info: dict, round_index: int, report: dict,
@@ -216,26 +200,22 @@ def evaluate(msg: Message, context: Context) -> Message:
     cfg = msg.content.config_records[CONFIG_RECORD]
     shared = str(cfg["config-json"])
     round_index = int(cfg["round"])
-    backend = _backend(context, shared)
-    arrays = msg.content.array_records.get(GLOBAL_RECORD)
-    if getattr(backend, "remote", False):
-        scores = backend.evaluate_record(shared, arrays, round_index)
-    else:
-        from fedmix_jax.flower import records
+    from fedmix_jax.flower import records
 
-        if arrays is not None:
-            params1 = records.record_to_model(arrays, backend.template_pair(shared).model1)
-        else:   # local learning: the site evaluates its own model 1
-            kept = _kept_states.get((context.node_id, str(cfg.get("run-name", "run"))))
-            if kept is not None:
-                state = kept[1]
-            elif STATE_RECORD in context.state.array_records:
-                state = records.record_to_tree(context.state.array_records[STATE_RECORD],
-                                               backend.template_state(shared), "state")
-            else:
-                raise RuntimeError("no local model to evaluate")
-            params1 = state.params.model1
-        scores = backend.evaluate(shared, params1)
-    scores = dict(scores)
+    site = _local_site(context, shared)
+    arrays = msg.content.array_records.get(GLOBAL_RECORD)
+    if arrays is not None:
+        params1 = records.record_to_model(arrays, site.template_pair(shared).model1)
+    else:   # local learning: the site evaluates its own model 1
+        kept = _kept_states.get((context.node_id, str(cfg.get("run-name", "run"))))
+        if kept is not None:
+            state = kept[1]
+        elif STATE_RECORD in context.state.array_records:
+            state = records.record_to_tree(context.state.array_records[STATE_RECORD],
+                                           site.template_state(shared), "state")
+        else:
+            raise RuntimeError("no local model to evaluate")
+        params1 = state.params.model1
+    scores = dict(site.evaluate(shared, params1))
     scores["round"] = round_index
     return Message(RecordDict({EVAL_RECORD: MetricRecord(scores)}), reply_to=msg)

@@ -2,21 +2,23 @@
 
 With ``python -m fedmix_jax.flower.supernode --clientapp-in-process ...`` a site runs one process:
 the SuperNode (its connection to the SuperLink, TLS, authentication, its state) and, in a thread
-of the same process, the loop of :mod:`fedmix_jax.flower.warm_clientapp` that acquires the node's
-ClientApp tasks and runs FedMix's ClientApp on them. The data, the compiled site function and the
-JAX runtime stay loaded between rounds, as with the warm process, and the hop between SuperNode
-and ClientApp is a function call instead of HTTP on loopback:
+of the same process, a loop (:func:`serve_tasks`) that acquires the node's ClientApp tasks (as
+``flower-superexec`` does) and runs each with FedMix's ClientApp (:func:`run_task`, what
+``flwr-clientapp`` does, without exiting). The data, the compiled site function and the JAX
+runtime stay loaded between rounds, and the hop between SuperNode and ClientApp is a function
+call instead of HTTP on loopback:
 
 * the broadcast pair (8.7 MB at the default size) is not copied through the SuperNode's HTTP
-  Runtime API and back for the reply (measured 0.4-0.9 s per train message on the 2-core machine,
-  plus the CPU of both processes);
+  Runtime API to a ClientApp process and back for the reply (measured 0.4-0.9 s per train
+  message on the 2-core machine, plus the CPU of both processes);
 * no second process polls the SuperNode for tasks; the loop checks the node's in-memory state.
 
 :class:`InProcessRuntime` stands in for Flower's ``RuntimeHttpClient``: each method takes and
 returns the same protobuf messages as the HTTP endpoint of that name and calls the same Flower
 handler the endpoint calls (``flwr.supernode.servicer.runtime.runtime_handlers``), with the task
 looked up by its token as the endpoint's authentication does. So the node's state sees exactly
-what it sees from a ClientApp process. Flower 1.42 only (the ``fedmix_jax[flower]`` extra pins it).
+what it sees from a ClientApp process. Flower 1.42 only (the ``fedmix_jax[flower]`` extra pins it:
+:func:`run_task` uses its ``flwr.supernode.runtime.run_clientapp`` helpers).
 """
 
 from __future__ import annotations
@@ -96,6 +98,75 @@ class InProcessRuntime:
         pass
 
 
+def run_task(client, client_app) -> bool:
+    """Pull one task's message and context through ``client`` (a Runtime API client bound to
+    the task's token: :class:`InProcessRuntime`), run the ClientApp here, push reply and
+    context. Returns whether the ClientApp answered."""
+    from flwr.app import Message
+    from flwr.app.error import Error
+    from flwr.common.constant import ErrorCode, SubStatus
+    from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+    from flwr.supernode.runtime.run_clientapp import (pull_task_input, push_message,
+                                                      push_task_output)
+
+    heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+    heartbeat.start()
+    message = context = reply = None
+    status, details, ok = SubStatus.FAILED, "ClientApp task failed", False
+    try:
+        t_pull = time.perf_counter()
+        message, context, _run, _fab = pull_task_input(client)
+        t0 = time.perf_counter()
+        reply = client_app(message=message, context=context)
+        log.info("%s handled in %.2f s (its input pulled in %.2f s)",
+                 message.metadata.message_type, time.perf_counter() - t0, t0 - t_pull)
+        status, details, ok = SubStatus.COMPLETED, "", True
+    except Exception as ex:  # noqa: BLE001 - reported to the server as an error reply
+        log.exception("ClientApp raised")
+        details = f"{type(ex)}:<'{ex}'>"
+        if message is not None:
+            reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=details),
+                            reply_to=message)
+    finally:
+        try:
+            if reply is not None and context is not None:
+                t_push = time.perf_counter()
+                push_message(client, reply, context)
+                log.info("reply pushed to the SuperNode in %.2f s", time.perf_counter() - t_push)
+        finally:
+            push_task_output(client=client, context=context, sub_status=status,
+                             details=details)
+            if heartbeat.is_running:
+                heartbeat.stop()
+            client.close()
+    return ok
+
+
+def serve_tasks(acquirer, client_for_token, poll_interval: float) -> None:
+    """Acquire the SuperNode's ClientApp tasks through ``acquirer`` (its ``AcquireTask``) and run
+    each with fedmix_jax's ClientApp through ``client_for_token(token)``, forever; ``poll_interval``
+    s between checks while there is none. A task that fails is reported to the server as an
+    error reply (:func:`run_task`); a failure of the node's API itself is logged and retried."""
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
+    from flwr.supercore.constant import TaskType
+
+    from fedmix_jax.flower.client_app import app as client_app
+    from fedmix_jax.flower.client_app import keep_state_in_process
+
+    keep_state_in_process()       # this process serves every message of its SuperNode
+    request = AcquireTaskRequest(supported_task_types=[str(TaskType.CLIENT_APP)])
+    while True:
+        try:
+            res = acquirer.AcquireTask(request)
+            if res.HasField("task") and res.token:
+                run_task(client_for_token(res.token), client_app)
+                continue
+        except Exception:  # noqa: BLE001 - the node's API failed; keep serving
+            log.exception("SuperNode Runtime API call failed; retrying")
+            time.sleep(max(poll_interval, 1.0))
+        time.sleep(poll_interval)
+
+
 def _cap_local_waits() -> None:
     """In this process the ClientApp's object pulls and the SuperNode's reply checks read the
     node's own memory: wait ``LOCAL_POLL`` s between tries instead of the network cap."""
@@ -133,7 +204,6 @@ def serve_in_process(state_factory, nice: int = 0) -> threading.Thread:
     # importing the same modules at once can fail on Python's import locks.
     import fedmix_jax.flower.client_app  # noqa: F401
     import fedmix_jax.flower.local_site  # noqa: F401  (JAX; its backend starts in the loop)
-    from fedmix_jax.flower.warm_clientapp import serve_tasks
 
     def loop() -> None:
         if nice:
@@ -154,4 +224,4 @@ def serve_in_process(state_factory, nice: int = 0) -> threading.Thread:
     return thread
 
 
-__all__ = ["InProcessRuntime", "LOCAL_POLL", "serve_in_process"]
+__all__ = ["InProcessRuntime", "LOCAL_POLL", "run_task", "serve_in_process", "serve_tasks"]

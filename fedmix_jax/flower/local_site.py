@@ -1,7 +1,7 @@
 """What runs at a hospital: its data, its compiled site function, its state between rounds.
 
-Nothing here imports Flower: the ClientApp (:mod:`fedmix_jax.flower.client_app`) and the
-long-running site worker (:mod:`fedmix_jax.flower.worker`) both drive a :class:`LocalSite`.
+Nothing here imports Flower: the ClientApp (:mod:`fedmix_jax.flower.client_app`) drives a
+:class:`LocalSite`.
 
 A site's data comes from its own machine (``node_config`` of its SuperNode):
 
@@ -116,12 +116,12 @@ def site_from_federation(federation, index: int, trim: bool = False) -> SiteData
 FOLDERS_DATA_KEYS = ("image_size", "channels", "pack_labels", "seed", "val_fraction",
                      "test_fraction", "on_bad_input", "box_mode", "max_per_client")
 # Node config keys that do not change the data.
-_NOT_DATA = ("worker", "state-dir")
+_NOT_DATA = ("state-dir",)
 
 
 def data_settings(node_config: dict, shared: ml_collections.ConfigDict | None) -> dict:
     """What decides a site's data: ``{"node": [(key, value)], "data": {...}}``: its node config
-    (but ``worker`` / ``state-dir``) and the coordinator's data settings that apply to it (the
+    (but ``state-dir``) and the coordinator's data settings that apply to it (the
     whole ``data`` group for a synthetic site, :data:`FOLDERS_DATA_KEYS` for a folders site).
     JSON-able; :func:`data_key` of it keys a process's loaded sites."""
     kind = str(node_config.get("data", "synthetic")).strip().lower()
@@ -198,7 +198,7 @@ class LocalSite:
     """A hospital's side of FedMix: holds its data and state, runs the compiled site function.
 
     The compiled programs are cached per process (``_core.compiled_site_fn``): a process that
-    lives across rounds (simulation, the site worker) compiles once.
+    lives across rounds (simulation, the ClientApp inside the SuperNode) compiles once.
     """
 
     def __init__(self, data: SiteData):

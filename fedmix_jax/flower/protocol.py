@@ -1,5 +1,5 @@
-"""Names of the records a FedMix message carries (importable without JAX: the relaying ClientApp
-of a site worker stays light).
+"""Names of the records a FedMix message carries (importable without JAX, like the ClientApp
+module until its first message).
 
 Server -> site:
   ``global``  ArrayRecord: the global :class:`~fedmix_jax.site.ModelPair`, arrays ``model1`` and

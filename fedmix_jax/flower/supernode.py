@@ -13,11 +13,12 @@ idle. ``flower-supernode`` works too, with its 3 s waits.
 
 ``--clientapp-in-process`` runs FedMix's ClientApp inside this process, in a thread that takes
 the node's tasks from its memory (:mod:`fedmix_jax.flower.in_process_runtime`): one process per
-site, which keeps data, compiled program and JAX loaded across rounds like
-``fedmix_jax.flower.warm_clientapp``, without the loopback HTTP hop that process needs for every
-message. It implies ``--isolation process`` (no SuperExec is started; the thread is the
-executor). ``--clientapp-nice N`` lowers that thread's (and its compute threads') priority on
-Linux, for a machine that hosts several sites.
+site, which keeps data, compiled program and JAX loaded across rounds, without a loopback HTTP hop
+to a ClientApp process for every message. It implies ``--isolation process`` (no SuperExec is
+started; the thread is the executor). ``--clientapp-nice N`` lowers that thread's (and its
+compute threads') priority on Linux, for a machine that hosts several sites. Without it (and
+with Flower's default ``--isolation subprocess``) the SuperNode's SuperExec runs the ClientApp
+(``fedmix_jax/flower/app``) in a new process for every message, as ``flower-supernode`` does.
 """
 
 from __future__ import annotations

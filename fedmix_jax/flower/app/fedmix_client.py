@@ -1,4 +1,5 @@
-"""The ClientApp component (no JAX import: a site worker does the computing)."""
+"""The ClientApp component that ``flwr run`` names (no JAX at import: the ClientApp loads JAX
+with a site's data, at its first message)."""
 
 from fedmix_jax.flower import client_app as _client_app
 
