@@ -333,6 +333,46 @@ def test_resume_after_server_restart_equals_uninterrupted(two_rounds, tmp_path):
     assert _max_diff(pair2, ref_state.global_params) <= 1e-6
 
 
+@pytest.mark.parametrize("where", ["node context", "state-dir after a SuperNode restart"])
+def test_server_crash_mid_round_resumes_bit_identical(two_rounds, tmp_path, monkeypatch, caplog,
+                                                      where):
+    """The ServerApp dies in round 2 after the sites trained it (their state is already at round
+    2); resumed from its checkpoint of round 1 it sends round 2 again, and each site starts it
+    from its kept state of round 1 (in its node context, or from ``state-dir`` when the SuperNode
+    restarted too): the run ends bit-identical to an uninterrupted one, no fresh Adam moments."""
+    from fedmix_jax.flower.simulation import LocalGrid, synthetic_sites
+    from fedmix_jax.flower.strategy import FedMixStrategy
+
+    _, _, _, ref_state, _, _ = two_rounds
+    cfg = _run_config(tmp_path, rounds=2, name="crash", extra="checkpoint_every=1")
+    node = {"state-dir": str(tmp_path / "site_state")} if "state-dir" in where else {}
+    aggregate = FedMixStrategy.aggregate_train
+
+    def dies_in_round_2(self, server_round, replies):
+        replies = list(replies)          # the sites have trained and kept round 2's state
+        if server_round == 2:
+            raise KeyboardInterrupt("kill -9 of the ServerApp")
+        return aggregate(self, server_round, replies)
+
+    monkeypatch.setattr(FedMixStrategy, "aggregate_train", dies_in_round_2)
+    grid = LocalGrid(synthetic_sites(3, **node))
+    with pytest.raises(KeyboardInterrupt):
+        run_local(3, cfg, grid=grid)
+    monkeypatch.setattr(FedMixStrategy, "aggregate_train", aggregate)
+    if node:
+        grid = LocalGrid(synthetic_sites(3, **node))        # the SuperNodes restarted too
+        assert sorted(os.listdir(node["state-dir"])) == [
+            f"crash.{i}.r{r}.npz" for i in range(3) for r in (1, 2)]
+    with caplog.at_level("WARNING", logger="fedmix_jax.flower"):
+        summary, pair, _ = run_local(3, cfg, grid=grid)
+    assert summary["resumed_from"] == 1 and summary["rounds_completed"] == 2
+    assert "fresh Adam moments" not in caplog.text
+    assert _max_diff(pair, ref_state.global_params) == 0.0
+    if node:     # only the states from the oldest checkpoint kept on (rounds 1 and 2) remain
+        assert sorted(os.listdir(node["state-dir"])) == [
+            f"crash.{i}.r{r}.npz" for i in range(3) for r in (1, 2)]
+
+
 def test_server_workdir_is_locked_verified_and_rebuilt(two_rounds, tmp_path):
     """The server's workdir behaves as the main job's: a second server is refused, a damaged
     newest checkpoint is set aside for the previous one, metrics.jsonl is rebuilt."""
@@ -405,16 +445,16 @@ def test_state_kept_in_a_long_running_process_equals_context_state(two_rounds, t
     ``in_process_runtime.serve_tasks`` sets it) keeps the site state in its memory, not in the
     Context that travels with every message: same numbers, and the contexts stay free of the
     state."""
-    from fedmix_jax.flower import client_app
+    from fedmix_jax.flower import site_state
 
     _, _, _, ref_state, _, _ = two_rounds
-    monkeypatch.setattr(client_app, "_kept_states", {})
-    client_app.keep_state_in_process()
-    monkeypatch.setattr(client_app, "_keep_in_process", True)     # undone after the test
+    monkeypatch.setattr(site_state, "_kept_states", {})
+    site_state.keep_state_in_process()
+    monkeypatch.setattr(site_state, "_keep_in_process", True)     # undone after the test
     summary, pair, grid = run_local(3, _run_config(tmp_path, rounds=2, name="kept"))
     assert _max_diff(pair, ref_state.global_params) <= 1e-6
-    assert len(client_app._kept_states) == 3
-    assert all(client_app.STATE_RECORD not in c.state.array_records
+    assert len(site_state._kept_states) == 3
+    assert all(not any(k.startswith(site_state.STATE_RECORD) for k in c.state.array_records)
                for c in grid.contexts.values())
 
 

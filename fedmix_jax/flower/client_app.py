@@ -11,12 +11,12 @@ Messages it answers (the coordinator's :mod:`~fedmix_jax.flower.server_app` send
   pseudo-label or a per-sample value;
 * ``evaluate`` — global model 1: Dice / IoU on the site's validation and test splits (scalars).
 
-The site's data and its state between rounds never leave its machine. The state (local pair and
-Adam moments) is kept in the SuperNode's context (``Context.state``, local to the node) — in the
-memory of the process instead when the ClientApp runs inside the SuperNode
-(``--clientapp-in-process``, :func:`keep_state_in_process`) — and, when the node config sets
-``state-dir``, also on the site's disk so that a run resumed after a server restart continues with
-the same Adam moments.
+The site's data and its state between rounds never leave its machine. The states (local pair and
+Adam moments after each round, back to the coordinator's oldest checkpoint, so that a run resumed
+after a server crash replays the interrupted round from the same state) are kept as
+:mod:`fedmix_jax.flower.site_state` describes: in the SuperNode's context, in the memory of the
+process when the ClientApp runs inside the SuperNode (``--clientapp-in-process``), and with
+``state-dir`` also on the site's disk.
 
 Node config (``flower-supernode --node-config "..."``): ``data`` (``folders`` | ``synthetic``),
 ``data-dir``, ``cache-dir``, ``client``, ``site-name``, ``site-index``, ``state-dir``.
@@ -25,7 +25,6 @@ Node config (``flower-supernode --node-config "..."``): ``data`` (``folders`` | 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 
 import numpy as np
@@ -33,30 +32,15 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 # No JAX at import time: JAX is imported with the site's data, at its first message.
+from fedmix_jax.flower import site_state
 from fedmix_jax.flower.protocol import (CONFIG_RECORD, GLOBAL_RECORD, LOCAL_RECORD,  # noqa: F401
                                         EVAL_RECORD, INFO_RECORD, REPORT_RECORD,
                                         SITE_RECORD)
 
 log = logging.getLogger("fedmix_jax.flower")
 
-STATE_RECORD = "site-state"
-STATE_META = "site-state-meta"
-
 _sites: dict = {}
 _lock = threading.Lock()
-# The ClientApp inside the SuperNode's process (fedmix_jax.flower.in_process_runtime) keeps each
-# site's state in its memory: (node id, run name) -> (round, SiteState). Flower's Context travels
-# with every message (pulled with the task, pushed back with the reply, serialised each way even
-# in process), so the ~6x-model-size state kept in Context.state would be copied twice per message.
-_kept_states: dict = {}
-_keep_in_process = False
-
-
-def keep_state_in_process(on: bool = True) -> None:
-    """Keep the sites' state in this process instead of ``Context.state`` (for a process that
-    serves every message of its SuperNode; ``state-dir`` on disk is still written)."""
-    global _keep_in_process
-    _keep_in_process = bool(on)
 
 
 def _node_config(context: Context) -> dict:
@@ -80,14 +64,6 @@ def _local_site(context: Context, shared_json: str | None):
     return site
 
 
-def _state_path(context: Context, run_name: str) -> str | None:
-    d = _node_config(context).get("state-dir")
-    if not d:
-        return None
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in run_name) or "run"
-    return os.path.join(str(d), f"{safe}.npz")
-
-
 app = ClientApp()
 
 
@@ -108,56 +84,6 @@ def hparams_from(cfg):
                           learning_rate=float(cfg["learning-rate"]))
 
 
-def _restore_state(context: Context, site, shared: str, round_index: int, run_name: str):
-    """The site's :class:`~fedmix_jax.site.SiteState` for ``round_index`` (None: start fresh)."""
-    if round_index <= 1:
-        return None
-    from fedmix_jax.flower import records
-    from fedmix_jax.flower.local_site import load_state
-
-    kept = _kept_states.get((context.node_id, run_name))
-    if kept is not None and kept[0] == round_index - 1:
-        return kept[1]
-    like = site.template_state(shared)
-    meta = context.state.config_records.get(STATE_META)
-    if (meta is not None and meta.get("run-name") == run_name
-            and int(meta.get("round", -1)) == round_index - 1
-            and STATE_RECORD in context.state.array_records):
-        try:
-            return records.record_to_tree(context.state.array_records[STATE_RECORD], like,
-                                          "state")
-        except ValueError as e:
-            log.warning("site state in the node context does not fit the model: %s", e)
-    path = _state_path(context, run_name)
-    if path:
-        loaded = load_state(path, like)
-        if loaded is not None and loaded[0] == round_index - 1:
-            return loaded[1]
-    log.warning("no site state of round %d: starting round %d with fresh Adam moments",
-                round_index - 1, round_index)
-    return None
-
-
-def _store_state(context: Context, state, round_index: int, run_name: str) -> None:
-    from fedmix_jax.flower import records
-
-    if _keep_in_process:
-        _kept_states[(context.node_id, run_name)] = (int(round_index), state)
-        for recs, name in ((context.state.array_records, STATE_RECORD),
-                           (context.state.config_records, STATE_META)):
-            if name in recs:
-                del recs[name]
-    else:
-        context.state.array_records[STATE_RECORD] = records.tree_to_record(state, "state")
-        context.state.config_records[STATE_META] = ConfigRecord(
-            {"round": int(round_index), "run-name": run_name})
-    path = _state_path(context, run_name)
-    if path:
-        from fedmix_jax.flower.local_site import save_state
-
-        save_state(path, round_index, state)
-
-
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     cfg = msg.content.config_records[CONFIG_RECORD]
@@ -173,10 +99,10 @@ def train(msg: Message, context: Context) -> Message:
     site = _local_site(context, shared)
     global_pair = records.record_to_pair(msg.content.array_records[GLOBAL_RECORD],
                                          site.template_pair(shared))
-    state = _restore_state(context, site, shared, round_index, run_name)
+    state = site_state.restore(context, site.template_state(shared), round_index, run_name)
     state, report = site.train(shared, global_pair, state, key_from_numpy(key_data),
                                hparams_from(cfg), index_of(round_index))
-    _store_state(context, state, round_index, run_name)
+    site_state.store(context, state, round_index, run_name, int(cfg.get("kept-round", 0)))
     local_record = records.pair_to_record(state.params) if send_model else None
     return make_train_reply(msg, site.info(shared), round_index, report, local_record)
 
@@ -207,13 +133,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     if arrays is not None:
         params1 = records.record_to_model(arrays, site.template_pair(shared).model1)
     else:   # local learning: the site evaluates its own model 1
-        kept = _kept_states.get((context.node_id, str(cfg.get("run-name", "run"))))
-        if kept is not None:
-            state = kept[1]
-        elif STATE_RECORD in context.state.array_records:
-            state = records.record_to_tree(context.state.array_records[STATE_RECORD],
-                                           site.template_state(shared), "state")
-        else:
+        state = site_state.newest(context, site.template_state(shared),
+                                  str(cfg.get("run-name", "run")))
+        if state is None:
             raise RuntimeError("no local model to evaluate")
         params1 = state.params.model1
     scores = dict(site.evaluate(shared, params1))

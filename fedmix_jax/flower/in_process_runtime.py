@@ -151,7 +151,7 @@ def serve_tasks(acquirer, client_for_token, poll_interval: float) -> None:
     from flwr.supercore.constant import TaskType
 
     from fedmix_jax.flower.client_app import app as client_app
-    from fedmix_jax.flower.client_app import keep_state_in_process
+    from fedmix_jax.flower.site_state import keep_state_in_process
 
     keep_state_in_process()       # this process serves every message of its SuperNode
     request = AcquireTaskRequest(supported_task_types=[str(TaskType.CLIENT_APP)])

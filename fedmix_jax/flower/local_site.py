@@ -27,6 +27,7 @@ import functools
 import json
 import math
 import os
+import threading
 from typing import Any
 
 import jax
@@ -282,7 +283,7 @@ def save_state(path: str, round_index: int, state) -> None:
     arrays = {f"a{i}": np.asarray(x) for i, x in enumerate(leaves)}
     arrays["round"] = np.asarray(round_index, np.int64)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.npz"
+    tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}.npz"
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
 

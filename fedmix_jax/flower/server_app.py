@@ -210,6 +210,8 @@ class _ServerRun:
         arrays = records.pair_to_record(self.global_pair)
         for r in range(self.start + 1, self.num_rounds + 1):
             t0 = time.perf_counter()
+            kept = self.checkpointer.all_steps()    # complete checkpoints only
+            fed.kept_round = min(kept) if kept else 0
             new_arrays, _ = fed.aggregate_train(
                 r, self._exchange(fed.configure_train(r, arrays, ConfigRecord(), self.grid)))
             if new_arrays is not None:

@@ -116,6 +116,9 @@ class FedMixStrategy(FlowerStrategy):
         self.last_eval: dict[str, Any] | None = None
         self._next_key = None
         self._arrays: ArrayRecord | None = None
+        #: The oldest checkpoint round the coordinator holds (0: none), sent with every train
+        #: message: the sites keep their states from that round on (exact resume after a crash).
+        self.kept_round = 0
 
     # ------------------------------------------------------------------------------------------
     def _config(self, server_round: int) -> dict:
@@ -123,7 +126,7 @@ class FedMixStrategy(FlowerStrategy):
         return {"round": int(server_round), "config-json": self.shared_json,
                 "run-name": self.run_name, "lam": float(h.lam), "beta": float(h.beta),
                 "learning-rate": float(h.learning_rate),
-                "send-model": bool(self.strategy.aggregates)}
+                "send-model": bool(self.strategy.aggregates), "kept-round": int(self.kept_round)}
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:

@@ -1,0 +1,175 @@
+"""A site's state between rounds, kept per round back to the coordinator's oldest checkpoint.
+
+The state after round r (local model pair and Adam moments, a :class:`~fedmix_jax.site.SiteState`)
+is what round r + 1 starts from. A site keeps it, per run (the server's ``run-name``), for every
+round from ``kept-round`` on -- the oldest checkpoint the coordinator still holds, sent with every
+train message -- so that when the coordinator crashes mid-round and resumes from a checkpoint c,
+the round c + 1 it sends again starts from the site's state after round c, exactly as the first
+time: a resumed run is bit-identical to an uninterrupted one. States of later rounds (of the
+interrupted timeline) are dropped when a round is trained again.
+
+Where the states live (never sent anywhere):
+
+* in this process's memory (:func:`keep_state_in_process`, set by the ClientApp that runs inside
+  the SuperNode's process): ``{(node id, run name): {round: SiteState}}``;
+* otherwise in the SuperNode's ``Context.state`` (records ``site-state-<round>`` and the meta
+  record ``site-state-meta``: run name and rounds);
+* and, when the node config sets ``state-dir``, also on the site's disk
+  (``<state-dir>/<run name>.<site>.r<round>.npz``, no pickle), for a SuperNode that restarts too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+from flwr.app import ConfigRecord, Context
+
+log = logging.getLogger("fedmix_jax.flower")
+
+STATE_RECORD = "site-state"
+STATE_META = "site-state-meta"
+
+_kept_states: dict = {}
+_keep_in_process = False
+
+
+def keep_state_in_process(on: bool = True) -> None:
+    """Keep the sites' states in this process instead of ``Context.state`` (for a process that
+    serves every message of its SuperNode: Flower's Context travels with every message, so the
+    ~6x-model-size states kept there would be copied twice per message). ``state-dir`` on disk is
+    still written."""
+    global _keep_in_process
+    _keep_in_process = bool(on)
+
+
+def _safe(run_name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in run_name) or "run"
+
+
+def _stem(context: Context, run_name: str) -> str:
+    """``<run>.<site>``: the site named by its node config (``site-name``, ``client`` or
+    ``site-index``), so that sites sharing a ``state-dir`` do not share files."""
+    node = dict(context.node_config)
+    site = next((str(node[k]) for k in ("site-name", "client", "site-index") if k in node), "site")
+    return f"{_safe(run_name)}.{_safe(site)}"
+
+
+def _disk_path(context: Context, run_name: str, round_index: int) -> str | None:
+    """``<state-dir>/<run>.<site>.r<round>.npz``, or None without ``state-dir``."""
+    d = dict(context.node_config).get("state-dir")
+    if not d:
+        return None
+    return os.path.join(str(d), f"{_stem(context, run_name)}.r{int(round_index)}.npz")
+
+
+def _disk_rounds(context: Context, run_name: str) -> dict[int, str]:
+    """``{round: path}`` of the run's states of this site in ``state-dir``."""
+    d = dict(context.node_config).get("state-dir")
+    try:
+        names = os.listdir(str(d)) if d else []
+    except OSError:
+        return {}
+    pattern = re.compile(re.escape(_stem(context, run_name)) + r"\.r(\d+)\.npz")
+    return {int(m.group(1)): os.path.join(str(d), n) for n in names
+            if (m := pattern.fullmatch(n))}
+
+
+def _context_rounds(context: Context, run_name: str) -> list[int]:
+    meta = context.state.config_records.get(STATE_META)
+    if meta is None or meta.get("run-name") != run_name:
+        return []
+    return [int(r) for r in meta.get("rounds", [])]
+
+
+def restore(context: Context, like, round_index: int, run_name: str):
+    """The state after round ``round_index - 1`` (for training round ``round_index``, 1-based),
+    shaped as ``like``; None for round 1 and, with a warning, when the site does not hold it
+    (the round then starts from the broadcast pair with fresh Adam moments)."""
+    if round_index <= 1:
+        return None
+    from fedmix_jax.flower import records
+    from fedmix_jax.flower.local_site import load_state
+
+    need = round_index - 1
+    held = _kept_states.get((context.node_id, run_name), {})
+    if need in held:
+        return held[need]
+    name = f"{STATE_RECORD}-{need}"
+    if need in _context_rounds(context, run_name) and name in context.state.array_records:
+        try:
+            return records.record_to_tree(context.state.array_records[name], like, "state")
+        except ValueError as e:
+            log.warning("site state in the node context does not fit the model: %s", e)
+    path = _disk_rounds(context, run_name).get(need)
+    if path:
+        loaded = load_state(path, like)
+        if loaded is not None and loaded[0] == need:
+            return loaded[1]
+    log.warning("no site state of round %d: starting round %d with fresh Adam moments", need,
+                round_index)
+    return None
+
+
+def newest(context: Context, like, run_name: str):
+    """The state of the newest round the site holds (a local model to evaluate), or None."""
+    from fedmix_jax.flower import records
+
+    held = _kept_states.get((context.node_id, run_name), {})
+    if held:
+        return held[max(held)]
+    rounds = _context_rounds(context, run_name)
+    if rounds:
+        return records.record_to_tree(
+            context.state.array_records[f"{STATE_RECORD}-{max(rounds)}"], like, "state")
+    return None
+
+
+def store(context: Context, state, round_index: int, run_name: str,
+          kept_round: int | None = None) -> None:
+    """Keep the state after round ``round_index``; drop the states of rounds before
+    ``kept_round`` (the coordinator's oldest checkpoint; None or 0: keep only this one) and of
+    rounds after ``round_index`` (an interrupted timeline)."""
+    from fedmix_jax.flower import records
+
+    r = int(round_index)
+    first = r if not kept_round or kept_round > r else int(kept_round)
+
+    def keep(x: int) -> bool:
+        return first <= x <= r
+
+    if _keep_in_process:
+        held = _kept_states.setdefault((context.node_id, run_name), {})
+        held[r] = state
+        for x in [x for x in held if not keep(x)]:
+            del held[x]
+        for key in [k for k in context.state.array_records if k.startswith(STATE_RECORD)]:
+            del context.state.array_records[key]
+        if STATE_META in context.state.config_records:
+            del context.state.config_records[STATE_META]
+    else:
+        old = _context_rounds(context, run_name)
+        for key in [k for k in context.state.array_records if k.startswith(STATE_RECORD)]:
+            x = key[len(STATE_RECORD) + 1:]
+            if not (x.isdigit() and int(x) in old and keep(int(x))):
+                del context.state.array_records[key]
+        context.state.array_records[f"{STATE_RECORD}-{r}"] = records.tree_to_record(state,
+                                                                                    "state")
+        rounds = sorted({x for x in old if keep(x)} | {r})
+        context.state.config_records[STATE_META] = ConfigRecord(
+            {"run-name": run_name, "rounds": rounds})
+    path = _disk_path(context, run_name, r)
+    if path:
+        from fedmix_jax.flower.local_site import save_state
+
+        save_state(path, r, state)
+        for x, p in _disk_rounds(context, run_name).items():
+            if not keep(x):
+                try:
+                    os.remove(p)
+                except OSError as e:
+                    log.warning("could not remove the old site state %s: %s", p, e)
+
+
+__all__ = ["STATE_META", "STATE_RECORD", "keep_state_in_process", "newest", "restore", "store"]
