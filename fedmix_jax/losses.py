@@ -333,7 +333,11 @@ class WeakSupervision:
     """Weights of the direct weak-label terms (0 switches a term off; static, hashable).
 
     emptiness: :func:`outside_region_bce_per_sample` (pixels outside every box of a class, and
-      every pixel of an absent class, are background).
+      every pixel of an absent class, are background); ``absent_emptiness`` scales its part on
+      the classes a label says are absent (every pixel of the image), each part averaged over
+      its own pixels. With several classes most (image, class) pairs are absent, and that part
+      alone drove every class's logits down before any positive signal (the multi-class
+      collapse of docs/weak_supervision.md).
     tightness: :func:`box_tightness_loss_per_sample` (every line crossing a box holds
       foreground), with ``tightness_inset`` px.
     image_mil: :func:`mil_image_loss_per_sample` (the maximum within a present class's region
@@ -346,9 +350,10 @@ class WeakSupervision:
     image_mil: float = 1.0
     tightness_inset: int = 0
     outside_margin: int = 4
+    absent_emptiness: float = 1.0
 
     def __post_init__(self):
-        for name in ("emptiness", "tightness", "image_mil"):
+        for name in ("emptiness", "tightness", "image_mil", "absent_emptiness"):
             value = getattr(self, name)
             if not (value >= 0 and value < float("inf")):
                 raise ValueError(f"weak.{name} must be a finite number >= 0, got {value}")
@@ -370,7 +375,11 @@ def weak_supervision_loss_per_sample(logits: jax.Array, boxes: jax.Array,
     region, present, known = weak_label_regions(boxes, image_labels, levels, valid)
     total = jnp.zeros(logits.shape[:1], jnp.float32)
     if weights.emptiness:
-        total += weights.emptiness * outside_region_bce_per_sample(logits, region, known)
+        total += weights.emptiness * outside_region_bce_per_sample(logits, region,
+                                                                   known * present)
+        if weights.absent_emptiness:
+            total += (weights.emptiness * weights.absent_emptiness
+                      * outside_region_bce_per_sample(logits, region, known * (1.0 - present)))
     if weights.image_mil:
         total += weights.image_mil * mil_image_loss_per_sample(logits, region, present, known,
                                                                weights.outside_margin)

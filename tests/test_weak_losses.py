@@ -206,8 +206,10 @@ def test_weak_loss_combines_the_terms_by_their_weights():
     region, present, known = L.weak_label_regions(boxes, labels, levels, valid)
     box_known = np.asarray(known) * (levels == BOX)[:, None]
     w = L.WeakSupervision(emptiness=0.5, tightness=2.0, image_mil=0.25, tightness_inset=1,
-                          outside_margin=2)
-    want = (0.5 * L.outside_region_bce_per_sample(logits, region, known)
+                          outside_margin=2, absent_emptiness=0.3)
+    known, present = np.asarray(known), np.asarray(present)
+    want = (0.5 * L.outside_region_bce_per_sample(logits, region, known * present)
+            + 0.5 * 0.3 * L.outside_region_bce_per_sample(logits, region, known * (1 - present))
             + 0.25 * L.mil_image_loss_per_sample(logits, region, present, known, 2)
             + 2.0 * L.box_tightness_loss_per_sample(logits, boxes, box_known, 1))
     np.testing.assert_allclose(
@@ -216,6 +218,14 @@ def test_weak_loss_combines_the_terms_by_their_weights():
     off = L.WeakSupervision(emptiness=0.0, tightness=0.0, image_mil=0.0)
     np.testing.assert_array_equal(
         L.weak_supervision_loss_per_sample(logits, boxes, labels, levels, valid, off), 0.0)
+    # One class: each sample's class is either present or absent, so with absent_emptiness 1
+    # the two parts are the single emptiness term over every known class.
+    one = tuple(np.asarray(x)[..., :1] for x in (logits, boxes, labels))
+    r1, p1, k1 = L.weak_label_regions(one[1], one[2], levels, valid)
+    emptiness_only = L.WeakSupervision(tightness=0.0, image_mil=0.0)
+    np.testing.assert_allclose(
+        L.weak_supervision_loss_per_sample(*one, levels, valid, emptiness_only),
+        L.outside_region_bce_per_sample(one[0], r1, k1), rtol=1e-6)
 
 
 @pytest.mark.parametrize("bad", [dict(emptiness=-1.0), dict(tightness=float("nan")),
