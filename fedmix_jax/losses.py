@@ -241,7 +241,8 @@ def dilate(region: jax.Array, radius: int) -> jax.Array:
 
 
 def mil_image_loss_per_sample(logits: jax.Array, region: jax.Array, present: jax.Array,
-                              known: jax.Array, outside_margin: int = 0) -> jax.Array:
+                              known: jax.Array, outside_margin: int = 0,
+                              absent_weight: float = 1.0) -> jax.Array:
     """Multiple-instance loss of a weak label: a positive bag inside a present class's region,
     a negative bag outside it.
 
@@ -252,11 +253,12 @@ def mil_image_loss_per_sample(logits: jax.Array, region: jax.Array, present: jax
     false-positive-rate metric counts). Averaged over the known classes. ``outside_margin`` (px)
     leaves the pixels that close to the region out of the negative bag: a prediction bleeding
     just past a box edge is left to the emptiness term, and the bag's maximum is a spurious
-    detection away from the lesion.
+    detection away from the lesion. ``absent_weight`` scales the negative bag of the absent
+    classes (and empty boxes).
 
     Args:
       logits: [B, H, W, K]; region: [B, H, W, K] in {0, 1}; present, known: [B, K] in {0, 1};
-      outside_margin: static int >= 0.
+      outside_margin: static int >= 0; absent_weight: float >= 0.
     Returns:
       [B]; 0 for a sample with no known class.
     """
@@ -267,7 +269,8 @@ def mil_image_loss_per_sample(logits: jax.Array, region: jax.Array, present: jax
     near = dilate(region, outside_margin)
     outside = _masked_max(logits, 1.0 - near, axes=(1, 2))
     has_outside = (jnp.min(near, axis=(1, 2)) == 0).astype(jnp.float32)
-    per_class = present * jax.nn.softplus(-inside) + has_outside * jax.nn.softplus(outside)
+    negative = has_outside * jnp.where(present > 0, 1.0, absent_weight)
+    per_class = present * jax.nn.softplus(-inside) + negative * jax.nn.softplus(outside)
     return jnp.sum(per_class * known, axis=1) / jnp.maximum(jnp.sum(known, axis=1), 1.0)
 
 
@@ -342,7 +345,8 @@ class WeakSupervision:
       foreground), with ``tightness_inset`` px.
     image_mil: :func:`mil_image_loss_per_sample` (the maximum within a present class's region
       toward 1, the maximum outside it -- farther than ``outside_margin`` px -- toward 0; for an
-      absent class or an empty box, the image's maximum below 0.5).
+      absent class or an empty box, the image's maximum below 0.5; that negative bag scaled by
+      ``absent_mil``).
     """
 
     emptiness: float = 1.0
@@ -351,9 +355,10 @@ class WeakSupervision:
     tightness_inset: int = 0
     outside_margin: int = 4
     absent_emptiness: float = 1.0
+    absent_mil: float = 1.0
 
     def __post_init__(self):
-        for name in ("emptiness", "tightness", "image_mil", "absent_emptiness"):
+        for name in ("emptiness", "tightness", "image_mil", "absent_emptiness", "absent_mil"):
             value = getattr(self, name)
             if not (value >= 0 and value < float("inf")):
                 raise ValueError(f"weak.{name} must be a finite number >= 0, got {value}")
@@ -381,8 +386,8 @@ def weak_supervision_loss_per_sample(logits: jax.Array, boxes: jax.Array,
             total += (weights.emptiness * weights.absent_emptiness
                       * outside_region_bce_per_sample(logits, region, known * (1.0 - present)))
     if weights.image_mil:
-        total += weights.image_mil * mil_image_loss_per_sample(logits, region, present, known,
-                                                               weights.outside_margin)
+        total += weights.image_mil * mil_image_loss_per_sample(
+            logits, region, present, known, weights.outside_margin, weights.absent_mil)
     if weights.tightness:
         box_known = known * (levels == BOX)[:, None]
         total += weights.tightness * box_tightness_loss_per_sample(

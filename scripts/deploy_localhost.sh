@@ -2,7 +2,7 @@
 # A whole FedMix federation on this machine with Flower's deployment engine: one SuperLink (TLS,
 # SuperNode authentication, its Control and Runtime APIs for the admin host 127.0.0.1 only:
 # fedmix_jax.flower.superlink), NUM_SITES authenticated SuperNodes on the synthetic federation,
-# one unregistered SuperNode that must be refused, then `flwr run` with the run config `sites`
+# one unregistered SuperNode that must be refused, then the run (fedmix_jax.flower.run) with the run config `sites`
 # listing the registered hospitals (name=node id). Offline, loopback only.
 #
 #   scripts/deploy_localhost.sh [WORK_DIR]
@@ -136,8 +136,10 @@ wait-cap = $([ "$POLL" = stock ] && echo 0 || echo "$POLL")
 overrides = '''$OVERRIDES'''
 TOML
 T0=$(date +%s.%N)
-"$BIN/flwr" run "$REPO/fedmix_jax/flower/app" local-tls --stream --run-config "$WORK/run_config.toml" \
-  > "$WORK/logs/run.log" 2>&1 || { echo "flwr run failed; see $WORK/logs"; tail -40 "$WORK/logs/run.log"; exit 1; }
+# (fedmix_jax.flower.run: flwr run + its logs, exit 0 only when the run finished:completed;
+#  `flwr run --stream` itself exits 0 when the run fails)
+"$BIN/python" -m fedmix_jax.flower.run "$REPO/fedmix_jax/flower/app" local-tls --run-config "$WORK/run_config.toml" \
+  > "$WORK/logs/run.log" 2>&1 || { echo "the run failed; see $WORK/logs"; tail -40 "$WORK/logs/run.log"; exit 1; }
 T1=$(date +%s.%N)
 
 echo "== sites listed by the SuperLink"

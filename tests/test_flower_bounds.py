@@ -528,3 +528,56 @@ def test_evaluation_replies_are_bounded():
     del reply.content.metric_records["eval"]["test-hd95"]
     with pytest.raises(ReplyRejected, match="missing"):
         check_eval_reply(reply, round_index=2, site="s")
+
+
+# ------------------------------------------------------------------------------------------------
+# python -m fedmix_jax.flower.run: the run's outcome as the exit code
+
+_FAKE_FLWR = r'''#!/usr/bin/env python3
+import json, os, sys
+state = os.environ["FAKE_FLWR_DIR"]
+cmd = sys.argv[1]
+open(os.path.join(state, "calls"), "a").write(" ".join(sys.argv[1:]) + "\n")
+if cmd == "run":
+    if os.environ.get("FAKE_FLWR_REFUSE"):
+        print("Failed to start run", file=sys.stderr); sys.exit(1)
+    print("Successfully started run 42"); print(json.dumps({"success": True, "run-id": "42"}))
+elif cmd == "ls":
+    seq = os.environ["FAKE_FLWR_STATES"].split(",")
+    path = os.path.join(state, "n")
+    n = int(open(path).read()) if os.path.exists(path) else 0
+    open(path, "w").write(str(n + 1))
+    s = seq[min(n, len(seq) - 1)]
+    print(json.dumps({"success": True, "runs": [{"run-id": "42", "status": s,
+                                                 "status-details": "ServerApp raised"}]}))
+elif cmd == "log":
+    print("log line of run", sys.argv[2])
+'''
+
+
+@pytest.mark.parametrize("states, code, said", [
+    ("pending,running,finished:completed", 0, "finished:completed"),
+    ("running,finished:failed", 1, "ended finished:failed: ServerApp raised"),
+    ("starting,finished:stopped", 1, "ended finished:stopped"),
+    ("refuse", 2, "did not start the run")])
+def test_flower_run_exits_with_the_runs_outcome(tmp_path, states, code, said):
+    """``flwr run`` exits 0 even when the run fails; ``python -m fedmix_jax.flower.run`` polls
+    the run's status and exits 0 only for finished:completed (a fake ``flwr`` plays Flower)."""
+    import subprocess
+    import sys
+
+    fake = tmp_path / "flwr"
+    fake.write_text(_FAKE_FLWR)
+    fake.chmod(0o755)
+    env = dict(os.environ, FAKE_FLWR_DIR=str(tmp_path), FAKE_FLWR_STATES=states)
+    if states == "refuse":
+        env["FAKE_FLWR_REFUSE"] = "1"
+    res = subprocess.run([sys.executable, "-m", "fedmix_jax.flower.run", "app_dir", "fed",
+                          "--run-config", "x=1", "--poll", "0.05", "--flwr", str(fake)],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == code, res.stderr
+    assert said in res.stderr, res.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert calls[0] == "run app_dir fed --format json --run-config x=1"
+    if code != 2:
+        assert "log 42 fed --stream" in calls and any(c.startswith("ls fed --run-id 42") for c in calls)
