@@ -30,6 +30,9 @@
 #                     store; this script registers the sites anew each time) or a file path (a
 #                     SQLite file that keeps registrations across SuperLink restarts, but stores
 #                     every message's model pair in it: each hop measured ~0.3 s slower here)
+#   KILL_IN_ROUND []  r: after the run, the same run again in WORK/run_killed whose ServerApp is
+#                     killed (kill -9) right after every site trained round r, then resumed by
+#                     running the same command again; its metrics.jsonl must equal the first run's
 #
 # Prints the refused-site check, the per-round times and where metrics.jsonl / summary.json are.
 set -euo pipefail
@@ -165,3 +168,32 @@ if later:
 PY
 echo "total flwr run wall time: $(echo "$T1 - $T0" | bc) s"
 echo "outputs: $WORK/run (metrics.jsonl, summary.json, plots, checkpoints); logs: $WORK/logs"
+
+# --- optionally: the ServerApp killed mid-round, resumed, compared with the run above ----------
+if [ -n "${KILL_IN_ROUND:-}" ]; then
+  sed "s|^workdir = .*|workdir = \"$WORK/run_killed\"|" "$WORK/run_config.toml" > "$WORK/run_config_killed.toml"
+  trains() { cat "$WORK"/logs/supernode_*.log | grep -c "train handled" || true; }
+  WANT=$(( $(trains) + NUM_SITES * KILL_IN_ROUND ))
+  "$BIN/python" -m fedmix_jax.flower.run "$REPO/fedmix_jax/flower/app" local-tls \
+    --run-config "$WORK/run_config_killed.toml" > "$WORK/logs/run_killed_1.log" 2>&1 &
+  RUNNER=$!
+  for _ in $(seq 2400); do [ "$(trains)" -ge "$WANT" ] && break; sleep 0.05; done
+  pkill -9 -f flwr-serverapp && echo "== ServerApp killed (kill -9) after every site trained round $KILL_IN_ROUND"
+  KILLED_RC=0; wait "$RUNNER" || KILLED_RC=$?
+  echo "the interrupted run's command exited $KILLED_RC: $(grep -o 'ended finished:[a-z]*' "$WORK/logs/run_killed_1.log" | tail -1)"
+  [ "$KILLED_RC" != 0 ] || { echo "FAILED: the killed run was reported as completed"; exit 1; }
+  "$BIN/python" -m fedmix_jax.flower.run "$REPO/fedmix_jax/flower/app" local-tls \
+    --run-config "$WORK/run_config_killed.toml" > "$WORK/logs/run_killed_2.log" 2>&1 \
+    || { echo "FAILED: the resumed run failed"; tail -40 "$WORK/logs/run_killed_2.log"; exit 1; }
+  grep -h "fresh Adam moments" "$WORK"/logs/supernode_*.log && { echo "FAILED: a site lost its state"; exit 1; }
+  "$BIN/python" - "$WORK/run" "$WORK/run_killed" <<'PY'
+import json, os, sys
+keys = ("loss1", "loss2", "counts", "selected_weak", "weights", "val_mean_dice", "test_mean_dice")
+a, b = ([{k: r.get(k) for k in keys} for r in map(json.loads, open(os.path.join(d, "metrics.jsonl")))]
+        for d in sys.argv[1:])
+summary = json.load(open(os.path.join(sys.argv[2], "summary.json")))
+print(f"resumed from round {summary['resumed_from']}; rounds {len(a)} / {len(b)}; "
+      f"every round's losses, weights and Dice equal: {a == b}")
+sys.exit(0 if a == b and summary["resumed_from"] > 0 else 1)
+PY
+fi
