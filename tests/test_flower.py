@@ -71,9 +71,7 @@ def _in_process_evaluation(params1) -> dict:
     config = load_config("configs/synthetic.py", f"num_rounds=2 {OVERRIDES}")
     fed = synthetic_federation_from_config(config.data)
     model = build_model(config, fed.num_classes)
-    # The per-class figures (records.PER_CLASS_FIGURES) are not carried by a Flower run yet.
-    return {split: {k: v for k, v in eval_record(evaluate(model, params1, getattr(fed, split))
-                                                 ).items() if "per_class" not in k}
+    return {split: eval_record(evaluate(model, params1, getattr(fed, split)))
             for split in ("val", "test")}
 
 
@@ -312,7 +310,11 @@ def test_only_the_model_pair_and_scalars_leave_a_site(two_rounds):
             assert set(c.config_records[SITE_RECORD]) == {"site-name"}
         elif kind == "evaluate":
             assert not c.array_records and set(c.metric_records) == {"eval"}
-            assert all(isinstance(v, (int, float)) for v in c.metric_records["eval"].values())
+            # Scalars, and the per-class figures: one mean per class (1 class here), never a
+            # per-image value.
+            assert all(isinstance(v, (int, float)) or (
+                isinstance(v, list) and len(v) == 1 and isinstance(v[0], float))
+                for v in c.metric_records["eval"].values())
         else:
             assert kind == "query.info" and not c.array_records and not c.metric_records
             info = c.config_records["info"]

@@ -528,6 +528,17 @@ def test_evaluation_replies_are_bounded():
     del reply.content.metric_records["eval"]["test-hd95"]
     with pytest.raises(ReplyRejected, match="missing"):
         check_eval_reply(reply, round_index=2, site="s")
+    # Per-class lists: one value per class, each NaN (class absent) or in [0, 1].
+    per_class = {"val-dice-per-class": [0.5, 0.25, 1.0], "val-dice-present-per-class":
+                 [0.5, math.nan, 0.75]}
+    got = check_eval_reply(_eval_reply(**per_class), round_index=2, site="s", num_classes=3)
+    assert got["val-dice-per-class"] == [0.5, 0.25, 1.0]
+    assert "test-dice-per-class" not in got           # optional (a site of an earlier version)
+    for bad in ({"val-dice-per-class": [0.5, 0.25]}, {"val-dice-per-class": [0.5, 2.0, 0.1]},
+                {"val-dice-present-per-class": [0.5, -1.0, 0.1]},
+                {"val-dice-per-class": [0.1] * 300}):
+        with pytest.raises(ReplyRejected):
+            check_eval_reply(_eval_reply(**bad), round_index=2, site="s", num_classes=3)
 
 
 # ------------------------------------------------------------------------------------------------

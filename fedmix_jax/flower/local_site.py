@@ -43,6 +43,9 @@ REPORT_KEYS = tuple(REPORT_FIELDS)
 # Evaluation reply keys -> the figures of fedmix_jax.evaluation.evaluate they carry.
 _EVAL_NAMES = {"dice": "dice", "iou": "iou", "hd95": "hd95", "dice-present": "dice_present",
                "false-positive-rate": "false_positive_rate"}
+# Per class (K values each): Dice over the split's images, Dice over the images with the class.
+_PER_CLASS_NAMES = {"dice-per-class": "dice_per_class",
+                    "dice-present-per-class": "dice_present_per_class"}
 
 # The config groups a site needs (and that the coordinator sends). ``num_rounds`` sets the
 # default warm-up of FedST / FedRGD (half the rounds), as in the in-process job.
@@ -254,13 +257,15 @@ class LocalSite:
         return new_state, {k: np.asarray(getattr(report, k)) for k in REPORT_KEYS}
 
     def evaluate(self, shared_json: str, params_model1) -> dict[str, float]:
-        """Model 1 on the site's validation and test splits (scalars): ``num-{split}``, and
-        ``{split}-{figure}`` for Dice, IoU, HD95 (px), Dice on the images with a lesion and the
-        false-positive rate on lesion-free images (the main job's figures; NaN where there is
-        nothing to measure)."""
+        """Model 1 on the site's validation and test splits: ``num-{split}``,
+        ``{split}-{figure}`` (scalars) for Dice, IoU, HD95 (px), Dice on the images with a lesion
+        and the false-positive rate on lesion-free images, and ``{split}-dice-per-class`` /
+        ``{split}-dice-present-per-class`` (K floats each): the main job's figures, NaN where
+        there is nothing to measure."""
         from fedmix_jax.evaluation import evaluate
 
         model, config = self.setup(shared_json)
+        num_classes = int(np.shape(self.data.train.masks)[-1])
         out = {}
         for split_name in ("val", "test"):
             split = getattr(self.data, split_name)
@@ -269,11 +274,15 @@ class LocalSite:
             if n == 0:
                 out.update({f"{split_name}-{k}": 0.0 if k in ("dice", "iou") else math.nan
                             for k in _EVAL_NAMES})
+                out.update({f"{split_name}-{k}": [math.nan] * num_classes
+                            for k in _PER_CLASS_NAMES})
                 continue
             one = jax.tree.map(lambda x: np.asarray(x)[None], split)
             ev = evaluate(model, params_model1, one, chunk_size=config.inference_chunk)
             for k, name in _EVAL_NAMES.items():
                 out[f"{split_name}-{k}"] = float(ev[name][0])
+            for k, name in _PER_CLASS_NAMES.items():
+                out[f"{split_name}-{k}"] = [float(v) for v in np.asarray(ev[name][0]).ravel()]
         return out
 
 

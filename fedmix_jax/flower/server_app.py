@@ -124,9 +124,10 @@ def _round_record(r: int, out, round_time: float) -> dict:
 def _split_record(scores: dict, split: str) -> dict:
     """The main job's figures of one split (:func:`fedmix_jax.records.eval_record`: per site and
     their mean, NaN as ``null``) from :meth:`FedMixStrategy.aggregate_evaluate`'s scores."""
-    from fedmix_jax.records import EVAL_FIGURES, eval_record
+    from fedmix_jax.records import EVAL_FIGURES, PER_CLASS_FIGURES, eval_record
 
-    return eval_record({k: v for name in EVAL_FIGURES
+    return eval_record({k: v for name in EVAL_FIGURES + PER_CLASS_FIGURES
+                        if f"{split}_{name}" in scores
                         for k, v in ((name, scores[f"{split}_{name}"]),
                                      (f"mean_{name}", scores[f"{split}_mean_{name}"]))})
 
@@ -197,6 +198,7 @@ class _ServerRun:
                              max_update_norm_ratio=float(self.rc["max-update-norm-ratio"]),
                              aggregator=str(self.rc["aggregator"]),
                              trim_fraction=float(self.rc["trim-fraction"]),
+                             num_classes=int(self.infos[0]["num-classes"]),
                              **self.privacy_options())
         fed.summary()
         if fed.dp is not None:

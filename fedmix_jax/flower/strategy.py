@@ -29,8 +29,8 @@ from flwr.serverapp.strategy import Strategy as FlowerStrategy
 
 from fedmix_jax.flower import _core, privacy, records, robust
 from fedmix_jax.flower.client_app import CONFIG_RECORD, GLOBAL_RECORD
-from fedmix_jax.flower.validation import (EVAL_FIGURES, ReplyRejected, check_eval_reply,
-                                          check_train_reply)
+from fedmix_jax.flower.validation import (EVAL_FIGURES, PER_CLASS_FIGURES, ReplyRejected,
+                                          check_eval_reply, check_train_reply)
 from fedmix_jax.site import ModelPair
 
 log = logging.getLogger("fedmix_jax.flower")
@@ -86,19 +86,23 @@ class FedMixStrategy(FlowerStrategy):
         :mod:`fedmix_jax.flower.robust`); ``trim_fraction`` for the trimmed mean.
       dp_clip_norm, dp_noise_multiplier, dp_delta: client-level differential privacy of the
         aggregate (:mod:`fedmix_jax.flower.privacy`; ``dp_clip_norm`` 0: off).
+      num_classes: the classes of the task (the length every per-class figure must have; None:
+        not checked).
     """
 
     def __init__(self, strategy, sites: list[Site], template_pair, key, hparams,
                  shared_json: str, *, min_sites: int = 1, run_name: str = "run",
                  max_update_norm_ratio: float = 0.0, aggregator: str = "weighted",
                  trim_fraction: float = 0.1, dp_clip_norm: float = 0.0,
-                 dp_noise_multiplier: float = 0.0, dp_delta: float = 1e-5):
+                 dp_noise_multiplier: float = 0.0, dp_delta: float = 1e-5,
+                 num_classes: int | None = None):
         robust.check_options(aggregator, float(max_update_norm_ratio), float(trim_fraction))
         privacy.check_options(float(dp_clip_norm), float(dp_noise_multiplier), float(dp_delta),
                               aggregator)
         self.dp = (float(dp_clip_norm), float(dp_noise_multiplier), float(dp_delta)) \
             if dp_clip_norm > 0 else None
         self._dp_norms: list[float] | None = None
+        self.num_classes = None if num_classes is None else int(num_classes)
         self.max_update_norm_ratio = float(max_update_norm_ratio)
         self.aggregator = aggregator
         self.trim_fraction = float(trim_fraction)
@@ -304,7 +308,8 @@ class FedMixStrategy(FlowerStrategy):
                 continue
             try:
                 rows[site.index] = check_eval_reply(reply, round_index=server_round,
-                                                    site=site.name)
+                                                    site=site.name,
+                                                    num_classes=self.num_classes)
             except ReplyRejected as e:
                 rejected[site.name] = str(e)
                 log.warning("round %d: evaluation of site %s rejected: %s", server_round,
@@ -318,12 +323,43 @@ class FedMixStrategy(FlowerStrategy):
                 have = [v for i, v in enumerate(vals) if i in rows
                         and rows[i][f"num-{split}"] > 0 and not math.isnan(v)]
                 out[f"{split}_mean_{name}"] = float(np.mean(have)) if have else math.nan
+            out.update(_per_class_scores(rows, split, c))
         self.last_eval = {"scores": out, "rejected": rejected, "answered": sorted(rows)}
-        return MetricRecord({k: v for k, v in out.items()})
+        # (a MetricRecord holds numbers and flat lists: the per-site per-class rows stay out)
+        return MetricRecord({k: v for k, v in out.items()
+                             if not (isinstance(v, list) and v and isinstance(v[0], list))})
 
     def summary(self) -> None:
         log.info("FedMixStrategy: %s over %d sites (%s), min_sites %d", self.strategy.name,
                  len(self.sites), ", ".join(s.name for s in self.sites), self.min_sites)
+
+
+def _per_class_scores(rows: dict[int, dict], split: str, c: int) -> dict[str, Any]:
+    """``{split}_{figure}`` ([C][K], NaN rows for sites without a reply) and
+    ``{split}_mean_{figure}`` ([K]) of the per-class figures, as the in-process evaluation
+    averages them over the clients with data (Dice per class: mean; Dice on the images with the
+    class: NaNs skipped); nothing when a reply lacks them."""
+    from fedmix_jax.hd95 import nanmean
+
+    out: dict[str, Any] = {}
+    for k in PER_CLASS_FIGURES:
+        if not rows or any(f"{split}-{k}" not in r for r in rows.values()):
+            continue
+        width = len(next(iter(rows.values()))[f"{split}-{k}"])
+        per_site = [rows[i][f"{split}-{k}"] if i in rows else [math.nan] * width
+                    for i in range(c)]
+        with_data = np.array([per_site[i] for i in sorted(rows)
+                              if rows[i][f"num-{split}"] > 0], np.float64).reshape(-1, width)
+        if not len(with_data):
+            mean = np.full(width, math.nan)
+        elif "present" in k:
+            mean = nanmean(with_data, axis=0)
+        else:
+            mean = with_data.mean(axis=0)
+        name = k.replace("-", "_")
+        out[f"{split}_{name}"] = per_site
+        out[f"{split}_mean_{name}"] = [float(v) for v in mean]
+    return out
 
 
 __all__ = ["FedMixStrategy", "Site", "RoundOutcome"]

@@ -260,11 +260,32 @@ def _figure(m, name: str, hi: float, may_be_nan: bool) -> float:
     return v
 
 
-def check_eval_reply(reply, *, round_index: int, site: str) -> dict[str, float]:
+PER_CLASS_FIGURES = ("dice-per-class", "dice-present-per-class")
+MAX_CLASSES = 256
+
+
+def _per_class(m, name: str, num_classes: int | None) -> list[float]:
+    """A per-class list: ``num_classes`` floats (any length up to :data:`MAX_CLASSES` when
+    None), each NaN or in [0, 1]."""
+    v = m[name]
+    if not isinstance(v, list) or not 0 < len(v) <= MAX_CLASSES or any(
+            isinstance(x, bool) or not isinstance(x, (int, float)) for x in v):
+        raise ReplyRejected(f"{name}: expected a list of at most {MAX_CLASSES} numbers")
+    if num_classes is not None and len(v) != num_classes:
+        raise ReplyRejected(f"{name}: {len(v)} values, expected one per class ({num_classes})")
+    out = [float(x) for x in v]
+    if any(not (math.isnan(x) or 0.0 <= x <= 1.0) for x in out):
+        raise ReplyRejected(f"{name}: a value outside [0, 1]")
+    return out
+
+
+def check_eval_reply(reply, *, round_index: int, site: str,
+                     num_classes: int | None = None) -> dict[str, Any]:
     """Check an evaluate reply (raises ReplyRejected): per split, the count >= 0 and
     :data:`EVAL_FIGURES` in their ranges (Dice, IoU, Dice on images with a lesion and the
     false-positive rate in [0, 1], HD95 in [0, the largest image's diagonal]; the last three may
-    be NaN)."""
+    be NaN); the per-class lists (:data:`PER_CLASS_FIGURES`, optional: a site of an earlier
+    version sends none) hold ``num_classes`` values, each NaN or in [0, 1]."""
     if reply.has_error():
         raise ReplyRejected(f"site error {reply.error.code}: {reply.error.reason}")
     if not reply.has_content() or "eval" not in reply.content.metric_records:
@@ -280,9 +301,13 @@ def check_eval_reply(reply, *, round_index: int, site: str) -> dict[str, float]:
         out[f"num-{split}"] = n
         for k, hi in EVAL_FIGURES.items():
             out[f"{split}-{k}"] = _figure(m, f"{split}-{k}", hi, k in _MAY_BE_NAN)
+        for k in PER_CLASS_FIGURES:
+            if f"{split}-{k}" in m:
+                out[f"{split}-{k}"] = _per_class(m, f"{split}-{k}", num_classes)
     return out
 
 
 __all__ = ["ReplyRejected", "AcceptedReply", "check_report", "check_loss", "check_train_reply",
            "check_eval_reply", "check_declaration", "LOSS_RANGE", "MAX_SITE_SAMPLES", "EVAL_FIGURES",
+           "PER_CLASS_FIGURES",
            "LOCAL_RECORD", "REPORT_RECORD", "SITE_RECORD"]
