@@ -208,6 +208,7 @@ class LocalSite:
     def __init__(self, data: SiteData):
         self.data = data
         self._device_data = None
+        self._templates: dict = {}     # (kind, shared config) -> ShapeDtypeStructs, traced once
 
     def _train_on_device(self):
         if self._device_data is None:
@@ -222,16 +223,25 @@ class LocalSite:
         return self.data.info()
 
     def template_pair(self, shared_json: str):
-        """The model pair's ShapeDtypeStructs (no computation)."""
-        model, config = self.setup(shared_json)
-        shape = tuple(np.shape(self.data.train.images)[1:])
-        return jax.eval_shape(lambda: _core.initial_server_state(model, 0, shape, config)[0])
+        """The model pair's ShapeDtypeStructs (no computation; traced once per config)."""
+        key = ("pair", shared_json)
+        if key not in self._templates:
+            model, config = self.setup(shared_json)
+            shape = tuple(np.shape(self.data.train.images)[1:])
+            self._templates[key] = jax.eval_shape(
+                lambda: _core.initial_server_state(model, 0, shape, config)[0])
+        return self._templates[key]
 
     def template_state(self, shared_json: str):
-        """The :class:`~fedmix_jax.site.SiteState`'s ShapeDtypeStructs (no computation)."""
-        _, config = self.setup(shared_json)
-        pair = self.template_pair(shared_json)
-        return jax.eval_shape(lambda p: _core.initial_site_state(p, config), pair)
+        """The :class:`~fedmix_jax.site.SiteState`'s ShapeDtypeStructs (no computation; traced
+        once per config: every round's train message needs it)."""
+        key = ("state", shared_json)
+        if key not in self._templates:
+            _, config = self.setup(shared_json)
+            pair = self.template_pair(shared_json)
+            self._templates[key] = jax.eval_shape(lambda p: _core.initial_site_state(p, config),
+                                                  pair)
+        return self._templates[key]
 
     def train(self, shared_json: str, global_pair, state, key, hparams, round_index: int):
         """One round of the site function: ``(SiteState, report dict of numpy scalars)``.
