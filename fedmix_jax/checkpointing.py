@@ -2,12 +2,10 @@
 
 One checkpoint (a directory ``<workdir>/checkpoints/<round>/``) holds three items:
 
-* ``state`` -- the federated state (global pair, client pairs, per-client Adam states, round
-  counter, PRNG key);
+* ``state`` -- the federated state (global and client pairs, Adam states, round, PRNG key);
 * ``best`` -- the params selected so far by validation Dice;
-* ``extra`` -- a JSON record: the caller's dict (best-validation tracker, config, the per-round
-  metric records, ...) and the **integrity record**: path, dtype, shape and SHA-256 of every
-  array leaf, the whole sealed by a SHA-256 of its canonical JSON.
+* ``extra`` -- a JSON record: the caller's dict (best-validation tracker, config, round records)
+  and the **integrity record** (path, dtype, shape, SHA-256 of every array leaf; sealed).
 
 Restoring checks everything: the seal of ``extra``, the saved leaves against the target's
 structure, shapes and dtypes, and each restored array against its SHA-256. A checkpoint that fails
