@@ -229,12 +229,12 @@ class RoundVariant:
         self.round_fn = F.make_round_fn(model, config)
         mesh = self.round_fn.mesh
         if mesh is not None:
-            from fedmix_jax.placement import place_state
+            from fedmix_jax import executors
             from fedmix_jax.sharding import shard_clients
 
             # placed as the main job places them, so the first call compiles the program the
             # timed rounds run (an unplaced state compiled a second program on the second call)
-            self.state = place_state(self.state, self.round_fn, "sharded")
+            self.state = executors.for_config(config).place_state(self.state, self.round_fn)
             self.train = shard_clients(train, mesh)
             self.devices = int(mesh.size)
         else:

@@ -1,183 +1,214 @@
-"""Backends of the client axis: how the site function is mapped over the clients.
+"""Executors of the client axis: what ``config.train.executor`` names, as objects.
 
-A backend is ``backend(site_fn, shared, clients) -> outputs``: ``site_fn(shared, client)`` runs one
-client (``client`` = that client's slice of every leaf of ``clients``, whose leaves carry a
-leading axis C); the outputs are stacked back over C. Nothing else of the round lives here
-(:mod:`fedmix_jax.round` does broadcast, weights and aggregation once for every backend). All
-give the same numbers to float tolerance:
+An executor owns everything that depends on how the clients of a round run on this machine:
 
-* :func:`vmap_clients` — clients vectorised in one program (memory grows with the clients: at the
-  reference size it does not fit an 80 GB GPU for 4 clients; on CPU XLA turns a vmapped
-  convolution over different weights into a slow grouped convolution);
-* :func:`map_clients` — clients one after another under ``lax.map`` in one program (the memory of
-  one client; the default, see :func:`fedmix_jax.config.default_executor`);
-* :class:`LoopClients` — a Python loop over one jitted per-client program that writes each
-  client's result into the stacked outputs in place;
-* :func:`grouped_clients` — clients in groups of G: each group vectorised (``vmap``), the
-  groups one after another (``lax.map``). The memory of G clients, the vectorisation of G: the
-  middle ground to choose by measurement where ``vmap`` of all clients does not fit a device
-  (``RoundConfig.client_group`` with the ``vmap`` executor);
-* :func:`sharded_clients` — the client axis split over the devices of a 1-D mesh ``"clients"``
-  (``shard_map``; each device maps its block of clients one after another, or in groups of G);
-  a client count the device count does not divide is padded with non-participating clients (no
-  valid sample: no step, weight 0), sliced off the outputs. The aggregation that follows is a
-  weighted sum over a sharded axis, which XLA lowers to one cross-device reduction.
+* its backend of the client axis (:mod:`fedmix_jax.client_backends`) and the compiled round
+  (:meth:`Executor.compile_round`);
+* where the job's state and training split go (:meth:`Executor.place_state`,
+  :meth:`Executor.place_train`) and where the params are evaluated (:meth:`Executor.eval_params`);
+* whether the round reads the training split one client (or group) at a time, so that its compact
+  layout saves memory (:meth:`Executor.reads_clients_in_turn`);
+* the advice when a round does not fit (:meth:`Executor.oom_hint`).
 
-Work that changes nothing is skipped where clients run one at a time (``map``, ``loop``,
-``sharded``): a masked local step is a ``lax.cond`` branch that passes the state through, and
-pseudo-labelling skips chunks of images that need no pseudo-label. Under ``vmap`` both branches of
-a ``cond`` run, with the same results. A multi-site deployment (:mod:`fedmix_jax.flower`) is one
-more backend: each hospital runs the same site function on its own data.
+The string stays at the config boundary: :func:`for_config` turns a
+:class:`~fedmix_jax.config.RoundConfig` (``executor``, ``client_group``, ``num_devices``) into
+its executor, and nothing else compares executor names.
+
+==========  ==================================================================================
+``map``     clients one after another under ``lax.map``, one program per round (the default)
+``loop``    a jitted start, one jitted per-client program in a Python loop, a jitted finish
+``vmap``    every client in one vectorised program; in groups of ``client_group`` when set
+``sharded`` the client axis split over a 1-D mesh of devices (``shard_map``)
+==========  ==================================================================================
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Callable
 
 import jax
-import jax.numpy as jnp
 
-from fedmix_jax import sharding
-
-
-def vmap_clients(site_fn: Callable, shared: Any, clients: Any) -> Any:
-    """Every client at once: ``jax.vmap`` over the client axis."""
-    return jax.vmap(site_fn, in_axes=(None, 0))(shared, clients)
+from fedmix_jax import client_backends
+from fedmix_jax.data.federation import FederatedSplit
+from fedmix_jax.round import finish_round, round_step, site_fn_for, start_round
 
 
-def map_clients(site_fn: Callable, shared: Any, clients: Any) -> Any:
-    """One client after another: ``lax.map`` over the client axis (one program)."""
-    return jax.lax.map(lambda client: site_fn(shared, client), clients)
+class Executor:
+    """The ``map`` executor, and what every executor does unless it says otherwise.
+
+    ``round_config``: the :class:`~fedmix_jax.config.RoundConfig` (or any object with its
+    ``executor``, ``client_group`` and ``num_devices``) the executor runs."""
+
+    name = "map"
+
+    def __init__(self, round_config):
+        self.round_config = round_config
+        self.client_group = int(getattr(round_config, "client_group", 0) or 0)
+
+    def backend(self) -> Callable:
+        """The in-program backend: ``backend(site_fn, shared, clients) -> outputs``."""
+        return client_backends.map_clients
+
+    def compile_round(self, model) -> Callable:
+        """``round(state, train, hparams) -> (state, metrics)``, jitted, the state donated;
+        ``.jitted`` lists its jitted programs, ``.mesh`` is the device mesh (or None)."""
+        step = functools.partial(round_step, model=model, config=self.round_config,
+                                 backend=self.backend())
+        donating = jax.jit(step, donate_argnums=(0,))
+        donating.jitted = (donating,)
+        donating.mesh = None
+        return donating
+
+    def place_state(self, state, round_fn):
+        """A fresh or restored :class:`~fedmix_jax.round.FedState`, where the round wants it
+        (single-device executors: uncommitted on the default device, as it is made)."""
+        return state
+
+    def reads_clients_in_turn(self, num_clients: int) -> bool:
+        """Whether the round reads the training split one client (or one group) at a time, so
+        that its compact layout (:mod:`fedmix_jax.data.compact`) saves device memory."""
+        return True
+
+    def place_train(self, fields: dict, round_fn, compact: bool, put: Callable):
+        """The training split on the device(s) from ``fields`` (``{field: host array}``,
+        consumed), each array through ``put(x, device_put=jax.device_put)`` (the caller's
+        transfer: e.g. waited for, the host copy dropped); compact where
+        :meth:`reads_clients_in_turn`."""
+        from fedmix_jax.data.compact import compact_fields
+
+        num_clients = int(fields["valid"].shape[0])
+        if compact and self.reads_clients_in_turn(num_clients):
+            return compact_fields(fields, put)
+        return FederatedSplit(**{name: put(fields.pop(name)) for name in list(fields)})
+
+    def eval_params(self, params):
+        """The params to evaluate, on the device that holds the held-out splits."""
+        return params
+
+    def oom_hint(self) -> str:
+        """What else to try when a round does not fit (appended to the job's advice)."""
+        return ""
 
 
-def _pad_client_axis(clients: Any, padded: int) -> Any:
-    """``(sites, data, keys)`` with the client axis padded to ``padded`` by non-participating
-    clients: copies of the last site state, data with no valid sample, the last key repeated."""
-    num_clients = jax.tree.leaves(clients)[0].shape[0]
-    if padded == num_clients:
-        return clients
-    sites, data, keys = clients
-    return (sharding.pad_clients(sites, padded, mode="edge"),
-            sharding.pad_clients(data, padded),               # valid = False
-            _pad_keys(keys, padded))
+class LoopExecutor(Executor):
+    """``loop``: a jitted start and finish around a Python loop of one jitted per-client
+    program (:class:`~fedmix_jax.client_backends.LoopClients`)."""
+
+    name = "loop"
+
+    def compile_round(self, model) -> Callable:
+        config = self.round_config
+        site_fn = site_fn_for(model, config)
+        loop = client_backends.LoopClients(donate=True)
+        start = jax.jit(start_round)
+        finish = jax.jit(functools.partial(finish_round, config.strategy))
+
+        def round_loop(state, train, hparams):
+            (global_params, round_index, pool), clients, next_key = start(state, train)
+            sites, reports = loop(site_fn, (global_params, round_index, hparams, pool), clients)
+            # The per-client program consumed the state's client buffers (donated): finish reads
+            # only the global pair and the round counter.
+            rest = state.replace(client_params=None, opt_state=None)
+            return finish(rest, train, sites, reports, next_key, hparams)
+
+        round_loop.jitted = (start, loop.program(site_fn), finish)
+        round_loop.mesh = None
+        return round_loop
 
 
-def grouped_clients(group: int) -> Callable:
-    """A backend running the clients in groups of ``group``: ``vmap`` within a group,
-    ``lax.map`` over the groups, in one program.
+class VmapExecutor(Executor):
+    """``vmap``: every client in one vectorised program, or in vectorised groups of
+    ``client_group`` run one after another."""
 
-    ``group >= C`` is :func:`vmap_clients`, ``group == 1`` is :func:`map_clients`. A client count
-    that ``group`` does not divide is padded with non-participating clients (no valid sample: no
-    step, weight 0) that are sliced off the outputs, as the ``sharded`` backend does. Leaves
-    ``[C, ...]`` are viewed as ``[ceil(C / G), G, ...]``.
-    """
-    if group < 1:
-        raise ValueError(f"a client group needs >= 1 client, got {group}")
+    name = "vmap"
 
-    def backend(site_fn: Callable, shared: Any, clients: Any) -> Any:
-        num_clients = jax.tree.leaves(clients)[0].shape[0]
-        g = min(group, num_clients)
-        if g == 1:
-            return map_clients(site_fn, shared, clients)
-        if g == num_clients:
-            return vmap_clients(site_fn, shared, clients)
-        padded = -(-num_clients // g) * g
-        grouped = jax.tree.map(lambda x: x.reshape((padded // g, g) + x.shape[1:]),
-                               _pad_client_axis(clients, padded))
-        out = jax.lax.map(lambda block: vmap_clients(site_fn, shared, block), grouped)
-        return jax.tree.map(lambda x: x.reshape((padded,) + x.shape[2:])[:num_clients], out)
+    def backend(self) -> Callable:
+        if self.client_group:
+            return client_backends.grouped_clients(self.client_group)
+        return client_backends.vmap_clients
 
-    return backend
+    def reads_clients_in_turn(self, num_clients: int) -> bool:
+        # vmap of every client gathers the padded [C, N] split inside the program anyway.
+        return 0 < self.client_group < num_clients
+
+    def oom_hint(self) -> str:
+        return (", or --config.train.executor=map (the clients one after another instead of all "
+                "at once; now vmap) or a smaller --config.train.client_group (clients vectorised "
+                f"together; now {self.client_group or 'all'})")
 
 
-def _take(tree, c):
-    return jax.tree.map(lambda x: x[c], tree)
+class ShardedExecutor(Executor):
+    """``sharded``: the client axis split over the devices of a 1-D mesh ``"clients"``; the
+    per-client leaves of the state and the training split are split over it, the global pair,
+    round counter and key replicated. Held-out splits stay uncommitted on the first device and
+    the params are evaluated there (replicated params would evaluate on every device at once:
+    on CPU devices, the same work twice on the same cores)."""
+
+    name = "sharded"
+
+    def compile_round(self, model) -> Callable:
+        from fedmix_jax import sharding
+
+        mesh = sharding.client_mesh(self.round_config.num_devices)
+        step = functools.partial(
+            round_step, model=model, config=self.round_config,
+            backend=client_backends.sharded_clients(mesh, group=self.client_group))
+        donating = jax.jit(step, donate_argnums=(0,))
+        plain = jax.jit(step)      # padded clients: the outputs cannot reuse the inputs' buffers
+
+        def sharded_round(state, train, hparams):
+            if not isinstance(train, FederatedSplit):
+                raise TypeError("the sharded executor splits the client axis of a padded "
+                                f"FederatedSplit over the devices; got a {type(train).__name__} "
+                                "(a CompactSplit is for clients that run on one device: pass "
+                                "its .padded())")
+            fn = donating if train.valid.shape[0] % mesh.size == 0 else plain
+            return fn(state, train, hparams)
+
+        sharded_round.jitted = (donating, plain)
+        sharded_round.mesh = mesh
+        return sharded_round
+
+    def place_state(self, state, round_fn):
+        from fedmix_jax.sharding import replicated_sharding, shard_clients
+
+        rep = replicated_sharding(round_fn.mesh)
+        return state.replace(
+            global_params=jax.device_put(state.global_params, rep),
+            client_params=shard_clients(state.client_params, round_fn.mesh),
+            opt_state=shard_clients(state.opt_state, round_fn.mesh),
+            round=jax.device_put(state.round, rep), key=jax.device_put(state.key, rep))
+
+    def reads_clients_in_turn(self, num_clients: int) -> bool:
+        return False            # its C axis is split over the devices
+
+    def place_train(self, fields: dict, round_fn, compact: bool, put: Callable):
+        from fedmix_jax.sharding import shard_clients
+
+        return FederatedSplit(**{name: put(fields.pop(name),
+                                           lambda y: shard_clients(y, round_fn.mesh))
+                                 for name in list(fields)})
+
+    def eval_params(self, params):
+        return jax.device_put(params, jax.devices()[0])
+
+    def oom_hint(self) -> str:
+        return (", or --config.train.executor=map (the clients one after another instead of all "
+                "at once; now sharded)")
 
 
-def _put(tree, c, new):
-    return jax.tree.map(lambda x, y: x.at[c].set(y), tree, new)
+_KINDS = {kind.name: kind for kind in (Executor, LoopExecutor, VmapExecutor, ShardedExecutor)}
+NAMES = tuple(_KINDS)
 
 
-class LoopClients:
-    """A Python loop over clients, each a call of one jitted per-client program.
-
-    The program reads client ``c``'s slice, runs the site function and writes the results at
-    ``c`` of the stacked outputs. The outputs' first-round buffers are the inputs'
-    ``clients[0]`` (the site states) when ``donate`` is True (as in the compiled round, whose
-    state is donated); otherwise they are copied first.
-    """
-
-    def __init__(self, donate: bool = False):
-        self.donate = donate
-        self._indices: dict[int, list[jax.Array]] = {}
-        self._programs: dict[Callable, Any] = {}
-        self._report_shapes: dict[Callable, Any] = {}
-
-    def program(self, site_fn: Callable):
-        """The jitted per-client update of ``site_fn`` (one compilation per site function)."""
-        if site_fn not in self._programs:
-            def update_one(sites, reports, c, shared, rest):
-                client = (_take(sites, c),) + _take(rest, c)
-                new_site, report = site_fn(shared, client)
-                return _put(sites, c, new_site), _put(reports, c, report)
-
-            self._programs[site_fn] = jax.jit(
-                update_one, donate_argnums=(0, 1) if self.donate else (1,))
-        return self._programs[site_fn]
-
-    def __call__(self, site_fn: Callable, shared: Any, clients: Any) -> Any:
-        sites, *rest = clients
-        rest = tuple(rest)
-        num_clients = jax.tree.leaves(sites)[0].shape[0]
-        update = self.program(site_fn)
-        if site_fn not in self._report_shapes:     # traced once, not every round
-            self._report_shapes[site_fn] = jax.eval_shape(site_fn, shared, _take(clients, 0))[1]
-        reports = jax.tree.map(lambda s: jnp.zeros((num_clients,) + s.shape, s.dtype),
-                               self._report_shapes[site_fn])
-        if not self.donate:
-            sites = jax.tree.map(jnp.copy, sites)
-        if num_clients not in self._indices:     # client indices as device scalars, made once
-            self._indices[num_clients] = [jnp.asarray(c, jnp.int32) for c in range(num_clients)]
-        for c in self._indices[num_clients]:
-            sites, reports = update(sites, reports, c, shared, rest)
-        return sites, reports
+def for_config(round_config) -> Executor:
+    """The executor ``round_config.executor`` names (``round_config``: a
+    :class:`~fedmix_jax.config.RoundConfig` or an object with its executor fields)."""
+    name = str(round_config.executor)
+    if name not in _KINDS:
+        raise ValueError(f"unknown executor {name!r}; choose one of {NAMES}")
+    return _KINDS[name](round_config)
 
 
-def sharded_clients(mesh: jax.sharding.Mesh, group: int = 1) -> Callable:
-    """A backend splitting the client axis over ``mesh`` (axis :data:`sharding.CLIENT_AXIS`);
-    each device runs its block of clients one after another (``group`` 1) or in vectorised
-    groups of ``group`` (:func:`grouped_clients`)."""
-    axis = sharding.CLIENT_AXIS
-    spec = jax.sharding.PartitionSpec
-    num_devices = mesh.size
-    on_device = map_clients if group <= 1 else grouped_clients(group)
-
-    def backend(site_fn: Callable, shared: Any, clients: Any) -> Any:
-        num_clients = jax.tree.leaves(clients)[0].shape[0]
-        padded = sharding.padded_count(num_clients, num_devices)
-        clients = _pad_client_axis(clients, padded)
-
-        def per_device(shared, block):
-            return on_device(site_fn, shared, block)
-
-        # check_vma=False: the skip branches of the round's ``lax.cond``s return constants (not
-        # device-varying values).
-        out = jax.shard_map(per_device, mesh=mesh, in_specs=(spec(), spec(axis)),
-                            out_specs=spec(axis), check_vma=False)(shared, clients)
-        if padded > num_clients:
-            out = jax.tree.map(lambda x: x[:num_clients], out)
-        return out
-
-    return backend
-
-
-def _pad_keys(keys: jax.Array, num: int) -> jax.Array:
-    extra = num - keys.shape[0]
-    return jnp.concatenate([keys, jnp.repeat(keys[-1:], extra, axis=0)], axis=0)
-
-
-@functools.lru_cache(maxsize=None)
-def named(executor: str) -> Callable:
-    """The in-program backend called ``executor`` ("vmap" or "map")."""
-    return {"vmap": vmap_clients, "map": map_clients}[executor]
+__all__ = ["Executor", "LoopExecutor", "NAMES", "ShardedExecutor", "VmapExecutor", "for_config"]

@@ -1,12 +1,9 @@
 """The compiled FedMix round: state initialisation and ``make_round_fn``.
 
 The round's logic lives in :mod:`fedmix_jax.round` (broadcast, weights, aggregation) and
-:mod:`fedmix_jax.site` (what each client does); :mod:`fedmix_jax.executors` maps the site
-function over the clients. This module compiles them for one executor:
-
-* ``"vmap"`` / ``"map"`` / ``"sharded"`` — one jitted program per round;
-* ``"loop"`` — a jitted start, one jitted per-client program called in a Python loop, a jitted
-  finish.
+:mod:`fedmix_jax.site` (what each client does); the executor of ``config.executor``
+(:mod:`fedmix_jax.executors`) maps the site function over the clients and compiles the round,
+once per (model, config).
 
 The names users import are re-exported here: :class:`FedState`, :class:`RoundMetrics`,
 :class:`RoundConfig`, :class:`HParams`, :func:`get_strategy`, :data:`STRATEGY_NAMES`,
@@ -25,8 +22,7 @@ import jax.numpy as jnp
 from fedmix_jax import executors
 from fedmix_jax.config import EXECUTORS, HParams, RoundConfig, default_executor  # noqa: F401
 from fedmix_jax.data.federation import FederatedSplit
-from fedmix_jax.round import (FedState, RoundMetrics, broadcast, finish_round,  # noqa: F401
-                              round_step, site_fn_for, start_round)
+from fedmix_jax.round import FedState, RoundMetrics, broadcast  # noqa: F401
 from fedmix_jax.site import ModelPair, init_site_state, local_epoch, make_optimizer  # noqa: F401
 from fedmix_jax.strategies import STRATEGY_NAMES, Strategy, get_strategy  # noqa: F401
 
@@ -91,54 +87,4 @@ def make_round_fn(model: nn.Module, config: RoundConfig
 
 @functools.lru_cache(maxsize=32)
 def _compiled_round(model: nn.Module, config: RoundConfig):
-    if config.executor == "loop":
-        return _loop_round(model, config)
-    mesh = None
-    if config.executor == "sharded":
-        from fedmix_jax import sharding
-
-        mesh = sharding.client_mesh(config.num_devices)
-        backend = executors.sharded_clients(mesh, group=config.client_group)
-    elif config.executor == "vmap" and config.client_group:
-        backend = executors.grouped_clients(config.client_group)
-    else:
-        backend = executors.named(config.executor)
-    step = functools.partial(round_step, model=model, config=config, backend=backend)
-    donating = jax.jit(step, donate_argnums=(0,))
-    if mesh is None:
-        donating.jitted = (donating,)
-        return donating
-    plain = jax.jit(step)      # padded clients: the outputs cannot reuse the inputs' buffers
-    d = mesh.size
-
-    def sharded_round(state, train, hparams):
-        if not isinstance(train, FederatedSplit):
-            raise TypeError("the sharded executor splits the client axis of a padded "
-                            f"FederatedSplit over the devices; got a {type(train).__name__} "
-                            "(a CompactSplit is for clients that run on one device: pass "
-                            "its .padded())")
-        fn = donating if train.valid.shape[0] % d == 0 else plain
-        return fn(state, train, hparams)
-
-    sharded_round.jitted = (donating, plain)
-    sharded_round.mesh = mesh
-    return sharded_round
-
-
-def _loop_round(model: nn.Module, config: RoundConfig):
-    """``loop``: jitted start and finish around a Python loop of one jitted per-client program."""
-    site_fn = site_fn_for(model, config)
-    loop = executors.LoopClients(donate=True)
-    start = jax.jit(start_round)
-    finish = jax.jit(functools.partial(finish_round, config.strategy))
-
-    def round_loop(state: FedState, train: FederatedSplit, hparams):
-        (global_params, round_index, pool), clients, next_key = start(state, train)
-        sites, reports = loop(site_fn, (global_params, round_index, hparams, pool), clients)
-        # The per-client program consumed the state's client buffers (donated): finish reads
-        # only the global pair and the round counter.
-        rest = state.replace(client_params=None, opt_state=None)
-        return finish(rest, train, sites, reports, next_key, hparams)
-
-    round_loop.jitted = (start, loop.program(site_fn), finish)
-    return round_loop
+    return executors.for_config(config).compile_round(model)

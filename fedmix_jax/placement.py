@@ -1,14 +1,9 @@
-"""Where the training job keeps its state and data for each executor of the client axis.
+"""How the training job hands its loaded data over to the device(s), once per run.
 
-* Single-device executors (``map``, ``loop``, ``vmap``): the state stays uncommitted on the default
-  device (as ``init_state`` and the checkpoint restore make it) and each split is put there once.
-* ``sharded``: the global pair, the round counter and the key are replicated over the round's
-  mesh; the per-client leaves of the state ([C, ...]) and the training split are split over its
-  ``"clients"`` axis. Held-out splits stay uncommitted on the first device, and the params are
-  evaluated there (:func:`eval_placement`): replicated params would evaluate on every device at
-  once, which on CPU devices (``train.cpu_devices``) is the same work twice on the same cores.
-
-Placing the state where the round leaves it means round 2 does not recompile. With
+Where the state and the training split go depends on the executor
+(:mod:`fedmix_jax.executors`: single-device executors keep everything uncommitted on the default
+device; ``sharded`` splits the client axis over its mesh); this module moves the host arrays:
+each is dropped as soon as it is placed. Held-out splits go to the (first) device. With
 ``config.data.compact`` (the default) the splits that are read one client at a time go to the
 device without their padding (:mod:`fedmix_jax.data.compact`).
 """
@@ -20,40 +15,19 @@ import gc
 import jax
 import numpy as np
 
+from fedmix_jax import executors
 from fedmix_jax.data.federation import FederatedSplit
 
-__all__ = ["place_state", "place_data", "place_splits", "held_out_on_host", "hand_over",
-           "host_arrays", "without_pixels", "first_samples", "eval_placement", "compact_applies",
-           "train_is_compact", "PLOT_SAMPLES"]
-
-
-def place_state(state, round_fn, executor: str):
-    """A fresh or restored :class:`~fedmix_jax.federated.FedState`, placed for ``executor``."""
-    if executor != "sharded":
-        return state
-    from fedmix_jax.sharding import replicated_sharding, shard_clients
-
-    rep = replicated_sharding(round_fn.mesh)
-    return state.replace(
-        global_params=jax.device_put(state.global_params, rep),
-        client_params=shard_clients(state.client_params, round_fn.mesh),
-        opt_state=shard_clients(state.opt_state, round_fn.mesh),
-        round=jax.device_put(state.round, rep), key=jax.device_put(state.key, rep))
-
-
-def compact_applies(executor: str, client_group: int, num_clients: int) -> bool:
-    """Whether the round reads the training split one client (or one group) at a time, so that
-    its compact layout (:mod:`fedmix_jax.data.compact`) saves device memory: ``map``, ``loop``
-    and ``vmap`` in groups smaller than the federation. ``vmap`` of every client would gather
-    the padded ``[C, N]`` split inside the program anyway, and ``sharded`` splits its C axis."""
-    return executor in ("map", "loop") or (executor == "vmap" and 0 < client_group < num_clients)
+__all__ = ["place_data", "place_splits", "held_out_on_host", "hand_over", "host_arrays",
+           "without_pixels", "first_samples", "train_is_compact", "PLOT_SAMPLES"]
 
 
 def train_is_compact(config, round_config, num_clients: int) -> bool:
     """Whether the job puts its training split on the device compact: ``config.data.compact``
-    (default True) and :func:`compact_applies` to ``round_config``'s executor."""
-    return bool(config.data.get("compact", True)) and compact_applies(
-        round_config.executor, round_config.client_group, num_clients)
+    (default True) and the executor reads the split one client at a time
+    (:meth:`fedmix_jax.executors.Executor.reads_clients_in_turn`)."""
+    return bool(config.data.get("compact", True)) and executors.for_config(
+        round_config).reads_clients_in_turn(num_clients)
 
 
 #: Test samples per client the job keeps on the host for its prediction plot.
@@ -137,17 +111,8 @@ def place_splits(host: dict, round_fn, round_config, compact: bool = False):
     same results, bit for bit)."""
     from fedmix_jax.data.compact import compact_fields
 
-    executor = round_config.executor
-    num_clients = int(np.shape(host["train"]["valid"])[0])
-    if executor == "sharded":
-        from fedmix_jax.sharding import shard_clients
-
-        train = _put_fields(host.pop("train"),
-                            lambda x: _put_now(x, lambda y: shard_clients(y, round_fn.mesh)))
-    elif compact and compact_applies(executor, round_config.client_group, num_clients):
-        train = compact_fields(host.pop("train"), _put_now)
-    else:
-        train = _put_fields(host.pop("train"), _put_now)
+    train = executors.for_config(round_config).place_train(host.pop("train"), round_fn,
+                                                           compact, _put_now)
     held_out = compact_fields if compact else _put_fields
     return train, held_out(host.pop("val"), _put_now), held_out(host.pop("test"), _put_now)
 
@@ -161,10 +126,3 @@ def held_out_on_host(host: dict, compact: bool = False):
 
     put = compact_fields if compact else _put_fields
     return (put(host.pop("val"), lambda x: x), put(host.pop("test"), lambda x: x))
-
-
-def eval_placement(params, executor: str):
-    """The params to evaluate, on the device that holds the held-out splits."""
-    if executor == "sharded":
-        return jax.device_put(params, jax.devices()[0])
-    return params

@@ -138,10 +138,10 @@ def round_step(state: FedState, data: FederatedSplit, hparams, *, model, config,
         :class:`~fedmix_jax.data.compact.CompactSplit` (not with the ``sharded`` backend).
       hparams: :class:`~fedmix_jax.config.HParams` (traced λ, β, learning rate).
       model: the Flax model; config: the static :class:`~fedmix_jax.config.RoundConfig`.
-      backend: how the client axis runs (default :func:`fedmix_jax.executors.map_clients`).
+      backend: how the client axis runs (default :func:`fedmix_jax.client_backends.map_clients`).
     """
     if backend is None:
-        from fedmix_jax.executors import map_clients as backend
+        from fedmix_jax.client_backends import map_clients as backend
     (global_params, round_index, pool), clients, next_key = start_round(state, data)
     sites, reports = backend(site_fn_for(model, config),
                              (global_params, round_index, hparams, pool), clients)

@@ -1,7 +1,7 @@
 """The site function: what one hospital does in one round, as a pure function.
 
 Every path runs this one function: the in-process executors map it over the client axis
-(:mod:`fedmix_jax.executors`), the Flower ClientApp calls it on the site's own data.
+(:mod:`fedmix_jax.client_backends`), the Flower ClientApp calls it on the site's own data.
 
 Shapes (one site; ``N`` samples, padded; NHWC images; ``K`` classes):
 

@@ -40,7 +40,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from fedmix_jax import compilation_cache, cpu_cores, placement, rundir
+from fedmix_jax import compilation_cache, cpu_cores, executors, placement, rundir
 from fedmix_jax.checkpointing import Checkpointer, remove_temporaries
 from fedmix_jax.config import (NOTHING_TRAINED, build_model, build_round_config,
                                resolve_warmup_rounds, validate_run)
@@ -78,6 +78,7 @@ class _Run:
         self.config, self.cfg_dict, self.workdir = config, cfg_dict, workdir
         self.may_not_learn = may_not_learn
         self.federation, self.round_config, self.model = federation, round_config, model
+        self.executor = executors.for_config(round_config)
         self.quiet = quiet
         self.local = not round_config.strategy.aggregates
         self.eval_local = bool(config.get("eval_local_models", False))
@@ -103,26 +104,20 @@ class _Run:
                 raise
             cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             rc = self.round_config
-            hint = (", or --config.train.executor=map (the clients one after another instead of "
-                    f"all at once; now {rc.executor})" if rc.executor in ("vmap", "sharded")
-                    else "") + (" or a smaller --config.train.client_group (clients vectorised "
-                                f"together; now {rc.client_group or 'all'})"
-                                if rc.executor == "vmap" else "")
             kept = self.checkpointer.kept_step()
             raise OutOfMemoryError(
                 f"out of memory {doing} on {jax.default_backend()} ({cause}). It does not fit: "
                 f"try a smaller --config.train.batch_size (now {rc.batch_size}) or "
                 f"--config.train.inference_chunk (now {rc.inference_chunk}; pseudo-labels and "
-                f"evaluation run in chunks of it){hint}. Nothing of this round was written; the "
-                f"last checkpoint is {'none' if kept is None else f'round {kept}'}") from None
+                f"evaluation run in chunks of it){self.executor.oom_hint()}. Nothing of this "
+                f"round was written; the last checkpoint is {'none' if kept is None else f'round {kept}'}") from None
 
     def _evaluate(self, state, split, local: bool | None = None):
         local = self.local if local is None else local      # True: each client's own model 1
         kwargs = {}
         if self.streamed:   # held-out images go to the device a block at a time
             kwargs["block_size"] = self.stream_options.block_steps * self.round_config.batch_size
-        params = placement.eval_placement(_eval_params(state, local),
-                                          self.round_config.executor)
+        params = self.executor.eval_params(_eval_params(state, local))
         return evaluate(self.model, params, split,
                         per_client_params=local,
                         chunk_size=self.round_config.inference_chunk, **kwargs)
@@ -164,7 +159,7 @@ class _Run:
         if self.streamed:
             return self._prepare_streamed(state)
         self.round_fn = make_round_fn(self.model, rc)
-        state = placement.place_state(state, self.round_fn, rc.executor)
+        state = self.executor.place_state(state, self.round_fn)
         # The host arrays are handed over and dropped as they are placed (docs/memory.md).
         host, self.federation, self.plot_split = placement.hand_over(self.federation)
         self.train_data, self.val, self.test = self._guard(
@@ -184,9 +179,9 @@ class _Run:
                                                                      ("val", "test"))
         self.train_data, self.val, self.test = None, *placement.held_out_on_host(
             host, bool(self.config.data.get("compact", True)))
-        if self.round_config.executor != "map":
+        if self.executor.name != "map":
             logging.info("streamed: clients run one after another on one device (executor %r "
-                         "does not apply)", self.round_config.executor)
+                         "does not apply)", self.executor.name)
         return state
 
     @property

@@ -4,16 +4,18 @@ evaluation as the padded split, bit for bit."""
 
 from __future__ import annotations
 
+import types
+
 import jax
 import numpy as np
 import pytest
 
+from fedmix_jax import executors
 from fedmix_jax import federated as F
 from fedmix_jax.data.compact import (CompactSplit, client_counts, client_window, compact_split,
                                      padded_rows, put_compact)
 from fedmix_jax.data.federation import BOX, IMAGE, PIXEL, pack_split_labels, stack_clients
 from fedmix_jax.evaluation import evaluate
-from fedmix_jax.placement import compact_applies
 from test_memory import MODEL, SIZE, make_client_u8
 
 
@@ -88,7 +90,7 @@ def test_grouped_backend_reads_each_clients_window():
     u8 = _split([4, 0, 7], [PIXEL, PIXEL, BOX])
     cs = compact_split(u8)
     from fedmix_jax.data.compact import ClientRows
-    from fedmix_jax.executors import grouped_clients
+    from fedmix_jax.client_backends import grouped_clients
 
     def toy_site(pool, client):     # (site, rows, key) as the round's site function gets them
         _, rows, _ = client
@@ -122,6 +124,10 @@ def test_evaluation_bit_identical_to_padded(splits):
 
 
 def test_where_compact_applies_and_sharded_refuses(splits):
+    def compact_applies(executor, client_group, num_clients):
+        return executors.for_config(types.SimpleNamespace(
+            executor=executor, client_group=client_group)).reads_clients_in_turn(num_clients)
+
     assert compact_applies("map", 0, 4) and compact_applies("loop", 0, 4)
     assert compact_applies("vmap", 2, 4) and not compact_applies("vmap", 4, 4)
     assert not compact_applies("vmap", 0, 4) and not compact_applies("sharded", 1, 4)

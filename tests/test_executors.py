@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedmix_jax import executors, sharding
+from fedmix_jax import client_backends, sharding
 
 
 def site_fn(shared, client):
@@ -40,7 +40,7 @@ def reference(shared, cl):
 @pytest.mark.parametrize("num_clients, group", [(5, 2), (6, 3), (4, 1), (3, 3), (3, 8)])
 def test_grouped_clients_equal_the_reference(num_clients, group):
     cl = clients(num_clients, np.random.default_rng(num_clients + group))
-    backend = jax.jit(lambda shared, c: executors.grouped_clients(group)(site_fn, shared, c))
+    backend = jax.jit(lambda shared, c: client_backends.grouped_clients(group)(site_fn, shared, c))
     (sites, reports), (ref_sites, ref_reports) = backend(0.5, cl), reference(0.5, cl)
     assert sites["w"].shape == (num_clients, 3)          # padded clients sliced off
     np.testing.assert_allclose(sites["w"], ref_sites["w"], rtol=1e-6)
@@ -50,18 +50,18 @@ def test_grouped_clients_equal_the_reference(num_clients, group):
 
 def test_padding_adds_non_participating_clients():
     cl = clients(3, np.random.default_rng(0))
-    sites, data, keys = executors._pad_client_axis(cl, 4)
+    sites, data, keys = client_backends._pad_client_axis(cl, 4)
     assert not np.asarray(data["valid"][3]).any()                  # no valid sample
     np.testing.assert_array_equal(sites["w"][3], cl[0]["w"][2])    # a copy of the last state
     np.testing.assert_array_equal(jax.random.key_data(keys[3]), jax.random.key_data(keys[2]))
-    assert executors._pad_client_axis(cl, 3) is cl
+    assert client_backends._pad_client_axis(cl, 3) is cl
 
 
 def test_sharded_clients_in_groups_on_one_device():
     mesh = sharding.client_mesh(1)
     cl = clients(5, np.random.default_rng(1))
     for group in (1, 2):
-        backend = jax.jit(lambda shared, c, g=group: executors.sharded_clients(mesh, g)(
+        backend = jax.jit(lambda shared, c, g=group: client_backends.sharded_clients(mesh, g)(
             site_fn, shared, c))
         sites, reports = backend(2.0, cl)
         ref_sites, ref_reports = reference(2.0, cl)
@@ -71,4 +71,4 @@ def test_sharded_clients_in_groups_on_one_device():
 
 def test_group_below_one_is_an_error():
     with pytest.raises(ValueError, match="needs >= 1 client"):
-        executors.grouped_clients(0)
+        client_backends.grouped_clients(0)
