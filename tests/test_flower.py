@@ -22,7 +22,7 @@ flwr = pytest.importorskip("flwr")
 from flwr.app import (Array, ArrayRecord, ConfigRecord, Message, MetricRecord,  # noqa: E402
                       RecordDict)
 
-from fedmix_jax.flower import _core, records  # noqa: E402
+from fedmix_jax.flower import round_core, records  # noqa: E402
 from fedmix_jax.flower.simulation import LocalGrid, run_local, synthetic_sites  # noqa: E402
 from fedmix_jax.flower.strategy import FedMixStrategy, Site  # noqa: E402
 from fedmix_jax.flower.validation import LOCAL_RECORD, REPORT_RECORD, SITE_RECORD  # noqa: E402
@@ -89,7 +89,7 @@ def _tiny_pair():
     from fedmix_jax.models import UNet
 
     model = UNet(width=4, num_classes=1, depth=2)
-    return _core.initial_server_state(model, 0, (16, 16, 3), RoundConfig())
+    return round_core.initial_server_state(model, 0, (16, 16, 3), RoundConfig())
 
 
 def test_records_round_trip_pair_and_site_state():
@@ -105,14 +105,14 @@ def test_records_round_trip_pair_and_site_state():
     assert _max_diff(pair, back) == 0.0
     assert all(isinstance(v, Array) and v.stype == "numpy.ndarray" for v in rec.values())
     # A site state: Adam moments, 0-d counters and the injected learning rate survive.
-    state = _core.initial_site_state(pair, RoundConfig())
+    state = round_core.initial_site_state(pair, RoundConfig())
     srec = records.tree_to_record(state, "state")
     sback = records.record_to_tree(srec, jax.eval_shape(lambda: state), "state")
     assert jax.tree.structure(sback) == jax.tree.structure(state)
     assert _max_diff(state, sback) == 0.0
     # Keys cross as raw uint32 data and come back as the same typed key.
-    assert np.array_equal(_core.key_to_numpy(_core.key_from_numpy(_core.key_to_numpy(key))),
-                          _core.key_to_numpy(key))
+    assert np.array_equal(round_core.key_to_numpy(round_core.key_from_numpy(round_core.key_to_numpy(key))),
+                          round_core.key_to_numpy(key))
     with pytest.raises(ValueError):
         bad = records.pair_to_record(pair)
         del bad[keys[0]]
@@ -247,7 +247,7 @@ def test_strategy_error_and_missing_replies_and_min_sites():
     assert "someone-else" in out.rejected["s2"]
     assert "outside the Dice loss range" in out.rejected["s3"]
     assert "no reply" in out.rejected["s4"] and "no reply" in out.rejected["s7"]
-    assert not np.array_equal(_core.key_to_numpy(strat.key), _core.key_to_numpy(key_before))
+    assert not np.array_equal(round_core.key_to_numpy(strat.key), round_core.key_to_numpy(key_before))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ pytest.importorskip("flwr")
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict  # noqa
 
-from fedmix_jax.flower import _core, records, robust  # noqa: E402
+from fedmix_jax.flower import round_core, records, robust  # noqa: E402
 from fedmix_jax.flower.simulation import LocalGrid  # noqa: E402
 from fedmix_jax.flower.strategy import FedMixStrategy, Site  # noqa: E402
 from fedmix_jax.flower.validation import (LOCAL_RECORD, MAX_SITE_SAMPLES, REPORT_RECORD,  # noqa
@@ -254,7 +254,7 @@ def _strategy(n_sites=3, **kw):
     from fedmix_jax.models import UNet
     from fedmix_jax.strategies import get_strategy
 
-    pair, key = _core.initial_server_state(UNet(width=4, num_classes=1, depth=2), 0,
+    pair, key = round_core.initial_server_state(UNet(width=4, num_classes=1, depth=2), 0,
                                            (16, 16, 3), RoundConfig())
     pair = jax.device_get(pair)
     sites = [Site(node_id=100 + i, index=i, name=f"s{i}", num_train=DECLARED)

@@ -93,8 +93,8 @@ def train(msg: Message, context: Context) -> Message:
     key_data = np.asarray(cfg["site-key"], np.uint32)
     send_model = bool(cfg.get("send-model", True))
     from fedmix_jax.flower import records
-    from fedmix_jax.flower._core import key_from_numpy
-    from fedmix_jax.flower._core import round_index as index_of
+    from fedmix_jax.flower.round_core import key_from_numpy
+    from fedmix_jax.flower.round_core import round_index as index_of
 
     site = _local_site(context, shared)
     global_pair = records.record_to_pair(msg.content.array_records[GLOBAL_RECORD],

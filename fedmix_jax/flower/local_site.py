@@ -36,7 +36,7 @@ import ml_collections
 import numpy as np
 
 from fedmix_jax.data.federation import FederatedSplit
-from fedmix_jax.flower import _core
+from fedmix_jax.flower import round_core
 from fedmix_jax.flower.records import REPORT_FIELDS
 
 REPORT_KEYS = tuple(REPORT_FIELDS)
@@ -201,7 +201,7 @@ def _model_and_round_config(shared_json: str, num_classes: int):
 class LocalSite:
     """A hospital's side of FedMix: holds its data and state, runs the compiled site function.
 
-    The compiled programs are cached per process (``_core.compiled_site_fn``): a process that
+    The compiled programs are cached per process (``round_core.compiled_site_fn``): a process that
     lives across rounds (simulation, the ClientApp inside the SuperNode) compiles once.
     """
 
@@ -229,7 +229,7 @@ class LocalSite:
             model, config = self.setup(shared_json)
             shape = tuple(np.shape(self.data.train.images)[1:])
             self._templates[key] = jax.eval_shape(
-                lambda: _core.initial_server_state(model, 0, shape, config)[0])
+                lambda: round_core.initial_server_state(model, 0, shape, config)[0])
         return self._templates[key]
 
     def template_state(self, shared_json: str):
@@ -239,7 +239,7 @@ class LocalSite:
         if key not in self._templates:
             _, config = self.setup(shared_json)
             pair = self.template_pair(shared_json)
-            self._templates[key] = jax.eval_shape(lambda p: _core.initial_site_state(p, config),
+            self._templates[key] = jax.eval_shape(lambda p: round_core.initial_site_state(p, config),
                                                   pair)
         return self._templates[key]
 
@@ -253,13 +253,13 @@ class LocalSite:
             moments, as the in-process round's initial state).
           key: the site's PRNG key of this round; hparams: :class:`~fedmix_jax.config.HParams`.
           round_index: the round, 0-based (Flower's round ``r`` is ``r - 1``,
-            :func:`fedmix_jax.flower._core.round_index`): the strategy's warm-up depends on it.
+            :func:`fedmix_jax.flower.round_core.round_index`): the strategy's warm-up depends on it.
         """
         model, config = self.setup(shared_json)
-        fn = _core.compiled_site_fn(model, config)
+        fn = round_core.compiled_site_fn(model, config)
         global_pair = jax.tree.map(jnp.asarray, global_pair)
         if state is None:
-            state = _core.initial_site_state(global_pair, config)
+            state = round_core.initial_site_state(global_pair, config)
         state = jax.tree.map(jnp.asarray, state)
         new_state, report = fn(global_pair, state, self._train_on_device(), key, hparams,
                                round_index)

@@ -51,7 +51,7 @@ from fedmix_jax import rundir
 from fedmix_jax.checkpointing import Checkpointer
 from fedmix_jax.config import build_model, build_round_config
 from fedmix_jax.errors import ConfigMismatchError
-from fedmix_jax.flower import _core, records
+from fedmix_jax.flower import round_core, records
 from fedmix_jax.flower.discovery import discover_sites, parse_site_list, send_and_receive
 from fedmix_jax.flower.local_site import shared_config_json
 from fedmix_jax.flower.strategy import FedMixStrategy
@@ -169,7 +169,7 @@ class _ServerRun:
                     "use another workdir")
             check_checkpoint_record(step, extra)
 
-        state = {"global_params": self.global_pair, "key": _core.key_to_numpy(self.key)}
+        state = {"global_params": self.global_pair, "key": round_core.key_to_numpy(self.key)}
         self.start, history = 0, []
         found = self.checkpointer.restore_newest(state, self.best_params, check=check)
         if found is not None:
@@ -181,7 +181,7 @@ class _ServerRun:
         rundir.atomic_write_text(os.path.join(self.workdir, CONFIG_FILE),
                                  json.dumps(self.cfg_dict, indent=2) + "\n")
         self.global_pair = jax.device_get(state["global_params"])
-        self.key = _core.key_from_numpy(state["key"])
+        self.key = round_core.key_from_numpy(state["key"])
 
     def _exchange(self, messages) -> list:
         cap = float(self.rc["wait-cap"])
@@ -241,7 +241,7 @@ class _ServerRun:
             if r % ckpt_every == 0 or r == self.num_rounds:
                 pair = records.record_to_pair(arrays, self.global_pair)
                 self.checkpointer.save(
-                    r, {"global_params": pair, "key": _core.key_to_numpy(fed.key)},
+                    r, {"global_params": pair, "key": round_core.key_to_numpy(fed.key)},
                     self.best_params, {"round": r, "best": self.best, "config": self.cfg_dict,
                                        "client_names": self.names, "executor": "flower",
                                        "history": self.records})
@@ -333,7 +333,7 @@ def run_server(grid: Grid, run_config, *, write_plots: bool = True, return_state
                                                  for s in sites))
         image_shape = tuple(int(x) for x in infos[0]["image-shape"])
         model = build_model(config, int(infos[0]["num-classes"]))
-        global_pair, key = _core.initial_server_state(model, int(config.seed), image_shape,
+        global_pair, key = round_core.initial_server_state(model, int(config.seed), image_shape,
                                                       build_round_config(config))
         run = _ServerRun(grid, rc, config, workdir, sites, infos, model, global_pair, key)
         done = False

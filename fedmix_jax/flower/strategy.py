@@ -27,7 +27,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy as FlowerStrategy
 
-from fedmix_jax.flower import _core, privacy, records, robust
+from fedmix_jax.flower import round_core, privacy, records, robust
 from fedmix_jax.flower.client_app import CONFIG_RECORD, GLOBAL_RECORD
 from fedmix_jax.flower.validation import (EVAL_FIGURES, PER_CLASS_FIGURES, ReplyRejected,
                                           check_eval_reply, check_train_reply)
@@ -135,12 +135,12 @@ class FedMixStrategy(FlowerStrategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """One message per registered site: the global pair, its key of the round, the config."""
-        self._next_key, site_keys = _core.round_keys(self.key, len(self.sites))
+        self._next_key, site_keys = round_core.round_keys(self.key, len(self.sites))
         self._arrays = arrays
         out = []
         for site in self.sites:
             cfg = dict(config) | self._config(server_round)
-            cfg["site-key"] = [int(x) for x in _core.key_to_numpy(site_keys[site.index])]
+            cfg["site-key"] = [int(x) for x in round_core.key_to_numpy(site_keys[site.index])]
             content = RecordDict({GLOBAL_RECORD: arrays, CONFIG_RECORD: ConfigRecord(cfg)})
             out.append(Message(content=content, dst_node_id=site.node_id, message_type="train",
                                group_id=str(server_round)))
@@ -191,8 +191,8 @@ class FedMixStrategy(FlowerStrategy):
         new_arrays = None
         self._dp_norms = None
         if applied:
-            w = _core.site_weights(self.strategy, reports, participating, self.hparams,
-                                   _core.round_index(server_round))
+            w = round_core.site_weights(self.strategy, reports, participating, self.hparams,
+                                   round_core.round_index(server_round))
             if np.all(np.isfinite(w)) and np.all(w >= 0):
                 weights = [float(x) for x in w]
             else:       # the checked reports make this unreachable; never average with it
@@ -263,7 +263,7 @@ class FedMixStrategy(FlowerStrategy):
             rows = [[records.unpack_model(a[k], m) for k, m in zip(records.PAIR_PREFIXES, like)]
                     for a in src]
             stacked = jax.tree.map(lambda *xs: np.stack(xs), *[ModelPair(*r) for r in rows])
-            out = records.pair_to_record(jax.device_get(_core.aggregate(stacked, weights)))
+            out = records.pair_to_record(jax.device_get(round_core.aggregate(stacked, weights)))
         if self.dp is not None:     # noise from the OS's entropy, never from the run's seed
             noisy = privacy.add_noise({k: out[k].numpy() for k in trained},
                                       privacy.noise_std(self.dp[0], self.dp[1]))
