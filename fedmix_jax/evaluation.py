@@ -96,22 +96,6 @@ def _scores_shared(model: nn.Module, chunk: int, threshold: float, with_pred: bo
     return jax.tree.map(lambda v: v.reshape((c, m) + v.shape[1:]), out)
 
 
-def _device_scores(model, params, images, masks, per_client_params: bool, chunk_size: int,
-                   threshold: float, with_pred: bool) -> dict[str, np.ndarray]:
-    """Per-image scores of [C, M, ...] images (all on the device at once), as NumPy arrays."""
-    images, masks = jnp.asarray(images), jnp.asarray(masks)
-    if per_client_params:
-        rows = []
-        for c in range(images.shape[0]):
-            p = jax.tree.map(lambda x: x[c], params)
-            rows.append(_scores_shared(model, chunk_size, threshold, with_pred, p,
-                                       images[c:c + 1], masks[c:c + 1]))
-        out = jax.tree.map(lambda *xs: jnp.concatenate(xs), *rows)
-    else:
-        out = _scores_shared(model, chunk_size, threshold, with_pred, params, images, masks)
-    return jax.tree.map(np.asarray, out)
-
-
 def _host_masks(split: FederatedSplit | CompactSplit) -> np.ndarray:
     """``split.masks`` as a NumPy array [C, M, ...], unpacked if bit-packed (for HD95)."""
     m = np.asarray(split.masks)
@@ -122,33 +106,81 @@ def _host_masks(split: FederatedSplit | CompactSplit) -> np.ndarray:
     return m
 
 
-def _compact_scores(model, params, split: CompactSplit, per_client_params: bool,
-                    chunk_size: int, threshold: float, with_pred: bool,
-                    block_rows: int | None = None) -> dict[str, np.ndarray]:
-    """Per-image scores of a compact split, back in the [C, M, ...] layout (0 on padding): one
-    model over its T rows (no padding is evaluated), ``block_rows`` rows at a time if given (a
-    split on the host), or client c's model over its window."""
+def _pieces(split: FederatedSplit | CompactSplit, params, per_client_params: bool,
+            block_size: int | None):
+    """The one evaluation path's input, for every layout: ``(params, images, masks, put)`` per
+    piece, where ``images`` / ``masks`` are ``[a, b, ...]`` (device or host arrays, sliced,
+    never copied whole) and ``put(dst, v)`` writes the piece's per-image outputs ``v`` [a, b, ...]
+    into ``dst`` [C, M, ...] (padding left 0).
+
+    * padded :class:`FederatedSplit`: the whole [C, M] split, or ``block_size`` images of every
+      client at a time; per-client params: client c's row with client c's model;
+    * :class:`~fedmix_jax.data.compact.CompactSplit`: its T rows (no padding evaluated), or
+      ``block_size * C`` rows at a time; per-client params: client c's window of its rows.
+    """
+    def client(c):
+        return jax.tree.map(lambda x: x[c], params)
+
+    if not isinstance(split, CompactSplit):
+        c_num, m = np.shape(split.valid)[:2]
+        if per_client_params:
+            for c in range(c_num):
+                yield (client(c), split.images[c:c + 1], split.masks[c:c + 1],
+                       lambda dst, v, c=c: dst.__setitem__(c, v[0]))
+            return
+        step = m if block_size is None else max(int(block_size), 1)
+        for lo in range(0, m, step):
+            yield (params, _cut(split.images, lo, step, 1), _cut(split.masks, lo, step, 1),
+                   lambda dst, v, lo=lo: dst.__setitem__((slice(None), slice(lo, lo + step)), v))
+        return
     offsets, lengths = np.asarray(split.offsets), np.asarray(split.lengths)
     m = split.max_samples
-    score = functools.partial(_scores_shared, model, chunk_size, threshold, with_pred)
     if per_client_params:
-        out = {}
         for c, (o, n) in enumerate(zip(offsets, lengths)):
-            p = jax.tree.map(lambda x: x[c], params)
-            o = int(o)    # T >= o + M: a static slice of device or host rows
-            for k, v in score(p, split.images[o:o + m][None], split.masks[o:o + m][None]).items():
-                v = np.asarray(v)[0]
-                out.setdefault(k, np.zeros((len(offsets),) + v.shape, v.dtype))[c, :n] = v[:n]
-        return out
+            o, n = int(o), int(n)       # T >= o + M: a static slice of device or host rows
+            yield (client(c), split.images[o:o + m][None], split.masks[o:o + m][None],
+                   lambda dst, v, c=c, n=n: dst.__setitem__((c, slice(0, n)), v[0, :n]))
+        return
     t = split.images.shape[0]
-    if block_rows is None or block_rows >= t:
-        parts = [score(params, split.images[None], split.masks[None])]
-    else:
-        step = max(int(block_rows), 1)
-        parts = [score(params, split.images[lo:lo + step][None], split.masks[lo:lo + step][None])
-                 for lo in range(0, t, step)]
-    return {k: padded_rows(np.concatenate([np.asarray(p[k])[0] for p in parts]), offsets,
-                           lengths, m) for k in parts[0]}
+    row_client, row_image = np.full(t, -1), np.zeros(t, np.int64)    # -1: a row of no client
+    for c, (o, n) in enumerate(zip(offsets, lengths)):
+        row_client[o:o + n], row_image[o:o + n] = c, np.arange(n)
+    step = t if block_size is None else max(int(block_size) * split.num_clients, 1)
+    for lo in range(0, t, step):
+        yield (params, _cut(split.images, lo, step, 0)[None],
+               _cut(split.masks, lo, step, 0)[None],
+               lambda dst, v, lo=lo: _put_rows(dst, v[0], row_client[lo:lo + step],
+                                               row_image[lo:lo + step]))
+
+
+def _cut(x, lo: int, size: int, axis: int):
+    """``x[lo:lo + size]`` along ``axis``; ``x`` itself when that is all of it (a slice of a
+    device array would copy the whole split)."""
+    if lo == 0 and size >= x.shape[axis]:
+        return x
+    return x[(slice(None),) * axis + (slice(lo, lo + size),)]
+
+
+def _put_rows(dst, rows, row_client, row_image):
+    """Per-row outputs of a compact split into ``dst`` [C, M, ...]: row r to
+    ``[row_client[r], row_image[r]]``; rows of no client (``row_client`` -1) are dropped."""
+    mine = row_client >= 0
+    dst[row_client[mine], row_image[mine]] = rows[:len(mine)][mine]
+
+
+def _per_image_scores(model, params, split, per_client_params: bool, chunk_size: int,
+                      threshold: float, with_pred: bool,
+                      block_size: int | None) -> dict[str, np.ndarray]:
+    """Per-image scores [C, M(, ...)] of every layout (:func:`_pieces`), as NumPy arrays."""
+    c_num, m = (split.num_clients, split.max_samples) if isinstance(split, CompactSplit) \
+        else np.shape(split.valid)[:2]
+    out: dict[str, np.ndarray] = {}
+    for p, images, masks, put in _pieces(split, params, per_client_params, block_size):
+        scores = _scores_shared(model, chunk_size, threshold, with_pred, p, images, masks)
+        for k, v in scores.items():
+            v = np.asarray(v)
+            put(out.setdefault(k, np.zeros((c_num, m) + v.shape[2:], v.dtype)), v)
+    return out
 
 
 def evaluate(model: nn.Module, params, split: FederatedSplit, per_client_params: bool = False,
@@ -198,27 +230,32 @@ def evaluate(model: nn.Module, params, split: FederatedSplit, per_client_params:
         (mean over classes), ``mean_hd95`` [] (mean over clients), ``mean_hd95_per_class`` [K],
         ``per_image_hd95`` [C, M, K] (NaN: both empty or padding). Pixels; lower is better.
     """
-    scores = functools.partial(_device_scores, model, params, per_client_params=per_client_params,
-                               chunk_size=chunk_size, threshold=threshold, with_pred=bool(hd95))
     compact = isinstance(split, CompactSplit)
     valid = split.padded_valid() if compact else np.asarray(split.valid).astype(bool)
-    if compact:     # without padding; on the host: block_size images per client at a time
-        out = _compact_scores(model, params, split, per_client_params, chunk_size, threshold,
-                              bool(hd95), None if block_size is None
-                              else int(block_size) * split.num_clients)
-    elif block_size is None:
-        out = scores(split.images, split.masks)
-    else:
-        blocks = [scores(split.images[:, lo:lo + block_size], split.masks[:, lo:lo + block_size])
-                  for lo in range(0, valid.shape[1], max(int(block_size), 1))]
-        out = {k: np.concatenate([b[k] for b in blocks], axis=1) for k in blocks[0]}
+    out = _per_image_scores(model, params, split, per_client_params, chunk_size, threshold,
+                            bool(hd95), block_size)
+    res = _figures(out, valid)
+    if hd95:
+        res.update(_hd95_figures(out["pred"], _host_masks(split) > 0.5, valid, hd95_one_empty))
+    return res
+
+
+def _over_clients(x: np.ndarray, has: np.ndarray) -> np.ndarray:
+    """[C, ...] -> [...]: the mean over the clients with data (NaN when none has any)."""
+    if not has.any():
+        return np.full(x.shape[1:], np.nan)
+    return x[has].mean(axis=0)
+
+
+def _nan_over_clients(x: np.ndarray, has: np.ndarray) -> np.ndarray:
+    """[C, ...] -> [...]: the mean over the clients with data, NaNs skipped."""
+    return nanmean(x[has], axis=0) if has.any() else np.full(x.shape[1:], np.nan)
+
+
+def _figures(out: dict, valid: np.ndarray) -> dict:
+    """Every figure of :func:`evaluate` but HD95, from the per-image scores ``out`` [C, M(, K)]
+    and ``valid`` [C, M]."""
     has = valid.any(axis=1)
-
-    def over_clients(x):  # [C, ...] -> [...], mean over clients with data
-        if not has.any():
-            return np.full(x.shape[1:], np.nan)
-        return x[has].mean(axis=0)
-
     dice_pc = _client_means(out["dice_k"].astype(np.float64), valid)       # [C, K]
     iou_pc = _client_means(out["iou_k"].astype(np.float64), valid)
     dice, iou = dice_pc.mean(axis=-1), iou_pc.mean(axis=-1)                # [C]
@@ -228,44 +265,40 @@ def evaluate(model: nn.Module, params, split: FederatedSplit, per_client_params:
     present = out["present_k"] & valid[..., None]       # [C, M, K]: class k in image m's mask
     dice_present_pc = nanmean(np.where(present, out["dice_k"], np.nan), axis=1)     # [C, K]
     dice_present = nanmean(dice_present_pc, axis=-1)
-    res = dict(
-        dice=dice, iou=iou,
-        mean_dice=np.float64(over_clients(dice)), mean_iou=np.float64(over_clients(iou)),
-        dice_per_class=dice_pc, iou_per_class=iou_pc,
-        mean_dice_per_class=over_clients(dice_pc), mean_iou_per_class=over_clients(iou_pc),
-        per_image_dice=np.where(valid, out["dice_k"].mean(axis=-1), np.nan),
-        per_image_dice_per_class=np.where(pad, np.nan, out["dice_k"]),
-        pooled_dice=pooled_dice, pooled_iou=pooled_iou,
-        mean_pooled_dice=np.float64(over_clients(pooled_dice)),
-        dice_present_per_class=dice_present_pc, dice_present=dice_present,
-        mean_dice_present=np.float64(nanmean(dice_present[has]) if has.any() else np.nan),
-        mean_dice_present_per_class=(nanmean(dice_present_pc[has], axis=0) if has.any()
-                                     else np.full(dice_present_pc.shape[1:], np.nan)),
-    )
     # Lesion-free images (no class present): the share with any predicted foreground. Such an
     # image's pooled Dice is 1 (eps / eps) only if nothing is predicted, else <= eps.
     lesion_free = valid & ~present.any(axis=-1)                                     # [C, M]
     num_free = lesion_free.sum(axis=1)
     fp = np.sum(lesion_free & (out["pooled_dice"] < 0.5), axis=1)
     fp_rate = np.where(num_free > 0, fp / np.maximum(num_free, 1), np.nan)
-    res.update(false_positive_rate=fp_rate, num_lesion_free=num_free,
-               mean_false_positive_rate=np.float64(
-                   nanmean(fp_rate[has]) if has.any() else np.nan))
-    if hd95:
-        pred = out["pred"]
-        gt = _host_masks(split) > 0.5     # the only copy of the masks to the host
-        c_num, m_num = valid.shape
-        per_image = np.full((c_num, m_num, pred.shape[-1]), np.nan)
-        for c in range(c_num):
-            idx = np.flatnonzero(valid[c])
-            if idx.size:
-                per_image[c, idx] = hd95_per_class(pred[c, idx], gt[c, idx],
-                                                   one_empty=hd95_one_empty)
-        hd_pc = nanmean(per_image, axis=1)                                   # [C, K]
-        hd = nanmean(hd_pc, axis=-1)                                         # [C]
-        res.update(hd95_per_class=hd_pc, hd95=hd,
-                   mean_hd95=np.float64(nanmean(hd[has]) if has.any() else np.nan),
-                   mean_hd95_per_class=(nanmean(hd_pc[has], axis=0) if has.any()
-                                        else np.full(hd_pc.shape[1:], np.nan)),
-                   per_image_hd95=per_image)
-    return res
+    return dict(
+        dice=dice, iou=iou,
+        mean_dice=np.float64(_over_clients(dice, has)),
+        mean_iou=np.float64(_over_clients(iou, has)),
+        dice_per_class=dice_pc, iou_per_class=iou_pc,
+        mean_dice_per_class=_over_clients(dice_pc, has),
+        mean_iou_per_class=_over_clients(iou_pc, has),
+        per_image_dice=np.where(valid, out["dice_k"].mean(axis=-1), np.nan),
+        per_image_dice_per_class=np.where(pad, np.nan, out["dice_k"]),
+        pooled_dice=pooled_dice, pooled_iou=pooled_iou,
+        mean_pooled_dice=np.float64(_over_clients(pooled_dice, has)),
+        dice_present_per_class=dice_present_pc, dice_present=dice_present,
+        mean_dice_present=np.float64(_nan_over_clients(dice_present, has)),
+        mean_dice_present_per_class=_nan_over_clients(dice_present_pc, has),
+        false_positive_rate=fp_rate, num_lesion_free=num_free,
+        mean_false_positive_rate=np.float64(_nan_over_clients(fp_rate, has)))
+
+
+def _hd95_figures(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray, one_empty: str) -> dict:
+    """HD95 figures of :func:`evaluate` from binary predictions and truths [C, M, H, W, K]."""
+    has = valid.any(axis=1)
+    c_num, m_num = valid.shape
+    per_image = np.full((c_num, m_num, pred.shape[-1]), np.nan)
+    for c in range(c_num):
+        idx = np.flatnonzero(valid[c])
+        if idx.size:
+            per_image[c, idx] = hd95_per_class(pred[c, idx], gt[c, idx], one_empty=one_empty)
+    hd_pc = nanmean(per_image, axis=1)                                   # [C, K]
+    hd = nanmean(hd_pc, axis=-1)                                         # [C]
+    return dict(hd95_per_class=hd_pc, hd95=hd, mean_hd95=np.float64(_nan_over_clients(hd, has)),
+                mean_hd95_per_class=_nan_over_clients(hd_pc, has), per_image_hd95=per_image)
