@@ -180,29 +180,50 @@ def streamed_site_round(model: nn.Module, config, global_params: ModelPair, site
     """:func:`fedmix_jax.site.site_round` of client ``c`` with its data read from ``source`` in
     blocks (see the module docstring); same arguments otherwise, same results."""
     options = options or StreamOptions()
-    inputs_block, order_fn, start_fn, run_block, finish = _programs(model, config)
-    dual = config.strategy.trains_model2
-    n, b, k = source.max_samples, config.batch_size, options.block_steps
-
+    programs = _programs(model, config)
+    n, b = source.max_samples, config.batch_size
     # 1. per-sample training inputs from the global pair, block by block, kept on the host.
+    targets, (usable, weak, selected_weak, self_train) = _training_inputs(
+        programs[0], config, global_params, source, c, round_index, options)
+    # 2. the order of the local epoch, as local_epoch computes it.
+    order, k_aug = programs[1](key, jnp.asarray(usable))
+    num_steps = -(-n // b)
+    order = np.pad(np.asarray(order), (0, num_steps * b - n))
+    w = (usable[order] & (np.arange(num_steps * b) < n)).astype(np.float32).reshape(num_steps, b)
+    # 3. training in blocks of k steps; blocks without an active step are skipped.
+    start = global_params if config.strategy.aggregates else site.params
+    params, opt_state, (loss1, loss2, steps) = _train_blocks(
+        programs, start, site.opt_state, hparams, k_aug, order, w, targets, self_train, source,
+        c, options)
+    count = lambda m: jnp.asarray(np.sum(m), jnp.int32)  # noqa: E731
+    report = SiteReport(num_usable=count(usable), loss1=loss1, loss2=loss2, num_weak=count(weak),
+                        num_selected_weak=count(selected_weak),
+                        num_pixel=count(source.valid[c] & (source.levels[c] == PIXEL)),
+                        steps=steps)
+    return SiteState(params=params, opt_state=opt_state), report
+
+
+def _training_inputs(inputs_block, config, global_params, source, c, round_index, options):
+    """Phase 1 of a streamed site round: ``((target1 [N, ...], target2 or None), flags [4, N])``
+    on the host, flags = usable, weak, selected_weak, self_train; the global pair's pass over
+    client ``c``'s rows one block at a time (the next block read while one computes)."""
+    dual = config.strategy.trains_model2
+    n = source.max_samples
     p = _phase1_block(config, n, options)
     starts = list(range(0, n, p))
-    t1 = t2 = None
-    flags = np.zeros((4, n), bool)      # usable, weak, selected_weak, self_train
+    targets = [None, None]
+    flags = np.zeros((4, n), bool)
 
     def load_rows(lo):
         return lambda: jax.device_put(source.read(c, np.arange(lo, lo + p)))
 
     def keep(lo, out):     # block [lo, lo + p) to the host
-        nonlocal t1, t2
         out = jax.device_get(out)
         m = min(p, n - lo)
-        if t1 is None:
-            t1 = np.empty((n,) + out[0].shape[1:], out[0].dtype)
-            t2 = np.empty((n,) + out[1].shape[1:], out[1].dtype) if dual else None
-        t1[lo:lo + m] = out[0][:m]
-        if dual:
-            t2[lo:lo + m] = out[1][:m]
+        for i in range(2 if dual else 1):
+            if targets[i] is None:
+                targets[i] = np.empty((n,) + out[i].shape[1:], out[i].dtype)
+            targets[i][lo:lo + m] = out[i][:m]
         for i, f in enumerate(out[2:]):
             flags[i, lo:lo + m] = f[:m]
 
@@ -214,22 +235,26 @@ def streamed_site_round(model: nn.Module, config, global_params: ModelPair, site
             keep(*pending)
         pending = (lo, out)
     keep(*pending)
-    usable, weak, selected_weak, self_train = flags
+    return tuple(targets), flags
 
-    # 2. the order of the local epoch, as local_epoch computes it.
-    order, k_aug = order_fn(key, jnp.asarray(usable))
-    num_steps = -(-n // b)
-    order = np.pad(np.asarray(order), (0, num_steps * b - n))
-    w = (usable[order] & (np.arange(num_steps * b) < n)).astype(np.float32).reshape(num_steps, b)
+
+def _train_blocks(programs, start, opt_state, hparams, k_aug, order, w, targets, self_train,
+                  source, c, options):
+    """Phase 3: the local epoch in blocks of k steps (blocks without an active step skipped,
+    each read while the previous one trains): ``(params, opt_state, (loss1, loss2, steps))``."""
+    _, _, start_fn, run_block, finish = programs
+    num_steps, b = w.shape
+    k = options.block_steps
     active = w.sum(axis=1) > 0
-
-    # 3. training in blocks of k steps; blocks without an active step are skipped.
-    start = global_params if config.strategy.aggregates else site.params
-    opt_state, carry = start_fn(start, site.opt_state, hparams.learning_rate)
-    num_blocks = -(-num_steps // k)
-    run = [j for j in range(num_blocks) if active[j * k:(j + 1) * k].any()]
-    outputs = np.zeros((3, num_steps), np.float32)     # l1, l2, counted
+    opt_state, carry = start_fn(start, opt_state, hparams.learning_rate)
+    run = [j for j in range(-(-num_steps // k)) if active[j * k:(j + 1) * k].any()]
     img_shape = tuple(source.images.shape[2:])
+    rows_of_step = order.reshape(num_steps, b)
+
+    def gathered(values, need, flat, steps_shape):
+        out = np.zeros(steps_shape + values.shape[1:], values.dtype)
+        out[need] = values[flat].reshape((-1, b) + values.shape[1:])
+        return out
 
     def load_block(j):
         def load():
@@ -237,41 +262,29 @@ def streamed_site_round(model: nn.Module, config, global_params: ModelPair, site
             live = steps < num_steps
             steps_c = np.where(live, steps, 0)
             w_blk = np.where(live[:, None], w[steps_c], 0.0).astype(np.float32)     # [k, B]
-            rows = order.reshape(num_steps, b)[steps_c]                             # [k, B]
+            rows = rows_of_step[steps_c]                                            # [k, B]
             need = (w_blk.sum(axis=1) > 0)                   # only active steps are read
             flat = rows[need].reshape(-1)
             x = np.zeros((k, b) + img_shape, source.images.dtype)
             if flat.size:
                 x[need] = source.read(c, flat, ("images",)).images.reshape((-1, b) + img_shape)
-            tg1 = np.zeros((k, b) + t1.shape[1:], t1.dtype)
-            tg1[need] = t1[flat].reshape((-1, b) + t1.shape[1:])
-            targets = (tg1,)
-            if dual:
-                tg2 = np.zeros((k, b) + t2.shape[1:], t2.dtype)
-                tg2[need] = t2[flat].reshape((-1, b) + t2.shape[1:])
-                targets = (tg1, tg2)
-            st = np.zeros((k, b), bool)
-            st[need] = self_train[flat].reshape(-1, b)
-            return jax.device_put((steps.astype(np.int32), w_blk, x, targets, st))
+            tgs = tuple(gathered(t, need, flat, (k, b)) for t in targets if t is not None)
+            st = gathered(self_train, need, flat, (k, b))
+            return jax.device_put((steps.astype(np.int32), w_blk, x, tgs, st))
         return load
 
     results = []           # per-block outputs stay on the device until the epoch ends
     for j, blk in zip(run, prefetched((load_block(j) for j in run), options.prefetch)):
         carry, (l1, l2, counted, _) = run_block(carry, k_aug, *blk)
         results.append((j, (l1, l2, counted)))
+    outputs = np.zeros((3, num_steps), np.float32)     # l1, l2, counted
     for j, res in jax.device_get(results):
         lo, hi = j * k, min((j + 1) * k, num_steps)
         for i, r in enumerate(res):
             outputs[i, lo:hi] = r[:hi - lo]
     trainable, opt_t = carry
-    params, opt_state, (loss1, loss2, steps) = finish(
-        start, opt_state, trainable, opt_t, *map(jnp.asarray, outputs), jnp.asarray(active))
-    count = lambda m: jnp.asarray(np.sum(m), jnp.int32)  # noqa: E731
-    report = SiteReport(num_usable=count(usable), loss1=loss1, loss2=loss2, num_weak=count(weak),
-                        num_selected_weak=count(selected_weak),
-                        num_pixel=count(source.valid[c] & (source.levels[c] == PIXEL)),
-                        steps=steps)
-    return SiteState(params=params, opt_state=opt_state), report
+    return finish(start, opt_state, trainable, opt_t, *map(jnp.asarray, outputs),
+                  jnp.asarray(active))
 
 
 # ----------------------------------------------------------------------------------------------

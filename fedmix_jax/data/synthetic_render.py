@@ -90,150 +90,191 @@ def _lesion_free_flags(seed: int, client: int, split: int, n: int, fraction: flo
     return np.mod(phase + golden * np.arange(n), 1.0) < fraction
 
 
-def _render_split(domain: Domain, types: Sequence[LesionType], uni: np.ndarray, fields: np.ndarray,
-                  lesion_free: np.ndarray, size: int):
-    """Render images [n, S, S] in [0, 1] and per-class masks [n, S, S, K] from the draws."""
-    n = uni.shape[0]
-    k_cls = len(types)
-    s = float(size)
-    px = s / 64.0  # pixel-scale parameters are specified at 64 px
-    col = iter(range(_NUM_UNIFORMS))
+class _Canvas:
+    """What the drawing steps of one split share: the pixel grid ``yy``, ``xx`` [1, S, S] (pixel
+    centres), the side ``s``, ``px`` (pixel-scale parameters are specified at 64 px) and the
+    split's uniform draws ``uni`` [n, U], read a column at a time in a fixed order by :meth:`u`
+    (the order is part of the data: every seed renders the same images)."""
 
-    def u():  # next uniform column, [n]
-        return uni[:, next(col)]
+    def __init__(self, uni: np.ndarray, size: int):
+        self.uni, self.size, self.n = uni, size, uni.shape[0]
+        self.s = float(size)
+        self.px = self.s / 64.0
+        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + np.float32(0.5)
+        self.yy, self.xx = yy[None], xx[None]
+        self._col = iter(range(_NUM_UNIFORMS))
 
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + np.float32(0.5)
-    yy, xx = yy[None], xx[None]
+    def u(self) -> np.ndarray:
+        """The next uniform column, [n]."""
+        return self.uni[:, next(self._col)]
 
-    # --- skin background -----------------------------------------------------------------------
+
+def _skin(cv: _Canvas, domain: Domain, fields: np.ndarray) -> np.ndarray:
+    """The lesion-free skin [n, S, S]: textured level, a linear gradient, a vignette."""
+    s, xx, yy = cv.s, cv.xx, cv.yy
     coarse = _smooth_fft(fields[:, 0], domain.texture_scale * s)
-    fine = _smooth_fft(fields[:, 1], 0.9 * px)
-    bg_level = domain.bg_level + _lerp(u(), -0.05, 0.05)
-    img = (bg_level[:, None, None] + domain.bg_texture * (0.75 * coarse + 0.35 * fine)).astype(np.float32)
-    ang = 2 * math.pi * u()
-    amp = domain.gradient * _lerp(u(), 0.4, 1.0)
-    proj = ((xx - s / 2) * np.cos(ang)[:, None, None] + (yy - s / 2) * np.sin(ang)[:, None, None]) / s
+    fine = _smooth_fft(fields[:, 1], 0.9 * cv.px)
+    bg_level = domain.bg_level + _lerp(cv.u(), -0.05, 0.05)
+    img = (bg_level[:, None, None]
+           + domain.bg_texture * (0.75 * coarse + 0.35 * fine)).astype(np.float32)
+    ang = 2 * math.pi * cv.u()
+    amp = domain.gradient * _lerp(cv.u(), 0.4, 1.0)
+    proj = ((xx - s / 2) * np.cos(ang)[:, None, None]
+            + (yy - s / 2) * np.sin(ang)[:, None, None]) / s
     img = img + amp[:, None, None] * proj
     rr2 = ((xx - s / 2) ** 2 + (yy - s / 2) ** 2) / (s / 2) ** 2
-    img = img - domain.vignette * _lerp(u(), 0.7, 1.3)[:, None, None] * np.clip(rr2 - 0.35, 0, None)
+    img = img - domain.vignette * _lerp(cv.u(), 0.7, 1.3)[:, None, None] * np.clip(rr2 - 0.35, 0,
+                                                                                     None)
+    return img.astype(np.float32)
 
-    # --- lesions -------------------------------------------------------------------------------
-    lesion_tex = _smooth_fft(fields[:, 2], 1.6 * px).astype(np.float32)
-    img = img.astype(np.float32)
-    skin = img.copy()
-    u_count, u_count2 = u(), u()
+
+def _lesion_count(cv: _Canvas, k_cls: int, lesion_free: np.ndarray) -> np.ndarray:
+    """Lesions per image [n]: 1-2 (binary) or 1-3 (multi-class); 0 on lesion-free images."""
+    u_count, u_count2 = cv.u(), cv.u()
     if k_cls == 1:
         n_les = 1 + (u_count < 0.22)
     else:
         n_les = 1 + (u_count < 0.45) + ((u_count < 0.45) & (u_count2 < 0.35))
-    n_les = np.where(lesion_free, 0, n_les)
+    return np.where(lesion_free, 0, n_les)
+
+
+def _lesions(cv: _Canvas, domain: Domain, types: Sequence[LesionType], img: np.ndarray,
+             lesion_tex: np.ndarray, n_les: np.ndarray):
+    """Draw up to :data:`_MAX_LESIONS` lesions over ``img`` (changed in place): the per-class
+    masks [n, S, S, K] of what stays visible (a later lesion hides an earlier one)."""
+    n, s, px, size = cv.n, cv.s, cv.px, cv.size
+    k_cls = len(types)
+    skin = img.copy()
     shrink = np.where(n_les >= 2, 0.72, 1.0)
-    masks = np.zeros((n, size, size, k_cls), bool)
     geoms, cls_of = [], []
     cx0 = cy0 = r_prev = None
     for slot in range(_MAX_LESIONS):
         active = n_les > slot
-        uc, uy, ur, ue, ua, ui = u(), u(), u(), u(), u(), u()
-        amps = np.stack([u() for _ in range(5)], 1)
-        phis = 2 * math.pi * np.stack([u() for _ in range(5)], 1)
-        ucls, ucon, ujag, udir, udist, uedge = u(), u(), u(), u(), u(), u()
+        uc, uy, ur, ue, ua, ui = (cv.u() for _ in range(6))
+        amps = np.stack([cv.u() for _ in range(5)], 1)
+        phis = 2 * math.pi * np.stack([cv.u() for _ in range(5)], 1)
+        ucls, ucon, ujag, udir, udist, uedge = (cv.u() for _ in range(6))
         cls = np.minimum((ucls * k_cls).astype(int), k_cls - 1)
         pick = lambda attr: np.array([getattr(t, attr) for t in types])[cls]  # noqa: E731
-        rng_attr = lambda attr, v: _lerp(v, np.array([getattr(t, attr)[0] for t in types])[cls],  # noqa: E731
-                                         np.array([getattr(t, attr)[1] for t in types])[cls])
+        rng_attr = lambda attr, v: _lerp(  # noqa: E731
+            v, np.array([getattr(t, attr)[0] for t in types])[cls],
+            np.array([getattr(t, attr)[1] for t in types])[cls])
         r0 = s * _lerp(ur, 0.13, 0.29) * domain.size * shrink * pick("size")
         if slot == 0:
-            cx = s * _lerp(uc, 0.32, 0.68)
-            cy = s * _lerp(uy, 0.32, 0.68)
+            cx, cy = s * _lerp(uc, 0.32, 0.68), s * _lerp(uy, 0.32, 0.68)
+            cx0, cy0, r_prev = cx, cy, r0
         else:
             d = (r_prev + r0) * _lerp(udist, 0.95, 1.45)
             th = 2 * math.pi * udir
             cx = np.clip(cx0 + d * np.cos(th), 0.12 * s, 0.88 * s)
             cy = np.clip(cy0 + d * np.sin(th), 0.12 * s, 0.88 * s)
-        if slot == 0:
-            cx0, cy0, r_prev = cx, cy, r0
-        ecc = np.sqrt(rng_attr("eccentricity", ue))
-        rot = math.pi * ua
-        budget = rng_attr("irregularity", ui)
         weights = amps / np.arange(2, 7) ** 0.7
-        weights = weights / weights.sum(1, keepdims=True) * budget[:, None]
-        jag = rng_attr("jag", ujag)
-        edge = domain.edge * px * _lerp(uedge, 0.7, 1.3)
+        weights = weights / weights.sum(1, keepdims=True) * rng_attr("irregularity", ui)[:, None]
         contrast = domain.lesion_contrast * pick("contrast") * _lerp(ucon, 0.75, 1.25)
         # Ring-like types (negative core) override the domain's core darkening.
         core = np.where(pick("core") < 0, pick("core"), domain.core + pick("core"))
-        tex_amp = domain.lesion_texture * pick("texture")
-        # Render only the samples that have this lesion (float32, [m, S, S]).
-        sel = np.nonzero(active)[0]
+        shape = dict(cx=cx, cy=cy, r0=r0, ecc=np.sqrt(rng_attr("eccentricity", ue)),
+                     rot=math.pi * ua, weights=weights, phis=phis, jag=rng_attr("jag", ujag),
+                     edge=domain.edge * px * _lerp(uedge, 0.7, 1.3), contrast=contrast,
+                     core=core, tex_amp=domain.lesion_texture * pick("texture"))
+        sel = np.nonzero(active)[0]       # render only the samples that have this lesion
         if sel.size == 0:
             continue
-        col_ = lambda a: a[sel].astype(np.float32)[:, None, None]  # noqa: E731
-        dx, dy = xx - col_(cx), yy - col_(cy)
-        c, sn = col_(np.cos(rot)), col_(np.sin(rot))
-        xr = (dx * c + dy * sn) / col_(ecc)
-        yr = (dy * c - dx * sn) * col_(ecc)
-        rho = np.hypot(xr, yr)
-        inv = 1.0 / np.maximum(rho, 1e-6)
-        c1, s1 = xr * inv, yr * inv  # cos(theta), sin(theta)
-        ck, sk = c1 * c1 - s1 * s1, 2 * c1 * s1  # k = 2
-        harm = np.ones_like(rho)
-        for j in range(5):  # k = 2..6: cos(k theta + phi) = cos k theta cos phi - sin k theta sin phi
-            ph = phis[:, j]
-            harm += col_(weights[:, j]) * (ck * col_(np.cos(ph)) - sk * col_(np.sin(ph)))
-            ck, sk = ck * c1 - sk * s1, sk * c1 + ck * s1
-        tex = lesion_tex[sel]
-        radius = col_(r0) * harm * (1 + col_(jag) * tex)
-        dist = radius - rho  # > 0 inside, ~ px along the ray
-        alpha = 1.0 / (1.0 + np.exp(-np.clip(dist / col_(edge), -30, 30)))
-        rel = np.clip(rho / np.maximum(radius, 1e-3), 0, 1)
-        dark = col_(contrast) * (1 + col_(core) * (1 - rel)) + col_(tex_amp) * tex
-        dark = np.maximum(dark, 0.2 * col_(contrast))  # texture never makes a lesion brighter than skin
-        # "Over" compositing on the lesion-free skin: a later lesion hides an earlier one.
-        img[sel] = (1 - alpha) * img[sel] + alpha * (skin[sel] - dark)
         geom = np.zeros((n, size, size), bool)
-        geom[sel] = dist > 0
+        geom[sel] = _draw_lesion(cv, img, skin, lesion_tex, sel, **shape)
         geoms.append(geom)
         cls_of.append(cls)
     # A class mask is the visible part of its lesions (later lesions are drawn over earlier ones).
+    masks = np.zeros((n, size, size, k_cls), bool)
     covered = np.zeros((n, size, size), bool)
     for geom, cls in zip(geoms[::-1], cls_of[::-1]):
-        visible = geom & ~covered
-        masks[np.arange(n), :, :, cls] |= visible
+        masks[np.arange(n), :, :, cls] |= geom & ~covered
         covered |= geom
+    return masks
 
-    # --- hairs: thin dark arcs, rasterised from dense point samples -------------------------------
-    n_hairs = np.minimum(np.floor(2 * domain.hairs * u()), _MAX_HAIRS).astype(int)
-    hair_u = np.stack([u() for _ in range(_MAX_HAIRS * 5)], 1).reshape(n, _MAX_HAIRS, 5)
-    if domain.hairs > 0 and n_hairs.any():
-        t = np.linspace(0.0, 1.0, int(3 * size))[None, None]
-        x0, y0 = s * hair_u[..., 0:1], s * hair_u[..., 1:2]
-        a0 = 2 * math.pi * hair_u[..., 2:3]
-        curv = _lerp(hair_u[..., 3:4], -2.0, 2.0)
-        length = s * _lerp(hair_u[..., 4:5], 0.5, 1.3)
-        ang_t = a0 + curv * t
-        xs = x0 + length * np.cumsum(np.cos(ang_t), -1) / t.shape[-1]
-        ys = y0 + length * np.cumsum(np.sin(ang_t), -1) / t.shape[-1]
-        on = (np.arange(_MAX_HAIRS)[None, :, None] < n_hairs[:, None, None])
-        xi, yi = np.floor(xs).astype(int), np.floor(ys).astype(int)
-        on = on & (xi >= 0) & (xi < size) & (yi >= 0) & (yi < size)
-        hair = np.zeros((n, size * size))
-        nidx = np.broadcast_to(np.arange(n)[:, None, None], on.shape)
-        hair[nidx[on], (yi * size + xi)[on]] = 1.0
-        hair = _blur(hair.reshape(n, size, size), np.full(n, 0.45 * px))
-        hair = np.clip(hair / (hair.max(axis=(1, 2), keepdims=True) + 1e-8) * 1.4, 0, 1)
-        img = img * (1 - 0.55 * hair)
 
-    # --- acquisition -----------------------------------------------------------------------------
-    sigma = domain.blur * px * _lerp(u(), 0.8, 1.2)
+def _draw_lesion(cv: _Canvas, img, skin, lesion_tex, sel, *, cx, cy, r0, ecc, rot, weights, phis,
+                 jag, edge, contrast, core, tex_amp) -> np.ndarray:
+    """Composite one lesion slot over ``img[sel]`` (in place, float32 [m, S, S]): a star-shaped
+    outline (harmonics k = 2..6 of the polar radius, jagged by texture), soft edge, darker core.
+    Returns its geometry [m, S, S] (inside the outline)."""
+    col_ = lambda a: a[sel].astype(np.float32)[:, None, None]  # noqa: E731
+    dx, dy = cv.xx - col_(cx), cv.yy - col_(cy)
+    c, sn = col_(np.cos(rot)), col_(np.sin(rot))
+    xr = (dx * c + dy * sn) / col_(ecc)
+    yr = (dy * c - dx * sn) * col_(ecc)
+    rho = np.hypot(xr, yr)
+    inv = 1.0 / np.maximum(rho, 1e-6)
+    c1, s1 = xr * inv, yr * inv  # cos(theta), sin(theta)
+    ck, sk = c1 * c1 - s1 * s1, 2 * c1 * s1  # k = 2
+    harm = np.ones_like(rho)
+    for j in range(5):  # k = 2..6: cos(k theta + phi) = cos k theta cos phi - sin k theta sin phi
+        ph = phis[:, j]
+        harm += col_(weights[:, j]) * (ck * col_(np.cos(ph)) - sk * col_(np.sin(ph)))
+        ck, sk = ck * c1 - sk * s1, sk * c1 + ck * s1
+    tex = lesion_tex[sel]
+    radius = col_(r0) * harm * (1 + col_(jag) * tex)
+    dist = radius - rho  # > 0 inside, ~ px along the ray
+    alpha = 1.0 / (1.0 + np.exp(-np.clip(dist / col_(edge), -30, 30)))
+    rel = np.clip(rho / np.maximum(radius, 1e-3), 0, 1)
+    dark = col_(contrast) * (1 + col_(core) * (1 - rel)) + col_(tex_amp) * tex
+    dark = np.maximum(dark, 0.2 * col_(contrast))  # texture never makes a lesion brighter than skin
+    # "Over" compositing on the lesion-free skin: a later lesion hides an earlier one.
+    img[sel] = (1 - alpha) * img[sel] + alpha * (skin[sel] - dark)
+    return dist > 0
+
+
+def _hairs(cv: _Canvas, domain: Domain, img: np.ndarray) -> np.ndarray:
+    """Thin dark arcs over ``img``, rasterised from dense point samples."""
+    n, s, size = cv.n, cv.s, cv.size
+    n_hairs = np.minimum(np.floor(2 * domain.hairs * cv.u()), _MAX_HAIRS).astype(int)
+    hair_u = np.stack([cv.u() for _ in range(_MAX_HAIRS * 5)], 1).reshape(n, _MAX_HAIRS, 5)
+    if not (domain.hairs > 0 and n_hairs.any()):
+        return img
+    t = np.linspace(0.0, 1.0, int(3 * size))[None, None]
+    x0, y0 = s * hair_u[..., 0:1], s * hair_u[..., 1:2]
+    a0 = 2 * math.pi * hair_u[..., 2:3]
+    curv = _lerp(hair_u[..., 3:4], -2.0, 2.0)
+    length = s * _lerp(hair_u[..., 4:5], 0.5, 1.3)
+    ang_t = a0 + curv * t
+    xs = x0 + length * np.cumsum(np.cos(ang_t), -1) / t.shape[-1]
+    ys = y0 + length * np.cumsum(np.sin(ang_t), -1) / t.shape[-1]
+    on = (np.arange(_MAX_HAIRS)[None, :, None] < n_hairs[:, None, None])
+    xi, yi = np.floor(xs).astype(int), np.floor(ys).astype(int)
+    on = on & (xi >= 0) & (xi < size) & (yi >= 0) & (yi < size)
+    hair = np.zeros((n, size * size))
+    nidx = np.broadcast_to(np.arange(n)[:, None, None], on.shape)
+    hair[nidx[on], (yi * size + xi)[on]] = 1.0
+    hair = _blur(hair.reshape(n, size, size), np.full(n, 0.45 * cv.px))
+    hair = np.clip(hair / (hair.max(axis=(1, 2), keepdims=True) + 1e-8) * 1.4, 0, 1)
+    return img * (1 - 0.55 * hair)
+
+
+def _acquisition(cv: _Canvas, domain: Domain, fields: np.ndarray, img: np.ndarray) -> np.ndarray:
+    """The device: blur, gamma, gain / offset, speckle, noise; clipped to [0, 1] float32."""
+    sigma = domain.blur * cv.px * _lerp(cv.u(), 0.8, 1.2)
     img = _blur(img, sigma)
     img = np.clip(img, 0.0, 1.0) ** domain.gamma
     img = domain.gain * img + domain.offset
     if domain.speckle > 0:
-        spk = _smooth_fft(fields[:, 4], 0.9 * px)
+        spk = _smooth_fft(fields[:, 4], 0.9 * cv.px)
         img = img * (1 + domain.speckle * spk)
-    noise = domain.noise * _lerp(u(), 0.8, 1.2)
+    noise = domain.noise * _lerp(cv.u(), 0.8, 1.2)
     img = img + noise[:, None, None] * fields[:, 3]
-    return np.clip(img, 0.0, 1.0).astype(np.float32), masks
+    return np.clip(img, 0.0, 1.0).astype(np.float32)
+
+
+def _render_split(domain: Domain, types: Sequence[LesionType], uni: np.ndarray, fields: np.ndarray,
+                  lesion_free: np.ndarray, size: int):
+    """Render images [n, S, S] in [0, 1] and per-class masks [n, S, S, K] from the draws: skin,
+    lesions, hairs, acquisition (the uniforms are read in this order)."""
+    cv = _Canvas(uni, size)
+    img = _skin(cv, domain, fields)
+    lesion_tex = _smooth_fft(fields[:, 2], 1.6 * cv.px).astype(np.float32)
+    masks = _lesions(cv, domain, types, img, lesion_tex, _lesion_count(cv, len(types),
+                                                                         lesion_free))
+    img = _hairs(cv, domain, img)
+    return _acquisition(cv, domain, fields, img), masks
 
 
 def make_client_split(seed, client, split, n, domain, types, size, lesion_free_fraction, level,

@@ -162,23 +162,8 @@ def prepare_dataset(data_cfg, verbose: bool = True) -> PreparedDataset:
 
     The same code path serves the CLI (:mod:`.build`) and :func:`load_federation_from_config`.
     """
-    name = str(config_get(data_cfg, "name", "ham10000")).strip().lower()
-    if name not in BUILDERS:
-        raise ValueError(f"unknown --config.data.name {name!r}; expected one of {sorted(BUILDERS)}")
+    name, raw_dir, data_dir, cache_dir, cfg = _dataset_settings(data_cfg)
     builder_cls, layout = BUILDERS[name], LAYOUTS[name]
-    raw_dir = config_get(data_cfg, "data_dir", "")
-    data_dir = os.path.abspath(os.path.expanduser(str(raw_dir))) if str(raw_dir).strip() else ""
-    cache_dir = os.path.abspath(os.path.expanduser(str(config_get(data_cfg, "cache_dir",
-                                                             DEFAULT_CACHE_DIR))))
-    cfg = make_config(name, image_size=int(config_get(data_cfg, "image_size", 256)),
-                      channels=int(config_get(data_cfg, "channels", 1)),
-                      seed=int(config_get(data_cfg, "seed", 0)),
-                      test_fraction=float(config_get(data_cfg, "test_fraction", 0.2)),
-                      val_fraction=float(config_get(data_cfg, "val_fraction", 0.1)),
-                      on_bad_input=str(config_get(data_cfg, "on_bad_input", "fail")),
-                      data_dir=data_dir or None,
-                      box_mode=str(config_get(data_cfg, "box_mode", "component")),
-                      drop_empty_slices=bool(config_get(data_cfg, "drop_empty_slices", False)))
     path = _expected_path(builder_cls, cfg, cache_dir)
     have_source = bool(data_dir) and os.path.isdir(data_dir) and any(
         not e.startswith(".") for e in os.listdir(data_dir))
@@ -194,7 +179,7 @@ def prepare_dataset(data_cfg, verbose: bool = True) -> PreparedDataset:
     if ok and not have_source:
         log.info("%s=%r is missing or empty; using the cache %s", DATA_DIR_FLAG, raw_dir, path)
 
-    built_now, seconds = False, 0.0
+    builder, seconds = None, 0.0
     if not ok:
         if not have_source:
             if os.path.exists(path):
@@ -204,28 +189,13 @@ def prepare_dataset(data_cfg, verbose: bool = True) -> PreparedDataset:
                     "files to rebuild the cache.")
             layout.check_data_dir(data_dir)  # raises DatasetNotFoundError with the layout
             raise DatasetNotFoundError(f"{DATA_DIR_FLAG}={raw_dir!r}: nothing to build from")
-        if os.path.exists(path):
-            log.warning("cache %s: %s; rebuilding", path, reason)
-            shutil.rmtree(path)
-        _remove_stale_incomplete(path)
-        if verbose:
-            print(f"[fedmix_jax] building {builder_cls.name}/{cfg.name} from {data_dir} into "
-                  f"{cache_dir} ({reason})", file=sys.stderr, flush=True)
-        t0 = time.time()
-        builder = builder_cls(config=cfg, data_dir=cache_dir, file_format=ARRAY_RECORD)
-        builder.download_and_prepare(
-            download_dir=os.path.join(cache_dir, "downloads"),
-            download_config=tfds.download.DownloadConfig(manual_dir=data_dir))
-        seconds = time.time() - t0
-        built_now = True
-        ok, reason = validate_cache(path, builder_cls.name, cfg)
-        if not ok:  # pragma: no cover -- would be a TFDS bug
-            raise RuntimeError(f"build of {path} finished but the cache is invalid: {reason}")
+        builder, seconds = _build(builder_cls, cfg, path, data_dir, cache_dir, reason, verbose)
 
     sources = tfds.data_source(builder_cls.name, data_dir=cache_dir, download=False,
                                builder_kwargs={"config": cfg, "file_format": ARRAY_RECORD})
     first = next(iter(sources.values()))
     meta = dict(first.dataset_info.metadata["fedmix"])
+    built_now = builder is not None
     if not built_now:
         builder = builder_cls(config=cfg, data_dir=cache_dir, file_format=ARRAY_RECORD)
     prepared = PreparedDataset(name=name, builder=builder, config=cfg, path=path,
@@ -242,3 +212,46 @@ def prepare_dataset(data_cfg, verbose: bool = True) -> PreparedDataset:
         log.warning("%s was built with on_bad_input='skip': %d file(s) were skipped (listed in "
                     "%s/metadata.json)", path, len(meta["skipped"]), path)
     return prepared
+
+
+def _dataset_settings(data_cfg):
+    """``(name, data_dir as given, data_dir, cache_dir, builder config)`` of ``data_cfg``."""
+    name = str(config_get(data_cfg, "name", "ham10000")).strip().lower()
+    if name not in BUILDERS:
+        raise ValueError(f"unknown --config.data.name {name!r}; expected one of {sorted(BUILDERS)}")
+    raw_dir = config_get(data_cfg, "data_dir", "")
+    data_dir = os.path.abspath(os.path.expanduser(str(raw_dir))) if str(raw_dir).strip() else ""
+    cache_dir = os.path.abspath(os.path.expanduser(str(config_get(data_cfg, "cache_dir",
+                                                             DEFAULT_CACHE_DIR))))
+    cfg = make_config(name, image_size=int(config_get(data_cfg, "image_size", 256)),
+                      channels=int(config_get(data_cfg, "channels", 1)),
+                      seed=int(config_get(data_cfg, "seed", 0)),
+                      test_fraction=float(config_get(data_cfg, "test_fraction", 0.2)),
+                      val_fraction=float(config_get(data_cfg, "val_fraction", 0.1)),
+                      on_bad_input=str(config_get(data_cfg, "on_bad_input", "fail")),
+                      data_dir=data_dir or None,
+                      box_mode=str(config_get(data_cfg, "box_mode", "component")),
+                      drop_empty_slices=bool(config_get(data_cfg, "drop_empty_slices", False)))
+    return name, raw_dir, data_dir, cache_dir, cfg
+
+
+def _build(builder_cls, cfg, path, data_dir, cache_dir, reason, verbose):
+    """Build the cache at ``path`` from ``data_dir`` (replacing a bad one):
+    ``(builder, seconds)``."""
+    if os.path.exists(path):
+        log.warning("cache %s: %s; rebuilding", path, reason)
+        shutil.rmtree(path)
+    _remove_stale_incomplete(path)
+    if verbose:
+        print(f"[fedmix_jax] building {builder_cls.name}/{cfg.name} from {data_dir} into "
+              f"{cache_dir} ({reason})", file=sys.stderr, flush=True)
+    t0 = time.time()
+    builder = builder_cls(config=cfg, data_dir=cache_dir, file_format=ARRAY_RECORD)
+    builder.download_and_prepare(
+        download_dir=os.path.join(cache_dir, "downloads"),
+        download_config=tfds.download.DownloadConfig(manual_dir=data_dir))
+    seconds = time.time() - t0
+    ok, reason = validate_cache(path, builder_cls.name, cfg)
+    if not ok:  # pragma: no cover -- would be a TFDS bug
+        raise RuntimeError(f"build of {path} finished but the cache is invalid: {reason}")
+    return builder, seconds

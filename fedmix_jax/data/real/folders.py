@@ -91,84 +91,18 @@ class Folders(Layout):
                                  f"{image_dir}", path))
             return None
 
-        labels, levels, boxes = {}, {}, defaultdict(list)
-        path = self._csv(cdir, "labels.csv")
-        if path:
-            names = {n.lower() for n in self.class_names}
-            for line, row in read_table(path, ("stem", "label"), policy):
-                stem = resolve(path, line, row["stem"])
-                if stem is None:
-                    continue
-                v = row["label"].strip().lower()
-                if v in _POSITIVE or v in names:
-                    lab = 1
-                elif v in _NEGATIVE:
-                    lab = 0
-                else:
-                    policy(BadInputError(
-                        f"{path} line {line}: label {row['label']!r} is not 0/1, yes/no, "
-                        f"present/absent, normal or a class name {sorted(names)}", path))
-                    continue
-                if stem in labels:
-                    policy(BadInputError(f"{path} line {line}: duplicate stem {stem!r}", path))
-                    continue
-                labels[stem] = lab
-        path = self._csv(cdir, "levels.csv")
-        if path:
-            for line, row in read_table(path, ("stem", "level"), policy):
-                stem = resolve(path, line, row["stem"])
-                if stem is None:
-                    continue
-                try:
-                    lv = level_from_name(row["level"])
-                except ValueError as e:
-                    policy(BadInputError(f"{path} line {line}: {e}", path))
-                    continue
-                if stem in levels:
-                    policy(BadInputError(f"{path} line {line}: duplicate stem {stem!r}", path))
-                    continue
-                levels[stem] = lv
-        path = self._csv(cdir, "boxes.csv")
-        if path:
-            cols = ("stem", "x_min", "y_min", "x_max", "y_max")
-            for line, row in read_table(path, cols, policy):
-                stem = resolve(path, line, row["stem"])
-                if stem is None:
-                    continue
-                try:
-                    b = [float(row[c]) for c in cols[1:]]
-                    if not all(math.isfinite(v) for v in b):
-                        raise ValueError("coordinates must be finite numbers")
-                    if any(v < 0 or v >= MAX_COORDINATE for v in b):
-                        raise ValueError(f"coordinates must be in [0, {MAX_COORDINATE}) pixels")
-                    if b[0] > b[2] or b[1] > b[3]:
-                        raise ValueError("need 0 <= x_min <= x_max and 0 <= y_min <= y_max")
-                except ValueError as e:
-                    policy(BadInputError(f"{path} line {line}: bad box {[row[c] for c in cols[1:]]}"
-                                         f": {e}", path))
-                    continue
-                boxes[stem].append(([int(round(v)) for v in b], f"{path} line {line}"))
-
+        labels = self._read_labels(self._csv(cdir, "labels.csv"), resolve, policy)
+        levels = self._read_levels(self._csv(cdir, "levels.csv"), resolve, policy)
+        boxes = self._read_boxes(self._csv(cdir, "boxes.csv"), resolve, policy)
         samples = []
         for stem, img in sorted(images.items()):
             level = levels.get(stem, -1)
             mask_paths = masks.get(stem, [])
-            if not mask_paths:
-                hint = (f"expected {os.path.join(mask_dir or os.path.join(cdir, 'masks'), stem)}"
-                        ".png or _mask.png")
-                if level in (-1, PIXEL):
-                    policy(BadInputError(
-                        f"image with no mask: {img} ({hint}; a sample without a mask needs a "
-                        f"box/image/none level in levels.csv)", img))
-                    continue
-                if level == BOX and stem not in boxes:
-                    policy(BadInputError(f"image with no mask: {img} has level 'box' in "
-                                         f"levels.csv but no rows in boxes.csv ({hint})", img))
-                    continue
-                if level == IMAGE and stem not in labels:
-                    policy(BadInputError(f"image with no mask: {img} has level 'image' in "
-                                         f"levels.csv but no label in labels.csv ({hint})", img))
-                    continue
+            if not mask_paths and not self._weak_label_found(
+                    img, stem, level, labels, boxes, policy,
+                    f"expected {os.path.join(mask_dir or os.path.join(cdir, 'masks'), stem)}"
+                    ".png or _mask.png"):
+                continue
             b = boxes.get(stem)
             samples.append(Sample(
                 id=f"{client}/{stem}", client=client, stem=stem, image_path=img,
@@ -177,4 +111,88 @@ class Folders(Layout):
                 boxes=None if b is None else np.array([x for x, _ in b], np.int64),
                 boxes_source=", ".join(s for _, s in b) if b else ""))
         return samples
+
+    @staticmethod
+    def _weak_label_found(img, stem, level, labels, boxes, policy, hint) -> bool:
+        """Whether an image without a mask has the weak label its level needs (else reported)."""
+        if level in (-1, PIXEL):
+            policy(BadInputError(
+                f"image with no mask: {img} ({hint}; a sample without a mask needs a "
+                f"box/image/none level in levels.csv)", img))
+            return False
+        if level == BOX and stem not in boxes:
+            policy(BadInputError(f"image with no mask: {img} has level 'box' in "
+                                 f"levels.csv but no rows in boxes.csv ({hint})", img))
+            return False
+        if level == IMAGE and stem not in labels:
+            policy(BadInputError(f"image with no mask: {img} has level 'image' in "
+                                 f"levels.csv but no label in labels.csv ({hint})", img))
+            return False
+        return True
+
+    @staticmethod
+    def _rows(path, columns, resolve, policy):
+        """``(line, stem, row)`` of a client's CSV whose stem names one of its images."""
+        if not path:
+            return
+        for line, row in read_table(path, columns, policy):
+            stem = resolve(path, line, row["stem"])
+            if stem is not None:
+                yield line, stem, row
+
+    def _read_labels(self, path, resolve, policy) -> dict:
+        """``{stem: 0 | 1}`` from ``labels.csv`` (absent: {})."""
+        names = {n.lower() for n in self.class_names}
+        labels = {}
+        for line, stem, row in self._rows(path, ("stem", "label"), resolve, policy):
+            v = row["label"].strip().lower()
+            if v in _POSITIVE or v in names:
+                lab = 1
+            elif v in _NEGATIVE:
+                lab = 0
+            else:
+                policy(BadInputError(
+                    f"{path} line {line}: label {row['label']!r} is not 0/1, yes/no, "
+                    f"present/absent, normal or a class name {sorted(names)}", path))
+                continue
+            if stem in labels:
+                policy(BadInputError(f"{path} line {line}: duplicate stem {stem!r}", path))
+                continue
+            labels[stem] = lab
+        return labels
+
+    def _read_levels(self, path, resolve, policy) -> dict:
+        """``{stem: level}`` from ``levels.csv`` (absent: {})."""
+        levels = {}
+        for line, stem, row in self._rows(path, ("stem", "level"), resolve, policy):
+            try:
+                lv = level_from_name(row["level"])
+            except ValueError as e:
+                policy(BadInputError(f"{path} line {line}: {e}", path))
+                continue
+            if stem in levels:
+                policy(BadInputError(f"{path} line {line}: duplicate stem {stem!r}", path))
+                continue
+            levels[stem] = lv
+        return levels
+
+    def _read_boxes(self, path, resolve, policy) -> dict:
+        """``{stem: [([x0, y0, x1, y1], source), ...]}`` from ``boxes.csv`` (absent: {})."""
+        cols = ("stem", "x_min", "y_min", "x_max", "y_max")
+        boxes = defaultdict(list)
+        for line, stem, row in self._rows(path, cols, resolve, policy):
+            try:
+                b = [float(row[c]) for c in cols[1:]]
+                if not all(math.isfinite(v) for v in b):
+                    raise ValueError("coordinates must be finite numbers")
+                if any(v < 0 or v >= MAX_COORDINATE for v in b):
+                    raise ValueError(f"coordinates must be in [0, {MAX_COORDINATE}) pixels")
+                if b[0] > b[2] or b[1] > b[3]:
+                    raise ValueError("need 0 <= x_min <= x_max and 0 <= y_min <= y_max")
+            except ValueError as e:
+                policy(BadInputError(f"{path} line {line}: bad box {[row[c] for c in cols[1:]]}"
+                                     f": {e}", path))
+                continue
+            boxes[stem].append(([int(round(v)) for v in b], f"{path} line {line}"))
+        return boxes
 

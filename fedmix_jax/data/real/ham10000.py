@@ -40,6 +40,36 @@ class HAM10000(Layout):
 
     def scan(self, data_dir, policy):
         data_dir = self.check_data_dir(data_dir)
+        csv_path, images, masks = self._find_files(data_dir, policy)
+        rows = read_rows(csv_path)
+        if not rows:
+            raise BadInputError(f"{csv_path} is empty", csv_path)
+        header = [c.lower() for c in rows[0][1]]
+        missing = [c for c in _HAM_COLUMNS if c not in header]
+        if missing:
+            raise BadInputError(f"{csv_path}: missing column(s) {missing} (header: {rows[0][1]})",
+                                csv_path)
+        col = {c: header.index(c) for c in _HAM_COLUMNS}
+        warnings, samples, seen = [], [], {}
+        for line, cells in rows[1:]:
+            sample = self._sample(line, cells, len(header), col, seen, images, masks, csv_path,
+                                  data_dir, policy)
+            if sample is not None:
+                samples.append(sample)
+        unlisted = len(set(images) - set(seen))
+        if unlisted:
+            warnings.append(f"{unlisted} ISIC_*.jpg image(s) under {data_dir} are not listed in "
+                            f"{csv_path} and were not used")
+        unknown_dx = sum(s.malignant < 0 for s in samples)
+        if unknown_dx:
+            warnings.append(f"{unknown_dx} row(s) of {csv_path} have a dx outside "
+                            f"{HAM_BENIGN + HAM_MALIGNANT}: malignant=-1")
+        found = {s.client for s in samples}
+        clients = [c for c in HAM_CLIENTS if c in found] + sorted(found - set(HAM_CLIENTS))
+        return Scan(samples, clients, warnings)
+
+    def _find_files(self, data_dir, policy):
+        """``(metadata csv, {image id: path}, {image id: mask path})`` under ``data_dir``."""
         csv_paths, images, masks = [], defaultdict(list), defaultdict(list)
         for dirpath, f in walk_data_files(data_dir):
             stem, ext = os.path.splitext(f)
@@ -59,7 +89,6 @@ class HAM10000(Layout):
                 raise BadInputError(f"several metadata files under {data_dir}: {depth[0]} and "
                                     f"{depth[1]}; keep one", depth[1])
             csv_paths = depth[:1]
-        csv_path = csv_paths[0]
         if not images:
             raise self.not_found(f"no ISIC_*.jpg images under {data_dir} (expected "
                                  "HAM10000_images_part_1/ and HAM10000_images_part_2/)")
@@ -78,60 +107,40 @@ class HAM10000(Layout):
                 out[key] = paths[0]
             return out
 
-        images, masks = unique("image", images), unique("mask", masks)
+        return csv_paths[0], unique("image", images), unique("mask", masks)
 
-        rows = read_rows(csv_path)
-        if not rows:
-            raise BadInputError(f"{csv_path} is empty", csv_path)
-        header = [c.lower() for c in rows[0][1]]
-        missing = [c for c in _HAM_COLUMNS if c not in header]
-        if missing:
-            raise BadInputError(f"{csv_path}: missing column(s) {missing} (header: {rows[0][1]})",
-                                csv_path)
-        col = {c: header.index(c) for c in _HAM_COLUMNS}
-        warnings, samples, seen = [], [], {}
-        unknown_dx = 0
-        for line, cells in rows[1:]:
-            if len(cells) < len(header):
-                policy(BadInputError(f"{csv_path} line {line}: expected {len(header)} columns, got "
-                                     f"{len(cells)}", csv_path))
-                continue
-            image_id, client = cells[col["image_id"]], cells[col["dataset"]]
-            if not image_id or not client:
-                policy(BadInputError(f"{csv_path} line {line}: empty image_id or dataset",
-                                     csv_path))
-                continue
-            if image_id in seen:
-                policy(BadInputError(f"duplicate image_id {image_id} in {csv_path} (lines "
-                                     f"{seen[image_id]} and {line})", csv_path))
-                continue
-            seen[image_id] = line
-            img = images.get(image_id)
-            if img is None:
-                policy(BadInputError(
-                    f"image {image_id}.jpg listed in {csv_path} line {line} was not found under "
-                    f"{data_dir} (expected in HAM10000_images_part_1/ or _part_2/)", csv_path))
-                continue
-            mask = masks.get(image_id)
-            if mask is None:
-                policy(BadInputError(
-                    f"image with no mask: {img} (expected {image_id}_segmentation.png under "
-                    f"{data_dir}, from HAM10000_segmentations_lesion_tschandl)", img))
-                continue
-            dx = cells[col["dx"]].lower()
-            malignant = 1 if dx in HAM_MALIGNANT else 0 if dx in HAM_BENIGN else -1
-            unknown_dx += malignant < 0
-            samples.append(Sample(id=image_id, client=client, stem=image_id, image_path=img,
-                                  mask_paths=[mask], group=cells[col["lesion_id"]] or image_id,
-                                  category=dx, malignant=malignant))
-        unlisted = len(set(images) - set(seen))
-        if unlisted:
-            warnings.append(f"{unlisted} ISIC_*.jpg image(s) under {data_dir} are not listed in "
-                            f"{csv_path} and were not used")
-        if unknown_dx:
-            warnings.append(f"{unknown_dx} row(s) of {csv_path} have a dx outside "
-                            f"{HAM_BENIGN + HAM_MALIGNANT}: malignant=-1")
-        found = {s.client for s in samples}
-        clients = [c for c in HAM_CLIENTS if c in found] + sorted(found - set(HAM_CLIENTS))
-        return Scan(samples, clients, warnings)
+    @staticmethod
+    def _sample(line, cells, num_columns, col, seen, images, masks, csv_path, data_dir, policy):
+        """The :class:`Sample` of one metadata row, or None (reported through ``policy``);
+        ``seen`` (image id -> line) is updated."""
+        if len(cells) < num_columns:
+            policy(BadInputError(f"{csv_path} line {line}: expected {num_columns} columns, got "
+                                 f"{len(cells)}", csv_path))
+            return None
+        image_id, client = cells[col["image_id"]], cells[col["dataset"]]
+        if not image_id or not client:
+            policy(BadInputError(f"{csv_path} line {line}: empty image_id or dataset", csv_path))
+            return None
+        if image_id in seen:
+            policy(BadInputError(f"duplicate image_id {image_id} in {csv_path} (lines "
+                                 f"{seen[image_id]} and {line})", csv_path))
+            return None
+        seen[image_id] = line
+        img = images.get(image_id)
+        if img is None:
+            policy(BadInputError(
+                f"image {image_id}.jpg listed in {csv_path} line {line} was not found under "
+                f"{data_dir} (expected in HAM10000_images_part_1/ or _part_2/)", csv_path))
+            return None
+        mask = masks.get(image_id)
+        if mask is None:
+            policy(BadInputError(
+                f"image with no mask: {img} (expected {image_id}_segmentation.png under "
+                f"{data_dir}, from HAM10000_segmentations_lesion_tschandl)", img))
+            return None
+        dx = cells[col["dx"]].lower()
+        malignant = 1 if dx in HAM_MALIGNANT else 0 if dx in HAM_BENIGN else -1
+        return Sample(id=image_id, client=client, stem=image_id, image_path=img,
+                      mask_paths=[mask], group=cells[col["lesion_id"]] or image_id,
+                      category=dx, malignant=malignant)
 
