@@ -140,41 +140,41 @@ class Folders(Layout):
             if stem is not None:
                 yield line, stem, row
 
-    def _read_labels(self, path, resolve, policy) -> dict:
-        """``{stem: 0 | 1}`` from ``labels.csv`` (absent: {})."""
-        names = {n.lower() for n in self.class_names}
-        labels = {}
-        for line, stem, row in self._rows(path, ("stem", "label"), resolve, policy):
-            v = row["label"].strip().lower()
-            if v in _POSITIVE or v in names:
-                lab = 1
-            elif v in _NEGATIVE:
-                lab = 0
-            else:
-                policy(BadInputError(
-                    f"{path} line {line}: label {row['label']!r} is not 0/1, yes/no, "
-                    f"present/absent, normal or a class name {sorted(names)}", path))
-                continue
-            if stem in labels:
-                policy(BadInputError(f"{path} line {line}: duplicate stem {stem!r}", path))
-                continue
-            labels[stem] = lab
-        return labels
-
-    def _read_levels(self, path, resolve, policy) -> dict:
-        """``{stem: level}`` from ``levels.csv`` (absent: {})."""
-        levels = {}
-        for line, stem, row in self._rows(path, ("stem", "level"), resolve, policy):
+    @classmethod
+    def _read_map(cls, path, column, convert, resolve, policy) -> dict:
+        """``{stem: convert(row[column])}`` from a client's CSV (absent: {}); a value that
+        ``convert`` refuses (ValueError) or a duplicate stem is reported through ``policy``."""
+        out = {}
+        for line, stem, row in cls._rows(path, ("stem", column), resolve, policy):
             try:
-                lv = level_from_name(row["level"])
+                value = convert(row[column])
             except ValueError as e:
                 policy(BadInputError(f"{path} line {line}: {e}", path))
                 continue
-            if stem in levels:
+            if stem in out:
                 policy(BadInputError(f"{path} line {line}: duplicate stem {stem!r}", path))
                 continue
-            levels[stem] = lv
-        return levels
+            out[stem] = value
+        return out
+
+    def _read_labels(self, path, resolve, policy) -> dict:
+        """``{stem: 0 | 1}`` from ``labels.csv`` (absent: {})."""
+        names = {n.lower() for n in self.class_names}
+
+        def label(text):
+            v = text.strip().lower()
+            if v in _POSITIVE or v in names:
+                return 1
+            if v in _NEGATIVE:
+                return 0
+            raise ValueError(f"label {text!r} is not 0/1, yes/no, present/absent, normal or a "
+                             f"class name {sorted(names)}")
+
+        return self._read_map(path, "label", label, resolve, policy)
+
+    def _read_levels(self, path, resolve, policy) -> dict:
+        """``{stem: level}`` from ``levels.csv`` (absent: {})."""
+        return self._read_map(path, "level", level_from_name, resolve, policy)
 
     def _read_boxes(self, path, resolve, policy) -> dict:
         """``{stem: [([x0, y0, x1, y1], source), ...]}`` from ``boxes.csv`` (absent: {})."""
