@@ -115,7 +115,9 @@ def disable() -> None:
 def enable_from_config(config) -> str | None:
     """:func:`enable` with ``config.compilation_cache`` ("default", a directory or "off") of a
     run's ConfigDict; a cache that cannot be used (e.g. a read-only home) is logged, not fatal."""
-    setting = config.get("compilation_cache", "default")
+    from fedmix_jax.job_settings import JobSettings
+
+    setting = JobSettings.from_config(config).compilation_cache
     try:
         path = enable(setting)
     except OSError as e:

@@ -1,7 +1,8 @@
 """The config groups every ``configs/*.py`` shares: the run and model, ``train``, ``selection``.
 
 Their fields and defaults are not written here: they are read from the typed objects they become
-(:class:`fedmix_jax.config.RoundConfig` and :class:`fedmix_jax.pseudo_labels.SelectionConfig`,
+(:class:`fedmix_jax.config.RoundConfig`, :class:`fedmix_jax.job_settings.JobSettings` and
+:class:`fedmix_jax.pseudo_labels.SelectionConfig`,
 whose docstrings say what each field means), so every default is written once. Each config file
 calls these with its own numbers (``configs/*.py`` are loaded by path and cannot import each
 other).
@@ -15,8 +16,11 @@ import ml_collections
 from ml_collections import config_dict
 
 from fedmix_jax.config import RoundConfig
+from fedmix_jax.job_settings import JobSettings
 from fedmix_jax.losses import WeakSupervision
 from fedmix_jax.pseudo_labels import SelectionConfig
+
+_JOB = JobSettings()      # the job's defaults (fedmix_jax.job_settings), written once there
 
 
 def run_config(num_rounds: int, checkpoint_every: int, keep_checkpoints: int, width: int,
@@ -31,16 +35,16 @@ def run_config(num_rounds: int, checkpoint_every: int, keep_checkpoints: int, wi
     config.eval_every = 1            # validate/test global model 1 every k rounds (and the last)
     # also test each client's local (pre-aggregation) model 1 on its own test split: local_test_*
     # keys in metrics.jsonl / summary.json (what the reference's RETOUCH tables report)
-    config.eval_local_models = False
+    config.eval_local_models = _JOB.eval_local_models
     config.checkpoint_every = checkpoint_every  # save a checkpoint every k rounds (and the last)
     config.keep_checkpoints = keep_checkpoints  # how many recent checkpoints to keep
     # JAX persistent compilation cache: "default" ($FEDMIX_JAX_CACHE_DIR or
     # ~/.cache/fedmix_jax/jax_cache), a directory, or "off"
-    config.compilation_cache = "default"
+    config.compilation_cache = _JOB.compilation_cache
     # Pseudo-label quality against the true masks in metrics.jsonl (pl_* keys, every evaluation
     # round; fedmix_jax.diagnostics). Needs true masks for the weak samples: on for the
     # synthetic configs, off for real data unless every sample has a mask. Never sent by a site.
-    config.diagnostics = False
+    config.diagnostics = _JOB.diagnostics
     config.model = ml_collections.ConfigDict()
     config.model.width = width       # channels of the first U-Net block (paper: 64)
     config.model.depth = depth       # Down/Up blocks (paper: 4)
@@ -69,7 +73,7 @@ def train_config(batch_size: int, crop, lam: float, beta: float,
     train.executor = "auto"
     # CPU only: 0 = one JAX device per core, the clients side by side on them (the sharded
     # executor when executor is "auto"); 1 = one device (default). See fedmix_jax.cpu_cores.
-    train.cpu_devices = 1
+    train.cpu_devices = _JOB.cpu_devices
     # FedST / FedRGD: warm-up rounds on the pixel clients; other strategies ignore it. None: half
     # of num_rounds, resolved once when the run starts and recorded in the workdir's config.json,
     # so a resumed run keeps it when num_rounds grows (the paper's configs set it explicitly).
@@ -96,11 +100,11 @@ def add_streaming_fields(data: ml_collections.ConfigDict) -> ml_collections.Conf
     masks and boxes bit-packed in memory (see :mod:`fedmix_jax.data.federation`); ``compact``:
     no padding on the device where clients run one at a time (:mod:`fedmix_jax.data.compact`)."""
     data.device_data_budget_gb = config_dict.placeholder(float)
-    data.stream_block_steps = 8
+    data.stream_block_steps = _JOB.memory.stream_block_steps
     # Masks and boxes bit-packed, 8 pixels per byte (an eighth of uint8), unpacked one site at a
     # time in the round and one chunk at a time in evaluation; bit-identical results.
-    data.pack_labels = False
+    data.pack_labels = _JOB.memory.pack_labels
     # On the device, the splits read one client at a time hold only the clients' rows, no
     # padding to the largest client (fedmix_jax.data.compact); bit-identical results.
-    data.compact = True
+    data.compact = _JOB.memory.compact
     return data

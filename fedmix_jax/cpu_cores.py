@@ -80,14 +80,14 @@ def cpu_devices_from_config(config) -> int:
     """:func:`use_cpu_cores` for ``config.train.cpu_devices`` (absent or ``1``: nothing is asked;
     returns the CPU device count then too)."""
     from fedmix_jax.errors import ConfigError
+    from fedmix_jax.job_settings import JobSettings
 
-    setting = config.train.get("cpu_devices", 1)
+    setting = JobSettings.from_config(config).cpu_devices
+    if setting == 1:
+        return 1
     try:
-        setting = 1 if setting is None else int(setting)
-        if setting == 1:
-            return 1
         return use_cpu_cores(setting)
-    except (TypeError, ValueError) as e:
+    except ValueError as e:
         raise ConfigError(f"invalid config: train.cpu_devices: {e}") from None
 
 
@@ -96,8 +96,10 @@ def executor_for_devices(round_config, config, num_clients: int):
     devices when ``config.train.cpu_devices`` asks for several, the backend is the CPU, JAX has
     several devices and ``config.train.executor`` is ``"auto"``; otherwise ``round_config``
     unchanged. An explicit executor or ``train.num_devices`` is kept as given."""
-    setting = config.train.get("cpu_devices", 1)
-    if setting is None or int(setting) == 1 or str(config.train.get("executor")) != "auto":
+    from fedmix_jax.job_settings import JobSettings
+
+    asked_auto = "executor" in config.train and str(config.train.executor) == "auto"
+    if JobSettings.from_config(config).cpu_devices == 1 or not asked_auto:
         return round_config
     if jax.default_backend() != "cpu" or num_clients < 2:
         return round_config

@@ -118,7 +118,7 @@ def diagnostics_of_run(run, state) -> dict[str, list]:
     :func:`pseudo_label_diagnostics` when ``config.diagnostics`` is on and the training split is
     in memory (``run``: the job's run, with ``config``, ``streamed``, ``model``, ``round_config``
     and ``train_data``), else empty."""
-    if not run.config.get("diagnostics", False) or run.streamed:
+    if not run.settings.diagnostics or run.streamed:
         return {}
     return pseudo_label_diagnostics(run.model, run.round_config, state.global_params,
                                     run.train_data)

@@ -22,12 +22,11 @@ __all__ = ["place_data", "place_splits", "held_out_on_host", "hand_over", "host_
            "without_pixels", "first_samples", "train_is_compact", "PLOT_SAMPLES"]
 
 
-def train_is_compact(config, round_config, num_clients: int) -> bool:
-    """Whether the job puts its training split on the device compact: ``config.data.compact``
-    (default True) and the executor reads the split one client at a time
+def train_is_compact(compact: bool, round_config, num_clients: int) -> bool:
+    """Whether the job puts its training split on the device compact: ``compact``
+    (``config.data.compact``) and the executor reads the split one client at a time
     (:meth:`fedmix_jax.executors.Executor.reads_clients_in_turn`)."""
-    return bool(config.data.get("compact", True)) and executors.for_config(
-        round_config).reads_clients_in_turn(num_clients)
+    return compact and executors.for_config(round_config).reads_clients_in_turn(num_clients)
 
 
 #: Test samples per client the job keeps on the host for its prediction plot.

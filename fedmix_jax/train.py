@@ -48,6 +48,7 @@ from fedmix_jax.config_checks import check_config_values, check_num_devices
 from fedmix_jax.console import Progress
 from fedmix_jax.data.federation import Federation
 from fedmix_jax.diagnostics import diagnostics_of_run
+from fedmix_jax.job_settings import JobSettings
 from fedmix_jax.data.streamed_sources import choose_mode, load_run_federation
 from fedmix_jax.errors import (ConfigError, ConfigMismatchError, DataError,  # noqa: F401
                                OutOfMemoryError, RunError, TrainingDivergedError, WorkdirError,
@@ -79,9 +80,10 @@ class _Run:
         self.may_not_learn = may_not_learn
         self.federation, self.round_config, self.model = federation, round_config, model
         self.executor = executors.for_config(round_config)
+        self.settings = JobSettings.from_config(config)
         self.quiet = quiet
         self.local = not round_config.strategy.aggregates
-        self.eval_local = bool(config.get("eval_local_models", False))
+        self.eval_local = self.settings.eval_local_models
         self.num_rounds = int(config.num_rounds)
         self.client_names = list(federation.client_names)
         self.metrics = MetricsFile(workdir)
@@ -90,8 +92,9 @@ class _Run:
         self.eval_times: list[float] = []
         # Streamed (docs/streaming.md): the training split exceeds config.data's device budget.
         self.streamed, self.mode_reason = choose_mode(
-            federation.train, config.data.get("device_data_budget_gb", None),
-            placement.train_is_compact(config, round_config, federation.num_clients))
+            federation.train, self.settings.memory.device_data_budget_gb,
+            placement.train_is_compact(self.settings.memory.compact, round_config,
+                                       federation.num_clients))
 
     # -------------------------------------------------------------------- device calls
 
@@ -164,7 +167,7 @@ class _Run:
         host, self.federation, self.plot_split = placement.hand_over(self.federation)
         self.train_data, self.val, self.test = self._guard(
             "putting the data on the device", placement.place_splits, host, self.round_fn, rc,
-            bool(self.config.data.get("compact", True)))
+            self.settings.memory.compact)
         return state
 
     def _prepare_streamed(self, state):
@@ -178,7 +181,7 @@ class _Run:
         host, self.federation, self.plot_split = placement.hand_over(self.federation,
                                                                      ("val", "test"))
         self.train_data, self.val, self.test = None, *placement.held_out_on_host(
-            host, bool(self.config.data.get("compact", True)))
+            host, self.settings.memory.compact)
         if self.executor.name != "map":
             logging.info("streamed: clients run one after another on one device (executor %r "
                          "does not apply)", self.executor.name)
@@ -188,7 +191,7 @@ class _Run:
     def stream_options(self):
         from fedmix_jax.streaming import StreamOptions
 
-        return StreamOptions(block_steps=int(self.config.data.get("stream_block_steps", 8)))
+        return StreamOptions(block_steps=self.settings.memory.stream_block_steps)
 
     def _round(self, state):
         if self.streamed:

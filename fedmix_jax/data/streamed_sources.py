@@ -261,17 +261,19 @@ def load_run_federation(data_cfg, verbose: bool = True):
     from fedmix_jax.data.sources import REAL, load_federation
     from fedmix_jax.errors import DataError, describe_os_error
 
+    from fedmix_jax.job_settings import MemorySettings
+
+    memory = MemorySettings.from_config(data_cfg)
+    budget = memory.device_data_budget_gb
     try:
-        budget = data_cfg.get("device_data_budget_gb", None)
-        if budget is not None and float(budget) > 0 and str(data_cfg.get("name")) in REAL:
+        if budget is not None and budget > 0 and "name" in data_cfg and str(data_cfg.name) in REAL:
             federation = open_streamed_federation(data_cfg, verbose=verbose)
             # The job's default executor reads clients one at a time: compact on the device.
-            if not choose_mode(federation.train, budget, bool(data_cfg.get("compact", True)),
-                               bool(data_cfg.get("pack_labels", False)))[0]:
+            if not choose_mode(federation.train, budget, memory.compact, memory.pack_labels)[0]:
                 federation.train = federation.train.materialize()
         else:
             federation = load_federation(data_cfg, verbose=verbose)
-        if data_cfg.get("pack_labels", False):    # masks and boxes 8 pixels per byte
+        if memory.pack_labels:    # masks and boxes 8 pixels per byte
             federation = pack_federation_labels(federation)
         return federation
     except (ValueError, FileNotFoundError) as e:  # incl. DatasetNotFoundError, BadInputError
