@@ -49,13 +49,14 @@ from fedmix_jax.console import Progress
 from fedmix_jax.data.federation import Federation
 from fedmix_jax.diagnostics import diagnostics_of_run
 from fedmix_jax.job_settings import JobSettings
+from fedmix_jax.run_loop import RunLoop
 from fedmix_jax.data.streamed_sources import choose_mode, load_run_federation
 from fedmix_jax.errors import (ConfigError, ConfigMismatchError, DataError,  # noqa: F401
                                OutOfMemoryError, RunError, TrainingDivergedError, WorkdirError,
                                is_out_of_memory)
 from fedmix_jax.evaluation import evaluate
 from fedmix_jax.federated import RoundConfig, init_state, make_round_fn
-from fedmix_jax.records import (MetricsFile, add_evaluation, check_checkpoint_record,
+from fedmix_jax.records import (MetricsFile, check_checkpoint_record,
                                 eval_record, evaluation_of, local_test_record, read_metrics,
                                 round_record)
 from fedmix_jax.rundir import (CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE,  # noqa: F401
@@ -219,45 +220,46 @@ class _Run:
             round=r, clients=bad)
 
     def train(self, state, progress: Progress):
-        eval_every, ckpt_every = int(self.config.eval_every), int(self.config.checkpoint_every)
-        last_dice = self.best["val"]["mean_dice"] if self.best.get("val") else None
-        for r in range(self.start + 1, self.num_rounds + 1):
-            evaluating = r % eval_every == 0 or r == self.num_rounds
-            diag = evaluating and self._guard("the diagnostics", diagnostics_of_run, self, state)
-            t0 = time.perf_counter()
-            state, m = self._guard(f"in round {r}", self._round, state)
-            round_time = time.perf_counter() - t0
-            self.round_times.append(round_time)
-            self._check_finite(r, m)
-            if r == 1 and self.may_not_learn and not np.any(np.asarray(m.reports.steps) > 0):
-                raise ConfigError(NOTHING_TRAINED)
-            rec = round_record(r, m, round_time) | (diag or {})
-            if evaluating:
-                t1 = time.perf_counter()
-                rv, rt = (eval_record(self._guard(f"evaluating round {r}", self._evaluate,
-                                                  state, split))
-                          for split in (self.val, self.test))
-                lt = local_test_record(self._guard, self._evaluate, state, self.test, r,
-                                       self.eval_local)
-                self.eval_times.append(time.perf_counter() - t1)
-                add_evaluation(rec, rv, rt, self.eval_times[-1], lt)
-                last_dice = rv["mean_dice"]
-                best_val = self.best["val"]
-                if np.isfinite(rv["mean_dice"]) and (
-                        best_val is None or rv["mean_dice"] > best_val["mean_dice"]):
-                    self.best = {"round": r, "val": rv, "test": rt, **lt}
-                    self.best_params = _copy_tree(_eval_params(state, self.local))
-            # The line of round r is written before checkpoint r; the checkpoint holds the
-            # records of rounds 1..r, so a resume from it can rebuild the file.
-            self.metrics.append(rec)
-            self.records.append(rec)
-            if r % ckpt_every == 0 or r == self.num_rounds:
-                self.checkpointer.save(r, state, self.best_params, {
-                    "round": r, "best": self.best, "config": self.cfg_dict,
-                    "executor": self.round_config.executor, "client_names": self.client_names,
-                    "history": self.records})
-            progress.update(rec, self.num_rounds, last_dice)
+        """Rounds ``start + 1 .. num_rounds`` (:class:`~fedmix_jax.run_loop.RunLoop`)."""
+        self.progress = progress
+        self.last_dice = self.best["val"]["mean_dice"] if self.best.get("val") else None
+        loop = RunLoop(self.num_rounds, int(self.config.eval_every),
+                       int(self.config.checkpoint_every), self.metrics, self.records,
+                       self.eval_times)
+        state, self.best = loop.run(self, state, self.start, self.best)
         return state
+
+    # -------------------------------------------------------------------- the loop's steps
+
+    def run_round(self, r: int, state, evaluating: bool):
+        diag = evaluating and self._guard("the diagnostics", diagnostics_of_run, self, state)
+        t0 = time.perf_counter()
+        state, m = self._guard(f"in round {r}", self._round, state)
+        round_time = time.perf_counter() - t0
+        self.round_times.append(round_time)
+        self._check_finite(r, m)
+        if r == 1 and self.may_not_learn and not np.any(np.asarray(m.reports.steps) > 0):
+            raise ConfigError(NOTHING_TRAINED)
+        return state, round_record(r, m, round_time) | (diag or {})
+
+    def evaluate_round(self, r: int, state):
+        rv, rt = (eval_record(self._guard(f"evaluating round {r}", self._evaluate, state, split))
+                  for split in (self.val, self.test))
+        lt = local_test_record(self._guard, self._evaluate, state, self.test, r, self.eval_local)
+        self.last_dice = rv["mean_dice"]
+        return rv, rt, lt
+
+    def new_best(self, r: int, state) -> None:
+        self.best_params = _copy_tree(_eval_params(state, self.local))
+
+    def save(self, r: int, state, best: dict, records: list) -> None:
+        self.checkpointer.save(r, state, self.best_params, {
+            "round": r, "best": best, "config": self.cfg_dict,
+            "executor": self.round_config.executor, "client_names": self.client_names,
+            "history": records})
+
+    def round_done(self, r: int, record: dict) -> None:
+        self.progress.update(record, self.num_rounds, self.last_dice)
 
     def finish(self, state, t_start: float, write_plots: bool) -> dict[str, Any]:
         completed = max(self.start, self.num_rounds)

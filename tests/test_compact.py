@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import types
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -25,8 +26,7 @@ def _split(sizes, levels, seed=0):
 
 
 def _assert_same(a, b):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    chex.assert_trees_all_equal(a, b)
 
 
 def test_layout_on_random_splits():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -87,9 +88,7 @@ def test_stack_clients_keeps_dtypes(splits):
     clients[1] = {k: v[:0] for k, v in clients[1].items()}
     a = stack_clients(clients)
     b = stack_clients((d for d in clients), num_samples=4, num_clients=3)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        assert x.dtype == y.dtype
-        np.testing.assert_array_equal(x, y)
+    chex.assert_trees_all_equal(a, b, strict=True)      # dtypes too
     with pytest.raises(ValueError, match="num_samples and num_clients"):
         stack_clients(d for d in clients)
     with pytest.raises(ValueError, match="more than num_samples"):
@@ -120,8 +119,7 @@ def test_uint8_round_and_evaluation_bit_identical_to_float32(splits, u8_run):
     state_u8, m_u8 = u8_run
     state_f32, m_f32 = _run(f32, "fedmix", "map")
     assert sum(int(m.reports.num_selected_weak.sum()) for m in m_u8) > 0  # pseudo-labels ran
-    for a, b in zip(jax.tree.leaves((state_u8, m_u8)), jax.tree.leaves((state_f32, m_f32))):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    chex.assert_trees_all_equal((state_u8, m_u8), (state_f32, m_f32))
     ev_u8 = evaluate(MODEL, state_u8.global_params[0], u8, chunk_size=5)
     ev_f32 = evaluate(MODEL, state_f32.global_params[0], f32, chunk_size=5)
     assert ev_u8.keys() == ev_f32.keys()
@@ -142,8 +140,7 @@ def test_compact_round_bit_identical_to_padded(splits, u8_run):
     state_p, m_p = u8_run
     state_c, m_c = _run(compact, "fedmix", "map")
     assert sum(int(m.reports.num_selected_weak.sum()) for m in m_p) > 0   # pseudo-labels ran
-    for a, b in zip(jax.tree.leaves((state_p, m_p)), jax.tree.leaves((state_c, m_c))):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    chex.assert_trees_all_equal((state_p, m_p), (state_c, m_c))
 
 
 def test_pack_labels_round_trip():
@@ -172,8 +169,7 @@ def test_packed_labels_round_and_evaluation_bit_identical(splits, u8_run):
     np.testing.assert_array_equal(unpack_split_labels(packed).boxes, u8.boxes)
     state_u8, m_u8 = u8_run
     state_p, m_p = _run(packed, "fedmix", "map")
-    for a, b in zip(jax.tree.leaves((state_u8, m_u8)), jax.tree.leaves((state_p, m_p))):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    chex.assert_trees_all_equal((state_u8, m_u8), (state_p, m_p))
     ev_u8 = evaluate(MODEL, state_u8.global_params[0], u8, chunk_size=5)
     ev_p = evaluate(MODEL, state_u8.global_params[0], packed, chunk_size=5)
     for k in ev_u8:

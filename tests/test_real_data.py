@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 
-import jax
+import chex
 import numpy as np
 import pytest
 
@@ -74,8 +74,7 @@ def test_ham10000_federation_arrays(ham_built):
     for name in ("train", "val", "test"):
         a, b = pack_split_labels(getattr(fed, name)), getattr(packed, name)
         assert b.masks.shape[-2] == -(-SIZE // 8)
-        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-            np.testing.assert_array_equal(x, y)
+        chex.assert_trees_all_equal(a, b)
 
 
 def test_ham10000_records_match_csv_and_masks(ham_built):

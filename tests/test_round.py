@@ -1,5 +1,6 @@
 """Invariants of the compiled federated round, and a small end-to-end learning check."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,11 +63,11 @@ def run(split, strategy="fedmix", rounds=2, executor="loop", seed=0, **kw):
 
 
 def assert_trees(a, b, exact=True, atol=1e-5):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        if exact:
-            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-        else:
-            np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=1e-4)
+    """Same tree structure and leaves equal (``exact``) or close."""
+    if exact:
+        chex.assert_trees_all_equal(a, b)
+    else:
+        chex.assert_trees_all_close(a, b, atol=atol, rtol=1e-4)
 
 
 def test_same_seed_is_bit_identical(clients):

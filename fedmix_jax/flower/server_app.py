@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shlex
 import sys
@@ -55,8 +54,9 @@ from fedmix_jax.flower import round_core, records
 from fedmix_jax.flower.discovery import discover_sites, parse_site_list, send_and_receive
 from fedmix_jax.flower.local_site import shared_config_json
 from fedmix_jax.flower.strategy import FedMixStrategy
-from fedmix_jax.records import add_evaluation, check_checkpoint_record, evaluation_of
+from fedmix_jax.records import check_checkpoint_record, evaluation_of
 from fedmix_jax.rundir import CONFIG_FILE, SUMMARY_FILE
+from fedmix_jax.run_loop import RunLoop
 
 log = logging.getLogger("fedmix_jax.flower")
 
@@ -190,7 +190,6 @@ class _ServerRun:
 
     def rounds(self):
         """Rounds ``start+1 .. num_rounds``; returns the strategy and the global arrays."""
-        eval_every, ckpt_every = int(self.config.eval_every), int(self.config.checkpoint_every)
         run_name = os.path.basename(self.workdir.rstrip("/")) or "run"
         fed = FedMixStrategy(self.strategy, self.sites, self.global_pair, self.key,
                              self.round_config.hparams(), shared_config_json(self.config),
@@ -209,58 +208,61 @@ class _ServerRun:
                  f"std {noise_std(clip, z):.4g} (multiplier {z:g} x sensitivity {2 * clip:g}); "
                  f"after {self.num_rounds} rounds (ε, δ) = "
                  f"({epsilon(z, self.num_rounds, delta):.4g}, {delta:g})")
-        arrays = records.pair_to_record(self.global_pair)
-        for r in range(self.start + 1, self.num_rounds + 1):
-            t0 = time.perf_counter()
-            kept = self.checkpointer.all_steps()    # complete checkpoints only
-            fed.kept_round = min(kept) if kept else 0
-            new_arrays, _ = fed.aggregate_train(
-                r, self._exchange(fed.configure_train(r, arrays, ConfigRecord(), self.grid)))
-            if new_arrays is not None:
-                arrays = new_arrays
-            out = fed.last_round
-            self.round_times.append(time.perf_counter() - t0)
-            rec = _round_record(r, out, self.round_times[-1])
-            if r % eval_every == 0 or r == self.num_rounds:
-                t1 = time.perf_counter()
-                fed.aggregate_evaluate(r, self._exchange(
-                    fed.configure_evaluate(r, arrays, ConfigRecord(), self.grid)))
-                self.eval_times.append(time.perf_counter() - t1)
-                scores = fed.last_eval["scores"]
-                add_evaluation(rec, _split_record(scores, "val"), _split_record(scores, "test"),
-                               self.eval_times[-1])
-                self._update_best(r, evaluation_of(rec), arrays)
-            # The line of round r is written before checkpoint r, which holds rounds 1..r.
-            self.metrics.append(rec)
-            self.records.append(rec)
-            _say(f"round {r}/{self.num_rounds}: {sum(out.accepted)}/{len(self.sites)} sites, "
-                 f"{self.round_times[-1]:.2f} s"
-                 + (f", val dice {rec['val_mean_dice']:.4f}"
-                    if rec.get("val_mean_dice") is not None else "")
-                 + ("" if out.applied else " (NOT applied)"))
-            if r % ckpt_every == 0 or r == self.num_rounds:
-                pair = records.record_to_pair(arrays, self.global_pair)
-                self.checkpointer.save(
-                    r, {"global_params": pair, "key": round_core.key_to_numpy(fed.key)},
-                    self.best_params, {"round": r, "best": self.best, "config": self.cfg_dict,
-                                       "client_names": self.names, "executor": "flower",
-                                       "history": self.records})
+        self.fed = fed
+        loop = RunLoop(self.num_rounds, int(self.config.eval_every),
+                       int(self.config.checkpoint_every), self.metrics, self.records,
+                       self.eval_times)
+        arrays, self.best = loop.run(self, records.pair_to_record(self.global_pair), self.start,
+                                     self.best)
         self.checkpointer.wait_until_finished()
         return fed, arrays
+
+    # -------------------------------------------------------------------- the loop's steps
+
+    def run_round(self, r: int, arrays, evaluating: bool):
+        fed = self.fed
+        t0 = time.perf_counter()
+        kept = self.checkpointer.all_steps()    # complete checkpoints only
+        fed.kept_round = min(kept) if kept else 0
+        new_arrays, _ = fed.aggregate_train(
+            r, self._exchange(fed.configure_train(r, arrays, ConfigRecord(), self.grid)))
+        if new_arrays is not None:
+            arrays = new_arrays
+        self.round_times.append(time.perf_counter() - t0)
+        return arrays, _round_record(r, fed.last_round, self.round_times[-1])
+
+    def evaluate_round(self, r: int, arrays):
+        fed = self.fed
+        fed.aggregate_evaluate(r, self._exchange(
+            fed.configure_evaluate(r, arrays, ConfigRecord(), self.grid)))
+        scores = fed.last_eval["scores"]
+        return _split_record(scores, "val"), _split_record(scores, "test"), {}
+
+    def new_best(self, r: int, arrays) -> None:
+        if self.strategy.aggregates:
+            self.best_params = records.record_to_pair(arrays, self.global_pair).model1
+
+    def save(self, r: int, arrays, best: dict, history: list) -> None:
+        pair = records.record_to_pair(arrays, self.global_pair)
+        self.checkpointer.save(
+            r, {"global_params": pair, "key": round_core.key_to_numpy(self.fed.key)},
+            self.best_params, {"round": r, "best": best, "config": self.cfg_dict,
+                               "client_names": self.names, "executor": "flower",
+                               "history": history})
+
+    def round_done(self, r: int, rec: dict) -> None:
+        out = self.fed.last_round
+        _say(f"round {r}/{self.num_rounds}: {sum(out.accepted)}/{len(self.sites)} sites, "
+             f"{self.round_times[-1]:.2f} s"
+             + (f", val dice {rec['val_mean_dice']:.4f}"
+                if rec.get("val_mean_dice") is not None else "")
+             + ("" if out.applied else " (NOT applied)"))
 
     def privacy_options(self) -> dict:
         """The strategy's differential-privacy arguments from the run config."""
         return {"dp_clip_norm": float(self.rc["dp-clip-norm"]),
                 "dp_noise_multiplier": float(self.rc["dp-noise-multiplier"]),
                 "dp_delta": float(self.rc["dp-delta"])}
-
-    def _update_best(self, r: int, ev: dict, arrays) -> None:
-        v = ev["val"]["mean_dice"]
-        if v is not None and math.isfinite(v) and (
-                self.best["val"] is None or v > self.best["val"]["mean_dice"]):
-            self.best = {"round": r, "val": ev["val"], "test": ev["test"]}
-            if self.strategy.aggregates:
-                self.best_params = records.record_to_pair(arrays, self.global_pair).model1
 
     def finish(self, t_start: float, write_plots: bool) -> dict:
         """``summary.json`` (and the curves; no prediction grid: the server sees no image)."""
