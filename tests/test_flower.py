@@ -22,7 +22,7 @@ flwr = pytest.importorskip("flwr")
 from flwr.app import (Array, ArrayRecord, ConfigRecord, Message, MetricRecord,  # noqa: E402
                       RecordDict)
 
-from fedmix_jax.flower import round_core, records  # noqa: E402
+from fedmix_jax.flower import round_core, array_records  # noqa: E402
 from fedmix_jax.flower.simulation import LocalGrid, run_local, synthetic_sites  # noqa: E402
 from fedmix_jax.flower.strategy import FedMixStrategy, Site  # noqa: E402
 from fedmix_jax.flower.validation import LOCAL_RECORD, REPORT_RECORD, SITE_RECORD  # noqa: E402
@@ -96,27 +96,28 @@ def test_records_round_trip_pair_and_site_state():
     from fedmix_jax.config import RoundConfig
 
     pair, key = _tiny_pair()
-    rec = records.pair_to_record(pair)
+    rec = array_records.pair_to_record(pair)
     keys = list(rec.keys())
     assert keys == ["model1", "model2"]           # one packed float32 vector per model
-    assert {k: (tuple(rec[k].shape), rec[k].dtype) for k in keys} == records.pair_spec(pair)
+    assert {k: (tuple(rec[k].shape), rec[k].dtype) for k in keys} == array_records.pair_spec(pair)
     assert rec["model1"].shape[0] == sum(x.size for x in jax.tree.leaves(pair.model1))
-    back = records.record_to_pair(rec, jax.eval_shape(lambda: pair))
+    back = array_records.record_to_pair(rec, jax.eval_shape(lambda: pair))
     assert _max_diff(pair, back) == 0.0
     assert all(isinstance(v, Array) and v.stype == "numpy.ndarray" for v in rec.values())
     # A site state: Adam moments, 0-d counters and the injected learning rate survive.
     state = round_core.initial_site_state(pair, RoundConfig())
-    srec = records.tree_to_record(state, "state")
-    sback = records.record_to_tree(srec, jax.eval_shape(lambda: state), "state")
+    srec = array_records.tree_to_record(state, "state")
+    sback = array_records.record_to_tree(srec, jax.eval_shape(lambda: state), "state")
     assert jax.tree.structure(sback) == jax.tree.structure(state)
     assert _max_diff(state, sback) == 0.0
     # Keys cross as raw uint32 data and come back as the same typed key.
-    assert np.array_equal(round_core.key_to_numpy(round_core.key_from_numpy(round_core.key_to_numpy(key))),
+    raw = round_core.key_to_numpy(key)
+    assert np.array_equal(round_core.key_to_numpy(round_core.key_from_numpy(raw)),
                           round_core.key_to_numpy(key))
     with pytest.raises(ValueError):
-        bad = records.pair_to_record(pair)
+        bad = array_records.pair_to_record(pair)
         del bad[keys[0]]
-        records.record_to_pair(bad, pair)
+        array_records.record_to_pair(bad, pair)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -139,7 +140,7 @@ def _reply(node, msg, arrays: dict | None, report: dict, name: str):
 
 def _report(**kw):
     """A plausible report with every SiteReport field (counts below the declared size 10)."""
-    d = {k: (0.5 if typ is float else 2) for k, typ in records.REPORT_FIELDS.items()}
+    d = {k: (0.5 if typ is float else 2) for k, typ in array_records.REPORT_FIELDS.items()}
     d.update(num_usable=5, num_weak=4, num_selected_weak=2)
     d.update(kw)
     return d
@@ -161,15 +162,15 @@ def _strategy(min_sites=1):
 def test_strategy_rejects_bad_replies_and_renormalises():
     LocalGrid({})  # sets the process's task identity for Message()
     strat, pair, sites = _strategy()
-    arrays = records.pair_to_record(pair)
+    arrays = array_records.pair_to_record(pair)
     msgs = list(strat.configure_train(3, arrays, ConfigRecord(), None))
     assert [m.metadata.dst_node_id for m in msgs] == [s.node_id for s in sites]
     keys = [np.asarray(m.content["fedmix"]["site-key"]) for m in msgs]
     assert len({tuple(k) for k in keys}) == len(sites)             # one key per site
     for m in msgs:
         m.metadata.__dict__["_message_id"] = f"id-{m.metadata.dst_node_id}"
-    spec = records.pair_spec(pair)
-    base = {k: v.numpy() for k, v in records.pair_to_record(pair).items()}
+    spec = array_records.pair_spec(pair)
+    base = {k: v.numpy() for k, v in array_records.pair_to_record(pair).items()}
 
     def good(i, scale):
         return {k: v + scale for k, v in base.items()}
@@ -216,8 +217,8 @@ def test_strategy_rejects_bad_replies_and_renormalises():
 
     ref = np.asarray(fedmix_weights(jnp.array([6, 3]), jnp.array([0.4, 0.8]), 10.0, 3.0))
     np.testing.assert_allclose(w[:2], ref, rtol=1e-6)
-    agg = records.record_to_pair(new, pair)
-    expect = jax.tree.map(lambda x: x + (w[0] * 1.0 + w[1] * 2.0), records._as_pair(pair))
+    agg = array_records.record_to_pair(new, pair)
+    expect = jax.tree.map(lambda x: x + (w[0] * 1.0 + w[1] * 2.0), array_records._as_pair(pair))
     assert _max_diff(agg, expect) < 1e-5
     assert metrics["num-accepted"] == 2
 
@@ -225,13 +226,13 @@ def test_strategy_rejects_bad_replies_and_renormalises():
 def test_strategy_error_and_missing_replies_and_min_sites():
     LocalGrid({})
     strat, pair, sites = _strategy(min_sites=3)
-    arrays = records.pair_to_record(pair)
+    arrays = array_records.pair_to_record(pair)
     msgs = list(strat.configure_train(1, arrays, ConfigRecord(), None))
     for m in msgs:
         m.metadata.__dict__["_message_id"] = f"id-{m.metadata.dst_node_id}"
     from flwr.app import Error
 
-    base = {k: v.numpy() for k, v in records.pair_to_record(pair).items()}
+    base = {k: v.numpy() for k, v in array_records.pair_to_record(pair).items()}
     ok = _report(round=1)
     err = Message(Error(code=0, reason="boom"), reply_to=msgs[1])
     err.metadata.__dict__["_src_node_id"] = sites[1].node_id
@@ -278,7 +279,7 @@ def test_simulation_equals_in_process_loop_round(two_rounds):
         np.testing.assert_allclose(rec["weights"], np.asarray(m.weights), rtol=1e-6, atol=1e-7)
         assert all(rec["accepted"]) and "val_mean_dice" in rec
     assert summary["client_names"] == ["site_a_dim", "site_b_hairy", "site_c_clean"]
-    # Each evaluation carries the main job's figures (records.EVAL_FIGURES: Dice, IoU, HD95,
+    # Each evaluation carries the main job's figures (array_records.EVAL_FIGURES: Dice, IoU, HD95,
     # dice_present, false-positive rate, per site and mean), equal to the in-process evaluation
     # of the same global model 1.
     for split, ref in _in_process_evaluation(ref_state.global_params.model1).items():
@@ -292,8 +293,8 @@ def test_simulation_equals_in_process_loop_round(two_rounds):
 
 def test_only_the_model_pair_and_scalars_leave_a_site(two_rounds):
     summary, pair, grid, *_ = two_rounds
-    spec = list(records.pair_spec(pair))
-    allowed_report = set(records.REPORT_FIELDS) | {"round", "site-index", "num-examples"}
+    spec = list(array_records.pair_spec(pair))
+    allowed_report = set(array_records.REPORT_FIELDS) | {"round", "site-index", "num-examples"}
     kinds = {}
     for reply in grid.replies:
         kind = reply.metadata.message_type

@@ -23,7 +23,7 @@ pytest.importorskip("flwr")
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict  # noqa
 
-from fedmix_jax.flower import round_core, records, robust  # noqa: E402
+from fedmix_jax.flower import round_core, array_records, robust  # noqa: E402
 from fedmix_jax.flower.simulation import LocalGrid  # noqa: E402
 from fedmix_jax.flower.strategy import FedMixStrategy, Site  # noqa: E402
 from fedmix_jax.flower.validation import (LOCAL_RECORD, MAX_SITE_SAMPLES, REPORT_RECORD,  # noqa
@@ -34,7 +34,7 @@ DECLARED = 10
 
 
 def _report(**kw):
-    d = {k: (0.5 if typ is float else 2) for k, typ in records.REPORT_FIELDS.items()}
+    d = {k: (0.5 if typ is float else 2) for k, typ in array_records.REPORT_FIELDS.items()}
     d.update(num_usable=5, num_weak=4, num_selected_weak=2, round=1)
     d.update(kw)
     return d
@@ -266,7 +266,7 @@ def _strategy(n_sites=3, **kw):
 
 def _round(strat, pair, sites, arrays_of, reports):
     LocalGrid({})
-    msgs = list(strat.configure_train(1, records.pair_to_record(pair), ConfigRecord(), None))
+    msgs = list(strat.configure_train(1, array_records.pair_to_record(pair), ConfigRecord(), None))
     replies = []
     for m, site, arrays, rep in zip(msgs, sites, arrays_of, reports):
         m.metadata.__dict__["_message_id"] = f"id-{site.node_id}"
@@ -286,7 +286,7 @@ def _round(strat, pair, sites, arrays_of, reports):
 
 def _updates(pair, scales, seed=0):
     """Per site: the broadcast plus a small random update times ``scales[i]``."""
-    base = {k: v.numpy() for k, v in records.pair_to_record(pair).items()}
+    base = {k: v.numpy() for k, v in array_records.pair_to_record(pair).items()}
     rng = np.random.default_rng(seed)
     return [{k: (v + s * 1e-3 * rng.standard_normal(v.shape)).astype(np.float32)
              for k, v in base.items()} for s in scales], base
@@ -310,7 +310,7 @@ def test_one_site_reporting_a_hostile_loss(loss, accepted, caplog):
     else:
         assert w[2] == 0.0 and "s2" in out.rejected
         assert len([r for r in caplog.records if "s2" in r.getMessage()]) == 1
-    agg = records.record_to_pair(new, pair)
+    agg = array_records.record_to_pair(new, pair)
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(agg))
 
 

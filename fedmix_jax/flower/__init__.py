@@ -7,7 +7,7 @@
 * :mod:`~fedmix_jax.flower.strategy` — :class:`FedMixStrategy`, a Flower strategy over the
   project's strategy registry (weights, aggregation of both models);
 * :mod:`~fedmix_jax.flower.validation` — the checks every reply passes before aggregation;
-* :mod:`~fedmix_jax.flower.records` — pytrees <-> Flower records (numpy arrays and scalars only);
+* :mod:`~fedmix_jax.flower.array_records` — pytrees <-> Flower records (numpy arrays and scalars only);
 * :mod:`~fedmix_jax.flower.supernode` — Flower's SuperNode with capped waits; with
   ``--clientapp-in-process`` the ClientApp runs inside it
   (:mod:`~fedmix_jax.flower.in_process_runtime`: no recompilation per round under the deployment

@@ -92,18 +92,18 @@ def train(msg: Message, context: Context) -> Message:
     run_name = str(cfg.get("run-name", "run"))
     key_data = np.asarray(cfg["site-key"], np.uint32)
     send_model = bool(cfg.get("send-model", True))
-    from fedmix_jax.flower import records
+    from fedmix_jax.flower import array_records
     from fedmix_jax.flower.round_core import key_from_numpy
     from fedmix_jax.flower.round_core import round_index as index_of
 
     site = _local_site(context, shared)
-    global_pair = records.record_to_pair(msg.content.array_records[GLOBAL_RECORD],
+    global_pair = array_records.record_to_pair(msg.content.array_records[GLOBAL_RECORD],
                                          site.template_pair(shared))
     state = site_state.restore(context, site.template_state(shared), round_index, run_name)
     state, report = site.train(shared, global_pair, state, key_from_numpy(key_data),
                                hparams_from(cfg), index_of(round_index))
     site_state.store(context, state, round_index, run_name, int(cfg.get("kept-round", 0)))
-    local_record = records.pair_to_record(state.params) if send_model else None
+    local_record = array_records.pair_to_record(state.params) if send_model else None
     return make_train_reply(msg, site.info(shared), round_index, report, local_record)
 
 
@@ -126,12 +126,12 @@ def evaluate(msg: Message, context: Context) -> Message:
     cfg = msg.content.config_records[CONFIG_RECORD]
     shared = str(cfg["config-json"])
     round_index = int(cfg["round"])
-    from fedmix_jax.flower import records
+    from fedmix_jax.flower import array_records
 
     site = _local_site(context, shared)
     arrays = msg.content.array_records.get(GLOBAL_RECORD)
     if arrays is not None:
-        params1 = records.record_to_model(arrays, site.template_pair(shared).model1)
+        params1 = array_records.record_to_model(arrays, site.template_pair(shared).model1)
     else:   # local learning: the site evaluates its own model 1
         state = site_state.newest(context, site.template_state(shared),
                                   str(cfg.get("run-name", "run")))

@@ -37,7 +37,7 @@ import numpy as np
 
 from fedmix_jax.data.federation import FederatedSplit
 from fedmix_jax.flower import round_core
-from fedmix_jax.flower.records import REPORT_FIELDS
+from fedmix_jax.flower.array_records import REPORT_FIELDS
 
 REPORT_KEYS = tuple(REPORT_FIELDS)
 # Evaluation reply keys -> the figures of fedmix_jax.evaluation.evaluate they carry.
@@ -239,8 +239,8 @@ class LocalSite:
         if key not in self._templates:
             _, config = self.setup(shared_json)
             pair = self.template_pair(shared_json)
-            self._templates[key] = jax.eval_shape(lambda p: round_core.initial_site_state(p, config),
-                                                  pair)
+            self._templates[key] = jax.eval_shape(
+                lambda p: round_core.initial_site_state(p, config), pair)
         return self._templates[key]
 
     def train(self, shared_json: str, global_pair, state, key, hparams, round_index: int):

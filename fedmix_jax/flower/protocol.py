@@ -4,7 +4,7 @@ module until its first message).
 Server -> site:
   ``global``  ArrayRecord: the global :class:`~fedmix_jax.site.ModelPair`, arrays ``model1`` and
               ``model2``, each model's leaves packed into one float32 vector
-              (:func:`fedmix_jax.flower.records.pair_to_record`); evaluation: ``model1`` only,
+              (:func:`fedmix_jax.flower.array_records.pair_to_record`); evaluation: ``model1`` only,
               none for ``local``;
   ``fedmix``  ConfigRecord: ``round`` (1-based; the site function's 0-based ``round_index`` is
               ``round - 1``, which drives FedST / FedRGD's warm-up), ``config-json`` (the shared config groups), ``run-name``,

@@ -89,7 +89,7 @@ def site_weights(strategy, reports: dict, participating, hparams: HParams,
                  index: int) -> np.ndarray:
     """[C] aggregation weights of ``strategy`` from the sites' scalars (numpy float32) in the
     round of 0-based index ``index`` (warm-up of FedST / FedRGD)."""
-    from fedmix_jax.flower.records import REPORT_FIELDS
+    from fedmix_jax.flower.array_records import REPORT_FIELDS
 
     rep = SiteReport(**{k: jnp.asarray(reports[k], jnp.float32 if typ is float else jnp.int32)
                         for k, typ in REPORT_FIELDS.items()})

@@ -50,7 +50,7 @@ from fedmix_jax import rundir
 from fedmix_jax.checkpointing import Checkpointer
 from fedmix_jax.config import build_model, build_round_config
 from fedmix_jax.errors import ConfigMismatchError
-from fedmix_jax.flower import round_core, records
+from fedmix_jax.flower import round_core, array_records
 from fedmix_jax.flower.discovery import discover_sites, parse_site_list, send_and_receive
 from fedmix_jax.flower.local_site import shared_config_json
 from fedmix_jax.flower.strategy import FedMixStrategy
@@ -212,8 +212,8 @@ class _ServerRun:
         loop = RunLoop(self.num_rounds, int(self.config.eval_every),
                        int(self.config.checkpoint_every), self.metrics, self.records,
                        self.eval_times)
-        arrays, self.best = loop.run(self, records.pair_to_record(self.global_pair), self.start,
-                                     self.best)
+        arrays, self.best = loop.run(self, array_records.pair_to_record(self.global_pair),
+                                     self.start, self.best)
         self.checkpointer.wait_until_finished()
         return fed, arrays
 
@@ -240,10 +240,10 @@ class _ServerRun:
 
     def new_best(self, r: int, arrays) -> None:
         if self.strategy.aggregates:
-            self.best_params = records.record_to_pair(arrays, self.global_pair).model1
+            self.best_params = array_records.record_to_pair(arrays, self.global_pair).model1
 
     def save(self, r: int, arrays, best: dict, history: list) -> None:
-        pair = records.record_to_pair(arrays, self.global_pair)
+        pair = array_records.record_to_pair(arrays, self.global_pair)
         self.checkpointer.save(
             r, {"global_params": pair, "key": round_core.key_to_numpy(self.fed.key)},
             self.best_params, {"round": r, "best": best, "config": self.cfg_dict,
@@ -347,7 +347,7 @@ def run_server(grid: Grid, run_config, *, write_plots: bool = True, return_state
         finally:
             run.checkpointer.close(raise_errors=done)
     if return_state:
-        return summary, records.record_to_pair(arrays, run.global_pair), fed.key
+        return summary, array_records.record_to_pair(arrays, run.global_pair), fed.key
     return summary
 
 

@@ -89,7 +89,7 @@ def restore(context: Context, like, round_index: int, run_name: str):
     (the round then starts from the broadcast pair with fresh Adam moments)."""
     if round_index <= 1:
         return None
-    from fedmix_jax.flower import records
+    from fedmix_jax.flower import array_records
     from fedmix_jax.flower.local_site import load_state
 
     need = round_index - 1
@@ -99,7 +99,7 @@ def restore(context: Context, like, round_index: int, run_name: str):
     name = f"{STATE_RECORD}-{need}"
     if need in _context_rounds(context, run_name) and name in context.state.array_records:
         try:
-            return records.record_to_tree(context.state.array_records[name], like, "state")
+            return array_records.record_to_tree(context.state.array_records[name], like, "state")
         except ValueError as e:
             log.warning("site state in the node context does not fit the model: %s", e)
     path = _disk_rounds(context, run_name).get(need)
@@ -114,14 +114,14 @@ def restore(context: Context, like, round_index: int, run_name: str):
 
 def newest(context: Context, like, run_name: str):
     """The state of the newest round the site holds (a local model to evaluate), or None."""
-    from fedmix_jax.flower import records
+    from fedmix_jax.flower import array_records
 
     held = _kept_states.get((context.node_id, run_name), {})
     if held:
         return held[max(held)]
     rounds = _context_rounds(context, run_name)
     if rounds:
-        return records.record_to_tree(
+        return array_records.record_to_tree(
             context.state.array_records[f"{STATE_RECORD}-{max(rounds)}"], like, "state")
     return None
 
@@ -131,7 +131,7 @@ def store(context: Context, state, round_index: int, run_name: str,
     """Keep the state after round ``round_index``; drop the states of rounds before
     ``kept_round`` (the coordinator's oldest checkpoint; None or 0: keep only this one) and of
     rounds after ``round_index`` (an interrupted timeline)."""
-    from fedmix_jax.flower import records
+    from fedmix_jax.flower import array_records
 
     r = int(round_index)
     first = r if not kept_round or kept_round > r else int(kept_round)
@@ -154,7 +154,7 @@ def store(context: Context, state, round_index: int, run_name: str,
             x = key[len(STATE_RECORD) + 1:]
             if not (x.isdigit() and int(x) in old and keep(int(x))):
                 del context.state.array_records[key]
-        context.state.array_records[f"{STATE_RECORD}-{r}"] = records.tree_to_record(state,
+        context.state.array_records[f"{STATE_RECORD}-{r}"] = array_records.tree_to_record(state,
                                                                                     "state")
         rounds = sorted({x for x in old if keep(x)} | {r})
         context.state.config_records[STATE_META] = ConfigRecord(

@@ -27,7 +27,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy as FlowerStrategy
 
-from fedmix_jax.flower import round_core, privacy, records, robust
+from fedmix_jax.flower import round_core, privacy, array_records, robust
 from fedmix_jax.flower.client_app import CONFIG_RECORD, GLOBAL_RECORD
 from fedmix_jax.flower.validation import (EVAL_FIGURES, PER_CLASS_FIGURES, ReplyRejected,
                                           check_eval_reply, check_train_reply)
@@ -35,7 +35,7 @@ from fedmix_jax.site import ModelPair
 
 log = logging.getLogger("fedmix_jax.flower")
 
-REPORT_LISTS = tuple(records.REPORT_FIELDS)
+REPORT_LISTS = tuple(array_records.REPORT_FIELDS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +110,7 @@ class FedMixStrategy(FlowerStrategy):
         self.sites = list(sites)
         self.by_node = {s.node_id: s for s in self.sites}
         self.template_pair = template_pair
-        self.spec = records.pair_spec(template_pair) if strategy.aggregates else None
+        self.spec = array_records.pair_spec(template_pair) if strategy.aggregates else None
         self.key = key
         self.hparams = hparams
         self.shared_json = shared_json
@@ -242,7 +242,7 @@ class FedMixStrategy(FlowerStrategy):
         # [C, ...] every round (one compiled aggregation).
         sent = {k: self._arrays[k].numpy() for k in self.spec}
         src = [accepted[i].arrays if i in accepted else sent for i in range(len(self.sites))]
-        trained = records.PAIR_PREFIXES[:2 if self.strategy.trains_model2 else 1]
+        trained = array_records.PAIR_PREFIXES[:2 if self.strategy.trains_model2 else 1]
         if self.dp is not None:     # each update clipped to norm C over the models that train
             norms = [0.0] * len(self.sites)
             for i in accepted:
@@ -260,10 +260,12 @@ class FedMixStrategy(FlowerStrategy):
             # as in the in-process round (a dot over one long packed vector may round
             # differently).
             like = ModelPair(*tuple(self.template_pair))
-            rows = [[records.unpack_model(a[k], m) for k, m in zip(records.PAIR_PREFIXES, like)]
+            rows = [[array_records.unpack_model(a[k], m)
+                     for k, m in zip(array_records.PAIR_PREFIXES, like)]
                     for a in src]
             stacked = jax.tree.map(lambda *xs: np.stack(xs), *[ModelPair(*r) for r in rows])
-            out = records.pair_to_record(jax.device_get(round_core.aggregate(stacked, weights)))
+            out = array_records.pair_to_record(
+                jax.device_get(round_core.aggregate(stacked, weights)))
         if self.dp is not None:     # noise from the OS's entropy, never from the run's seed
             noisy = privacy.add_noise({k: out[k].numpy() for k in trained},
                                       privacy.noise_std(self.dp[0], self.dp[1]))
@@ -271,7 +273,7 @@ class FedMixStrategy(FlowerStrategy):
                 out[k] = Array(a)
         if not self.strategy.trains_model2:
             # Model 2 does not train: it stays as broadcast (as in the in-process round).
-            second = records.PAIR_PREFIXES[1]
+            second = array_records.PAIR_PREFIXES[1]
             out[second] = Array(sent[second])
         return out
 
@@ -281,7 +283,7 @@ class FedMixStrategy(FlowerStrategy):
         """Global model 1 to every site (``local``: no model; each site scores its own)."""
         model1 = None
         if self.strategy.aggregates:
-            model1 = records.model_record(arrays, records.PAIR_PREFIXES[0])
+            model1 = array_records.model_record(arrays, array_records.PAIR_PREFIXES[0])
         out = []
         for site in self.sites:
             content = RecordDict({CONFIG_RECORD: ConfigRecord(

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from fedmix_jax.flower.records import REPORT_FIELDS
+from fedmix_jax.flower.array_records import REPORT_FIELDS
 
 from fedmix_jax.flower.protocol import LOCAL_RECORD, REPORT_RECORD, SITE_RECORD  # noqa: E402
 ALLOWED_STYPE = "numpy.ndarray"
