@@ -1,0 +1,46 @@
+"""The package's shape stays as docs/architecture.md describes it (issue 25): no module over 400
+lines, no function over 80, no module importing another one's private names."""
+
+import ast
+import pathlib
+
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "fedmix_jax"
+MODULES = sorted(PACKAGE.rglob("*.py"))
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def test_the_package_is_found():
+    assert len(MODULES) > 50 and (PACKAGE / "round.py") in MODULES
+
+
+def test_no_module_over_400_lines():
+    long = {str(p.relative_to(PACKAGE)): n for p in MODULES
+            if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, long
+
+
+def test_no_function_over_80_lines():
+    long = []
+    for p in MODULES:
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if node.end_lineno - node.lineno + 1 > 80:
+                    long.append(f"{p.relative_to(PACKAGE)}:{node.lineno} {node.name}")
+    assert not long, long
+
+
+def test_no_import_of_another_modules_private_name():
+    found = []
+    for p in MODULES:
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and (
+                    node.module.startswith("fedmix_jax") or node.level):
+                parts = node.module.split(".")
+                found += [f"{p.relative_to(PACKAGE)}:{node.lineno} {node.module}.{a.name}"
+                          for a in node.names if _private(a.name)]
+                if any(_private(x) for x in parts):
+                    found.append(f"{p.relative_to(PACKAGE)}:{node.lineno} {node.module}")
+    assert not found, found
