@@ -13,9 +13,9 @@ interleaved (``benchmarks/harness.py``: repeat r of every variant before repeat 
 * ``memory_map`` / ``memory_loop``: the in-memory round (the training split on the device once;
   executors ``map`` and ``loop``);
 * ``stream_host``: :class:`fedmix_jax.streaming.StreamedRound` over the split in host memory
-  (:class:`~fedmix_jax.streaming.ArraySource`);
+  (:class:`~fedmix_jax.data.streamed_sources.ArraySource`);
 * ``stream_cache``: the same over the array_record cache
-  (:class:`~fedmix_jax.streaming.ArrayRecordSource`, records decoded on every read).
+  (:class:`~fedmix_jax.data.streamed_sources.ArrayRecordSource`, records decoded on every read).
 
 It prints seconds per round and client-images/s (valid training samples of all clients / round
 time), and whether each streamed variant's state after all its rounds is bit-identical to
@@ -37,7 +37,8 @@ import numpy as np  # noqa: E402
 
 from benchmarks import harness  # noqa: E402
 from fedmix_jax import federated as F  # noqa: E402
-from fedmix_jax import streaming as S  # noqa: E402
+from fedmix_jax import streaming as S
+from fedmix_jax.data import streamed_sources as D  # noqa: E402
 from fedmix_jax.models import UNet  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -67,7 +68,7 @@ def build(workdir: str):
                                image_size=FLAGS.image_size, levels=levels, val_fraction=0.1,
                                test_fraction=0.1)
     return load_federation_from_config(data, verbose=False), \
-        S.open_streamed_federation(data, verbose=False)
+        D.open_streamed_federation(data, verbose=False)
 
 
 class Rounds:
@@ -88,7 +89,7 @@ def main(_):
     num_images = int(fed.train.valid.sum())
     print(f"federation: {fed.num_clients} clients, {num_images} training images of "
           f"{FLAGS.image_size}x{FLAGS.image_size} (N = {fed.train.max_samples} padded), training "
-          f"split {S.split_bytes(fed.train) / 2**20:.1f} MiB ({fed.train.images.dtype} images); "
+          f"split {D.split_bytes(fed.train) / 2**20:.1f} MiB ({fed.train.images.dtype} images); "
           f"{jax.default_backend()}, block of {FLAGS.block_steps} steps x batch "
           f"{FLAGS.batch_size}")
     base = dict(strategy=F.get_strategy("fedmix"), batch_size=FLAGS.batch_size, crop=None)
@@ -103,7 +104,7 @@ def main(_):
         "memory_map": Rounds(F.make_round_fn(model, F.RoundConfig(executor="map", **base)),
                              copy(), train),
         "memory_loop": Rounds(F.make_round_fn(model, loop_cfg), copy(), train),
-        "stream_host": Rounds(S.StreamedRound(model, loop_cfg, S.ArraySource(fed.train), options),
+        "stream_host": Rounds(S.StreamedRound(model, loop_cfg, D.ArraySource(fed.train), options),
                               copy()),
         "stream_cache": Rounds(S.StreamedRound(model, loop_cfg, streamed.train, options), copy()),
     }
@@ -129,7 +130,7 @@ def main(_):
         with open(FLAGS.json, "w") as f:
             json.dump(harness.jsonable(dict(
                 federation=dict(clients=fed.num_clients, train_images=num_images,
-                                image_size=FLAGS.image_size, bytes=S.split_bytes(fed.train)),
+                                image_size=FLAGS.image_size, bytes=D.split_bytes(fed.train)),
                 flags={k: FLAGS[k].value for k in ("width", "depth", "batch_size",
                                                    "block_steps", "repeats", "warmup")},
                 environment=harness.environment(), results=res)), f, indent=1)

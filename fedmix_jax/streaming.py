@@ -2,7 +2,8 @@
 
 The in-memory round (:mod:`fedmix_jax.round`) puts the whole training split [C, N, H, W, ...] on
 the device and compiles over it. Here the split stays where it is -- host arrays
-(:class:`ArraySource`) or the built array_record cache (:class:`ArrayRecordSource`, random access
+(:class:`~fedmix_jax.data.streamed_sources.ArraySource`) or the built array_record cache
+(:class:`~fedmix_jax.data.streamed_sources.ArrayRecordSource`, random access
 through ``tfds.data_source``) -- and each site's round runs in three phases whose results equal
 :func:`fedmix_jax.site.site_round` on the same data (same functions, same shapes per sample; the
 tests check bit equality):
@@ -47,7 +48,7 @@ one running, the one prefetched): it grows with ``P`` and ``k * B``, not with ``
 :class:`StreamedRound` runs a whole round (clients one after another, the same keys, weights and
 aggregation as :func:`fedmix_jax.round.round_step`). The sources and the job's decision to
 stream (:func:`split_bytes`, :func:`choose_mode`, :func:`open_streamed_federation`) are in
-:mod:`fedmix_jax.data.streamed_sources` and re-exported here.
+:mod:`fedmix_jax.data.streamed_sources`.
 """
 
 from __future__ import annotations
@@ -65,10 +66,7 @@ import numpy as np
 
 from fedmix_jax.errors import ConfigError
 from fedmix_jax.data.federation import PIXEL, FederatedSplit, unpack_split_labels
-# The sources and the mode decision live in data/streamed_sources.py; re-exported here.
-from fedmix_jax.data.streamed_sources import (ArrayRecordSource, ArraySource,  # noqa: F401
-                                              SplitSource, choose_mode, device_bytes,
-                                              open_streamed_federation, split_bytes)
+from fedmix_jax.data.streamed_sources import SplitSource
 from fedmix_jax.round import FedState, RoundMetrics, finish_round, round_keys
 from fedmix_jax.site import (ModelPair, SiteReport, SiteState, finish_epoch, make_optimizer,
                              make_train_batch, masked_batch, prepare_epoch, sample_order,
@@ -333,6 +331,4 @@ class StreamedRound:
                             next_key, hparams)
 
 
-__all__ = ["SplitSource", "ArraySource", "ArrayRecordSource", "StreamOptions", "StreamedRound",
-           "streamed_site_round", "prefetched", "split_bytes", "device_bytes", "choose_mode",
-           "open_streamed_federation"]
+__all__ = ["StreamOptions", "StreamedRound", "streamed_site_round", "prefetched"]

@@ -50,15 +50,15 @@ from fedmix_jax.data.federation import Federation
 from fedmix_jax.diagnostics import diagnostics_of_run
 from fedmix_jax.job_settings import JobSettings
 from fedmix_jax.run_loop import RunLoop
-from fedmix_jax.data.streamed_sources import choose_mode, load_run_federation
+from fedmix_jax.data.streamed_sources import (ArraySource, SplitSource, choose_mode,
+                                              load_run_federation)
 from fedmix_jax.errors import (ConfigError, ConfigMismatchError, DataError,  # noqa: F401
                                OutOfMemoryError, RunError, TrainingDivergedError, WorkdirError,
                                is_out_of_memory)
 from fedmix_jax.evaluation import evaluate
 from fedmix_jax.federated import RoundConfig, init_state, make_round_fn
-from fedmix_jax.records import (MetricsFile, check_checkpoint_record,
-                                eval_record, evaluation_of, local_test_record, read_metrics,
-                                round_record)
+from fedmix_jax.records import (MetricsFile, check_checkpoint_record, eval_record,
+                                evaluation_of, local_test_record, read_metrics, round_record)
 from fedmix_jax.rundir import (CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE,  # noqa: F401
                                RESUMABLE_FIELDS, SUMMARY_FILE, config_differences, config_to_dict)
 from fedmix_jax.summary import format_summary, make_summary, timing, write_summary
@@ -174,7 +174,7 @@ class _Run:
     def _prepare_streamed(self, state):
         """The streamed round over the training split (host arrays or the array_record cache);
         val / test stay on the host and are evaluated in blocks."""
-        from fedmix_jax.streaming import ArraySource, SplitSource, StreamedRound
+        from fedmix_jax.streaming import StreamedRound
 
         train = self.federation.train
         source = train if isinstance(train, SplitSource) else ArraySource(train)

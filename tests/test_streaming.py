@@ -12,6 +12,7 @@ import pytest
 
 from fedmix_jax import federated as F
 from fedmix_jax import streaming as S
+from fedmix_jax.data import streamed_sources as D
 from fedmix_jax import train
 from fedmix_jax.data.real import load_federation_from_config
 from fedmix_jax.data.real.make_fixture import make_folders
@@ -33,7 +34,7 @@ def real(tmp_path_factory):
     data = cfg("folders", root / "src", root / "cache", levels=("box", "pixel"),
                val_fraction=0.15, test_fraction=0.15)
     return load_federation_from_config(data, verbose=False), \
-        S.open_streamed_federation(data, verbose=False)
+        D.open_streamed_federation(data, verbose=False)
 
 
 def same(a, b) -> bool:
@@ -45,14 +46,14 @@ def same(a, b) -> bool:
 
 def test_array_record_source_reads_what_the_loader_reads(real):
     fed, streamed = real
-    assert isinstance(streamed.train, S.ArrayRecordSource)
+    assert isinstance(streamed.train, D.ArrayRecordSource)
     assert same(streamed.train.materialize(), fed.train)
     assert same((streamed.val, streamed.test), (fed.val, fed.test))
     assert np.array_equal(streamed.train.levels, fed.train.levels)
-    assert streamed.train.nbytes == S.split_bytes(fed.train)
+    assert streamed.train.nbytes == D.split_bytes(fed.train)
     rows = np.array([5, 0, 40, 2])          # any order, past the end: zero padding rows
     got = streamed.train.read(0, rows)
-    want = S.ArraySource(fed.train).read(0, rows)
+    want = D.ArraySource(fed.train).read(0, rows)
     assert same(got, want) and not got.valid[2]
 
 
@@ -103,29 +104,29 @@ def test_single_model_strategies_stream_the_same(real, strategy):
     state = F.init_state(MODEL, jax.random.PRNGKey(2), (32, 32, 1), 2, rc)
     want = run_rounds(F.make_round_fn(MODEL, rc), jax.tree.map(jnp.copy, state), 1,
                       jax.device_put(fed.train))
-    source = S.ArraySource(fed.train)
+    source = D.ArraySource(fed.train)
     got = run_rounds(S.StreamedRound(MODEL, rc, source, S.StreamOptions(block_steps=2)), state, 1)
     assert same(got, want)
 
 
 def test_choose_mode():
     split = _tiny_split()                  # 2 clients x 3 samples of 8x8: 1,206 bytes
-    assert S.split_bytes(split) == S.ArraySource(split).nbytes == 1206
-    assert not S.choose_mode(split, None)[0]
-    assert not S.choose_mode(split, 0)[0]
-    assert S.choose_mode(split, 1e-9)[0]
-    assert not S.choose_mode(split, 1.0)[0]
+    assert D.split_bytes(split) == D.ArraySource(split).nbytes == 1206
+    assert not D.choose_mode(split, None)[0]
+    assert not D.choose_mode(split, 0)[0]
+    assert D.choose_mode(split, 1e-9)[0]
+    assert not D.choose_mode(split, 1.0)[0]
     # What goes on the device: 201 bytes a row (64 + 64 + 64 + 9), 8 + 8 for packed labels.
     uneven = split.replace(valid=np.array([[True] * 3, [True, False, False]]))
-    assert S.device_bytes(uneven) == 6 * 201 == S.split_bytes(uneven)     # padded [C, N]
-    assert S.device_bytes(uneven, compact=True) == 4 * 201                  # 3 + 1 rows
-    assert S.device_bytes(uneven, compact=True, pack_labels=True) == 4 * (64 + 8 + 8 + 9)
+    assert D.device_bytes(uneven) == 6 * 201 == D.split_bytes(uneven)     # padded [C, N]
+    assert D.device_bytes(uneven, compact=True) == 4 * 201                  # 3 + 1 rows
+    assert D.device_bytes(uneven, compact=True, pack_labels=True) == 4 * (64 + 8 + 8 + 9)
     from fedmix_jax.data.federation import pack_split_labels
 
-    assert S.device_bytes(pack_split_labels(uneven), True, True) == 4 * 89  # packed already
+    assert D.device_bytes(pack_split_labels(uneven), True, True) == 4 * 89  # packed already
     budget = 1000 / 2 ** 30                 # between the compact 804 and the padded 1,206 bytes
-    assert S.choose_mode(uneven, budget)[0]
-    stream, why = S.choose_mode(uneven, budget, compact=True)
+    assert D.choose_mode(uneven, budget)[0]
+    stream, why = D.choose_mode(uneven, budget, compact=True)
     assert not stream and "without padding" in why
 
 
