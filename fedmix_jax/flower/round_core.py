@@ -19,7 +19,7 @@ import numpy as np
 from fedmix_jax import aggregation
 from fedmix_jax.config import HParams, RoundConfig  # noqa: F401
 from fedmix_jax.federated import init_state
-from fedmix_jax.round import round_keys as _round_keys
+from fedmix_jax.round import round_keys as fed_round_keys
 from fedmix_jax.site import (ModelPair, SiteReport, SiteState, init_site_state,  # noqa: F401
                              make_optimizer, site_round)
 
@@ -43,7 +43,7 @@ def key_from_numpy(data, typed: bool = True):
 def round_keys(key, num_sites: int):
     """``(next_key, site_keys [C])`` exactly as the in-process round derives them
     (:func:`fedmix_jax.round.round_keys`): site ``c`` gets ``fold_in(round_key, c)``."""
-    return _round_keys(key, num_sites)
+    return fed_round_keys(key, num_sites)
 
 
 def initial_server_state(model, seed: int, image_shape, config: RoundConfig):

@@ -77,7 +77,7 @@ class _NoCustomConfigWarning(logging.Filter):
 logging.getLogger("absl").addFilter(_NoCustomConfigWarning())
 
 
-class _FedMixBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class FedMixBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Shared implementation; subclasses set ``LAYOUT``."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -188,21 +188,21 @@ def _decode_all(samples: list[Sample], params: tuple):
         yield s, process_sample(s, *params)
 
 
-class Ham10000Fedmix(_FedMixBuilder):
+class Ham10000Fedmix(FedMixBuilder):
     """HAM10000 with the Tschandl lesion masks; clients = the CSV's ``dataset`` column."""
 
     LAYOUT = LAYOUTS["ham10000"]
     MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT.instructions()
 
 
-class BreastUsFedmix(_FedMixBuilder):
+class BreastUsFedmix(FedMixBuilder):
     """Breast ultrasound: BUSI, BUSIS and UDIAT Dataset B, one client each."""
 
     LAYOUT = LAYOUTS["breast"]
     MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT.instructions()
 
 
-class FolderFederation(_FedMixBuilder):
+class FolderFederation(FedMixBuilder):
     """A hospital's own data: one folder per client with images/, masks/ and optional CSVs."""
 
     LAYOUT = LAYOUTS["folders"]
@@ -247,5 +247,5 @@ def make_config(dataset: str, image_size: int = 256, channels: int = 1, seed: in
                       box_mode, drop_empty_slices)
 
 
-__all__ = ["FedMixConfig", "Ham10000Fedmix", "BreastUsFedmix", "FolderFederation", "BUILDERS",
+__all__ = ["FedMixConfig", "FedMixBuilder", "Ham10000Fedmix", "BreastUsFedmix", "FolderFederation", "BUILDERS",
            "make_config", "config_name", "Scan"]

@@ -61,8 +61,8 @@ from etils import epath
 from PIL import Image
 
 from fedmix_jax.data.boxes import box_mask, boxes_from_mask, sample_rng
-from fedmix_jax.data.real import builders as _builders
-from fedmix_jax.data.real import layouts as _layouts
+from fedmix_jax.data.real import builders as dataset_builders
+from fedmix_jax.data.real import layouts as dataset_layouts
 from fedmix_jax.data.real import metaimage
 from fedmix_jax.data.real.errors import BadInputError, BadInputPolicy
 from fedmix_jax.data.real.scanning import Layout, Sample, Scan, normalized_name
@@ -271,7 +271,8 @@ def slice_example(s: Sample, image: np.ndarray, labels: np.ndarray, orig_hw, see
     rng = sample_rng(seed, stable_int("boxes", s.id))
     coords, classes, boxes = [], [], np.zeros((size, size, NUM_LABELS), np.uint8)
     for k in range(NUM_LABELS):
-        b = boxes_from_mask(mask[..., k], rng, margin=_builders.BOX_MARGIN, box_mode=box_mode)
+        b = boxes_from_mask(mask[..., k], rng, margin=dataset_builders.BOX_MARGIN,
+                            box_mode=box_mode)
         if b.shape[0]:
             boxes[..., k] = box_mask(b, size, size)
             coords.append(b)
@@ -303,7 +304,7 @@ def slice_example(s: Sample, image: np.ndarray, labels: np.ndarray, orig_hw, see
 # TFDS builder
 
 
-class RetouchFedmix(_builders._FedMixBuilder):
+class RetouchFedmix(dataset_builders.FedMixBuilder):
     """RETOUCH training set: one client per vendor, B-scans as samples, 3 classes (IRF/SRF/PED).
 
     Features are those of the other builders (see :mod:`.builders`) with K = 3, plus
@@ -373,8 +374,8 @@ def register() -> None:
     """Make ``--config.data.name=retouch`` known to the shared loader (idempotent)."""
     from fedmix_jax.data.real import loader
 
-    _layouts.LAYOUTS.setdefault("retouch", RETOUCH_LAYOUT)
-    _builders.BUILDERS.setdefault("retouch", RetouchFedmix)
+    dataset_layouts.LAYOUTS.setdefault("retouch", RETOUCH_LAYOUT)
+    dataset_builders.BUILDERS.setdefault("retouch", RetouchFedmix)
     loader.DEFAULT_LEVELS.setdefault("retouch", dict(zip(CLIENTS, LEVELS)))
 
 

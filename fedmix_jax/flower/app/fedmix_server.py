@@ -1,5 +1,5 @@
 """The ServerApp component."""
 
-from fedmix_jax.flower import server_app as _server_app
+from fedmix_jax.flower import server_app
 
-serverapp = _server_app.app
+serverapp = server_app.app
