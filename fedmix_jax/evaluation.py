@@ -165,7 +165,7 @@ def _put_rows(dst, rows, row_client, row_image):
     """Per-row outputs of a compact split into ``dst`` [C, M, ...]: row r to
     ``[row_client[r], row_image[r]]``; rows of no client (``row_client`` -1) are dropped."""
     mine = row_client >= 0
-    dst[row_client[mine], row_image[mine]] = rows[:len(mine)][mine]
+    dst[row_client[mine], row_image[mine]] = rows[mine]
 
 
 def _per_image_scores(model, params, split, per_client_params: bool, chunk_size: int,

@@ -72,8 +72,8 @@ class Executor:
 
     def place_train(self, fields: dict, round_fn, compact: bool, put: Callable):
         """The training split on the device(s) from ``fields`` (``{field: host array}``,
-        consumed), each array through ``put(x, device_put=jax.device_put)`` (the caller's
-        transfer: e.g. waited for, the host copy dropped); compact where
+        consumed), each array through ``put(x)`` or ``put(x, transfer)`` (the caller's
+        transfer, ``jax.device_put`` by default: e.g. waited for, the host copy dropped); compact where
         :meth:`reads_clients_in_turn`."""
         from fedmix_jax.data.compact import compact_fields
 
