@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fedmix_jax import federated as F
+import fedmix_jax as fm
 from fedmix_jax import site as S
 from fedmix_jax.augment import augment_jointly
 from fedmix_jax.data.federation import PIXEL, FederatedSplit, float_images, float_labels
@@ -66,7 +66,7 @@ class SequentialBaseline:
     :meth:`from_fed_state` / :meth:`to_fed_state` convert.
     """
 
-    def __init__(self, model, config: F.RoundConfig):
+    def __init__(self, model, config: fm.RoundConfig):
         if getattr(config, "empty_target_loss", "dice") != "dice":
             raise ValueError("the sequential baseline trains with the reference's Dice loss; "
                              f"empty_target_loss={config.empty_target_loss!r} is not written")
@@ -224,9 +224,9 @@ class RoundVariant:
 
     def __init__(self, name, model, config, train, key, image_shape):
         self.name, self.model, self.config = name, model, config
-        self.state = F.init_state(model, key, image_shape, train.num_clients, config)
+        self.state = fm.init_state(model, key, image_shape, train.num_clients, config)
         self.hparams = config.hparams()
-        self.round_fn = F.make_round_fn(model, config)
+        self.round_fn = fm.make_round_fn(model, config)
         mesh = self.round_fn.mesh
         if mesh is not None:
             from fedmix_jax import executors
@@ -256,7 +256,7 @@ class BaselineVariant:
     def __init__(self, model, config, train, key, image_shape):
         self.name = "baseline"
         self.base = SequentialBaseline(model, config)
-        state = F.init_state(model, key, image_shape, train.num_clients, config)
+        state = fm.init_state(model, key, image_shape, train.num_clients, config)
         self.state = SequentialBaseline.from_fed_state(state)
         self.data = SequentialBaseline.client_data(train)
         self.hparams = config.hparams()

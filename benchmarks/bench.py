@@ -63,7 +63,7 @@ from benchmarks.harness import (Results, compare_rounds, environment, loadavg,  
                                 matmul_peak, memory, time_variants)
 from benchmarks.tables import format_tables  # noqa: E402
 from fedmix_jax import compilation_cache  # noqa: E402
-from fedmix_jax import federated as F  # noqa: E402
+import fedmix_jax as fm  # noqa: E402
 from fedmix_jax.models import UNet  # noqa: E402
 from fedmix_jax.pseudo_labels import SelectionConfig  # noqa: E402
 
@@ -146,7 +146,7 @@ def make_model(args, dtype=None) -> UNet:
                 dtype=jnp.dtype(dtype or args.dtype))
 
 
-def make_config(args, executor: str) -> F.RoundConfig:
+def make_config(args, executor: str) -> fm.RoundConfig:
     """The round's config for ``executor``: an executor name, or ``vmap:G`` / ``sharded:G`` for
     clients vectorised in groups of G (``RoundConfig.client_group``)."""
     selection = LENIENT if args.selection == "lenient" else SelectionConfig()
@@ -156,11 +156,11 @@ def make_config(args, executor: str) -> F.RoundConfig:
     except ValueError:
         raise ValueError(f"--executors: {executor}:{group} needs an integer group "
                          "(e.g. vmap:2)") from None
-    return F.RoundConfig(strategy=F.get_strategy(args.strategy, selection),
+    return fm.RoundConfig(strategy=fm.get_strategy(args.strategy, selection),
                          client_group=client_group, batch_size=args.batch_size,
                          crop=(args.crop, args.crop) if args.crop else None, lam=args.lam,
                          beta=args.beta, learning_rate=args.learning_rate, executor=executor,
-                         inference_chunk=args.inference_chunk or F.RoundConfig.inference_chunk,
+                         inference_chunk=args.inference_chunk or fm.RoundConfig.inference_chunk,
                          # the reference's loss, the one the sequential baselines implement
                          empty_target_loss="dice")
 
@@ -211,7 +211,7 @@ def run(args, log=print) -> dict:
         log(f"  {peak['gflops']:.1f} GFLOP/s (f32 {peak['n']}^2)")
 
     key = jax.random.key(args.seed)
-    default = F.default_executor()
+    default = fm.default_executor()
     if not args.only_sweep:
         train = make_federation(args).train
         image_shape = tuple(train.images.shape[2:])
@@ -254,7 +254,7 @@ def run(args, log=print) -> dict:
 def _rounds(args, model, train, key, image_shape, res, errors, log):
     """The round table: each executor, the JAX baseline and the torch baseline, interleaved."""
     images_per_round = int(np.asarray(train.valid).sum())
-    default = F.default_executor()
+    default = fm.default_executor()
     variants = {}
     for ex in args.executors:
         try:
@@ -311,7 +311,7 @@ def _conv_floor(args, image_shape, work: dict) -> dict:
     if jax.default_backend() != "cpu":
         return dict(skipped=f"CPU only (backend {jax.default_backend()})")
     return conv_floor.measure(args.width, args.depth, args.image_size, args.batch_size,
-                              args.inference_chunk or F.RoundConfig.inference_chunk,
+                              args.inference_chunk or fm.RoundConfig.inference_chunk,
                               work["model_steps"], work["forward_images"],
                               in_channels=int(image_shape[-1]))
 

@@ -14,14 +14,15 @@ import optax
 from benchmarks.baselines import BaselineVariant, RoundVariant, SequentialBaseline
 from benchmarks.harness import cost_flops, summarize, time_variants, timed
 from fedmix_jax import aggregation
-from fedmix_jax import federated as F
+import fedmix_jax as fm
+from fedmix_jax.round import broadcast
 from fedmix_jax import site as S
 from fedmix_jax.data.federation import PIXEL
 from fedmix_jax.losses import dice_loss
 from fedmix_jax.round import round_keys
 
 
-def train_step_fn(model, config: F.RoundConfig):
+def train_step_fn(model, config: fm.RoundConfig):
     """One local-training step of both models at batch B, as the site function makes it."""
     tx = S.make_optimizer(config)
     apply = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
@@ -49,7 +50,7 @@ def time_parts(model, config, train, key, image_shape, repeats, peak,
     """
     out = {}
     c = train.num_clients
-    state = F.init_state(model, key, image_shape, c, config)
+    state = fm.init_state(model, key, image_shape, c, config)
     hp = config.hparams()
     dev_train = jax.device_put(train)
     base = base or SequentialBaseline(model, config)
@@ -64,7 +65,7 @@ def time_parts(model, config, train, key, image_shape, repeats, peak,
     epochs = jax.jit(lambda params, opt, keys, inp, lr: over_clients(
         lambda a: S.local_epoch(model, config, a[0], a[1], a[2], a[3], lr),
         (params, opt, keys, inp)))
-    local = F.broadcast(gp, c)
+    local = broadcast(gp, c)
     host_inputs = jax.device_get(inputs)
     take = lambda t, i: jax.tree.map(lambda x: x[i], t)  # noqa: E731
 
@@ -156,7 +157,7 @@ def _train_step(model, config, image_shape, state, repeats, peak, parts, steps):
 def sweep(args, make_model, make_config, make_federation, key, log, res) -> dict:
     """Round time versus the number of clients (at ``args.image_size``) and the image size (at
     ``args.clients``), with the baseline where ``args.sweep_baseline``."""
-    executor = args.sweep_executor or F.default_executor()
+    executor = args.sweep_executor or fm.default_executor()
     points = [(int(c), args.image_size) for c in args.sweep_clients if c]
     points += [(args.clients, int(s)) for s in args.sweep_sizes if s and int(s) != args.image_size]
     out = dict(executor=executor, repeats=args.sweep_repeats, rows=[])
@@ -198,12 +199,12 @@ def mixed_precision(args, make_model, make_config, fed, log=print) -> dict:
     out = {}
     for dt in args.dtypes:
         model = make_model(dt)
-        config = make_config(F.default_executor())
-        config = dataclasses.replace(config, strategy=F.get_strategy(args.strategy))
+        config = make_config(fm.default_executor())
+        config = dataclasses.replace(config, strategy=fm.get_strategy(args.strategy))
         image_shape = tuple(fed.train.images.shape[2:])
-        state = F.init_state(model, jax.random.key(args.seed), image_shape,
+        state = fm.init_state(model, jax.random.key(args.seed), image_shape,
                              fed.train.num_clients, config)
-        round_fn = F.make_round_fn(model, config)
+        round_fn = fm.make_round_fn(model, config)
         train = jax.device_put(fed.train)
         t_first, (state, _) = timed(lambda: round_fn(state, train))
         times = []

@@ -36,7 +36,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import harness  # noqa: E402
-from fedmix_jax import federated as F  # noqa: E402
+import fedmix_jax as fm  # noqa: E402
 from fedmix_jax import streaming as S
 from fedmix_jax.data import streamed_sources as D  # noqa: E402
 from fedmix_jax.models import UNet  # noqa: E402
@@ -92,18 +92,18 @@ def main(_):
           f"split {D.split_bytes(fed.train) / 2**20:.1f} MiB ({fed.train.images.dtype} images); "
           f"{jax.default_backend()}, block of {FLAGS.block_steps} steps x batch "
           f"{FLAGS.batch_size}")
-    base = dict(strategy=F.get_strategy("fedmix"), batch_size=FLAGS.batch_size, crop=None)
+    base = dict(strategy=fm.get_strategy("fedmix"), batch_size=FLAGS.batch_size, crop=None)
     shape = (FLAGS.image_size, FLAGS.image_size, fed.train.images.shape[-1])
-    state = F.init_state(model, jax.random.PRNGKey(0), shape, fed.num_clients,
-                         F.RoundConfig(**base))
+    state = fm.init_state(model, jax.random.PRNGKey(0), shape, fed.num_clients,
+                         fm.RoundConfig(**base))
     copy = lambda: jax.tree.map(jnp.copy, state)  # noqa: E731
     train = jax.device_put(fed.train)
     options = S.StreamOptions(block_steps=FLAGS.block_steps)
-    loop_cfg = F.RoundConfig(executor="loop", **base)
+    loop_cfg = fm.RoundConfig(executor="loop", **base)
     variants = {
-        "memory_map": Rounds(F.make_round_fn(model, F.RoundConfig(executor="map", **base)),
+        "memory_map": Rounds(fm.make_round_fn(model, fm.RoundConfig(executor="map", **base)),
                              copy(), train),
-        "memory_loop": Rounds(F.make_round_fn(model, loop_cfg), copy(), train),
+        "memory_loop": Rounds(fm.make_round_fn(model, loop_cfg), copy(), train),
         "stream_host": Rounds(S.StreamedRound(model, loop_cfg, D.ArraySource(fed.train), options),
                               copy()),
         "stream_cache": Rounds(S.StreamedRound(model, loop_cfg, streamed.train, options), copy()),

@@ -30,7 +30,7 @@ import time
 import jax
 import numpy as np
 
-from fedmix_jax import federated as F
+import fedmix_jax as fm
 from fedmix_jax.data.federation import BOX, IMAGE, PIXEL, float_images
 from fedmix_jax.models import unet_channels
 from fedmix_jax.reference_weights import params_from_state_dict, state_dict_from_params
@@ -279,7 +279,7 @@ class TorchVariant:
         self.default_threads = torch.get_num_threads()
         self.threads = threads
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        state = F.init_state(model, key, image_shape, train.num_clients, config)
+        state = fm.init_state(model, key, image_shape, train.num_clients, config)
         t0 = time.perf_counter()
         self.round = TorchRound(torch, model, config, train, state, device)
         self.setup_s = time.perf_counter() - t0

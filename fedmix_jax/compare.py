@@ -27,6 +27,8 @@ import numpy as np
 from absl import flags, logging
 
 from fedmix_jax import main as main_lib
+from fedmix_jax import rundir
+from fedmix_jax.errors import ConfigError, TrainingDivergedError
 
 USAGE = ("usage: python -m fedmix_jax.compare --config configs/synthetic.py "
          "--strategies fedmix,fedavg_pixel --seeds 0,1,2 [--config.<field>=<value> ...] "
@@ -67,16 +69,16 @@ def run_comparison(config, strategies: Sequence[str], seeds: Sequence[int], work
     workdir; or an ``error``), ``dice_mean`` / ``dice_std`` [C], ``mean_dice_mean`` /
     ``mean_dice_std``; plus ``markdown``, the table.
     """
-    from fedmix_jax import cpu_cores, rundir, train
+    from fedmix_jax import cpu_cores, train
     from fedmix_jax.data.streamed_sources import load_run_federation
-    from fedmix_jax.federated import get_strategy
+    from fedmix_jax.strategies import get_strategy
     from fedmix_jax.summary import level_names
 
     for s in strategies:  # fail before any training
         try:
             get_strategy(s)
         except ValueError as e:
-            raise train.ConfigError(str(e)) from None
+            raise ConfigError(str(e)) from None
     workdir = rundir.resolve(workdir)
     rundir.check_usable(workdir)
     cpu_cores.cpu_devices_from_config(config)        # before the first JAX computation
@@ -89,7 +91,7 @@ def run_comparison(config, strategies: Sequence[str], seeds: Sequence[int], work
 
 def _compare(config, strategies, seeds, workdir, quiet, plots, federation, levels, train):
     names = list(federation.client_names)
-    out = {"config": train.config_to_dict(config), "client_names": names, "levels": levels,
+    out = {"config": rundir.config_to_dict(config), "client_names": names, "levels": levels,
            "strategies": list(strategies), "seeds": [int(s) for s in seeds],
            "metric": "test Dice of global model 1 (local: each client's model) at the round "
                      "with the best mean validation Dice; mean ± sample std over seeds",
@@ -109,7 +111,7 @@ def _compare(config, strategies, seeds, workdir, quiet, plots, federation, level
             try:
                 s = train.train_and_evaluate(cfg, run_dir, quiet=quiet, federation=federation,
                                              write_plots=plots)
-            except train.TrainingDivergedError as e:
+            except TrainingDivergedError as e:
                 logging.warning("%s, seed %s failed: %s", strategy, seed, e)
                 runs[str(seed)] = {"error": str(e), "workdir": run_dir}
                 continue

@@ -3,11 +3,8 @@
 The round's logic lives in :mod:`fedmix_jax.round` (broadcast, weights, aggregation) and
 :mod:`fedmix_jax.site` (what each client does); the executor of ``config.executor``
 (:mod:`fedmix_jax.executors`) maps the site function over the clients and compiles the round,
-once per (model, config).
-
-The names users import are re-exported here: :class:`FedState`, :class:`RoundMetrics`,
-:class:`RoundConfig`, :class:`HParams`, :func:`get_strategy`, :data:`STRATEGY_NAMES`,
-:data:`EXECUTORS`, :func:`default_executor`.
+once per (model, config). The names users import are exported by the package
+(``import fedmix_jax as fm``; see docs/architecture.md for where each one lives).
 """
 
 from __future__ import annotations
@@ -20,11 +17,10 @@ import jax
 import jax.numpy as jnp
 
 from fedmix_jax import executors
-from fedmix_jax.config import EXECUTORS, HParams, RoundConfig, default_executor  # noqa: F401
+from fedmix_jax.config import HParams, RoundConfig
 from fedmix_jax.data.federation import FederatedSplit
-from fedmix_jax.round import FedState, RoundMetrics, broadcast  # noqa: F401
-from fedmix_jax.site import ModelPair, init_site_state, local_epoch, make_optimizer  # noqa: F401
-from fedmix_jax.strategies import STRATEGY_NAMES, Strategy, get_strategy  # noqa: F401
+from fedmix_jax.round import FedState, RoundMetrics, broadcast
+from fedmix_jax.site import ModelPair, init_site_state, make_optimizer
 
 
 def init_params(model: nn.Module, key: jax.Array, image_shape: tuple[int, ...]):

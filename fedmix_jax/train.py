@@ -42,7 +42,7 @@ from absl import logging
 
 from fedmix_jax import compilation_cache, cpu_cores, executors, placement, rundir
 from fedmix_jax.checkpointing import Checkpointer, remove_temporaries
-from fedmix_jax.config import (NOTHING_TRAINED, build_model, build_round_config,
+from fedmix_jax.config import (NOTHING_TRAINED, RoundConfig, build_model, build_round_config,
                                resolve_warmup_rounds, validate_run)
 from fedmix_jax.config_checks import check_config_values, check_num_devices
 from fedmix_jax.console import Progress
@@ -52,16 +52,14 @@ from fedmix_jax.job_settings import JobSettings
 from fedmix_jax.run_loop import RunLoop
 from fedmix_jax.data.streamed_sources import (ArraySource, SplitSource, choose_mode,
                                               load_run_federation)
-from fedmix_jax.errors import (ConfigError, ConfigMismatchError, DataError,  # noqa: F401
-                               OutOfMemoryError, RunError, TrainingDivergedError, WorkdirError,
+from fedmix_jax.errors import (ConfigError, OutOfMemoryError, RunError, TrainingDivergedError,
                                is_out_of_memory)
 from fedmix_jax.evaluation import evaluate
-from fedmix_jax.federated import RoundConfig, init_state, make_round_fn
+from fedmix_jax.federated import init_state, make_round_fn
 from fedmix_jax.records import (MetricsFile, check_checkpoint_record, eval_record,
-                                evaluation_of, local_test_record, read_metrics, round_record)
-from fedmix_jax.rundir import (CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE,  # noqa: F401
-                               RESUMABLE_FIELDS, SUMMARY_FILE, config_differences, config_to_dict)
-from fedmix_jax.summary import format_summary, make_summary, timing, write_summary
+                                evaluation_of, local_test_record, round_record)
+from fedmix_jax.rundir import CONFIG_FILE, config_to_dict
+from fedmix_jax.summary import make_summary, timing, write_summary
 
 
 def _copy_tree(tree):
@@ -393,8 +391,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, quiet: b
             run.checkpointer.close(raise_errors=done)
 
 
-__all__ = ["train_and_evaluate", "build_round_config", "build_model", "format_summary",
-           "read_metrics", "config_to_dict", "config_differences", "RunError", "ConfigError",
-           "ConfigMismatchError", "DataError", "TrainingDivergedError", "WorkdirError",
-           "OutOfMemoryError", "METRICS_FILE", "SUMMARY_FILE", "CONFIG_FILE", "CHECKPOINT_DIR",
-           "RESUMABLE_FIELDS"]
+__all__ = ["train_and_evaluate", "build_round_config", "build_model"]

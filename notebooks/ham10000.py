@@ -170,7 +170,7 @@ import shlex
 
 import jax
 
-from fedmix_jax import federated as F
+from fedmix_jax.config import EXECUTORS
 
 
 def find_repo_file(relative):
@@ -199,7 +199,7 @@ if not PAPER_SCALE:
     config.model.width, config.model.depth = WIDTH, DEPTH
     config.num_rounds = ROUNDS
     config.train.batch_size = BATCH_SIZE
-if jax.device_count() > 1 and "sharded" in F.EXECUTORS:   # e.g. a TPU: one client block per core
+if jax.device_count() > 1 and "sharded" in EXECUTORS:   # e.g. a TPU: one client block per core
     config.train.executor = "sharded"
     config.train.num_devices = max(d for d in range(1, jax.device_count() + 1)
                                    if len(config.data.clients) % d == 0)
@@ -280,8 +280,9 @@ display(Image(filename=preview_grid(fed, os.path.join(tempfile.mkdtemp(), "clien
 # refused — use a new one. Below, the settings that differ from the paper's.
 
 # %%
-from fedmix_jax.train import config_differences, config_to_dict, format_summary, \
-    train_and_evaluate
+from fedmix_jax.rundir import config_differences, config_to_dict
+from fedmix_jax.summary import format_summary
+from fedmix_jax.train import train_and_evaluate
 
 paper = isic.get_config()
 paper.data.data_dir, paper.data.cache_dir = config.data.data_dir, config.data.cache_dir

@@ -131,7 +131,8 @@ import numpy as np
 from IPython.display import Image, display
 from matplotlib.ticker import MaxNLocator
 
-from fedmix_jax import federated as F
+import fedmix_jax as fm
+from fedmix_jax.config import EXECUTORS
 from fedmix_jax.data.synthetic import make_synthetic_federation, preview_grid
 from fedmix_jax.evaluation import evaluate
 from fedmix_jax.models import UNet, count_params
@@ -145,10 +146,10 @@ print(f"jax {jax.__version__}: backend {backend!r}, {len(devices)} device(s): "
 NUM_CLIENTS = len(TRAIN_SIZES)
 if EXECUTOR != "auto":
     executor = EXECUTOR
-elif len(devices) > 1 and "sharded" in F.EXECUTORS:
+elif len(devices) > 1 and "sharded" in EXECUTORS:
     executor = "sharded"              # e.g. a TPU's cores: each device trains a block of clients
 else:
-    executor = F.default_executor()   # vmap on GPU/TPU, loop on CPU
+    executor = fm.default_executor()   # vmap on GPU/TPU, loop on CPU
 round_kwargs = {}
 if executor == "sharded":
     # The largest device count that divides the clients: every device holds whole clients.
@@ -222,11 +223,11 @@ def place_state(state, round_fn):
 
 
 def run(strategy_name):
-    config = F.RoundConfig(strategy=F.get_strategy(strategy_name), batch_size=BATCH_SIZE,
+    config = fm.RoundConfig(strategy=fm.get_strategy(strategy_name), batch_size=BATCH_SIZE,
                            lam=LAM, beta=BETA, executor=executor, **round_kwargs)
-    round_fn = F.make_round_fn(model, config)
+    round_fn = fm.make_round_fn(model, config)
     train = place_clients(fed.train, round_fn)
-    state = F.init_state(model, jax.random.PRNGKey(SEED), image_shape, fed.num_clients, config)
+    state = fm.init_state(model, jax.random.PRNGKey(SEED), image_shape, fed.num_clients, config)
     state = place_state(state, round_fn)
     print(f"{strategy_name}: U-Net width {WIDTH}, depth {DEPTH}, "
           f"{count_params(state.global_params[0]):,} parameters per model")

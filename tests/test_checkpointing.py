@@ -11,6 +11,9 @@ import pytest
 
 from fedmix_jax import train
 from fedmix_jax.checkpointing import Checkpointer
+from fedmix_jax.errors import ConfigMismatchError
+from fedmix_jax.records import read_metrics
+from fedmix_jax.rundir import CHECKPOINT_DIR, METRICS_FILE, config_differences
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_main import tiny_config  # noqa: E402
@@ -32,7 +35,7 @@ def _final(workdir, step):
     model = train.build_model(cfg, fed.num_classes)
     target = init_state(model, jax.random.PRNGKey(0), fed.train.images.shape[2:],
                         fed.num_clients, train.build_round_config(cfg))
-    with Checkpointer(os.path.join(workdir, train.CHECKPOINT_DIR)) as ck:
+    with Checkpointer(os.path.join(workdir, CHECKPOINT_DIR)) as ck:
         state, best, extra = ck.restore(step, target, target.global_params[0])
     return jax.device_get(state), jax.device_get(best), extra
 
@@ -72,8 +75,8 @@ def test_resume_with_more_rounds_is_bit_identical(uninterrupted, federation, tmp
     _assert_equal_trees(a[0], b[0])          # FedState: params, Adam states, round, key
     _assert_equal_trees(a[1], b[1])          # the params selected by validation
     assert a[2]["best"] == b[2]["best"]
-    assert _strip_times(train.read_metrics(os.path.join(uninterrupted, train.METRICS_FILE))) \
-        == _strip_times(train.read_metrics(os.path.join(wd, train.METRICS_FILE)))
+    assert _strip_times(read_metrics(os.path.join(uninterrupted, METRICS_FILE))) \
+        == _strip_times(read_metrics(os.path.join(wd, METRICS_FILE)))
 
 
 def test_interrupted_run_resumes_bit_identical(uninterrupted, federation, tmp_path,
@@ -97,9 +100,9 @@ def test_interrupted_run_resumes_bit_identical(uninterrupted, federation, tmp_pa
     with pytest.raises(KeyboardInterrupt):
         train.train_and_evaluate(cfg, wd, quiet=True, federation=federation, write_plots=False)
     monkeypatch.undo()
-    metrics = os.path.join(wd, train.METRICS_FILE)
-    assert [r["round"] for r in train.read_metrics(metrics)] == [1, 2, 3]
-    assert Checkpointer(os.path.join(wd, train.CHECKPOINT_DIR)).all_steps() == [2]
+    metrics = os.path.join(wd, METRICS_FILE)
+    assert [r["round"] for r in read_metrics(metrics)] == [1, 2, 3]
+    assert Checkpointer(os.path.join(wd, CHECKPOINT_DIR)).all_steps() == [2]
     inode = os.stat(metrics).st_ino
 
     train.train_and_evaluate(cfg, wd, quiet=True, federation=federation, write_plots=False)
@@ -108,8 +111,8 @@ def test_interrupted_run_resumes_bit_identical(uninterrupted, federation, tmp_pa
     _assert_equal_trees(a[0], b[0])
     _assert_equal_trees(a[1], b[1])
     assert a[2]["best"] == b[2]["best"]
-    assert _strip_times(train.read_metrics(os.path.join(uninterrupted, train.METRICS_FILE))) \
-        == _strip_times(train.read_metrics(metrics))
+    assert _strip_times(read_metrics(os.path.join(uninterrupted, METRICS_FILE))) \
+        == _strip_times(read_metrics(metrics))
 
 
 def test_checkpointer_roundtrip_keeps_last_and_ignores_tmp(tmp_path):
@@ -130,12 +133,12 @@ def test_checkpointer_roundtrip_keeps_last_and_ignores_tmp(tmp_path):
 
 
 def test_config_change_on_resume(uninterrupted, federation):
-    with pytest.raises(train.ConfigMismatchError, match="train.lam"):
+    with pytest.raises(ConfigMismatchError, match="train.lam"):
         cfg = tiny_config(num_rounds=5)
         cfg.train.lam = 2.0
         train.train_and_evaluate(cfg, uninterrupted, quiet=True, federation=federation,
                                  write_plots=False)
-    diffs = train.config_differences({"num_rounds": 4, "a": {"b": 1}},
+    diffs = config_differences({"num_rounds": 4, "a": {"b": 1}},
                                      {"num_rounds": 9, "a": {"b": 1}})
     assert diffs == []                          # num_rounds may change
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fedmix_jax import executors
-from fedmix_jax import federated as F
+import fedmix_jax as fm
 from fedmix_jax.data.compact import (CompactSplit, client_counts, client_window, compact_split,
                                      padded_rows, put_compact)
 from fedmix_jax.data.federation import BOX, IMAGE, PIXEL, pack_split_labels, stack_clients
@@ -108,8 +108,8 @@ def test_grouped_backend_reads_each_clients_window():
 
 def test_evaluation_bit_identical_to_padded(splits):
     u8, cs = splits
-    params = F.init_state(MODEL, jax.random.PRNGKey(3), (SIZE, SIZE, 1), 3,
-                          F.RoundConfig(strategy=F.get_strategy("fedmix"))).client_params[0]
+    params = fm.init_state(MODEL, jax.random.PRNGKey(3), (SIZE, SIZE, 1), 3,
+                          fm.RoundConfig(strategy=fm.get_strategy("fedmix"))).client_params[0]
     dev = jax.device_put(cs)
     for per_client in (False, True):
         p = params if per_client else jax.tree.map(lambda x: x[0], params)
@@ -131,10 +131,10 @@ def test_where_compact_applies_and_sharded_refuses(splits):
     assert compact_applies("map", 0, 4) and compact_applies("loop", 0, 4)
     assert compact_applies("vmap", 2, 4) and not compact_applies("vmap", 4, 4)
     assert not compact_applies("vmap", 0, 4) and not compact_applies("sharded", 1, 4)
-    cfg = F.RoundConfig(strategy=F.get_strategy("fedmix"), executor="sharded", num_devices=1)
-    state = F.init_state(MODEL, jax.random.PRNGKey(0), (SIZE, SIZE, 1), 3, cfg)
+    cfg = fm.RoundConfig(strategy=fm.get_strategy("fedmix"), executor="sharded", num_devices=1)
+    state = fm.init_state(MODEL, jax.random.PRNGKey(0), (SIZE, SIZE, 1), 3, cfg)
     with pytest.raises(TypeError, match="padded FederatedSplit"):
-        F.make_round_fn(MODEL, cfg)(state, splits[1])
+        fm.make_round_fn(MODEL, cfg)(state, splits[1])
 
 
 def test_compact_layout_benchmark_smoke():

@@ -78,7 +78,7 @@ def test_empty_aware_loss_matches_numpy_and_has_a_gradient_toward_background():
 
 def test_bce_mode_round_reports_dice_of_lesion_samples_only():
     """With empty_target_loss='bce', l_i measures the Dice loss of samples with foreground."""
-    from fedmix_jax import federated as F
+    import fedmix_jax as fm
     from fedmix_jax.data.federation import stack_clients
     from fedmix_jax.models import UNet
 
@@ -95,10 +95,10 @@ def test_bce_mode_round_reports_dice_of_lesion_samples_only():
     model = UNet(width=4, depth=2)
     out = {}
     for mode in ("dice", "bce"):
-        cfg = F.RoundConfig(strategy=F.get_strategy("fedavg_pixel"), batch_size=8, hflip=False,
+        cfg = fm.RoundConfig(strategy=fm.get_strategy("fedavg_pixel"), batch_size=8, hflip=False,
                             vflip=False, empty_target_loss=mode)
-        state = F.init_state(model, jax.random.PRNGKey(0), (size, size, 1), 2, cfg)
-        _, m = F.make_round_fn(model, cfg)(state, split)
+        state = fm.init_state(model, jax.random.PRNGKey(0), (size, size, 1), 2, cfg)
+        _, m = fm.make_round_fn(model, cfg)(state, split)
         out[mode] = jax.device_get(m)
     # "dice": the lesion-free client's loss is ~1 (soft Dice of empty targets)
     assert out["dice"].reports.loss1[1] > 0.99

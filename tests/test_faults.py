@@ -20,6 +20,7 @@ import pytest
 
 from fedmix_jax import checkpointing, records, rundir, train
 from fedmix_jax.checkpointing import Checkpointer
+from fedmix_jax.errors import ConfigError
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_checkpointing import _assert_equal_trees, _final, _strip_times  # noqa: E402
@@ -470,7 +471,7 @@ def test_round_1_that_trains_nothing_stops_the_run(tmp_path, monkeypatch, federa
     fed = dataclasses.replace(federation, train=federation.train.replace(
         levels=np.full_like(np.asarray(federation.train.levels), 1)))   # 1: box
     wd = str(tmp_path / "run")
-    with pytest.raises(train.ConfigError, match="round 1 trained nothing"):
+    with pytest.raises(ConfigError, match="round 1 trained nothing"):
         train.train_and_evaluate(cfg, wd, quiet=True, federation=fed, write_plots=False)
     assert any("no client has pixel masks" in w for w in _warnings(caplog))
     assert _metrics(wd) == []

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedmix_jax import federated as F
+import fedmix_jax as fm
 from fedmix_jax.data.federation import BOX, IMAGE, NONE, PIXEL, stack_clients
 from fedmix_jax.diagnostics import pseudo_label_diagnostics, summarize
 from fedmix_jax.losses import WeakSupervision, dice_coefficient
@@ -28,15 +28,15 @@ def clients():
 
 
 def _cfg(strategy, selection, **kw):
-    return F.RoundConfig(strategy=F.get_strategy(strategy, selection), batch_size=4,
+    return fm.RoundConfig(strategy=fm.get_strategy(strategy, selection), batch_size=4,
                          crop=(12, 12), **kw)
 
 
 def _rounds(split, cfg, rounds=2, seed=0):
-    state = F.init_state(MODEL, jax.random.PRNGKey(seed), (SIZE, SIZE, 1), split.num_clients,
+    state = fm.init_state(MODEL, jax.random.PRNGKey(seed), (SIZE, SIZE, 1), split.num_clients,
                          cfg)
     before = jax.device_get(state)
-    round_fn = F.make_round_fn(MODEL, cfg)
+    round_fn = fm.make_round_fn(MODEL, cfg)
     ms = []
     for _ in range(rounds):
         state, m = round_fn(state, as_device(split))
@@ -96,7 +96,7 @@ def test_padding_with_invalid_samples_changes_nothing(clients, lenient_run):
 def test_weak_weights_change_the_update(clients, lenient_run):
     cfg = _cfg("fedmix_plus", LENIENT)
     off = WeakSupervision(emptiness=0.0, tightness=0.0, image_mil=0.0)
-    cfg_off = F.RoundConfig(strategy=cfg.strategy.with_weak(off), batch_size=4, crop=(12, 12))
+    cfg_off = fm.RoundConfig(strategy=cfg.strategy.with_weak(off), batch_size=4, crop=(12, 12))
     _, b, _ = _rounds(stack_clients(clients), cfg_off)
     _, a, _ = lenient_run
     leaf = lambda s: jax.tree.leaves(s.global_params)[0]  # noqa: E731
@@ -134,7 +134,7 @@ def test_config_builds_the_weak_terms_and_streaming_refuses():
 def test_diagnostics_match_a_numpy_reference(clients):
     split = stack_clients(clients)
     cfg = _cfg("fedmix", LENIENT)
-    state = F.init_state(MODEL, jax.random.PRNGKey(0), (SIZE, SIZE, 1), 4, cfg)
+    state = fm.init_state(MODEL, jax.random.PRNGKey(0), (SIZE, SIZE, 1), 4, cfg)
     diag = pseudo_label_diagnostics(MODEL, cfg, state.global_params, as_device(split))
     assert set(k.split("_")[1] for k in diag) == {"box", "image", "none"}
     for c, level, name in ((0, BOX, "box"), (2, IMAGE, "image"), (3, NONE, "none")):

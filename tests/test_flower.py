@@ -268,7 +268,7 @@ def test_simulation_equals_in_process_loop_round(two_rounds):
     diff = _max_diff(pair, ref_state.global_params)
     # Measured bit-identical on CPU; the bound is the stated float tolerance.
     assert diff <= 1e-6, diff
-    from fedmix_jax.train import read_metrics
+    from fedmix_jax.records import read_metrics
 
     recs = read_metrics(os.path.join(summary["workdir"], "metrics.jsonl"))
     assert [r["round"] for r in recs] == [1, 2]
@@ -381,7 +381,7 @@ def test_server_workdir_is_locked_verified_and_rebuilt(two_rounds, tmp_path):
     newest checkpoint is set aside for the previous one, metrics.jsonl is rebuilt."""
     from fedmix_jax import rundir
     from fedmix_jax.errors import WorkdirLockedError
-    from fedmix_jax.train import read_metrics
+    from fedmix_jax.records import read_metrics
 
     cfg = _run_config(tmp_path, rounds=2, name="wd", extra="checkpoint_every=1 keep_checkpoints=2")
     wd = cfg["workdir"]
@@ -483,7 +483,7 @@ def test_silent_site_does_not_stall_the_round(two_rounds, tmp_path):
     finally:
         release.set()
         grid.close()
-    from fedmix_jax.train import read_metrics
+    from fedmix_jax.records import read_metrics
 
     rec = read_metrics(os.path.join(summary["workdir"], "metrics.jsonl"))[0]
     assert rec["accepted"][1] is False and rec["applied"]
@@ -569,7 +569,7 @@ def test_fedst_leaves_its_warm_up_on_flower_as_in_process(tmp_path):
     ref_state, ref_metrics = _in_process(3, extra)
     summary, pair, _ = run_local(3, _run_config(tmp_path, rounds=3, name="fedst", extra=extra))
     assert _max_diff(pair, ref_state.global_params) <= 1e-6
-    from fedmix_jax.train import read_metrics
+    from fedmix_jax.records import read_metrics
 
     recs = read_metrics(os.path.join(summary["workdir"], "metrics.jsonl"))
     for rec, m in zip(recs, ref_metrics):
@@ -602,7 +602,7 @@ def test_hostile_sites_are_left_out_of_a_flower_run(two_rounds, tmp_path, caplog
         summary, pair, _ = run_local(3, cfg, grid=grid)
     assert summary["client_names"] == ["site_a_dim", "site_b_hairy"]
     assert f"node {nodes[2]} excluded: bad declaration: num-train 1000000000000" in caplog.text
-    from fedmix_jax.train import read_metrics
+    from fedmix_jax.records import read_metrics
 
     rec = read_metrics(os.path.join(summary["workdir"], "metrics.jsonl"))[0]
     assert rec["accepted"] == [True, False] and rec["applied"]

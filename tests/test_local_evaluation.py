@@ -4,6 +4,10 @@ import jax
 import numpy as np
 import pytest
 
+from fedmix_jax.records import read_metrics
+from fedmix_jax.rundir import METRICS_FILE
+from fedmix_jax.summary import format_summary
+
 
 def test_local_models_are_evaluated_beside_the_global_one(tmp_path, monkeypatch):
     """``eval_local_models``: each client's local (pre-aggregation) model 1 on its own test split,
@@ -23,7 +27,7 @@ def test_local_models_are_evaluated_beside_the_global_one(tmp_path, monkeypatch)
     monkeypatch.setattr(train._Run, "finish", capture)
     cfg = tiny_config(strategy="fedavg_pixel", eval_local_models=True)
     summary = train.train_and_evaluate(cfg, str(tmp_path / "run"), quiet=True, write_plots=False)
-    last = train.read_metrics(str(tmp_path / "run" / train.METRICS_FILE))[-1]
+    last = read_metrics(str(tmp_path / "run" / METRICS_FILE))[-1]
     np.testing.assert_allclose(last["local_test_dice"], oracle["dice"], rtol=1e-6)
     assert last["local_test_mean_dice"] == pytest.approx(float(oracle["mean_dice"]), rel=1e-6)
     assert len(last["local_test_dice"]) == len(last["test_dice"]) == 4
@@ -32,9 +36,9 @@ def test_local_models_are_evaluated_beside_the_global_one(tmp_path, monkeypatch)
     assert last["local_test_dice"] != last["test_dice"]
     assert summary["final"]["local_test"]["mean_dice"] == last["local_test_mean_dice"]
     assert "local_test" in summary["best"] and "test Dice of each client's local" in \
-        train.format_summary(summary)
+        format_summary(summary)
     off = train.train_and_evaluate(tiny_config(strategy="fedavg_pixel"), str(tmp_path / "off"),
                                    quiet=True, write_plots=False)
     assert "local_test" not in off["final"] and "local_test" not in off["best"]
     assert not any(k.startswith("local_test") for k in
-                   train.read_metrics(str(tmp_path / "off" / train.METRICS_FILE))[-1])
+                   read_metrics(str(tmp_path / "off" / METRICS_FILE))[-1])

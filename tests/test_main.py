@@ -18,7 +18,11 @@ from fedmix_jax import main as main_lib
 from fedmix_jax import train
 from fedmix_jax.checkpointing import Checkpointer
 from fedmix_jax.data.synthetic import synthetic_federation_from_config
+from fedmix_jax.errors import TrainingDivergedError
 from fedmix_jax.plots import PLOT_FILES
+from fedmix_jax.records import read_metrics
+from fedmix_jax.rundir import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
+from fedmix_jax.summary import format_summary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTHETIC = os.path.join(REPO, "configs", "synthetic.py")
@@ -56,7 +60,7 @@ def run_main(config, workdir, *extra, quiet=True):
 
 
 def lines(workdir):
-    return train.read_metrics(os.path.join(workdir, train.METRICS_FILE))
+    return read_metrics(os.path.join(workdir, METRICS_FILE))
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +73,8 @@ def smoke_dir(tmp_path_factory):
 
 def test_smoke_writes_every_file(smoke_dir, capsys):
     names = set(os.listdir(smoke_dir))
-    assert {train.METRICS_FILE, train.SUMMARY_FILE, train.CONFIG_FILE,
-            train.CHECKPOINT_DIR} <= names
+    assert {METRICS_FILE, SUMMARY_FILE, CONFIG_FILE,
+            CHECKPOINT_DIR} <= names
     for png in PLOT_FILES:
         with open(os.path.join(smoke_dir, png), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n", png
@@ -84,7 +88,7 @@ def test_smoke_writes_every_file(smoke_dir, capsys):
                     "round_time_s"):
             assert np.isfinite(r[key]), key
         assert r["counts"][2] == 8          # the pixel client trains on its 8 masks
-    with open(os.path.join(smoke_dir, train.SUMMARY_FILE)) as f:
+    with open(os.path.join(smoke_dir, SUMMARY_FILE)) as f:
         summary = json.load(f)
     best = summary["best"]
     assert summary["rounds_completed"] == 2 and summary["strategy"] == "fedmix"
@@ -94,8 +98,8 @@ def test_smoke_writes_every_file(smoke_dir, capsys):
     assert best["test"]["mean_dice"] == chosen["test_mean_dice"]
     assert best["test"]["dice"] == chosen["test_dice"]
     assert summary["timing"]["compile_s"] is not None
-    assert Checkpointer(os.path.join(smoke_dir, train.CHECKPOINT_DIR)).all_steps() == [2]
-    assert "site_c_clean" in train.format_summary(summary)
+    assert Checkpointer(os.path.join(smoke_dir, CHECKPOINT_DIR)).all_steps() == [2]
+    assert "site_c_clean" in format_summary(summary)
 
 
 def test_resume_continues_and_keeps_one_line_per_round(smoke_dir, capsys):
@@ -107,10 +111,10 @@ def test_resume_continues_and_keeps_one_line_per_round(smoke_dir, capsys):
     recs = lines(smoke_dir)
     assert [r["round"] for r in recs] == [1, 2, 3]
     assert recs[:2] == first
-    with open(os.path.join(smoke_dir, train.SUMMARY_FILE)) as f:
+    with open(os.path.join(smoke_dir, SUMMARY_FILE)) as f:
         summary = json.load(f)
     assert summary["resumed_from"] == 2 and summary["rounds_completed"] == 3
-    assert Checkpointer(os.path.join(smoke_dir, train.CHECKPOINT_DIR)).all_steps() == [2, 3]
+    assert Checkpointer(os.path.join(smoke_dir, CHECKPOINT_DIR)).all_steps() == [2, 3]
     # the same command again: nothing to train, same files
     assert run_main(SYNTHETIC, smoke_dir, "--config.num_rounds=3", *TINY) == 0
     assert [r["round"] for r in lines(smoke_dir)] == [1, 2, 3]
@@ -143,12 +147,12 @@ def test_nan_in_a_client_stops_with_round_and_client(tmp_path):
     images[2, 0, 3, 3] = np.nan                         # the pixel client trains on it at once
     fed.train = fed.train.replace(images=images)
     wd = str(tmp_path / "nan")
-    with pytest.raises(train.TrainingDivergedError) as info:
+    with pytest.raises(TrainingDivergedError) as info:
         train.train_and_evaluate(cfg, wd, quiet=True, federation=fed, write_plots=False)
     e = info.value
     assert e.round == 1 and e.clients == [2]
     assert "round 1" in str(e) and "client 2 (site_c_clean)" in str(e)
-    assert Checkpointer(os.path.join(wd, train.CHECKPOINT_DIR)).latest_step() is None
+    assert Checkpointer(os.path.join(wd, CHECKPOINT_DIR)).latest_step() is None
     assert lines(wd) == []
 
 
@@ -173,7 +177,7 @@ def test_nan_in_a_later_round_keeps_earlier_checkpoint(tmp_path, monkeypatch, ca
     err = capsys.readouterr().err
     assert code == 1
     assert "round 2" in err and "client 1 (site_b_hairy)" in err and "Traceback" not in err
-    assert Checkpointer(os.path.join(wd, train.CHECKPOINT_DIR)).all_steps() == [1]
+    assert Checkpointer(os.path.join(wd, CHECKPOINT_DIR)).all_steps() == [1]
     assert [r["round"] for r in lines(wd)] == [1]
 
 
@@ -208,7 +212,7 @@ def test_isic_config_end_to_end_on_fixture(tmp_path, capsys):
     code = run_main(ISIC, wd, f"--config.data.data_dir={tmp_path / 'ham'}",
                     f"--config.data.cache_dir={tmp_path / 'cache'}", *REAL_TINY)
     assert code == 0, capsys.readouterr().err
-    with open(os.path.join(wd, train.SUMMARY_FILE)) as f:
+    with open(os.path.join(wd, SUMMARY_FILE)) as f:
         summary = json.load(f)
     assert summary["client_names"] == ["rosendahl", "vidir_modern", "vienna_dias",
                                        "vidir_molemax"]
@@ -224,7 +228,7 @@ def test_breast_config_end_to_end_on_fixture(tmp_path, capsys):
     code = run_main(BREAST, wd, f"--config.data.data_dir={tmp_path / 'breast'}",
                     f"--config.data.cache_dir={tmp_path / 'cache'}", *REAL_TINY)
     assert code == 0, capsys.readouterr().err
-    with open(os.path.join(wd, train.SUMMARY_FILE)) as f:
+    with open(os.path.join(wd, SUMMARY_FILE)) as f:
         summary = json.load(f)
     assert summary["client_names"] == ["busi", "busis", "udiat"]
     assert summary["levels"] == ["image", "box", "pixel"]

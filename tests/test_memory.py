@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from fedmix_jax import federated as F
+import fedmix_jax as fm
 from fedmix_jax.data.federation import (BOX, IMAGE, PIXEL, FederatedSplit, float_images,
                                         float_labels, gathered_labels, labels_packed,
                                         pack_labels, pack_split_labels, stack_clients,
@@ -96,10 +96,10 @@ def test_stack_clients_keeps_dtypes(splits):
 
 
 def _run(split, strategy, executor, rounds=2):
-    cfg = F.RoundConfig(strategy=F.get_strategy(strategy, LENIENT), batch_size=4, crop=(24, 24),
+    cfg = fm.RoundConfig(strategy=fm.get_strategy(strategy, LENIENT), batch_size=4, crop=(24, 24),
                         executor=executor, inference_chunk=4)
-    state = F.init_state(MODEL, jax.random.PRNGKey(0), (SIZE, SIZE, 1), split.num_clients, cfg)
-    round_fn = F.make_round_fn(MODEL, cfg)
+    state = fm.init_state(MODEL, jax.random.PRNGKey(0), (SIZE, SIZE, 1), split.num_clients, cfg)
+    round_fn = fm.make_round_fn(MODEL, cfg)
     dev = jax.device_put(split)
     metrics = []
     for _ in range(rounds):
@@ -187,10 +187,10 @@ def test_the_site_never_converts_a_whole_split(splits):
     import re
 
     u8, _ = splits
-    cfg = F.RoundConfig(strategy=F.get_strategy("fedmix", LENIENT), batch_size=4,
+    cfg = fm.RoundConfig(strategy=fm.get_strategy("fedmix", LENIENT), batch_size=4,
                         crop=(24, 24), executor="map", inference_chunk=4)
-    state = F.init_state(MODEL, jax.random.PRNGKey(0), (SIZE, SIZE, 1), u8.num_clients, cfg)
-    program = F.make_round_fn(MODEL, cfg).jitted[0]
+    state = fm.init_state(MODEL, jax.random.PRNGKey(0), (SIZE, SIZE, 1), u8.num_clients, cfg)
+    program = fm.make_round_fn(MODEL, cfg).jitted[0]
     text = program.lower(state, jax.device_put(u8), cfg.hparams()).as_text()
     shapes = re.findall(r"tensor<([0-9x]+)x(u8|ui8|f32)>", text)
     full = [dims for dims, t in shapes

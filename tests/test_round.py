@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedmix_jax import federated as F
+import fedmix_jax as fm
 from fedmix_jax.data.federation import BOX, IMAGE, PIXEL, stack_clients
 from fedmix_jax.evaluation import evaluate
 from fedmix_jax.models import UNet
@@ -50,10 +50,10 @@ def as_device(split):
 
 
 def run(split, strategy="fedmix", rounds=2, executor="loop", seed=0, **kw):
-    cfg = F.RoundConfig(strategy=F.get_strategy(strategy, LENIENT), batch_size=4, crop=(12, 12),
+    cfg = fm.RoundConfig(strategy=fm.get_strategy(strategy, LENIENT), batch_size=4, crop=(12, 12),
                         executor=executor, **kw)
-    state = F.init_state(MODEL, jax.random.PRNGKey(seed), (SIZE, SIZE, 1), split.num_clients, cfg)
-    round_fn = F.make_round_fn(MODEL, cfg)
+    state = fm.init_state(MODEL, jax.random.PRNGKey(seed), (SIZE, SIZE, 1), split.num_clients, cfg)
+    round_fn = fm.make_round_fn(MODEL, cfg)
     split = as_device(split)
     metrics = []
     for _ in range(rounds):
@@ -99,11 +99,11 @@ def test_padding_with_invalid_samples_changes_nothing(clients):
 def test_masked_steps_leave_client_bit_identical(clients):
     # Under `local` the box and image clients have no usable sample: every step is masked.
     split = as_device(stack_clients(clients))
-    cfg = F.RoundConfig(strategy=F.get_strategy("local"), batch_size=4, crop=(12, 12))
-    state = F.init_state(MODEL, jax.random.PRNGKey(0), (SIZE, SIZE, 1), 3, cfg)
+    cfg = fm.RoundConfig(strategy=fm.get_strategy("local"), batch_size=4, crop=(12, 12))
+    state = fm.init_state(MODEL, jax.random.PRNGKey(0), (SIZE, SIZE, 1), 3, cfg)
     clients_before = jax.device_get(state.client_params)
     opt_before = jax.device_get(state.opt_state)
-    round_fn = F.make_round_fn(MODEL, cfg)
+    round_fn = fm.make_round_fn(MODEL, cfg)
     for _ in range(2):
         state, m = round_fn(state, split)
     m = jax.device_get(m)
@@ -120,8 +120,8 @@ def test_masked_steps_leave_client_bit_identical(clients):
 
 def test_client_update_with_no_usable_sample_is_identity(clients):
     split = stack_clients(clients)
-    cfg = F.RoundConfig(batch_size=4)
-    state = F.init_state(MODEL, jax.random.PRNGKey(0), (SIZE, SIZE, 1), 3, cfg)
+    cfg = fm.RoundConfig(batch_size=4)
+    state = fm.init_state(MODEL, jax.random.PRNGKey(0), (SIZE, SIZE, 1), 3, cfg)
     take = lambda t: jax.tree.map(lambda x: x[0], t)  # noqa: E731
     params, opt = take(state.client_params), take(state.opt_state)
     no_sample = jnp.zeros((split.max_samples,), bool)
@@ -187,10 +187,10 @@ def test_vmap_and_loop_executors_agree(clients, loop_run, group):
 @pytest.mark.parametrize("executor", ["vmap", "loop"])
 def test_no_recompilation_after_first_round(clients, executor):
     split = as_device(stack_clients(clients))
-    cfg = F.RoundConfig(strategy=F.get_strategy("fedmix", LENIENT), batch_size=4, crop=(12, 12),
+    cfg = fm.RoundConfig(strategy=fm.get_strategy("fedmix", LENIENT), batch_size=4, crop=(12, 12),
                         executor=executor)
-    state = F.init_state(MODEL, jax.random.PRNGKey(0), (SIZE, SIZE, 1), 3, cfg)
-    round_fn = F.make_round_fn(MODEL, cfg)
+    state = fm.init_state(MODEL, jax.random.PRNGKey(0), (SIZE, SIZE, 1), 3, cfg)
+    round_fn = fm.make_round_fn(MODEL, cfg)
     state, _ = round_fn(state, split)
     sizes = [j._cache_size() for j in round_fn.jitted]
     for _ in range(2):
@@ -200,13 +200,13 @@ def test_no_recompilation_after_first_round(clients, executor):
 
 def test_unknown_strategy_and_executor_raise():
     with pytest.raises(ValueError, match="unknown strategy"):
-        F.get_strategy("fedprox")
+        fm.get_strategy("fedprox")
     with pytest.raises(ValueError, match="unknown executor"):
-        F.RoundConfig(executor="pmap")
+        fm.RoundConfig(executor="pmap")
     with pytest.raises(ValueError, match="client_group=2 groups clients of the 'vmap' or"):
-        F.RoundConfig(executor="map", client_group=2)
+        fm.RoundConfig(executor="map", client_group=2)
     with pytest.raises(ValueError, match="client_group must be >= 0"):
-        F.RoundConfig(executor="vmap", client_group=-1)
+        fm.RoundConfig(executor="vmap", client_group=-1)
 
 
 @pytest.mark.slow
@@ -219,10 +219,10 @@ def test_end_to_end_learns_and_selects():
                                     val_size=8, test_size=24, levels=("image", "box", "pixel"),
                                     lesion_free_fraction=0.1, box_margin=(1, 3), seed=0)
     model = UNet(width=8)
-    cfg = F.RoundConfig(strategy=F.get_strategy("fedmix"), batch_size=8, learning_rate=3e-3)
-    state = F.init_state(model, jax.random.PRNGKey(0), (32, 32, 1), 3, cfg)
+    cfg = fm.RoundConfig(strategy=fm.get_strategy("fedmix"), batch_size=8, learning_rate=3e-3)
+    state = fm.init_state(model, jax.random.PRNGKey(0), (32, 32, 1), 3, cfg)
     before = evaluate(model, state.global_params[0], fed.test)["mean_dice"]
-    round_fn = F.make_round_fn(model, cfg)
+    round_fn = fm.make_round_fn(model, cfg)
     train = as_device(fed.train)
     selected = np.zeros(3)
     for _ in range(6):

@@ -6,8 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-from fedmix_jax import federated as F
+import fedmix_jax as fm
 from fedmix_jax.data.federation import BOX, PIXEL, stack_clients
+from fedmix_jax.errors import ConfigMismatchError
+from fedmix_jax.rundir import CONFIG_FILE
 from fedmix_jax.self_training import (confident_bce_batch, confident_bce_per_sample,
                                       intensity_shift, self_training_loss)
 from test_round import MODEL, SIZE, make_client
@@ -136,7 +138,7 @@ def test_a_fedst_step_after_warm_up_is_the_reference_formula():
 
     rng = np.random.default_rng(0)
     images = rng.random((4, SIZE, SIZE, 1)).astype(np.float32)
-    cfg = F.RoundConfig(strategy=dataclasses.replace(F.get_strategy("fedst"), warmup_rounds=1),
+    cfg = fm.RoundConfig(strategy=dataclasses.replace(fm.get_strategy("fedst"), warmup_rounds=1),
                         batch_size=4, crop=None, hflip=False, vflip=False,
                         self_training_mean="pixels")
     params = MODEL.init(jax.random.PRNGKey(3), images[:1])["params"]
@@ -188,11 +190,11 @@ def split():
 
 @pytest.mark.parametrize("name,share", [("fedst", 0.9), ("fedrgd", 0.5)])
 def test_warm_up_then_fixed_weights(split, name, share):
-    strategy = dataclasses.replace(F.get_strategy(name), warmup_rounds=1)
-    cfg = F.RoundConfig(strategy=strategy, batch_size=4, crop=(12, 12))
-    state = F.init_state(MODEL, jax.random.PRNGKey(0), (SIZE, SIZE, 1), 3, cfg)
+    strategy = dataclasses.replace(fm.get_strategy(name), warmup_rounds=1)
+    cfg = fm.RoundConfig(strategy=strategy, batch_size=4, crop=(12, 12))
+    state = fm.init_state(MODEL, jax.random.PRNGKey(0), (SIZE, SIZE, 1), 3, cfg)
     model2 = jax.device_get(state.global_params[1])
-    round_fn = F.make_round_fn(MODEL, cfg)
+    round_fn = fm.make_round_fn(MODEL, cfg)
     state, warm = round_fn(state, split)
     state, after = round_fn(state, split)
     warm, after = jax.device_get((warm, after))
@@ -255,7 +257,7 @@ def test_a_resumed_fedst_run_keeps_its_stored_warm_up(tmp_path, monkeypatch):
     workdir = tmp_path / "run"
 
     def stored():
-        return json.loads((workdir / train.CONFIG_FILE).read_text())["train"]["warmup_rounds"]
+        return json.loads((workdir / CONFIG_FILE).read_text())["train"]["warmup_rounds"]
 
     train.train_and_evaluate(tiny_config(strategy="fedst", num_rounds=4), str(workdir),
                              quiet=True, write_plots=False)
@@ -265,6 +267,6 @@ def test_a_resumed_fedst_run_keeps_its_stored_warm_up(tmp_path, monkeypatch):
     assert stored() == 2 and used == [2, 2] and summary["rounds_completed"] == 8
     changed = tiny_config(strategy="fedst", num_rounds=8)
     changed.train.warmup_rounds = 4
-    with pytest.raises(train.ConfigMismatchError, match="train.warmup_rounds: 2 -> 4"):
+    with pytest.raises(ConfigMismatchError, match="train.warmup_rounds: 2 -> 4"):
         train.train_and_evaluate(changed, str(workdir), quiet=True, write_plots=False)
 

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedmix_jax import federated as F
+import fedmix_jax as fm
+from fedmix_jax.config import EXECUTORS
 from fedmix_jax import sharding
 from fedmix_jax.data.federation import FederatedSplit
 
@@ -59,11 +60,11 @@ def test_client_mesh_and_placement_on_available_devices():
 
 
 def test_sharded_executor_is_accepted():
-    assert "sharded" in F.EXECUTORS
-    cfg = F.RoundConfig(executor="sharded", num_devices=1)
+    assert "sharded" in EXECUTORS
+    cfg = fm.RoundConfig(executor="sharded", num_devices=1)
     assert cfg.num_devices == 1
     with pytest.raises(ValueError):
-        F.RoundConfig(executor="sharded", num_devices=0)
+        fm.RoundConfig(executor="sharded", num_devices=0)
 
 
 _SCRIPT = r"""
@@ -71,7 +72,8 @@ import json, sys
 import jax, numpy as np
 sys.path.insert(0, {tests!r})
 from test_round import LENIENT, MODEL, SIZE, make_client
-from fedmix_jax import federated as F, sharding
+import fedmix_jax as fm
+from fedmix_jax import sharding
 from fedmix_jax.data.federation import BOX, IMAGE, PIXEL, stack_clients
 
 assert len(jax.devices()) == 4, jax.devices()
@@ -81,10 +83,10 @@ clients = [make_client(rng, 9, BOX), make_client(rng, 6, PIXEL), make_client(rng
 
 def run(executor, num_clients, rounds=2):
     split = stack_clients(clients[:num_clients])
-    cfg = F.RoundConfig(strategy=F.get_strategy("fedmix", LENIENT), batch_size=4, crop=(12, 12),
+    cfg = fm.RoundConfig(strategy=fm.get_strategy("fedmix", LENIENT), batch_size=4, crop=(12, 12),
                         executor=executor)
-    state = F.init_state(MODEL, jax.random.PRNGKey(0), (SIZE, SIZE, 1), num_clients, cfg)
-    round_fn = F.make_round_fn(MODEL, cfg)
+    state = fm.init_state(MODEL, jax.random.PRNGKey(0), (SIZE, SIZE, 1), num_clients, cfg)
+    round_fn = fm.make_round_fn(MODEL, cfg)
     if round_fn.mesh is not None:
         train = sharding.shard_clients(split, round_fn.mesh)
         devices = len(round_fn.mesh.devices.flat)

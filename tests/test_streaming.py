@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedmix_jax import federated as F
+import fedmix_jax as fm
 from fedmix_jax import streaming as S
 from fedmix_jax.data import streamed_sources as D
 from fedmix_jax import train
@@ -65,7 +65,7 @@ def run_rounds(round_fn, state, rounds, *args):
     return jax.device_get(state), metrics
 
 
-FEDMIX = F.RoundConfig(strategy=F.get_strategy("fedmix", LENIENT), batch_size=2, crop=None,
+FEDMIX = fm.RoundConfig(strategy=fm.get_strategy("fedmix", LENIENT), batch_size=2, crop=None,
                        executor="loop", inference_chunk=2)
 
 
@@ -73,8 +73,8 @@ FEDMIX = F.RoundConfig(strategy=F.get_strategy("fedmix", LENIENT), batch_size=2,
 def in_memory(real):
     """The initial state and two in-memory ``loop`` rounds of FedMix on the fixture."""
     fed, _ = real
-    state = F.init_state(MODEL, jax.random.PRNGKey(1), (32, 32, 1), 2, FEDMIX)
-    return state, run_rounds(F.make_round_fn(MODEL, FEDMIX), jax.tree.map(jnp.copy, state), 2,
+    state = fm.init_state(MODEL, jax.random.PRNGKey(1), (32, 32, 1), 2, FEDMIX)
+    return state, run_rounds(fm.make_round_fn(MODEL, FEDMIX), jax.tree.map(jnp.copy, state), 2,
                              jax.device_put(fed.train))
 
 
@@ -99,10 +99,10 @@ def test_single_model_strategies_stream_the_same(real, strategy):
     the single-model strategy with the most paths; fedavg_pixel streamed the same when checked,
     left out of CI for time.)"""
     fed, _ = real
-    rc = F.RoundConfig(strategy=F.get_strategy(strategy, LENIENT), batch_size=4, crop=None,
+    rc = fm.RoundConfig(strategy=fm.get_strategy(strategy, LENIENT), batch_size=4, crop=None,
                        executor="loop", inference_chunk=4)
-    state = F.init_state(MODEL, jax.random.PRNGKey(2), (32, 32, 1), 2, rc)
-    want = run_rounds(F.make_round_fn(MODEL, rc), jax.tree.map(jnp.copy, state), 1,
+    state = fm.init_state(MODEL, jax.random.PRNGKey(2), (32, 32, 1), 2, rc)
+    want = run_rounds(fm.make_round_fn(MODEL, rc), jax.tree.map(jnp.copy, state), 1,
                       jax.device_put(fed.train))
     source = D.ArraySource(fed.train)
     got = run_rounds(S.StreamedRound(MODEL, rc, source, S.StreamOptions(block_steps=2)), state, 1)

@@ -43,9 +43,6 @@ class Folders(Layout):
 """
     download = "your own data: prepare it in this layout (see fedmix_jax/data/real/layouts.py)"
 
-    def default_levels_for(self, clients):
-        return ["pixel"] * len(clients)
-
     def scan(self, data_dir, policy):
         data_dir = self.check_data_dir(data_dir)
         clients, warnings = [], []

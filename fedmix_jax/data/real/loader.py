@@ -22,17 +22,19 @@ from fedmix_jax.data.federation import (LEVEL_NAMES, FederatedSplit, Federation,
 from fedmix_jax.data.real.cache import (DEFAULT_CACHE_DIR, PreparedDataset, config_get,
                                         prepare_dataset, validate_cache)
 from fedmix_jax.data.real.errors import DATA_DIR_FLAG, CacheDamagedError, log
+from fedmix_jax.data.real.layouts import LAYOUTS
 
 SPLIT_FIELDS = {"train": "train", "validation": "val", "test": "test"}
 
-# Default level of each known client when ``levels`` is not given (the paper's settings:
-# HAM10000 [B, B, L, B]; breast [I, B, L]); any other client defaults to pixel.
-DEFAULT_LEVELS = {
-    "ham10000": {"rosendahl": "box", "vidir_modern": "box", "vienna_dias": "pixel",
-                 "vidir_molemax": "box"},
-    "breast": {"busi": "image", "busis": "box", "udiat": "pixel"},
-    "folders": {},
-}
+
+def default_levels(name: str) -> dict[str, str]:
+    """Each known client's level when ``levels`` is not given: the layout's
+    ``default_clients`` / ``default_levels`` (the paper's settings: HAM10000 [B, B, L, B];
+    breast [I, B, L]); any other client is pixel."""
+    layout = LAYOUTS.get(name)
+    if layout is None:
+        return {}
+    return dict(zip(layout.default_clients, layout.default_levels))
 
 
 def default_data_config(name: str = "ham10000", **overrides) -> ml_collections.ConfigDict:
@@ -73,7 +75,7 @@ def resolve_clients_levels(data_cfg, prepared: PreparedDataset) -> tuple[list[st
         levels = [levels] * len(clients)
     levels = [str(x) for x in levels]
     if not levels:
-        defaults = DEFAULT_LEVELS[prepared.name]
+        defaults = default_levels(prepared.name)
         levels = [defaults.get(c, "pixel") for c in clients]
     if len(levels) != len(clients):
         raise ValueError(f"--config.data.levels has {len(levels)} entries {levels} but there are "

@@ -372,11 +372,8 @@ class RetouchFedmix(dataset_builders.FedMixBuilder):
 
 def register() -> None:
     """Make ``--config.data.name=retouch`` known to the shared loader (idempotent)."""
-    from fedmix_jax.data.real import loader
-
     dataset_layouts.LAYOUTS.setdefault("retouch", RETOUCH_LAYOUT)
     dataset_builders.BUILDERS.setdefault("retouch", RetouchFedmix)
-    loader.DEFAULT_LEVELS.setdefault("retouch", dict(zip(CLIENTS, LEVELS)))
 
 
 __all__ = ["CLASS_NAMES", "CLIENTS", "LEVELS", "Retouch", "RETOUCH_LAYOUT", "RetouchFedmix",

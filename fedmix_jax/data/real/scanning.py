@@ -136,11 +136,6 @@ class Layout:
             raise self.not_found(f"{DATA_DIR_FLAG}={data_dir!r} is empty")
         return data_dir
 
-    def default_levels_for(self, clients: list[str]) -> list[str]:
-        if list(clients) == list(self.default_clients) and self.default_levels:
-            return list(self.default_levels)
-        return ["pixel"] * len(clients)
-
     def scan(self, data_dir: str, policy: BadInputPolicy) -> Scan:  # pragma: no cover
         raise NotImplementedError
 
