@@ -53,6 +53,7 @@ def run_variant(config, federation, seeds, rounds, hd95=False, round_times=None,
                         dice_lesion=float(test["mean_dice_present"]),
                         fp_rate=float(test["mean_false_positive_rate"]),
                         fp_rate_per_client=[float(x) for x in test["false_positive_rate"]],
+                        dice_lesion_per_client=[float(x) for x in test["dice_present"]],
                         dice_per_class=[float(x) for x in test["mean_dice_per_class"]],
                         dice_lesion_per_class=[float(x) for x in
                                                test["mean_dice_present_per_class"]],

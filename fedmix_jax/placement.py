@@ -50,10 +50,10 @@ def without_pixels(federation, splits=_SPLITS):
     def nothing(x):
         return np.broadcast_to(np.zeros((), np.asarray(x).dtype), np.shape(x))
 
-    def hollow(split):
+    def pixel_free(split):
         return split.replace(**{f: nothing(getattr(split, f)) for f in _PIXEL_FIELDS})
 
-    return dataclasses.replace(federation, **{name: hollow(getattr(federation, name))
+    return dataclasses.replace(federation, **{name: pixel_free(getattr(federation, name))
                                               for name in splits})
 
 
@@ -64,10 +64,10 @@ def first_samples(split, k: int = PLOT_SAMPLES):
 
 
 def hand_over(federation, splits=_SPLITS):
-    """``(host, hollow, plot)``: the host arrays of ``splits`` (:func:`host_arrays`), the
+    """``(host, pixel_free, plot)``: the host arrays of ``splits`` (:func:`host_arrays`), the
     federation without them (:func:`without_pixels`) and the test samples of the job's plot.
 
-    The job replaces its federation by ``hollow`` and gives ``host`` to :func:`place_splits`
+    The job replaces its federation by ``pixel_free`` and gives ``host`` to :func:`place_splits`
     (or :func:`held_out_on_host`), which drops each host array as soon as it is on the device:
     when nothing else refers to the loaded federation, the host then holds one field at a time
     on top of what is placed, and nothing once all is (docs/memory.md; on the CPU backend the

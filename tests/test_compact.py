@@ -183,7 +183,7 @@ def test_hand_over_places_the_same_and_frees_the_host_arrays(executor, compact):
     weak = [weakref.ref(getattr(getattr(fed, s), f)) for s in ("train", "val", "test")
             for f in ("images", "masks", "boxes")]
     test_images = np.array(fed.test.images)
-    host, hollow, plot = placement.hand_over(fed)
+    host, pixel_free, plot = placement.hand_over(fed)
     meta = {s: (getattr(fed, s).levels, getattr(fed, s).valid, getattr(fed, s).images.shape)
             for s in ("train", "val", "test")}
     del fed
@@ -198,7 +198,7 @@ def test_hand_over_places_the_same_and_frees_the_host_arrays(executor, compact):
     assert isinstance(placed[0], CompactSplit) == (compact and executor == "map")
     assert all(isinstance(p, CompactSplit) == compact for p in placed[1:])
     for s, (levels, valid, shape) in meta.items():
-        split = getattr(hollow, s)
+        split = getattr(pixel_free, s)
         np.testing.assert_array_equal(split.levels, levels)
         np.testing.assert_array_equal(split.valid, valid)
         assert split.images.shape == shape and split.images.dtype == np.uint8
