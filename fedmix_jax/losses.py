@@ -347,6 +347,9 @@ class WeakSupervision:
       toward 1, the maximum outside it -- farther than ``outside_margin`` px -- toward 0; for an
       absent class or an empty box, the image's maximum below 0.5; that negative bag scaled by
       ``absent_mil``).
+    warmup_rounds: for the first ``warmup_rounds`` rounds only the samples FedMix trains (pixel
+      samples and selected weak samples) train; the unselected box and image-level samples join
+      from round ``warmup_rounds + 1`` on (read by :func:`fedmix_jax.site.train_inputs`).
     """
 
     emptiness: float = 1.0
@@ -356,13 +359,14 @@ class WeakSupervision:
     outside_margin: int = 4
     absent_emptiness: float = 1.0
     absent_mil: float = 1.0
+    warmup_rounds: int = 0
 
     def __post_init__(self):
         for name in ("emptiness", "tightness", "image_mil", "absent_emptiness", "absent_mil"):
             value = getattr(self, name)
             if not (value >= 0 and value < float("inf")):
                 raise ValueError(f"weak.{name} must be a finite number >= 0, got {value}")
-        for name in ("tightness_inset", "outside_margin"):
+        for name in ("tightness_inset", "outside_margin", "warmup_rounds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"weak.{name} must be >= 0, got {getattr(self, name)}")
 

@@ -178,8 +178,11 @@ def train_inputs(model: nn.Module, global_params: ModelPair, data: FederatedSpli
                          weak=weak, selected_weak=weak & selected, self_train=self_train)
     if config.strategy.weak is None:
         return inputs
-    # Box and image-level samples train on their weak labels every round, selected or not.
+    # Box and image-level samples train on their weak labels every round, selected or not
+    # (after the weak terms' warm-up).
     labelled = data.valid & ((levels == BOX) | (levels == IMAGE))
+    if config.strategy.weak.warmup_rounds:
+        labelled &= jnp.asarray(round_index) >= config.strategy.weak.warmup_rounds
     return inputs.replace(usable=usable | labelled, has_target=usable, boxes=data.boxes,
                           image_labels=data.image_labels, levels=levels)
 

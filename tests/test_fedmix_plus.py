@@ -72,6 +72,20 @@ def test_weak_clients_train_on_their_labels_without_any_selection(strict_runs):
     assert np.isclose(p.weights.sum(), 1.0) and p.weights[3] == 0
 
 
+def test_warm_up_trains_what_fedmix_trains_then_every_weak_sample(clients, strict_runs):
+    # weak.warmup_rounds = 1: round 1 trains only FedMix's samples (here the pixel client), with
+    # FedMix's update; from round 2 on the box and image clients train on their weak labels.
+    (_, _, plain), _ = strict_runs
+    base = _cfg("fedmix_plus", STRICT)
+    cfg = fm.RoundConfig(strategy=base.strategy.with_weak(WeakSupervision(warmup_rounds=1)),
+                         batch_size=4, crop=(12, 12))
+    _, _, ms = _rounds(stack_clients(clients), cfg, rounds=2)
+    assert ms[0].reports.steps.tolist() == plain[0].reports.steps.tolist() == [0, 2, 0, 0]
+    assert ms[0].reports.num_usable.tolist() == [0, 6, 0, 0]
+    assert ms[1].reports.steps.tolist() == [3, 2, 2, 0]
+    assert ms[1].reports.num_usable.tolist() == [9, 6, 7, 0]
+
+
 def test_masked_steps_leave_a_client_without_labels_untouched(strict_runs):
     # The unlabelled client (NONE) selects nothing: every step is masked and its Adam state
     # passes through bit-identical.
