@@ -1,5 +1,6 @@
 """The package's shape stays as docs/architecture.md describes it (issue 25): no module over 400
-lines, no function over 80, no module importing another one's private names."""
+lines, no function over 80, no module importing another one's private names, no re-export shim,
+and a README that stays a manual (at most 300 lines)."""
 
 import ast
 import pathlib
@@ -20,6 +21,21 @@ def test_no_module_over_400_lines():
     long = {str(p.relative_to(PACKAGE)): n for p in MODULES
             if (n := len(p.read_text().splitlines())) > 400}
     assert not long, long
+
+
+def test_readme_is_at_most_300_lines():
+    readme = PACKAGE.parent / "README.md"
+    assert len(readme.read_text().splitlines()) <= 300
+
+
+def test_no_name_imported_only_to_be_re_exported():
+    """A ``from ... import`` marked ``# noqa: F401`` (imported, never used) is a re-export shim:
+    each name is imported from the module that defines it (the package's ``__init__`` is the one
+    place that gathers names; a bare ``import m`` for its side effect is not a shim)."""
+    shims = [f"{p.relative_to(PACKAGE)}:{i}" for p in MODULES if p.name != "__init__.py"
+             for i, line in enumerate(p.read_text().splitlines(), 1)
+             if line.lstrip().startswith("from ") and "noqa: F401" in line]
+    assert not shims, shims
 
 
 def test_no_function_over_80_lines():

@@ -33,7 +33,7 @@ from flwr.clientapp import ClientApp
 
 # No JAX at import time: JAX is imported with the site's data, at its first message.
 from fedmix_jax.flower import site_state
-from fedmix_jax.flower.protocol import (CONFIG_RECORD, GLOBAL_RECORD, LOCAL_RECORD,  # noqa: F401
+from fedmix_jax.flower.protocol import (CONFIG_RECORD, GLOBAL_RECORD, LOCAL_RECORD,
                                         EVAL_RECORD, INFO_RECORD, REPORT_RECORD,
                                         SITE_RECORD)
 
