@@ -74,5 +74,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.train = train_config(BATCH_SIZE, CROP, LAM, BETA, learning_rate=LEARNING_RATE)
     config.selection = selection_config()
     config.diagnostics = True        # pseudo-label quality vs the true masks (pl_* in metrics)
+    # fedmix_plus's tightness prior counts only the box lines at least this far inside a box:
+    # the boxes above are drawn up to 9 px wider than their lesion on each side.
+    config.weak.tightness_inset = 9
 
     return config

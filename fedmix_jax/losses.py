@@ -205,8 +205,7 @@ def weak_label_regions(boxes: jax.Array, image_labels: jax.Array, levels: jax.Ar
     region = jnp.where(is_box[:, None, None, :], boxes,
                        jnp.broadcast_to(labels[:, None, None, :], boxes.shape))
     known = ((is_box | is_image) & valid[:, None]).astype(jnp.float32)
-    known = jnp.broadcast_to(known, present.shape)
-    return region, present, known
+    return region, present, jnp.broadcast_to(known, present.shape)
 
 
 def _masked_max(logits: jax.Array, mask: jax.Array, axes) -> jax.Array:
@@ -225,9 +224,8 @@ def outside_region_bce_per_sample(logits: jax.Array, region: jax.Array,
     Returns:
       [B]; 0 (zero gradient) for a sample without any such pixel.
     """
-    logits = logits.astype(jnp.float32)
     neg = (1.0 - region.astype(jnp.float32)) * known[:, None, None, :]
-    per_pixel = jax.nn.softplus(logits)            # BCE toward 0
+    per_pixel = jax.nn.softplus(logits.astype(jnp.float32))     # BCE toward 0
     total = jnp.sum(neg, axis=(1, 2, 3))
     return jnp.sum(neg * per_pixel, axis=(1, 2, 3)) / jnp.maximum(total, 1.0)
 
@@ -337,16 +335,16 @@ class WeakSupervision:
 
     emptiness: :func:`outside_region_bce_per_sample` (pixels outside every box of a class, and
       every pixel of an absent class, are background); ``absent_emptiness`` scales its part on
-      the classes a label says are absent (every pixel of the image), each part averaged over
-      its own pixels. With several classes most (image, class) pairs are absent, and that part
-      alone drove every class's logits down before any positive signal (the multi-class
-      collapse of docs/weak_supervision.md).
+      absent classes (each part averaged over its own pixels).
     tightness: :func:`box_tightness_loss_per_sample` (every line crossing a box holds
       foreground), with ``tightness_inset`` px.
     image_mil: :func:`mil_image_loss_per_sample` (the maximum within a present class's region
       toward 1, the maximum outside it -- farther than ``outside_margin`` px -- toward 0; for an
       absent class or an empty box, the image's maximum below 0.5; that negative bag scaled by
       ``absent_mil``).
+    box_fit: minimum dice(p1 * B, B) to select a box sample's pseudo-label (replaces FedMix's
+      ``SelectionConfig.box_fit`` = 0.5, which rejects a correct prediction in a loose box: a
+      15-px disc in a box with 9-px margins has dice ~0.3; the box terms keep it in the box).
     warmup_rounds: for the first ``warmup_rounds`` rounds only the samples FedMix trains (pixel
       samples and selected weak samples) train; the unselected box and image-level samples join
       from round ``warmup_rounds + 1`` on (read by :func:`fedmix_jax.site.train_inputs`).
@@ -359,6 +357,7 @@ class WeakSupervision:
     outside_margin: int = 4
     absent_emptiness: float = 1.0
     absent_mil: float = 1.0
+    box_fit: float = 0.2
     warmup_rounds: int = 0
 
     def __post_init__(self):
@@ -366,6 +365,8 @@ class WeakSupervision:
             value = getattr(self, name)
             if not (value >= 0 and value < float("inf")):
                 raise ValueError(f"weak.{name} must be a finite number >= 0, got {value}")
+        if not 0.0 <= self.box_fit <= 1.0:
+            raise ValueError(f"weak.box_fit must be in [0, 1], got {self.box_fit}")
         for name in ("tightness_inset", "outside_margin", "warmup_rounds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"weak.{name} must be >= 0, got {getattr(self, name)}")

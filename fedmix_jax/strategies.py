@@ -103,11 +103,13 @@ class Strategy:
         return self.weighting(reports, participating, hparams, self.warming_up(round_index))
 
     def with_weak(self, weak: WeakSupervision) -> "Strategy":
-        """The strategy with other weak-loss weights (unchanged if it uses no weak losses)."""
-        return self if self.weak is None else dataclasses.replace(self, weak=weak)
-
-    def with_selection(self, selection: SelectionConfig) -> "Strategy":
-        return dataclasses.replace(self, selection=selection)
+        """The strategy with other weak-loss weights (unchanged if it uses no weak losses). Its
+        pseudo-label selection then fits boxes with ``weak.box_fit`` (in place of the
+        selection's ``box_fit``: see :class:`~fedmix_jax.losses.WeakSupervision`)."""
+        if self.weak is None:
+            return self
+        return dataclasses.replace(self, weak=weak, selection=dataclasses.replace(
+            self.selection, box_fit=weak.box_fit))
 
 
 def _fedmix(sel: SelectionConfig) -> Strategy:
@@ -116,7 +118,7 @@ def _fedmix(sel: SelectionConfig) -> Strategy:
 
 def _fedmix_plus(sel: SelectionConfig) -> Strategy:
     return Strategy("fedmix_plus", "pseudo_labels", True, AdaptiveWeights(), sel,
-                    weak=WeakSupervision())
+                    weak=WeakSupervision()).with_weak(WeakSupervision())
 
 
 def _fedmix_no_adaptive(sel: SelectionConfig) -> Strategy:

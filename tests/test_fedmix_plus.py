@@ -132,8 +132,13 @@ def test_config_builds_the_weak_terms_and_streaming_refuses():
     config.strategy = "fedmix_plus"
     rc = build_round_config(config)
     assert rc.strategy.weak == WeakSupervision(emptiness=0.5, tightness_inset=3)
+    # fedmix_plus selects box pseudo-labels with weak.box_fit; fedmix keeps selection.box_fit
+    assert rc.strategy.selection.box_fit == 0.2 == fm.get_strategy("fedmix_plus").selection.box_fit
+    config.weak.box_fit = 0.4
+    assert build_round_config(config).strategy.selection.box_fit == 0.4
     config.strategy = "fedmix"
     assert build_round_config(config).strategy.weak is None
+    assert build_round_config(config).strategy.selection.box_fit == 0.5
     config.strategy = "fedmix_plus"
     config.weak.tightness = -1.0
     with pytest.raises(ConfigError, match="weak.tightness"):
