@@ -246,11 +246,26 @@ def read_config(workdir: str) -> dict | None:
     return data
 
 
+def _unread_fields(old: dict, new: dict) -> tuple[str, ...]:
+    """Config fields neither run's strategy reads: ``weak.*`` when neither has weak-label losses
+    (a run of ``fedmix`` resumes after a change to ``fedmix_plus``'s defaults)."""
+    from fedmix_jax.strategies import get_strategy
+
+    try:
+        strategies = [get_strategy(str(c.get("strategy"))) for c in (old, new)]
+    except ValueError:               # an unknown strategy: compare everything
+        return ()
+    if any(s.weak is not None for s in strategies):
+        return ()
+    return tuple(k for k in set(_flatten(old)) | set(_flatten(new)) if k.startswith("weak."))
+
+
 def check_config(workdir: str, new: dict, old: dict | None, where: str) -> None:
-    """Raise :class:`ConfigMismatchError` if ``old`` differs from ``new`` in a computed field."""
+    """Raise :class:`ConfigMismatchError` if ``old`` differs from ``new`` in a computed field
+    (one the run's strategy reads)."""
     if old is None:
         return
-    diffs = config_differences(old, new)
+    diffs = config_differences(old, new, RESUMABLE_FIELDS + _unread_fields(old, new))
     if diffs:
         raise ConfigMismatchError(
             f"workdir {workdir} already holds a run with a different config ({where}):\n"

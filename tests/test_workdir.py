@@ -80,3 +80,20 @@ def test_config_json_that_is_not_a_config(content, says, tmp_path, capsys):
     line = _error_line(capsys)
     assert str(path) in line and says in line
     assert sorted(os.listdir(wd)) == [rundir.CONFIG_FILE]
+
+
+def test_resume_ignores_weak_fields_only_when_no_strategy_reads_them():
+    # A run started before a change of fedmix_plus's defaults (weak.*) resumes under fedmix,
+    # which never reads them; under fedmix_plus the same change is refused.
+    from fedmix_jax.errors import ConfigMismatchError
+
+    old = {"strategy": "fedmix", "seed": 0, "weak": {"tightness_inset": 0}}
+    new = {"strategy": "fedmix", "seed": 0, "weak": {"tightness_inset": 9, "box_fit": 0.2}}
+    rundir.check_config("wd", new, old, "config.json")
+    with pytest.raises(ConfigMismatchError, match="weak.tightness_inset: 0 -> 9"):
+        rundir.check_config("wd", dict(new, strategy="fedmix_plus"),
+                            dict(old, strategy="fedmix_plus"), "config.json")
+    with pytest.raises(ConfigMismatchError, match="strategy"):
+        rundir.check_config("wd", dict(new, strategy="fedmix_plus"), old, "config.json")
+    with pytest.raises(ConfigMismatchError, match="seed"):
+        rundir.check_config("wd", dict(new, seed=1), old, "config.json")
