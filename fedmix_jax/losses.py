@@ -26,16 +26,8 @@ DICE_EPS = 1e-4
 
 
 def dice_coefficient(pred: jax.Array, target: jax.Array, eps: float = DICE_EPS) -> jax.Array:
-    """Per-sample Dice coefficient of soft or binary maps.
-
-    Args:
-      pred: [B, ...] predictions in [0, 1] (probabilities or binarised).
-      target: [B, ...] targets in [0, 1], same shape as ``pred``.
-      eps: smoothing term added to numerator and denominator.
-
-    Returns:
-      [B] Dice per sample; two empty maps score 1 (through ``eps``).
-    """
+    """Per-sample Dice of soft or binary maps ``pred``, ``target`` [B, ...] in [0, 1] -> [B];
+    ``eps`` is added to numerator and denominator, so two empty maps score 1."""
     pred = pred.astype(jnp.float32)
     target = target.astype(jnp.float32)
     axes = tuple(range(1, pred.ndim))
@@ -72,15 +64,8 @@ def dice_loss_per_sample(logits: jax.Array, targets: jax.Array,
 
 def dice_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array | None = None,
               eps: float = DICE_EPS) -> jax.Array:
-    """Soft Dice loss on logits, averaged over the batch with optional per-sample weights.
-
-    Args:
-      logits: [B, H, W, K] raw model outputs.
-      targets: [B, H, W, K] targets in {0, 1} (soft targets also work).
-      weights: optional [B] non-negative per-sample weights (0 = the sample does not count).
-
-    Returns:
-      scalar loss; 0 with zero gradients when every weight is 0.
+    """Soft Dice loss of ``logits`` against ``targets`` ([B, H, W, K], targets in [0, 1]),
+    averaged over the batch with optional [B] weights; 0 with zero gradients if every weight is 0.
     """
     return weighted_mean(dice_loss_per_sample(logits, targets, eps), weights)
 
@@ -159,11 +144,9 @@ def mixed_supervision_loss(logits1: jax.Array, logits2: jax.Array, masks: jax.Ar
     """FedMix loss of both models on one batch of mixed supervision levels.
 
     Args:
-      logits1, logits2: [B, H, W, K] outputs of local model 1 and model 2.
-      masks: [B, H, W, K] ground truth (used for pixel samples only).
-      pseudo1, pseudo2: [B, H, W, K] refined pseudo-labels from global models 1 and 2.
-      levels: [B] int levels; selected: [B] bool selection; valid: [B] bool (False = padding).
-
+      logits1, logits2: [B, H, W, K] outputs of local model 1 and model 2; masks: [B, H, W, K]
+        ground truth (read for pixel samples); pseudo1, pseudo2: [B, H, W, K] refined
+        pseudo-labels of the global models; levels: [B] int; selected, valid: [B] bool.
     Returns:
       (loss_model1, loss_model2): Dice losses averaged over the usable samples; both 0 with zero
       gradients when no sample of the batch is usable.
@@ -183,8 +166,7 @@ def mixed_supervision_loss(logits1: jax.Array, logits2: jax.Array, masks: jax.Ar
 
 def weak_label_regions(boxes: jax.Array, image_labels: jax.Array, levels: jax.Array,
                        valid: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """What a box or image-level label says about each class: ``(region, present, known)``
-    (box samples are those with ``levels == BOX``).
+    """What a box or image-level label says about each class: ``(region, present, known)``.
 
     Args:
       boxes: [B, H, W, K] box masks in {0, 1} (read for box samples).
@@ -240,11 +222,9 @@ def dilate(region: jax.Array, radius: int) -> jax.Array:
 
 def mil_image_loss_per_sample(logits: jax.Array, region: jax.Array, present: jax.Array,
                               known: jax.Array, outside_margin: int = 0,
-                              absent_weight: float = 1.0) -> jax.Array:
+                              absent_weight: float = 1.0, spare_lesions: bool = False) -> jax.Array:
     """Multiple-instance loss of a weak label: a positive bag inside a present class's region,
-    a negative bag outside it.
-
-    Per known class: ``softplus(-max_{region} logit)`` if the class is present (at least one
+    a negative bag outside it. Per known class: ``softplus(-max_{region} logit)`` if the class is present (at least one
     foreground pixel in its boxes / in the image), plus ``softplus(max_{outside region} logit)``
     when there are pixels outside the region (no foreground outside the boxes; for an absent
     class or an empty box, the whole image: its maximum probability below 0.5, exactly what the
@@ -252,11 +232,13 @@ def mil_image_loss_per_sample(logits: jax.Array, region: jax.Array, present: jax
     leaves the pixels that close to the region out of the negative bag: a prediction bleeding
     just past a box edge is left to the emptiness term, and the bag's maximum is a spurious
     detection away from the lesion. ``absent_weight`` scales the negative bag of the absent
-    classes (and empty boxes).
+    classes (and empty boxes). ``spare_lesions`` also leaves out of every class's negative bag the
+    pixels within ``outside_margin`` of any present class's region (see :func:`spared_pixels`);
+    with one class it changes nothing.
 
     Args:
       logits: [B, H, W, K]; region: [B, H, W, K] in {0, 1}; present, known: [B, K] in {0, 1};
-      outside_margin: static int >= 0; absent_weight: float >= 0.
+      outside_margin: static int >= 0; absent_weight: float >= 0; spare_lesions: static bool.
     Returns:
       [B]; 0 for a sample with no known class.
     """
@@ -265,6 +247,8 @@ def mil_image_loss_per_sample(logits: jax.Array, region: jax.Array, present: jax
     region = region.astype(jnp.float32)
     inside = _masked_max(logits, region, axes=(1, 2))                       # [B, K]
     near = dilate(region, outside_margin)
+    if spare_lesions:
+        near = jnp.maximum(near, spared_pixels(region * present[:, None, None, :], outside_margin))
     outside = _masked_max(logits, 1.0 - near, axes=(1, 2))
     has_outside = (jnp.min(near, axis=(1, 2)) == 0).astype(jnp.float32)
     negative = has_outside * jnp.where(present > 0, 1.0, absent_weight)
@@ -272,18 +256,30 @@ def mil_image_loss_per_sample(logits: jax.Array, region: jax.Array, present: jax
     return jnp.sum(per_class * known, axis=1) / jnp.maximum(jnp.sum(known, axis=1), 1.0)
 
 
-def negative_max_loss_per_sample(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """For a sample whose target is empty in a class, ``softplus(max logit)`` of that class (its
-    maximum probability below 0.5); averaged over classes, 0 for classes with foreground.
+def spared_pixels(lesions: jax.Array, margin: int) -> jax.Array:
+    """[B, H, W, 1]: the pixels within ``margin`` px of any class's ``lesions`` [B, H, W, K].
 
-    Args:
-      logits, targets: [B, H, W, K] (targets in {0, 1}).
-    Returns:
-      [B].
+    With several classes, a pixel of one class's lesion is not evidence against the others: a
+    maximum-based negative (an absent class's image maximum, a negative bag) placed there pushes
+    every class down wherever the model cannot tell the classes apart yet, and the multi-class
+    model collapses to predicting nothing. ``spare_lesions`` leaves these pixels out of such terms.
     """
+    return dilate(jnp.max(lesions.astype(jnp.float32), axis=-1, keepdims=True), margin)
+
+
+def negative_max_loss_per_sample(logits: jax.Array, targets: jax.Array,
+                                 spare_margin: int | None = None) -> jax.Array:
+    """[B]: for a sample whose target ([B, H, W, K] in {0, 1}) is empty in a class,
+    ``softplus(max logit)`` of that class (its maximum probability below 0.5); averaged over
+    classes, 0 for classes with foreground. With ``spare_margin`` (static int) the maximum leaves
+    out the pixels within that many px of any class's target (:func:`spared_pixels`)."""
     logits = logits.astype(jnp.float32)
     empty = (jnp.max(targets.astype(jnp.float32), axis=(1, 2)) == 0).astype(jnp.float32)
-    return jnp.mean(empty * jax.nn.softplus(jnp.max(logits, axis=(1, 2))), axis=1)
+    if spare_margin is None:
+        peak = jnp.max(logits, axis=(1, 2))
+    else:
+        peak = _masked_max(logits, 1.0 - spared_pixels(targets, spare_margin), axes=(1, 2))
+    return jnp.mean(empty * jax.nn.softplus(peak), axis=1)
 
 
 def _inset(region: jax.Array, inset: int, axis: int) -> jax.Array:
@@ -348,6 +344,8 @@ class WeakSupervision:
     warmup_rounds: for the first ``warmup_rounds`` rounds only the samples FedMix trains (pixel
       samples and selected weak samples) train; the unselected box and image-level samples join
       from round ``warmup_rounds + 1`` on (read by :func:`fedmix_jax.site.train_inputs`).
+    spare_lesions: the maximum-based negatives (negative bags, a certain empty target's maximum)
+      leave out the pixels near another class's lesion (:func:`spared_pixels`; one class: no-op).
     """
 
     emptiness: float = 1.0
@@ -359,6 +357,7 @@ class WeakSupervision:
     absent_mil: float = 1.0
     box_fit: float = 0.2
     warmup_rounds: int = 0
+    spare_lesions: bool = True
 
     def __post_init__(self):
         for name in ("emptiness", "tightness", "image_mil", "absent_emptiness", "absent_mil"):
@@ -392,7 +391,8 @@ def weak_supervision_loss_per_sample(logits: jax.Array, boxes: jax.Array,
                       * outside_region_bce_per_sample(logits, region, known * (1.0 - present)))
     if weights.image_mil:
         total += weights.image_mil * mil_image_loss_per_sample(
-            logits, region, present, known, weights.outside_margin, weights.absent_mil)
+            logits, region, present, known, weights.outside_margin, weights.absent_mil,
+            weights.spare_lesions)
     if weights.tightness:
         box_known = known * (levels == BOX)[:, None]
         total += weights.tightness * box_tightness_loss_per_sample(

@@ -50,7 +50,8 @@ def weak_batch_loss(models, apply, config, x, targets, w, extras):
         else:
             target_loss = empty_aware_loss_per_sample(logits, t)
         if weights.image_mil:     # a certain empty target: its maximum below 0.5 too
-            target_loss += weights.image_mil * negative_max_loss_per_sample(logits, t)
+            spare = weights.outside_margin if weights.spare_lesions else None
+            target_loss += weights.image_mil * negative_max_loss_per_sample(logits, t, spare)
         weak = weak_supervision_loss_per_sample(logits, boxes, labels, levels, w > 0, weights)
         losses.append(weighted_mean(has_target * target_loss + weak, w))
         has_fg = (jnp.sum(t, axis=(1, 2, 3)) > 0).astype(w.dtype)

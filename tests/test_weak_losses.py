@@ -65,17 +65,27 @@ def _oracle_emptiness(logits, region, known):
     return np.array(out)
 
 
-def _oracle_mil(logits, region, present, known, margin=0):
+def _near(mask, margin):
+    """Pixels within `margin` px (Chebyshev distance) of a [H, W] bool mask."""
+    near = np.zeros_like(mask)
+    for y, x in zip(*np.nonzero(mask)):
+        near[max(y - margin, 0):y + margin + 1, max(x - margin, 0):x + margin + 1] = True
+    return near
+
+
+def _oracle_mil(logits, region, present, known, margin=0, spare=False):
     # positive bag: the region of a present class; negative bag: every pixel farther than
-    # `margin` px (Chebyshev distance) from the region
+    # `margin` px (Chebyshev distance) from the region (with `spare`: and from every present
+    # class's region)
     out = []
     for i in range(logits.shape[0]):
+        lesions = (region[i] * present[i]).max(-1) > 0
         terms = []
         for c in range(logits.shape[3]):
             if not known[i, c]:
                 continue
             inside = region[i, :, :, c] > 0
-            near = np.zeros_like(inside)
+            near = _near(lesions, margin) if spare else np.zeros_like(inside)
             for y, x in zip(*np.nonzero(inside)):
                 near[max(y - margin, 0):y + margin + 1, max(x - margin, 0):x + margin + 1] = True
             t = 0.0
@@ -210,7 +220,7 @@ def test_weak_loss_combines_the_terms_by_their_weights():
     known, present = np.asarray(known), np.asarray(present)
     want = (0.5 * L.outside_region_bce_per_sample(logits, region, known * present)
             + 0.5 * 0.3 * L.outside_region_bce_per_sample(logits, region, known * (1 - present))
-            + 0.25 * L.mil_image_loss_per_sample(logits, region, present, known, 2)
+            + 0.25 * L.mil_image_loss_per_sample(logits, region, present, known, 2, 1.0, True)
             + 2.0 * L.box_tightness_loss_per_sample(logits, boxes, box_known, 1))
     np.testing.assert_allclose(
         L.weak_supervision_loss_per_sample(logits, boxes, labels, levels, valid, w), want,
@@ -254,3 +264,52 @@ def test_negative_max_matches_oracle():
                               for c in range(logits.shape[3])]) for i in range(len(logits))])
     np.testing.assert_allclose(jax.jit(L.negative_max_loss_per_sample)(logits, targets), want,
                                rtol=1e-6)
+
+
+@pytest.mark.parametrize("seed,margin", [(0, 0), (1, 2), (2, 3)])
+def test_spared_negatives_match_oracles(seed, margin):
+    # spare_lesions: the negative bags and the negative maxima leave out the pixels near any
+    # present class's region (box / image label) or any class's target foreground.
+    logits, boxes, labels, levels, valid = _random_case(seed, k=3)
+    region, present, known = map(np.asarray, L.weak_label_regions(boxes, labels, levels, valid))
+    got = jax.jit(L.mil_image_loss_per_sample, static_argnums=(4, 6))(
+        logits, region, present, known, margin, 1.0, True)
+    np.testing.assert_allclose(got, _oracle_mil(logits, region, present, known, margin, True),
+                               rtol=1e-5, atol=1e-6)
+    targets = boxes.copy()
+    targets[1, ..., 1:] = 0                          # a sample with one class only
+    want = []
+    for i in range(len(logits)):
+        spared = _near(targets[i].max(-1) > 0, margin)
+        want.append(np.mean([_softplus(logits[i, :, :, c][~spared].max())
+                             if not targets[i, :, :, c].any() and (~spared).any() else 0.0
+                             for c in range(logits.shape[3])]))
+    np.testing.assert_allclose(
+        jax.jit(L.negative_max_loss_per_sample, static_argnums=2)(logits, targets, margin),
+        want, rtol=1e-5, atol=1e-6)
+
+
+def test_sparing_changes_nothing_with_one_class():
+    logits, boxes, labels, levels, valid = (x[..., :1] if x.ndim > 1 else x
+                                            for x in _random_case(7))
+    region, present, known = L.weak_label_regions(boxes, labels, levels, valid)
+    for margin in (0, 4):
+        np.testing.assert_array_equal(
+            L.mil_image_loss_per_sample(logits, region, present, known, margin, 1.0, True),
+            L.mil_image_loss_per_sample(logits, region, present, known, margin, 1.0, False))
+        np.testing.assert_array_equal(L.negative_max_loss_per_sample(logits, boxes, margin),
+                                      L.negative_max_loss_per_sample(logits, boxes))
+
+
+def test_sparing_keeps_a_multi_class_lesion_out_of_the_other_classes_negatives():
+    # A class-0 lesion that the model also predicts (weakly) as class 1: without sparing, the
+    # absent class 1's negative maximum sits on the lesion; with it, the lesion is left alone.
+    logits = np.full((1, 16, 16, 2), -6.0, np.float32)
+    logits[0, 5:9, 5:9, :] = 2.0
+    targets = np.zeros_like(logits)
+    targets[0, 5:9, 5:9, 0] = 1
+    g_all = np.asarray(jax.grad(lambda x: L.negative_max_loss_per_sample(x, targets).sum())(
+        logits))
+    g_spared = np.asarray(jax.grad(lambda x: L.negative_max_loss_per_sample(
+        x, targets, 2).sum())(logits))
+    assert g_all[0, 5:9, 5:9, 1].sum() > 0.4 and not g_spared[0, 5:9, 5:9].any()
