@@ -224,17 +224,15 @@ def mil_image_loss_per_sample(logits: jax.Array, region: jax.Array, present: jax
                               known: jax.Array, outside_margin: int = 0,
                               absent_weight: float = 1.0, spare_lesions: bool = False) -> jax.Array:
     """Multiple-instance loss of a weak label: a positive bag inside a present class's region,
-    a negative bag outside it. Per known class: ``softplus(-max_{region} logit)`` if the class is present (at least one
-    foreground pixel in its boxes / in the image), plus ``softplus(max_{outside region} logit)``
-    when there are pixels outside the region (no foreground outside the boxes; for an absent
-    class or an empty box, the whole image: its maximum probability below 0.5, exactly what the
-    false-positive-rate metric counts). Averaged over the known classes. ``outside_margin`` (px)
-    leaves the pixels that close to the region out of the negative bag: a prediction bleeding
-    just past a box edge is left to the emptiness term, and the bag's maximum is a spurious
-    detection away from the lesion. ``absent_weight`` scales the negative bag of the absent
-    classes (and empty boxes). ``spare_lesions`` also leaves out of every class's negative bag the
-    pixels within ``outside_margin`` of any present class's region (see :func:`spared_pixels`);
-    with one class it changes nothing.
+    a negative bag outside it. Per known class: ``softplus(-max_{region} logit)`` if the class
+    is present (a foreground pixel in its boxes / in the image), plus ``softplus(max_{outside}
+    logit)`` when there are pixels outside the region (for an absent class or an empty box, the
+    whole image: its maximum probability below 0.5, what the false-positive-rate metric counts).
+    Averaged over the known classes. ``outside_margin`` (px) leaves the pixels that close to the
+    region out of the negative bag (a prediction bleeding past a box edge is left to the
+    emptiness term). ``absent_weight`` scales the negative bag of absent classes and empty boxes.
+    ``spare_lesions`` also leaves out of every negative bag the pixels within ``outside_margin``
+    of any present class's region (:func:`spared_pixels`); with one class it changes nothing.
 
     Args:
       logits: [B, H, W, K]; region: [B, H, W, K] in {0, 1}; present, known: [B, K] in {0, 1};
