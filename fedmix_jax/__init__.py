@@ -14,16 +14,16 @@ from fedmix_jax.aggregation import fedavg_weights, fedmix_weights, weighted_aver
 from fedmix_jax.config import HParams, RoundConfig, default_executor
 from fedmix_jax.client_backends import LoopClients, map_clients, sharded_clients, vmap_clients
 from fedmix_jax.federated import init_state, make_round_fn
-from fedmix_jax.losses import (WeakSupervision, bce_loss, box_tightness_loss_per_sample,
-                               dice_coefficient, dice_loss, empty_aware_loss_per_sample,
-                               mil_image_loss_per_sample, mixed_supervision_loss,
-                               outside_region_bce_per_sample, weak_label_regions,
-                               weak_supervision_loss_per_sample)
+from fedmix_jax.losses import (bce_loss, box_tightness_loss_per_sample, dice_coefficient,
+                               dice_loss, empty_aware_loss_per_sample, mil_image_loss_per_sample,
+                               mixed_supervision_loss, outside_region_bce_per_sample,
+                               weak_label_regions)
 from fedmix_jax.models import UNet
 from fedmix_jax.pseudo_labels import PseudoLabels, SelectionConfig, pseudo_labels_from_logits
 from fedmix_jax.round import FedState, RoundMetrics, round_step
 from fedmix_jax.site import ModelPair, SiteReport, SiteState, site_round
 from fedmix_jax.strategies import STRATEGY_NAMES, Strategy, get_strategy, register_strategy
+from fedmix_jax.weak_objective import WeakSupervision, weak_supervision_loss_per_sample
 
 __version__ = "0.2.0"
 

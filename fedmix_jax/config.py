@@ -24,7 +24,7 @@ import numpy as np
 from flax import struct
 
 from fedmix_jax.errors import ConfigError
-from fedmix_jax.losses import WeakSupervision
+from fedmix_jax.weak_objective import WeakSupervision
 from fedmix_jax.models import UNet
 from fedmix_jax.pseudo_labels import SelectionConfig
 from fedmix_jax.self_training import SELF_TRAINING_MEANS
@@ -199,7 +199,7 @@ def build_selection(config) -> SelectionConfig:
 
 
 def build_weak(config) -> WeakSupervision:
-    """The :class:`~fedmix_jax.losses.WeakSupervision` of ``config.weak`` (read by strategies
+    """The :class:`~fedmix_jax.weak_objective.WeakSupervision` of ``config.weak`` (read by strategies
     with direct weak-label losses, e.g. ``fedmix_plus``; missing fields keep their default)."""
     weak = config.get("weak", {})
     return WeakSupervision(**{f.name: type(f.default)(weak[f.name])

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from fedmix_jax import aggregation
-from fedmix_jax.losses import WeakSupervision
+from fedmix_jax.weak_objective import WeakSupervision
 from fedmix_jax.pseudo_labels import SelectionConfig
 from fedmix_jax.self_training import SelfTrainingWeights
 
@@ -105,7 +105,7 @@ class Strategy:
     def with_weak(self, weak: WeakSupervision) -> "Strategy":
         """The strategy with other weak-loss weights (unchanged if it uses no weak losses). Its
         pseudo-label selection then fits boxes with ``weak.box_fit`` (in place of the
-        selection's ``box_fit``: see :class:`~fedmix_jax.losses.WeakSupervision`)."""
+        selection's ``box_fit``: see :class:`~fedmix_jax.weak_objective.WeakSupervision`)."""
         if self.weak is None:
             return self
         return dataclasses.replace(self, weak=weak, selection=dataclasses.replace(
@@ -177,7 +177,7 @@ def get_strategy(name: str, selection: SelectionConfig = SelectionConfig()) -> S
 
     * ``fedmix`` — adaptive weights, both models, cross pseudo-supervision;
     * ``fedmix_plus`` — FedMix plus the box and image labels used directly as losses
-      (:class:`~fedmix_jax.losses.WeakSupervision`: box emptiness, box tightness, image-level
+      (:class:`~fedmix_jax.weak_objective.WeakSupervision`: box emptiness, box tightness, image-level
       multiple-instance learning) on every box / image sample, selected or not;
     * ``fedmix_no_adaptive`` — FedMix pseudo-labels with count-only FedAvg weights;
     * ``fedmix_no_refine`` — FedMix without box / class refinement of the pseudo-labels;

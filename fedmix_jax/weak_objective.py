@@ -1,4 +1,6 @@
-"""The objective of one local step under a strategy with direct weak-label losses (``fedmix_plus``).
+"""The objective of one local step under a strategy with direct weak-label losses (``fedmix_plus``):
+the weights of the weak terms (:class:`WeakSupervision`, ``config.weak``), their weighted sum per
+sample (:func:`weak_supervision_loss_per_sample`) and one batch's loss (:func:`weak_batch_loss`).
 
 Every usable sample of the batch contributes (per sample, then averaged over the usable ones):
 
@@ -7,8 +9,8 @@ Every usable sample of the batch contributes (per sample, then averaged over the
   BCE for an empty target; a certain empty target also gets ``image_mil`` x
   :func:`~fedmix_jax.losses.negative_max_loss_per_sample` (its maximum probability below 0.5);
 * plus, for every box and image-level sample, selected or not, the weighted weak-label terms of
-  :func:`~fedmix_jax.losses.weak_supervision_loss_per_sample` (box emptiness, box tightness,
-  multiple-instance bags).
+  :func:`weak_supervision_loss_per_sample` (box emptiness, box tightness, multiple-instance
+  bags).
 
 l_i for the FedMix weights stays what :mod:`fedmix_jax.site` reports for FedMix: the Dice loss of
 the samples that have a target (with ``"bce"``: those with foreground).
@@ -16,11 +18,93 @@ the samples that have a target (with ``"bce"``: those with foreground).
 
 from __future__ import annotations
 
+import dataclasses
+
+import jax
 import jax.numpy as jnp
 
-from fedmix_jax.losses import (dice_loss_per_sample, empty_aware_loss_per_sample,
-                               negative_max_loss_per_sample, weak_supervision_loss_per_sample,
-                               weighted_mean)
+from fedmix_jax.data.federation import BOX
+from fedmix_jax.losses import (box_tightness_loss_per_sample, dice_loss_per_sample,
+                               empty_aware_loss_per_sample, mil_image_loss_per_sample,
+                               negative_max_loss_per_sample, outside_region_bce_per_sample,
+                               weak_label_regions, weighted_mean)
+
+
+
+@dataclasses.dataclass(frozen=True)
+class WeakSupervision:
+    """Weights of the direct weak-label terms (0 switches a term off; static, hashable).
+
+    emptiness: :func:`outside_region_bce_per_sample` (pixels outside every box of a class, and
+      every pixel of an absent class, are background); ``absent_emptiness`` scales its part on
+      absent classes (each part averaged over its own pixels).
+    tightness: :func:`box_tightness_loss_per_sample` (every line crossing a box holds
+      foreground), with ``tightness_inset`` px.
+    image_mil: :func:`mil_image_loss_per_sample` (the maximum within a present class's region
+      toward 1, the maximum outside it -- farther than ``outside_margin`` px -- toward 0; for an
+      absent class or an empty box, the image's maximum below 0.5; that negative bag scaled by
+      ``absent_mil``).
+    box_fit: minimum dice(p1 * B, B) to select a box sample's pseudo-label (replaces FedMix's
+      ``SelectionConfig.box_fit`` = 0.5, which rejects a correct prediction in a loose box: a
+      15-px disc in a box with 9-px margins has dice ~0.3; the box terms keep it in the box).
+    warmup_rounds: for the first ``warmup_rounds`` rounds only the samples FedMix trains (pixel
+      samples and selected weak samples) train; the unselected box and image-level samples join
+      from round ``warmup_rounds + 1`` on (read by :func:`fedmix_jax.site.train_inputs`).
+    spare_lesions: the maximum-based negatives (negative bags, a certain empty target's maximum)
+      leave out the pixels near another class's lesion (:func:`~fedmix_jax.losses.spared_pixels`;
+      one class: no-op).
+    """
+
+    emptiness: float = 1.0
+    tightness: float = 1.0
+    image_mil: float = 1.0
+    tightness_inset: int = 0
+    outside_margin: int = 4
+    absent_emptiness: float = 1.0
+    absent_mil: float = 1.0
+    box_fit: float = 0.2
+    warmup_rounds: int = 0
+    spare_lesions: bool = True
+
+    def __post_init__(self):
+        for name in ("emptiness", "tightness", "image_mil", "absent_emptiness", "absent_mil"):
+            value = getattr(self, name)
+            if not (value >= 0 and value < float("inf")):
+                raise ValueError(f"weak.{name} must be a finite number >= 0, got {value}")
+        if not 0.0 <= self.box_fit <= 1.0:
+            raise ValueError(f"weak.box_fit must be in [0, 1], got {self.box_fit}")
+        for name in ("tightness_inset", "outside_margin", "warmup_rounds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"weak.{name} must be >= 0, got {getattr(self, name)}")
+
+
+def weak_supervision_loss_per_sample(logits: jax.Array, boxes: jax.Array,
+                                     image_labels: jax.Array, levels: jax.Array,
+                                     valid: jax.Array, weights: WeakSupervision) -> jax.Array:
+    """The weighted sum of the weak-label terms of each sample, [B] (0 for pixel-level,
+    unlabelled and invalid samples).
+
+    Args:
+      logits, boxes: [B, H, W, K]; image_labels: [B, K]; levels: [B] int; valid: [B] bool.
+      weights: a :class:`WeakSupervision` (static).
+    """
+    region, present, known = weak_label_regions(boxes, image_labels, levels, valid)
+    total = jnp.zeros(logits.shape[:1], jnp.float32)
+    if weights.emptiness:
+        total += weights.emptiness * outside_region_bce_per_sample(logits, region,
+                                                                   known * present)
+        if weights.absent_emptiness:
+            total += (weights.emptiness * weights.absent_emptiness
+                      * outside_region_bce_per_sample(logits, region, known * (1.0 - present)))
+    if weights.image_mil:
+        total += weights.image_mil * mil_image_loss_per_sample(
+            logits, region, present, known, weights.outside_margin, weights.absent_mil,
+            weights.spare_lesions)
+    if weights.tightness:
+        box_known = known * (levels == BOX)[:, None]
+        total += weights.tightness * box_tightness_loss_per_sample(
+            logits, boxes, box_known, weights.tightness_inset)
+    return total
 
 
 def weak_batch_loss(models, apply, config, x, targets, w, extras):
@@ -29,7 +113,7 @@ def weak_batch_loss(models, apply, config, x, targets, w, extras):
     Args:
       models: tuple of the training models' params; apply: ``apply(params, x) -> logits``.
       config: the static round config (``strategy.weak``: a
-        :class:`~fedmix_jax.losses.WeakSupervision`; ``empty_target_loss``).
+        :class:`WeakSupervision`; ``empty_target_loss``).
       x: [B, H, W, Cin] images; targets: tuple of [B, H, W, K] targets, one per model;
       w: [B] float32 usable-sample weights;
       extras: ``(self_train, has_target [B] bool, boxes [B,H,W,K], image_labels [B,K],

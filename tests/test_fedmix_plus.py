@@ -9,7 +9,8 @@ import pytest
 import fedmix_jax as fm
 from fedmix_jax.data.federation import BOX, IMAGE, NONE, PIXEL, stack_clients
 from fedmix_jax.diagnostics import pseudo_label_diagnostics, summarize
-from fedmix_jax.losses import WeakSupervision, dice_coefficient
+from fedmix_jax.losses import dice_coefficient
+from fedmix_jax.weak_objective import WeakSupervision
 from fedmix_jax.pseudo_labels import SelectionConfig
 from fedmix_jax.pseudo_labels import site_pseudo_labels
 from test_round import LENIENT, MODEL, SIZE, as_device, assert_trees, make_client

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from fedmix_jax import losses as L
+from fedmix_jax import weak_objective as W
 from fedmix_jax.data.federation import BOX, IMAGE, NONE, PIXEL
 
 
@@ -203,8 +204,8 @@ def test_absent_class_pushes_the_maximum_down():
 def test_weak_loss_is_zero_without_weak_labels_and_finite_grads():
     logits, boxes, labels, levels, valid = _random_case(3)
     levels = np.array([PIXEL, NONE, PIXEL, NONE, PIXEL])
-    weights = L.WeakSupervision(tightness_inset=1)
-    f = lambda x: L.weak_supervision_loss_per_sample(x, boxes, labels, levels, valid,  # noqa
+    weights = W.WeakSupervision(tightness_inset=1)
+    f = lambda x: W.weak_supervision_loss_per_sample(x, boxes, labels, levels, valid,  # noqa
                                                      weights)
     np.testing.assert_array_equal(f(logits), 0.0)
     g = jax.grad(lambda x: f(x).sum())(logits)
@@ -215,7 +216,7 @@ def test_weak_loss_combines_the_terms_by_their_weights():
     logits, boxes, labels, levels, valid = _random_case(4)
     region, present, known = L.weak_label_regions(boxes, labels, levels, valid)
     box_known = np.asarray(known) * (levels == BOX)[:, None]
-    w = L.WeakSupervision(emptiness=0.5, tightness=2.0, image_mil=0.25, tightness_inset=1,
+    w = W.WeakSupervision(emptiness=0.5, tightness=2.0, image_mil=0.25, tightness_inset=1,
                           outside_margin=2, absent_emptiness=0.3)
     known, present = np.asarray(known), np.asarray(present)
     want = (0.5 * L.outside_region_bce_per_sample(logits, region, known * present)
@@ -223,18 +224,18 @@ def test_weak_loss_combines_the_terms_by_their_weights():
             + 0.25 * L.mil_image_loss_per_sample(logits, region, present, known, 2, 1.0, True)
             + 2.0 * L.box_tightness_loss_per_sample(logits, boxes, box_known, 1))
     np.testing.assert_allclose(
-        L.weak_supervision_loss_per_sample(logits, boxes, labels, levels, valid, w), want,
+        W.weak_supervision_loss_per_sample(logits, boxes, labels, levels, valid, w), want,
         rtol=1e-6)
-    off = L.WeakSupervision(emptiness=0.0, tightness=0.0, image_mil=0.0)
+    off = W.WeakSupervision(emptiness=0.0, tightness=0.0, image_mil=0.0)
     np.testing.assert_array_equal(
-        L.weak_supervision_loss_per_sample(logits, boxes, labels, levels, valid, off), 0.0)
+        W.weak_supervision_loss_per_sample(logits, boxes, labels, levels, valid, off), 0.0)
     # One class: each sample's class is either present or absent, so with absent_emptiness 1
     # the two parts are the single emptiness term over every known class.
     one = tuple(np.asarray(x)[..., :1] for x in (logits, boxes, labels))
     r1, p1, k1 = L.weak_label_regions(one[1], one[2], levels, valid)
-    emptiness_only = L.WeakSupervision(tightness=0.0, image_mil=0.0)
+    emptiness_only = W.WeakSupervision(tightness=0.0, image_mil=0.0)
     np.testing.assert_allclose(
-        L.weak_supervision_loss_per_sample(*one, levels, valid, emptiness_only),
+        W.weak_supervision_loss_per_sample(*one, levels, valid, emptiness_only),
         L.outside_region_bce_per_sample(one[0], r1, k1), rtol=1e-6)
 
 
@@ -243,16 +244,16 @@ def test_weak_loss_combines_the_terms_by_their_weights():
                                  dict(outside_margin=-2)])
 def test_weak_supervision_refuses_bad_weights(bad):
     with pytest.raises(ValueError):
-        L.WeakSupervision(**bad)
+        W.WeakSupervision(**bad)
 
 
 def test_weak_losses_are_jittable_under_vmap():
     logits, boxes, labels, levels, valid = _random_case(5)
-    f = jax.jit(jax.vmap(lambda *a: L.weak_supervision_loss_per_sample(
-        *(x[None] for x in a), L.WeakSupervision())[0]))
+    f = jax.jit(jax.vmap(lambda *a: W.weak_supervision_loss_per_sample(
+        *(x[None] for x in a), W.WeakSupervision())[0]))
     out = f(jnp.asarray(logits), boxes, labels, levels, valid)
-    np.testing.assert_allclose(out, L.weak_supervision_loss_per_sample(
-        logits, boxes, labels, levels, valid, L.WeakSupervision()), rtol=1e-6)
+    np.testing.assert_allclose(out, W.weak_supervision_loss_per_sample(
+        logits, boxes, labels, levels, valid, W.WeakSupervision()), rtol=1e-6)
 
 
 def test_negative_max_matches_oracle():
@@ -313,3 +314,4 @@ def test_sparing_keeps_a_multi_class_lesion_out_of_the_other_classes_negatives()
     g_spared = np.asarray(jax.grad(lambda x: L.negative_max_loss_per_sample(
         x, targets, 2).sum())(logits))
     assert g_all[0, 5:9, 5:9, 1].sum() > 0.4 and not g_spared[0, 5:9, 5:9].any()
+
