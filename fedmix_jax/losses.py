@@ -319,3 +319,30 @@ def box_tightness_loss_per_sample(logits: jax.Array, boxes: jax.Array, known: ja
         total = total + jnp.sum(bag * jax.nn.softplus(-pooled), axis=(1, 2))
         count = count + jnp.sum(bag, axis=(1, 2))
     return total / jnp.maximum(count, 1.0)
+
+
+def box_size_loss_per_sample(logits: jax.Array, boxes: jax.Array, known: jax.Array,
+                             fill_min: float, fill_max: float) -> jax.Array:
+    """Box size bounds (after Kervadec et al., MIDL 2020): a class's predicted area fills between
+    ``fill_min`` and ``fill_max`` of its boxes' area.
+
+    Per known class with a box: ``r = sum(sigmoid(logits) * boxes) / sum(boxes)`` and the hinge
+    ``relu(1 - r / fill_min) + relu(r / fill_max - 1)``; averaged over those classes. With boxes
+    drawn around their lesions with a margin, the fill ratio has a narrow range (the synthetic
+    federations: 0.26-0.51, median 0.39); it counters a model that keeps only a lesion's core
+    where the rim is soft.
+
+    Args:
+      logits, boxes: [B, H, W, K] (boxes in {0, 1}); known: [B, K] in {0, 1};
+      fill_min, fill_max: static floats, 0 < fill_min <= fill_max.
+    Returns:
+      [B]; 0 for a sample without a known box.
+    """
+    boxes = boxes.astype(jnp.float32)
+    area = jnp.sum(boxes, axis=(1, 2))                                  # [B, K]
+    pred = jnp.sum(jax.nn.sigmoid(logits.astype(jnp.float32)) * boxes, axis=(1, 2))
+    ratio = pred / jnp.maximum(area, 1.0)
+    hinge = jax.nn.relu(1.0 - ratio / fill_min) + jax.nn.relu(ratio / fill_max - 1.0)
+    counted = known * (area > 0)
+    return jnp.sum(hinge * counted, axis=1) / jnp.maximum(jnp.sum(counted, axis=1), 1.0)
+

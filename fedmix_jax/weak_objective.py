@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 
 from fedmix_jax.data.federation import BOX
-from fedmix_jax.losses import (box_tightness_loss_per_sample, dice_loss_per_sample,
+from fedmix_jax.losses import (box_size_loss_per_sample, box_tightness_loss_per_sample,
+                               dice_loss_per_sample,
                                empty_aware_loss_per_sample, mil_image_loss_per_sample,
                                negative_max_loss_per_sample, outside_region_bce_per_sample,
                                weak_label_regions, weighted_mean)
@@ -65,9 +66,16 @@ class WeakSupervision:
     box_fit: float = 0.2
     warmup_rounds: int = 0
     spare_lesions: bool = True
+    box_size: float = 0.0
+    box_fill_min: float = 0.3
+    box_fill_max: float = 0.5
 
     def __post_init__(self):
-        for name in ("emptiness", "tightness", "image_mil", "absent_emptiness", "absent_mil"):
+        if not 0.0 < self.box_fill_min <= self.box_fill_max <= 1.0:
+            raise ValueError(f"weak.box_fill_min / box_fill_max must satisfy 0 < min <= max <= 1, "
+                             f"got {self.box_fill_min}, {self.box_fill_max}")
+        for name in ("emptiness", "tightness", "image_mil", "absent_emptiness", "absent_mil",
+                     "box_size"):
             value = getattr(self, name)
             if not (value >= 0 and value < float("inf")):
                 raise ValueError(f"weak.{name} must be a finite number >= 0, got {value}")
@@ -100,8 +108,11 @@ def weak_supervision_loss_per_sample(logits: jax.Array, boxes: jax.Array,
         total += weights.image_mil * mil_image_loss_per_sample(
             logits, region, present, known, weights.outside_margin, weights.absent_mil,
             weights.spare_lesions)
+    box_known = known * (levels == BOX)[:, None]
+    if weights.box_size:
+        total += weights.box_size * box_size_loss_per_sample(
+            logits, boxes, box_known, weights.box_fill_min, weights.box_fill_max)
     if weights.tightness:
-        box_known = known * (levels == BOX)[:, None]
         total += weights.tightness * box_tightness_loss_per_sample(
             logits, boxes, box_known, weights.tightness_inset)
     return total

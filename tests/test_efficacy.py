@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,3 +72,17 @@ def test_efficacy_smoke_run(tmp_path):
     assert run["pseudo_labels"][0]["round"] == 1 and "pl_box_n" in run["pseudo_labels"][0]
     assert "pseudo_labels" not in data["results"]["binary"]["1"]["fedavg_pixel"][0] or \
         data["results"]["binary"]["1"]["fedavg_pixel"][0]["pseudo_labels"][0].keys() == {"round"}
+
+
+def test_boundary_offsets_reads_a_shrunken_prediction_as_a_lost_rim():
+    import boundary_offsets
+    from scipy import ndimage
+
+    yy, xx = np.mgrid[:32, :32]
+    true = np.stack([(yy - 16) ** 2 + (xx - c) ** 2 <= r * r for c, r in ((14, 8), (17, 10))])
+    core = np.stack([ndimage.binary_erosion(t, iterations=1) for t in true])
+    fig = boundary_offsets.extent_figures(core, true)
+    assert fig["n"] == 2 and fig["area_ratio_median"] < 0.9 and fig["median_offset"] == -1
+    assert fig["dice_best_offset"] == pytest.approx(1.0) and fig["dice"] < fig["dice_eroded_1px"]
+    same = boundary_offsets.extent_figures(true, true)
+    assert same["median_offset"] == 0 and same["dice"] == 1.0 and same["below_half"] == 0

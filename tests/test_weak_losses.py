@@ -315,3 +315,35 @@ def test_sparing_keeps_a_multi_class_lesion_out_of_the_other_classes_negatives()
         x, targets, 2).sum())(logits))
     assert g_all[0, 5:9, 5:9, 1].sum() > 0.4 and not g_spared[0, 5:9, 5:9].any()
 
+
+
+@pytest.mark.parametrize("seed,fill", [(0, (0.3, 0.5)), (1, (0.2, 0.2)), (2, (0.05, 0.9))])
+def test_box_size_bounds_match_oracle(seed, fill):
+    logits, boxes, labels, levels, valid = _random_case(seed, k=3)
+    known = np.ones((len(logits), 3), np.float32)
+    known[1] = 0
+    got = jax.jit(L.box_size_loss_per_sample, static_argnums=(3, 4))(logits, boxes, known, *fill)
+    want = []
+    for i in range(len(logits)):
+        terms = []
+        for c in range(3):
+            box = boxes[i, :, :, c] > 0
+            if known[i, c] and box.any():
+                r = (1 / (1 + np.exp(-logits[i, :, :, c][box]))).sum() / box.sum()
+                terms.append(max(0.0, 1 - r / fill[0]) + max(0.0, r / fill[1] - 1))
+        want.append(np.mean(terms) if terms else 0.0)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_box_size_bounds_push_a_shrunken_prediction_outward():
+    # A prediction covering a tenth of its box is below the lower bound: the gradient raises
+    # the probability of every box pixel, and nothing outside the box.
+    logits = np.full((1, 16, 16, 1), -4.0, np.float32)
+    boxes = np.zeros_like(logits)
+    boxes[0, 4:12, 4:12] = 1
+    logits[0, 7:9, 7:9] = 4.0
+    g = np.asarray(jax.grad(lambda x: L.box_size_loss_per_sample(
+        x, boxes, np.ones((1, 1), np.float32), 0.3, 0.5).sum())(logits))
+    assert (g[0, 4:12, 4:12] < 0).all() and not g[boxes == 0].any()
+    with pytest.raises(ValueError):
+        W.WeakSupervision(box_fill_min=0.6, box_fill_max=0.5)
