@@ -199,8 +199,9 @@ def build_selection(config) -> SelectionConfig:
 
 
 def build_weak(config) -> WeakSupervision:
-    """The :class:`~fedmix_jax.weak_objective.WeakSupervision` of ``config.weak`` (read by strategies
-    with direct weak-label losses, e.g. ``fedmix_plus``; missing fields keep their default)."""
+    """The :class:`~fedmix_jax.weak_objective.WeakSupervision` of ``config.weak`` (read by
+    strategies with direct weak-label losses, e.g. ``fedmix_plus``; missing fields keep their
+    default)."""
     weak = config.get("weak", {})
     return WeakSupervision(**{f.name: type(f.default)(weak[f.name])
                               for f in dataclasses.fields(WeakSupervision) if f.name in weak})

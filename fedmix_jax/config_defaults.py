@@ -49,8 +49,8 @@ def run_config(num_rounds: int, checkpoint_every: int, keep_checkpoints: int, wi
     config.model.width = width       # channels of the first U-Net block (paper: 64)
     config.model.depth = depth       # Down/Up blocks (paper: 4)
     config.model.dtype = "float32"   # computation dtype: float32 | bfloat16 (params stay f32)
-    # Direct weak-label losses of fedmix_plus (fedmix_jax.weak_objective.WeakSupervision: the weight of
-    # each term, 0 = off); other strategies ignore them.
+    # Direct weak-label losses of fedmix_plus (fedmix_jax.weak_objective.WeakSupervision: the
+    # weight of each term, 0 = off); other strategies ignore them.
     config.weak = ml_collections.ConfigDict(dataclasses.asdict(WeakSupervision()))
     return config
 

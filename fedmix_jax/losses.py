@@ -328,9 +328,9 @@ def box_size_loss_per_sample(logits: jax.Array, boxes: jax.Array, known: jax.Arr
 
     Per known class with a box: ``r = sum(sigmoid(logits) * boxes) / sum(boxes)`` and the hinge
     ``relu(1 - r / fill_min) + relu(r / fill_max - 1)``; averaged over those classes. With boxes
-    drawn around their lesions with a margin, the fill ratio has a narrow range (the synthetic
-    federations: 0.26-0.51, median 0.39); it counters a model that keeps only a lesion's core
-    where the rim is soft.
+    drawn around their lesions with a margin, the fill ratio has a narrow range (the binary
+    synthetic federation, data seed 0: 0.26-0.51, median 0.39; ``benchmarks/box_statistics.py``);
+    it counters a model that keeps only a lesion's core where the rim is soft.
 
     Args:
       logits, boxes: [B, H, W, K] (boxes in {0, 1}); known: [B, K] in {0, 1};

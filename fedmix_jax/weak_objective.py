@@ -25,23 +25,24 @@ import jax.numpy as jnp
 
 from fedmix_jax.data.federation import BOX
 from fedmix_jax.losses import (box_size_loss_per_sample, box_tightness_loss_per_sample,
-                               dice_loss_per_sample,
-                               empty_aware_loss_per_sample, mil_image_loss_per_sample,
+                               dice_loss_per_sample, empty_aware_loss_per_sample,
+                               mil_image_loss_per_sample,
                                negative_max_loss_per_sample, outside_region_bce_per_sample,
                                weak_label_regions, weighted_mean)
-
 
 
 @dataclasses.dataclass(frozen=True)
 class WeakSupervision:
     """Weights of the direct weak-label terms (0 switches a term off; static, hashable).
 
-    emptiness: :func:`outside_region_bce_per_sample` (pixels outside every box of a class, and
+    The terms are in :mod:`fedmix_jax.losses`.
+
+    emptiness: ``outside_region_bce_per_sample`` (pixels outside every box of a class, and
       every pixel of an absent class, are background); ``absent_emptiness`` scales its part on
       absent classes (each part averaged over its own pixels).
-    tightness: :func:`box_tightness_loss_per_sample` (every line crossing a box holds
+    tightness: ``box_tightness_loss_per_sample`` (every line crossing a box holds
       foreground), with ``tightness_inset`` px.
-    image_mil: :func:`mil_image_loss_per_sample` (the maximum within a present class's region
+    image_mil: ``mil_image_loss_per_sample`` (the maximum within a present class's region
       toward 1, the maximum outside it -- farther than ``outside_margin`` px -- toward 0; for an
       absent class or an empty box, the image's maximum below 0.5; that negative bag scaled by
       ``absent_mil``).
@@ -52,8 +53,9 @@ class WeakSupervision:
       samples and selected weak samples) train; the unselected box and image-level samples join
       from round ``warmup_rounds + 1`` on (read by :func:`fedmix_jax.site.train_inputs`).
     spare_lesions: the maximum-based negatives (negative bags, a certain empty target's maximum)
-      leave out the pixels near another class's lesion (:func:`~fedmix_jax.losses.spared_pixels`;
-      one class: no-op).
+      leave out the pixels near another class's lesion (``spared_pixels``; one class: no-op).
+    box_size: ``box_size_loss_per_sample`` (a box's predicted area fills between
+      ``box_fill_min`` and ``box_fill_max`` of the box; 0 = off, the default).
     """
 
     emptiness: float = 1.0

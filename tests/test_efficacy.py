@@ -86,3 +86,18 @@ def test_boundary_offsets_reads_a_shrunken_prediction_as_a_lost_rim():
     assert fig["dice_best_offset"] == pytest.approx(1.0) and fig["dice"] < fig["dice_eroded_1px"]
     same = boundary_offsets.extent_figures(true, true)
     assert same["median_offset"] == 0 and same["dice"] == 1.0 and same["below_half"] == 0
+
+
+def test_box_statistics_fill_ratio_and_neighbour_pairs():
+    import box_statistics
+
+    masks = np.zeros((1, 8, 8), bool)
+    masks[0, 2:4, 2:6] = True                       # 8 lesion px in a 4 x 8 box
+    boxes = np.zeros_like(masks)
+    boxes[0, 1:5, :] = True
+    np.testing.assert_allclose(box_statistics.fill_ratios(masks, boxes), [8 / 32])
+    images = np.where(masks, 0.2, 0.8)[..., None].astype(np.float32)
+    parts = box_statistics.neighbour_differences(images, masks, 1)
+    assert parts["across"].size == 4 and np.allclose(parts["across"], 0.6)
+    assert parts["inside"].size == 6 and not parts["inside"].any()
+    assert parts["skin"].size == 56 - 10 and not parts["skin"].any()
