@@ -11,7 +11,7 @@ compilation and warm-up, over ``--repeats`` repeats taken *interleaved* (repeat 
 variant before repeat r + 1 of any, so a change of machine load hits every variant alike; median
 and spread are reported):
 
-* the FedMix round (``fedmix_jax.federated.make_round_fn``) with each executor of the client axis;
+* the FedMix round (``fedmix_jax.compiled_round.make_round_fn``) with each executor of the client axis;
 * ``baseline``: the round with the reference's structure, built from the package's site
   function pieces (:class:`benchmarks.baselines.SequentialBaseline`). It loops over clients
   and over the two models in Python and pseudo-labels one image at a time. It computes the

@@ -13,7 +13,7 @@ The stable public names (listed in the README's API section) are importable from
 from fedmix_jax.aggregation import fedavg_weights, fedmix_weights, weighted_average
 from fedmix_jax.config import HParams, RoundConfig, default_executor
 from fedmix_jax.client_backends import LoopClients, map_clients, sharded_clients, vmap_clients
-from fedmix_jax.federated import init_state, make_round_fn
+from fedmix_jax.compiled_round import init_state, make_round_fn
 from fedmix_jax.losses import (bce_loss, box_tightness_loss_per_sample, dice_coefficient,
                                dice_loss, empty_aware_loss_per_sample, mil_image_loss_per_sample,
                                mixed_supervision_loss, outside_region_bce_per_sample,

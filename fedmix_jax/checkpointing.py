@@ -395,6 +395,3 @@ def _check_structure(step: int, directory: str, name: str, records, target) -> N
         f"checkpoint {step} in {directory} holds a state of another shape ({detail}): it was "
         "written by another model or version of fedmix_jax. Use a new --workdir (or delete "
         "this one)")
-
-
-__all__ = ["Checkpointer", "CheckpointDamagedError", "ITEMS", "leaf_records", "remove_temporaries"]

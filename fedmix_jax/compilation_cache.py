@@ -25,7 +25,6 @@ import os
 import jax
 from absl import logging
 
-__all__ = ["enable", "enable_from_config", "disable", "resolve_cache_dir", "ENV_VAR", "DEFAULT"]
 
 #: Environment variable that overrides the default location ("" / "off" / "none" disables).
 ENV_VAR = "FEDMIX_JAX_CACHE_DIR"

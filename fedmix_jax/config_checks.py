@@ -177,7 +177,3 @@ def check_num_devices(config) -> None:
             f"--config.train.num_devices={wanted}, but JAX has {have} {jax.default_backend()} "
             f"device(s): use at most {have} (or None for all); on a CPU, "
             "--config.train.cpu_devices=0 gives one device per core")
-
-
-__all__ = ["TABLE", "check_config_values", "check_num_devices", "check_model_fits",
-           "unet_param_count"]

@@ -120,6 +120,3 @@ class Progress:
             if _bar is self.bar:
                 _bar = None
             self.bar = None
-
-
-__all__ = ["setup_logging", "Progress"]

@@ -31,7 +31,6 @@ import os
 import jax
 from absl import logging
 
-__all__ = ["usable_cores", "use_cpu_cores", "cpu_devices_from_config", "executor_for_devices"]
 
 _FLAG = "--xla_force_host_platform_device_count"
 

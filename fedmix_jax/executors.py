@@ -211,4 +211,4 @@ def for_config(round_config) -> Executor:
     return _KINDS[name](round_config)
 
 
-__all__ = ["Executor", "LoopExecutor", "NAMES", "ShardedExecutor", "VmapExecutor", "for_config"]
+__all__ = ["Executor", "LoopExecutor", "ShardedExecutor", "VmapExecutor", "for_config"]

@@ -123,4 +123,4 @@ def nanmean(x, axis=None):
         return np.nanmean(np.asarray(x, np.float64), axis=axis)
 
 
-__all__ = ["hd95", "hd95_per_class", "mask_edges", "nanmean", "ONE_EMPTY_CHOICES"]
+__all__ = ["hd95", "hd95_per_class"]

@@ -42,22 +42,7 @@ import flax.linen as nn
 
 from fedmix_jax.xla_cpu import conv2d_same, fast_xavier_init, sum_over_pixels
 
-__all__ = [
-    "UNet",
-    "Conv",
-    "GroupNorm",
-    "group_norm",
-    "DoubleConv",
-    "Down",
-    "Up",
-    "interpolation_matrix",
-    "upsample_bilinear_align_corners",
-    "upsample_and_pad",
-    "unet_channels",
-    "count_params",
-    "init_unet",
-    "GROUPNORM_EPSILON",
-]
+__all__ = ["UNet", "count_params", "init_unet"]
 
 Dtype = Any
 

@@ -18,8 +18,6 @@ import numpy as np
 from fedmix_jax import executors
 from fedmix_jax.data.federation import FederatedSplit
 
-__all__ = ["place_data", "place_splits", "held_out_on_host", "hand_over", "host_arrays",
-           "without_pixels", "first_samples", "train_is_compact", "PLOT_SAMPLES"]
 
 
 def train_is_compact(compact: bool, round_config, num_clients: int) -> bool:

@@ -260,6 +260,4 @@ def write_run_plots(workdir: str, records, client_names, levels=None, best_round
     return paths
 
 
-__all__ = ["plot_validation_dice", "plot_weights", "plot_selection_rate", "plot_loss",
-           "plot_pseudo_labels",
-           "plot_predictions", "write_run_plots", "PLOT_FILES"]
+__all__ = ["write_run_plots"]

@@ -221,5 +221,4 @@ class MetricsFile:
             raise rundir.os_error(e, f"move the damaged {self.path} aside") from None
 
 
-__all__ = ["round_record", "eval_record", "add_evaluation", "evaluation_of", "local_test_record",
-           "read_metrics", "MetricsFile"]
+__all__ = ["read_metrics"]

@@ -30,16 +30,8 @@ import numpy as np
 from fedmix_jax.models import UNet
 from fedmix_jax.weights_files import WeightsFileError, read_weights_file
 
-__all__ = [
-    "infer_unet_config",
-    "params_from_state_dict",
-    "state_dict_from_params",
-    "normalize_state_dict",
-    "load_reference_weights",
-    "save_reference_weights",
-    "reference_names",
-    "WeightsFileError",
-]
+__all__ = ["params_from_state_dict", "state_dict_from_params", "load_reference_weights",
+           "save_reference_weights", "WeightsFileError"]
 
 # Position inside the reference's nn.Sequential double_conv -> (flax layer, kind).
 _DOUBLE_CONV_LAYERS = (("0", "conv1", "conv"), ("1", "norm1", "norm"),

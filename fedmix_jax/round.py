@@ -16,8 +16,8 @@ One round (fedmix-spec.md): :func:`start_round` (round keys) -> the backend maps
 :func:`~fedmix_jax.site.site_round` over the client axis (each client: pseudo-labels of the global
 pair, one local epoch, its report) -> :func:`finish_round` (the strategy's weights from the
 reports, aggregation of both models, metrics). :func:`round_step` composes them, pure and unjitted,
-for use under a user's own ``jit`` / ``scan``; :func:`fedmix_jax.federated.make_round_fn` compiles
-it for an executor.
+for use under a user's own ``jit`` / ``scan``; :func:`fedmix_jax.compiled_round.make_round_fn`
+compiles it for an executor.
 """
 
 from __future__ import annotations

@@ -82,4 +82,4 @@ class RunLoop:
         return state, best
 
 
-__all__ = ["RoundSteps", "RunLoop", "is_better"]
+__all__ = ["RoundSteps", "RunLoop"]

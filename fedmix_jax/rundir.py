@@ -313,7 +313,5 @@ def move_aside(path: str, workdir: str, label: str) -> str:
     return dest
 
 
-__all__ = ["METRICS_FILE", "SUMMARY_FILE", "CONFIG_FILE", "CHECKPOINT_DIR", "LOCK_FILE",
-           "DAMAGED_DIR", "RESUMABLE_FIELDS", "resolve", "check_usable", "create", "WorkdirLock",
-           "remove_stale_temporaries", "config_to_dict", "config_differences", "read_config",
-           "check_config", "atomic_write_text", "move_aside", "os_error"]
+__all__ = ["METRICS_FILE", "SUMMARY_FILE", "CONFIG_FILE", "CHECKPOINT_DIR", "config_to_dict",
+           "config_differences"]

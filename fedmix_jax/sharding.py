@@ -1,6 +1,6 @@
 """The client axis across devices: a 1-D mesh ``"clients"``, padding and placement helpers.
 
-The ``sharded`` executor of :mod:`fedmix_jax.federated` splits every [C, ...] leaf of the state
+The ``sharded`` executor of :mod:`fedmix_jax.compiled_round` splits every [C, ...] leaf of the state
 and of the data over the devices of :func:`client_mesh` (``NamedSharding(mesh, P("clients"))``);
 each device trains its block of clients and the aggregation is one cross-device weighted sum.
 
@@ -23,8 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["CLIENT_AXIS", "client_mesh", "padded_count", "pad_clients", "client_sharding",
-           "replicated_sharding", "shard_clients"]
+__all__ = ["CLIENT_AXIS", "client_mesh", "pad_clients", "shard_clients"]
 
 #: Name of the mesh axis the client axis is split over.
 CLIENT_AXIS = "clients"

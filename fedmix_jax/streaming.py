@@ -331,4 +331,4 @@ class StreamedRound:
                             next_key, hparams)
 
 
-__all__ = ["StreamOptions", "StreamedRound", "streamed_site_round", "prefetched"]
+__all__ = ["StreamOptions", "StreamedRound", "streamed_site_round"]

@@ -121,4 +121,4 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["level_names", "timing", "make_summary", "write_summary", "format_summary"]
+__all__ = ["format_summary"]

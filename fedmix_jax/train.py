@@ -55,7 +55,7 @@ from fedmix_jax.data.streamed_sources import (ArraySource, SplitSource, choose_m
 from fedmix_jax.errors import (ConfigError, OutOfMemoryError, RunError, TrainingDivergedError,
                                is_out_of_memory)
 from fedmix_jax.evaluation import evaluate
-from fedmix_jax.federated import init_state, make_round_fn
+from fedmix_jax.compiled_round import init_state, make_round_fn
 from fedmix_jax.records import (MetricsFile, check_checkpoint_record, eval_record,
                                 evaluation_of, local_test_record, round_record)
 from fedmix_jax.rundir import CONFIG_FILE, config_to_dict

@@ -28,7 +28,6 @@ from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ["WeightsFileError", "read_weights_file"]
 
 
 class WeightsFileError(ValueError):

@@ -93,6 +93,3 @@ def describe_missing_workdir(path: str) -> str | None:
             target = "?"
         return f"is a dangling symbolic link (to {target!r})"
     return None
-
-
-__all__ = ["refuse_links_and_special_files", "describe_missing_workdir", "FILES", "FOLDERS"]

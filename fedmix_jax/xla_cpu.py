@@ -56,13 +56,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = [
-    "conv2d_same",
-    "plain_conv2d_same",
-    "sum_over_pixels",
-    "plain_sum_over_pixels",
-    "fast_xavier_init",
-]
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
@@ -185,4 +178,3 @@ def fast_xavier_init(key: jax.Array, shapes) -> dict:
     flat, treedef = jax.tree_util.tree_flatten_with_path(shapes)
     leaves = tuple((str(path[-1].key), tuple(int(d) for d in leaf.shape)) for path, leaf in flat)
     return jax.tree_util.tree_unflatten(treedef, _fast_init_fn(leaves)(key))
-

@@ -485,5 +485,5 @@ for rnd in range(1, FED_ROUNDS + 1):
 
 # %% [markdown]
 # The full FedMix round — two models, pseudo-labels from the global pair, masked fixed-shape local
-# epochs, adaptive weights, any executor — is `fedmix_jax.federated.make_round_fn`; see
+# epochs, adaptive weights, any executor — is `fedmix_jax.compiled_round.make_round_fn`; see
 # [`quickstart.ipynb`](quickstart.ipynb).

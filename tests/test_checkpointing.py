@@ -29,7 +29,7 @@ def _final(workdir, step):
     """(state, best params, extra) of checkpoint ``step`` as NumPy trees."""
     cfg = tiny_config()
     from fedmix_jax.data.synthetic import synthetic_federation_from_config
-    from fedmix_jax.federated import init_state
+    from fedmix_jax.compiled_round import init_state
 
     fed = synthetic_federation_from_config(cfg.data)
     model = train.build_model(cfg, fed.num_classes)

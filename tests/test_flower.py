@@ -41,7 +41,7 @@ def _in_process(rounds: int, extra: str = ""):
     """The reference: make_round_fn(executor='loop') on the same config."""
     from fedmix_jax.config import build_model, build_round_config
     from fedmix_jax.data.synthetic import synthetic_federation_from_config
-    from fedmix_jax.federated import init_state, make_round_fn
+    from fedmix_jax.compiled_round import init_state, make_round_fn
     from fedmix_jax.flower.server_app import load_config
 
     config = load_config("configs/synthetic.py",

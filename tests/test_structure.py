@@ -79,3 +79,41 @@ def test_no_import_of_another_modules_private_name():
                 if any(_private(x) for x in parts):
                     found.append(f"{p.relative_to(PACKAGE)}:{node.lineno} {node.module}")
     assert not found, found
+
+
+def _api_rows() -> dict:
+    """``{module: names}`` of docs/api.md's table (the backticked names of each row)."""
+    import re
+
+    rows = {}
+    for line in (PACKAGE.parent / "docs" / "api.md").read_text().splitlines():
+        m = re.match(r"\| (`fedmix_jax[^|]*) \| (.*) \|$", line)
+        if m:
+            for module in re.findall(r"`(fedmix_jax[\w.]*)`", m.group(1)):
+                rows[module] = set(re.findall(r"`([A-Za-z_]\w*)", m.group(2)))
+    return rows
+
+
+def test_a_modules_all_is_what_docs_api_lists_for_it():
+    """``__all__`` says what is public: outside the packages' ``__init__``, a module has one only
+    if docs/api.md has a row for it, and every name in it is in that row and defined there."""
+    rows, wrong = _api_rows(), []
+    assert "fedmix_jax.losses" in rows and "dice_loss" in rows["fedmix_jax.losses"]
+    for p in MODULES:
+        if p.name == "__init__.py":
+            continue
+        module = ".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts)
+        tree = ast.parse(p.read_text())
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__"
+                                                    for t in node.targets):
+                names = ast.literal_eval(node.value)
+                wrong += [f"{module}.{n}" for n in names if n not in rows.get(module, ())]
+                defined = {getattr(n, "name", None) for n in tree.body} | {
+                    t.id for n in tree.body if isinstance(n, (ast.Assign, ast.AnnAssign))
+                    for t in (n.targets if isinstance(n, ast.Assign) else [n.target])
+                    if isinstance(t, ast.Name)} | {
+                    a.asname or a.name for n in tree.body if isinstance(n, ast.ImportFrom)
+                    for a in n.names}
+                wrong += [f"{module}.{n} (not defined)" for n in names if n not in defined]
+    assert not wrong, wrong

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from fedmix_jax.data.federation import BOX, PIXEL, Federation, FederatedSplit
-from fedmix_jax.data.synthetic import (DEFAULT_DOMAINS, make_synthetic_federation, preview_grid,
+from fedmix_jax.data.synthetic import (make_synthetic_federation, preview_grid,
                                        synthetic_federation_from_config)
+from fedmix_jax.data.synthetic_domains import DEFAULT_DOMAINS
 
 SPLITS = ("train", "val", "test")
 

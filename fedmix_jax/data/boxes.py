@@ -36,15 +36,6 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-__all__ = [
-    "BOX_MODES",
-    "sample_rng",
-    "connected_components",
-    "boxes_from_mask",
-    "box_mask",
-    "box_masks_from_masks",
-    "scale_boxes",
-]
 
 
 BOX_MODES = ("component", "enclosing")

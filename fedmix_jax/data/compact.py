@@ -35,8 +35,7 @@ from flax import struct
 
 from fedmix_jax.data.federation import FederatedSplit
 
-__all__ = ["CompactSplit", "ClientRows", "compact_split", "compact_fields", "put_compact",
-           "client_lengths", "client_window", "client_counts", "padded_rows"]
+__all__ = ["CompactSplit", "compact_split", "put_compact", "client_window"]
 
 _ROW_FIELDS = ("images", "masks", "boxes", "image_labels", "levels", "valid")
 

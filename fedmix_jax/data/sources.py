@@ -34,6 +34,3 @@ def load_federation(data_config, verbose: bool = True) -> Federation:
         return load_federation_from_config(data_config, verbose=verbose)
     raise ValueError(f"unknown data source --config.data.name={name!r}; choose one of "
                      f"{', '.join(SOURCE_NAMES)}")
-
-
-__all__ = ["load_federation", "SOURCE_NAMES"]

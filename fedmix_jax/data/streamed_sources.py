@@ -234,9 +234,8 @@ def open_streamed_federation(data_cfg, verbose: bool = True):
     :class:`ArrayRecordSource` (left in the cache) and whose ``val`` / ``test`` are read into
     memory as :func:`~fedmix_jax.data.real.load_federation_from_config` reads them."""
     from fedmix_jax.data.federation import Federation, stack_clients
-    from fedmix_jax.data.real.cache import config_get
-    from fedmix_jax.data.real.loader import (prepare_dataset, read_client_split,
-                                             resolve_clients_levels, take_counts)
+    from fedmix_jax.data.real.cache import config_get, prepare_dataset
+    from fedmix_jax.data.real.loader import read_client_split, resolve_clients_levels, take_counts
 
     prepared = prepare_dataset(data_cfg, verbose=verbose)
     clients, levels = resolve_clients_levels(data_cfg, prepared)
@@ -283,5 +282,5 @@ def load_run_federation(data_cfg, verbose: bool = True):
                         f"{data_cfg.get('cache_dir')}): {describe_os_error(e)}") from e
 
 
-__all__ = ["FIELDS", "GIB", "SplitSource", "ArraySource", "ArrayRecordSource", "split_bytes",
-           "device_bytes", "choose_mode", "open_streamed_federation", "load_run_federation"]
+__all__ = ["ArraySource", "ArrayRecordSource", "split_bytes", "device_bytes", "choose_mode",
+           "open_streamed_federation"]

@@ -43,19 +43,10 @@ from fedmix_jax.data.boxes import check_box_mode
 from fedmix_jax.data.federation import (Federation, FederatedSplit, float_images,
                                         gathered_labels,
                                         level_from_name, stack_clients)
-from fedmix_jax.data.synthetic_domains import (DEFAULT_DOMAINS, LESION_TYPES, Domain,
-                                               lesion_types, client_domain)
+from fedmix_jax.data.synthetic_domains import client_domain, lesion_types
 from fedmix_jax.data.synthetic_render import make_client_split
 
-__all__ = [
-    "Domain",
-    "DEFAULT_DOMAINS",
-    "LESION_TYPES",
-    "client_domain",
-    "make_synthetic_federation",
-    "synthetic_federation_from_config",
-    "preview_grid",
-]
+__all__ = ["make_synthetic_federation", "preview_grid"]
 
 _DEFAULT_TRAIN_SIZES = (96, 128, 24, 112)
 _DEFAULT_LEVELS = ("box", "box", "pixel", "box")

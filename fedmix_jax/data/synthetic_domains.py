@@ -17,7 +17,6 @@ import numpy as np
 
 from fedmix_jax.data.boxes import sample_rng
 
-__all__ = ["Domain", "DEFAULT_DOMAINS", "LESION_TYPES", "client_domain"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,4 +119,3 @@ def client_domain(client: int) -> Domain:
         edge=float(max(0.4, base.edge * (1 + 0.3 * u[6]))),
         size=float(base.size * (1 + 0.1 * u[7])),
     )
-

@@ -189,9 +189,3 @@ def report_to_metrics(report, **extra) -> MetricRecord:
 def metrics_to_report_dict(metrics: MetricRecord) -> dict[str, Any]:
     """The :data:`REPORT_FIELDS` of a MetricRecord as Python scalars (KeyError if missing)."""
     return {name: typ(metrics[name]) for name, typ in REPORT_FIELDS.items()}
-
-
-__all__ = ["PAIR_PREFIXES", "REPORT_FIELDS", "flatten_with_keys", "leaf_key", "tree_to_record",
-           "pair_to_record", "tree_spec", "pair_spec", "record_to_tree", "record_to_pair",
-           "pack_model", "unpack_model", "record_to_model", "model_record",
-           "report_to_metrics", "metrics_to_report_dict"]

@@ -141,6 +141,3 @@ def discover_sites(grid: Grid, shared_json: str, num_sites: int, join_timeout: f
         log.warning("only %d of %d sites declared themselves validly: going on with them",
                     len(sites), num_sites)
     return sites, infos
-
-
-__all__ = ["discover_sites", "parse_site_list", "send_and_receive"]

@@ -222,6 +222,3 @@ def serve_in_process(state_factory, nice: int = 0) -> threading.Thread:
     thread = threading.Thread(target=loop, name="fedmix-clientapp", daemon=True)
     thread.start()
     return thread
-
-
-__all__ = ["InProcessRuntime", "LOCAL_POLL", "run_task", "serve_in_process", "serve_tasks"]

@@ -103,7 +103,3 @@ def cap_object_pulls(cap: float = DEFAULT_CAP) -> list[str]:
         setattr(module, attr, capped)
         patched.append(f"{module_name}.{attr}")
     return patched
-
-
-__all__ = ["DEFAULT_CAP", "SUPPORTED_FLWR", "cap_object_pulls", "cap_supernode_sleeps",
-           "check_flower_version"]

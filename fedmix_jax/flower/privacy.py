@@ -111,6 +111,3 @@ def epsilon(noise_multiplier: float, rounds: int, delta: float) -> float:
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if delta_of(mid, mu) > delta else (lo, mid)
     return hi
-
-
-__all__ = ["add_noise", "check_options", "clip_update", "delta_of", "epsilon", "noise_std"]

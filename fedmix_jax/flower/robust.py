@@ -100,7 +100,3 @@ def check_options(aggregator: str, max_update_norm_ratio: float, trim_fraction: 
                          f"{max_update_norm_ratio}")
     if not 0 <= trim_fraction < 0.5:
         raise ValueError(f"trim-fraction must lie in [0, 0.5), got {trim_fraction}")
-
-
-__all__ = ["AGGREGATORS", "update_norms", "norm_outliers", "trimmed_mean", "coordinate_median",
-           "robust_average", "check_options"]

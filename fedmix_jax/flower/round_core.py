@@ -18,7 +18,7 @@ import numpy as np
 
 from fedmix_jax import aggregation
 from fedmix_jax.config import HParams, RoundConfig
-from fedmix_jax.federated import init_state
+from fedmix_jax.compiled_round import init_state
 from fedmix_jax.round import round_keys as fed_round_keys
 from fedmix_jax.site import (ModelPair, SiteReport, SiteState, init_site_state,
                              make_optimizer, site_round)

@@ -142,6 +142,3 @@ def run_local(num_sites: int, run_config: dict, *, intercept: Callable | None = 
     summary, pair, _ = run_server(grid, dict(run_config, **{"num-sites": num_sites}),
                                   write_plots=write_plots, return_state=True)
     return summary, pair, grid
-
-
-__all__ = ["LocalGrid", "synthetic_sites", "run_local"]

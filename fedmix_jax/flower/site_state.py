@@ -170,6 +170,3 @@ def store(context: Context, state, round_index: int, run_name: str,
                     os.remove(p)
                 except OSError as e:
                     log.warning("could not remove the old site state %s: %s", p, e)
-
-
-__all__ = ["STATE_META", "STATE_RECORD", "keep_state_in_process", "newest", "restore", "store"]

@@ -362,6 +362,3 @@ def _per_class_scores(rows: dict[int, dict], split: str, c: int) -> dict[str, An
         out[f"{split}_{name}"] = per_site
         out[f"{split}_mean_{name}"] = [float(v) for v in mean]
     return out
-
-
-__all__ = ["FedMixStrategy", "Site", "RoundOutcome"]

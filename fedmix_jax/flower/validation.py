@@ -305,9 +305,3 @@ def check_eval_reply(reply, *, round_index: int, site: str,
             if f"{split}-{k}" in m:
                 out[f"{split}-{k}"] = _per_class(m, f"{split}-{k}", num_classes)
     return out
-
-
-__all__ = ["ReplyRejected", "AcceptedReply", "check_report", "check_loss", "check_train_reply",
-           "check_eval_reply", "check_declaration", "LOSS_RANGE", "MAX_SITE_SAMPLES", "EVAL_FIGURES",
-           "PER_CLASS_FIGURES",
-           "LOCAL_RECORD", "REPORT_RECORD", "SITE_RECORD"]

@@ -43,14 +43,16 @@ from fedmix_jax.data.real.errors import (  # noqa: F401
     CacheDamagedError,
     DatasetNotFoundError,
 )
-from fedmix_jax.data.real.loader import (  # noqa: F401
+from fedmix_jax.data.real.cache import (  # noqa: F401
     DEFAULT_CACHE_DIR,
     PreparedDataset,
+    prepare_dataset,
+    validate_cache,
+)
+from fedmix_jax.data.real.loader import (  # noqa: F401
     default_data_config,
     load_federation_from_config,
-    prepare_dataset,
     read_client_split,
-    validate_cache,
 )
 
 from fedmix_jax.data.real import retouch  # noqa: E402,F401  -- registers name "retouch"

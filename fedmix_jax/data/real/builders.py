@@ -16,7 +16,7 @@ back with ``tfds.data_source`` (random access, no TensorFlow). TensorFlow is nev
 ``Image`` feature needs it, so images are stored as zlib-compressed uint8 ``Tensor`` features,
 which TFDS encodes and decodes with NumPy.
 
-Builder configs (:class:`FedMixConfig`, in :mod:`.builder_config`) hold the preprocessing and
+Builder configs (:class:`FedMixConfig`) hold the preprocessing and
 split options; the config name encodes them, e.g. ``gray256_seed0_test20_val10`` (``rgb`` for 3
 channels, ``_skip`` when built with ``on_bad_input='skip'``, and for ``folder_federation`` a hash
 of the data_dir path so two different federations never share a cache). Any combination can be
@@ -47,6 +47,8 @@ validate the cache first), or plain TFDS::
 from __future__ import annotations
 
 import collections
+import dataclasses
+import hashlib
 import logging
 import os
 import time
@@ -55,15 +57,86 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from fedmix_jax.data.boxes import check_box_mode
-from fedmix_jax.data.real.builder_config import (DEFAULT_CONFIGS, FedMixConfig, new_config,
-                                                 built_splits, config_name, data_dir_tag)
 from fedmix_jax.data.real.errors import BadInputError, BadInputPolicy, log
 from fedmix_jax.data.real.examples import BOX_MARGIN, features, process_sample
-from fedmix_jax.data.real.layouts import LAYOUTS, Layout, Sample, Scan, source_fingerprint
+from fedmix_jax.data.real.layouts import LAYOUTS
+from fedmix_jax.data.real.scanning import Layout, Sample, source_fingerprint
 from fedmix_jax.data.real.names import drop_undecodable
 from fedmix_jax.data.real.splits import SPLITS, assign_splits, check_fractions, rank_in_client
 
 ARRAY_RECORD = "array_record"
+
+
+@dataclasses.dataclass(eq=False)
+class FedMixConfig(tfds.core.BuilderConfig):
+    """Preprocessing and split options (see module docstring); build with :func:`make_config`."""
+
+    image_size: int = 256
+    channels: int = 1
+    seed: int = 0
+    test_fraction: float = 0.2
+    val_fraction: float = 0.1
+    on_bad_input: str = "fail"
+    tag: str = ""
+    box_mode: str = "component"
+    drop_empty_slices: bool = False
+
+
+_CONFIG_DEFAULTS = {f.name: f.default for f in dataclasses.fields(FedMixConfig)
+                    if f.name in ("image_size", "channels", "seed", "test_fraction",
+                                  "val_fraction", "on_bad_input", "tag", "box_mode",
+                                  "drop_empty_slices")}
+
+
+def _pct(f: float) -> str:
+    return f"{100 * float(f):g}".replace(".", "p")
+
+
+def config_name(**options) -> str:
+    """The name of the config with ``options`` (:class:`FedMixConfig`'s fields but ``name``;
+    defaults as there), which encodes every option: e.g. ``gray256_seed0_test20_val10`` (``rgb``
+    for 3 channels, ``_skip``, ``_enclosing``, ``_dropempty``, ``_<tag>``)."""
+    o = {**_CONFIG_DEFAULTS, **options}
+    name = (f"{'gray' if int(o['channels']) == 1 else 'rgb'}{int(o['image_size'])}"
+            f"_seed{int(o['seed'])}_test{_pct(o['test_fraction'])}_val{_pct(o['val_fraction'])}")
+    suffixes = (str(o["on_bad_input"]).lower() == "skip" and "_skip",
+                str(o["box_mode"]).lower() == "enclosing" and "_enclosing",
+                bool(o["drop_empty_slices"]) and "_dropempty", bool(o["tag"]) and f"_{o['tag']}")
+    return name + "".join(s for s in suffixes if s)
+
+
+def data_dir_tag(data_dir: str) -> str:
+    """Short hash of an absolute data_dir path (keys the folders builder's cache)."""
+    p = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
+    return "d" + hashlib.sha256(p.encode("utf-8")).hexdigest()[:10]
+
+
+def new_config(**options) -> FedMixConfig:
+    """A :class:`FedMixConfig` with ``options`` (:func:`config_name`'s arguments), named by them."""
+    o = {**_CONFIG_DEFAULTS, **options}
+    channels, image_size = int(o["channels"]), int(o["image_size"])
+    return FedMixConfig(
+        name=config_name(**o),
+        description=(f"{'grayscale' if channels == 1 else 'RGB'} {image_size}x{image_size}, split "
+                     f"seed {o['seed']}, test {o['test_fraction']}, val {o['val_fraction']} of "
+                     f"train, on_bad_input={o['on_bad_input']}, box_mode={o['box_mode']}"
+                     + (", slices without foreground dropped" if o["drop_empty_slices"] else "")),
+        image_size=image_size, channels=channels, seed=int(o["seed"]),
+        test_fraction=float(o["test_fraction"]), val_fraction=float(o["val_fraction"]),
+        on_bad_input=str(o["on_bad_input"]).lower(), tag=o["tag"],
+        box_mode=str(o["box_mode"]).lower(), drop_empty_slices=bool(o["drop_empty_slices"]))
+
+
+def built_splits(cfg) -> tuple[str, ...]:
+    """The splits a config writes: ``train`` always, ``validation``/``test`` when their fraction
+    is > 0 (TFDS cannot write an empty split)."""
+    return tuple(sp for sp in SPLITS if sp == "train"
+                 or (sp == "validation" and cfg.val_fraction > 0)
+                 or (sp == "test" and cfg.test_fraction > 0))
+
+
+DEFAULT_CONFIGS = [dict(image_size=256, channels=1), dict(image_size=64, channels=1),
+                    dict(image_size=256, channels=3)]
 
 
 class _NoCustomConfigWarning(logging.Filter):
@@ -237,15 +310,10 @@ def make_config(dataset: str, image_size: int = 256, channels: int = 1, seed: in
     if drop_empty_slices and not BUILDERS[dataset].DROPS_EMPTY_SLICES:
         raise ValueError(f"--config.data.drop_empty_slices=True is a RETOUCH option; the "
                          f"{dataset!r} loader keeps every image (set it to False)")
-    tag = data_dir_tag(data_dir) if dataset == "folders" and data_dir else ""
-    name = config_name(image_size, channels, seed, test_fraction, val_fraction, on_bad_input, tag,
-                       box_mode, drop_empty_slices)
-    predefined = BUILDERS[dataset].builder_configs.get(name)
-    if predefined is not None:
-        return predefined
-    return new_config(image_size, channels, seed, test_fraction, val_fraction, on_bad_input, tag,
-                      box_mode, drop_empty_slices)
-
-
-__all__ = ["FedMixConfig", "FedMixBuilder", "Ham10000Fedmix", "BreastUsFedmix", "FolderFederation", "BUILDERS",
-           "make_config", "config_name", "Scan"]
+    options = dict(image_size=image_size, channels=channels, seed=seed,
+                   test_fraction=test_fraction, val_fraction=val_fraction,
+                   on_bad_input=on_bad_input, box_mode=box_mode,
+                   drop_empty_slices=drop_empty_slices,
+                   tag=data_dir_tag(data_dir) if dataset == "folders" and data_dir else "")
+    predefined = BUILDERS[dataset].builder_configs.get(config_name(**options))
+    return predefined if predefined is not None else new_config(**options)

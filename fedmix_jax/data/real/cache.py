@@ -42,7 +42,8 @@ from fedmix_jax.data.real.builders import ARRAY_RECORD, BUILDERS, FedMixConfig, 
     make_config
 from fedmix_jax.data.real.errors import DATA_DIR_FLAG, DatasetNotFoundError, log
 from fedmix_jax.data.real.files import open_regular
-from fedmix_jax.data.real.layouts import LAYOUTS, source_fingerprint
+from fedmix_jax.data.real.layouts import LAYOUTS
+from fedmix_jax.data.real.scanning import source_fingerprint
 
 DEFAULT_CACHE_DIR = "~/fedmix_data"
 

@@ -148,6 +148,3 @@ def open_regular(path: str, what: str = "file"):
     except BaseException:
         os.close(fd)
         raise
-
-
-__all__ = ["Irregular", "walk_files", "open_regular", "describe_mode"]

@@ -55,13 +55,8 @@ that disagrees with a mask is kept and reported as a warning.
 from __future__ import annotations
 
 from fedmix_jax.data.real.breast_us import BreastUS
-from fedmix_jax.data.real.folders import MAX_COORDINATE, Folders
-from fedmix_jax.data.real.ham10000 import HAM_BENIGN, HAM_CLIENTS, HAM_MALIGNANT, HAM10000
-from fedmix_jax.data.real.scanning import Layout, Sample, Scan, source_fingerprint
-from fedmix_jax.data.real.tables import MAX_CSV_BYTES
+from fedmix_jax.data.real.folders import Folders
+from fedmix_jax.data.real.ham10000 import HAM10000
 
-__all__ = ["Sample", "Scan", "Layout", "source_fingerprint", "MAX_CSV_BYTES", "MAX_COORDINATE",
-           "HAM_CLIENTS", "HAM_BENIGN", "HAM_MALIGNANT", "HAM10000", "BreastUS", "Folders",
-           "LAYOUTS"]
 
 LAYOUTS = {cls.name: cls() for cls in (HAM10000, BreastUS, Folders)}

@@ -17,10 +17,10 @@ import sys
 import ml_collections
 import numpy as np
 
-from fedmix_jax.data.federation import (LEVEL_NAMES, FederatedSplit, Federation, level_from_name,
+from fedmix_jax.data.federation import (FederatedSplit, Federation, level_from_name,
                                         pack_split_labels)
 from fedmix_jax.data.real.cache import (DEFAULT_CACHE_DIR, PreparedDataset, config_get,
-                                        prepare_dataset, validate_cache)
+                                        prepare_dataset)
 from fedmix_jax.data.real.errors import DATA_DIR_FLAG, CacheDamagedError, log
 from fedmix_jax.data.real.layouts import LAYOUTS
 
@@ -259,7 +259,3 @@ def _load_federation(data_cfg, verbose: bool = True) -> Federation:
     if verbose:
         print(fed.summary(), file=sys.stderr, flush=True)
     return fed
-
-
-__all__ = ["DEFAULT_CACHE_DIR", "PreparedDataset", "default_data_config", "prepare_dataset",
-           "validate_cache", "read_client_split", "load_federation_from_config", "LEVEL_NAMES"]

@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from fedmix_jax.data.real.layouts import HAM_BENIGN, HAM_CLIENTS, HAM_MALIGNANT
+from fedmix_jax.data.real.ham10000 import HAM_BENIGN, HAM_CLIENTS, HAM_MALIGNANT
 
 #: Images per client (the metadata's ``dataset`` column) of the real HAM10000: 10,015 in all.
 HAM_REAL_CLIENT_SIZES = {"rosendahl": 2259, "vidir_modern": 3363, "vienna_dias": 439,

@@ -249,7 +249,3 @@ def read_volume(path: str) -> np.ndarray:
         if bad:
             raise _bad(h.path, f"{bad} voxel(s) are NaN or infinite; a volume must be finite")
     return vol
-
-
-__all__ = ["MetaHeader", "read_header", "read_volume", "MAX_HEADER_BYTES", "MAX_SIDE",
-           "MAX_VOLUME_BYTES", "ELEMENT_TYPES"]

@@ -53,6 +53,3 @@ def drop_undecodable(scan: Scan, policy: BadInputPolicy, data_dir: str) -> Scan:
     clients = [printable(c) for c in scan.clients]
     return dataclasses.replace(scan, samples=kept, clients=clients,
                                warnings=[printable(w) for w in scan.warnings])
-
-
-__all__ = ["drop_undecodable", "printable", "is_utf8"]

@@ -376,7 +376,5 @@ def register() -> None:
     dataset_builders.BUILDERS.setdefault("retouch", RetouchFedmix)
 
 
-__all__ = ["CLASS_NAMES", "CLIENTS", "LEVELS", "Retouch", "RETOUCH_LAYOUT", "RetouchFedmix",
-           "load_volume_pair", "read_volume", "read_volume_size", "register"]
 
 register()

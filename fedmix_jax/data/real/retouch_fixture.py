@@ -130,7 +130,6 @@ def _main(argv=None) -> int:
     return 0
 
 
-__all__ = ["REALISTIC", "fake_oct_volume", "make_retouch_fixture", "write_mhd"]
 
 if __name__ == "__main__":
     raise SystemExit(_main())
