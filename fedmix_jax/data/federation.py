@@ -186,13 +186,6 @@ class FederatedSplit:
         """Number of valid samples per client, [C] int."""
         return np.asarray(self.valid).sum(axis=1)
 
-    def with_levels(self, levels) -> "FederatedSplit":
-        """Same arrays with per-client levels replaced: ``levels`` is [C] or [C, N]."""
-        lv = np.asarray(levels, dtype=np.int32)
-        if lv.ndim == 1:
-            lv = np.broadcast_to(lv[:, None], self.levels.shape)
-        return self.replace(levels=np.ascontiguousarray(lv))
-
     def pad_to(self, num_samples: int) -> "FederatedSplit":
         """Pad the sample axis to ``num_samples`` with invalid zero samples."""
         n = self.max_samples

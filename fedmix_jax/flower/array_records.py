@@ -20,7 +20,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from flwr.app import Array, ArrayRecord, MetricRecord
+from flwr.app import Array, ArrayRecord
 
 PAIR_PREFIXES = ("model1", "model2")   # ModelPair field names: the record keys' prefixes
 
@@ -72,12 +72,6 @@ def _as_pair(pair):
     from fedmix_jax.site import ModelPair
 
     return pair if isinstance(pair, ModelPair) else ModelPair(*tuple(pair))
-
-
-def tree_spec(tree, prefix: str = "") -> dict[str, tuple[tuple[int, ...], str]]:
-    """``{key: (shape, dtype name)}`` of every leaf, in order."""
-    return {k: (tuple(np.shape(x)), np.dtype(x.dtype).name)
-            for k, x in flatten_with_keys(tree, prefix)}
 
 
 def _flat_size(params) -> int:
@@ -174,18 +168,3 @@ def record_to_pair(record: ArrayRecord, like):
     if sorted(record.keys()) != sorted(PAIR_PREFIXES):
         raise ValueError(f"record keys {list(record.keys())[:4]} are not {list(PAIR_PREFIXES)}")
     return ModelPair(*(record_to_model(record, m, k) for k, m in zip(PAIR_PREFIXES, like)))
-
-
-def report_to_metrics(report, **extra) -> MetricRecord:
-    """A site's :class:`SiteReport` (scalars) plus ``extra`` scalars as a MetricRecord."""
-    get = report.get if isinstance(report, dict) else lambda k: getattr(report, k)
-    out = {}
-    for name, typ in REPORT_FIELDS.items():
-        out[name] = typ(np.asarray(get(name)).item())
-    out.update(extra)
-    return MetricRecord(out)
-
-
-def metrics_to_report_dict(metrics: MetricRecord) -> dict[str, Any]:
-    """The :data:`REPORT_FIELDS` of a MetricRecord as Python scalars (KeyError if missing)."""
-    return {name: typ(metrics[name]) for name, typ in REPORT_FIELDS.items()}
