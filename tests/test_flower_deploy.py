@@ -180,6 +180,10 @@ def test_tls_and_only_registered_supernodes_join(tmp_path):
         _wait_for(online, 90, "the registered SuperNode to be online")
         _wait_for(lambda: "ClientApp tasks in its own process" in (tmp_path / "site_0.log")
                   .read_text(), 30, "the site's in-process ClientApp loop")
+        # The SuperLink served requests (registration, activation, polls) without writing
+        # Flower's per-request DEBUG records.
+        link_log = (tmp_path / "superlink.log").read_text()
+        assert "POST /v1/fleet/" in link_log and "DEBUG flwr" not in link_log, link_log[-2000:]
     finally:
         for p in procs:
             if p.poll() is None:

@@ -114,6 +114,11 @@ def main(argv=None) -> int:
         return 2
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Flower's logger is at DEBUG and propagates to the root's handler: without a level on that
+    # handler every DEBUG record (each request, which Flower warns "may expose sensitive
+    # details") would be formatted and written.
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(logging.INFO)
     from flwr.superlink import cli
 
     _guard_uvicorn(sys.modules["flwr.superlink.cli.flower_superlink"], admin_hosts)
