@@ -234,13 +234,14 @@ def open_streamed_federation(data_cfg, verbose: bool = True):
     :class:`ArrayRecordSource` (left in the cache) and whose ``val`` / ``test`` are read into
     memory as :func:`~fedmix_jax.data.real.load_federation_from_config` reads them."""
     from fedmix_jax.data.federation import Federation, stack_clients
-    from fedmix_jax.data.real.cache import config_get, prepare_dataset
+    from fedmix_jax.data.real.cache import prepare_dataset
     from fedmix_jax.data.real.loader import read_client_split, resolve_clients_levels, take_counts
+    from fedmix_jax.data.real.settings import RealDataSettings
 
-    prepared = prepare_dataset(data_cfg, verbose=verbose)
-    clients, levels = resolve_clients_levels(data_cfg, prepared)
-    max_pc = int(config_get(data_cfg, "max_per_client", 0))
-    takes = {c: take_counts(prepared, c, max_pc) for c in clients}
+    settings = RealDataSettings.from_config(data_cfg)
+    prepared = prepare_dataset(settings, verbose=verbose)
+    clients, levels = resolve_clients_levels(settings, prepared)
+    takes = {c: take_counts(prepared, c, settings.max_per_client) for c in clients}
     train = ArrayRecordSource(prepared, "train", clients, levels,
                               [takes[c]["train"] for c in clients])
     held = {}

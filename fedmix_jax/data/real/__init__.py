@@ -44,11 +44,11 @@ from fedmix_jax.data.real.errors import (  # noqa: F401
     DatasetNotFoundError,
 )
 from fedmix_jax.data.real.cache import (  # noqa: F401
-    DEFAULT_CACHE_DIR,
     PreparedDataset,
     prepare_dataset,
     validate_cache,
 )
+from fedmix_jax.data.real.settings import DEFAULT_CACHE_DIR, RealDataSettings  # noqa: F401
 from fedmix_jax.data.real.loader import (  # noqa: F401
     default_data_config,
     load_federation_from_config,
@@ -64,5 +64,5 @@ __all__ = [
     "DatasetNotFoundError",
     "FedMixConfig", "FolderFederation", "Ham10000Fedmix", "PreparedDataset", "build_dataset",
     "default_data_config", "load_federation_from_config", "make_config", "prepare_dataset",
-    "read_client_split", "validate_cache",
+    "read_client_split", "validate_cache", "RealDataSettings",
 ]

@@ -40,7 +40,7 @@ RENAMED = {"data_dir": "--data_dir is not a flag of build: the manual download i
 
 def define_flags() -> flags.FlagValues:
     """A fresh flag set (so main can be called repeatedly in one process)."""
-    from fedmix_jax.data.real.cache import DEFAULT_CACHE_DIR
+    from fedmix_jax.data.real.settings import DEFAULT_CACHE_DIR
     from fedmix_jax.data.sources import REAL
 
     fv = flags.FlagValues()

@@ -44,21 +44,7 @@ from fedmix_jax.data.real.errors import DATA_DIR_FLAG, DatasetNotFoundError, log
 from fedmix_jax.data.real.files import open_regular
 from fedmix_jax.data.real.layouts import LAYOUTS
 from fedmix_jax.data.real.scanning import source_fingerprint
-
-DEFAULT_CACHE_DIR = "~/fedmix_data"
-
-
-def config_get(cfg, key, default):
-    """``cfg[key]`` of a dict, ConfigDict or object; ``default`` when cfg, or the value, is None
-    or the key is unset."""
-    if cfg is None:
-        return default
-    if isinstance(cfg, dict) or hasattr(cfg, "get"):
-        v = cfg.get(key, default)
-    else:
-        v = getattr(cfg, key, default)
-    return default if v is None else v
-
+from fedmix_jax.data.real.settings import RealDataSettings
 
 # ----------------------------------------------------------------------------------------------
 # cache validation
@@ -163,14 +149,15 @@ def prepare_dataset(data_cfg, verbose: bool = True) -> PreparedDataset:
 
     The same code path serves the CLI (:mod:`.build`) and :func:`load_federation_from_config`.
     """
-    name, raw_dir, data_dir, cache_dir, cfg = _dataset_settings(data_cfg)
+    settings = RealDataSettings.from_config(data_cfg)
+    name, raw_dir, data_dir, cache_dir, cfg = _dataset_settings(settings)
     builder_cls, layout = BUILDERS[name], LAYOUTS[name]
     path = _expected_path(builder_cls, cfg, cache_dir)
     have_source = bool(data_dir) and os.path.isdir(data_dir) and any(
         not e.startswith(".") for e in os.listdir(data_dir))
 
     ok, reason = validate_cache(path, builder_cls.name, cfg)
-    if ok and bool(config_get(data_cfg, "rebuild", False)):
+    if ok and settings.rebuild:
         ok, reason = False, "rebuild=True"
     if ok and have_source:
         with open(os.path.join(path, "metadata.json")) as f:
@@ -215,25 +202,18 @@ def prepare_dataset(data_cfg, verbose: bool = True) -> PreparedDataset:
     return prepared
 
 
-def _dataset_settings(data_cfg):
-    """``(name, data_dir as given, data_dir, cache_dir, builder config)`` of ``data_cfg``."""
-    name = str(config_get(data_cfg, "name", "ham10000")).strip().lower()
+def _dataset_settings(settings: RealDataSettings):
+    """``(name, data_dir as given, data_dir, cache_dir, builder config)`` of the settings."""
+    name = settings.name.strip().lower()
     if name not in BUILDERS:
         raise ValueError(f"unknown --config.data.name {name!r}; expected one of {sorted(BUILDERS)}")
-    raw_dir = config_get(data_cfg, "data_dir", "")
-    data_dir = os.path.abspath(os.path.expanduser(str(raw_dir))) if str(raw_dir).strip() else ""
-    cache_dir = os.path.abspath(os.path.expanduser(str(config_get(data_cfg, "cache_dir",
-                                                             DEFAULT_CACHE_DIR))))
-    cfg = make_config(name, image_size=int(config_get(data_cfg, "image_size", 256)),
-                      channels=int(config_get(data_cfg, "channels", 1)),
-                      seed=int(config_get(data_cfg, "seed", 0)),
-                      test_fraction=float(config_get(data_cfg, "test_fraction", 0.2)),
-                      val_fraction=float(config_get(data_cfg, "val_fraction", 0.1)),
-                      on_bad_input=str(config_get(data_cfg, "on_bad_input", "fail")),
-                      data_dir=data_dir or None,
-                      box_mode=str(config_get(data_cfg, "box_mode", "component")),
-                      drop_empty_slices=bool(config_get(data_cfg, "drop_empty_slices", False)))
-    return name, raw_dir, data_dir, cache_dir, cfg
+    data_dir = settings.source_dir
+    cfg = make_config(name, image_size=settings.image_size, channels=settings.channels,
+                      seed=settings.seed, test_fraction=settings.test_fraction,
+                      val_fraction=settings.val_fraction, on_bad_input=settings.on_bad_input,
+                      data_dir=data_dir or None, box_mode=settings.box_mode,
+                      drop_empty_slices=settings.drop_empty_slices)
+    return name, settings.data_dir, data_dir, settings.cache_root, cfg
 
 
 def _build(builder_cls, cfg, path, data_dir, cache_dir, reason, verbose):

@@ -11,6 +11,7 @@ are described in :mod:`.cache`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -19,10 +20,10 @@ import numpy as np
 
 from fedmix_jax.data.federation import (FederatedSplit, Federation, level_from_name,
                                         pack_split_labels)
-from fedmix_jax.data.real.cache import (DEFAULT_CACHE_DIR, PreparedDataset, config_get,
-                                        prepare_dataset)
+from fedmix_jax.data.real.cache import PreparedDataset, prepare_dataset
 from fedmix_jax.data.real.errors import DATA_DIR_FLAG, CacheDamagedError, log
 from fedmix_jax.data.real.layouts import LAYOUTS
+from fedmix_jax.data.real.settings import RealDataSettings
 
 SPLIT_FIELDS = {"train": "train", "validation": "val", "test": "test"}
 
@@ -38,12 +39,9 @@ def default_levels(name: str) -> dict[str, str]:
 
 
 def default_data_config(name: str = "ham10000", **overrides) -> ml_collections.ConfigDict:
-    """A ``data`` ConfigDict with every field :func:`load_federation_from_config` reads."""
-    cfg = ml_collections.ConfigDict(dict(
-        name=name, data_dir="", cache_dir=DEFAULT_CACHE_DIR, image_size=256, channels=1,
-        clients=(), levels=(), seed=0, val_fraction=0.1, test_fraction=0.2, on_bad_input="fail",
-        max_per_client=0, rebuild=False, box_mode="component", pack_labels=False,
-        drop_empty_slices=False))
+    """A ``data`` ConfigDict with every field :func:`load_federation_from_config` reads (the
+    defaults of :class:`~fedmix_jax.data.real.settings.RealDataSettings`)."""
+    cfg = ml_collections.ConfigDict(RealDataSettings(name=name).as_dict())
     cfg.update(overrides)
     return cfg
 
@@ -61,7 +59,8 @@ def resolve_clients_levels(data_cfg, prepared: PreparedDataset) -> tuple[list[st
     """The clients ``data_cfg.clients`` names (default: all of the cache's) and their levels as
     ints (``data_cfg.levels``: one name, one per client, or the dataset's defaults)."""
     available = prepared.clients
-    clients = [str(c) for c in (config_get(data_cfg, "clients", ()) or ())]
+    settings = RealDataSettings.from_config(data_cfg)
+    clients = list(settings.clients)
     if not clients:
         clients = list(available)
     unknown = [c for c in clients if c not in available]
@@ -70,7 +69,7 @@ def resolve_clients_levels(data_cfg, prepared: PreparedDataset) -> tuple[list[st
                          f"{prepared.name} at {prepared.path} has clients {available}")
     if len(set(clients)) != len(clients):
         raise ValueError(f"--config.data.clients lists a client twice: {clients}")
-    levels = config_get(data_cfg, "levels", ()) or ()
+    levels = settings.levels
     if isinstance(levels, str):
         levels = [levels] * len(clients)
     levels = [str(x) for x in levels]
@@ -203,17 +202,15 @@ def load_federation_from_config(data_cfg, verbose: bool = True) -> Federation:
     A cache found damaged while reading it (:class:`CacheDamagedError`) is rebuilt once from
     ``data_dir`` when the source is there; otherwise that error says how to rebuild.
     """
+    settings = RealDataSettings.from_config(data_cfg)
     try:
-        return _load_federation(data_cfg, verbose)
+        return _load_federation(settings, verbose)
     except CacheDamagedError as e:
-        raw_dir = str(config_get(data_cfg, "data_dir", "")).strip()
-        src = os.path.abspath(os.path.expanduser(raw_dir)) if raw_dir else ""
+        src = settings.source_dir
         if not (src and os.path.isdir(src) and os.listdir(src)):
             raise
         log.warning("%s; rebuilding it from %s", e, src)
-        retry = data_cfg.to_dict() if hasattr(data_cfg, "to_dict") else dict(data_cfg)
-        retry["rebuild"] = True
-        return _load_federation(retry, verbose)
+        return _load_federation(dataclasses.replace(settings, rebuild=True), verbose)
 
 
 def _padded_arrays(prepared: PreparedDataset, num_clients: int, num_samples: int) -> dict:
@@ -228,16 +225,15 @@ def _padded_arrays(prepared: PreparedDataset, num_clients: int, num_samples: int
                 valid=np.zeros(cn, bool))
 
 
-def _load_federation(data_cfg, verbose: bool = True) -> Federation:
+def _load_federation(settings: RealDataSettings, verbose: bool = True) -> Federation:
     """The body of :func:`load_federation_from_config` (no retry)."""
     from tqdm.auto import tqdm
 
-    prepared = prepare_dataset(data_cfg, verbose=verbose)
-    clients, levels = resolve_clients_levels(data_cfg, prepared)
-    max_pc = int(config_get(data_cfg, "max_per_client", 0))
-    takes = {c: take_counts(prepared, c, max_pc) for c in clients}
+    prepared = prepare_dataset(settings, verbose=verbose)
+    clients, levels = resolve_clients_levels(settings, prepared)
+    takes = {c: take_counts(prepared, c, settings.max_per_client) for c in clients}
     total = sum(sum(t.values()) for t in takes.values())
-    pack = bool(config_get(data_cfg, "pack_labels", False))
+    pack = settings.pack_labels
     splits = {}
     with tqdm(total=total, desc=f"reading {prepared.builder.name}", unit="img",
               disable=not verbose, file=sys.stderr) as bar:
