@@ -14,7 +14,9 @@ tests check bit equality):
    :func:`~fedmix_jax.site.train_inputs` with the global pair; what comes back is kept **on the
    host** for this site and round: targets ``t1`` / ``t2`` [N, H, W, K] in the masks' storage
    dtype (uint8 {0, 1} for the real data), ``usable`` / ``weak`` / ``selected_weak`` /
-   ``self_train`` [N] bool. Images are not kept.
+   ``self_train`` [N] bool; with direct weak-label losses (``fedmix_plus``) also what its terms
+   read: ``has_target`` [N] bool, ``boxes`` [N, H, W, K] (unpacked), ``image_labels`` [N, K],
+   ``levels`` [N]. Images are not kept.
 2. **order** (device, [N]): ``k_order, k_aug = split(key)``; ``order = sample_order(k_order,
    usable)`` padded to ``S * B`` (``S = ceil(N / B)``), as :func:`~fedmix_jax.site.local_epoch`.
    Per step ``s`` the batch is ``order[s*B:(s+1)*B]`` and its loss weights ``w [B] = usable &
@@ -35,6 +37,8 @@ what                        shape                                   where
 ==========================  =====================================  ==========================
 source rows (phase 1)       FederatedSplit, leaves [P, ...]         host -> device, per block
 targets t1, t2              [N, H, W, K] storage dtype              host, this site and round
+weak terms' inputs          has_target [N], boxes [N, H, W, K],     host (fedmix_plus only)
+                            image_labels [N, K], levels [N]
 usable, weak, ..., w        [N] bool; w [S, B] float32              host
 one training block          images [k, B, H, W, Cin], t1/t2         host -> device, prefetched
                             [k, B, H, W, K], self_train [k, B],
@@ -64,7 +68,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedmix_jax.errors import ConfigError
 from fedmix_jax.data.federation import PIXEL, FederatedSplit, unpack_split_labels
 from fedmix_jax.data.streamed_sources import SplitSource
 from fedmix_jax.round import FedState, RoundMetrics, finish_round, round_keys
@@ -111,8 +114,10 @@ def _programs(model: nn.Module, config):
     def inputs_block(global_params, block, round_index):
         block = unpack_split_labels(block)     # bit-packed masks / boxes: this block's
         ti = train_inputs(model, global_params, block, config, round_index)
+        # with direct weak-label losses also (has_target, boxes, image_labels, levels)
+        weak = None if config.strategy.weak is None else ti.batch_extras()[1:]
         return (ti.target1, ti.target2 if dual else None, ti.usable, ti.weak, ti.selected_weak,
-                ti.self_train)
+                ti.self_train, weak)
 
     @jax.jit
     def order(key, usable):
@@ -125,17 +130,17 @@ def _programs(model: nn.Module, config):
         return opt_state, (trainable, opt_t)
 
     @jax.jit
-    def run_block(carry, k_aug, steps, w, images, targets, self_train):
+    def run_block(carry, k_aug, steps, w, images, targets, extras):
         train_batch = make_train_batch(model, config, make_optimizer(config), k_aug)
 
         def step(carry, xs):
-            s, w_s, x, t, st = xs
+            s, w_s, x, t, ex = xs
             active = jnp.sum(w_s) > 0
             carry, (l1, l2, counted) = jax.lax.cond(active, train_batch, masked_batch, carry, s,
-                                                    w_s, x, t, st)
+                                                    w_s, x, t, ex)
             return carry, (l1, l2, counted, active)
 
-        return jax.lax.scan(step, carry, (steps, w, images, targets, self_train))
+        return jax.lax.scan(step, carry, (steps, w, images, targets, extras))
 
     @jax.jit
     def finish(params, opt_state, trainable, opt_t, l1, l2, counted, active):
@@ -181,7 +186,7 @@ def streamed_site_round(model: nn.Module, config, global_params: ModelPair, site
     programs = _programs(model, config)
     n, b = source.max_samples, config.batch_size
     # 1. per-sample training inputs from the global pair, block by block, kept on the host.
-    targets, (usable, weak, selected_weak, self_train) = _training_inputs(
+    targets, (usable, weak, selected_weak, self_train), weak_inputs = _training_inputs(
         programs[0], config, global_params, source, c, round_index, options)
     # 2. the order of the local epoch, as local_epoch computes it.
     order, k_aug = programs[1](key, jnp.asarray(usable))
@@ -190,8 +195,9 @@ def streamed_site_round(model: nn.Module, config, global_params: ModelPair, site
     w = (usable[order] & (np.arange(num_steps * b) < n)).astype(np.float32).reshape(num_steps, b)
     # 3. training in blocks of k steps; blocks without an active step are skipped.
     start = global_params if config.strategy.aggregates else site.params
+    extras = self_train if weak_inputs is None else (self_train,) + weak_inputs
     params, opt_state, (loss1, loss2, steps) = _train_blocks(
-        programs, start, site.opt_state, hparams, k_aug, order, w, targets, self_train, source,
+        programs, start, site.opt_state, hparams, k_aug, order, w, targets, extras, source,
         c, options)
     count = lambda m: jnp.asarray(np.sum(m), jnp.int32)  # noqa: E731
     report = SiteReport(num_usable=count(usable), loss1=loss1, loss2=loss2, num_weak=count(weak),
@@ -202,15 +208,18 @@ def streamed_site_round(model: nn.Module, config, global_params: ModelPair, site
 
 
 def _training_inputs(inputs_block, config, global_params, source, c, round_index, options):
-    """Phase 1 of a streamed site round: ``((target1 [N, ...], target2 or None), flags [4, N])``
-    on the host, flags = usable, weak, selected_weak, self_train; the global pair's pass over
-    client ``c``'s rows one block at a time (the next block read while one computes)."""
+    """Phase 1 of a streamed site round: ``((target1 [N, ...], target2 or None), flags [4, N],
+    weak)`` on the host, flags = usable, weak, selected_weak, self_train; ``weak``: None, or
+    with direct weak-label losses ``(has_target [N], boxes [N, H, W, K], image_labels [N, K],
+    levels [N])``. The global pair's pass over client ``c``'s rows one block at a time (the next
+    block read while one computes)."""
     dual = config.strategy.trains_model2
     n = source.max_samples
     p = _phase1_block(config, n, options)
     starts = list(range(0, n, p))
     targets = [None, None]
     flags = np.zeros((4, n), bool)
+    weak = [None] * 4
 
     def load_rows(lo):
         return lambda: jax.device_put(source.read(c, np.arange(lo, lo + p)))
@@ -222,8 +231,12 @@ def _training_inputs(inputs_block, config, global_params, source, c, round_index
             if targets[i] is None:
                 targets[i] = np.empty((n,) + out[i].shape[1:], out[i].dtype)
             targets[i][lo:lo + m] = out[i][:m]
-        for i, f in enumerate(out[2:]):
+        for i, f in enumerate(out[2:6]):
             flags[i, lo:lo + m] = f[:m]
+        for i, f in enumerate(out[6] or ()):
+            if weak[i] is None:
+                weak[i] = np.empty((n,) + f.shape[1:], f.dtype)
+            weak[i][lo:lo + m] = f[:m]
 
     pending = None         # the previous block's outputs come back while this one computes
     for lo, block in zip(starts, prefetched((load_rows(lo) for lo in starts),
@@ -233,13 +246,15 @@ def _training_inputs(inputs_block, config, global_params, source, c, round_index
             keep(*pending)
         pending = (lo, out)
     keep(*pending)
-    return tuple(targets), flags
+    return tuple(targets), flags, (None if weak[0] is None else tuple(weak))
 
 
-def _train_blocks(programs, start, opt_state, hparams, k_aug, order, w, targets, self_train,
+def _train_blocks(programs, start, opt_state, hparams, k_aug, order, w, targets, extras,
                   source, c, options):
     """Phase 3: the local epoch in blocks of k steps (blocks without an active step skipped,
-    each read while the previous one trains): ``(params, opt_state, (loss1, loss2, steps))``."""
+    each read while the previous one trains): ``(params, opt_state, (loss1, loss2, steps))``.
+    ``extras``: the per-sample [N, ...] host arrays a train step reads besides images and
+    targets (``self_train``, or the tuple of :meth:`~fedmix_jax.site.TrainInputs.batch_extras`)."""
     _, _, start_fn, run_block, finish = programs
     num_steps, b = w.shape
     k = options.block_steps
@@ -267,8 +282,8 @@ def _train_blocks(programs, start, opt_state, hparams, k_aug, order, w, targets,
             if flat.size:
                 x[need] = source.read(c, flat, ("images",)).images.reshape((-1, b) + img_shape)
             tgs = tuple(gathered(t, need, flat, (k, b)) for t in targets if t is not None)
-            st = gathered(self_train, need, flat, (k, b))
-            return jax.device_put((steps.astype(np.int32), w_blk, x, tgs, st))
+            ex = jax.tree.map(lambda a: gathered(a, need, flat, (k, b)), extras)
+            return jax.device_put((steps.astype(np.int32), w_blk, x, tgs, ex))
         return load
 
     results = []           # per-block outputs stay on the device until the epoch ends
@@ -298,10 +313,6 @@ class StreamedRound:
 
     def __init__(self, model: nn.Module, config, source: SplitSource,
                  options: StreamOptions | None = None):
-        if config.strategy.weak is not None:
-            raise ConfigError(f"strategy {config.strategy.name!r} (direct weak-label losses) does "
-                              "not run streamed yet: raise config.data.device_data_budget_gb so "
-                              "the training split fits on the device")
         self.model, self.config, self.source = model, config, source
         self.options = options or StreamOptions()
         self.default_hparams = config.hparams()

@@ -93,11 +93,12 @@ def test_streamed_round_equals_in_memory_round(real, in_memory, block_steps):
     assert int(want[0].reports.num_selected_weak[0]) > 0 and int(want[0].reports.steps.min()) > 0
 
 
-@pytest.mark.parametrize("strategy", ["fedst"])
+@pytest.mark.parametrize("strategy", ["fedst", "fedmix_plus"])
 def test_single_model_strategies_stream_the_same(real, strategy):
-    """Model 2 passes through (its Adam state too); FedST self-trains the weak client. (FedST is
-    the single-model strategy with the most paths; fedavg_pixel streamed the same when checked,
-    left out of CI for time.)"""
+    """Model 2 passes through (its Adam state too); FedST self-trains the weak client; fedmix_plus
+    trains both models with the weak-label terms, its boxes, labels and levels streamed with the
+    images. (FedST is the single-model strategy with the most paths; fedavg_pixel streamed the
+    same when checked, left out of CI for time.)"""
     fed, _ = real
     rc = fm.RoundConfig(strategy=fm.get_strategy(strategy, LENIENT), batch_size=4, crop=None,
                        executor="loop", inference_chunk=4)
