@@ -135,8 +135,11 @@ def diagnostics_table(results: dict, strategies) -> str:
                     cells = []
                     for key in DIAG:
                         vals = []
-                        for r in runs:
-                            d = r["pseudo_labels"][idx]
+                        for r in runs:    # runs merged from other files may log other rounds
+                            d = next((e for e in r["pseudo_labels"]
+                                      if e["round"] == rounds[idx]), None)
+                            if d is None:
+                                continue
                             v = d.get(f"pl_{lvl}_{key}")
                             if v is not None and key in ("sel", "sel_lesion"):
                                 v = v / max(d[f"pl_{lvl}_n"], 1)
