@@ -123,7 +123,7 @@ def measure_loaded(data_dir: str, cache_dir: str, image_size: int, channels: int
     valid = sum(sp["valid_samples"] for sp in splits.values())
     clients, images_dtype = list(fed.client_names), str(fed.train.images.dtype)
     del s, a            # the loop's last split and array: the loaded arrays leave with `host`
-    host, fed, _ = placement.hand_over(fed)
+    host, fed, _ = placement.take_host_arrays(fed)
     placed = _place_as_job(host)
     return dict(**placed, channels=channels, image_size=image_size, clients=clients,
                 pack_labels=bool(pack_labels), splits=splits, images_dtype=images_dtype,

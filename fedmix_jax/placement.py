@@ -61,7 +61,7 @@ def first_samples(split, k: int = PLOT_SAMPLES):
     return jax.tree.map(lambda x: np.array(np.asarray(x)[:, :k]), split)
 
 
-def hand_over(federation, splits=_SPLITS):
+def take_host_arrays(federation, splits=_SPLITS):
     """``(host, pixel_free, plot)``: the host arrays of ``splits`` (:func:`host_arrays`), the
     federation without them (:func:`without_pixels`) and the test samples of the job's plot.
 

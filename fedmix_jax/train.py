@@ -163,7 +163,7 @@ class _Run:
         self.round_fn = make_round_fn(self.model, rc)
         state = self.executor.place_state(state, self.round_fn)
         # The host arrays are handed over and dropped as they are placed (docs/memory.md).
-        host, self.federation, self.plot_split = placement.hand_over(self.federation)
+        host, self.federation, self.plot_split = placement.take_host_arrays(self.federation)
         self.train_data, self.val, self.test = self._guard(
             "putting the data on the device", placement.place_splits, host, self.round_fn, rc,
             self.settings.memory.compact)
@@ -177,8 +177,8 @@ class _Run:
         train = self.federation.train
         source = train if isinstance(train, SplitSource) else ArraySource(train)
         self.round_fn = StreamedRound(self.model, self.round_config, source, self.stream_options)
-        host, self.federation, self.plot_split = placement.hand_over(self.federation,
-                                                                     ("val", "test"))
+        host, self.federation, self.plot_split = placement.take_host_arrays(
+            self.federation, ("val", "test"))
         self.train_data, self.val, self.test = None, *placement.held_out_on_host(
             host, self.settings.memory.compact)
         if self.executor.name != "map":

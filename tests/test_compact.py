@@ -168,7 +168,7 @@ def _map_config(executor="map"):
 
 
 @pytest.mark.parametrize("executor,compact", [("map", True), ("map", False), ("vmap", True)])
-def test_hand_over_places_the_same_and_frees_the_host_arrays(executor, compact):
+def test_take_host_arrays_places_the_same_and_frees_the_host_arrays(executor, compact):
     """The job's placing (issue 14: on the CPU backend the device's arrays are host memory):
     handing the loaded arrays over places exactly what place_data places, leaves the host
     dict empty, and no loaded pixel array outlives it (weak references die without a full
@@ -183,7 +183,7 @@ def test_hand_over_places_the_same_and_frees_the_host_arrays(executor, compact):
     weak = [weakref.ref(getattr(getattr(fed, s), f)) for s in ("train", "val", "test")
             for f in ("images", "masks", "boxes")]
     test_images = np.array(fed.test.images)
-    host, pixel_free, plot = placement.hand_over(fed)
+    host, pixel_free, plot = placement.take_host_arrays(fed)
     meta = {s: (getattr(fed, s).levels, getattr(fed, s).valid, getattr(fed, s).images.shape)
             for s in ("train", "val", "test")}
     del fed

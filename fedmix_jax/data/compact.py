@@ -108,9 +108,9 @@ def compact_split(split: FederatedSplit, put=lambda x: x) -> CompactSplit:
 def compact_fields(fields: dict, put=lambda x: x) -> CompactSplit:
     """:func:`compact_split` of a padded split given as a dict of its six arrays, which it
     *consumes*: each padded array is removed from ``fields`` as soon as its compact copy is
-    built, before ``put``. Where nothing else refers to the padded arrays (the job hands its
-    host federation over, :func:`fedmix_jax.placement.hand_over`), the host holds one padded
-    or compact field at a time on top of what is already put."""
+    built, before ``put``. Where nothing else refers to the padded arrays (the job takes its
+    host arrays out of the federation, :func:`fedmix_jax.placement.take_host_arrays`), the host
+    holds one padded or compact field at a time on top of what is already put."""
     valid = np.asarray(fields["valid"]).astype(bool)
     if valid.ndim != 2:
         raise ValueError(f"compact_split needs a padded split, valid [C, N]; got {valid.shape}")
