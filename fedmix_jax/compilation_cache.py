@@ -32,30 +32,16 @@ ENV_VAR = "FEDMIX_JAX_CACHE_DIR"
 _OFF = ("", "off", "none")
 
 
-class _Default:
-    """Sentinel: "use the environment variable or the default location"."""
-
-    def __repr__(self) -> str:
-        return "DEFAULT"
-
-
-DEFAULT = _Default()
-
-
-def _default_location() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "fedmix_jax", "jax_cache")
-
-
-def resolve_cache_dir(cache_dir: str | None | _Default = DEFAULT) -> str | None:
+def resolve_cache_dir(cache_dir: str | None = "default") -> str | None:
     """The absolute directory :func:`enable` would use, or None if the cache is off.
 
-    ``cache_dir``: a path, ``None`` / ``""`` / ``"off"`` / ``"none"`` (off), or :data:`DEFAULT`
-    or the string ``"default"`` (the ``FEDMIX_JAX_CACHE_DIR`` variable if set, else
-    ``~/.cache/fedmix_jax/jax_cache``; the string suits a config field).
+    ``cache_dir``: a path, ``None`` / ``""`` / ``"off"`` / ``"none"`` (off), or ``"default"``
+    (the ``FEDMIX_JAX_CACHE_DIR`` variable if set, else ``$XDG_CACHE_HOME/fedmix_jax/jax_cache``
+    or ``~/.cache/fedmix_jax/jax_cache``).
     """
-    if isinstance(cache_dir, _Default) or cache_dir == "default":
-        cache_dir = os.environ.get(ENV_VAR, _default_location())
+    if cache_dir == "default":
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        cache_dir = os.environ.get(ENV_VAR, os.path.join(base, "fedmix_jax", "jax_cache"))
     if cache_dir is None or str(cache_dir).strip().lower() in _OFF:
         return None
     return os.path.abspath(os.path.expanduser(str(cache_dir)))
@@ -73,7 +59,7 @@ def _set_dir(path: str | None) -> None:
         pass
 
 
-def enable(cache_dir: str | None | _Default = DEFAULT, *, min_compile_time_secs: float = 0.0,
+def enable(cache_dir: str | None = "default", *, min_compile_time_secs: float = 0.0,
            min_entry_size_bytes: int = 0) -> str | None:
     """Turns JAX's persistent compilation cache on, in ``cache_dir``; returns the directory used.
 
@@ -83,7 +69,7 @@ def enable(cache_dir: str | None | _Default = DEFAULT, *, min_compile_time_secs:
     one of those), this calls :func:`disable` and returns None.
 
     Args:
-      cache_dir: the directory (created if missing), or :data:`DEFAULT` (see
+      cache_dir: the directory (created if missing), or ``"default"`` (see
         :func:`resolve_cache_dir`).
       min_compile_time_secs: only programs that took at least this long to compile are written
         (JAX's default is 1 s; 0 writes every program, so the many small ones of a run are not
