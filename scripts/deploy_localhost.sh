@@ -25,7 +25,8 @@
 #                     measured slower here: a large site then leaves a core idle once the small
 #                     ones are done)
 #   POLL [0.2]        the sites' SuperNodes run as fedmix_jax.flower.supernode with this idle
-#                     poll (seconds); POLL=stock runs Flower's own flower-supernode (3 s)
+#                     poll (seconds; 0: Flower's own waits, with the ClientApp still in the
+#                     SuperNode's process); POLL=stock runs Flower's own flower-supernode (3 s)
 #   LINK_DB [memory]  the SuperLink's --database: memory (Flower's in-memory state and object
 #                     store; this script registers the sites anew each time) or a file path (a
 #                     SQLite file that keeps registrations across SuperLink restarts, but stores

@@ -435,6 +435,20 @@ def test_flower_waits_are_capped_only_on_the_pinned_version(monkeypatch):
     from fedmix_jax.flower import supernode
 
     assert supernode.main(["--clientapp-in-process", "--isolation", "subprocess"]) == 2
+    # --poll-interval 0 keeps Flower's own waits (what the caps save is measured against it).
+    import importlib
+    import sys
+
+    cli = importlib.import_module("flwr.supernode.cli")
+    calls = []
+    monkeypatch.setattr(supernode, "cap_supernode_sleeps", lambda *a, **k: calls.append("sleep"))
+    monkeypatch.setattr(supernode, "cap_object_pulls", lambda *a, **k: calls.append("pulls"))
+    monkeypatch.setattr(cli, "flower_supernode", lambda: None)
+    monkeypatch.setattr(importlib.import_module("flwr.supercore.logger"),
+                        "update_console_handler", lambda **k: None)
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
+    assert supernode.main(["--poll-interval", "0"]) == 0 and calls == []
+    assert supernode.main(["--poll-interval", "0.2"]) == 0 and calls == ["sleep", "pulls"]
     with pytest.raises(ValueError):
         latency.cap_object_pulls(0)
     monkeypatch.setattr(flwr, "__version__", "1.99.0")

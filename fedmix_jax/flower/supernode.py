@@ -4,7 +4,8 @@ This is ``flower-supernode`` itself (same arguments, TLS, authentication, isolat
 config) with one more option, ``--poll-interval`` (seconds, default 0.2): Flower's fixed waits in
 the SuperNode — 3 s when it finds no message, 0.5 s between checks for its ClientApp's reply, and
 a 1 s first back-off when it pulls an object the ServerApp is still uploading — are capped at it
-(see :mod:`fedmix_jax.flower.latency`). Log lines carry timestamps.
+(see :mod:`fedmix_jax.flower.latency`); 0 keeps Flower's own waits (to measure what the caps
+save). Log lines carry timestamps.
 
     python -m fedmix_jax.flower.supernode --poll-interval 0.2 --superlink ... (flower-supernode args)
 
@@ -64,9 +65,10 @@ def main(argv=None) -> int:
     if ours.isolation is not None:
         rest += ["--isolation", ours.isolation]
     try:
-        local = LOCAL_POLL if ours.clientapp_in_process else None
-        cap_supernode_sleeps(ours.poll_interval, local_cap=local)
-        cap_object_pulls(ours.poll_interval)
+        if ours.poll_interval != 0:       # 0: Flower's own waits (3 s idle, 1 s first back-off)
+            local = LOCAL_POLL if ours.clientapp_in_process else None
+            cap_supernode_sleeps(ours.poll_interval, local_cap=local)
+            cap_object_pulls(ours.poll_interval)
     except (RuntimeError, ValueError) as e:
         print(f"fedmix_jax.flower.supernode: {e}", file=sys.stderr)
         return 2
