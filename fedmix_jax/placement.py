@@ -19,7 +19,6 @@ from fedmix_jax import executors
 from fedmix_jax.data.federation import FederatedSplit
 
 
-
 def train_is_compact(compact: bool, round_config, num_clients: int) -> bool:
     """Whether the job puts its training split on the device compact: ``compact``
     (``config.data.compact``) and the executor reads the split one client at a time

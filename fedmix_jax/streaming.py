@@ -227,16 +227,13 @@ def _training_inputs(inputs_block, config, global_params, source, c, round_index
     def keep(lo, out):     # block [lo, lo + p) to the host
         out = jax.device_get(out)
         m = min(p, n - lo)
-        for i in range(2 if dual else 1):
-            if targets[i] is None:
-                targets[i] = np.empty((n,) + out[i].shape[1:], out[i].dtype)
-            targets[i][lo:lo + m] = out[i][:m]
+        for store, values in ((targets, out[:2 if dual else 1]), (weak, out[6] or ())):
+            for i, f in enumerate(values):   # [N, ...] host arrays, allocated at the first block
+                if store[i] is None:
+                    store[i] = np.empty((n,) + f.shape[1:], f.dtype)
+                store[i][lo:lo + m] = f[:m]
         for i, f in enumerate(out[2:6]):
             flags[i, lo:lo + m] = f[:m]
-        for i, f in enumerate(out[6] or ()):
-            if weak[i] is None:
-                weak[i] = np.empty((n,) + f.shape[1:], f.dtype)
-            weak[i][lo:lo + m] = f[:m]
 
     pending = None         # the previous block's outputs come back while this one computes
     for lo, block in zip(starts, prefetched((load_rows(lo) for lo in starts),

@@ -29,7 +29,6 @@ from typing import Any, Mapping
 import numpy as np
 
 
-
 class WeightsFileError(ValueError):
     """A weights file is refused; ``path`` names the file and ``key`` the entry (or None)."""
 

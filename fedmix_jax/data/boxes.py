@@ -37,7 +37,6 @@ import numpy as np
 from scipy import ndimage
 
 
-
 BOX_MODES = ("component", "enclosing")
 
 # scipy.ndimage structuring elements for 4- and 8-connectivity.

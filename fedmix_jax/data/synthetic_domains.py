@@ -18,7 +18,6 @@ import numpy as np
 from fedmix_jax.data.boxes import sample_rng
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Domain:
     """Acquisition domain of one client. Pixel-scale fields are in px at 64 x 64."""

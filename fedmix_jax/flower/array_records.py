@@ -25,7 +25,6 @@ from flwr.app import Array, ArrayRecord
 PAIR_PREFIXES = ("model1", "model2")   # ModelPair field names: the record keys' prefixes
 
 
-
 def _report_fields() -> dict[str, type]:
     """:class:`~fedmix_jax.site.SiteReport`'s fields and their Python types in a MetricRecord:
     the losses are floats, every other field is a count (int)."""

@@ -78,7 +78,6 @@ _REF_NAMES = ("reference.mhd", "reference.mha")
 NUM_LABELS = len(CLASS_NAMES)
 
 
-
 def import_sitk():
     try:
         import SimpleITK as sitk
@@ -374,7 +373,6 @@ def register() -> None:
     """Make ``--config.data.name=retouch`` known to the shared loader (idempotent)."""
     dataset_layouts.LAYOUTS.setdefault("retouch", RETOUCH_LAYOUT)
     dataset_builders.BUILDERS.setdefault("retouch", RetouchFedmix)
-
 
 
 register()

@@ -31,7 +31,6 @@ _FOLDER = {"cirrus": "RETOUCH-TrainingSet-Cirrus", "spectralis": "RETOUCH-Traini
            "topcon": "RETOUCH-TrainingSet-Topcon"}
 
 
-
 def fake_oct_volume(shape: Sequence[int], rng: np.random.Generator, dtype=np.uint8,
                     lesions: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """A synthetic OCT volume [Z, Y, X] and its label volume (0-3).
@@ -128,7 +127,6 @@ def _main(argv=None) -> int:
     make_retouch_fixture(a.out, a.volumes, shape, a.seed)
     print(a.out)
     return 0
-
 
 
 if __name__ == "__main__":
