@@ -30,7 +30,8 @@ __version__ = "0.2.0"
 __all__ = [
     "FedState", "HParams", "LoopClients", "ModelPair", "PseudoLabels", "RoundConfig",
     "RoundMetrics", "STRATEGY_NAMES", "SelectionConfig", "SiteReport", "SiteState", "Strategy",
-    "UNet", "WeakSupervision", "bce_loss", "box_tightness_loss_per_sample", "default_executor", "dice_coefficient", "dice_loss",
+    "UNet", "WeakSupervision", "bce_loss", "box_tightness_loss_per_sample", "default_executor",
+    "dice_coefficient", "dice_loss",
     "empty_aware_loss_per_sample", "fedavg_weights", "fedmix_weights", "get_strategy",
     "init_state", "make_round_fn", "map_clients", "mil_image_loss_per_sample",
     "mixed_supervision_loss", "outside_region_bce_per_sample",

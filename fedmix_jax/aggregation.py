@@ -7,14 +7,9 @@ FedMix adaptive weights (fedmix-spec.md, step 4)::
     s_i = l_i^beta / sum_j l_j^beta        d_i = n_i / sum_j n_j
     w_i = (d_i + lam * s_i) / sum_j (d_j + lam * s_j)
 
-Edge cases, defined so that the weights are always finite, non-negative and sum to 1:
-
-* a client with ``n_i = 0`` (it selected nothing and made no local step, or it does not take part)
-  gets ``d_i = 0`` and its loss is taken as 0, so ``s_i = 0`` and ``w_i = 0``: its local model is
-  the unchanged broadcast and it has nothing to contribute;
-* all losses 0 (or ``lam = 0``): the loss term vanishes and ``w = d`` (count-proportional);
-* all counts 0: nobody trained; the weights are uniform over the participating clients (``mask``),
-  so the aggregate equals the broadcast global model.
+The weights are always finite, non-negative and sum to 1: a client with ``n_i = 0`` gets weight 0
+(its loss is taken as 0); all losses 0 (or ``lam = 0``): ``w = d``; all counts 0: uniform over the
+participating clients (``mask``), so the aggregate is the broadcast model (docs/strategies.md).
 """
 
 from __future__ import annotations

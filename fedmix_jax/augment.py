@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def _augment_one(key: jax.Array, x: jax.Array, crop_hw: tuple[int, int] | None,
@@ -55,8 +56,5 @@ def augment_jointly(key: jax.Array, arrays: tuple[jax.Array, ...],
     stacked = jnp.concatenate([a.astype(dtype) for a in arrays], axis=-1)
     keys = jax.random.split(key, b)
     out = jax.vmap(lambda k, x: _augment_one(k, x, crop_hw, hflip, vflip))(keys, stacked)
-    splits, start = [], 0
-    for a, d in zip(arrays, sizes):
-        splits.append(out[..., start:start + d].astype(a.dtype))
-        start += d
-    return tuple(splits)
+    ends = np.cumsum(sizes)
+    return tuple(out[..., end - d:end].astype(a.dtype) for a, d, end in zip(arrays, sizes, ends))

@@ -1,24 +1,15 @@
 """Checkpoints of a run (orbax ``CheckpointManager``), verified on restore.
 
-One checkpoint (a directory ``<workdir>/checkpoints/<round>/``) holds three items:
-
-* ``state`` -- the federated state (global and client pairs, Adam states, round, PRNG key);
-* ``best`` -- the params selected so far by validation Dice;
-* ``extra`` -- a JSON record: the caller's dict (best-validation tracker, config, round records)
-  and the **integrity record** (path, dtype, shape, SHA-256 of every array leaf; sealed).
-
-Restoring checks everything: the seal of ``extra``, the saved leaves against the target's
-structure, shapes and dtypes, and each restored array against its SHA-256. A checkpoint that fails
-(a flipped byte, a truncated or missing file) raises :class:`CheckpointDamagedError`;
-:meth:`Checkpointer.restore_newest` then logs one line naming it, moves it to
-``<workdir>/damaged/`` (kept for inspection, never deleted) and tries the next older one.
-
-Saving is asynchronous but safe with the round's buffer donation: the arrays are copied to host
-memory first (and hashed there), and only those copies are written in the background. Orbax writes
-into ``<round>.orbax-checkpoint-tmp*`` and renames when complete, so a checkpoint is complete or
-absent; leftovers of a write interrupted by Ctrl-C are removed at :meth:`Checkpointer.close`, of
-a killed one when the job next opens the checkpoints (under the workdir's lock). A failed write
-(disk full, read-only) raises :class:`~fedmix_jax.errors.CheckpointWriteError` naming the one kept.
+A checkpoint ``<workdir>/checkpoints/<round>/`` holds ``state`` (the federated state), ``best``
+(the params selected so far by validation Dice) and ``extra``: the caller's JSON dict plus the
+**integrity record** (path, dtype, shape, SHA-256 of every array leaf), sealed by its own SHA-256.
+Restoring checks the seal, the leaves against the target's structure, shapes and dtypes, and each
+array against its SHA-256; a checkpoint that fails raises :class:`CheckpointDamagedError`, and
+:meth:`Checkpointer.restore_newest` moves it to ``<workdir>/damaged/`` (never deleted) and tries
+the next older one. Saving copies (and hashes) the arrays to host memory first, so it is safe with
+the round's buffer donation, then writes in the background into orbax's temporary folder, renamed
+when complete. A failed write raises :class:`~fedmix_jax.errors.CheckpointWriteError` naming the
+checkpoint kept. Details: docs/main_job.md ("Checkpoints and resuming").
 """
 
 from __future__ import annotations
@@ -35,6 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from fedmix_jax import rundir
 from fedmix_jax.errors import (CheckpointMismatchError, CheckpointWriteError, RunError,
                                describe_os_error, disk_advice, disk_errno,
                                silence_late_read_errors)
@@ -51,9 +43,6 @@ class CheckpointDamagedError(Exception):
         super().__init__(f"checkpoint {step} is damaged: {reason}")
         self.step = step
         self.reason = reason
-
-
-# ------------------------------------------------------------------------------------ leaves
 
 
 def _is_key(x) -> bool:
@@ -154,9 +143,6 @@ def remove_temporaries(directory: str, settle_s: float = 0.0) -> list[str]:
         time.sleep(settle_s)
 
 
-# ------------------------------------------------------------------------------- checkpointer
-
-
 class Checkpointer:
     """Save / restore ``(state, best_params, extra)`` under ``directory`` (one subfolder per round).
 
@@ -194,8 +180,6 @@ class Checkpointer:
         """A run folder's checkpointer (the main job's and the Flower server's):
         ``<workdir>/checkpoints``, damaged ones moved to ``<workdir>/damaged``, stale temporaries
         removed (call it under the workdir's lock)."""
-        from fedmix_jax import rundir
-
         return cls(os.path.join(workdir, rundir.CHECKPOINT_DIR), max_to_keep=max_to_keep,
                    damaged_dir=os.path.join(workdir, rundir.DAMAGED_DIR), remove_stale=True)
 
@@ -338,15 +322,8 @@ class Checkpointer:
         return None
 
     def _set_aside(self, step: int) -> str:
-        src = os.path.join(self.directory, str(step))
-        os.makedirs(self.damaged_dir, exist_ok=True)
-        base = os.path.join(self.damaged_dir,
-                            f"checkpoint-{step}-{time.strftime('%Y%m%d-%H%M%S')}")
-        dest, k = base, 1
-        while os.path.lexists(dest):
-            k += 1
-            dest = f"{base}-{k}"
-        os.replace(src, dest)
+        dest = rundir.move_aside(os.path.join(self.directory, str(step)), self.damaged_dir,
+                                 f"checkpoint-{step}")
         self._manager.reload()
         return dest
 

@@ -1,35 +1,14 @@
 """Backends of the client axis: how the site function is mapped over the clients.
 
-The executor objects that choose and compile them are :mod:`fedmix_jax.executors`.
-
 A backend is ``backend(site_fn, shared, clients) -> outputs``: ``site_fn(shared, client)`` runs one
-client (``client`` = that client's slice of every leaf of ``clients``, whose leaves carry a
-leading axis C); the outputs are stacked back over C. Nothing else of the round lives here
-(:mod:`fedmix_jax.round` does broadcast, weights and aggregation once for every backend). All
-give the same numbers to float tolerance:
-
-* :func:`vmap_clients` — clients vectorised in one program (memory grows with the clients: at the
-  reference size it does not fit an 80 GB GPU for 4 clients; on CPU XLA turns a vmapped
-  convolution over different weights into a slow grouped convolution);
-* :func:`map_clients` — clients one after another under ``lax.map`` in one program (the memory of
-  one client; the default, see :func:`fedmix_jax.config.default_executor`);
-* :class:`LoopClients` — a Python loop over one jitted per-client program that writes each
-  client's result into the stacked outputs in place;
-* :func:`grouped_clients` — clients in groups of G: each group vectorised (``vmap``), the
-  groups one after another (``lax.map``). The memory of G clients, the vectorisation of G: the
-  middle ground to choose by measurement where ``vmap`` of all clients does not fit a device
-  (``RoundConfig.client_group`` with the ``vmap`` executor);
-* :func:`sharded_clients` — the client axis split over the devices of a 1-D mesh ``"clients"``
-  (``shard_map``; each device maps its block of clients one after another, or in groups of G);
-  a client count the device count does not divide is padded with non-participating clients (no
-  valid sample: no step, weight 0), sliced off the outputs. The aggregation that follows is a
-  weighted sum over a sharded axis, which XLA lowers to one cross-device reduction.
-
-Work that changes nothing is skipped where clients run one at a time (``map``, ``loop``,
-``sharded``): a masked local step is a ``lax.cond`` branch that passes the state through, and
-pseudo-labelling skips chunks of images that need no pseudo-label. Under ``vmap`` both branches of
-a ``cond`` run, with the same results. A multi-site deployment (:mod:`fedmix_jax.flower`) is one
-more backend: each hospital runs the same site function on its own data.
+client (that client's slice of every leaf of ``clients``, leaves [C, ...]); the outputs are stacked
+back over C. All give the same numbers to float tolerance: :func:`vmap_clients` (vectorised),
+:func:`map_clients` (``lax.map``, the default), :class:`LoopClients` (a Python loop over one jitted
+per-client program), :func:`grouped_clients` (``vmap`` within groups of G, ``lax.map`` over them)
+and :func:`sharded_clients` (``shard_map`` over a 1-D mesh ``"clients"``). A client count a group
+or the device count does not divide is padded with non-participating clients (no valid sample:
+no step, weight 0), sliced off the outputs. The executors that choose and compile them:
+:mod:`fedmix_jax.executors`; memory and speed of each: docs/speed.md.
 """
 
 from __future__ import annotations
@@ -54,25 +33,18 @@ def map_clients(site_fn: Callable, shared: Any, clients: Any) -> Any:
 
 def _pad_client_axis(clients: Any, padded: int) -> Any:
     """``(sites, data, keys)`` with the client axis padded to ``padded`` by non-participating
-    clients: copies of the last site state, data with no valid sample, the last key repeated."""
-    num_clients = jax.tree.leaves(clients)[0].shape[0]
-    if padded == num_clients:
+    clients: copies of the last site state and key, data with no valid sample."""
+    if padded == jax.tree.leaves(clients)[0].shape[0]:
         return clients
     sites, data, keys = clients
-    return (sharding.pad_clients(sites, padded, mode="edge"),
-            sharding.pad_clients(data, padded),               # valid = False
-            _pad_keys(keys, padded))
+    sites, keys = sharding.pad_clients((sites, keys), padded, mode="edge")
+    return sites, sharding.pad_clients(data, padded), keys
 
 
 def grouped_clients(group: int) -> Callable:
     """A backend running the clients in groups of ``group``: ``vmap`` within a group,
-    ``lax.map`` over the groups, in one program.
-
-    ``group >= C`` is :func:`vmap_clients`, ``group == 1`` is :func:`map_clients`. A client count
-    that ``group`` does not divide is padded with non-participating clients (no valid sample: no
-    step, weight 0) that are sliced off the outputs, as the ``sharded`` backend does. Leaves
-    ``[C, ...]`` are viewed as ``[ceil(C / G), G, ...]``.
-    """
+    ``lax.map`` over the groups (leaves [C, ...] viewed as [ceil(C / G), G, ...]), in one program;
+    ``group >= C`` is :func:`vmap_clients`, ``group == 1`` :func:`map_clients`."""
     if group < 1:
         raise ValueError(f"a client group needs >= 1 client, got {group}")
 
@@ -101,13 +73,9 @@ def _put(tree, c, new):
 
 
 class LoopClients:
-    """A Python loop over clients, each a call of one jitted per-client program.
-
-    The program reads client ``c``'s slice, runs the site function and writes the results at
-    ``c`` of the stacked outputs. The outputs' first-round buffers are the inputs'
-    ``clients[0]`` (the site states) when ``donate`` is True (as in the compiled round, whose
-    state is donated); otherwise they are copied first.
-    """
+    """A Python loop over clients, each a call of one jitted per-client program that reads
+    client ``c``'s slice, runs the site function and writes the results at ``c`` of the stacked
+    outputs: the site states ``clients[0]``, in place when ``donate`` (else copied first)."""
 
     def __init__(self, donate: bool = False):
         self.donate = donate
@@ -162,8 +130,7 @@ def sharded_clients(mesh: jax.sharding.Mesh, group: int = 1) -> Callable:
         def per_device(shared, block):
             return on_device(site_fn, shared, block)
 
-        # check_vma=False: the skip branches of the round's ``lax.cond``s return constants (not
-        # device-varying values).
+        # check_vma=False: the skip branches of the round's ``lax.cond``s return constants.
         out = jax.shard_map(per_device, mesh=mesh, in_specs=(spec(), spec(axis)),
                             out_specs=spec(axis), check_vma=False)(shared, clients)
         if padded > num_clients:
@@ -171,8 +138,3 @@ def sharded_clients(mesh: jax.sharding.Mesh, group: int = 1) -> Callable:
         return out
 
     return backend
-
-
-def _pad_keys(keys: jax.Array, num: int) -> jax.Array:
-    extra = num - keys.shape[0]
-    return jnp.concatenate([keys, jnp.repeat(keys[-1:], extra, axis=0)], axis=0)

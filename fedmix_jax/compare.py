@@ -3,16 +3,12 @@ r"""Compare strategies over seeds on the same data: a table of test Dice, mean �
     python -m fedmix_jax.compare --config configs/synthetic.py \
         --strategies fedmix,fedavg_pixel,fedavg_full,local --seeds 0,1,2 [--workdir DIR]
 
-The federation is built once and shared by every run; the seeds vary ``config.seed`` (model
-initialisation, sample order, augmentation), not the data (``config.data.seed``). Compiled rounds
-are cached per (model, round config), so the seeds of one strategy compile once. Each run is an
-ordinary run in ``<workdir>/<strategy>/seed<k>/`` (metrics, summary, checkpoints), so an
-interrupted comparison resumes where it stopped when rerun with the same workdir.
-
-Each run reports the test Dice of global model 1 at its round of best mean *validation* Dice. The
-table (printed, and written to ``<workdir>/compare.md`` and ``compare.json``) gives per client and
-for the mean over clients ``mean ± std`` over seeds (std: sample standard deviation, ddof = 1; 0
-with one seed).
+The federation is built once and shared by every run; the seeds vary ``config.seed``, not the
+data. Each run is an ordinary run in ``<workdir>/<strategy>/seed<k>/``, so an interrupted
+comparison resumes when rerun with the same workdir. The table (printed, and written to
+``<workdir>/compare.md`` and ``compare.json``) gives, per client and for the mean over clients,
+the test Dice at each run's round of best mean *validation* Dice as ``mean ± std`` over seeds
+(sample std, ddof = 1; 0 with one seed). More: docs/main_job.md ("Comparing strategies").
 """
 
 from __future__ import annotations
@@ -115,16 +111,13 @@ def _compare(config, strategies, seeds, workdir, quiet, plots, federation, level
                 logging.warning("%s, seed %s failed: %s", strategy, seed, e)
                 runs[str(seed)] = {"error": str(e), "workdir": run_dir}
                 continue
-            best = s["best"]
+            best, test = s["best"], s["best"]["test"]
             runs[str(seed)] = {
-                "dice": best["test"]["dice"], "iou": best["test"]["iou"],
-                "mean_dice": best["test"]["mean_dice"], "mean_iou": best["test"]["mean_iou"],
+                **{k: test[k] for k in ("dice", "iou", "mean_dice", "mean_iou")},
                 "val_mean_dice": best["val"]["mean_dice"], "best_round": best["round"],
-                "mean_hd95": best["test"].get("mean_hd95"),
-                "mean_dice_present": best["test"].get("mean_dice_present"),
-                "mean_false_positive_rate": best["test"].get("mean_false_positive_rate"),
-                "mean_dice_per_class": best["test"].get("mean_dice_per_class"),
-                "mean_dice_present_per_class": best["test"].get("mean_dice_present_per_class"),
+                **{k: test.get(k) for k in ("mean_hd95", "mean_dice_present",
+                                            "mean_false_positive_rate", "mean_dice_per_class",
+                                            "mean_dice_present_per_class")},
                 "pseudo_labels": pseudo_label_summary(run_dir),
                 "total_s": s["timing"]["total_s"], "workdir": run_dir}
         ok = [r for r in runs.values() if "error" not in r]
@@ -141,15 +134,10 @@ def _compare(config, strategies, seeds, workdir, quiet, plots, federation, level
                 out["results"][strategy].update({f"{key}_mean": m, f"{key}_std": sd})
     out["total_s"] = time.time() - t0
     out["markdown"] = format_table(out)
-    _write(os.path.join(workdir, "compare.json"), json.dumps(out, indent=2) + "\n")
-    _write(os.path.join(workdir, "compare.md"), out["markdown"] + "\n")
+    rundir.atomic_write_text(os.path.join(workdir, "compare.json"),
+                             json.dumps(out, indent=2) + "\n")
+    rundir.atomic_write_text(os.path.join(workdir, "compare.md"), out["markdown"] + "\n")
     return out
-
-
-def _write(path: str, text: str) -> None:
-    from fedmix_jax.rundir import atomic_write_text
-
-    atomic_write_text(path, text)
 
 
 def format_table(result: dict) -> str:
@@ -227,11 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     fv = define_flags(argv)
     try:
-        rest = fv(argv)
-        if len(rest) > 1:
-            raise flags.Error(f"unexpected arguments: {' '.join(rest[1:])}")
-        config = fv.config
-        config.to_dict()
+        config = main_lib.parse(argv, fv).config
         seeds = [int(s) for s in fv.seeds]
         strategies = [s.strip() for s in fv.strategies if s.strip()]
         if not strategies or not seeds:

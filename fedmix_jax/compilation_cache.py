@@ -1,22 +1,12 @@
 """JAX's persistent compilation cache, on for the main job, ``compare``, notebooks and benchmarks.
 
-A new process otherwise compiles every program again, about 20 s for the default job on a CPU.
-With the cache on, XLA executables go to a directory on disk, keyed by the program, the JAX/XLA
-versions, the flags and the device. A second run with the same shapes and settings loads them
-instead of compiling.
+XLA executables go to a directory on disk (:func:`resolve_cache_dir`), keyed by the program, the
+JAX/XLA versions, the flags and the device, so a second process with the same shapes loads them
+instead of compiling (about 20 s for the default job on a CPU). The directory is only ever added
+to; delete it to reclaim the space. Measurements: docs/speed.md.
 
     from fedmix_jax import compilation_cache
     compilation_cache.enable()            # before the first jit call
-
-Where the cache goes:
-
-* the ``cache_dir`` argument, if given;
-* otherwise the environment variable ``FEDMIX_JAX_CACHE_DIR``;
-* otherwise ``$XDG_CACHE_HOME/fedmix_jax/jax_cache`` (``~/.cache/fedmix_jax/jax_cache``).
-
-``""``, ``"off"`` or ``"none"`` (for the argument or the variable) turn the cache off. The
-directory is only ever added to. Delete it to reclaim the space: the entries are large (MBs per
-U-Net round program). Entries from another JAX version are never read.
 """
 from __future__ import annotations
 
@@ -61,23 +51,18 @@ def _set_dir(path: str | None) -> None:
 
 def enable(cache_dir: str | None = "default", *, min_compile_time_secs: float = 0.0,
            min_entry_size_bytes: int = 0) -> str | None:
-    """Turns JAX's persistent compilation cache on, in ``cache_dir``; returns the directory used.
+    """Turns JAX's persistent compilation cache on, in ``cache_dir``; returns the absolute
+    directory used, or None when the cache is off (then :func:`disable` is called).
 
-    Call it before the programs you want cached are compiled (first thing in a script or a
-    notebook). Calling it again with another directory switches to it. If the cache is off
-    (``cache_dir`` is ``None``, ``""``, ``"off"`` or ``"none"``, or ``FEDMIX_JAX_CACHE_DIR`` is
-    one of those), this calls :func:`disable` and returns None.
+    Call it before the programs you want cached are compiled; calling it again with another
+    directory switches to it.
 
     Args:
-      cache_dir: the directory (created if missing), or ``"default"`` (see
-        :func:`resolve_cache_dir`).
+      cache_dir: the directory (created if missing), ``"default"`` or off
+        (:func:`resolve_cache_dir`).
       min_compile_time_secs: only programs that took at least this long to compile are written
-        (JAX's default is 1 s; 0 writes every program, so the many small ones of a run are not
-        compiled again either).
+        (JAX's default is 1 s; 0: every program, the many small ones of a run included).
       min_entry_size_bytes: only entries at least this large are written (0: all).
-
-    Returns:
-      the absolute cache directory, or None when the cache is off.
     """
     path = resolve_cache_dir(cache_dir)
     if path is None:

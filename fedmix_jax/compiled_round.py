@@ -1,10 +1,7 @@
 """The compiled FedMix round: state initialisation and ``make_round_fn``.
 
-The round's logic lives in :mod:`fedmix_jax.round` (broadcast, weights, aggregation) and
-:mod:`fedmix_jax.site` (what each client does); the executor of ``config.executor``
-(:mod:`fedmix_jax.executors`) maps the site function over the clients and compiles the round,
-once per (model, config). The names users import are exported by the package
-(``import fedmix_jax as fm``; see docs/architecture.md for where each one lives).
+The round's logic lives in :mod:`fedmix_jax.round` and :mod:`fedmix_jax.site`; the executor of
+``config.executor`` (:mod:`fedmix_jax.executors`) compiles it, once per (model, config).
 """
 
 from __future__ import annotations
@@ -24,11 +21,8 @@ from fedmix_jax.site import ModelPair, init_site_state, make_optimizer
 
 
 def init_params(model: nn.Module, key: jax.Array, image_shape: tuple[int, ...]):
-    """One model's ``params`` for images of ``image_shape`` (H, W, Cin).
-
-    The U-Net uses :func:`fedmix_jax.models.init_unet` (same distributions as ``model.init``,
-    compiled in a fraction of the time); other Flax modules use ``model.init``.
-    """
+    """One model's ``params`` for images of ``image_shape`` (H, W, Cin): the U-Net's by
+    :func:`fedmix_jax.models.init_unet`, other Flax modules' by ``model.init``."""
     from fedmix_jax.models import UNet, init_unet
 
     if isinstance(model, UNet):
@@ -41,11 +35,8 @@ def init_state(model: nn.Module, key: jax.Array, image_shape: tuple[int, ...], n
     """Initialise both models from independent keys and every client's Adam state.
 
     Args:
-      model: the Flax segmentation model (e.g. :class:`fedmix_jax.models.UNet`).
-      key: PRNG key (``jax.random.key(seed)``; raw ``PRNGKey`` arrays work too); model 1,
-        model 2 and the round keys are split from it.
-      image_shape: one input image's shape (H, W, Cin).
-      num_clients: C.
+      model: the Flax segmentation model; key: a PRNG key (typed or raw), split into model 1's,
+        model 2's and the round keys; image_shape: one image's (H, W, Cin); num_clients: C.
     """
     k1, k2, k_round = jax.random.split(key, 3)
     pair = ModelPair(init_params(model, k1, image_shape), init_params(model, k2, image_shape))
@@ -59,16 +50,12 @@ def make_round_fn(model: nn.Module, config: RoundConfig
                   ) -> Callable[..., tuple[FedState, RoundMetrics]]:
     """``round_fn(state, train, hparams=None) -> (state, metrics)``: one whole round, compiled.
 
-    ``hparams`` (:class:`HParams`: λ, β, learning rate) defaults to ``config.hparams()``; it is
-    traced, so several runs of one configuration (seeds, λ or learning-rate sweeps) compile once
-    (compiled programs are cached per (model, static config)). The input state's buffers are
-    donated: keep using the returned one. ``round_fn.jitted`` lists the jitted programs;
-    ``round_fn.mesh`` is the ``sharded`` executor's mesh (else None). Keep ``train`` on the
-    device(s) (``jax.device_put`` once, or :func:`fedmix_jax.sharding.shard_clients` on
-    ``round_fn.mesh``): host arrays would be copied in every round. ``train`` is a
-    :class:`FederatedSplit` or, except under ``sharded``, its compact layout
-    (:func:`fedmix_jax.data.compact.compact_split`: no padding on the device, the same results).
-    For an unjitted pure round, see :func:`fedmix_jax.round.round_step`.
+    ``hparams`` (:class:`HParams`: λ, β, learning rate; default ``config.hparams()``) is traced:
+    sweeps of them compile once (programs are cached per (model, static config)). The input
+    state's buffers are donated. ``round_fn.jitted`` lists the jitted programs, ``round_fn.mesh``
+    is the ``sharded`` executor's mesh (else None). ``train``: a :class:`FederatedSplit` kept on
+    the device(s) (:func:`fedmix_jax.sharding.shard_clients` on ``round_fn.mesh``) or, except
+    under ``sharded``, its compact layout (:func:`fedmix_jax.data.compact.compact_split`).
     """
     compiled = _compiled_round(model, config)
     default = config.hparams()        # scalars made once, not per round

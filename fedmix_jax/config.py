@@ -1,16 +1,11 @@
-"""Typed configuration: the static :class:`RoundConfig`, the traced :class:`HParams`, and the
-conversion of an ``ml_collections`` config (``configs/*.py``) into them, done once.
-
-``configs/*.py`` stay ``ml_collections.ConfigDict`` (the JAX-ecosystem convention); every default
-of the round is written once, in :class:`RoundConfig`. What the compiled round depends on is split
-in two:
+"""Typed configuration: the ``ml_collections`` config (``configs/*.py``) converted once into
 
 * :class:`RoundConfig` — static (hashable): shapes and control flow (strategy, batch size, crop,
-  flips, Adam's constants, executor). Changing a field compiles a new program.
+  flips, Adam's constants, executor). Changing a field compiles a new program; every default of
+  the round is written here once.
 * :class:`HParams` — traced float32 scalars passed as an argument: λ, β and the learning rate.
-  Changing them (a λ sweep, several learning rates) reuses the compiled program. Their defaults
-  are ``RoundConfig.lam / beta / learning_rate``, fields that take no part in the config's
-  equality or hash for that reason.
+  Changing them (a λ sweep) reuses the compiled program. Their defaults are ``RoundConfig.lam /
+  beta / learning_rate``, which take no part in the config's equality or hash for that reason.
 """
 
 from __future__ import annotations
@@ -35,21 +30,8 @@ EMPTY_TARGET_LOSSES = ("dice", "bce")
 
 
 def default_executor() -> str:
-    """The executor of the client axis measured fastest (or only fitting) on each platform: ``map``.
-
-    ``benchmarks/bench.py``, each executor from the same state, timed interleaved:
-
-    * 2-core CPU (4 clients x 32 images, 64x64, width 16, batch 8): ``map`` 5.7 s per round,
-      ``loop`` 5.9 s (the same work in several programs and a host loop), ``vmap`` 23 s (XLA:CPU
-      runs vmapped convolutions over per-client weights as grouped convolutions); ``map``
-      compiles fastest.
-    * H100 80 GB (4 clients x 32 images, 224x224, width 64, batch 16): ``map`` 0.49 s per round;
-      ``vmap`` ran out of memory (one 35 GiB buffer on top of the rest, past XLA's default
-      limit of 75% of the card); ``map`` peaked at 11 GB.
-
-    ``vmap`` stays available for small models on accelerators, where vectorising clients can
-    fill the device better.
-    """
+    """The executor of the client axis measured fastest (or only fitting) on each platform: ``map``
+    (on a 2-core CPU and an H100; the figures are in docs/speed.md)."""
     return "map"
 
 
@@ -71,21 +53,15 @@ class RoundConfig:
     weight_decay, b1, b2, adam_eps: torch-style Adam with L2 added to the gradient.
     executor: "vmap", "map", "loop" or "sharded" (see :mod:`fedmix_jax.executors` and
       :func:`default_executor`).
-    inference_chunk: images per chunk when pseudo-labelling (16: measured fastest of 1-128 on a
-      2-core CPU at 64x64, where large chunks fall out of cache; still a large batch on GPU).
+    inference_chunk: images per chunk when pseudo-labelling and evaluating (docs/speed.md).
     num_devices: devices of the ``sharded`` executor's mesh (None: all of ``jax.devices()``).
-    client_group: clients vectorised together, for the ``vmap`` and ``sharded`` executors: the
-      clients run in groups of this many (``vmap`` within a group, the groups one after another;
-      under ``sharded``, within each device's block). 0: the executor's own form (``vmap``: all
-      clients at once; ``sharded``: one client at a time per device). Memory grows with the
-      group, so this is the knob for an accelerator on which ``vmap`` of every client does not
-      fit; choose it by measurement (``benchmarks/bench.py --executors map,vmap:2,...``).
+    client_group: ``vmap`` / ``sharded`` only: clients run in groups of this many (``vmap`` within
+      a group, the groups one after another); 0: the executor's own form. Memory grows with the
+      group (docs/speed.md; ``benchmarks/bench.py --executors map,vmap:2,...``).
     empty_target_loss: the loss of a sample whose target is empty (a lesion-free image):
-      ``"bce"`` (default: binary cross-entropy toward background; l_i then averages the Dice loss
-      of samples with foreground only) or ``"dice"`` (the reference: soft Dice, ~1 with ~no
-      gradient, which Adam turns into steps of full size in directions set by rounding). See
-      :func:`fedmix_jax.losses.empty_aware_loss_per_sample` and
-      ``benchmarks/ablation_empty_targets.py`` for the measurement behind the default.
+      ``"bce"`` (default: BCE toward background; l_i then averages the Dice loss of samples with
+      foreground only) or ``"dice"`` (the reference: soft Dice, ~no gradient); see
+      :func:`fedmix_jax.losses.empty_aware_loss_per_sample`.
     self_training_mean: FedST / FedRGD: how the confident-pixel BCE of the self-training samples
       is averaged: ``"pixels"`` (default, the reference: one mean over every confident pixel of
       the batch) or ``"samples"`` (per sample, then over the samples); see
@@ -120,12 +96,9 @@ class RoundConfig:
                              f"got {self.self_training_mean!r}")
         if self.executor not in EXECUTORS:
             raise ValueError(f"unknown executor {self.executor!r}; choose one of {EXECUTORS}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.inference_chunk < 1:
-            raise ValueError(f"inference_chunk must be >= 1, got {self.inference_chunk}")
-        if self.client_group < 0:
-            raise ValueError(f"client_group must be >= 0, got {self.client_group}")
+        for name, low in (("batch_size", 1), ("inference_chunk", 1), ("client_group", 0)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
         if self.client_group > 1 and self.executor not in ("vmap", "sharded"):
             raise ValueError(f"client_group={self.client_group} groups clients of the 'vmap' or "
                              f"'sharded' executor; the {self.executor!r} executor runs them one "
@@ -140,9 +113,8 @@ class RoundConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and 0.0 <= value < 1.0):
                 raise ValueError(f"{name} must be in [0, 1), got {value}")
-        sel = self.strategy.selection
         for name in ("threshold", "agreement", "box_fit"):
-            value = getattr(sel, name)
+            value = getattr(self.strategy.selection, name)
             if not (math.isfinite(value) and 0.0 <= value <= 1.0):
                 raise ValueError(f"selection.{name} must be in [0, 1], got {value}")
         validate_hparams(self.lam, self.beta, self.learning_rate)
@@ -190,21 +162,10 @@ class HParams:
         return cls(lam=f32(lam), beta=f32(beta), learning_rate=f32(learning_rate))
 
 
-def build_selection(config) -> SelectionConfig:
-    """The :class:`SelectionConfig` of ``config.selection`` (missing fields keep their default)."""
-    sel = config.selection
-    return SelectionConfig(**{
-        f.name: type(f.default)(sel[f.name])
-        for f in dataclasses.fields(SelectionConfig) if f.name in sel})
-
-
-def build_weak(config) -> WeakSupervision:
-    """The :class:`~fedmix_jax.weak_objective.WeakSupervision` of ``config.weak`` (read by
-    strategies with direct weak-label losses, e.g. ``fedmix_plus``; missing fields keep their
-    default)."""
-    weak = config.get("weak", {})
-    return WeakSupervision(**{f.name: type(f.default)(weak[f.name])
-                              for f in dataclasses.fields(WeakSupervision) if f.name in weak})
+def _from_group(cls, group):
+    """Dataclass ``cls`` from the fields of a config group (missing fields keep their default)."""
+    return cls(**{f.name: type(f.default)(group[f.name])
+                  for f in dataclasses.fields(cls) if f.name in group})
 
 
 def build_round_config(config) -> RoundConfig:
@@ -215,23 +176,15 @@ def build_round_config(config) -> RoundConfig:
     (square) or ``(h, w)``. An invalid value raises :class:`~fedmix_jax.errors.ConfigError`.
     """
     tr = config.train
+    convert = {"crop": normalize_crop, "num_devices": lambda v: None if v is None else int(v),
+               "executor": lambda v: default_executor() if str(v) == "auto" else str(v)}
     try:
-        kwargs = {}
-        for f in dataclasses.fields(RoundConfig):
-            if f.name == "strategy" or f.name not in tr:
-                continue
-            value = tr[f.name]
-            if f.name == "crop":
-                value = normalize_crop(value)
-            elif f.name == "executor":
-                value = default_executor() if str(value) == "auto" else str(value)
-            elif f.name == "num_devices":
-                value = None if value is None else int(value)
-            else:
-                value = type(f.default)(value)
-            kwargs[f.name] = value
-        strategy = get_strategy(str(config.strategy), build_selection(config))
-        strategy = strategy.with_weak(build_weak(config))
+        kwargs = {f.name: convert.get(f.name, type(f.default))(tr[f.name])
+                  for f in dataclasses.fields(RoundConfig) if f.name != "strategy" and f.name in tr}
+        strategy = get_strategy(str(config.strategy), _from_group(SelectionConfig,
+                                                                  config.selection))
+        # config.weak: read by strategies with direct weak-label losses (fedmix_plus)
+        strategy = strategy.with_weak(_from_group(WeakSupervision, config.get("weak", {})))
         if strategy.weak_samples == "self_training":
             warmup = tr.get("warmup_rounds", None)
             warmup = default_warmup_rounds(config.num_rounds) if warmup is None else int(warmup)
@@ -250,15 +203,12 @@ def default_warmup_rounds(num_rounds: int) -> int:
 
 
 def resolve_warmup_rounds(config, stored: dict | None = None):
-    """``config`` with ``train.warmup_rounds`` set once and for all (a copy; ``config`` itself is
-    not changed) for FedST / FedRGD, whose warm-up must not move when ``num_rounds`` grows on
-    resume.
+    """``config`` (a copy) with ``train.warmup_rounds`` fixed for FedST / FedRGD, whose warm-up
+    must not move when ``num_rounds`` grows on resume; other strategies: ``config`` unchanged.
 
-    A value set in the config is kept. None becomes the warm-up recorded in ``stored`` (the
-    workdir's ``config.json``) when it records one, else :func:`default_warmup_rounds`; the job
-    writes the resolved value into ``config.json``, so a resumed run keeps its warm-up and a
-    different explicit value is refused like any other change of the computation. Other
-    strategies are returned unchanged.
+    A value set in the config is kept; None becomes the one recorded in ``stored`` (the workdir's
+    ``config.json``), else :func:`default_warmup_rounds`. The job records the result in
+    ``config.json``, so a different explicit value on resume is refused like any other change.
     """
     try:
         strategy = get_strategy(str(config.strategy))
@@ -312,14 +262,10 @@ def build_model(config, num_classes: int) -> UNet:
 def check_can_learn(strategy: Strategy, levels: np.ndarray, valid: np.ndarray) -> list[str]:
     """Refuse, before anything is compiled, a federation on which ``strategy`` cannot learn.
 
-    Args:
-      strategy: the round's strategy; levels / valid: the training split's [C, N] arrays.
-
-    Raises :class:`~fedmix_jax.errors.ConfigError` when no sample can ever train: no valid sample
-    at all, or no pixel-labelled sample for a strategy that needs one (``unused``: only pixel
-    samples train; ``self_training``: the warm-up trains the pixel clients). Returns warnings
-    (strings) for runs that may stay untrained: FedMix without any pixel sample learns only if
-    the initial models' pseudo-labels get selected.
+    ``levels`` / ``valid``: the training split's [C, N] arrays. Raises
+    :class:`~fedmix_jax.errors.ConfigError` when no sample can ever train (no valid sample, or no
+    pixel sample for a strategy whose weak samples are ``unused`` or ``self_training``); returns
+    warnings (strings) for runs that may stay untrained (FedMix without any pixel sample).
     """
     from fedmix_jax.data.federation import LEVEL_NAMES, PIXEL
 

@@ -1,13 +1,11 @@
 """Every config value range-checked before anything is loaded (one table, one error line).
 
-:func:`check_config_values` runs first in :func:`fedmix_jax.train.train_and_evaluate`: a config
-file that lacks a field, a value of the wrong type or out of range (``data.val_size=0``,
-``data.image_size=100000``, ``data.stream_block_steps=0``, ``seed=10**20``,
-``data.device_data_budget_gb=-1`` or ``nan``...) and a model whose federated state cannot fit in
-this machine's memory (``model.width=10000``) raise :class:`~fedmix_jax.errors.ConfigError` naming
-the field, instead of a traceback, a ``MemoryError`` or the OOM killer later.
-:func:`check_num_devices` refuses ``train.num_devices`` above the devices JAX has (call it once
-the CPU device count is set).
+:func:`check_config_values` runs first in :func:`fedmix_jax.train.train_and_evaluate`: a missing
+field, a value of the wrong type or out of range (``data.val_size=0``, ``seed=10**20``,
+``data.device_data_budget_gb=nan``...) or a model whose federated state cannot fit in this
+machine's memory raises :class:`~fedmix_jax.errors.ConfigError` naming the field, instead of a
+traceback or the OOM killer later. :func:`check_num_devices` refuses ``train.num_devices`` above
+the devices JAX has (call it once the CPU device count is set).
 """
 
 from __future__ import annotations

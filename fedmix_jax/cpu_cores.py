@@ -1,27 +1,15 @@
 """A CPU's cores as JAX devices, so that clients train side by side instead of one after another.
 
-On a CPU, JAX has one device by default and XLA spreads each operation over all cores. The
-U-Net's operations at the demo's size (64 px, width 16, batch 8) are too small to keep several
-cores busy, so the round leaves cores idle at every barrier. With ``--config.train.cpu_devices=0``
-the main job asks JAX for one CPU device per usable core and runs the ``sharded`` executor over
-them: each device trains its block of clients (one after another, ``lax.map``) while the others
-train theirs, and the aggregation is one weighted sum over the devices.
+On a CPU, JAX has one device and XLA spreads each operation over all cores, which the U-Net's small
+operations leave idle at every barrier. With ``--config.train.cpu_devices=0`` the main job asks
+JAX for one CPU device per usable core and runs the ``sharded`` executor over them. Results equal
+the one-device round up to float rounding only, so it is off by default (``1``); measurements in
+docs/cpu_speed.md ("A CPU's cores as devices").
 
-Measured (``benchmarks/bench.py``, docs/cpu_speed.md): on the project's 2-core CPU, 4 clients x
-32 images at 64 px, the round took 2.73 s on 2 devices against 3.38 s on one (7 interleaved
-repeats); the default synthetic job's later rounds 4.06-4.48 s against 4.49-4.60 s (its clients
-are unequal, and the devices take contiguous blocks of clients). Each round equals the
-one-device round up to float rounding (the weighted sum adds in another order), but over the
-16-round default job those differences grow through the pseudo-label selections (best val / test
-mean Dice 0.7279 / 0.7137 against the published 0.7360 / 0.6999), so the setting is off by
-default (``1``) and the default job's numbers stay as published.
-
-The device count can only be chosen **before JAX starts its backends** (before the first array
-is made or the first program runs). The main job and ``compare`` call :func:`use_cpu_cores` at
-the start; in a script or notebook call it right after the imports, or set
-``JAX_NUM_CPU_DEVICES`` / ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` in the
-environment. Called too late, it says so in the log and the run goes on with the devices JAX
-has.
+The device count can only be chosen **before JAX starts its backends**: the main job and
+``compare`` call :func:`use_cpu_cores` first; in a script or notebook call it right after the
+imports, or set ``JAX_NUM_CPU_DEVICES`` / ``XLA_FLAGS=--xla_force_host_platform_device_count=N``.
+Called too late, it says so in the log and the run goes on with the devices JAX has.
 """
 from __future__ import annotations
 
@@ -98,14 +86,10 @@ def executor_for_devices(round_config, config, num_clients: int):
     from fedmix_jax.job_settings import JobSettings
 
     asked_auto = "executor" in config.train and str(config.train.executor) == "auto"
-    if JobSettings.from_config(config).cpu_devices == 1 or not asked_auto:
+    if (JobSettings.from_config(config).cpu_devices == 1 or not asked_auto or num_clients < 2
+            or jax.default_backend() != "cpu" or len(jax.devices()) < 2):
         return round_config
-    if jax.default_backend() != "cpu" or num_clients < 2:
-        return round_config
-    devices = len(jax.devices())
-    if devices < 2:
-        return round_config
-    num = round_config.num_devices or min(devices, num_clients)
+    num = round_config.num_devices or min(len(jax.devices()), num_clients)
     logging.info("cpu_devices: %d clients on %d CPU devices (executor sharded)", num_clients,
                  num)
     return dataclasses.replace(round_config, executor="sharded", num_devices=num)

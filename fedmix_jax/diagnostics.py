@@ -1,30 +1,13 @@
 """Pseudo-label diagnostics: how good are the pseudo-labels FedMix trains on, where true masks exist.
 
 Where the training split holds true masks for its weak samples (the synthetic federations; real
-data sets whose levels are assigned by the config, e.g. HAM10000 with its lesion masks), this
-measures, per client and per supervision level (box, image, unlabelled), what the round's
-pseudo-labels are worth against the truth:
-
-==================  =====  =================================================================
-key                 shape  meaning
-==================  =====  =================================================================
-``pl_<lvl>_n``      [C]    valid samples of that level
-``pl_<lvl>_sel``    [C]    selected samples (they train on a pseudo-label this round)
-``pl_<lvl>_sel_lesion`` [C] selected samples whose image holds a lesion
-``pl_<lvl>_dice``   [C]    mean Dice of the selected pseudo-labels (model 1's target, ``p2``)
-                           against the true masks (NaN: none selected)
-``pl_<lvl>_dice_all`` [C]  the same over every sample with a lesion, selected or not (the
-                           quality of the refined predictions themselves)
-``pl_<lvl>_precision`` [C] share of the selected whose pseudo-label Dice is >= 0.8
-``pl_<lvl>_recall`` [C]    share of the samples with a pseudo-label Dice >= 0.8 that are selected
-``pl_<lvl>_area``   [C]    predicted / true foreground area over the selected samples with a
-                           lesion (< 1: under-segmentation)
-==================  =====  =================================================================
-
-The pseudo-labels are those of :func:`fedmix_jax.pseudo_labels.site_pseudo_labels` (the global
-pair, refined, selected) on the un-augmented training images, as the round computes them. This is a local or
-benchmark measurement only: it reads true masks that a weak site does not have, and nothing of it
-is sent in the multi-site mode.
+data sets whose levels the config assigns), the pseudo-labels of the round
+(:func:`fedmix_jax.pseudo_labels.site_pseudo_labels` of the global pair) are measured against the
+truth per client and supervision level (box, image, none): keys ``pl_<level>_<figure>`` [C] with
+figures ``n``, ``sel``, ``sel_lesion``, ``dice`` (of the selected, model 1's target ``p2``; NaN:
+none selected), ``dice_all`` (every sample with a lesion), ``precision`` / ``recall`` of the
+selection (good: Dice >= 0.8), ``area`` (predicted / true foreground of the selected with a
+lesion); docs/main_job.md. Local or benchmark only: nothing of it is sent by a Flower site.
 """
 
 from __future__ import annotations
@@ -36,10 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedmix_jax.data.compact import ClientRows, CompactSplit, client_window
 from fedmix_jax.data.federation import BOX, IMAGE, NONE, float_labels, unpack_split_labels
 from fedmix_jax.losses import dice_coefficient
 from fedmix_jax.pseudo_labels import site_pseudo_labels
+from fedmix_jax.round import client_data, client_rows
 
 LEVELS = {"box": BOX, "image": IMAGE, "none": NONE}
 GOOD_DICE = 0.8     # a pseudo-label at least this close to the truth counts as good
@@ -78,13 +61,11 @@ def site_diagnostics(model: nn.Module, config, global_params, data) -> dict[str,
 def _program(model: nn.Module, config):
     @jax.jit
     def run(global_params, data):
-        rows, pool = data, None
-        if isinstance(data, CompactSplit):
-            rows, pool = ClientRows(offsets=data.offsets, lengths=data.lengths), data
+        rows, pool = client_rows(data)
 
         def one(r):
-            site = client_window(pool, r.offsets, r.lengths) if pool is not None else r
-            return site_diagnostics(model, config, global_params, unpack_split_labels(site))
+            site = unpack_split_labels(client_data(pool, r))
+            return site_diagnostics(model, config, global_params, site)
 
         return jax.lax.map(one, rows)
 

@@ -78,6 +78,12 @@ _ADVICE = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space (disk
            "file size limit (ulimit -f)"}
 
 
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type name if empty), at most ``limit``
+    characters."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]
+
+
 def disk_errno(e: BaseException) -> int | None:
     """The errno of an I/O error, from an ``OSError`` or TensorStore's message; else None."""
     if isinstance(e, OSError) and e.errno is not None:
@@ -94,10 +100,7 @@ def disk_errno(e: BaseException) -> int | None:
 def describe_os_error(e: BaseException) -> str:
     """``'No space left on device'``-style cause of an I/O error (first line of it otherwise)."""
     code = disk_errno(e)
-    if code is not None:
-        return os.strerror(code)
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    return first[:300]
+    return first_line(e, 300) if code is None else os.strerror(code)
 
 
 def disk_advice(e: BaseException) -> str:
@@ -115,22 +118,17 @@ def is_out_of_memory(e: BaseException) -> bool:
     return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
 
 
-class _LateReadErrors:
-    """A filter of the ``asyncio`` logger: drops "... exception was never retrieved" records whose
-    exception names one of :attr:`directories` (the reads of a checkpoint already reported as
-    damaged, which TensorStore's other pending tasks fail again after the first error)."""
-
-    def __init__(self):
-        self.directories: set[str] = set()
-
-    def filter(self, record) -> bool:
-        if "never retrieved" not in str(record.msg):
-            return True
-        text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
-        return not any(d in text for d in self.directories)
+_DAMAGED_DIRECTORIES: set[str] = set()     # of checkpoints already reported as damaged
 
 
-_LATE_READ_ERRORS = _LateReadErrors()
+def _not_a_late_read_error(record) -> bool:
+    """A filter of the ``asyncio`` logger: False for "... exception was never retrieved" records
+    naming one of :data:`_DAMAGED_DIRECTORIES` (reads that TensorStore's other pending tasks fail
+    again after the first error)."""
+    if "never retrieved" not in str(record.msg):
+        return True
+    text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
+    return not any(d in text for d in _DAMAGED_DIRECTORIES)
 
 
 def silence_late_read_errors(directory: str) -> None:
@@ -140,6 +138,6 @@ def silence_late_read_errors(directory: str) -> None:
     import logging
 
     logger = logging.getLogger("asyncio")
-    if _LATE_READ_ERRORS not in logger.filters:
-        logger.addFilter(_LATE_READ_ERRORS)
-    _LATE_READ_ERRORS.directories.update({os.path.abspath(directory), os.path.realpath(directory)})
+    if _not_a_late_read_error not in logger.filters:
+        logger.addFilter(_not_a_late_read_error)
+    _DAMAGED_DIRECTORIES.update({os.path.abspath(directory), os.path.realpath(directory)})

@@ -1,25 +1,9 @@
 """Evaluation: per-client, per-class Dice, IoU and HD95 of a model on held-out arrays.
 
-Predictions are binarised at 0.5 (sigmoid per class channel). For every image and every class k,
-Dice and IoU of channel k are computed with eps = 1e-4, so an image where class k is absent from
-both the ground truth and the prediction scores 1 for that class (the reference's per-image
-convention). Per class, they are averaged over the client's valid images (``dice_per_class``
-[C, K]); a client's Dice is the mean of its per-class Dice over the classes (``dice`` [C]), as the
-reference reports multi-class Dice; the headline ``mean_dice`` is the mean over clients. For a
-binary task (K = 1) these are the per-image Dice averaged over images, as before.
-
-The earlier figure, Dice computed per image over all pixels *and* class channels pooled together,
-is kept as ``pooled_dice`` / ``pooled_iou`` (identical to ``dice`` / ``iou`` when K = 1).
-
-Because an absent class predicted absent scores 1, a model that never predicts a rare class still
-gets that class's "absent" fraction of images as its Dice. ``dice_present`` (per class:
-``dice_present_per_class``) averages only over the images whose ground truth contains the class
-(MONAI ``DiceMetric(ignore_empty=True)``); with HD95 it exposes such degenerate predictions.
-
-HD95 (:mod:`fedmix_jax.hd95`: 95th-percentile symmetric Hausdorff distance, in pixels of the
-evaluated images) is computed on the host per image and class; images where both prediction and
-ground truth of a class are empty give NaN and are skipped by every mean; exactly one empty gives
-the image diagonal (``hd95_one_empty``). Lower is better.
+Predictions are binarised at 0.5 (sigmoid per class channel); Dice and IoU of each image and
+class use eps = 1e-4 (a class absent from both truth and prediction scores 1), are averaged per
+class over a client's valid images, then over the classes; HD95 (:mod:`fedmix_jax.hd95`) runs on
+the host and skips NaNs. The conventions and every returned key: docs/multiclass.md.
 """
 
 from __future__ import annotations
@@ -36,12 +20,8 @@ from fedmix_jax.data.federation import (FederatedSplit, float_images, gathered_l
                                         labels_packed, unpack_labels)
 from fedmix_jax.hd95 import hd95_per_class, nanmean
 from fedmix_jax.inference import apply_in_chunks
-from fedmix_jax.losses import DICE_EPS, dice_coefficient, iou_coefficient
-
-
-def binarize(logits: jax.Array, threshold: float = 0.5) -> jax.Array:
-    """Binary prediction per class channel: ``sigmoid(logits) > threshold`` (float32 {0, 1})."""
-    return (jax.nn.sigmoid(logits.astype(jnp.float32)) > threshold).astype(jnp.float32)
+from fedmix_jax.losses import DICE_EPS, dice_coefficient, iou_coefficient, overlap_sums
+from fedmix_jax.pseudo_labels import binarize
 
 
 def segmentation_scores(logits: jax.Array, masks: jax.Array, threshold: float = 0.5):
@@ -59,11 +39,8 @@ def per_class_scores(pred: jax.Array, masks: jax.Array, eps: float = DICE_EPS):
     ``dice[b, k] = (2 |P_k & G_k| + eps) / (|P_k| + |G_k| + eps)``: 1 when class k is absent from
     both (through eps).
     """
-    pred = pred.astype(jnp.float32)
-    masks = masks.astype(jnp.float32)
-    inter = jnp.sum(pred * masks, axis=(1, 2))
-    sp, sg = jnp.sum(pred, axis=(1, 2)), jnp.sum(masks, axis=(1, 2))
-    return (2.0 * inter + eps) / (sp + sg + eps), (inter + eps) / (sp + sg - inter + eps)
+    inter, total = overlap_sums(pred, masks, (1, 2))
+    return (2.0 * inter + eps) / (total + eps), (inter + eps) / (total - inter + eps)
 
 
 def _client_means(per_image: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -208,27 +185,13 @@ def evaluate(model: nn.Module, params, split: FederatedSplit, per_client_params:
         ``block_size * C`` of its rows at a time (the same device memory, no padding).
 
     Returns:
-      dict of NumPy arrays (C clients, M padded images, K classes); "mean over clients" counts the
-      clients that have at least one valid image:
-
-      * ``dice`` [C], ``iou`` [C]: per-class means averaged over the classes (the reported figure);
-        ``mean_dice`` [], ``mean_iou`` []: their mean over clients;
-      * ``dice_per_class`` [C, K], ``iou_per_class`` [C, K]: per class, averaged over images;
-        ``mean_dice_per_class`` [K], ``mean_iou_per_class`` [K]: mean over clients;
-      * ``per_image_dice`` [C, M]: per image, mean over classes (NaN on padding);
-        ``per_image_dice_per_class`` [C, M, K];
-      * ``dice_present_per_class`` [C, K]: Dice of class k averaged over the images that contain
-        class k (NaN where none does), ``dice_present`` [C] (mean over classes, NaNs skipped),
-        ``mean_dice_present`` [], ``mean_dice_present_per_class`` [K] (binary tasks: the Dice on
-        images with lesions);
-      * ``false_positive_rate`` [C]: share of a client's lesion-free images (no class present)
-        with any predicted foreground (NaN where it has none), ``mean_false_positive_rate`` []
-        (mean over clients, NaNs skipped), ``num_lesion_free`` [C];
-      * ``pooled_dice`` [C], ``pooled_iou`` [C], ``mean_pooled_dice`` []: Dice / IoU pooled over
-        the class channels of each image (the pre-multi-class figure; equal to ``dice`` when K = 1);
-      * with ``hd95``: ``hd95_per_class`` [C, K] (mean over images, NaNs skipped), ``hd95`` [C]
-        (mean over classes), ``mean_hd95`` [] (mean over clients), ``mean_hd95_per_class`` [K],
-        ``per_image_hd95`` [C, M, K] (NaN: both empty or padding). Pixels; lower is better.
+      dict of NumPy arrays (C clients, M padded images, K classes; every key's meaning in
+      docs/multiclass.md): ``dice``, ``iou``, ``pooled_dice``, ``pooled_iou``, ``dice_present``,
+      ``false_positive_rate``, ``num_lesion_free``, ``hd95`` [C]; ``dice_per_class``,
+      ``iou_per_class``, ``dice_present_per_class``, ``hd95_per_class`` [C, K]; their ``mean_*``
+      over the clients with a valid image ([] and [K]); ``per_image_dice`` [C, M],
+      ``per_image_dice_per_class``, ``per_image_hd95`` [C, M, K] (NaN on padding). The HD95 keys
+      only with ``hd95``.
     """
     compact = isinstance(split, CompactSplit)
     valid = split.padded_valid() if compact else np.asarray(split.valid).astype(bool)
@@ -240,16 +203,12 @@ def evaluate(model: nn.Module, params, split: FederatedSplit, per_client_params:
     return res
 
 
-def _over_clients(x: np.ndarray, has: np.ndarray) -> np.ndarray:
+def _over_clients(x: np.ndarray, has: np.ndarray, mean=np.mean) -> np.ndarray:
     """[C, ...] -> [...]: the mean over the clients with data (NaN when none has any)."""
-    if not has.any():
-        return np.full(x.shape[1:], np.nan)
-    return x[has].mean(axis=0)
+    return mean(x[has], axis=0) if has.any() else np.full(x.shape[1:], np.nan)
 
 
-def _nan_over_clients(x: np.ndarray, has: np.ndarray) -> np.ndarray:
-    """[C, ...] -> [...]: the mean over the clients with data, NaNs skipped."""
-    return nanmean(x[has], axis=0) if has.any() else np.full(x.shape[1:], np.nan)
+_nan_over_clients = functools.partial(_over_clients, mean=nanmean)     # NaNs skipped
 
 
 def _figures(out: dict, valid: np.ndarray) -> dict:

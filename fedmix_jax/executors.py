@@ -1,25 +1,12 @@
 """Executors of the client axis: what ``config.train.executor`` names, as objects.
 
-An executor owns everything that depends on how the clients of a round run on this machine:
-
-* its backend of the client axis (:mod:`fedmix_jax.client_backends`) and the compiled round
-  (:meth:`Executor.compile_round`);
-* where the job's state and training split go (:meth:`Executor.place_state`,
-  :meth:`Executor.place_train`) and where the params are evaluated (:meth:`Executor.eval_params`);
-* whether the round reads the training split one client (or group) at a time, so that its compact
-  layout saves memory (:meth:`Executor.reads_clients_in_turn`);
-* the advice when a round does not fit (:meth:`Executor.oom_hint`).
-
-The string stays at the config boundary: :func:`for_config` turns a
-:class:`~fedmix_jax.config.RoundConfig` (``executor``, ``client_group``, ``num_devices``) into
-its executor, and nothing else compares executor names.
-
-==========  ==================================================================================
-``map``     clients one after another under ``lax.map``, one program per round (the default)
-``loop``    a jitted start, one jitted per-client program in a Python loop, a jitted finish
-``vmap``    every client in one vectorised program; in groups of ``client_group`` when set
-``sharded`` the client axis split over a 1-D mesh of devices (``shard_map``)
-==========  ==================================================================================
+An executor owns everything that depends on how the clients of a round run on this machine: its
+backend (:mod:`fedmix_jax.client_backends`) and compiled round, where the state and the training
+split go and where params are evaluated, whether the compact layout saves memory, and its advice
+when a round does not fit. :func:`for_config` turns a :class:`~fedmix_jax.config.RoundConfig`
+into its executor; nothing else compares executor names. ``map``: clients one after another under
+``lax.map`` (the default); ``loop``: a Python loop of one jitted per-client program; ``vmap``:
+vectorised (in groups of ``client_group`` when set); ``sharded``: over a 1-D mesh of devices.
 """
 
 from __future__ import annotations
@@ -32,6 +19,12 @@ import jax
 from fedmix_jax import client_backends
 from fedmix_jax.data.federation import FederatedSplit
 from fedmix_jax.round import finish_round, round_step, site_fn_for, start_round
+
+
+def padded_fields(fields: dict, put: Callable) -> FederatedSplit:
+    """A padded split from ``fields`` (``{field: array}``, consumed: each array leaves it as it
+    goes through ``put``)."""
+    return FederatedSplit(**{name: put(fields.pop(name)) for name in list(fields)})
 
 
 class Executor:
@@ -72,15 +65,14 @@ class Executor:
 
     def place_train(self, fields: dict, round_fn, compact: bool, put: Callable):
         """The training split on the device(s) from ``fields`` (``{field: host array}``,
-        consumed), each array through ``put(x)`` or ``put(x, transfer)`` (the caller's
-        transfer, ``jax.device_put`` by default: e.g. waited for, the host copy dropped); compact where
-        :meth:`reads_clients_in_turn`."""
+        consumed), each array through ``put(x)`` or ``put(x, transfer)`` (the caller's transfer,
+        ``jax.device_put`` by default); compact where :meth:`reads_clients_in_turn`."""
         from fedmix_jax.data.compact import compact_fields
 
         num_clients = int(fields["valid"].shape[0])
         if compact and self.reads_clients_in_turn(num_clients):
             return compact_fields(fields, put)
-        return FederatedSplit(**{name: put(fields.pop(name)) for name in list(fields)})
+        return padded_fields(fields, put)
 
     def eval_params(self, params):
         """The params to evaluate, on the device that holds the held-out splits."""
@@ -141,9 +133,8 @@ class VmapExecutor(Executor):
 class ShardedExecutor(Executor):
     """``sharded``: the client axis split over the devices of a 1-D mesh ``"clients"``; the
     per-client leaves of the state and the training split are split over it, the global pair,
-    round counter and key replicated. Held-out splits stay uncommitted on the first device and
-    the params are evaluated there (replicated params would evaluate on every device at once:
-    on CPU devices, the same work twice on the same cores)."""
+    round counter and key replicated. Params are evaluated on the first device, with the
+    held-out splits (replicated params would evaluate on every device at once)."""
 
     name = "sharded"
 
@@ -186,9 +177,7 @@ class ShardedExecutor(Executor):
     def place_train(self, fields: dict, round_fn, compact: bool, put: Callable):
         from fedmix_jax.sharding import shard_clients
 
-        return FederatedSplit(**{name: put(fields.pop(name),
-                                           lambda y: shard_clients(y, round_fn.mesh))
-                                 for name in list(fields)})
+        return padded_fields(fields, lambda x: put(x, lambda y: shard_clients(y, round_fn.mesh)))
 
     def eval_params(self, params):
         return jax.device_put(params, jax.devices()[0])

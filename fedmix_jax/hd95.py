@@ -1,40 +1,12 @@
 """HD95: the 95th-percentile symmetric Hausdorff distance between two binary masks, in pixels.
 
-Definition (as MONAI's ``compute_hausdorff_distance(..., percentile=95)``, the field's usual
-implementation):
-
-* the *edge* of a mask is its set of foreground pixels that have a background 4-neighbour, the
-  outside of the image counting as background (``mask & ~binary_erosion(mask)`` with SciPy's
-  default cross-shaped structuring element and ``border_value=0``);
-* the directed distance set ``d(A -> B)`` is, for every edge pixel of A, the Euclidean distance (in
-  pixels, centre to centre) to the nearest edge pixel of B (a distance transform of B's
-  edge-complement, read at A's edge pixels);
-* ``HD95(A, B) = max(P95(d(A -> B)), P95(d(B -> A)))`` with ``P95`` NumPy's default (linear
-  interpolation) percentile.
-
-Empty masks (the definition needs two non-empty edges), per class and per image:
-
-===============================  =======================  ====================================
-case                             here (default)           MONAI ``compute_hausdorff_distance``
-===============================  =======================  ====================================
-prediction and truth both empty  ``nan``: excluded from   ``nan``: excluded by its nan-aware
-                                 every mean               reductions
-exactly one of them empty        the image diagonal       ``nan`` with ``percentile=95`` (the
-                                 ``sqrt(H^2 + W^2)``      percentile of infinite distances);
-                                                          ``inf`` without a percentile
-===============================  =======================  ====================================
-
-Both-empty is excluded as MONAI does (there is no boundary to measure, and Dice already scores the
-agreement). A missed or hallucinated lesion gets the largest distance two pixels of the image can
-have: a finite penalty, where MONAI's HD95 silently drops it from its mean (which rewards
-predicting nothing on hard images) and its plain Hausdorff distance makes the mean infinite.
-``one_empty='nan'`` gives MONAI's HD95 value (excluded) and ``one_empty='inf'`` its Hausdorff
-value. Means over images, classes and clients skip NaNs (:func:`nanmean`); a mean over nothing but
-NaNs is NaN.
-
-Runs on the host with ``scipy.ndimage`` (evaluation, not the training hot path). Masks are cropped
-to the bounding box of their union first, which changes no distance (both edge sets lie inside it)
-and keeps the distance transforms small.
+As MONAI's ``compute_hausdorff_distance(..., percentile=95)``: the edge of a mask is its
+foreground pixels with a background 4-neighbour (the image border counts as background);
+``HD95(A, B) = max(P95(d(A -> B)), P95(d(B -> A)))`` with ``d`` the Euclidean distance from each
+edge pixel of one mask to the nearest edge pixel of the other and ``P95`` NumPy's linear
+percentile. Both masks empty: NaN (skipped by every mean, :func:`nanmean`); exactly one empty: the
+image diagonal by default (``one_empty``). Runs on the host with ``scipy.ndimage``, on the masks
+cropped to their union's bounding box (no distance changes). Conventions: docs/multiclass.md.
 """
 
 from __future__ import annotations

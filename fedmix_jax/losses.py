@@ -23,25 +23,27 @@ from fedmix_jax.data.federation import BOX, IMAGE, PIXEL
 DICE_EPS = 1e-4
 
 
+def overlap_sums(pred: jax.Array, target: jax.Array, axes=None) -> tuple[jax.Array, jax.Array]:
+    """``(sum(pred * target), sum(pred) + sum(target))`` in float32 over ``axes`` (default: all
+    but the first), e.g. [B, ...] -> ([B], [B])."""
+    pred = pred.astype(jnp.float32)
+    target = target.astype(jnp.float32)
+    axes = tuple(range(1, pred.ndim)) if axes is None else axes
+    return (jnp.sum(pred * target, axis=axes),
+            jnp.sum(pred, axis=axes) + jnp.sum(target, axis=axes))
+
+
 def dice_coefficient(pred: jax.Array, target: jax.Array, eps: float = DICE_EPS) -> jax.Array:
     """Per-sample Dice of soft or binary maps ``pred``, ``target`` [B, ...] in [0, 1] -> [B];
     ``eps`` is added to numerator and denominator, so two empty maps score 1."""
-    pred = pred.astype(jnp.float32)
-    target = target.astype(jnp.float32)
-    axes = tuple(range(1, pred.ndim))
-    inter = jnp.sum(pred * target, axis=axes)
-    total = jnp.sum(pred, axis=axes) + jnp.sum(target, axis=axes)
+    inter, total = overlap_sums(pred, target)
     return (2.0 * inter + eps) / (total + eps)
 
 
 def iou_coefficient(pred: jax.Array, target: jax.Array, eps: float = DICE_EPS) -> jax.Array:
     """Per-sample intersection over union, [B, ...] -> [B]; two empty maps score 1."""
-    pred = pred.astype(jnp.float32)
-    target = target.astype(jnp.float32)
-    axes = tuple(range(1, pred.ndim))
-    inter = jnp.sum(pred * target, axis=axes)
-    union = jnp.sum(pred, axis=axes) + jnp.sum(target, axis=axes) - inter
-    return (inter + eps) / (union + eps)
+    inter, total = overlap_sums(pred, target)
+    return (inter + eps) / (total - inter + eps)
 
 
 def weighted_mean(values: jax.Array, weights: jax.Array | None = None) -> jax.Array:
@@ -93,18 +95,9 @@ def bce_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array | None = 
 
 def empty_aware_loss_per_sample(logits: jax.Array, targets: jax.Array,
                                 eps: float = DICE_EPS) -> jax.Array:
-    """Soft Dice loss per sample, with binary cross-entropy for samples whose target is empty.
-
-    With an empty target, ``1 - dice`` is ~1 with a gradient ~0 whatever the prediction, so a
-    lesion-free image teaches nothing (fedmix-spec.md difference 7). Here such a sample's loss is
-    the mean BCE of its logits toward background, whose gradient ``sigmoid(logit) / (H W K)``
-    pushes every predicted foreground pixel down. Samples with foreground keep the Dice loss.
-
-    Args:
-      logits, targets: [B, H, W, K].
-    Returns:
-      [B] per-sample losses.
-    """
+    """Per-sample losses [B] of ``logits``, ``targets`` [B, H, W, K]: ``1 - dice`` where the
+    target has foreground, the mean BCE toward background where it is empty (an empty target's
+    Dice loss has no gradient: docs/strategies.md, difference 7)."""
     empty = jnp.sum(targets.astype(jnp.float32), axis=tuple(range(1, targets.ndim))) == 0
     return jnp.where(empty, bce_loss_per_sample(logits, targets),
                      dice_loss_per_sample(logits, targets, eps))
@@ -112,27 +105,19 @@ def empty_aware_loss_per_sample(logits: jax.Array, targets: jax.Array,
 
 def mixed_supervision_targets(masks: jax.Array, pseudo1: jax.Array, pseudo2: jax.Array,
                               levels: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Targets of model 1 and model 2 under cross pseudo-supervision.
-
-    Pixel samples train both models on the ground truth; every other level trains model 1 on
-    model 2's pseudo-label and model 2 on model 1's.
+    """Targets of model 1 and model 2 under cross pseudo-supervision: pixel samples train both
+    models on the ground truth, every other level trains model 1 on model 2's pseudo-label and
+    model 2 on model 1's.
 
     Args:
       masks: [B, H, W, K] ground truth (only read for pixel samples).
       pseudo1, pseudo2: [B, H, W, K] refined binary pseudo-labels of the global models 1 and 2.
       levels: [B] int supervision levels.
-
     Returns:
       (target_model1, target_model2), each [B, H, W, K].
     """
     is_pixel = (levels == PIXEL)[:, None, None, None]
     return jnp.where(is_pixel, masks, pseudo2), jnp.where(is_pixel, masks, pseudo1)
-
-
-def sample_weights(levels: jax.Array, selected: jax.Array, valid: jax.Array) -> jax.Array:
-    """[B] loss weights: 1 for valid pixel samples and valid selected weak samples, else 0."""
-    usable = valid & ((levels == PIXEL) | selected)
-    return usable.astype(jnp.float32)
 
 
 def mixed_supervision_loss(logits1: jax.Array, logits2: jax.Array, masks: jax.Array,
@@ -150,17 +135,13 @@ def mixed_supervision_loss(logits1: jax.Array, logits2: jax.Array, masks: jax.Ar
       gradients when no sample of the batch is usable.
     """
     t1, t2 = mixed_supervision_targets(masks, pseudo1, pseudo2, levels)
-    w = sample_weights(levels, selected, valid)
+    w = (valid & ((levels == PIXEL) | selected)).astype(jnp.float32)     # the usable samples
     return dice_loss(logits1, t1, w, eps), dice_loss(logits2, t2, w, eps)
 
 
-# ------------------------------------------------------------------------------------------------
-# Weak supervision used directly (fedmix-spec.md, "Beyond the paper"). A weak label says, per
-# sample and class, *where the class may be* (``region`` [B, H, W, K] in {0, 1}: the union of the
-# class's boxes; everywhere for an image-level "present"; nowhere for "absent" or an empty box)
-# and *whether it is present* (``present`` [B, K]); ``known`` [B, K] marks the classes a sample's
-# label speaks about (0 for pixel / unlabelled samples and padding). :func:`weak_label_regions`
-# builds the three from the stored boxes, image labels and levels.
+# Weak labels used directly (docs/weak_supervision.md): per sample and class, where the class may
+# be (``region`` [B, H, W, K] in {0, 1}), whether it is present (``present`` [B, K]) and whether
+# the label speaks about it (``known`` [B, K]); :func:`weak_label_regions` builds the three.
 
 def weak_label_regions(boxes: jax.Array, image_labels: jax.Array, levels: jax.Array,
                        valid: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -170,7 +151,6 @@ def weak_label_regions(boxes: jax.Array, image_labels: jax.Array, levels: jax.Ar
       boxes: [B, H, W, K] box masks in {0, 1} (read for box samples).
       image_labels: [B, K] in {0, 1} (read for image-level samples).
       levels: [B] int supervision levels; valid: [B] bool.
-
     Returns:
       region [B, H, W, K] float32 (box samples: their boxes; image samples: all ones where the
       class is present, zeros where absent), present [B, K] float32 (box: the class has a box;
@@ -253,13 +233,8 @@ def mil_image_loss_per_sample(logits: jax.Array, region: jax.Array, present: jax
 
 
 def spared_pixels(lesions: jax.Array, margin: int) -> jax.Array:
-    """[B, H, W, 1]: the pixels within ``margin`` px of any class's ``lesions`` [B, H, W, K].
-
-    With several classes, a pixel of one class's lesion is not evidence against the others: a
-    maximum-based negative (an absent class's image maximum, a negative bag) placed there pushes
-    every class down wherever the model cannot tell the classes apart yet, and the multi-class
-    model collapses to predicting nothing. ``spare_lesions`` leaves these pixels out of such terms.
-    """
+    """[B, H, W, 1]: the pixels within ``margin`` px of any class's ``lesions`` [B, H, W, K],
+    which ``spare_lesions`` leaves out of the maximum-based negatives (docs/weak_supervision.md)."""
     return dilate(jnp.max(lesions.astype(jnp.float32), axis=-1, keepdims=True), margin)
 
 
@@ -327,10 +302,7 @@ def box_size_loss_per_sample(logits: jax.Array, boxes: jax.Array, known: jax.Arr
     ``fill_min`` and ``fill_max`` of its boxes' area.
 
     Per known class with a box: ``r = sum(sigmoid(logits) * boxes) / sum(boxes)`` and the hinge
-    ``relu(1 - r / fill_min) + relu(r / fill_max - 1)``; averaged over those classes. With boxes
-    drawn around their lesions with a margin, the fill ratio has a narrow range (the binary
-    synthetic federation, data seed 0: 0.26-0.51, median 0.39; ``benchmarks/box_statistics.py``);
-    it counters a model that keeps only a lesion's core where the rim is soft.
+    ``relu(1 - r / fill_min) + relu(r / fill_max - 1)``; averaged over those classes.
 
     Args:
       logits, boxes: [B, H, W, K] (boxes in {0, 1}); known: [B, K] in {0, 1};

@@ -87,27 +87,23 @@ def check_config_file(path: str | None) -> str | None:
     return None
 
 
-def parse(argv: list[str]):
-    """``(config, workdir, quiet)`` from a full argv, or raise ``SystemExit``-free errors."""
-    fv = define_flags(argv)
+def parse(argv: list[str], fv: flags.FlagValues | None = None) -> flags.FlagValues:
+    """``fv`` (default: :func:`define_flags`) parsed from a full argv, its config loaded (so that
+    errors inside the config file surface here); raises ``SystemExit``-free errors."""
+    fv = define_flags(argv) if fv is None else fv
     rest = fv(argv)
     if len(rest) > 1:
         raise flags.Error(f"unexpected arguments: {' '.join(rest[1:])}")
-    config = fv.config
-    # Touch the config so that errors inside the config file surface here.
-    _ = config.to_dict()
-    return config, fv.workdir, fv.quiet
+    fv.config.to_dict()
+    return fv
 
 
 def default_workdir(config_path: str, label: str) -> str:
     """A fresh ``runs/<config stem>-<label>-<YYYYmmdd-HHMMSS>[-k]`` (relative to the cwd)."""
+    from fedmix_jax.rundir import unique_path
+
     stem = os.path.splitext(os.path.basename(config_path.split(":", 1)[0]))[0]
-    base = os.path.join("runs", f"{stem}-{label}-{time.strftime('%Y%m%d-%H%M%S')}")
-    path, k = base, 1
-    while os.path.exists(path):
-        k += 1
-        path = f"{base}-{k}"
-    return path
+    return unique_path(os.path.join("runs", f"{stem}-{label}-{time.strftime('%Y%m%d-%H%M%S')}"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         print(err, file=sys.stderr)
         return 2
     try:
-        config, workdir, quiet = parse(argv)
+        fv = parse(argv)
+        config, workdir, quiet = fv.config, fv.workdir, fv.quiet
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
         msg = str(e)
         if isinstance(e, (AttributeError, KeyError)):

@@ -2,33 +2,11 @@
 
 `UNet` reproduces the reference PyTorch U-Net used by FedMix (the "milesial" U-Net, bilinear
 variant, with GroupNorm instead of BatchNorm) layer for layer, so weights exported from the
-reference load exactly (see :mod:`fedmix_jax.reference_weights`). With ``width=64``, one input
-channel and one class it has exactly 17,266,241 parameters, as the reference.
-
-Layout of the computation (``w = width``, ``d = depth``; the reference is ``d = 4``)::
-
-    inc    DoubleConv(Cin -> w)
-    down_i 2x2 max-pool (floor), DoubleConv(-> w*2**i)        i = 1 .. d-1
-    down_d 2x2 max-pool (floor), DoubleConv(-> w*2**(d-1))    (bilinear variant: factor 2)
-    up_j   bilinear x2 upsample (align_corners=True), zero-pad to the skip's size,
-           concat [skip, upsampled], DoubleConv(C_in -> C_in/2 -> C_out)
-           C_out = w*2**(d-j-1) for j < d, w for j = d
-    outc   1x1 conv -> num_classes  (logits, float32)
-
-    DoubleConv(out, mid) = (3x3 conv pad 1 + bias -> GroupNorm(C//2 groups, eps 1e-5) -> ReLU) x 2
-
-The convolutions (:class:`Conv`) and GroupNorms (:class:`GroupNorm`) compute the same values as
-``flax.linen.Conv`` / ``flax.linen.GroupNorm(use_fast_variance=False)`` with the same parameters;
-on CPU they go through the XLA:CPU workarounds of :mod:`fedmix_jax.xla_cpu` (same values,
-faster kernels; that module says why each exists and when it can go).
-
-Parameter tree (``params`` collection)::
-
-    inc, down1 .. down{d}, up1 .. up{d}: {conv1: {kernel, bias}, norm1: {scale, bias},
-                                          conv2: {kernel, bias}, norm2: {scale, bias}}
-    outc: {kernel, bias}
-
-Kernels are HWIO, float32 whatever the computation ``dtype``.
+reference load exactly (:mod:`fedmix_jax.reference_weights`); ``width=64``, one input channel and
+one class: 17,266,241 parameters. Its layout and parameter tree: docs/architecture.md ("The
+model"). :class:`Conv` and :class:`GroupNorm` compute the values of ``flax.linen.Conv`` /
+``flax.linen.GroupNorm(use_fast_variance=False)`` with the same parameters, through the XLA:CPU
+workarounds of :mod:`fedmix_jax.xla_cpu`. Kernels are HWIO, float32 whatever the ``dtype``.
 """
 from __future__ import annotations
 
@@ -49,14 +27,9 @@ Dtype = Any
 #: torch.nn.GroupNorm's default epsilon (Flax's default is 1e-6).
 GROUPNORM_EPSILON = 1e-5
 
-# torch.nn.init.xavier_uniform_ on an OIHW kernel: fan_in = I*kh*kw, fan_out = O*kh*kw. Flax's
-# xavier_uniform on an HWIO kernel (in_axis=-2, out_axis=-1, receptive field = the rest) is the
-# same distribution: U(-b, b), b = sqrt(6 / (fan_in + fan_out)).
+# Flax's xavier_uniform on an HWIO kernel is torch's xavier_uniform_ on the OIHW one.
 kernel_init = nn.initializers.xavier_uniform()
 bias_init = nn.initializers.zeros
-
-
-# ----------------------------------------------------------------------------- upsampling
 
 
 @functools.lru_cache(maxsize=256)
@@ -103,40 +76,20 @@ def _resize_hw(x: jax.Array, mh: np.ndarray, mw: np.ndarray) -> jax.Array:
 
 
 def upsample_bilinear_align_corners(x: jax.Array, scale: int = 2) -> jax.Array:
-    """Bilinear ``scale``x upsampling with ``align_corners=True`` semantics.
-
-    Args:
-      x: ``[N, H, W, C]``.
-      scale: integer factor; the output is exactly ``[N, scale*H, scale*W, C]``.
-
-    Returns:
-      ``[N, scale*H, scale*W, C]`` in ``x.dtype``. ``H == 1`` (or ``W == 1``) replicates.
-    """
+    """Bilinear ``scale``x upsampling with ``align_corners=True`` semantics (int ``scale``):
+    ``[N, H, W, C] -> [N, scale*H, scale*W, C]`` in ``x.dtype``; ``H == 1`` replicates."""
     _, h, w, _ = x.shape
     return _resize_hw(x, interpolation_matrix(h, scale * h), interpolation_matrix(w, scale * w))
 
 
 def upsample_and_pad(x: jax.Array, target_hw: Sequence[int]) -> jax.Array:
-    """The reference Up block's ``up`` + ``F.pad``: x2 bilinear (align_corners) then zero-pad.
-
-    The upsampled ``[N, 2H, 2W, C]`` tensor is zero-padded to ``target_hw = (Ht, Wt)``, putting
-    ``(Ht - 2H) // 2`` rows on top and the rest at the bottom (same for columns), exactly as the
-    reference's ``F.pad(x1, [dX // 2, dX - dX // 2, dY // 2, dY - dY // 2])``. Both steps are
-    linear, so they are done together with two padded interpolation matrices.
-
-    Args:
-      x: ``[N, H, W, C]``.
-      target_hw: the skip tensor's spatial size, each ``>= 2H`` / ``>= 2W``.
-
-    Returns:
-      ``[N, Ht, Wt, C]``.
-    """
+    """The reference Up block's ``up`` + ``F.pad``: x2 bilinear (align_corners), then zero-pad
+    to ``target_hw = (Ht, Wt)`` (each ``>= 2H`` / ``>= 2W``) with ``(Ht - 2H) // 2`` rows on top
+    and the rest at the bottom (same for columns), in one step of two padded interpolation
+    matrices: ``[N, H, W, C] -> [N, Ht, Wt, C]``."""
     _, h, w, _ = x.shape
     ht, wt = int(target_hw[0]), int(target_hw[1])
     return _resize_hw(x, interpolation_matrix(h, 2 * h, ht), interpolation_matrix(w, 2 * w, wt))
-
-
-# ----------------------------------------------------------------------------- convolution
 
 
 class Conv(nn.Module):
@@ -169,9 +122,7 @@ def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, num_groups: int,
 
     ``mean = E[x]`` and ``var = E[(x - mean)^2]`` (biased) over the group's pixels and channels,
     ``y = (x - mean) / sqrt(var + eps) * scale + bias``. Statistics are float32 whatever
-    ``x.dtype``; the result has ``x.dtype``. Same values as ``flax.linen.GroupNorm(
-    use_fast_variance=False)`` to float rounding (both passes are sums written as matrix-vector
-    products on CPU, see :func:`fedmix_jax.xla_cpu.sum_over_pixels`).
+    ``x.dtype``; the result has ``x.dtype`` (the sums: :func:`fedmix_jax.xla_cpu.sum_over_pixels`).
 
     Args:
       x: ``[N, H, W, C]``; scale, bias: ``[C]``; num_groups: divides ``C``.
@@ -209,9 +160,6 @@ class GroupNorm(nn.Module):
         scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
         return group_norm(x, scale, bias, self.num_groups, self.epsilon).astype(self.dtype)
-
-
-# ----------------------------------------------------------------------------- blocks
 
 
 def _double_conv(x: jax.Array, features: int, mid_features: int, dtype: Dtype) -> jax.Array:
@@ -275,9 +223,6 @@ class Up(nn.Module):
         return _double_conv(x, self.features, x.shape[-1] // 2, self.dtype)
 
 
-# ----------------------------------------------------------------------------- U-Net
-
-
 def unet_channels(width: int, depth: int = 4) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Output channels of the encoder (``inc, down1..down{d}``) and decoder (``up1..up{d}``).
 
@@ -334,21 +279,12 @@ def count_params(params: Any) -> int:
 
 def init_unet(key: jax.Array, model: nn.Module, input_shape: Sequence[int], *,
               fast: bool = True) -> dict:
-    """Initialises ``model`` for NHWC ``input_shape`` and returns its ``params`` collection.
+    """The ``params`` collection (float32 leaves) of ``model`` (a ``UNet`` or any module of this
+    file) for NHWC ``input_shape`` ``(N, H, W, Cin)`` (only ``Cin`` matters).
 
-    Args:
-      key: a PRNG key.
-      model: a ``UNet`` (or any module of this file).
-      input_shape: ``(N, H, W, Cin)``; only ``Cin`` affects the params.
-      fast: if True (default), the params get the same distributions as ``model.init`` gives
-        them (Xavier-uniform kernels, zero biases, GroupNorm scale 1 / bias 0), drawn from one
-        random stream split into the kernels (:func:`fedmix_jax.xla_cpu.fast_xavier_init`): on
-        XLA:CPU this compiles in well under a second, while ``model.init`` compiles one RNG
-        kernel per layer (~6 s for the U-Net). The values differ from ``model.init(key, x)``
-        for the same key. If False, ``jax.jit(model.init)``.
-
-    Returns:
-      the ``params`` dict (float32 leaves).
+    ``fast`` (default): the distributions of ``model.init`` drawn from one random stream
+    (:func:`fedmix_jax.xla_cpu.fast_xavier_init`, far quicker to compile; other values than
+    ``model.init`` for the same key); False: ``jax.jit(model.init)``.
     """
     if len(input_shape) != 4:
         raise ValueError(f"input_shape must be NHWC (N, H, W, Cin), got {tuple(input_shape)}")

@@ -65,30 +65,20 @@ def take_host_arrays(federation, splits=_SPLITS):
     federation without them (:func:`without_pixels`) and the test samples of the job's plot.
 
     The job replaces its federation by ``pixel_free`` and gives ``host`` to :func:`place_splits`
-    (or :func:`held_out_on_host`), which drops each host array as soon as it is on the device:
-    when nothing else refers to the loaded federation, the host then holds one field at a time
-    on top of what is placed, and nothing once all is (docs/memory.md; on the CPU backend the
-    device's arrays are host memory, so this halves what the process holds)."""
+    (or :func:`held_out_on_host`), which drops each host array as soon as it is on the device
+    (docs/memory.md)."""
     return (host_arrays(federation, splits), without_pixels(federation, splits),
             first_samples(federation.test))
 
 
 def _put_now(x, put=jax.device_put):
     """``put(x)``, waited for; then a young-generation ``gc`` pass, which runs JAX's callback
-    that drops the transfer's deferred hold on the host buffer. Without it the host copy of
-    every field placed so far stays alive until the next full collection (HAM10000 RGB at 256
-    px on the CPU backend: 6.5 GiB RSS after placing against 3.4 GiB)."""
+    that drops the transfer's hold on the host buffer (else kept until a full collection)."""
     y = put(x)
     del x
     jax.block_until_ready(y)
     gc.collect(0)
     return y
-
-
-def _put_fields(fields: dict, put) -> FederatedSplit:
-    """A padded split from its dict of arrays, each through ``put`` and removed from ``fields``
-    (consumed) as it goes."""
-    return FederatedSplit(**{name: put(fields.pop(name)) for name in list(fields)})
 
 
 def place_data(federation, round_fn, round_config, compact: bool = False):
@@ -109,7 +99,7 @@ def place_splits(host: dict, round_fn, round_config, compact: bool = False):
 
     train = executors.for_config(round_config).place_train(host.pop("train"), round_fn,
                                                            compact, _put_now)
-    held_out = compact_fields if compact else _put_fields
+    held_out = compact_fields if compact else executors.padded_fields
     return train, held_out(host.pop("val"), _put_now), held_out(host.pop("test"), _put_now)
 
 
@@ -120,5 +110,5 @@ def held_out_on_host(host: dict, compact: bool = False):
     or evaluated)."""
     from fedmix_jax.data.compact import compact_fields
 
-    put = compact_fields if compact else _put_fields
+    put = compact_fields if compact else executors.padded_fields
     return (put(host.pop("val"), lambda x: x), put(host.pop("test"), lambda x: x))

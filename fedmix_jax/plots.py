@@ -1,16 +1,10 @@
 """PNG plots of a run, from its ``metrics.jsonl`` records (Matplotlib's Agg canvas, no pyplot).
 
-* ``val_dice.png`` -- mean and per-client validation Dice of global model 1 vs round (the best
-  round, chosen by mean validation Dice, is marked);
-* ``weights.png`` -- aggregation weight of each client vs round;
-* ``selection_rate.png`` -- fraction of each weak client's samples selected for pseudo-labels;
-* ``loss.png`` -- each client's mean training loss of model 1 vs round;
-* ``pseudo_labels.png`` -- with ``config.diagnostics``: per weak level, the pseudo-labels' Dice
-  against the true masks and the selected share (with a lesion, dashed) vs round;
-* ``predictions.png`` -- test images of each client with the ground truth (green), the selected
-  model's prediction (red) and the box (yellow, dashed) outlined.
-
-The global pyplot state and backend are never touched, so this is safe in notebooks and threads.
+:func:`write_run_plots` writes ``val_dice.png``, ``weights.png``, ``selection_rate.png``,
+``loss.png``, ``pseudo_labels.png`` (with ``config.diagnostics``) and ``predictions.png`` (test
+images with the ground truth, the selected model's prediction and the box outlined); what each
+shows: docs/main_job.md ("What a workdir holds"). The global pyplot state and backend are never
+touched, so this is safe in notebooks and threads.
 """
 
 from __future__ import annotations
@@ -53,6 +47,19 @@ def _labels(client_names: Sequence[str], levels: Sequence[str] | None):
     return [f"{n} ({lv})" for n, lv in zip(client_names, levels)]
 
 
+def _client_lines(rounds, values, client_names, levels, lw: float = 1.4, keep=None):
+    """A figure with one line per client of ``values`` [R, C] against ``rounds`` [R] (only the
+    clients ``c`` with ``keep(c)``): ``(fig, ax, number of lines)``."""
+    fig = _figure()
+    ax = fig.add_subplot(1, 1, 1)
+    shown = 0
+    for c, label in enumerate(_labels(client_names, levels)):
+        if values.size and (keep is None or keep(c)):
+            ax.plot(rounds, values[:, c], color=_colour(c), lw=lw, marker=".", ms=3, label=label)
+            shown += 1
+    return fig, ax, shown
+
+
 def _finish(fig, ax, path: str, title: str, xlabel: str = "round", ylabel: str = ""):
     from matplotlib.ticker import MaxNLocator
 
@@ -71,11 +78,7 @@ def plot_validation_dice(records, client_names, path, levels=None, best_round=No
     """Mean (black) and per-client validation Dice vs round."""
     rounds, dice = _series(records, "val_dice")
     _, mean = _series(records, "val_mean_dice")
-    fig = _figure()
-    ax = fig.add_subplot(1, 1, 1)
-    for c, label in enumerate(_labels(client_names, levels)):
-        if dice.size:
-            ax.plot(rounds, dice[:, c], color=_colour(c), lw=1.2, marker=".", ms=3, label=label)
+    fig, ax, _ = _client_lines(rounds, dice, client_names, levels, lw=1.2)
     if mean.size:
         ax.plot(rounds, mean, color="black", lw=2.2, label="mean")
     if best_round:
@@ -86,12 +89,7 @@ def plot_validation_dice(records, client_names, path, levels=None, best_round=No
 
 def plot_weights(records, client_names, path, levels=None) -> str:
     """Aggregation weight of each client vs round."""
-    rounds, w = _series(records, "weights")
-    fig = _figure()
-    ax = fig.add_subplot(1, 1, 1)
-    for c, label in enumerate(_labels(client_names, levels)):
-        if w.size:
-            ax.plot(rounds, w[:, c], color=_colour(c), lw=1.4, marker=".", ms=3, label=label)
+    fig, ax, _ = _client_lines(*_series(records, "weights"), client_names, levels)
     ax.set_ylim(bottom=0)
     return _finish(fig, ax, path, "Aggregation weights", ylabel="weight $w_i$")
 
@@ -100,13 +98,8 @@ def plot_selection_rate(records, client_names, path, levels=None) -> str:
     """Selected fraction of each weak client's samples vs round (clients with weak samples)."""
     rounds, rate = _series(records, "selection_rate")
     _, weak = _series(records, "weak")
-    fig = _figure()
-    ax = fig.add_subplot(1, 1, 1)
-    shown = 0
-    for c, label in enumerate(_labels(client_names, levels)):
-        if rate.size and weak.size and weak[:, c].max() > 0:
-            ax.plot(rounds, rate[:, c], color=_colour(c), lw=1.4, marker=".", ms=3, label=label)
-            shown += 1
+    fig, ax, shown = _client_lines(rounds, rate, client_names, levels,
+                                   keep=lambda c: weak.size and weak[:, c].max() > 0)
     if not shown:
         ax.text(0.5, 0.5, "no client has weakly labelled samples", ha="center", va="center",
                 transform=ax.transAxes)
@@ -120,12 +113,9 @@ def plot_loss(records, client_names, path, levels=None) -> str:
     """Mean training loss of local model 1 vs round (clients that trained)."""
     rounds, loss = _series(records, "loss1")
     _, steps = _series(records, "steps")
-    fig = _figure()
-    ax = fig.add_subplot(1, 1, 1)
-    for c, label in enumerate(_labels(client_names, levels)):
-        if loss.size:
-            y = np.where(steps[:, c] > 0, loss[:, c], np.nan) if steps.size else loss[:, c]
-            ax.plot(rounds, y, color=_colour(c), lw=1.4, marker=".", ms=3, label=label)
+    if loss.size and steps.size:
+        loss = np.where(steps > 0, loss, np.nan)      # rounds in which the client did not train
+    fig, ax, _ = _client_lines(rounds, loss, client_names, levels)
     return _finish(fig, ax, path, "Training Dice loss of model 1", ylabel="loss")
 
 
@@ -211,16 +201,13 @@ def plot_predictions(model, params, split, client_names, path, per_client: int =
                 ax.imshow(img[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             else:
                 ax.imshow(np.clip(img, 0, 1), interpolation="nearest")
-            gt = masks[c, j].max(-1)
-            pr = preds[c, j].max(-1)
-            bx = boxes[c, j].max(-1)
-            if bx.any():
-                ax.contour(bx, levels=[0.5], colors=["#ffd000"], linewidths=0.8,
-                           linestyles="dashed")
-            if gt.any():
-                ax.contour(gt, levels=[0.5], colors=["#30ff30"], linewidths=1.0)
-            if pr.any():
-                ax.contour(pr, levels=[0.5], colors=["#ff3030"], linewidths=1.0)
+            gt, pr = masks[c, j].max(-1), preds[c, j].max(-1)
+            for outline, colour, lw, ls in ((boxes[c, j].max(-1), "#ffd000", 0.8, "dashed"),
+                                            (gt, "#30ff30", 1.0, "solid"),
+                                            (pr, "#ff3030", 1.0, "solid")):
+                if outline.any():
+                    ax.contour(outline, levels=[0.5], colors=[colour], linewidths=lw,
+                               linestyles=ls)
             inter = float((gt * pr).sum())
             dice = (2 * inter + 1e-4) / (float(gt.sum() + pr.sum()) + 1e-4)
             ax.set_title(f"Dice {dice:.2f}", fontsize=7, pad=2)

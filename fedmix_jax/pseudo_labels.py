@@ -1,31 +1,14 @@
 """Pseudo-labels of the two global models: binarise, refine with weak labels, select by agreement.
 
 Shapes (NHWC, K classes): predictions / boxes [B, H, W, K]; image labels [B, K]; levels, valid and
-the returned selection [B]. Everything is batched, fixed-shape and returns masks, so it runs inside
-the compiled round for any mix of supervision levels.
-
-The rules (fedmix-spec.md, "Pseudo-labels", and deliberate difference 2), each behind a switch of
-:class:`SelectionConfig`:
-
-* ``p_k = [sigmoid(f_k(x)) > threshold]`` for the global models k = 1, 2;
-* ``refine`` (reference: on): box samples ``p_k <- p_k * B``; image samples of a multi-class task
-  ``p_k <- p_k * y`` (every class the image label says is absent is zeroed);
-* a weak sample is *selected* when ``dice(p1, p2) >= agreement`` (tau = 0.9); box samples must also
-  fill their box: ``dice(p1 * B, B) >= box_fit`` (0.5);
-* ``reject_empty`` (fix, reference: off): two empty predictions agree perfectly through eps; such a
-  sample is rejected (unless ``use_image_labels`` says the image has no lesion); a box sample of a
-  multi-class task also needs a non-empty prediction of both models in every class that has a box;
-* ``use_image_labels`` (fix, reference: off, it ignores binary image labels): for image-level
-  samples, absent classes are zeroed for binary tasks too; an image whose label says *no class
-  present* is selected with an empty pseudo-label (that label is certain); an image with a present
-  class needs a non-empty agreed prediction in every present class;
-* ``empty_boxes_negative`` (fix, fedmix-spec.md difference 6): a box sample whose box is empty in
-  every class is a lesion-free image with a *certain* label. It is selected with an empty
-  pseudo-label whatever the models predict (``reject_empty`` would otherwise discard it: 14.6 % of
-  the default synthetic federation's box samples). The reference selects such samples through
-  eps (two empty refined predictions agree) — with the same empty target.
-
-Pixel samples are always usable (they train on their ground truth) and report ``selected = True``.
+the selection [B]; batched, fixed-shape, masks only (any mix of levels in the compiled round).
+``p_k = [sigmoid(f_k(x)) > threshold]`` for the global models k = 1, 2; ``refine``: box samples
+``p_k <- p_k * B``, image samples of a multi-class task zero the classes their label marks
+absent; a weak sample is *selected* when ``dice(p1, p2) >= agreement`` and a box sample also when
+``dice(p1 * B, B) >= box_fit``. The fixes behind the other :class:`SelectionConfig` switches
+(``reject_empty``, ``use_image_labels``, ``empty_boxes_negative``; differences 2 and 6 of
+docs/strategies.md) are commented where they apply. Pixel samples are always usable and report
+``selected = True``.
 """
 
 from __future__ import annotations
@@ -51,7 +34,7 @@ class SelectionConfig:
     refine: bool = True          # box refinement and multi-class image-label refinement
     reject_empty: bool = True    # fix: reject empty agreed pseudo-labels (reference: False)
     use_image_labels: bool = True  # fix: use binary image labels (reference: False)
-    empty_boxes_negative: bool = True  # fix: an empty box is a certain "no lesion" (see module doc)
+    empty_boxes_negative: bool = True  # fix: an empty box is a certain "no lesion"
 
     @classmethod
     def reference(cls) -> "SelectionConfig":
@@ -98,16 +81,12 @@ def refine_with_image_labels(pred: jax.Array, image_labels: jax.Array,
 def select_pseudo_labels(p1: jax.Array, p2: jax.Array, boxes: jax.Array, image_labels: jax.Array,
                          levels: jax.Array, valid: jax.Array,
                          config: SelectionConfig = SelectionConfig()) -> PseudoLabels:
-    """Refine binarised predictions with the weak labels and decide which samples are selected.
+    """Refine binarised predictions with the weak labels and select: a :class:`PseudoLabels`.
 
     Args:
       p1, p2: [B, H, W, K] binarised predictions of global models 1 and 2.
       boxes: [B, H, W, K] box masks; image_labels: [B, K] class presence in {0, 1};
-      levels: [B] int supervision levels; valid: [B] bool.
-      config: the switches (see module docstring).
-
-    Returns:
-      :class:`PseudoLabels` with the refined labels and the selection mask.
+      levels: [B] int supervision levels; valid: [B] bool; config: the switches.
     """
     num_classes = p1.shape[-1]
     is_box = levels == BOX
@@ -122,7 +101,7 @@ def select_pseudo_labels(p1: jax.Array, p2: jax.Array, boxes: jax.Array, image_l
     agreement = dice_coefficient(p1, p2)
     fit = jnp.where(is_box, dice_coefficient(p1 * boxes, boxes), 1.0)
     selected = (agreement >= config.agreement) & (fit >= config.box_fit)
-    if config.reject_empty:
+    if config.reject_empty:     # two empty predictions agree through eps: reject them
         nonempty = (jnp.sum(p1, axis=(1, 2, 3)) + jnp.sum(p2, axis=(1, 2, 3))) > 0
         # Box samples: every class with a box needs an agreed non-empty prediction (pooled over
         # classes, a class could otherwise be selected with an empty target despite its box).
@@ -130,12 +109,12 @@ def select_pseudo_labels(p1: jax.Array, p2: jax.Array, boxes: jax.Array, image_l
         class_found = (jnp.sum(p1, axis=(1, 2)) > 0) & (jnp.sum(p2, axis=(1, 2)) > 0)
         every_box_found = jnp.all(class_found | ~boxed, axis=-1)
         selected = selected & nonempty & jnp.where(is_box, every_box_found, True)
-    if config.empty_boxes_negative:
+    if config.empty_boxes_negative:     # an empty box: a certain empty label, always selected
         empty_box = is_box & (jnp.sum(boxes, axis=(1, 2, 3)) == 0)
         p1 = jnp.where(empty_box[:, None, None, None], 0.0, p1)
         p2 = jnp.where(empty_box[:, None, None, None], 0.0, p2)
         selected = selected | empty_box
-    if config.use_image_labels:
+    if config.use_image_labels:     # "absent": an empty label; "present": agreed, non-empty
         present = image_labels > 0                                      # [B, K]
         class_nonempty = (jnp.sum(p1, axis=(1, 2)) > 0) & (jnp.sum(p2, axis=(1, 2)) > 0)
         present_ok = jnp.all(class_nonempty | ~present, axis=-1)
@@ -160,21 +139,17 @@ def pseudo_labels_from_logits(logits1: jax.Array, logits2: jax.Array, boxes: jax
 def site_pseudo_labels(model, global_params, data, config) -> "PseudoLabels":
     """Pseudo-labels of the global pair on a site's un-augmented training images.
 
-    The images run through both models in chunks of ``config.inference_chunk``; a chunk none of
-    whose images needs a pseudo-label (pixel-level or padding) is skipped (``lax.cond``; its
-    logits are zeros). Each chunk is converted to float32, binarised, refined and selected on its
-    own (every one of those steps is per sample), so neither a float copy of the site's images
-    and boxes nor the logits of all its samples are ever held.
+    Chunks of ``config.inference_chunk`` images run through both models, each converted,
+    binarised, refined and selected on its own (no float copy of the split, no logits of all
+    samples); a chunk with no image that needs a pseudo-label is skipped (``lax.cond``).
 
     Args:
-      model: the Flax model; global_params: the broadcast pair (model 1, model 2), leaves [...];
-      data: one site's split (:class:`~fedmix_jax.data.federation.FederatedSplit`, leaves
-        [N, ...], masks and boxes unpacked); config: the static round config (its strategy's
-        ``selection`` and ``inference_chunk`` apply).
+      model: the Flax model; global_params: the broadcast pair, leaves [...];
+      data: one site's :class:`~fedmix_jax.data.federation.FederatedSplit`, leaves [N, ...],
+        masks and boxes unpacked; config: the static round config.
 
-    Returns: a :class:`PseudoLabels` (pseudo1 / pseudo2 [N,H,W,K] in
-    {0, 1}, in the masks' storage dtype: uint8 for uint8 masks, else float32; selected [N] bool,
-    ...).
+    Returns: a :class:`PseudoLabels`, pseudo1 / pseudo2 [N,H,W,K] in {0, 1} in the masks' storage
+    dtype, selected [N] bool.
     """
     p1, p2 = global_params
     needs = data.valid & (data.levels != PIXEL)

@@ -84,17 +84,6 @@ def eval_record(ev: dict) -> dict:
     return rec
 
 
-def local_test_record(guard, evaluate, state, test, r: int, enabled: bool) -> dict:
-    """``{"local_test": <eval_record>}`` of each client's local (pre-aggregation) model 1 on its
-    own test split, as the reference's RETOUCH notebooks report (``config.eval_local_models``);
-    ``{}`` when not enabled. ``evaluate(state, split, True)`` runs the per-client models
-    (``state.client_params``, leaves [C, ...]); ``guard`` turns out-of-memory into one line."""
-    if not enabled:
-        return {}
-    return {"local_test": eval_record(guard(f"evaluating the local models of round {r}",
-                                            evaluate, state, test, True))}
-
-
 def add_evaluation(rec: dict, val: dict, test: dict, eval_time: float,
                    extra: dict | None = None) -> None:
     """Add ``<split>_<figure>`` keys: val, test and the ``extra`` ones (e.g. ``local_test``)."""
@@ -121,12 +110,9 @@ def read_metrics(path: str) -> list[dict]:
     out = []
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
-            line = line.strip()
-            if not line:
-                continue
             try:
                 out.append(json.loads(line))
-            except json.JSONDecodeError:
+            except json.JSONDecodeError:     # also a blank line
                 continue
     return out
 
@@ -179,20 +165,16 @@ class MetricsFile:
                 "version of fedmix_jax, without the rounds' records; resume it with that version, "
                 "or start afresh in another --workdir")
         found = self._lines()
-        lines, _ = found if found is not None else ([], True)
-        problem = None
-        if found is None and history:
-            problem = "it is missing"
-        for i, want in enumerate(history):
-            if problem:
-                break
+        lines, ends_with_newline = found if found is not None else ([], True)
+        problem = "it is missing" if found is None and history else None
+        for i, want in enumerate([] if problem else history):
             if i >= len(lines):
                 problem = f"round {want['round']} is missing"
                 break
             try:
                 got = json.loads(lines[i])
             except json.JSONDecodeError:
-                cut = i == len(lines) - 1 and not found[1]
+                cut = i == len(lines) - 1 and not ends_with_newline
                 problem = (f"line {i + 1} is cut off" if cut else f"line {i + 1} is not JSON")
                 break
             if not _same(got, want):
@@ -200,14 +182,13 @@ class MetricsFile:
                 problem = (f"line {i + 1} (round {r}) differs from the checkpoint's record"
                            if r == want["round"] else
                            f"line {i + 1} holds round {r} where round {want['round']} belongs")
+                break
         if problem:
-            kept = ""
-            if found is not None:
-                kept = f"; the damaged file is kept as {self._set_aside()}"
+            kept = "" if found is None else f"; the damaged file is kept as {self._set_aside()}"
             logging.warning("%s: %s; rebuilt from the checkpoint of round %d (rounds 1..%d)%s",
                             self.path, problem, last_round, last_round, kept)
             self.rewrite(history)
-        elif found is not None and (len(lines) > len(history) or not found[1]):
+        elif found is not None and (len(lines) > len(history) or not ends_with_newline):
             dropped = len(lines) - len(history)
             logging.info("%s: dropped %d line(s) after round %d (written after the checkpoint; "
                          "those rounds run again)", self.path, dropped, last_round)
@@ -216,7 +197,8 @@ class MetricsFile:
 
     def _set_aside(self) -> str:
         try:
-            return rundir.move_aside(self.path, self.workdir, rundir.METRICS_FILE)
+            return rundir.move_aside(self.path, os.path.join(self.workdir, rundir.DAMAGED_DIR),
+                                     rundir.METRICS_FILE)
         except OSError as e:
             raise rundir.os_error(e, f"move the damaged {self.path} aside") from None
 

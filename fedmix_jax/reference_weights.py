@@ -10,13 +10,8 @@ Reference names (PyTorch, ``i`` = 1 .. depth)::
 In each ``double_conv``, ``0`` / ``3`` are the 3x3 convs (OIHW kernels) and ``1`` / ``4`` the
 GroupNorms (``weight`` = scale). They map to the Flax tree ``{inc, down{i}, up{i}}/{conv1, norm1,
 conv2, norm2}`` and ``outc``; kernels are transposed OIHW <-> HWIO, nothing else changes, so the
-conversion is exact both ways.
-
-File formats: ``.npz`` with one array per parameter under ``param/<reference name>`` (plain
-``<reference name>`` keys are accepted too), read with ``allow_pickle=False``; and zip-format
-PyTorch checkpoints (``.pth`` / ``.pt`` from ``torch.save``), read **without torch** by a
-restricted unpickler that never runs code from the file (see :func:`load_reference_weights`; the
-readers are in :mod:`fedmix_jax.weights_files`).
+conversion is exact both ways. Files (``.npz``, ``.pth`` / ``.pt`` read without torch, never
+running code from them) are read by :mod:`fedmix_jax.weights_files`.
 """
 from __future__ import annotations
 
@@ -168,9 +163,7 @@ def state_dict_from_params(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """
     if "params" in params and "inc" not in params:
         params = params["params"]
-    depth = 0
-    while f"down{depth + 1}" in params:
-        depth += 1
+    depth = _infer_depth([f"{block}." for block in params])
     mapping = _name_map(depth)
     used_blocks = {path[0] for _, path, _ in mapping}
     extra = sorted(set(params.keys()) - used_blocks)
@@ -189,12 +182,6 @@ def state_dict_from_params(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return out
 
 
-def _to_numpy(value: Any) -> np.ndarray:
-    if hasattr(value, "detach"):  # torch.Tensor, without importing torch
-        value = value.detach().cpu().numpy()
-    return np.asarray(value)
-
-
 def normalize_state_dict(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Unwraps ``{'state_dict': ...}``, strips a DataParallel ``module.`` prefix, and converts
     every value (numpy, jax or torch tensor) to a numpy array."""
@@ -205,7 +192,9 @@ def normalize_state_dict(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]
         key = str(key)
         if key.startswith("module."):
             key = key[len("module."):]
-        out[key] = _to_numpy(value)
+        if hasattr(value, "detach"):  # torch.Tensor, without importing torch
+            value = value.detach().cpu().numpy()
+        out[key] = np.asarray(value)
     return out
 
 
@@ -214,10 +203,8 @@ def load_reference_weights(path: str | os.PathLike, *, dtype: Any = jnp.float32
     """Loads reference PyTorch U-Net weights from ``.npz``, ``.pth`` or ``.pt`` (no torch needed).
 
     The architecture (width, classes, input channels, depth) is inferred from the arrays.
-    Nothing in the file is executed: ``.npz`` is read with ``allow_pickle=False``, and a torch
-    checkpoint's pickle with an unpickler that resolves only tensor/storage/OrderedDict globals
-    (to NumPy stand-ins) and refuses any other. Only finite float arrays under the reference
-    names, with the shapes of one U-Net, are accepted.
+    Nothing in the file is executed (:mod:`fedmix_jax.weights_files`); only finite float arrays
+    under the reference names, with the shapes of one U-Net, are accepted.
 
     Args:
       path: ``.npz`` with ``param/<name>`` (or plain ``<name>``) keys, or a zip-format torch

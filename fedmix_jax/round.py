@@ -1,23 +1,12 @@
 """The round core: everything around the site function, written once.
 
-Shapes of the state (``C`` clients; :class:`~fedmix_jax.site.ModelPair` holds models 1 and 2):
-
-=====================  ==========================================  =============================
-``global_params``      ModelPair, leaves [...]                     the server's global models
-``client_params``      ModelPair, leaves [C, ...]                  each client's local models
-                                                                   after its last local epoch
-``opt_state``          ModelPair of Adam states, leaves [C, ...]   per-client, persisting across
-                                                                   rounds (as the reference)
-``round``              [] int32                                    rounds completed
-``key``                typed PRNG key []                           split once per round
-=====================  ==========================================  =============================
-
-One round (fedmix-spec.md): :func:`start_round` (round keys) -> the backend maps
-:func:`~fedmix_jax.site.site_round` over the client axis (each client: pseudo-labels of the global
-pair, one local epoch, its report) -> :func:`finish_round` (the strategy's weights from the
-reports, aggregation of both models, metrics). :func:`round_step` composes them, pure and unjitted,
-for use under a user's own ``jit`` / ``scan``; :func:`fedmix_jax.compiled_round.make_round_fn`
-compiles it for an executor.
+State (``C`` clients): ``global_params`` (:class:`~fedmix_jax.site.ModelPair`, leaves [...]),
+``client_params`` and ``opt_state`` (ModelPairs, leaves [C, ...]: each client's local pair and
+Adam states, persisting across rounds), ``round`` ([] int32, rounds completed), ``key`` (a typed
+PRNG key, split once per round). One round: :func:`start_round` -> the backend maps
+:func:`~fedmix_jax.site.site_round` over the client axis -> :func:`finish_round` (weights,
+aggregation, metrics); :func:`round_step` composes them, pure and unjitted
+(docs/architecture.md, "The round").
 """
 
 from __future__ import annotations
@@ -37,7 +26,7 @@ from fedmix_jax.site import ModelPair, SiteReport, SiteState, site_round
 
 @struct.dataclass
 class FedState:
-    """The whole federated training state (see the module docstring for shapes)."""
+    """The whole federated training state (shapes: the module docstring)."""
 
     global_params: ModelPair
     client_params: ModelPair
@@ -75,17 +64,27 @@ def round_keys(key: jax.Array, num_clients: int) -> tuple[jax.Array, jax.Array]:
     return next_key, client_keys
 
 
+def client_rows(data: FederatedSplit | CompactSplit) -> tuple:
+    """``(rows, pool)``: a padded split is its own ``rows`` ([C, N, ...]), ``pool`` None; a
+    compact one (:mod:`fedmix_jax.data.compact`) is the ``pool`` every client reads, ``rows`` its
+    :class:`ClientRows` ([C] each)."""
+    if isinstance(data, CompactSplit):
+        return ClientRows(offsets=data.offsets, lengths=data.lengths), data
+    return data, None
+
+
+def client_data(pool, rows):
+    """One client's data, leaves [N, ...]: ``rows`` itself, or its window of a compact ``pool``."""
+    return rows if pool is None else client_window(pool, rows.offsets, rows.lengths)
+
+
 def start_round(state: FedState, data: FederatedSplit | CompactSplit):
     """Before the clients: the round keys and the stacked site states. Returns
     ``((global_params, round, pool), (sites, rows, client_keys), next_key)``: the shared args of
-    the site function and the per-client args. For a padded split, ``rows`` is the split
-    ([C, N, ...]) and ``pool`` None; for a compact one (:mod:`fedmix_jax.data.compact`), ``pool``
-    is the split, shared by every client, and ``rows`` its :class:`ClientRows` ([C] each)."""
+    the site function and the per-client args (``rows``, ``pool``: :func:`client_rows`)."""
     next_key, client_keys = round_keys(state.key, data.num_clients)
     sites = SiteState(params=state.client_params, opt_state=state.opt_state)
-    rows, pool = data, None
-    if isinstance(data, CompactSplit):
-        rows, pool = ClientRows(offsets=data.offsets, lengths=data.lengths), data
+    rows, pool = client_rows(data)
     return (state.global_params, state.round, pool), (sites, rows, client_keys), next_key
 
 
@@ -120,10 +119,9 @@ def site_fn_for(model, config) -> Callable[[Any, Any], tuple[SiteState, SiteRepo
 
     def site_fn(shared, client):
         global_params, round_index, hparams, pool = shared
-        site, data, key = client
-        if pool is not None:        # a compact split: this client's [N, ...] window of it
-            data = client_window(pool, data.offsets, data.lengths)
-        return site_round(model, config, global_params, site, data, key, hparams, round_index)
+        site, rows, key = client
+        return site_round(model, config, global_params, site, client_data(pool, rows), key,
+                          hparams, round_index)
 
     return site_fn
 

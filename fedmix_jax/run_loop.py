@@ -2,14 +2,10 @@
 ServerApp.
 
 Rounds ``start + 1 .. num_rounds``; every ``eval_every`` rounds and the last, the round's model is
-evaluated on the validation and test splits and the best round so far (highest finite mean
-validation Dice) is kept; the round's line is appended to ``metrics.jsonl`` *before* checkpoint r
-is written (every ``checkpoint_every`` rounds and the last), and the checkpoint holds the
-records of rounds 1..r, so a run resumed from it can rebuild the file.
-
-What a round, an evaluation and a checkpoint are belongs to the mode, which passes an object
-with these methods (:class:`RoundSteps`); the loop owns the order, the cadence, the timing of
-evaluations and the choice of the best round.
+evaluated and the best round so far (highest finite mean validation Dice) kept; the round's line
+goes to ``metrics.jsonl`` *before* checkpoint r (every ``checkpoint_every`` rounds and the last),
+which holds the records of rounds 1..r. What a round, an evaluation and a checkpoint are belongs
+to the mode (:class:`RoundSteps`); the loop owns the order, the cadence and the best round.
 """
 
 from __future__ import annotations

@@ -86,9 +86,6 @@ def create(workdir: str) -> None:
         raise os_error(e, f"create --workdir {workdir}") from None
 
 
-# ---------------------------------------------------------------------------------------- lock
-
-
 class WorkdirLock:
     """An exclusive lock on ``<workdir>/.lock`` for the lifetime of one run.
 
@@ -111,8 +108,17 @@ class WorkdirLock:
             if os.path.islink(self.path):
                 refuse_links_and_special_files(self.workdir)
             raise os_error(e, f"write into --workdir {self.workdir}") from None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        try:
+            self._lock(fd)
+        except BaseException:
             os.close(fd)
+            raise
+        self._fd = fd
+        return self
+
+    def _lock(self, fd: int) -> None:
+        """Lock the opened ``.lock`` and record this process in it."""
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
             refuse_links_and_special_files(self.workdir)
             raise WorkdirError(f"{self.path} is not a regular file; remove it")
         if fcntl is not None:
@@ -120,7 +126,6 @@ class WorkdirLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = _read_holder(fd)
-                os.close(fd)
                 pid = holder.get("pid")
                 who = f"PID {pid}" if pid else "another process"
                 where = f" on {holder['host']}" if holder.get("host") else ""
@@ -130,21 +135,14 @@ class WorkdirLock:
                     pid=pid) from None
             except OSError:  # a file system without flock (some network mounts): no lock
                 pass
-        try:
-            refuse_links_and_special_files(self.workdir)   # again, now that no run can change it
-        except WorkdirError:
-            os.close(fd)
-            raise
+        refuse_links_and_special_files(self.workdir)   # again, now that no run can change it
         try:
             os.ftruncate(fd, 0)
             os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                      "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode()
                      + b"\n")
         except OSError as e:
-            os.close(fd)
             raise os_error(e, f"write into --workdir {self.workdir}") from None
-        self._fd = fd
-        return self
 
     def release(self) -> None:
         """Release the lock (the file stays: removing it would race with a starting run)."""
@@ -174,24 +172,19 @@ def _read_holder(fd: int) -> dict:
 
 def remove_stale_temporaries(workdir: str) -> list[str]:
     """Remove ``<file>.tmp-<pid>`` files of interrupted atomic writes (call under the lock)."""
-    removed = []
     try:
-        names = os.listdir(workdir)
+        names = [n for n in os.listdir(workdir) if _TMP_SUFFIX.search(n)]
     except OSError:
-        return removed
-    for name in names:
-        if _TMP_SUFFIX.search(name):
-            path = os.path.join(workdir, name)
-            try:
-                if os.path.isfile(path):
-                    os.remove(path)
-                    removed.append(path)
-            except OSError:
-                pass
+        return []
+    removed = []
+    for path in (os.path.join(workdir, n) for n in names):
+        try:
+            if os.path.isfile(path):
+                os.remove(path)
+                removed.append(path)
+        except OSError:
+            pass
     return removed
-
-
-# ---------------------------------------------------------------------------------- config.json
 
 
 def config_to_dict(config) -> dict:
@@ -275,9 +268,6 @@ def check_config(workdir: str, new: dict, old: dict | None, where: str) -> None:
             + ", ".join(RESUMABLE_FIELDS) + " may change when resuming (num_rounds may grow).")
 
 
-# ---------------------------------------------------------------------------------------- files
-
-
 def _no_follow(path: str, flags: int) -> int:
     """``open(..., opener=_no_follow)``: never through a symlink, never blocking on a FIFO."""
     return os.open(path, flags | _NOFOLLOW | _NONBLOCK, 0o666)
@@ -300,15 +290,20 @@ def atomic_write_text(path: str, text: str) -> None:
         raise os_error(e, f"write {path}") from None
 
 
-def move_aside(path: str, workdir: str, label: str) -> str:
-    """Move ``path`` to ``<workdir>/damaged/<label>-<time>`` (kept for inspection); its new path."""
-    dest_dir = os.path.join(workdir, DAMAGED_DIR)
-    os.makedirs(dest_dir, exist_ok=True)
-    dest = os.path.join(dest_dir, f"{label}-{time.strftime('%Y%m%d-%H%M%S')}")
-    k = 1
-    while os.path.lexists(dest):
+def unique_path(base: str) -> str:
+    """``base``, else ``base-2``, ``base-3``, ...: the first path that does not exist."""
+    path, k = base, 1
+    while os.path.lexists(path):
         k += 1
-        dest = os.path.join(dest_dir, f"{label}-{time.strftime('%Y%m%d-%H%M%S')}-{k}")
+        path = f"{base}-{k}"
+    return path
+
+
+def move_aside(path: str, dest_dir: str, label: str) -> str:
+    """Move ``path`` to ``<dest_dir>/<label>-<time>`` (kept for inspection, e.g. in a workdir's
+    ``damaged/``); its new path."""
+    os.makedirs(dest_dir, exist_ok=True)
+    dest = unique_path(os.path.join(dest_dir, f"{label}-{time.strftime('%Y%m%d-%H%M%S')}"))
     os.replace(path, dest)
     return dest
 

@@ -1,29 +1,12 @@
 """Federated self-training (FedST) and its variant FedRGD, as the reference runs them.
 
-Shapes: images / logits [B, H, W, K] (NHWC), per-sample values [B].
-
-One model per client (model 2 does not train). During the warm-up rounds only the pixel clients
-train, and the weights are by counts over them (1 on a single pixel client). After the warm-up
-every client trains; a weak sample's step (fedmix-spec.md, "Baselines"):
-
-* ``p = sigmoid(f(x))`` on the un-shifted (augmented) image, without gradient;
-* confident pixels: ``p > tau`` or ``p < 1 - tau`` (tau = 0.9); target ``[p > 0.5]``;
-* the prediction on an intensity-shifted view ``x ** gamma`` (gamma ~ U(0, 2), one per batch) is
-  trained with BCE on the confident pixels only: by default (``self_training_mean="pixels"``) one
-  mean over every confident pixel of the batch's self-training samples, as the reference's
-  ``CE_LOSS(pred[mask], target[mask])`` (:func:`confident_bce_batch`); ``"samples"`` averages
-  per sample, then over the samples (:func:`confident_bce_per_sample`). A batch without any
-  confident pixel contributes 0 with zero gradient (the reference's mean over no element is a
-  NaN loss whose gradient is zero: the same Adam step, only the logged loss differs).
-
-How a batch that mixes pixel and self-training samples combines (:func:`self_training_loss`):
-pixel samples keep their soft Dice loss per sample, and the loss is ``(sum of w_b * dice_b over
-the pixel samples + W_st * BCE) / sum(w)`` with ``W_st`` the self-training samples' total weight,
-so a batch of self-training samples only is the reference's confident-pixel mean exactly and a
-batch of pixel samples only the usual Dice mean.
-
-Post-warm-up weights are fixed: FedST puts 0.9 on the pixel client(s) and shares 0.1 equally among
-the others; FedRGD 0.5 and 0.5. Both ignore boxes and image labels.
+Shapes: images / logits [B, H, W, K] (NHWC), per-sample values [B]. One model per client. During
+the warm-up rounds only the pixel clients train (weights by counts over them); after it a weak
+sample trains with BCE toward ``[p > 0.5]``, ``p = sigmoid(f(x))`` without gradient, on the
+confident pixels (``p > tau`` or ``p < 1 - tau``, tau = 0.9) of an intensity-shifted view
+``x ** gamma`` (gamma ~ U(0, 2), one per batch); :func:`self_training_loss` combines them with the
+pixel samples' Dice. Post-warm-up weights are fixed: ``pixel_share`` (FedST 0.9, FedRGD 0.5) on
+the pixel client(s), the rest shared equally by the others. docs/strategies.md.
 """
 
 from __future__ import annotations

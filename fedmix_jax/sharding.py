@@ -1,17 +1,9 @@
 """The client axis across devices: a 1-D mesh ``"clients"``, padding and placement helpers.
 
-The ``sharded`` executor of :mod:`fedmix_jax.compiled_round` splits every [C, ...] leaf of the state
-and of the data over the devices of :func:`client_mesh` (``NamedSharding(mesh, P("clients"))``);
-each device trains its block of clients and the aggregation is one cross-device weighted sum.
-
-When the device count ``D`` does not divide ``C``, the round pads the client axis to
-:func:`padded_count` with *non-participating* clients: their data is all padding
-(``valid = False``), so they have no usable sample, make only masked steps and get weight 0 in
-every strategy; the round slices them off its outputs. Keep the data on the devices once
-(:func:`shard_clients`) rather than passing host arrays to every round.
-
-On CPU, several devices can be simulated for tests with
-``XLA_FLAGS=--xla_force_host_platform_device_count=4`` (set before JAX initialises).
+The ``sharded`` executor splits every [C, ...] leaf of the state and of the data over the devices
+of :func:`client_mesh`; a device count that does not divide ``C`` is padded to
+:func:`padded_count` with non-participating clients (no valid sample: weight 0), sliced off the
+outputs. On CPU, tests simulate devices with ``XLA_FLAGS=--xla_force_host_platform_device_count=4``.
 """
 
 from __future__ import annotations
@@ -50,13 +42,9 @@ def padded_count(num_clients: int, num_devices: int) -> int:
 
 
 def pad_clients(tree: Any, num_clients: int, mode: str = "zeros") -> Any:
-    """Pad the leading client axis of every leaf of ``tree`` to ``num_clients``.
-
-    ``mode="zeros"``: added clients are zeros (for a :class:`FederatedSplit` that means
-    ``valid = False`` everywhere: clients that do not take part). ``mode="edge"``: copies of the
-    last client (for parameters and optimizer states, so padded clients compute on ordinary
-    numbers; their results are discarded). Works inside and outside ``jit``.
-    """
+    """Pad the leading client axis of every leaf of ``tree`` to ``num_clients``: with zeros
+    (``mode="zeros"``; a :class:`FederatedSplit`'s added clients then have no valid sample) or
+    copies of the last client (``"edge"``: params, optimizer states, keys). Jittable."""
     if mode not in ("zeros", "edge"):
         raise ValueError(f"mode must be 'zeros' or 'edge', got {mode!r}")
 
@@ -84,11 +72,8 @@ def replicated_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def shard_clients(tree: Any, mesh: Mesh) -> Any:
-    """Place a [C, ...] pytree (a :class:`FederatedSplit`, client params) on the mesh.
-
-    Leaves whose client count the mesh size divides are split over ``"clients"``; the others (a
-    client count that needs padding) are replicated, and the round pads them on the devices.
-    """
+    """Place a [C, ...] pytree (a :class:`FederatedSplit`, client params) on the mesh: split
+    over ``"clients"`` where the mesh size divides C, else replicated (the round pads them)."""
     size = mesh.size
 
     def place(x):

@@ -1,31 +1,11 @@
 """The site function: what one hospital does in one round, as a pure function.
 
 Every path runs this one function: the in-process executors map it over the client axis
-(:mod:`fedmix_jax.client_backends`), the Flower ClientApp calls it on the site's own data.
-
-Shapes (one site; ``N`` samples, padded; NHWC images; ``K`` classes):
-
-==================  ====================================  ======================================
-``global_params``   :class:`ModelPair`, leaves [...]      the broadcast global models 1 and 2
-``site``            :class:`SiteState`                    the site's pair and Adam states, kept
-                                                          across rounds
-``data``            FederatedSplit, leaves [N, ...]       images [N,H,W,Cin], masks / boxes
-                                                          [N,H,W,K], image_labels [N,K],
-                                                          levels [N], valid [N]
-``key``             PRNG key                              the site's key of this round
-``hparams``         :class:`~fedmix_jax.config.HParams`   traced learning rate (and λ, β)
-==================  ====================================  ======================================
-
-One round at a site (fedmix-spec.md, steps 1-3):
-
-1. start from the broadcast global pair (strategies that aggregate) or the site's own pair;
-2. pseudo-labels of the **global** pair on the un-augmented training images, selection;
-3. per-sample targets: ground truth for pixel samples, cross pseudo-supervision for selected weak
-   samples (model 1 <- p2, model 2 <- p1); ``usable`` [N] marks the samples that train;
-4. one local epoch: ``S = ceil(N / B)`` fixed-size batches in a random order with the usable
-   samples first; a batch without usable sample is a masked step (state passes through
-   bit-identical);
-5. a :class:`SiteReport` of scalars — all that leaves the site besides the model pair.
+(:mod:`fedmix_jax.client_backends`), the Flower ClientApp calls it on the site's own data. One
+site's data has leaves [N, ...] (images [N,H,W,Cin], masks / boxes [N,H,W,K], image_labels [N,K],
+levels [N], valid [N]); its steps (pseudo-labels of the global pair, targets, one local epoch of
+``ceil(N / B)`` fixed-size batches with the usable samples first, a :class:`SiteReport`) and
+types: docs/architecture.md ("The site function").
 """
 
 from __future__ import annotations
@@ -79,15 +59,11 @@ class SiteState:
 
 @struct.dataclass
 class SiteReport:
-    """The scalars a site reports after its round (each [], or [C] when stacked over clients).
-
-    num_usable: n_i, samples that trained (pixel + selected weak), int32.
-    loss1, loss2: mean training Dice loss of model 1 / 2 over the active steps (0 when no step;
-      loss2 is 0 when model 2 does not train), float32.
-    num_weak: valid weak (non-pixel) samples; num_selected_weak: how many were selected, int32.
-    num_pixel: valid samples with a pixel mask (what FedST's weights need), int32.
-    steps: local steps taken, int32.
-    """
+    """The scalars a site reports after its round (each [], or [C] when stacked over clients):
+    int32 ``num_usable`` (n_i: samples that trained), ``num_weak`` (valid non-pixel samples),
+    ``num_selected_weak``, ``num_pixel`` (valid pixel samples, for FedST's weights) and ``steps``;
+    float32 ``loss1``, ``loss2``: the mean training Dice loss of model 1 / 2 over the active steps
+    (0 without step; loss2 0 when model 2 does not train)."""
 
     num_usable: jax.Array
     loss1: jax.Array
@@ -101,10 +77,8 @@ class SiteReport:
 @struct.dataclass
 class TrainInputs:
     """Per-sample training inputs of one site: images [N,H,W,Cin], target1 / target2 [N,H,W,K]
-    (targets of model 1 / 2), all in their storage dtype (uint8 or float32; the train step
-    converts the gathered batch with ``float_images`` / ``float_labels``), usable [N] bool,
-    weak / selected_weak [N] bool for the report, and self_train [N] bool: samples that train
-    on their own confident pixels (FedST) instead."""
+    (of model 1 / 2), in their storage dtype (a train step converts its batch), usable [N] bool,
+    weak / selected_weak [N] bool for the report, self_train [N] bool (FedST's samples)."""
 
     images: jax.Array
     target1: jax.Array
@@ -113,9 +87,8 @@ class TrainInputs:
     weak: jax.Array
     selected_weak: jax.Array
     self_train: jax.Array
-    # Strategies with direct weak-label losses (``strategy.weak``) only, else None:
-    # has_target [N] bool (the sample trains on target1 / target2: pixel or selected), boxes
-    # [N,H,W,K], image_labels [N,K] and levels [N] (what the weak terms read).
+    # With direct weak-label losses (``strategy.weak``) only, else None: has_target [N] bool
+    # (trains on its target), boxes [N,H,W,K], image_labels [N,K], levels [N].
     has_target: jax.Array | None = None
     boxes: jax.Array | None = None
     image_labels: jax.Array | None = None
@@ -134,11 +107,8 @@ def _torch_adam(learning_rate, weight_decay: float, b1: float, b2: float, eps: f
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
-    """torch ``Adam(lr, betas, eps, weight_decay)``: L2 added to the gradient, then Adam.
-
-    The learning rate is injected (``optax.inject_hyperparams``): it lives in the optimizer state
-    and :func:`local_epoch` sets it from the traced ``hparams``, so changing it does not recompile.
-    """
+    """torch ``Adam(lr, betas, eps, weight_decay)``: L2 added to the gradient, then Adam; the
+    learning rate is injected (set from the traced ``hparams`` each epoch: no recompilation)."""
     return optax.inject_hyperparams(_torch_adam, static_args=("weight_decay", "b1", "b2", "eps"))(
         learning_rate=config.learning_rate, weight_decay=config.weight_decay, b1=config.b1,
         b2=config.b2, eps=config.adam_eps)
@@ -188,11 +158,8 @@ def train_inputs(model: nn.Module, global_params: ModelPair, data: FederatedSpli
 
 
 def sample_order(key: jax.Array, usable: jax.Array) -> jax.Array:
-    """A random order of one site's samples with the usable ones first, [N] int32.
-
-    Each sample's random priority depends only on its index (``fold_in``), so padding a site
-    with extra invalid samples does not change the order of its usable samples.
-    """
+    """A random order of one site's samples ([N] bool ``usable``) with the usable ones first,
+    [N] int32; a sample's priority depends only on its index (padding changes nothing)."""
     n = usable.shape[0]
     priority = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i)))(jnp.arange(n))
     priority = jnp.where(usable, priority, 2.0)
@@ -206,8 +173,6 @@ def prepare_epoch(config, params: ModelPair, opt_state: ModelPair, learning_rate
     streamed epoch (:mod:`fedmix_jax.streaming`) share it."""
     tx = make_optimizer(config)
     opt_state = ModelPair(*(_with_learning_rate(o, learning_rate) for o in opt_state))
-    # Only the models that train are differentiated and updated; model 2 of a single-model
-    # strategy passes through.
     if config.strategy.trains_model2:
         return tx, opt_state, tuple(params), tuple(opt_state)
     return tx, opt_state, (params[0],), (opt_state[0],)
@@ -311,13 +276,8 @@ def local_epoch(model: nn.Module, config, params: ModelPair, opt_state: ModelPai
 
     Returns:
       (params, opt_state, (loss1, loss2, steps)): the mean batch losses of models 1 / 2 over the
-      active steps (0 without step) and the number of active steps. With
-      ``config.empty_target_loss == "bce"`` the losses reported are the Dice losses of the samples
-      with foreground (what l_i of the FedMix weights should measure), over the steps that had
-      such a sample; the training loss itself is Dice + BCE on empty targets.
-
-    The streamed epoch (:func:`fedmix_jax.streaming.streamed_site_round`) runs the same steps
-    (:func:`make_train_batch`) on batches gathered on the host.
+      active steps (0 without step; with ``empty_target_loss == "bce"`` the Dice losses of the
+      samples with foreground, over the steps that had one) and the number of active steps.
     """
     n = inputs.images.shape[0]
     b = config.batch_size
@@ -352,23 +312,15 @@ def local_epoch(model: nn.Module, config, params: ModelPair, opt_state: ModelPai
 def site_round(model: nn.Module, config, global_params: ModelPair, site: SiteState,
                data: FederatedSplit, key: jax.Array, hparams, round_index
                ) -> tuple[SiteState, SiteReport]:
-    """One round at one site (see the module docstring); pure, jittable, vmappable.
+    """One round at one site: ``(new SiteState, SiteReport)``; pure, jittable, vmappable.
 
     Args:
-      model: the Flax segmentation model; config: the static
-        :class:`~fedmix_jax.config.RoundConfig`.
+      model: the Flax model; config: the static :class:`~fedmix_jax.config.RoundConfig`.
       global_params: the broadcast global :class:`ModelPair` (leaves [...]).
-      site: the site's :class:`SiteState` (its own pair is the start point only for strategies
-        that do not aggregate).
-      data: the site's training split, leaves [N, ...] (masks and boxes may be bit-packed:
-        they are unpacked here, for this site only).
-      key: the site's PRNG key of this round.
-      hparams: :class:`~fedmix_jax.config.HParams` (the learning rate is read here).
-      round_index: the round (0-based, may be traced; required: round ``r`` of a job is index
-        ``r - 1`` everywhere); it matters only during a strategy's warm-up (FedST / FedRGD).
-
-    Returns:
-      (new SiteState, SiteReport).
+      site: the site's :class:`SiteState` (its pair is the start only without aggregation).
+      data: the site's training split, leaves [N, ...] (bit-packed masks / boxes unpacked here).
+      key: the site's PRNG key of this round; hparams: :class:`~fedmix_jax.config.HParams`.
+      round_index: the 0-based round (may be traced; matters during a strategy's warm-up).
     """
     start = global_params if config.strategy.aggregates else site.params
     data = unpack_split_labels(data)    # bit-packed masks / boxes: this site's, once

@@ -1,22 +1,13 @@
 """Strategies: what a round does with each sample, which models train, and how clients weigh.
 
-A strategy is an object with named parts, not a new loop: the round core
-(:mod:`fedmix_jax.round`), the site function (:mod:`fedmix_jax.site`), the CLI and the Flower
-server all read the same object from the one registry here.
-
-* ``weak_samples`` — what a non-pixel sample (box / image / none) trains on:
-  ``"pseudo_labels"`` (FedMix: the selected samples train with cross pseudo-supervision),
-  ``"ground_truth"`` (the fully supervised upper bound: every sample is treated as pixel-labelled),
-  ``"unused"`` (only pixel samples train), ``"self_training"`` (FedST / FedRGD: after
-  ``warmup_rounds`` every weak sample trains on its own confident pixels, see
-  :mod:`fedmix_jax.self_training`).
-* ``trains_model2`` — whether model 2 trains (cross pseudo-supervision needs it); otherwise
-  model 2 stays as initialised and only model 1 is trained and evaluated.
-* ``weighting`` — the aggregation weights from the sites' reports ([C] -> [C]), or ``None`` for no
-  aggregation (each client keeps its own models: local learning).
-* ``selection`` — the pseudo-label rules (:class:`~fedmix_jax.pseudo_labels.SelectionConfig`).
-
-Adding a strategy is one entry in :data:`_FACTORIES` (or :func:`register_strategy` from user code).
+A strategy is an object with named parts, not a new loop: the round core, the site function, the
+CLI and the Flower server all read the same object from the one registry here. Its parts:
+``weak_samples`` (what a non-pixel sample trains on: ``"pseudo_labels"``, ``"ground_truth"``,
+``"unused"`` or ``"self_training"``), ``trains_model2``, ``weighting`` (the aggregation weights
+from the sites' reports, [C] -> [C]; ``None``: no aggregation), ``selection``
+(:class:`~fedmix_jax.pseudo_labels.SelectionConfig`), ``warmup_rounds`` and ``weak``. The
+strategies: docs/strategies.md. Adding one is an entry in :data:`_FACTORIES` (or
+:func:`register_strategy` from user code).
 """
 
 from __future__ import annotations
@@ -112,54 +103,22 @@ class Strategy:
             self.selection, box_fit=weak.box_fit))
 
 
-def _fedmix(sel: SelectionConfig) -> Strategy:
-    return Strategy("fedmix", "pseudo_labels", True, AdaptiveWeights(), sel)
-
-
-def _fedmix_plus(sel: SelectionConfig) -> Strategy:
-    return Strategy("fedmix_plus", "pseudo_labels", True, AdaptiveWeights(), sel,
-                    weak=WeakSupervision()).with_weak(WeakSupervision())
-
-
-def _fedmix_no_adaptive(sel: SelectionConfig) -> Strategy:
-    return Strategy("fedmix_no_adaptive", "pseudo_labels", True, CountWeights(), sel)
-
-
-def _fedmix_no_refine(sel: SelectionConfig) -> Strategy:
-    return Strategy("fedmix_no_refine", "pseudo_labels", True, AdaptiveWeights(),
-                    dataclasses.replace(sel, refine=False))
-
-
-def _fedavg_pixel(sel: SelectionConfig) -> Strategy:
-    return Strategy("fedavg_pixel", "unused", False, CountWeights(), sel)
-
-
-def _fedavg_full(sel: SelectionConfig) -> Strategy:
-    return Strategy("fedavg_full", "ground_truth", False, CountWeights(), sel)
-
-
-def _local(sel: SelectionConfig) -> Strategy:
-    return Strategy("local", "unused", False, None, sel)
-
-
-def _fedst(sel: SelectionConfig) -> Strategy:
-    return Strategy("fedst", "self_training", False, SelfTrainingWeights(pixel_share=0.9), sel)
-
-
-def _fedrgd(sel: SelectionConfig) -> Strategy:
-    return Strategy("fedrgd", "self_training", False, SelfTrainingWeights(pixel_share=0.5), sel)
-
-
 _FACTORIES: dict[str, Callable[[SelectionConfig], Strategy]] = {
-    "fedmix": _fedmix,
-    "fedmix_plus": _fedmix_plus,
-    "fedmix_no_adaptive": _fedmix_no_adaptive,
-    "fedmix_no_refine": _fedmix_no_refine,
-    "fedavg_pixel": _fedavg_pixel,
-    "fedavg_full": _fedavg_full,
-    "local": _local,
-    "fedst": _fedst,
-    "fedrgd": _fedrgd,
+    "fedmix": lambda sel: Strategy("fedmix", "pseudo_labels", True, AdaptiveWeights(), sel),
+    "fedmix_plus": lambda sel: Strategy("fedmix_plus", "pseudo_labels", True, AdaptiveWeights(),
+                                        sel, weak=WeakSupervision()).with_weak(WeakSupervision()),
+    "fedmix_no_adaptive": lambda sel: Strategy("fedmix_no_adaptive", "pseudo_labels", True,
+                                               CountWeights(), sel),
+    "fedmix_no_refine": lambda sel: Strategy("fedmix_no_refine", "pseudo_labels", True,
+                                             AdaptiveWeights(),
+                                             dataclasses.replace(sel, refine=False)),
+    "fedavg_pixel": lambda sel: Strategy("fedavg_pixel", "unused", False, CountWeights(), sel),
+    "fedavg_full": lambda sel: Strategy("fedavg_full", "ground_truth", False, CountWeights(), sel),
+    "local": lambda sel: Strategy("local", "unused", False, None, sel),
+    "fedst": lambda sel: Strategy("fedst", "self_training", False,
+                                  SelfTrainingWeights(pixel_share=0.9), sel),
+    "fedrgd": lambda sel: Strategy("fedrgd", "self_training", False,
+                                   SelfTrainingWeights(pixel_share=0.5), sel),
 }
 
 STRATEGY_NAMES = tuple(_FACTORIES)
@@ -173,24 +132,9 @@ def register_strategy(name: str, factory: Callable[[SelectionConfig], Strategy])
 
 
 def get_strategy(name: str, selection: SelectionConfig = SelectionConfig()) -> Strategy:
-    """The strategy called ``name`` (see :data:`STRATEGY_NAMES`) with the given selection rules.
-
-    * ``fedmix`` — adaptive weights, both models, cross pseudo-supervision;
-    * ``fedmix_plus`` — FedMix plus the box and image labels used directly as losses
-      (:class:`~fedmix_jax.weak_objective.WeakSupervision`: box emptiness, box tightness, image-level
-      multiple-instance learning) on every box / image sample, selected or not;
-    * ``fedmix_no_adaptive`` — FedMix pseudo-labels with count-only FedAvg weights;
-    * ``fedmix_no_refine`` — FedMix without box / class refinement of the pseudo-labels;
-    * ``fedavg_pixel`` — FedAvg by counts over the pixel-labelled samples only (clients without
-      any take no part: zero count, zero weight);
-    * ``fedavg_full`` — every client trains on its ground truth (the upper bound);
-    * ``local`` — no aggregation: each client trains alone on its own pixel samples;
-    * ``fedst`` / ``fedrgd`` — federated self-training (one model, warm-up on the pixel clients,
-      then confident-pixel BCE on an intensity-shifted view; fixed weights 0.9 / 0.5 on the pixel
-      client). Their warm-up length is ``warmup_rounds`` (the job sets it from
-      ``config.train.warmup_rounds``; unset, half the rounds, resolved once per run by
-      :func:`fedmix_jax.config.resolve_warmup_rounds`).
-    """
+    """The strategy called ``name`` (see :data:`STRATEGY_NAMES`; what each does:
+    docs/strategies.md) with the given selection rules. The job sets ``warmup_rounds`` of
+    ``fedst`` / ``fedrgd`` (:func:`fedmix_jax.config.resolve_warmup_rounds`)."""
     if name not in _FACTORIES:
         raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(_FACTORIES)}")
     return _FACTORIES[name](selection)

@@ -1,58 +1,24 @@
 """Streamed rounds: a federation larger than device memory trains block by block.
 
-The in-memory round (:mod:`fedmix_jax.round`) puts the whole training split [C, N, H, W, ...] on
-the device and compiles over it. Here the split stays where it is -- host arrays
-(:class:`~fedmix_jax.data.streamed_sources.ArraySource`) or the built array_record cache
-(:class:`~fedmix_jax.data.streamed_sources.ArrayRecordSource`, random access
-through ``tfds.data_source``) -- and each site's round runs in three phases whose results equal
-:func:`fedmix_jax.site.site_round` on the same data (same functions, same shapes per sample; the
-tests check bit equality):
+The training split stays where it is -- host arrays
+(:class:`~fedmix_jax.data.streamed_sources.ArraySource`) or the array_record cache
+(:class:`~fedmix_jax.data.streamed_sources.ArrayRecordSource`) -- and each site's round runs
+:func:`fedmix_jax.site.site_round`'s pieces in three phases, with the same results bit for bit
+(docs/streaming.md): 1. **inputs**: blocks of ``P`` samples (a multiple of
+``inference_chunk``) through :func:`~fedmix_jax.site.train_inputs`, kept on the host; 2.
+**order**: the epoch's sample order and per-step loss weights, known before training; 3.
+**training**: blocks of ``k`` steps, each one ``lax.scan`` of
+:func:`~fedmix_jax.site.make_train_batch`, the next block read by a prefetch thread; blocks
+without an active step are skipped.
 
-1. **inputs** (device, forward only): blocks of ``P`` of the site's samples in index order
-   (``P`` a multiple of ``inference_chunk``, so the chunks of
-   :func:`~fedmix_jax.pseudo_labels.site_pseudo_labels` are the same as in memory) go through
-   :func:`~fedmix_jax.site.train_inputs` with the global pair; what comes back is kept **on the
-   host** for this site and round: targets ``t1`` / ``t2`` [N, H, W, K] in the masks' storage
-   dtype (uint8 {0, 1} for the real data), ``usable`` / ``weak`` / ``selected_weak`` /
-   ``self_train`` [N] bool; with direct weak-label losses (``fedmix_plus``) also what its terms
-   read: ``has_target`` [N] bool, ``boxes`` [N, H, W, K] (unpacked), ``image_labels`` [N, K],
-   ``levels`` [N]. Images are not kept.
-2. **order** (device, [N]): ``k_order, k_aug = split(key)``; ``order = sample_order(k_order,
-   usable)`` padded to ``S * B`` (``S = ceil(N / B)``), as :func:`~fedmix_jax.site.local_epoch`.
-   Per step ``s`` the batch is ``order[s*B:(s+1)*B]`` and its loss weights ``w [B] = usable &
-   in_range`` -- both known on the host before training starts.
-3. **training** (device): blocks of ``k`` steps. A prefetch thread gathers the next block's
-   samples (images from the source; targets, ``self_train`` from the host arrays of phase 1) as
-   ``[k, B, ...]`` arrays and puts them on the device while the device runs the current block:
-   one ``lax.scan`` over the ``k`` steps of :func:`~fedmix_jax.site.make_train_batch` (masked
-   steps under ``lax.cond`` as in memory). Blocks without an active step are not run at all and
-   the samples of masked steps are not read (a masked step changes nothing and reports zeros).
-   The per-step outputs [S] end in :func:`~fedmix_jax.site.finish_epoch`.
-
-Shapes (one site ``c``; ``N`` padded samples, the same for every client; ``B`` batch size;
-``k`` = ``block_steps``; ``P`` = the phase-1 block):
-
-==========================  =====================================  ==========================
-what                        shape                                   where
-==========================  =====================================  ==========================
-source rows (phase 1)       FederatedSplit, leaves [P, ...]         host -> device, per block
-targets t1, t2              [N, H, W, K] storage dtype              host, this site and round
-weak terms' inputs          has_target [N], boxes [N, H, W, K],     host (fedmix_plus only)
-                            image_labels [N, K], levels [N]
-usable, weak, ..., w        [N] bool; w [S, B] float32              host
-one training block          images [k, B, H, W, Cin], t1/t2         host -> device, prefetched
-                            [k, B, H, W, K], self_train [k, B],
-                            w [k, B], step indices [k]
-per-step outputs            l1, l2, counted [S] f32, active [S]     host, then one jit
-==========================  =====================================  ==========================
-
-Device memory holds the model pair, Adam states, one phase-1 block and two training blocks (the
-one running, the one prefetched): it grows with ``P`` and ``k * B``, not with ``N`` or ``C``.
-
-:class:`StreamedRound` runs a whole round (clients one after another, the same keys, weights and
-aggregation as :func:`fedmix_jax.round.round_step`). The sources and the job's decision to
-stream (:func:`split_bytes`, :func:`choose_mode`, :func:`open_streamed_federation`) are in
-:mod:`fedmix_jax.data.streamed_sources`.
+Shapes (one site; ``N`` padded samples, ``B`` batch, ``S = ceil(N / B)`` steps, ``k`` =
+``block_steps``): phase-1 block: FederatedSplit leaves [P, ...] (host -> device); targets
+t1, t2 [N, H, W, K] in the masks' storage dtype, flags usable / weak / selected_weak /
+self_train [N] bool, and with weak-label losses has_target [N], boxes [N, H, W, K],
+image_labels [N, K], levels [N] (host); loss weights w [S, B]; one training block images
+[k, B, H, W, Cin], targets [k, B, H, W, K], w [k, B], step indices [k] (host -> device);
+per-step outputs l1, l2, counted, active [S]. Device memory grows with ``P`` and ``k * B``,
+not with ``N`` or ``C``.
 """
 
 from __future__ import annotations

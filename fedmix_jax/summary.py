@@ -27,22 +27,18 @@ def timing(round_times: list[float], eval_times: list[float]) -> dict:
     """Per-round time and the compile-time estimate of this process's rounds."""
     t = {}
     if round_times:
-        later = round_times[1:]
-        t["first_round_s"] = round_times[0]
-        t["round_s_median"] = statistics.median(later) if later else round_times[0]
-        if later:
-            t["compile_s"] = max(0.0, round_times[0] - statistics.median(later))
-            t["compile_note"] = ("estimate: first round of this process minus the median of its "
-                                 "later rounds (tracing + XLA compilation of the round)")
-        else:
-            t["compile_s"] = None
-            t["compile_note"] = ("one round only: its time includes compilation unless this "
-                                 "process had compiled the round before")
+        first, later = round_times[0], round_times[1:]
+        t["first_round_s"] = first
+        t["round_s_median"] = statistics.median(later) if later else first
+        t["compile_s"] = max(0.0, first - t["round_s_median"]) if later else None
+        t["compile_note"] = ("estimate: first round of this process minus the median of its "
+                             "later rounds (tracing + XLA compilation of the round)" if later else
+                             "one round only: its time includes compilation unless this "
+                             "process had compiled the round before")
     if eval_times:
-        later = eval_times[1:]
-        t["eval_s_median"] = statistics.median(later) if later else eval_times[0]
-        t["eval_compile_s"] = (max(0.0, eval_times[0] - statistics.median(later))
-                               if later else None)
+        first, later = eval_times[0], eval_times[1:]
+        t["eval_s_median"] = statistics.median(later) if later else first
+        t["eval_compile_s"] = max(0.0, first - t["eval_s_median"]) if later else None
     return t
 
 

@@ -1,29 +1,13 @@
 """The training job: ``train_and_evaluate(config, workdir)`` runs FedMix (or a baseline) end to end.
 
-What one run does (``config`` as in ``configs/*.py``):
-
-1. checks ``workdir`` (not a file; its ``config.json`` readable; a run there with a different
-   config is refused: :class:`ConfigMismatchError`), loads the federation (``config.data``) and
-   builds the U-Net and the round configuration; a training split larger than
-   ``config.data.device_data_budget_gb`` is streamed to the device block by block
-   (:mod:`fedmix_jax.streaming`, docs/streaming.md; the job prints which mode and why);
-2. locks the workdir (a second run on it is refused with the holder's PID) and resumes from the
-   newest checkpoint in ``workdir/checkpoints`` that passes verification (a damaged one is
-   reported in one line and moved to ``workdir/damaged``); ``metrics.jsonl`` is made to hold
-   exactly the records stored in that checkpoint (rebuilt with a warning if it was damaged);
-3. runs rounds ``start + 1 .. num_rounds``; after each round only the small per-client metrics [C]
-   come to the host (a non-finite loss stops the run: :class:`TrainingDivergedError`); every
-   ``eval_every`` rounds (and the last) global model 1 (``local``: each client's model 1) is
-   evaluated on the validation and test splits (``eval_local_models``: also each client's local
-   model 1 on its test split, ``local_test_*``), and the round with the best mean *validation*
-   Dice is remembered with its test numbers; one JSON line per round goes to ``metrics.jsonl``;
-   every ``checkpoint_every`` rounds (and the last) a checkpoint is saved with every record so far;
-4. writes ``summary.json`` and the PNG plots, and returns the summary (printed as a table by main).
-
-An interrupted run (Ctrl-C, ``kill -9``) leaves its last complete checkpoint; rerunning the same
-command resumes and ends bit-identical to an uninterrupted run. What happens on each fault is in
-``docs/what_can_go_wrong.md``. The files are written by :mod:`fedmix_jax.rundir`,
-:mod:`fedmix_jax.records`, :mod:`fedmix_jax.summary` and :mod:`fedmix_jax.plots`.
+It checks ``workdir`` and the config (a run there with another config is refused), loads the
+federation (streamed block by block when larger than ``config.data.device_data_budget_gb``,
+docs/streaming.md), locks the workdir, resumes from the newest checkpoint that passes
+verification (``metrics.jsonl`` made to hold exactly its records), runs the rounds
+(:class:`~fedmix_jax.run_loop.RunLoop`: evaluation every ``eval_every``, best round by mean
+validation Dice, a checkpoint every ``checkpoint_every``), then writes ``summary.json`` and the
+plots. An interrupted run (Ctrl-C, ``kill -9``) resumes bit-identical to an uninterrupted one.
+What each step does: docs/main_job.md; what happens on each fault: docs/what_can_go_wrong.md.
 """
 
 from __future__ import annotations
@@ -53,11 +37,11 @@ from fedmix_jax.run_loop import RunLoop
 from fedmix_jax.data.streamed_sources import (ArraySource, SplitSource, choose_mode,
                                               load_run_federation)
 from fedmix_jax.errors import (ConfigError, OutOfMemoryError, RunError, TrainingDivergedError,
-                               is_out_of_memory)
+                               first_line, is_out_of_memory)
 from fedmix_jax.evaluation import evaluate
 from fedmix_jax.compiled_round import init_state, make_round_fn
 from fedmix_jax.records import (MetricsFile, check_checkpoint_record, eval_record,
-                                evaluation_of, local_test_record, round_record)
+                                evaluation_of, round_record)
 from fedmix_jax.rundir import CONFIG_FILE, config_to_dict
 from fedmix_jax.summary import make_summary, timing, write_summary
 
@@ -74,15 +58,13 @@ class _Run:
     """One invocation of the job in a locked workdir (the steps of :func:`train_and_evaluate`)."""
 
     def __init__(self, config, cfg_dict: dict, workdir: str, federation: Federation,
-                 round_config: RoundConfig, model, quiet: bool, may_not_learn: bool = False):
+                 round_config: RoundConfig, model, may_not_learn: bool = False):
         self.config, self.cfg_dict, self.workdir = config, cfg_dict, workdir
         self.may_not_learn = may_not_learn
         self.federation, self.round_config, self.model = federation, round_config, model
         self.executor = executors.for_config(round_config)
         self.settings = JobSettings.from_config(config)
-        self.quiet = quiet
         self.local = not round_config.strategy.aggregates
-        self.eval_local = self.settings.eval_local_models
         self.num_rounds = int(config.num_rounds)
         self.client_names = list(federation.client_names)
         self.metrics = MetricsFile(workdir)
@@ -95,8 +77,6 @@ class _Run:
             placement.train_is_compact(self.settings.memory.compact, round_config,
                                        federation.num_clients))
 
-    # -------------------------------------------------------------------- device calls
-
     def _guard(self, doing: str, fn, *args, **kwargs):
         """``fn(*args)``; an out-of-memory error becomes :class:`OutOfMemoryError` with advice."""
         try:
@@ -104,15 +84,17 @@ class _Run:
         except Exception as e:  # noqa: BLE001 -- only out-of-memory errors are translated
             if not is_out_of_memory(e):
                 raise
-            cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             rc = self.round_config
-            kept = self.checkpointer.kept_step()
             raise OutOfMemoryError(
-                f"out of memory {doing} on {jax.default_backend()} ({cause}). It does not fit: "
-                f"try a smaller --config.train.batch_size (now {rc.batch_size}) or "
+                f"out of memory {doing} on {jax.default_backend()} ({first_line(e)}). It does not "
+                f"fit: try a smaller --config.train.batch_size (now {rc.batch_size}) or "
                 f"--config.train.inference_chunk (now {rc.inference_chunk}; pseudo-labels and "
                 f"evaluation run in chunks of it){self.executor.oom_hint()}. Nothing of this "
-                f"round was written; the last checkpoint is {'none' if kept is None else f'round {kept}'}") from None
+                f"round was written; the last checkpoint is {self._last_checkpoint()}") from None
+
+    def _last_checkpoint(self) -> str:
+        kept = self.checkpointer.kept_step()
+        return "none" if kept is None else f"round {kept}"
 
     def _evaluate(self, state, split, local: bool | None = None):
         local = self.local if local is None else local      # True: each client's own model 1
@@ -123,8 +105,6 @@ class _Run:
         return evaluate(self.model, params, split,
                         per_client_params=local,
                         chunk_size=self.round_config.inference_chunk, **kwargs)
-
-    # -------------------------------------------------------------------- steps
 
     def restore(self):
         """The initial or restored state; sets ``best``, ``best_params``, ``records``."""
@@ -193,10 +173,8 @@ class _Run:
         return StreamOptions(block_steps=self.settings.memory.stream_block_steps)
 
     def _round(self, state):
-        if self.streamed:
-            state, metrics = self.round_fn(state)
-            return state, jax.device_get(metrics)
-        state, metrics = self.round_fn(state, self.train_data)
+        args = () if self.streamed else (self.train_data,)
+        state, metrics = self.round_fn(state, *args)
         return state, jax.device_get(metrics)  # only the [C] metrics come to the host
 
     def _check_finite(self, r: int, m) -> None:
@@ -209,11 +187,10 @@ class _Run:
         where = ", ".join(f"client {c} ({self.client_names[c]}): loss1={rep.loss1[c]}, "
                           f"loss2={rep.loss2[c]}, weight={m.weights[c]}" for c in bad)
         self.checkpointer.wait_until_finished()
-        last = self.checkpointer.kept_step()
         raise TrainingDivergedError(
             f"non-finite training loss or weight in round {r} at {where}. The run stopped; no "
             f"checkpoint of round {r} was written (last checkpoint: "
-            f"{'none' if last is None else f'round {last}'}). Check the data of "
+            f"{self._last_checkpoint()}). Check the data of "
             f"{'these clients' if len(bad) > 1 else 'this client'} and the learning rate.",
             round=r, clients=bad)
 
@@ -243,7 +220,11 @@ class _Run:
     def evaluate_round(self, r: int, state):
         rv, rt = (eval_record(self._guard(f"evaluating round {r}", self._evaluate, state, split))
                   for split in (self.val, self.test))
-        lt = local_test_record(self._guard, self._evaluate, state, self.test, r, self.eval_local)
+        lt = {}
+        if self.settings.eval_local_models:   # each client's local model 1 on its test split
+            lt["local_test"] = eval_record(self._guard(
+                f"evaluating the local models of round {r}", self._evaluate, state, self.test,
+                True))
         self.last_dice = rv["mean_dice"]
         return rv, rt, lt
 
@@ -357,8 +338,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, quiet: b
         # Again under the lock: another run may have written the workdir meanwhile.
         rundir.check_config(workdir, cfg_dict, rundir.read_config(workdir), CONFIG_FILE)
         rundir.remove_stale_temporaries(workdir)
-        run = _Run(config, cfg_dict, workdir, federation, round_config, model, quiet,
-                   may_not_learn)
+        run = _Run(config, cfg_dict, workdir, federation, round_config, model, may_not_learn)
         del federation      # the run owns it now: its arrays are freed as they are placed
         progress, done = None, False
         try:

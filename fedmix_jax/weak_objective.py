@@ -2,18 +2,11 @@
 the weights of the weak terms (:class:`WeakSupervision`, ``config.weak``), their weighted sum per
 sample (:func:`weak_supervision_loss_per_sample`) and one batch's loss (:func:`weak_batch_loss`).
 
-Every usable sample of the batch contributes (per sample, then averaged over the usable ones):
-
-* its target loss where it has a target (``has_target``: a pixel sample's ground truth, or a
-  selected weak sample's cross pseudo-label) -- soft Dice, or with ``empty_target_loss = "bce"``
-  BCE for an empty target; a certain empty target also gets ``image_mil`` x
-  :func:`~fedmix_jax.losses.negative_max_loss_per_sample` (its maximum probability below 0.5);
-* plus, for every box and image-level sample, selected or not, the weighted weak-label terms of
-  :func:`weak_supervision_loss_per_sample` (box emptiness, box tightness, multiple-instance
-  bags).
-
-l_i for the FedMix weights stays what :mod:`fedmix_jax.site` reports for FedMix: the Dice loss of
-the samples that have a target (with ``"bce"``: those with foreground).
+Per usable sample: ``has_target * target_loss + weak_terms``, averaged over the usable samples;
+the target loss (Dice, or BCE on an empty target with ``empty_target_loss = "bce"``, plus
+``image_mil`` x the negative maximum) where a sample has a target, the weak terms on every box /
+image-level sample, selected or not. l_i stays the Dice loss of the samples with a target.
+See docs/weak_supervision.md.
 """
 
 from __future__ import annotations
@@ -33,29 +26,12 @@ from fedmix_jax.losses import (box_size_loss_per_sample, box_tightness_loss_per_
 
 @dataclasses.dataclass(frozen=True)
 class WeakSupervision:
-    """Weights of the direct weak-label terms (0 switches a term off; static, hashable).
-
-    The terms are in :mod:`fedmix_jax.losses`.
-
-    emptiness: ``outside_region_bce_per_sample`` (pixels outside every box of a class, and
-      every pixel of an absent class, are background); ``absent_emptiness`` scales its part on
-      absent classes (each part averaged over its own pixels).
-    tightness: ``box_tightness_loss_per_sample`` (every line crossing a box holds
-      foreground), with ``tightness_inset`` px.
-    image_mil: ``mil_image_loss_per_sample`` (the maximum within a present class's region
-      toward 1, the maximum outside it -- farther than ``outside_margin`` px -- toward 0; for an
-      absent class or an empty box, the image's maximum below 0.5; that negative bag scaled by
-      ``absent_mil``).
-    box_fit: minimum dice(p1 * B, B) to select a box sample's pseudo-label (replaces FedMix's
-      ``SelectionConfig.box_fit`` = 0.5, which rejects a correct prediction in a loose box: a
-      15-px disc in a box with 9-px margins has dice ~0.3; the box terms keep it in the box).
-    warmup_rounds: for the first ``warmup_rounds`` rounds only the samples FedMix trains (pixel
-      samples and selected weak samples) train; the unselected box and image-level samples join
-      from round ``warmup_rounds + 1`` on (read by :func:`fedmix_jax.site.train_inputs`).
-    spare_lesions: the maximum-based negatives (negative bags, a certain empty target's maximum)
-      leave out the pixels near another class's lesion (``spared_pixels``; one class: no-op).
-    box_size: ``box_size_loss_per_sample`` (a box's predicted area fills between
-      ``box_fill_min`` and ``box_fill_max`` of the box; 0 = off, the default).
+    """Weights of the direct weak-label terms of :mod:`fedmix_jax.losses` (0 switches a term
+    off; static, hashable): ``emptiness`` (``absent_emptiness`` scales its part on absent
+    classes), ``tightness`` (``tightness_inset`` px), ``image_mil`` (``outside_margin`` px,
+    ``absent_mil`` scales the negative bag of absent classes), ``box_size`` (``box_fill_min`` /
+    ``box_fill_max``); ``box_fit`` replaces the selection's; ``warmup_rounds`` rounds before the
+    unselected box / image samples join; ``spare_lesions``. The table: docs/weak_supervision.md.
     """
 
     emptiness: float = 1.0
@@ -92,12 +68,8 @@ def weak_supervision_loss_per_sample(logits: jax.Array, boxes: jax.Array,
                                      image_labels: jax.Array, levels: jax.Array,
                                      valid: jax.Array, weights: WeakSupervision) -> jax.Array:
     """The weighted sum of the weak-label terms of each sample, [B] (0 for pixel-level,
-    unlabelled and invalid samples).
-
-    Args:
-      logits, boxes: [B, H, W, K]; image_labels: [B, K]; levels: [B] int; valid: [B] bool.
-      weights: a :class:`WeakSupervision` (static).
-    """
+    unlabelled and invalid samples). logits, boxes: [B, H, W, K]; image_labels: [B, K];
+    levels: [B] int; valid: [B] bool; weights: a :class:`WeakSupervision` (static)."""
     region, present, known = weak_label_regions(boxes, image_labels, levels, valid)
     total = jnp.zeros(logits.shape[:1], jnp.float32)
     if weights.emptiness:
@@ -125,12 +97,10 @@ def weak_batch_loss(models, apply, config, x, targets, w, extras):
 
     Args:
       models: tuple of the training models' params; apply: ``apply(params, x) -> logits``.
-      config: the static round config (``strategy.weak``: a
-        :class:`WeakSupervision`; ``empty_target_loss``).
+      config: the static round config (``strategy.weak``, ``empty_target_loss``).
       x: [B, H, W, Cin] images; targets: tuple of [B, H, W, K] targets, one per model;
-      w: [B] float32 usable-sample weights;
-      extras: ``(self_train, has_target [B] bool, boxes [B,H,W,K], image_labels [B,K],
-        levels [B])``, boxes augmented with the images.
+      w: [B] float32 usable-sample weights; extras: ``(self_train, has_target [B] bool,
+        boxes [B,H,W,K] (augmented with the images), image_labels [B,K], levels [B])``.
 
     Returns:
       ``(loss, (fits, counted))``: the summed loss of the models; per model the Dice loss of the

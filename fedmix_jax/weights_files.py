@@ -1,21 +1,17 @@
 """Reading weights files without running anything from them: ``.npz`` and torch ``.pth``/``.pt``.
 
-:func:`read_weights_file` is the reader behind
-:func:`fedmix_jax.reference_weights.load_reference_weights`; it returns a flat mapping of parameter
-names (as stored in the file) to float32 NumPy arrays of any shape, and refuses everything else
-with a :class:`WeightsFileError` naming the file and the entry.
+:func:`read_weights_file` (behind :func:`fedmix_jax.reference_weights.load_reference_weights`)
+returns a flat mapping of parameter names (as stored in the file) to float32 NumPy arrays, and
+refuses everything else with a :class:`WeightsFileError` naming the file and the entry:
 
-Formats:
+* ``.npz``: one array per parameter under ``param/<name>`` (or plain ``<name>``), its headers
+  checked against the stored sizes first, read with ``allow_pickle=False``;
+* zip-format PyTorch checkpoints (``torch.save``, torch >= 1.6; a state_dict or
+  ``{'state_dict': ...}``): read **without torch** by a restricted unpickler that resolves only
+  tensor/storage/OrderedDict globals, to NumPy stand-ins, and refuses any other;
+* sizes are budgeted before anything is read or allocated; only finite float arrays pass.
 
-* ``.npz`` -- one array per parameter under ``param/<name>`` (plain ``<name>`` keys are accepted
-  too), read with ``allow_pickle=False`` (object arrays are refused);
-* zip-format PyTorch checkpoints (``torch.save``, torch >= 1.6) -- read **without torch** by a
-  restricted unpickler that resolves only tensor/storage/OrderedDict globals, to NumPy stand-ins,
-  and refuses any other (see the comment above :data:`_TORCH_STORAGE_DTYPES`). The object may be
-  a state_dict or ``{'state_dict': ...}``.
-
-Only finite float arrays (float16, bfloat16, float32, float64) are accepted; they come back as
-float32.
+What is refused and why: docs/data_faults.md ("Weights files").
 """
 from __future__ import annotations
 
@@ -28,6 +24,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from fedmix_jax.errors import first_line
+
 
 class WeightsFileError(ValueError):
     """A weights file is refused; ``path`` names the file and ``key`` the entry (or None)."""
@@ -38,9 +36,9 @@ class WeightsFileError(ValueError):
         self.key = key
 
 
-def _one_line(e: BaseException) -> str:
-    """The first line of an exception's message, at most 200 characters."""
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+# What a damaged or hostile file can make the readers raise (each becomes a WeightsFileError).
+_READ_ERRORS = (OSError, EOFError, zipfile.BadZipFile, OverflowError, RecursionError, MemoryError,
+                SyntaxError, TypeError, KeyError)
 
 
 class _Budget:
@@ -99,11 +97,10 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
         raise
     except ValueError as e:  # e.g. a pickle file renamed .npz
         raise WeightsFileError(f"cannot read weights file '{path}': not an .npz of plain arrays "
-                               f"({_one_line(e)}); pickled content is refused", path) from None
-    except (OSError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, OverflowError,
-            RecursionError, MemoryError, SyntaxError, TypeError, KeyError) as e:
+                               f"({first_line(e)}); pickled content is refused", path) from None
+    except (*_READ_ERRORS, pickle.UnpicklingError) as e:
         raise WeightsFileError(f"cannot read weights file '{path}': {type(e).__name__}: "
-                               f"{_one_line(e)}", path) from None
+                               f"{first_line(e)}", path) from None
     if not isinstance(data, np.lib.npyio.NpzFile):
         raise WeightsFileError(f"'{path}' is a single .npy array, not an .npz of named arrays",
                                path)
@@ -120,10 +117,9 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
             except ValueError as e:  # "Object arrays cannot be loaded when allow_pickle=False"
                 raise WeightsFileError(f"'{path}': entry '{k}' holds pickled objects, which are "
                                        f"refused ({e})", path, name) from None
-            except (OSError, EOFError, zipfile.BadZipFile, OverflowError, RecursionError,
-                    MemoryError, SyntaxError, TypeError, KeyError) as e:
+            except _READ_ERRORS as e:
                 raise WeightsFileError(f"'{path}': entry '{k}' is unreadable: "
-                                       f"{type(e).__name__}: {_one_line(e)}", path,
+                                       f"{type(e).__name__}: {first_line(e)}", path,
                                        name) from None
     return out
 
@@ -334,11 +330,9 @@ def _read_torch(path: str) -> Mapping[str, Any]:
                 obj = _RestrictedUnpickler(f, path, storage_bytes).load()
     except WeightsFileError:
         raise
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError, ValueError,
-            TypeError, AttributeError, IndexError, KeyError, RecursionError, OverflowError,
-            MemoryError) as e:
+    except (*_READ_ERRORS, pickle.UnpicklingError, ValueError, AttributeError, IndexError) as e:
         raise WeightsFileError(f"refused weights file '{path}': {type(e).__name__}: "
-                               f"{_one_line(e)}", path) from None
+                               f"{first_line(e)}", path) from None
     if not isinstance(obj, Mapping):
         raise WeightsFileError(f"'{path}' holds a {type(obj).__name__}, not a state_dict", path)
     return obj

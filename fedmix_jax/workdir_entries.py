@@ -1,16 +1,11 @@
 """What a run folder may hold: no symbolic links and no special files where the job writes.
 
-The job writes ``.lock``, ``config.json``, ``metrics.jsonl``, ``summary.json``, the plots and
-the folders ``checkpoints/<round>/`` and ``damaged/``. A symbolic link in one of those places
-would make a write land elsewhere (a ``.lock`` linked to ``~/.bashrc`` would truncate it), and a
-FIFO in place of a file would block the job for ever. :func:`refuse_links_and_special_files`
-checks each of them with ``lstat`` (never following a link) before the job writes anything, and
-raises :class:`~fedmix_jax.errors.WorkdirError` in one line naming the entry. The lock itself is
-opened with ``O_NOFOLLOW`` (:mod:`fedmix_jax.rundir`), so a link swapped in after this check is
-refused too.
-
-The workdir itself may be a link to a folder (that is the user's choice of where the run lives);
-a *dangling* link is named as such.
+A symbolic link where the job writes would make a write land elsewhere (a ``.lock`` linked to
+``~/.bashrc`` would truncate it), and a FIFO in place of a file would block the job for ever.
+:func:`refuse_links_and_special_files` checks each such entry with ``lstat`` before the job
+writes anything, raising :class:`~fedmix_jax.errors.WorkdirError` in one line naming it (the lock
+itself is opened with ``O_NOFOLLOW`` in :mod:`fedmix_jax.rundir`). The workdir itself may be a
+link to a folder (the user's choice); a *dangling* link is named as such.
 """
 
 from __future__ import annotations
@@ -25,18 +20,13 @@ FILES = (".lock", "config.json", "metrics.jsonl", "summary.json")
 FOLDERS = ("checkpoints", "damaged")
 
 
+_KINDS = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"),
+          (stat.S_ISDIR, "a folder"))
+
+
 def _kind(mode: int) -> str:
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    return "not a regular file"
+    return next((what for is_kind, what in _KINDS if is_kind(mode)), "not a regular file")
 
 
 def _lstat(path: str):

@@ -1,53 +1,17 @@
 """Workarounds for slow paths of XLA:CPU, kept apart from the model so they can be dropped.
 
 Each function here computes the same values as a plain JAX formulation (tested against it in
-``tests/test_models.py``), written differently so that XLA:CPU runs it on a fast kernel. On other
-platforms each one takes the plain path (``jax.lax.platform_dependent``), so GPU/TPU programs are
-what plain JAX would give. :mod:`fedmix_jax.models` uses all three.
+``tests/test_models.py``), written differently so that XLA:CPU runs it on a fast kernel; on other
+platforms each takes the plain path (``jax.lax.platform_dependent``). :mod:`fedmix_jax.models`
+uses all three:
 
-1. :func:`conv2d_same`: a convolution whose backward pass is written as *canonical*
-   convolutions.
+1. :func:`conv2d_same`: a convolution whose backward pass is written as canonical convolutions;
+2. :func:`sum_over_pixels`: GroupNorm's sums over pixels as matrix-vector products;
+3. :func:`fast_xavier_init`: the U-Net's initial parameters drawn from **one** uniform stream
+   (same distributions, different values from ``model.init`` for the same key).
 
-   *Why.* XLA:CPU runs a convolution on its fast (Eigen) kernel only when the dimension numbers
-   are canonical. The transposed convolutions that autodiff emits for the gradients are rewritten
-   into canonical form only in the entry computation. Inside a loop body (``lax.scan``,
-   ``lax.map``, ``while``, which is where the local epoch runs) they stay as a naive loop nest.
-
-   *Measured* (2-core CPU, U-Net width 16, 64 px, batch 8, one local epoch under ``lax.scan``):
-   32 s with autodiff's convolutions, 1.9 s with the canonical ones (commit 810f32a).
-
-   *When it can go.* When XLA:CPU canonicalises convolutions inside loop bodies too, or when it
-   runs non-canonical ones fast. Re-measure with ``python benchmarks/xla_cpu_workarounds.py``.
-   The ``conv_backward_in_scan`` row times the gradient of a scanned convolution both ways. If
-   the ratio is about 1, make :class:`fedmix_jax.models.Conv` call :func:`plain_conv2d_same`
-   and delete this one.
-
-2. :func:`sum_over_pixels`: the GroupNorm statistics' sums over pixels, written as
-   matrix-vector products.
-
-   *Why.* XLA:CPU runs a reduction over a non-minor axis (``[N, P, C] -> [N, C]``) as a serial
-   loop nest. A product with a ones vector runs as a multi-threaded GEMV.
-
-   *Measured* (same machine and size): the U-Net train step took 614 ms with ``jnp.sum`` and
-   484 ms with the matvec (median; commit d590607). The GroupNorm statistics alone ran about 4x
-   faster (forward) and about 2x (forward + backward).
-
-   *When it can go.* When XLA:CPU emits multi-threaded (or vectorised) reductions over a
-   non-minor axis. The ``groupnorm_sums`` row of the same script times both forms. If the
-   ratio is about 1, use :func:`plain_sum_over_pixels`.
-
-3. :func:`fast_xavier_init`: the U-Net's initial parameters drawn from **one** uniform stream.
-
-   *Why.* ``model.init`` compiles one RNG kernel per layer, and XLA:CPU compiles those slowly:
-   about 6 s for the U-Net against well under 1 s for one stream that is sliced into the
-   kernels. The distributions are the same (Xavier-uniform kernels, zero biases, GroupNorm
-   scale 1 and bias 0). The *values* differ from ``model.init`` for the same key, so do not
-   swap one for the other inside a run you want to reproduce.
-
-   *When it can go.* When ``jax.jit(model.init)`` compiles in under about a second on CPU. The
-   ``unet_init_compile`` row of the script times both. Dropping it changes every run's initial
-   parameters, and with them the reported Dice figures, which would then have to be
-   re-measured.
+Why each exists, what it gains and when it can go: docs/speed.md ("XLA:CPU workarounds");
+``python benchmarks/xla_cpu_workarounds.py`` re-measures them.
 """
 from __future__ import annotations
 

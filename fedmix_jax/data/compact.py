@@ -1,30 +1,14 @@
 """The compact layout of a split: every client's rows one after another, no padding.
 
-A :class:`~fedmix_jax.data.federation.FederatedSplit` pads every client to the largest one
-(``[C, N, ...]``), which is what ``vmap`` and ``sharded`` need. Clients that run one after
-another (``map``, ``loop``, groups of ``vmap``) only ever need one client's ``[N, ...]`` view at a
-time, so on the device the split can hold just the clients' rows, concatenated:
+Clients that run one after another (``map``, ``loop``, groups of ``vmap``) need one client's
+``[N, ...]`` view at a time, so on the device a split can hold just the clients' rows
+(:class:`CompactSplit`): client ``c``'s rows are ``offsets[c]`` to ``offsets[c] + lengths[c]``
+(up to its last valid row), clients smallest first, and ``T >= offsets[c] + N`` for every ``c``
+(zero rows at the end).
 
-==================  ======================  ==================================================
-``images``          [T, H, W, Cin]          rows of client ``c``: ``offsets[c]`` to
-``masks, boxes``    [T, H, W or W/8, K]     ``offsets[c] + lengths[c]`` (its rows up to its
-``image_labels``    [T, K]                  last valid one, in order); then the next client's
-``levels``          [T] int32               rows; ``T >= offsets[c] + N`` for every ``c``
-``valid``           [T] bool                (zero rows at the end where needed)
-``offsets``         [C] int32
-``lengths``         [C] int32
-``max_samples``     N (static)              the window every client is read in
-==================  ======================  ==================================================
-
-:func:`client_window` reads client ``c`` as the padded split's row ``c``: the ``N`` rows from
-``offsets[c]``, with ``valid`` off beyond ``lengths[c]``. Those rows belong to the next client
-(or are zeros), where the padded split holds zeros: every use of a sample in the round is masked
-by ``valid`` (the losses weigh it 0, pseudo-labels are not selected, it is never counted), so the
-round's results are the same, bit for bit (``tests/test_compact.py``). The clients are laid out
-smallest first, so the largest needs no zero rows after it.
-
-HAM10000 at 256 px pads its 7,206 training images to 11,384 (58 % more, docs/memory.md); the
-compact layout stores the 7,206.
+:func:`client_window` reads client ``c`` as the padded split's row ``c``; its rows past
+``lengths[c]`` belong to the next client but have ``valid`` off, and every use of a sample is
+masked by ``valid``, so results are bit-identical (``tests/test_compact.py``; docs/memory.md).
 """
 from __future__ import annotations
 
@@ -42,17 +26,17 @@ _ROW_FIELDS = ("images", "masks", "boxes", "image_labels", "levels", "valid")
 
 @struct.dataclass
 class CompactSplit:
-    """A split's clients' rows concatenated (see the module docstring for the shapes)."""
+    """A split's clients' rows concatenated (module docstring)."""
 
-    images: jax.Array
-    masks: jax.Array
-    boxes: jax.Array
-    image_labels: jax.Array
-    levels: jax.Array
-    valid: jax.Array
-    offsets: jax.Array
-    lengths: jax.Array
-    max_samples: int = struct.field(pytree_node=False)
+    images: jax.Array          # [T, H, W, Cin]
+    masks: jax.Array           # [T, H, W, K], or [T, H, ceil(W / 8), K] bit-packed
+    boxes: jax.Array           # as masks
+    image_labels: jax.Array    # [T, K]
+    levels: jax.Array          # [T] int32
+    valid: jax.Array           # [T] bool
+    offsets: jax.Array         # [C] int32: client c's first row
+    lengths: jax.Array         # [C] int32: client c's rows
+    max_samples: int = struct.field(pytree_node=False)   # N, the window a client is read in
 
     @property
     def num_clients(self) -> int:
@@ -108,9 +92,7 @@ def compact_split(split: FederatedSplit, put=lambda x: x) -> CompactSplit:
 def compact_fields(fields: dict, put=lambda x: x) -> CompactSplit:
     """:func:`compact_split` of a padded split given as a dict of its six arrays, which it
     *consumes*: each padded array is removed from ``fields`` as soon as its compact copy is
-    built, before ``put``. Where nothing else refers to the padded arrays (the job takes its
-    host arrays out of the federation, :func:`fedmix_jax.placement.take_host_arrays`), the host
-    holds one padded or compact field at a time on top of what is already put."""
+    built, before ``put`` (so the host holds one padded or compact field at a time)."""
     valid = np.asarray(fields["valid"]).astype(bool)
     if valid.ndim != 2:
         raise ValueError(f"compact_split needs a padded split, valid [C, N]; got {valid.shape}")

@@ -1,42 +1,13 @@
 """The federated array layout shared by every data source and by the round.
 
-Every data source (the embedded synthetic federation, HAM10000, breast ultrasound, a hospital's own
-folders) produces a :class:`Federation`: three :class:`FederatedSplit` s (train / val / test) whose
-arrays carry a leading client axis ``C`` and a padded sample axis ``N`` (the largest client's size;
-smaller clients are padded with zeros and ``valid = False``).
-
-Shapes (NHWC, ``K`` = number of classes, one sigmoid channel per class; binary tasks have K = 1):
-
-==================  ========================  ======================================================
-field               shape / dtype             meaning
-==================  ========================  ======================================================
-``images``          [C, N, H, W, Cin] u8|f32  intensities: uint8 ``k`` means ``k / 255`` (the real
-                                              datasets), float32 is already in [0, 1] (synthetic)
-``masks``           [C, N, H, W, K]   u8|f32  ground-truth masks in {0, 1} (used only for ``pixel``
-                                              samples in training, and by the fully-supervised
-                                              upper bound; always used for evaluation)
-``boxes``           [C, N, H, W, K]   u8|f32  box masks in {0, 1}: 1 inside any box of that class
-                                              (drawn once per sample with a fixed noisy margin)
-``image_labels``    [C, N, K]         f32     1 if the class is present in the image, else 0
-``levels``          [C, N]            i32     supervision level: PIXEL=0, BOX=1, IMAGE=2, NONE=3
-``valid``           [C, N]            bool    False for padding
-==================  ========================  ======================================================
-
-Storage dtype and compute dtype are separate: the arrays stay in their storage dtype on the host
-and on the device (uint8 takes a quarter of float32's memory), and the compiled code converts
-only the batch or chunk it has gathered with :func:`float_images` / :func:`float_labels` -- the
-one place where uint8 becomes float32. Never convert a whole [N, ...] split: that materialises
-the float32 copy the uint8 storage avoids.
-
-Masks and boxes may also be **bit-packed** along W (``config.data.pack_labels``;
-:func:`pack_split_labels`): ``[C, N, H, ceil(W / 8), K]`` uint8, 8 pixels of a row per byte (an
-eighth of uint8). A split is packed when its masks are narrower than its images
-(:func:`labels_packed`). The round unpacks one site's masks and boxes at a time
-(:func:`unpack_split_labels` at the start of :func:`fedmix_jax.site.site_round`), evaluation one
-chunk at a time (:func:`gathered_labels`); the values are the same, so every result is
-bit-identical to the unpacked split's.
-
-The level is *data*: a client may mix levels, and one compiled round serves any mix.
+A :class:`Federation` holds three :class:`FederatedSplit` s (train / val / test) whose arrays have
+a client axis ``C`` and a sample axis ``N`` padded to the largest client (``valid = False``);
+images are NHWC, masks and boxes have one sigmoid channel per class (``K``).
+Arrays stay in their storage dtype on the host and the device; the compiled code converts only
+a gathered batch or chunk (:func:`float_images` / :func:`float_labels`). Masks and boxes may be
+bit-packed along W (``[C, N, H, ceil(W / 8), K]`` uint8, :func:`pack_split_labels`), unpacked one
+site or chunk at a time with bit-identical results. The level is data: a client may mix levels.
+Details: docs/memory.md.
 """
 
 from __future__ import annotations
@@ -67,12 +38,9 @@ def level_from_name(name: str) -> int:
 
 
 def float_images(x):
-    """Images in their storage dtype -> float32 in [0, 1], for a gathered batch or chunk.
-
-    uint8: ``x.astype(float32) * (1 / 255)`` (exactly what the real loader computed before images
-    were kept as uint8, so a uint8 split and its float32 ``k / 255`` copy give bit-identical
-    results); float32: returned unchanged; any other dtype: cast. Works on NumPy and JAX arrays.
-    """
+    """Images [..., H, W, Cin] in their storage dtype -> float32 in [0, 1] (NumPy or JAX): uint8
+    ``x.astype(float32) * (1 / 255)`` (bit-identical to a float32 ``k / 255`` copy), float32
+    unchanged, any other dtype cast."""
     if x.dtype == np.float32:
         return x
     if x.dtype == np.uint8:
@@ -106,14 +74,11 @@ def unpack_labels(x, width: int):
     return jnp.unpackbits(x, axis=-2, count=int(width))
 
 
-def _packed(labels, images) -> bool:
-    return (labels is not None and images is not None and hasattr(labels, "shape")
-            and hasattr(images, "shape") and labels.shape[-2] != images.shape[-2])
-
-
 def labels_packed(split) -> bool:
     """Whether ``split``'s masks and boxes are bit-packed (narrower than its images along W)."""
-    return _packed(split.masks, split.images)
+    labels, images = split.masks, split.images
+    return (hasattr(labels, "shape") and hasattr(images, "shape")
+            and labels.shape[-2] != images.shape[-2])
 
 
 def gathered_labels(labels, width: int):
@@ -161,14 +126,14 @@ def unpack_split_labels(split: "FederatedSplit") -> "FederatedSplit":
 
 @struct.dataclass
 class FederatedSplit:
-    """One split of a federation as padded arrays with a leading client axis (see module doc)."""
+    """One split of a federation as padded arrays with a leading client axis."""
 
-    images: np.ndarray
-    masks: np.ndarray
-    boxes: np.ndarray
-    image_labels: np.ndarray
-    levels: np.ndarray
-    valid: np.ndarray
+    images: np.ndarray         # [C, N, H, W, Cin] uint8 (k means k / 255) or float32 in [0, 1]
+    masks: np.ndarray          # [C, N, H, W, K] uint8 (or float32) ground truth in {0, 1}
+    boxes: np.ndarray          # [C, N, H, W, K] uint8 (or float32) {0, 1}: inside a box
+    image_labels: np.ndarray   # [C, N, K] float32: 1 if the class is present in the image
+    levels: np.ndarray         # [C, N] int32: PIXEL=0, BOX=1, IMAGE=2, NONE=3
+    valid: np.ndarray          # [C, N] bool: False for padding
 
     @property
     def num_clients(self) -> int:
@@ -251,36 +216,23 @@ def stack_clients(per_client: Iterable[dict], num_samples: int | None = None,
                   num_clients: int | None = None) -> FederatedSplit:
     """Stack per-client dicts of unpadded arrays into one padded :class:`FederatedSplit`.
 
-    Each dict holds ``images`` [n, H, W, Cin], ``masks`` [n, H, W, K], ``boxes`` [n, H, W, K],
-    ``image_labels`` [n, K] and ``levels`` [n]; ``n`` may differ per client (0 is allowed and
-    gives an all-invalid client). ``num_samples`` defaults to the largest ``n``.
-
-    uint8 and bool arrays keep their dtype (no float copy is made), others become float32; every
-    client
-    must store its images in the same dtype (uint8 ``k`` means ``k / 255``, float32 is already
-    scaled, so mixing them would be wrong). ``per_client`` may be a generator (then
-    ``num_samples`` and ``num_clients`` are required): each client is copied into the padded
-    output and dropped before the next is read, so the peak is the padded split plus one client.
+    Each dict holds ``images`` [n, H, W, Cin], ``masks`` / ``boxes`` [n, H, W, K],
+    ``image_labels`` [n, K] and ``levels`` [n]; ``n`` may differ per client (0: an all-invalid
+    client); ``num_samples`` defaults to the largest ``n``. uint8 and bool arrays keep their
+    dtype, others become float32; every client's images must have one dtype. ``per_client`` may
+    be a generator (then ``num_samples`` and ``num_clients`` are required), each client dropped
+    before the next is read.
     """
     if isinstance(per_client, Sequence):
-        if not per_client:
-            raise ValueError("stack_clients needs at least one client")
-        sizes = [int(np.shape(d["images"])[0]) for d in per_client]
-        n_max = max(sizes) if num_samples is None else int(num_samples)
-        if n_max < max(sizes):
-            raise ValueError(f"num_samples={n_max} is smaller than the largest client "
-                             f"({max(sizes)})")
-        if num_clients is not None and int(num_clients) != len(per_client):
-            raise ValueError(f"num_clients={num_clients} but {len(per_client)} clients are given")
-        num_clients = len(per_client)
+        if num_samples is None:
+            num_samples = max((int(np.shape(d["images"])[0]) for d in per_client), default=1)
+        if num_clients is None:
+            num_clients = len(per_client)
     elif num_samples is None or num_clients is None:
         raise ValueError("stack_clients of a generator needs num_samples and num_clients")
-    else:
-        n_max = int(num_samples)
-    num_clients = int(num_clients)
+    num_clients, n_max = int(num_clients), max(int(num_samples), 1)
     if num_clients < 1:
         raise ValueError("stack_clients needs at least one client")
-    n_max = max(n_max, 1)
     fields = ("images", "masks", "boxes", "image_labels")
     out, first, seen = None, None, 0
 

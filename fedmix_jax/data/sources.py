@@ -1,14 +1,9 @@
 """One entry point for every data source: ``load_federation(config.data) -> Federation``.
 
-``config.data.name`` selects the source:
-
-* ``synthetic`` -- the embedded synthetic federation (:mod:`fedmix_jax.data.synthetic`; no files);
-* ``ham10000``, ``breast``, ``folders`` -- the real loaders (:mod:`fedmix_jax.data.real`), which
-  read a manual download from ``config.data.data_dir`` and cache it under ``config.data.cache_dir``.
-
-Errors: a missing download raises :class:`~fedmix_jax.data.real.DatasetNotFoundError` and an
-unusable file :class:`~fedmix_jax.data.real.BadInputError` (both ``ValueError`` s whose message
-says what to fix); an unknown name raises ``ValueError``.
+``config.data.name`` selects it: ``synthetic`` (:mod:`fedmix_jax.data.synthetic`, no files) or
+a real dataset (:mod:`fedmix_jax.data.real`: a manual download in ``data_dir``, cached under
+``cache_dir``). A missing download raises ``DatasetNotFoundError``, an unusable file
+``BadInputError`` (both ``ValueError`` s saying what to fix), an unknown name ``ValueError``.
 """
 
 from __future__ import annotations

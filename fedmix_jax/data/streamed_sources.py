@@ -1,13 +1,10 @@
 """Where a streamed training split's rows come from, and whether to stream at all.
 
-A :class:`SplitSource` gives random access to the rows of one client of a training split —
-:class:`ArraySource` over host arrays (a :class:`~fedmix_jax.data.federation.FederatedSplit`),
-:class:`ArrayRecordSource` over the built array_record cache (``tfds.data_source``, no
-TensorFlow) — in their storage dtypes, plus the per-sample ``levels`` / ``image_labels`` /
-``valid`` [C, N] up front. :func:`split_bytes` and :func:`choose_mode` decide from
-``config.data.device_data_budget_gb`` whether the job streams; :func:`open_streamed_federation`
-opens a real dataset with its training split left in the cache. The streamed round itself is
-:mod:`fedmix_jax.streaming`.
+A :class:`SplitSource` gives random access to one client's rows of a training split in their
+storage dtypes (:class:`ArraySource` over host arrays, :class:`ArrayRecordSource` over the built
+array_record cache), with ``levels`` / ``image_labels`` / ``valid`` [C, N] up front.
+:func:`choose_mode` decides from ``config.data.device_data_budget_gb`` whether the job streams;
+the streamed round itself is :mod:`fedmix_jax.streaming` (docs/streaming.md).
 """
 
 from __future__ import annotations
@@ -15,14 +12,11 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from fedmix_jax.data.federation import FederatedSplit
+from fedmix_jax.data.federation import (Federation, FederatedSplit, pack_federation_labels,
+                                        stack_clients)
 
 FIELDS = ("images", "masks", "boxes", "image_labels", "levels", "valid")
 GIB = 1024 ** 3
-
-
-# ----------------------------------------------------------------------------------------------
-# sources: random access to the rows of one client
 
 
 class SplitSource:
@@ -59,7 +53,7 @@ class SplitSource:
     @property
     def nbytes(self) -> int:
         """Bytes of the split as in-memory arrays (what the in-memory round puts on the device)."""
-        return sum(_nbytes(getattr(self, f)) for f in FIELDS)
+        return split_bytes(self)
 
     def read(self, c: int, rows: np.ndarray, fields=FIELDS) -> FederatedSplit:
         """Rows ``rows`` [R] of client ``c`` as a FederatedSplit with leaves [R, ...] (NumPy;
@@ -113,10 +107,8 @@ class ArraySource(SplitSource):
 
 class ArrayRecordSource(SplitSource):
     """One split of a built real dataset (:mod:`fedmix_jax.data.real.cache`), read record by
-    record from its array_record shards (``tfds.data_source`` random access); the pixels are
-    never all in memory. Rows hold what :func:`fedmix_jax.data.real.loader.read_client_split`
-    returns (images as stored, uint8; masks and boxes uint8 {0, 1}; labels float32; the level of
-    the client unless the record carries its own).
+    record from its array_record shards; the pixels are never all in memory. Rows hold what
+    :func:`fedmix_jax.data.real.loader.read_client_split` returns.
 
     Args:
       prepared: the :class:`~fedmix_jax.data.real.cache.PreparedDataset`.
@@ -128,7 +120,6 @@ class ArrayRecordSource(SplitSource):
     def __init__(self, prepared, split: str, clients: list[str], levels: list[int],
                  takes: list[int]):
         self.prepared, self.split_name = prepared, split
-        self.source = prepared.sources[split]
         self.ranges = [prepared.client_range(split, c)[:t] for c, t in zip(clients, takes)]
         self.client_names, self.default_levels = list(clients), list(levels)
         cfg = prepared.config
@@ -151,39 +142,19 @@ class ArrayRecordSource(SplitSource):
             self.valid[c, :m] = True
 
     def read(self, c: int, rows: np.ndarray, fields=FIELDS) -> FederatedSplit:
-        from fedmix_jax.data.real.loader import record_text
+        from fedmix_jax.data.real.loader import read_records, store_record
 
         rows = np.asarray(rows, np.int64)
         out = self._zeros(len(rows))
         rng = self.ranges[c]
         inside = np.flatnonzero(rows < len(rng))
-        out["levels"][:] = 0
         if inside.size:
-            ids = [rng[int(rows[j])] for j in inside]
-            try:
-                recs = self.source.__getitems__(ids)
-            except Exception as e:  # noqa: BLE001 -- any failure to read back our own records
-                from fedmix_jax.data.real.errors import DATA_DIR_FLAG, CacheDamagedError
-
-                raise CacheDamagedError(
-                    f"the cache {self.prepared.path} is damaged: reading records {ids[:8]}"
-                    f"{'...' if len(ids) > 8 else ''} of its {self.split_name} split failed "
-                    f"({type(e).__name__}: {str(e)[:300]}); rebuild it with "
-                    f"--config.data.rebuild=True (needs {DATA_DIR_FLAG})",
-                    self.prepared.path) from e
+            recs = read_records(self.prepared, self.split_name, self.client_names[c],
+                                [rng[int(rows[j])] for j in inside])
+            out["levels"][inside] = self.default_levels[c]
+            out["valid"][inside] = True
             for j, r in zip(inside, recs):
-                if record_text(r["client"]) != self.client_names[c]:
-                    raise RuntimeError(
-                        f"cache {self.prepared.path} is inconsistent: record {rng[int(rows[j])]} "
-                        f"of {self.split_name} belongs to {record_text(r['client'])}, expected "
-                        f"{self.client_names[c]}; rebuild it (--config.data.rebuild=True)")
-                out["images"][j] = r["image"]
-                out["masks"][j] = r["mask"]
-                out["boxes"][j] = r["boxes"]
-                out["image_labels"][j] = r["label"]
-                out["levels"][j] = int(r["level"]) if int(r["level"]) >= 0 \
-                    else self.default_levels[c]
-                out["valid"][j] = True
+                store_record(out, j, r)
         return FederatedSplit(**out)
 
 
@@ -233,7 +204,6 @@ def open_streamed_federation(data_cfg, verbose: bool = True):
     :class:`~fedmix_jax.data.federation.Federation` whose ``train`` is an
     :class:`ArrayRecordSource` (left in the cache) and whose ``val`` / ``test`` are read into
     memory as :func:`~fedmix_jax.data.real.load_federation_from_config` reads them."""
-    from fedmix_jax.data.federation import Federation, stack_clients
     from fedmix_jax.data.real.cache import prepare_dataset
     from fedmix_jax.data.real.loader import read_client_split, resolve_clients_levels, take_counts
     from fedmix_jax.data.real.settings import RealDataSettings
@@ -257,10 +227,8 @@ def load_run_federation(data_cfg, verbose: bool = True):
     device-memory bound (``device_data_budget_gb``) a real dataset's training split is left in
     the array_record cache unless it fits the bound. Bad or missing data and an unusable cache
     raise :class:`~fedmix_jax.errors.DataError` (one line: what and where)."""
-    from fedmix_jax.data.federation import pack_federation_labels
     from fedmix_jax.data.sources import REAL, load_federation
     from fedmix_jax.errors import DataError, describe_os_error
-
     from fedmix_jax.job_settings import MemorySettings
 
     memory = MemorySettings.from_config(data_cfg)

@@ -1,36 +1,10 @@
 """The embedded synthetic federation: dermoscopy-like lesions from four acquisition domains.
 
-This is the default demo data set; it needs no download and builds in a fraction of a second.
-Each client is a "hospital" with its own acquisition domain (non-IID): brightness and gamma,
-illumination gradient and vignetting, skin texture, lesion contrast and texture, edge softness,
-optical blur, sensor noise, speckle and hairs. Lesions are dark blobs with irregular boundaries,
-r(theta) = r0 * (1 + sum_k a_k cos(k theta + phi_k)) on a rotated ellipse, with a jagged rim from
-smoothed noise, a darker core and internal texture; sometimes two (or, multi-class, up to three)
-lesions; a fraction of images is lesion-free (empty mask, image label 0).
-
-Default domains (``site_c`` is the small pixel-labelled client, levels ``[B, B, L, B]`` as the
-paper's skin setting):
-
-=====================  =======================================================================
-client                 look
-=====================  =======================================================================
-``site_a_dim``         dark, high gamma, strong vignette and gradient, low lesion contrast, soft
-                       edges, slight blur
-``site_b_hairy``       bright, fine coarse-grained skin texture, several dark hairs per image,
-                       strong sensor noise, sharp, highly textured lesions
-``site_c_clean``       mid-grey, clean, little noise and texture, well-contrasted lesions
-``site_d_bright``      over-exposed (low gamma, gain > 1), strong blur, speckle, large pale
-                       mottled lesions
-=====================  =======================================================================
-
-More clients cycle through these four with deterministic per-client perturbations.
-
-Determinism: every sample is drawn from its own generator seeded by
-``(seed, client, split, index, stream)`` (:func:`fedmix_jax.data.boxes.sample_rng`), so a sample
-does not change when other splits or clients change size; train / val / test are disjoint draws.
-Box margins (1-9 px, as in the reference) come from a separate per-sample stream and are drawn
-once. Pixel-scale parameters (edge width, blur, hair width) are given for 64 px and scale with
-``image_size``.
+The default demo data set; no download, built in a fraction of a second. Each client is a
+"hospital" with its own acquisition domain (non-IID; :mod:`.synthetic_domains`), rendered by
+:mod:`.synthetic_render`; every sample is drawn from its own generator seeded by ``(seed, client,
+split, index, stream)``, so train / val / test are disjoint and a sample does not change when
+other splits or clients change size. Domains and lesion model: docs/data.md.
 """
 
 from __future__ import annotations
@@ -40,9 +14,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from fedmix_jax.data.boxes import check_box_mode
-from fedmix_jax.data.federation import (Federation, FederatedSplit, float_images,
-                                        gathered_labels,
-                                        level_from_name, stack_clients)
+from fedmix_jax.data.federation import (LEVEL_NAMES, Federation, FederatedSplit, float_images,
+                                        gathered_labels, level_from_name, stack_clients)
 from fedmix_jax.data.synthetic_domains import client_domain, lesion_types
 from fedmix_jax.data.synthetic_render import make_client_split
 
@@ -72,29 +45,22 @@ def make_synthetic_federation(num_clients: int = 4, image_size: int = 64,
                               lesion_free_fraction: float = 0.15, num_classes: int = 1,
                               seed: int = 0, box_margin=(1, 9),
                               box_mode: str = "component") -> Federation:
-    """Build the synthetic federation (see the module docstring for the domains).
+    """Build the synthetic federation (domains and lesion model: docs/data.md).
 
     Args:
-      num_clients: number of clients; clients 0-3 use the preset domains, later ones perturbed
-        copies. Default train sizes and levels are cycled when ``num_clients != 4``.
+      num_clients: clients 0-3 use the preset domains, later ones perturbed copies; the default
+        train sizes and levels are cycled.
       image_size: square image side in px.
-      train_sizes, val_size, test_size: samples per client, an int (every client) or one per
-        client; val and test are always fully labelled in ``masks`` (evaluation only).
-      levels: supervision level name per client for the training split ('pixel'/'L', 'box'/'B',
-        'image'/'I', 'none'/'U'); val and test carry the same per-client levels.
-      lesion_free_fraction: fraction of images without lesion (empty masks, image label 0), spread
-        evenly over each client's samples.
-      num_classes: 1 (binary lesion task) or 2..8 lesion types (nodular, irregular, elongated,
-        ring, then smaller variants), with per-class masks, boxes and image labels.
+      train_sizes, val_size, test_size: samples per client, an int or one per client.
+      levels: each client's level name ('pixel'/'L', 'box'/'B', 'image'/'I', 'none'/'U').
+      lesion_free_fraction: images without lesion, spread evenly over a client's samples.
+      num_classes: 1 (binary) or 2..8 lesion types, with per-class masks, boxes and labels.
       seed: everything is a deterministic function of the seed.
-      box_margin: ``(lo, hi)`` px margin per box side, drawn once per sample (reference: 1-9).
-      box_mode: ``'component'`` (one box per connected component) or ``'enclosing'`` (the
-        reference's one box around all of a class's foreground; see :mod:`fedmix_jax.data.boxes`).
+      box_margin, box_mode: see :func:`fedmix_jax.data.boxes.boxes_from_mask` (reference: 1-9).
 
     Returns:
-      A :class:`~fedmix_jax.data.federation.Federation` whose splits follow the padded layout:
-      images [C, N, S, S, 1], masks/boxes [C, N, S, S, K], image_labels [C, N, K], levels [C, N],
-      valid [C, N].
+      A :class:`~fedmix_jax.data.federation.Federation`: images [C, N, S, S, 1] float32,
+      masks / boxes [C, N, S, S, K] uint8, image_labels [C, N, K], levels and valid [C, N].
     """
     if num_clients < 1:
         raise ValueError(f"num_clients must be >= 1, got {num_clients}")
@@ -104,11 +70,10 @@ def make_synthetic_federation(num_clients: int = 4, image_size: int = 64,
         raise ValueError(f"lesion_free_fraction must be in [0, 1], got {lesion_free_fraction}")
     box_mode = check_box_mode(box_mode)
     types, class_names = lesion_types(int(num_classes))
-    sizes = {
-        "train": [int(v) for v in _per_client(train_sizes, num_clients, "train_sizes", _DEFAULT_TRAIN_SIZES)],
-        "val": [int(v) for v in _per_client(val_size, num_clients, "val_size", ())],
-        "test": [int(v) for v in _per_client(test_size, num_clients, "test_size", ())],
-    }
+    sizes = {split: [int(v) for v in _per_client(value, num_clients, name, default)]
+             for split, name, value, default in (
+                 ("train", "train_sizes", train_sizes, _DEFAULT_TRAIN_SIZES),
+                 ("val", "val_size", val_size, ()), ("test", "test_size", test_size, ()))}
     for split, ns in sizes.items():
         if any(v < 0 for v in ns):
             raise ValueError(f"{split} sizes must be >= 0, got {ns}")
@@ -126,44 +91,26 @@ def make_synthetic_federation(num_clients: int = 4, image_size: int = 64,
 
 
 def synthetic_federation_from_config(cfg: Any = None) -> Federation:
-    """:func:`make_synthetic_federation` from an ``ml_collections.ConfigDict`` (or a mapping).
-
-    Recognised fields: image_size, num_clients, train_sizes, val_size, test_size, levels,
-    lesion_free_fraction, num_classes, seed, box_margin, box_mode; missing fields take the
-    defaults.
-    """
+    """:func:`make_synthetic_federation` from an ``ml_collections.ConfigDict`` (or a mapping or
+    object): its arguments' fields (image_size, num_clients, train_sizes, ...); missing or None
+    fields take the defaults."""
     names = ("num_clients", "image_size", "train_sizes", "val_size", "test_size", "levels",
              "lesion_free_fraction", "num_classes", "seed", "box_margin", "box_mode")
-    kwargs = {}
-    if cfg is not None:
-        for name in names:
-            if hasattr(cfg, "get"):
-                value = cfg.get(name, None)
-            else:
-                value = getattr(cfg, name, None)
-            if value is not None:
-                if isinstance(value, list):
-                    value = tuple(value)
-                kwargs[name] = value
-    return make_synthetic_federation(**kwargs)
+    get = getattr(cfg, "get", lambda name, default: getattr(cfg, name, default))
+    values = {name: get(name, None) for name in names}
+    return make_synthetic_federation(**{k: tuple(v) if isinstance(v, list) else v
+                                        for k, v in values.items() if v is not None})
 
 
 def preview_grid(federation: Federation, path: str, per_client: int = 6, split: str = "train") -> str:
-    """Write a PNG grid of ``per_client`` images per client with mask contours and box outlines.
-
-    Rows are clients (name and training level in the row title); the mask contour is drawn in red
-    (multi-class: one colour per class, solid) and the box mask outline dashed in the same colour.
-    Uses Matplotlib's Agg canvas directly (the global pyplot backend is not touched). Returns
-    ``path``.
-    """
+    """Write a PNG grid of ``per_client`` images per client (rows) with mask contours (solid,
+    one colour per class) and box outlines (dashed), on Matplotlib's Agg canvas (pyplot's
+    backend is not touched). Returns ``path``."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from fedmix_jax.data.federation import LEVEL_NAMES
-
     data: FederatedSplit = getattr(federation, split)
-    c_num = data.num_clients
-    k_num = data.num_classes
+    c_num, k_num = data.num_clients, data.num_classes
     colours = ["#ff3030", "#30c0ff", "#ffd000", "#40ff60", "#ff60ff", "#ff9030", "#a0a0ff", "#ffffff"]
     colour_names = ["red", "cyan", "yellow", "green", "magenta", "orange", "lavender", "white"]
     fig = Figure(figsize=(1.6 * per_client, 1.75 * c_num), dpi=110)
@@ -179,8 +126,7 @@ def preview_grid(federation: Federation, path: str, per_client: int = 6, split: 
                 ax.axis("off")
                 continue
             img = float_images(np.asarray(data.images[c, j, ..., 0]))   # uint8 (real) or float32
-            ax.imshow(img, cmap="gray", vmin=0, vmax=1,
-                      interpolation="nearest")
+            ax.imshow(img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             width = img.shape[-1]
             masks = gathered_labels(np.asarray(data.masks[c, j]), width)   # unpacked if packed
             boxes = gathered_labels(np.asarray(data.boxes[c, j]), width)

@@ -1,12 +1,9 @@
 """Acquisition domains and lesion types of the synthetic federation (:mod:`.synthetic`).
 
-A :class:`Domain` holds one client's look (brightness, gamma, illumination, skin and lesion texture,
-blur, noise, speckle, hairs); pixel-scale fields are in px at 64 x 64 and scale with the image
-size. :data:`DEFAULT_DOMAINS` are the four preset hospitals, :func:`client_domain` gives client
-``c`` its domain (the presets, then seeded perturbed copies). A lesion type (``LesionType``)
-sets the ranges of a lesion's shape (harmonic irregularity, axis ratio, rim jaggedness) and
-multiplies the domain's texture, core darkening, contrast and size; :data:`LESION_TYPES` are the
-multi-class types, ``lesion_types(K)`` the K types and class names of a K-class federation.
+A :class:`Domain` is one client's look (pixel-scale fields in px at 64 x 64); :func:`client_domain`
+gives client ``c`` the presets :data:`DEFAULT_DOMAINS`, then seeded perturbed copies. A
+:class:`LesionType` sets the ranges of a lesion's shape and scales the domain's texture, core,
+contrast and size; ``lesion_types(K)`` gives the K types and class names of a K-class federation.
 """
 
 from __future__ import annotations
@@ -86,6 +83,7 @@ _BINARY_TYPE = LesionType("lesion", (0.03, 0.26), (1.0, 1.6), (0.02, 0.10), 1.0,
 
 
 def lesion_types(num_classes: int) -> tuple[list[LesionType], list[str]]:
+    """The K lesion types and class names of a K-class federation (K = 1: one binary type)."""
     if num_classes == 1:
         return [_BINARY_TYPE], ["lesion"]
     if not 1 <= num_classes <= 2 * len(LESION_TYPES):

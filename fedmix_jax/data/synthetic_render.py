@@ -1,13 +1,10 @@
 """Rendering the synthetic federation: per-sample draws -> images and per-class lesion masks.
 
-All operations are vectorised over one client's split. :func:`make_client_split` draws a split
-of ``n`` samples of one client (every sample from its own generator seeded by ``(seed, client,
-split, index, stream)``) and returns the unpadded ``stack_clients`` input: images float32
-[n, S, S, 1] in [0, 1], masks and boxes uint8 [n, S, S, K] in {0, 1}, image_labels float32
-[n, K], levels int32 [n]. Inside, :func:`_draw` gives uniforms [n, 128] and normal fields
-[n, 5, S, S], and :func:`_render_split` turns them into images [n, S, S] and bool masks
-[n, S, S, K] (skin, up to three lesions composited "over", hairs, then blur, gamma, gain,
-speckle and noise). See :mod:`fedmix_jax.data.synthetic` for the model of a lesion.
+:func:`make_client_split` renders ``n`` samples of one client, vectorised over them, as the
+unpadded ``stack_clients`` input: images float32 [n, S, S, 1] in [0, 1], masks and boxes uint8
+[n, S, S, K] in {0, 1}, image_labels float32 [n, K], levels int32 [n]. The draws (uniforms
+[n, 128], normal fields [n, 5, S, S]) become skin, up to three lesions composited "over", hairs,
+then blur, gamma, gain, speckle and noise (the lesion model: docs/data.md).
 """
 
 from __future__ import annotations
@@ -27,16 +24,17 @@ _NUM_UNIFORMS = 128
 _NUM_FIELDS = 5  # coarse skin, fine skin, lesion texture, sensor noise, speckle
 
 
-# ------------------------------------------------------------------------------------------------
-# Vectorised image operations on [N, H, W] batches.
+def _gauss_fft(x: np.ndarray, sigma) -> np.ndarray:
+    """Periodic Gaussian smoothing of [N, H, W] by FFT, float32 in; ``sigma`` a float or [N, 1, 1]."""
+    h, w = x.shape[-2:]
+    f2 = np.fft.rfftfreq(w)[None, :] ** 2 + np.fft.fftfreq(h)[:, None] ** 2
+    tf = np.exp(-2.0 * (math.pi * sigma) ** 2 * f2).astype(np.float32)
+    return np.fft.irfft2(np.fft.rfft2(x.astype(np.float32, copy=False)) * tf, s=(h, w))
+
 
 def _smooth_fft(fields: np.ndarray, sigma: float) -> np.ndarray:
     """Periodic Gaussian smoothing of [N, H, W] fields, each renormalised to zero mean, unit std."""
-    h, w = fields.shape[-2:]
-    fy = np.fft.fftfreq(h)[:, None]
-    fx = np.fft.rfftfreq(w)[None, :]
-    tf = np.exp(-2.0 * (math.pi * sigma) ** 2 * (fx ** 2 + fy ** 2)).astype(np.float32)
-    out = np.fft.irfft2(np.fft.rfft2(fields.astype(np.float32, copy=False)) * tf, s=(h, w))
+    out = _gauss_fft(fields, sigma)
     out -= out.mean(axis=(-2, -1), keepdims=True)
     out /= out.std(axis=(-2, -1), keepdims=True) + 1e-8
     return out
@@ -47,24 +45,15 @@ def _blur(images: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     smax = float(np.max(sigma)) if sigma.size else 0.0
     if smax <= 0.05:
         return images
-    n, h, w = images.shape
+    h, w = images.shape[1:]
     p = int(math.ceil(3 * smax)) + 1
     padded = np.pad(images, ((0, 0), (p, p), (p, p)), mode="reflect")
-    hp, wp = h + 2 * p, w + 2 * p
-    fy = np.fft.fftfreq(hp)[:, None]
-    fx = np.fft.rfftfreq(wp)[None, :]
-    f2 = (fx ** 2 + fy ** 2)[None]
-    tf = np.exp(-2.0 * (math.pi * sigma[:, None, None]) ** 2 * f2).astype(np.float32)
-    out = np.fft.irfft2(np.fft.rfft2(padded.astype(np.float32, copy=False)) * tf, s=(hp, wp))
-    return out[:, p:p + h, p:p + w]
+    return _gauss_fft(padded, sigma[:, None, None])[:, p:p + h, p:p + w]
 
 
 def _lerp(u, lo, hi):
     return lo + (hi - lo) * u
 
-
-# ------------------------------------------------------------------------------------------------
-# One client's split.
 
 def _draw(seed: int, client: int, split: int, n: int, size: int):
     """Per-sample random draws: uniforms [n, U] and normal fields [n, F, S, S]."""
@@ -279,6 +268,7 @@ def _render_split(domain: Domain, types: Sequence[LesionType], uni: np.ndarray, 
 
 def make_client_split(seed, client, split, n, domain, types, size, lesion_free_fraction, level,
                       box_margin, box_mode="component"):
+    """One client's split of ``n`` samples as the unpadded ``stack_clients`` input (module doc)."""
     if n == 0:
         k = len(types)
         return dict(images=np.zeros((0, size, size, 1), np.float32),

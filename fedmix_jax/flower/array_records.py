@@ -2,42 +2,30 @@
 
 A model pair crosses the network as one :class:`flwr.app.ArrayRecord` of two flat float32
 vectors, ``model1`` and ``model2`` (each model's leaves in :func:`jax.tree_util.tree_flatten`
-order; both ends know the layout from the shared config): Flower transfers every array of a record
-in its own HTTPS request, so one array per model instead of one per leaf. Other pytrees (a site's
-Adam state kept in its node context) use :func:`tree_to_record`: one array per leaf, keyed by the
-leaf's path (``"state/opt_state/model1/..."``) in :func:`jax.tree_util.tree_flatten_with_path`
-order. Every value is a plain :class:`numpy.ndarray` (Flower serialises it with
-``np.save(allow_pickle=False)`` and reads it back with ``allow_pickle=False``): nothing is ever
-unpickled.
-
-The scalars of a site's round (:class:`SiteReport` fields) travel as a
-:class:`flwr.app.MetricRecord` of ints and floats.
+order): Flower transfers every array of a record in its own HTTPS request. Other pytrees (a
+site's Adam state kept in its node context) use :func:`tree_to_record`: one array per leaf, keyed
+by its path (``"state/opt_state/model1/..."``). Every value is a plain :class:`numpy.ndarray`
+(serialised with ``allow_pickle=False``): nothing is ever unpickled. The scalars of a site's round
+(:class:`SiteReport` fields) travel as a :class:`flwr.app.MetricRecord` of ints and floats.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
+from fedmix_jax.site import ModelPair, SiteReport
+
 PAIR_PREFIXES = ("model1", "model2")   # ModelPair field names: the record keys' prefixes
 
-
-def _report_fields() -> dict[str, type]:
-    """:class:`~fedmix_jax.site.SiteReport`'s fields and their Python types in a MetricRecord:
-    the losses are floats, every other field is a count (int)."""
-    import dataclasses
-
-    from fedmix_jax.site import SiteReport
-
-    return {f.name: (float if f.name.startswith("loss") else int)
-            for f in dataclasses.fields(SiteReport)}
-
-
-# SiteReport fields and their Python types in a MetricRecord (ints stay ints).
-REPORT_FIELDS = _report_fields()
+# SiteReport fields and their Python types in a MetricRecord: the losses are floats, every other
+# field is a count (int).
+REPORT_FIELDS = {f.name: (float if f.name.startswith("loss") else int)
+                 for f in dataclasses.fields(SiteReport)}
 
 
 def _key_part(k) -> str:
@@ -47,29 +35,21 @@ def _key_part(k) -> str:
     return str(k)
 
 
-def leaf_key(path) -> str:
-    """``"a/b/0"`` for a pytree key path (dict keys, attribute names, sequence indices)."""
-    return "/".join(_key_part(k) for k in path)
-
-
 def flatten_with_keys(tree, prefix: str = "") -> list[tuple[str, Any]]:
-    """``[(key, leaf)]`` in the tree's flattening order, keys ``prefix/path``."""
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    """``[(key, leaf)]`` in the tree's flattening order, keys ``prefix/a/b/0`` (dict keys,
+    attribute names, sequence indices)."""
     pre = f"{prefix}/" if prefix else ""
-    return [(pre + leaf_key(path), leaf) for path, leaf in leaves]
+    return [(pre + "/".join(_key_part(k) for k in path), leaf)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
 def tree_to_record(tree, prefix: str = "") -> ArrayRecord:
     """An :class:`ArrayRecord` with one numpy array per leaf of ``tree`` (stable key order)."""
-    record = ArrayRecord()
-    for key, leaf in flatten_with_keys(tree, prefix):
-        record[key] = Array(np.asarray(leaf, order="C"))
-    return record
+    return ArrayRecord({key: Array(np.asarray(leaf, order="C"))
+                        for key, leaf in flatten_with_keys(tree, prefix)})
 
 
-def _as_pair(pair):
-    from fedmix_jax.site import ModelPair
-
+def _as_pair(pair) -> ModelPair:
     return pair if isinstance(pair, ModelPair) else ModelPair(*tuple(pair))
 
 
@@ -78,7 +58,7 @@ def _flat_size(params) -> int:
 
 
 def pack_model(params) -> np.ndarray:
-    """One model's params as one flat float32 vector (leaves in flattening order)."""
+    """One model's params as one flat float32 vector [P] (leaves in flattening order)."""
     leaves = jax.tree_util.tree_leaves(params)
     for x in leaves:
         if np.dtype(x.dtype) != np.float32:
@@ -87,7 +67,7 @@ def pack_model(params) -> np.ndarray:
 
 
 def unpack_model(flat: np.ndarray, like):
-    """The inverse of :func:`pack_model` for the structure and shapes of ``like``."""
+    """The inverse of :func:`pack_model`: flat [P] -> the structure and shapes of ``like``."""
     leaves, treedef = jax.tree_util.tree_flatten(like)
     out, offset = [], 0
     for x in leaves:
@@ -100,15 +80,10 @@ def unpack_model(flat: np.ndarray, like):
 
 
 def pair_to_record(pair) -> ArrayRecord:
-    """A :class:`~fedmix_jax.site.ModelPair` (or a 2-tuple) as a record of two arrays, ``model1``
-    and ``model2``: each model's leaves packed into one flat float32 vector (in
-    :func:`jax.tree_util.tree_flatten` order; the receiver knows the layout from the shared
-    config). Two objects per message instead of one per leaf: Flower transfers every array of a
-    record in its own HTTPS request."""
-    record = ArrayRecord()
-    for prefix, params in zip(PAIR_PREFIXES, _as_pair(pair)):
-        record[prefix] = Array(pack_model(params))
-    return record
+    """A :class:`~fedmix_jax.site.ModelPair` (or a 2-tuple) as a record of two float32 vectors,
+    ``model1`` [P] and ``model2`` [P] (:func:`pack_model`)."""
+    return ArrayRecord({prefix: Array(pack_model(params))
+                        for prefix, params in zip(PAIR_PREFIXES, _as_pair(pair))})
 
 
 def pair_spec(pair) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -126,13 +101,6 @@ def record_to_model(record: ArrayRecord, like, which: str = PAIR_PREFIXES[0]):
         raise ValueError(f"{which}: got {flat.dtype}{list(flat.shape)}, expected "
                          f"float32[{_flat_size(like)}]")
     return unpack_model(flat, like)
-
-
-def model_record(record: ArrayRecord, which: str = PAIR_PREFIXES[0]) -> ArrayRecord:
-    """A record with only one model of a pair record (what evaluation needs)."""
-    out = ArrayRecord()
-    out[which] = record[which]
-    return out
 
 
 def record_to_tree(record: ArrayRecord, like, prefix: str = ""):
@@ -158,12 +126,10 @@ def record_to_tree(record: ArrayRecord, like, prefix: str = ""):
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), leaves)
 
 
-def record_to_pair(record: ArrayRecord, like):
+def record_to_pair(record: ArrayRecord, like) -> ModelPair:
     """The :class:`~fedmix_jax.site.ModelPair` of a :func:`pair_to_record` record (``like``: a
     pair of arrays or ShapeDtypeStructs giving the structure, shapes and dtypes)."""
-    from fedmix_jax.site import ModelPair
-
-    like = _as_pair(like)
     if sorted(record.keys()) != sorted(PAIR_PREFIXES):
         raise ValueError(f"record keys {list(record.keys())[:4]} are not {list(PAIR_PREFIXES)}")
-    return ModelPair(*(record_to_model(record, m, k) for k, m in zip(PAIR_PREFIXES, like)))
+    return ModelPair(*(record_to_model(record, m, k)
+                       for k, m in zip(PAIR_PREFIXES, _as_pair(like))))

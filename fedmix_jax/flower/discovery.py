@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
@@ -72,25 +71,15 @@ def _wait_for_nodes(grid: Grid, num: int, timeout: float, listed: dict[int, str]
         time.sleep(0.5)
 
 
-def _majority(values: list) -> Any:
-    """The most common value (ties: the earliest), for the sites' image shape and classes."""
-    return max(values, key=lambda v: (values.count(v), -values.index(v)))
-
-
 def discover_sites(grid: Grid, shared_json: str, num_sites: int, join_timeout: float,
                    reply_timeout: float, min_sites: int = 1,
                    listed: dict[int, str] | None = None) -> tuple[list[Site], list[dict]]:
-    """Wait for the SuperNodes, ask each for its declaration, order them (index, then name).
-
-    With ``listed`` (:func:`parse_site_list`: ``{node_id: name}``) only those nodes take part:
-    any other connected node is logged once and never sent anything, a listed node declaring
-    another name than its listed one is excluded, and ``num_sites`` defaults to the list's length.
-
-    Each declaration is checked (:func:`~fedmix_jax.flower.validation.check_declaration`); a
-    site whose declaration is bad, whose name another site declared too, or whose image shape
-    or classes differ from the majority's is excluded with one log line. Raises RuntimeError
-    only when fewer than ``num_sites`` nodes joined or fewer than ``min_sites`` sites remain.
-    """
+    """Wait for the SuperNodes, ask each for its declaration, order them (index, then name):
+    ``(sites, their checked declarations)``. With ``listed`` (:func:`parse_site_list`) only those
+    nodes take part (any other is logged once and sent nothing; one declaring another name is
+    excluded). A site whose declaration is bad, whose name another declared too, or whose image
+    shape or classes differ from the majority's is excluded with one log line. RuntimeError only
+    when fewer than ``num_sites`` nodes joined or fewer than ``min_sites`` sites remain."""
     listed = dict(listed or {})
     num_sites = num_sites or len(listed)
     nodes = _wait_for_nodes(grid, num_sites, join_timeout, listed)
@@ -100,9 +89,8 @@ def discover_sites(grid: Grid, shared_json: str, num_sites: int, join_timeout: f
     msgs = [Message(content=RecordDict({CONFIG_RECORD: ConfigRecord(
         {"config-json": shared_json})}), dst_node_id=n, message_type="query.info")
         for n in nodes]
-    replies = send_and_receive(grid, msgs, reply_timeout)
-    found = []
-    for reply in replies:
+    found = []      # (node, checked declaration)
+    for reply in send_and_receive(grid, msgs, reply_timeout):
         node = reply.metadata.src_node_id
         try:
             if reply.has_error():
@@ -115,29 +103,31 @@ def discover_sites(grid: Grid, shared_json: str, num_sites: int, join_timeout: f
         except ReplyRejected as e:
             log.warning("node %s excluded: bad declaration: %s", node, e)
             continue
-        found.append((info["site-index"], info["site-name"], node, info))
-    names = [f[1] for f in found]
+        found.append((node, info))
+    names = [info["site-name"] for _, info in found]
     for name in sorted({n for n in names if names.count(n) > 1}):
         log.warning("site name %r declared by %d nodes: all excluded", name, names.count(name))
-    found = [f for f in found if names.count(f[1]) == 1]
+    found = [f for f in found if names.count(f[1]["site-name"]) == 1]
     # Declared indices first (in order), then the others by name.
-    found.sort(key=lambda t: (t[0] < 0, t[0], t[1]))
+    found.sort(key=lambda f: (f[1]["site-index"] < 0, f[1]["site-index"], f[1]["site-name"]))
     if found:
-        kind = _majority([(f[3]["image-shape"], f[3]["num-classes"]) for f in found])
-        for f in found:
-            if (f[3]["image-shape"], f[3]["num-classes"]) != kind:
+        # The majority's image shape and classes (ties: the earliest).
+        kinds = [(info["image-shape"], info["num-classes"]) for _, info in found]
+        kind = max(kinds, key=lambda v: (kinds.count(v), -kinds.index(v)))
+        for (_, info), k in zip(found, kinds):
+            if k != kind:
                 log.warning("site %s excluded: image shape %s / %d classes differ from the "
-                            "other sites' %s / %d", f[1], list(f[3]["image-shape"]),
-                            f[3]["num-classes"], list(kind[0]), kind[1])
-        found = [f for f in found if (f[3]["image-shape"], f[3]["num-classes"]) == kind]
-    sites = [Site(node_id=node, index=position, name=name, num_train=info["num-train"],
-                  num_val=info["num-val"], num_test=info["num-test"])
-             for position, (_, name, node, info) in enumerate(found)]
-    infos = [f[3] for f in found]
+                            "other sites' %s / %d", info["site-name"], list(k[0]), k[1],
+                            list(kind[0]), kind[1])
+        found = [f for f, k in zip(found, kinds) if k == kind]
+    sites = [Site(node_id=node, index=position, name=info["site-name"],
+                  num_train=info["num-train"], num_val=info["num-val"],
+                  num_test=info["num-test"])
+             for position, (node, info) in enumerate(found)]
     if len(sites) < max(int(min_sites), 1):
         raise RuntimeError(f"only {len(sites)} sites declared themselves validly (min-sites "
                            f"{min_sites}, {len(nodes)} joined)")
     if num_sites and len(sites) < num_sites:
         log.warning("only %d of %d sites declared themselves validly: going on with them",
                     len(sites), num_sites)
-    return sites, infos
+    return sites, [info for _, info in found]

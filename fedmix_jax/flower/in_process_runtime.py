@@ -1,28 +1,18 @@
 """The SuperNode's Runtime API called in its own process: the ClientApp runs inside the SuperNode.
 
-With ``python -m fedmix_jax.flower.supernode --clientapp-in-process ...`` a site runs one process:
-the SuperNode (its connection to the SuperLink, TLS, authentication, its state) and, in a thread
-of the same process, a loop (:func:`serve_tasks`) that acquires the node's ClientApp tasks (as
-``flower-superexec`` does) and runs each with FedMix's ClientApp (:func:`run_task`, what
-``flwr-clientapp`` does, without exiting). The data, the compiled site function and the JAX
-runtime stay loaded between rounds, and the hop between SuperNode and ClientApp is a function
-call instead of HTTP on loopback:
-
-* the broadcast pair (8.7 MB at the default size) is not copied through the SuperNode's HTTP
-  Runtime API to a ClientApp process and back for the reply (measured 0.4-0.9 s per train
-  message on the 2-core machine, plus the CPU of both processes);
-* no second process polls the SuperNode for tasks; the loop checks the node's in-memory state.
-
-:class:`InProcessRuntime` stands in for Flower's ``RuntimeHttpClient``: each method takes and
-returns the same protobuf messages as the HTTP endpoint of that name and calls the same Flower
-handler the endpoint calls (``flwr.supernode.servicer.runtime.runtime_handlers``), with the task
-looked up by its token as the endpoint's authentication does. So the node's state sees exactly
-what it sees from a ClientApp process. Flower 1.42 only (the ``fedmix_jax[flower]`` extra pins it:
-:func:`run_task` uses its ``flwr.supernode.runtime.run_clientapp`` helpers).
+With ``python -m fedmix_jax.flower.supernode --clientapp-in-process`` a thread of the SuperNode's
+process acquires the node's ClientApp tasks (:func:`serve_tasks`, as ``flower-superexec`` does)
+and runs each with FedMix's ClientApp (:func:`run_task`, as ``flwr-clientapp`` does, without
+exiting): data, compiled site function and JAX stay loaded between rounds, and the hop to the
+ClientApp is a function call instead of HTTP on loopback. :class:`InProcessRuntime` stands in for
+Flower's ``RuntimeHttpClient``: each method takes and returns that endpoint's protobuf messages
+and calls the Flower handler the endpoint calls, the task looked up by its token. Flower 1.42 only
+(the ``fedmix_jax[flower]`` extra pins it). See docs/across_sites.md.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import threading
@@ -34,13 +24,18 @@ log = logging.getLogger("fedmix_jax.flower.in_process")
 #: local object pulls (seconds). Local checks are dictionary lookups, not requests.
 LOCAL_POLL = 0.02
 
+# RuntimeHttpClient's methods served by the node's handler (flwr.supernode.servicer.runtime.
+# runtime_handlers) of the same name in snake case.
+_HANDLERS = {"PullTaskInput": "pull_task_input", "PullMessages": "pull_messages",
+             "PullObject": "pull_object", "ConfirmMessageReceived": "confirm_message_received",
+             "PushMessages": "push_messages", "PushObject": "push_object",
+             "PushTaskOutput": "push_task_output"}
+
 
 class InProcessRuntime:
-    """The SuperNode's Runtime API as method calls on its in-memory state (no HTTP).
-
-    ``state``: the SuperNode's ``NodeState``; ``token``: the task token the calls authenticate
-    with (``None`` for :meth:`AcquireTask`, which needs none). Method names and messages are those
-    of Flower 1.42's ``RuntimeHttpClient``."""
+    """Flower 1.42's ``RuntimeHttpClient`` as method calls on the SuperNode's ``NodeState``
+    ``state`` (no HTTP); ``token``: the task token the calls authenticate with (``None`` for
+    :meth:`AcquireTask`, which needs none)."""
 
     def __init__(self, state, token: str | None = None):
         self._state = state
@@ -58,36 +53,18 @@ class InProcessRuntime:
                               "Runtime task-token authentication failed.")
         return task
 
-    def _call(self, name: str, request):
+    def __getattr__(self, name: str):
+        if name not in _HANDLERS:
+            raise AttributeError(name)
         from flwr.supernode.servicer.runtime import runtime_handlers
 
-        return getattr(runtime_handlers, name)(request, self._state, self._task())
+        handler = getattr(runtime_handlers, _HANDLERS[name])
+        return lambda request: handler(request, self._state, self._task())
 
     def AcquireTask(self, request):  # noqa: N802 - Flower's method names
         from flwr.supernode.servicer.runtime import runtime_handlers
 
         return runtime_handlers.acquire_task(request, self._state)
-
-    def PullTaskInput(self, request):  # noqa: N802
-        return self._call("pull_task_input", request)
-
-    def PullMessages(self, request):  # noqa: N802
-        return self._call("pull_messages", request)
-
-    def PullObject(self, request):  # noqa: N802
-        return self._call("pull_object", request)
-
-    def ConfirmMessageReceived(self, request):  # noqa: N802
-        return self._call("confirm_message_received", request)
-
-    def PushMessages(self, request):  # noqa: N802
-        return self._call("push_messages", request)
-
-    def PushObject(self, request):  # noqa: N802
-        return self._call("push_object", request)
-
-    def PushTaskOutput(self, request):  # noqa: N802
-        return self._call("push_task_output", request)
 
     def SendTaskHeartbeat(self, request):  # noqa: N802
         from flwr.supercore.servicer.runtime import runtime_handlers as core
@@ -167,31 +144,17 @@ def serve_tasks(acquirer, client_for_token, poll_interval: float) -> None:
         time.sleep(poll_interval)
 
 
-def _cap_local_waits() -> None:
-    """In this process the ClientApp's object pulls and the SuperNode's reply checks read the
-    node's own memory: wait ``LOCAL_POLL`` s between tries instead of the network cap."""
-    import functools
-
+def serve_in_process(state_factory, nice: int = 0) -> threading.Thread:
+    """Start the ClientApp loop in a daemon thread of this (the SuperNode's) process; returns it.
+    ``nice`` (Linux): the thread's nice level, which JAX's compute threads inherit; the
+    SuperNode's own threads keep theirs (the nodes' messaging can go first)."""
     from flwr.supernode.runtime import run_clientapp
 
-    from fedmix_jax.flower.latency import check_flower_version
+    from fedmix_jax.flower.latency import cap_pull, check_flower_version
 
+    # The ClientApp's object pulls read the node's own memory: LOCAL_POLL, not the network cap.
     check_flower_version()
-    fn = run_clientapp.pull_and_inflate_object_from_tree
-    original = getattr(fn, "_fedmix_original", fn)
-    local = functools.partial(original, initial_backoff=LOCAL_POLL, backoff_cap=4 * LOCAL_POLL,
-                              max_tries_per_object=None)
-    local._fedmix_original = original  # type: ignore[attr-defined]
-    run_clientapp.pull_and_inflate_object_from_tree = local
-
-
-def serve_in_process(state_factory, nice: int = 0) -> threading.Thread:
-    """Start the ClientApp loop in a daemon thread of this (the SuperNode's) process.
-
-    ``nice`` (Linux): the loop thread's nice level, set before JAX starts its compute threads,
-    which inherit it; the SuperNode's own threads keep theirs (a machine that hosts several sites
-    can let the nodes' messaging go first). Returns the thread."""
-    _cap_local_waits()
+    cap_pull(run_clientapp, "pull_and_inflate_object_from_tree", LOCAL_POLL)
     site_log = logging.getLogger("fedmix_jax.flower")
     if not site_log.handlers:     # the ClientApp's lines in the SuperNode's log, timestamped
         handler = logging.StreamHandler()
@@ -202,8 +165,8 @@ def serve_in_process(state_factory, nice: int = 0) -> threading.Thread:
 
     # Import here, in the calling thread, what the loop needs (JAX included): two threads
     # importing the same modules at once can fail on Python's import locks.
-    import fedmix_jax.flower.client_app  # noqa: F401
-    import fedmix_jax.flower.local_site  # noqa: F401  (JAX; its backend starts in the loop)
+    for module in ("fedmix_jax.flower.client_app", "fedmix_jax.flower.local_site"):
+        importlib.import_module(module)
 
     def loop() -> None:
         if nice:

@@ -1,25 +1,13 @@
 """Flower 1.42's fixed waits, capped for FedMix rounds — every such change in one place.
 
-A FedMix round is one short exchange per site, so Flower's fixed waits, made for long idle runs,
-dominate a deployed round (measured at the default synthetic size; docs/across_sites.md):
-
-* the SuperNode sleeps **3 s** whenever it finds no message, and checks for its ClientApp's reply
-  every 0.5 s (``flwr.supernode.start_client_internal``): the site that replies last is asleep
-  when the next round's message arrives;
-* a message's objects are pulled with an exponential back-off that starts at **1 s** when an
-  object is not there yet (``flwr.supercore.inflatable.inflatable_utils.pull_objects``). Each
-  hop makes that race: the SuperNode starts the ClientApp's task before it has received the
-  objects, the SuperNode asks for objects the ServerApp is still uploading, the ServerApp asks
-  for a reply's objects the SuperNode is still uploading. One round paid 1 + 2 s at one hop.
-
-:func:`cap_supernode_sleeps` and :func:`cap_object_pulls` cap these waits at ``cap`` seconds
-(default 0.2) in the process that calls them, by replacing the module attributes those Flower
-functions look up; the protocol, TLS and authentication are untouched. The cost is a few more
-small requests while waiting. Object pulls still give up after Flower's own ``PULL_MAX_TIME``
-(not after a number of tries, which would shorten the time allowed for a large upload).
-
-Only the Flower version the ``fedmix_jax[flower]`` extra pins is patched; another version is
-refused with a message rather than patched blindly.
+A FedMix round is one short exchange per site, so Flower's fixed waits dominate a deployed round:
+the SuperNode sleeps 3 s whenever it finds no message and checks for its ClientApp's reply every
+0.5 s; a message's objects are pulled with a back-off that starts at 1 s when an object is not
+uploaded yet, which happens at every hop. :func:`cap_supernode_sleeps` and
+:func:`cap_object_pulls` cap these waits in the calling process by replacing the module
+attributes those Flower functions look up; protocol, TLS and authentication are untouched. Only
+the Flower version the ``fedmix_jax[flower]`` extra pins is patched; another is refused. See
+docs/across_sites.md and docs/flower_upstream.md.
 """
 
 from __future__ import annotations
@@ -84,6 +72,18 @@ def cap_supernode_sleeps(cap: float = DEFAULT_CAP, local_cap: float | None = Non
     loop.time = _CappedSleep(cap, local_cap)
 
 
+def cap_pull(module, attr: str, cap: float) -> None:
+    """Replace Flower's object-pull function ``module.attr`` by the original with its back-off
+    starting at ``cap`` s, capped at ``4 * cap`` s, and no limit on tries (re-capping wraps the
+    original once)."""
+    fn = getattr(module, attr)
+    original = getattr(fn, "_fedmix_original", fn)
+    capped = functools.partial(original, initial_backoff=cap, backoff_cap=4 * cap,
+                               max_tries_per_object=None)
+    capped._fedmix_original = original  # type: ignore[attr-defined]
+    setattr(module, attr, capped)
+
+
 def cap_object_pulls(cap: float = DEFAULT_CAP) -> list[str]:
     """Start the object-pull back-off at ``cap`` s (Flower: 1 s) and cap it at ``4 * cap``
     (Flower: 10 s), for every hop importable in this process. Returns the patched names."""
@@ -95,11 +95,6 @@ def cap_object_pulls(cap: float = DEFAULT_CAP) -> list[str]:
             module = importlib.import_module(module_name)
         except ImportError:
             continue
-        fn = getattr(module, attr)
-        original = getattr(fn, "_fedmix_original", fn)
-        capped = functools.partial(original, initial_backoff=cap, backoff_cap=4 * cap,
-                                   max_tries_per_object=None)
-        capped._fedmix_original = original  # type: ignore[attr-defined]
-        setattr(module, attr, capped)
+        cap_pull(module, attr, cap)
         patched.append(f"{module_name}.{attr}")
     return patched

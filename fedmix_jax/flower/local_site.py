@@ -1,23 +1,12 @@
 """What runs at a hospital: its data, its compiled site function, its state between rounds.
 
-Nothing here imports Flower: the ClientApp (:mod:`fedmix_jax.flower.client_app`) drives a
-:class:`LocalSite`.
-
-A site's data comes from its own machine (``node_config`` of its SuperNode):
-
-* ``data = "folders"``, ``data-dir = /path`` (and optionally ``cache-dir``, ``client`` — the
-  client folder's name when the directory holds several): the hospital's images in the project's
-  ``folders`` layout (:mod:`fedmix_jax.data.real.layouts`), decoded once into the array_record
-  cache and read back from it afterwards; the split seed, fractions, image size and the other
-  :data:`FOLDERS_DATA_KEYS` come from the coordinator's ``data`` group (one cache per
-  combination; a process reloads its site when they change, :func:`data_key`);
-* ``data = "synthetic"``, ``site-index = i``: client ``i`` of the embedded synthetic federation
-  (demos and tests; the data settings then come from the coordinator's config).
-
-The model, the round settings (strategy, batch size, learning rate, selection rules ...) and the
-synthetic data settings come from the coordinator with every message (one config for the whole
-federation), as a JSON string of the config's ``model``, ``train``, ``selection``, ``strategy`` and
-``data`` groups.
+Nothing here imports Flower's apps: the ClientApp (:mod:`fedmix_jax.flower.client_app`) drives a
+:class:`LocalSite`. A site's data comes from its SuperNode's node config (``data = "folders"`` with
+``data-dir``: the hospital's images, through the array_record cache; ``data = "synthetic"`` with
+``site-index``: a client of the synthetic federation, for demos and tests). The model, the round
+settings and the data settings the run decides come from the coordinator with every message, as
+a JSON string of the config's :data:`SHARED_GROUPS`. See docs/across_sites.md ("Node config
+keys").
 """
 
 from __future__ import annotations
@@ -35,17 +24,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fedmix_jax.data.federation import FederatedSplit
+from fedmix_jax.data.federation import LEVEL_NAMES, FederatedSplit
 from fedmix_jax.flower import round_core
 from fedmix_jax.flower.array_records import REPORT_FIELDS
-
-REPORT_KEYS = tuple(REPORT_FIELDS)
-# Evaluation reply keys -> the figures of fedmix_jax.evaluation.evaluate they carry.
-_EVAL_NAMES = {"dice": "dice", "iou": "iou", "hd95": "hd95", "dice-present": "dice_present",
-               "false-positive-rate": "false_positive_rate"}
-# Per class (K values each): Dice over the split's images, Dice over the images with the class.
-_PER_CLASS_NAMES = {"dice-per-class": "dice_per_class",
-                    "dice-present-per-class": "dice_present_per_class"}
+# Evaluation reply keys; each carries the figure of fedmix_jax.evaluation.evaluate named as the
+# key with "_" for "-" (per class: K values, Dice over the split's images / the class's images).
+from fedmix_jax.flower.validation import EVAL_FIGURES, PER_CLASS_FIGURES
 
 # The config groups a site needs (and that the coordinator sends). ``num_rounds`` sets the
 # default warm-up of FedST / FedRGD (half the rounds), as in the in-process job.
@@ -72,25 +56,16 @@ class SiteData:
     val: FederatedSplit
     test: FederatedSplit
 
-    @property
-    def num_train(self) -> int:
-        return int(np.asarray(self.train.valid).sum())
-
     def info(self) -> dict[str, Any]:
-        """What a site declares when it joins (sizes and shapes; no sample)."""
+        """What a site declares when it joins (sizes and shapes; no sample), with the supervision
+        levels present in the training split (``"box"``, ``"box+pixel"``)."""
+        lv = np.asarray(self.train.levels)[np.asarray(self.train.valid)]
         return {"site-name": self.name, "site-index": int(self.index),
-                "num-train": self.num_train, "num-val": int(np.asarray(self.val.valid).sum()),
-                "num-test": int(np.asarray(self.test.valid).sum()),
+                **{f"num-{k}": int(np.asarray(getattr(self, k).valid).sum())
+                   for k in ("train", "val", "test")},
                 "image-shape": [int(s) for s in np.shape(self.train.images)[1:]],
                 "num-classes": int(np.shape(self.train.masks)[-1]),
-                "levels": self.levels()}
-
-    def levels(self) -> str:
-        """The supervision levels present in the training split (``"box"``, ``"box+pixel"``)."""
-        from fedmix_jax.data.federation import LEVEL_NAMES
-
-        lv = np.asarray(self.train.levels)[np.asarray(self.train.valid)]
-        return "+".join(sorted({LEVEL_NAMES[int(x)] for x in np.unique(lv)})) or "-"
+                "levels": "+".join(sorted({LEVEL_NAMES[int(x)] for x in np.unique(lv)})) or "-"}
 
 
 def _take(split: FederatedSplit, c: int, trim: bool) -> FederatedSplit:
@@ -102,21 +77,16 @@ def _take(split: FederatedSplit, c: int, trim: bool) -> FederatedSplit:
 
 
 def site_from_federation(federation, index: int, trim: bool = False) -> SiteData:
-    """Client ``index`` of a :class:`~fedmix_jax.data.federation.Federation` as a site.
-
-    ``trim=False`` keeps the federation's padding (the site's arrays then have exactly the shapes
-    of its slice in the in-process round).
-    """
+    """Client ``index`` of a :class:`~fedmix_jax.data.federation.Federation` as a site
+    (``trim=False``: with the federation's padding, the shapes of its in-process slice)."""
     return SiteData(name=str(federation.client_names[index]), index=int(index),
                     train=_take(federation.train, index, trim),
                     val=_take(federation.val, index, trim),
                     test=_take(federation.test, index, trim))
 
 
-# The coordinator's data settings a folders site applies (the split seed, fractions, size ...): the
-# run's config, not the site's, decides them, as in the in-process job. Each combination has its
-# own array_record cache (the cache directory's name encodes them), so a site never reads a cache
-# built for other settings.
+# The coordinator's data settings a folders site applies (the run's config decides them, as in
+# the in-process job); each combination has its own array_record cache.
 FOLDERS_DATA_KEYS = ("image_size", "channels", "pack_labels", "seed", "val_fraction",
                      "test_fraction", "on_bad_input", "box_mode", "max_per_client")
 # Node config keys that do not change the data.
@@ -159,9 +129,7 @@ def load_site_data(node_config: dict, shared: ml_collections.ConfigDict | None) 
             raise ValueError(f"site-index {index} is outside the synthetic federation's "
                              f"{fed.num_clients} clients")
         site = site_from_federation(fed, index, trim=False)
-        site.name = str(node_config.get("site-name", site.name))
-        return site
-    if kind == "folders":
+    elif kind == "folders":
         from fedmix_jax.data.real import default_data_config, load_federation_from_config
 
         data_dir = str(node_config.get("data-dir", ""))
@@ -185,9 +153,10 @@ def load_site_data(node_config: dict, shared: ml_collections.ConfigDict | None) 
             raise ValueError(f"{data_dir} holds several clients {names}: set node config client")
         site = site_from_federation(fed, c, trim=True)
         site.index = int(node_config.get("site-index", -1))
-        site.name = str(node_config.get("site-name", site.name))
-        return site
-    raise ValueError(f"unknown node config data={kind!r}; use 'folders' or 'synthetic'")
+    else:
+        raise ValueError(f"unknown node config data={kind!r}; use 'folders' or 'synthetic'")
+    site.name = str(node_config.get("site-name", site.name))
+    return site
 
 
 @functools.lru_cache(maxsize=8)
@@ -199,11 +168,8 @@ def _model_and_round_config(shared_json: str, num_classes: int):
 
 
 class LocalSite:
-    """A hospital's side of FedMix: holds its data and state, runs the compiled site function.
-
-    The compiled programs are cached per process (``round_core.compiled_site_fn``): a process that
-    lives across rounds (simulation, the ClientApp inside the SuperNode) compiles once.
-    """
+    """A hospital's side of FedMix: holds its data, runs the compiled site function (cached per
+    process: a process that lives across rounds compiles once)."""
 
     def __init__(self, data: SiteData):
         self.data = data
@@ -218,9 +184,6 @@ class LocalSite:
     def setup(self, shared_json: str):
         """``(model, round_config)`` of the coordinator's config (built once per config)."""
         return _model_and_round_config(shared_json, int(np.shape(self.data.train.masks)[-1]))
-
-    def info(self, shared_json: str | None = None) -> dict[str, Any]:
-        return self.data.info()
 
     def template_pair(self, shared_json: str):
         """The model pair's ShapeDtypeStructs (no computation; traced once per config)."""
@@ -238,23 +201,15 @@ class LocalSite:
         key = ("state", shared_json)
         if key not in self._templates:
             _, config = self.setup(shared_json)
-            pair = self.template_pair(shared_json)
             self._templates[key] = jax.eval_shape(
-                lambda p: round_core.initial_site_state(p, config), pair)
+                lambda p: round_core.initial_site_state(p, config), self.template_pair(shared_json))
         return self._templates[key]
 
     def train(self, shared_json: str, global_pair, state, key, hparams, round_index: int):
-        """One round of the site function: ``(SiteState, report dict of numpy scalars)``.
-
-        Args:
-          global_pair: the broadcast :class:`~fedmix_jax.site.ModelPair`.
-          state: the :class:`~fedmix_jax.site.SiteState` kept from the site's previous round, or
-            None (first round, or a site that lost its state: the broadcast pair with fresh Adam
-            moments, as the in-process round's initial state).
-          key: the site's PRNG key of this round; hparams: :class:`~fedmix_jax.config.HParams`.
-          round_index: the round, 0-based (Flower's round ``r`` is ``r - 1``,
-            :func:`fedmix_jax.flower.round_core.round_index`): the strategy's warm-up depends on it.
-        """
+        """One round of the site function from the broadcast ``global_pair`` and the site's
+        ``state`` of its previous round (None: the broadcast pair with fresh Adam moments), with
+        its PRNG ``key`` and the 0-based ``round_index`` (the warm-up depends on it): ``(SiteState,
+        report dict of numpy scalars)``."""
         model, config = self.setup(shared_json)
         fn = round_core.compiled_site_fn(model, config)
         global_pair = jax.tree.map(jnp.asarray, global_pair)
@@ -264,7 +219,7 @@ class LocalSite:
         new_state, report = fn(global_pair, state, self._train_on_device(), key, hparams,
                                round_index)
         report = jax.device_get(report)
-        return new_state, {k: np.asarray(getattr(report, k)) for k in REPORT_KEYS}
+        return new_state, {k: np.asarray(getattr(report, k)) for k in REPORT_FIELDS}
 
     def evaluate(self, shared_json: str, params_model1) -> dict[str, float]:
         """Model 1 on the site's validation and test splits: ``num-{split}``,
@@ -283,16 +238,17 @@ class LocalSite:
             out[f"num-{split_name}"] = n
             if n == 0:
                 out.update({f"{split_name}-{k}": 0.0 if k in ("dice", "iou") else math.nan
-                            for k in _EVAL_NAMES})
+                            for k in EVAL_FIGURES})
                 out.update({f"{split_name}-{k}": [math.nan] * num_classes
-                            for k in _PER_CLASS_NAMES})
+                            for k in PER_CLASS_FIGURES})
                 continue
             one = jax.tree.map(lambda x: np.asarray(x)[None], split)
             ev = evaluate(model, params_model1, one, chunk_size=config.inference_chunk)
-            for k, name in _EVAL_NAMES.items():
-                out[f"{split_name}-{k}"] = float(ev[name][0])
-            for k, name in _PER_CLASS_NAMES.items():
-                out[f"{split_name}-{k}"] = [float(v) for v in np.asarray(ev[name][0]).ravel()]
+            for k in EVAL_FIGURES:
+                out[f"{split_name}-{k}"] = float(ev[k.replace("-", "_")][0])
+            for k in PER_CLASS_FIGURES:
+                out[f"{split_name}-{k}"] = [float(v) for v in
+                                            np.asarray(ev[k.replace("-", "_")][0]).ravel()]
         return out
 
 

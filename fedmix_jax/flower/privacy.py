@@ -1,34 +1,13 @@
 """Client-level differential privacy of the aggregate (server side, numpy on the host).
 
-What it protects: the sequence of global model pairs the coordinator sends out (to every site,
-and whatever is released after the run), against the data of any **one whole site** changing
-arbitrarily (replace-one-site adjacency). The coordinator itself is trusted: it sees each site's
-update and its scalars (n_i, ℓ_i, the counts in ``metrics.jsonl``), which this does not protect.
-
-Mechanism, each round (run config ``dp-clip-norm`` = C > 0, ``dp-noise-multiplier`` = z):
-
-1. every accepted site's update ``Δ_i = local_i - broadcast`` is clipped as one vector over the
-   models that train (both U-Nets for FedMix) to L2 norm at most C: ``Δ_i · min(1, C/‖Δ_i‖)``
-   (:func:`clip_update`);
-2. the strategy's weighted average of the clipped updates is formed as usual. Whatever the
-   weights -- FedMix's adaptive ones depend on every site's ℓ_i and n_i, so one site's data moves
-   all of them -- the aggregate is a convex combination of vectors of norm at most C, so replacing
-   one site's data moves it by at most **2C** (its L2 sensitivity);
-3. Gaussian noise of standard deviation ``σ = z · 2C`` is added to every coordinate of the
-   aggregated models that train (:func:`add_noise`), drawn from the operating system's entropy
-   (never from the run's seed, which every site receives with the config: a site could otherwise
-   regenerate and subtract it). A DP run is therefore not reproducible bit for bit, by design.
-
-Each round is a Gaussian mechanism with noise multiplier z relative to its sensitivity; R rounds
-compose exactly to a Gaussian mechanism with ``μ = √R / z`` (Dong, Roth & Su, Gaussian
-differential privacy, 2019), whose exact (ε, δ) curve is Balle & Wang's (ICML 2018):
-``δ(ε) = Φ(-ε/μ + μ/2) - e^ε Φ(-ε/μ - μ/2)``. :func:`epsilon` inverts it for the run's δ.
-
-Why not Flower's ``DifferentialPrivacyServerSideFixedClipping``: it adds noise ``z·C/K`` to a
-*uniform* mean of K clipped updates and clips one flat model; FedMix averages two models with
-data-dependent weights, for which that noise does not bound the sensitivity.
-
-Shapes: ``P`` parameters of one model (a packed vector, as a reply carries it).
+It protects the global model pairs the coordinator sends out against the data of any one whole
+site changing (replace-one-site adjacency); the coordinator is trusted. Each round (run config
+``dp-clip-norm`` = C > 0, ``dp-noise-multiplier`` = z): every accepted update is clipped to L2
+norm C over the models that train (:func:`clip_update`), the strategy's weighted average (a convex
+combination: sensitivity 2C) is formed as usual, and Gaussian noise of std ``z · 2C`` from the
+operating system's entropy, never the run's seed, is added (:func:`add_noise`). R rounds compose
+to a Gaussian mechanism with ``μ = √R / z``; :func:`epsilon` inverts its exact (ε, δ) curve. See
+docs/across_sites.md ("Privacy"). Shapes: ``P`` parameters of one model (a packed vector).
 """
 
 from __future__ import annotations

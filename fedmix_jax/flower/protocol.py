@@ -7,9 +7,10 @@ Server -> site:
               (:func:`fedmix_jax.flower.array_records.pair_to_record`); evaluation: ``model1`` only,
               none for ``local``;
   ``fedmix``  ConfigRecord: ``round`` (1-based; the site function's 0-based ``round_index`` is
-              ``round - 1``, which drives FedST / FedRGD's warm-up), ``config-json`` (the shared config groups), ``run-name``,
-              ``site-key`` (the site's PRNG key of the round, raw uint32 data), ``lam``, ``beta``,
-              ``learning-rate``, ``send-model``.
+              ``round - 1``, which drives FedST / FedRGD's warm-up), ``config-json`` (the
+              shared config groups), ``run-name``, ``site-key`` (the site's PRNG key of the
+              round, raw uint32 data), ``lam``, ``beta``, ``learning-rate``, ``send-model``,
+              ``kept-round``.
 Site -> server (train):
   ``local``   ArrayRecord: the site's local pair after its round, packed as ``global`` (absent
               for ``local``);

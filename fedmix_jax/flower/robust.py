@@ -1,22 +1,10 @@
 """Optional limits on one site's influence on the aggregate (server side, numpy on the host).
 
-FedMix's adaptive weight *by design* favours a site with a high loss (it "has more to teach"), so
-a site that reports the highest loss the Dice loss allows (1.0) and sends a poisoned but finite
-model gets the largest weight; the reply checks (:mod:`fedmix_jax.flower.validation`) cannot tell
-it from an honest site that fits badly. Two options, both off by default, bound what such a site
-can do:
-
-* **update-norm bound** (run config ``max-update-norm-ratio`` = r > 0): a site whose update
-  ``||local - broadcast||_2`` (both models, float64) is above ``r`` times the median update norm
-  of the round's accepted sites that trained (``n_i > 0``) is rejected for the round
-  (:func:`norm_outliers`; a median needs an honest majority of at least three sites that
-  trained: of two it is their mean);
-* **robust aggregator** (run config ``aggregator``): ``"trimmed_mean"`` (coordinate-wise, the
-  ``trim-fraction`` lowest and highest values of every coordinate dropped) or ``"median"``
-  (coordinate-wise) over the sites whose weight is positive, **unweighted**: the strategy's
-  weights then only decide who takes part (:func:`robust_average`). ``"weighted"`` (default) is
-  the strategy's weighted average, as the in-process round.
-
+FedMix's adaptive weight favours a high loss by design, so a site reporting loss 1.0 with a
+poisoned but finite model passes the reply checks and gets the largest weight. Two options, off
+by default, bound it: the update-norm bound (run config ``max-update-norm-ratio``:
+:func:`norm_outliers`) and the coordinate-wise, unweighted robust aggregators (``aggregator``:
+:func:`robust_average`). See docs/across_sites.md ("Checks of every reply").
 Shapes: ``K`` sites, ``P`` parameters of one model (a packed vector, as a reply carries it).
 """
 
@@ -28,29 +16,20 @@ AGGREGATORS = ("weighted", "trimmed_mean", "median")
 
 
 def update_norms(local: np.ndarray, broadcast: np.ndarray) -> np.ndarray:
-    """``||local_k - broadcast||_2`` in float64: local [K, P], broadcast [P] -> [K].
-
-    Several models: add the squares (``sqrt(sum of update_norms(...)**2)``)."""
+    """``||local_k - broadcast||_2`` in float64: local [K, P], broadcast [P] -> [K] (several
+    models: ``sqrt(sum of update_norms(...)**2)``)."""
     diff = np.asarray(local, np.float64) - np.asarray(broadcast, np.float64)[None]
     return np.sqrt(np.sum(diff * diff, axis=1))
 
 
 def norm_outliers(norms: np.ndarray, trained: np.ndarray, ratio: float) -> np.ndarray:
     """[K] bool: the sites whose update norm is above ``ratio`` times the median of the norms of
-    the sites that trained (``trained`` [K] bool). None flagged when ``ratio <= 0`` (off), when
-    no site trained or when that median is 0.
-
-    Example: norms [1.0, 1.2, 1000.0], all trained, ratio 3 -> [False, False, True].
+    the sites that trained (``trained`` [K] bool); none when ``ratio <= 0`` (off), when no site
+    trained or when that median is 0. Norms [1.0, 1.2, 1000.0], ratio 3 -> [False, False, True].
     """
-    norms = np.asarray(norms, np.float64)
-    flagged = np.zeros(norms.shape, bool)
-    trained = np.asarray(trained, bool)
-    if ratio <= 0 or not trained.any():
-        return flagged
-    median = float(np.median(norms[trained]))
-    if not median > 0:
-        return flagged
-    return norms > ratio * median
+    norms, trained = np.asarray(norms, np.float64), np.asarray(trained, bool)
+    median = float(np.median(norms[trained])) if ratio > 0 and trained.any() else 0.0
+    return norms > ratio * median if median > 0 else np.zeros(norms.shape, bool)
 
 
 def trimmed_mean(stacked: np.ndarray, trim_fraction: float) -> np.ndarray:

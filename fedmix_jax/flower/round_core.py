@@ -1,11 +1,10 @@
 """The round core the Flower backend builds on, gathered in one place.
 
 Everything a site or the server computes comes from the project's round core
-(docs/architecture.md): the site function :func:`fedmix_jax.site.site_round` (what one hospital
-does in one round), the strategy registry (:mod:`fedmix_jax.strategies`: the weights), and
-:func:`fedmix_jax.aggregation.weighted_average`. Nothing of the round is re-implemented here; this
-module compiles those functions once per process and converts the per-round PRNG keys (typed keys
-cross the network as their raw ``uint32`` data).
+(docs/architecture.md): the site function :func:`fedmix_jax.site.site_round`, the strategy
+registry's weights and :func:`fedmix_jax.aggregation.weighted_average`. Nothing of the round is
+re-implemented here; this module compiles those functions once per process and converts the
+per-round PRNG keys (typed keys cross the network as their raw ``uint32`` data).
 """
 
 from __future__ import annotations
@@ -19,31 +18,23 @@ import numpy as np
 from fedmix_jax import aggregation
 from fedmix_jax.config import HParams, RoundConfig
 from fedmix_jax.compiled_round import init_state
-from fedmix_jax.round import round_keys as fed_round_keys
+from fedmix_jax.flower.array_records import REPORT_FIELDS
 from fedmix_jax.site import (ModelPair, SiteReport, SiteState, init_site_state,
                              make_optimizer, site_round)
 
 
-def is_typed_key(key) -> bool:
-    return jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key)
-
-
 def key_to_numpy(key) -> np.ndarray:
     """A PRNG key (typed or raw) as its raw ``uint32`` data (what crosses the network)."""
-    key = jnp.asarray(key) if not is_typed_key(key) else key
-    return np.asarray(jax.random.key_data(key) if is_typed_key(key) else key, np.uint32)
+    key = jnp.asarray(key)
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    return np.asarray(key, np.uint32)
 
 
 def key_from_numpy(data, typed: bool = True):
     """The inverse of :func:`key_to_numpy` (a typed threefry key by default)."""
     data = jnp.asarray(np.asarray(data, np.uint32))
     return jax.random.wrap_key_data(data) if typed else data
-
-
-def round_keys(key, num_sites: int):
-    """``(next_key, site_keys [C])`` exactly as the in-process round derives them
-    (:func:`fedmix_jax.round.round_keys`): site ``c`` gets ``fold_in(round_key, c)``."""
-    return fed_round_keys(key, num_sites)
 
 
 def initial_server_state(model, seed: int, image_shape, config: RoundConfig):
@@ -70,13 +61,9 @@ def _index_array(index) -> jax.Array:
 
 @functools.lru_cache(maxsize=8)
 def compiled_site_fn(model, config: RoundConfig):
-    """``jit(site_round)`` for one (model, static config):
+    """``jit(site_round)`` for one (model, static config), cached per process:
     ``fn(global, site, data, key, hparams, round_index)`` (``round_index`` 0-based, traced: one
-    program for every round).
-
-    Cached per process: a site process that lives across rounds (simulation, the ClientApp
-    inside the SuperNode, ``--clientapp-in-process``) traces and compiles once.
-    """
+    program for every round)."""
 
     def fn(global_params, site, data, key, hparams, index):
         return site_round(model, config, global_params, site, data, key, hparams, index)
@@ -89,8 +76,6 @@ def site_weights(strategy, reports: dict, participating, hparams: HParams,
                  index: int) -> np.ndarray:
     """[C] aggregation weights of ``strategy`` from the sites' scalars (numpy float32) in the
     round of 0-based index ``index`` (warm-up of FedST / FedRGD)."""
-    from fedmix_jax.flower.array_records import REPORT_FIELDS
-
     rep = SiteReport(**{k: jnp.asarray(reports[k], jnp.float32 if typ is float else jnp.int32)
                         for k, typ in REPORT_FIELDS.items()})
     return np.asarray(_weights_jit(strategy)(rep, jnp.asarray(participating, bool), hparams,
@@ -102,11 +87,9 @@ def _weights_jit(strategy):
     return jax.jit(strategy.weights)
 
 
-@functools.lru_cache(maxsize=1)
-def _weighted_average_jit():
-    return jax.jit(aggregation.weighted_average)
+_weighted_average_jit = jax.jit(aggregation.weighted_average)
 
 
 def aggregate(stacked, weights):
     """The weighted average of stacked pytrees (leaves [C, ...]) -> leaves [...]."""
-    return _weighted_average_jit()(stacked, jnp.asarray(weights, jnp.float32))
+    return _weighted_average_jit(stacked, jnp.asarray(weights, jnp.float32))

@@ -1,14 +1,10 @@
 """Start a FedMix run on a SuperLink and exit with its outcome: ``python -m fedmix_jax.flower.run``.
 
-``flwr run --stream`` (Flower 1.42) exits 0 when the run it started fails (``flwr ls`` then shows
-``finished:failed``), so a script or a scheduler cannot tell a finished run from a crashed one.
-This starts the run with ``flwr run ... --format json`` (same arguments), streams its logs
-(``flwr log <id> --stream``) while it runs, polls ``flwr ls --run-id <id> --format json`` until the
-run has finished, prints its final status and exits
-
-* 0 when the status is ``finished:completed``,
-* 1 when it finished otherwise (failed, stopped; with Flower's details),
-* 2 when the run could not be started or its status not read.
+``flwr run --stream`` (Flower 1.42) exits 0 when the run it started fails. This starts the run
+with ``flwr run ... --format json`` (same arguments), streams its logs (``flwr log <id>
+--stream``), polls ``flwr ls --run-id <id> --format json`` until the run has finished, prints its
+final status and exits 0 for ``finished:completed``, 1 when it finished otherwise (failed,
+stopped; with Flower's details), 2 when the run could not be started or its status not read.
 
     python -m fedmix_jax.flower.run fedmix_jax/flower/app my-federation --run-config run.toml
 """

@@ -1,34 +1,11 @@
 """The Flower ServerApp: the coordinator's side of FedMix across sites.
 
-``run_server(grid, run_config)`` is the whole job (the ServerApp's main calls it):
-
-1. the config: ``run_config["config"]`` (a ``configs/*.py`` file, as for the main job) with
-   ``run_config["overrides"]`` (``"num_rounds=20 model.width=8"``), and the run's ``workdir``;
-2. waits until ``num-sites`` SuperNodes are connected (``join-timeout`` seconds), asks each for
-   its declaration (name, index, split sizes, image shape, classes) and orders the sites by
-   declared index, then name;
-3. initialises the global pair and the key from the config's seed (as the in-process job), or
-   **resumes** from the newest checkpoint in ``workdir/checkpoints`` (global pair, key, best
-   model, bookkeeping; the sites keep their Adam state in their node state and, with
-   ``state-dir``, on their disk);
-4. every round: :class:`~fedmix_jax.flower.strategy.FedMixStrategy` sends the global pair, checks
-   the replies (``round-timeout`` seconds; at least ``min-sites`` accepted), weighs and averages;
-   every ``eval_every`` rounds the sites score global model 1 on their validation / test splits;
-   one line per round goes to ``metrics.jsonl`` (the main job's fields, plus ``rejected``);
-   a checkpoint every ``checkpoint_every`` rounds and the last;
-5. ``summary.json`` and the curves (no prediction grid: the server never sees an image).
-
-Run config keys (``flwr run . --run-config "key=value ..."``, defaults in
-``fedmix_jax/flower/app/pyproject.toml``): ``config``, ``overrides``, ``workdir``, ``num-sites``,
-``min-sites``, ``join-timeout``, ``round-timeout``, ``wait-cap`` (seconds: how often the server
-checks for replies, and the cap on Flower's first 1 s back-off when a reply's objects are still
-uploading; 0 keeps Flower's waits, 3 s; see :mod:`fedmix_jax.flower.latency`),
-``sites`` (the coordinator's list, ``"name=node_id ..."``: only those nodes take part, each
-under its listed name; empty: every node the SuperLink admits, with a warning),
-``max-update-norm-ratio`` (0: off), ``aggregator`` (``weighted`` | ``trimmed_mean`` |
-``median``), ``trim-fraction`` (:mod:`fedmix_jax.flower.robust`), ``dp-clip-norm`` (0: off),
-``dp-noise-multiplier``, ``dp-delta`` (client-level differential privacy,
-:mod:`fedmix_jax.flower.privacy`).
+``run_server(grid, run_config)`` is the whole job (the ServerApp's main calls it): the config,
+the sites (:mod:`~fedmix_jax.flower.discovery`), the initial global pair and key as in the
+in-process job or a **resume** from the newest checkpoint in ``workdir``, the rounds
+(:class:`~fedmix_jax.flower.strategy.FedMixStrategy` in the main job's :class:`RunLoop`), then
+``summary.json`` and the curves. Run config keys (defaults :data:`DEFAULTS`, also in
+``fedmix_jax/flower/app/pyproject.toml``): docs/across_sites.md (``run.toml``).
 """
 
 from __future__ import annotations
@@ -60,8 +37,6 @@ from fedmix_jax.run_loop import RunLoop
 
 log = logging.getLogger("fedmix_jax.flower")
 
-METRICS_FILE = rundir.METRICS_FILE
-
 DEFAULTS = {"config": "configs/synthetic.py", "overrides": "", "workdir": "runs/flower",
             "num-sites": 0, "min-sites": 1, "join-timeout": 300.0, "round-timeout": 3600.0,
             "wait-cap": 0.2, "max-update-norm-ratio": 0.0, "aggregator": "weighted",
@@ -88,16 +63,6 @@ def load_config(path: str, overrides: str = ""):
     return fv.config
 
 
-def _run_config(run_config) -> dict:
-    rc = dict(DEFAULTS)
-    rc.update({k: v for k, v in dict(run_config or {}).items()})
-    return rc
-
-
-def _tolist(x) -> list:
-    return np.asarray(x).tolist()
-
-
 def _round_record(r: int, out, round_time: float) -> dict:
     """The ``metrics.jsonl`` line of round ``r`` (the main job's fields, plus ``accepted``,
     ``applied`` and the ``rejected`` reasons)."""
@@ -106,18 +71,15 @@ def _round_record(r: int, out, round_time: float) -> dict:
     rec = {"round": r, "loss1": rep["loss1"], "loss2": rep["loss2"],
            "counts": rep["num_usable"], "weak": rep["num_weak"],
            "selected_weak": rep["num_selected_weak"],
-           "selection_rate": _tolist(np.asarray(rep["num_selected_weak"])
-                                     / np.maximum(weak, 1)),
+           "selection_rate": (np.asarray(rep["num_selected_weak"])
+                              / np.maximum(weak, 1)).tolist(),
            "steps": rep["steps"], "weights": out.weights,
            "round_time_s": round_time, "accepted": out.accepted, "applied": out.applied}
     if out.rejected:
         rec["rejected"] = out.rejected
-    if out.update_norms is not None:
-        rec["update_norms"] = out.update_norms
-    if out.dp_epsilon is not None:
-        rec["dp_epsilon"] = out.dp_epsilon
-        if out.dp_update_norms is not None:
-            rec["dp_update_norms"] = out.dp_update_norms
+    for k in ("update_norms", "dp_epsilon", "dp_update_norms"):   # dp_*: privacy on
+        if getattr(out, k) is not None:
+            rec[k] = getattr(out, k)
     return rec
 
 
@@ -198,7 +160,9 @@ class _ServerRun:
                              aggregator=str(self.rc["aggregator"]),
                              trim_fraction=float(self.rc["trim-fraction"]),
                              num_classes=int(self.infos[0]["num-classes"]),
-                             **self.privacy_options())
+                             dp_clip_norm=float(self.rc["dp-clip-norm"]),
+                             dp_noise_multiplier=float(self.rc["dp-noise-multiplier"]),
+                             dp_delta=float(self.rc["dp-delta"]))
         fed.summary()
         if fed.dp is not None:
             from fedmix_jax.flower.privacy import epsilon, noise_std
@@ -217,8 +181,7 @@ class _ServerRun:
         self.checkpointer.wait_until_finished()
         return fed, arrays
 
-    # -------------------------------------------------------------------- the loop's steps
-
+    # The RunLoop's steps.
     def run_round(self, r: int, arrays, evaluating: bool):
         fed = self.fed
         t0 = time.perf_counter()
@@ -226,8 +189,7 @@ class _ServerRun:
         fed.kept_round = min(kept) if kept else 0
         new_arrays, _ = fed.aggregate_train(
             r, self._exchange(fed.configure_train(r, arrays, ConfigRecord(), self.grid)))
-        if new_arrays is not None:
-            arrays = new_arrays
+        arrays = arrays if new_arrays is None else new_arrays
         self.round_times.append(time.perf_counter() - t0)
         return arrays, _round_record(r, fed.last_round, self.round_times[-1])
 
@@ -258,12 +220,6 @@ class _ServerRun:
                 if rec.get("val_mean_dice") is not None else "")
              + ("" if out.applied else " (NOT applied)"))
 
-    def privacy_options(self) -> dict:
-        """The strategy's differential-privacy arguments from the run config."""
-        return {"dp_clip_norm": float(self.rc["dp-clip-norm"]),
-                "dp_noise_multiplier": float(self.rc["dp-noise-multiplier"]),
-                "dp_delta": float(self.rc["dp-delta"])}
-
     def finish(self, t_start: float, write_plots: bool) -> dict:
         """``summary.json`` (and the curves; no prediction grid: the server sees no image)."""
         final = next((x for x in reversed(self.records) if "val_mean_dice" in x), None)
@@ -284,13 +240,14 @@ class _ServerRun:
                        "num_val": s.num_val, "num_test": s.num_test} for s in self.sites],
             "config": self.cfg_dict,
         }
-        dp = self.privacy_options()
-        if dp["dp_clip_norm"] > 0:
+        if self.fed.dp is not None:
             from fedmix_jax.flower.privacy import epsilon
 
-            summary["privacy"] = dict(dp, epsilon=epsilon(
-                dp["dp_noise_multiplier"], max(self.start, self.num_rounds), dp["dp_delta"]),
-                scope="client-level, the global models sent out; the coordinator is trusted")
+            clip, z, delta = self.fed.dp
+            summary["privacy"] = {
+                "dp_clip_norm": clip, "dp_noise_multiplier": z, "dp_delta": delta,
+                "epsilon": epsilon(z, max(self.start, self.num_rounds), delta),
+                "scope": "client-level, the global models sent out; the coordinator is trusted"}
         path = os.path.join(self.workdir, SUMMARY_FILE)
         rundir.atomic_write_text(path, json.dumps(summary, indent=2) + "\n")
         if write_plots and self.records:
@@ -303,16 +260,12 @@ class _ServerRun:
 
 
 def run_server(grid: Grid, run_config, *, write_plots: bool = True, return_state: bool = False):
-    """The coordinator's whole job (see the module docstring); returns the summary (and, with
-    ``return_state``, also the final global :class:`~fedmix_jax.site.ModelPair` and key).
-
-    The workdir is the main job's (:mod:`fedmix_jax.rundir`): locked against a second server,
-    ``config.json`` checked before a resume, the checkpoints verified on restore (a damaged newest
-    one is moved to ``damaged/`` and the previous one used), ``metrics.jsonl`` rebuilt from the
-    records kept in the checkpoint, every file written atomically.
-    """
+    """The coordinator's whole job in a workdir handled as the main job's
+    (:mod:`fedmix_jax.rundir`: locked, config checked, checkpoints verified, every file written
+    atomically); returns the summary (and, with ``return_state``, also the final global
+    :class:`~fedmix_jax.site.ModelPair` and key)."""
     t_start = time.time()
-    rc = _run_config(run_config)
+    rc = {**DEFAULTS, **dict(run_config or {})}
     config = load_config(str(rc["config"]), str(rc["overrides"]))
     cfg_dict = rundir.config_to_dict(config)
     workdir = rundir.resolve(str(rc["workdir"]))
@@ -336,7 +289,7 @@ def run_server(grid: Grid, run_config, *, write_plots: bool = True, return_state
         image_shape = tuple(int(x) for x in infos[0]["image-shape"])
         model = build_model(config, int(infos[0]["num-classes"]))
         global_pair, key = round_core.initial_server_state(model, int(config.seed), image_shape,
-                                                      build_round_config(config))
+                                                           build_round_config(config))
         run = _ServerRun(grid, rc, config, workdir, sites, infos, model, global_pair, key)
         done = False
         try:

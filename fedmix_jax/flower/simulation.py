@@ -1,20 +1,19 @@
 """Run the ServerApp and the sites' ClientApps in one process, without a network or Ray.
 
 :class:`LocalGrid` is a :class:`flwr.serverapp.Grid` that delivers each message to the
-destination site's :class:`flwr.clientapp.ClientApp` (the same app object the SuperNodes run)
-in a worker thread, with the site's own :class:`flwr.app.Context` (node config, state kept
-across rounds), and returns the replies that arrive within the timeout. It exists for tests and
-demos: the FedMix code paths are those of a deployment; only the transport is a function call.
+destination site's ClientApp (the app object the SuperNodes run) in a worker thread, with the
+site's own :class:`flwr.app.Context`. For tests and demos: the FedMix code paths are those of a
+deployment; only the transport is a function call.
 
     from fedmix_jax.flower.simulation import run_local
-    summary = run_local(num_sites=4, run_config={"config": "configs/synthetic.py",
-                                                 "overrides": "num_rounds=2 model.width=4"})
+    summary, pair, grid = run_local(4, {"config": "configs/synthetic.py",
+                                        "overrides": "num_rounds=2 model.width=4"})
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import time
+import math
 import uuid
 from typing import Callable, Iterable
 
@@ -23,14 +22,9 @@ from flwr.serverapp import Grid
 
 
 class LocalGrid(Grid):
-    """An in-process :class:`~flwr.serverapp.Grid` over ``{node_id: (client_app, node_config)}``.
-
-    Args:
-      sites: node id -> (ClientApp, node config dict).
-      intercept: optional ``f(node_id, message, reply) -> reply or None`` applied to every reply
-        (tests use it to corrupt or drop replies; None drops the reply).
-      run_config: the run config every ClientApp context sees.
-    """
+    """An in-process :class:`~flwr.serverapp.Grid` over ``sites``, ``{node_id: (ClientApp, node
+    config dict)}``; ``intercept``: optional ``f(node_id, message, reply) -> reply or None`` on
+    every reply (tests corrupt or drop replies); ``run_config``: what every context sees."""
 
     def __init__(self, sites: dict, *, intercept: Callable | None = None, run_config=None,
                  max_workers: int | None = None):
@@ -52,7 +46,6 @@ class LocalGrid(Grid):
         self.sent: list[Message] = []
         self.replies: list[Message] = []
 
-    # --- Grid API ---------------------------------------------------------------------------
     def set_run(self, run) -> None:
         self._run = run
 
@@ -101,18 +94,9 @@ class LocalGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None
                          ) -> Iterable[Message]:
-        pending = set(self.push_messages(messages))
-        t_end = None if timeout is None else time.time() + timeout
-        got = []
-        while pending:
-            done = self.pull_messages(pending)
-            got.extend(done)
-            pending -= {m.metadata.reply_to_message_id for m in done}
-            pending = {m for m in pending if m in self._futures}
-            if not pending or (t_end is not None and time.time() > t_end):
-                break
-            time.sleep(0.01)
-        return got
+        from fedmix_jax.flower.discovery import send_and_receive
+
+        return send_and_receive(self, messages, math.inf if timeout is None else timeout, 0.01)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -130,11 +114,8 @@ def synthetic_sites(num_sites: int, client_app=None, **node_config) -> dict:
 
 def run_local(num_sites: int, run_config: dict, *, intercept: Callable | None = None,
               grid: LocalGrid | None = None, write_plots: bool = False):
-    """The ServerApp's job over ``num_sites`` synthetic sites in this process.
-
-    Returns ``(summary, global ModelPair, grid)``; pass ``grid`` back to continue with the same
-    sites (their contexts keep their state: a server restart).
-    """
+    """The ServerApp's job over ``num_sites`` synthetic sites in this process: ``(summary, global
+    ModelPair, grid)``; pass ``grid`` back to continue with the same sites (a server restart)."""
     from fedmix_jax.flower.server_app import run_server
 
     if grid is None:

@@ -1,21 +1,13 @@
 """A site's state between rounds, kept per round back to the coordinator's oldest checkpoint.
 
-The state after round r (local model pair and Adam moments, a :class:`~fedmix_jax.site.SiteState`)
-is what round r + 1 starts from. A site keeps it, per run (the server's ``run-name``), for every
-round from ``kept-round`` on -- the oldest checkpoint the coordinator still holds, sent with every
-train message -- so that when the coordinator crashes mid-round and resumes from a checkpoint c,
-the round c + 1 it sends again starts from the site's state after round c, exactly as the first
-time: a resumed run is bit-identical to an uninterrupted one. States of later rounds (of the
-interrupted timeline) are dropped when a round is trained again.
-
-Where the states live (never sent anywhere):
-
-* in this process's memory (:func:`keep_state_in_process`, set by the ClientApp that runs inside
-  the SuperNode's process): ``{(node id, run name): {round: SiteState}}``;
-* otherwise in the SuperNode's ``Context.state`` (records ``site-state-<round>`` and the meta
-  record ``site-state-meta``: run name and rounds);
-* and, when the node config sets ``state-dir``, also on the site's disk
-  (``<state-dir>/<run name>.<site>.r<round>.npz``, no pickle), for a SuperNode that restarts too.
+The state after round r (a :class:`~fedmix_jax.site.SiteState`: local pair and Adam moments) is
+what round r + 1 starts from. A site keeps it per run (the server's ``run-name``) for every round
+from ``kept-round`` on, the oldest checkpoint the coordinator holds, so that a coordinator resumed
+from checkpoint c sends round c + 1 again and every site starts it from its state after round c:
+bit-identical to an uninterrupted run. Where the states live (never sent anywhere): this process's
+memory (:func:`keep_state_in_process`: the ClientApp inside the SuperNode) or else the
+SuperNode's ``Context.state``; with node config ``state-dir`` also on the site's disk
+(``<state-dir>/<run name>.<site>.r<round>.npz``, no pickle).
 """
 
 from __future__ import annotations
@@ -54,14 +46,6 @@ def _stem(context: Context, run_name: str) -> str:
     node = dict(context.node_config)
     site = next((str(node[k]) for k in ("site-name", "client", "site-index") if k in node), "site")
     return f"{_safe(run_name)}.{_safe(site)}"
-
-
-def _disk_path(context: Context, run_name: str, round_index: int) -> str | None:
-    """``<state-dir>/<run>.<site>.r<round>.npz``, or None without ``state-dir``."""
-    d = dict(context.node_config).get("state-dir")
-    if not d:
-        return None
-    return os.path.join(str(d), f"{_stem(context, run_name)}.r{int(round_index)}.npz")
 
 
 def _disk_rounds(context: Context, run_name: str) -> dict[int, str]:
@@ -140,14 +124,11 @@ def store(context: Context, state, round_index: int, run_name: str,
         return first <= x <= r
 
     if _keep_in_process:
-        held = _kept_states.setdefault((context.node_id, run_name), {})
-        held[r] = state
-        for x in [x for x in held if not keep(x)]:
-            del held[x]
+        held = {**_kept_states.get((context.node_id, run_name), {}), r: state}
+        _kept_states[(context.node_id, run_name)] = {x: s for x, s in held.items() if keep(x)}
         for key in [k for k in context.state.array_records if k.startswith(STATE_RECORD)]:
             del context.state.array_records[key]
-        if STATE_META in context.state.config_records:
-            del context.state.config_records[STATE_META]
+        context.state.config_records.pop(STATE_META, None)
     else:
         old = _context_rounds(context, run_name)
         for key in [k for k in context.state.array_records if k.startswith(STATE_RECORD)]:
@@ -159,11 +140,11 @@ def store(context: Context, state, round_index: int, run_name: str,
         rounds = sorted({x for x in old if keep(x)} | {r})
         context.state.config_records[STATE_META] = ConfigRecord(
             {"run-name": run_name, "rounds": rounds})
-    path = _disk_path(context, run_name, r)
-    if path:
+    state_dir = dict(context.node_config).get("state-dir")
+    if state_dir:
         from fedmix_jax.flower.local_site import save_state
 
-        save_state(path, r, state)
+        save_state(os.path.join(str(state_dir), f"{_stem(context, run_name)}.r{r}.npz"), r, state)
         for x, p in _disk_rounds(context, run_name).items():
             if not keep(x):
                 try:

@@ -1,17 +1,12 @@
 """The server side of a FedMix round as a Flower strategy (``flwr.serverapp.strategy.Strategy``).
 
 :class:`FedMixStrategy` wraps a strategy of the project's registry
-(:func:`fedmix_jax.strategies.get_strategy`: ``fedmix``, ``fedavg_pixel``, ``fedavg_full``, the
-ablations, ``local``) and does what the in-process round does after the sites: the weights from the
-sites' reports (``strategy.weights``), the weighted average of **both** models
-(:func:`fedmix_jax.aggregation.weighted_average`). Before that every reply is checked
-(:mod:`fedmix_jax.flower.validation`); a rejected or missing site takes no part in the round
-(weight 0, the others' weights renormalised) and the reason is logged and kept in
-:attr:`FedMixStrategy.last_round`.
-
-Sites are ordered by their declared index (then name), never by Flower's node ids (random): site
-``c`` gets the in-process round's key ``fold_in(round_key, c)``, so a run across sites computes
-what the in-process round computes.
+(:func:`fedmix_jax.strategies.get_strategy`) and does what the in-process round does after the
+sites: the weights from the sites' reports, the weighted average of **both** models. Every reply
+is checked first (:mod:`fedmix_jax.flower.validation`); a rejected or missing site gets weight 0
+and its reason is kept in :attr:`FedMixStrategy.last_round`. Sites are ordered by their declared
+index (then name), never by Flower's node ids: site ``c`` gets the in-process round's key
+``fold_in(round_key, c)``. See docs/across_sites.md.
 """
 
 from __future__ import annotations
@@ -28,14 +23,13 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy as FlowerStrategy
 
 from fedmix_jax.flower import round_core, privacy, array_records, robust
-from fedmix_jax.flower.client_app import CONFIG_RECORD, GLOBAL_RECORD
+from fedmix_jax.flower.protocol import CONFIG_RECORD, GLOBAL_RECORD
 from fedmix_jax.flower.validation import (EVAL_FIGURES, PER_CLASS_FIGURES, ReplyRejected,
                                           check_eval_reply, check_train_reply)
+from fedmix_jax.round import round_keys
 from fedmix_jax.site import ModelPair
 
 log = logging.getLogger("fedmix_jax.flower")
-
-REPORT_LISTS = tuple(array_records.REPORT_FIELDS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +50,7 @@ class RoundOutcome:
     """What the server kept of one round (all lists in site order)."""
 
     round: int
-    reports: dict[str, list]                 # REPORT_LISTS -> [C] (0 for sites left out)
+    reports: dict[str, list]                 # REPORT_FIELDS -> [C] (0 for sites left out)
     weights: list[float]
     accepted: list[bool]
     rejected: dict[str, str]                  # site name -> reason
@@ -70,24 +64,15 @@ class FedMixStrategy(FlowerStrategy):
     """A Flower strategy running one of the project's strategies across sites.
 
     Args:
-      strategy: a :class:`fedmix_jax.strategies.Strategy` (from ``get_strategy``).
-      sites: the registered :class:`Site` s, in federation order (``index`` = position).
-      template_pair: the model pair (arrays or ShapeDtypeStructs): keys, shapes and dtypes every
-        reply must match.
-      key: the server's PRNG key (split once per round, as the in-process round's state key).
-      hparams: :class:`~fedmix_jax.config.HParams` (λ, β, learning rate).
-      shared_json: the config groups every site needs (sent with every message).
-      min_sites: the fewest accepted replies for a round to be applied.
-      run_name: names the run's site state files (resume after a server restart).
-      max_update_norm_ratio: > 0: reject a site whose update norm is above this many times the
-        round's median (:func:`fedmix_jax.flower.robust.norm_outliers`); 0: off.
-      aggregator: ``"weighted"`` (the strategy's weighted average, default), ``"trimmed_mean"``
-        or ``"median"`` (coordinate-wise, unweighted, over the sites of positive weight;
-        :mod:`fedmix_jax.flower.robust`); ``trim_fraction`` for the trimmed mean.
-      dp_clip_norm, dp_noise_multiplier, dp_delta: client-level differential privacy of the
-        aggregate (:mod:`fedmix_jax.flower.privacy`; ``dp_clip_norm`` 0: off).
-      num_classes: the classes of the task (the length every per-class figure must have; None:
-        not checked).
+      strategy: a :class:`fedmix_jax.strategies.Strategy`; sites: the registered :class:`Site` s
+        in federation order; template_pair: the model pair (arrays or ShapeDtypeStructs) every
+        reply must match; key: the server's PRNG key (split once per round, as in-process);
+        hparams: :class:`~fedmix_jax.config.HParams`; shared_json: the config groups every site
+        needs; min_sites: the fewest accepted replies for a round to be applied; run_name: names
+        the run's site states; num_classes: the length of every per-class figure (None: any).
+      max_update_norm_ratio, aggregator, trim_fraction: :mod:`fedmix_jax.flower.robust` (0 /
+        ``"weighted"``: off); dp_clip_norm, dp_noise_multiplier, dp_delta:
+        :mod:`fedmix_jax.flower.privacy` (``dp_clip_norm`` 0: off).
     """
 
     def __init__(self, strategy, sites: list[Site], template_pair, key, hparams,
@@ -101,30 +86,23 @@ class FedMixStrategy(FlowerStrategy):
                               aggregator)
         self.dp = (float(dp_clip_norm), float(dp_noise_multiplier), float(dp_delta)) \
             if dp_clip_norm > 0 else None
-        self._dp_norms: list[float] | None = None
-        self.num_classes = None if num_classes is None else int(num_classes)
+        self.strategy, self.sites, self.template_pair = strategy, list(sites), template_pair
+        self.key, self.hparams, self.shared_json = key, hparams, shared_json
+        self.min_sites, self.run_name = int(min_sites), run_name
         self.max_update_norm_ratio = float(max_update_norm_ratio)
-        self.aggregator = aggregator
-        self.trim_fraction = float(trim_fraction)
-        self.strategy = strategy
-        self.sites = list(sites)
+        self.aggregator, self.trim_fraction = aggregator, float(trim_fraction)
+        self.num_classes = None if num_classes is None else int(num_classes)
         self.by_node = {s.node_id: s for s in self.sites}
-        self.template_pair = template_pair
         self.spec = array_records.pair_spec(template_pair) if strategy.aggregates else None
-        self.key = key
-        self.hparams = hparams
-        self.shared_json = shared_json
-        self.min_sites = int(min_sites)
-        self.run_name = run_name
         self.last_round: RoundOutcome | None = None
         self.last_eval: dict[str, Any] | None = None
         self._next_key = None
-        self._arrays: ArrayRecord | None = None
+        self._arrays: ArrayRecord | None = None           # the round's broadcast pair
+        self._dp_norms: list[float] | None = None
         #: The oldest checkpoint round the coordinator holds (0: none), sent with every train
         #: message: the sites keep their states from that round on (exact resume after a crash).
         self.kept_round = 0
 
-    # ------------------------------------------------------------------------------------------
     def _config(self, server_round: int) -> dict:
         h = self.hparams
         return {"round": int(server_round), "config-json": self.shared_json,
@@ -135,7 +113,7 @@ class FedMixStrategy(FlowerStrategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """One message per registered site: the global pair, its key of the round, the config."""
-        self._next_key, site_keys = round_core.round_keys(self.key, len(self.sites))
+        self._next_key, site_keys = round_keys(self.key, len(self.sites))
         self._arrays = arrays
         out = []
         for site in self.sites:
@@ -148,11 +126,8 @@ class FedMixStrategy(FlowerStrategy):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Check every reply, weigh the accepted sites, average both models.
-
-        Returns ``(None, metrics)`` when fewer than ``min_sites`` replies were accepted (the
-        round is not applied; the global pair stays).
-        """
+        """Check every reply, weigh the accepted sites, average both models: ``(arrays,
+        metrics)``, arrays None when fewer than ``min_sites`` were accepted (not applied)."""
         c = len(self.sites)
         accepted: dict[int, Any] = {}
         rejected: dict[str, str] = {}
@@ -169,7 +144,7 @@ class FedMixStrategy(FlowerStrategy):
                 continue
             try:
                 accepted[site.index] = check_train_reply(
-                    reply, round_index=server_round, site=site.name, index=site.index,
+                    reply, round_index=server_round, site=site.name,
                     declared_size=site.num_train, spec=self.spec)
             except ReplyRejected as e:
                 rejected[site.name] = str(e)
@@ -184,7 +159,7 @@ class FedMixStrategy(FlowerStrategy):
             self.key, self._next_key = self._next_key, None
         ok = [i in accepted for i in range(c)]
         reports = {k: [accepted[i].report[k] if ok[i] else 0 for i in range(c)]
-                   for k in REPORT_LISTS}
+                   for k in array_records.REPORT_FIELDS}
         applied = sum(ok) >= self.min_sites
         participating = np.array([ok[i] and self.sites[i].num_train > 0 for i in range(c)])
         weights = [0.0] * c
@@ -192,7 +167,7 @@ class FedMixStrategy(FlowerStrategy):
         self._dp_norms = None
         if applied:
             w = round_core.site_weights(self.strategy, reports, participating, self.hparams,
-                                   round_core.round_index(server_round))
+                                        round_core.round_index(server_round))
             if np.all(np.isfinite(w)) and np.all(w >= 0):
                 weights = [float(x) for x in w]
             else:       # the checked reports make this unreachable; never average with it
@@ -232,10 +207,8 @@ class FedMixStrategy(FlowerStrategy):
                 site = accepted.pop(i).site
                 rejected[site] = (f"update norm {norm:.4g} is above {self.max_update_norm_ratio:g}"
                                   f" x the round's median {median:.4g}")
-        out = [0.0] * len(self.sites)
-        for i, norm in zip(idx, norms):
-            out[i] = float(norm)
-        return out
+        norm_of = dict(zip(idx, norms))
+        return [float(norm_of.get(i, 0.0)) for i in range(len(self.sites))]
 
     def _aggregate(self, accepted: dict, weights: list[float]) -> ArrayRecord:
         # Sites left out contribute the broadcast pair with weight 0: the stacked shapes stay
@@ -257,8 +230,7 @@ class FedMixStrategy(FlowerStrategy):
                                                      self.aggregator, self.trim_fraction))
         else:
             # Unpacked to the pair's leaves first: the weighted average runs leaf by leaf exactly
-            # as in the in-process round (a dot over one long packed vector may round
-            # differently).
+            # as in-process (a dot over one long packed vector may round differently).
             like = ModelPair(*tuple(self.template_pair))
             rows = [[array_records.unpack_model(a[k], m)
                      for k, m in zip(array_records.PAIR_PREFIXES, like)]
@@ -277,13 +249,11 @@ class FedMixStrategy(FlowerStrategy):
             out[second] = Array(sent[second])
         return out
 
-    # ------------------------------------------------------------------------------------------
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         """Global model 1 to every site (``local``: no model; each site scores its own)."""
-        model1 = None
-        if self.strategy.aggregates:
-            model1 = array_records.model_record(arrays, array_records.PAIR_PREFIXES[0])
+        first = array_records.PAIR_PREFIXES[0]
+        model1 = ArrayRecord({first: arrays[first]}) if self.strategy.aggregates else None
         out = []
         for site in self.sites:
             content = RecordDict({CONFIG_RECORD: ConfigRecord(

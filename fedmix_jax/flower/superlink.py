@@ -1,18 +1,11 @@
 """Flower's SuperLink for a federation of hospitals: ``python -m fedmix_jax.flower.superlink``.
 
-Flower 1.42 serves three APIs on the SuperLink's one HTTPS port: the Fleet API (``/v1/fleet/``,
-what the sites' SuperNodes call), the Control API (``/v1/control/``: ``flwr run``, ``flwr ls``,
-``flwr supernode register``) and the Runtime API (``/v1/runtime/``: the ServerApp's). Its open
-source version has no accounts on the Control API, so with the port open to the hospitals
-(``--host 0.0.0.0``) anyone who reaches it could register a key of its own, join, and run an app
-on the coordinator.
-
-This entry point is ``flower-superlink`` itself (same arguments, TLS, SuperNode authentication)
-with one more option, ``--admin-hosts`` (comma-separated client addresses; default the loopback
-addresses ``127.0.0.1,::1``): a request for anything but the Fleet API and ``/health`` is
-answered ``403`` unless it comes from one of them, and each refusal is logged in one line. The
-coordinator registers the hospitals' keys and starts runs from the coordinator machine itself (or
-from the listed admin addresses); the hospitals reach only the Fleet API.
+Flower 1.42 serves its Fleet API (the SuperNodes'), Control API (``flwr run``, ``flwr ls``,
+``flwr supernode register``) and Runtime API (the ServerApp's) on one HTTPS port, without
+accounts on the Control API. This is ``flower-superlink`` itself (same arguments) with one more
+option, ``--admin-hosts`` (comma-separated client addresses; default ``127.0.0.1,::1``): a request
+for anything but the Fleet API and ``/health`` is answered ``403`` unless it comes from one of
+them (one log line per refusal). See docs/across_sites.md ("Who can take part", "Security").
 
     python -m fedmix_jax.flower.superlink --admin-hosts 127.0.0.1 --ssl-ca-certfile ... \\
         --enable-supernode-auth --host 0.0.0.0 --port 9091 ...      (flower-superlink args)
@@ -55,8 +48,7 @@ def _peer(scope) -> str:
         ip = ipaddress.ip_address(host)
     except ValueError:
         return host
-    mapped = getattr(ip, "ipv4_mapped", None)
-    return str(mapped or ip)
+    return str(getattr(ip, "ipv4_mapped", None) or ip)
 
 
 class AdminOnly:
@@ -64,8 +56,7 @@ class AdminOnly:
     in ``admin_hosts``; others get ``403`` with a one-line JSON reason."""
 
     def __init__(self, app, admin_hosts: frozenset[str]):
-        self.app = app
-        self.admin_hosts = admin_hosts
+        self.app, self.admin_hosts = app, admin_hosts
 
     async def __call__(self, scope, receive, send):
         if scope.get("type") == "http":

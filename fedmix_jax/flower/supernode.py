@@ -1,25 +1,14 @@
 """Flower's SuperNode with FedMix's capped waits: ``python -m fedmix_jax.flower.supernode``.
 
-This is ``flower-supernode`` itself (same arguments, TLS, authentication, isolation modes and node
-config) with one more option, ``--poll-interval`` (seconds, default 0.2): Flower's fixed waits in
-the SuperNode — 3 s when it finds no message, 0.5 s between checks for its ClientApp's reply, and
-a 1 s first back-off when it pulls an object the ServerApp is still uploading — are capped at it
-(see :mod:`fedmix_jax.flower.latency`); 0 keeps Flower's own waits (to measure what the caps
-save). Log lines carry timestamps.
+This is ``flower-supernode`` itself (same arguments, TLS, authentication, isolation modes, node
+config) with more options: ``--poll-interval`` (seconds, default 0.2) caps Flower's fixed waits
+in the SuperNode (:mod:`fedmix_jax.flower.latency`; 0 keeps Flower's own);
+``--clientapp-in-process`` runs FedMix's ClientApp in a thread of this process
+(:mod:`fedmix_jax.flower.in_process_runtime`; implies ``--isolation process``);
+``--clientapp-nice N`` lowers that thread's priority on Linux. Log lines carry timestamps. See
+docs/across_sites.md ("What a hospital installs and runs").
 
-    python -m fedmix_jax.flower.supernode --poll-interval 0.2 --superlink ... (flower-supernode args)
-
-The cost is one small HTTPS request to the SuperLink every ``poll-interval`` while a site is
-idle. ``flower-supernode`` works too, with its 3 s waits.
-
-``--clientapp-in-process`` runs FedMix's ClientApp inside this process, in a thread that takes
-the node's tasks from its memory (:mod:`fedmix_jax.flower.in_process_runtime`): one process per
-site, which keeps data, compiled program and JAX loaded across rounds, without a loopback HTTP hop
-to a ClientApp process for every message. It implies ``--isolation process`` (no SuperExec is
-started; the thread is the executor). ``--clientapp-nice N`` lowers that thread's (and its
-compute threads') priority on Linux, for a machine that hosts several sites. Without it (and
-with Flower's default ``--isolation subprocess``) the SuperNode's SuperExec runs the ClientApp
-(``fedmix_jax/flower/app``) in a new process for every message, as ``flower-supernode`` does.
+    python -m fedmix_jax.flower.supernode --poll-interval 0.2 --superlink ...
 """
 
 from __future__ import annotations

@@ -1,21 +1,13 @@
 """Server-side checks of a site's reply before anything of it reaches the aggregate.
 
-A reply is rejected, with a reason that the server logs and writes to ``metrics.jsonl``, when:
-
-* it is an error reply (the ClientApp raised) or has no content;
-* it comes from a node that was not sent this round's message, or names another site;
-* it answers another round (a late or replayed reply);
-* its arrays differ from the broadcast pair in keys, shapes or dtypes, are not plain numpy
-  arrays, or hold a non-finite value;
-* its scalars are missing, of the wrong type, non-finite or out of range: a count above the
-  size the site declared when it joined, negative counts, more selected than weak samples, a
-  loss outside the Dice loss range [0, 1] (:func:`check_loss`: refused, not clipped).
-
-A site's declaration when it joins is checked too (:func:`check_declaration`): types, ranges
-(sizes in ``[0, 10^9]``), no missing key; a bad one excludes that site, never the run.
-
-The round then goes on with the accepted replies (the strategy renormalises the weights over
-them). Validation never decodes anything but numpy arrays (``allow_pickle=False``).
+A train reply is rejected (the reason logged and written to ``metrics.jsonl``) when it is an
+error or empty, names another site, answers another round, has arrays that differ from the
+broadcast pair's keys / shapes / dtypes / serialisation or hold a non-finite value, or has scalars
+that are missing, of the wrong type, non-finite or out of range (counts above the site's declared
+size, a loss outside the Dice loss range: :func:`check_loss`). Declarations
+(:func:`check_declaration`) and evaluation replies (:func:`check_eval_reply`) are bounded too.
+Nothing but numpy arrays is decoded (``allow_pickle=False``). See docs/across_sites.md, "Checks of
+every reply".
 """
 
 from __future__ import annotations
@@ -27,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from fedmix_jax.flower.array_records import REPORT_FIELDS
+from fedmix_jax.flower.protocol import LOCAL_RECORD, REPORT_RECORD, SITE_RECORD
 
-from fedmix_jax.flower.protocol import LOCAL_RECORD, REPORT_RECORD, SITE_RECORD  # noqa: E402
 ALLOWED_STYPE = "numpy.ndarray"
 
 # The range of a site's reported losses (soft Dice losses, see check_loss) and the float rounding
@@ -44,7 +36,6 @@ class ReplyRejected(ValueError):
 @dataclasses.dataclass
 class AcceptedReply:
     site: str
-    index: int
     arrays: dict[str, np.ndarray] | None   # None when the strategy sends no model back (local)
     report: dict[str, Any]
 
@@ -80,10 +71,11 @@ def _check_arrays(record, spec: dict[str, tuple[tuple[int, ...], str]]) -> dict[
 
 
 def _scalar(metrics, name: str, typ) -> Any:
+    """``metrics[name]`` as ``typ`` (int: exact; float: finite), else :class:`ReplyRejected`."""
     if name not in metrics:
         raise ReplyRejected(f"missing scalar {name!r}")
     v = metrics[name]
-    if isinstance(v, (list, bool)) or not isinstance(v, (int, float)):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise ReplyRejected(f"{name}: expected a number, got {type(v).__name__}")
     if typ is int:
         if not isinstance(v, int):
@@ -99,12 +91,10 @@ def _scalar(metrics, name: str, typ) -> Any:
 
 
 def check_report(metrics, *, round_index: int, site: str, declared_size: int) -> dict[str, Any]:
-    """The checked scalars of a train reply's MetricRecord (raises :class:`ReplyRejected`).
-
-    Every count lies in ``[0, declared_size]`` (``num_pixel + num_weak`` too, and
-    ``num_selected_weak <= num_weak``), both losses in :data:`LOSS_RANGE` (see
-    :func:`check_loss`); ``round`` is ``round_index``.
-    """
+    """The checked scalars of a train reply's MetricRecord (else :class:`ReplyRejected`): every
+    count in ``[0, declared_size]`` (``num_pixel + num_weak`` too, ``num_selected_weak <=
+    num_weak``), both losses in :data:`LOSS_RANGE` (:func:`check_loss`), ``round`` is
+    ``round_index``."""
     r = _scalar(metrics, "round", int)
     if r != round_index:
         raise ReplyRejected(f"reply for round {r}, expected round {round_index}")
@@ -112,9 +102,6 @@ def check_report(metrics, *, round_index: int, site: str, declared_size: int) ->
     counts = {k: v for k, v in rep.items() if REPORT_FIELDS[k] is int}
     if any(v < 0 for v in counts.values()):
         raise ReplyRejected(f"negative count in {counts}")
-    if rep["num_usable"] > declared_size:
-        raise ReplyRejected(f"num_usable {rep['num_usable']} is above the site's declared size "
-                            f"{declared_size}")
     if rep["num_weak"] > declared_size or rep["num_selected_weak"] > rep["num_weak"]:
         raise ReplyRejected(f"inconsistent weak counts (weak {rep['num_weak']}, selected "
                             f"{rep['num_selected_weak']}, declared size {declared_size})")
@@ -132,32 +119,21 @@ def check_report(metrics, *, round_index: int, site: str, declared_size: int) ->
 
 def check_loss(name: str, value: float) -> float:
     """``value`` if it lies in :data:`LOSS_RANGE` (with the rounding tolerance
-    :data:`LOSS_TOLERANCE`), else :class:`ReplyRejected`.
-
-    A site's reported loss is always a soft Dice loss ``1 - dice`` with ``dice`` in ``[0, 1]``
-    (model 1 / 2's Dice loss of the round, also with ``empty_target_loss="bce"`` and for
-    FedST's pixel samples: :func:`fedmix_jax.site.local_epoch`), so any other value is a fault or
-    a lie. Out-of-range values are **refused, not clipped**: a site that sends one is excluded
-    from the round (a clipped 1e13 would become the highest loss, i.e. the largest FedMix
-    weight). Values inside the tolerance are kept as sent, so an honest site's numbers reach the
-    weights unchanged (bit-identical to the in-process round); with ``l <= 1 + 1e-6`` the power
-    ``l ** beta`` of the weights cannot overflow float32 for any usable ``beta``.
-    """
+    :data:`LOSS_TOLERANCE`), else :class:`ReplyRejected`: a reported loss is always a soft Dice
+    loss ``1 - dice``, so any other value is a fault or a lie. Refused, not clipped (a clipped
+    1e13 would get the largest FedMix weight); values in range are kept as sent."""
     lo, hi = LOSS_RANGE
     if not lo - LOSS_TOLERANCE <= value <= hi + LOSS_TOLERANCE:
         raise ReplyRejected(f"{name} {value!r} is outside the Dice loss range [{lo:g}, {hi:g}]")
     return value
 
 
-def check_train_reply(reply, *, round_index: int, site: str, index: int, declared_size: int,
+def check_train_reply(reply, *, round_index: int, site: str, declared_size: int,
                       spec: dict[str, tuple[tuple[int, ...], str]] | None) -> AcceptedReply:
-    """Check one train reply; ``spec`` is the pair's ``{key: (shape, dtype)}`` (None: no arrays).
-
-    Returns the decoded arrays and scalars, or raises :class:`ReplyRejected`.
-    """
+    """One train reply's decoded arrays and scalars, or :class:`ReplyRejected`; ``spec`` is the
+    pair's ``{key: (shape, dtype)}`` (None: no arrays)."""
     if reply.has_error():
-        err = reply.error
-        raise ReplyRejected(f"site error {err.code}: {err.reason}")
+        raise ReplyRejected(f"site error {reply.error.code}: {reply.error.reason}")
     if not reply.has_content():
         raise ReplyRejected("empty reply")
     content = reply.content
@@ -177,7 +153,7 @@ def check_train_reply(reply, *, round_index: int, site: str, index: int, declare
     extra = set(content.array_records) - ({LOCAL_RECORD} if spec is not None else set())
     if extra:
         raise ReplyRejected(f"unexpected array records {sorted(extra)}")
-    return AcceptedReply(site=site, index=index, arrays=arrays, report=report)
+    return AcceptedReply(site=site, arrays=arrays, report=report)
 
 
 # Bounds of a declaration (query.info). Sizes stay far below 2**31 (int32 on the device, exact
@@ -209,16 +185,11 @@ def _bounded_str(name: str, v, max_len: int) -> str:
 
 
 def check_declaration(info) -> dict[str, Any]:
-    """The checked declaration a site sends when it joins (its ``info`` ConfigRecord, or a dict).
-
-    Returns ``{"site-name": str, "site-index": int, "num-train" / "num-val" / "num-test": int,
-    "image-shape": tuple[int, int, int], "num-classes": int, "levels": str}`` or raises
-    :class:`ReplyRejected`: a missing key, a value of another type (a string for a number, a
-    bool, a float), a size outside ``[0, MAX_SITE_SAMPLES]`` (negative, 10^12), an index outside
-    ``[-1, MAX_SITE_INDEX]``, an image shape that is not three sides in
-    ``[1, MAX_IMAGE_SIDE]``, classes outside ``[1, MAX_CLASSES]``, a name that is empty, too long
-    or not printable. The server excludes such a site (one log line) and goes on with the others.
-    """
+    """The checked declaration a site sends when it joins (its ``info`` ConfigRecord, or a dict):
+    ``{"site-name": str, "site-index": int, "num-train" / "num-val" / "num-test": int,
+    "image-shape": tuple[int, int, int], "num-classes": int, "levels": str}``, or
+    :class:`ReplyRejected` for a missing key, a value of another type, or one outside the bounds
+    of :data:`DECLARATION_INTS`, :data:`MAX_IMAGE_SIDE`, :data:`MAX_NAME_LENGTH`."""
     if info is None:
         raise ReplyRejected("no 'info' ConfigRecord")
     missing = [k for k in ("site-name", *DECLARATION_INTS, "image-shape") if k not in info]
@@ -237,40 +208,35 @@ def check_declaration(info) -> dict[str, Any]:
     return out
 
 
-# The figures a site's evaluation reply carries per split (the main job's EVAL_FIGURES), with
-# their upper bounds. Dice and IoU are always measured; HD95, Dice on the images with a lesion and
-# the false-positive rate may be NaN (nothing to measure: no lesion, no lesion-free image). HD95
-# is in pixels, at most an image's diagonal (MAX_IMAGE_SIDE * sqrt(2)).
+# Per split, the figures of an evaluation reply (the main job's EVAL_FIGURES) and their upper
+# bounds (HD95 in px: an image's diagonal). _MAY_BE_NAN: nothing to measure (no lesion, no
+# lesion-free image); Dice and IoU are always measured.
 EVAL_FIGURES = {"dice": 1.0, "iou": 1.0, "hd95": MAX_IMAGE_SIDE * math.sqrt(2.0),
                 "dice-present": 1.0, "false-positive-rate": 1.0}
 _MAY_BE_NAN = ("hd95", "dice-present", "false-positive-rate")
 
 
 def _figure(m, name: str, hi: float, may_be_nan: bool) -> float:
-    if name not in m:
-        raise ReplyRejected(f"missing scalar {name!r}")
-    v = m[name]
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ReplyRejected(f"{name}: expected a number, got {type(v).__name__}")
-    v = float(v)
-    if math.isnan(v) and may_be_nan:
+    v = m[name] if name in m else None
+    if may_be_nan and isinstance(v, float) and math.isnan(v):
         return v
-    if not 0.0 <= v <= hi:          # NaN fails this too
+    v = _scalar(m, name, float)     # missing, not a number, non-finite
+    if not 0.0 <= v <= hi:
         raise ReplyRejected(f"{name} {v} outside [0, {hi:g}]")
     return v
 
 
 PER_CLASS_FIGURES = ("dice-per-class", "dice-present-per-class")
-MAX_CLASSES = 256
+MAX_PER_CLASS_VALUES = 256
 
 
 def _per_class(m, name: str, num_classes: int | None) -> list[float]:
-    """A per-class list: ``num_classes`` floats (any length up to :data:`MAX_CLASSES` when
-    None), each NaN or in [0, 1]."""
+    """A per-class list: ``num_classes`` floats (any length up to :data:`MAX_PER_CLASS_VALUES`
+    when None), each NaN or in [0, 1]."""
     v = m[name]
-    if not isinstance(v, list) or not 0 < len(v) <= MAX_CLASSES or any(
+    if not isinstance(v, list) or not 0 < len(v) <= MAX_PER_CLASS_VALUES or any(
             isinstance(x, bool) or not isinstance(x, (int, float)) for x in v):
-        raise ReplyRejected(f"{name}: expected a list of at most {MAX_CLASSES} numbers")
+        raise ReplyRejected(f"{name}: expected a list of at most {MAX_PER_CLASS_VALUES} numbers")
     if num_classes is not None and len(v) != num_classes:
         raise ReplyRejected(f"{name}: {len(v)} values, expected one per class ({num_classes})")
     out = [float(x) for x in v]

@@ -1,9 +1,6 @@
-"""The breast ultrasound layout: BUSI, BUSIS and UDIAT Dataset B, one client each (see
-:mod:`.layouts` for the tree).
-
-BUSI: ``{benign,malignant,normal}/<name> (k).png`` with ``<name> (k)_mask[_j].png`` (merged by
-logical OR), image label 0 for ``normal``, 1 otherwise. BUSIS / UDIAT: an image folder and a mask
-folder with matching stems; the image label comes from the mask.
+"""The breast ultrasound layout: BUSI (``{benign,malignant,normal}/`` with ``_mask[_j]`` files
+merged by logical OR; image label 0 for ``normal``), BUSIS and UDIAT Dataset B (an image folder
+and a mask folder with matching stems), one client each; the tree and rules: docs/data.md.
 """
 
 from __future__ import annotations

@@ -6,18 +6,14 @@ Examples::
     python -m fedmix_jax.data.real.build --dataset ham10000 --manual_dir /data/HAM10000 \\
         --cache_dir ~/fedmix_data --image_size 256 --channels 1
 
-    # breast ultrasound (Dataset_BUSI_with_GT/, BUSIS/, UDIAT/ under /data/breast)
-    python -m fedmix_jax.data.real.build --dataset breast --manual_dir /data/breast
-
     # your own folders, skipping (and listing) bad files instead of stopping at the first
     python -m fedmix_jax.data.real.build --dataset folders --manual_dir /data/my_fed \\
         --on_bad_input skip
 
 Two folders, one name each: ``--manual_dir`` is the manual download (what a training config calls
 ``--config.data.data_dir``) and ``--cache_dir`` is where the built records go
-(``--config.data.cache_dir``). The build uses the same code path as
-:func:`fedmix_jax.data.real.load_federation_from_config`; a run with the same options then starts
-from the cache. ``--load`` also reads the records back and prints the federation summary.
+(``--config.data.cache_dir``). A run with the same options then starts from the cache (the
+same code path). ``--load`` also reads the records back and prints the federation summary.
 Exit codes: 0 built (or already cached); 2 bad flags, a missing download, a bad input file or an
 unwritable cache folder (one line, no traceback).
 """

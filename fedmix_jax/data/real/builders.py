@@ -1,47 +1,12 @@
 """TFDS dataset builders for the real datasets -- TensorFlow-free (``file_format="array_record"``).
 
-Three builders, one per published layout (see :mod:`.layouts`):
-
-==========================  ==============  ================================================
-builder (TFDS name)         config ``name``  clients
-==========================  ==============  ================================================
-``ham10000_fedmix``         ham10000        rosendahl, vidir_modern, vienna_dias, vidir_molemax
-``breast_us_fedmix``        breast          busi, busis, udiat
-``folder_federation``       folders         one per sub-folder of ``data_dir``
-==========================  ==============  ================================================
-
-Each reads the manually downloaded files from ``manual_dir``, decodes and resizes every image once
-(serially; see ``_decode_all``) and writes ``array_record`` shards with TFDS; later runs read them
-back with ``tfds.data_source`` (random access, no TensorFlow). TensorFlow is never imported: TFDS's
-``Image`` feature needs it, so images are stored as zlib-compressed uint8 ``Tensor`` features,
-which TFDS encodes and decodes with NumPy.
-
-Builder configs (:class:`FedMixConfig`) hold the preprocessing and
-split options; the config name encodes them, e.g. ``gray256_seed0_test20_val10`` (``rgb`` for 3
-channels, ``_skip`` when built with ``on_bad_input='skip'``, and for ``folder_federation`` a hash
-of the data_dir path so two different federations never share a cache). Any combination can be
-built; ``gray256`` (the reference), ``gray64`` and ``rgb256`` with seed 0 are predefined.
-
-Per-example features and how a sample is decoded: :mod:`.examples` (images, masks and box masks
-uint8 [S, S, C or K], box coordinates int32 [nb, 4], labels uint8 [K], and the sample's
-metadata).
-
-Splits ``train`` / ``validation`` / ``test`` per client, seeded and file-order independent
-(:mod:`.splits`). Records are written unshuffled, grouped by client (in the order of metadata
-``clients``) and in a stable hashed order within a client; the per-client counts of every split are
-in the metadata (``metadata.json`` -> ``fedmix.counts``), along with the skipped files, warnings and
-a fingerprint of the source files.
-
-Use from Python: :func:`fedmix_jax.data.real.build_dataset` / ``load_federation_from_config`` (they
-validate the cache first), or plain TFDS::
-
-    import tensorflow_datasets as tfds
-    from fedmix_jax.data.real import builders
-    cfg = builders.make_config("ham10000", image_size=64)
-    b = builders.Ham10000Fedmix(config=cfg, data_dir="~/fedmix_data", file_format="array_record")
-    b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir="/data/ham"))
-    ds = tfds.data_source("ham10000_fedmix", data_dir="~/fedmix_data",
-                          builder_kwargs={"config": cfg}, download=False)
+One builder per layout (:mod:`.layouts`): ``ham10000_fedmix`` (``ham10000``), ``breast_us_fedmix``
+(``breast``), ``folder_federation`` (``folders``), and ``retouch_fedmix`` (:mod:`.retouch`). Each
+scans ``manual_dir``, assigns the splits (:mod:`.splits`), decodes every sample once
+(:mod:`.examples`: features and decoding) and writes ``array_record`` shards, later read with
+``tfds.data_source``. A :class:`FedMixConfig` holds the preprocessing and split options and is
+named by them (:func:`config_name`, e.g. ``gray256_seed0_test20_val10``). The cache's layout,
+metadata and validation: docs/data.md and :mod:`.cache`.
 """
 
 from __future__ import annotations
@@ -69,7 +34,7 @@ ARRAY_RECORD = "array_record"
 
 @dataclasses.dataclass(eq=False)
 class FedMixConfig(tfds.core.BuilderConfig):
-    """Preprocessing and split options (see module docstring); build with :func:`make_config`."""
+    """Preprocessing and split options, named by them; build with :func:`make_config`."""
 
     image_size: int = 256
     channels: int = 1
@@ -82,10 +47,11 @@ class FedMixConfig(tfds.core.BuilderConfig):
     drop_empty_slices: bool = False
 
 
+#: The options the metadata records (all of :class:`FedMixConfig`'s own fields but ``tag``).
+_OPTIONS = ("image_size", "channels", "seed", "test_fraction", "val_fraction", "on_bad_input",
+            "box_mode", "drop_empty_slices")
 _CONFIG_DEFAULTS = {f.name: f.default for f in dataclasses.fields(FedMixConfig)
-                    if f.name in ("image_size", "channels", "seed", "test_fraction",
-                                  "val_fraction", "on_bad_input", "tag", "box_mode",
-                                  "drop_empty_slices")}
+                    if f.name in _OPTIONS + ("tag",)}
 
 
 def _pct(f: float) -> str:
@@ -162,16 +128,19 @@ class FedMixBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     # TFDS finds a builder's source file through the optional ``importlib_resources`` backport
     # when the builder lives in a package; name it directly (there is no checksums file here).
     code_path = epath.Path(__file__)
+    HOMEPAGE = "https://arxiv.org/abs/2205.01840"
+
+    def _extra_features(self) -> dict:
+        """Features a builder adds to :func:`~.examples.features` (none here)."""
+        return {}
 
     def _info(self) -> tfds.core.DatasetInfo:
         cfg = self.builder_config
         s, c, k = cfg.image_size, cfg.channels, len(self.LAYOUT.class_names)
         return tfds.core.DatasetInfo(
             builder=self, description=f"{self.LAYOUT.title}, for FedMix (fedmix_jax).",
-            features=features(s, c, k), homepage="https://arxiv.org/abs/2205.01840",
+            features=features(s, c, k, **self._extra_features()), homepage=self.HOMEPAGE,
             disable_shuffling=True, metadata=tfds.core.MetadataDict())
-
-    # -- split generation --------------------------------------------------------------------
 
     def _split_generators(self, dl_manager):
         cfg = self.builder_config
@@ -206,10 +175,7 @@ class FedMixBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             "warnings": scan.warnings,
             "source_dir": data_dir,
             "source_fingerprint": source_fingerprint(data_dir),
-            "config": {f: getattr(cfg, f) for f in ("image_size", "channels", "seed",
-                                                    "test_fraction", "val_fraction",
-                                                    "on_bad_input", "box_mode",
-                                                    "drop_empty_slices")},
+            "config": {f: getattr(cfg, f) for f in _OPTIONS},
             "box_margin": list(BOX_MARGIN),
             "scan_seconds": round(time.time() - t0, 3),
         }
@@ -224,7 +190,8 @@ class FedMixBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         counts = [0] * len(scan.clients)
         disagree = 0
         params = (cfg.image_size, cfg.channels, cfg.seed, data_dir, cindex, cfg.box_mode)
-        for s, res in _decode_all(samples, params):
+        for s in samples:   # serial: see docs/data.md
+            res = process_sample(s, *params)
             if isinstance(res, BadInputError):
                 policy(res)
                 continue
@@ -244,21 +211,6 @@ class FedMixBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                     f"{len(policy.skipped)} bad file(s) have been skipped so far; a client needs "
                     "at least 3 usable samples with masks (whole lesion groups for HAM10000) to "
                     "fill train/validation/test", data_dir)
-
-
-# ------------------------------------------------------------------------------------------------
-# decoding (module level so that worker processes can run it)
-
-# Decoding is serial. Measured on this 2-core CPU (1,000 600x450 JPG + PNG mask pairs -> 64 px,
-# ~7 ms a sample, mostly Pillow decode and NumPy mask checks): a thread pool was no faster (the
-# work holds the GIL), and a process pool was slower (worker start-up and result pickling, and
-# "spawn"/"forkserver" workers re-run an unguarded ``__main__``); a build is a one-time cost.
-
-
-def _decode_all(samples: list[Sample], params: tuple):
-    """Yield ``(sample, process_sample(sample, *params))`` in order."""
-    for s in samples:
-        yield s, process_sample(s, *params)
 
 
 class Ham10000Fedmix(FedMixBuilder):

@@ -1,30 +1,12 @@
 """The real-data cache: build it if needed, validate it, and open it with ``tfds.data_source``.
 
-Cache layout (TFDS's own; ``cache_dir`` defaults to ``~/fedmix_data``)::
-
-    cache_dir/
-      ham10000_fedmix/                       builder name (breast_us_fedmix, folder_federation)
-        gray256_seed0_test20_val10/          config name (preprocessing + split options)
-          1.0.0/
-            dataset_info.json  features.json  metadata.json (fedmix: clients, counts, skipped...)
-            ham10000_fedmix-train.array_record-00000-of-00001
-            ham10000_fedmix-validation.array_record-00000-of-00001
-            ham10000_fedmix-test.array_record-00000-of-00001
-        .config/ ...                         written by TFDS
-
-TFDS writes a build into ``<config>/incomplete.XXXXXX_1.0.0/`` and renames it to ``1.0.0/`` only
-after every shard and ``dataset_info.json`` are written, so an interrupted build never appears
-complete. Before reading, :func:`prepare_dataset` still checks the version directory (valid
-``dataset_info.json``/``features.json``/``metadata.json``, every shard present with the number of
-records ``dataset_info.json`` promises) and rebuilds anything that fails; leftover ``incomplete.*``
-directories of an interrupted build are removed. It also rebuilds when the image/CSV files under
-``data_dir`` changed since the build (a fingerprint of their relative paths and sizes), and when
-``rebuild=True``. If ``data_dir`` is gone but a valid cache exists, the cache is used. Do not run
-two builds of the same config into the same ``cache_dir`` at the same time.
-
-:func:`prepare_dataset` returns a :class:`PreparedDataset`: the split -> data source mapping and
-the ``fedmix`` metadata (clients, per-split per-client counts, skipped files, warnings);
-:mod:`.loader` reads it into a :class:`~fedmix_jax.data.federation.Federation`.
+``cache_dir/<builder>/<config>/1.0.0/`` (TFDS's layout; docs/data.md) holds ``dataset_info.json``,
+``features.json``, ``metadata.json`` (``fedmix``: clients, counts, skipped files, ...) and one
+``array_record`` shard per split. :func:`prepare_dataset` validates that folder first
+(:func:`validate_cache`) and rebuilds it when it is incomplete or damaged, when the files under
+``data_dir`` changed (their fingerprint) or with ``rebuild=True``; without ``data_dir`` a valid
+cache is used. It returns a :class:`PreparedDataset` (the split -> data source mapping and the
+metadata), which :mod:`.loader` reads. Do not build one config into one ``cache_dir`` twice at once.
 """
 
 from __future__ import annotations
@@ -34,20 +16,17 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import tensorflow_datasets as tfds
 
-from fedmix_jax.data.real.builders import ARRAY_RECORD, BUILDERS, FedMixConfig, built_splits, \
-    make_config
+from fedmix_jax.data.real.builders import (ARRAY_RECORD, BUILDERS, FedMixConfig, built_splits,
+                                           make_config)
 from fedmix_jax.data.real.errors import DATA_DIR_FLAG, DatasetNotFoundError, log
 from fedmix_jax.data.real.files import open_regular
 from fedmix_jax.data.real.layouts import LAYOUTS
 from fedmix_jax.data.real.scanning import source_fingerprint
 from fedmix_jax.data.real.settings import RealDataSettings
-
-# ----------------------------------------------------------------------------------------------
-# cache validation
 
 
 def _expected_path(builder_cls, cfg: FedMixConfig, cache_dir: str) -> str:
@@ -109,10 +88,6 @@ def _remove_stale_incomplete(path: str) -> None:
             shutil.rmtree(os.path.join(parent, e), ignore_errors=True)
 
 
-# ----------------------------------------------------------------------------------------------
-# build
-
-
 @dataclass
 class PreparedDataset:
     """A built, validated dataset: its TFDS data sources and metadata."""
@@ -125,7 +100,6 @@ class PreparedDataset:
     metadata: dict                  # metadata.json's "fedmix" entry
     built_now: bool = False
     build_seconds: float = 0.0
-    extras: dict = field(default_factory=dict)
 
     @property
     def clients(self) -> list[str]:

@@ -1,19 +1,10 @@
 """Errors raised by the real-data sources, and the fail/skip policy for bad input files.
 
-* :class:`DatasetNotFoundError` (a ``ValueError``): the manual-download directory is missing or
-  empty, or a required top-level folder/file of the layout is missing. The message names the config
-  field (``--config.data.data_dir``), shows the expected layout and says where to download the data.
-* :class:`CacheDamagedError` (a ``ValueError``): the built ``array_record`` cache is damaged in a
-  way the pre-read validation cannot see (a corrupted record); the loader rebuilds it once from
-  ``data_dir`` when it can, otherwise the message says how to rebuild.
-* :class:`BadInputError` (a ``ValueError``): one input file is unusable (unreadable image, mask of the
-  wrong size, non-binary mask, image without mask, duplicate id, bad CSV row, ...) or a client is
-  left empty. ``err.path`` is the offending file (also named in the message).
-
-:class:`BadInputPolicy` applies ``on_bad_input``: ``'fail'`` (default) raises the
-:class:`BadInputError`; ``'skip'`` logs a warning naming the file, records it and counts it (the list
-ends up in the cache's ``metadata.json`` and is printed after the build). Nothing is ever dropped
-silently.
+:class:`DatasetNotFoundError` (the download or a required part of its layout is missing; the
+message shows the expected layout), :class:`CacheDamagedError` (the built cache cannot be read
+back) and :class:`BadInputError` (one unusable input file, ``err.path``) are ``ValueError`` s.
+:class:`BadInputPolicy` applies ``on_bad_input``: ``'fail'`` raises, ``'skip'`` logs, records
+and counts (the list goes to the cache's ``metadata.json``); nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -31,9 +22,8 @@ class DatasetNotFoundError(ValueError):
     """The dataset's manual-download directory (or a required part of its layout) is missing."""
 
 
-class CacheDamagedError(ValueError):
-    """The built cache could not be read back (a damaged record, a shard changed on disk);
-    ``path`` is the cache's version directory. Rebuild it (``--config.data.rebuild=True``)."""
+class _PathError(ValueError):
+    """A ``ValueError`` about one file or folder: ``path``, kept when sent back from a worker."""
 
     def __init__(self, message: str, path: str | os.PathLike | None = None):
         super().__init__(message)
@@ -43,22 +33,18 @@ class CacheDamagedError(ValueError):
         return (type(self), (str(self), self.path))
 
 
-class BadInputError(ValueError):
+class CacheDamagedError(_PathError):
+    """The built cache could not be read back (a damaged record, a shard changed on disk);
+    ``path`` is the cache's version directory. Rebuild it (``--config.data.rebuild=True``)."""
+
+
+class BadInputError(_PathError):
     """An input file is unusable; ``path`` names it."""
-
-    def __init__(self, message: str, path: str | os.PathLike | None = None):
-        super().__init__(message)
-        self.path = None if path is None else os.fspath(path)
-
-    def __reduce__(self):  # keep ``path`` when sent back from a worker process
-        return (type(self), (str(self), self.path))
 
 
 class BadInputPolicy:
-    """``on_bad_input`` handling: ``'fail'`` raises, ``'skip'`` logs, records and counts.
-
-    Thread-safe (decoding runs in a thread pool).
-    """
+    """``on_bad_input`` handling: ``'fail'`` raises, ``'skip'`` logs, records and counts
+    (thread-safe)."""
 
     def __init__(self, mode: str = "fail"):
         mode = str(mode).strip().lower()
@@ -76,7 +62,3 @@ class BadInputPolicy:
             self.skipped.append({"path": err.path, "reason": str(err)})
             n = len(self.skipped)
         log.warning("on_bad_input='skip': skipping (%d so far): %s", n, err)
-
-    @property
-    def count(self) -> int:
-        return len(self.skipped)

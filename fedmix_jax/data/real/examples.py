@@ -19,15 +19,10 @@ Per-example features (S = image_size, Cin = channels, K = 1 class, 'lesion'):
 ``orig_size``     int32 [2]           original (height, width)
 ================  ==================  ============================================================
 
-Boxes: from ``boxes.csv`` when given (scaled to S, rounded outwards), otherwise derived from the
-resized mask with a random 1-9 px margin per side drawn once per sample from a generator seeded by
-``(seed, hash(id))`` (:func:`fedmix_jax.data.boxes.sample_rng`): with ``box_mode='component'``
-(default) one box per connected component, with ``'enclosing'`` the reference's one box around all
-the foreground (config name suffix ``_enclosing``; see :mod:`fedmix_jax.data.boxes`).
-
-:func:`features` is the ``FeaturesDict`` above; :func:`process_sample` decodes one
-:class:`~fedmix_jax.data.real.scanning.Sample` into such a record (a dict of NumPy arrays and
-strings).
+Boxes: from ``boxes.csv`` when given (scaled to S, rounded outwards), else derived from the
+resized mask with 1-9 px margins drawn once per sample (seeded by ``(seed, hash(id))``,
+``box_mode``: :mod:`fedmix_jax.data.boxes`). :func:`features` is the ``FeaturesDict`` above,
+:func:`process_sample` decodes one :class:`~fedmix_jax.data.real.scanning.Sample` into a record.
 """
 
 from __future__ import annotations
@@ -44,14 +39,13 @@ from fedmix_jax.data.real.scanning import Sample
 from fedmix_jax.data.real.splits import stable_int
 
 BOX_MARGIN = (1, 9)
-# Arrays are zlib-compressed per feature. (array_record also compresses each record with its
-# default options, which TFDS does not expose; storing the features raw and relying on that alone
-# measured slower -- 21 s vs 11.5 s of CPU for 1,000 images at 256 px -- and larger.)
+# zlib per feature: relying on array_record's own compression alone was slower and larger.
 _ENCODING = tfds.features.Encoding.ZLIB
 
 
-def features(s: int, c: int, k: int) -> tfds.features.FeaturesDict:
-    """The features of a record of S x S images with ``c`` channels and ``k`` classes."""
+def features(s: int, c: int, k: int, **extra) -> tfds.features.FeaturesDict:
+    """The features of a record of S x S images with ``c`` channels and ``k`` classes (then
+    ``extra``, a builder's own)."""
 
     def u8(shape):
         return tfds.features.Tensor(shape=shape, dtype=np.uint8, encoding=_ENCODING)
@@ -72,6 +66,7 @@ def features(s: int, c: int, k: int) -> tfds.features.FeaturesDict:
         "malignant": tfds.features.Tensor(shape=(), dtype=np.int32),
         "image_path": tfds.features.Text(),
         "orig_size": tfds.features.Tensor(shape=(2,), dtype=np.int32),
+        **extra,
     })
 
 
@@ -113,14 +108,15 @@ def process_sample(s: Sample, size: int, channels: int, seed: int, data_dir: str
         "box_coords": np.asarray(boxes, np.int32).reshape(-1, 4),
         "label": np.array([label], np.uint8),
         "has_mask": bool(has_mask),
-        "level": np.int32(s.level),
-        "client": s.client,
-        "client_index": np.int32(cindex[s.client]),
-        "id": s.id,
-        "stem": s.stem,
-        "category": s.category,
-        "malignant": np.int32(s.malignant),
-        "image_path": os.path.relpath(s.image_path, data_dir),
-        "orig_size": np.array([h, w], np.int32),
+        **sample_fields(s, cindex, data_dir, (h, w)),
     }
     return example, bool(disagree)
+
+
+def sample_fields(s: Sample, cindex: dict, data_dir: str, orig_hw) -> dict:
+    """The fields of a record that describe its sample (all but the pixels, boxes and label)."""
+    return {"level": np.int32(s.level), "client": s.client,
+            "client_index": np.int32(cindex[s.client]), "id": s.id, "stem": s.stem,
+            "category": s.category, "malignant": np.int32(s.malignant),
+            "image_path": os.path.relpath(s.image_path, data_dir),
+            "orig_size": np.array(orig_hw, np.int32)}

@@ -1,14 +1,8 @@
 """Safe file-system access for the real-data scanners: never hang, never loop, never follow a
-link without saying so.
-
-* :func:`walk_files` lists the **regular** files under a folder (following symlinked folders, each
-  real folder visited once, so a link loop ends) and reports every other entry it meets -- FIFOs,
-  sockets, devices, dangling symlinks, symlink loops -- as an :class:`Irregular` instead of
-  listing it. A symlink whose target lies outside the walked root is followed and logged once.
-* :func:`open_regular` opens a file for reading only if it is a regular file. It opens with
-  ``O_NONBLOCK`` and checks the *opened* descriptor with ``fstat``, so a FIFO (whose plain
-  ``open`` blocks until a writer appears) or a device is refused at once, even if it replaced a
-  regular file after the listing.
+link without saying so. :func:`walk_files` lists the regular files under a folder (each real
+folder once) and reports FIFOs, sockets, devices, dangling links and link loops as
+:class:`Irregular`; :func:`open_regular` opens only a regular file (``O_NONBLOCK``, then
+``fstat`` of the opened descriptor, so a FIFO that replaced the file is refused at once).
 """
 
 from __future__ import annotations
@@ -58,11 +52,9 @@ def walk_files(root: str, irregular: list[Irregular] | None = None,
                ) -> Iterator[tuple[str, str]]:
     """``(dirpath, filename)`` of every non-hidden regular file under ``root``, sorted, top-down.
 
-    Symlinked folders are followed; a folder already visited (a symlink loop, or two links to one
-    folder) is not entered again (logged). Entries that are not regular files or folders are
-    never opened: those whose name passes ``keep_irregular`` are listed like files (so that
-    reading them later is the error that names them), the others appended to ``irregular`` (when
-    given). Hidden entries are ignored.
+    Symlinked folders are followed (one outside ``root`` is logged), a folder already visited is
+    not entered again (logged). Other entries are never opened: those whose name passes
+    ``keep_irregular`` are listed like files, the others appended to ``irregular`` (when given).
     """
     root_real = os.path.realpath(root)
     seen: set[tuple[int, int]] = set()
@@ -118,11 +110,8 @@ def walk_files(root: str, irregular: list[Irregular] | None = None,
 
 
 def open_regular(path: str, what: str = "file"):
-    """Open ``path`` for binary reading if (and only if) it is a regular file.
-
-    Raises :class:`BadInputError` naming the file otherwise (FIFO, socket, device, directory,
-    dangling link, link loop, permission denied ...), without blocking.
-    """
+    """Open ``path`` for binary reading if it is a regular file; else a :class:`BadInputError`
+    naming it (FIFO, socket, device, directory, dangling link, link loop, ...), without blocking."""
     try:  # refuse special files before opening them at all (opening a device can act)
         st = os.stat(path)
     except OSError as e:

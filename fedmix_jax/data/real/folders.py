@@ -1,9 +1,7 @@
 """The folders layout: a federation prepared from one's own data, one folder per client with
 ``images/``, ``masks/`` and the optional ``labels.csv``, ``boxes.csv`` and ``levels.csv`` (the
-format is described in :mod:`.layouts`).
-
-Per-sample labels become 0/1, levels the level ints of :mod:`fedmix_jax.data.federation`, boxes
-int64 ``[nb, 4]`` ``(x_min, y_min, x_max, y_max)`` in original pixels (inclusive).
+format: docs/data.md). Labels become 0/1, levels the level ints of
+:mod:`fedmix_jax.data.federation`, boxes int64 ``[nb, 4]`` in original pixels (inclusive).
 """
 
 from __future__ import annotations
@@ -18,7 +16,7 @@ from fedmix_jax.data.federation import BOX, IMAGE, PIXEL, level_from_name
 from fedmix_jax.data.real.errors import BadInputError, log
 from fedmix_jax.data.real.imaging import is_image_file
 from fedmix_jax.data.real.scanning import (Layout, Sample, Scan, find_subdir,
-                                           pair_images_masks, walk_data_files)
+                                           pair_images_masks, subdirs, walk_data_files)
 from fedmix_jax.data.real.tables import read_table
 
 # Box coordinates must be below this (pixels); larger numbers are a broken row, not an image.
@@ -41,15 +39,12 @@ class Folders(Layout):
       <client_b>/
         ...
 """
-    download = "your own data: prepare it in this layout (see fedmix_jax/data/real/layouts.py)"
+    download = "your own data: prepare it in this layout (see docs/data.md)"
 
     def scan(self, data_dir, policy):
         data_dir = self.check_data_dir(data_dir)
         clients, warnings = [], []
-        for e in sorted(os.listdir(data_dir)):
-            p = os.path.join(data_dir, e)
-            if e.startswith(".") or not os.path.isdir(p):
-                continue
+        for e, p in subdirs(data_dir):
             if find_subdir(p, ("images",)) is None:
                 warnings.append(f"ignored folder {p}: no images/ inside")
                 log.warning("ignored folder %s: no images/ inside", p)
@@ -89,7 +84,8 @@ class Folders(Layout):
             return None
 
         labels = self._read_labels(self._csv(cdir, "labels.csv"), resolve, policy)
-        levels = self._read_levels(self._csv(cdir, "levels.csv"), resolve, policy)
+        levels = self._read_map(self._csv(cdir, "levels.csv"), "level", level_from_name, resolve,
+                                policy)
         boxes = self._read_boxes(self._csv(cdir, "boxes.csv"), resolve, policy)
         samples = []
         for stem, img in sorted(images.items()):
@@ -168,10 +164,6 @@ class Folders(Layout):
                              f"class name {sorted(names)}")
 
         return self._read_map(path, "label", label, resolve, policy)
-
-    def _read_levels(self, path, resolve, policy) -> dict:
-        """``{stem: level}`` from ``levels.csv`` (absent: {})."""
-        return self._read_map(path, "level", level_from_name, resolve, policy)
 
     def _read_boxes(self, path, resolve, policy) -> dict:
         """``{stem: [([x0, y0, x1, y1], source), ...]}`` from ``boxes.csv`` (absent: {})."""

@@ -1,9 +1,6 @@
-"""The HAM10000 layout: ISIC images and Tschandl lesion masks found by name, clients and lesion
-groups from ``HAM10000_metadata.csv`` (see :mod:`.layouts` for the tree).
-
-The scan yields one :class:`~.scanning.Sample` per CSV row whose image and mask exist: client =
-the ``dataset`` column, group = ``lesion_id``, ``category`` = ``dx`` and ``malignant`` from it
-(:data:`HAM_BENIGN` -> 0, :data:`HAM_MALIGNANT` -> 1, else -1 with a warning).
+"""The HAM10000 layout: ISIC images and Tschandl lesion masks found by name, one
+:class:`~.scanning.Sample` per row of ``HAM10000_metadata.csv`` (client = ``dataset``, group =
+``lesion_id``, ``malignant`` from ``dx``); the tree and rules: docs/data.md.
 """
 
 from __future__ import annotations
@@ -13,7 +10,7 @@ from collections import defaultdict
 
 from fedmix_jax.data.real.errors import BadInputError
 from fedmix_jax.data.real.imaging import IMAGE_EXTENSIONS
-from fedmix_jax.data.real.scanning import Layout, Sample, Scan, walk_data_files
+from fedmix_jax.data.real.scanning import Layout, Sample, Scan, unique_paths, walk_data_files
 from fedmix_jax.data.real.tables import HAM_CSV_NAMES, read_rows
 
 HAM_CLIENTS = ("rosendahl", "vidir_modern", "vienna_dias", "vidir_molemax")
@@ -95,19 +92,8 @@ class HAM10000(Layout):
         if not masks:
             raise self.not_found(f"no ISIC_*_segmentation.png masks under {data_dir} (expected "
                                  "HAM10000_segmentations_lesion_tschandl/)")
-
-        def unique(kind, table):
-            out = {}
-            for key, paths in table.items():
-                if len(paths) > 1:
-                    policy(BadInputError(
-                        f"duplicate {kind} id {key}: {paths[0]} and {paths[1]}"
-                        f"{f' (+{len(paths) - 2} more)' if len(paths) > 2 else ''}; remove the "
-                        "copies (or use on_bad_input='skip' to keep the first)", paths[1]))
-                out[key] = paths[0]
-            return out
-
-        return csv_paths[0], unique("image", images), unique("mask", masks)
+        return (csv_paths[0], unique_paths("image id", images, policy),
+                unique_paths("mask id", masks, policy))
 
     @staticmethod
     def _sample(line, cells, num_columns, col, seen, images, masks, csv_path, data_dir, policy):

@@ -1,49 +1,12 @@
-"""Decoding and resizing of image and mask files (Pillow + NumPy only).
+"""Decoding and resizing of image and mask files (Pillow + NumPy only; docs/data.md).
 
-Images
-------
-Any Pillow-readable file (PNG, JPEG, BMP, TIFF, ...). Converted to grayscale (``L``, ITU-R 601-2 luma,
-Pillow's ``convert('L')``; the reference setting) or RGB; palette/alpha/CMYK images go through RGB
-first (alpha is dropped); 16-bit / 32-bit / float grayscale images are scaled by their own maximum
-to 8 bits. Resized to ``S x S`` (aspect ratio not kept, as in the reference) with Pillow's
-antialiased ``BILINEAR`` filter. JPEGs use Pillow's ``draft`` (DCT-domain downscaling to the
-smallest power-of-two reduction still >= S, and decoding only the luma plane for grayscale) before
-that resize, which makes decoding 600x450 dermoscopy JPEGs several times faster.
-
-Masks
------
-A mask file is reduced to one 2-D array: RGB(A) masks take the maximum over the colour channels
-(alpha ignored), palette masks use their palette *indices*, 16-bit masks are rescaled to 0..255.
-Binarisation (``m`` = the mask's largest value):
-
-* ``m == 0``: empty mask (allowed: e.g. BUSI ``normal`` images);
-* ``m == 1``: a {0, 1} mask; foreground is 1;
-* ``m > 127``: a {0, 255}-style mask; **foreground is value > 127**. Anti-aliased or JPEG-noisy
-  edges are thresholded, but if more than 5 % of all pixels are neither 0 nor ``m`` the mask is
-  rejected as *not binary* (it is probably a probability map, a label map or a photo);
-* ``1 < m <= 127``: rejected as *not binary* (a label map such as {0, 1, 2}, or a dim mask whose
-  foreground the threshold would silently erase).
-
-Mixed values never erase a lesion silently (a {0, 1} mask with one stray 255 pixel would
-otherwise lose its lesion to the threshold). With ``m > 127``, call a pixel *dim* when its value
-is 1-127 and *bright* when it is above 127:
-
-* lossless masks (PNG, BMP, TIFF...): every dim pixel must lie within 2 px of a bright one (an
-  anti-aliased rim) **and** each connected region of non-zero pixels (8-connectivity) must hold
-  at least as many bright as dim pixels; otherwise the mask is rejected as *mixing values*
-  (e.g. a {0, 1} lesion with a stray 255);
-* lossy masks (JPEG, whose compression scatters dim specks): rejected as *mixing values* when
-  pixels of value exactly 1 outnumber the bright ones (a {0, 1} mask with stray bright pixels).
-
-A mask whose size differs from its image's is rejected. Masks are resized with ``NEAREST``.
-
-Files
------
-Only regular files are opened (:func:`~fedmix_jax.data.real.files.open_regular`: a FIFO, socket,
-device, dangling link or link loop is a :class:`BadInputError`, never a hang). An image or mask
-whose header announces more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (Pillow's default,
-about 89 million, e.g. 9,500 x 9,500) is rejected before decoding as a possible decompression
-bomb; raise ``PIL.Image.MAX_IMAGE_PIXELS`` in your own code if your images really are larger.
+Images become grayscale (``L``) or RGB uint8, resized to ``S x S`` (bilinear, antialiased; JPEGs
+through Pillow's ``draft``). Masks become one 2-D array, binarised by :func:`binarize_mask`:
+the largest value ``m`` is 0 (empty), 1 ({0, 1}) or above 127 (foreground: > 127); anything
+else, more than 5 % of pixels neither 0 nor ``m``, or dim values that thresholding would erase
+(a {0, 1} mask with stray 255s) is a :class:`BadInputError` (docs/data_faults.md). Only regular
+files are opened (:func:`~fedmix_jax.data.real.files.open_regular`), and a header announcing
+more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels is refused before decoding.
 """
 
 from __future__ import annotations
@@ -99,20 +62,11 @@ def _convert(im: Image.Image, channels: int) -> Image.Image:
     if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         im = Image.fromarray(_to_uint8_gray(np.asarray(im)), "L")
         mode = "L"
-    if channels == 1:
-        if mode in ("L",):
-            return im
-        if mode == "1":
-            return im.convert("L")
-        if mode != "RGB":
-            im = im.convert("RGB")
-        return im.convert("L")
-    if mode == "RGB":
-        return im
-    if mode not in ("L", "1"):
-        im = im.convert("RGB")
-        return im
-    return im.convert("RGB")
+    if channels == 3:
+        return im if mode == "RGB" else im.convert("RGB")
+    if mode in ("L", "1"):
+        return im if mode == "L" else im.convert("L")
+    return (im if mode == "RGB" else im.convert("RGB")).convert("L")
 
 
 def load_image(path: str, size: int, channels: int) -> tuple[np.ndarray, tuple[int, int]]:
@@ -166,7 +120,8 @@ def _mask_array(im: Image.Image) -> np.ndarray:
 
 
 def binarize_mask(arr: np.ndarray, path: str, lossy: bool = False) -> np.ndarray:
-    """2-D mask array -> bool foreground, with the rules of the module docstring."""
+    """2-D mask array [H, W] -> bool foreground [H, W], with the rules of the module docstring
+    (``lossy``: the file is JPEG-like, whose compression scatters dim specks)."""
     arr = np.asarray(arr)
     m = int(arr.max()) if arr.size else 0
     if m == 0:

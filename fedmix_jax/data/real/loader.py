@@ -1,12 +1,6 @@
-"""Read a prepared real dataset into a :class:`~fedmix_jax.data.federation.Federation`.
-
-:func:`load_federation_from_config` builds the cache if needed (:mod:`.cache`), picks the clients
-and their levels, caps each client at ``max_per_client`` and reads every split into the padded
-arrays of a Federation: images uint8 [C, N, S, S, Cin] (value k means k / 255; the compiled code
-converts each gathered batch with :func:`~fedmix_jax.data.federation.float_images`), masks and
-boxes uint8 [C, N, S, S, K] in {0, 1}, image_labels float32 [C, N, K], levels int32 [C, N].
-:func:`read_client_split` reads one client's split unpadded. The cache layout and its validation
-are described in :mod:`.cache`.
+"""Read a prepared real dataset (:mod:`.cache`) into a
+:class:`~fedmix_jax.data.federation.Federation` (:func:`load_federation_from_config`), or one
+client's split unpadded (:func:`read_client_split`).
 """
 
 from __future__ import annotations
@@ -26,16 +20,7 @@ from fedmix_jax.data.real.layouts import LAYOUTS
 from fedmix_jax.data.real.settings import RealDataSettings
 
 SPLIT_FIELDS = {"train": "train", "validation": "val", "test": "test"}
-
-
-def default_levels(name: str) -> dict[str, str]:
-    """Each known client's level when ``levels`` is not given: the layout's
-    ``default_clients`` / ``default_levels`` (the paper's settings: HAM10000 [B, B, L, B];
-    breast [I, B, L]); any other client is pixel."""
-    layout = LAYOUTS.get(name)
-    if layout is None:
-        return {}
-    return dict(zip(layout.default_clients, layout.default_levels))
+_RECORD_FIELDS = ("images", "masks", "boxes", "image_labels", "levels")
 
 
 def default_data_config(name: str = "ham10000", **overrides) -> ml_collections.ConfigDict:
@@ -44,10 +29,6 @@ def default_data_config(name: str = "ham10000", **overrides) -> ml_collections.C
     cfg = ml_collections.ConfigDict(RealDataSettings(name=name).as_dict())
     cfg.update(overrides)
     return cfg
-
-
-# ----------------------------------------------------------------------------------------------
-# read into a Federation
 
 
 def record_text(v) -> str:
@@ -60,9 +41,7 @@ def resolve_clients_levels(data_cfg, prepared: PreparedDataset) -> tuple[list[st
     ints (``data_cfg.levels``: one name, one per client, or the dataset's defaults)."""
     available = prepared.clients
     settings = RealDataSettings.from_config(data_cfg)
-    clients = list(settings.clients)
-    if not clients:
-        clients = list(available)
+    clients = list(settings.clients) or list(available)
     unknown = [c for c in clients if c not in available]
     if unknown:
         raise ValueError(f"unknown client(s) {unknown} in --config.data.clients; "
@@ -73,8 +52,9 @@ def resolve_clients_levels(data_cfg, prepared: PreparedDataset) -> tuple[list[st
     if isinstance(levels, str):
         levels = [levels] * len(clients)
     levels = [str(x) for x in levels]
-    if not levels:
-        defaults = default_levels(prepared.name)
+    if not levels:   # the layout's (the paper's) levels for its clients, pixel for any other
+        layout = LAYOUTS.get(prepared.name)
+        defaults = dict(zip(layout.default_clients, layout.default_levels)) if layout else {}
         levels = [defaults.get(c, "pixel") for c in clients]
     if len(levels) != len(clients):
         raise ValueError(f"--config.data.levels has {len(levels)} entries {levels} but there are "
@@ -110,61 +90,62 @@ def take_counts(prepared: PreparedDataset, client: str, max_per_client: int) -> 
 def read_client_split(prepared: PreparedDataset, split: str, client: str, level: int,
                       take: int | None = None, progress=None, out: dict | None = None) -> dict:
     """One client's records of one split as unpadded arrays (the ``stack_clients`` input): images
-    uint8 [n, S, S, Cin] as stored (k means k / 255), masks and boxes uint8 {0, 1}, image_labels
-    float32.
+    uint8 [n, S, S, Cin] as stored (k means k / 255), masks and boxes uint8 [n, S, S, K] {0, 1},
+    image_labels float32 [n, K], levels int32 [n], plus ``ids`` and ``has_mask`` bool [n].
 
-    ``take`` limits the number of records (the first ones: a seeded random subset, since records
-    are stored in hashed order). Per-sample levels from ``levels.csv`` override ``level``.
-    ``out``: arrays of at least ``n`` rows (``images``, ``masks``, ``boxes``, ``image_labels``,
-    ``levels``; e.g. the client's row of a padded split) to read into instead of new ones; the
-    returned arrays are then their first ``n`` rows (views).
+    ``take`` reads the first records only (a seeded random subset: records are stored in hashed
+    order); per-sample levels from ``levels.csv`` override ``level``. ``out``: arrays of at least
+    ``n`` rows to read into (e.g. the client's row of a padded split); the returned arrays are
+    then their first ``n`` rows (views).
     """
-    cfg = prepared.config
-    s, c, k = cfg.image_size, cfg.channels, len(prepared.metadata["class_names"])
-    rng = prepared.client_range(split, client)
-    if take is not None:
-        rng = rng[:take]
+    rng = prepared.client_range(split, client)[:take]
     n = len(rng)
-    if out is None:
-        out = {"images": np.zeros((n, s, s, c), np.uint8),
-               "masks": np.zeros((n, s, s, k), np.uint8),
-               "boxes": np.zeros((n, s, s, k), np.uint8),
-               "image_labels": np.zeros((n, k), np.float32),
-               "levels": np.full((n,), level, np.int32)}
-    else:
-        out = {f: out[f][:n] for f in ("images", "masks", "boxes", "image_labels", "levels")}
-        out["levels"][:] = level
+    out = {f: a[:n] for f, a in (out or record_arrays(prepared, (n,))).items()
+           if f in _RECORD_FIELDS}
+    out["levels"][:] = level
     out.update(ids=[], has_mask=np.zeros((n,), bool))
-    if n == 0:
-        return out
-    source = prepared.sources[split]
     idx = list(rng)
     for lo in range(0, n, 256):
-        try:
-            recs = source.__getitems__(idx[lo:lo + 256])
-            _check_records(recs, s, c, k)
-        except Exception as e:  # noqa: BLE001 -- any failure to read back our own records
-            raise CacheDamagedError(
-                f"the cache {prepared.path} is damaged: reading records {idx[lo]}.."
-                f"{idx[min(lo + 256, n) - 1]} of its {split} split failed ({type(e).__name__}: "
-                f"{str(e)[:300]}); rebuild it with --config.data.rebuild=True (needs "
-                f"{DATA_DIR_FLAG})", prepared.path) from e
+        recs = read_records(prepared, split, client, idx[lo:lo + 256])
         for j, r in enumerate(recs, start=lo):
-            if record_text(r["client"]) != client:
-                raise RuntimeError(f"cache {prepared.path} is inconsistent: record {idx[j]} of "
-                                   f"{split} belongs to {record_text(r['client'])}, expected "
-                                   f"{client}; rebuild it (--config.data.rebuild=True)")
-            out["images"][j] = r["image"]
-            out["masks"][j] = r["mask"]
-            out["boxes"][j] = r["boxes"]
-            out["image_labels"][j] = r["label"]
-            if int(r["level"]) >= 0:
-                out["levels"][j] = int(r["level"])
+            store_record(out, j, r)
             out["has_mask"][j] = bool(r["has_mask"])
             out["ids"].append(record_text(r["id"]))
         if progress is not None:
             progress.update(len(recs))
     return out
+
+
+def read_records(prepared: PreparedDataset, split: str, client: str, ids: list[int]) -> list:
+    """The records ``ids`` of ``client`` in ``split``, read back and checked against the cache's
+    features: a failure is a :class:`CacheDamagedError`, a record of another client an error."""
+    cfg = prepared.config
+    k = len(prepared.metadata["class_names"])
+    try:
+        recs = prepared.sources[split].__getitems__(ids)
+        _check_records(recs, cfg.image_size, cfg.channels, k)
+    except Exception as e:  # noqa: BLE001 -- any failure to read back our own records
+        raise CacheDamagedError(
+            f"the cache {prepared.path} is damaged: reading records {ids[:8]}"
+            f"{'...' if len(ids) > 8 else ''} of its {split} split failed ({type(e).__name__}: "
+            f"{str(e)[:300]}); rebuild it with --config.data.rebuild=True (needs "
+            f"{DATA_DIR_FLAG})", prepared.path) from e
+    for i, r in zip(ids, recs):
+        if record_text(r["client"]) != client:
+            raise RuntimeError(f"cache {prepared.path} is inconsistent: record {i} of {split} "
+                               f"belongs to {record_text(r['client'])}, expected {client}; "
+                               "rebuild it (--config.data.rebuild=True)")
+    return recs
+
+
+def store_record(out: dict, j: int, r: dict) -> None:
+    """Record ``r``'s arrays into row ``j`` of ``out`` (its level only where it has its own)."""
+    out["images"][j] = r["image"]
+    out["masks"][j] = r["mask"]
+    out["boxes"][j] = r["boxes"]
+    out["image_labels"][j] = r["label"]
+    if int(r["level"]) >= 0:
+        out["levels"][j] = int(r["level"])
 
 
 def _check_records(recs, size: int, channels: int, classes: int) -> None:
@@ -180,27 +161,16 @@ def _check_records(recs, size: int, channels: int, classes: int) -> None:
 def load_federation_from_config(data_cfg, verbose: bool = True) -> Federation:
     """Build (if not cached) and load a real dataset as a :class:`Federation`.
 
-    ``data_cfg`` (an ``ml_collections.ConfigDict``, see :func:`default_data_config`) fields:
-    ``name`` ('ham10000' | 'breast' | 'folders'), ``data_dir`` (the manual download),
-    ``cache_dir`` (default ``~/fedmix_data``), ``image_size``, ``channels`` (1 or 3), ``clients``
-    (default: every client of the dataset, in its canonical order), ``levels`` (one level name per
-    client; default: the paper's setting for the known clients, else pixel; folders' levels.csv
-    overrides it per sample), ``seed`` (split and box seed), ``val_fraction``, ``test_fraction``,
-    ``on_bad_input`` ('fail' | 'skip'), ``max_per_client`` (0 = all; else the client's total over
-    the three splits is capped at it, spread in proportion to the split sizes, at least 1 per
-    non-empty split), ``rebuild``, ``box_mode`` ('component' | 'enclosing', boxes derived from
-    masks; see :mod:`fedmix_jax.data.boxes`), ``pack_labels`` (masks and boxes bit-packed),
-    ``drop_empty_slices`` (RETOUCH only: B-scans without fluid are left out of every split).
-
-    Images are uint8 (k means k / 255); masks and boxes uint8 in {0, 1}; image_labels float32
-    [C, N, K]. Records are decoded straight into the padded arrays of their split (no per-client
-    copy: the host holds the splits and one batch of 256 decoded records). With ``pack_labels``
-    (``config.data.pack_labels``) each split's masks and boxes are bit-packed as soon as it is
-    read, so only one split's are ever unpacked.
-    Raises :class:`DatasetNotFoundError` when ``data_dir`` is missing/empty and nothing is cached.
-
-    A cache found damaged while reading it (:class:`CacheDamagedError`) is rebuilt once from
-    ``data_dir`` when the source is there; otherwise that error says how to rebuild.
+    ``data_cfg``: a ``data`` ConfigDict (:func:`default_data_config`; its fields are those of
+    :class:`~fedmix_jax.data.real.settings.RealDataSettings`, docs/main_job.md). ``clients``
+    default to every client in the dataset's order, ``levels`` to the paper's setting for the
+    known clients (else pixel; folders' levels.csv overrides per sample); ``max_per_client`` caps
+    a client as :func:`take_counts`. Images uint8 [C, N, S, S, Cin] (k means k / 255), masks and
+    boxes uint8 [C, N, S, S, K] {0, 1} (bit-packed, one split at a time, with ``pack_labels``),
+    image_labels float32 [C, N, K], levels int32 [C, N]; records are decoded straight into the
+    padded arrays. Raises :class:`DatasetNotFoundError` when ``data_dir`` is missing or empty and
+    nothing is cached; a cache found damaged while reading (:class:`CacheDamagedError`) is rebuilt
+    once from ``data_dir`` when it is there.
     """
     settings = RealDataSettings.from_config(data_cfg)
     try:
@@ -213,16 +183,17 @@ def load_federation_from_config(data_cfg, verbose: bool = True) -> Federation:
         return _load_federation(dataclasses.replace(settings, rebuild=True), verbose)
 
 
-def _padded_arrays(prepared: PreparedDataset, num_clients: int, num_samples: int) -> dict:
-    """Zeroed arrays of one padded split ([C, N, ...], the FederatedSplit fields). The padding is
-    never written: on Linux its pages are not resident on the host until something copies them."""
+def record_arrays(prepared: PreparedDataset, lead: tuple[int, ...]) -> dict:
+    """Zeroed arrays of the FederatedSplit fields for records of ``prepared`` (``lead + (S, S,
+    Cin)`` images etc.; e.g. ``lead = (C, N)``: a padded split). Pages never written (the
+    padding) are not resident on the host on Linux."""
     cfg = prepared.config
     s, c, k = cfg.image_size, cfg.channels, len(prepared.metadata["class_names"])
-    cn = (num_clients, num_samples)
-    return dict(images=np.zeros(cn + (s, s, c), np.uint8), masks=np.zeros(cn + (s, s, k), np.uint8),
-                boxes=np.zeros(cn + (s, s, k), np.uint8),
-                image_labels=np.zeros(cn + (k,), np.float32), levels=np.zeros(cn, np.int32),
-                valid=np.zeros(cn, bool))
+    return dict(images=np.zeros(lead + (s, s, c), np.uint8),
+                masks=np.zeros(lead + (s, s, k), np.uint8),
+                boxes=np.zeros(lead + (s, s, k), np.uint8),
+                image_labels=np.zeros(lead + (k,), np.float32), levels=np.zeros(lead, np.int32),
+                valid=np.zeros(lead, bool))
 
 
 def _load_federation(settings: RealDataSettings, verbose: bool = True) -> Federation:
@@ -238,8 +209,8 @@ def _load_federation(settings: RealDataSettings, verbose: bool = True) -> Federa
     with tqdm(total=total, desc=f"reading {prepared.builder.name}", unit="img",
               disable=not verbose, file=sys.stderr) as bar:
         for sp, fld in SPLIT_FIELDS.items():
-            arrays = _padded_arrays(prepared, len(clients),
-                                    max(1, max(takes[c][sp] for c in clients)))
+            arrays = record_arrays(prepared, (len(clients),
+                                              max(1, max(takes[c][sp] for c in clients))))
             for i, (c, lv) in enumerate(zip(clients, levels)):
                 d = read_client_split(prepared, sp, c, lv, takes[c][sp], bar,
                                       out={f: a[i] for f, a in arrays.items()})

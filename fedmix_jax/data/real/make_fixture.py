@@ -1,18 +1,8 @@
-"""Fake datasets in the published layouts, for tests and for timing builds.
-
-The files have the real names, types and (by default) realistic sizes; the pixels are synthetic:
-a noisy background with one or two darker elliptical lesions, and the matching binary masks.
-
-Python::
-
-    from fedmix_jax.data.real.make_fixture import make_ham10000
-    make_ham10000("/tmp/ham_fake", num_images=1000)              # 600x450 JPGs + masks + CSV
-
-Shell (then time a build of it)::
+"""Fake datasets in the published layouts, for tests and for timing builds: real names, types
+and (by default) sizes; synthetic pixels (a noisy background with one or two darker elliptical
+lesions) and the matching binary masks.
 
     python -m fedmix_jax.data.real.make_fixture --layout ham10000 --out /tmp/ham_fake --num 1000
-    time python -m fedmix_jax.data.real.build --dataset ham10000 --manual_dir /tmp/ham_fake \\
-        --cache_dir /tmp/ham_cache --image_size 64
 """
 
 from __future__ import annotations

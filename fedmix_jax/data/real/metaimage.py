@@ -1,31 +1,9 @@
 """A strict reader of MetaImage volumes (``.mhd`` + ``.raw``/``.zraw``, or ``.mha``) for untrusted
 data folders: every check is made on the header and the file sizes *before* anything is
-allocated or decoded, and every failure is a :class:`BadInputError` naming the file.
-
-What is refused (each a one-line error):
-
-* a header or data file that is not a **regular file** (a FIFO, socket or device is never opened
-  for blocking reads, so it cannot hang the build; a dangling link or link loop is named);
-* a header larger than 64 KiB, not ASCII/UTF-8 text, without ``NDims``, ``DimSize``,
-  ``ElementType`` or ``ElementDataFile``, or with a field this reader does not handle
-  (``ElementNumberOfChannels`` > 1, ASCII data, ``HeaderSize`` other than 0, a file ``LIST`` or
-  a numbered file pattern, an unknown ``ElementType``);
-* an ``ElementDataFile`` that leaves the header's folder: an absolute path, a ``..`` component,
-  or a link resolving outside it (so nothing outside the data folder is ever read);
-* sizes out of range: a ``DimSize`` entry < 1 or > :data:`MAX_SIDE`, or a volume larger than
-  :data:`MAX_VOLUME_BYTES` once decoded;
-* uncompressed data whose file size differs from ``prod(DimSize) x element size`` (a truncated
-  or padded ``.raw``, or a header that lies about the size);
-* ``CompressedData = True`` over data that is not a zlib/gzip stream (e.g. a plain ``.raw``), a
-  stream that decodes to fewer or more bytes than the header announces (decoding stops at one
-  byte over, so a decompression bomb never fills memory), or a ``CompressedDataSize`` that
-  differs from the data on disk;
-* a floating-point volume holding NaN or infinite voxels.
-
-Only what RETOUCH needs and what ITK writes is read: binary data, little- or big-endian
-(``BinaryDataByteOrderMSB`` / ``ElementByteOrderMSB``), one channel, the element types of
-:data:`ELEMENT_TYPES`. A volume of ``DimSize = X Y Z`` is returned as the NumPy array
-``[Z, Y, X]`` (as ``SimpleITK.GetArrayFromImage``).
+allocated or decoded, and every failure is a :class:`BadInputError` naming the file (what is
+refused: docs/data_faults.md). It reads what RETOUCH needs and ITK writes: binary data, either
+byte order, one channel, the element types of :data:`ELEMENT_TYPES`; ``DimSize = X Y Z`` is
+returned as the array ``[Z, Y, X]`` (as ``SimpleITK.GetArrayFromImage``).
 """
 
 from __future__ import annotations
@@ -231,7 +209,7 @@ def _inflate(h: MetaHeader, f, out: np.ndarray) -> None:
 
 def read_volume(path: str) -> np.ndarray:
     """The validated volume of header ``path`` as ``[Z, Y, X]`` in its stored dtype (native
-    byte order). Raises :class:`BadInputError` for anything the module docstring lists."""
+    byte order); a :class:`BadInputError` for anything refused (also NaN or infinite voxels)."""
     h = read_header(path)
     buf = np.empty(h.nbytes, np.uint8)
     with open_regular(h.data_path, "MetaImage data file") as f:

@@ -1,11 +1,7 @@
-"""File and folder names that are not UTF-8.
-
-On POSIX a file name is bytes; Python shows a name that is not valid UTF-8 with surrogate escapes
-(``'img\\udcff002.png'``), which cannot be written to the cache (ids and paths are UTF-8 text) or
-hashed for the splits. :func:`drop_undecodable` turns each such sample into a
-:class:`BadInputError` (``on_bad_input``: an error naming the file, or the sample skipped) right
-after the scan; :func:`printable` shows a name with its raw bytes escaped (``img\\xff002.png``),
-so messages can always be printed and name the file.
+"""File and folder names that are not UTF-8 (Python shows them with surrogate escapes, which
+cannot be written to the cache or hashed): :func:`drop_undecodable` makes each such sample a
+:class:`BadInputError` after the scan; :func:`printable` escapes a name's raw bytes
+(``img\\xff002.png``) so that messages can always name the file.
 """
 
 from __future__ import annotations

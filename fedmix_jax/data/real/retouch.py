@@ -1,53 +1,12 @@
-"""RETOUCH (retinal OCT fluid, 3 classes) for FedMix: layout scanner, TFDS builder, fixture writer.
+"""RETOUCH (retinal OCT fluid, 3 classes) for FedMix: layout scanner and TFDS builder.
 
-The RETOUCH challenge training set (Bogunovic et al., IEEE TMI 2019;
-https://retouch.grand-challenge.org)
-holds 70 OCT volumes from three vendors, each with a manual reference segmentation of three fluid
-types: label 1 = IRF (intraretinal fluid), 2 = SRF (subretinal fluid), 3 = PED (pigment epithelial
-detachment), 0 = background. ``--config.data.name=retouch`` reads it as the paper does: one client
-per vendor, in the reference's order cirrus / topcon / spectralis (default levels image / box /
-pixel), every B-scan a 2D sample, classes ``irf, srf, ped`` as three sigmoid channels.
-
-Layout (``data_dir`` is the folder the training-set archives were extracted into)::
-
-    data_dir/
-      RETOUCH-TrainingSet-Cirrus/        any folder whose name contains "cirrus" -> client cirrus
-        TRAIN001/
-          oct.mhd  oct.raw               the OCT volume (MetaImage header + raw data)
-          reference.mhd  reference.raw   the label volume, same size, values 0-3
-        TRAIN002/ ...
-      RETOUCH-TrainingSet-Spectralis/    "spectralis" -> client spectralis
-      RETOUCH-TrainingSet-Topcon/        "topcon"     -> client topcon
-
-(the vendor folders may also sit one level deeper, e.g. ``data_dir/RETOUCH_train/...``). Volumes
-are read by the strict MetaImage reader :mod:`fedmix_jax.data.real.metaimage` (``.raw``, ``.zraw``,
-``.mha``; header, data file and sizes validated before anything is read; SimpleITK only writes the
-fixture). A volume of ITK size (X, Y, Z) is the array [Z, Y, X]: Z B-scans
-of Y (depth) x X (A-scans) pixels. Typical sizes: Cirrus 512 x 1024 x 128, Spectralis
-512 x 496 x 49, Topcon 512 x 885 x 128 (or x 650).
-
-Preprocessing: each B-scan is resized to ``image_size`` x ``image_size`` (bilinear, antialiased;
-labels nearest). Intensities: uint8 volumes are kept; any other type (Spectralis is uint16) is
-scaled per volume linearly from its [0.5, 99.5] percentile range to [0, 255] and clipped. Masks are
-one-hot per class (``mask`` [S, S, 3]); the image label of a class is its presence in the resized
-mask (so label, mask and box always agree); boxes are drawn per class from the resized mask with
-the random 1-9 px margins (``box_mode``), of the whole B-scan, not the train-time crop.
-``drop_empty_slices``: B-scans without fluid are not written (metadata ``dropped_empty``).
-
-Splits are **by volume** (a volume's B-scans never straddle splits): the volume is the split group
-of :func:`fedmix_jax.data.real.splits.assign_splits`, seeded and independent of file order. With the
-default ``test_fraction=0.2`` that is 5 test volumes for each vendor of the full training set (as
-the paper), then ``val_fraction`` of the rest for validation.
-
-Bad input (``on_bad_input``; ``'skip'`` skips the whole volume and lists it in the metadata):
-a volume folder without ``reference.mhd`` (missing reference volume) or without ``oct.mhd``; an
-unreadable header or data file; OCT and reference volumes whose sizes differ; reference labels
-outside 0-3 (or not integers); a volume that is not 3D.
-
-Fixture (tests and build timing)::
-
-    python -m fedmix_jax.data.real.retouch_fixture --out /tmp/retouch_fake --volumes 3    # tiny
-    python -m fedmix_jax.data.real.retouch_fixture --out /tmp/retouch_big --volumes 2 --realistic
+``--config.data.name=retouch`` reads the RETOUCH challenge training set (70 OCT volumes, labels
+1 IRF, 2 SRF, 3 PED) as the paper does: one client per vendor (folder name containing
+``cirrus`` / ``topcon`` / ``spectralis``, in that order; default levels image / box / pixel),
+every B-scan a 2D sample of [S, S, Cin] with one-hot masks [S, S, 3] (classes ``irf, srf,
+ped``), split by volume. Volumes are read by :mod:`.metaimage` (a volume of ITK size (X, Y, Z)
+is the array [Z, Y, X]). The layout, preprocessing and bad-input rules: docs/multiclass.md; a
+fake training set: :mod:`.retouch_fixture`.
 """
 
 from __future__ import annotations
@@ -65,7 +24,8 @@ from fedmix_jax.data.real import builders as dataset_builders
 from fedmix_jax.data.real import layouts as dataset_layouts
 from fedmix_jax.data.real import metaimage
 from fedmix_jax.data.real.errors import BadInputError, BadInputPolicy
-from fedmix_jax.data.real.scanning import Layout, Sample, Scan, normalized_name
+from fedmix_jax.data.real.examples import sample_fields
+from fedmix_jax.data.real.scanning import Layout, Sample, Scan, normalized_name, subdirs
 from fedmix_jax.data.real.splits import stable_int
 
 CLASS_NAMES = ("irf", "srf", "ped")
@@ -78,32 +38,16 @@ _REF_NAMES = ("reference.mhd", "reference.mha")
 NUM_LABELS = len(CLASS_NAMES)
 
 
-def import_sitk():
-    try:
-        import SimpleITK as sitk
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("RETOUCH volumes (.mhd/.raw) are read with SimpleITK: pip install "
-                          "SimpleITK (or pip install 'fedmix_jax[retouch]')") from e
-    return sitk
+def _check_shapes(oct_path: str, ref_path: str, shape, ref_shape, name: str) -> None:
+    """A 3D volume [Z, Y, X] and a label volume of its shape, else a :class:`BadInputError`."""
+    def fmt(shape) -> str:
+        return " x ".join(str(v) for v in shape)
 
-
-def read_volume_size(path: str) -> tuple[int, ...]:
-    """The numpy shape [Z, Y, X] of a MetaImage volume, from its validated header (and the size
-    of its data file; :func:`fedmix_jax.data.real.metaimage.read_header`)."""
-    return metaimage.read_header(path).shape
-
-
-def read_volume(path: str) -> np.ndarray:
-    """A MetaImage volume as a numpy array [Z, Y, X] (its stored dtype), validated and finite."""
-    return metaimage.read_volume(path)
-
-
-def _fmt(shape) -> str:
-    return " x ".join(str(v) for v in shape)
-
-
-# ----------------------------------------------------------------------------------------------
-# Layout
+    if len(shape) != 3:
+        raise BadInputError(f"{oct_path} is not a 3D volume (size {fmt(shape)})", oct_path)
+    if tuple(shape) != tuple(ref_shape):
+        raise BadInputError(f"volume and label shapes differ in {name}: oct {fmt(shape)} vs "
+                            f"reference {fmt(ref_shape)} ([B-scans, depth, width])", ref_path)
 
 
 class Retouch(Layout):
@@ -128,10 +72,7 @@ class Retouch(Layout):
     def _vendor_dirs(self, data_dir: str, policy: BadInputPolicy) -> dict[str, str]:
         def find(root):
             out = {}
-            for e in sorted(os.listdir(root)):
-                p = os.path.join(root, e)
-                if e.startswith(".") or not os.path.isdir(p):
-                    continue
+            for e, p in subdirs(root):
                 n = normalized_name(e)
                 for client, tokens in _VENDOR_TOKENS.items():
                     if any(t in n for t in tokens):
@@ -144,10 +85,8 @@ class Retouch(Layout):
 
         found = find(data_dir)
         if not found:  # one level deeper (data_dir/<archive root>/RETOUCH-TrainingSet-*)
-            for e in sorted(os.listdir(data_dir)):
-                p = os.path.join(data_dir, e)
-                if os.path.isdir(p) and not e.startswith("."):
-                    found.update({c: d for c, d in find(p).items() if c not in found})
+            for _, p in subdirs(data_dir):
+                found.update({c: d for c, d in find(p).items() if c not in found})
         return found
 
     def scan(self, data_dir, policy):
@@ -170,10 +109,7 @@ class Retouch(Layout):
 
     def _scan_vendor(self, client, vdir, policy, warnings):
         samples = []
-        for vol in sorted(os.listdir(vdir)):
-            vpath = os.path.join(vdir, vol)
-            if vol.startswith(".") or not os.path.isdir(vpath):
-                continue
+        for vol, vpath in subdirs(vdir):
             files = {f.lower(): os.path.join(vpath, f) for f in os.listdir(vpath)}
             oct_path = next((files[n] for n in _OCT_NAMES if n in files), None)
             ref_path = next((files[n] for n in _REF_NAMES if n in files), None)
@@ -190,15 +126,9 @@ class Retouch(Layout):
                                      "oct.mhd", ref_path))
                 continue
             try:
-                shape = read_volume_size(oct_path)
-                ref_shape = read_volume_size(ref_path)
-                if len(shape) != 3:
-                    raise BadInputError(f"{oct_path} is not a 3D volume (size {_fmt(shape)})",
-                                        oct_path)
-                if shape != ref_shape:
-                    raise BadInputError(
-                        f"volume and label shapes differ in {client}/{vol}: oct {_fmt(shape)} vs "
-                        f"reference {_fmt(ref_shape)} ([B-scans, depth, width])", ref_path)
+                shape = metaimage.read_header(oct_path).shape
+                _check_shapes(oct_path, ref_path, shape, metaimage.read_header(ref_path).shape,
+                              f"{client}/{vol}")
             except BadInputError as e:
                 policy(e)
                 continue
@@ -210,10 +140,6 @@ class Retouch(Layout):
 
 
 RETOUCH_LAYOUT = Retouch()
-
-
-# ----------------------------------------------------------------------------------------------
-# Decoding a volume
 
 
 def _to_uint8(vol: np.ndarray) -> np.ndarray:
@@ -233,14 +159,10 @@ def load_volume_pair(oct_path: str, ref_path: str, size: int, channels: int = 1,
     Returns ``(images uint8 [Z, S, S, channels], labels uint8 [Z, S, S] in 0..3, (rows, cols))``;
     raises :class:`BadInputError` naming the volume for shapes that differ or labels outside 0-3.
     """
-    vol = read_volume(oct_path)
-    ref = read_volume(ref_path)
+    vol = metaimage.read_volume(oct_path)
+    ref = metaimage.read_volume(ref_path)
     name = name or os.path.dirname(oct_path)
-    if vol.ndim != 3:
-        raise BadInputError(f"{oct_path} is not a 3D volume (shape {_fmt(vol.shape)})", oct_path)
-    if vol.shape != ref.shape:
-        raise BadInputError(f"volume and label shapes differ in {name}: oct {_fmt(vol.shape)} vs "
-                            f"reference {_fmt(ref.shape)} ([B-scans, depth, width])", ref_path)
+    _check_shapes(oct_path, ref_path, vol.shape, ref.shape, name)
     vals = np.unique(ref)
     bad = vals[(vals < 0) | (vals > NUM_LABELS) | (vals != np.round(vals))]
     if bad.size:
@@ -285,22 +207,10 @@ def slice_example(s: Sample, image: np.ndarray, labels: np.ndarray, orig_hw, see
         "box_class": np.asarray(classes, np.int32),
         "label": mask.any(axis=(0, 1)).astype(np.uint8),
         "has_mask": True,
-        "level": np.int32(s.level),
-        "client": s.client,
-        "client_index": np.int32(cindex[s.client]),
-        "id": s.id,
-        "stem": s.stem,
-        "category": "",
-        "malignant": np.int32(-1),
-        "image_path": os.path.relpath(s.image_path, data_dir),
-        "orig_size": np.array(orig_hw, np.int32),
+        **sample_fields(s, cindex, data_dir, orig_hw),   # category '', malignant -1
         "volume": volume,
         "slice": np.int32(index),
     }
-
-
-# ----------------------------------------------------------------------------------------------
-# TFDS builder
 
 
 class RetouchFedmix(dataset_builders.FedMixBuilder):
@@ -315,18 +225,12 @@ class RetouchFedmix(dataset_builders.FedMixBuilder):
     MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT.instructions()
     code_path = epath.Path(__file__)
     DROPS_EMPTY_SLICES = True
+    HOMEPAGE = "https://retouch.grand-challenge.org"
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        info = super()._info()
-        feats = dict(info.features)
-        feats["box_class"] = tfds.features.Tensor(shape=(None,), dtype=np.int32)
-        feats["volume"] = tfds.features.Text()
-        feats["slice"] = tfds.features.Tensor(shape=(), dtype=np.int32)
-        return tfds.core.DatasetInfo(
-            builder=self, description=f"{self.LAYOUT.title}, for FedMix (fedmix_jax).",
-            features=tfds.features.FeaturesDict(feats),
-            homepage="https://retouch.grand-challenge.org", disable_shuffling=True,
-            metadata=tfds.core.MetadataDict())
+    def _extra_features(self) -> dict:
+        return {"box_class": tfds.features.Tensor(shape=(None,), dtype=np.int32),
+                "volume": tfds.features.Text(),
+                "slice": tfds.features.Tensor(shape=(), dtype=np.int32)}
 
     def _generate_examples(self, samples: list[Sample], split: str):
         data_dir, policy, scan, cindex = self._build_state

@@ -1,13 +1,9 @@
-"""A fake RETOUCH training set in the published layout (.mhd/.raw volumes), for tests and timing.
-
-The folder and file names, volume sizes (with ``--realistic``) and voxel types are those of the
-challenge's training set; the voxels are synthetic (see :func:`fake_oct_volume`). Written with
-SimpleITK, as :mod:`fedmix_jax.data.real.retouch` reads them.
+"""A fake RETOUCH training set in the published layout (.mhd/.raw volumes, written with
+SimpleITK), for tests and timing: the folder and file names, volume sizes (``--realistic``) and
+voxel types of the challenge's training set, synthetic voxels (:func:`fake_oct_volume`)::
 
     python -m fedmix_jax.data.real.retouch_fixture --out /tmp/retouch_fake --volumes 3
     python -m fedmix_jax.data.real.retouch_fixture --out /tmp/retouch_big --volumes 2 --realistic
-    time python -m fedmix_jax.data.real.build --dataset retouch --manual_dir /tmp/retouch_big \\
-        --data_dir /tmp/retouch_cache --image_size 224
 """
 
 from __future__ import annotations
@@ -20,7 +16,6 @@ from typing import Sequence
 import numpy as np
 
 from fedmix_jax.data.boxes import sample_rng
-from fedmix_jax.data.real.retouch import import_sitk
 from fedmix_jax.data.real.splits import stable_int
 
 # Full-size volumes of the training set, numpy order [Z, Y, X] (B-scans, depth, A-scans), dtype.
@@ -75,6 +70,15 @@ def fake_oct_volume(shape: Sequence[int], rng: np.random.Generator, dtype=np.uin
             sl *= 64.0
         img[k] = np.clip(sl, 0, info.max).astype(dtype)
     return img, labels
+
+
+def import_sitk():
+    try:
+        import SimpleITK as sitk
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("the RETOUCH fixture is written with SimpleITK: pip install "
+                          "SimpleITK (or pip install 'fedmix_jax[retouch]')") from e
+    return sitk
 
 
 def write_mhd(arr: np.ndarray, path: str, spacing=(0.0117, 0.0039, 0.047)) -> None:

@@ -1,12 +1,7 @@
-"""What every layout shares: the :class:`Sample` / :class:`Scan` records, the :class:`Layout`
-base class, walking a download's files, and pairing images with masks.
-
-A :class:`Sample` is one sample as found on disk (paths, client, split group, optional label,
-level and boxes ``[nb, 4]`` int64 in original pixels); nothing is decoded here. A :class:`Scan`
-is what a layout's ``scan`` returns: the samples, the clients in canonical order and warnings.
-:func:`source_fingerprint` hashes the relative paths and sizes of a download's image and table
-files (``"<count>:<20 hex digits>"``). ``pair_images_masks`` pairs ``<stem>.*`` images with
-``<stem>.*`` / ``<stem>_mask.*`` masks, as the breast and folders layouts lay them out.
+"""What every layout shares: the :class:`Sample` / :class:`Scan` records (nothing decoded),
+the :class:`Layout` base class, walking a download's files (:func:`walk_data_files`,
+:func:`source_fingerprint`), and pairing ``<stem>.*`` images with ``<stem>.*`` /
+``<stem>_mask.*`` masks (:func:`pair_images_masks`).
 """
 
 from __future__ import annotations
@@ -56,15 +51,10 @@ def normalized_name(name: str) -> str:
 
 
 def walk_data_files(root: str) -> list[tuple[str, str]]:
-    """(dirpath, filename) for every non-hidden file under root, deterministic order.
-
-    Symlinked folders are followed (each real folder once, so a link loop ends; links leading
-    outside ``root`` are logged). Entries that are not regular files (FIFOs, sockets, devices,
-    dangling links, link loops) are listed only when named like an image or a table (``.csv``,
-    ``.tsv``, ``.tab``, HAM10000's metadata): they are never opened here, and reading them later
-    (:func:`~fedmix_jax.data.real.files.open_regular`) is the bad-input error that names them.
-    Any other such entry is logged and ignored.
-    """
+    """(dirpath, filename) for every non-hidden file under root, deterministic order
+    (:func:`~fedmix_jax.data.real.files.walk_files`). An entry that is not a regular file is
+    listed only when named like an image or a table (reading it later is the bad-input error
+    that names it); any other is logged and ignored."""
     irregular: list[Irregular] = []
     out = list(walk_files(root, irregular, keep_irregular=_data_name))
     for entry in irregular:
@@ -79,10 +69,8 @@ def _data_name(name: str) -> bool:
 
 
 def source_fingerprint(data_dir: str) -> str:
-    """A hash of the relative paths and sizes of the image and CSV files under ``data_dir``.
-
-    Stored in the cache; a later load whose data_dir has a different fingerprint rebuilds.
-    """
+    """``"<count>:<20 hex digits>"``, a hash of the relative paths and sizes of the image,
+    volume and CSV files under ``data_dir`` (a load whose fingerprint changed rebuilds)."""
     h = hashlib.sha256()
     n = 0
     exts = set(IMAGE_EXTENSIONS) | {".csv", ".tab", ".tsv", ".mhd", ".mha", ".raw", ".zraw"}
@@ -99,7 +87,7 @@ def source_fingerprint(data_dir: str) -> str:
 
 
 class Layout:
-    """Base class: a published file layout (see module docstring)."""
+    """Base class: a published file layout; ``scan`` returns its :class:`Scan`."""
 
     name = ""                     # config name ('ham10000', 'breast', 'folders')
     title = ""
@@ -140,13 +128,17 @@ class Layout:
         raise NotImplementedError
 
 
+def subdirs(root: str) -> list[tuple[str, str]]:
+    """``(name, path)`` of the non-hidden folders in ``root``, sorted by name."""
+    return [(e, os.path.join(root, e)) for e in sorted(os.listdir(root))
+            if not e.startswith(".") and os.path.isdir(os.path.join(root, e))]
+
+
 def find_subdir(root: str, names: tuple[str, ...]) -> str | None:
-    entries = {normalized_name(e): e for e in sorted(os.listdir(root))
-               if os.path.isdir(os.path.join(root, e)) and not e.startswith(".")}
-    for n in names:
-        if normalized_name(n) in entries:
-            return os.path.join(root, entries[normalized_name(n)])
-    return None
+    """The folder of ``root`` matching the first of ``names`` (ignoring case and punctuation)."""
+    entries = {normalized_name(e): p for e, p in subdirs(root)}
+    return next((entries[normalized_name(n)] for n in names if normalized_name(n) in entries),
+                None)
 
 
 def image_files(root: str) -> list[str]:
@@ -159,12 +151,7 @@ def pair_images_masks(client: str, image_dir: str, mask_dir: str | None,
     images: dict[str, list[str]] = defaultdict(list)
     for p in image_files(image_dir):
         images[os.path.splitext(os.path.basename(p))[0]].append(p)
-    out_images = {}
-    for stem, paths in images.items():
-        if len(paths) > 1:
-            policy(BadInputError(f"duplicate image id {client}/{stem}: {paths[0]} and {paths[1]}",
-                                 paths[1]))
-        out_images[stem] = paths[0]
+    out_images = unique_paths("image id", images, policy, f"{client}/")
     masks: dict[str, list[str]] = defaultdict(list)
     if mask_dir is not None:
         for p in image_files(mask_dir):
@@ -180,10 +167,19 @@ def pair_images_masks(client: str, image_dir: str, mask_dir: str | None,
                                      f"{image_dir})", p))
                 continue
             masks[base].append(p)
-    out_masks = {}
-    for stem, paths in masks.items():
+    return out_images, {stem: [p] for stem, p in
+                        unique_paths("mask for", masks, policy, f"{client}/").items()}
+
+
+def unique_paths(kind: str, paths_by_key: dict[str, list[str]], policy: BadInputPolicy,
+                 prefix: str = "") -> dict[str, str]:
+    """``{key: its first path}``; a key with several paths is reported through ``policy``."""
+    out = {}
+    for key, paths in paths_by_key.items():
         if len(paths) > 1:
-            policy(BadInputError(f"duplicate mask for {client}/{stem}: {paths[0]} and {paths[1]}",
-                                 paths[1]))
-        out_masks[stem] = paths[:1]
-    return out_images, out_masks
+            policy(BadInputError(
+                f"duplicate {kind} {prefix}{key}: {paths[0]} and {paths[1]}"
+                f"{f' (+{len(paths) - 2} more)' if len(paths) > 2 else ''}; remove the copies "
+                "(or use on_bad_input='skip' to keep the first)", paths[1]))
+        out[key] = paths[0]
+    return out

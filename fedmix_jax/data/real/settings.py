@@ -41,17 +41,10 @@ class RealDataSettings:
         """The settings of a ``data`` ConfigDict, dict or object (settings pass through)."""
         if isinstance(data_cfg, cls):
             return data_cfg
-        values = {}
-        for f in dataclasses.fields(cls):
-            if data_cfg is None:
-                v = None
-            elif isinstance(data_cfg, dict) or hasattr(data_cfg, "get"):
-                v = data_cfg.get(f.name, None)
-            else:
-                v = getattr(data_cfg, f.name, None)
-            if v is not None:
-                values[f.name] = _typed(f.name, v, f.default)
-        return cls(**values)
+        get = getattr(data_cfg, "get", lambda name, default: getattr(data_cfg, name, default))
+        values = {f.name: get(f.name, None) for f in dataclasses.fields(cls)}
+        return cls(**{f.name: _typed(f.name, values[f.name], f.default)
+                      for f in dataclasses.fields(cls) if values[f.name] is not None})
 
     @property
     def source_dir(self) -> str:

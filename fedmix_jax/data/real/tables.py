@@ -1,12 +1,7 @@
-"""CSV/TSV tables of the layouts (HAM10000's metadata; folders' labels/boxes/levels CSVs).
-
-:func:`read_rows` reads a table into ``[(line number, [cell, ...])]`` (non-empty, non-comment
-rows, cells stripped; comma-separated, or tab-separated when the first line has tabs and no
-commas); :func:`read_table` maps the rows onto named columns, with an optional header row whose
-first cell is the first column's name. A table must be a regular file of at most
-:data:`MAX_CSV_BYTES` bytes of UTF-8 text (a BOM is allowed); anything else is a
-:class:`~fedmix_jax.data.real.errors.BadInputError` naming it. ``TABLE_EXTENSIONS`` and
-``HAM_CSV_NAMES`` are the file names read as tables.
+"""CSV/TSV tables of the layouts (HAM10000's metadata; folders' labels/boxes/levels CSVs):
+:func:`read_rows` reads the rows, :func:`read_table` maps them onto named columns. A table must
+be a regular file of at most :data:`MAX_CSV_BYTES` of UTF-8 text, else a
+:class:`~fedmix_jax.data.real.errors.BadInputError` naming it.
 """
 
 from __future__ import annotations
@@ -16,7 +11,6 @@ import csv
 from fedmix_jax.data.real.errors import BadInputError, BadInputPolicy
 from fedmix_jax.data.real.files import open_regular
 
-# A CSV larger than this is refused (the HAM10000 metadata is 0.6 MB).
 MAX_CSV_BYTES = 64 << 20
 TABLE_EXTENSIONS = (".csv", ".tsv", ".tab")
 HAM_CSV_NAMES = ("ham10000_metadata.csv", "ham10000_metadata.tab", "ham10000_metadata.tsv",
@@ -24,11 +18,9 @@ HAM_CSV_NAMES = ("ham10000_metadata.csv", "ham10000_metadata.tab", "ham10000_met
 
 
 def read_rows(path: str) -> list[tuple[int, list[str]]]:
-    """Non-empty, non-comment rows of a CSV/TSV file with their 1-based line numbers.
-
-    The file must be a regular file of at most ``MAX_CSV_BYTES`` bytes of UTF-8 text (a BOM is
-    allowed); anything else is a :class:`BadInputError` naming it.
-    """
+    """``[(1-based line number, [cell, ...])]``: the non-empty, non-comment rows, cells stripped;
+    comma-separated, or tab-separated when the first line has tabs and no commas (a BOM is
+    allowed)."""
     with open_regular(path, "CSV file") as f:
         try:
             raw = f.read(MAX_CSV_BYTES + 1)
