@@ -14,6 +14,7 @@ checkpoint kept. Details: docs/main_job.md ("Checkpoints and resuming").
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -104,8 +105,7 @@ def _unseal(step: int, item) -> tuple[dict, dict | None]:
     before integrity records existed."""
     if not isinstance(item, dict):
         raise CheckpointDamagedError(step, "its JSON record is not an object")
-    if "format" not in item and "sha256" not in item and "integrity" not in item \
-            and "round" in item:
+    if "round" in item and not {"format", "sha256", "integrity"} & item.keys():
         return item, None                                   # written by an older version
     if item.get("format") != FORMAT:
         raise CheckpointDamagedError(step, f"unknown record format {item.get('format')!r}")
@@ -174,6 +174,7 @@ class Checkpointer:
                 f"could not create the checkpoint folder {self.directory}: "
                 f"{describe_os_error(e)}", step=0, kept=None) from None
         self._pending: int | None = None
+        self._failed_save = False
 
     @classmethod
     def for_workdir(cls, workdir: str, max_to_keep: int | None) -> "Checkpointer":
@@ -245,9 +246,8 @@ class Checkpointer:
 
     def _read_record(self, step: int) -> tuple[dict, dict | None]:
         try:
-            restored = self._manager.restore(int(step), args=ocp.args.Composite(
-                extra=ocp.args.JsonRestore()))
-            item = restored.extra
+            item = self._manager.restore(int(step), args=ocp.args.Composite(
+                extra=ocp.args.JsonRestore())).extra
         except Exception as e:  # noqa: BLE001 -- anything unreadable is damage
             raise CheckpointDamagedError(step, f"its JSON record cannot be read ({_short(e)})") \
                 from None
@@ -340,11 +340,9 @@ class Checkpointer:
         self._close_manager()
 
     def _close_manager(self) -> None:
-        try:
+        with contextlib.suppress(Exception):   # a failed save was reported already
             self._manager.close()
-        except Exception:  # noqa: BLE001 -- a failed save was reported already
-            pass
-        if getattr(self, "_failed_save", False):     # its writes may still recreate them
+        if self._failed_save:     # its writes may still recreate them
             remove_temporaries(self.directory, settle_s=0.3)
 
     def __enter__(self) -> "Checkpointer":

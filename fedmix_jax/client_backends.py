@@ -13,6 +13,7 @@ no step, weight 0), sliced off the outputs. The executors that choose and compil
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -96,8 +97,7 @@ class LoopClients:
         return self._programs[site_fn]
 
     def __call__(self, site_fn: Callable, shared: Any, clients: Any) -> Any:
-        sites, *rest = clients
-        rest = tuple(rest)
+        sites, rest = clients[0], tuple(clients[1:])
         num_clients = jax.tree.leaves(sites)[0].shape[0]
         update = self.program(site_fn)
         if site_fn not in self._report_shapes:     # traced once, not every round
@@ -119,20 +119,15 @@ def sharded_clients(mesh: jax.sharding.Mesh, group: int = 1) -> Callable:
     groups of ``group`` (:func:`grouped_clients`)."""
     axis = sharding.CLIENT_AXIS
     spec = jax.sharding.PartitionSpec
-    num_devices = mesh.size
     on_device = map_clients if group <= 1 else grouped_clients(group)
 
     def backend(site_fn: Callable, shared: Any, clients: Any) -> Any:
         num_clients = jax.tree.leaves(clients)[0].shape[0]
-        padded = sharding.padded_count(num_clients, num_devices)
-        clients = _pad_client_axis(clients, padded)
-
-        def per_device(shared, block):
-            return on_device(site_fn, shared, block)
-
+        padded = sharding.padded_count(num_clients, mesh.size)
         # check_vma=False: the skip branches of the round's ``lax.cond``s return constants.
-        out = jax.shard_map(per_device, mesh=mesh, in_specs=(spec(), spec(axis)),
-                            out_specs=spec(axis), check_vma=False)(shared, clients)
+        out = jax.shard_map(functools.partial(on_device, site_fn), mesh=mesh,
+                            in_specs=(spec(), spec(axis)), out_specs=spec(axis),
+                            check_vma=False)(shared, _pad_client_axis(clients, padded))
         if padded > num_clients:
             out = jax.tree.map(lambda x: x[:num_clients], out)
         return out

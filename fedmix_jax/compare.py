@@ -130,8 +130,8 @@ def _compare(config, strategies, seeds, workdir, quiet, plots, federation, level
         for key in ("mean_hd95", "mean_dice_present", "mean_false_positive_rate"):
             values = [r[key] for r in ok if r.get(key) is not None]
             if values:
-                m, sd = _mean_std(values)
-                out["results"][strategy].update({f"{key}_mean": m, f"{key}_std": sd})
+                out["results"][strategy].update(zip((f"{key}_mean", f"{key}_std"),
+                                                    _mean_std(values)))
     out["total_s"] = time.time() - t0
     out["markdown"] = format_table(out)
     rundir.atomic_write_text(os.path.join(workdir, "compare.json"),
@@ -160,8 +160,7 @@ def format_table(result: dict) -> str:
         note = "" if r["num_ok"] == len(seeds) else f" ({r['num_ok']}/{len(seeds)} seeds ok)"
         lines.append("| " + " | ".join([strategy + note] + cells) + " |")
     lines += _pseudo_label_table(result)
-    lines.append("")
-    lines.append(f"Test figures at the round of best mean validation Dice; mean ± std over "
+    lines.append(f"\nTest figures at the round of best mean validation Dice; mean ± std over "
                  f"seeds {', '.join(str(s) for s in seeds)} (sample std, ddof=1). Per client and "
                  "mean: Dice (per class, averaged); Dice on the images that contain each class; "
                  "HD95 in px; FP rate: share of lesion-free images with any predicted foreground.")
@@ -227,9 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     from fedmix_jax import console
 
     console.setup_logging()
-    workdir = fv.workdir
-    if not workdir:
-        workdir = main_lib.default_workdir(path, "compare")
+    workdir = fv.workdir or main_lib.default_workdir(path, "compare")
     logging.info("workdir: %s", os.path.abspath(workdir))
 
     def job():

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from fedmix_jax import executors
 from fedmix_jax.config import HParams, RoundConfig
 from fedmix_jax.data.federation import FederatedSplit
+from fedmix_jax.models import UNet, init_unet
 from fedmix_jax.round import FedState, RoundMetrics, broadcast
 from fedmix_jax.site import ModelPair, init_site_state, make_optimizer
 
@@ -23,8 +24,6 @@ from fedmix_jax.site import ModelPair, init_site_state, make_optimizer
 def init_params(model: nn.Module, key: jax.Array, image_shape: tuple[int, ...]):
     """One model's ``params`` for images of ``image_shape`` (H, W, Cin): the U-Net's by
     :func:`fedmix_jax.models.init_unet`, other Flax modules' by ``model.init``."""
-    from fedmix_jax.models import UNet, init_unet
-
     if isinstance(model, UNet):
         return init_unet(key, model, (1,) + tuple(image_shape))
     return jax.jit(model.init)(key, jnp.zeros((1,) + tuple(image_shape), jnp.float32))["params"]

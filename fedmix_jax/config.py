@@ -88,12 +88,10 @@ class RoundConfig:
     self_training_mean: str = "pixels"
 
     def __post_init__(self):
-        if self.empty_target_loss not in EMPTY_TARGET_LOSSES:
-            raise ValueError(f"empty_target_loss must be one of {EMPTY_TARGET_LOSSES}, "
-                             f"got {self.empty_target_loss!r}")
-        if self.self_training_mean not in SELF_TRAINING_MEANS:
-            raise ValueError(f"self_training_mean must be one of {SELF_TRAINING_MEANS}, "
-                             f"got {self.self_training_mean!r}")
+        for name, allowed in (("empty_target_loss", EMPTY_TARGET_LOSSES),
+                              ("self_training_mean", SELF_TRAINING_MEANS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.executor not in EXECUTORS:
             raise ValueError(f"unknown executor {self.executor!r}; choose one of {EXECUTORS}")
         for name, low in (("batch_size", 1), ("inference_chunk", 1), ("client_group", 0)):
@@ -228,15 +226,13 @@ def normalize_crop(crop) -> tuple[int, int] | None:
     """``None`` / ``0`` / ``()`` / ``(None,)`` -> None; ``n`` -> (n, n); ``(h, w)`` -> (h, w)."""
     if crop is None:
         return None
-    if isinstance(crop, (int, np.integer)):
-        return None if int(crop) <= 0 else (int(crop), int(crop))
-    crop = tuple(x for x in crop if x is not None)
+    crop = (crop,) if isinstance(crop, (int, np.integer)) else [x for x in crop if x is not None]
     if not crop or all(int(x) <= 0 for x in crop):
         return None
     if len(crop) == 1:
         return int(crop[0]), int(crop[0])
     if len(crop) != 2:
-        raise ConfigError(f"--config.train.crop must be None, n or (h, w), got {crop}")
+        raise ConfigError(f"--config.train.crop must be None, n or (h, w), got {tuple(crop)}")
     return int(crop[0]), int(crop[1])
 
 
@@ -272,10 +268,7 @@ def check_can_learn(strategy: Strategy, levels: np.ndarray, valid: np.ndarray) -
     levels, valid = np.asarray(levels), np.asarray(valid, bool)
     if not valid.any():
         raise ConfigError("the training split has no sample: nothing can train")
-    if strategy.weak_samples == "ground_truth":
-        return []
-    num_pixel = int((valid & (levels == PIXEL)).sum())
-    if num_pixel:
+    if strategy.weak_samples == "ground_truth" or (valid & (levels == PIXEL)).any():
         return []
     present = sorted({LEVEL_NAMES[int(v)] for v in levels[valid]})
     if strategy.weak_samples in ("unused", "self_training"):
@@ -296,14 +289,12 @@ NOTHING_TRAINED = (
 
 
 def validate_run(config, federation, round_config: RoundConfig) -> bool:
-    """Refuse, before anything is compiled, a job that cannot run (round counts below 1, a crop
-    larger than the images, :func:`check_can_learn`); True if the run may not learn (the
+    """Refuse, before anything is compiled, a job that cannot run (a crop larger than the images,
+    :func:`check_can_learn`; the round counts are checked by
+    :func:`~fedmix_jax.config_checks.check_config_values`); True if the run may not learn (the
     warnings are logged)."""
     from absl import logging
 
-    for name in ("num_rounds", "eval_every", "checkpoint_every", "keep_checkpoints"):
-        if int(config[name]) < 1:
-            raise ConfigError(f"--config.{name} must be >= 1, got {config[name]}")
     h, w = federation.train.images.shape[2:4]
     if round_config.crop is not None and (round_config.crop[0] > h or round_config.crop[1] > w):
         raise ConfigError(f"--config.train.crop={round_config.crop} is larger than the images "

@@ -54,10 +54,8 @@ def train_config(batch_size: int, crop, lam: float, beta: float,
     (:func:`~fedmix_jax.config.default_executor`), ``crop`` None or (h, w), ``num_devices`` None
     (all devices) or an int.
     """
-    train = ml_collections.ConfigDict()
-    for field in dataclasses.fields(RoundConfig):
-        if field.name != "strategy":
-            train[field.name] = field.default
+    train = ml_collections.ConfigDict({field.name: field.default for field in
+                                       dataclasses.fields(RoundConfig) if field.name != "strategy"})
     train.crop = config_dict.placeholder(tuple)
     train.num_devices = config_dict.placeholder(int)
     train.executor = "auto"

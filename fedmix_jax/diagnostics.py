@@ -114,9 +114,8 @@ def summarize(diagnostics: dict[str, list]) -> dict[str, float | None]:
         sel = np.asarray(diagnostics.get(f"pl_{name}_sel", []), float)
         if n.size == 0 or n.sum() == 0:
             continue
-        out[f"pl_{name}_n"] = float(n.sum())
-        out[f"pl_{name}_sel"] = float(sel.sum())
-        out[f"pl_{name}_sel_lesion"] = float(np.sum(diagnostics[f"pl_{name}_sel_lesion"]))
+        for key in ("n", "sel", "sel_lesion"):
+            out[f"pl_{name}_{key}"] = float(np.sum(diagnostics[f"pl_{name}_{key}"]))
         for key, weight in (("dice", sel), ("precision", sel), ("area", sel),
                             ("dice_all", n), ("recall", n)):
             v = np.asarray([np.nan if x is None else x

@@ -91,10 +91,7 @@ def disk_errno(e: BaseException) -> int | None:
     m = _OS_ERROR_CODE.search(str(e))
     if m:
         return int(m.group(1))
-    for code in DISK_ERRNOS:
-        if os.strerror(code) in str(e):
-            return code
-    return None
+    return next((code for code in DISK_ERRNOS if os.strerror(code) in str(e)), None)
 
 
 def describe_os_error(e: BaseException) -> str:

@@ -98,10 +98,10 @@ def _pieces(split: FederatedSplit | CompactSplit, params, per_client_params: boo
     def client(c):
         return jax.tree.map(lambda x: x[c], params)
 
+    m = split.max_samples
     if not isinstance(split, CompactSplit):
-        c_num, m = np.shape(split.valid)[:2]
         if per_client_params:
-            for c in range(c_num):
+            for c in range(split.num_clients):
                 yield (client(c), split.images[c:c + 1], split.masks[c:c + 1],
                        lambda dst, v, c=c: dst.__setitem__(c, v[0]))
             return
@@ -111,7 +111,6 @@ def _pieces(split: FederatedSplit | CompactSplit, params, per_client_params: boo
                    lambda dst, v, lo=lo: dst.__setitem__((slice(None), slice(lo, lo + step)), v))
         return
     offsets, lengths = np.asarray(split.offsets), np.asarray(split.lengths)
-    m = split.max_samples
     if per_client_params:
         for c, (o, n) in enumerate(zip(offsets, lengths)):
             o, n = int(o), int(n)       # T >= o + M: a static slice of device or host rows
@@ -143,21 +142,6 @@ def _put_rows(dst, rows, row_client, row_image):
     ``[row_client[r], row_image[r]]``; rows of no client (``row_client`` -1) are dropped."""
     mine = row_client >= 0
     dst[row_client[mine], row_image[mine]] = rows[mine]
-
-
-def _per_image_scores(model, params, split, per_client_params: bool, chunk_size: int,
-                      threshold: float, with_pred: bool,
-                      block_size: int | None) -> dict[str, np.ndarray]:
-    """Per-image scores [C, M(, ...)] of every layout (:func:`_pieces`), as NumPy arrays."""
-    c_num, m = (split.num_clients, split.max_samples) if isinstance(split, CompactSplit) \
-        else np.shape(split.valid)[:2]
-    out: dict[str, np.ndarray] = {}
-    for p, images, masks, put in _pieces(split, params, per_client_params, block_size):
-        scores = _scores_shared(model, chunk_size, threshold, with_pred, p, images, masks)
-        for k, v in scores.items():
-            v = np.asarray(v)
-            put(out.setdefault(k, np.zeros((c_num, m) + v.shape[2:], v.dtype)), v)
-    return out
 
 
 def evaluate(model: nn.Module, params, split: FederatedSplit, per_client_params: bool = False,
@@ -193,10 +177,14 @@ def evaluate(model: nn.Module, params, split: FederatedSplit, per_client_params:
       ``per_image_dice_per_class``, ``per_image_hd95`` [C, M, K] (NaN on padding). The HD95 keys
       only with ``hd95``.
     """
-    compact = isinstance(split, CompactSplit)
-    valid = split.padded_valid() if compact else np.asarray(split.valid).astype(bool)
-    out = _per_image_scores(model, params, split, per_client_params, chunk_size, threshold,
-                            bool(hd95), block_size)
+    valid = (split.padded_valid() if isinstance(split, CompactSplit)
+             else np.asarray(split.valid).astype(bool))
+    out: dict[str, np.ndarray] = {}     # per-image scores [C, M(, ...)], every layout alike
+    for p, images, masks, put in _pieces(split, params, per_client_params, block_size):
+        scores = _scores_shared(model, chunk_size, threshold, bool(hd95), p, images, masks)
+        for k, v in scores.items():
+            v = np.asarray(v)
+            put(out.setdefault(k, np.zeros(valid.shape + v.shape[2:], v.dtype)), v)
     res = _figures(out, valid)
     if hd95:
         res.update(_hd95_figures(out["pred"], _host_masks(split) > 0.5, valid, hd95_one_empty))
@@ -215,12 +203,10 @@ def _figures(out: dict, valid: np.ndarray) -> dict:
     """Every figure of :func:`evaluate` but HD95, from the per-image scores ``out`` [C, M(, K)]
     and ``valid`` [C, M]."""
     has = valid.any(axis=1)
-    dice_pc = _client_means(out["dice_k"].astype(np.float64), valid)       # [C, K]
-    iou_pc = _client_means(out["iou_k"].astype(np.float64), valid)
+    dice_pc, iou_pc, pooled_dice, pooled_iou = (          # [C, K], [C, K], [C], [C]
+        _client_means(out[k].astype(np.float64), valid)
+        for k in ("dice_k", "iou_k", "pooled_dice", "pooled_iou"))
     dice, iou = dice_pc.mean(axis=-1), iou_pc.mean(axis=-1)                # [C]
-    pooled_dice = _client_means(out["pooled_dice"].astype(np.float64), valid)
-    pooled_iou = _client_means(out["pooled_iou"].astype(np.float64), valid)
-    pad = ~valid[..., None]
     present = out["present_k"] & valid[..., None]       # [C, M, K]: class k in image m's mask
     dice_present_pc = nanmean(np.where(present, out["dice_k"], np.nan), axis=1)     # [C, K]
     dice_present = nanmean(dice_present_pc, axis=-1)
@@ -238,7 +224,7 @@ def _figures(out: dict, valid: np.ndarray) -> dict:
         mean_dice_per_class=_over_clients(dice_pc, has),
         mean_iou_per_class=_over_clients(iou_pc, has),
         per_image_dice=np.where(valid, out["dice_k"].mean(axis=-1), np.nan),
-        per_image_dice_per_class=np.where(pad, np.nan, out["dice_k"]),
+        per_image_dice_per_class=np.where(valid[..., None], out["dice_k"], np.nan),
         pooled_dice=pooled_dice, pooled_iou=pooled_iou,
         mean_pooled_dice=np.float64(_over_clients(pooled_dice, has)),
         dice_present_per_class=dice_present_pc, dice_present=dice_present,
@@ -251,9 +237,8 @@ def _figures(out: dict, valid: np.ndarray) -> dict:
 def _hd95_figures(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray, one_empty: str) -> dict:
     """HD95 figures of :func:`evaluate` from binary predictions and truths [C, M, H, W, K]."""
     has = valid.any(axis=1)
-    c_num, m_num = valid.shape
-    per_image = np.full((c_num, m_num, pred.shape[-1]), np.nan)
-    for c in range(c_num):
+    per_image = np.full(valid.shape + pred.shape[-1:], np.nan)
+    for c in range(valid.shape[0]):
         idx = np.flatnonzero(valid[c])
         if idx.size:
             per_image[c, idx] = hd95_per_class(pred[c, idx], gt[c, idx], one_empty=one_empty)

@@ -17,8 +17,10 @@ from typing import Callable
 import jax
 
 from fedmix_jax import client_backends
+from fedmix_jax.data.compact import compact_fields
 from fedmix_jax.data.federation import FederatedSplit
 from fedmix_jax.round import finish_round, round_step, site_fn_for, start_round
+from fedmix_jax.sharding import client_mesh, replicated_sharding, shard_clients
 
 
 def padded_fields(fields: dict, put: Callable) -> FederatedSplit:
@@ -67,12 +69,8 @@ class Executor:
         """The training split on the device(s) from ``fields`` (``{field: host array}``,
         consumed), each array through ``put(x)`` or ``put(x, transfer)`` (the caller's transfer,
         ``jax.device_put`` by default); compact where :meth:`reads_clients_in_turn`."""
-        from fedmix_jax.data.compact import compact_fields
-
-        num_clients = int(fields["valid"].shape[0])
-        if compact and self.reads_clients_in_turn(num_clients):
-            return compact_fields(fields, put)
-        return padded_fields(fields, put)
+        in_turn = compact and self.reads_clients_in_turn(int(fields["valid"].shape[0]))
+        return (compact_fields if in_turn else padded_fields)(fields, put)
 
     def eval_params(self, params):
         """The params to evaluate, on the device that holds the held-out splits."""
@@ -139,9 +137,7 @@ class ShardedExecutor(Executor):
     name = "sharded"
 
     def compile_round(self, model) -> Callable:
-        from fedmix_jax import sharding
-
-        mesh = sharding.client_mesh(self.round_config.num_devices)
+        mesh = client_mesh(self.round_config.num_devices)
         step = functools.partial(
             round_step, model=model, config=self.round_config,
             backend=client_backends.sharded_clients(mesh, group=self.client_group))
@@ -162,8 +158,6 @@ class ShardedExecutor(Executor):
         return sharded_round
 
     def place_state(self, state, round_fn):
-        from fedmix_jax.sharding import replicated_sharding, shard_clients
-
         rep = replicated_sharding(round_fn.mesh)
         return state.replace(
             global_params=jax.device_put(state.global_params, rep),
@@ -175,8 +169,6 @@ class ShardedExecutor(Executor):
         return False            # its C axis is split over the devices
 
     def place_train(self, fields: dict, round_fn, compact: bool, put: Callable):
-        from fedmix_jax.sharding import shard_clients
-
         return padded_fields(fields, lambda x: put(x, lambda y: shard_clients(y, round_fn.mesh)))
 
     def eval_params(self, params):

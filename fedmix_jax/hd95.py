@@ -26,13 +26,6 @@ def mask_edges(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, border_value=0)
 
 
-def _crop(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    union = pred | gt
-    rows, cols = np.flatnonzero(union.any(axis=1)), np.flatnonzero(union.any(axis=0))
-    sl = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-    return pred[sl], gt[sl]
-
-
 def _directed(src_edges: np.ndarray, dst_edges: np.ndarray) -> np.ndarray:
     """Distances from every edge pixel of ``src`` to the nearest edge pixel of ``dst``."""
     return ndimage.distance_transform_edt(~dst_edges)[src_edges]
@@ -65,8 +58,10 @@ def hd95(pred, gt, *, percentile: float = 95.0, one_empty: str = "diagonal") -> 
     if has_p != has_g:
         return {"diagonal": math.hypot(*pred.shape), "inf": math.inf,
                 "nan": math.nan}[one_empty]
-    pred, gt = _crop(pred, gt)
-    ep, eg = mask_edges(pred), mask_edges(gt)
+    union = pred | gt                   # cropped to the union's bounding box
+    rows, cols = np.flatnonzero(union.any(axis=1)), np.flatnonzero(union.any(axis=0))
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    ep, eg = mask_edges(pred[box]), mask_edges(gt[box])
     return float(max(np.percentile(_directed(ep, eg), percentile),
                      np.percentile(_directed(eg, ep), percentile)))
 

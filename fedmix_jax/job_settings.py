@@ -45,14 +45,11 @@ class MemorySettings:
     @classmethod
     def from_config(cls, data) -> "MemorySettings":
         """From ``config.data`` (a missing field: its default)."""
-        d = cls()
-        budget = _field(data, "device_data_budget_gb", d.device_data_budget_gb)
+        convert = {"device_data_budget_gb": lambda v: None if v is None else float(v),
+                   "stream_block_steps": int}
         try:
-            return cls(device_data_budget_gb=None if budget is None else float(budget),
-                       stream_block_steps=int(_field(data, "stream_block_steps",
-                                                     d.stream_block_steps)),
-                       pack_labels=bool(_field(data, "pack_labels", d.pack_labels)),
-                       compact=bool(_field(data, "compact", d.compact)))
+            return cls(**{f.name: convert.get(f.name, bool)(_field(data, f.name, f.default))
+                          for f in dataclasses.fields(cls)})
         except (TypeError, ValueError) as e:
             raise ConfigError(f"invalid config: data: {e}") from None
 
@@ -83,21 +80,16 @@ class JobSettings:
     def from_config(cls, config) -> "JobSettings":
         """From the run's ConfigDict (a missing field: its default)."""
         d = cls()
-        train = config["train"] if "train" in config else None
         try:
-            cpu_devices = int(_field(train, "cpu_devices", d.cpu_devices))
+            cpu_devices = int(_field(config.get("train"), "cpu_devices", d.cpu_devices))
         except (TypeError, ValueError) as e:
             raise ConfigError(f"invalid config: train.cpu_devices: {e}") from None
-        # None means off (no cache directory), not "the default".
-        cache = config["compilation_cache"] if "compilation_cache" in config \
-            else d.compilation_cache
+        cache = config.get("compilation_cache", d.compilation_cache)   # None: off, not default
         return cls(eval_local_models=bool(_field(config, "eval_local_models",
                                                  d.eval_local_models)),
                    diagnostics=bool(_field(config, "diagnostics", d.diagnostics)),
                    compilation_cache="off" if cache is None else str(cache),
-                   cpu_devices=cpu_devices,
-                   memory=MemorySettings.from_config(config["data"] if "data" in config
-                                                     else None))
+                   cpu_devices=cpu_devices, memory=MemorySettings.from_config(config.get("data")))
 
 
 __all__ = ["JobSettings", "MemorySettings"]

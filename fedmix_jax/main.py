@@ -134,8 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     from fedmix_jax import console
 
     console.setup_logging()
-    if not workdir:
-        workdir = default_workdir(path, str(config.get("strategy", "run")))
+    workdir = workdir or default_workdir(path, str(config.get("strategy", "run")))
     logging.info("workdir: %s", os.path.abspath(workdir))
 
     def job():

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from fedmix_jax import executors
+from fedmix_jax.data.compact import compact_fields
 from fedmix_jax.data.federation import FederatedSplit
 
 
@@ -54,21 +55,16 @@ def without_pixels(federation, splits=_SPLITS):
                                               for name in splits})
 
 
-def first_samples(split, k: int = PLOT_SAMPLES):
-    """Copies of the first ``k`` samples of every client of a padded split, ``[C, k, ...]``
-    (copies, so that they do not keep the split's arrays alive)."""
-    return jax.tree.map(lambda x: np.array(np.asarray(x)[:, :k]), split)
-
-
 def take_host_arrays(federation, splits=_SPLITS):
     """``(host, pixel_free, plot)``: the host arrays of ``splits`` (:func:`host_arrays`), the
-    federation without them (:func:`without_pixels`) and the test samples of the job's plot.
+    federation without them (:func:`without_pixels`) and the plot's test samples [C, k, ...].
 
     The job replaces its federation by ``pixel_free`` and gives ``host`` to :func:`place_splits`
     (or :func:`held_out_on_host`), which drops each host array as soon as it is on the device
     (docs/memory.md)."""
-    return (host_arrays(federation, splits), without_pixels(federation, splits),
-            first_samples(federation.test))
+    # The plot's samples are copies, so that they do not keep the split's arrays alive.
+    plot = jax.tree.map(lambda x: np.array(np.asarray(x)[:, :PLOT_SAMPLES]), federation.test)
+    return host_arrays(federation, splits), without_pixels(federation, splits), plot
 
 
 def _put_now(x, put=jax.device_put):
@@ -92,11 +88,9 @@ def place_splits(host: dict, round_fn, round_config, compact: bool = False):
     """``(train, val, test)`` on the device(s) from ``host`` (:func:`host_arrays`), which is
     consumed: each array leaves it as it is put.
 
-    ``compact``: the held-out splits, and the training split where :func:`compact_applies`,
+    ``compact``: the held-out splits, and the training split where :func:`train_is_compact`,
     go to the device without their padding (:func:`fedmix_jax.data.compact.compact_fields`; the
     same results, bit for bit)."""
-    from fedmix_jax.data.compact import compact_fields
-
     train = executors.for_config(round_config).place_train(host.pop("train"), round_fn,
                                                            compact, _put_now)
     held_out = compact_fields if compact else executors.padded_fields
@@ -108,7 +102,5 @@ def held_out_on_host(host: dict, compact: bool = False):
     consumed): they stay on the host and are evaluated in blocks; ``compact``: without their
     padding (host :class:`~fedmix_jax.data.compact.CompactSplit`s, so no padded image is moved
     or evaluated)."""
-    from fedmix_jax.data.compact import compact_fields
-
     put = compact_fields if compact else executors.padded_fields
     return (put(host.pop("val"), lambda x: x), put(host.pop("test"), lambda x: x))

@@ -41,19 +41,15 @@ def _series(records: Sequence[dict], key: str):
             np.array([r[key] for r in rows], dtype=np.float64))
 
 
-def _labels(client_names: Sequence[str], levels: Sequence[str] | None):
-    if levels is None:
-        return list(client_names)
-    return [f"{n} ({lv})" for n, lv in zip(client_names, levels)]
-
-
 def _client_lines(rounds, values, client_names, levels, lw: float = 1.4, keep=None):
     """A figure with one line per client of ``values`` [R, C] against ``rounds`` [R] (only the
     clients ``c`` with ``keep(c)``): ``(fig, ax, number of lines)``."""
     fig = _figure()
     ax = fig.add_subplot(1, 1, 1)
     shown = 0
-    for c, label in enumerate(_labels(client_names, levels)):
+    labels = client_names if levels is None else [f"{n} ({lv})"
+                                                   for n, lv in zip(client_names, levels)]
+    for c, label in enumerate(labels):
         if values.size and (keep is None or keep(c)):
             ax.plot(rounds, values[:, c], color=_colour(c), lw=lw, marker=".", ms=3, label=label)
             shown += 1
@@ -149,8 +145,7 @@ def plot_pseudo_labels(records, client_names, path, levels=None) -> str | None:
     ax_dice.set_ylim(0, 1.02)
     ax_sel.set_ylim(0, 1.02)
     _finish(fig, ax_sel, path, "Selected share of weak samples", ylabel="share")
-    return _finish(fig, ax_dice, path, "Pseudo-label Dice vs true masks",
-                   ylabel="Dice")
+    return _finish(fig, ax_dice, path, "Pseudo-label Dice vs true masks", ylabel="Dice")
 
 
 @functools.lru_cache(maxsize=8)
@@ -226,18 +221,12 @@ PLOT_FILES = ("val_dice.png", "weights.png", "selection_rate.png", "loss.png", "
 def write_run_plots(workdir: str, records, client_names, levels=None, best_round=None,
                     model=None, params=None, split=None, per_client_params=False) -> list[str]:
     """Every plot of a run into ``workdir``; the prediction grid only when a model is given."""
-    paths = [
-        plot_validation_dice(records, client_names, os.path.join(workdir, "val_dice.png"),
-                             levels, best_round),
-        plot_weights(records, client_names, os.path.join(workdir, "weights.png"), levels),
-        plot_selection_rate(records, client_names, os.path.join(workdir, "selection_rate.png"),
-                            levels),
-        plot_loss(records, client_names, os.path.join(workdir, "loss.png"), levels),
-    ]
-    pl = plot_pseudo_labels(records, client_names, os.path.join(workdir, "pseudo_labels.png"),
-                            levels)
-    if pl is not None:
-        paths.append(pl)
+    paths = [plot_validation_dice(records, client_names, os.path.join(workdir, "val_dice.png"),
+                                  levels, best_round)]
+    for plot, name in ((plot_weights, "weights"), (plot_selection_rate, "selection_rate"),
+                       (plot_loss, "loss"), (plot_pseudo_labels, "pseudo_labels")):
+        paths.append(plot(records, client_names, os.path.join(workdir, f"{name}.png"), levels))
+    paths = [p for p in paths if p is not None]     # no pseudo_labels.png without diagnostics
     if model is not None and params is not None and split is not None:
         title = (f"test images, model selected at round {best_round}" if best_round
                  else "test images")

@@ -92,32 +92,28 @@ def select_pseudo_labels(p1: jax.Array, p2: jax.Array, boxes: jax.Array, image_l
     is_box = levels == BOX
     is_image = levels == IMAGE
     if config.refine:
-        p1 = refine_with_boxes(p1, boxes, levels)
-        p2 = refine_with_boxes(p2, boxes, levels)
+        p1, p2 = (refine_with_boxes(p, boxes, levels) for p in (p1, p2))
     if (config.refine and num_classes > 1) or config.use_image_labels:
-        p1 = refine_with_image_labels(p1, image_labels, levels)
-        p2 = refine_with_image_labels(p2, image_labels, levels)
+        p1, p2 = (refine_with_image_labels(p, image_labels, levels) for p in (p1, p2))
 
     agreement = dice_coefficient(p1, p2)
     fit = jnp.where(is_box, dice_coefficient(p1 * boxes, boxes), 1.0)
     selected = (agreement >= config.agreement) & (fit >= config.box_fit)
+    # [B, K]: both predictions hold class k (only box samples' change below, by the empty box)
+    class_found = (jnp.sum(p1, axis=(1, 2)) > 0) & (jnp.sum(p2, axis=(1, 2)) > 0)
     if config.reject_empty:     # two empty predictions agree through eps: reject them
         nonempty = (jnp.sum(p1, axis=(1, 2, 3)) + jnp.sum(p2, axis=(1, 2, 3))) > 0
         # Box samples: every class with a box needs an agreed non-empty prediction (pooled over
         # classes, a class could otherwise be selected with an empty target despite its box).
-        boxed = jnp.sum(boxes, axis=(1, 2)) > 0                                     # [B, K]
-        class_found = (jnp.sum(p1, axis=(1, 2)) > 0) & (jnp.sum(p2, axis=(1, 2)) > 0)
-        every_box_found = jnp.all(class_found | ~boxed, axis=-1)
+        every_box_found = jnp.all(class_found | ~(jnp.sum(boxes, axis=(1, 2)) > 0), axis=-1)
         selected = selected & nonempty & jnp.where(is_box, every_box_found, True)
     if config.empty_boxes_negative:     # an empty box: a certain empty label, always selected
         empty_box = is_box & (jnp.sum(boxes, axis=(1, 2, 3)) == 0)
-        p1 = jnp.where(empty_box[:, None, None, None], 0.0, p1)
-        p2 = jnp.where(empty_box[:, None, None, None], 0.0, p2)
+        p1, p2 = (jnp.where(empty_box[:, None, None, None], 0.0, p) for p in (p1, p2))
         selected = selected | empty_box
     if config.use_image_labels:     # "absent": an empty label; "present": agreed, non-empty
         present = image_labels > 0                                      # [B, K]
-        class_nonempty = (jnp.sum(p1, axis=(1, 2)) > 0) & (jnp.sum(p2, axis=(1, 2)) > 0)
-        present_ok = jnp.all(class_nonempty | ~present, axis=-1)
+        present_ok = jnp.all(class_found | ~present, axis=-1)
         none_present = ~jnp.any(present, axis=-1)
         image_selected = jnp.where(none_present, True,
                                    (agreement >= config.agreement) & present_ok)

@@ -36,25 +36,19 @@ _LEAVES = {"conv": (("weight", "kernel"), ("bias", "bias")),
            "norm": (("weight", "scale"), ("bias", "bias"))}
 
 
-def _block_prefixes(depth: int) -> list[tuple[str, str]]:
-    """(flax block name, torch prefix of its double_conv) in the reference order."""
-    blocks = [("inc", "inc.double_conv")]
-    blocks += [(f"down{i}", f"down{i}.maxpool_conv.1.double_conv") for i in range(1, depth + 1)]
-    blocks += [(f"up{i}", f"up{i}.conv.double_conv") for i in range(1, depth + 1)]
-    return blocks
-
-
 def _name_map(depth: int) -> list[tuple[str, tuple[str, ...], bool]]:
     """[(torch name, flax path, is_conv_kernel)] for every parameter, in the reference order."""
+    blocks = [("inc", "inc.double_conv")]   # (flax block, torch prefix of its double_conv)
+    blocks += [(f"down{i}", f"down{i}.maxpool_conv.1.double_conv") for i in range(1, depth + 1)]
+    blocks += [(f"up{i}", f"up{i}.conv.double_conv") for i in range(1, depth + 1)]
     out = []
-    for block, prefix in _block_prefixes(depth):
+    for block, prefix in blocks:
         for idx, layer, kind in _DOUBLE_CONV_LAYERS:
             for t_leaf, f_leaf in _LEAVES[kind]:
                 out.append((f"{prefix}.{idx}.{t_leaf}", (block, layer, f_leaf),
                             kind == "conv" and t_leaf == "weight"))
-    out.append(("outc.conv.weight", ("outc", "kernel"), True))
-    out.append(("outc.conv.bias", ("outc", "bias"), False))
-    return out
+    return out + [("outc.conv.weight", ("outc", "kernel"), True),
+                  ("outc.conv.bias", ("outc", "bias"), False)]
 
 
 def reference_names(depth: int = 4) -> list[str]:
@@ -118,9 +112,8 @@ def params_from_state_dict(state_dict: Mapping[str, Any], depth: int | None = 4)
     if depth is None:
         depth = _infer_depth(names)
     mapping = _name_map(depth)
-    expected_names = {name for name, _, _ in mapping}
     missing = [name for name, _, _ in mapping if name not in names]
-    unexpected = sorted(names - expected_names)
+    unexpected = sorted(names - {name for name, _, _ in mapping})
     if missing:
         raise KeyError(f"reference state_dict (depth {depth}) is missing key '{missing[0]}'"
                        + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
@@ -189,12 +182,9 @@ def normalize_state_dict(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]
         state_dict = state_dict["state_dict"]
     out = {}
     for key, value in state_dict.items():
-        key = str(key)
-        if key.startswith("module."):
-            key = key[len("module."):]
         if hasattr(value, "detach"):  # torch.Tensor, without importing torch
             value = value.detach().cpu().numpy()
-        out[key] = np.asarray(value)
+        out[str(key).removeprefix("module.")] = np.asarray(value)
     return out
 
 

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -68,10 +69,9 @@ def check_usable(workdir: str) -> None:
             break
         path = parent
     if not os.path.isdir(path):
-        dangling = describe_missing_workdir(path)
-        what = "is a file" if path == workdir else f"is under {path}, which is a file"
-        if dangling:
-            what = dangling if path == workdir else f"is under {path}, which {dangling}"
+        what = describe_missing_workdir(path) or "is a file"
+        if path != workdir:
+            what = f"is under {path}, which {what}"
         raise WorkdirError(f"--workdir {workdir} {what}, not a folder; choose another --workdir")
     if path == workdir:
         refuse_links_and_special_files(workdir)
@@ -178,12 +178,10 @@ def remove_stale_temporaries(workdir: str) -> list[str]:
         return []
     removed = []
     for path in (os.path.join(workdir, n) for n in names):
-        try:
-            if os.path.isfile(path):
+        if os.path.isfile(path):
+            with contextlib.suppress(OSError):
                 os.remove(path)
                 removed.append(path)
-        except OSError:
-            pass
     return removed
 
 
@@ -196,24 +194,16 @@ def config_to_dict(config) -> dict:
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
     return out
 
 
 def config_differences(old: dict, new: dict, ignore=RESUMABLE_FIELDS) -> list[str]:
     """Human-readable ``field: old -> new`` lines for fields that differ (except ``ignore``)."""
     a, b = _flatten(old), _flatten(new)
-    diffs = []
-    for key in sorted(set(a) | set(b)):
-        if key in ignore:
-            continue
-        if a.get(key, "<missing>") != b.get(key, "<missing>"):
-            diffs.append(f"  {key}: {a.get(key, '<missing>')!r} -> {b.get(key, '<missing>')!r}")
-    return diffs
+    pairs = {key: (a.get(key, "<missing>"), b.get(key, "<missing>")) for key in set(a) | set(b)
+             if key not in ignore}
+    return [f"  {key}: {x!r} -> {y!r}" for key, (x, y) in sorted(pairs.items()) if x != y]
 
 
 def read_config(workdir: str) -> dict | None:
@@ -283,10 +273,8 @@ def atomic_write_text(path: str, text: str) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        try:
+        with contextlib.suppress(OSError):
             os.remove(tmp)
-        except OSError:
-            pass
         raise os_error(e, f"write {path}") from None
 
 

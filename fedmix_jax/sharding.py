@@ -26,11 +26,10 @@ def client_mesh(num_devices: int | None = None, devices=None) -> Mesh:
     of ``jax.devices()``, all of them when None)."""
     if devices is None:
         devices = jax.devices()
-        if num_devices is not None:
-            if num_devices > len(devices):
-                raise ValueError(f"num_devices={num_devices} but only {len(devices)} devices "
-                                 f"({jax.default_backend()}) are available")
-            devices = devices[:num_devices]
+        if num_devices is not None and num_devices > len(devices):
+            raise ValueError(f"num_devices={num_devices} but only {len(devices)} devices "
+                             f"({jax.default_backend()}) are available")
+        devices = devices[:num_devices]
     return Mesh(np.asarray(devices), (CLIENT_AXIS,))
 
 
@@ -74,12 +73,9 @@ def replicated_sharding(mesh: Mesh) -> NamedSharding:
 def shard_clients(tree: Any, mesh: Mesh) -> Any:
     """Place a [C, ...] pytree (a :class:`FederatedSplit`, client params) on the mesh: split
     over ``"clients"`` where the mesh size divides C, else replicated (the round pads them)."""
-    size = mesh.size
-
     def place(x):
         x = jnp.asarray(x)
-        if x.ndim and x.shape[0] % size == 0:
-            return jax.device_put(x, client_sharding(mesh))
-        return jax.device_put(x, replicated_sharding(mesh))
+        split = x.ndim and x.shape[0] % mesh.size == 0
+        return jax.device_put(x, client_sharding(mesh) if split else replicated_sharding(mesh))
 
     return jax.tree.map(place, tree)

@@ -114,11 +114,6 @@ def make_optimizer(config) -> optax.GradientTransformation:
         b2=config.b2, eps=config.adam_eps)
 
 
-def _with_learning_rate(opt_state, learning_rate):
-    return opt_state._replace(hyperparams=dict(opt_state.hyperparams,
-                                               learning_rate=learning_rate))
-
-
 def _apply(model: nn.Module, params, x):
     return model.apply({"params": params}, x)
 
@@ -131,17 +126,15 @@ def train_inputs(model: nn.Module, global_params: ModelPair, data: FederatedSpli
     levels = jnp.full_like(data.levels, PIXEL) if mode == "ground_truth" else data.levels
     is_pixel = levels == PIXEL
     weak = data.valid & ~is_pixel
+    target1 = target2 = data.masks
+    selected = self_train = jnp.zeros_like(data.valid)
+    usable = data.valid & is_pixel
     if mode == "pseudo_labels":
         pl = site_pseudo_labels(model, global_params, data, config)
         target1, target2 = mixed_supervision_targets(data.masks, pl.pseudo1, pl.pseudo2, levels)
         selected = pl.selected
         usable = data.valid & (is_pixel | selected)
-    else:
-        target1 = target2 = data.masks
-        selected = jnp.zeros_like(data.valid)
-        usable = data.valid & is_pixel
-    self_train = jnp.zeros_like(data.valid)
-    if mode == "self_training":
+    elif mode == "self_training":
         self_train = weak & ~config.strategy.warming_up(round_index)
         usable = usable | self_train
     inputs = TrainInputs(images=data.images, target1=target1, target2=target2, usable=usable,
@@ -171,11 +164,11 @@ def prepare_epoch(config, params: ModelPair, opt_state: ModelPair, learning_rate
     pair's Adam states with the traced learning rate set, the models that train (both, or model 1
     alone for a single-model strategy) and their Adam states. :func:`local_epoch` and the
     streamed epoch (:mod:`fedmix_jax.streaming`) share it."""
-    tx = make_optimizer(config)
-    opt_state = ModelPair(*(_with_learning_rate(o, learning_rate) for o in opt_state))
-    if config.strategy.trains_model2:
-        return tx, opt_state, tuple(params), tuple(opt_state)
-    return tx, opt_state, (params[0],), (opt_state[0],)
+    opt_state = ModelPair(*(o._replace(hyperparams=dict(o.hyperparams,
+                                                        learning_rate=learning_rate))
+                            for o in opt_state))
+    n = 2 if config.strategy.trains_model2 else 1
+    return make_optimizer(config), opt_state, tuple(params)[:n], tuple(opt_state)[:n]
 
 
 def make_train_batch(model: nn.Module, config, tx, k_aug: jax.Array):
@@ -217,16 +210,15 @@ def make_train_batch(model: nn.Module, config, tx, k_aug: jax.Array):
         extras = extras if isinstance(extras, tuple) else (extras, None, None, None, None)
         # The gathered batch leaves its storage dtype here (uint8 -> float32), never the split.
         images, targets = float_images(images), tuple(float_labels(t) for t in targets)
+        boxes = () if weak_weights is None else (float_labels(extras[2]),)   # move with the image
+        x, *maps = augment_jointly(k_step, (images,) + targets + boxes, config.crop,
+                                   config.hflip, config.vflip)
+        targets = maps[:len(targets)]
         if weak_weights is None:
-            x, *targets = augment_jointly(k_step, (images,) + tuple(targets), config.crop,
-                                          config.hflip, config.vflip)
             (_, (fits, counted)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
                 models, x, targets, w, extras[0], jax.random.fold_in(k_step, 1))
-        else:   # the boxes move with the image
-            x, *targets, boxes = augment_jointly(
-                k_step, (images,) + tuple(targets) + (float_labels(extras[2]),), config.crop,
-                config.hflip, config.vflip)
-            extras = extras[:2] + (boxes, float_labels(extras[3])) + extras[4:]
+        else:
+            extras = extras[:2] + (maps[-1], float_labels(extras[3])) + extras[4:]
             (_, (fits, counted)), grads = jax.value_and_grad(weak_batch_loss, has_aux=True)(
                 models, lambda p, x: _apply(model, p, x), config, x, targets, w, extras)
         updates = [tx.update(g, o, p) for g, o, p in zip(grads, opts, models)]
@@ -249,11 +241,9 @@ def finish_epoch(config, params: ModelPair, opt_state: ModelPair, trainable, opt
     """The end of a local epoch from the per-step outputs [S] of every step (masked steps: zero
     losses, ``active`` False): ``(params, opt_state, (loss1, loss2, steps))`` as
     :func:`local_epoch` returns them."""
-    if config.strategy.trains_model2:
-        params, opt_state = ModelPair(*trainable), ModelPair(*opt_t)
-    else:
-        params = ModelPair(trainable[0], params[1])
-        opt_state = ModelPair(opt_t[0], opt_state[1])
+    # Model 2 and its Adam state stay as they are when it does not train.
+    params = ModelPair(*trainable, *tuple(params)[len(trainable):])
+    opt_state = ModelPair(*opt_t, *tuple(opt_state)[len(opt_t):])
     act = active.astype(jnp.float32)
     steps = jnp.sum(act)
     # Steps whose losses enter l_i: every active step ("dice"); with "bce", active steps whose
@@ -288,10 +278,8 @@ def local_epoch(model: nn.Module, config, params: ModelPair, opt_state: ModelPai
     tx, opt_state, trainable, opt_t = prepare_epoch(config, params, opt_state, learning_rate)
     train_batch = make_train_batch(model, config, tx, k_aug)
 
-    def train_step(carry, s, w):
-        models, _ = carry
-        idx = jax.lax.dynamic_slice(order, (s * b,), (b,))
-        targets = (inputs.target1[idx], inputs.target2[idx])[:len(models)]
+    def train_step(carry, s, w, idx):
+        targets = (inputs.target1[idx], inputs.target2[idx])[:len(carry[0])]
         extras = jax.tree.map(lambda a: a[idx], inputs.batch_extras())
         return train_batch(carry, s, w, inputs.images[idx], targets, extras)
 
@@ -301,7 +289,8 @@ def local_epoch(model: nn.Module, config, params: ModelPair, opt_state: ModelPai
              ).astype(jnp.float32)
         active = jnp.sum(w) > 0
         # A batch without usable sample is skipped (under vmap: both branches run, then select).
-        carry, (l1, l2, counted) = jax.lax.cond(active, train_step, masked_batch, carry, s, w)
+        carry, (l1, l2, counted) = jax.lax.cond(active, train_step, masked_batch, carry, s, w,
+                                                idx)
         return carry, (l1, l2, counted, active)
 
     (trainable, opt_t), (l1, l2, counted, active) = jax.lax.scan(step, (trainable, opt_t),

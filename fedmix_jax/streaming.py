@@ -27,6 +27,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import functools
+import itertools
 from typing import Any, Callable, Iterable, Iterator
 
 import flax.linen as nn
@@ -42,34 +43,18 @@ from fedmix_jax.site import (ModelPair, SiteReport, SiteState, finish_epoch, mak
                              train_inputs)
 
 
-# ----------------------------------------------------------------------------------------------
-# prefetch
-
-
 def prefetched(thunks: Iterable[Callable[[], Any]], depth: int = 2) -> Iterator[Any]:
     """Results of ``thunks`` in order, computed by one background thread up to ``depth`` ahead
     (reading and ``device_put`` of the next blocks overlap the device's work on this one)."""
     it = iter(thunks)
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        pending = collections.deque(pool.submit(t) for t in _take(it, max(depth, 1)))
+        pending = collections.deque(pool.submit(t) for t in itertools.islice(it, max(depth, 1)))
         while pending:
             result = pending.popleft().result()
             nxt = next(it, None)
             if nxt is not None:
                 pending.append(pool.submit(nxt))
             yield result
-
-
-def _take(it, n):
-    for _ in range(n):
-        x = next(it, None)
-        if x is None:
-            return
-        yield x
-
-
-# ----------------------------------------------------------------------------------------------
-# the compiled pieces (one set per model and static round config)
 
 
 @functools.lru_cache(maxsize=16)
@@ -113,10 +98,6 @@ def _programs(model: nn.Module, config):
         return finish_epoch(config, params, opt_state, trainable, opt_t, l1, l2, counted, active)
 
     return inputs_block, order, start, run_block, finish
-
-
-# ----------------------------------------------------------------------------------------------
-# one site
 
 
 @dataclasses.dataclass
@@ -256,15 +237,10 @@ def _train_blocks(programs, start, opt_state, hparams, k_aug, order, w, targets,
     outputs = np.zeros((3, num_steps), np.float32)     # l1, l2, counted
     for j, res in jax.device_get(results):
         lo, hi = j * k, min((j + 1) * k, num_steps)
-        for i, r in enumerate(res):
-            outputs[i, lo:hi] = r[:hi - lo]
+        outputs[:, lo:hi] = np.stack(res)[:, :hi - lo]
     trainable, opt_t = carry
     return finish(start, opt_state, trainable, opt_t, *map(jnp.asarray, outputs),
                   jnp.asarray(active))
-
-
-# ----------------------------------------------------------------------------------------------
-# a whole round
 
 
 class StreamedRound:

@@ -15,11 +15,10 @@ from fedmix_jax.data.federation import LEVEL_NAMES, Federation
 def level_names(federation: Federation) -> list[str]:
     """Per client, the supervision levels of its training samples (``"box"``, ``"pixel+box"``)."""
     out = []
-    for c in range(federation.num_clients):
-        v = np.asarray(federation.train.valid[c])
-        lv = np.asarray(federation.train.levels[c])[v]
-        names = sorted({LEVEL_NAMES[int(x)] for x in np.unique(lv)})
-        out.append("+".join(names) if names else "-")
+    for valid, levels in zip(np.asarray(federation.train.valid),
+                             np.asarray(federation.train.levels)):
+        names = sorted({LEVEL_NAMES[int(x)] for x in np.unique(levels[valid])})
+        out.append("+".join(names) or "-")
     return out
 
 
@@ -68,11 +67,9 @@ def format_summary(summary: dict) -> str:
     names = summary["client_names"]
     levels = summary.get("levels") or [""] * len(names)
     width = max([len("mean")] + [len(n) for n in names]) + 2
-    lines = []
     head = (f"{'client':<{width}}{'level':<8}{'val Dice':>10}{'test Dice':>11}{'test IoU':>10}"
             f"{'HD95 px':>9}{'FP rate':>9}")
-    lines.append(head)
-    lines.append("-" * len(head))
+    lines = [head, "-" * len(head)]
     if best.get("val") is None:
         lines.append("(no evaluation yet)")
     else:

@@ -340,7 +340,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, quiet: b
         rundir.remove_stale_temporaries(workdir)
         run = _Run(config, cfg_dict, workdir, federation, round_config, model, may_not_learn)
         del federation      # the run owns it now: its arrays are freed as they are placed
-        progress, done = None, False
+        progress, done = Progress(True, 0, 0), False     # a silent one until the rounds start
         try:
             state = run.restore()
             rundir.atomic_write_text(os.path.join(workdir, CONFIG_FILE),
@@ -361,13 +361,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, quiet: b
             done = True
             return summary
         except KeyboardInterrupt:
-            if progress is not None:
-                progress.close()
+            progress.close()
             run.interrupted()
             raise
         finally:
-            if progress is not None:
-                progress.close()
+            progress.close()
             run.checkpointer.close(raise_errors=done)
 
 

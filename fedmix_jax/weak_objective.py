@@ -109,13 +109,12 @@ def weak_batch_loss(models, apply, config, x, targets, w, extras):
     weights = config.strategy.weak
     _, has_target, boxes, labels, levels = extras
     has_target = has_target.astype(w.dtype)
+    target_loss_fn = (dice_loss_per_sample if config.empty_target_loss == "dice"
+                      else empty_aware_loss_per_sample)
     losses, fits, counted = [], [], None
     for p, t in zip(models, targets):
         logits = apply(p, x)
-        if config.empty_target_loss == "dice":
-            target_loss = dice_loss_per_sample(logits, t)
-        else:
-            target_loss = empty_aware_loss_per_sample(logits, t)
+        target_loss = target_loss_fn(logits, t)
         if weights.image_mil:     # a certain empty target: its maximum below 0.5 too
             spare = weights.outside_margin if weights.spare_lesions else None
             target_loss += weights.image_mil * negative_max_loss_per_sample(logits, t, spare)

@@ -55,6 +55,10 @@ class _Budget:
         self.left -= nbytes
 
 
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}
+
+
 def _check_npz_headers(path: str) -> None:
     """Each ``.npy`` entry's header (shape x dtype) must fit its stored size and, all together,
     :data:`_MAX_TOTAL_BYTES`, before NumPy allocates anything."""
@@ -65,14 +69,12 @@ def _check_npz_headers(path: str) -> None:
                 continue
             with zf.open(info) as f:
                 version = np.lib.format.read_magic(f)
-                if version == (1, 0):
-                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-                elif version == (2, 0):
-                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-                else:
+                read_header = _NPY_HEADER_READERS.get(version)
+                if read_header is None:
                     raise WeightsFileError(f"cannot read weights file '{path}': entry "
                                            f"'{info.filename}' is .npy format {version}, not "
                                            "1.0 or 2.0", path)
+                shape, _, dtype = read_header(f)
             if dtype.hasobject:
                 continue    # np.load refuses it below, naming the entry
             nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
@@ -106,12 +108,9 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
                                path)
     out = {}
     with data:
-        files = list(data.files)
-        prefixed = any(k.startswith("param/") for k in files)
-        for k in files:
-            if prefixed and not k.startswith("param/"):
-                continue
-            name = k[len("param/"):] if prefixed else k
+        prefix = "param/" if any(k.startswith("param/") for k in data.files) else ""
+        for k in [k for k in data.files if k.startswith(prefix)]:
+            name = k[len(prefix):]
             try:
                 out[name] = data[k]
             except ValueError as e:  # "Object arrays cannot be loaded when allow_pickle=False"
@@ -260,10 +259,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
     """Resolves only :func:`_safe_globals`; storages come from the zip, nothing else is
     reachable."""
 
-    def __init__(self, file, path: str, storage_bytes):
+    def __init__(self, file, storage_bytes):
         super().__init__(file)
         self._globals = _safe_globals()
-        self._path = path
         self._storage_bytes = storage_bytes
         self._storages: dict[str, np.ndarray] = {}
 
@@ -299,8 +297,7 @@ def _read_torch(path: str) -> Mapping[str, Any]:
     try:
         with zipfile.ZipFile(path) as zf:
             infos = {i.filename: i for i in zf.infolist()}
-            pkls = [n for n in infos if n == "data.pkl" or n.endswith("/data.pkl")]
-            pkls = [n for n in pkls if n.count("/") <= 1]
+            pkls = [n for n in infos if n.split("/")[-1] == "data.pkl" and n.count("/") <= 1]
             if len(pkls) != 1:
                 raise WeightsFileError(f"'{path}' is a zip but not a PyTorch checkpoint "
                                        f"(found {len(pkls)} data.pkl records)", path)
@@ -327,7 +324,7 @@ def _read_torch(path: str) -> Mapping[str, Any]:
                 return zf.read(name)[:nbytes]
 
             with zf.open(pkls[0]) as f:
-                obj = _RestrictedUnpickler(f, path, storage_bytes).load()
+                obj = _RestrictedUnpickler(f, storage_bytes).load()
     except WeightsFileError:
         raise
     except (*_READ_ERRORS, pickle.UnpicklingError, ValueError, AttributeError, IndexError) as e:

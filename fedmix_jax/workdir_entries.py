@@ -49,29 +49,23 @@ def refuse_links_and_special_files(workdir: str) -> None:
     """Raise :class:`WorkdirError` if an entry of ``workdir`` that the job writes is a link or
     not of its kind (files: regular files; folders: real folders, and each checkpoint inside
     ``checkpoints/`` a real folder)."""
-    for name in FILES:
-        path = os.path.join(workdir, name)
-        st = _lstat(path)
-        if st is not None and not stat.S_ISREG(st.st_mode):
-            _refuse(path, _kind(st.st_mode), "a regular file")
-    for name in FOLDERS:
-        path = os.path.join(workdir, name)
-        st = _lstat(path)
-        if st is None:
-            continue
-        if not stat.S_ISDIR(st.st_mode):
-            _refuse(path, _kind(st.st_mode), "a folder")
-        if name != "checkpoints":
-            continue
-        try:
-            entries = sorted(os.listdir(path))
-        except OSError as e:
-            raise WorkdirError(f"cannot list {path}: {e.strerror or e}") from None
-        for entry in entries:
-            sub = os.path.join(path, entry)
-            st = _lstat(sub)
-            if st is not None and stat.S_ISLNK(st.st_mode):
-                _refuse(sub, "a symbolic link", "a checkpoint folder")
+    for names, is_kind, expected in ((FILES, stat.S_ISREG, "a regular file"),
+                                     (FOLDERS, stat.S_ISDIR, "a folder")):
+        for name in names:
+            path = os.path.join(workdir, name)
+            st = _lstat(path)
+            if st is not None and not is_kind(st.st_mode):
+                _refuse(path, _kind(st.st_mode), expected)
+    path = os.path.join(workdir, "checkpoints")     # a real folder if it exists (checked above)
+    try:
+        entries = sorted(os.listdir(path)) if os.path.isdir(path) else []
+    except OSError as e:
+        raise WorkdirError(f"cannot list {path}: {e.strerror or e}") from None
+    for entry in entries:
+        sub = os.path.join(path, entry)
+        st = _lstat(sub)
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            _refuse(sub, "a symbolic link", "a checkpoint folder")
 
 
 def describe_missing_workdir(path: str) -> str | None:

@@ -124,16 +124,9 @@ def unpack_split_labels(split: "FederatedSplit") -> "FederatedSplit":
                          boxes=unpack_labels(split.boxes, width))
 
 
-@struct.dataclass
-class FederatedSplit:
-    """One split of a federation as padded arrays with a leading client axis."""
-
-    images: np.ndarray         # [C, N, H, W, Cin] uint8 (k means k / 255) or float32 in [0, 1]
-    masks: np.ndarray          # [C, N, H, W, K] uint8 (or float32) ground truth in {0, 1}
-    boxes: np.ndarray          # [C, N, H, W, K] uint8 (or float32) {0, 1}: inside a box
-    image_labels: np.ndarray   # [C, N, K] float32: 1 if the class is present in the image
-    levels: np.ndarray         # [C, N] int32: PIXEL=0, BOX=1, IMAGE=2, NONE=3
-    valid: np.ndarray          # [C, N] bool: False for padding
+class SplitSizes:
+    """The sizes of a split read off its ``images`` [C, N, ...], ``masks`` [..., K] and ``valid``
+    [C, N] (a :class:`FederatedSplit` or a streamed split's source)."""
 
     @property
     def num_clients(self) -> int:
@@ -150,6 +143,18 @@ class FederatedSplit:
     def counts(self) -> np.ndarray:
         """Number of valid samples per client, [C] int."""
         return np.asarray(self.valid).sum(axis=1)
+
+
+@struct.dataclass
+class FederatedSplit(SplitSizes):
+    """One split of a federation as padded arrays with a leading client axis."""
+
+    images: np.ndarray         # [C, N, H, W, Cin] uint8 (k means k / 255) or float32 in [0, 1]
+    masks: np.ndarray          # [C, N, H, W, K] uint8 (or float32) ground truth in {0, 1}
+    boxes: np.ndarray          # [C, N, H, W, K] uint8 (or float32) {0, 1}: inside a box
+    image_labels: np.ndarray   # [C, N, K] float32: 1 if the class is present in the image
+    levels: np.ndarray         # [C, N] int32: PIXEL=0, BOX=1, IMAGE=2, NONE=3
+    valid: np.ndarray          # [C, N] bool: False for padding
 
     def pad_to(self, num_samples: int) -> "FederatedSplit":
         """Pad the sample axis to ``num_samples`` with invalid zero samples."""

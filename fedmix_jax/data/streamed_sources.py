@@ -12,14 +12,14 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from fedmix_jax.data.federation import (Federation, FederatedSplit, pack_federation_labels,
-                                        stack_clients)
+from fedmix_jax.data.federation import (Federation, FederatedSplit, SplitSizes,
+                                        pack_federation_labels, stack_clients)
 
 FIELDS = ("images", "masks", "boxes", "image_labels", "levels", "valid")
 GIB = 1024 ** 3
 
 
-class SplitSource:
+class SplitSource(SplitSizes):
     """Random access to one training split, client by client (the base of the sources).
 
     Quacks like a :class:`FederatedSplit` for what the job reads of a split without its pixels:
@@ -34,21 +34,6 @@ class SplitSource:
     images: jax.ShapeDtypeStruct
     masks: jax.ShapeDtypeStruct
     boxes: jax.ShapeDtypeStruct
-
-    @property
-    def num_clients(self) -> int:
-        return int(self.valid.shape[0])
-
-    @property
-    def max_samples(self) -> int:
-        return int(self.valid.shape[1])
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.masks.shape[-1])
-
-    def counts(self) -> np.ndarray:
-        return self.valid.sum(axis=1)
 
     @property
     def nbytes(self) -> int:
@@ -214,10 +199,9 @@ def open_streamed_federation(data_cfg, verbose: bool = True):
     takes = {c: take_counts(prepared, c, settings.max_per_client) for c in clients}
     train = ArrayRecordSource(prepared, "train", clients, levels,
                               [takes[c]["train"] for c in clients])
-    held = {}
-    for sp, fld in (("validation", "val"), ("test", "test")):
-        held[fld] = stack_clients([read_client_split(prepared, sp, c, lv, takes[c][sp])
-                                   for c, lv in zip(clients, levels)])
+    held = {fld: stack_clients([read_client_split(prepared, sp, c, lv, takes[c][sp])
+                                for c, lv in zip(clients, levels)])
+            for sp, fld in (("validation", "val"), ("test", "test"))}
     return Federation(client_names=list(clients),
                       class_names=list(prepared.metadata["class_names"]), train=train, **held)
 

@@ -25,17 +25,18 @@ log = logging.getLogger("fedmix_jax.flower.in_process")
 LOCAL_POLL = 0.02
 
 # RuntimeHttpClient's methods served by the node's handler (flwr.supernode.servicer.runtime.
-# runtime_handlers) of the same name in snake case.
-_HANDLERS = {"PullTaskInput": "pull_task_input", "PullMessages": "pull_messages",
-             "PullObject": "pull_object", "ConfirmMessageReceived": "confirm_message_received",
+# runtime_handlers; the heartbeat: the core's) of the same name in snake case.
+_HANDLERS = {"AcquireTask": "acquire_task", "PullTaskInput": "pull_task_input",
+             "PullMessages": "pull_messages", "PullObject": "pull_object",
+             "ConfirmMessageReceived": "confirm_message_received",
              "PushMessages": "push_messages", "PushObject": "push_object",
-             "PushTaskOutput": "push_task_output"}
+             "PushTaskOutput": "push_task_output", "SendTaskHeartbeat": "send_task_heartbeat"}
 
 
 class InProcessRuntime:
     """Flower 1.42's ``RuntimeHttpClient`` as method calls on the SuperNode's ``NodeState``
     ``state`` (no HTTP); ``token``: the task token the calls authenticate with (``None`` for
-    :meth:`AcquireTask`, which needs none)."""
+    ``AcquireTask``, which needs none)."""
 
     def __init__(self, state, token: str | None = None):
         self._state = state
@@ -56,20 +57,13 @@ class InProcessRuntime:
     def __getattr__(self, name: str):
         if name not in _HANDLERS:
             raise AttributeError(name)
-        from flwr.supernode.servicer.runtime import runtime_handlers
-
-        handler = getattr(runtime_handlers, _HANDLERS[name])
-        return lambda request: handler(request, self._state, self._task())
-
-    def AcquireTask(self, request):  # noqa: N802 - Flower's method names
-        from flwr.supernode.servicer.runtime import runtime_handlers
-
-        return runtime_handlers.acquire_task(request, self._state)
-
-    def SendTaskHeartbeat(self, request):  # noqa: N802
         from flwr.supercore.servicer.runtime import runtime_handlers as core
+        from flwr.supernode.servicer.runtime import runtime_handlers as node
 
-        return core.send_task_heartbeat(request, self._state, self._task())
+        if name == "AcquireTask":       # the one call without a task token
+            return lambda request: node.acquire_task(request, self._state)
+        handler = getattr(core if name == "SendTaskHeartbeat" else node, _HANDLERS[name])
+        return lambda request: handler(request, self._state, self._task())
 
     def close(self) -> None:
         pass

@@ -46,6 +46,9 @@ def config_from_json(text: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.loads(text))
 
 
+_SPLITS = ("train", "val", "test")
+
+
 @dataclasses.dataclass
 class SiteData:
     """One site's splits, leaves without client axis ([N, ...])."""
@@ -61,8 +64,7 @@ class SiteData:
         levels present in the training split (``"box"``, ``"box+pixel"``)."""
         lv = np.asarray(self.train.levels)[np.asarray(self.train.valid)]
         return {"site-name": self.name, "site-index": int(self.index),
-                **{f"num-{k}": int(np.asarray(getattr(self, k).valid).sum())
-                   for k in ("train", "val", "test")},
+                **{f"num-{k}": int(np.asarray(getattr(self, k).valid).sum()) for k in _SPLITS},
                 "image-shape": [int(s) for s in np.shape(self.train.images)[1:]],
                 "num-classes": int(np.shape(self.train.masks)[-1]),
                 "levels": "+".join(sorted({LEVEL_NAMES[int(x)] for x in np.unique(lv)})) or "-"}
@@ -80,9 +82,7 @@ def site_from_federation(federation, index: int, trim: bool = False) -> SiteData
     """Client ``index`` of a :class:`~fedmix_jax.data.federation.Federation` as a site
     (``trim=False``: with the federation's padding, the shapes of its in-process slice)."""
     return SiteData(name=str(federation.client_names[index]), index=int(index),
-                    train=_take(federation.train, index, trim),
-                    val=_take(federation.val, index, trim),
-                    test=_take(federation.test, index, trim))
+                    **{k: _take(getattr(federation, k), index, trim) for k in _SPLITS})
 
 
 # The coordinator's data settings a folders site applies (the run's config decides them, as in
@@ -141,17 +141,12 @@ def load_site_data(node_config: dict, shared: ml_collections.ConfigDict | None) 
         overrides.update(data_settings(node_config, shared)["data"])
         cfg = default_data_config("folders", **overrides)
         fed = load_federation_from_config(cfg, verbose=False)
-        wanted = node_config.get("client")
-        names = list(fed.client_names)
-        if wanted:
-            if str(wanted) not in names:
-                raise ValueError(f"client {wanted!r} not in {data_dir} (found {names})")
-            c = names.index(str(wanted))
-        elif len(names) == 1:
-            c = 0
-        else:
+        wanted, names = node_config.get("client"), list(fed.client_names)
+        if wanted and str(wanted) not in names:
+            raise ValueError(f"client {wanted!r} not in {data_dir} (found {names})")
+        if not wanted and len(names) != 1:
             raise ValueError(f"{data_dir} holds several clients {names}: set node config client")
-        site = site_from_federation(fed, c, trim=True)
+        site = site_from_federation(fed, names.index(str(wanted)) if wanted else 0, trim=True)
         site.index = int(node_config.get("site-index", -1))
     else:
         raise ValueError(f"unknown node config data={kind!r}; use 'folders' or 'synthetic'")
@@ -273,7 +268,6 @@ def load_state(path: str, like) -> tuple[int, Any] | None:
             return None
         leaves = [z[f"a{i}"] for i in range(len(ref))]
         r = int(z["round"])
-    for a, b in zip(leaves, ref):
-        if a.shape != np.shape(b) or a.dtype != np.dtype(b.dtype):
-            return None
+    if any(a.shape != np.shape(b) or a.dtype != np.dtype(b.dtype) for a, b in zip(leaves, ref)):
+        return None
     return r, jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), leaves)

@@ -118,35 +118,28 @@ def store(context: Context, state, round_index: int, run_name: str,
     from fedmix_jax.flower import array_records
 
     r = int(round_index)
-    first = r if not kept_round or kept_round > r else int(kept_round)
-
-    def keep(x: int) -> bool:
-        return first <= x <= r
-
+    kept = range(min(int(kept_round or r), r), r + 1)
+    records = context.state.array_records
+    old = [] if _keep_in_process else _context_rounds(context, run_name)
+    for key in [k for k in records if k.startswith(STATE_RECORD)]:
+        x = key[len(STATE_RECORD) + 1:]
+        if not (x.isdigit() and int(x) in old and int(x) in kept):
+            del records[key]
     if _keep_in_process:
         held = {**_kept_states.get((context.node_id, run_name), {}), r: state}
-        _kept_states[(context.node_id, run_name)] = {x: s for x, s in held.items() if keep(x)}
-        for key in [k for k in context.state.array_records if k.startswith(STATE_RECORD)]:
-            del context.state.array_records[key]
+        _kept_states[(context.node_id, run_name)] = {x: s for x, s in held.items() if x in kept}
         context.state.config_records.pop(STATE_META, None)
     else:
-        old = _context_rounds(context, run_name)
-        for key in [k for k in context.state.array_records if k.startswith(STATE_RECORD)]:
-            x = key[len(STATE_RECORD) + 1:]
-            if not (x.isdigit() and int(x) in old and keep(int(x))):
-                del context.state.array_records[key]
-        context.state.array_records[f"{STATE_RECORD}-{r}"] = array_records.tree_to_record(state,
-                                                                                    "state")
-        rounds = sorted({x for x in old if keep(x)} | {r})
+        records[f"{STATE_RECORD}-{r}"] = array_records.tree_to_record(state, "state")
         context.state.config_records[STATE_META] = ConfigRecord(
-            {"run-name": run_name, "rounds": rounds})
+            {"run-name": run_name, "rounds": sorted({x for x in old if x in kept} | {r})})
     state_dir = dict(context.node_config).get("state-dir")
     if state_dir:
         from fedmix_jax.flower.local_site import save_state
 
         save_state(os.path.join(str(state_dir), f"{_stem(context, run_name)}.r{r}.npz"), r, state)
         for x, p in _disk_rounds(context, run_name).items():
-            if not keep(x):
+            if x not in kept:
                 try:
                     os.remove(p)
                 except OSError as e:

@@ -97,15 +97,15 @@ class FedMixStrategy(FlowerStrategy):
         self.last_round: RoundOutcome | None = None
         self.last_eval: dict[str, Any] | None = None
         self._next_key = None
-        self._arrays: ArrayRecord | None = None           # the round's broadcast pair
+        self._sent: dict[str, np.ndarray] | None = None   # the round's broadcast pair [P]
         self._dp_norms: list[float] | None = None
         #: The oldest checkpoint round the coordinator holds (0: none), sent with every train
         #: message: the sites keep their states from that round on (exact resume after a crash).
         self.kept_round = 0
 
-    def _config(self, server_round: int) -> dict:
+    def _config(self, server_round: int, config: ConfigRecord) -> dict:
         h = self.hparams
-        return {"round": int(server_round), "config-json": self.shared_json,
+        return dict(config) | {"round": int(server_round), "config-json": self.shared_json,
                 "run-name": self.run_name, "lam": float(h.lam), "beta": float(h.beta),
                 "learning-rate": float(h.learning_rate),
                 "send-model": bool(self.strategy.aggregates), "kept-round": int(self.kept_round)}
@@ -114,10 +114,10 @@ class FedMixStrategy(FlowerStrategy):
                         grid: Grid) -> Iterable[Message]:
         """One message per registered site: the global pair, its key of the round, the config."""
         self._next_key, site_keys = round_keys(self.key, len(self.sites))
-        self._arrays = arrays
+        self._sent = None if self.spec is None else {k: arrays[k].numpy() for k in self.spec}
         out = []
         for site in self.sites:
-            cfg = dict(config) | self._config(server_round)
+            cfg = self._config(server_round, config)
             cfg["site-key"] = [int(x) for x in round_core.key_to_numpy(site_keys[site.index])]
             content = RecordDict({GLOBAL_RECORD: arrays, CONFIG_RECORD: ConfigRecord(cfg)})
             out.append(Message(content=content, dst_node_id=site.node_id, message_type="train",
@@ -194,10 +194,9 @@ class FedMixStrategy(FlowerStrategy):
         (0 for sites without reply), or None when the bound is off."""
         if self.max_update_norm_ratio <= 0 or self.spec is None or not accepted:
             return None
-        sent = {k: self._arrays[k].numpy() for k in self.spec}
         idx = sorted(accepted)
-        sq = sum(robust.update_norms(np.stack([accepted[i].arrays[k] for i in idx]), sent[k]) ** 2
-                 for k in self.spec)
+        sq = sum(robust.update_norms(np.stack([accepted[i].arrays[k] for i in idx]), b) ** 2
+                 for k, b in self._sent.items())
         norms = np.sqrt(sq)
         trained = np.array([accepted[i].report["num_usable"] > 0 for i in idx])
         flagged = robust.norm_outliers(norms, trained, self.max_update_norm_ratio)
@@ -213,7 +212,7 @@ class FedMixStrategy(FlowerStrategy):
     def _aggregate(self, accepted: dict, weights: list[float]) -> ArrayRecord:
         # Sites left out contribute the broadcast pair with weight 0: the stacked shapes stay
         # [C, ...] every round (one compiled aggregation).
-        sent = {k: self._arrays[k].numpy() for k in self.spec}
+        sent = self._sent
         src = [accepted[i].arrays if i in accepted else sent for i in range(len(self.sites))]
         trained = array_records.PAIR_PREFIXES[:2 if self.strategy.trains_model2 else 1]
         if self.dp is not None:     # each update clipped to norm C over the models that train
@@ -232,10 +231,9 @@ class FedMixStrategy(FlowerStrategy):
             # Unpacked to the pair's leaves first: the weighted average runs leaf by leaf exactly
             # as in-process (a dot over one long packed vector may round differently).
             like = ModelPair(*tuple(self.template_pair))
-            rows = [[array_records.unpack_model(a[k], m)
-                     for k, m in zip(array_records.PAIR_PREFIXES, like)]
-                    for a in src]
-            stacked = jax.tree.map(lambda *xs: np.stack(xs), *[ModelPair(*r) for r in rows])
+            rows = [ModelPair(*(array_records.unpack_model(a[k], m)
+                                for k, m in zip(array_records.PAIR_PREFIXES, like))) for a in src]
+            stacked = jax.tree.map(lambda *xs: np.stack(xs), *rows)
             out = array_records.pair_to_record(
                 jax.device_get(round_core.aggregate(stacked, weights)))
         if self.dp is not None:     # noise from the OS's entropy, never from the run's seed
@@ -256,8 +254,7 @@ class FedMixStrategy(FlowerStrategy):
         model1 = ArrayRecord({first: arrays[first]}) if self.strategy.aggregates else None
         out = []
         for site in self.sites:
-            content = RecordDict({CONFIG_RECORD: ConfigRecord(
-                dict(config) | self._config(server_round))})
+            content = RecordDict({CONFIG_RECORD: ConfigRecord(self._config(server_round, config))})
             if model1 is not None:
                 content[GLOBAL_RECORD] = model1
             out.append(Message(content=content, dst_node_id=site.node_id,

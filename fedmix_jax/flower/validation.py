@@ -109,7 +109,7 @@ def check_report(metrics, *, round_index: int, site: str, declared_size: int) ->
     if too_large:
         raise ReplyRejected(f"{too_large[0]} {counts[too_large[0]]} is above the site's declared "
                             f"size {declared_size}")
-    if "num_pixel" in rep and rep["num_pixel"] + rep["num_weak"] > declared_size:
+    if rep["num_pixel"] + rep["num_weak"] > declared_size:
         raise ReplyRejected(f"num_pixel {rep['num_pixel']} + num_weak {rep['num_weak']} is above "
                             f"the site's declared size {declared_size}")
     for k in ("loss1", "loss2"):

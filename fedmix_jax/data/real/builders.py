@@ -96,24 +96,18 @@ def new_config(**options) -> FedMixConfig:
 def built_splits(cfg) -> tuple[str, ...]:
     """The splits a config writes: ``train`` always, ``validation``/``test`` when their fraction
     is > 0 (TFDS cannot write an empty split)."""
-    return tuple(sp for sp in SPLITS if sp == "train"
-                 or (sp == "validation" and cfg.val_fraction > 0)
-                 or (sp == "test" and cfg.test_fraction > 0))
+    fractions = {"train": 1, "validation": cfg.val_fraction, "test": cfg.test_fraction}
+    return tuple(sp for sp in SPLITS if fractions[sp] > 0)
 
 
 DEFAULT_CONFIGS = [dict(image_size=256, channels=1), dict(image_size=64, channels=1),
                     dict(image_size=256, channels=3)]
 
 
-class _NoCustomConfigWarning(logging.Filter):
-    """TFDS warns "Using custom data configuration" for every non-predefined config; ours are
-    custom by design (the name encodes the options), so that line is noise."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Using custom data configuration")
-
-
-logging.getLogger("absl").addFilter(_NoCustomConfigWarning())
+# TFDS warns "Using custom data configuration" for every non-predefined config; ours are custom
+# by design (the name encodes the options), so that line is noise.
+logging.getLogger("absl").addFilter(
+    lambda record: not str(record.msg).startswith("Using custom data configuration"))
 
 
 class FedMixBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -158,12 +152,10 @@ class FedMixBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                                   for s in scan.samples), cfg.seed, cfg.test_fraction,
                                  cfg.val_fraction)
         cindex = {c: i for i, c in enumerate(scan.clients)}
-        per_split = {sp: [] for sp in SPLITS}
-        for s in scan.samples:
-            per_split[split_of[s.id]].append(s)
-        for sp in SPLITS:
-            per_split[sp].sort(key=lambda s: (cindex[s.client], rank_in_client(s.id, s.client,
-                                                                                cfg.seed), s.id))
+        per_split = {sp: sorted((s for s in scan.samples if split_of[s.id] == sp),
+                                key=lambda s: (cindex[s.client],
+                                               rank_in_client(s.id, s.client, cfg.seed), s.id))
+                     for sp in SPLITS}
         found = collections.Counter(s.client for s in scan.samples)
         meta = {
             "layout": self.LAYOUT.name,

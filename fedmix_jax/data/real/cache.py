@@ -29,10 +29,6 @@ from fedmix_jax.data.real.scanning import source_fingerprint
 from fedmix_jax.data.real.settings import RealDataSettings
 
 
-def _expected_path(builder_cls, cfg: FedMixConfig, cache_dir: str) -> str:
-    return os.path.join(cache_dir, builder_cls.name, cfg.name, str(builder_cls.VERSION))
-
-
 def validate_cache(path: str, builder_name: str, cfg: FedMixConfig | None = None
                    ) -> tuple[bool, str]:
     """Is ``path`` (a ``<config>/<version>`` dir) a complete build? Returns ``(ok, reason)``."""
@@ -124,9 +120,17 @@ def prepare_dataset(data_cfg, verbose: bool = True) -> PreparedDataset:
     The same code path serves the CLI (:mod:`.build`) and :func:`load_federation_from_config`.
     """
     settings = RealDataSettings.from_config(data_cfg)
-    name, raw_dir, data_dir, cache_dir, cfg = _dataset_settings(settings)
+    name = settings.name.strip().lower()
+    if name not in BUILDERS:
+        raise ValueError(f"unknown --config.data.name {name!r}; expected one of {sorted(BUILDERS)}")
+    raw_dir, data_dir, cache_dir = settings.data_dir, settings.source_dir, settings.cache_root
+    cfg = make_config(name, image_size=settings.image_size, channels=settings.channels,
+                      seed=settings.seed, test_fraction=settings.test_fraction,
+                      val_fraction=settings.val_fraction, on_bad_input=settings.on_bad_input,
+                      data_dir=data_dir or None, box_mode=settings.box_mode,
+                      drop_empty_slices=settings.drop_empty_slices)
     builder_cls, layout = BUILDERS[name], LAYOUTS[name]
-    path = _expected_path(builder_cls, cfg, cache_dir)
+    path = os.path.join(cache_dir, builder_cls.name, cfg.name, str(builder_cls.VERSION))
     have_source = bool(data_dir) and os.path.isdir(data_dir) and any(
         not e.startswith(".") for e in os.listdir(data_dir))
 
@@ -174,20 +178,6 @@ def prepare_dataset(data_cfg, verbose: bool = True) -> PreparedDataset:
         log.warning("%s was built with on_bad_input='skip': %d file(s) were skipped (listed in "
                     "%s/metadata.json)", path, len(meta["skipped"]), path)
     return prepared
-
-
-def _dataset_settings(settings: RealDataSettings):
-    """``(name, data_dir as given, data_dir, cache_dir, builder config)`` of the settings."""
-    name = settings.name.strip().lower()
-    if name not in BUILDERS:
-        raise ValueError(f"unknown --config.data.name {name!r}; expected one of {sorted(BUILDERS)}")
-    data_dir = settings.source_dir
-    cfg = make_config(name, image_size=settings.image_size, channels=settings.channels,
-                      seed=settings.seed, test_fraction=settings.test_fraction,
-                      val_fraction=settings.val_fraction, on_bad_input=settings.on_bad_input,
-                      data_dir=data_dir or None, box_mode=settings.box_mode,
-                      drop_empty_slices=settings.drop_empty_slices)
-    return name, settings.data_dir, data_dir, settings.cache_root, cfg
 
 
 def _build(builder_cls, cfg, path, data_dir, cache_dir, reason, verbose):

@@ -1,28 +1,11 @@
 """One record of the real-data cache: its TFDS features and the decoding of a scanned sample.
 
-Per-example features (S = image_size, Cin = channels, K = 1 class, 'lesion'):
-
-================  ==================  ============================================================
-``image``         uint8 [S, S, Cin]   resized image (bilinear, antialiased)
-``mask``          uint8 [S, S, K]     {0, 1} ground-truth mask (nearest); zeros when ``has_mask=0``
-``boxes``         uint8 [S, S, K]     {0, 1} box mask: 1 inside any box
-``box_coords``    int32 [nb, 4]       the boxes at S x S, (x_min, y_min, x_max, y_max) inclusive
-``label``         uint8 [K]           image label: lesion present (BUSI: 0 for ``normal``; folders:
-                                      labels.csv, else from the mask)
-``has_mask``      bool                False only for folders samples with a non-pixel level and no mask
-``level``         int32               per-sample level from levels.csv, -1 = use the config's
-``client``        text                client name; ``client_index`` int32 into metadata ``clients``
-``id``/``stem``   text                unique sample id / file stem
-``category``      text                HAM10000: dx; BUSI: benign/malignant/normal; else ''
-``malignant``     int32               1 malignant, 0 benign (or BUSI normal), -1 unknown
-``image_path``    text                the source image, relative to the manual dir
-``orig_size``     int32 [2]           original (height, width)
-================  ==================  ============================================================
-
-Boxes: from ``boxes.csv`` when given (scaled to S, rounded outwards), else derived from the
-resized mask with 1-9 px margins drawn once per sample (seeded by ``(seed, hash(id))``,
-``box_mode``: :mod:`fedmix_jax.data.boxes`). :func:`features` is the ``FeaturesDict`` above,
+:func:`features` is the ``FeaturesDict`` of a record (the fields, shapes and dtypes: docs/data.md,
+"The records"; e.g. ``image`` uint8 [S, S, Cin], ``mask`` / ``boxes`` uint8 [S, S, K]),
 :func:`process_sample` decodes one :class:`~fedmix_jax.data.real.scanning.Sample` into a record.
+Boxes come from ``boxes.csv`` when given (scaled to S, rounded outwards), else from the resized
+mask with 1-9 px margins drawn once per sample (seeded by ``(seed, hash(id))``, ``box_mode``:
+:mod:`fedmix_jax.data.boxes`).
 """
 
 from __future__ import annotations

@@ -112,14 +112,15 @@ def walk_files(root: str, irregular: list[Irregular] | None = None,
 def open_regular(path: str, what: str = "file"):
     """Open ``path`` for binary reading if it is a regular file; else a :class:`BadInputError`
     naming it (FIFO, socket, device, directory, dangling link, link loop, ...), without blocking."""
+    def refuse_special(mode: int) -> None:
+        if not stat.S_ISREG(mode):
+            raise BadInputError(f"cannot read {what} {path}: it is {describe_mode(mode)}, "
+                                "not a regular file", path)
+
     try:  # refuse special files before opening them at all (opening a device can act)
-        st = os.stat(path)
+        refuse_special(os.stat(path).st_mode)
     except OSError as e:
-        problem = _link_problem(path, e)
-        raise BadInputError(f"cannot read {what} {path}: {problem}", path) from None
-    if not stat.S_ISREG(st.st_mode):
-        raise BadInputError(f"cannot read {what} {path}: it is {describe_mode(st.st_mode)}, "
-                            "not a regular file", path)
+        raise BadInputError(f"cannot read {what} {path}: {_link_problem(path, e)}", path) from None
     try:  # O_NONBLOCK: if a FIFO replaced the file since, open() must not wait for a writer
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
@@ -127,10 +128,7 @@ def open_regular(path: str, what: str = "file"):
             f"{type(e).__name__}: {e.strerror or e}"
         raise BadInputError(f"cannot read {what} {path}: {problem}", path) from None
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise BadInputError(f"cannot read {what} {path}: it is {describe_mode(st.st_mode)}, "
-                                "not a regular file", path)
+        refuse_special(os.fstat(fd).st_mode)
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")

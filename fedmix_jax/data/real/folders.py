@@ -59,10 +59,7 @@ class Folders(Layout):
 
     @staticmethod
     def _csv(cdir: str, name: str) -> str | None:
-        for e in os.listdir(cdir):
-            if e.lower() == name:
-                return os.path.join(cdir, e)
-        return None
+        return next((os.path.join(cdir, e) for e in os.listdir(cdir) if e.lower() == name), None)
 
     def _scan_client(self, client, cdir, policy, warnings):
         image_dir = find_subdir(cdir, ("images",))

@@ -47,12 +47,43 @@ class HAM10000(Layout):
             raise BadInputError(f"{csv_path}: missing column(s) {missing} (header: {rows[0][1]})",
                                 csv_path)
         col = {c: header.index(c) for c in _HAM_COLUMNS}
-        warnings, samples, seen = [], [], {}
-        for line, cells in rows[1:]:
-            sample = self._sample(line, cells, len(header), col, seen, images, masks, csv_path,
-                                  data_dir, policy)
-            if sample is not None:
-                samples.append(sample)
+        warnings, seen = [], {}
+
+        def sample(line, cells):
+            """The :class:`Sample` of one metadata row, or None (reported through ``policy``)."""
+            if len(cells) < len(header):
+                policy(BadInputError(f"{csv_path} line {line}: expected {len(header)} columns, "
+                                     f"got {len(cells)}", csv_path))
+                return None
+            image_id, client = cells[col["image_id"]], cells[col["dataset"]]
+            if not image_id or not client:
+                policy(BadInputError(f"{csv_path} line {line}: empty image_id or dataset",
+                                     csv_path))
+                return None
+            if image_id in seen:
+                policy(BadInputError(f"duplicate image_id {image_id} in {csv_path} (lines "
+                                     f"{seen[image_id]} and {line})", csv_path))
+                return None
+            seen[image_id] = line
+            img = images.get(image_id)
+            if img is None:
+                policy(BadInputError(
+                    f"image {image_id}.jpg listed in {csv_path} line {line} was not found under "
+                    f"{data_dir} (expected in HAM10000_images_part_1/ or _part_2/)", csv_path))
+                return None
+            mask = masks.get(image_id)
+            if mask is None:
+                policy(BadInputError(
+                    f"image with no mask: {img} (expected {image_id}_segmentation.png under "
+                    f"{data_dir}, from HAM10000_segmentations_lesion_tschandl)", img))
+                return None
+            dx = cells[col["dx"]].lower()
+            malignant = 1 if dx in HAM_MALIGNANT else 0 if dx in HAM_BENIGN else -1
+            return Sample(id=image_id, client=client, stem=image_id, image_path=img,
+                          mask_paths=[mask], group=cells[col["lesion_id"]] or image_id,
+                          category=dx, malignant=malignant)
+
+        samples = [s for s in (sample(line, cells) for line, cells in rows[1:]) if s is not None]
         unlisted = len(set(images) - set(seen))
         if unlisted:
             warnings.append(f"{unlisted} ISIC_*.jpg image(s) under {data_dir} are not listed in "
@@ -94,39 +125,3 @@ class HAM10000(Layout):
                                  "HAM10000_segmentations_lesion_tschandl/)")
         return (csv_paths[0], unique_paths("image id", images, policy),
                 unique_paths("mask id", masks, policy))
-
-    @staticmethod
-    def _sample(line, cells, num_columns, col, seen, images, masks, csv_path, data_dir, policy):
-        """The :class:`Sample` of one metadata row, or None (reported through ``policy``);
-        ``seen`` (image id -> line) is updated."""
-        if len(cells) < num_columns:
-            policy(BadInputError(f"{csv_path} line {line}: expected {num_columns} columns, got "
-                                 f"{len(cells)}", csv_path))
-            return None
-        image_id, client = cells[col["image_id"]], cells[col["dataset"]]
-        if not image_id or not client:
-            policy(BadInputError(f"{csv_path} line {line}: empty image_id or dataset", csv_path))
-            return None
-        if image_id in seen:
-            policy(BadInputError(f"duplicate image_id {image_id} in {csv_path} (lines "
-                                 f"{seen[image_id]} and {line})", csv_path))
-            return None
-        seen[image_id] = line
-        img = images.get(image_id)
-        if img is None:
-            policy(BadInputError(
-                f"image {image_id}.jpg listed in {csv_path} line {line} was not found under "
-                f"{data_dir} (expected in HAM10000_images_part_1/ or _part_2/)", csv_path))
-            return None
-        mask = masks.get(image_id)
-        if mask is None:
-            policy(BadInputError(
-                f"image with no mask: {img} (expected {image_id}_segmentation.png under "
-                f"{data_dir}, from HAM10000_segmentations_lesion_tschandl)", img))
-            return None
-        dx = cells[col["dx"]].lower()
-        malignant = 1 if dx in HAM_MALIGNANT else 0 if dx in HAM_BENIGN else -1
-        return Sample(id=image_id, client=client, stem=image_id, image_path=img,
-                      mask_paths=[mask], group=cells[col["lesion_id"]] or image_id,
-                      category=dx, malignant=malignant)
-

@@ -11,6 +11,7 @@ more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels is refused before decoding.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 
@@ -29,18 +30,25 @@ _READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionB
                 Image.DecompressionBombWarning, IndexError, TypeError, KeyError, MemoryError)
 
 
-def _open_checked(f, path: str, what: str) -> Image.Image:
-    """``Image.open`` that turns Pillow's decompression-bomb *warning* (more than
-    ``Image.MAX_IMAGE_PIXELS`` pixels; its error comes only above twice that) into an error."""
+@contextlib.contextmanager
+def _opened(path: str, what: str):
+    """The Pillow image of the regular file ``path``; a decoding failure, or a header announcing
+    more than ``Image.MAX_IMAGE_PIXELS`` pixels (Pillow only warns below twice that), is a
+    :class:`BadInputError` naming it."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            return Image.open(f)
+            with open_regular(path, what) as f, Image.open(f) as im:
+                yield im
+        except BadInputError:
+            raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise BadInputError(
                 f"cannot read {what} {path}: its header announces an enormous image, a possible "
                 f"decompression bomb ({e}); images above PIL.Image.MAX_IMAGE_PIXELS="
                 f"{Image.MAX_IMAGE_PIXELS} pixels are refused", path) from None
+        except _READ_ERRORS as e:
+            raise BadInputError(f"cannot read {what} {path}: {type(e).__name__}: {e}", path) from e
 
 
 def is_image_file(name: str) -> bool:
@@ -78,20 +86,15 @@ def load_image(path: str, size: int, channels: int) -> tuple[np.ndarray, tuple[i
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
-    try:
-        with open_regular(path, "image") as f, _open_checked(f, path, "image") as im:
-            w, h = im.size
-            if im.format == "JPEG":
-                im.draft("L" if channels == 1 else "RGB", (size, size))
-            im.load()
-            im = _convert(im, channels)
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            arr = np.asarray(im, np.uint8)
-    except BadInputError:
-        raise
-    except _READ_ERRORS as e:
-        raise BadInputError(f"cannot read image {path}: {type(e).__name__}: {e}", path) from e
+    with _opened(path, "image") as im:
+        w, h = im.size
+        if im.format == "JPEG":
+            im.draft("L" if channels == 1 else "RGB", (size, size))
+        im.load()
+        im = _convert(im, channels)
+        if im.size != (size, size):
+            im = im.resize((size, size), Image.BILINEAR)
+        arr = np.asarray(im, np.uint8)
     if arr.ndim == 2:
         arr = arr[..., None]
     return np.ascontiguousarray(arr), (h, w)
@@ -181,15 +184,10 @@ def _mixed_values(arr: np.ndarray, bright: np.ndarray, lossy: bool) -> str:
 def load_mask(path: str, image_hw: tuple[int, int] | None = None, image_path: str | None = None
               ) -> np.ndarray:
     """Decode one mask file to a bool [H, W] array, checking its size against the image's."""
-    try:
-        with open_regular(path, "mask") as f, _open_checked(f, path, "mask") as im:
-            im.load()
-            arr = _mask_array(im)
-            lossy = im.format in LOSSY_FORMATS
-    except BadInputError:
-        raise
-    except _READ_ERRORS as e:
-        raise BadInputError(f"cannot read mask {path}: {type(e).__name__}: {e}", path) from e
+    with _opened(path, "mask") as im:
+        im.load()
+        arr = _mask_array(im)
+        lossy = im.format in LOSSY_FORMATS
     if image_hw is not None and tuple(arr.shape[:2]) != tuple(image_hw):
         raise BadInputError(
             f"mask size differs from its image: {path} is {arr.shape[1]}x{arr.shape[0]} (WxH) but "

@@ -26,7 +26,7 @@ _RECORD_FIELDS = ("images", "masks", "boxes", "image_labels", "levels")
 def default_data_config(name: str = "ham10000", **overrides) -> ml_collections.ConfigDict:
     """A ``data`` ConfigDict with every field :func:`load_federation_from_config` reads (the
     defaults of :class:`~fedmix_jax.data.real.settings.RealDataSettings`)."""
-    cfg = ml_collections.ConfigDict(RealDataSettings(name=name).as_dict())
+    cfg = ml_collections.ConfigDict(dataclasses.asdict(RealDataSettings(name=name)))
     cfg.update(overrides)
     return cfg
 

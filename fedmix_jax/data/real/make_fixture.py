@@ -193,21 +193,15 @@ def make_folders(root: str, clients: dict[str, int] | None = None,
             else:
                 mpath = None
             out[c][stem] = (ipath, mpath, mask)
-        for fname, table, header in (("labels.csv", labels, ("stem", "label")),
-                                     ("levels.csv", levels, ("stem", "level"))):
+        tables = (("labels.csv", labels, ("stem", "label")),
+                  ("levels.csv", levels, ("stem", "level")),
+                  ("boxes.csv", boxes, ("stem", "x_min", "y_min", "x_max", "y_max")))
+        for fname, table, header in tables:
             if table and c in table:
+                rows = ([[stem, *b] for stem, bl in table[c].items() for b in bl]
+                        if fname == "boxes.csv" else [[stem, v] for stem, v in table[c].items()])
                 with open(os.path.join(root, c, fname), "w", newline="") as f:
-                    wr = csv.writer(f)
-                    wr.writerow(header)
-                    for stem, v in table[c].items():
-                        wr.writerow([stem, v])
-        if boxes and c in boxes:
-            with open(os.path.join(root, c, "boxes.csv"), "w", newline="") as f:
-                wr = csv.writer(f)
-                wr.writerow(("stem", "x_min", "y_min", "x_max", "y_max"))
-                for stem, bl in boxes[c].items():
-                    for b in bl:
-                        wr.writerow([stem] + list(b))
+                    csv.writer(f).writerows([header, *rows])
     return out
 
 

@@ -173,14 +173,11 @@ def load_volume_pair(oct_path: str, ref_path: str, size: int, channels: int = 1,
         raise BadInputError(f"{oct_path}: unsupported voxel type {vol.dtype}", oct_path)
     u8 = _to_uint8(vol)
     ref = ref.astype(np.uint8)
-    z, h, w = vol.shape
-    images = np.empty((z, size, size), np.uint8)
-    labels = np.empty((z, size, size), np.uint8)
-    for i in range(z):
-        images[i] = np.asarray(Image.fromarray(u8[i], "L").resize((size, size), Image.BILINEAR))
-        labels[i] = np.asarray(Image.fromarray(ref[i], "L").resize((size, size), Image.NEAREST))
-    images = np.repeat(images[..., None], int(channels), axis=-1)
-    return images, labels, (h, w)
+    images = np.stack([np.asarray(Image.fromarray(b, "L").resize((size, size), Image.BILINEAR))
+                       for b in u8])
+    labels = np.stack([np.asarray(Image.fromarray(b, "L").resize((size, size), Image.NEAREST))
+                       for b in ref])
+    return np.repeat(images[..., None], int(channels), axis=-1), labels, vol.shape[1:]
 
 
 def slice_example(s: Sample, image: np.ndarray, labels: np.ndarray, orig_hw, seed: int,

@@ -22,8 +22,6 @@ from fedmix_jax.data.real.splits import stable_int
 REALISTIC = {"cirrus": ((128, 1024, 512), np.uint8), "spectralis": ((49, 496, 512), np.uint16),
              "topcon": ((128, 885, 512), np.uint8)}
 _FIRST_ID = {"cirrus": 1, "spectralis": 25, "topcon": 49}
-_FOLDER = {"cirrus": "RETOUCH-TrainingSet-Cirrus", "spectralis": "RETOUCH-TrainingSet-Spectralis",
-           "topcon": "RETOUCH-TrainingSet-Topcon"}
 
 
 def fake_oct_volume(shape: Sequence[int], rng: np.random.Generator, dtype=np.uint8,
@@ -107,7 +105,7 @@ def make_retouch_fixture(root: str, volumes: int | Sequence[int] = 3,
     """
     counts = [int(volumes)] * len(vendors) if np.isscalar(volumes) else [int(v) for v in volumes]
     for vendor, n in zip(vendors, counts):
-        vdir = os.path.join(root, _FOLDER[vendor])
+        vdir = os.path.join(root, f"RETOUCH-TrainingSet-{vendor.capitalize()}")
         for i in range(n):
             vol_dir = os.path.join(vdir, f"TRAIN{_FIRST_ID[vendor] + i:03d}")
             os.makedirs(vol_dir, exist_ok=True)

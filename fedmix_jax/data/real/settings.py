@@ -57,9 +57,6 @@ class RealDataSettings:
         """The absolute ``cache_dir``."""
         return os.path.abspath(os.path.expanduser(str(self.cache_dir)))
 
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 def _typed(name: str, value, default):
     """``value`` as the field's type: tuples of names for ``clients`` / ``levels`` (a single
