@@ -114,7 +114,10 @@ class FedMixStrategy(FlowerStrategy):
                         grid: Grid) -> Iterable[Message]:
         """One message per registered site: the global pair, its key of the round, the config."""
         self._next_key, site_keys = round_keys(self.key, len(self.sites))
-        self._sent = None if self.spec is None else {k: arrays[k].numpy() for k in self.spec}
+        # decoded once, only where the aggregate or the update-norm bound reads it
+        needed = self.strategy.aggregates or self.max_update_norm_ratio > 0
+        self._sent = ({k: arrays[k].numpy() for k in self.spec}
+                      if needed and self.spec is not None else None)
         out = []
         for site in self.sites:
             cfg = self._config(server_round, config)
