@@ -1,13 +1,8 @@
 """fedmix_jax: FedMix (mixed-supervision federated segmentation) in JAX/Flax.
 
-The stable public names (listed in the README's API section) are importable from the package:
-
-    import fedmix_jax as fm
-    config = fm.RoundConfig(strategy=fm.get_strategy("fedmix"), batch_size=8)
-    state = fm.init_state(model, jax.random.key(0), (64, 64, 1), num_clients, config)
-    round_fn = fm.make_round_fn(model, config)          # compiled
-    state, metrics = fm.round_step(state, train, config.hparams(), model=model,
-                                   config=config)        # pure, unjitted
+The stable public names (``__all__``) are importable from the package (``import fedmix_jax as
+fm``; ``fm.RoundConfig``, ``fm.init_state``, ``fm.make_round_fn``, ``fm.round_step``...).
+Details and an example: docs/api.md.
 """
 
 from fedmix_jax.aggregation import fedavg_weights, fedmix_weights, weighted_average
@@ -31,10 +26,9 @@ __all__ = [
     "FedState", "HParams", "LoopClients", "ModelPair", "PseudoLabels", "RoundConfig",
     "RoundMetrics", "STRATEGY_NAMES", "SelectionConfig", "SiteReport", "SiteState", "Strategy",
     "UNet", "WeakSupervision", "bce_loss", "box_tightness_loss_per_sample", "default_executor",
-    "dice_coefficient", "dice_loss",
-    "empty_aware_loss_per_sample", "fedavg_weights", "fedmix_weights", "get_strategy",
-    "init_state", "make_round_fn", "map_clients", "mil_image_loss_per_sample",
-    "mixed_supervision_loss", "outside_region_bce_per_sample",
+    "dice_coefficient", "dice_loss", "empty_aware_loss_per_sample", "fedavg_weights",
+    "fedmix_weights", "get_strategy", "init_state", "make_round_fn", "map_clients",
+    "mil_image_loss_per_sample", "mixed_supervision_loss", "outside_region_bce_per_sample",
     "pseudo_labels_from_logits", "register_strategy", "round_step", "sharded_clients",
     "site_round", "vmap_clients", "weak_label_regions", "weak_supervision_loss_per_sample",
     "weighted_average",

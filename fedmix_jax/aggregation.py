@@ -1,15 +1,6 @@
-"""Server-side aggregation: client weights and the weighted average of stacked pytrees.
+"""Server-side aggregation: client weights [C] and the weighted average of stacked pytrees.
 
-Client quantities are vectors over the client axis, [C]. Stacked pytrees have leaves [C, ...].
-
-FedMix adaptive weights (fedmix-spec.md, step 4)::
-
-    s_i = l_i^beta / sum_j l_j^beta        d_i = n_i / sum_j n_j
-    w_i = (d_i + lam * s_i) / sum_j (d_j + lam * s_j)
-
-The weights are always finite, non-negative and sum to 1: a client with ``n_i = 0`` gets weight 0
-(its loss is taken as 0); all losses 0 (or ``lam = 0``): ``w = d``; all counts 0: uniform over the
-participating clients (``mask``), so the aggregate is the broadcast model (docs/strategies.md).
+The weights are finite, non-negative and sum to 1 (edge cases: docs/strategies.md).
 """
 
 from __future__ import annotations
@@ -31,33 +22,26 @@ def _uniform(mask: jax.Array | None, num: int) -> jax.Array:
     return m / jnp.maximum(jnp.sum(m), 1.0)
 
 
-def fedavg_weights(counts: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-    """FedAvg weights ``n_i / sum_j n_j`` ([C] -> [C]); uniform over ``mask`` if all counts are 0.
-
-    Args:
-      counts: [C] non-negative sample counts.
-      mask: optional [C] bool, the clients that take part (others get weight 0).
-    """
+def _counts(counts: jax.Array, mask: jax.Array | None) -> jax.Array:
     n = jnp.asarray(counts, jnp.float32)
-    if mask is not None:
-        n = jnp.where(mask, n, 0.0)
+    return n if mask is None else jnp.where(mask, n, 0.0)
+
+
+def fedavg_weights(counts: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """FedAvg weights ``n_i / sum_j n_j`` of [C] ``counts`` over the [C] bool ``mask`` (default
+    all), [C]; uniform over ``mask`` if all counts are 0."""
+    n = _counts(counts, mask)
     return _normalise(n, _uniform(mask, n.shape[0]))
 
 
 def fedmix_weights(counts: jax.Array, losses: jax.Array, lam: float = 10.0, beta: float = 3.0,
                    mask: jax.Array | None = None) -> jax.Array:
-    """FedMix adaptive aggregation weights ([C], [C] -> [C]); see the module docstring.
+    """FedMix's adaptive weights [C] from ``counts`` n_i and model 1's ``losses`` l_i [C]::
 
-    Args:
-      counts: [C] usable sample counts n_i this round.
-      losses: [C] mean training loss of model 1 on each client this round (>= 0).
-      lam: lambda, the strength of the loss term.
-      beta: the sharpening exponent of the losses.
-      mask: optional [C] bool, the clients that take part.
+        d_i = n_i / sum_j n_j,   s_i = l_i^beta / sum_j l_j^beta,
+        w_i = (d_i + lam * s_i) / sum_j (d_j + lam * s_j)
     """
-    n = jnp.asarray(counts, jnp.float32)
-    if mask is not None:
-        n = jnp.where(mask, n, 0.0)
+    n = _counts(counts, mask)
     trained = n > 0
     loss = jnp.where(trained, jnp.maximum(jnp.asarray(losses, jnp.float32), 0.0), 0.0)
     zeros = jnp.zeros_like(n)
@@ -68,15 +52,7 @@ def fedmix_weights(counts: jax.Array, losses: jax.Array, lam: float = 10.0, beta
 
 
 def weighted_average(stacked_tree, weights: jax.Array):
-    """``sum_i w_i * x_i`` over the leading client axis of every leaf.
-
-    Args:
-      stacked_tree: a pytree whose leaves are [C, ...].
-      weights: [C] weights (normally summing to 1).
-
-    Returns:
-      a pytree with the client axis removed, leaves [...] in their original dtype.
-    """
+    """``sum_i w_i * x_i`` over the client axis: leaves [C, ...] -> [...] (same dtype)."""
     w = jnp.asarray(weights, jnp.float32)
     return jax.tree.map(
         lambda x: jnp.tensordot(w, x.astype(jnp.float32), axes=1).astype(x.dtype), stacked_tree)

@@ -1,8 +1,5 @@
-"""Train-time augmentation on device: random crop and random flips, applied jointly.
-
-The image, its targets (ground truth, both pseudo-labels) and its box are transformed with the same
-crop and flips, so a pseudo-label computed on the un-augmented image (spec difference 5) stays
-aligned with the pixels it supervises.
+"""Train-time augmentation on device: one random crop and flips per sample, applied alike to the
+image, its targets and its boxes (so a pseudo-label stays aligned: spec difference 5).
 """
 
 from __future__ import annotations
@@ -31,17 +28,9 @@ def _augment_one(key: jax.Array, x: jax.Array, crop_hw: tuple[int, int] | None,
 def augment_jointly(key: jax.Array, arrays: tuple[jax.Array, ...],
                     crop_hw: tuple[int, int] | None = None, hflip: bool = True,
                     vflip: bool = True) -> tuple[jax.Array, ...]:
-    """Apply one random crop and flip per sample to every array of ``arrays`` alike.
-
-    Args:
-      key: PRNG key for this batch.
-      arrays: arrays [B, H, W, D_j] sharing B, H, W (channels D_j may differ).
-      crop_hw: output (h, w) of the random crop, or None for no crop (h <= H, w <= W).
-      hflip, vflip: random horizontal / vertical flips with probability 1/2 each.
-
-    Returns:
-      the transformed arrays, [B, h, w, D_j] each, in the input dtypes.
-    """
+    """One random ``crop_hw`` crop (None: none) and flips (p = 1/2 each) per sample, alike on
+    every [B, H, W, D_j] array -> [B, h, w, D_j] (input dtypes). Raises ValueError if h > H or
+    w > W."""
     b, height, width = arrays[0].shape[:3]
     if crop_hw is not None:
         crop_hw = (int(crop_hw[0]), int(crop_hw[1]))

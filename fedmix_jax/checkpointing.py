@@ -1,15 +1,8 @@
-"""Checkpoints of a run (orbax ``CheckpointManager``), verified on restore.
+"""Checkpoints of a run (orbax ``CheckpointManager``), verified on restore: :class:`Checkpointer`.
 
-A checkpoint ``<workdir>/checkpoints/<round>/`` holds ``state`` (the federated state), ``best``
-(the params selected so far by validation Dice) and ``extra``: the caller's JSON dict plus the
-**integrity record** (path, dtype, shape, SHA-256 of every array leaf), sealed by its own SHA-256.
-Restoring checks the seal, the leaves against the target's structure, shapes and dtypes, and each
-array against its SHA-256; a checkpoint that fails raises :class:`CheckpointDamagedError`, and
-:meth:`Checkpointer.restore_newest` moves it to ``<workdir>/damaged/`` (never deleted) and tries
-the next older one. Saving copies (and hashes) the arrays to host memory first, so it is safe with
-the round's buffer donation, then writes in the background into orbax's temporary folder, renamed
-when complete. A failed write raises :class:`~fedmix_jax.errors.CheckpointWriteError` naming the
-checkpoint kept. Details: docs/main_job.md ("Checkpoints and resuming").
+Each checkpoint holds ``state``, ``best`` (the params selected so far) and ``extra`` (the caller's
+JSON plus an integrity record of every array, sealed by its own SHA-256); a damaged one is moved
+to ``damaged/``, never deleted. Details: docs/main_job.md ("Checkpoints and resuming").
 """
 
 from __future__ import annotations
@@ -53,12 +46,8 @@ def _is_key(x) -> bool:
 def _host_copy(tree):
     """Host (NumPy) copies of every leaf, independent of the (possibly donated) device buffers;
     typed PRNG keys are stored as their key data."""
-    def copy(x):
-        if _is_key(x):
-            x = jax.random.key_data(x)
-        return np.array(x, copy=True)
-
-    return jax.tree.map(copy, tree)
+    return jax.tree.map(lambda x: np.array(jax.random.key_data(x) if _is_key(x) else x,
+                                           copy=True), tree)
 
 
 def _host_target(tree):
@@ -90,7 +79,6 @@ def leaf_records(host_tree, digest: bool = True) -> list[list]:
 
 
 def _sha(body) -> str:
-    """SHA-256 of the canonical JSON of ``body``."""
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"))
                           .encode("utf-8")).hexdigest()
 
@@ -123,11 +111,9 @@ def _short(e: BaseException) -> str:
 
 
 def remove_temporaries(directory: str, settle_s: float = 0.0) -> list[str]:
-    """Remove orbax's temporary folders (``*.orbax-checkpoint-tmp*``) of interrupted writes under
-    ``directory`` (the checkpoints and their items). Only call it when no save is running. After
-    a failed save, ``settle_s > 0`` repeats the removal until none has reappeared for
-    ``settle_s`` (at most 10 s): writes still in flight when the save failed (TensorStore's
-    background writer) can recreate the folder after a removal, even after the manager closed."""
+    """Remove orbax's temporary folders of interrupted writes under ``directory`` (only when no
+    save is running). ``settle_s > 0`` (after a failed save) repeats it until none reappeared for
+    ``settle_s`` (at most 10 s): TensorStore's writes in flight can recreate them."""
     removed, first, deadline = [], True, time.monotonic() + 10.0
     while True:
         found = []
@@ -144,17 +130,11 @@ def remove_temporaries(directory: str, settle_s: float = 0.0) -> list[str]:
 
 
 class Checkpointer:
-    """Save / restore ``(state, best_params, extra)`` under ``directory`` (one subfolder per round).
-
-    Args:
-      directory: where checkpoints live (created if missing).
-      max_to_keep: how many of the most recent checkpoints to keep (``None``: all).
-      async_save: write in a background thread (the host copy is always synchronous).
-      damaged_dir: where :meth:`restore_newest` moves damaged checkpoints (default: a folder
-        ``damaged`` next to ``directory``).
-      remove_stale: remove temporary folders of interrupted writes now (only safe when no other
-        process may be saving here: the training job holds the workdir's lock).
-    """
+    """Save / restore ``(state, best_params, extra)`` under ``directory`` (one subfolder per round,
+    the newest ``max_to_keep`` kept; None: all). ``async_save``: write in a background thread
+    (the host copy is synchronous); ``damaged_dir``: where damaged checkpoints go (default
+    ``damaged`` next to ``directory``); ``remove_stale``: remove temporary folders of interrupted
+    writes now (only when no other process may save here, e.g. under the workdir's lock)."""
 
     def __init__(self, directory: str, max_to_keep: int | None = 2, async_save: bool = True,
                  damaged_dir: str | None = None, remove_stale: bool = False):
@@ -178,9 +158,8 @@ class Checkpointer:
 
     @classmethod
     def for_workdir(cls, workdir: str, max_to_keep: int | None) -> "Checkpointer":
-        """A run folder's checkpointer (the main job's and the Flower server's):
-        ``<workdir>/checkpoints``, damaged ones moved to ``<workdir>/damaged``, stale temporaries
-        removed (call it under the workdir's lock)."""
+        """``<workdir>/checkpoints``, damaged ones moved to ``<workdir>/damaged``, stale
+        temporaries removed (call it under the workdir's lock)."""
         return cls(os.path.join(workdir, rundir.CHECKPOINT_DIR), max_to_keep=max_to_keep,
                    damaged_dir=os.path.join(workdir, rundir.DAMAGED_DIR), remove_stale=True)
 
@@ -206,10 +185,9 @@ class Checkpointer:
         self.wait_until_finished()  # orbax would wait too; this names a failed earlier save
         host_state, host_best = _host_copy(state), _host_copy(best_params)
         integrity = {"state": leaf_records(host_state), "best": leaf_records(host_best)}
-        args = ocp.args.Composite(
-            state=ocp.args.StandardSave(host_state),
-            best=ocp.args.StandardSave(host_best),
-            extra=ocp.args.JsonSave(_seal(extra, integrity)))
+        args = ocp.args.Composite(state=ocp.args.StandardSave(host_state),
+                                  best=ocp.args.StandardSave(host_best),
+                                  extra=ocp.args.JsonSave(_seal(extra, integrity)))
         self._call(int(step), self._manager.save, int(step), args=args, force=True)
         self._pending = int(step)
 
@@ -254,18 +232,12 @@ class Checkpointer:
         return _unseal(step, item)
 
     def restore(self, step: int, state_target, best_target) -> tuple[Any, Any, dict]:
-        """Restore round ``step`` into the tree structure, shapes and dtypes of the targets.
-
-        Returns ``(state, best_params, extra)``, the arrays on the default device *uncommitted*
-        like fresh ones, so a resumed run reuses a fresh run's compiled programs.
-
-        Raises:
-          CheckpointDamagedError: the checkpoint cannot be read or fails verification.
-          CheckpointMismatchError: it holds arrays of another structure, shape or dtype.
-        """
+        """``(state, best_params, extra)`` of round ``step``, in the targets' structure, shapes and
+        dtypes, uncommitted on the default device (a resumed run reuses the compiled programs).
+        Raises CheckpointDamagedError (unreadable or failing verification) or
+        CheckpointMismatchError (arrays of another structure, shape or dtype)."""
         extra, integrity = self._read_record(step)
-        state, best = self._restore_arrays(step, state_target, best_target, integrity)
-        return state, best, extra
+        return *self._restore_arrays(step, state_target, best_target, integrity), extra
 
     def _restore_arrays(self, step, state_target, best_target, integrity):
         host_state, host_best = _host_target(state_target), _host_target(best_target)
@@ -288,21 +260,16 @@ class Checkpointer:
                     if want != got:
                         raise CheckpointDamagedError(
                             step, f"array {name}{path} does not match its SHA-256")
-        state = _rewrap_keys(state, state_target)
-        best = _rewrap_keys(best, best_target)
-        return jax.device_put(state), jax.device_put(best)
+        return (jax.device_put(_rewrap_keys(state, state_target)),
+                jax.device_put(_rewrap_keys(best, best_target)))
 
     def restore_newest(self, state_target, best_target,
                        check: Callable[[int, dict], None] | None = None):
-        """The newest checkpoint that passes verification: ``(step, state, best, extra)``, or
-        ``None`` when there is none.
-
-        Each damaged checkpoint met on the way is reported in one warning line and moved to
-        :attr:`damaged_dir`. ``check(step, extra)`` runs before the arrays are read; an error it
-        raises (e.g. a config mismatch) propagates.
-        """
-        damaged = []
-        for step in reversed(self.all_steps()):
+        """``(step, state, best, extra)`` of the newest checkpoint that passes verification (and
+        ``check(step, extra)``, run before the arrays are read), or None; each damaged one met
+        is named in one warning line and moved to :attr:`damaged_dir`."""
+        steps = self.all_steps()
+        for step in reversed(steps):
             try:
                 extra, integrity = self._read_record(step)
                 if integrity is None:
@@ -314,10 +281,9 @@ class Checkpointer:
                 state, best = self._restore_arrays(step, state_target, best_target, integrity)
                 return step, state, best, extra
             except CheckpointDamagedError as e:
-                damaged.append(step)
-                where = self._set_aside(step)
-                logging.warning("%s; moved to %s, trying the previous checkpoint", e, where)
-        if damaged:
+                logging.warning("%s; moved to %s, trying the previous checkpoint", e,
+                                self._set_aside(step))
+        if steps:       # each one was damaged
             logging.warning("no intact checkpoint in %s: starting from round 0", self.directory)
         return None
 

@@ -1,14 +1,7 @@
-"""Backends of the client axis: how the site function is mapped over the clients.
-
-A backend is ``backend(site_fn, shared, clients) -> outputs``: ``site_fn(shared, client)`` runs one
-client (that client's slice of every leaf of ``clients``, leaves [C, ...]); the outputs are stacked
-back over C. All give the same numbers to float tolerance: :func:`vmap_clients` (vectorised),
-:func:`map_clients` (``lax.map``, the default), :class:`LoopClients` (a Python loop over one jitted
-per-client program), :func:`grouped_clients` (``vmap`` within groups of G, ``lax.map`` over them)
-and :func:`sharded_clients` (``shard_map`` over a 1-D mesh ``"clients"``). A client count a group
-or the device count does not divide is padded with non-participating clients (no valid sample:
-no step, weight 0), sliced off the outputs. The executors that choose and compile them:
-:mod:`fedmix_jax.executors`; memory and speed of each: docs/speed.md.
+"""Backends of the client axis: ``backend(site_fn, shared, clients) -> outputs`` runs
+``site_fn(shared, client)`` on each client's slice of ``clients`` (leaves [C, ...]) and stacks the
+outputs over C. A count a group or the devices do not divide is padded with non-participating
+clients, sliced off. Details: docs/architecture.md ("The round"), docs/speed.md.
 """
 
 from __future__ import annotations
@@ -33,8 +26,7 @@ def map_clients(site_fn: Callable, shared: Any, clients: Any) -> Any:
 
 
 def _pad_client_axis(clients: Any, padded: int) -> Any:
-    """``(sites, data, keys)`` with the client axis padded to ``padded`` by non-participating
-    clients: copies of the last site state and key, data with no valid sample."""
+    """``(sites, data, keys)`` padded to ``padded`` clients: last site and key copied, no data."""
     if padded == jax.tree.leaves(clients)[0].shape[0]:
         return clients
     sites, data, keys = clients
@@ -43,9 +35,7 @@ def _pad_client_axis(clients: Any, padded: int) -> Any:
 
 
 def grouped_clients(group: int) -> Callable:
-    """A backend running the clients in groups of ``group``: ``vmap`` within a group,
-    ``lax.map`` over the groups (leaves [C, ...] viewed as [ceil(C / G), G, ...]), in one program;
-    ``group >= C`` is :func:`vmap_clients`, ``group == 1`` :func:`map_clients`."""
+    """A backend: ``vmap`` within groups of ``group`` clients, ``lax.map`` over the groups."""
     if group < 1:
         raise ValueError(f"a client group needs >= 1 client, got {group}")
 
@@ -74,9 +64,8 @@ def _put(tree, c, new):
 
 
 class LoopClients:
-    """A Python loop over clients, each a call of one jitted per-client program that reads
-    client ``c``'s slice, runs the site function and writes the results at ``c`` of the stacked
-    outputs: the site states ``clients[0]``, in place when ``donate`` (else copied first)."""
+    """A Python loop of one jitted per-client program, writing client ``c``'s results at ``c``
+    of the stacked outputs (the site states in place when ``donate``)."""
 
     def __init__(self, donate: bool = False):
         self.donate = donate
@@ -114,9 +103,8 @@ class LoopClients:
 
 
 def sharded_clients(mesh: jax.sharding.Mesh, group: int = 1) -> Callable:
-    """A backend splitting the client axis over ``mesh`` (axis :data:`sharding.CLIENT_AXIS`);
-    each device runs its block of clients one after another (``group`` 1) or in vectorised
-    groups of ``group`` (:func:`grouped_clients`)."""
+    """A backend splitting the clients over ``mesh``; each device maps its block (``group`` 1)
+    or runs it in vectorised groups (:func:`grouped_clients`)."""
     axis = sharding.CLIENT_AXIS
     spec = jax.sharding.PartitionSpec
     on_device = map_clients if group <= 1 else grouped_clients(group)

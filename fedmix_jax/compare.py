@@ -3,12 +3,10 @@ r"""Compare strategies over seeds on the same data: a table of test Dice, mean �
     python -m fedmix_jax.compare --config configs/synthetic.py \
         --strategies fedmix,fedavg_pixel,fedavg_full,local --seeds 0,1,2 [--workdir DIR]
 
-The federation is built once and shared by every run; the seeds vary ``config.seed``, not the
-data. Each run is an ordinary run in ``<workdir>/<strategy>/seed<k>/``, so an interrupted
-comparison resumes when rerun with the same workdir. The table (printed, and written to
-``<workdir>/compare.md`` and ``compare.json``) gives, per client and for the mean over clients,
-the test Dice at each run's round of best mean *validation* Dice as ``mean ± std`` over seeds
-(sample std, ddof = 1; 0 with one seed). More: docs/main_job.md ("Comparing strategies").
+One federation shared by every run (the seeds vary ``config.seed``, not the data); each run an
+ordinary run in ``<workdir>/<strategy>/seed<k>/`` (rerun to resume). Prints, and writes to
+``compare.md`` / ``compare.json``, per client and mean: test Dice at the best-validation round,
+mean ± sample std over seeds. Details: docs/main_job.md ("Comparing strategies").
 """
 
 from __future__ import annotations
@@ -22,9 +20,14 @@ from typing import Sequence
 import numpy as np
 from absl import flags, logging
 
+from fedmix_jax import cpu_cores, rundir, train
 from fedmix_jax import main as main_lib
-from fedmix_jax import rundir
+from fedmix_jax.data.streamed_sources import load_run_federation
+from fedmix_jax.diagnostics import summarize
 from fedmix_jax.errors import ConfigError, TrainingDivergedError
+from fedmix_jax.records import read_metrics
+from fedmix_jax.strategies import get_strategy
+from fedmix_jax.summary import level_names
 
 USAGE = ("usage: python -m fedmix_jax.compare --config configs/synthetic.py "
          "--strategies fedmix,fedavg_pixel --seeds 0,1,2 [--config.<field>=<value> ...] "
@@ -45,9 +48,6 @@ def _cell(mean: float, std: float) -> str:
 def pseudo_label_summary(run_dir: str) -> dict:
     """The pseudo-label diagnostics (``pl_*``, pooled over clients) of the run's last record
     that has them (``config.diagnostics``); empty without."""
-    from fedmix_jax.diagnostics import summarize
-    from fedmix_jax.records import read_metrics
-
     try:
         records = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
     except (OSError, ValueError):
@@ -58,18 +58,10 @@ def pseudo_label_summary(run_dir: str) -> dict:
 
 def run_comparison(config, strategies: Sequence[str], seeds: Sequence[int], workdir: str,
                    quiet: bool = False, plots: bool = False, federation=None) -> dict:
-    """Train every (strategy, seed) on one federation; write and return the comparison.
-
-    Returns the dict written to ``compare.json``: ``client_names``, ``levels``, ``strategies``,
-    ``seeds`` and per strategy ``runs`` (per seed: test dice per client, mean, best round,
-    workdir; or an ``error``), ``dice_mean`` / ``dice_std`` [C], ``mean_dice_mean`` /
-    ``mean_dice_std``; plus ``markdown``, the table.
-    """
-    from fedmix_jax import cpu_cores, train
-    from fedmix_jax.data.streamed_sources import load_run_federation
-    from fedmix_jax.strategies import get_strategy
-    from fedmix_jax.summary import level_names
-
+    """Train every (strategy, seed) on one federation; returns what ``compare.json`` holds:
+    ``client_names``, ``levels``, ``strategies``, ``seeds``, per strategy ``runs`` (per seed: test
+    figures, best round, workdir; or an ``error``), ``dice_mean`` / ``dice_std`` [C] and
+    ``mean_dice_mean`` / ``mean_dice_std``; plus ``markdown``, the table."""
     for s in strategies:  # fail before any training
         try:
             get_strategy(s)
@@ -81,13 +73,13 @@ def run_comparison(config, strategies: Sequence[str], seeds: Sequence[int], work
     if federation is None:
         federation = load_run_federation(config.data, verbose=not quiet)
     with rundir.WorkdirLock(workdir):  # one comparison per workdir (each run locks its own)
-        return _compare(config, strategies, seeds, workdir, quiet, plots, federation,
-                        level_names(federation), train)
+        return _compare(config, strategies, seeds, workdir, quiet, plots, federation)
 
 
-def _compare(config, strategies, seeds, workdir, quiet, plots, federation, levels, train):
+def _compare(config, strategies, seeds, workdir, quiet, plots, federation):
     names = list(federation.client_names)
-    out = {"config": rundir.config_to_dict(config), "client_names": names, "levels": levels,
+    out = {"config": rundir.config_to_dict(config), "client_names": names,
+           "levels": level_names(federation),
            "strategies": list(strategies), "seeds": [int(s) for s in seeds],
            "metric": "test Dice of global model 1 (local: each client's model) at the round "
                      "with the best mean validation Dice; mean ± sample std over seeds",
@@ -142,8 +134,7 @@ def _compare(config, strategies, seeds, workdir, quiet, plots, federation, level
 
 def format_table(result: dict) -> str:
     """The Markdown table: strategies x (clients, mean), cells ``mean ± std`` of test Dice."""
-    names, levels = result["client_names"], result["levels"]
-    seeds = result["seeds"]
+    names, levels, seeds = result["client_names"], result["levels"], result["seeds"]
     head = (["strategy"] + [f"{n} ({lv})" for n, lv in zip(names, levels)]
             + ["mean", "Dice, lesion images", "HD95 px", "FP rate"])
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + [":---:"] * (len(head) - 1))
@@ -154,9 +145,8 @@ def format_table(result: dict) -> str:
         else:
             cells = [_cell(m, s) for m, s in zip(r["dice_mean"], r["dice_std"])]
             cells.append(f"**{_cell(r['mean_dice_mean'], r['mean_dice_std'])}**")
-            for key in ("mean_dice_present", "mean_hd95", "mean_false_positive_rate"):
-                cells.append(_cell(r[f"{key}_mean"], r[f"{key}_std"]) if f"{key}_mean" in r
-                             else "-")
+            cells += [_cell(r[f"{k}_mean"], r[f"{k}_std"]) if f"{k}_mean" in r else "-"
+                      for k in ("mean_dice_present", "mean_hd95", "mean_false_positive_rate")]
         note = "" if r["num_ok"] == len(seeds) else f" ({r['num_ok']}/{len(seeds)} seeds ok)"
         lines.append("| " + " | ".join([strategy + note] + cells) + " |")
     lines += _pseudo_label_table(result)
@@ -168,9 +158,8 @@ def format_table(result: dict) -> str:
 
 
 def _pseudo_label_table(result: dict) -> list[str]:
-    """Pseudo-label diagnostics of the runs' last rounds (``config.diagnostics``), pooled over
-    clients, mean over seeds: per strategy and weak level, selected / with a lesion / total,
-    Dice of the selected against the true masks, selection precision and recall, area ratio."""
+    """Rows of the runs' last-round pseudo-label diagnostics (``config.diagnostics``), pooled over
+    clients, mean over seeds, per strategy and weak level (none without diagnostics)."""
     rows = []
     for strategy, r in result["results"].items():
         runs = [x.get("pseudo_labels") or {} for x in r["runs"].values() if "error" not in x]
@@ -204,38 +193,20 @@ def define_flags(argv: list[str]) -> flags.FlagValues:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the comparison command line ``argv``; returns the exit code."""
-    argv = list(sys.argv if argv is None else argv)
-    if main_lib.wants_help(argv):
-        return main_lib.print_help(USAGE, define_flags(argv[:1]), __doc__)
-    path = main_lib.config_path_from_argv(argv)
-    err = main_lib.check_config_file(path)
-    if err:
-        print(err.replace(main_lib.USAGE, USAGE), file=sys.stderr)
-        return 2
-    fv = define_flags(argv)
-    try:
-        config = main_lib.parse(argv, fv).config
+    def start(fv):
         seeds = [int(s) for s in fv.seeds]
         strategies = [s.strip() for s in fv.strategies if s.strip()]
         if not strategies or not seeds:
             raise flags.Error("--strategies and --seeds must not be empty")
-    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-        print(f"error: {e}\n{USAGE}", file=sys.stderr)
-        return 2
 
-    from fedmix_jax import console
-
-    console.setup_logging()
-    workdir = fv.workdir or main_lib.default_workdir(path, "compare")
-    logging.info("workdir: %s", os.path.abspath(workdir))
-
-    def job():
-        result = run_comparison(config, strategies, seeds, workdir, quiet=fv.quiet,
-                                plots=fv.plots)
-        print(result["markdown"])
-        print(f"written: {os.path.join(workdir, 'compare.md')}, "
-              f"{os.path.join(workdir, 'compare.json')}")
-    return main_lib.run_job(job)
+        def job(workdir):
+            result = run_comparison(fv.config, strategies, seeds, workdir, quiet=fv.quiet,
+                                    plots=fv.plots)
+            print(result["markdown"])
+            print(f"written: {os.path.join(workdir, 'compare.md')}, "
+                  f"{os.path.join(workdir, 'compare.json')}")
+        return job
+    return main_lib.run_cli(argv, USAGE, __doc__, define_flags, "compare", start)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,5 @@
-"""The compiled FedMix round: state initialisation and ``make_round_fn``.
-
-The round's logic lives in :mod:`fedmix_jax.round` and :mod:`fedmix_jax.site`; the executor of
-``config.executor`` (:mod:`fedmix_jax.executors`) compiles it, once per (model, config).
-"""
+"""The compiled FedMix round: :func:`init_state` and :func:`make_round_fn` (compiled by the executor
+of ``config.executor`` once per (model, config); the logic: :mod:`fedmix_jax.round`)."""
 
 from __future__ import annotations
 
@@ -22,8 +19,7 @@ from fedmix_jax.site import ModelPair, init_site_state, make_optimizer
 
 
 def init_params(model: nn.Module, key: jax.Array, image_shape: tuple[int, ...]):
-    """One model's ``params`` for images of ``image_shape`` (H, W, Cin): the U-Net's by
-    :func:`fedmix_jax.models.init_unet`, other Flax modules' by ``model.init``."""
+    """One model's ``params`` for images (H, W, Cin): ``init_unet`` for a U-Net, else ``init``."""
     if isinstance(model, UNet):
         return init_unet(key, model, (1,) + tuple(image_shape))
     return jax.jit(model.init)(key, jnp.zeros((1,) + tuple(image_shape), jnp.float32))["params"]
@@ -31,12 +27,8 @@ def init_params(model: nn.Module, key: jax.Array, image_shape: tuple[int, ...]):
 
 def init_state(model: nn.Module, key: jax.Array, image_shape: tuple[int, ...], num_clients: int,
                config: RoundConfig) -> FedState:
-    """Initialise both models from independent keys and every client's Adam state.
-
-    Args:
-      model: the Flax segmentation model; key: a PRNG key (typed or raw), split into model 1's,
-        model 2's and the round keys; image_shape: one image's (H, W, Cin); num_clients: C.
-    """
+    """A :class:`FedState`: both models from independent keys of ``key`` (typed or raw), every
+    client's Adam state; ``image_shape`` (H, W, Cin)."""
     k1, k2, k_round = jax.random.split(key, 3)
     pair = ModelPair(init_params(model, k1, image_shape), init_params(model, k2, image_shape))
     site = init_site_state(make_optimizer(config), pair)
@@ -47,14 +39,10 @@ def init_state(model: nn.Module, key: jax.Array, image_shape: tuple[int, ...], n
 
 def make_round_fn(model: nn.Module, config: RoundConfig
                   ) -> Callable[..., tuple[FedState, RoundMetrics]]:
-    """``round_fn(state, train, hparams=None) -> (state, metrics)``: one whole round, compiled.
-
-    ``hparams`` (:class:`HParams`: λ, β, learning rate; default ``config.hparams()``) is traced:
-    sweeps of them compile once (programs are cached per (model, static config)). The input
-    state's buffers are donated. ``round_fn.jitted`` lists the jitted programs, ``round_fn.mesh``
-    is the ``sharded`` executor's mesh (else None). ``train``: a :class:`FederatedSplit` kept on
-    the device(s) (:func:`fedmix_jax.sharding.shard_clients` on ``round_fn.mesh``) or, except
-    under ``sharded``, its compact layout (:func:`fedmix_jax.data.compact.compact_split`).
+    """``round_fn(state, train, hparams=None) -> (state, metrics)``: one round, compiled, the
+    state donated; ``hparams`` traced (default ``config.hparams()``). ``train``: a
+    :class:`FederatedSplit` or (not ``sharded``) its compact layout. ``round_fn.jitted``: its
+    programs; ``round_fn.mesh``: the ``sharded`` mesh, else None.
     """
     compiled = _compiled_round(model, config)
     default = config.hparams()        # scalars made once, not per round

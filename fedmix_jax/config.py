@@ -1,11 +1,8 @@
 """Typed configuration: the ``ml_collections`` config (``configs/*.py``) converted once into
-
-* :class:`RoundConfig` — static (hashable): shapes and control flow (strategy, batch size, crop,
-  flips, Adam's constants, executor). Changing a field compiles a new program; every default of
-  the round is written here once.
-* :class:`HParams` — traced float32 scalars passed as an argument: λ, β and the learning rate.
-  Changing them (a λ sweep) reuses the compiled program. Their defaults are ``RoundConfig.lam /
-  beta / learning_rate``, which take no part in the config's equality or hash for that reason.
+:class:`RoundConfig` (static, hashable: changing a field compiles a new program; every default of
+the round written here once) and :class:`HParams` (traced λ, β, learning rate: a λ sweep reuses
+the compiled program), plus the model (:func:`build_model`) and the checks before compiling.
+Fields: docs/main_job.md ("Configs").
 """
 
 from __future__ import annotations
@@ -16,8 +13,10 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from flax import struct
 
+from fedmix_jax.data.federation import LEVEL_NAMES, PIXEL
 from fedmix_jax.errors import ConfigError
 from fedmix_jax.weak_objective import WeakSupervision
 from fedmix_jax.models import UNet
@@ -30,42 +29,21 @@ EMPTY_TARGET_LOSSES = ("dice", "bce")
 
 
 def default_executor() -> str:
-    """The executor of the client axis measured fastest (or only fitting) on each platform: ``map``
-    (on a 2-core CPU and an H100; the figures are in docs/speed.md)."""
+    """The client-axis executor measured fastest on a 2-core CPU and an H100 (docs/speed.md)."""
     return "map"
 
 
 def _hparam(default: float):
-    # A traced hyperparameter's default: not part of the compiled program (equality / hash).
+    """A traced hyperparameter's default: no part of the compiled program (equality / hash)."""
     return dataclasses.field(default=default, compare=False, hash=False)
 
 
 @dataclasses.dataclass(frozen=True)
 class RoundConfig:
-    """Settings of the round. Every field but ``lam``, ``beta`` and ``learning_rate`` is static.
-
-    strategy: the :class:`~fedmix_jax.strategies.Strategy` (see :func:`get_strategy`).
-    batch_size: local batch size B (reference: 16).
-    crop: (h, w) of the train-time random crop, or None (no crop).
-    hflip, vflip: random flips at train time.
-    lam, beta: FedMix weighting (reference skin: 10, 3) — defaults of :class:`HParams`.
-    learning_rate: Adam's learning rate — default of :class:`HParams`.
-    weight_decay, b1, b2, adam_eps: torch-style Adam with L2 added to the gradient.
-    executor: "vmap", "map", "loop" or "sharded" (see :mod:`fedmix_jax.executors` and
-      :func:`default_executor`).
-    inference_chunk: images per chunk when pseudo-labelling and evaluating (docs/speed.md).
-    num_devices: devices of the ``sharded`` executor's mesh (None: all of ``jax.devices()``).
-    client_group: ``vmap`` / ``sharded`` only: clients run in groups of this many (``vmap`` within
-      a group, the groups one after another); 0: the executor's own form. Memory grows with the
-      group (docs/speed.md; ``benchmarks/bench.py --executors map,vmap:2,...``).
-    empty_target_loss: the loss of a sample whose target is empty (a lesion-free image):
-      ``"bce"`` (default: BCE toward background; l_i then averages the Dice loss of samples with
-      foreground only) or ``"dice"`` (the reference: soft Dice, ~no gradient); see
-      :func:`fedmix_jax.losses.empty_aware_loss_per_sample`.
-    self_training_mean: FedST / FedRGD: how the confident-pixel BCE of the self-training samples
-      is averaged: ``"pixels"`` (default, the reference: one mean over every confident pixel of
-      the batch) or ``"samples"`` (per sample, then over the samples); see
-      :func:`fedmix_jax.self_training.self_training_loss`.
+    """Settings of the round; every field but ``lam``, ``beta``, ``learning_rate`` (the defaults
+    of :class:`HParams`) is static. Each field is the ``config.train`` field of the same name
+    (docs/main_job.md, "Configs"); ``strategy`` is a :class:`~fedmix_jax.strategies.Strategy`.
+    Raises ``ValueError`` for a value out of range.
     """
 
     strategy: Strategy = get_strategy("fedmix")
@@ -105,8 +83,8 @@ class RoundConfig:
             raise ValueError(f"num_devices must be >= 1 or None, got {self.num_devices}")
         if self.crop is not None and (len(self.crop) != 2 or min(self.crop) < 1):
             raise ValueError(f"crop must be None or (h, w) with h, w >= 1, got {self.crop}")
-        _check_finite("weight_decay", self.weight_decay, minimum=0.0)
-        _check_finite("adam_eps", self.adam_eps, minimum=0.0)
+        _check_finite("weight_decay", self.weight_decay)
+        _check_finite("adam_eps", self.adam_eps)
         for name in ("b1", "b2"):
             value = getattr(self, name)
             if not (math.isfinite(value) and 0.0 <= value < 1.0):
@@ -122,23 +100,21 @@ class RoundConfig:
         return HParams.create(lam=self.lam, beta=self.beta, learning_rate=self.learning_rate)
 
 
-def _check_finite(name: str, value: float, minimum: float | None = None,
-                  positive: bool = False) -> None:
+def _check_finite(name: str, value: float, positive: bool = False) -> None:
+    """Raise ``ValueError`` unless ``value`` is finite and >= 0 (``positive``: > 0)."""
     if not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
     if positive and value <= 0:
         raise ValueError(f"{name} must be > 0, got {value}")
+    if value < 0.0:
+        raise ValueError(f"{name} must be >= 0.0, got {value}")
 
 
 def validate_hparams(lam: float, beta: float, learning_rate: float) -> None:
-    """Raise ``ValueError`` unless λ >= 0, β >= 0 and the learning rate > 0, all finite.
-
-    (λ = NaN or β = NaN would silently turn the FedMix weights uniform.)
-    """
-    _check_finite("lam", float(lam), minimum=0.0)
-    _check_finite("beta", float(beta), minimum=0.0)
+    """Raise ``ValueError`` unless λ >= 0, β >= 0 and the learning rate > 0, all finite (a NaN λ
+    or β would silently turn the FedMix weights uniform)."""
+    _check_finite("lam", float(lam))
+    _check_finite("beta", float(beta))
     _check_finite("learning_rate", float(learning_rate), positive=True)
 
 
@@ -167,12 +143,9 @@ def _from_group(cls, group):
 
 
 def build_round_config(config) -> RoundConfig:
-    """The :class:`RoundConfig` of ``config`` (strategy, selection, ``config.train``), validated.
-
-    Missing ``config.train`` fields keep :class:`RoundConfig`'s defaults. ``train.executor =
-    'auto'`` resolves to :func:`default_executor`; ``train.crop`` may be ``None``, an int
-    (square) or ``(h, w)``. An invalid value raises :class:`~fedmix_jax.errors.ConfigError`.
-    """
+    """The :class:`RoundConfig` of ``config`` (strategy, selection, weak, ``config.train``; a
+    missing field keeps its default, ``executor='auto'`` is :func:`default_executor`); an invalid
+    value raises :class:`~fedmix_jax.errors.ConfigError`."""
     tr = config.train
     convert = {"crop": normalize_crop, "num_devices": lambda v: None if v is None else int(v),
                "executor": lambda v: default_executor() if str(v) == "auto" else str(v)}
@@ -195,19 +168,15 @@ def build_round_config(config) -> RoundConfig:
 
 
 def default_warmup_rounds(num_rounds: int) -> int:
-    """FedST / FedRGD's warm-up when ``train.warmup_rounds`` is None: half the rounds (the
-    reference's skin and breast runs: 150 of 300)."""
+    """FedST / FedRGD's warm-up when ``train.warmup_rounds`` is None: half the rounds."""
     return int(num_rounds) // 2
 
 
 def resolve_warmup_rounds(config, stored: dict | None = None):
-    """``config`` (a copy) with ``train.warmup_rounds`` fixed for FedST / FedRGD, whose warm-up
-    must not move when ``num_rounds`` grows on resume; other strategies: ``config`` unchanged.
-
-    A value set in the config is kept; None becomes the one recorded in ``stored`` (the workdir's
-    ``config.json``), else :func:`default_warmup_rounds`. The job records the result in
-    ``config.json``, so a different explicit value on resume is refused like any other change.
-    """
+    """``config`` (a copy) with FedST / FedRGD's ``train.warmup_rounds`` fixed, so that it does not
+    move when ``num_rounds`` grows on resume: a set value is kept, None becomes the one in
+    ``stored`` (the workdir's ``config.json``), else :func:`default_warmup_rounds`. Other
+    strategies: ``config`` itself."""
     try:
         strategy = get_strategy(str(config.strategy))
     except ValueError as e:
@@ -229,11 +198,9 @@ def normalize_crop(crop) -> tuple[int, int] | None:
     crop = (crop,) if isinstance(crop, (int, np.integer)) else [x for x in crop if x is not None]
     if not crop or all(int(x) <= 0 for x in crop):
         return None
-    if len(crop) == 1:
-        return int(crop[0]), int(crop[0])
-    if len(crop) != 2:
+    if len(crop) > 2:
         raise ConfigError(f"--config.train.crop must be None, n or (h, w), got {tuple(crop)}")
-    return int(crop[0]), int(crop[1])
+    return int(crop[0]), int(crop[-1])
 
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -256,15 +223,9 @@ def build_model(config, num_classes: int) -> UNet:
 
 
 def check_can_learn(strategy: Strategy, levels: np.ndarray, valid: np.ndarray) -> list[str]:
-    """Refuse, before anything is compiled, a federation on which ``strategy`` cannot learn.
-
-    ``levels`` / ``valid``: the training split's [C, N] arrays. Raises
-    :class:`~fedmix_jax.errors.ConfigError` when no sample can ever train (no valid sample, or no
-    pixel sample for a strategy whose weak samples are ``unused`` or ``self_training``); returns
-    warnings (strings) for runs that may stay untrained (FedMix without any pixel sample).
-    """
-    from fedmix_jax.data.federation import LEVEL_NAMES, PIXEL
-
+    """Refuse a federation on which ``strategy`` cannot learn (``levels`` / ``valid``: the
+    training split's [C, N] arrays): :class:`~fedmix_jax.errors.ConfigError` when no sample can
+    ever train; returns warnings (strings) for runs that may stay untrained."""
     levels, valid = np.asarray(levels), np.asarray(valid, bool)
     if not valid.any():
         raise ConfigError("the training split has no sample: nothing can train")
@@ -290,11 +251,7 @@ NOTHING_TRAINED = (
 
 def validate_run(config, federation, round_config: RoundConfig) -> bool:
     """Refuse, before anything is compiled, a job that cannot run (a crop larger than the images,
-    :func:`check_can_learn`; the round counts are checked by
-    :func:`~fedmix_jax.config_checks.check_config_values`); True if the run may not learn (the
-    warnings are logged)."""
-    from absl import logging
-
+    :func:`check_can_learn`); True if the run may not learn (the warnings are logged)."""
     h, w = federation.train.images.shape[2:4]
     if round_config.crop is not None and (round_config.crop[0] > h or round_config.crop[1] > w):
         raise ConfigError(f"--config.train.crop={round_config.crop} is larger than the images "

@@ -1,11 +1,8 @@
 """Every config value range-checked before anything is loaded (one table, one error line).
 
-:func:`check_config_values` runs first in :func:`fedmix_jax.train.train_and_evaluate`: a missing
-field, a value of the wrong type or out of range (``data.val_size=0``, ``seed=10**20``,
-``data.device_data_budget_gb=nan``...) or a model whose federated state cannot fit in this
-machine's memory raises :class:`~fedmix_jax.errors.ConfigError` naming the field, instead of a
-traceback or the OOM killer later. :func:`check_num_devices` refuses ``train.num_devices`` above
-the devices JAX has (call it once the CPU device count is set).
+:func:`check_config_values` (the job's first step) raises a ``ConfigError`` naming a missing or
+out-of-range field, or a model too large for this machine's memory; :func:`check_num_devices`
+refuses more devices than JAX has. Details: docs/data_faults.md.
 """
 
 from __future__ import annotations
@@ -13,7 +10,11 @@ from __future__ import annotations
 import math
 import os
 
+import jax
+
+from fedmix_jax.config import build_model, build_round_config
 from fedmix_jax.errors import ConfigError
+from fedmix_jax.models import unet_channels
 
 BIG = 10 ** 7
 
@@ -52,6 +53,7 @@ TABLE = (
 
 
 def _get(config, field: str):
+    """(present, value) of the dotted ``field`` in ``config``."""
     node = config
     for part in field.split("."):
         try:
@@ -69,20 +71,16 @@ def _is_int(v) -> bool:
 
 def _check(field: str, kind: str, lo, hi, value) -> str | None:
     """Why ``value`` is not acceptable for ``field``, or None."""
-    if kind.startswith("opt_"):
-        if value is None:
-            return None
-        kind = kind[4:]
+    if value is None and kind.startswith("opt_"):
+        return None
+    kind = kind.removeprefix("opt_")
     if kind == "str":
         return None if isinstance(value, str) and value else "a non-empty string"
-    if kind == "ints":
-        values = list(value) if isinstance(value, (tuple, list)) else [value]
-        if not values or not all(_is_int(v) and lo <= int(v) <= hi for v in values):
-            return f"an integer (or one per client) in [{lo}, {hi}]"
-        return None
-    if kind == "int":
-        return None if _is_int(value) and lo <= int(value) <= hi else \
-            f"an integer in [{lo}, {hi}]"
+    if kind in ("int", "ints"):
+        values = list(value) if kind == "ints" and isinstance(value, (tuple, list)) else [value]
+        if values and all(_is_int(v) and lo <= int(v) <= hi for v in values):
+            return None
+        return f"an integer{' (or one per client)' if kind == 'ints' else ''} in [{lo}, {hi}]"
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
         math.isfinite(float(value)) and lo <= float(value) <= hi
     nullable = " or None (no budget)" if field.endswith("budget_gb") else ""
@@ -91,8 +89,6 @@ def _check(field: str, kind: str, lo, hi, value) -> str | None:
 
 def unet_param_count(width: int, depth: int, in_channels: int = 3, num_classes: int = 8) -> int:
     """Parameters of :class:`fedmix_jax.models.UNet` (exact; from :func:`unet_channels`)."""
-    from fedmix_jax.models import unet_channels
-
     def double(cin, mid, out):   # two 3x3 convs with bias, each followed by GroupNorm
         return 9 * cin * mid + 3 * mid + 9 * mid * out + 3 * out
 
@@ -107,28 +103,19 @@ def unet_param_count(width: int, depth: int, in_channels: int = 3, num_classes: 
     return n + dec[-1] * num_classes + num_classes
 
 
-def _physical_memory() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def _num_clients(data) -> int:
-    for key in ("clients", "train_sizes"):
-        if key in data and isinstance(data[key], (tuple, list)) and data[key]:
-            return len(data[key])
-    return int(data.get("num_clients", 4) or 4)
-
-
 def check_model_fits(config) -> None:
     """Refuse a model whose federated state alone (per client: two models' params and their two
-    Adam moments; plus the global pair and the best params) exceeds the machine's memory."""
-    width, depth = int(config.model.width), int(config.model.depth)
+    Adam moments; the global pair and the best params) exceeds the machine's memory."""
+    width, depth, data = int(config.model.width), int(config.model.depth), config.data
     params = unet_param_count(width, depth)
-    copies = 6 * _num_clients(config.data) + 3
+    sized = [data[k] for k in ("clients", "train_sizes")
+             if k in data and isinstance(data[k], (tuple, list)) and data[k]]
+    copies = 6 * (len(sized[0]) if sized else int(data.get("num_clients", 4) or 4)) + 3
     need = params * 4 * copies
-    have = _physical_memory()
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        have = None
     if have and need > have:
         raise ConfigError(
             f"--config.model.width={width} (depth {depth}) gives a U-Net of {params:,} "
@@ -138,7 +125,7 @@ def check_model_fits(config) -> None:
 
 
 def check_config_values(config) -> None:
-    """Raise :class:`ConfigError` naming the first missing or out-of-range field (see module)."""
+    """Raise :class:`ConfigError` naming the first missing or out-of-range field (:data:`TABLE`)."""
     for group in ("model", "data", "train"):
         if group not in config:
             raise ConfigError(f"the config has no '{group}' group: the config file must define "
@@ -156,9 +143,7 @@ def check_config_values(config) -> None:
         if why:
             raise ConfigError(f"--config.{field}={value!r}: must be {why}")
     check_model_fits(config)
-    from fedmix_jax.config import build_model, build_round_config   # their own checks, early
-
-    build_round_config(config)
+    build_round_config(config)      # their own checks, early
     build_model(config, 1)
 
 
@@ -167,8 +152,6 @@ def check_num_devices(config) -> None:
     wanted = config.train.get("num_devices", None)
     if wanted is None:
         return
-    import jax
-
     have = jax.device_count()
     if int(wanted) > have:
         raise ConfigError(

@@ -1,10 +1,7 @@
-"""The config groups every ``configs/*.py`` shares: the run and model, ``train``, ``selection``.
-
-Their defaults are read from the typed objects they become (:class:`~fedmix_jax.config.RoundConfig`,
-:class:`~fedmix_jax.job_settings.JobSettings`, :class:`~fedmix_jax.pseudo_labels.SelectionConfig`,
-whose docstrings say what each field means), so every default is written once. Each config file
-calls these with its own numbers (``configs/*.py`` are loaded by path and cannot import each other).
-"""
+"""The config groups every ``configs/*.py`` shares (the run and model, ``train``, ``selection``),
+with the defaults of the typed objects they become (``RoundConfig``, ``JobSettings``,
+``SelectionConfig``), so every default is written once; each config file (loaded by path, unable
+to import another) calls these with its own numbers."""
 
 from __future__ import annotations
 
@@ -23,9 +20,8 @@ _JOB = JobSettings()      # the job's defaults (fedmix_jax.job_settings), writte
 
 def run_config(num_rounds: int, checkpoint_every: int, keep_checkpoints: int, width: int,
                depth: int = 4) -> ml_collections.ConfigDict:
-    """The top of every config: the run (seed, strategy, rounds, evaluation and checkpoint
-    cadence, compilation cache) and ``config.model``; each config file adds ``data``, ``train``
-    and ``selection``."""
+    """The top of every config: the run's fields, ``config.model`` and ``config.weak``; each config
+    file adds ``data``, ``train`` and ``selection``."""
     config = ml_collections.ConfigDict()
     config.seed = 0                  # model init and round keys (the data has its own seed)
     config.strategy = "fedmix"       # a name of fedmix_jax.strategies.STRATEGY_NAMES
@@ -47,13 +43,9 @@ def run_config(num_rounds: int, checkpoint_every: int, keep_checkpoints: int, wi
 
 def train_config(batch_size: int, crop, lam: float, beta: float,
                  learning_rate: float = 1e-3, **overrides) -> ml_collections.ConfigDict:
-    """``config.train``: local training, Adam, FedMix weighting and the client-axis executor.
-
-    Every field of :class:`~fedmix_jax.config.RoundConfig` but ``strategy`` (``config.strategy``)
-    with its default, except the arguments; ``executor`` is ``"auto"``
-    (:func:`~fedmix_jax.config.default_executor`), ``crop`` None or (h, w), ``num_devices`` None
-    (all devices) or an int.
-    """
+    """``config.train``: every field of :class:`~fedmix_jax.config.RoundConfig` but ``strategy``,
+    with its default unless given here; ``executor`` "auto", ``crop`` and ``num_devices`` None, plus
+    ``cpu_devices`` and ``warmup_rounds``."""
     train = ml_collections.ConfigDict({field.name: field.default for field in
                                        dataclasses.fields(RoundConfig) if field.name != "strategy"})
     train.crop = config_dict.placeholder(tuple)
@@ -77,9 +69,8 @@ def selection_config(**overrides) -> ml_collections.ConfigDict:
 
 
 def add_streaming_fields(data: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """``config.data``'s device-memory fields (:class:`~fedmix_jax.job_settings.MemorySettings`
-    says what each means; docs/streaming.md): ``device_data_budget_gb``, ``stream_block_steps``,
-    ``pack_labels``, ``compact``; none changes a result."""
+    """``data`` with the device-memory fields of :class:`~fedmix_jax.job_settings.MemorySettings`
+    (``device_data_budget_gb``, ``stream_block_steps``, ``pack_labels``, ``compact``)."""
     data.device_data_budget_gb = config_dict.placeholder(float)   # GiB; None: no bound
     data.stream_block_steps = _JOB.memory.stream_block_steps
     data.pack_labels = _JOB.memory.pack_labels

@@ -1,10 +1,5 @@
-"""What a run prints while it works: the progress over rounds and the log lines.
-
-Messages are logged with ``absl.logging``. :func:`setup_logging` (called by the command lines)
-shows them on stderr in absl's format, without breaking a progress bar, and keeps orbax's internal
-log lines out (the job reports checkpoint problems itself, in one line). The progress is a tqdm
-bar over rounds on stderr, or (``quiet``) one log line per round.
-"""
+"""What a run prints while it works: absl log lines on stderr (:func:`setup_logging`, around a
+progress bar, orbax's internal lines kept out) and the progress over rounds (:class:`Progress`)."""
 
 from __future__ import annotations
 
@@ -41,27 +36,22 @@ _LIBRARY_DIRS = tuple(f"{os.sep}{name}{os.sep}" for name in ("orbax", "tensorsto
 
 
 def _quiet_libraries(record) -> bool:
-    """Orbax logs its progress at INFO and every failure (with tracebacks) at ERROR; the job
-    reports the failures that matter in one line, so only orbax's CRITICAL lines pass."""
+    """Only orbax's / TensorStore's CRITICAL lines pass (the job reports failures in one line)."""
     path = record.pathname or ""
-    if any(d in path for d in _LIBRARY_DIRS):
-        return record.levelno >= py_logging.CRITICAL
-    return True
+    return record.levelno >= py_logging.CRITICAL or not any(d in path for d in _LIBRARY_DIRS)
 
 
 def _drop_late_tensorstore_noise() -> None:
-    """Drop the 'Event loop is closed' tracebacks that TensorStore's late callbacks print after
-    a failed read of a damaged checkpoint (reported in one line by the job); every other
-    unraisable exception is reported as before."""
+    """Drop the 'Event loop is closed' tracebacks of TensorStore's late callbacks after a failed
+    read of a damaged checkpoint; other unraisable exceptions are reported as before."""
     hook = sys.unraisablehook
     if getattr(hook, "_fedmix_filter", False):
         return
 
     def filtered(unraisable):
-        if isinstance(unraisable.exc_value, RuntimeError) and \
-                "Event loop is closed" in str(unraisable.exc_value):
-            return
-        hook(unraisable)
+        exc = unraisable.exc_value
+        if not (isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc)):
+            hook(unraisable)
 
     filtered._fedmix_filter = True
     sys.unraisablehook = filtered
@@ -73,8 +63,7 @@ def setup_logging(verbosity: int = logging.INFO) -> None:
     logger = logging.get_absl_logger()
     if not any(isinstance(h, _Handler) for h in logger.handlers):
         logger.addHandler(_Handler())
-    # absl.logging calls logging.basicConfig() on first use, which gives the root logger a
-    # handler of its own: without this, every line would be printed twice.
+    # absl calls logging.basicConfig() on first use (a root handler): else every line twice
     logger.propagate = False
     logging.set_verbosity(verbosity)
     _drop_late_tensorstore_noise()

@@ -1,15 +1,9 @@
 """A CPU's cores as JAX devices, so that clients train side by side instead of one after another.
 
-On a CPU, JAX has one device and XLA spreads each operation over all cores, which the U-Net's small
-operations leave idle at every barrier. With ``--config.train.cpu_devices=0`` the main job asks
-JAX for one CPU device per usable core and runs the ``sharded`` executor over them. Results equal
-the one-device round up to float rounding only, so it is off by default (``1``); measurements in
-docs/cpu_speed.md ("A CPU's cores as devices").
-
-The device count can only be chosen **before JAX starts its backends**: the main job and
-``compare`` call :func:`use_cpu_cores` first; in a script or notebook call it right after the
-imports, or set ``JAX_NUM_CPU_DEVICES`` / ``XLA_FLAGS=--xla_force_host_platform_device_count=N``.
-Called too late, it says so in the log and the run goes on with the devices JAX has.
+``--config.train.cpu_devices=0`` asks JAX for one CPU device per usable core and runs the
+``sharded`` executor over them (off by default: equal to one device only up to float rounding).
+The count must be chosen before JAX starts its backends: call :func:`use_cpu_cores` right after
+the imports (or set ``JAX_NUM_CPU_DEVICES``); too late, it logs so. Details: docs/cpu_speed.md.
 """
 from __future__ import annotations
 
@@ -18,40 +12,33 @@ import os
 
 import jax
 from absl import logging
+from jax._src import xla_bridge
 
-
-_FLAG = "--xla_force_host_platform_device_count"
+from fedmix_jax.errors import ConfigError
+from fedmix_jax.job_settings import JobSettings
 
 
 def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, which a container's or ``taskset``'s
-    limit narrows), at least 1."""
+    """The cores this process may run on (its CPU affinity, e.g. a container's), at least 1."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):      # not Linux
         return max(1, os.cpu_count() or 1)
 
 
-def _backends_started() -> bool:
-    from jax._src import xla_bridge
-
-    return xla_bridge.backends_are_initialized()
-
-
 def use_cpu_cores(count: int = 0) -> int:
     """Asks JAX for ``count`` CPU devices (``0``: one per usable core); returns how many it has.
 
-    Leaves the setting alone when the environment already chooses the count
-    (``JAX_NUM_CPU_DEVICES`` or ``XLA_FLAGS=--xla_force_host_platform_device_count``). When JAX's
-    backends have already started, the count cannot change: this logs a warning and returns the
-    current count of CPU devices.
+    Leaves the count alone when ``JAX_NUM_CPU_DEVICES`` or ``XLA_FLAGS`` choose it; once JAX's
+    backends have started, logs a warning and returns the current count. Raises ``ValueError``
+    for ``count < 0``.
     """
     if count < 0:
         raise ValueError(f"cpu_devices must be >= 0 (0: one per core), got {count}")
     wanted = usable_cores() if count == 0 else int(count)
     env_chosen = ("JAX_NUM_CPU_DEVICES" in os.environ
-                  or _FLAG in os.environ.get("XLA_FLAGS", ""))
-    if _backends_started():
+                  or "--xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""))
+    if xla_bridge.backends_are_initialized():
         have = len(jax.devices("cpu"))
         if have != wanted and not env_chosen:
             logging.warning("cpu_devices: JAX has already started with %d CPU device(s); %d can "
@@ -64,11 +51,8 @@ def use_cpu_cores(count: int = 0) -> int:
 
 
 def cpu_devices_from_config(config) -> int:
-    """:func:`use_cpu_cores` for ``config.train.cpu_devices`` (absent or ``1``: nothing is asked;
-    returns the CPU device count then too)."""
-    from fedmix_jax.errors import ConfigError
-    from fedmix_jax.job_settings import JobSettings
-
+    """:func:`use_cpu_cores` for ``config.train.cpu_devices`` (absent or ``1``: nothing is asked,
+    returns 1); a negative count raises :class:`~fedmix_jax.errors.ConfigError`."""
     setting = JobSettings.from_config(config).cpu_devices
     if setting == 1:
         return 1
@@ -79,12 +63,9 @@ def cpu_devices_from_config(config) -> int:
 
 
 def executor_for_devices(round_config, config, num_clients: int):
-    """The round config with the ``sharded`` executor over ``min(devices, clients)`` CPU
-    devices when ``config.train.cpu_devices`` asks for several, the backend is the CPU, JAX has
-    several devices and ``config.train.executor`` is ``"auto"``; otherwise ``round_config``
-    unchanged. An explicit executor or ``train.num_devices`` is kept as given."""
-    from fedmix_jax.job_settings import JobSettings
-
+    """``round_config`` with the ``sharded`` executor over ``min(devices, clients)`` CPU devices
+    when ``train.cpu_devices`` asks for several, ``train.executor`` is ``"auto"`` and JAX has
+    several CPU devices; otherwise ``round_config`` itself (``train.num_devices`` is kept)."""
     asked_auto = "executor" in config.train and str(config.train.executor) == "auto"
     if (JobSettings.from_config(config).cpu_devices == 1 or not asked_auto or num_clients < 2
             or jax.default_backend() != "cpu" or len(jax.devices()) < 2):

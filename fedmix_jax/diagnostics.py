@@ -1,13 +1,8 @@
-"""Pseudo-label diagnostics: how good are the pseudo-labels FedMix trains on, where true masks exist.
+"""Pseudo-label diagnostics: the round's pseudo-labels against the true masks, where they exist.
 
-Where the training split holds true masks for its weak samples (the synthetic federations; real
-data sets whose levels the config assigns), the pseudo-labels of the round
-(:func:`fedmix_jax.pseudo_labels.site_pseudo_labels` of the global pair) are measured against the
-truth per client and supervision level (box, image, none): keys ``pl_<level>_<figure>`` [C] with
-figures ``n``, ``sel``, ``sel_lesion``, ``dice`` (of the selected, model 1's target ``p2``; NaN:
-none selected), ``dice_all`` (every sample with a lesion), ``precision`` / ``recall`` of the
-selection (good: Dice >= 0.8), ``area`` (predicted / true foreground of the selected with a
-lesion); docs/main_job.md. Local or benchmark only: nothing of it is sent by a Flower site.
+Per client and weak level (box, image, none): keys ``pl_<level>_<figure>`` [C] (``n``, ``sel``,
+``sel_lesion``, ``dice``, ``dice_all``, ``precision``, ``recall``, ``area``); local only.
+Details: docs/weak_supervision.md ("Diagnostics"), docs/main_job.md.
 """
 
 from __future__ import annotations
@@ -73,19 +68,9 @@ def _program(model: nn.Module, config):
 
 
 def pseudo_label_diagnostics(model: nn.Module, config, global_params, data) -> dict[str, list]:
-    """Per-client diagnostics of the pseudo-labels of ``global_params`` on the training split.
-
-    Args:
-      model: the Flax model; config: the static :class:`~fedmix_jax.config.RoundConfig` (its
-        strategy's selection rules apply).
-      global_params: the broadcast :class:`~fedmix_jax.site.ModelPair`.
-      data: the training split, :class:`~fedmix_jax.data.federation.FederatedSplit` ([C, N,
-        ...]) or its :class:`~fedmix_jax.data.compact.CompactSplit`.
-
-    Returns:
-      ``{key: [C] list of floats (None for NaN)}`` with the keys of the module docstring, for
-      the levels the split holds; empty when the strategy does not train on pseudo-labels.
-    """
+    """``{key: [C] floats (None for NaN)}`` of the pseudo-labels of ``global_params`` on the
+    training split ``data`` (padded [C, N, ...] or compact), for the levels it holds; empty when
+    the strategy trains on no pseudo-label."""
     if config.strategy.weak_samples != "pseudo_labels":
         return {}
     out = jax.device_get(_program(model, config)(global_params, data))
@@ -95,10 +80,8 @@ def pseudo_label_diagnostics(model: nn.Module, config, global_params, data) -> d
 
 
 def diagnostics_of_run(run, state) -> dict[str, list]:
-    """The job's diagnostics of the pair a round starts from: those of
-    :func:`pseudo_label_diagnostics` when ``config.diagnostics`` is on and the training split is
-    in memory (``run``: the job's run, with ``config``, ``streamed``, ``model``, ``round_config``
-    and ``train_data``), else empty."""
+    """The job ``run``'s :func:`pseudo_label_diagnostics` of ``state``'s pair when its settings
+    ask for them and the training split is in memory, else empty."""
     if not run.settings.diagnostics or run.streamed:
         return {}
     return pseudo_label_diagnostics(run.model, run.round_config, state.global_params,
@@ -106,8 +89,7 @@ def diagnostics_of_run(run, state) -> dict[str, list]:
 
 
 def summarize(diagnostics: dict[str, list]) -> dict[str, float | None]:
-    """Per level, the figures pooled over clients (selected-weighted means): ``{key: value}``
-    with the same keys, for tables and ``compare``."""
+    """The same keys pooled over clients (sums, selected- or count-weighted means)."""
     out = {}
     for name in LEVELS:
         n = np.asarray(diagnostics.get(f"pl_{name}_n", []), float)

@@ -1,10 +1,10 @@
-"""Errors with a message for the user: ``main`` prints them in one line and exits with
-``exit_code`` (2 for a user mistake or an unusable machine/folder, 1 for a run that diverged),
-without a traceback."""
+"""Errors with a message for the user (``main`` prints it in one line, no traceback, and exits
+with ``exit_code``: 2, or 1 for a run that diverged), and what an I/O or memory error means."""
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 
@@ -44,8 +44,7 @@ class WorkdirLockedError(WorkdirError):
 
 
 class CheckpointWriteError(WorkdirError):
-    """A checkpoint could not be written (disk full, read-only, ...); ``step`` is its round and
-    ``kept`` the newest complete checkpoint (None if there is none)."""
+    """A checkpoint could not be written; ``step``: its round, ``kept``: the newest complete one."""
 
     def __init__(self, message: str, step: int, kept: int | None):
         super().__init__(message)
@@ -79,8 +78,7 @@ _ADVICE = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space (disk
 
 
 def first_line(e: BaseException, limit: int = 200) -> str:
-    """The first line of an exception's message (its type name if empty), at most ``limit``
-    characters."""
+    """The first line of an exception's message (its type name if empty), cut to ``limit``."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]
 
 
@@ -88,8 +86,7 @@ def disk_errno(e: BaseException) -> int | None:
     """The errno of an I/O error, from an ``OSError`` or TensorStore's message; else None."""
     if isinstance(e, OSError) and e.errno is not None:
         return e.errno
-    m = _OS_ERROR_CODE.search(str(e))
-    if m:
+    if m := _OS_ERROR_CODE.search(str(e)):
         return int(m.group(1))
     return next((code for code in DISK_ERRNOS if os.strerror(code) in str(e)), None)
 
@@ -109,19 +106,16 @@ def is_out_of_memory(e: BaseException) -> bool:
     """True for XLA's RESOURCE_EXHAUSTED / out-of-memory errors and host ``MemoryError``."""
     if isinstance(e, MemoryError):
         return True
-    if isinstance(e, RunError) or not isinstance(e, RuntimeError):  # XLA's errors are these
-        return False
-    text = str(e)
-    return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
+    text = str(e)       # XLA's errors are RuntimeErrors
+    return (isinstance(e, RuntimeError) and not isinstance(e, RunError)
+            and ("RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()))
 
 
 _DAMAGED_DIRECTORIES: set[str] = set()     # of checkpoints already reported as damaged
 
 
 def _not_a_late_read_error(record) -> bool:
-    """A filter of the ``asyncio`` logger: False for "... exception was never retrieved" records
-    naming one of :data:`_DAMAGED_DIRECTORIES` (reads that TensorStore's other pending tasks fail
-    again after the first error)."""
+    """False for asyncio's "... never retrieved" records naming a damaged checkpoint."""
     if "never retrieved" not in str(record.msg):
         return True
     text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
@@ -130,11 +124,7 @@ def _not_a_late_read_error(record) -> bool:
 
 def silence_late_read_errors(directory: str) -> None:
     """After a damaged checkpoint under ``directory`` was reported in one line, asyncio's
-    "Task exception was never retrieved" traces of its remaining reads (logged whenever the
-    failed tasks are collected) are not printed; every other asyncio record still is."""
-    import logging
-
-    logger = logging.getLogger("asyncio")
-    if _not_a_late_read_error not in logger.filters:
-        logger.addFilter(_not_a_late_read_error)
+    "Task exception was never retrieved" traces of TensorStore's remaining reads of it are not
+    printed; every other asyncio record still is."""
+    logging.getLogger("asyncio").addFilter(_not_a_late_read_error)   # added once however often
     _DAMAGED_DIRECTORIES.update({os.path.abspath(directory), os.path.realpath(directory)})

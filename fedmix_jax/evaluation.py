@@ -1,9 +1,5 @@
-"""Evaluation: per-client, per-class Dice, IoU and HD95 of a model on held-out arrays.
-
-Predictions are binarised at 0.5 (sigmoid per class channel); Dice and IoU of each image and
-class use eps = 1e-4 (a class absent from both truth and prediction scores 1), are averaged per
-class over a client's valid images, then over the classes; HD95 (:mod:`fedmix_jax.hd95`) runs on
-the host and skips NaNs. The conventions and every returned key: docs/multiclass.md.
+"""Evaluation (:func:`evaluate`): per-client, per-class Dice, IoU and HD95 of a model on held-out
+arrays, predictions binarised at 0.5. The conventions and every returned key: docs/multiclass.md.
 """
 
 from __future__ import annotations
@@ -25,20 +21,13 @@ from fedmix_jax.pseudo_labels import binarize
 
 
 def segmentation_scores(logits: jax.Array, masks: jax.Array, threshold: float = 0.5):
-    """Per-image (dice, iou) pooled over all pixels and class channels: [B, H, W, K] -> ([B], [B]).
-
-    For K > 1 this is the ``pooled_dice`` figure; :func:`per_class_scores` gives the reported one.
-    """
+    """Per-image (dice, iou) pooled over pixels and classes: [B, H, W, K] -> ([B], [B])."""
     pred = binarize(logits, threshold)
     return dice_coefficient(pred, masks), iou_coefficient(pred, masks)
 
 
 def per_class_scores(pred: jax.Array, masks: jax.Array, eps: float = DICE_EPS):
-    """Per-image, per-class Dice and IoU of binary maps: [B, H, W, K] -> ([B, K], [B, K]).
-
-    ``dice[b, k] = (2 |P_k & G_k| + eps) / (|P_k| + |G_k| + eps)``: 1 when class k is absent from
-    both (through eps).
-    """
+    """Per-image, per-class Dice and IoU of binary maps: [B, H, W, K] -> ([B, K], [B, K])."""
     inter, total = overlap_sums(pred, masks, (1, 2))
     return (2.0 * inter + eps) / (total + eps), (inter + eps) / (total - inter + eps)
 
@@ -52,9 +41,8 @@ def _client_means(per_image: np.ndarray, valid: np.ndarray) -> np.ndarray:
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def _scores_shared(model: nn.Module, chunk: int, threshold: float, with_pred: bool, params, images,
                    masks):
-    """One model on every client's images: [C, M, ...] -> dict of per-image scores [C, M(, K)]
-    (and the binary predictions [C, M, H, W, K] as bool when ``with_pred``). Images and masks
-    stay in their storage dtype (uint8 or float32); each chunk is converted on its own."""
+    """One model on every client's images [C, M, ...] (storage dtype, converted per chunk): dict
+    of per-image scores [C, M(, K)] (and bool predictions [C, M, H, W, K] when ``with_pred``)."""
     c, m = images.shape[:2]
     flat = lambda x: x.reshape((c * m,) + x.shape[2:])  # noqa: E731
 
@@ -85,16 +73,9 @@ def _host_masks(split: FederatedSplit | CompactSplit) -> np.ndarray:
 
 def _pieces(split: FederatedSplit | CompactSplit, params, per_client_params: bool,
             block_size: int | None):
-    """The one evaluation path's input, for every layout: ``(params, images, masks, put)`` per
-    piece, where ``images`` / ``masks`` are ``[a, b, ...]`` (device or host arrays, sliced,
-    never copied whole) and ``put(dst, v)`` writes the piece's per-image outputs ``v`` [a, b, ...]
-    into ``dst`` [C, M, ...] (padding left 0).
-
-    * padded :class:`FederatedSplit`: the whole [C, M] split, or ``block_size`` images of every
-      client at a time; per-client params: client c's row with client c's model;
-    * :class:`~fedmix_jax.data.compact.CompactSplit`: its T rows (no padding evaluated), or
-      ``block_size * C`` rows at a time; per-client params: client c's window of its rows.
-    """
+    """``(params, images, masks, put)`` per piece of any layout: ``images`` / ``masks`` [a, b, ...]
+    slices (padded: ``block_size`` images of every client; compact: ``block_size * C`` rows;
+    per-client params: one client), ``put(dst, v)`` writes outputs [a, b, ...] into [C, M, ...]."""
     def client(c):
         return jax.tree.map(lambda x: x[c], params)
 
@@ -130,16 +111,14 @@ def _pieces(split: FederatedSplit | CompactSplit, params, per_client_params: boo
 
 
 def _cut(x, lo: int, size: int, axis: int):
-    """``x[lo:lo + size]`` along ``axis``; ``x`` itself when that is all of it (a slice of a
-    device array would copy the whole split)."""
+    """``x[lo:lo + size]`` along ``axis``; ``x`` itself when that is all of it (no copy)."""
     if lo == 0 and size >= x.shape[axis]:
         return x
     return x[(slice(None),) * axis + (slice(lo, lo + size),)]
 
 
 def _put_rows(dst, rows, row_client, row_image):
-    """Per-row outputs of a compact split into ``dst`` [C, M, ...]: row r to
-    ``[row_client[r], row_image[r]]``; rows of no client (``row_client`` -1) are dropped."""
+    """Row r of a compact split's outputs to ``dst[row_client[r], row_image[r]]`` (-1: dropped)."""
     mine = row_client >= 0
     dst[row_client[mine], row_image[mine]] = rows[mine]
 
@@ -150,32 +129,12 @@ def evaluate(model: nn.Module, params, split: FederatedSplit, per_client_params:
              ) -> dict[str, np.ndarray]:
     """Per-client (and per-class) Dice, IoU and HD95 of ``model`` on a held-out split.
 
-    Args:
-      model: the Flax model.
-      params: one model's params (leaves [...]) applied to every client, or -- with
-        ``per_client_params=True`` (the ``local`` strategy) -- params with leaves [C, ...], client
-        c's model evaluated on client c's images.
-      split: held-out :class:`FederatedSplit` ([C, M, ...] arrays; ``valid`` masks padding), or
-        its :class:`~fedmix_jax.data.compact.CompactSplit` (only the clients' rows are
-        evaluated; the results are the same and keep the [C, M] layout).
-      chunk_size: images per compiled inference chunk.
-      threshold: sigmoid threshold of the binary prediction.
-      hd95: also compute HD95 (host-side, :mod:`fedmix_jax.hd95`); False skips it (and its keys).
-      hd95_one_empty: HD95 when exactly one of prediction / truth is empty: ``'diagonal'``,
-        ``'nan'`` (excluded, as MONAI's HD95) or ``'inf'``.
-      block_size: None puts the whole split on the device; an int moves ``block_size`` images of
-        every client at a time (host arrays sliced along M; a split larger than device memory,
-        see :mod:`fedmix_jax.streaming`). Per-image scores are the same. A compact split moves
-        ``block_size * C`` of its rows at a time (the same device memory, no padding).
-
-    Returns:
-      dict of NumPy arrays (C clients, M padded images, K classes; every key's meaning in
-      docs/multiclass.md): ``dice``, ``iou``, ``pooled_dice``, ``pooled_iou``, ``dice_present``,
-      ``false_positive_rate``, ``num_lesion_free``, ``hd95`` [C]; ``dice_per_class``,
-      ``iou_per_class``, ``dice_present_per_class``, ``hd95_per_class`` [C, K]; their ``mean_*``
-      over the clients with a valid image ([] and [K]); ``per_image_dice`` [C, M],
-      ``per_image_dice_per_class``, ``per_image_hd95`` [C, M, K] (NaN on padding). The HD95 keys
-      only with ``hd95``.
+    ``params``: leaves [...] for every client, or [C, ...] with ``per_client_params`` (client c's
+    model on client c). ``split``: a :class:`FederatedSplit` [C, M, ...] or its ``CompactSplit``.
+    ``hd95=False`` skips HD95; ``hd95_one_empty``: ``'diagonal'``, ``'nan'`` or ``'inf'``;
+    ``block_size``: images of every client moved to the device at a time (None: all).
+    Returns a dict of NumPy arrays [C], [C, K], [C, M(, K)] and ``mean_*`` ([], [K]); every key:
+    docs/multiclass.md.
     """
     valid = (split.padded_valid() if isinstance(split, CompactSplit)
              else np.asarray(split.valid).astype(bool))
@@ -200,8 +159,7 @@ _nan_over_clients = functools.partial(_over_clients, mean=nanmean)     # NaNs sk
 
 
 def _figures(out: dict, valid: np.ndarray) -> dict:
-    """Every figure of :func:`evaluate` but HD95, from the per-image scores ``out`` [C, M(, K)]
-    and ``valid`` [C, M]."""
+    """:func:`evaluate`'s figures but HD95 from per-image scores [C, M(, K)], ``valid`` [C, M]."""
     has = valid.any(axis=1)
     dice_pc, iou_pc, pooled_dice, pooled_iou = (          # [C, K], [C, K], [C], [C]
         _client_means(out[k].astype(np.float64), valid)
@@ -210,8 +168,7 @@ def _figures(out: dict, valid: np.ndarray) -> dict:
     present = out["present_k"] & valid[..., None]       # [C, M, K]: class k in image m's mask
     dice_present_pc = nanmean(np.where(present, out["dice_k"], np.nan), axis=1)     # [C, K]
     dice_present = nanmean(dice_present_pc, axis=-1)
-    # Lesion-free images (no class present): the share with any predicted foreground. Such an
-    # image's pooled Dice is 1 (eps / eps) only if nothing is predicted, else <= eps.
+    # Lesion-free images with any predicted foreground: their pooled Dice is <= eps, not 1.
     lesion_free = valid & ~present.any(axis=-1)                                     # [C, M]
     num_free = lesion_free.sum(axis=1)
     fp = np.sum(lesion_free & (out["pooled_dice"] < 0.5), axis=1)

@@ -1,12 +1,6 @@
-"""Executors of the client axis: what ``config.train.executor`` names, as objects.
-
-An executor owns everything that depends on how the clients of a round run on this machine: its
-backend (:mod:`fedmix_jax.client_backends`) and compiled round, where the state and the training
-split go and where params are evaluated, whether the compact layout saves memory, and its advice
-when a round does not fit. :func:`for_config` turns a :class:`~fedmix_jax.config.RoundConfig`
-into its executor; nothing else compares executor names. ``map``: clients one after another under
-``lax.map`` (the default); ``loop``: a Python loop of one jitted per-client program; ``vmap``:
-vectorised (in groups of ``client_group`` when set); ``sharded``: over a 1-D mesh of devices.
+"""Executors of the client axis, what ``config.train.executor`` names (``map``, ``loop``, ``vmap``,
+``sharded``): each owns its backend, compiled round, placement, compact-layout choice and
+out-of-memory advice; :func:`for_config` picks one. Details: docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -24,16 +18,12 @@ from fedmix_jax.sharding import client_mesh, replicated_sharding, shard_clients
 
 
 def padded_fields(fields: dict, put: Callable) -> FederatedSplit:
-    """A padded split from ``fields`` (``{field: array}``, consumed: each array leaves it as it
-    goes through ``put``)."""
+    """A padded split from ``fields`` (``{field: array}``, consumed) through ``put``."""
     return FederatedSplit(**{name: put(fields.pop(name)) for name in list(fields)})
 
 
 class Executor:
-    """The ``map`` executor, and what every executor does unless it says otherwise.
-
-    ``round_config``: the :class:`~fedmix_jax.config.RoundConfig` (or any object with its
-    ``executor``, ``client_group`` and ``num_devices``) the executor runs."""
+    """The ``map`` executor (clients under ``lax.map``), and every executor's defaults."""
 
     name = "map"
 
@@ -46,8 +36,8 @@ class Executor:
         return client_backends.map_clients
 
     def compile_round(self, model) -> Callable:
-        """``round(state, train, hparams) -> (state, metrics)``, jitted, the state donated;
-        ``.jitted`` lists its jitted programs, ``.mesh`` is the device mesh (or None)."""
+        """``round(state, train, hparams) -> (state, metrics)``, the state donated; with
+        ``.jitted`` (its programs) and ``.mesh`` (or None)."""
         step = functools.partial(round_step, model=model, config=self.round_config,
                                  backend=self.backend())
         donating = jax.jit(step, donate_argnums=(0,))
@@ -56,19 +46,16 @@ class Executor:
         return donating
 
     def place_state(self, state, round_fn):
-        """A fresh or restored :class:`~fedmix_jax.round.FedState`, where the round wants it
-        (single-device executors: uncommitted on the default device, as it is made)."""
+        """A fresh or restored ``FedState`` where the round wants it (here: as it is)."""
         return state
 
     def reads_clients_in_turn(self, num_clients: int) -> bool:
-        """Whether the round reads the training split one client (or one group) at a time, so
-        that its compact layout (:mod:`fedmix_jax.data.compact`) saves device memory."""
+        """Whether the round reads the split one client (or group) at a time: compact pays."""
         return True
 
     def place_train(self, fields: dict, round_fn, compact: bool, put: Callable):
-        """The training split on the device(s) from ``fields`` (``{field: host array}``,
-        consumed), each array through ``put(x)`` or ``put(x, transfer)`` (the caller's transfer,
-        ``jax.device_put`` by default); compact where :meth:`reads_clients_in_turn`."""
+        """The training split from ``fields`` (``{field: host array}``, consumed) through
+        ``put(x)`` or ``put(x, transfer)``; compact where :meth:`reads_clients_in_turn`."""
         in_turn = compact and self.reads_clients_in_turn(int(fields["valid"].shape[0]))
         return (compact_fields if in_turn else padded_fields)(fields, put)
 
@@ -77,13 +64,12 @@ class Executor:
         return params
 
     def oom_hint(self) -> str:
-        """What else to try when a round does not fit (appended to the job's advice)."""
+        """What else to try when a round does not fit."""
         return ""
 
 
 class LoopExecutor(Executor):
-    """``loop``: a jitted start and finish around a Python loop of one jitted per-client
-    program (:class:`~fedmix_jax.client_backends.LoopClients`)."""
+    """``loop``: jitted start and finish around :class:`~fedmix_jax.client_backends.LoopClients`."""
 
     name = "loop"
 
@@ -97,8 +83,7 @@ class LoopExecutor(Executor):
         def round_loop(state, train, hparams):
             (global_params, round_index, pool), clients, next_key = start(state, train)
             sites, reports = loop(site_fn, (global_params, round_index, hparams, pool), clients)
-            # The per-client program consumed the state's client buffers (donated): finish reads
-            # only the global pair and the round counter.
+            # The client buffers were donated: finish reads the global pair and round only.
             rest = state.replace(client_params=None, opt_state=None)
             return finish(rest, train, sites, reports, next_key, hparams)
 
@@ -108,8 +93,7 @@ class LoopExecutor(Executor):
 
 
 class VmapExecutor(Executor):
-    """``vmap``: every client in one vectorised program, or in vectorised groups of
-    ``client_group`` run one after another."""
+    """``vmap``: every client vectorised, or groups of ``client_group`` one after another."""
 
     name = "vmap"
 
@@ -129,10 +113,8 @@ class VmapExecutor(Executor):
 
 
 class ShardedExecutor(Executor):
-    """``sharded``: the client axis split over the devices of a 1-D mesh ``"clients"``; the
-    per-client leaves of the state and the training split are split over it, the global pair,
-    round counter and key replicated. Params are evaluated on the first device, with the
-    held-out splits (replicated params would evaluate on every device at once)."""
+    """``sharded``: per-client leaves split over a 1-D mesh ``"clients"``, the rest replicated;
+    params evaluated on the first device, with the held-out splits."""
 
     name = "sharded"
 
@@ -184,8 +166,7 @@ NAMES = tuple(_KINDS)
 
 
 def for_config(round_config) -> Executor:
-    """The executor ``round_config.executor`` names (``round_config``: a
-    :class:`~fedmix_jax.config.RoundConfig` or an object with its executor fields)."""
+    """The executor ``round_config.executor`` names; raises ValueError if unknown."""
     name = str(round_config.executor)
     if name not in _KINDS:
         raise ValueError(f"unknown executor {name!r}; choose one of {NAMES}")

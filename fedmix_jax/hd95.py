@@ -1,12 +1,7 @@
 """HD95: the 95th-percentile symmetric Hausdorff distance between two binary masks, in pixels.
 
-As MONAI's ``compute_hausdorff_distance(..., percentile=95)``: the edge of a mask is its
-foreground pixels with a background 4-neighbour (the image border counts as background);
-``HD95(A, B) = max(P95(d(A -> B)), P95(d(B -> A)))`` with ``d`` the Euclidean distance from each
-edge pixel of one mask to the nearest edge pixel of the other and ``P95`` NumPy's linear
-percentile. Both masks empty: NaN (skipped by every mean, :func:`nanmean`); exactly one empty: the
-image diagonal by default (``one_empty``). Runs on the host with ``scipy.ndimage``, on the masks
-cropped to their union's bounding box (no distance changes). Conventions: docs/multiclass.md.
+As MONAI's ``compute_hausdorff_distance(..., percentile=95)``, on the host (``scipy.ndimage``);
+both masks empty: NaN, exactly one: the image diagonal by default. Details: docs/multiclass.md.
 """
 
 from __future__ import annotations
@@ -32,19 +27,9 @@ def _directed(src_edges: np.ndarray, dst_edges: np.ndarray) -> np.ndarray:
 
 
 def hd95(pred, gt, *, percentile: float = 95.0, one_empty: str = "diagonal") -> float:
-    """Percentile symmetric Hausdorff distance of two 2D binary masks [H, W], in pixels.
-
-    Args:
-      pred, gt: [H, W] masks (anything ``> 0.5`` is foreground).
-      percentile: 95 for HD95; 100 gives the classical Hausdorff distance.
-      one_empty: value when exactly one mask is empty: ``'diagonal'`` (``sqrt(H^2 + W^2)``),
-        ``'nan'`` (excluded from means, as MONAI's HD95) or ``'inf'``.
-
-    Returns:
-      the distance (float); ``nan`` when both masks are empty.
-
-    Example: a 4 x 4 square and the same square shifted by 2 px along x -> 2.0.
-    """
+    """Percentile symmetric Hausdorff distance (px) of masks ``pred``, ``gt`` [H, W] (> 0.5:
+    foreground); NaN when both are empty; ``one_empty``: ``'diagonal'``, ``'nan'`` or ``'inf'``.
+    Raises ValueError on other shapes or ``one_empty`` values."""
     if one_empty not in ONE_EMPTY_CHOICES:
         raise ValueError(f"one_empty must be one of {ONE_EMPTY_CHOICES}, got {one_empty!r}")
     pred = np.asarray(pred) > 0.5
@@ -58,7 +43,7 @@ def hd95(pred, gt, *, percentile: float = 95.0, one_empty: str = "diagonal") -> 
     if has_p != has_g:
         return {"diagonal": math.hypot(*pred.shape), "inf": math.inf,
                 "nan": math.nan}[one_empty]
-    union = pred | gt                   # cropped to the union's bounding box
+    union = pred | gt                   # cropped to the union's bounding box (same distances)
     rows, cols = np.flatnonzero(union.any(axis=1)), np.flatnonzero(union.any(axis=0))
     box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
     ep, eg = mask_edges(pred[box]), mask_edges(gt[box])

@@ -9,16 +9,8 @@ import jax.numpy as jnp
 
 
 def apply_in_chunks(fn: Callable[[Any], Any], inputs: Any, chunk_size: int) -> Any:
-    """Run ``fn`` over ``inputs`` in chunks of ``chunk_size`` samples along the leading axis.
-
-    ``inputs`` is an array [M, ...] or a pytree of arrays sharing the leading axis M (e.g.
-    ``(images, masks)``); ``fn`` maps a chunk [b, ...] to outputs with leading axis b (any pytree).
-    The sample axis is zero-padded to a multiple of the chunk and the chunks run under
-    ``lax.map``, so the compiled program holds one copy of the model however many images there are.
-
-    Returns:
-      the outputs for all M samples, leading axis M.
-    """
+    """``fn`` over ``inputs`` (a pytree of [M, ...] arrays) in zero-padded chunks of
+    ``chunk_size`` under ``lax.map`` (one copy of the model): outputs with leading axis M."""
     m = jax.tree.leaves(inputs)[0].shape[0]
     if m <= chunk_size:
         return fn(inputs)

@@ -1,11 +1,7 @@
-"""The job's settings around the round, typed: built once from the run's ``ConfigDict``.
-
-:class:`~fedmix_jax.config.RoundConfig` is what the compiled round needs; these are what the job
-around it reads (evaluation cadence, local models, diagnostics, the compilation cache, CPU
-devices) and how the data sits in device memory (:class:`MemorySettings`, ``config.data``'s
-result-neutral fields). Each default is written here once: ``configs/*.py`` take theirs from
-these classes (:mod:`fedmix_jax.config_defaults`), and a ConfigDict without a field gets the same
-default from :meth:`JobSettings.from_config`, the only reader of these fields.
+"""The job's settings around the round, typed and read once from the run's ``ConfigDict``
+(:meth:`JobSettings.from_config`, the only reader of these fields): :class:`JobSettings` and
+:class:`MemorySettings` (``config.data``'s result-neutral fields). Each default is written here
+once; ``configs/*.py`` take theirs from these classes (:mod:`fedmix_jax.config_defaults`).
 """
 
 from __future__ import annotations
@@ -25,17 +21,8 @@ def _field(config, key: str, default):
 
 @dataclasses.dataclass(frozen=True)
 class MemorySettings:
-    """How the data sits in device memory (``config.data``); none changes a result.
-
-    device_data_budget_gb: GiB the training split may take on the device (None: no bound); a
-      larger split streams block by block from the host or the array_record cache
-      (docs/streaming.md).
-    stream_block_steps: local steps per streamed block (device memory grows with it times the
-      batch size).
-    pack_labels: masks and boxes bit-packed, 8 pixels per byte (:mod:`fedmix_jax.data.federation`).
-    compact: the splits read one client at a time go to the device without padding
-      (:mod:`fedmix_jax.data.compact`).
-    """
+    """How the data sits in device memory (``config.data``'s fields of the same names, each
+    described in docs/main_job.md, "Configs"); none changes a result."""
 
     device_data_budget_gb: float | None = None
     stream_block_steps: int = 8
@@ -56,19 +43,10 @@ class MemorySettings:
 
 @dataclasses.dataclass(frozen=True)
 class JobSettings:
-    """What the job reads around the round.
-
-    eval_local_models: also test each client's local (pre-aggregation) model 1 on its own test
-      split (``local_test_*`` keys).
-    diagnostics: pseudo-label quality against the true masks in ``metrics.jsonl`` (``pl_*``;
-      :mod:`fedmix_jax.diagnostics`; needs true masks for the weak samples).
-    compilation_cache: "default" (``$FEDMIX_JAX_CACHE_DIR`` or ``~/.cache/fedmix_jax/jax_cache``),
-      a directory, or "off" (:mod:`fedmix_jax.compilation_cache`).
-    cpu_devices: CPU only: 0 = one JAX device per core (the clients side by side on them, the
-      ``sharded`` executor when ``train.executor`` is "auto"); 1 = one device
-      (:mod:`fedmix_jax.cpu_cores`).
-    memory: :class:`MemorySettings` (``config.data``).
-    """
+    """What the job reads around the round: the config's ``eval_local_models``, ``diagnostics``,
+    ``compilation_cache`` ("default", a directory or "off") and ``train.cpu_devices`` (each in
+    docs/main_job.md, "Configs"), and ``memory`` (:class:`MemorySettings`). Raises
+    :class:`~fedmix_jax.errors.ConfigError` for a value of the wrong type."""
 
     eval_local_models: bool = False
     diagnostics: bool = False

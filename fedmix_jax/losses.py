@@ -1,15 +1,9 @@
-"""Segmentation losses: soft Dice, BCE and the FedMix mixed-supervision loss.
+"""Segmentation losses (pure, jittable): soft Dice, BCE, FedMix's mixed supervision, weak labels.
 
-All functions are pure, jittable, vmappable and differentiable. Arrays are NHWC with one sigmoid
-channel per class: ``logits`` / ``targets`` are [B, H, W, K]. Per-sample quantities are [B].
-
-The Dice coefficient of one sample is (spec, "Local training")::
-
-    dice(a, b) = (2 * sum(a * b) + eps) / (sum(a) + sum(b) + eps),   eps = 1e-4
-
-with the sums over all pixels and channels of that sample. Losses that take per-sample ``weights``
-return ``sum(w * l) / sum(w)``; a batch whose weights are all zero returns 0 with zero gradients
-(never NaN), which is how masked (padded or unselected) samples contribute nothing.
+``logits`` / ``targets`` are [B, H, W, K] (one sigmoid channel per class), per-sample values [B].
+``dice(a, b) = (2 sum(a b) + eps) / (sum(a) + sum(b) + eps)``, eps = 1e-4, summed over a sample's
+pixels and channels; with [B] ``weights`` a loss is ``sum(w l) / sum(w)``, 0 (zero gradient) when
+every weight is 0. The weak-label terms: docs/weak_supervision.md.
 """
 
 from __future__ import annotations
@@ -64,20 +58,14 @@ def dice_loss_per_sample(logits: jax.Array, targets: jax.Array,
 
 def dice_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array | None = None,
               eps: float = DICE_EPS) -> jax.Array:
-    """Soft Dice loss of ``logits`` against ``targets`` ([B, H, W, K], targets in [0, 1]),
-    averaged over the batch with optional [B] weights; 0 with zero gradients if every weight is 0.
-    """
+    """Soft Dice loss of ``logits`` toward ``targets`` [B, H, W, K], weighted mean over B."""
     return weighted_mean(dice_loss_per_sample(logits, targets, eps), weights)
 
 
 def bce_loss_per_sample(logits: jax.Array, targets: jax.Array,
                         pixel_weights: jax.Array | None = None) -> jax.Array:
-    """Mean binary cross-entropy per sample (numerically stable, on logits): -> [B].
-
-    The per-pixel term is ``optax.sigmoid_binary_cross_entropy`` (float32). ``pixel_weights``
-    ([B, H, W, K], optional) weighs pixels, e.g. FedST's confident-pixel mask; the per-sample
-    value is then ``sum(pw * bce) / max(sum(pw), tiny)``.
-    """
+    """Mean BCE on logits per sample, [B, H, W, K] -> [B] float32; with ``pixel_weights``
+    [B, H, W, K]: ``sum(pw * bce) / max(sum(pw), 1e-12)``."""
     logits = logits.astype(jnp.float32)
     per_pixel = optax.sigmoid_binary_cross_entropy(logits, targets.astype(jnp.float32))
     axes = tuple(range(1, logits.ndim))
@@ -105,17 +93,8 @@ def empty_aware_loss_per_sample(logits: jax.Array, targets: jax.Array,
 
 def mixed_supervision_targets(masks: jax.Array, pseudo1: jax.Array, pseudo2: jax.Array,
                               levels: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Targets of model 1 and model 2 under cross pseudo-supervision: pixel samples train both
-    models on the ground truth, every other level trains model 1 on model 2's pseudo-label and
-    model 2 on model 1's.
-
-    Args:
-      masks: [B, H, W, K] ground truth (only read for pixel samples).
-      pseudo1, pseudo2: [B, H, W, K] refined binary pseudo-labels of the global models 1 and 2.
-      levels: [B] int supervision levels.
-    Returns:
-      (target_model1, target_model2), each [B, H, W, K].
-    """
+    """Cross pseudo-supervision targets ``(of model 1, of model 2)``, each [B, H, W, K]: pixel
+    samples (``levels`` [B]) the ``masks``, the others ``pseudo2`` / ``pseudo1`` [B, H, W, K]."""
     is_pixel = (levels == PIXEL)[:, None, None, None]
     return jnp.where(is_pixel, masks, pseudo2), jnp.where(is_pixel, masks, pseudo1)
 
@@ -124,38 +103,19 @@ def mixed_supervision_loss(logits1: jax.Array, logits2: jax.Array, masks: jax.Ar
                            pseudo1: jax.Array, pseudo2: jax.Array, levels: jax.Array,
                            selected: jax.Array, valid: jax.Array,
                            eps: float = DICE_EPS) -> tuple[jax.Array, jax.Array]:
-    """FedMix loss of both models on one batch of mixed supervision levels.
-
-    Args:
-      logits1, logits2: [B, H, W, K] outputs of local model 1 and model 2; masks: [B, H, W, K]
-        ground truth (read for pixel samples); pseudo1, pseudo2: [B, H, W, K] refined
-        pseudo-labels of the global models; levels: [B] int; selected, valid: [B] bool.
-    Returns:
-      (loss_model1, loss_model2): Dice losses averaged over the usable samples; both 0 with zero
-      gradients when no sample of the batch is usable.
-    """
+    """FedMix's ``(loss_model1, loss_model2)``: Dice losses of ``logits1`` / ``logits2`` toward
+    :func:`mixed_supervision_targets`, averaged over the usable samples (valid, and pixel or
+    selected). Maps [B, H, W, K]; levels [B] int; selected, valid [B] bool."""
     t1, t2 = mixed_supervision_targets(masks, pseudo1, pseudo2, levels)
     w = (valid & ((levels == PIXEL) | selected)).astype(jnp.float32)     # the usable samples
     return dice_loss(logits1, t1, w, eps), dice_loss(logits2, t2, w, eps)
 
 
-# Weak labels used directly (docs/weak_supervision.md): per sample and class, where the class may
-# be (``region`` [B, H, W, K] in {0, 1}), whether it is present (``present`` [B, K]) and whether
-# the label speaks about it (``known`` [B, K]); :func:`weak_label_regions` builds the three.
-
 def weak_label_regions(boxes: jax.Array, image_labels: jax.Array, levels: jax.Array,
                        valid: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """What a box or image-level label says about each class: ``(region, present, known)``.
-
-    Args:
-      boxes: [B, H, W, K] box masks in {0, 1} (read for box samples).
-      image_labels: [B, K] in {0, 1} (read for image-level samples).
-      levels: [B] int supervision levels; valid: [B] bool.
-    Returns:
-      region [B, H, W, K] float32 (box samples: their boxes; image samples: all ones where the
-      class is present, zeros where absent), present [B, K] float32 (box: the class has a box;
-      image: the label), known [B, K] float32 (1 for valid box / image samples, else 0).
-    """
+    """``(region [B, H, W, K], present [B, K], known [B, K])`` float32 of ``boxes`` [B, H, W, K]
+    and ``image_labels`` [B, K] in {0, 1}, ``levels`` [B] int, ``valid`` [B] bool: a box sample's
+    boxes / an image sample's label broadcast; known 1 for valid box and image samples."""
     boxes = boxes.astype(jnp.float32)
     labels = image_labels.astype(jnp.float32)
     is_box = (levels == BOX)[:, None]
@@ -175,15 +135,8 @@ def _masked_max(logits: jax.Array, mask: jax.Array, axes) -> jax.Array:
 
 def outside_region_bce_per_sample(logits: jax.Array, region: jax.Array,
                                   known: jax.Array) -> jax.Array:
-    """Box emptiness: every pixel outside a class's region is certain background.
-
-    ``mean_{pixels with region = 0, classes with known = 1} BCE(logit, 0)`` per sample.
-
-    Args:
-      logits: [B, H, W, K]; region: [B, H, W, K] in {0, 1}; known: [B, K] in {0, 1}.
-    Returns:
-      [B]; 0 (zero gradient) for a sample without any such pixel.
-    """
+    """Box emptiness, [B]: ``mean_{pixels with region = 0, classes with known = 1} BCE(logit, 0)``
+    (0 without such pixel). logits, region: [B, H, W, K]; known: [B, K] in {0, 1}."""
     neg = (1.0 - region.astype(jnp.float32)) * known[:, None, None, :]
     per_pixel = jax.nn.softplus(logits.astype(jnp.float32))     # BCE toward 0
     total = jnp.sum(neg, axis=(1, 2, 3))
@@ -201,23 +154,11 @@ def dilate(region: jax.Array, radius: int) -> jax.Array:
 def mil_image_loss_per_sample(logits: jax.Array, region: jax.Array, present: jax.Array,
                               known: jax.Array, outside_margin: int = 0,
                               absent_weight: float = 1.0, spare_lesions: bool = False) -> jax.Array:
-    """Multiple-instance loss of a weak label: a positive bag inside a present class's region,
-    a negative bag outside it. Per known class: ``softplus(-max_{region} logit)`` if the class
-    is present (a foreground pixel in its boxes / in the image), plus ``softplus(max_{outside}
-    logit)`` when there are pixels outside the region (for an absent class or an empty box, the
-    whole image: its maximum probability below 0.5, what the false-positive-rate metric counts).
-    Averaged over the known classes. ``outside_margin`` (px) leaves the pixels that close to the
-    region out of the negative bag (a prediction bleeding past a box edge is left to the
-    emptiness term). ``absent_weight`` scales the negative bag of absent classes and empty boxes.
-    ``spare_lesions`` also leaves out of every negative bag the pixels within ``outside_margin``
-    of any present class's region (:func:`spared_pixels`); with one class it changes nothing.
-
-    Args:
-      logits: [B, H, W, K]; region: [B, H, W, K] in {0, 1}; present, known: [B, K] in {0, 1};
-      outside_margin: static int >= 0; absent_weight: float >= 0; spare_lesions: static bool.
-    Returns:
-      [B]; 0 for a sample with no known class.
-    """
+    """Multiple-instance bags, [B] (0 without known class): per known class
+    ``present * softplus(-max_{region} logit) + softplus(max_{outside} logit)`` (the negative bag
+    only where pixels lie outside ``region`` dilated by ``outside_margin`` px, scaled by
+    ``absent_weight`` for absent classes; ``spare_lesions``: :func:`spared_pixels` left out too),
+    averaged over the known classes. logits, region: [B, H, W, K]; present, known: [B, K]."""
     logits = logits.astype(jnp.float32)
     present = present.astype(jnp.float32)
     region = region.astype(jnp.float32)
@@ -233,17 +174,14 @@ def mil_image_loss_per_sample(logits: jax.Array, region: jax.Array, present: jax
 
 
 def spared_pixels(lesions: jax.Array, margin: int) -> jax.Array:
-    """[B, H, W, 1]: the pixels within ``margin`` px of any class's ``lesions`` [B, H, W, K],
-    which ``spare_lesions`` leaves out of the maximum-based negatives (docs/weak_supervision.md)."""
+    """[B, H, W, 1]: the pixels within ``margin`` px of any class's ``lesions`` [B, H, W, K]."""
     return dilate(jnp.max(lesions.astype(jnp.float32), axis=-1, keepdims=True), margin)
 
 
 def negative_max_loss_per_sample(logits: jax.Array, targets: jax.Array,
                                  spare_margin: int | None = None) -> jax.Array:
-    """[B]: for a sample whose target ([B, H, W, K] in {0, 1}) is empty in a class,
-    ``softplus(max logit)`` of that class (its maximum probability below 0.5); averaged over
-    classes, 0 for classes with foreground. With ``spare_margin`` (static int) the maximum leaves
-    out the pixels within that many px of any class's target (:func:`spared_pixels`)."""
+    """[B]: ``softplus(max logit)`` of each class empty in ``targets`` [B, H, W, K], averaged over
+    the classes; ``spare_margin`` (static int) leaves :func:`spared_pixels` out of the maximum."""
     logits = logits.astype(jnp.float32)
     empty = (jnp.max(targets.astype(jnp.float32), axis=(1, 2)) == 0).astype(jnp.float32)
     if spare_margin is None:
@@ -254,8 +192,7 @@ def negative_max_loss_per_sample(logits: jax.Array, targets: jax.Array,
 
 
 def _inset(region: jax.Array, inset: int, axis: int) -> jax.Array:
-    """``region`` [B, H, W, K] kept where it also holds ``inset`` pixels before and after along
-    ``axis`` (1 = H, 2 = W): the box shrunk by ``inset`` on the two sides of that axis."""
+    """``region`` [B, H, W, K] shrunk by ``inset`` px on both sides of ``axis`` (1 = H, 2 = W)."""
     if inset <= 0:
         return region
     size = region.shape[axis]
@@ -269,21 +206,10 @@ def _inset(region: jax.Array, inset: int, axis: int) -> jax.Array:
 
 def box_tightness_loss_per_sample(logits: jax.Array, boxes: jax.Array, known: jax.Array,
                                   inset: int = 0) -> jax.Array:
-    """Box tightness prior (Hsu et al., NeurIPS 2019): every horizontal and vertical line of
-    pixels crossing a box holds at least one foreground pixel.
-
-    Each line (a row or a column of a class's box mask) is a positive bag; its loss is
-    ``softplus(-max logit over the line's box pixels)`` (BCE of the bag's maximum toward 1). The
-    loss is the mean over the bags of the sample's known classes. ``inset`` (px) keeps only the
-    lines at least that far inside the box from both of its ends across the line (rows at least
-    ``inset`` rows from the box's top and bottom), for boxes drawn with a margin around the lesion.
-
-    Args:
-      logits, boxes: [B, H, W, K] (boxes in {0, 1}); known: [B, K] in {0, 1}.
-      inset: static int >= 0.
-    Returns:
-      [B]; 0 for a sample without any bag.
-    """
+    """Box tightness (Hsu et al., 2019), [B] (0 without bag): the mean over every row and column
+    of a known class's box (a positive bag) of ``softplus(-max logit over its box pixels)``; only
+    the lines at least ``inset`` px (static) inside the box's ends. logits, boxes: [B, H, W, K];
+    known: [B, K]."""
     logits = logits.astype(jnp.float32)
     boxes = boxes.astype(jnp.float32) * known[:, None, None, :]
     total, count = 0.0, 0.0
@@ -298,18 +224,9 @@ def box_tightness_loss_per_sample(logits: jax.Array, boxes: jax.Array, known: ja
 
 def box_size_loss_per_sample(logits: jax.Array, boxes: jax.Array, known: jax.Array,
                              fill_min: float, fill_max: float) -> jax.Array:
-    """Box size bounds (after Kervadec et al., MIDL 2020): a class's predicted area fills between
-    ``fill_min`` and ``fill_max`` of its boxes' area.
-
-    Per known class with a box: ``r = sum(sigmoid(logits) * boxes) / sum(boxes)`` and the hinge
-    ``relu(1 - r / fill_min) + relu(r / fill_max - 1)``; averaged over those classes.
-
-    Args:
-      logits, boxes: [B, H, W, K] (boxes in {0, 1}); known: [B, K] in {0, 1};
-      fill_min, fill_max: static floats, 0 < fill_min <= fill_max.
-    Returns:
-      [B]; 0 for a sample without a known box.
-    """
+    """Box size bounds (after Kervadec et al., 2020), [B] (0 without known box): per known class
+    with a box, ``r = sum(sigmoid(logits) * boxes) / sum(boxes)`` and ``relu(1 - r / fill_min) +
+    relu(r / fill_max - 1)``, averaged. logits, boxes: [B, H, W, K]; known: [B, K]."""
     boxes = boxes.astype(jnp.float32)
     area = jnp.sum(boxes, axis=(1, 2))                                  # [B, K]
     pred = jnp.sum(jax.nn.sigmoid(logits.astype(jnp.float32)) * boxes, axis=(1, 2))

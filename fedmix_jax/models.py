@@ -1,12 +1,9 @@
-"""The reference FedMix U-Net in Flax (NHWC).
+"""The reference FedMix U-Net in Flax (NHWC): `UNet`, `init_unet`, `count_params`.
 
-`UNet` reproduces the reference PyTorch U-Net used by FedMix (the "milesial" U-Net, bilinear
-variant, with GroupNorm instead of BatchNorm) layer for layer, so weights exported from the
-reference load exactly (:mod:`fedmix_jax.reference_weights`); ``width=64``, one input channel and
-one class: 17,266,241 parameters. Its layout and parameter tree: docs/architecture.md ("The
-model"). :class:`Conv` and :class:`GroupNorm` compute the values of ``flax.linen.Conv`` /
-``flax.linen.GroupNorm(use_fast_variance=False)`` with the same parameters, through the XLA:CPU
-workarounds of :mod:`fedmix_jax.xla_cpu`. Kernels are HWIO, float32 whatever the ``dtype``.
+Layer for layer the reference PyTorch U-Net (bilinear, GroupNorm), so its weights load exactly
+(:mod:`fedmix_jax.reference_weights`); width 64, 1 channel, 1 class: 17,266,241 parameters.
+:class:`Conv` / :class:`GroupNorm`: ``flax.linen``'s values through :mod:`fedmix_jax.xla_cpu`.
+Details: docs/architecture.md ("The model").
 """
 from __future__ import annotations
 
@@ -34,19 +31,9 @@ bias_init = nn.initializers.zeros
 
 @functools.lru_cache(maxsize=256)
 def interpolation_matrix(n_in: int, n_out: int, pad_to: int | None = None) -> np.ndarray:
-    """Linear-interpolation matrix of ``align_corners=True`` resizing along one axis.
-
-    Row ``o`` interpolates source coordinate ``s = o * (n_in - 1) / (n_out - 1)`` (``s = 0`` when
-    ``n_out == 1``), i.e. ``out[o] = (1 - f) * in[floor(s)] + f * in[min(floor(s) + 1, n_in-1)]``
-    with ``f = s - floor(s)``, as ``torch.nn.Upsample(mode='bilinear', align_corners=True)``.
-
-    If ``pad_to`` is given (``>= n_out``) the matrix gets ``pad_to - n_out`` zero rows, split as the
-    reference's ``F.pad``: ``(pad_to - n_out) // 2`` before and the rest after. Multiplying by it
-    upsamples and zero-pads in one exact step.
-
-    Returns:
-      float64 array of shape ``[pad_to or n_out, n_in]`` (cached; do not modify).
-    """
+    """float64 ``[pad_to or n_out, n_in]`` (cached, read-only): linear ``align_corners=True``
+    resizing along one axis, as torch's bilinear ``Upsample``; ``pad_to`` adds zero rows as the
+    reference's ``F.pad`` (``(pad_to - n_out) // 2`` before, the rest after)."""
     if n_in < 1 or n_out < 1:
         raise ValueError(f"sizes must be positive, got n_in={n_in}, n_out={n_out}")
     scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
@@ -76,29 +63,21 @@ def _resize_hw(x: jax.Array, mh: np.ndarray, mw: np.ndarray) -> jax.Array:
 
 
 def upsample_bilinear_align_corners(x: jax.Array, scale: int = 2) -> jax.Array:
-    """Bilinear ``scale``x upsampling with ``align_corners=True`` semantics (int ``scale``):
-    ``[N, H, W, C] -> [N, scale*H, scale*W, C]`` in ``x.dtype``; ``H == 1`` replicates."""
+    """Bilinear ``align_corners=True`` upsampling: [N, H, W, C] -> [N, scale*H, scale*W, C]."""
     _, h, w, _ = x.shape
     return _resize_hw(x, interpolation_matrix(h, scale * h), interpolation_matrix(w, scale * w))
 
 
 def upsample_and_pad(x: jax.Array, target_hw: Sequence[int]) -> jax.Array:
-    """The reference Up block's ``up`` + ``F.pad``: x2 bilinear (align_corners), then zero-pad
-    to ``target_hw = (Ht, Wt)`` (each ``>= 2H`` / ``>= 2W``) with ``(Ht - 2H) // 2`` rows on top
-    and the rest at the bottom (same for columns), in one step of two padded interpolation
-    matrices: ``[N, H, W, C] -> [N, Ht, Wt, C]``."""
+    """The reference Up block's x2 upsampling + ``F.pad``: [N, H, W, C] -> [N, Ht, Wt, C]."""
     _, h, w, _ = x.shape
     ht, wt = int(target_hw[0]), int(target_hw[1])
     return _resize_hw(x, interpolation_matrix(h, 2 * h, ht), interpolation_matrix(w, 2 * w, wt))
 
 
 class Conv(nn.Module):
-    """``flax.linen.Conv`` (stride 1, symmetric "same" padding, bias) on :func:`conv2d_same`.
-
-    Same parameters (``kernel`` HWIO and ``bias``, float32), initialisers and forward values as
-    ``nn.Conv(features, (k, k), padding=((k // 2,) * 2,) * 2)``; only the CPU backward pass is
-    written differently (:func:`fedmix_jax.xla_cpu.conv2d_same`).
-    """
+    """``nn.Conv(features, (k, k), padding=k // 2)`` (same params: ``kernel`` HWIO, ``bias``,
+    float32; same values) on :func:`fedmix_jax.xla_cpu.conv2d_same`."""
 
     features: int
     kernel_size: int = 3
@@ -118,15 +97,8 @@ class Conv(nn.Module):
 
 def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, num_groups: int,
                epsilon: float = GROUPNORM_EPSILON) -> jax.Array:
-    """GroupNorm of NHWC ``x`` as ``torch.nn.GroupNorm``: per sample and group, two-pass stats.
-
-    ``mean = E[x]`` and ``var = E[(x - mean)^2]`` (biased) over the group's pixels and channels,
-    ``y = (x - mean) / sqrt(var + eps) * scale + bias``. Statistics are float32 whatever
-    ``x.dtype``; the result has ``x.dtype`` (the sums: :func:`fedmix_jax.xla_cpu.sum_over_pixels`).
-
-    Args:
-      x: ``[N, H, W, C]``; scale, bias: ``[C]``; num_groups: divides ``C``.
-    """
+    """``torch.nn.GroupNorm`` of ``x`` [N, H, W, C] (scale, bias [C]; ``num_groups`` divides C):
+    two-pass float32 statistics (biased variance) per sample and group; result in ``x.dtype``."""
     n, h, w, c = x.shape
     if num_groups <= 0 or c % num_groups:
         raise ValueError(f"num_groups={num_groups} does not divide the {c} channels")
@@ -147,8 +119,7 @@ def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, num_groups: int,
 
 
 class GroupNorm(nn.Module):
-    """GroupNorm with the parameters of ``flax.linen.GroupNorm`` (``scale`` ones, ``bias`` zeros,
-    float32) computed by :func:`group_norm`. ``[N, H, W, C] -> [N, H, W, C]`` in ``dtype``."""
+    """:func:`group_norm` with ``flax.linen.GroupNorm``'s params: [N, H, W, C] in ``dtype``."""
 
     num_groups: int
     epsilon: float = GROUPNORM_EPSILON
@@ -174,11 +145,7 @@ def _double_conv(x: jax.Array, features: int, mid_features: int, dtype: Dtype) -
 
 
 class DoubleConv(nn.Module):
-    """(3x3 conv, pad 1, bias -> GroupNorm(C//2 groups, eps 1e-5) -> ReLU) x 2.
-
-    ``[N, H, W, Cin] -> [N, H, W, features]``; the first conv has ``mid_features`` outputs
-    (default ``features``). Params: ``conv1``, ``norm1``, ``conv2``, ``norm2``.
-    """
+    """(3x3 conv -> GroupNorm(C//2 groups) -> ReLU) x 2: [N, H, W, Cin] -> [N, H, W, features]."""
 
     features: int
     mid_features: int | None = None
@@ -191,10 +158,7 @@ class DoubleConv(nn.Module):
 
 
 class Down(nn.Module):
-    """2x2 max-pool (stride 2, floor on odd sizes) then DoubleConv.
-
-    ``[N, H, W, Cin] -> [N, H//2, W//2, features]``. Params as DoubleConv's.
-    """
+    """2x2 max-pool then DoubleConv: [N, H, W, Cin] -> [N, H//2, W//2, features]."""
 
     features: int
     dtype: Dtype = jnp.float32
@@ -206,12 +170,8 @@ class Down(nn.Module):
 
 
 class Up(nn.Module):
-    """Bilinear x2 upsample (align_corners=True), pad to skip, concat [skip, up], DoubleConv.
-
-    ``x: [N, h, w, Cx]``, ``skip: [N, H, W, Cs]`` (``H >= 2h``, ``W >= 2w``) ->
-    ``[N, H, W, features]``. The DoubleConv's middle width is ``(Cs + Cx) // 2``, as the
-    reference's ``DoubleConv(in_channels, out_channels, in_channels // 2)``.
-    """
+    """x2 upsample ``x`` [N, h, w, Cx], pad to ``skip`` [N, H, W, Cs], concat [skip, up],
+    DoubleConv (middle width ``(Cs + Cx) // 2``) -> [N, H, W, features]."""
 
     features: int
     dtype: Dtype = jnp.float32
@@ -224,10 +184,8 @@ class Up(nn.Module):
 
 
 def unet_channels(width: int, depth: int = 4) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Output channels of the encoder (``inc, down1..down{d}``) and decoder (``up1..up{d}``).
-
-    For ``depth=4``: ``(w, 2w, 4w, 8w, 8w)`` and ``(4w, 2w, w, w)``.
-    """
+    """Output channels of the encoder (``inc, down1..``) and decoder (``up1..``); ``depth=4``:
+    ``(w, 2w, 4w, 8w, 8w)`` and ``(4w, 2w, w, w)``."""
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
     enc = tuple(width * 2 ** min(i, depth - 1) for i in range(depth + 1))
@@ -236,17 +194,10 @@ def unet_channels(width: int, depth: int = 4) -> tuple[tuple[int, ...], tuple[in
 
 
 class UNet(nn.Module):
-    """The reference FedMix U-Net (bilinear variant, GroupNorm), NHWC.
+    """The reference U-Net: ``x`` [N, H, W, Cin] -> logits [N, H, W, num_classes] float32.
 
-    Attributes:
-      width: channels of the first block (64 in the paper).
-      num_classes: output channels (one sigmoid logit per class).
-      depth: number of Down (and Up) blocks; 4 is the reference.
-      dtype: computation dtype (e.g. ``jnp.bfloat16``); params are always float32 and the
-        logits are returned as float32.
-
-    Call: ``x: [N, H, W, Cin]`` (any H, W >= 1; Cin inferred at init) ->
-    logits ``[N, H, W, num_classes]`` float32.
+    ``width``: first block's channels; ``depth``: Down / Up blocks; ``dtype``: computation dtype
+    (params stay float32).
     """
 
     width: int = 64
@@ -279,13 +230,9 @@ def count_params(params: Any) -> int:
 
 def init_unet(key: jax.Array, model: nn.Module, input_shape: Sequence[int], *,
               fast: bool = True) -> dict:
-    """The ``params`` collection (float32 leaves) of ``model`` (a ``UNet`` or any module of this
-    file) for NHWC ``input_shape`` ``(N, H, W, Cin)`` (only ``Cin`` matters).
-
-    ``fast`` (default): the distributions of ``model.init`` drawn from one random stream
-    (:func:`fedmix_jax.xla_cpu.fast_xavier_init`, far quicker to compile; other values than
-    ``model.init`` for the same key); False: ``jax.jit(model.init)``.
-    """
+    """The float32 ``params`` of ``model`` for NHWC ``input_shape`` (only Cin matters): ``fast``
+    by :func:`fedmix_jax.xla_cpu.fast_xavier_init` (other values than ``model.init``), else
+    ``jax.jit(model.init)``."""
     if len(input_shape) != 4:
         raise ValueError(f"input_shape must be NHWC (N, H, W, Cin), got {tuple(input_shape)}")
     # Params do not depend on N, H, W: build them on a small input.

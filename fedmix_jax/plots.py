@@ -1,10 +1,6 @@
-"""PNG plots of a run, from its ``metrics.jsonl`` records (Matplotlib's Agg canvas, no pyplot).
-
-:func:`write_run_plots` writes ``val_dice.png``, ``weights.png``, ``selection_rate.png``,
-``loss.png``, ``pseudo_labels.png`` (with ``config.diagnostics``) and ``predictions.png`` (test
-images with the ground truth, the selected model's prediction and the box outlined); what each
-shows: docs/main_job.md ("What a workdir holds"). The global pyplot state and backend are never
-touched, so this is safe in notebooks and threads.
+"""PNG plots of a run from its ``metrics.jsonl`` records: :func:`write_run_plots` (what each file
+shows: docs/main_job.md, "What a workdir holds"). Matplotlib's Agg canvas without pyplot, so the
+global pyplot state and backend are never touched (safe in notebooks and threads).
 """
 
 from __future__ import annotations
@@ -13,23 +9,25 @@ import functools
 import os
 from typing import Sequence
 
+import jax
 import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-CLIENT_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-                  "#7f7f7f", "#bcbd22", "#17becf")
-
+from fedmix_jax.data.federation import float_images, gathered_labels
+from fedmix_jax.diagnostics import LEVELS, summarize
 
 def _figure(figsize=(6.4, 4.0), dpi=110):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=figsize, dpi=dpi)
     FigureCanvasAgg(fig)
     return fig
 
 
-def _colour(c: int) -> str:
-    return CLIENT_COLOURS[c % len(CLIENT_COLOURS)]
+def _colour(c: int) -> tuple[float, float, float]:
+    """Client (or level) ``c``'s colour: Matplotlib's tab10, cycled."""
+    return colormaps["tab10"].colors[c % 10]
 
 
 def _series(records: Sequence[dict], key: str):
@@ -56,12 +54,10 @@ def _client_lines(rounds, values, client_names, levels, lw: float = 1.4, keep=No
     return fig, ax, shown
 
 
-def _finish(fig, ax, path: str, title: str, xlabel: str = "round", ylabel: str = ""):
-    from matplotlib.ticker import MaxNLocator
-
+def _finish(fig, ax, path: str, title: str, ylabel: str = ""):
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(title, fontsize=10)
-    ax.set_xlabel(xlabel)
+    ax.set_xlabel("round")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
@@ -119,8 +115,6 @@ def plot_pseudo_labels(records, client_names, path, levels=None) -> str | None:
     """Pseudo-label quality vs round (records with ``pl_*`` diagnostics; None without): per weak
     level, the Dice of the selected pseudo-labels against the true masks and the selected share
     of samples, pooled over clients (:func:`fedmix_jax.diagnostics.summarize`)."""
-    from fedmix_jax.diagnostics import LEVELS, summarize
-
     rows = [(r["round"], summarize({k: v for k, v in r.items() if k.startswith("pl_")}))
             for r in records if any(k.startswith("pl_") for k in r)]
     if not rows:
@@ -131,8 +125,7 @@ def plot_pseudo_labels(records, client_names, path, levels=None) -> str | None:
     for i, name in enumerate(LEVELS):
         if not any(f"pl_{name}_n" in s for _, s in rows):
             continue
-        get = lambda key: np.array([np.nan if s.get(key) is None else s[key]  # noqa: E731
-                                    for _, s in rows], float)
+        get = lambda key: np.array([s.get(key) for _, s in rows], float)  # None: NaN # noqa: E731
         n = get(f"pl_{name}_n")
         ax_dice.plot(rounds, get(f"pl_{name}_dice"), color=_colour(i), marker=".",
                      label=f"{name}: selected")
@@ -150,8 +143,6 @@ def plot_pseudo_labels(records, client_names, path, levels=None) -> str | None:
 
 @functools.lru_cache(maxsize=8)
 def _predict_fn(model):
-    import jax
-
     return jax.jit(lambda params, x: model.apply({"params": params}, x))
 
 
@@ -164,10 +155,6 @@ def plot_predictions(model, params, split, client_names, path, per_client: int =
         [C, ...], client c's model on client c's images).
       split: a :class:`~fedmix_jax.data.federation.FederatedSplit` (e.g. ``federation.test``).
     """
-    import jax
-
-    from fedmix_jax.data.federation import float_images, gathered_labels
-
     k = max(1, min(per_client, np.shape(split.images)[1]))
     images = float_images(np.asarray(split.images)[:, :k])     # only the k plotted per client
     width = images.shape[-2]
@@ -176,18 +163,16 @@ def plot_predictions(model, params, split, client_names, path, per_client: int =
     valid = np.asarray(split.valid)
     c_num = images.shape[0]
     predict = _predict_fn(model)
-    preds = np.zeros(masks.shape[:1] + (k,) + masks.shape[2:], np.float32)
-    for c in range(c_num):
-        p = jax.tree.map(lambda x: x[c], params) if per_client_params else params
-        logits = np.asarray(predict(p, images[c, :k]))
-        preds[c] = (1.0 / (1.0 + np.exp(-logits)) > 0.5).astype(np.float32)
+    logits = np.stack([np.asarray(predict(jax.tree.map(lambda x: x[c], params)
+                                          if per_client_params else params, images[c]))
+                       for c in range(c_num)])
+    preds = (1.0 / (1.0 + np.exp(-logits)) > 0.5).astype(np.float32)
     fig = _figure(figsize=(1.7 * k, 1.8 * c_num + 0.4))
     axes = fig.subplots(c_num, k, squeeze=False)
     for c in range(c_num):
         for j in range(k):
             ax = axes[c, j]
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set(xticks=[], yticks=[])
             if not valid[c, j]:
                 ax.axis("off")
                 continue
@@ -203,8 +188,7 @@ def plot_predictions(model, params, split, client_names, path, per_client: int =
                 if outline.any():
                     ax.contour(outline, levels=[0.5], colors=[colour], linewidths=lw,
                                linestyles=ls)
-            inter = float((gt * pr).sum())
-            dice = (2 * inter + 1e-4) / (float(gt.sum() + pr.sum()) + 1e-4)
+            dice = (2 * float((gt * pr).sum()) + 1e-4) / (float(gt.sum() + pr.sum()) + 1e-4)
             ax.set_title(f"Dice {dice:.2f}", fontsize=7, pad=2)
             if j == 0:
                 ax.set_ylabel(client_names[c], fontsize=7)

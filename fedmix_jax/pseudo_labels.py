@@ -1,14 +1,9 @@
 """Pseudo-labels of the two global models: binarise, refine with weak labels, select by agreement.
 
-Shapes (NHWC, K classes): predictions / boxes [B, H, W, K]; image labels [B, K]; levels, valid and
-the selection [B]; batched, fixed-shape, masks only (any mix of levels in the compiled round).
-``p_k = [sigmoid(f_k(x)) > threshold]`` for the global models k = 1, 2; ``refine``: box samples
-``p_k <- p_k * B``, image samples of a multi-class task zero the classes their label marks
-absent; a weak sample is *selected* when ``dice(p1, p2) >= agreement`` and a box sample also when
-``dice(p1 * B, B) >= box_fit``. The fixes behind the other :class:`SelectionConfig` switches
-(``reject_empty``, ``use_image_labels``, ``empty_boxes_negative``; differences 2 and 6 of
-docs/strategies.md) are commented where they apply. Pixel samples are always usable and report
-``selected = True``.
+``p_k = [sigmoid(f_k(x)) > threshold]``; box samples ``p_k <- p_k * B``; a weak sample is selected
+when ``dice(p1, p2) >= agreement`` (a box sample also ``dice(p1 * B, B) >= box_fit``); pixel
+samples always. Maps [B, H, W, K], image labels [B, K], levels / valid / selection [B]. The fixes
+(``reject_empty``, ``use_image_labels``, ``empty_boxes_negative``): docs/strategies.md.
 """
 
 from __future__ import annotations
@@ -44,14 +39,9 @@ class SelectionConfig:
 
 @struct.dataclass
 class PseudoLabels:
-    """Refined pseudo-labels and selection of a batch.
-
-    pseudo1, pseudo2: [B, H, W, K] float32 in {0, 1} — refined binarised predictions of the global
-      models 1 and 2 (model 1 trains on ``pseudo2`` and model 2 on ``pseudo1``);
-    selected: [B] bool — usable this round (pixel samples: True; padding: False);
-    agreement: [B] float32 — dice(pseudo1, pseudo2);
-    box_fit: [B] float32 — dice(pseudo1 * B, B) (1 for non-box samples).
-    """
+    """A batch's refined ``pseudo1`` / ``pseudo2`` [B, H, W, K] in {0, 1} (model 1 trains on
+    pseudo2), ``selected`` [B] bool (pixel: True, padding: False), ``agreement`` dice(p1, p2) and
+    ``box_fit`` dice(p1 * B, B) (1 for non-box) [B] float32."""
 
     pseudo1: jax.Array
     pseudo2: jax.Array
@@ -81,13 +71,8 @@ def refine_with_image_labels(pred: jax.Array, image_labels: jax.Array,
 def select_pseudo_labels(p1: jax.Array, p2: jax.Array, boxes: jax.Array, image_labels: jax.Array,
                          levels: jax.Array, valid: jax.Array,
                          config: SelectionConfig = SelectionConfig()) -> PseudoLabels:
-    """Refine binarised predictions with the weak labels and select: a :class:`PseudoLabels`.
-
-    Args:
-      p1, p2: [B, H, W, K] binarised predictions of global models 1 and 2.
-      boxes: [B, H, W, K] box masks; image_labels: [B, K] class presence in {0, 1};
-      levels: [B] int supervision levels; valid: [B] bool; config: the switches.
-    """
+    """Refine binarised ``p1``, ``p2`` [B, H, W, K] with ``boxes`` [B, H, W, K] / ``image_labels``
+    [B, K] and select (``levels`` [B] int, ``valid`` [B] bool): a :class:`PseudoLabels`."""
     num_classes = p1.shape[-1]
     is_box = levels == BOX
     is_image = levels == IMAGE
@@ -133,20 +118,9 @@ def pseudo_labels_from_logits(logits1: jax.Array, logits2: jax.Array, boxes: jax
 
 
 def site_pseudo_labels(model, global_params, data, config) -> "PseudoLabels":
-    """Pseudo-labels of the global pair on a site's un-augmented training images.
-
-    Chunks of ``config.inference_chunk`` images run through both models, each converted,
-    binarised, refined and selected on its own (no float copy of the split, no logits of all
-    samples); a chunk with no image that needs a pseudo-label is skipped (``lax.cond``).
-
-    Args:
-      model: the Flax model; global_params: the broadcast pair, leaves [...];
-      data: one site's :class:`~fedmix_jax.data.federation.FederatedSplit`, leaves [N, ...],
-        masks and boxes unpacked; config: the static round config.
-
-    Returns: a :class:`PseudoLabels`, pseudo1 / pseudo2 [N,H,W,K] in {0, 1} in the masks' storage
-    dtype, selected [N] bool.
-    """
+    """Pseudo-labels of the global pair (leaves [...]) on a site's un-augmented images (``data``
+    leaves [N, ...], labels unpacked), in chunks of ``config.inference_chunk`` (a chunk without weak
+    sample skipped): pseudo1 / pseudo2 [N, H, W, K] in the masks' dtype, selected [N]."""
     p1, p2 = global_params
     needs = data.valid & (data.levels != PIXEL)
 

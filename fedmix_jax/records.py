@@ -1,15 +1,11 @@
-"""The per-round records of a run and ``metrics.jsonl``, the file that holds them.
-
-A record is a JSON object per round (keys in ``docs/main_job.md``). The records of every round up
-to a checkpoint are also stored *in* that checkpoint, so the file can always be rebuilt:
-:meth:`MetricsFile.reconcile` makes the file hold exactly the checkpoint's records when a run
-resumes -- lines of later rounds (written before an interruption) are dropped silently, and a
-damaged file (a line cut in the middle, a garbled or missing record, a duplicated round, a deleted
-file) is rebuilt with a warning, the damaged file kept in ``<workdir>/damaged/``.
+"""The per-round records of a run and ``metrics.jsonl`` (:class:`MetricsFile`), the file that holds
+them; :meth:`MetricsFile.reconcile` makes the file hold exactly a resumed checkpoint's records,
+rebuilding a damaged one (kept in ``damaged/``). Keys and rules: docs/main_job.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -25,12 +21,9 @@ def _tolist(x) -> list:
 
 
 def check_checkpoint_record(step: int, extra: dict) -> None:
-    """Refuse the record of checkpoint folder ``step`` unless it holds round ``step`` (a renamed
-    or swapped folder would make a later save of that round collide) and its ``best`` tracker.
-
-    Raises :class:`~fedmix_jax.checkpointing.CheckpointDamagedError` (the checkpoint is then set
-    aside like a damaged one, with one warning line, and the previous one is tried).
-    """
+    """Raise :class:`~fedmix_jax.checkpointing.CheckpointDamagedError` (the checkpoint is set
+    aside) unless checkpoint folder ``step``'s record holds round ``step`` (a renamed or swapped
+    folder would make a later save of that round collide) and its ``best`` tracker."""
     from fedmix_jax.checkpointing import CheckpointDamagedError
 
     rnd = extra.get("round")
@@ -105,15 +98,12 @@ def evaluation_of(rec: dict) -> dict:
 
 def read_metrics(path: str) -> list[dict]:
     """The records of a ``metrics.jsonl`` (lines that are not JSON are skipped)."""
-    if not os.path.exists(path):
-        return []
     out = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:     # also a blank line
-                continue
+    if os.path.exists(path):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                with contextlib.suppress(json.JSONDecodeError):     # also a blank line
+                    out.append(json.loads(line))
     return out
 
 
@@ -153,12 +143,9 @@ class MetricsFile:
         return [ln for ln in text.split("\n") if ln.strip()], (not text or text.endswith("\n"))
 
     def reconcile(self, history: list[dict] | None, last_round: int) -> list[dict]:
-        """Make the file hold the records of rounds 1..``last_round`` and return them.
-
-        ``history``: those records as stored in the checkpoint of ``last_round`` ([] for a fresh
-        start). None (a checkpoint written before records were stored in checkpoints) raises
-        :class:`~fedmix_jax.errors.WorkdirError`: resume it with the version that wrote it.
-        """
+        """Make the file hold ``history``, the records of rounds 1..``last_round`` stored in
+        its checkpoint ([] for a fresh start), and return them. None (an older version's
+        checkpoint) raises :class:`~fedmix_jax.errors.WorkdirError`."""
         if history is None:
             raise WorkdirError(
                 f"the checkpoint of round {last_round} in {self.workdir} was written by an older "

@@ -1,17 +1,7 @@
-"""Reference PyTorch U-Net ``state_dict`` <-> :class:`~fedmix_jax.models.UNet` params.
-
-Reference names (PyTorch, ``i`` = 1 .. depth)::
-
-    inc.double_conv.{0,1,3,4}.{weight,bias}
-    down{i}.maxpool_conv.1.double_conv.{0,1,3,4}.{weight,bias}
-    up{i}.conv.double_conv.{0,1,3,4}.{weight,bias}
-    outc.conv.{weight,bias}
-
-In each ``double_conv``, ``0`` / ``3`` are the 3x3 convs (OIHW kernels) and ``1`` / ``4`` the
-GroupNorms (``weight`` = scale). They map to the Flax tree ``{inc, down{i}, up{i}}/{conv1, norm1,
-conv2, norm2}`` and ``outc``; kernels are transposed OIHW <-> HWIO, nothing else changes, so the
-conversion is exact both ways. Files (``.npz``, ``.pth`` / ``.pt`` read without torch, never
-running code from them) are read by :mod:`fedmix_jax.weights_files`.
+"""Reference PyTorch U-Net ``state_dict`` <-> :class:`~fedmix_jax.models.UNet` params, exact both
+ways (OIHW <-> HWIO kernels), and :func:`load_reference_weights` / :func:`save_reference_weights`
+(files read by :mod:`fedmix_jax.weights_files`, never running code from them). The name map:
+docs/api.md ("Reference weights").
 """
 from __future__ import annotations
 
@@ -64,11 +54,7 @@ def _infer_depth(names) -> int:
 
 
 def infer_unet_config(state_dict: Mapping[str, Any]) -> dict:
-    """Reads ``width``, ``num_classes``, ``in_channels`` and ``depth`` off a reference state_dict.
-
-    Returns:
-      ``dict(width=..., num_classes=..., in_channels=..., depth=...)``.
-    """
+    """``dict(width=, num_classes=, in_channels=, depth=)`` read off a reference state_dict."""
     for key in ("inc.double_conv.0.weight", "outc.conv.weight"):
         if key not in state_dict:
             raise KeyError(f"reference state_dict has no '{key}'; cannot infer the U-Net config")
@@ -93,21 +79,12 @@ def _expected_shapes(config: Mapping[str, int]) -> dict:
 
 
 def params_from_state_dict(state_dict: Mapping[str, Any], depth: int | None = 4) -> dict:
-    """Converts a reference PyTorch U-Net ``state_dict`` into ``UNet`` params.
+    """The Flax ``params`` (kernels HWIO, dtypes as given) of a reference ``state_dict`` (name ->
+    array, kernels OIHW; :func:`normalize_state_dict` first for torch tensors, a wrapper or a
+    ``module.`` prefix); ``depth``: Down/Up blocks (4 in the reference; None: from the keys).
 
-    Args:
-      state_dict: reference name -> array (numpy arrays, or anything ``np.asarray`` accepts);
-        conv kernels OIHW. Use :func:`normalize_state_dict` first for torch tensors, a
-        ``{'state_dict': ...}`` wrapper or a ``module.`` prefix.
-      depth: the number of Down/Up blocks (4 in the reference); None infers it from the keys.
-
-    Returns:
-      the Flax ``params`` dict, kernels HWIO, dtypes as given.
-
-    Raises:
-      KeyError: on a missing or an unexpected key (the message names it).
-      ValueError: on a shape that does not fit the architecture (the message names the key).
-    """
+    Raises KeyError (a missing or unexpected key) or ValueError (a shape that does not fit the
+    architecture), naming the key."""
     names = set(state_dict.keys())
     if depth is None:
         depth = _infer_depth(names)
@@ -150,10 +127,8 @@ def params_from_state_dict(state_dict: Mapping[str, Any], depth: int | None = 4)
 
 
 def state_dict_from_params(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Converts ``UNet`` params into the reference PyTorch ``state_dict`` (numpy, OIHW kernels).
-
-    The exact inverse of :func:`params_from_state_dict`; names are in the reference's order.
-    """
+    """The reference ``state_dict`` (numpy, OIHW kernels, the reference's order) of ``UNet``
+    params: the exact inverse of :func:`params_from_state_dict`."""
     if "params" in params and "inc" not in params:
         params = params["params"]
     depth = _infer_depth([f"{block}." for block in params])
@@ -190,26 +165,13 @@ def normalize_state_dict(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]
 
 def load_reference_weights(path: str | os.PathLike, *, dtype: Any = jnp.float32
                            ) -> tuple[UNet, dict]:
-    """Loads reference PyTorch U-Net weights from ``.npz``, ``.pth`` or ``.pt`` (no torch needed).
-
-    The architecture (width, classes, input channels, depth) is inferred from the arrays.
-    Nothing in the file is executed (:mod:`fedmix_jax.weights_files`); only finite float arrays
-    under the reference names, with the shapes of one U-Net, are accepted.
-
-    Args:
-      path: ``.npz`` with ``param/<name>`` (or plain ``<name>``) keys, or a zip-format torch
-        checkpoint (``torch.save``, torch >= 1.6) holding a state_dict (possibly as
-        ``{'state_dict': ...}`` and/or with ``module.`` prefixes).
-      dtype: the returned model's computation dtype (params are float32).
-
-    Returns:
-      ``(model, params)``: ``model.apply({'params': params}, x_nhwc)`` reproduces the reference.
-
-    Raises:
-      WeightsFileError (a ValueError): the file is unreadable, holds pickled objects or code, a
-        non-float or non-finite array, or a missing/unexpected key or wrong shape; the message
-        names the file and the key (``err.path``, ``err.key``).
-    """
+    """``(model, params)`` of reference U-Net weights in ``path`` (``.npz`` with ``param/<name>``
+    or ``<name>`` keys, or a zip-format ``torch.save`` state_dict, maybe wrapped or with
+    ``module.`` prefixes; no torch needed); ``model.apply({'params': params}, x_nhwc)``
+    reproduces the reference. The architecture is inferred; params float32, ``dtype`` the
+    model's computation dtype. Raises WeightsFileError (a ValueError; ``err.path``,
+    ``err.key``): unreadable, pickled objects or code, a non-float or non-finite array, a
+    missing/unexpected key or wrong shape."""
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
     if ext not in (".npz", ".pth", ".pt"):

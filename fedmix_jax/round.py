@@ -1,12 +1,7 @@
-"""The round core: everything around the site function, written once.
-
-State (``C`` clients): ``global_params`` (:class:`~fedmix_jax.site.ModelPair`, leaves [...]),
-``client_params`` and ``opt_state`` (ModelPairs, leaves [C, ...]: each client's local pair and
-Adam states, persisting across rounds), ``round`` ([] int32, rounds completed), ``key`` (a typed
-PRNG key, split once per round). One round: :func:`start_round` -> the backend maps
-:func:`~fedmix_jax.site.site_round` over the client axis -> :func:`finish_round` (weights,
-aggregation, metrics); :func:`round_step` composes them, pure and unjitted
-(docs/architecture.md, "The round").
+"""The round core around the site function: :func:`start_round` -> a backend maps
+:func:`~fedmix_jax.site.site_round` over the clients -> :func:`finish_round` (weights,
+aggregation); :func:`round_step` composes them, pure and unjitted. Details: docs/architecture.md
+("The round").
 """
 
 from __future__ import annotations
@@ -26,7 +21,8 @@ from fedmix_jax.site import ModelPair, SiteReport, SiteState, site_round
 
 @struct.dataclass
 class FedState:
-    """The whole federated training state (shapes: the module docstring)."""
+    """The federated state: ``global_params`` (leaves [...]), each client's ``client_params`` and
+    Adam ``opt_state`` (leaves [C, ...]), ``round`` ([] int32, rounds done), ``key`` (typed)."""
 
     global_params: ModelPair
     client_params: ModelPair
@@ -48,17 +44,12 @@ class RoundMetrics:
         return self.reports.num_selected_weak / jnp.maximum(self.reports.num_weak, 1)
 
 
-# A backend maps ``site_fn(shared, client)`` over the leading client axis of ``clients``:
-#   backend(site_fn, shared, clients) -> outputs with a leading client axis.
+# ``backend(site_fn, shared, clients) -> outputs``, mapping ``site_fn`` over the client axis.
 Backend = Callable[[Callable[[Any, Any], Any], Any, Any], Any]
 
 
 def round_keys(key: jax.Array, num_clients: int) -> tuple[jax.Array, jax.Array]:
-    """(next state key, [C] client keys of this round): client ``c`` gets ``fold_in(k, c)``.
-
-    A client's key depends only on the state key and its index, so a multi-site run (Flower)
-    derives the same keys as the in-process round.
-    """
+    """(next state key, [C] client keys): client ``c`` gets ``fold_in(k, c)`` (as under Flower)."""
     next_key, round_key = jax.random.split(key)
     client_keys = jax.vmap(lambda c: jax.random.fold_in(round_key, c))(jnp.arange(num_clients))
     return next_key, client_keys
@@ -66,8 +57,7 @@ def round_keys(key: jax.Array, num_clients: int) -> tuple[jax.Array, jax.Array]:
 
 def client_rows(data: FederatedSplit | CompactSplit) -> tuple:
     """``(rows, pool)``: a padded split is its own ``rows`` ([C, N, ...]), ``pool`` None; a
-    compact one (:mod:`fedmix_jax.data.compact`) is the ``pool`` every client reads, ``rows`` its
-    :class:`ClientRows` ([C] each)."""
+    compact one is the ``pool`` every client reads, ``rows`` its :class:`ClientRows` ([C])."""
     if isinstance(data, CompactSplit):
         return ClientRows(offsets=data.offsets, lengths=data.lengths), data
     return data, None
@@ -79,9 +69,8 @@ def client_data(pool, rows):
 
 
 def start_round(state: FedState, data: FederatedSplit | CompactSplit):
-    """Before the clients: the round keys and the stacked site states. Returns
-    ``((global_params, round, pool), (sites, rows, client_keys), next_key)``: the shared args of
-    the site function and the per-client args (``rows``, ``pool``: :func:`client_rows`)."""
+    """``((global_params, round, pool), (sites, rows, client_keys), next_key)``: the site
+    function's shared and per-client args (:func:`client_rows`)."""
     next_key, client_keys = round_keys(state.key, data.num_clients)
     sites = SiteState(params=state.client_params, opt_state=state.opt_state)
     rows, pool = client_rows(data)
@@ -113,9 +102,7 @@ def finish_round(strategy, state: FedState, data: FederatedSplit, sites: SiteSta
 
 @functools.lru_cache(maxsize=64)
 def site_fn_for(model, config) -> Callable[[Any, Any], tuple[SiteState, SiteReport]]:
-    """``site_fn((global_params, round_index, hparams, pool), (site, rows, key))`` — the site
-    function in the calling convention of the backends (``pool``, ``rows``: see
-    :func:`start_round`)."""
+    """``site_fn((global_params, round_index, hparams, pool), (site, rows, key))`` for backends."""
 
     def site_fn(shared, client):
         global_params, round_index, hparams, pool = shared
@@ -128,16 +115,9 @@ def site_fn_for(model, config) -> Callable[[Any, Any], tuple[SiteState, SiteRepo
 
 def round_step(state: FedState, data: FederatedSplit, hparams, *, model, config,
                backend: Backend | None = None) -> tuple[FedState, RoundMetrics]:
-    """One whole round, pure and unjitted (put it under your own ``jit`` / ``scan``).
-
-    Args:
-      state: the :class:`FedState`.
-      data: the training split: a :class:`FederatedSplit` (leaves [C, N, ...]) or its
-        :class:`~fedmix_jax.data.compact.CompactSplit` (not with the ``sharded`` backend).
-      hparams: :class:`~fedmix_jax.config.HParams` (traced λ, β, learning rate).
-      model: the Flax model; config: the static :class:`~fedmix_jax.config.RoundConfig`.
-      backend: how the client axis runs (default :func:`fedmix_jax.client_backends.map_clients`).
-    """
+    """One whole round, pure and unjitted. ``data``: a :class:`FederatedSplit` (leaves
+    [C, N, ...]) or its ``CompactSplit`` (not ``sharded``); ``hparams``: traced; ``backend``:
+    default :func:`fedmix_jax.client_backends.map_clients`."""
     if backend is None:
         from fedmix_jax.client_backends import map_clients as backend
     (global_params, round_index, pool), clients, next_key = start_round(state, data)

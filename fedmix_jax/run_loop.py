@@ -1,11 +1,8 @@
-"""The run loop every training mode shares: the main job (in memory or streamed) and the Flower
-ServerApp.
-
-Rounds ``start + 1 .. num_rounds``; every ``eval_every`` rounds and the last, the round's model is
-evaluated and the best round so far (highest finite mean validation Dice) kept; the round's line
-goes to ``metrics.jsonl`` *before* checkpoint r (every ``checkpoint_every`` rounds and the last),
-which holds the records of rounds 1..r. What a round, an evaluation and a checkpoint are belongs
-to the mode (:class:`RoundSteps`); the loop owns the order, the cadence and the best round.
+"""The run loop every training mode shares (the main job, in memory or streamed, and the Flower
+ServerApp): :class:`RunLoop` owns the order, the evaluation and checkpoint cadence and the best
+round (highest finite mean validation Dice); a round's line goes to ``metrics.jsonl`` *before*
+checkpoint r. What a round, an evaluation and a checkpoint are belongs to the mode
+(:class:`RoundSteps`).
 """
 
 from __future__ import annotations
@@ -46,10 +43,8 @@ def is_better(val: dict, best_val: dict | None) -> bool:
 
 
 class RunLoop:
-    """The cadence of a run and where its records go.
-
-    ``metrics``: the run's :class:`~fedmix_jax.records.MetricsFile`; ``records``: the records of
-    the rounds so far (appended to); ``eval_times``: evaluation seconds (appended to)."""
+    """The cadence of a run and where its records go: ``metrics`` (a
+    :class:`~fedmix_jax.records.MetricsFile`), ``records`` and ``eval_times`` (appended to)."""
 
     def __init__(self, num_rounds: int, eval_every: int, checkpoint_every: int, metrics,
                  records: list, eval_times: list):

@@ -1,13 +1,9 @@
 """The run folder (``--workdir``): its file names, its lock, its config record, safe writes.
 
-* :func:`check_usable` refuses a workdir that is a file or cannot be created, before anything
-  is loaded; :class:`WorkdirLock` (``fcntl.flock`` on ``<workdir>/.lock``, which records the
-  holder's PID) refuses a second run on the same workdir; the kernel drops the lock when its
-  process ends, so a lock file left by a killed run never blocks.
-* :func:`read_config` / :func:`check_config`: ``config.json`` and the refusal to resume with a
-  config that changes the computation.
-* :func:`atomic_write_text`: write a temporary file, fsync, rename; a failed write (disk full,
-  read-only) leaves the previous file intact and raises :class:`WorkdirError` with the cause.
+:func:`check_usable` and :func:`refuse_links_and_special_files` refuse a workdir that is a file,
+or holds a link or special file where the job writes; :class:`WorkdirLock` refuses a second run;
+:func:`check_config` refuses a resume with a config that changes the computation;
+:func:`atomic_write_text` never leaves a half-written file. Details: docs/main_job.md.
 """
 
 from __future__ import annotations
@@ -22,7 +18,6 @@ import time
 
 from fedmix_jax.errors import (ConfigMismatchError, WorkdirError, WorkdirLockedError,
                                describe_os_error, disk_advice)
-from fedmix_jax.workdir_entries import describe_missing_workdir, refuse_links_and_special_files
 
 try:
     import fcntl
@@ -47,6 +42,13 @@ RESUMABLE_FIELDS = ("num_rounds", "checkpoint_every", "keep_checkpoints", "data.
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _TMP_SUFFIX = re.compile(r"\.tmp-\d+$")
+# A link where the job writes would make a write land elsewhere (a ``.lock`` linked to
+# ``~/.bashrc`` would truncate it), and a FIFO in place of a file would block the job for ever.
+_ENTRIES = (((LOCK_FILE, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE), stat.S_ISREG, "a regular file"),
+            ((CHECKPOINT_DIR, DAMAGED_DIR), stat.S_ISDIR, "a folder"))
+_KINDS = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"),
+          (stat.S_ISDIR, "a folder"))
 
 
 def resolve(workdir) -> str:
@@ -60,8 +62,48 @@ def os_error(e: OSError, doing: str) -> WorkdirError:
                         + (f"; {advice}" if advice else ""))
 
 
+def _lstat(path: str):
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise WorkdirError(f"cannot inspect {path}: {e.strerror or e}") from None
+
+
+def _refuse(path: str, what: str, expected: str) -> None:
+    raise WorkdirError(
+        f"{path} is {what}, not {expected}: fedmix_jax never writes through links or into "
+        "special files in a run folder; move it away (or replace it by the real "
+        f"{expected.split()[-1]}) and rerun, or use another --workdir")
+
+
+def refuse_links_and_special_files(workdir: str) -> None:
+    """Raise :class:`WorkdirError` if an entry of ``workdir`` that the job writes is a link or
+    not of its kind (files: regular files; folders: real folders, and each checkpoint inside
+    ``checkpoints/`` a real folder). The workdir itself may be a link to a folder."""
+    for names, is_kind, expected in _ENTRIES:
+        for name in names:
+            path = os.path.join(workdir, name)
+            st = _lstat(path)
+            if st is not None and not is_kind(st.st_mode):
+                kind = next((what for is_k, what in _KINDS if is_k(st.st_mode)),
+                            "not a regular file")
+                _refuse(path, kind, expected)
+    path = os.path.join(workdir, CHECKPOINT_DIR)    # a real folder if it exists (checked above)
+    try:
+        entries = sorted(os.listdir(path)) if os.path.isdir(path) else []
+    except OSError as e:
+        raise WorkdirError(f"cannot list {path}: {e.strerror or e}") from None
+    for entry in entries:
+        st = _lstat(os.path.join(path, entry))
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            _refuse(os.path.join(path, entry), "a symbolic link", "a checkpoint folder")
+
+
 def check_usable(workdir: str) -> None:
-    """Refuse a workdir that is a file or under a file, before anything is created or loaded."""
+    """Refuse a workdir that is a file, under a file or a dangling link, before anything is
+    created or loaded."""
     path = workdir
     while not os.path.lexists(path):
         parent = os.path.dirname(path)
@@ -69,7 +111,13 @@ def check_usable(workdir: str) -> None:
             break
         path = parent
     if not os.path.isdir(path):
-        what = describe_missing_workdir(path) or "is a file"
+        what = "is a file"
+        if os.path.islink(path) and not os.path.exists(path):
+            try:
+                target = os.readlink(path)
+            except OSError:
+                target = "?"
+            what = f"is a dangling symbolic link (to {target!r})"
         if path != workdir:
             what = f"is under {path}, which {what}"
         raise WorkdirError(f"--workdir {workdir} {what}, not a folder; choose another --workdir")
@@ -77,22 +125,10 @@ def check_usable(workdir: str) -> None:
         refuse_links_and_special_files(workdir)
 
 
-def create(workdir: str) -> None:
-    """Create ``workdir`` (and its parents)."""
-    check_usable(workdir)
-    try:
-        os.makedirs(workdir, exist_ok=True)
-    except OSError as e:
-        raise os_error(e, f"create --workdir {workdir}") from None
-
-
 class WorkdirLock:
-    """An exclusive lock on ``<workdir>/.lock`` for the lifetime of one run.
-
-    ``acquire`` creates the workdir (this is the first write into it, so an unwritable workdir
-    is reported here) and raises :class:`WorkdirLockedError` naming the holder's PID when another
-    process holds the lock.
-    """
+    """An exclusive ``fcntl.flock`` on ``<workdir>/.lock`` (recording the holder's PID) for one
+    run. ``acquire`` creates the workdir (its first write) and raises
+    :class:`WorkdirLockedError` naming the holder's PID when another process holds it."""
 
     def __init__(self, workdir: str):
         self.workdir = workdir
@@ -100,7 +136,11 @@ class WorkdirLock:
         self._fd: int | None = None
 
     def acquire(self) -> "WorkdirLock":
-        create(self.workdir)
+        check_usable(self.workdir)
+        try:
+            os.makedirs(self.workdir, exist_ok=True)
+        except OSError as e:
+            raise os_error(e, f"create --workdir {self.workdir}") from None
         try:
             # never through a link (its target would be truncated), never blocking on a FIFO
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _NONBLOCK, 0o644)
@@ -173,15 +213,14 @@ def _read_holder(fd: int) -> dict:
 def remove_stale_temporaries(workdir: str) -> list[str]:
     """Remove ``<file>.tmp-<pid>`` files of interrupted atomic writes (call under the lock)."""
     try:
-        names = [n for n in os.listdir(workdir) if _TMP_SUFFIX.search(n)]
+        paths = [os.path.join(workdir, n) for n in os.listdir(workdir) if _TMP_SUFFIX.search(n)]
     except OSError:
         return []
     removed = []
-    for path in (os.path.join(workdir, n) for n in names):
-        if os.path.isfile(path):
-            with contextlib.suppress(OSError):
-                os.remove(path)
-                removed.append(path)
+    for path in filter(os.path.isfile, paths):
+        with contextlib.suppress(OSError):
+            os.remove(path)
+            removed.append(path)
     return removed
 
 
@@ -235,10 +274,9 @@ def _unread_fields(old: dict, new: dict) -> tuple[str, ...]:
     from fedmix_jax.strategies import get_strategy
 
     try:
-        strategies = [get_strategy(str(c.get("strategy"))) for c in (old, new)]
+        if any(get_strategy(str(c.get("strategy"))).weak is not None for c in (old, new)):
+            return ()
     except ValueError:               # an unknown strategy: compare everything
-        return ()
-    if any(s.weak is not None for s in strategies):
         return ()
     return tuple(k for k in set(_flatten(old)) | set(_flatten(new)) if k.startswith("weak."))
 

@@ -1,12 +1,7 @@
-"""Federated self-training (FedST) and its variant FedRGD, as the reference runs them.
-
-Shapes: images / logits [B, H, W, K] (NHWC), per-sample values [B]. One model per client. During
-the warm-up rounds only the pixel clients train (weights by counts over them); after it a weak
-sample trains with BCE toward ``[p > 0.5]``, ``p = sigmoid(f(x))`` without gradient, on the
-confident pixels (``p > tau`` or ``p < 1 - tau``, tau = 0.9) of an intensity-shifted view
-``x ** gamma`` (gamma ~ U(0, 2), one per batch); :func:`self_training_loss` combines them with the
-pixel samples' Dice. Post-warm-up weights are fixed: ``pixel_share`` (FedST 0.9, FedRGD 0.5) on
-the pixel client(s), the rest shared equally by the others. docs/strategies.md.
+"""Federated self-training (FedST, FedRGD) as the reference runs it: a weak sample's BCE toward
+``[p > 0.5]`` on the confident pixels (``p > tau`` or ``p < 1 - tau``) of an intensity-shifted
+view (:func:`self_training_loss`), fixed weights after the warm-up (:class:`SelfTrainingWeights`).
+Logits [B, H, W, K], per-sample values [B]. Details: docs/strategies.md.
 """
 
 from __future__ import annotations
@@ -32,14 +27,14 @@ def intensity_shift(key: jax.Array, images: jax.Array, max_gamma: float = 2.0) -
 
 def confident_bce_per_sample(logits_shifted: jax.Array, logits_plain: jax.Array,
                              tau: float = CONFIDENCE) -> jax.Array:
-    """Self-training loss per sample: BCE of the shifted view's logits toward ``[p > 0.5]`` on
-    the confident pixels of ``p = sigmoid(logits_plain)`` (no gradient through ``p``). [B]."""
+    """[B]: each sample's BCE of ``logits_shifted`` toward ``[p > 0.5]`` on its confident pixels
+    of ``p = sigmoid(logits_plain)`` (no gradient through ``p``)."""
     target, confident = _confident_targets(logits_plain, tau)
     return bce_loss_per_sample(logits_shifted, target, confident)
 
 
 def _confident_targets(logits_plain: jax.Array, tau: float):
-    """``([p > 0.5], confident)`` of ``p = sigmoid(logits_plain)`` (no gradient), [B,H,W,K]."""
+    """``([p > 0.5], confident)``, [B, H, W, K] float32, without gradient."""
     p = jax.lax.stop_gradient(jax.nn.sigmoid(logits_plain.astype(jnp.float32)))
     confident = ((p > tau) | (p < 1.0 - tau)).astype(jnp.float32)
     return (p > 0.5).astype(jnp.float32), confident
@@ -47,17 +42,8 @@ def _confident_targets(logits_plain: jax.Array, tau: float):
 
 def confident_bce_batch(logits_shifted: jax.Array, logits_plain: jax.Array,
                         weights: jax.Array | None = None, tau: float = CONFIDENCE) -> jax.Array:
-    """Self-training loss of a batch, the reference's ``CE_LOSS(pred[mask], target[mask])``: []
-
-    One mean of the BCE of ``logits_shifted`` toward ``[p > 0.5]`` over every confident pixel
-    (``p > tau`` or ``p < 1 - tau``, ``p = sigmoid(logits_plain)``, no gradient through ``p``) of
-    the samples with ``weights`` [B] > 0 (each pixel weighted by its sample's weight)::
-
-        sum_b w_b sum_px c * bce / sum_b w_b sum_px c
-
-    0 with zero gradient when the batch has no confident pixel (the reference: a NaN loss, zero
-    gradient).
-    """
+    """[]: the reference's ``CE_LOSS(pred[mask], target[mask])``, ``sum_b w_b sum_px c * bce /
+    sum_b w_b sum_px c`` over the confident pixels ``c``; 0 (zero gradient) without any."""
     target, confident = _confident_targets(logits_plain, tau)
     per_pixel = optax.sigmoid_binary_cross_entropy(logits_shifted.astype(jnp.float32), target)
     if weights is not None:
@@ -69,19 +55,9 @@ def confident_bce_batch(logits_shifted: jax.Array, logits_plain: jax.Array,
 def self_training_loss(logits_shifted: jax.Array, logits_plain: jax.Array, dice: jax.Array,
                        weights: jax.Array, self_train: jax.Array, mean: str = "pixels",
                        tau: float = CONFIDENCE) -> jax.Array:
-    """FedST / FedRGD's training loss of one batch of pixel and self-training samples: []
-
-    Args:
-      logits_shifted, logits_plain: [B,H,W,K] logits of the shifted and the plain view.
-      dice: [B] soft Dice loss of each sample toward its ground truth (read for pixel samples).
-      weights: [B] sample weights (1 usable, 0 not); self_train: [B] bool.
-      mean: ``"pixels"`` (reference): ``(sum_pixel w_b dice_b + W_st * BCE) / sum(w)``, with
-        ``BCE`` :func:`confident_bce_batch` over the self-training samples and ``W_st`` their
-        total weight; ``"samples"``: ``sum_b w_b l_b / sum(w)`` with ``l_b`` the sample's own
-        confident-pixel mean (:func:`confident_bce_per_sample`) or its Dice loss.
-
-    0 with zero gradient when every weight is 0.
-    """
+    """FedST's loss of a batch, []: ``mean="pixels"`` (reference) ``(sum_pixel w_b dice_b +
+    W_st * confident_bce_batch) / sum(w)``; ``"samples"`` ``sum_b w_b l_b / sum(w)`` (``l_b``: its
+    confident BCE or Dice). Logits [B, H, W, K]; dice, weights [B]; self_train [B] bool."""
     if mean not in SELF_TRAINING_MEANS:
         raise ValueError(f"self_training_mean must be one of {SELF_TRAINING_MEANS}, got {mean!r}")
     st = self_train.astype(weights.dtype) * weights
@@ -97,9 +73,8 @@ def self_training_loss(logits_shifted: jax.Array, logits_plain: jax.Array, dice:
 
 @dataclasses.dataclass(frozen=True)
 class SelfTrainingWeights:
-    """Weights of FedST / FedRGD: by counts over the pixel clients during the warm-up; after it
-    ``pixel_share`` on the pixel client(s) (split by their counts) and the rest shared equally by
-    the other participating clients."""
+    """FedST / FedRGD's weights: by counts over the pixel clients during the warm-up, then
+    ``pixel_share`` on them and the rest shared equally by the other participants."""
 
     pixel_share: float
 

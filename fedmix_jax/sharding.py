@@ -1,9 +1,5 @@
-"""The client axis across devices: a 1-D mesh ``"clients"``, padding and placement helpers.
-
-The ``sharded`` executor splits every [C, ...] leaf of the state and of the data over the devices
-of :func:`client_mesh`; a device count that does not divide ``C`` is padded to
-:func:`padded_count` with non-participating clients (no valid sample: weight 0), sliced off the
-outputs. On CPU, tests simulate devices with ``XLA_FLAGS=--xla_force_host_platform_device_count=4``.
+"""The client axis across devices: a 1-D mesh ``"clients"``, padding and placement helpers for the
+``sharded`` executor (a device count that does not divide C: padded, see :func:`padded_count`).
 """
 
 from __future__ import annotations
@@ -22,8 +18,7 @@ CLIENT_AXIS = "clients"
 
 
 def client_mesh(num_devices: int | None = None, devices=None) -> Mesh:
-    """A 1-D mesh with axis ``"clients"`` over ``devices`` (default: the first ``num_devices``
-    of ``jax.devices()``, all of them when None)."""
+    """A 1-D mesh ``"clients"`` over ``devices`` (default: the first ``num_devices``, or all)."""
     if devices is None:
         devices = jax.devices()
         if num_devices is not None and num_devices > len(devices):
@@ -41,9 +36,8 @@ def padded_count(num_clients: int, num_devices: int) -> int:
 
 
 def pad_clients(tree: Any, num_clients: int, mode: str = "zeros") -> Any:
-    """Pad the leading client axis of every leaf of ``tree`` to ``num_clients``: with zeros
-    (``mode="zeros"``; a :class:`FederatedSplit`'s added clients then have no valid sample) or
-    copies of the last client (``"edge"``: params, optimizer states, keys). Jittable."""
+    """Every leaf's client axis padded to ``num_clients`` with zeros (``"zeros"``: no valid
+    sample) or copies of the last client (``"edge"``). Jittable."""
     if mode not in ("zeros", "edge"):
         raise ValueError(f"mode must be 'zeros' or 'edge', got {mode!r}")
 
@@ -71,8 +65,7 @@ def replicated_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def shard_clients(tree: Any, mesh: Mesh) -> Any:
-    """Place a [C, ...] pytree (a :class:`FederatedSplit`, client params) on the mesh: split
-    over ``"clients"`` where the mesh size divides C, else replicated (the round pads them)."""
+    """A [C, ...] pytree on ``mesh``: split where the mesh size divides C, else replicated."""
     def place(x):
         x = jnp.asarray(x)
         split = x.ndim and x.shape[0] % mesh.size == 0

@@ -1,11 +1,7 @@
-"""The site function: what one hospital does in one round, as a pure function.
+"""The site function :func:`site_round`: what one hospital does in one round, pure.
 
-Every path runs this one function: the in-process executors map it over the client axis
-(:mod:`fedmix_jax.client_backends`), the Flower ClientApp calls it on the site's own data. One
-site's data has leaves [N, ...] (images [N,H,W,Cin], masks / boxes [N,H,W,K], image_labels [N,K],
-levels [N], valid [N]); its steps (pseudo-labels of the global pair, targets, one local epoch of
-``ceil(N / B)`` fixed-size batches with the usable samples first, a :class:`SiteReport`) and
-types: docs/architecture.md ("The site function").
+Every path runs it (the backends map it over the clients, the Flower ClientApp on its own data);
+one site's data has leaves [N, ...]. Details: docs/architecture.md ("The site function").
 """
 
 from __future__ import annotations
@@ -30,11 +26,7 @@ from fedmix_jax.weak_objective import weak_batch_loss
 
 @struct.dataclass
 class ModelPair:
-    """FedMix's two models (same architecture, independent initialisations).
-
-    Leaves are [...] for one model pair, [C, ...] when stacked over clients. ``pair[0]``,
-    ``pair[1]`` and ``model1, model2 = pair`` work as for a tuple.
-    """
+    """FedMix's two models, leaves [...] (or [C, ...] stacked); indexes and unpacks as a tuple."""
 
     model1: Any
     model2: Any
@@ -59,11 +51,9 @@ class SiteState:
 
 @struct.dataclass
 class SiteReport:
-    """The scalars a site reports after its round (each [], or [C] when stacked over clients):
-    int32 ``num_usable`` (n_i: samples that trained), ``num_weak`` (valid non-pixel samples),
-    ``num_selected_weak``, ``num_pixel`` (valid pixel samples, for FedST's weights) and ``steps``;
-    float32 ``loss1``, ``loss2``: the mean training Dice loss of model 1 / 2 over the active steps
-    (0 without step; loss2 0 when model 2 does not train)."""
+    """A site's scalars after its round ([], or [C] stacked): int32 counts ``num_usable`` (n_i),
+    ``num_weak``, ``num_selected_weak``, ``num_pixel``, ``steps``; float32 ``loss1`` / ``loss2``,
+    the mean training Dice loss of model 1 / 2 over the active steps (0 without step)."""
 
     num_usable: jax.Array
     loss1: jax.Array
@@ -76,9 +66,8 @@ class SiteReport:
 
 @struct.dataclass
 class TrainInputs:
-    """Per-sample training inputs of one site: images [N,H,W,Cin], target1 / target2 [N,H,W,K]
-    (of model 1 / 2), in their storage dtype (a train step converts its batch), usable [N] bool,
-    weak / selected_weak [N] bool for the report, self_train [N] bool (FedST's samples)."""
+    """One site's per-sample inputs (storage dtypes): images [N,H,W,Cin], target1 / target2
+    [N,H,W,K], usable / weak / selected_weak / self_train [N] bool."""
 
     images: jax.Array
     target1: jax.Array
@@ -87,16 +76,15 @@ class TrainInputs:
     weak: jax.Array
     selected_weak: jax.Array
     self_train: jax.Array
-    # With direct weak-label losses (``strategy.weak``) only, else None: has_target [N] bool
-    # (trains on its target), boxes [N,H,W,K], image_labels [N,K], levels [N].
+    # With ``strategy.weak`` only: has_target [N] bool, boxes [N,H,W,K], image_labels [N,K],
+    # levels [N].
     has_target: jax.Array | None = None
     boxes: jax.Array | None = None
     image_labels: jax.Array | None = None
     levels: jax.Array | None = None
 
     def batch_extras(self) -> tuple:
-        """The per-sample fields a train step gathers besides images and targets:
-        ``(self_train, has_target, boxes, image_labels, levels)`` (Nones stay None)."""
+        """``(self_train, has_target, boxes, image_labels, levels)``, gathered per batch."""
         return (self.self_train, self.has_target, self.boxes, self.image_labels, self.levels)
 
 
@@ -107,8 +95,7 @@ def _torch_adam(learning_rate, weight_decay: float, b1: float, b2: float, eps: f
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
-    """torch ``Adam(lr, betas, eps, weight_decay)``: L2 added to the gradient, then Adam; the
-    learning rate is injected (set from the traced ``hparams`` each epoch: no recompilation)."""
+    """torch's ``Adam(lr, betas, eps, weight_decay)`` (L2 on the gradient); lr injected."""
     return optax.inject_hyperparams(_torch_adam, static_args=("weight_decay", "b1", "b2", "eps"))(
         learning_rate=config.learning_rate, weight_decay=config.weight_decay, b1=config.b1,
         b2=config.b2, eps=config.adam_eps)
@@ -120,8 +107,7 @@ def _apply(model: nn.Module, params, x):
 
 def train_inputs(model: nn.Module, global_params: ModelPair, data: FederatedSplit,
                  config, round_index=0) -> TrainInputs:
-    """What each sample of a site trains on under the round's strategy (``weak_samples``) in
-    round ``round_index`` (0-based; it matters only during a strategy's warm-up)."""
+    """What each sample of a site trains on under the strategy in 0-based round ``round_index``."""
     mode = config.strategy.weak_samples
     levels = jnp.full_like(data.levels, PIXEL) if mode == "ground_truth" else data.levels
     is_pixel = levels == PIXEL
@@ -151,8 +137,7 @@ def train_inputs(model: nn.Module, global_params: ModelPair, data: FederatedSpli
 
 
 def sample_order(key: jax.Array, usable: jax.Array) -> jax.Array:
-    """A random order of one site's samples ([N] bool ``usable``) with the usable ones first,
-    [N] int32; a sample's priority depends only on its index (padding changes nothing)."""
+    """[N] int32 random order, ``usable`` [N] first; a priority depends on its index only."""
     n = usable.shape[0]
     priority = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i)))(jnp.arange(n))
     priority = jnp.where(usable, priority, 2.0)
@@ -160,10 +145,8 @@ def sample_order(key: jax.Array, usable: jax.Array) -> jax.Array:
 
 
 def prepare_epoch(config, params: ModelPair, opt_state: ModelPair, learning_rate: jax.Array):
-    """The start of a local epoch: ``(tx, opt_state, trainable, opt_t)``: the optimizer, the
-    pair's Adam states with the traced learning rate set, the models that train (both, or model 1
-    alone for a single-model strategy) and their Adam states. :func:`local_epoch` and the
-    streamed epoch (:mod:`fedmix_jax.streaming`) share it."""
+    """``(tx, opt_state, trainable, opt_t)`` of a local epoch: the optimizer, the Adam pair with
+    ``learning_rate`` set, the models that train and their Adam states (also streamed)."""
     opt_state = ModelPair(*(o._replace(hyperparams=dict(o.hyperparams,
                                                         learning_rate=learning_rate))
                             for o in opt_state))
@@ -172,12 +155,9 @@ def prepare_epoch(config, params: ModelPair, opt_state: ModelPair, learning_rate
 
 
 def make_train_batch(model: nn.Module, config, tx, k_aug: jax.Array):
-    """``train_batch(carry, s, w, images, targets, extras) -> (carry, (l1, l2, counted))``:
-    local step ``s`` on one gathered batch (images [B,H,W,Cin], ``targets`` a tuple of one
-    [B,H,W,K] target per training model, loss weights w [B] float32, ``extras`` the batch's
-    :meth:`TrainInputs.batch_extras`, or the [B] bool ``self_train`` alone);
-    ``carry = (models, opt_states)`` (tuples). The one step of :func:`local_epoch` and of the
-    streamed epoch (:mod:`fedmix_jax.streaming`)."""
+    """``train_batch((models, opts), s, w, images, targets, extras) -> (carry, (l1, l2,
+    counted))``: step ``s`` on a gathered batch (images [B,H,W,Cin], one [B,H,W,K] target per
+    training model, w [B] float32, ``extras``: :meth:`TrainInputs.batch_extras` or self_train)."""
     weak_weights = config.strategy.weak
 
     def loss_fn(models, x, targets, w, self_train, key):
@@ -231,16 +211,14 @@ def make_train_batch(model: nn.Module, config, tx, k_aug: jax.Array):
 
 
 def masked_batch(carry, *args):
-    """A masked local step: the state passes through, zero losses (``train_batch``'s outputs)."""
+    """A masked local step: the state passes through, zero losses."""
     zero = jnp.zeros((), jnp.float32)
     return carry, (zero, zero, zero)
 
 
 def finish_epoch(config, params: ModelPair, opt_state: ModelPair, trainable, opt_t,
                  l1: jax.Array, l2: jax.Array, counted: jax.Array, active: jax.Array):
-    """The end of a local epoch from the per-step outputs [S] of every step (masked steps: zero
-    losses, ``active`` False): ``(params, opt_state, (loss1, loss2, steps))`` as
-    :func:`local_epoch` returns them."""
+    """:func:`local_epoch`'s result from the per-step outputs [S] (masked: ``active`` False)."""
     # Model 2 and its Adam state stay as they are when it does not train.
     params = ModelPair(*trainable, *tuple(params)[len(trainable):])
     opt_state = ModelPair(*opt_t, *tuple(opt_state)[len(opt_t):])
@@ -256,18 +234,9 @@ def finish_epoch(config, params: ModelPair, opt_state: ModelPair, trainable, opt
 
 def local_epoch(model: nn.Module, config, params: ModelPair, opt_state: ModelPair,
                 key: jax.Array, inputs: TrainInputs, learning_rate: jax.Array):
-    """One local epoch of one site: ``S = ceil(N / B)`` steps of fixed batch size B.
-
-    Args:
-      params, opt_state: the site's model pair and Adam pair (leaves without client axis).
-      key: the site's key for this round.
-      inputs: the site's :class:`TrainInputs` (leaves [N, ...]).
-      learning_rate: traced Adam step size [].
-
-    Returns:
-      (params, opt_state, (loss1, loss2, steps)): the mean batch losses of models 1 / 2 over the
-      active steps (0 without step; with ``empty_target_loss == "bce"`` the Dice losses of the
-      samples with foreground, over the steps that had one) and the number of active steps.
+    """One local epoch of ``S = ceil(N / B)`` steps on ``inputs`` (leaves [N, ...]): ``(params,
+    opt_state, (loss1, loss2, steps))``, the mean batch losses over the active steps (with
+    ``empty_target_loss == "bce"``: of the samples with foreground) and the active step count.
     """
     n = inputs.images.shape[0]
     b = config.batch_size
@@ -303,13 +272,9 @@ def site_round(model: nn.Module, config, global_params: ModelPair, site: SiteSta
                ) -> tuple[SiteState, SiteReport]:
     """One round at one site: ``(new SiteState, SiteReport)``; pure, jittable, vmappable.
 
-    Args:
-      model: the Flax model; config: the static :class:`~fedmix_jax.config.RoundConfig`.
-      global_params: the broadcast global :class:`ModelPair` (leaves [...]).
-      site: the site's :class:`SiteState` (its pair is the start only without aggregation).
-      data: the site's training split, leaves [N, ...] (bit-packed masks / boxes unpacked here).
-      key: the site's PRNG key of this round; hparams: :class:`~fedmix_jax.config.HParams`.
-      round_index: the 0-based round (may be traced; matters during a strategy's warm-up).
+    ``global_params``: the broadcast pair, leaves [...]; ``site``'s pair is the start only without
+    aggregation; ``data``: leaves [N, ...] (bit-packed labels unpacked here); ``round_index``:
+    0-based, may be traced.
     """
     start = global_params if config.strategy.aggregates else site.params
     data = unpack_split_labels(data)    # bit-packed masks / boxes: this site's, once

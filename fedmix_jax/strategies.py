@@ -1,13 +1,8 @@
 """Strategies: what a round does with each sample, which models train, and how clients weigh.
 
-A strategy is an object with named parts, not a new loop: the round core, the site function, the
-CLI and the Flower server all read the same object from the one registry here. Its parts:
-``weak_samples`` (what a non-pixel sample trains on: ``"pseudo_labels"``, ``"ground_truth"``,
-``"unused"`` or ``"self_training"``), ``trains_model2``, ``weighting`` (the aggregation weights
-from the sites' reports, [C] -> [C]; ``None``: no aggregation), ``selection``
-(:class:`~fedmix_jax.pseudo_labels.SelectionConfig`), ``warmup_rounds`` and ``weak``. The
-strategies: docs/strategies.md. Adding one is an entry in :data:`_FACTORIES` (or
-:func:`register_strategy` from user code).
+:class:`Strategy` objects, read by the round, the site function, the CLI and the Flower server
+from the one registry here (:func:`get_strategy`, :func:`register_strategy`). Details:
+docs/strategies.md.
 """
 
 from __future__ import annotations
@@ -27,15 +22,8 @@ WEAK_SAMPLE_MODES = ("pseudo_labels", "ground_truth", "unused", "self_training")
 
 
 class Weighting(Protocol):
-    """Aggregation weights of a round from the sites' reports.
-
-    Args:
-      reports: a :class:`~fedmix_jax.site.SiteReport` whose fields are [C].
-      participating: [C] bool, clients that take part (they hold at least one valid sample).
-      hparams: the traced :class:`~fedmix_jax.config.HParams` (λ, β, learning rate).
-      warming_up: [] bool, the round is one of the strategy's warm-up rounds.
-    Returns: [C] float32 weights, non-negative, summing to 1 over the participants.
-    """
+    """[C] float32 weights summing to 1 over the ``participating`` [C] clients, from the
+    ``reports`` (fields [C]), traced ``hparams`` and ``warming_up`` [] bool."""
 
     def __call__(self, reports, participating: jax.Array, hparams,
                  warming_up: jax.Array) -> jax.Array: ...
@@ -43,7 +31,7 @@ class Weighting(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class AdaptiveWeights:
-    """FedMix: ``w_i ∝ n_i / Σn + λ · ℓ_i^β / Σℓ^β`` (:func:`~fedmix_jax.aggregation.fedmix_weights`)."""
+    """FedMix: ``w_i ∝ n_i / Σn + λ · ℓ_i^β / Σℓ^β`` (:func:`aggregation.fedmix_weights`)."""
 
     def __call__(self, reports, participating, hparams, warming_up):
         return aggregation.fedmix_weights(reports.num_usable, reports.loss1, hparams.lam,
@@ -52,7 +40,7 @@ class AdaptiveWeights:
 
 @dataclasses.dataclass(frozen=True)
 class CountWeights:
-    """FedAvg: ``w_i = n_i / Σ n_j`` over the usable samples (:func:`~fedmix_jax.aggregation.fedavg_weights`)."""
+    """FedAvg: ``w_i = n_i / Σ n_j`` over the usable samples."""
 
     def __call__(self, reports, participating, hparams, warming_up):
         return aggregation.fedavg_weights(reports.num_usable, participating)
@@ -60,7 +48,8 @@ class CountWeights:
 
 @dataclasses.dataclass(frozen=True)
 class Strategy:
-    """One federated strategy (see the module docstring for the fields)."""
+    """One strategy: ``weak_samples`` (one of :data:`WEAK_SAMPLE_MODES`), ``trains_model2``,
+    ``weighting`` (None: no aggregation), ``selection``, ``warmup_rounds``, ``weak``."""
 
     name: str
     weak_samples: str
@@ -71,8 +60,7 @@ class Strategy:
     weak: WeakSupervision | None = None   # direct weak-label losses (fedmix_plus), else None
 
     def warming_up(self, round_index) -> jax.Array:
-        """[] bool: round ``round_index`` (0-based, traced) is a warm-up round (only pixel
-        samples train)."""
+        """[] bool: 0-based ``round_index`` is a warm-up round (only pixel samples train)."""
         return jnp.asarray(round_index) < self.warmup_rounds
 
     def __post_init__(self):
@@ -87,16 +75,14 @@ class Strategy:
 
     def weights(self, reports, participating: jax.Array, hparams,
                 round_index) -> jax.Array:
-        """[C] aggregation weights of round ``round_index`` (0-based, may be traced; required)
-        (zeros when the strategy does not aggregate)."""
+        """[C] aggregation weights of 0-based round ``round_index`` (zeros without aggregation)."""
         if self.weighting is None:
             return jnp.zeros(jnp.shape(participating), jnp.float32)
         return self.weighting(reports, participating, hparams, self.warming_up(round_index))
 
     def with_weak(self, weak: WeakSupervision) -> "Strategy":
-        """The strategy with other weak-loss weights (unchanged if it uses no weak losses). Its
-        pseudo-label selection then fits boxes with ``weak.box_fit`` (in place of the
-        selection's ``box_fit``: see :class:`~fedmix_jax.weak_objective.WeakSupervision`)."""
+        """The strategy with other weak-loss weights and their ``box_fit`` in its selection
+        (unchanged without weak losses)."""
         if self.weak is None:
             return self
         return dataclasses.replace(self, weak=weak, selection=dataclasses.replace(
@@ -132,9 +118,7 @@ def register_strategy(name: str, factory: Callable[[SelectionConfig], Strategy])
 
 
 def get_strategy(name: str, selection: SelectionConfig = SelectionConfig()) -> Strategy:
-    """The strategy called ``name`` (see :data:`STRATEGY_NAMES`; what each does:
-    docs/strategies.md) with the given selection rules. The job sets ``warmup_rounds`` of
-    ``fedst`` / ``fedrgd`` (:func:`fedmix_jax.config.resolve_warmup_rounds`)."""
+    """The strategy called ``name`` with the given selection rules; raises ValueError if unknown."""
     if name not in _FACTORIES:
         raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(_FACTORIES)}")
     return _FACTORIES[name](selection)

@@ -1,24 +1,9 @@
 """Streamed rounds: a federation larger than device memory trains block by block.
 
-The training split stays where it is -- host arrays
-(:class:`~fedmix_jax.data.streamed_sources.ArraySource`) or the array_record cache
-(:class:`~fedmix_jax.data.streamed_sources.ArrayRecordSource`) -- and each site's round runs
-:func:`fedmix_jax.site.site_round`'s pieces in three phases, with the same results bit for bit
-(docs/streaming.md): 1. **inputs**: blocks of ``P`` samples (a multiple of
-``inference_chunk``) through :func:`~fedmix_jax.site.train_inputs`, kept on the host; 2.
-**order**: the epoch's sample order and per-step loss weights, known before training; 3.
-**training**: blocks of ``k`` steps, each one ``lax.scan`` of
-:func:`~fedmix_jax.site.make_train_batch`, the next block read by a prefetch thread; blocks
-without an active step are skipped.
-
-Shapes (one site; ``N`` padded samples, ``B`` batch, ``S = ceil(N / B)`` steps, ``k`` =
-``block_steps``): phase-1 block: FederatedSplit leaves [P, ...] (host -> device); targets
-t1, t2 [N, H, W, K] in the masks' storage dtype, flags usable / weak / selected_weak /
-self_train [N] bool, and with weak-label losses has_target [N], boxes [N, H, W, K],
-image_labels [N, K], levels [N] (host); loss weights w [S, B]; one training block images
-[k, B, H, W, Cin], targets [k, B, H, W, K], w [k, B], step indices [k] (host -> device);
-per-step outputs l1, l2, counted, active [S]. Device memory grows with ``P`` and ``k * B``,
-not with ``N`` or ``C``.
+:class:`StreamedRound` runs each site's round (:func:`streamed_site_round`) on training data read
+in blocks (host arrays or the array_record cache), in three phases -- inputs, order, training
+in blocks of ``k`` steps -- with :func:`fedmix_jax.site.site_round`'s results bit for bit.
+Details and shapes: docs/streaming.md.
 """
 
 from __future__ import annotations
@@ -128,7 +113,7 @@ def streamed_site_round(model: nn.Module, config, global_params: ModelPair, site
                         source: SplitSource, c: int, key: jax.Array, hparams, round_index,
                         options: StreamOptions | None = None) -> tuple[SiteState, SiteReport]:
     """:func:`fedmix_jax.site.site_round` of client ``c`` with its data read from ``source`` in
-    blocks (see the module docstring); same arguments otherwise, same results."""
+    blocks; same arguments otherwise, same results."""
     options = options or StreamOptions()
     programs = _programs(model, config)
     n, b = source.max_samples, config.batch_size
@@ -155,11 +140,9 @@ def streamed_site_round(model: nn.Module, config, global_params: ModelPair, site
 
 
 def _training_inputs(inputs_block, config, global_params, source, c, round_index, options):
-    """Phase 1 of a streamed site round: ``((target1 [N, ...], target2 or None), flags [4, N],
-    weak)`` on the host, flags = usable, weak, selected_weak, self_train; ``weak``: None, or
-    with direct weak-label losses ``(has_target [N], boxes [N, H, W, K], image_labels [N, K],
-    levels [N])``. The global pair's pass over client ``c``'s rows one block at a time (the next
-    block read while one computes)."""
+    """Phase 1, on the host: ``((target1 [N, ...], target2 or None), flags [4, N] (usable, weak,
+    selected_weak, self_train), weak)``, ``weak`` None or ``(has_target [N], boxes [N, H, W, K],
+    image_labels [N, K], levels [N])``."""
     dual = config.strategy.trains_model2
     n = source.max_samples
     p = _phase1_block(config, n, options)
@@ -195,10 +178,9 @@ def _training_inputs(inputs_block, config, global_params, source, c, round_index
 
 def _train_blocks(programs, start, opt_state, hparams, k_aug, order, w, targets, extras,
                   source, c, options):
-    """Phase 3: the local epoch in blocks of k steps (blocks without an active step skipped,
-    each read while the previous one trains): ``(params, opt_state, (loss1, loss2, steps))``.
-    ``extras``: the per-sample [N, ...] host arrays a train step reads besides images and
-    targets (``self_train``, or the tuple of :meth:`~fedmix_jax.site.TrainInputs.batch_extras`)."""
+    """Phase 3, blocks of k steps: ``(params, opt_state, (loss1, loss2, steps))``. ``extras``:
+    the [N, ...] host arrays a step reads besides images and targets (``self_train``, or
+    :meth:`~fedmix_jax.site.TrainInputs.batch_extras`)."""
     _, _, start_fn, run_block, finish = programs
     num_steps, b = w.shape
     k = options.block_steps
@@ -244,11 +226,9 @@ def _train_blocks(programs, start, opt_state, hparams, k_aug, order, w, targets,
 
 
 class StreamedRound:
-    """``round_fn(state, hparams=None) -> (state, RoundMetrics)``: one round over every client of
-    ``source``, each a :func:`streamed_site_round`; keys, weights and aggregation are those of
-    :func:`fedmix_jax.round.round_step` (:func:`~fedmix_jax.round.round_keys`,
-    :func:`~fedmix_jax.round.finish_round`). Unlike the in-memory ``round_fn`` it does not donate
-    the input state."""
+    """``round_fn(state, hparams=None) -> (state, RoundMetrics [C])``: one round over every client
+    of ``source``, each a :func:`streamed_site_round`; keys, weights and aggregation as in
+    :func:`fedmix_jax.round.round_step`. It does not donate the input state."""
 
     def __init__(self, model: nn.Module, config, source: SplitSource,
                  options: StreamOptions | None = None):
@@ -269,14 +249,10 @@ class StreamedRound:
         hparams = self.default_hparams if hparams is None else hparams
         next_key, client_keys = self._keys(state.key)
         sites_in = SiteState(params=state.client_params, opt_state=state.opt_state)
-        sites, reports = [], []
-        for c in range(self.source.num_clients):
-            site = self._take(sites_in, c)
-            new_site, report = streamed_site_round(
-                self.model, self.config, state.global_params, site, self.source, c,
-                client_keys[c], hparams, state.round, self.options)
-            sites.append(new_site)
-            reports.append(report)
+        sites, reports = zip(*(streamed_site_round(
+            self.model, self.config, state.global_params, self._take(sites_in, c), self.source,
+            c, client_keys[c], hparams, state.round, self.options)
+            for c in range(self.source.num_clients)))
         return self._finish(state, self._valid, self._stack(*sites), self._stack(*reports),
                             next_key, hparams)
 

@@ -14,12 +14,9 @@ from fedmix_jax.data.federation import LEVEL_NAMES, Federation
 
 def level_names(federation: Federation) -> list[str]:
     """Per client, the supervision levels of its training samples (``"box"``, ``"pixel+box"``)."""
-    out = []
-    for valid, levels in zip(np.asarray(federation.train.valid),
-                             np.asarray(federation.train.levels)):
-        names = sorted({LEVEL_NAMES[int(x)] for x in np.unique(levels[valid])})
-        out.append("+".join(names) or "-")
-    return out
+    train = federation.train
+    return ["+".join(sorted({LEVEL_NAMES[int(x)] for x in np.unique(levels[valid])})) or "-"
+            for valid, levels in zip(np.asarray(train.valid), np.asarray(train.levels))]
 
 
 def timing(round_times: list[float], eval_times: list[float]) -> dict:

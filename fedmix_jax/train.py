@@ -1,13 +1,9 @@
 """The training job: ``train_and_evaluate(config, workdir)`` runs FedMix (or a baseline) end to end.
 
-It checks ``workdir`` and the config (a run there with another config is refused), loads the
-federation (streamed block by block when larger than ``config.data.device_data_budget_gb``,
-docs/streaming.md), locks the workdir, resumes from the newest checkpoint that passes
-verification (``metrics.jsonl`` made to hold exactly its records), runs the rounds
-(:class:`~fedmix_jax.run_loop.RunLoop`: evaluation every ``eval_every``, best round by mean
-validation Dice, a checkpoint every ``checkpoint_every``), then writes ``summary.json`` and the
-plots. An interrupted run (Ctrl-C, ``kill -9``) resumes bit-identical to an uninterrupted one.
-What each step does: docs/main_job.md; what happens on each fault: docs/what_can_go_wrong.md.
+Checks the workdir and config, loads the federation (streamed when over the device budget), locks
+the workdir, resumes from the newest verified checkpoint, runs the rounds
+(:class:`~fedmix_jax.run_loop.RunLoop`), writes ``summary.json`` and the plots. Details:
+docs/main_job.md; faults: docs/what_can_go_wrong.md.
 """
 
 from __future__ import annotations
@@ -43,11 +39,8 @@ from fedmix_jax.compiled_round import init_state, make_round_fn
 from fedmix_jax.records import (MetricsFile, check_checkpoint_record, eval_record,
                                 evaluation_of, round_record)
 from fedmix_jax.rundir import CONFIG_FILE, config_to_dict
+from fedmix_jax.streaming import StreamedRound, StreamOptions
 from fedmix_jax.summary import make_summary, timing, write_summary
-
-
-def _copy_tree(tree):
-    return jax.tree.map(jnp.copy, tree)
 
 
 def _eval_params(state, local: bool):
@@ -71,11 +64,12 @@ class _Run:
         self.checkpointer = Checkpointer.for_workdir(workdir, int(config.keep_checkpoints))
         self.round_times: list[float] = []
         self.eval_times: list[float] = []
+        memory = self.settings.memory
+        self.stream_options = StreamOptions(block_steps=memory.stream_block_steps)
         # Streamed (docs/streaming.md): the training split exceeds config.data's device budget.
         self.streamed, self.mode_reason = choose_mode(
-            federation.train, self.settings.memory.device_data_budget_gb,
-            placement.train_is_compact(self.settings.memory.compact, round_config,
-                                       federation.num_clients))
+            federation.train, memory.device_data_budget_gb,
+            placement.train_is_compact(memory.compact, round_config, federation.num_clients))
 
     def _guard(self, doing: str, fn, *args, **kwargs):
         """``fn(*args)``; an out-of-memory error becomes :class:`OutOfMemoryError` with advice."""
@@ -96,24 +90,27 @@ class _Run:
         kept = self.checkpointer.kept_step()
         return "none" if kept is None else f"round {kept}"
 
-    def _evaluate(self, state, split, local: bool | None = None):
+    def _evaluate(self, doing: str, state, split, local: bool | None = None) -> dict:
+        """The record of ``split``'s evaluation (out of memory: named by ``doing``)."""
         local = self.local if local is None else local      # True: each client's own model 1
         kwargs = {}
         if self.streamed:   # held-out images go to the device a block at a time
             kwargs["block_size"] = self.stream_options.block_steps * self.round_config.batch_size
-        params = self.executor.eval_params(_eval_params(state, local))
-        return evaluate(self.model, params, split,
-                        per_client_params=local,
-                        chunk_size=self.round_config.inference_chunk, **kwargs)
+
+        def run():
+            params = self.executor.eval_params(_eval_params(state, local))
+            return evaluate(self.model, params, split, per_client_params=local,
+                            chunk_size=self.round_config.inference_chunk, **kwargs)
+
+        return eval_record(self._guard(doing, run))
 
     def restore(self):
         """The initial or restored state; sets ``best``, ``best_params``, ``records``."""
         fed, rc = self.federation, self.round_config
-        image_shape = tuple(fed.train.images.shape[2:])
         state = self._guard("initialising the models", init_state, self.model,
-                            jax.random.PRNGKey(int(self.config.seed)), image_shape,
-                            fed.num_clients, rc)
-        self.best_params = _copy_tree(_eval_params(state, self.local))
+                            jax.random.PRNGKey(int(self.config.seed)),
+                            tuple(fed.train.images.shape[2:]), fed.num_clients, rc)
+        self.new_best(0, state)
         self.best: dict[str, Any] = {"round": 0, "val": None, "test": None}
         self.start, history = 0, []
 
@@ -136,41 +133,29 @@ class _Run:
         return state
 
     def prepare(self, state):
-        """Compile-ready round function, the state placed for it, the data on the device(s)."""
-        rc = self.round_config
+        """The round function, the state placed for it, the data on the device(s); streamed:
+        val / test stay on the host and are evaluated in blocks."""
+        rc, compact = self.round_config, self.settings.memory.compact
         if self.streamed:
-            return self._prepare_streamed(state)
+            train = self.federation.train
+            source = train if isinstance(train, SplitSource) else ArraySource(train)
+            self.round_fn = StreamedRound(self.model, rc, source, self.stream_options)
+            host, self.federation, self.plot_split = placement.take_host_arrays(
+                self.federation, ("val", "test"))
+            self.train_data, self.val, self.test = None, *placement.held_out_on_host(host,
+                                                                                     compact)
+            if self.executor.name != "map":
+                logging.info("streamed: clients run one after another on one device (executor "
+                             "%r does not apply)", self.executor.name)
+            return state
         self.round_fn = make_round_fn(self.model, rc)
         state = self.executor.place_state(state, self.round_fn)
         # The host arrays are handed over and dropped as they are placed (docs/memory.md).
         host, self.federation, self.plot_split = placement.take_host_arrays(self.federation)
         self.train_data, self.val, self.test = self._guard(
             "putting the data on the device", placement.place_splits, host, self.round_fn, rc,
-            self.settings.memory.compact)
+            compact)
         return state
-
-    def _prepare_streamed(self, state):
-        """The streamed round over the training split (host arrays or the array_record cache);
-        val / test stay on the host and are evaluated in blocks."""
-        from fedmix_jax.streaming import StreamedRound
-
-        train = self.federation.train
-        source = train if isinstance(train, SplitSource) else ArraySource(train)
-        self.round_fn = StreamedRound(self.model, self.round_config, source, self.stream_options)
-        host, self.federation, self.plot_split = placement.take_host_arrays(
-            self.federation, ("val", "test"))
-        self.train_data, self.val, self.test = None, *placement.held_out_on_host(
-            host, self.settings.memory.compact)
-        if self.executor.name != "map":
-            logging.info("streamed: clients run one after another on one device (executor %r "
-                         "does not apply)", self.executor.name)
-        return state
-
-    @property
-    def stream_options(self):
-        from fedmix_jax.streaming import StreamOptions
-
-        return StreamOptions(block_steps=self.settings.memory.stream_block_steps)
 
     def _round(self, state):
         args = () if self.streamed else (self.train_data,)
@@ -218,18 +203,17 @@ class _Run:
         return state, round_record(r, m, round_time) | (diag or {})
 
     def evaluate_round(self, r: int, state):
-        rv, rt = (eval_record(self._guard(f"evaluating round {r}", self._evaluate, state, split))
+        rv, rt = (self._evaluate(f"evaluating round {r}", state, split)
                   for split in (self.val, self.test))
         lt = {}
         if self.settings.eval_local_models:   # each client's local model 1 on its test split
-            lt["local_test"] = eval_record(self._guard(
-                f"evaluating the local models of round {r}", self._evaluate, state, self.test,
-                True))
+            lt["local_test"] = self._evaluate(f"evaluating the local models of round {r}",
+                                              state, self.test, True)
         self.last_dice = rv["mean_dice"]
         return rv, rt, lt
 
     def new_best(self, r: int, state) -> None:
-        self.best_params = _copy_tree(_eval_params(state, self.local))
+        self.best_params = jax.tree.map(jnp.copy, _eval_params(state, self.local))
 
     def save(self, r: int, state, best: dict, records: list) -> None:
         self.checkpointer.save(r, state, self.best_params, {
@@ -251,8 +235,7 @@ class _Run:
             # round `completed` was not an evaluation round (a run resumed with fewer rounds
             # than its checkpoint): evaluate its model now, so `final` is that of the last round.
             final = {"round": completed, **{
-                name: eval_record(self._guard("evaluating the last round", self._evaluate,
-                                              state, split))
+                name: self._evaluate("evaluating the last round", state, split)
                 for name, split in (("val", self.val), ("test", self.test))}}
         rc = self.round_config
         summary = make_summary(
@@ -283,9 +266,10 @@ class _Run:
         """Ctrl-C: finish a checkpoint being written, then name the one kept."""
         try:
             self.checkpointer.wait_until_finished()
-        except (RunError, KeyboardInterrupt) as e:  # the pending save failed / a 2nd Ctrl-C
-            if isinstance(e, RunError):
-                logging.warning("%s", e)
+        except RunError as e:       # the pending save failed
+            logging.warning("%s", e)
+        except KeyboardInterrupt:   # a second Ctrl-C
+            pass
         remove_temporaries(self.checkpointer.directory)
         kept = self.checkpointer.kept_step()
         where = ("none" if kept is None else
@@ -297,24 +281,15 @@ class _Run:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, quiet: bool = False,
                        federation: Federation | None = None, write_plots: bool = True
                        ) -> dict[str, Any]:
-    """Train ``config.strategy`` for ``config.num_rounds`` rounds in ``workdir``; see module doc.
+    """Train ``config.strategy`` for ``config.num_rounds`` rounds in ``workdir`` (created;
+    rerunning resumes) and return the summary (also ``workdir/summary.json``).
 
-    Args:
-      config: the run's ConfigDict (``configs/*.py``).
-      workdir: output folder (created); rerunning with the same workdir resumes.
-      quiet: no progress bar; one log line per round instead.
-      federation: an already built federation to use instead of loading ``config.data`` (the
-        comparison command shares one across runs).
-      write_plots: write the PNG plots.
+    ``quiet``: one log line per round instead of a progress bar; ``federation``: one to use
+    instead of loading ``config.data`` (the comparison shares one across runs).
 
-    Returns:
-      The summary (also written to ``workdir/summary.json``).
-
-    Raises:
-      RunError subclasses with a one-line message (exit code 2 in main): ConfigMismatchError,
-      ConfigError, DataError, WorkdirError (a file, not writable, disk full, locked by another
-      run, damaged config.json), CheckpointWriteError, OutOfMemoryError; TrainingDivergedError
-      (exit code 1); KeyboardInterrupt (after the pending checkpoint is written).
+    Raises RunError subclasses with a one-line message (exit code 2 in main; WorkdirError: a
+    file, not writable, disk full, locked, damaged config.json), TrainingDivergedError (exit code
+    1), KeyboardInterrupt (after the pending checkpoint is written).
     """
     t_start = time.time()
     workdir = rundir.resolve(workdir)

@@ -1,12 +1,7 @@
-"""The objective of one local step under a strategy with direct weak-label losses (``fedmix_plus``):
-the weights of the weak terms (:class:`WeakSupervision`, ``config.weak``), their weighted sum per
-sample (:func:`weak_supervision_loss_per_sample`) and one batch's loss (:func:`weak_batch_loss`).
-
-Per usable sample: ``has_target * target_loss + weak_terms``, averaged over the usable samples;
-the target loss (Dice, or BCE on an empty target with ``empty_target_loss = "bce"``, plus
-``image_mil`` x the negative maximum) where a sample has a target, the weak terms on every box /
-image-level sample, selected or not. l_i stays the Dice loss of the samples with a target.
-See docs/weak_supervision.md.
+"""One local step's objective with direct weak-label losses (``fedmix_plus``): the terms' weights
+(:class:`WeakSupervision`), their sum per sample (:func:`weak_supervision_loss_per_sample`) and
+a batch's loss ``has_target * target_loss + weak_terms`` over the usable samples
+(:func:`weak_batch_loss`). Details: docs/weak_supervision.md.
 """
 
 from __future__ import annotations
@@ -26,13 +21,8 @@ from fedmix_jax.losses import (box_size_loss_per_sample, box_tightness_loss_per_
 
 @dataclasses.dataclass(frozen=True)
 class WeakSupervision:
-    """Weights of the direct weak-label terms of :mod:`fedmix_jax.losses` (0 switches a term
-    off; static, hashable): ``emptiness`` (``absent_emptiness`` scales its part on absent
-    classes), ``tightness`` (``tightness_inset`` px), ``image_mil`` (``outside_margin`` px,
-    ``absent_mil`` scales the negative bag of absent classes), ``box_size`` (``box_fill_min`` /
-    ``box_fill_max``); ``box_fit`` replaces the selection's; ``warmup_rounds`` rounds before the
-    unselected box / image samples join; ``spare_lesions``. The table: docs/weak_supervision.md.
-    """
+    """Static weights of the weak-label terms (0: off), ``config.weak``; each field's meaning:
+    docs/weak_supervision.md. Raises ValueError on a negative or out-of-range value."""
 
     emptiness: float = 1.0
     tightness: float = 1.0
@@ -67,9 +57,8 @@ class WeakSupervision:
 def weak_supervision_loss_per_sample(logits: jax.Array, boxes: jax.Array,
                                      image_labels: jax.Array, levels: jax.Array,
                                      valid: jax.Array, weights: WeakSupervision) -> jax.Array:
-    """The weighted sum of the weak-label terms of each sample, [B] (0 for pixel-level,
-    unlabelled and invalid samples). logits, boxes: [B, H, W, K]; image_labels: [B, K];
-    levels: [B] int; valid: [B] bool; weights: a :class:`WeakSupervision` (static)."""
+    """Weighted sum of the weak terms per sample, [B] (0 for pixel, unlabelled, invalid samples).
+    logits, boxes: [B, H, W, K]; image_labels: [B, K]; levels: [B] int; valid: [B] bool."""
     region, present, known = weak_label_regions(boxes, image_labels, levels, valid)
     total = jnp.zeros(logits.shape[:1], jnp.float32)
     if weights.emptiness:
@@ -93,18 +82,10 @@ def weak_supervision_loss_per_sample(logits: jax.Array, boxes: jax.Array,
 
 
 def weak_batch_loss(models, apply, config, x, targets, w, extras):
-    """The loss of the models that train on one augmented batch, with its aux outputs.
-
-    Args:
-      models: tuple of the training models' params; apply: ``apply(params, x) -> logits``.
-      config: the static round config (``strategy.weak``, ``empty_target_loss``).
-      x: [B, H, W, Cin] images; targets: tuple of [B, H, W, K] targets, one per model;
-      w: [B] float32 usable-sample weights; extras: ``(self_train, has_target [B] bool,
-        boxes [B,H,W,K] (augmented with the images), image_labels [B,K], levels [B])``.
-
-    Returns:
-      ``(loss, (fits, counted))``: the summed loss of the models; per model the Dice loss of the
-      samples with a target (what l_i averages), and whether model 1's batch counts for l_i.
+    """``(loss, (fits, counted))`` of the training ``models`` on an augmented batch: the summed
+    loss, per model the Dice loss of the samples with a target (l_i), and whether model 1's batch
+    counts for l_i. x [B, H, W, Cin]; one [B, H, W, K] target per model; w [B] float32; extras
+    ``(self_train, has_target, boxes [B, H, W, K], image_labels [B, K], levels [B])``.
     """
     weights = config.strategy.weak
     _, has_target, boxes, labels, levels = extras

@@ -1,17 +1,9 @@
 """Reading weights files without running anything from them: ``.npz`` and torch ``.pth``/``.pt``.
 
-:func:`read_weights_file` (behind :func:`fedmix_jax.reference_weights.load_reference_weights`)
-returns a flat mapping of parameter names (as stored in the file) to float32 NumPy arrays, and
-refuses everything else with a :class:`WeightsFileError` naming the file and the entry:
-
-* ``.npz``: one array per parameter under ``param/<name>`` (or plain ``<name>``), its headers
-  checked against the stored sizes first, read with ``allow_pickle=False``;
-* zip-format PyTorch checkpoints (``torch.save``, torch >= 1.6; a state_dict or
-  ``{'state_dict': ...}``): read **without torch** by a restricted unpickler that resolves only
-  tensor/storage/OrderedDict globals, to NumPy stand-ins, and refuses any other;
-* sizes are budgeted before anything is read or allocated; only finite float arrays pass.
-
-What is refused and why: docs/data_faults.md ("Weights files").
+:func:`read_weights_file` returns parameter name -> float32 array; ``.npz`` is read with
+``allow_pickle=False``, zip-format torch checkpoints without torch by a restricted unpickler;
+sizes are budgeted before reading; anything else raises :class:`WeightsFileError` naming the file
+and entry. What is refused and why: docs/data_faults.md ("Weights files").
 """
 from __future__ import annotations
 
@@ -22,6 +14,7 @@ import pickle
 import zipfile
 from typing import Any, Mapping
 
+import ml_dtypes
 import numpy as np
 
 from fedmix_jax.errors import first_line
@@ -42,14 +35,15 @@ _READ_ERRORS = (OSError, EOFError, zipfile.BadZipFile, OverflowError, RecursionE
 
 
 class _Budget:
-    """Bytes a file may still make the reader read or allocate (see :data:`_MAX_TOTAL_BYTES`)."""
+    """Bytes a file may still make the reader read or allocate (see :data:`_MAX_TOTAL_BYTES`);
+    over it, ``charge`` raises ``error(message)``."""
 
-    def __init__(self, what: str):
-        self.what, self.left = what, _MAX_TOTAL_BYTES
+    def __init__(self, what: str, error=pickle.UnpicklingError):
+        self.what, self.left, self.error = what, _MAX_TOTAL_BYTES, error
 
     def charge(self, nbytes: int, name: str) -> None:
         if nbytes > self.left:
-            raise pickle.UnpicklingError(
+            raise self.error(
                 f"'{name}' would bring the {self.what} of this file over "
                 f"{_MAX_TOTAL_BYTES >> 20} MiB ({nbytes} more bytes); refused before reading")
         self.left -= nbytes
@@ -62,7 +56,8 @@ _NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
 def _check_npz_headers(path: str) -> None:
     """Each ``.npy`` entry's header (shape x dtype) must fit its stored size and, all together,
     :data:`_MAX_TOTAL_BYTES`, before NumPy allocates anything."""
-    budget = _Budget("arrays")
+    budget = _Budget("arrays", lambda msg: WeightsFileError(
+        f"cannot read weights file '{path}': {msg}", path))
     with zipfile.ZipFile(path) as zf:
         for info in zf.infolist():
             if not info.filename.endswith(".npy"):
@@ -83,10 +78,7 @@ def _check_npz_headers(path: str) -> None:
                                        f"'{info.filename}' announces {str(shape)[:80]} of "
                                        f"{str(dtype)[:40]} ({nbytes} bytes) but holds "
                                        f"{info.file_size} bytes; refused before reading", path)
-            try:
-                budget.charge(nbytes, info.filename)
-            except pickle.UnpicklingError as e:
-                raise WeightsFileError(f"cannot read weights file '{path}': {e}", path) from None
+            budget.charge(nbytes, info.filename)
 
 
 def _read_npz(path: str) -> dict[str, np.ndarray]:
@@ -123,19 +115,14 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# PyTorch zip checkpoints, read without torch and without running any code from the file.
-#
-# ``torch.save`` (torch >= 1.6) writes a zip: ``<archive>/data.pkl`` (a pickle of the object in
-# which every tensor is ``torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)``
-# and every storage a persistent id ``('storage', torch.FloatStorage, key, location, numel)``) and
-# ``<archive>/data/<key>`` (the raw little-endian bytes of each storage). The unpickler below
-# resolves only the few globals such a state_dict needs, to NumPy stand-ins; any other global
-# (``os.system``, ``builtins.eval``, a model class ...) is refused before anything is called.
+# PyTorch zip checkpoints (torch >= 1.6): ``<archive>/data.pkl``, a pickle whose tensors are
+# ``torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)`` with storages as
+# persistent ids ``('storage', torch.FloatStorage, key, location, numel)``, and
+# ``<archive>/data/<key>``, each storage's little-endian bytes.
 
 _TORCH_STORAGE_DTYPES = {
     "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
-    "BFloat16Storage": "bfloat16", "LongStorage": np.int64, "IntStorage": np.int32,
+    "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
     "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
     "BoolStorage": np.bool_,
 }
@@ -156,30 +143,15 @@ class _Frozen:
         raise pickle.UnpicklingError(f"refused: setting attribute {key!r} of {self!r}")
 
 
-class _StorageType(_Frozen):
-    """Stand-in for ``torch.<X>Storage`` (only its dtype is used)."""
+class _Marker(_Frozen):
+    """Stand-in for ``torch.<X>Storage`` (``dtype`` set) or for a class that is only ever passed
+    around (``torch.Tensor``, ``Parameter``; ``dtype`` None)."""
 
     __slots__ = ("name", "dtype")
 
-    def __init__(self, name: str):
-        dt = _TORCH_STORAGE_DTYPES[name]
-        if dt == "bfloat16":
-            import ml_dtypes  # noqa: PLC0415  (installed with jax)
-            dt = ml_dtypes.bfloat16
+    def __init__(self, name: str, dtype: np.dtype | None = None):
         object.__setattr__(self, "name", name)
-        object.__setattr__(self, "dtype", np.dtype(dt))
-
-    def __repr__(self):
-        return f"torch.{self.name}"
-
-
-class _Marker(_Frozen):
-    """Stand-in for a class that is only ever passed around (``torch.Tensor``, ``Parameter``)."""
-
-    __slots__ = ("name",)
-
-    def __init__(self, name: str):
-        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "dtype", dtype)
 
     def __repr__(self):
         return self.name
@@ -251,7 +223,8 @@ def _safe_globals() -> dict:
         ("torch._tensor", "_rebuild_from_type_v2"): _Call(_rebuild_from_type_v2),
         ("torch", "Tensor"): _Marker("torch.Tensor"),
         ("torch.nn.parameter", "Parameter"): _Marker("torch.nn.Parameter"),
-        **{("torch", name): _StorageType(name) for name in _TORCH_STORAGE_DTYPES},
+        **{("torch", name): _Marker(f"torch.{name}", np.dtype(dt))
+           for name, dt in _TORCH_STORAGE_DTYPES.items()},
     }
 
 
@@ -275,8 +248,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
-                and isinstance(pid[1], _StorageType) and isinstance(pid[2], str)
-                and isinstance(pid[4], int) and pid[4] >= 0):
+                and isinstance(pid[1], _Marker) and pid[1].dtype is not None
+                and isinstance(pid[2], str) and isinstance(pid[4], int) and pid[4] >= 0):
             raise pickle.UnpicklingError(f"unsupported persistent id {pid!r:.120}")
         stype, key, numel = pid[1], pid[2], pid[4]
         if key not in self._storages:

@@ -1,17 +1,7 @@
-"""Workarounds for slow paths of XLA:CPU, kept apart from the model so they can be dropped.
-
-Each function here computes the same values as a plain JAX formulation (tested against it in
-``tests/test_models.py``), written differently so that XLA:CPU runs it on a fast kernel; on other
-platforms each takes the plain path (``jax.lax.platform_dependent``). :mod:`fedmix_jax.models`
-uses all three:
-
-1. :func:`conv2d_same`: a convolution whose backward pass is written as canonical convolutions;
-2. :func:`sum_over_pixels`: GroupNorm's sums over pixels as matrix-vector products;
-3. :func:`fast_xavier_init`: the U-Net's initial parameters drawn from **one** uniform stream
-   (same distributions, different values from ``model.init`` for the same key).
-
-Why each exists, what it gains and when it can go: docs/speed.md ("XLA:CPU workarounds");
-``python benchmarks/xla_cpu_workarounds.py`` re-measures them.
+"""Workarounds for slow paths of XLA:CPU, each the values of a plain JAX form (plain path off CPU):
+:func:`conv2d_same` (canonical backward convolutions), :func:`sum_over_pixels` (GroupNorm's sums
+as matrix-vector products), :func:`fast_xavier_init` (one uniform stream). Why, and when each can
+go: docs/speed.md ("XLA:CPU workarounds").
 """
 from __future__ import annotations
 
@@ -20,29 +10,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
 
-# ----------------------------------------------------------------------------- 1. convolution
-
-
 def plain_conv2d_same(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
-    """Stride-1 NHWC x HWIO convolution with ``pad`` zeros on every side (no bias), as
-    ``flax.linen.Conv`` computes it; autodiff's own backward pass."""
+    """Stride-1 NHWC x HWIO convolution, ``pad`` zeros per side, no bias, autodiff's backward."""
     return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((pad, pad), (pad, pad)),
                                         dimension_numbers=_DIMENSION_NUMBERS)
 
 
 def _conv_grads_canonical(x, kernel, g, pad):
-    """Both gradients of :func:`plain_conv2d_same` written as forward-form (canonical)
-    convolutions.
-
-    ``dx`` is the convolution of ``g`` with the spatially flipped kernel whose in / out axes are
-    swapped; ``dkernel[i, j, ci, co] = sum_{n,y,x} xpad[n, y+i, x+j, ci] g[n, y, x, co]`` is the
-    convolution of ``x`` (batch and channel axes swapped) with ``g`` (as an HWIO kernel). All
-    three convolutions use NHWC / HWIO / NHWC dimension numbers.
-    """
+    """Both gradients of :func:`plain_conv2d_same` as canonical convolutions: ``dx`` = ``g`` with
+    the flipped, in/out-swapped kernel; ``dkernel`` = ``x`` (batch <-> channels) with ``g``."""
     kh, kw = kernel.shape[:2]
     flipped = jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
     dx = jax.lax.conv_general_dilated(g, flipped, (1, 1),
@@ -57,18 +36,8 @@ def _conv_grads_canonical(x, kernel, g, pad):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def conv2d_same(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
-    """Stride-1 "same"-padded 2-D convolution, NHWC x HWIO -> NHWC, differentiable.
-
-    The forward pass is :func:`plain_conv2d_same`. On CPU the backward pass is written as
-    canonical convolutions (workaround 1 of this module); on other platforms it is autodiff's.
-
-    Args:
-      x: ``[N, H, W, Cin]``; kernel: ``[kh, kw, Cin, Cout]``; pad: zeros per side
-        (``(k - 1) // 2`` for "same" output size with odd ``k``).
-
-    Returns:
-      ``[N, H + 2 pad - kh + 1, W + 2 pad - kw + 1, Cout]``.
-    """
+    """:func:`plain_conv2d_same` with canonical backward convolutions on CPU: ``x`` [N, H, W, Cin],
+    ``kernel`` [kh, kw, Cin, Cout] -> [N, H + 2 pad - kh + 1, W + 2 pad - kw + 1, Cout]."""
     return plain_conv2d_same(x, kernel, pad)
 
 
@@ -89,23 +58,16 @@ def _conv2d_same_bwd(pad, res, g):
 conv2d_same.defvjp(_conv2d_same_fwd, _conv2d_same_bwd)
 
 
-# ----------------------------------------------------------------------------- 2. GroupNorm sums
-
-
 def plain_sum_over_pixels(x3: jax.Array) -> jax.Array:
     """``[N, P, C] -> [N, C]``: ``jnp.sum(x3, axis=1)``."""
     return jnp.sum(x3, axis=1)
 
 
 def sum_over_pixels(x3: jax.Array) -> jax.Array:
-    """``[N, P, C] -> [N, C]``: the sum over the pixel axis; on CPU a product with a ones vector
-    (workaround 2 of this module), elsewhere :func:`plain_sum_over_pixels`."""
+    """``[N, P, C] -> [N, C]``: the pixel sum; on CPU a product with a ones vector."""
     return jax.lax.platform_dependent(
         x3, cpu=lambda x: jnp.einsum("npc,p->nc", x, jnp.ones((x.shape[1],), x.dtype)),
         default=plain_sum_over_pixels)
-
-
-# ----------------------------------------------------------------------------- 3. fast init
 
 
 @functools.lru_cache(maxsize=32)
@@ -135,10 +97,8 @@ def _fast_init_fn(leaves: tuple[tuple[str, tuple[int, ...]], ...]):
 
 
 def fast_xavier_init(key: jax.Array, shapes) -> dict:
-    """Params with the structure and shapes of ``shapes`` (a pytree of ``ShapeDtypeStruct``, e.g.
-    ``jax.eval_shape(model.init, ...)["params"]``), drawn from one uniform stream: leaves named
-    ``kernel`` Xavier-uniform (fans from an ``[..., in, out]`` kernel), ``scale`` ones, any other
-    leaf zeros. Float32. Workaround 3 of this module."""
+    """Float32 params shaped as ``shapes`` (``ShapeDtypeStruct`` pytree) from one uniform stream:
+    ``kernel`` leaves Xavier-uniform ([..., in, out]), ``scale`` ones, others zeros."""
     flat, treedef = jax.tree_util.tree_flatten_with_path(shapes)
     leaves = tuple((str(path[-1].key), tuple(int(d) for d in leaf.shape)) for path, leaf in flat)
     return jax.tree_util.tree_unflatten(treedef, _fast_init_fn(leaves)(key))

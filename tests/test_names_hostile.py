@@ -10,7 +10,7 @@ import pytest
 
 from fedmix_jax.data.real import BadInputError, build
 from fedmix_jax.data.real.make_fixture import make_folders
-from fedmix_jax.data.real.names import printable
+from fedmix_jax.data.real.scanning import printable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fixtures_real import prepare  # noqa: E402

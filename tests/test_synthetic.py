@@ -6,7 +6,7 @@ import pytest
 from fedmix_jax.data.federation import BOX, PIXEL, Federation, FederatedSplit
 from fedmix_jax.data.synthetic import (make_synthetic_federation, preview_grid,
                                        synthetic_federation_from_config)
-from fedmix_jax.data.synthetic_domains import DEFAULT_DOMAINS
+from fedmix_jax.data.synthetic_render import DEFAULT_DOMAINS
 
 SPLITS = ("train", "val", "test")
 

@@ -1,12 +1,8 @@
 """Bounding boxes from segmentation masks, shared by every data source.
 
-A box-level client sees one box per lesion with a random integer margin per side, drawn **once
-per sample** from a generator seeded per sample (:func:`sample_rng`), so a box never changes
-between epochs, runs or machines. Boxes are int64 ``[nb, 4]`` ``(x_min, y_min, x_max, y_max)``,
-inclusive pixel coordinates; a pixel is foreground when ``True`` or ``> 0.5``. Components use
-8-connectivity by default (``scipy.ndimage.label``), numbered in raster order. ``box_mode``:
-``"component"`` (one box per connected component) or ``"enclosing"`` (the reference's one box
-around all the foreground, bottom/right margin one pixel smaller); see docs/data_faults.md.
+Boxes are int64 ``[nb, 4]`` ``(x_min, y_min, x_max, y_max)``, inclusive pixel coordinates, with
+per-side random margins drawn once per sample (:func:`sample_rng`); ``box_mode`` is ``component``
+or ``enclosing``. Details: docs/data.md, docs/data_faults.md.
 """
 
 from __future__ import annotations
@@ -39,10 +35,15 @@ def sample_rng(seed: int, *ids: int) -> np.random.Generator:
 
 
 def _foreground(mask2d) -> np.ndarray:
+    """A [H, W] mask as bool (``True`` or ``> 0.5``)."""
     m = np.asarray(mask2d)
     if m.ndim != 2:
         raise ValueError(f"expected a 2-D mask [H, W], got shape {m.shape}")
     return m if m.dtype == bool else m > 0.5
+
+
+def _clip_boxes(boxes: np.ndarray, h: int, w: int) -> np.ndarray:
+    return np.clip(boxes, 0, [w - 1, h - 1, w - 1, h - 1])
 
 
 def connected_components(mask2d: np.ndarray, connectivity: int = 8) -> tuple[np.ndarray, int]:
@@ -51,19 +52,8 @@ def connected_components(mask2d: np.ndarray, connectivity: int = 8) -> tuple[np.
     if connectivity not in (4, 8):
         raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
     m = _foreground(mask2d)
-    labels = np.zeros(m.shape, np.int32)
-    count = ndimage.label(m, structure=_STRUCTURE[connectivity], output=labels)
+    labels, count = ndimage.label(m, structure=_STRUCTURE[connectivity])  # int32 labels
     return labels, int(count)
-
-
-def _margin_range(margin) -> tuple[int, int]:
-    if np.isscalar(margin):
-        lo = hi = int(margin)
-    else:
-        lo, hi = (int(x) for x in margin)
-    if lo < 0 or hi < lo:
-        raise ValueError(f"margin must be an int >= 0 or a pair lo <= hi, got {margin!r}")
-    return lo, hi
 
 
 def boxes_from_mask(mask2d: np.ndarray, rng: np.random.Generator | None, margin=(1, 9),
@@ -71,17 +61,18 @@ def boxes_from_mask(mask2d: np.ndarray, rng: np.random.Generator | None, margin=
                     connectivity: int = 8, box_mode: str = "component") -> np.ndarray:
     """Noisy bounding boxes of a [H, W] mask's lesions, as an annotator would draw them.
 
-    Each side of each box is pushed out by an integer drawn uniformly from ``margin = (lo, hi)``
-    (inclusive; an int: fixed, then ``rng`` may be None). ``per_component=False`` (component
-    mode) gives one box around the whole mask; components under ``min_area`` px are ignored;
-    ``box_mode='enclosing'``: the reference's box (module docstring). Returns int64 ``[nb, 4]``,
-    inclusive, clipped, in raster order; an empty mask gives ``[0, 4]`` and draws nothing,
-    otherwise exactly ``4 * nb`` integers are drawn in one call.
+    Each side is pushed out by an integer drawn uniformly from ``margin = (lo, hi)`` (an int:
+    fixed, then ``rng`` may be None). ``per_component=False``: one box around the whole mask;
+    components under ``min_area`` px are ignored. Returns int64 ``[nb, 4]``, inclusive, clipped,
+    in raster order; an empty mask gives ``[0, 4]`` and draws nothing, otherwise exactly
+    ``4 * nb`` integers are drawn in one call.
     """
     mode = check_box_mode(box_mode)
     m = _foreground(mask2d)
     h, w = m.shape
-    lo, hi = _margin_range(margin)
+    lo, hi = (int(margin),) * 2 if np.isscalar(margin) else (int(x) for x in margin)
+    if lo < 0 or hi < lo:
+        raise ValueError(f"margin must be an int >= 0 or a pair lo <= hi, got {margin!r}")
     if mode == "component" and per_component:
         labels, count = connected_components(m, connectivity)
         area = np.bincount(labels.ravel(), minlength=count + 1)[1:]
@@ -89,38 +80,30 @@ def boxes_from_mask(mask2d: np.ndarray, rng: np.random.Generator | None, margin=
                           for sy, sx in ndimage.find_objects(labels, max_label=count)],
                          np.int64).reshape(-1, 4)[area >= max(int(min_area), 1)]
     else:
-        rows, cols = np.any(m, axis=1), np.any(m, axis=0)
-        if not rows.any():
-            return np.zeros((0, 4), np.int64)
-        ys, xs = np.flatnonzero(rows), np.flatnonzero(cols)
-        tight = np.array([[xs[0], ys[0], xs[-1], ys[-1]]], np.int64)
+        ys, xs = np.flatnonzero(np.any(m, axis=1)), np.flatnonzero(np.any(m, axis=0))
+        tight = np.array([[xs[0], ys[0], xs[-1], ys[-1]]] if ys.size else [],
+                         np.int64).reshape(-1, 4)
     nb = tight.shape[0]
     if nb == 0:
         return np.zeros((0, 4), np.int64)
-    if lo == hi:
-        margins = np.full((nb, 4), lo, np.int64)
-    else:
-        if rng is None:
-            raise ValueError("boxes_from_mask needs an rng for a random margin")
-        margins = rng.integers(lo, hi, size=(nb, 4), endpoint=True).astype(np.int64)
+    if lo != hi and rng is None:
+        raise ValueError("boxes_from_mask needs an rng for a random margin")
+    margins = (np.full((nb, 4), lo, np.int64) if lo == hi
+               else rng.integers(lo, hi, size=(nb, 4), endpoint=True).astype(np.int64))
     boxes = tight + margins * np.array([-1, -1, 1, 1], np.int64)
     if mode == "enclosing":
         boxes[:, 2:] -= 1  # the reference's exclusive slice end: bottom/right one pixel smaller
-    boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, w - 1)
-    boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, h - 1)
-    return boxes
+    return _clip_boxes(boxes, h, w)
 
 
 def box_mask(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
     """Rasterise boxes [nb, 4] (inclusive, clipped; an inverted box is empty): [H, W] float32,
     1 inside any box, else 0 (a 2-D difference array)."""
     b = np.asarray(boxes, np.int64).reshape(-1, 4)
-    x0 = np.clip(b[:, 0], 0, width)
-    y0 = np.clip(b[:, 1], 0, height)
-    x1 = np.clip(b[:, 2] + 1, 0, width)
-    y1 = np.clip(b[:, 3] + 1, 0, height)
-    ok = (x1 > x0) & (y1 > y0)
-    x0, y0, x1, y1 = x0[ok], y0[ok], x1[ok], y1[ok]
+    start = np.clip(b[:, :2], 0, [width, height])
+    stop = np.clip(b[:, 2:] + 1, 0, [width, height])
+    ok = (stop > start).all(axis=1)
+    (x0, y0), (x1, y1) = start[ok].T, stop[ok].T
     diff = np.zeros((height + 1, width + 1), np.int64)
     np.add.at(diff, (y0, x0), 1)
     np.add.at(diff, (y0, x1), -1)
@@ -150,18 +133,13 @@ def box_masks_from_masks(masks_hwk: np.ndarray, rng: np.random.Generator | None,
 
 def scale_boxes(boxes: np.ndarray, from_hw: Sequence[int], to_hw: Sequence[int]) -> np.ndarray:
     """Map inclusive pixel boxes [nb, 4] from an image of size ``from_hw`` to ``to_hw``: the
-    pixel-edge interval ``[x_min, x_max + 1)`` is scaled and rounded outwards, so the box still
-    covers what it covered. int64 ``[nb, 4]``, clipped to the new image."""
+    pixel-edge interval ``[x_min, x_max + 1)`` is scaled and rounded outwards. int64 ``[nb, 4]``,
+    clipped to the new image."""
     b = np.asarray(boxes, np.float64).reshape(-1, 4)
     fh, fw = (float(v) for v in from_hw)
     th, tw = (int(v) for v in to_hw)
-    sx, sy = tw / fw, th / fh
+    scale = np.array([tw / fw, th / fh])
     eps = 1e-9  # so that exact multiples do not round outwards by one pixel
-    x0 = np.floor(b[:, 0] * sx + eps)
-    y0 = np.floor(b[:, 1] * sy + eps)
-    x1 = np.ceil((b[:, 2] + 1) * sx - eps) - 1
-    y1 = np.ceil((b[:, 3] + 1) * sy - eps) - 1
-    out = np.stack([x0, y0, x1, y1], axis=1).astype(np.int64)
-    out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, tw - 1)
-    out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, th - 1)
-    return out
+    start = np.floor(b[:, :2] * scale + eps)
+    stop = np.ceil((b[:, 2:] + 1) * scale - eps) - 1
+    return _clip_boxes(np.concatenate([start, stop], axis=1).astype(np.int64), th, tw)

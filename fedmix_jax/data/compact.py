@@ -1,14 +1,8 @@
 """The compact layout of a split: every client's rows one after another, no padding.
 
-Clients that run one after another (``map``, ``loop``, groups of ``vmap``) need one client's
-``[N, ...]`` view at a time, so on the device a split can hold just the clients' rows
-(:class:`CompactSplit`): client ``c``'s rows are ``offsets[c]`` to ``offsets[c] + lengths[c]``
-(up to its last valid row), clients smallest first, and ``T >= offsets[c] + N`` for every ``c``
-(zero rows at the end).
-
-:func:`client_window` reads client ``c`` as the padded split's row ``c``; its rows past
-``lengths[c]`` belong to the next client but have ``valid`` off, and every use of a sample is
-masked by ``valid``, so results are bit-identical (``tests/test_compact.py``; docs/memory.md).
+:class:`CompactSplit` holds client ``c``'s rows at ``offsets[c]`` to ``offsets[c] + lengths[c]``
+(clients smallest first, zero rows at the end); :func:`client_window` reads client ``c`` as the
+padded split's row ``c``, bit-identical under ``valid``. Details: docs/memory.md.
 """
 from __future__ import annotations
 
@@ -26,7 +20,7 @@ _ROW_FIELDS = ("images", "masks", "boxes", "image_labels", "levels", "valid")
 
 @struct.dataclass
 class CompactSplit:
-    """A split's clients' rows concatenated (module docstring)."""
+    """A split's clients' rows concatenated (module docstring); ``T >= offsets[c] + N``."""
 
     images: jax.Array          # [T, H, W, Cin]
     masks: jax.Array           # [T, H, W, K], or [T, H, ceil(W / 8), K] bit-packed
@@ -65,34 +59,29 @@ class CompactSplit:
 
 @struct.dataclass
 class ClientRows:
-    """Where the clients' rows are, [C] each: the per-client part of a compact split that the
-    round maps over the client axis (the arrays themselves are shared by every client)."""
+    """Where the clients' rows are, [C] each: what the round maps over the client axis."""
 
     offsets: jax.Array
     lengths: jax.Array
 
 
 def client_lengths(valid: np.ndarray) -> np.ndarray:
-    """Per client, the rows up to and including its last valid one: [C, N] bool -> [C] (host);
-    a client's rows in the compact layout."""
-    n = valid.shape[1]
-    last = n - np.argmax(valid[:, ::-1], axis=1)
+    """Per client, the rows up to and including its last valid one: [C, N] bool -> [C] (host)."""
+    last = valid.shape[1] - np.argmax(valid[:, ::-1], axis=1)
     return np.where(valid.any(axis=1), last, 0).astype(np.int64)
 
 
 def compact_split(split: FederatedSplit, put=lambda x: x) -> CompactSplit:
     """The compact layout of a padded split (host NumPy in, NumPy out, or each field through
-    ``put`` as soon as it is built: :func:`put_compact`). Masks and boxes keep their dtype and
-    packing. The clients' valid samples keep their order and positions in their window."""
+    ``put`` as soon as it is built); dtypes, packing and positions in the window are kept."""
     if isinstance(split, CompactSplit):
         return jax.tree.map(put, split)
     return compact_fields({f: getattr(split, f) for f in _ROW_FIELDS}, put)
 
 
 def compact_fields(fields: dict, put=lambda x: x) -> CompactSplit:
-    """:func:`compact_split` of a padded split given as a dict of its six arrays, which it
-    *consumes*: each padded array is removed from ``fields`` as soon as its compact copy is
-    built, before ``put`` (so the host holds one padded or compact field at a time)."""
+    """:func:`compact_split` of a dict of the six padded arrays, which it *consumes*: each is
+    removed from ``fields`` once its compact copy is built, before ``put``."""
     valid = np.asarray(fields["valid"]).astype(bool)
     if valid.ndim != 2:
         raise ValueError(f"compact_split needs a padded split, valid [C, N]; got {valid.shape}")
@@ -101,8 +90,7 @@ def compact_fields(fields: dict, put=lambda x: x) -> CompactSplit:
     order = np.argsort(lengths, kind="stable")          # smallest first, the largest last
     offsets = np.zeros(num_clients, np.int64)
     offsets[order] = np.concatenate([[0], np.cumsum(lengths[order])[:-1]]) if num_clients else []
-    total = int(lengths.sum())
-    rows = max(total, int((offsets + n).max(initial=0)))
+    rows = max(int(lengths.sum()), int((offsets + n).max(initial=0)))
 
     def compact(name):
         x = np.asarray(fields.pop(name))
@@ -119,8 +107,7 @@ def compact_fields(fields: dict, put=lambda x: x) -> CompactSplit:
 
 
 def put_compact(split: FederatedSplit, device=None) -> CompactSplit:
-    """:func:`compact_split` straight onto ``device`` (default: JAX's default device), one field
-    at a time: the host holds one compact field at once, never the whole compact copy."""
+    """:func:`compact_split` onto ``device`` (default: JAX's), one field at a time."""
     return compact_split(split, put=lambda x: jax.device_put(x, device))
 
 
@@ -134,15 +121,11 @@ def padded_rows(flat: np.ndarray, offsets, lengths, max_samples: int, fill=0) ->
 
 
 def client_window(split: CompactSplit, offset: jax.Array, length: jax.Array) -> FederatedSplit:
-    """One client's ``[N, ...]`` view (jittable; ``offset`` and ``length`` may be traced): the
-    padded split's row, except that the rows past ``length`` hold the next client's samples
-    (or zeros) with ``valid`` off."""
+    """One client's ``[N, ...]`` view (jittable; ``offset``, ``length`` may be traced); rows
+    past ``length`` hold the next client's samples (or zeros) with ``valid`` off."""
     n = split.max_samples
-
-    def window(x):
-        return jax.lax.dynamic_slice_in_dim(x, offset, n, axis=0)
-
-    rows = {f: window(getattr(split, f)) for f in _ROW_FIELDS}
+    rows = {f: jax.lax.dynamic_slice_in_dim(getattr(split, f), offset, n, axis=0)
+            for f in _ROW_FIELDS}
     rows["valid"] = rows["valid"] & (jnp.arange(n) < length)
     return FederatedSplit(**rows)
 

@@ -1,13 +1,9 @@
 """The federated array layout shared by every data source and by the round.
 
-A :class:`Federation` holds three :class:`FederatedSplit` s (train / val / test) whose arrays have
-a client axis ``C`` and a sample axis ``N`` padded to the largest client (``valid = False``);
-images are NHWC, masks and boxes have one sigmoid channel per class (``K``).
-Arrays stay in their storage dtype on the host and the device; the compiled code converts only
-a gathered batch or chunk (:func:`float_images` / :func:`float_labels`). Masks and boxes may be
-bit-packed along W (``[C, N, H, ceil(W / 8), K]`` uint8, :func:`pack_split_labels`), unpacked one
-site or chunk at a time with bit-identical results. The level is data: a client may mix levels.
-Details: docs/memory.md.
+A :class:`Federation` holds three :class:`FederatedSplit` s (train / val / test) with a client
+axis ``C`` and a sample axis ``N`` padded to the largest client (``valid = False``); images NHWC,
+masks and boxes one channel per class ``K``, kept in their storage dtype (uint8 masks and boxes
+may be bit-packed along W). Details: docs/memory.md.
 """
 
 from __future__ import annotations
@@ -15,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterable, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
@@ -39,25 +37,20 @@ def level_from_name(name: str) -> int:
 
 def float_images(x):
     """Images [..., H, W, Cin] in their storage dtype -> float32 in [0, 1] (NumPy or JAX): uint8
-    ``x.astype(float32) * (1 / 255)`` (bit-identical to a float32 ``k / 255`` copy), float32
-    unchanged, any other dtype cast."""
-    if x.dtype == np.float32:
-        return x
+    times ``1 / 255`` (bit-identical to a float32 ``k / 255`` copy), others cast."""
     if x.dtype == np.uint8:
         return x.astype(np.float32) * np.float32(IMAGE_SCALE)
-    return x.astype(np.float32)
+    return float_labels(x)
 
 
 def float_labels(x):
-    """Masks / boxes / image labels in their storage dtype (uint8 or bool {0, 1}, or float32)
-    -> float32 {0, 1}, for a gathered batch or chunk: a cast, no scaling."""
+    """Masks / boxes / image labels (uint8 or bool {0, 1}, or float32) -> float32 {0, 1}."""
     return x if x.dtype == np.float32 else x.astype(np.float32)
 
 
 def pack_labels(x) -> np.ndarray:
-    """Masks or boxes ``[..., H, W, K]`` in {0, 1} (any dtype; nonzero is 1) -> uint8
-    ``[..., H, ceil(W / 8), K]``: 8 pixels of a row per byte, first pixel in the high bit
-    (``np.packbits`` along W). Host (NumPy) only."""
+    """Masks or boxes ``[..., H, W, K]`` (nonzero is 1) -> uint8 ``[..., H, ceil(W / 8), K]``,
+    ``np.packbits`` along W (first pixel in the high bit). Host only."""
     x = np.asarray(x)
     if x.ndim < 3:
         raise ValueError(f"pack_labels needs [..., H, W, K] arrays, got shape {x.shape}")
@@ -65,13 +58,9 @@ def pack_labels(x) -> np.ndarray:
 
 
 def unpack_labels(x, width: int):
-    """:func:`pack_labels` reversed: uint8 ``[..., H, ceil(W / 8), K]`` -> uint8 {0, 1}
-    ``[..., H, width, K]``. NumPy or JAX (traceable) arrays."""
-    if isinstance(x, np.ndarray):
-        return np.unpackbits(x, axis=-2, count=int(width))
-    import jax.numpy as jnp
-
-    return jnp.unpackbits(x, axis=-2, count=int(width))
+    """:func:`pack_labels` reversed -> uint8 {0, 1} ``[..., H, width, K]`` (NumPy or JAX)."""
+    xp = np if isinstance(x, np.ndarray) else jnp
+    return xp.unpackbits(x, axis=-2, count=int(width))
 
 
 def labels_packed(split) -> bool:
@@ -82,17 +71,15 @@ def labels_packed(split) -> bool:
 
 
 def gathered_labels(labels, width: int):
-    """A gathered batch or chunk of masks / boxes -> float32 {0, 1} ``[..., H, width, K]``,
-    unpacking it first if it is bit-packed (narrower than ``width``)."""
+    """Gathered masks / boxes -> float32 {0, 1} ``[..., H, width, K]``, unpacked if packed."""
     if labels.shape[-2] != width:
         labels = unpack_labels(labels, width)
     return float_labels(labels)
 
 
 def pack_split_labels(split: "FederatedSplit") -> "FederatedSplit":
-    """``split`` with masks and boxes bit-packed on the host (:func:`pack_labels`); a packed
-    split is returned as it is, and so is a 1 px wide one (nothing to gain, and its packed
-    masks could not be told from unpacked ones). Their values must be in {0, 1}."""
+    """``split`` with masks and boxes (values in {0, 1}) bit-packed on the host; a packed or
+    1 px wide split (packed, it could not be told from unpacked) is returned as it is."""
     if labels_packed(split) or np.shape(split.images)[-2] < 2:
         return split
     return split.replace(masks=_pack_by_client(split.masks, "masks"),
@@ -100,8 +87,7 @@ def pack_split_labels(split: "FederatedSplit") -> "FederatedSplit":
 
 
 def _pack_by_client(labels, name: str) -> np.ndarray:
-    """:func:`pack_labels` of ``[C, N, H, W, K]`` one client at a time (the temporaries are one
-    client's), after checking that the values are in {0, 1}."""
+    """:func:`pack_labels` of ``[C, N, H, W, K]`` one client at a time, checked to be {0, 1}."""
     a = np.asarray(labels)
     out = np.empty(a.shape[:-2] + (-(-a.shape[-2] // 8), a.shape[-1]), np.uint8)
     for c in range(a.shape[0]):
@@ -116,7 +102,7 @@ def _pack_by_client(labels, name: str) -> np.ndarray:
 
 def unpack_split_labels(split: "FederatedSplit") -> "FederatedSplit":
     """``split`` with bit-packed masks and boxes unpacked to uint8 {0, 1} (NumPy or JAX, also
-    inside ``jit``); an unpacked split is returned as it is."""
+    inside ``jit``)."""
     if not labels_packed(split):
         return split
     width = split.images.shape[-2]
@@ -125,8 +111,7 @@ def unpack_split_labels(split: "FederatedSplit") -> "FederatedSplit":
 
 
 class SplitSizes:
-    """The sizes of a split read off its ``images`` [C, N, ...], ``masks`` [..., K] and ``valid``
-    [C, N] (a :class:`FederatedSplit` or a streamed split's source)."""
+    """A split's sizes, from its ``images`` [C, N, ...], ``masks`` [..., K], ``valid`` [C, N]."""
 
     @property
     def num_clients(self) -> int:
@@ -161,18 +146,12 @@ class FederatedSplit(SplitSizes):
         n = self.max_samples
         if num_samples < n:
             raise ValueError(f"cannot pad {n} samples down to {num_samples}")
-
-        def pad(x):
-            x = np.asarray(x)
-            widths = [(0, 0), (0, num_samples - n)] + [(0, 0)] * (x.ndim - 2)
-            return np.pad(x, widths)
-
-        return FederatedSplit(*(pad(getattr(self, f.name)) for f in dataclasses.fields(self)))
+        return jax.tree.map(lambda x: np.pad(np.asarray(x), [(0, 0), (0, num_samples - n)]
+                                             + [(0, 0)] * (np.ndim(x) - 2)), self)
 
 
 def pack_federation_labels(federation: "Federation") -> "Federation":
-    """``federation`` with the masks and boxes of every in-memory split bit-packed
-    (``config.data.pack_labels``); a streamed training split is left as it is."""
+    """``federation`` with every in-memory split's masks and boxes bit-packed (not streamed)."""
     for name in ("train", "val", "test"):
         split = getattr(federation, name)
         if isinstance(split, FederatedSplit):
@@ -212,7 +191,7 @@ class Federation:
 
 
 def _storage_dtype(dtype) -> np.dtype:
-    """uint8 and bool are kept; anything else is stored as float32 (as before uint8 storage)."""
+    """uint8 and bool are kept; anything else is stored as float32."""
     dtype = np.dtype(dtype)
     return dtype if dtype in (np.dtype(np.uint8), np.dtype(bool)) else np.dtype(np.float32)
 
@@ -222,11 +201,9 @@ def stack_clients(per_client: Iterable[dict], num_samples: int | None = None,
     """Stack per-client dicts of unpadded arrays into one padded :class:`FederatedSplit`.
 
     Each dict holds ``images`` [n, H, W, Cin], ``masks`` / ``boxes`` [n, H, W, K],
-    ``image_labels`` [n, K] and ``levels`` [n]; ``n`` may differ per client (0: an all-invalid
-    client); ``num_samples`` defaults to the largest ``n``. uint8 and bool arrays keep their
-    dtype, others become float32; every client's images must have one dtype. ``per_client`` may
-    be a generator (then ``num_samples`` and ``num_clients`` are required), each client dropped
-    before the next is read.
+    ``image_labels`` [n, K] and ``levels`` [n] (``n`` may be 0); uint8 and bool keep their dtype,
+    others become float32; images must share one dtype. A generator ``per_client`` needs
+    ``num_samples`` and ``num_clients`` (default: largest ``n``, number of dicts).
     """
     if isinstance(per_client, Sequence):
         if num_samples is None:
@@ -242,11 +219,10 @@ def stack_clients(per_client: Iterable[dict], num_samples: int | None = None,
     out, first, seen = None, None, 0
 
     def allocate(ref):
-        o = {k: np.zeros((num_clients, n_max) + np.shape(ref[k])[1:],
-                         _storage_dtype(np.asarray(ref[k]).dtype)) for k in fields}
-        o["levels"] = np.zeros((num_clients, n_max), np.int32)
-        o["valid"] = np.zeros((num_clients, n_max), bool)
-        return o
+        return {**{k: np.zeros((num_clients, n_max) + np.shape(ref[k])[1:],
+                               _storage_dtype(np.asarray(ref[k]).dtype)) for k in fields},
+                "levels": np.zeros((num_clients, n_max), np.int32),
+                "valid": np.zeros((num_clients, n_max), bool)}
 
     for c, d in enumerate(per_client):
         seen = c + 1

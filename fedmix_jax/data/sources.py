@@ -1,9 +1,8 @@
 """One entry point for every data source: ``load_federation(config.data) -> Federation``.
 
-``config.data.name`` selects it: ``synthetic`` (:mod:`fedmix_jax.data.synthetic`, no files) or
-a real dataset (:mod:`fedmix_jax.data.real`: a manual download in ``data_dir``, cached under
-``cache_dir``). A missing download raises ``DatasetNotFoundError``, an unusable file
-``BadInputError`` (both ``ValueError`` s saying what to fix), an unknown name ``ValueError``.
+``config.data.name`` is ``synthetic`` or a real dataset (:mod:`fedmix_jax.data.real`); a missing
+download raises ``DatasetNotFoundError``, an unusable file ``BadInputError`` (both ``ValueError``),
+an unknown name ``ValueError``. Details: docs/data_faults.md.
 """
 
 from __future__ import annotations

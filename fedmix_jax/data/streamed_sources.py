@@ -1,10 +1,8 @@
 """Where a streamed training split's rows come from, and whether to stream at all.
 
-A :class:`SplitSource` gives random access to one client's rows of a training split in their
-storage dtypes (:class:`ArraySource` over host arrays, :class:`ArrayRecordSource` over the built
-array_record cache), with ``levels`` / ``image_labels`` / ``valid`` [C, N] up front.
-:func:`choose_mode` decides from ``config.data.device_data_budget_gb`` whether the job streams;
-the streamed round itself is :mod:`fedmix_jax.streaming` (docs/streaming.md).
+:class:`ArraySource` (host arrays) and :class:`ArrayRecordSource` (the array_record cache) read
+one client's rows at a time; :func:`choose_mode` decides from ``device_data_budget_gb`` whether
+the job streams (:mod:`fedmix_jax.streaming`). Details: docs/streaming.md.
 """
 
 from __future__ import annotations
@@ -20,13 +18,9 @@ GIB = 1024 ** 3
 
 
 class SplitSource(SplitSizes):
-    """Random access to one training split, client by client (the base of the sources).
-
-    Quacks like a :class:`FederatedSplit` for what the job reads of a split without its pixels:
-    ``levels`` [C, N] int32, ``valid`` [C, N] bool, ``image_labels`` [C, N, K] (NumPy, small),
-    and ``images`` / ``masks`` / ``boxes`` as :class:`jax.ShapeDtypeStruct` [C, N, ...] (shape and
-    storage dtype only). :meth:`read` returns rows of one client.
-    """
+    """Random access to one training split, client by client; quacks like a FederatedSplit:
+    ``levels`` [C, N] int32, ``valid`` [C, N] bool, ``image_labels`` [C, N, K] (NumPy), and
+    ``images`` / ``masks`` / ``boxes`` as :class:`jax.ShapeDtypeStruct` [C, N, ...]."""
 
     levels: np.ndarray
     valid: np.ndarray
@@ -37,18 +31,13 @@ class SplitSource(SplitSizes):
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the split as in-memory arrays (what the in-memory round puts on the device)."""
+        """Bytes of the split as in-memory arrays."""
         return split_bytes(self)
 
     def read(self, c: int, rows: np.ndarray, fields=FIELDS) -> FederatedSplit:
-        """Rows ``rows`` [R] of client ``c`` as a FederatedSplit with leaves [R, ...] (NumPy;
-        the leaves not in ``fields`` are None). Rows past the client's samples (up to and beyond
-        N) are zeros with ``valid`` False, as the padding of the in-memory split."""
+        """Rows ``rows`` [R] of client ``c``: a FederatedSplit of [R, ...] NumPy leaves (None if
+        not in ``fields``); rows past the client's samples are zeros with ``valid`` False."""
         raise NotImplementedError
-
-    def _zeros(self, r: int) -> dict:
-        return {f: np.zeros((r,) + tuple(getattr(self, f).shape[2:]), getattr(self, f).dtype)
-                for f in FIELDS}
 
     def materialize(self) -> FederatedSplit:
         """The whole split as in-memory arrays (the in-memory round's input)."""
@@ -71,8 +60,7 @@ class ArraySource(SplitSource):
         self.split = jax.tree.map(np.asarray, split)
         self.levels, self.valid = self.split.levels, self.split.valid.astype(bool)
         self.image_labels = self.split.image_labels
-        self.images, self.masks, self.boxes = (_spec(self.split.images), _spec(self.split.masks),
-                                               _spec(self.split.boxes))
+        self.images, self.masks, self.boxes = (_spec(getattr(self.split, f)) for f in FIELDS[:3])
 
     def read(self, c: int, rows: np.ndarray, fields=FIELDS) -> FederatedSplit:
         rows = np.asarray(rows, np.int64)
@@ -80,10 +68,8 @@ class ArraySource(SplitSource):
         safe = np.where(inside, rows, 0)
         out = dict.fromkeys(FIELDS)
         for f in fields:
-            x = getattr(self.split, f)[c][safe]
-            if not inside.all():
-                x[~inside] = 0
-            out[f] = x
+            out[f] = getattr(self.split, f)[c][safe]
+            out[f][~inside] = 0
         return FederatedSplit(**out)
 
     def materialize(self) -> FederatedSplit:
@@ -91,16 +77,9 @@ class ArraySource(SplitSource):
 
 
 class ArrayRecordSource(SplitSource):
-    """One split of a built real dataset (:mod:`fedmix_jax.data.real.cache`), read record by
-    record from its array_record shards; the pixels are never all in memory. Rows hold what
-    :func:`fedmix_jax.data.real.loader.read_client_split` returns.
-
-    Args:
-      prepared: the :class:`~fedmix_jax.data.real.cache.PreparedDataset`.
-      split: "train", "validation" or "test".
-      clients, levels: the clients (names) and their default level ints.
-      takes: records per client (the first ones of its range, as the loader's ``take``).
-    """
+    """One split ("train", "validation" or "test") of a built real dataset (a ``PreparedDataset``),
+    read record by record from its array_record shards: the clients (names), their default level
+    ints and records per client (the first ``takes[c]``, as the loader's ``take``)."""
 
     def __init__(self, prepared, split: str, clients: list[str], levels: list[int],
                  takes: list[int]):
@@ -111,11 +90,9 @@ class ArrayRecordSource(SplitSource):
         s, ch, k = cfg.image_size, cfg.channels, len(prepared.metadata["class_names"])
         n, num = max(max((len(r) for r in self.ranges), default=0), 1), len(clients)
         self.images = jax.ShapeDtypeStruct((num, n, s, s, ch), np.dtype(np.uint8))
-        self.masks = jax.ShapeDtypeStruct((num, n, s, s, k), np.dtype(np.uint8))
-        self.boxes = jax.ShapeDtypeStruct((num, n, s, s, k), np.dtype(np.uint8))
+        self.masks = self.boxes = jax.ShapeDtypeStruct((num, n, s, s, k), np.dtype(np.uint8))
         # The small per-sample arrays: one pass over the records (their pixels are dropped).
-        self.levels = np.zeros((num, n), np.int32)
-        self.valid = np.zeros((num, n), bool)
+        self.levels, self.valid = np.zeros((num, n), np.int32), np.zeros((num, n), bool)
         self.image_labels = np.zeros((num, n, k), np.float32)
         for c in range(num):
             m = len(self.ranges[c])
@@ -130,7 +107,8 @@ class ArrayRecordSource(SplitSource):
         from fedmix_jax.data.real.loader import read_records, store_record
 
         rows = np.asarray(rows, np.int64)
-        out = self._zeros(len(rows))
+        out = {f: np.zeros((len(rows),) + getattr(self, f).shape[2:], getattr(self, f).dtype)
+               for f in FIELDS}
         rng = self.ranges[c]
         inside = np.flatnonzero(rows < len(rng))
         if inside.size:
@@ -149,10 +127,8 @@ def split_bytes(split) -> int:
 
 
 def device_bytes(split, compact: bool = False, pack_labels: bool = False) -> int:
-    """Bytes of ``split`` as the in-memory job puts it on the device: padded ``[C, N]`` rows,
-    or with ``compact`` (:mod:`fedmix_jax.data.compact`) each client's rows up to its last valid
-    one; with ``pack_labels`` masks and boxes count 8 pixels per byte (a split whose labels are
-    packed already counts as it is)."""
+    """Bytes of ``split`` as the in-memory job puts it on the device: padded ``[C, N]`` rows or
+    (``compact``) each client's rows up to its last valid one; ``pack_labels``: 8 px per byte."""
     from fedmix_jax.data.compact import client_lengths
 
     valid = np.asarray(split.valid).astype(bool)
@@ -169,9 +145,8 @@ def device_bytes(split, compact: bool = False, pack_labels: bool = False) -> int
 
 def choose_mode(train, budget_gb, compact: bool = False, pack_labels: bool = False
                 ) -> tuple[bool, str]:
-    """``(stream, why)``: stream when the training split's bytes on the device
-    (:func:`device_bytes`) exceed ``budget_gb`` (GiB; None or <= 0: no budget, always in
-    memory)."""
+    """``(stream, why)``: stream when :func:`device_bytes` exceeds ``budget_gb`` GiB (None or
+    <= 0: always in memory)."""
     size = device_bytes(train, compact, pack_labels)
     what = f"training split {size / GIB:.3g} GiB on the device" + (
         " (without padding)" if compact else "")
@@ -185,10 +160,8 @@ def choose_mode(train, budget_gb, compact: bool = False, pack_labels: bool = Fal
 
 
 def open_streamed_federation(data_cfg, verbose: bool = True):
-    """A real dataset (``ham10000`` / ``breast`` / ``folders`` / ``retouch``) as a
-    :class:`~fedmix_jax.data.federation.Federation` whose ``train`` is an
-    :class:`ArrayRecordSource` (left in the cache) and whose ``val`` / ``test`` are read into
-    memory as :func:`~fedmix_jax.data.real.load_federation_from_config` reads them."""
+    """A real dataset as a Federation whose ``train`` is an :class:`ArrayRecordSource` (left in
+    the cache) and whose ``val`` / ``test`` are read into memory."""
     from fedmix_jax.data.real.cache import prepare_dataset
     from fedmix_jax.data.real.loader import read_client_split, resolve_clients_levels, take_counts
     from fedmix_jax.data.real.settings import RealDataSettings
@@ -207,10 +180,8 @@ def open_streamed_federation(data_cfg, verbose: bool = True):
 
 
 def load_run_federation(data_cfg, verbose: bool = True):
-    """The training job's federation from ``config.data``: in memory, except that under a
-    device-memory bound (``device_data_budget_gb``) a real dataset's training split is left in
-    the array_record cache unless it fits the bound. Bad or missing data and an unusable cache
-    raise :class:`~fedmix_jax.errors.DataError` (one line: what and where)."""
+    """The job's federation from ``config.data``, in memory except a real training split over
+    ``device_data_budget_gb`` (left in the cache); bad data raise ``errors.DataError``."""
     from fedmix_jax.data.sources import REAL, load_federation
     from fedmix_jax.errors import DataError, describe_os_error
     from fedmix_jax.job_settings import MemorySettings

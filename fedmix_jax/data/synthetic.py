@@ -1,10 +1,8 @@
 """The embedded synthetic federation: dermoscopy-like lesions from four acquisition domains.
 
-The default demo data set; no download, built in a fraction of a second. Each client is a
-"hospital" with its own acquisition domain (non-IID; :mod:`.synthetic_domains`), rendered by
-:mod:`.synthetic_render`; every sample is drawn from its own generator seeded by ``(seed, client,
-split, index, stream)``, so train / val / test are disjoint and a sample does not change when
-other splits or clients change size. Domains and lesion model: docs/data.md.
+The default demo data set, no download: :func:`make_synthetic_federation` (rendered by
+:mod:`.synthetic_render`, every sample from its own seeded generator) and :func:`preview_grid`.
+Domains and lesion model: docs/data.md.
 """
 
 from __future__ import annotations
@@ -16,8 +14,7 @@ import numpy as np
 from fedmix_jax.data.boxes import check_box_mode
 from fedmix_jax.data.federation import (LEVEL_NAMES, Federation, FederatedSplit, float_images,
                                         gathered_labels, level_from_name, stack_clients)
-from fedmix_jax.data.synthetic_domains import client_domain, lesion_types
-from fedmix_jax.data.synthetic_render import make_client_split
+from fedmix_jax.data.synthetic_render import client_domain, lesion_types, make_client_split
 
 __all__ = ["make_synthetic_federation", "preview_grid"]
 
@@ -45,22 +42,13 @@ def make_synthetic_federation(num_clients: int = 4, image_size: int = 64,
                               lesion_free_fraction: float = 0.15, num_classes: int = 1,
                               seed: int = 0, box_margin=(1, 9),
                               box_mode: str = "component") -> Federation:
-    """Build the synthetic federation (domains and lesion model: docs/data.md).
+    """Build the synthetic federation, a deterministic function of ``seed`` (docs/data.md).
 
-    Args:
-      num_clients: clients 0-3 use the preset domains, later ones perturbed copies; the default
-        train sizes and levels are cycled.
-      image_size: square image side in px.
-      train_sizes, val_size, test_size: samples per client, an int or one per client.
-      levels: each client's level name ('pixel'/'L', 'box'/'B', 'image'/'I', 'none'/'U').
-      lesion_free_fraction: images without lesion, spread evenly over a client's samples.
-      num_classes: 1 (binary) or 2..8 lesion types, with per-class masks, boxes and labels.
-      seed: everything is a deterministic function of the seed.
-      box_margin, box_mode: see :func:`fedmix_jax.data.boxes.boxes_from_mask` (reference: 1-9).
-
-    Returns:
-      A :class:`~fedmix_jax.data.federation.Federation`: images [C, N, S, S, 1] float32,
-      masks / boxes [C, N, S, S, K] uint8, image_labels [C, N, K], levels and valid [C, N].
+    Sizes (samples) and ``levels`` (level names) are one value or one per client (the 4-client
+    defaults are cycled); clients past 3 get perturbed preset domains; ``num_classes``: 1 or
+    2..8 lesion types; ``box_margin``, ``box_mode``: :func:`~fedmix_jax.data.boxes.boxes_from_mask`.
+    Returns a Federation: images [C, N, S, S, 1] float32, masks / boxes [C, N, S, S, K] uint8,
+    image_labels [C, N, K], levels and valid [C, N].
     """
     if num_clients < 1:
         raise ValueError(f"num_clients must be >= 1, got {num_clients}")
@@ -79,21 +67,16 @@ def make_synthetic_federation(num_clients: int = 4, image_size: int = 64,
             raise ValueError(f"{split} sizes must be >= 0, got {ns}")
     lv = [level_from_name(v) for v in _per_client(levels, num_clients, "levels", _DEFAULT_LEVELS)]
     domains = [client_domain(c) for c in range(num_clients)]
-    out = {}
-    for split, split_id in _SPLITS.items():
-        per_client = [
-            make_client_split(int(seed), c, split_id, sizes[split][c], domains[c], types,
-                              int(image_size), float(lesion_free_fraction), lv[c], box_margin,
-                              box_mode)
-            for c in range(num_clients)]
-        out[split] = stack_clients(per_client)
+    out = {split: stack_clients([
+        make_client_split(int(seed), c, split_id, sizes[split][c], domains[c], types,
+                          int(image_size), float(lesion_free_fraction), lv[c], box_margin, box_mode)
+        for c in range(num_clients)]) for split, split_id in _SPLITS.items()}
     return Federation(client_names=[d.name for d in domains], class_names=class_names, **out)
 
 
 def synthetic_federation_from_config(cfg: Any = None) -> Federation:
-    """:func:`make_synthetic_federation` from an ``ml_collections.ConfigDict`` (or a mapping or
-    object): its arguments' fields (image_size, num_clients, train_sizes, ...); missing or None
-    fields take the defaults."""
+    """:func:`make_synthetic_federation` from a ConfigDict (or a mapping or object) with its
+    arguments as fields; missing or None fields take the defaults."""
     names = ("num_clients", "image_size", "train_sizes", "val_size", "test_size", "levels",
              "lesion_free_fraction", "num_classes", "seed", "box_margin", "box_mode")
     get = getattr(cfg, "get", lambda name, default: getattr(cfg, name, default))
@@ -103,9 +86,8 @@ def synthetic_federation_from_config(cfg: Any = None) -> Federation:
 
 
 def preview_grid(federation: Federation, path: str, per_client: int = 6, split: str = "train") -> str:
-    """Write a PNG grid of ``per_client`` images per client (rows) with mask contours (solid,
-    one colour per class) and box outlines (dashed), on Matplotlib's Agg canvas (pyplot's
-    backend is not touched). Returns ``path``."""
+    """Write a PNG grid of ``per_client`` images per client (rows) with mask contours (solid)
+    and box outlines (dashed), on Matplotlib's Agg canvas (not pyplot's). Returns ``path``."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -120,18 +102,16 @@ def preview_grid(federation: Federation, path: str, per_client: int = 6, split: 
         count = int(np.asarray(data.valid[c]).sum())
         for j in range(per_client):
             ax = axes[c, j]
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set(xticks=[], yticks=[])
             if j >= count:
                 ax.axis("off")
                 continue
             img = float_images(np.asarray(data.images[c, j, ..., 0]))   # uint8 (real) or float32
             ax.imshow(img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            width = img.shape[-1]
-            masks = gathered_labels(np.asarray(data.masks[c, j]), width)   # unpacked if packed
-            boxes = gathered_labels(np.asarray(data.boxes[c, j]), width)
+            masks, boxes = (gathered_labels(np.asarray(x[c, j]), img.shape[-1])  # unpacked
+                            for x in (data.masks, data.boxes))
             for k in range(k_num):
-                col = colours[k % len(colours)] if k_num > 1 else colours[0]
+                col = colours[k % len(colours)]
                 m, b = masks[..., k], boxes[..., k]
                 if m.any():
                     ax.contour(m, levels=[0.5], colors=[col], linewidths=0.9)

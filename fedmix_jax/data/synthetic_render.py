@@ -1,21 +1,115 @@
-"""Rendering the synthetic federation: per-sample draws -> images and per-class lesion masks.
+"""The synthetic federation's acquisition domains, lesion types and rendering.
 
-:func:`make_client_split` renders ``n`` samples of one client, vectorised over them, as the
-unpadded ``stack_clients`` input: images float32 [n, S, S, 1] in [0, 1], masks and boxes uint8
-[n, S, S, K] in {0, 1}, image_labels float32 [n, K], levels int32 [n]. The draws (uniforms
-[n, 128], normal fields [n, 5, S, S]) become skin, up to three lesions composited "over", hairs,
-then blur, gamma, gain, speckle and noise (the lesion model: docs/data.md).
+:class:`Domain` is one client's look (:func:`client_domain`: presets, then perturbed copies),
+:class:`LesionType` one class's lesion shape (:func:`lesion_types`); :func:`make_client_split`
+renders ``n`` samples of one client, vectorised, as the unpadded ``stack_clients`` input.
+Lesion model and domains: docs/data.md.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Sequence
 
 import numpy as np
 
 from fedmix_jax.data.boxes import box_masks_from_masks, sample_rng
-from fedmix_jax.data.synthetic_domains import Domain, LesionType
+
+
+@dataclasses.dataclass(frozen=True)
+class Domain:
+    """Acquisition domain of one client. Pixel-scale fields are in px at 64 x 64."""
+
+    name: str
+    bg_level: float        # mean background (skin) intensity
+    bg_texture: float      # amplitude of the skin texture
+    texture_scale: float   # coarse texture correlation length, fraction of the image size
+    gradient: float        # illumination gradient amplitude across the image
+    vignette: float        # darkening at the corners
+    lesion_contrast: float  # mean darkening of a lesion relative to the skin
+    lesion_texture: float  # amplitude of the texture inside lesions
+    core: float            # extra darkening toward a lesion's centre (fraction of the contrast)
+    edge: float            # width of the lesion's soft rim, px
+    blur: float            # optical blur sigma, px
+    noise: float           # additive Gaussian noise std
+    speckle: float         # multiplicative speckle std
+    hairs: float           # mean number of hairs per image
+    gamma: float           # intensity ** gamma (> 1 darkens mid-tones)
+    gain: float
+    offset: float
+    size: float            # lesion size multiplier
+
+
+DEFAULT_DOMAINS = (
+    Domain("site_a_dim", bg_level=0.50, bg_texture=0.05, texture_scale=0.12, gradient=0.16,
+           vignette=0.30, lesion_contrast=0.17, lesion_texture=0.04, core=0.35, edge=1.4, blur=0.8,
+           noise=0.025, speckle=0.0, hairs=0.0, gamma=1.45, gain=0.95, offset=0.0, size=1.0),
+    Domain("site_b_hairy", bg_level=0.70, bg_texture=0.09, texture_scale=0.05, gradient=0.06,
+           vignette=0.05, lesion_contrast=0.30, lesion_texture=0.11, core=0.45, edge=0.6, blur=0.0,
+           noise=0.06, speckle=0.0, hairs=3.0, gamma=1.0, gain=1.0, offset=0.0, size=0.9),
+    Domain("site_c_clean", bg_level=0.62, bg_texture=0.035, texture_scale=0.10, gradient=0.05,
+           vignette=0.08, lesion_contrast=0.34, lesion_texture=0.04, core=0.30, edge=0.8, blur=0.5,
+           noise=0.015, speckle=0.0, hairs=0.3, gamma=1.0, gain=1.0, offset=0.0, size=1.0),
+    Domain("site_d_bright", bg_level=0.72, bg_texture=0.05, texture_scale=0.16, gradient=0.12,
+           vignette=0.0, lesion_contrast=0.26, lesion_texture=0.10, core=0.15, edge=1.6, blur=1.5,
+           noise=0.025, speckle=0.07, hairs=0.0, gamma=0.75, gain=1.05, offset=-0.03, size=1.15),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class LesionType:
+    name: str
+    irregularity: tuple[float, float]  # range of the harmonic amplitude budget
+    eccentricity: tuple[float, float]  # axis ratio range
+    jag: tuple[float, float]           # rim jaggedness range
+    texture: float                     # multiplier of the domain's lesion texture
+    core: float                        # added to the domain's core darkening
+    contrast: float                    # multiplier of the domain's lesion contrast
+    size: float                        # radius multiplier
+
+
+# The lesion types of K > 1 classes (shape, texture); classes 4-7 are smaller copies of 0-3.
+LESION_TYPES = (
+    LesionType("nodular", (0.02, 0.08), (1.0, 1.2), (0.01, 0.03), 0.5, 0.45, 1.15, 1.0),
+    LesionType("irregular", (0.18, 0.30), (1.0, 1.4), (0.08, 0.14), 2.2, 0.0, 0.9, 1.0),
+    LesionType("elongated", (0.02, 0.08), (1.9, 2.6), (0.01, 0.04), 1.0, 0.2, 1.0, 0.95),
+    LesionType("ring", (0.03, 0.10), (1.0, 1.3), (0.02, 0.05), 0.8, -0.8, 1.3, 1.0),
+)
+_BINARY_TYPE = LesionType("lesion", (0.03, 0.26), (1.0, 1.6), (0.02, 0.10), 1.0, 0.0, 1.0, 1.0)
+
+
+def lesion_types(num_classes: int) -> tuple[list[LesionType], list[str]]:
+    """The K lesion types and class names of a K-class federation (K = 1: one binary type)."""
+    if num_classes == 1:
+        return [_BINARY_TYPE], ["lesion"]
+    if not 1 <= num_classes <= 2 * len(LESION_TYPES):
+        raise ValueError(f"num_classes must be in [1, {2 * len(LESION_TYPES)}], got {num_classes}")
+    small = [dataclasses.replace(t, name="small_" + t.name, size=0.6 * t.size)
+             for t in LESION_TYPES]
+    types = (list(LESION_TYPES) + small)[:num_classes]
+    return types, [t.name for t in types]
+
+
+def client_domain(client: int) -> Domain:
+    """Domain of client ``client``: the four presets, then perturbed copies of them."""
+    base = DEFAULT_DOMAINS[client % len(DEFAULT_DOMAINS)]
+    if client < len(DEFAULT_DOMAINS):
+        return base
+    u = sample_rng(7919, client).uniform(-1.0, 1.0, size=8)
+    return dataclasses.replace(
+        base,
+        name=f"site_{chr(ord('a') + client % 26)}{client // 26 or ''}_{base.name.split('_', 2)[-1]}",
+        bg_level=float(np.clip(base.bg_level + 0.08 * u[0], 0.35, 0.85)),
+        gradient=float(max(0.0, base.gradient + 0.05 * u[1])),
+        lesion_contrast=float(max(0.12, base.lesion_contrast + 0.05 * u[2])),
+        blur=float(max(0.0, base.blur + 0.4 * u[3])),
+        noise=float(max(0.005, base.noise * (1 + 0.4 * u[4]))),
+        gamma=float(base.gamma * (1 + 0.15 * u[5])),
+        edge=float(max(0.4, base.edge * (1 + 0.3 * u[6]))),
+        size=float(base.size * (1 + 0.1 * u[7])),
+    )
+
 
 _STREAM_IMAGE, _STREAM_BOX, _STREAM_LESION_FREE = 0, 1, 2
 _MAX_LESIONS = 3
@@ -25,7 +119,7 @@ _NUM_FIELDS = 5  # coarse skin, fine skin, lesion texture, sensor noise, speckle
 
 
 def _gauss_fft(x: np.ndarray, sigma) -> np.ndarray:
-    """Periodic Gaussian smoothing of [N, H, W] by FFT, float32 in; ``sigma`` a float or [N, 1, 1]."""
+    """Periodic Gaussian smoothing of [N, H, W] by FFT (float32); ``sigma``: float or [N, 1, 1]."""
     h, w = x.shape[-2:]
     f2 = np.fft.rfftfreq(w)[None, :] ** 2 + np.fft.fftfreq(h)[:, None] ** 2
     tf = np.exp(-2.0 * (math.pi * sigma) ** 2 * f2).astype(np.float32)
@@ -67,11 +161,8 @@ def _draw(seed: int, client: int, split: int, n: int, size: int):
 
 
 def _lesion_free_flags(seed: int, client: int, split: int, n: int, fraction: float) -> np.ndarray:
-    """Lesion-free flags from a golden-ratio (low-discrepancy) sequence with a random phase.
-
-    Spreads the lesion-free images evenly: for every n the count stays close to n * fraction
-    (within about one image for the sizes used here), unlike independent coin flips.
-    """
+    """Lesion-free flags [n] from a golden-ratio sequence with a random phase: unlike coin flips,
+    the count stays within about one image of ``n * fraction``."""
     if fraction <= 0:
         return np.zeros(n, bool)
     phase = sample_rng(seed, client, split, 0, _STREAM_LESION_FREE).random()
@@ -80,10 +171,9 @@ def _lesion_free_flags(seed: int, client: int, split: int, n: int, fraction: flo
 
 
 class _Canvas:
-    """What the drawing steps of one split share: the pixel grid ``yy``, ``xx`` [1, S, S] (pixel
-    centres), the side ``s``, ``px`` (pixel-scale parameters are specified at 64 px) and the
-    split's uniform draws ``uni`` [n, U], read a column at a time in a fixed order by :meth:`u`
-    (the order is part of the data: every seed renders the same images)."""
+    """What one split's drawing steps share: pixel centres ``yy``, ``xx`` [1, S, S], side ``s``,
+    ``px`` (= s / 64) and the uniforms ``uni`` [n, U], read a column at a time by :meth:`u` in a
+    fixed order (the order is part of the data)."""
 
     def __init__(self, uni: np.ndarray, size: int):
         self.uni, self.size, self.n = uni, size, uni.shape[0]
@@ -112,8 +202,8 @@ def _skin(cv: _Canvas, domain: Domain, fields: np.ndarray) -> np.ndarray:
             + (yy - s / 2) * np.sin(ang)[:, None, None]) / s
     img = img + amp[:, None, None] * proj
     rr2 = ((xx - s / 2) ** 2 + (yy - s / 2) ** 2) / (s / 2) ** 2
-    img = img - domain.vignette * _lerp(cv.u(), 0.7, 1.3)[:, None, None] * np.clip(rr2 - 0.35, 0,
-                                                                                     None)
+    vignette = domain.vignette * _lerp(cv.u(), 0.7, 1.3)[:, None, None]
+    img = img - vignette * np.clip(rr2 - 0.35, 0, None)
     return img.astype(np.float32)
 
 
@@ -145,9 +235,7 @@ def _lesions(cv: _Canvas, domain: Domain, types: Sequence[LesionType], img: np.n
         ucls, ucon, ujag, udir, udist, uedge = (cv.u() for _ in range(6))
         cls = np.minimum((ucls * k_cls).astype(int), k_cls - 1)
         pick = lambda attr: np.array([getattr(t, attr) for t in types])[cls]  # noqa: E731
-        rng_attr = lambda attr, v: _lerp(  # noqa: E731
-            v, np.array([getattr(t, attr)[0] for t in types])[cls],
-            np.array([getattr(t, attr)[1] for t in types])[cls])
+        rng_attr = lambda attr, v: _lerp(v, pick(attr)[:, 0], pick(attr)[:, 1])  # noqa: E731
         r0 = s * _lerp(ur, 0.13, 0.29) * domain.size * shrink * pick("size")
         if slot == 0:
             cx, cy = s * _lerp(uc, 0.32, 0.68), s * _lerp(uy, 0.32, 0.68)
@@ -253,40 +341,29 @@ def _acquisition(cv: _Canvas, domain: Domain, fields: np.ndarray, img: np.ndarra
     return np.clip(img, 0.0, 1.0).astype(np.float32)
 
 
-def _render_split(domain: Domain, types: Sequence[LesionType], uni: np.ndarray, fields: np.ndarray,
-                  lesion_free: np.ndarray, size: int):
-    """Render images [n, S, S] in [0, 1] and per-class masks [n, S, S, K] from the draws: skin,
-    lesions, hairs, acquisition (the uniforms are read in this order)."""
-    cv = _Canvas(uni, size)
-    img = _skin(cv, domain, fields)
-    lesion_tex = _smooth_fft(fields[:, 2], 1.6 * cv.px).astype(np.float32)
-    masks = _lesions(cv, domain, types, img, lesion_tex, _lesion_count(cv, len(types),
-                                                                         lesion_free))
-    img = _hairs(cv, domain, img)
-    return _acquisition(cv, domain, fields, img), masks
-
-
 def make_client_split(seed, client, split, n, domain, types, size, lesion_free_fraction, level,
                       box_margin, box_mode="component"):
-    """One client's split of ``n`` samples as the unpadded ``stack_clients`` input (module doc)."""
+    """One client's split of ``n`` samples as the unpadded ``stack_clients`` input: images float32
+    [n, S, S, 1] in [0, 1], masks / boxes uint8 [n, S, S, K], image_labels [n, K], levels [n]."""
+    k = len(types)
     if n == 0:
-        k = len(types)
-        return dict(images=np.zeros((0, size, size, 1), np.float32),
-                    masks=np.zeros((0, size, size, k), np.uint8),
-                    boxes=np.zeros((0, size, size, k), np.uint8),
+        labels = np.zeros((0, size, size, k), np.uint8)
+        return dict(images=np.zeros((0, size, size, 1), np.float32), masks=labels, boxes=labels,
                     image_labels=np.zeros((0, k), np.float32), levels=np.zeros((0,), np.int32))
     uni, fields = _draw(seed, client, split, n, size)
     free = _lesion_free_flags(seed, client, split, n, lesion_free_fraction)
-    images, masks = _render_split(domain, types, uni, fields, free, size)
+    cv = _Canvas(uni, size)        # skin, lesions, hairs, acquisition: the uniforms' order
+    img = _skin(cv, domain, fields)
+    lesion_tex = _smooth_fft(fields[:, 2], 1.6 * cv.px).astype(np.float32)
+    masks = _lesions(cv, domain, types, img, lesion_tex, _lesion_count(cv, k, free))
+    images = _acquisition(cv, domain, fields, _hairs(cv, domain, img))
     masks = masks.astype(np.float32)
     boxes = np.stack([
         box_masks_from_masks(masks[i], sample_rng(seed, client, split, i, _STREAM_BOX),
                              margin=box_margin, box_mode=box_mode)
         for i in range(n)])
-    # Masks and boxes are {0, 1}: stored as uint8 (lossless, a quarter of float32); the images
-    # are not 8-bit and stay float32.
+    # Masks and boxes are {0, 1}: uint8 is lossless; the images are not 8-bit and stay float32.
     return dict(images=images[..., None], masks=masks.astype(np.uint8),
                 boxes=boxes.astype(np.uint8),
                 image_labels=(masks.max(axis=(1, 2)) > 0).astype(np.float32),
                 levels=np.full((n,), level, np.int32))
-

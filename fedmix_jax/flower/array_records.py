@@ -1,12 +1,8 @@
 """Conversions between the project's pytrees and Flower records (numpy arrays and scalars only).
 
-A model pair crosses the network as one :class:`flwr.app.ArrayRecord` of two flat float32
-vectors, ``model1`` and ``model2`` (each model's leaves in :func:`jax.tree_util.tree_flatten`
-order): Flower transfers every array of a record in its own HTTPS request. Other pytrees (a
-site's Adam state kept in its node context) use :func:`tree_to_record`: one array per leaf, keyed
-by its path (``"state/opt_state/model1/..."``). Every value is a plain :class:`numpy.ndarray`
-(serialised with ``allow_pickle=False``): nothing is ever unpickled. The scalars of a site's round
-(:class:`SiteReport` fields) travel as a :class:`flwr.app.MetricRecord` of ints and floats.
+A model pair is one ArrayRecord of two packed float32 vectors (:func:`pair_to_record`), any other
+pytree one array per leaf keyed by its path (:func:`tree_to_record`); a site's report scalars a
+MetricRecord (:data:`REPORT_FIELDS`). Nothing is pickled. Details: docs/across_sites.md.
 """
 
 from __future__ import annotations
@@ -21,9 +17,7 @@ from flwr.app import Array, ArrayRecord
 from fedmix_jax.site import ModelPair, SiteReport
 
 PAIR_PREFIXES = ("model1", "model2")   # ModelPair field names: the record keys' prefixes
-
-# SiteReport fields and their Python types in a MetricRecord: the losses are floats, every other
-# field is a count (int).
+# SiteReport fields and their Python types in a MetricRecord: losses float, counts int.
 REPORT_FIELDS = {f.name: (float if f.name.startswith("loss") else int)
                  for f in dataclasses.fields(SiteReport)}
 
@@ -36,8 +30,7 @@ def _key_part(k) -> str:
 
 
 def flatten_with_keys(tree, prefix: str = "") -> list[tuple[str, Any]]:
-    """``[(key, leaf)]`` in the tree's flattening order, keys ``prefix/a/b/0`` (dict keys,
-    attribute names, sequence indices)."""
+    """``[(key, leaf)]`` in the tree's flattening order, keys ``prefix/a/b/0``."""
     pre = f"{prefix}/" if prefix else ""
     return [(pre + "/".join(_key_part(k) for k in path), leaf)
             for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
@@ -69,14 +62,12 @@ def pack_model(params) -> np.ndarray:
 def unpack_model(flat: np.ndarray, like):
     """The inverse of :func:`pack_model`: flat [P] -> the structure and shapes of ``like``."""
     leaves, treedef = jax.tree_util.tree_flatten(like)
-    out, offset = [], 0
-    for x in leaves:
-        n = int(np.prod(np.shape(x)))
-        out.append(np.asarray(flat[offset:offset + n]).reshape(np.shape(x)))
-        offset += n
-    if offset != flat.size:
-        raise ValueError(f"packed model has {flat.size} values, expected {offset}")
-    return jax.tree_util.tree_unflatten(treedef, out)
+    sizes = [int(np.prod(np.shape(x))) for x in leaves]
+    if sum(sizes) != flat.size:
+        raise ValueError(f"packed model has {flat.size} values, expected {sum(sizes)}")
+    parts = np.split(np.asarray(flat), np.cumsum(sizes)[:-1])
+    return jax.tree_util.tree_unflatten(treedef, [a.reshape(np.shape(x))
+                                                  for a, x in zip(parts, leaves)])
 
 
 def pair_to_record(pair) -> ArrayRecord:
@@ -104,10 +95,8 @@ def record_to_model(record: ArrayRecord, like, which: str = PAIR_PREFIXES[0]):
 
 
 def record_to_tree(record: ArrayRecord, like, prefix: str = ""):
-    """The pytree with the structure of ``like`` and the arrays of ``record``.
-
-    Raises ``ValueError`` when the keys, shapes or dtypes differ from ``like``'s.
-    """
+    """The pytree shaped as ``like`` from ``record``'s arrays (ValueError: other keys, shapes or
+    dtypes)."""
     items = flatten_with_keys(like, prefix)
     expected = [k for k, _ in items]
     keys = [k for k in record.keys() if not prefix or k.startswith(prefix + "/")]
@@ -127,8 +116,8 @@ def record_to_tree(record: ArrayRecord, like, prefix: str = ""):
 
 
 def record_to_pair(record: ArrayRecord, like) -> ModelPair:
-    """The :class:`~fedmix_jax.site.ModelPair` of a :func:`pair_to_record` record (``like``: a
-    pair of arrays or ShapeDtypeStructs giving the structure, shapes and dtypes)."""
+    """The :class:`~fedmix_jax.site.ModelPair` of a :func:`pair_to_record` record, shaped as
+    ``like`` (arrays or ShapeDtypeStructs)."""
     if sorted(record.keys()) != sorted(PAIR_PREFIXES):
         raise ValueError(f"record keys {list(record.keys())[:4]} are not {list(PAIR_PREFIXES)}")
     return ModelPair(*(record_to_model(record, m, k)

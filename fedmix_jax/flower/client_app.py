@@ -1,17 +1,9 @@
 """The Flower ClientApp: one hospital's side of a FedMix round.
 
-Messages it answers (the coordinator's :mod:`~fedmix_jax.flower.server_app` sends them;
-:mod:`~fedmix_jax.flower.protocol` names their records):
-
-* ``query.info`` — the site declares its name, index, split sizes, image shape and classes;
-* ``train`` — the site runs the project's site function on its own data from the broadcast pair
-  and replies with **its local model pair and the scalars the weights need** — never an image, a
-  mask, a pseudo-label or a per-sample value;
-* ``evaluate`` — global model 1: the figures on the site's validation and test splits (scalars).
-
-The site's states between rounds stay at the site (:mod:`fedmix_jax.flower.site_state`). Node
-config (``flower-supernode --node-config "..."``): ``data`` (``folders`` | ``synthetic``),
-``data-dir``, ``cache-dir``, ``client``, ``site-name``, ``site-index``, ``state-dir``.
+It answers ``query.info`` (the site's declaration), ``train`` (the site function on its own data
+from the broadcast pair: replies with its local pair and the scalars the weights need, never a
+sample) and ``evaluate`` (global model 1's figures on its val / test splits). Node config keys
+and records: docs/across_sites.md.
 """
 
 from __future__ import annotations
@@ -24,9 +16,8 @@ from flwr.clientapp import ClientApp
 
 # No JAX at import time: JAX is imported with the site's data, at its first message.
 from fedmix_jax.flower import site_state
-from fedmix_jax.flower.protocol import (CONFIG_RECORD, GLOBAL_RECORD, LOCAL_RECORD,
-                                        EVAL_RECORD, INFO_RECORD, REPORT_RECORD,
-                                        SITE_RECORD)
+from fedmix_jax.flower.protocol import (CONFIG_RECORD, EVAL_RECORD, GLOBAL_RECORD, INFO_RECORD,
+                                        LOCAL_RECORD, REPORT_RECORD, SITE_RECORD)
 
 _sites: dict = {}
 _lock = threading.Lock()
@@ -37,16 +28,13 @@ def _local_site(context: Context, shared_json: str | None):
     from fedmix_jax.flower.local_site import LocalSite, config_from_json, data_key, load_site_data
 
     node = dict(context.node_config)
-    # Keyed by what decides the data (node config and the coordinator's data settings): a run
-    # with other data settings loads the site anew.
+    # Keyed by what decides the data: a run with other data settings loads the site anew.
     key = (context.node_id, data_key(node, shared_json))
     with _lock:
-        site = _sites.get(key)
-        if site is None:
+        if key not in _sites:
             shared = config_from_json(shared_json) if shared_json else None
-            site = LocalSite(load_site_data(node, shared))
-            _sites[key] = site
-    return site
+            _sites[key] = LocalSite(load_site_data(node, shared))
+        return _sites[key]
 
 
 app = ClientApp()

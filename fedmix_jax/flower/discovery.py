@@ -1,7 +1,6 @@
 """How the coordinator finds its sites: the SuperNodes that joined, their checked declarations,
 the federation's order (declared index, then name); and the short-interval exchange of messages
-the ServerApp uses for every round.
-"""
+the ServerApp uses for every round."""
 
 from __future__ import annotations
 
@@ -19,9 +18,8 @@ log = logging.getLogger("fedmix_jax.flower")
 
 
 def send_and_receive(grid: Grid, messages, timeout: float, interval: float = 0.2) -> list:
-    """Push ``messages`` and pull their replies every ``interval`` seconds until all answered or
-    ``timeout`` (Flower's ``Grid.send_and_receive`` pulls every 3 s, which adds up to 3 s to
-    every exchange of a round)."""
+    """Push ``messages``, pull their replies every ``interval`` s until all answered or ``timeout``
+    (Flower's ``Grid.send_and_receive`` pulls every 3 s)."""
     pending = set(grid.push_messages(list(messages)))
     t_end = time.time() + timeout
     got = []
@@ -36,10 +34,8 @@ def send_and_receive(grid: Grid, messages, timeout: float, interval: float = 0.2
 
 
 def parse_site_list(text: str) -> dict[int, str]:
-    """The coordinator's list of sites, ``"name=node_id name=node_id ..."`` (spaces or commas
-    between entries; the node ids are those ``flwr supernode register`` printed for each
-    hospital's key): ``{node_id: name}``; ``{}`` for an empty text. Raises ValueError naming the
-    bad entry (not ``name=integer``, a name or node id listed twice)."""
+    """The run config ``sites``, ``"name=node_id ..."`` (spaces or commas between entries) ->
+    ``{node_id: name}``. ValueError naming an entry not ``name=integer`` or listed twice."""
     listed: dict[int, str] = {}
     for entry in str(text or "").replace(",", " ").split():
         name, sep, node = entry.partition("=")
@@ -74,12 +70,9 @@ def _wait_for_nodes(grid: Grid, num: int, timeout: float, listed: dict[int, str]
 def discover_sites(grid: Grid, shared_json: str, num_sites: int, join_timeout: float,
                    reply_timeout: float, min_sites: int = 1,
                    listed: dict[int, str] | None = None) -> tuple[list[Site], list[dict]]:
-    """Wait for the SuperNodes, ask each for its declaration, order them (index, then name):
-    ``(sites, their checked declarations)``. With ``listed`` (:func:`parse_site_list`) only those
-    nodes take part (any other is logged once and sent nothing; one declaring another name is
-    excluded). A site whose declaration is bad, whose name another declared too, or whose image
-    shape or classes differ from the majority's is excluded with one log line. RuntimeError only
-    when fewer than ``num_sites`` nodes joined or fewer than ``min_sites`` sites remain."""
+    """``(sites, checked declarations)`` of the (``listed``) nodes that joined, in order; a site
+    with a bad, duplicate or minority declaration is excluded with one log line. RuntimeError
+    when fewer than ``num_sites`` joined or fewer than ``min_sites`` remain."""
     listed = dict(listed or {})
     num_sites = num_sites or len(listed)
     nodes = _wait_for_nodes(grid, num_sites, join_timeout, listed)
@@ -120,10 +113,8 @@ def discover_sites(grid: Grid, shared_json: str, num_sites: int, join_timeout: f
                             "other sites' %s / %d", info["site-name"], list(k[0]), k[1],
                             list(kind[0]), kind[1])
         found = [f for f, k in zip(found, kinds) if k == kind]
-    sites = [Site(node_id=node, index=position, name=info["site-name"],
-                  num_train=info["num-train"], num_val=info["num-val"],
-                  num_test=info["num-test"])
-             for position, (node, info) in enumerate(found)]
+    sites = [Site(node, position, info["site-name"], info["num-train"], info["num-val"],
+                  info["num-test"]) for position, (node, info) in enumerate(found)]
     if len(sites) < max(int(min_sites), 1):
         raise RuntimeError(f"only {len(sites)} sites declared themselves validly (min-sites "
                            f"{min_sites}, {len(nodes)} joined)")

@@ -1,13 +1,8 @@
 """The SuperNode's Runtime API called in its own process: the ClientApp runs inside the SuperNode.
 
-With ``python -m fedmix_jax.flower.supernode --clientapp-in-process`` a thread of the SuperNode's
-process acquires the node's ClientApp tasks (:func:`serve_tasks`, as ``flower-superexec`` does)
-and runs each with FedMix's ClientApp (:func:`run_task`, as ``flwr-clientapp`` does, without
-exiting): data, compiled site function and JAX stay loaded between rounds, and the hop to the
-ClientApp is a function call instead of HTTP on loopback. :class:`InProcessRuntime` stands in for
-Flower's ``RuntimeHttpClient``: each method takes and returns that endpoint's protobuf messages
-and calls the Flower handler the endpoint calls, the task looked up by its token. Flower 1.42 only
-(the ``fedmix_jax[flower]`` extra pins it). See docs/across_sites.md.
+:func:`serve_in_process` starts a thread that acquires the node's ClientApp tasks
+(:func:`serve_tasks`) and runs each here (:func:`run_task`) through :class:`InProcessRuntime`,
+Flower 1.42's ``RuntimeHttpClient`` as function calls. Details: docs/across_sites.md.
 """
 
 from __future__ import annotations
@@ -20,12 +15,10 @@ import time
 
 log = logging.getLogger("fedmix_jax.flower.in_process")
 
-#: How often the in-process loop checks the node's state for a task, and the back-off of its
-#: local object pulls (seconds). Local checks are dictionary lookups, not requests.
+#: Seconds between the loop's checks for a task, and its local object pulls' back-off (no requests).
 LOCAL_POLL = 0.02
 
-# RuntimeHttpClient's methods served by the node's handler (flwr.supernode.servicer.runtime.
-# runtime_handlers; the heartbeat: the core's) of the same name in snake case.
+# RuntimeHttpClient's methods -> the node's runtime handler (the heartbeat: the core's).
 _HANDLERS = {"AcquireTask": "acquire_task", "PullTaskInput": "pull_task_input",
              "PullMessages": "pull_messages", "PullObject": "pull_object",
              "ConfirmMessageReceived": "confirm_message_received",
@@ -34,9 +27,8 @@ _HANDLERS = {"AcquireTask": "acquire_task", "PullTaskInput": "pull_task_input",
 
 
 class InProcessRuntime:
-    """Flower 1.42's ``RuntimeHttpClient`` as method calls on the SuperNode's ``NodeState``
-    ``state`` (no HTTP); ``token``: the task token the calls authenticate with (``None`` for
-    ``AcquireTask``, which needs none)."""
+    """Flower 1.42's ``RuntimeHttpClient`` as calls on the SuperNode's ``NodeState`` ``state``;
+    ``token``: the task token the calls authenticate with (None for ``AcquireTask``)."""
 
     def __init__(self, state, token: str | None = None):
         self._state = state
@@ -70,9 +62,8 @@ class InProcessRuntime:
 
 
 def run_task(client, client_app) -> bool:
-    """Pull one task's message and context through ``client`` (a Runtime API client bound to
-    the task's token: :class:`InProcessRuntime`), run the ClientApp here, push reply and
-    context. Returns whether the ClientApp answered."""
+    """Pull one task's message and context through ``client`` (bound to the task's token), run
+    the ClientApp here, push reply and context. Returns whether the ClientApp answered."""
     from flwr.app import Message
     from flwr.app.error import Error
     from flwr.common.constant import ErrorCode, SubStatus
@@ -114,10 +105,8 @@ def run_task(client, client_app) -> bool:
 
 
 def serve_tasks(acquirer, client_for_token, poll_interval: float) -> None:
-    """Acquire the SuperNode's ClientApp tasks through ``acquirer`` (its ``AcquireTask``) and run
-    each with fedmix_jax's ClientApp through ``client_for_token(token)``, forever; ``poll_interval``
-    s between checks while there is none. A task that fails is reported to the server as an
-    error reply (:func:`run_task`); a failure of the node's API itself is logged and retried."""
+    """Acquire the node's ClientApp tasks through ``acquirer`` and run each through
+    ``client_for_token(token)``, forever (a failure of the node's API is logged and retried)."""
     from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
     from flwr.supercore.constant import TaskType
 
@@ -140,8 +129,7 @@ def serve_tasks(acquirer, client_for_token, poll_interval: float) -> None:
 
 def serve_in_process(state_factory, nice: int = 0) -> threading.Thread:
     """Start the ClientApp loop in a daemon thread of this (the SuperNode's) process; returns it.
-    ``nice`` (Linux): the thread's nice level, which JAX's compute threads inherit; the
-    SuperNode's own threads keep theirs (the nodes' messaging can go first)."""
+    ``nice`` (Linux): the thread's nice level (JAX's compute threads inherit it)."""
     from flwr.supernode.runtime import run_clientapp
 
     from fedmix_jax.flower.latency import cap_pull, check_flower_version
@@ -157,8 +145,7 @@ def serve_in_process(state_factory, nice: int = 0) -> threading.Thread:
         site_log.setLevel(logging.INFO)
         site_log.propagate = False
 
-    # Import here, in the calling thread, what the loop needs (JAX included): two threads
-    # importing the same modules at once can fail on Python's import locks.
+    # Import what the loop needs in this thread: two threads importing at once can deadlock.
     for module in ("fedmix_jax.flower.client_app", "fedmix_jax.flower.local_site"):
         importlib.import_module(module)
 

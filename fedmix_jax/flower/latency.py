@@ -1,13 +1,9 @@
 """Flower 1.42's fixed waits, capped for FedMix rounds — every such change in one place.
 
-A FedMix round is one short exchange per site, so Flower's fixed waits dominate a deployed round:
-the SuperNode sleeps 3 s whenever it finds no message and checks for its ClientApp's reply every
-0.5 s; a message's objects are pulled with a back-off that starts at 1 s when an object is not
-uploaded yet, which happens at every hop. :func:`cap_supernode_sleeps` and
-:func:`cap_object_pulls` cap these waits in the calling process by replacing the module
-attributes those Flower functions look up; protocol, TLS and authentication are untouched. Only
-the Flower version the ``fedmix_jax[flower]`` extra pins is patched; another is refused. See
-docs/across_sites.md and docs/flower_upstream.md.
+:func:`cap_supernode_sleeps` (the SuperNode's 3 s idle sleep, 0.5 s reply checks) and
+:func:`cap_object_pulls` (the 1 s first back-off of object pulls) replace the module attributes
+those Flower functions look up; any other Flower version is refused. Details:
+docs/across_sites.md, docs/flower_upstream.md.
 """
 
 from __future__ import annotations
@@ -28,9 +24,8 @@ _PULL_FUNCTIONS = (
 
 
 class _CappedSleep:
-    """Stands in for the ``time`` module inside one Flower module: ``sleep(s)`` sleeps
-    ``min(s, cap)``, or ``min(s, local_cap)`` for Flower's sub-second waits (the SuperNode's checks
-    of its own memory for a reply); every other attribute is the real ``time`` module's."""
+    """The ``time`` module inside one Flower module, but ``sleep(s)`` sleeps ``min(s, cap)``, or
+    ``min(s, local_cap)`` for sub-second waits (the SuperNode's checks of its own memory)."""
 
     def __init__(self, cap: float, local_cap: float | None = None):
         self.cap = float(cap)
@@ -62,9 +57,8 @@ def _check_cap(cap: float) -> float:
 
 
 def cap_supernode_sleeps(cap: float = DEFAULT_CAP, local_cap: float | None = None) -> None:
-    """Cap the SuperNode loop's fixed sleeps at ``cap`` s: its 3 s idle sleep (then it asks the
-    SuperLink again) and its 0.5 s checks of its own memory for the ClientApp's reply, which
-    ``local_cap`` caps instead if given (a ClientApp in the same process replies in memory)."""
+    """Cap the SuperNode loop's 3 s idle sleep at ``cap`` s, and its 0.5 s checks of its own
+    memory for the ClientApp's reply at ``local_cap`` (default ``cap``)."""
     cap = _check_cap(cap)
     local_cap = None if local_cap is None else _check_cap(local_cap)
     check_flower_version()
@@ -73,9 +67,8 @@ def cap_supernode_sleeps(cap: float = DEFAULT_CAP, local_cap: float | None = Non
 
 
 def cap_pull(module, attr: str, cap: float) -> None:
-    """Replace Flower's object-pull function ``module.attr`` by the original with its back-off
-    starting at ``cap`` s, capped at ``4 * cap`` s, and no limit on tries (re-capping wraps the
-    original once)."""
+    """Make Flower's object-pull function ``module.attr`` back off from ``cap`` s up to ``4 * cap``
+    s, with no limit on tries (re-capping wraps the original once)."""
     fn = getattr(module, attr)
     original = getattr(fn, "_fedmix_original", fn)
     capped = functools.partial(original, initial_backoff=cap, backoff_cap=4 * cap,

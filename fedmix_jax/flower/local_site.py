@@ -1,12 +1,8 @@
 """What runs at a hospital: its data, its compiled site function, its state between rounds.
 
-Nothing here imports Flower's apps: the ClientApp (:mod:`fedmix_jax.flower.client_app`) drives a
-:class:`LocalSite`. A site's data comes from its SuperNode's node config (``data = "folders"`` with
-``data-dir``: the hospital's images, through the array_record cache; ``data = "synthetic"`` with
-``site-index``: a client of the synthetic federation, for demos and tests). The model, the round
-settings and the data settings the run decides come from the coordinator with every message, as
-a JSON string of the config's :data:`SHARED_GROUPS`. See docs/across_sites.md ("Node config
-keys").
+:class:`LocalSite` (driven by :mod:`fedmix_jax.flower.client_app`) holds a site's data from its
+node config (:func:`load_site_data`: ``folders`` or ``synthetic``); the model and round settings
+come from the coordinator as the JSON of :data:`SHARED_GROUPS`. Details: docs/across_sites.md.
 """
 
 from __future__ import annotations
@@ -15,8 +11,6 @@ import dataclasses
 import functools
 import json
 import math
-import os
-import threading
 from typing import Any
 
 import jax
@@ -27,12 +21,10 @@ import numpy as np
 from fedmix_jax.data.federation import LEVEL_NAMES, FederatedSplit
 from fedmix_jax.flower import round_core
 from fedmix_jax.flower.array_records import REPORT_FIELDS
-# Evaluation reply keys; each carries the figure of fedmix_jax.evaluation.evaluate named as the
-# key with "_" for "-" (per class: K values, Dice over the split's images / the class's images).
+# Evaluation reply keys: fedmix_jax.evaluation.evaluate's figures, "_" written "-".
 from fedmix_jax.flower.validation import EVAL_FIGURES, PER_CLASS_FIGURES
 
-# The config groups a site needs (and that the coordinator sends). ``num_rounds`` sets the
-# default warm-up of FedST / FedRGD (half the rounds), as in the in-process job.
+# The config groups a site needs (``num_rounds``: the default warm-up of FedST / FedRGD).
 SHARED_GROUPS = ("seed", "num_rounds", "strategy", "model", "train", "selection", "data")
 
 
@@ -60,8 +52,8 @@ class SiteData:
     test: FederatedSplit
 
     def info(self) -> dict[str, Any]:
-        """What a site declares when it joins (sizes and shapes; no sample), with the supervision
-        levels present in the training split (``"box"``, ``"box+pixel"``)."""
+        """What a site declares when it joins: sizes, shapes, the training split's supervision
+        levels (``"box+pixel"``); no sample."""
         lv = np.asarray(self.train.levels)[np.asarray(self.train.valid)]
         return {"site-name": self.name, "site-index": int(self.index),
                 **{f"num-{k}": int(np.asarray(getattr(self, k).valid).sum()) for k in _SPLITS},
@@ -85,38 +77,33 @@ def site_from_federation(federation, index: int, trim: bool = False) -> SiteData
                     **{k: _take(getattr(federation, k), index, trim) for k in _SPLITS})
 
 
-# The coordinator's data settings a folders site applies (the run's config decides them, as in
-# the in-process job); each combination has its own array_record cache.
+# The coordinator's data settings a folders site applies (each combination: its own cache).
 FOLDERS_DATA_KEYS = ("image_size", "channels", "pack_labels", "seed", "val_fraction",
                      "test_fraction", "on_bad_input", "box_mode", "max_per_client")
-# Node config keys that do not change the data.
-_NOT_DATA = ("state-dir",)
 
 
 def data_settings(node_config: dict, shared: ml_collections.ConfigDict | None) -> dict:
-    """What decides a site's data: ``{"node": [(key, value)], "data": {...}}``: its node config
-    (but ``state-dir``) and the coordinator's data settings that apply to it (the
-    whole ``data`` group for a synthetic site, :data:`FOLDERS_DATA_KEYS` for a folders site).
-    JSON-able; :func:`data_key` of it keys a process's loaded sites."""
+    """What decides a site's data: ``{"node": [(key, value)], "data": {...}}``, its node config
+    but ``state-dir`` and the coordinator's data settings that apply to it."""
     kind = str(node_config.get("data", "synthetic")).strip().lower()
     data = {}
     if shared is not None and "data" in shared:
         group = shared.data.to_dict() if hasattr(shared.data, "to_dict") else dict(shared.data)
         data = group if kind == "synthetic" else {k: group[k] for k in FOLDERS_DATA_KEYS
                                                  if k in group}
-    node = sorted((str(k), str(v)) for k, v in node_config.items() if k not in _NOT_DATA)
+    node = sorted((str(k), str(v)) for k, v in node_config.items() if k != "state-dir")
     return {"node": node, "data": data}
 
 
 def data_key(node_config: dict, shared_json: str | None) -> str:
-    """A string equal for two (node config, coordinator config) pairs exactly when they give the
-    same data (:func:`data_settings`)."""
+    """A string equal for two (node config, shared config) pairs exactly when they give the same
+    data."""
     shared = config_from_json(shared_json) if shared_json else None
     return json.dumps(data_settings(node_config, shared), sort_keys=True, default=str)
 
 
 def load_site_data(node_config: dict, shared: ml_collections.ConfigDict | None) -> SiteData:
-    """The site's data from its node config (see the module docstring)."""
+    """The site's data from its node config (``data``: ``synthetic`` or ``folders``)."""
     kind = str(node_config.get("data", "synthetic")).strip().lower()
     if kind == "synthetic":
         if shared is None:
@@ -135,11 +122,9 @@ def load_site_data(node_config: dict, shared: ml_collections.ConfigDict | None) 
         data_dir = str(node_config.get("data-dir", ""))
         if not data_dir:
             raise ValueError("node config data-dir is required for data=folders")
-        overrides = {"data_dir": data_dir}
-        if node_config.get("cache-dir"):
-            overrides["cache_dir"] = str(node_config["cache-dir"])
-        overrides.update(data_settings(node_config, shared)["data"])
-        cfg = default_data_config("folders", **overrides)
+        cache = {"cache_dir": str(node_config["cache-dir"])} if node_config.get("cache-dir") else {}
+        cfg = default_data_config("folders", data_dir=data_dir, **cache,
+                                  **data_settings(node_config, shared)["data"])
         fed = load_federation_from_config(cfg, verbose=False)
         wanted, names = node_config.get("client"), list(fed.client_names)
         if wanted and str(wanted) not in names:
@@ -171,103 +156,62 @@ class LocalSite:
         self._device_data = None
         self._templates: dict = {}     # (kind, shared config) -> ShapeDtypeStructs, traced once
 
-    def _train_on_device(self):
-        if self._device_data is None:
-            self._device_data = jax.device_put(self.data.train)
-        return self._device_data
-
     def setup(self, shared_json: str):
         """``(model, round_config)`` of the coordinator's config (built once per config)."""
         return _model_and_round_config(shared_json, int(np.shape(self.data.train.masks)[-1]))
 
     def template_pair(self, shared_json: str):
         """The model pair's ShapeDtypeStructs (no computation; traced once per config)."""
-        key = ("pair", shared_json)
-        if key not in self._templates:
+        if ("pair", shared_json) not in self._templates:
             model, config = self.setup(shared_json)
             shape = tuple(np.shape(self.data.train.images)[1:])
-            self._templates[key] = jax.eval_shape(
+            self._templates["pair", shared_json] = jax.eval_shape(
                 lambda: round_core.initial_server_state(model, 0, shape, config)[0])
-        return self._templates[key]
+        return self._templates["pair", shared_json]
 
     def template_state(self, shared_json: str):
-        """The :class:`~fedmix_jax.site.SiteState`'s ShapeDtypeStructs (no computation; traced
-        once per config: every round's train message needs it)."""
-        key = ("state", shared_json)
-        if key not in self._templates:
+        """The :class:`~fedmix_jax.site.SiteState`'s ShapeDtypeStructs (traced once per config)."""
+        if ("state", shared_json) not in self._templates:
             _, config = self.setup(shared_json)
-            self._templates[key] = jax.eval_shape(
+            self._templates["state", shared_json] = jax.eval_shape(
                 lambda p: round_core.initial_site_state(p, config), self.template_pair(shared_json))
-        return self._templates[key]
+        return self._templates["state", shared_json]
 
     def train(self, shared_json: str, global_pair, state, key, hparams, round_index: int):
-        """One round of the site function from the broadcast ``global_pair`` and the site's
-        ``state`` of its previous round (None: the broadcast pair with fresh Adam moments), with
-        its PRNG ``key`` and the 0-based ``round_index`` (the warm-up depends on it): ``(SiteState,
-        report dict of numpy scalars)``."""
+        """One round of the site function from ``global_pair`` and the previous ``state`` (None:
+        fresh Adam moments): ``(SiteState, report dict of numpy scalars)``."""
         model, config = self.setup(shared_json)
         fn = round_core.compiled_site_fn(model, config)
         global_pair = jax.tree.map(jnp.asarray, global_pair)
         if state is None:
             state = round_core.initial_site_state(global_pair, config)
         state = jax.tree.map(jnp.asarray, state)
-        new_state, report = fn(global_pair, state, self._train_on_device(), key, hparams,
-                               round_index)
+        if self._device_data is None:
+            self._device_data = jax.device_put(self.data.train)
+        new_state, report = fn(global_pair, state, self._device_data, key, hparams, round_index)
         report = jax.device_get(report)
         return new_state, {k: np.asarray(getattr(report, k)) for k in REPORT_FIELDS}
 
     def evaluate(self, shared_json: str, params_model1) -> dict[str, float]:
-        """Model 1 on the site's validation and test splits: ``num-{split}``,
-        ``{split}-{figure}`` (scalars) for Dice, IoU, HD95 (px), Dice on the images with a lesion
-        and the false-positive rate on lesion-free images, and ``{split}-dice-per-class`` /
-        ``{split}-dice-present-per-class`` (K floats each): the main job's figures, NaN where
-        there is nothing to measure."""
+        """Model 1 on the val and test splits: ``num-{split}``, ``{split}-{figure}`` (floats; per
+        class: K floats), NaN where there is nothing to measure."""
         from fedmix_jax.evaluation import evaluate
 
         model, config = self.setup(shared_json)
         num_classes = int(np.shape(self.data.train.masks)[-1])
         out = {}
-        for split_name in ("val", "test"):
-            split = getattr(self.data, split_name)
-            n = int(np.asarray(split.valid).sum())
-            out[f"num-{split_name}"] = n
-            if n == 0:
-                out.update({f"{split_name}-{k}": 0.0 if k in ("dice", "iou") else math.nan
-                            for k in EVAL_FIGURES})
-                out.update({f"{split_name}-{k}": [math.nan] * num_classes
-                            for k in PER_CLASS_FIGURES})
-                continue
-            one = jax.tree.map(lambda x: np.asarray(x)[None], split)
-            ev = evaluate(model, params_model1, one, chunk_size=config.inference_chunk)
-            for k in EVAL_FIGURES:
-                out[f"{split_name}-{k}"] = float(ev[k.replace("-", "_")][0])
-            for k in PER_CLASS_FIGURES:
-                out[f"{split_name}-{k}"] = [float(v) for v in
-                                            np.asarray(ev[k.replace("-", "_")][0]).ravel()]
+        for name in ("val", "test"):
+            split = getattr(self.data, name)
+            out[f"num-{name}"] = n = int(np.asarray(split.valid).sum())
+            if n:
+                one = jax.tree.map(lambda x: np.asarray(x)[None], split)
+                ev = evaluate(model, params_model1, one, chunk_size=config.inference_chunk)
+                ev = {k: ev[k.replace("-", "_")][0] for k in (*EVAL_FIGURES, *PER_CLASS_FIGURES)}
+            else:
+                ev = {**{k: 0.0 if k in ("dice", "iou") else math.nan for k in EVAL_FIGURES},
+                      **{k: [math.nan] * num_classes for k in PER_CLASS_FIGURES}}
+            out.update({f"{name}-{k}": float(ev[k]) for k in EVAL_FIGURES})
+            out.update({f"{name}-{k}": [float(v) for v in np.asarray(ev[k]).ravel()]
+                        for k in PER_CLASS_FIGURES})
         return out
 
-
-def save_state(path: str, round_index: int, state) -> None:
-    """Write a site's (params, Adam) state to ``path`` (.npz, no pickle) atomically."""
-    leaves = jax.tree_util.tree_leaves(state)
-    arrays = {f"a{i}": np.asarray(x) for i, x in enumerate(leaves)}
-    arrays["round"] = np.asarray(round_index, np.int64)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-
-
-def load_state(path: str, like) -> tuple[int, Any] | None:
-    """``(round, state)`` from :func:`save_state`, or None (missing or not matching ``like``)."""
-    if not os.path.exists(path):
-        return None
-    ref = jax.tree_util.tree_leaves(like)
-    with np.load(path, allow_pickle=False) as z:
-        if len(z.files) != len(ref) + 1:
-            return None
-        leaves = [z[f"a{i}"] for i in range(len(ref))]
-        r = int(z["round"])
-    if any(a.shape != np.shape(b) or a.dtype != np.dtype(b.dtype) for a, b in zip(leaves, ref)):
-        return None
-    return r, jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), leaves)

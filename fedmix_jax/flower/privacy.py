@@ -1,13 +1,9 @@
 """Client-level differential privacy of the aggregate (server side, numpy on the host).
 
-It protects the global model pairs the coordinator sends out against the data of any one whole
-site changing (replace-one-site adjacency); the coordinator is trusted. Each round (run config
-``dp-clip-norm`` = C > 0, ``dp-noise-multiplier`` = z): every accepted update is clipped to L2
-norm C over the models that train (:func:`clip_update`), the strategy's weighted average (a convex
-combination: sensitivity 2C) is formed as usual, and Gaussian noise of std ``z · 2C`` from the
-operating system's entropy, never the run's seed, is added (:func:`add_noise`). R rounds compose
-to a Gaussian mechanism with ``μ = √R / z``; :func:`epsilon` inverts its exact (ε, δ) curve. See
-docs/across_sites.md ("Privacy"). Shapes: ``P`` parameters of one model (a packed vector).
+Each accepted update is clipped to norm C (:func:`clip_update`), the weighted average gets
+Gaussian noise of std ``z · 2C`` from the OS's entropy (:func:`add_noise`), and :func:`epsilon`
+gives the (ε, δ) of R rounds. Shapes: ``P`` parameters of one model. Details:
+docs/across_sites.md ("Privacy").
 """
 
 from __future__ import annotations
@@ -20,8 +16,7 @@ from scipy.special import log_ndtr
 
 def check_options(clip_norm: float, noise_multiplier: float, delta: float,
                   aggregator: str) -> None:
-    """ValueError naming the run config key that is out of range, or a combination that the
-    sensitivity bound does not cover (a robust aggregator)."""
+    """ValueError naming the run config key out of range, or a robust aggregator with DP on."""
     if not (math.isfinite(clip_norm) and clip_norm >= 0):
         raise ValueError(f"run config dp-clip-norm must be >= 0 (0: off), got {clip_norm}")
     if clip_norm == 0:
@@ -37,9 +32,8 @@ def check_options(clip_norm: float, noise_multiplier: float, delta: float,
 
 
 def clip_update(local: dict, broadcast: dict, clip_norm: float) -> tuple[dict, float]:
-    """``broadcast + Δ · min(1, C/‖Δ‖)`` with ``Δ = local - broadcast`` taken over all keys of
-    ``broadcast`` together (float64), and ‖Δ‖ before clipping. ``local`` / ``broadcast``:
-    ``{key: [P_key] array}``; returns arrays of ``local``'s dtypes."""
+    """``(broadcast + Δ · min(1, C/‖Δ‖), ‖Δ‖)``, ``Δ = local - broadcast`` over all keys of
+    ``broadcast`` together (float64); ``{key: [P_key] array}`` in, ``local``'s dtypes out."""
     diffs = {k: np.asarray(local[k], np.float64) - np.asarray(b, np.float64)
              for k, b in broadcast.items()}
     norm = math.sqrt(sum(float(np.sum(d * d)) for d in diffs.values()))

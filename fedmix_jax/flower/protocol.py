@@ -1,31 +1,11 @@
 """Names of the records a FedMix message carries (importable without JAX, like the ClientApp
-module until its first message).
+module until its first message). What each holds: docs/across_sites.md ("What crosses the
+network")."""
 
-Server -> site:
-  ``global``  ArrayRecord: the global :class:`~fedmix_jax.site.ModelPair`, arrays ``model1`` and
-              ``model2``, each model's leaves packed into one float32 vector
-              (:func:`fedmix_jax.flower.array_records.pair_to_record`); evaluation: ``model1`` only,
-              none for ``local``;
-  ``fedmix``  ConfigRecord: ``round`` (1-based; the site function's 0-based ``round_index`` is
-              ``round - 1``, which drives FedST / FedRGD's warm-up), ``config-json`` (the
-              shared config groups), ``run-name``, ``site-key`` (the site's PRNG key of the
-              round, raw uint32 data), ``lam``, ``beta``, ``learning-rate``, ``send-model``,
-              ``kept-round``.
-Site -> server (train):
-  ``local``   ArrayRecord: the site's local pair after its round, packed as ``global`` (absent
-              for ``local``);
-  ``report``  MetricRecord: the :class:`~fedmix_jax.site.SiteReport` scalars, ``round``,
-              ``site-index``, ``num-examples`` (= n_i, for Flower tooling);
-  ``site``    ConfigRecord: ``site-name``.
-Site -> server (evaluate): ``eval`` MetricRecord (Dice / IoU on validation and test, counts).
-Site -> server (query.info): ``info`` ConfigRecord (name, index, split sizes, image shape, classes,
-levels).
-"""
-
-GLOBAL_RECORD = "global"
-CONFIG_RECORD = "fedmix"
-LOCAL_RECORD = "local"
-REPORT_RECORD = "report"
-SITE_RECORD = "site"
-EVAL_RECORD = "eval"
-INFO_RECORD = "info"
+GLOBAL_RECORD = "global"      # server -> site: the global pair (ArrayRecord)
+CONFIG_RECORD = "fedmix"      # server -> site: round, config-json, site-key, ... (ConfigRecord)
+LOCAL_RECORD = "local"        # site -> server (train): the local pair (ArrayRecord)
+REPORT_RECORD = "report"      # site -> server (train): SiteReport scalars (MetricRecord)
+SITE_RECORD = "site"          # site -> server (train): site-name (ConfigRecord)
+EVAL_RECORD = "eval"          # site -> server (evaluate): figures (MetricRecord)
+INFO_RECORD = "info"          # site -> server (query.info): the declaration (ConfigRecord)

@@ -1,11 +1,9 @@
 """Optional limits on one site's influence on the aggregate (server side, numpy on the host).
 
-FedMix's adaptive weight favours a high loss by design, so a site reporting loss 1.0 with a
-poisoned but finite model passes the reply checks and gets the largest weight. Two options, off
-by default, bound it: the update-norm bound (run config ``max-update-norm-ratio``:
-:func:`norm_outliers`) and the coordinate-wise, unweighted robust aggregators (``aggregator``:
-:func:`robust_average`). See docs/across_sites.md ("Checks of every reply").
-Shapes: ``K`` sites, ``P`` parameters of one model (a packed vector, as a reply carries it).
+The update-norm bound (run config ``max-update-norm-ratio``: :func:`norm_outliers`) and the
+coordinate-wise, unweighted aggregators (``aggregator``: :func:`robust_average`), both off by
+default. Shapes: ``K`` sites, ``P`` parameters of one model (a packed vector). Details:
+docs/across_sites.md ("Checks of every reply").
 """
 
 from __future__ import annotations
@@ -23,19 +21,16 @@ def update_norms(local: np.ndarray, broadcast: np.ndarray) -> np.ndarray:
 
 
 def norm_outliers(norms: np.ndarray, trained: np.ndarray, ratio: float) -> np.ndarray:
-    """[K] bool: the sites whose update norm is above ``ratio`` times the median of the norms of
-    the sites that trained (``trained`` [K] bool); none when ``ratio <= 0`` (off), when no site
-    trained or when that median is 0. Norms [1.0, 1.2, 1000.0], ratio 3 -> [False, False, True].
-    """
+    """[K] bool: the sites whose norm [K] is above ``ratio`` times the median norm of the sites
+    that trained (``trained`` [K] bool); none when ``ratio <= 0``, no site trained or median 0."""
     norms, trained = np.asarray(norms, np.float64), np.asarray(trained, bool)
     median = float(np.median(norms[trained])) if ratio > 0 and trained.any() else 0.0
     return norms > ratio * median if median > 0 else np.zeros(norms.shape, bool)
 
 
 def trimmed_mean(stacked: np.ndarray, trim_fraction: float) -> np.ndarray:
-    """Coordinate-wise trimmed mean [K, P] -> [P]: per coordinate, the ``floor(trim_fraction *
-    K)`` lowest and highest values are dropped and the rest averaged (float64 inside, the input
-    dtype out). ``trim_fraction`` in [0, 0.5); if nothing would remain, the median."""
+    """Coordinate-wise mean [K, P] -> [P] without the ``floor(trim_fraction * K)`` lowest and
+    highest values (float64 inside, the input dtype out); the median if nothing would remain."""
     x = np.asarray(stacked)
     k = x.shape[0]
     t = int(np.floor(float(trim_fraction) * k))
@@ -53,25 +48,21 @@ def coordinate_median(stacked: np.ndarray) -> np.ndarray:
 
 def robust_average(stacked: np.ndarray, weights: np.ndarray, aggregator: str,
                    trim_fraction: float = 0.1) -> np.ndarray:
-    """The robust aggregate of the sites with positive weight: stacked [C, P], weights [C] ->
-    [P]. ``aggregator`` is ``"trimmed_mean"`` or ``"median"``; the weights only select the
-    sites (unweighted). With no site of positive weight: the first row (callers pass the
-    broadcast for sites left out, so that row is the broadcast)."""
+    """``"trimmed_mean"`` or ``"median"`` (unweighted) of the sites with positive weight: stacked
+    [C, P], weights [C] -> [P]; with none, the first row (the broadcast, as callers pass it)."""
     if aggregator not in AGGREGATORS[1:]:
         raise ValueError(f"aggregator must be one of {AGGREGATORS[1:]}, got {aggregator!r}")
     take = np.asarray(weights) > 0
     x = np.asarray(stacked)
     if not take.any():
         return x[0]
-    x = x[take]
     if aggregator == "median":
-        return coordinate_median(x)
-    return trimmed_mean(x, trim_fraction)
+        return coordinate_median(x[take])
+    return trimmed_mean(x[take], trim_fraction)
 
 
 def check_options(aggregator: str, max_update_norm_ratio: float, trim_fraction: float) -> None:
-    """Raise ValueError on an unknown aggregator, a negative ratio or a trim fraction outside
-    [0, 0.5)."""
+    """ValueError on an unknown aggregator, a negative ratio or a trim fraction outside [0, 0.5)."""
     if aggregator not in AGGREGATORS:
         raise ValueError(f"aggregator must be one of {AGGREGATORS}, got {aggregator!r}")
     if not max_update_norm_ratio >= 0:

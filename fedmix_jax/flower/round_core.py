@@ -1,10 +1,8 @@
 """The round core the Flower backend builds on, gathered in one place.
 
-Everything a site or the server computes comes from the project's round core
-(docs/architecture.md): the site function :func:`fedmix_jax.site.site_round`, the strategy
-registry's weights and :func:`fedmix_jax.aggregation.weighted_average`. Nothing of the round is
-re-implemented here; this module compiles those functions once per process and converts the
-per-round PRNG keys (typed keys cross the network as their raw ``uint32`` data).
+Nothing of the round is re-implemented: the site function, the strategy's weights and
+:func:`fedmix_jax.aggregation.weighted_average` compiled once per process, and the PRNG keys'
+conversion to raw ``uint32`` data (what crosses the network). Details: docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -49,8 +47,7 @@ def initial_site_state(params: ModelPair, config: RoundConfig) -> SiteState:
 
 
 def round_index(server_round: int) -> int:
-    """The 0-based round index of Flower's round ``server_round`` (1-based): what the in-process
-    round's ``state.round`` is in that round (round 1 of a job is index 0)."""
+    """The 0-based round index (the in-process ``state.round``) of Flower's 1-based round."""
     return int(server_round) - 1
 
 
@@ -62,8 +59,7 @@ def _index_array(index) -> jax.Array:
 @functools.lru_cache(maxsize=8)
 def compiled_site_fn(model, config: RoundConfig):
     """``jit(site_round)`` for one (model, static config), cached per process:
-    ``fn(global, site, data, key, hparams, round_index)`` (``round_index`` 0-based, traced: one
-    program for every round)."""
+    ``fn(global, site, data, key, hparams, round_index)`` (0-based index, traced)."""
 
     def fn(global_params, site, data, key, hparams, index):
         return site_round(model, config, global_params, site, data, key, hparams, index)
@@ -74,8 +70,7 @@ def compiled_site_fn(model, config: RoundConfig):
 
 def site_weights(strategy, reports: dict, participating, hparams: HParams,
                  index: int) -> np.ndarray:
-    """[C] aggregation weights of ``strategy`` from the sites' scalars (numpy float32) in the
-    round of 0-based index ``index`` (warm-up of FedST / FedRGD)."""
+    """[C] float32 weights of ``strategy`` from the sites' scalars in round ``index`` (0-based)."""
     rep = SiteReport(**{k: jnp.asarray(reports[k], jnp.float32 if typ is float else jnp.int32)
                         for k, typ in REPORT_FIELDS.items()})
     return np.asarray(_weights_jit(strategy)(rep, jnp.asarray(participating, bool), hparams,

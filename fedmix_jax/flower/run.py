@@ -1,10 +1,8 @@
 """Start a FedMix run on a SuperLink and exit with its outcome: ``python -m fedmix_jax.flower.run``.
 
-``flwr run --stream`` (Flower 1.42) exits 0 when the run it started fails. This starts the run
-with ``flwr run ... --format json`` (same arguments), streams its logs (``flwr log <id>
---stream``), polls ``flwr ls --run-id <id> --format json`` until the run has finished, prints its
-final status and exits 0 for ``finished:completed``, 1 when it finished otherwise (failed,
-stopped; with Flower's details), 2 when the run could not be started or its status not read.
+``flwr run --stream`` exits 0 when its run fails; this runs ``flwr run ... --format json`` (same
+arguments), streams ``flwr log``, polls ``flwr ls`` until the run finished and exits 0 for
+``finished:completed``, 1 for any other end, 2 when the run could not be started or read.
 
     python -m fedmix_jax.flower.run fedmix_jax/flower/app my-federation --run-config run.toml
 """
@@ -87,19 +85,18 @@ def main(argv=None) -> int:
         while True:
             try:
                 state, details = status(flwr, args.superlink, run_id)
-                failures = 0
             except (RuntimeError, ValueError) as e:
                 failures += 1
                 if failures >= 5:
                     _say(f"error: the status of run {run_id} cannot be read: {e}")
                     return 2
-                time.sleep(args.poll)
-                continue
-            if state != last:
-                _say(f"run {run_id}: {state}")
+            else:
+                failures = 0
+                if state != last:
+                    _say(f"run {run_id}: {state}")
                 last = state
-            if state.startswith("finished"):
-                break
+                if state.startswith("finished"):
+                    break
             time.sleep(args.poll)
     finally:
         if logs is not None:

@@ -1,11 +1,9 @@
 """The Flower ServerApp: the coordinator's side of FedMix across sites.
 
-``run_server(grid, run_config)`` is the whole job (the ServerApp's main calls it): the config,
-the sites (:mod:`~fedmix_jax.flower.discovery`), the initial global pair and key as in the
-in-process job or a **resume** from the newest checkpoint in ``workdir``, the rounds
-(:class:`~fedmix_jax.flower.strategy.FedMixStrategy` in the main job's :class:`RunLoop`), then
-``summary.json`` and the curves. Run config keys (defaults :data:`DEFAULTS`, also in
-``fedmix_jax/flower/app/pyproject.toml``): docs/across_sites.md (``run.toml``).
+:func:`run_server` is the whole job: the config, the sites (:mod:`~fedmix_jax.flower.discovery`),
+the initial pair (or a resume from ``workdir``'s newest checkpoint), the rounds
+(:class:`~fedmix_jax.flower.strategy.FedMixStrategy` in the main job's ``RunLoop``), then
+``summary.json`` and the curves. Run config keys (:data:`DEFAULTS`): docs/across_sites.md.
 """
 
 from __future__ import annotations
@@ -67,18 +65,14 @@ def _round_record(r: int, out, round_time: float) -> dict:
     """The ``metrics.jsonl`` line of round ``r`` (the main job's fields, plus ``accepted``,
     ``applied`` and the ``rejected`` reasons)."""
     rep = out.reports
-    weak = np.asarray(rep["num_weak"])
-    rec = {"round": r, "loss1": rep["loss1"], "loss2": rep["loss2"],
-           "counts": rep["num_usable"], "weak": rep["num_weak"],
-           "selected_weak": rep["num_selected_weak"],
+    rec = {"round": r, "loss1": rep["loss1"], "loss2": rep["loss2"], "counts": rep["num_usable"],
+           "weak": rep["num_weak"], "selected_weak": rep["num_selected_weak"],
            "selection_rate": (np.asarray(rep["num_selected_weak"])
-                              / np.maximum(weak, 1)).tolist(),
-           "steps": rep["steps"], "weights": out.weights,
-           "round_time_s": round_time, "accepted": out.accepted, "applied": out.applied}
-    if out.rejected:
-        rec["rejected"] = out.rejected
-    for k in ("update_norms", "dp_epsilon", "dp_update_norms"):   # dp_*: privacy on
-        if getattr(out, k) is not None:
+                              / np.maximum(np.asarray(rep["num_weak"]), 1)).tolist(),
+           "steps": rep["steps"], "weights": out.weights, "round_time_s": round_time,
+           "accepted": out.accepted, "applied": out.applied}
+    for k in ("rejected", "update_norms", "dp_epsilon", "dp_update_norms"):  # only when present
+        if getattr(out, k) not in (None, {}):
             rec[k] = getattr(out, k)
     return rec
 
@@ -97,8 +91,7 @@ def _split_record(scores: dict, split: str) -> dict:
 class _ServerRun:
     """One server job in a locked workdir: restore, rounds, summary (as ``train._Run``)."""
 
-    def __init__(self, grid: Grid, rc: dict, config, workdir: str, sites, infos, model,
-                 global_pair, key):
+    def __init__(self, grid: Grid, rc: dict, config, workdir: str, sites, infos):
         from fedmix_jax.records import MetricsFile
 
         self.grid, self.rc, self.config, self.workdir = grid, rc, config, workdir
@@ -108,9 +101,11 @@ class _ServerRun:
         self.sites, self.infos = sites, infos
         self.names = [s.name for s in sites]
         self.levels = [str(i.get("levels", "")) for i in infos]
-        self.model, self.global_pair, self.key = model, global_pair, key
+        model = build_model(config, int(infos[0]["num-classes"]))
+        self.global_pair, self.key = round_core.initial_server_state(
+            model, int(config.seed), tuple(int(x) for x in infos[0]["image-shape"]),
+            self.round_config)
         self.num_rounds = int(config.num_rounds)
-        self.timeout = float(rc["round-timeout"])
         self.metrics = MetricsFile(workdir)
         self.checkpointer = Checkpointer.for_workdir(workdir, int(config.keep_checkpoints))
         self.round_times: list[float] = []
@@ -147,22 +142,20 @@ class _ServerRun:
 
     def _exchange(self, messages) -> list:
         cap = float(self.rc["wait-cap"])
-        return send_and_receive(self.grid, messages, self.timeout,
+        return send_and_receive(self.grid, messages, float(self.rc["round-timeout"]),
                                 interval=cap if cap > 0 else 3.0)
 
     def rounds(self):
         """Rounds ``start+1 .. num_rounds``; returns the strategy and the global arrays."""
         run_name = os.path.basename(self.workdir.rstrip("/")) or "run"
+        options = {k.replace("-", "_"): float(self.rc[k]) for k in (
+            "max-update-norm-ratio", "trim-fraction", "dp-clip-norm", "dp-noise-multiplier",
+            "dp-delta")}
         fed = FedMixStrategy(self.strategy, self.sites, self.global_pair, self.key,
                              self.round_config.hparams(), shared_config_json(self.config),
                              min_sites=int(self.rc["min-sites"]), run_name=run_name,
-                             max_update_norm_ratio=float(self.rc["max-update-norm-ratio"]),
                              aggregator=str(self.rc["aggregator"]),
-                             trim_fraction=float(self.rc["trim-fraction"]),
-                             num_classes=int(self.infos[0]["num-classes"]),
-                             dp_clip_norm=float(self.rc["dp-clip-norm"]),
-                             dp_noise_multiplier=float(self.rc["dp-noise-multiplier"]),
-                             dp_delta=float(self.rc["dp-delta"]))
+                             num_classes=int(self.infos[0]["num-classes"]), **options)
         fed.summary()
         if fed.dp is not None:
             from fedmix_jax.flower.privacy import epsilon, noise_std
@@ -260,10 +253,8 @@ class _ServerRun:
 
 
 def run_server(grid: Grid, run_config, *, write_plots: bool = True, return_state: bool = False):
-    """The coordinator's whole job in a workdir handled as the main job's
-    (:mod:`fedmix_jax.rundir`: locked, config checked, checkpoints verified, every file written
-    atomically); returns the summary (and, with ``return_state``, also the final global
-    :class:`~fedmix_jax.site.ModelPair` and key)."""
+    """The coordinator's whole job, its workdir handled as the main job's (locked, checked);
+    returns the summary, with ``return_state`` ``(summary, final global ModelPair, key)``."""
     t_start = time.time()
     rc = {**DEFAULTS, **dict(run_config or {})}
     config = load_config(str(rc["config"]), str(rc["overrides"]))
@@ -286,11 +277,7 @@ def run_server(grid: Grid, run_config, *, write_plots: bool = True, return_state
                                       int(rc["min-sites"]), listed)
         _say(f"{len(sites)} sites: " + ", ".join(f"{s.index}:{s.name} ({s.num_train} train)"
                                                  for s in sites))
-        image_shape = tuple(int(x) for x in infos[0]["image-shape"])
-        model = build_model(config, int(infos[0]["num-classes"]))
-        global_pair, key = round_core.initial_server_state(model, int(config.seed), image_shape,
-                                                           build_round_config(config))
-        run = _ServerRun(grid, rc, config, workdir, sites, infos, model, global_pair, key)
+        run = _ServerRun(grid, rc, config, workdir, sites, infos)
         done = False
         try:
             run.restore()

@@ -1,11 +1,8 @@
 """Run the ServerApp and the sites' ClientApps in one process, without a network or Ray.
 
-:class:`LocalGrid` is a :class:`flwr.serverapp.Grid` that delivers each message to the
-destination site's ClientApp (the app object the SuperNodes run) in a worker thread, with the
-site's own :class:`flwr.app.Context`. For tests and demos: the FedMix code paths are those of a
-deployment; only the transport is a function call.
+:class:`LocalGrid` delivers each message to the site's ClientApp in a worker thread (the FedMix
+code paths of a deployment; only the transport is a function call), for tests and demos:
 
-    from fedmix_jax.flower.simulation import run_local
     summary, pair, grid = run_local(4, {"config": "configs/synthetic.py",
                                         "overrides": "num_rounds=2 model.width=4"})
 """
@@ -22,16 +19,14 @@ from flwr.serverapp import Grid
 
 
 class LocalGrid(Grid):
-    """An in-process :class:`~flwr.serverapp.Grid` over ``sites``, ``{node_id: (ClientApp, node
-    config dict)}``; ``intercept``: optional ``f(node_id, message, reply) -> reply or None`` on
-    every reply (tests corrupt or drop replies); ``run_config``: what every context sees."""
+    """An in-process Grid over ``sites``, ``{node_id: (ClientApp, node config)}``; ``intercept``:
+    optional ``f(node_id, message, reply) -> reply or None`` on every reply (tests)."""
 
     def __init__(self, sites: dict, *, intercept: Callable | None = None, run_config=None,
                  max_workers: int | None = None):
         from flwr.supercore.task_identity import TaskIdentity
 
-        # Messages take their run / source ids from the process's task identity (set by Flower's
-        # own runtimes); this process plays the server task.
+        # Messages take their ids from the process's task identity: this process is the server.
         for attr, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
             if getattr(TaskIdentity, attr) is None:
                 setattr(TaskIdentity, attr, value)

@@ -1,13 +1,9 @@
 """A site's state between rounds, kept per round back to the coordinator's oldest checkpoint.
 
-The state after round r (a :class:`~fedmix_jax.site.SiteState`: local pair and Adam moments) is
-what round r + 1 starts from. A site keeps it per run (the server's ``run-name``) for every round
-from ``kept-round`` on, the oldest checkpoint the coordinator holds, so that a coordinator resumed
-from checkpoint c sends round c + 1 again and every site starts it from its state after round c:
-bit-identical to an uninterrupted run. Where the states live (never sent anywhere): this process's
-memory (:func:`keep_state_in_process`: the ClientApp inside the SuperNode) or else the
-SuperNode's ``Context.state``; with node config ``state-dir`` also on the site's disk
-(``<state-dir>/<run name>.<site>.r<round>.npz``, no pickle).
+The state after round r (local pair and Adam moments) starts round r + 1; keeping every round
+from ``kept-round`` on makes a resume bit-identical. It lives in this process's memory
+(:func:`keep_state_in_process`) or the SuperNode's ``Context.state``, and with node config
+``state-dir`` also in ``<state-dir>/<run>.<site>.r<round>.npz``. Details: docs/across_sites.md.
 """
 
 from __future__ import annotations
@@ -15,7 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
+from typing import Any
 
+import numpy as np
 from flwr.app import ConfigRecord, Context
 
 log = logging.getLogger("fedmix_jax.flower")
@@ -28,10 +27,8 @@ _keep_in_process = False
 
 
 def keep_state_in_process(on: bool = True) -> None:
-    """Keep the sites' states in this process instead of ``Context.state`` (for a process that
-    serves every message of its SuperNode: Flower's Context travels with every message, so the
-    ~6x-model-size states kept there would be copied twice per message). ``state-dir`` on disk is
-    still written."""
+    """Keep the sites' states in this process instead of ``Context.state``, which travels with
+    every message (for a process that serves all its SuperNode's messages); ``state-dir`` stays."""
     global _keep_in_process
     _keep_in_process = bool(on)
 
@@ -41,8 +38,7 @@ def _safe(run_name: str) -> str:
 
 
 def _stem(context: Context, run_name: str) -> str:
-    """``<run>.<site>``: the site named by its node config (``site-name``, ``client`` or
-    ``site-index``), so that sites sharing a ``state-dir`` do not share files."""
+    """``<run>.<site>``, the site named by ``site-name``, ``client`` or ``site-index``."""
     node = dict(context.node_config)
     site = next((str(node[k]) for k in ("site-name", "client", "site-index") if k in node), "site")
     return f"{_safe(run_name)}.{_safe(site)}"
@@ -67,14 +63,41 @@ def _context_rounds(context: Context, run_name: str) -> list[int]:
     return [int(r) for r in meta.get("rounds", [])]
 
 
+def save_state(path: str, round_index: int, state) -> None:
+    """Write a site's (params, Adam) state to ``path`` (.npz, no pickle) atomically."""
+    from jax.tree_util import tree_leaves
+
+    arrays = {f"a{i}": np.asarray(x) for i, x in enumerate(tree_leaves(state))}
+    arrays["round"] = np.asarray(round_index, np.int64)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def load_state(path: str, like) -> tuple[int, Any] | None:
+    """``(round, state)`` from :func:`save_state`, or None (missing or not matching ``like``)."""
+    from jax.tree_util import tree_leaves, tree_structure, tree_unflatten
+
+    if not os.path.exists(path):
+        return None
+    ref = tree_leaves(like)
+    with np.load(path, allow_pickle=False) as z:
+        if len(z.files) != len(ref) + 1:
+            return None
+        leaves = [z[f"a{i}"] for i in range(len(ref))]
+        r = int(z["round"])
+    if any(a.shape != np.shape(b) or a.dtype != np.dtype(b.dtype) for a, b in zip(leaves, ref)):
+        return None
+    return r, tree_unflatten(tree_structure(like), leaves)
+
+
 def restore(context: Context, like, round_index: int, run_name: str):
-    """The state after round ``round_index - 1`` (for training round ``round_index``, 1-based),
-    shaped as ``like``; None for round 1 and, with a warning, when the site does not hold it
-    (the round then starts from the broadcast pair with fresh Adam moments)."""
+    """The state after round ``round_index - 1`` (1-based), shaped as ``like``; None for round 1
+    and, with a warning, when the site does not hold it (then: fresh Adam moments)."""
     if round_index <= 1:
         return None
     from fedmix_jax.flower import array_records
-    from fedmix_jax.flower.local_site import load_state
 
     need = round_index - 1
     held = _kept_states.get((context.node_id, run_name), {})
@@ -112,9 +135,8 @@ def newest(context: Context, like, run_name: str):
 
 def store(context: Context, state, round_index: int, run_name: str,
           kept_round: int | None = None) -> None:
-    """Keep the state after round ``round_index``; drop the states of rounds before
-    ``kept_round`` (the coordinator's oldest checkpoint; None or 0: keep only this one) and of
-    rounds after ``round_index`` (an interrupted timeline)."""
+    """Keep the state after round ``round_index``; drop those before ``kept_round`` (None or 0:
+    keep only this one) and after ``round_index`` (an interrupted timeline)."""
     from fedmix_jax.flower import array_records
 
     r = int(round_index)
@@ -135,8 +157,6 @@ def store(context: Context, state, round_index: int, run_name: str,
             {"run-name": run_name, "rounds": sorted({x for x in old if x in kept} | {r})})
     state_dir = dict(context.node_config).get("state-dir")
     if state_dir:
-        from fedmix_jax.flower.local_site import save_state
-
         save_state(os.path.join(str(state_dir), f"{_stem(context, run_name)}.r{r}.npz"), r, state)
         for x, p in _disk_rounds(context, run_name).items():
             if x not in kept:

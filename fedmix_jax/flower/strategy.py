@@ -1,12 +1,9 @@
 """The server side of a FedMix round as a Flower strategy (``flwr.serverapp.strategy.Strategy``).
 
-:class:`FedMixStrategy` wraps a strategy of the project's registry
-(:func:`fedmix_jax.strategies.get_strategy`) and does what the in-process round does after the
-sites: the weights from the sites' reports, the weighted average of **both** models. Every reply
-is checked first (:mod:`fedmix_jax.flower.validation`); a rejected or missing site gets weight 0
-and its reason is kept in :attr:`FedMixStrategy.last_round`. Sites are ordered by their declared
-index (then name), never by Flower's node ids: site ``c`` gets the in-process round's key
-``fold_in(round_key, c)``. See docs/across_sites.md.
+:class:`FedMixStrategy` wraps a strategy of the project's registry: it checks every reply
+(:mod:`~fedmix_jax.flower.validation`; a rejected or missing site gets weight 0), weighs the
+sites and averages **both** models. Site ``c`` (declared order, never node ids) gets the
+in-process round's key. Details: docs/across_sites.md.
 """
 
 from __future__ import annotations
@@ -34,8 +31,7 @@ log = logging.getLogger("fedmix_jax.flower")
 
 @dataclasses.dataclass(frozen=True)
 class Site:
-    """A registered site: its Flower node, its position ``index`` in the federation's order and
-    what it declared when it joined."""
+    """A registered site: its Flower node, its position in the federation, its declared sizes."""
 
     node_id: int
     index: int
@@ -61,18 +57,11 @@ class RoundOutcome:
 
 
 class FedMixStrategy(FlowerStrategy):
-    """A Flower strategy running one of the project's strategies across sites.
-
-    Args:
-      strategy: a :class:`fedmix_jax.strategies.Strategy`; sites: the registered :class:`Site` s
-        in federation order; template_pair: the model pair (arrays or ShapeDtypeStructs) every
-        reply must match; key: the server's PRNG key (split once per round, as in-process);
-        hparams: :class:`~fedmix_jax.config.HParams`; shared_json: the config groups every site
-        needs; min_sites: the fewest accepted replies for a round to be applied; run_name: names
-        the run's site states; num_classes: the length of every per-class figure (None: any).
-      max_update_norm_ratio, aggregator, trim_fraction: :mod:`fedmix_jax.flower.robust` (0 /
-        ``"weighted"``: off); dp_clip_norm, dp_noise_multiplier, dp_delta:
-        :mod:`fedmix_jax.flower.privacy` (``dp_clip_norm`` 0: off).
+    """A Flower strategy running ``strategy`` (:class:`fedmix_jax.strategies.Strategy`) over
+    ``sites`` (in federation order); every reply must match ``template_pair``; ``key`` is split
+    once per round; ``min_sites``: the fewest accepted replies for a round to be applied;
+    ``num_classes``: the length of per-class figures (None: any). The robust and DP options:
+    :mod:`~fedmix_jax.flower.robust`, :mod:`~fedmix_jax.flower.privacy` (0 / "weighted": off).
     """
 
     def __init__(self, strategy, sites: list[Site], template_pair, key, hparams,
@@ -99,8 +88,7 @@ class FedMixStrategy(FlowerStrategy):
         self._next_key = None
         self._sent: dict[str, np.ndarray] | None = None   # the round's broadcast pair [P]
         self._dp_norms: list[float] | None = None
-        #: The oldest checkpoint round the coordinator holds (0: none), sent with every train
-        #: message: the sites keep their states from that round on (exact resume after a crash).
+        #: The coordinator's oldest checkpoint round (0: none): the sites keep states from it on.
         self.kept_round = 0
 
     def _config(self, server_round: int, config: ConfigRecord) -> dict:
@@ -135,11 +123,10 @@ class FedMixStrategy(FlowerStrategy):
         accepted: dict[int, Any] = {}
         rejected: dict[str, str] = {}
         for reply in replies:
-            node = reply.metadata.src_node_id
-            site = self.by_node.get(node)
+            site = self.by_node.get(reply.metadata.src_node_id)
             if site is None:
                 log.warning("round %d: reply from unregistered node %s ignored", server_round,
-                            node)
+                            reply.metadata.src_node_id)
                 continue
             if site.index in accepted:
                 rejected[site.name] = "duplicate reply"
@@ -192,9 +179,8 @@ class FedMixStrategy(FlowerStrategy):
         return new_arrays, metrics
 
     def _bound_updates(self, accepted: dict, rejected: dict) -> list[float] | None:
-        """With ``max_update_norm_ratio`` > 0: each accepted site's update norm (float64, both
-        models); the outliers move from ``accepted`` to ``rejected``. Returns the norms [C]
-        (0 for sites without reply), or None when the bound is off."""
+        """Move the update-norm outliers from ``accepted`` to ``rejected``; the norms [C] (0: no
+        reply), None when the bound is off."""
         if self.max_update_norm_ratio <= 0 or self.spec is None or not accepted:
             return None
         idx = sorted(accepted)
@@ -213,8 +199,7 @@ class FedMixStrategy(FlowerStrategy):
         return [float(norm_of.get(i, 0.0)) for i in range(len(self.sites))]
 
     def _aggregate(self, accepted: dict, weights: list[float]) -> ArrayRecord:
-        # Sites left out contribute the broadcast pair with weight 0: the stacked shapes stay
-        # [C, ...] every round (one compiled aggregation).
+        # Sites left out send the broadcast with weight 0: [C, ...] every round, one compilation.
         sent = self._sent
         src = [accepted[i].arrays if i in accepted else sent for i in range(len(self.sites))]
         trained = array_records.PAIR_PREFIXES[:2 if self.strategy.trains_model2 else 1]
@@ -226,13 +211,11 @@ class FedMixStrategy(FlowerStrategy):
                 src[i] = dict(src[i]) | clipped
             self._dp_norms = norms
         if self.aggregator != "weighted":
-            out = ArrayRecord()
-            for k in self.spec:
-                out[k] = Array(robust.robust_average(np.stack([a[k] for a in src]), weights,
-                                                     self.aggregator, self.trim_fraction))
+            out = ArrayRecord({k: Array(robust.robust_average(
+                np.stack([a[k] for a in src]), weights, self.aggregator, self.trim_fraction))
+                for k in self.spec})
         else:
-            # Unpacked to the pair's leaves first: the weighted average runs leaf by leaf exactly
-            # as in-process (a dot over one long packed vector may round differently).
+            # Leaf by leaf, exactly as in-process (one long packed vector may round differently).
             like = ModelPair(*tuple(self.template_pair))
             rows = [ModelPair(*(array_records.unpack_model(a[k], m)
                                 for k, m in zip(array_records.PAIR_PREFIXES, like))) for a in src]
@@ -242,35 +225,25 @@ class FedMixStrategy(FlowerStrategy):
         if self.dp is not None:     # noise from the OS's entropy, never from the run's seed
             noisy = privacy.add_noise({k: out[k].numpy() for k in trained},
                                       privacy.noise_std(self.dp[0], self.dp[1]))
-            for k, a in noisy.items():
-                out[k] = Array(a)
-        if not self.strategy.trains_model2:
-            # Model 2 does not train: it stays as broadcast (as in the in-process round).
-            second = array_records.PAIR_PREFIXES[1]
-            out[second] = Array(sent[second])
+            out.update({k: Array(a) for k, a in noisy.items()})
+        if not self.strategy.trains_model2:     # model 2 stays as broadcast (as in-process)
+            out["model2"] = Array(sent["model2"])
         return out
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         """Global model 1 to every site (``local``: no model; each site scores its own)."""
-        first = array_records.PAIR_PREFIXES[0]
-        model1 = ArrayRecord({first: arrays[first]}) if self.strategy.aggregates else None
-        out = []
-        for site in self.sites:
-            content = RecordDict({CONFIG_RECORD: ConfigRecord(self._config(server_round, config))})
-            if model1 is not None:
-                content[GLOBAL_RECORD] = model1
-            out.append(Message(content=content, dst_node_id=site.node_id,
-                               message_type="evaluate", group_id=f"eval-{server_round}"))
-        return out
+        model1 = ({GLOBAL_RECORD: ArrayRecord({"model1": arrays["model1"]})}
+                  if self.strategy.aggregates else {})
+        return [Message(content=RecordDict({CONFIG_RECORD: ConfigRecord(
+                    self._config(server_round, config)), **model1}), dst_node_id=site.node_id,
+                        message_type="evaluate", group_id=f"eval-{server_round}")
+                for site in self.sites]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
-        """Per-site validation / test figures (``{split}_{figure}``: lists in site order, NaN
-        where missing; the figures of :data:`fedmix_jax.records.EVAL_FIGURES`: Dice, IoU, HD95,
-        Dice on images with a lesion, false-positive rate) and their means over the sites that
-        hold data of the split (``{split}_mean_{figure}``; NaNs skipped, as the in-process
-        job)."""
+        """Per-site val / test figures (``{split}_{figure}``: [C], NaN where missing) and their
+        means over the sites with data (``{split}_mean_{figure}``, NaNs skipped, as in-process)."""
         c = len(self.sites)
         rows: dict[int, dict] = {}
         rejected = {}
@@ -307,10 +280,8 @@ class FedMixStrategy(FlowerStrategy):
 
 
 def _per_class_scores(rows: dict[int, dict], split: str, c: int) -> dict[str, Any]:
-    """``{split}_{figure}`` ([C][K], NaN rows for sites without a reply) and
-    ``{split}_mean_{figure}`` ([K]) of the per-class figures, as the in-process evaluation
-    averages them over the clients with data (Dice per class: mean; Dice on the images with the
-    class: NaNs skipped); nothing when a reply lacks them."""
+    """``{split}_{figure}`` ([C][K], NaN rows for sites without a reply) and their mean over the
+    sites with data, ``{split}_mean_{figure}`` ([K]); nothing when a reply lacks them."""
     from fedmix_jax.hd95 import nanmean
 
     out: dict[str, Any] = {}

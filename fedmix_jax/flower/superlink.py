@@ -1,11 +1,8 @@
 """Flower's SuperLink for a federation of hospitals: ``python -m fedmix_jax.flower.superlink``.
 
-Flower 1.42 serves its Fleet API (the SuperNodes'), Control API (``flwr run``, ``flwr ls``,
-``flwr supernode register``) and Runtime API (the ServerApp's) on one HTTPS port, without
-accounts on the Control API. This is ``flower-superlink`` itself (same arguments) with one more
-option, ``--admin-hosts`` (comma-separated client addresses; default ``127.0.0.1,::1``): a request
-for anything but the Fleet API and ``/health`` is answered ``403`` unless it comes from one of
-them (one log line per refusal). See docs/across_sites.md ("Who can take part", "Security").
+``flower-superlink`` itself (same arguments) plus ``--admin-hosts`` (default ``127.0.0.1,::1``):
+any request but the Fleet API's and ``/health`` from another address is answered ``403``
+(:class:`AdminOnly`). Details: docs/across_sites.md ("Who can take part", "Security").
 
     python -m fedmix_jax.flower.superlink --admin-hosts 127.0.0.1 --ssl-ca-certfile ... \\
         --enable-supernode-auth --host 0.0.0.0 --port 9091 ...      (flower-superlink args)
@@ -27,9 +24,8 @@ DEFAULT_ADMIN_HOSTS = ("127.0.0.1", "::1")
 
 
 def parse_hosts(text: str) -> frozenset[str]:
-    """``"127.0.0.1, 10.0.0.5"`` → the set of normalised IP addresses; ValueError naming a
-    value that is not an IP address (host names are not accepted: the check is on the peer's
-    address)."""
+    """``"127.0.0.1, 10.0.0.5"`` → the set of normalised IP addresses; ValueError naming a value
+    that is not an IP address (no host names: the check is on the peer's address)."""
     hosts = set()
     for item in str(text).replace(",", " ").split():
         try:
@@ -105,9 +101,7 @@ def main(argv=None) -> int:
         return 2
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    # Flower's logger is at DEBUG and propagates to the root's handler: without a level on that
-    # handler every DEBUG record (each request, which Flower warns "may expose sensitive
-    # details") would be formatted and written.
+    # Flower logs every request at DEBUG ("may expose sensitive details"): the handler drops it.
     for handler in logging.getLogger().handlers:
         handler.setLevel(logging.INFO)
     from flwr.superlink import cli

@@ -1,12 +1,9 @@
 """Flower's SuperNode with FedMix's capped waits: ``python -m fedmix_jax.flower.supernode``.
 
-This is ``flower-supernode`` itself (same arguments, TLS, authentication, isolation modes, node
-config) with more options: ``--poll-interval`` (seconds, default 0.2) caps Flower's fixed waits
-in the SuperNode (:mod:`fedmix_jax.flower.latency`; 0 keeps Flower's own);
-``--clientapp-in-process`` runs FedMix's ClientApp in a thread of this process
-(:mod:`fedmix_jax.flower.in_process_runtime`; implies ``--isolation process``);
-``--clientapp-nice N`` lowers that thread's priority on Linux. Log lines carry timestamps. See
-docs/across_sites.md ("What a hospital installs and runs").
+``flower-supernode`` itself (same arguments) plus ``--poll-interval`` (s, default 0.2; 0: Flower's
+own waits, :mod:`~fedmix_jax.flower.latency`), ``--clientapp-in-process`` (the ClientApp in a
+thread of this process, :mod:`~fedmix_jax.flower.in_process_runtime`; implies ``--isolation
+process``) and ``--clientapp-nice N``. Details: docs/across_sites.md.
 
     python -m fedmix_jax.flower.supernode --poll-interval 0.2 --superlink ...
 """

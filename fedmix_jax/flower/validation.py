@@ -1,13 +1,9 @@
 """Server-side checks of a site's reply before anything of it reaches the aggregate.
 
-A train reply is rejected (the reason logged and written to ``metrics.jsonl``) when it is an
-error or empty, names another site, answers another round, has arrays that differ from the
-broadcast pair's keys / shapes / dtypes / serialisation or hold a non-finite value, or has scalars
-that are missing, of the wrong type, non-finite or out of range (counts above the site's declared
-size, a loss outside the Dice loss range: :func:`check_loss`). Declarations
-(:func:`check_declaration`) and evaluation replies (:func:`check_eval_reply`) are bounded too.
-Nothing but numpy arrays is decoded (``allow_pickle=False``). See docs/across_sites.md, "Checks of
-every reply".
+:func:`check_train_reply` (arrays as broadcast, finite; scalars typed and bounded by the site's
+declared size, losses in the Dice loss range), :func:`check_declaration` and
+:func:`check_eval_reply`; each raises :class:`ReplyRejected` with the reason. Nothing but numpy
+arrays is decoded. Details: docs/across_sites.md ("Checks of every reply").
 """
 
 from __future__ import annotations
@@ -23,8 +19,7 @@ from fedmix_jax.flower.protocol import LOCAL_RECORD, REPORT_RECORD, SITE_RECORD
 
 ALLOWED_STYPE = "numpy.ndarray"
 
-# The range of a site's reported losses (soft Dice losses, see check_loss) and the float rounding
-# a site's mean of per-batch means may add at either end.
+# A reported loss's range (soft Dice losses) and the rounding a mean of means may add at either end.
 LOSS_RANGE = (0.0, 1.0)
 LOSS_TOLERANCE = 1e-6
 
@@ -71,7 +66,7 @@ def _check_arrays(record, spec: dict[str, tuple[tuple[int, ...], str]]) -> dict[
 
 
 def _scalar(metrics, name: str, typ) -> Any:
-    """``metrics[name]`` as ``typ`` (int: exact; float: finite), else :class:`ReplyRejected`."""
+    """``metrics[name]`` as ``typ`` (int: exact; float: finite)."""
     if name not in metrics:
         raise ReplyRejected(f"missing scalar {name!r}")
     v = metrics[name]
@@ -91,10 +86,8 @@ def _scalar(metrics, name: str, typ) -> Any:
 
 
 def check_report(metrics, *, round_index: int, site: str, declared_size: int) -> dict[str, Any]:
-    """The checked scalars of a train reply's MetricRecord (else :class:`ReplyRejected`): every
-    count in ``[0, declared_size]`` (``num_pixel + num_weak`` too, ``num_selected_weak <=
-    num_weak``), both losses in :data:`LOSS_RANGE` (:func:`check_loss`), ``round`` is
-    ``round_index``."""
+    """The checked scalars of a train reply: counts (``num_pixel + num_weak`` too) in ``[0,
+    declared_size]``, ``num_selected_weak <= num_weak``, losses in range, the right round."""
     r = _scalar(metrics, "round", int)
     if r != round_index:
         raise ReplyRejected(f"reply for round {r}, expected round {round_index}")
@@ -118,10 +111,8 @@ def check_report(metrics, *, round_index: int, site: str, declared_size: int) ->
 
 
 def check_loss(name: str, value: float) -> float:
-    """``value`` if it lies in :data:`LOSS_RANGE` (with the rounding tolerance
-    :data:`LOSS_TOLERANCE`), else :class:`ReplyRejected`: a reported loss is always a soft Dice
-    loss ``1 - dice``, so any other value is a fault or a lie. Refused, not clipped (a clipped
-    1e13 would get the largest FedMix weight); values in range are kept as sent."""
+    """``value`` if in :data:`LOSS_RANGE` ± :data:`LOSS_TOLERANCE` (a soft Dice loss), else
+    :class:`ReplyRejected`: refused, never clipped."""
     lo, hi = LOSS_RANGE
     if not lo - LOSS_TOLERANCE <= value <= hi + LOSS_TOLERANCE:
         raise ReplyRejected(f"{name} {value!r} is outside the Dice loss range [{lo:g}, {hi:g}]")
@@ -130,8 +121,8 @@ def check_loss(name: str, value: float) -> float:
 
 def check_train_reply(reply, *, round_index: int, site: str, declared_size: int,
                       spec: dict[str, tuple[tuple[int, ...], str]] | None) -> AcceptedReply:
-    """One train reply's decoded arrays and scalars, or :class:`ReplyRejected`; ``spec`` is the
-    pair's ``{key: (shape, dtype)}`` (None: no arrays)."""
+    """One train reply's decoded arrays and scalars; ``spec``: the pair's ``{key: (shape,
+    dtype)}`` (None: no arrays)."""
     if reply.has_error():
         raise ReplyRejected(f"site error {reply.error.code}: {reply.error.reason}")
     if not reply.has_content():
@@ -156,8 +147,7 @@ def check_train_reply(reply, *, round_index: int, site: str, declared_size: int,
     return AcceptedReply(site=site, arrays=arrays, report=report)
 
 
-# Bounds of a declaration (query.info). Sizes stay far below 2**31 (int32 on the device, exact
-# in float64); no hospital holds a billion training images.
+# Bounds of a declaration (query.info); sizes stay exact in int32 and float64.
 MAX_SITE_SAMPLES = 10**9
 MAX_SITE_INDEX = 10**6
 MAX_NAME_LENGTH = 128
@@ -185,11 +175,9 @@ def _bounded_str(name: str, v, max_len: int) -> str:
 
 
 def check_declaration(info) -> dict[str, Any]:
-    """The checked declaration a site sends when it joins (its ``info`` ConfigRecord, or a dict):
-    ``{"site-name": str, "site-index": int, "num-train" / "num-val" / "num-test": int,
-    "image-shape": tuple[int, int, int], "num-classes": int, "levels": str}``, or
-    :class:`ReplyRejected` for a missing key, a value of another type, or one outside the bounds
-    of :data:`DECLARATION_INTS`, :data:`MAX_IMAGE_SIDE`, :data:`MAX_NAME_LENGTH`."""
+    """The checked ``info`` declaration: ``{"site-name": str, "site-index" / "num-*": int,
+    "image-shape": (int, int, int), "levels": str}``; a missing, mistyped or unbounded value
+    raises."""
     if info is None:
         raise ReplyRejected("no 'info' ConfigRecord")
     missing = [k for k in ("site-name", *DECLARATION_INTS, "image-shape") if k not in info]
@@ -208,9 +196,7 @@ def check_declaration(info) -> dict[str, Any]:
     return out
 
 
-# Per split, the figures of an evaluation reply (the main job's EVAL_FIGURES) and their upper
-# bounds (HD95 in px: an image's diagonal). _MAY_BE_NAN: nothing to measure (no lesion, no
-# lesion-free image); Dice and IoU are always measured.
+# An evaluation reply's figures per split, their upper bounds (HD95 px: an image's diagonal).
 EVAL_FIGURES = {"dice": 1.0, "iou": 1.0, "hd95": MAX_IMAGE_SIDE * math.sqrt(2.0),
                 "dice-present": 1.0, "false-positive-rate": 1.0}
 _MAY_BE_NAN = ("hd95", "dice-present", "false-positive-rate")
@@ -231,8 +217,8 @@ MAX_PER_CLASS_VALUES = 256
 
 
 def _per_class(m, name: str, num_classes: int | None) -> list[float]:
-    """A per-class list: ``num_classes`` floats (any length up to :data:`MAX_PER_CLASS_VALUES`
-    when None), each NaN or in [0, 1]."""
+    """A list of ``num_classes`` floats (None: 1 to :data:`MAX_PER_CLASS_VALUES`), NaN or in
+    [0, 1]."""
     v = m[name]
     if not isinstance(v, list) or not 0 < len(v) <= MAX_PER_CLASS_VALUES or any(
             isinstance(x, bool) or not isinstance(x, (int, float)) for x in v):
@@ -247,11 +233,8 @@ def _per_class(m, name: str, num_classes: int | None) -> list[float]:
 
 def check_eval_reply(reply, *, round_index: int, site: str,
                      num_classes: int | None = None) -> dict[str, Any]:
-    """Check an evaluate reply (raises ReplyRejected): per split, the count >= 0 and
-    :data:`EVAL_FIGURES` in their ranges (Dice, IoU, Dice on images with a lesion and the
-    false-positive rate in [0, 1], HD95 in [0, the largest image's diagonal]; the last three may
-    be NaN); the per-class lists (:data:`PER_CLASS_FIGURES`, optional: a site of an earlier
-    version sends none) hold ``num_classes`` values, each NaN or in [0, 1]."""
+    """The checked evaluate reply: per split the count and :data:`EVAL_FIGURES` in their ranges
+    (some may be NaN), the optional :data:`PER_CLASS_FIGURES` lists of ``num_classes`` values."""
     if reply.has_error():
         raise ReplyRejected(f"site error {reply.error.code}: {reply.error.reason}")
     if not reply.has_content() or "eval" not in reply.content.metric_records:

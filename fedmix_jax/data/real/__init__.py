@@ -1,11 +1,6 @@
-"""Real datasets for FedMix, read from their published layouts, cached with TFDS (TensorFlow-free).
-
-``--config.data.name``: ``ham10000``, ``breast``, ``folders`` (your own data, one folder per
-client) or ``retouch``. Nothing is downloaded: ``--config.data.data_dir`` points at the manual
-download (the expected trees: docs/data.md); the first use decodes everything once into
-``array_record`` files under ``cache_dir`` (:mod:`.builders`, :mod:`.cache`), later runs read
-them with ``tfds.data_source``. Bad input (``on_bad_input``: ``'fail'`` or ``'skip'``) is
-listed in docs/data_faults.md; usage from Python and the shell (:mod:`.build`): docs/data.md.
+"""Real datasets (``--config.data.name``: ``ham10000``, ``breast``, ``folders``, ``retouch``),
+read from the manual download (``data_dir``; nothing is downloaded) and cached once as TFDS
+``array_record`` files (TensorFlow-free). Details: docs/data.md, docs/data_faults.md.
 """
 
 from fedmix_jax.data.real import retouch

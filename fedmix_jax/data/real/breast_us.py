@@ -48,21 +48,17 @@ class BreastUS(Layout):
 
     def scan(self, data_dir, policy):
         data_dir = self.check_data_dir(data_dir)
-        found = {c: find_subdir(data_dir, a) for c, a in _BREAST_ALIASES.items()}
-        found = {c: p for c, p in found.items() if p is not None}
+        found = {c: p for c, a in _BREAST_ALIASES.items()
+                 if (p := find_subdir(data_dir, a)) is not None}
         if not found:
             raise self.not_found(f"none of the folders {sum(_BREAST_ALIASES.values(), ())} in "
                                  f"{data_dir}")
         warnings = [f"no {c} folder ({' or '.join(_BREAST_ALIASES[c])}) in {data_dir}; client {c} "
                     "is absent" for c in _BREAST_ALIASES if c not in found]
         samples = []
-        for client in self.default_clients:
-            if client not in found:
-                continue
-            if client == "busi":
-                samples += self._scan_busi(found[client], policy, warnings)
-            else:
-                samples += self._scan_pair(client, found[client], policy)
+        for client in (c for c in self.default_clients if c in found):
+            samples += (self._scan_busi(found[client], policy, warnings) if client == "busi"
+                        else self._scan_pair(client, found[client], policy))
         clients = [c for c in self.default_clients if any(s.client == c for s in samples)]
         return Scan(samples, clients, warnings)
 

@@ -1,21 +1,13 @@
-"""Build a real dataset's cache once (TensorFlow-free TFDS ``array_record``), from a shell.
+"""Build a real dataset's cache once (TensorFlow-free TFDS ``array_record``), from a shell::
 
-Examples::
-
-    # HAM10000 (manual_dir holds HAM10000_metadata.csv, the two image folders and the masks)
     python -m fedmix_jax.data.real.build --dataset ham10000 --manual_dir /data/HAM10000 \\
-        --cache_dir ~/fedmix_data --image_size 256 --channels 1
+        --cache_dir ~/fedmix_data --image_size 256 --channels 1 [--on_bad_input skip]
 
-    # your own folders, skipping (and listing) bad files instead of stopping at the first
-    python -m fedmix_jax.data.real.build --dataset folders --manual_dir /data/my_fed \\
-        --on_bad_input skip
-
-Two folders, one name each: ``--manual_dir`` is the manual download (what a training config calls
-``--config.data.data_dir``) and ``--cache_dir`` is where the built records go
-(``--config.data.cache_dir``). A run with the same options then starts from the cache (the
-same code path). ``--load`` also reads the records back and prints the federation summary.
-Exit codes: 0 built (or already cached); 2 bad flags, a missing download, a bad input file or an
-unwritable cache folder (one line, no traceback).
+``--manual_dir`` is the manual download (``--config.data.data_dir`` of a training config),
+``--cache_dir`` where the records go (``--config.data.cache_dir``); a run with the same options
+then starts from the cache. ``--load`` also reads it back and prints the federation. Exit codes:
+0 built (or already cached); 2 bad flags, a missing download, a bad input file or an unwritable
+cache folder (one line, no traceback).
 """
 
 from __future__ import annotations

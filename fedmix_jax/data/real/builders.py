@@ -1,12 +1,7 @@
-"""TFDS dataset builders for the real datasets -- TensorFlow-free (``file_format="array_record"``).
-
-One builder per layout (:mod:`.layouts`): ``ham10000_fedmix`` (``ham10000``), ``breast_us_fedmix``
-(``breast``), ``folder_federation`` (``folders``), and ``retouch_fedmix`` (:mod:`.retouch`). Each
-scans ``manual_dir``, assigns the splits (:mod:`.splits`), decodes every sample once
-(:mod:`.examples`: features and decoding) and writes ``array_record`` shards, later read with
-``tfds.data_source``. A :class:`FedMixConfig` holds the preprocessing and split options and is
-named by them (:func:`config_name`, e.g. ``gray256_seed0_test20_val10``). The cache's layout,
-metadata and validation: docs/data.md and :mod:`.cache`.
+"""TensorFlow-free TFDS builders (``array_record``), one per layout (:data:`BUILDERS`: config
+``name`` -> builder; RETOUCH's registers itself), their options (:class:`FedMixConfig`, named by
+them: :func:`config_name`, :func:`make_config`) and their records (:func:`features`,
+:func:`process_sample`). Details: docs/data.md ("The cache", "The records").
 """
 
 from __future__ import annotations
@@ -18,18 +13,104 @@ import logging
 import os
 import time
 
+import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from fedmix_jax.data.boxes import check_box_mode
+from fedmix_jax.data.boxes import (box_mask, boxes_from_mask, check_box_mode, sample_rng,
+                                   scale_boxes)
+from fedmix_jax.data.real.breast_us import BreastUS
 from fedmix_jax.data.real.errors import BadInputError, BadInputPolicy, log
-from fedmix_jax.data.real.examples import BOX_MARGIN, features, process_sample
-from fedmix_jax.data.real.layouts import LAYOUTS
-from fedmix_jax.data.real.scanning import Layout, Sample, source_fingerprint
-from fedmix_jax.data.real.names import drop_undecodable
-from fedmix_jax.data.real.splits import SPLITS, assign_splits, check_fractions, rank_in_client
+from fedmix_jax.data.real.folders import Folders
+from fedmix_jax.data.real.ham10000 import HAM10000
+from fedmix_jax.data.real.imaging import load_image, load_mask, resize_mask
+from fedmix_jax.data.real.scanning import Layout, Sample, drop_undecodable, source_fingerprint
+from fedmix_jax.data.real.splits import (SPLITS, assign_splits, check_fractions, rank_in_client,
+                                         stable_int)
 
 ARRAY_RECORD = "array_record"
+BOX_MARGIN = (1, 9)
+_ENCODING = tfds.features.Encoding.ZLIB
+
+
+def features(s: int, c: int, k: int, **extra) -> tfds.features.FeaturesDict:
+    """The features of a record of S x S images with ``c`` channels and ``k`` classes (then
+    ``extra``, a builder's own)."""
+
+    def u8(shape):
+        return tfds.features.Tensor(shape=shape, dtype=np.uint8, encoding=_ENCODING)
+
+    return tfds.features.FeaturesDict({
+        "image": u8((s, s, c)),
+        "mask": u8((s, s, k)),
+        "boxes": u8((s, s, k)),
+        "box_coords": tfds.features.Tensor(shape=(None, 4), dtype=np.int32),
+        "label": tfds.features.Tensor(shape=(k,), dtype=np.uint8),
+        "has_mask": tfds.features.Tensor(shape=(), dtype=np.bool_),
+        "level": tfds.features.Tensor(shape=(), dtype=np.int32),
+        "client": tfds.features.Text(),
+        "client_index": tfds.features.Tensor(shape=(), dtype=np.int32),
+        "id": tfds.features.Text(),
+        "stem": tfds.features.Text(),
+        "category": tfds.features.Text(),
+        "malignant": tfds.features.Tensor(shape=(), dtype=np.int32),
+        "image_path": tfds.features.Text(),
+        "orig_size": tfds.features.Tensor(shape=(2,), dtype=np.int32),
+        **extra,
+    })
+
+
+def process_sample(s: Sample, size: int, channels: int, seed: int, data_dir: str,
+                   cindex: dict, box_mode: str = "component"):
+    """Decode one sample -> ``(example, label_disagrees_with_mask)``, or the
+    :class:`BadInputError` describing why it is unusable (returned, not raised). Boxes come from
+    ``s.boxes`` (scaled to S, rounded outwards), else from the resized mask (seeded margins)."""
+    try:
+        image, (h, w) = load_image(s.image_path, size, channels)
+        full = None
+        for mp in s.mask_paths:
+            m = load_mask(mp, (h, w), s.image_path)
+            full = m if full is None else (full | m)
+        has_mask = full is not None
+        mask = resize_mask(full, size) if has_mask else np.zeros((size, size), bool)
+        if s.boxes is not None:
+            b = np.asarray(s.boxes, np.int64).reshape(-1, 4)
+            outside = (b[:, 2] >= w) | (b[:, 3] >= h)
+            if outside.any():
+                src = s.boxes_source.split(" line ")[0]
+                raise BadInputError(
+                    f"box {b[outside][0].tolist()} for {s.image_path} lies outside the "
+                    f"{w}x{h} image ({s.boxes_source})", src or s.image_path)
+            boxes = scale_boxes(b, (h, w), (size, size))
+        elif has_mask:
+            rng = sample_rng(seed, stable_int("boxes", s.id))
+            boxes = boxes_from_mask(mask, rng, margin=BOX_MARGIN, box_mode=box_mode)
+        else:
+            boxes = np.zeros((0, 4), np.int64)
+        present = bool(full.any()) if has_mask else None
+        label = int(s.label) if s.label is not None else int(bool(present))
+        disagree = present is not None and s.label is not None and bool(s.label) != present
+    except BadInputError as e:
+        return e
+    example = {
+        "image": image,
+        "mask": mask[..., None].astype(np.uint8),
+        "boxes": box_mask(boxes, size, size)[..., None].astype(np.uint8),
+        "box_coords": np.asarray(boxes, np.int32).reshape(-1, 4),
+        "label": np.array([label], np.uint8),
+        "has_mask": bool(has_mask),
+        **sample_fields(s, cindex, data_dir, (h, w)),
+    }
+    return example, bool(disagree)
+
+
+def sample_fields(s: Sample, cindex: dict, data_dir: str, orig_hw) -> dict:
+    """The fields of a record that describe its sample (all but the pixels, boxes and label)."""
+    return {"level": np.int32(s.level), "client": s.client,
+            "client_index": np.int32(cindex[s.client]), "id": s.id, "stem": s.stem,
+            "category": s.category, "malignant": np.int32(s.malignant),
+            "image_path": os.path.relpath(s.image_path, data_dir),
+            "orig_size": np.array(orig_hw, np.int32)}
 
 
 @dataclasses.dataclass(eq=False)
@@ -47,11 +128,11 @@ class FedMixConfig(tfds.core.BuilderConfig):
     drop_empty_slices: bool = False
 
 
-#: The options the metadata records (all of :class:`FedMixConfig`'s own fields but ``tag``).
-_OPTIONS = ("image_size", "channels", "seed", "test_fraction", "val_fraction", "on_bad_input",
-            "box_mode", "drop_empty_slices")
+#: The options of :class:`FedMixConfig` (its own fields but ``tag``), as the metadata records them.
+OPTIONS = ("image_size", "channels", "seed", "test_fraction", "val_fraction", "on_bad_input",
+           "box_mode", "drop_empty_slices")
 _CONFIG_DEFAULTS = {f.name: f.default for f in dataclasses.fields(FedMixConfig)
-                    if f.name in _OPTIONS + ("tag",)}
+                    if f.name in OPTIONS + ("tag",)}
 
 
 def _pct(f: float) -> str:
@@ -104,8 +185,7 @@ DEFAULT_CONFIGS = [dict(image_size=256, channels=1), dict(image_size=64, channel
                     dict(image_size=256, channels=3)]
 
 
-# TFDS warns "Using custom data configuration" for every non-predefined config; ours are custom
-# by design (the name encodes the options), so that line is noise.
+# TFDS warns "Using custom data configuration" for each config not predefined: ours, by design.
 logging.getLogger("absl").addFilter(
     lambda record: not str(record.msg).startswith("Using custom data configuration"))
 
@@ -117,15 +197,12 @@ class FedMixBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     RELEASE_NOTES = {"1.0.0": "Initial release."}
     BUILDER_CONFIGS = [new_config(**kw) for kw in DEFAULT_CONFIGS]
     LAYOUT: Layout
-    # Whether the builder honours drop_empty_slices (RETOUCH's B-scans without fluid).
-    DROPS_EMPTY_SLICES = False
-    # TFDS finds a builder's source file through the optional ``importlib_resources`` backport
-    # when the builder lives in a package; name it directly (there is no checksums file here).
+    DROPS_EMPTY_SLICES = False   # whether it honours drop_empty_slices (RETOUCH)
+    # TFDS would find the source file through the optional ``importlib_resources`` backport.
     code_path = epath.Path(__file__)
     HOMEPAGE = "https://arxiv.org/abs/2205.01840"
 
     def _extra_features(self) -> dict:
-        """Features a builder adds to :func:`~.examples.features` (none here)."""
         return {}
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -167,7 +244,7 @@ class FedMixBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             "warnings": scan.warnings,
             "source_dir": data_dir,
             "source_fingerprint": source_fingerprint(data_dir),
-            "config": {f: getattr(cfg, f) for f in _OPTIONS},
+            "config": {f: getattr(cfg, f) for f in OPTIONS},
             "box_margin": list(BOX_MARGIN),
             "scan_seconds": round(time.time() - t0, 3),
         }
@@ -208,21 +285,21 @@ class FedMixBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 class Ham10000Fedmix(FedMixBuilder):
     """HAM10000 with the Tschandl lesion masks; clients = the CSV's ``dataset`` column."""
 
-    LAYOUT = LAYOUTS["ham10000"]
+    LAYOUT = HAM10000()
     MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT.instructions()
 
 
 class BreastUsFedmix(FedMixBuilder):
     """Breast ultrasound: BUSI, BUSIS and UDIAT Dataset B, one client each."""
 
-    LAYOUT = LAYOUTS["breast"]
+    LAYOUT = BreastUS()
     MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT.instructions()
 
 
 class FolderFederation(FedMixBuilder):
     """A hospital's own data: one folder per client with images/, masks/ and optional CSVs."""
 
-    LAYOUT = LAYOUTS["folders"]
+    LAYOUT = Folders()
     MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT.instructions()
 
 
@@ -233,11 +310,8 @@ def make_config(dataset: str, image_size: int = 256, channels: int = 1, seed: in
                 test_fraction: float = 0.2, val_fraction: float = 0.1, on_bad_input: str = "fail",
                 data_dir: str | None = None, box_mode: str = "component",
                 drop_empty_slices: bool = False) -> FedMixConfig:
-    """The builder config for these options (a predefined one when the name matches).
-
-    ``data_dir`` is needed for ``dataset='folders'`` (its path keys the cache);
-    ``drop_empty_slices`` only for a builder that supports it (RETOUCH).
-    """
+    """The builder config for these options (a predefined one when the name matches); raises
+    ``ValueError`` for a bad option. ``data_dir`` keys the cache of ``dataset='folders'``."""
     if dataset not in BUILDERS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(BUILDERS)} "
                          "(--config.data.name)")

@@ -1,12 +1,6 @@
-"""The real-data cache: build it if needed, validate it, and open it with ``tfds.data_source``.
-
-``cache_dir/<builder>/<config>/1.0.0/`` (TFDS's layout; docs/data.md) holds ``dataset_info.json``,
-``features.json``, ``metadata.json`` (``fedmix``: clients, counts, skipped files, ...) and one
-``array_record`` shard per split. :func:`prepare_dataset` validates that folder first
-(:func:`validate_cache`) and rebuilds it when it is incomplete or damaged, when the files under
-``data_dir`` changed (their fingerprint) or with ``rebuild=True``; without ``data_dir`` a valid
-cache is used. It returns a :class:`PreparedDataset` (the split -> data source mapping and the
-metadata), which :mod:`.loader` reads. Do not build one config into one ``cache_dir`` twice at once.
+"""The real-data cache (``cache_dir/<builder>/<config>/1.0.0/``): :func:`prepare_dataset` builds
+it when missing, damaged (:func:`validate_cache`) or stale, and opens it with
+``tfds.data_source`` as a :class:`PreparedDataset`. Details: docs/data.md ("The cache").
 """
 
 from __future__ import annotations
@@ -20,11 +14,10 @@ from dataclasses import dataclass
 
 import tensorflow_datasets as tfds
 
-from fedmix_jax.data.real.builders import (ARRAY_RECORD, BUILDERS, FedMixConfig, built_splits,
-                                           make_config)
+from fedmix_jax.data.real.builders import (ARRAY_RECORD, BUILDERS, OPTIONS, FedMixConfig,
+                                           built_splits, make_config)
 from fedmix_jax.data.real.errors import DATA_DIR_FLAG, DatasetNotFoundError, log
 from fedmix_jax.data.real.files import open_regular
-from fedmix_jax.data.real.layouts import LAYOUTS
 from fedmix_jax.data.real.scanning import source_fingerprint
 from fedmix_jax.data.real.settings import RealDataSettings
 
@@ -115,21 +108,17 @@ class PreparedDataset:
 
 
 def prepare_dataset(data_cfg, verbose: bool = True) -> PreparedDataset:
-    """Build the dataset of ``data_cfg`` if it is not cached (or the cache is bad), then open it.
-
-    The same code path serves the CLI (:mod:`.build`) and :func:`load_federation_from_config`.
-    """
+    """Build the dataset of ``data_cfg`` if it is not cached (or the cache is bad or stale: the
+    source files' fingerprint changed, ``rebuild``), then open it; without ``data_dir`` a valid
+    cache is used. Raises :class:`DatasetNotFoundError` when there is nothing to build from."""
     settings = RealDataSettings.from_config(data_cfg)
     name = settings.name.strip().lower()
     if name not in BUILDERS:
         raise ValueError(f"unknown --config.data.name {name!r}; expected one of {sorted(BUILDERS)}")
     raw_dir, data_dir, cache_dir = settings.data_dir, settings.source_dir, settings.cache_root
-    cfg = make_config(name, image_size=settings.image_size, channels=settings.channels,
-                      seed=settings.seed, test_fraction=settings.test_fraction,
-                      val_fraction=settings.val_fraction, on_bad_input=settings.on_bad_input,
-                      data_dir=data_dir or None, box_mode=settings.box_mode,
-                      drop_empty_slices=settings.drop_empty_slices)
-    builder_cls, layout = BUILDERS[name], LAYOUTS[name]
+    cfg = make_config(name, data_dir=data_dir or None,
+                      **{k: getattr(settings, k) for k in OPTIONS})
+    builder_cls = BUILDERS[name]
     path = os.path.join(cache_dir, builder_cls.name, cfg.name, str(builder_cls.VERSION))
     have_source = bool(data_dir) and os.path.isdir(data_dir) and any(
         not e.startswith(".") for e in os.listdir(data_dir))
@@ -153,7 +142,7 @@ def prepare_dataset(data_cfg, verbose: bool = True) -> PreparedDataset:
                     f"the cache {path} is damaged ({reason}) and cannot be rebuilt: "
                     f"{DATA_DIR_FLAG}={raw_dir!r} is missing or empty. Point it at the source "
                     "files to rebuild the cache.")
-            layout.check_data_dir(data_dir)  # raises DatasetNotFoundError with the layout
+            builder_cls.LAYOUT.check_data_dir(data_dir)  # raises DatasetNotFoundError
             raise DatasetNotFoundError(f"{DATA_DIR_FLAG}={raw_dir!r}: nothing to build from")
         builder, seconds = _build(builder_cls, cfg, path, data_dir, cache_dir, reason, verbose)
 
@@ -181,8 +170,7 @@ def prepare_dataset(data_cfg, verbose: bool = True) -> PreparedDataset:
 
 
 def _build(builder_cls, cfg, path, data_dir, cache_dir, reason, verbose):
-    """Build the cache at ``path`` from ``data_dir`` (replacing a bad one):
-    ``(builder, seconds)``."""
+    """Build the cache at ``path`` from ``data_dir``, replacing a bad one: (builder, seconds)."""
     if os.path.exists(path):
         log.warning("cache %s: %s; rebuilding", path, reason)
         shutil.rmtree(path)

@@ -1,10 +1,6 @@
-"""Errors raised by the real-data sources, and the fail/skip policy for bad input files.
-
-:class:`DatasetNotFoundError` (the download or a required part of its layout is missing; the
-message shows the expected layout), :class:`CacheDamagedError` (the built cache cannot be read
-back) and :class:`BadInputError` (one unusable input file, ``err.path``) are ``ValueError`` s.
-:class:`BadInputPolicy` applies ``on_bad_input``: ``'fail'`` raises, ``'skip'`` logs, records
-and counts (the list goes to the cache's ``metadata.json``); nothing is dropped silently.
+"""Errors of the real-data sources (``ValueError`` s: :class:`DatasetNotFoundError`,
+:class:`CacheDamagedError`, :class:`BadInputError`) and :class:`BadInputPolicy`, the
+``on_bad_input`` policy (nothing is dropped silently). Details: docs/data_faults.md.
 """
 
 from __future__ import annotations
@@ -43,8 +39,8 @@ class BadInputError(_PathError):
 
 
 class BadInputPolicy:
-    """``on_bad_input`` handling: ``'fail'`` raises, ``'skip'`` logs, records and counts
-    (thread-safe)."""
+    """``on_bad_input``: ``'fail'`` raises, ``'skip'`` logs, records and counts (``skipped``, which
+    goes to the cache's ``metadata.json``; thread-safe)."""
 
     def __init__(self, mode: str = "fail"):
         mode = str(mode).strip().lower()
@@ -55,7 +51,6 @@ class BadInputPolicy:
         self._lock = threading.Lock()
 
     def __call__(self, err: BadInputError) -> None:
-        """Handle one bad input: raise it (fail) or record it (skip)."""
         if self.mode == "fail":
             raise err
         with self._lock:

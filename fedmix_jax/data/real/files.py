@@ -1,26 +1,15 @@
-"""Safe file-system access for the real-data scanners: never hang, never loop, never follow a
-link without saying so. :func:`walk_files` lists the regular files under a folder (each real
-folder once) and reports FIFOs, sockets, devices, dangling links and link loops as
-:class:`Irregular`; :func:`open_regular` opens only a regular file (``O_NONBLOCK``, then
-``fstat`` of the opened descriptor, so a FIFO that replaced the file is refused at once).
+"""Safe file-system access for the scanners: :func:`walk_files` lists regular files (each real
+folder once; FIFOs, sockets, devices, dangling links and loops are logged, never opened),
+:func:`open_regular` opens only a regular file, never blocking (``O_NONBLOCK``, then ``fstat``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import stat
 from typing import Iterator
 
 from fedmix_jax.data.real.errors import BadInputError, log
-
-
-@dataclasses.dataclass(frozen=True)
-class Irregular:
-    """A directory entry that is not a regular file or folder: ``what`` says what it is."""
-
-    path: str
-    what: str      # "a FIFO", "a socket", "a device", "a dangling symlink", "a symlink loop", ...
 
 
 def describe_mode(mode: int) -> str:
@@ -46,26 +35,20 @@ def _inside(path: str, root_real: str) -> bool:
     return path == root_real or path.startswith(root_real.rstrip(os.sep) + os.sep)
 
 
-def walk_files(root: str, irregular: list[Irregular] | None = None,
-               keep_irregular=lambda name: False,
-               skip_dir=lambda name: name.startswith(".") or name.startswith("__MACOSX")
-               ) -> Iterator[tuple[str, str]]:
-    """``(dirpath, filename)`` of every non-hidden regular file under ``root``, sorted, top-down.
-
-    Symlinked folders are followed (one outside ``root`` is logged), a folder already visited is
-    not entered again (logged). Other entries are never opened: those whose name passes
-    ``keep_irregular`` are listed like files, the others appended to ``irregular`` (when given).
-    """
+def walk_files(root: str, keep_irregular=lambda name: False) -> Iterator[tuple[str, str]]:
+    """``(dirpath, filename)`` of every non-hidden regular file under ``root``, sorted, top-down:
+    symlinked folders followed (one outside ``root`` logged), a folder visited once, ``__MACOSX``
+    skipped. Other entries are never opened: listed if ``keep_irregular(name)``, else logged."""
     root_real = os.path.realpath(root)
     seen: set[tuple[int, int]] = set()
     outside_logged: set[str] = set()
+    irregular: list[tuple[str, str]] = []   # (path, what it is)
 
     def visit(d: str):
         try:
             st = os.stat(d)
         except OSError as e:
-            if irregular is not None:
-                irregular.append(Irregular(d, _link_problem(d, e)))
+            irregular.append((d, _link_problem(d, e)))
             return
         key = (st.st_dev, st.st_ino)
         if key in seen:
@@ -86,8 +69,8 @@ def walk_files(root: str, irregular: list[Irregular] | None = None,
             except OSError as err:
                 if keep_irregular(e.name):
                     files.append(e.name)
-                elif irregular is not None:
-                    irregular.append(Irregular(e.path, _link_problem(e.path, err)))
+                else:
+                    irregular.append((e.path, _link_problem(e.path, err)))
                 continue
             if e.is_symlink():
                 target = os.path.realpath(e.path)
@@ -95,18 +78,20 @@ def walk_files(root: str, irregular: list[Irregular] | None = None,
                     outside_logged.add(e.path)
                     log.warning("following symlink %s -> %s (outside %s)", e.path, target, root)
             if stat.S_ISDIR(st.st_mode):
-                if not skip_dir(e.name):
+                if not e.name.startswith("__MACOSX"):
                     dirs.append(e.path)
             elif stat.S_ISREG(st.st_mode) or keep_irregular(e.name):
                 files.append(e.name)
-            elif irregular is not None:
-                irregular.append(Irregular(e.path, describe_mode(st.st_mode)))
+            else:
+                irregular.append((e.path, describe_mode(st.st_mode)))
         for f in files:
             yield d, f
         for sub in dirs:
             yield from visit(sub)
 
     yield from visit(root)
+    for path, what in irregular:
+        log.warning("ignored %s: it is %s", path, what)
 
 
 def open_regular(path: str, what: str = "file"):

@@ -1,7 +1,6 @@
-"""The folders layout: a federation prepared from one's own data, one folder per client with
-``images/``, ``masks/`` and the optional ``labels.csv``, ``boxes.csv`` and ``levels.csv`` (the
-format: docs/data.md). Labels become 0/1, levels the level ints of
-:mod:`fedmix_jax.data.federation`, boxes int64 ``[nb, 4]`` in original pixels (inclusive).
+"""The folders layout: one folder per client with ``images/``, ``masks/`` and the optional
+``labels.csv`` (0/1), ``boxes.csv`` (int64 ``[nb, 4]``, original pixels, inclusive) and
+``levels.csv`` (level ints of :mod:`fedmix_jax.data.federation`). Details: docs/data.md.
 """
 
 from __future__ import annotations
@@ -15,9 +14,8 @@ import numpy as np
 from fedmix_jax.data.federation import BOX, IMAGE, PIXEL, level_from_name
 from fedmix_jax.data.real.errors import BadInputError, log
 from fedmix_jax.data.real.imaging import is_image_file
-from fedmix_jax.data.real.scanning import (Layout, Sample, Scan, find_subdir,
-                                           pair_images_masks, subdirs, walk_data_files)
-from fedmix_jax.data.real.tables import read_table
+from fedmix_jax.data.real.scanning import (Layout, Sample, Scan, find_subdir, pair_images_masks,
+                                           read_table, subdirs, walk_data_files)
 
 # Box coordinates must be below this (pixels); larger numbers are a broken row, not an image.
 MAX_COORDINATE = 1 << 20
@@ -106,19 +104,15 @@ class Folders(Layout):
     def _weak_label_found(img, stem, level, labels, boxes, policy, hint) -> bool:
         """Whether an image without a mask has the weak label its level needs (else reported)."""
         if level in (-1, PIXEL):
-            policy(BadInputError(
-                f"image with no mask: {img} ({hint}; a sample without a mask needs a "
-                f"box/image/none level in levels.csv)", img))
-            return False
-        if level == BOX and stem not in boxes:
-            policy(BadInputError(f"image with no mask: {img} has level 'box' in "
-                                 f"levels.csv but no rows in boxes.csv ({hint})", img))
-            return False
-        if level == IMAGE and stem not in labels:
-            policy(BadInputError(f"image with no mask: {img} has level 'image' in "
-                                 f"levels.csv but no label in labels.csv ({hint})", img))
-            return False
-        return True
+            why = f"({hint}; a sample without a mask needs a box/image/none level in levels.csv)"
+        elif level == BOX and stem not in boxes:
+            why = f"has level 'box' in levels.csv but no rows in boxes.csv ({hint})"
+        elif level == IMAGE and stem not in labels:
+            why = f"has level 'image' in levels.csv but no label in labels.csv ({hint})"
+        else:
+            return True
+        policy(BadInputError(f"image with no mask: {img} {why}", img))
+        return False
 
     @staticmethod
     def _rows(path, columns, resolve, policy):

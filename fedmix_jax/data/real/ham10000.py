@@ -10,8 +10,8 @@ from collections import defaultdict
 
 from fedmix_jax.data.real.errors import BadInputError
 from fedmix_jax.data.real.imaging import IMAGE_EXTENSIONS
-from fedmix_jax.data.real.scanning import Layout, Sample, Scan, unique_paths, walk_data_files
-from fedmix_jax.data.real.tables import HAM_CSV_NAMES, read_rows
+from fedmix_jax.data.real.scanning import (HAM_CSV_NAMES, Layout, Sample, Scan, read_rows,
+                                           unique_paths, walk_data_files)
 
 HAM_CLIENTS = ("rosendahl", "vidir_modern", "vienna_dias", "vidir_molemax")
 HAM_BENIGN = ("nv", "bkl", "df", "vasc")

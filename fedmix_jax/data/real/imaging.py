@@ -1,12 +1,7 @@
-"""Decoding and resizing of image and mask files (Pillow + NumPy only; docs/data.md).
-
-Images become grayscale (``L``) or RGB uint8, resized to ``S x S`` (bilinear, antialiased; JPEGs
-through Pillow's ``draft``). Masks become one 2-D array, binarised by :func:`binarize_mask`:
-the largest value ``m`` is 0 (empty), 1 ({0, 1}) or above 127 (foreground: > 127); anything
-else, more than 5 % of pixels neither 0 nor ``m``, or dim values that thresholding would erase
-(a {0, 1} mask with stray 255s) is a :class:`BadInputError` (docs/data_faults.md). Only regular
-files are opened (:func:`~fedmix_jax.data.real.files.open_regular`), and a header announcing
-more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels is refused before decoding.
+"""Decoding and resizing of image and mask files (Pillow + NumPy): :func:`load_image` (uint8
+[S, S, Cin]), :func:`load_mask` and :func:`binarize_mask` (bool [H, W]), :func:`resize_mask`.
+Only regular files are opened, and a header announcing more than ``PIL.Image.MAX_IMAGE_PIXELS``
+pixels is refused. Details: docs/data.md ("Decoding"), docs/data_faults.md (mask values).
 """
 
 from __future__ import annotations
@@ -32,9 +27,7 @@ _READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionB
 
 @contextlib.contextmanager
 def _opened(path: str, what: str):
-    """The Pillow image of the regular file ``path``; a decoding failure, or a header announcing
-    more than ``Image.MAX_IMAGE_PIXELS`` pixels (Pillow only warns below twice that), is a
-    :class:`BadInputError` naming it."""
+    """The Pillow image of ``path``; a failure or a bomb (Pillow only warns below 2x) is refused."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -60,9 +53,7 @@ def _to_uint8_gray(arr: np.ndarray) -> np.ndarray:
     m = float(arr.max()) if arr.size else 0.0
     if m <= 0:
         return np.zeros(arr.shape, np.uint8)
-    if m <= 1.0 and not np.issubdtype(arr.dtype, np.integer):
-        m = 1.0
-    return np.clip(np.round(arr * (255.0 / m)), 0, 255).astype(np.uint8)
+    return np.clip(np.round(arr * (255.0 / max(m, 1.0))), 0, 255).astype(np.uint8)   # [0, 1]: x255
 
 
 def _convert(im: Image.Image, channels: int) -> Image.Image:
@@ -78,12 +69,8 @@ def _convert(im: Image.Image, channels: int) -> Image.Image:
 
 
 def load_image(path: str, size: int, channels: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Decode, convert and resize one image.
-
-    Returns ``(uint8 [size, size, channels], (orig_height, orig_width))``. Raises
-    :class:`BadInputError` naming ``path`` when the file cannot be decoded (corrupt, truncated, not
-    an image).
-    """
+    """Decode, convert and resize one image: ``(uint8 [size, size, channels], (orig_height,
+    orig_width))``; a :class:`BadInputError` naming ``path`` when it cannot be decoded."""
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     with _opened(path, "image") as im:

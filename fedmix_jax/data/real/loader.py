@@ -14,9 +14,9 @@ import numpy as np
 
 from fedmix_jax.data.federation import (FederatedSplit, Federation, level_from_name,
                                         pack_split_labels)
+from fedmix_jax.data.real.builders import BUILDERS
 from fedmix_jax.data.real.cache import PreparedDataset, prepare_dataset
 from fedmix_jax.data.real.errors import DATA_DIR_FLAG, CacheDamagedError, log
-from fedmix_jax.data.real.layouts import LAYOUTS
 from fedmix_jax.data.real.settings import RealDataSettings
 
 SPLIT_FIELDS = {"train": "train", "validation": "val", "test": "test"}
@@ -49,11 +49,9 @@ def resolve_clients_levels(data_cfg, prepared: PreparedDataset) -> tuple[list[st
     if len(set(clients)) != len(clients):
         raise ValueError(f"--config.data.clients lists a client twice: {clients}")
     levels = settings.levels
-    if isinstance(levels, str):
-        levels = [levels] * len(clients)
-    levels = [str(x) for x in levels]
+    levels = [str(x) for x in ([levels] * len(clients) if isinstance(levels, str) else levels)]
     if not levels:   # the layout's (the paper's) levels for its clients, pixel for any other
-        layout = LAYOUTS.get(prepared.name)
+        layout = getattr(BUILDERS.get(prepared.name), "LAYOUT", None)
         defaults = dict(zip(layout.default_clients, layout.default_levels)) if layout else {}
         levels = [defaults.get(c, "pixel") for c in clients]
     if len(levels) != len(clients):
@@ -89,15 +87,11 @@ def take_counts(prepared: PreparedDataset, client: str, max_per_client: int) -> 
 
 def read_client_split(prepared: PreparedDataset, split: str, client: str, level: int,
                       take: int | None = None, progress=None, out: dict | None = None) -> dict:
-    """One client's records of one split as unpadded arrays (the ``stack_clients`` input): images
-    uint8 [n, S, S, Cin] as stored (k means k / 255), masks and boxes uint8 [n, S, S, K] {0, 1},
-    image_labels float32 [n, K], levels int32 [n], plus ``ids`` and ``has_mask`` bool [n].
-
-    ``take`` reads the first records only (a seeded random subset: records are stored in hashed
-    order); per-sample levels from ``levels.csv`` override ``level``. ``out``: arrays of at least
-    ``n`` rows to read into (e.g. the client's row of a padded split); the returned arrays are
-    then their first ``n`` rows (views).
-    """
+    """One client's records of one split, unpadded: images uint8 [n, S, S, Cin] (k means k / 255),
+    masks and boxes uint8 [n, S, S, K] {0, 1}, image_labels float32 [n, K], levels int32 [n]
+    (``level``, or the record's own), ``ids`` and ``has_mask`` bool [n]. ``take``: the first
+    records only (a seeded subset: records are stored in hashed order); ``out``: arrays of at
+    least ``n`` rows to read into (the result is then views of their first ``n`` rows)."""
     rng = prepared.client_range(split, client)[:take]
     n = len(rng)
     out = {f: a[:n] for f, a in (out or record_arrays(prepared, (n,))).items()
@@ -140,10 +134,9 @@ def read_records(prepared: PreparedDataset, split: str, client: str, ids: list[i
 
 def store_record(out: dict, j: int, r: dict) -> None:
     """Record ``r``'s arrays into row ``j`` of ``out`` (its level only where it has its own)."""
-    out["images"][j] = r["image"]
-    out["masks"][j] = r["mask"]
-    out["boxes"][j] = r["boxes"]
-    out["image_labels"][j] = r["label"]
+    for field, key in (("images", "image"), ("masks", "mask"), ("boxes", "boxes"),
+                       ("image_labels", "label")):
+        out[field][j] = r[key]
     if int(r["level"]) >= 0:
         out["levels"][j] = int(r["level"])
 
@@ -159,19 +152,12 @@ def _check_records(recs, size: int, channels: int, classes: int) -> None:
 
 
 def load_federation_from_config(data_cfg, verbose: bool = True) -> Federation:
-    """Build (if not cached) and load a real dataset as a :class:`Federation`.
-
-    ``data_cfg``: a ``data`` ConfigDict (:func:`default_data_config`; its fields are those of
-    :class:`~fedmix_jax.data.real.settings.RealDataSettings`, docs/main_job.md). ``clients``
-    default to every client in the dataset's order, ``levels`` to the paper's setting for the
-    known clients (else pixel; folders' levels.csv overrides per sample); ``max_per_client`` caps
-    a client as :func:`take_counts`. Images uint8 [C, N, S, S, Cin] (k means k / 255), masks and
-    boxes uint8 [C, N, S, S, K] {0, 1} (bit-packed, one split at a time, with ``pack_labels``),
-    image_labels float32 [C, N, K], levels int32 [C, N]; records are decoded straight into the
-    padded arrays. Raises :class:`DatasetNotFoundError` when ``data_dir`` is missing or empty and
-    nothing is cached; a cache found damaged while reading (:class:`CacheDamagedError`) is rebuilt
-    once from ``data_dir`` when it is there.
-    """
+    """Build (if not cached) and load a real dataset as a :class:`Federation`: images uint8
+    [C, N, S, S, Cin] (k means k / 255), masks and boxes uint8 [C, N, S, S, K] {0, 1} (bit-packed
+    with ``pack_labels``), image_labels float32 [C, N, K], levels int32 [C, N]. ``data_cfg``: a
+    ``data`` ConfigDict (:func:`default_data_config`; fields: docs/main_job.md). Raises
+    :class:`DatasetNotFoundError` when nothing is cached or to build from; a cache found damaged
+    while reading (:class:`CacheDamagedError`) is rebuilt once from ``data_dir``."""
     settings = RealDataSettings.from_config(data_cfg)
     try:
         return _load_federation(settings, verbose)
@@ -184,9 +170,8 @@ def load_federation_from_config(data_cfg, verbose: bool = True) -> Federation:
 
 
 def record_arrays(prepared: PreparedDataset, lead: tuple[int, ...]) -> dict:
-    """Zeroed arrays of the FederatedSplit fields for records of ``prepared`` (``lead + (S, S,
-    Cin)`` images etc.; e.g. ``lead = (C, N)``: a padded split). Pages never written (the
-    padding) are not resident on the host on Linux."""
+    """Zeroed FederatedSplit arrays for records of ``prepared``: images uint8 ``lead + (S, S, Cin)``
+    etc. (``lead = (C, N)``: a padded split; pages never written stay unresident on Linux)."""
     cfg = prepared.config
     s, c, k = cfg.image_size, cfg.channels, len(prepared.metadata["class_names"])
     return dict(images=np.zeros(lead + (s, s, c), np.uint8),
@@ -197,7 +182,6 @@ def record_arrays(prepared: PreparedDataset, lead: tuple[int, ...]) -> dict:
 
 
 def _load_federation(settings: RealDataSettings, verbose: bool = True) -> Federation:
-    """The body of :func:`load_federation_from_config` (no retry)."""
     from tqdm.auto import tqdm
 
     prepared = prepare_dataset(settings, verbose=verbose)

@@ -1,6 +1,5 @@
-"""Fake datasets in the published layouts, for tests and for timing builds: real names, types
-and (by default) sizes; synthetic pixels (a noisy background with one or two darker elliptical
-lesions) and the matching binary masks.
+"""Fake datasets in the published layouts (real names, types and sizes; synthetic pixels with
+darker elliptical lesions, and their masks), for tests and for timing builds.
 
     python -m fedmix_jax.data.real.make_fixture --layout ham10000 --out /tmp/ham_fake --num 1000
 """
@@ -57,17 +56,10 @@ def make_ham10000(root: str, num_images: int = 1000, size: tuple[int, int] = (60
                   seed: int = 0, clients: Sequence[str] = HAM_CLIENTS,
                   repeat_lesion_every: int = 5, quality: int = 90, progress: bool = False,
                   client_sizes: Sequence[int] | None = None) -> dict:
-    """HAM10000 layout: metadata CSV (all columns), ``ISIC_XXXXXXX.jpg`` images across
-    ``HAM10000_images_part_1/`` and ``_part_2/``, and ``ISIC_XXXXXXX_segmentation.png`` masks in
-    ``HAM10000_segmentations_lesion_tschandl/``. Clients cycle over ``clients`` by lesion; every
-    ``repeat_lesion_every``-th image re-uses the previous image's ``lesion_id``.
-
-    ``client_sizes`` (one count per entry of ``clients``) gives the clients those numbers of
-    images instead (in contiguous blocks, a lesion never spans two clients); ``num_images`` is
-    then their sum. :data:`HAM_REAL_CLIENT_SIZES` are the real dataset's.
-
-    Returns ``{"csv": path, "images": [paths], "masks": [paths], "rows": [dicts]}``.
-    """
+    """HAM10000 layout (metadata CSV, images in the two part folders, masks): clients cycle over
+    ``clients`` by lesion, every ``repeat_lesion_every``-th image re-uses the previous
+    ``lesion_id``; ``client_sizes`` (one count per client, e.g. :data:`HAM_REAL_CLIENT_SIZES`)
+    gives contiguous blocks instead. Returns ``{"csv", "images", "masks", "rows"}``."""
     rng = np.random.default_rng(seed)
     w, h = size
     owner = None
@@ -77,8 +69,7 @@ def make_ham10000(root: str, num_images: int = 1000, size: tuple[int, int] = (60
                              f"{list(clients)}")
         owner = np.repeat(np.arange(len(clients)), np.asarray(client_sizes, int))
         num_images = len(owner)
-    parts = [os.path.join(root, "HAM10000_images_part_1"),
-             os.path.join(root, "HAM10000_images_part_2")]
+    parts = [os.path.join(root, f"HAM10000_images_part_{k}") for k in (1, 2)]
     mdir = os.path.join(root, "HAM10000_segmentations_lesion_tschandl")
     for d in parts + [mdir]:
         os.makedirs(d, exist_ok=True)
@@ -120,10 +111,9 @@ def make_ham10000(root: str, num_images: int = 1000, size: tuple[int, int] = (60
 def make_breast(root: str, num_busi: Sequence[int] = (3, 2, 2), num_udiat: int = 4,
                 num_busis: int = 4, size: tuple[int, int] = (40, 30), seed: int = 0,
                 busis_dirs: tuple[str, str] = ("original", "GT")) -> dict:
-    """BUSI (benign/malignant/normal counts ``num_busi``; the first benign image gets an extra
-    ``_mask_1.png`` that must be OR-merged), UDIAT (``original/``, ``GT/``) and BUSIS
-    (``busis_dirs``). Grayscale PNGs. Returns per-client lists of (image, [masks], merged mask).
-    """
+    """BUSI (``num_busi`` benign/malignant/normal; the first benign image has an extra
+    ``_mask_1.png`` to OR-merge), UDIAT and BUSIS (``busis_dirs``), grayscale PNGs. Returns
+    per-client lists of (image, [masks], merged mask)."""
     rng = np.random.default_rng(seed)
     w, h = size
     out = {"busi": [], "udiat": [], "busis": []}
@@ -165,13 +155,10 @@ def make_folders(root: str, clients: dict[str, int] | None = None,
                  size: tuple[int, int] = (40, 30), seed: int = 0, ext: str = ".png",
                  mask_suffix: str = "", labels: dict | None = None, boxes: dict | None = None,
                  levels: dict | None = None, no_mask: dict | None = None) -> dict:
-    """A folder federation: ``root/<client>/images/<stem><ext>`` and ``masks/<stem><suffix>.png``.
-
-    ``labels`` / ``boxes`` / ``levels``: ``{client: {stem: value}}`` written to the client's
-    labels.csv / boxes.csv (value: list of [x0, y0, x1, y1]) / levels.csv. ``no_mask``:
-    ``{client: [stems]}`` whose mask is not written. Returns ``{client: {stem: (image, mask,
-    mask_array)}}``.
-    """
+    """A folder federation (``<client>/images/<stem><ext>``, ``masks/<stem><suffix>.png``);
+    ``labels`` / ``boxes`` (lists of [x0, y0, x1, y1]) / ``levels``: ``{client: {stem: value}}``
+    CSVs; ``no_mask``: ``{client: [stems]}`` without a mask. Returns ``{client: {stem: (image,
+    mask, mask_array)}}``."""
     rng = np.random.default_rng(seed)
     clients = clients or {"hospital_a": 5, "hospital_b": 4}
     w, h = size

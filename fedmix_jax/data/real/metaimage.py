@@ -1,9 +1,7 @@
 """A strict reader of MetaImage volumes (``.mhd`` + ``.raw``/``.zraw``, or ``.mha``) for untrusted
-data folders: every check is made on the header and the file sizes *before* anything is
-allocated or decoded, and every failure is a :class:`BadInputError` naming the file (what is
-refused: docs/data_faults.md). It reads what RETOUCH needs and ITK writes: binary data, either
-byte order, one channel, the element types of :data:`ELEMENT_TYPES`; ``DimSize = X Y Z`` is
-returned as the array ``[Z, Y, X]`` (as ``SimpleITK.GetArrayFromImage``).
+folders: :func:`read_header` checks the header and file sizes before anything is allocated,
+:func:`read_volume` returns ``DimSize = X Y Z`` as [Z, Y, X]; every failure is a
+:class:`BadInputError` naming the file. Details: docs/data_faults.md.
 """
 
 from __future__ import annotations
@@ -179,8 +177,7 @@ def _check_stored_size(h: MetaHeader, stored: int) -> None:
 
 
 def _inflate(h: MetaHeader, f, out: np.ndarray) -> None:
-    """Decode the zlib/gzip stream of ``f`` into ``out`` (uint8, exactly ``h.nbytes``), never
-    producing more than one byte beyond it."""
+    """Decode the zlib/gzip stream of ``f`` into ``out`` (uint8 [h.nbytes]), <= 1 byte past it."""
     d = zlib.decompressobj(47)            # 32 + 15: zlib or gzip header, as MetaIO writes
     filled, total = 0, h.nbytes
     where = h.data_path

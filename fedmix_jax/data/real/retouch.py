@@ -1,12 +1,6 @@
-"""RETOUCH (retinal OCT fluid, 3 classes) for FedMix: layout scanner and TFDS builder.
-
-``--config.data.name=retouch`` reads the RETOUCH challenge training set (70 OCT volumes, labels
-1 IRF, 2 SRF, 3 PED) as the paper does: one client per vendor (folder name containing
-``cirrus`` / ``topcon`` / ``spectralis``, in that order; default levels image / box / pixel),
-every B-scan a 2D sample of [S, S, Cin] with one-hot masks [S, S, 3] (classes ``irf, srf,
-ped``), split by volume. Volumes are read by :mod:`.metaimage` (a volume of ITK size (X, Y, Z)
-is the array [Z, Y, X]). The layout, preprocessing and bad-input rules: docs/multiclass.md; a
-fake training set: :mod:`.retouch_fixture`.
+"""RETOUCH (retinal OCT fluid; classes ``irf, srf, ped``): the layout (one client per vendor,
+every B-scan a sample, split by volume; volumes read by :mod:`.metaimage` as [Z, Y, X]) and its
+TFDS builder :class:`RetouchFedmix`. Details: docs/multiclass.md.
 """
 
 from __future__ import annotations
@@ -21,10 +15,8 @@ from PIL import Image
 
 from fedmix_jax.data.boxes import box_mask, boxes_from_mask, sample_rng
 from fedmix_jax.data.real import builders as dataset_builders
-from fedmix_jax.data.real import layouts as dataset_layouts
 from fedmix_jax.data.real import metaimage
 from fedmix_jax.data.real.errors import BadInputError, BadInputPolicy
-from fedmix_jax.data.real.examples import sample_fields
 from fedmix_jax.data.real.scanning import Layout, Sample, Scan, normalized_name, subdirs
 from fedmix_jax.data.real.splits import stable_int
 
@@ -40,14 +32,12 @@ NUM_LABELS = len(CLASS_NAMES)
 
 def _check_shapes(oct_path: str, ref_path: str, shape, ref_shape, name: str) -> None:
     """A 3D volume [Z, Y, X] and a label volume of its shape, else a :class:`BadInputError`."""
-    def fmt(shape) -> str:
-        return " x ".join(str(v) for v in shape)
-
+    size, ref_size = (" x ".join(str(v) for v in s) for s in (shape, ref_shape))
     if len(shape) != 3:
-        raise BadInputError(f"{oct_path} is not a 3D volume (size {fmt(shape)})", oct_path)
+        raise BadInputError(f"{oct_path} is not a 3D volume (size {size})", oct_path)
     if tuple(shape) != tuple(ref_shape):
-        raise BadInputError(f"volume and label shapes differ in {name}: oct {fmt(shape)} vs "
-                            f"reference {fmt(ref_shape)} ([B-scans, depth, width])", ref_path)
+        raise BadInputError(f"volume and label shapes differ in {name}: oct {size} vs "
+                            f"reference {ref_size} ([B-scans, depth, width])", ref_path)
 
 
 class Retouch(Layout):
@@ -154,11 +144,9 @@ def _to_uint8(vol: np.ndarray) -> np.ndarray:
 
 def load_volume_pair(oct_path: str, ref_path: str, size: int, channels: int = 1, name: str = ""
                      ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-    """Read, check and resize one volume and its labels.
-
-    Returns ``(images uint8 [Z, S, S, channels], labels uint8 [Z, S, S] in 0..3, (rows, cols))``;
-    raises :class:`BadInputError` naming the volume for shapes that differ or labels outside 0-3.
-    """
+    """Read, check and resize one volume and its labels: ``(images uint8 [Z, S, S, channels],
+    labels uint8 [Z, S, S] in 0..3, (rows, cols))``; a :class:`BadInputError` naming the volume
+    for shapes that differ or labels outside 0-3."""
     vol = metaimage.read_volume(oct_path)
     ref = metaimage.read_volume(ref_path)
     name = name or os.path.dirname(oct_path)
@@ -204,19 +192,15 @@ def slice_example(s: Sample, image: np.ndarray, labels: np.ndarray, orig_hw, see
         "box_class": np.asarray(classes, np.int32),
         "label": mask.any(axis=(0, 1)).astype(np.uint8),
         "has_mask": True,
-        **sample_fields(s, cindex, data_dir, orig_hw),   # category '', malignant -1
+        **dataset_builders.sample_fields(s, cindex, data_dir, orig_hw),  # category '', malignant -1
         "volume": volume,
         "slice": np.int32(index),
     }
 
 
 class RetouchFedmix(dataset_builders.FedMixBuilder):
-    """RETOUCH training set: one client per vendor, B-scans as samples, 3 classes (IRF/SRF/PED).
-
-    Features are those of the other builders (see :mod:`.builders`) with K = 3, plus
-    ``box_class`` int32 [nb] (the class of each row of ``box_coords``), ``volume`` (text,
-    ``<client>/<volume folder>``) and ``slice`` (int32, the B-scan index in its volume).
-    """
+    """RETOUCH training set: one client per vendor, B-scans as samples, K = 3; records add
+    ``box_class`` int32 [nb] (of each ``box_coords`` row), ``volume`` text and ``slice`` int32."""
 
     LAYOUT = RETOUCH_LAYOUT
     MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT.instructions()
@@ -272,7 +256,6 @@ class RetouchFedmix(dataset_builders.FedMixBuilder):
 
 def register() -> None:
     """Make ``--config.data.name=retouch`` known to the shared loader (idempotent)."""
-    dataset_layouts.LAYOUTS.setdefault("retouch", RETOUCH_LAYOUT)
     dataset_builders.BUILDERS.setdefault("retouch", RetouchFedmix)
 
 

@@ -1,9 +1,7 @@
-"""A fake RETOUCH training set in the published layout (.mhd/.raw volumes, written with
-SimpleITK), for tests and timing: the folder and file names, volume sizes (``--realistic``) and
-voxel types of the challenge's training set, synthetic voxels (:func:`fake_oct_volume`)::
+"""A fake RETOUCH training set (.mhd/.raw volumes written with SimpleITK; the published names,
+sizes with ``--realistic`` and voxel types; synthetic voxels), for tests and timing::
 
     python -m fedmix_jax.data.real.retouch_fixture --out /tmp/retouch_fake --volumes 3
-    python -m fedmix_jax.data.real.retouch_fixture --out /tmp/retouch_big --volumes 2 --realistic
 """
 
 from __future__ import annotations
@@ -26,12 +24,9 @@ _FIRST_ID = {"cirrus": 1, "spectralis": 25, "topcon": 49}
 
 def fake_oct_volume(shape: Sequence[int], rng: np.random.Generator, dtype=np.uint8,
                     lesions: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """A synthetic OCT volume [Z, Y, X] and its label volume (0-3).
-
-    A bright wavy retina band with a brighter RPE line below, speckle; fluid as 3D ellipsoids
-    spanning a few B-scans: IRF (dark cysts inside the retina, label 1), SRF (a dark dome above the
-    RPE, 2), PED (a medium-grey dome under a lifted RPE, 3). Some B-scans hold no fluid.
-    """
+    """A synthetic OCT volume [Z, Y, X] (a wavy retina band over a bright RPE line, speckle) and
+    its labels uint8 [Z, Y, X]: ellipsoids of IRF (dark cysts, 1), SRF (a dark dome above the RPE,
+    2) and PED (a grey dome under a lifted RPE, 3) over a few B-scans; some B-scans hold none."""
     z, h, w = (int(v) for v in shape)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     top = h * (0.3 + 0.05 * np.sin(2 * np.pi * xx[0] / w + rng.uniform(0, 6)))    # [W]
@@ -90,19 +85,9 @@ def make_retouch_fixture(root: str, volumes: int | Sequence[int] = 3,
                          shape: Sequence[int] | None = (6, 40, 32), seed: int = 0,
                          vendors: Sequence[str] = ("cirrus", "spectralis", "topcon"),
                          lesions: int = 2) -> str:
-    """Write a fake RETOUCH training set under ``root`` (the published folder and file names).
-
-    Args:
-      root: output folder (created).
-      volumes: volumes per vendor (an int, or one per vendor).
-      shape: [Z, Y, X] of every volume (tiny by default), or ``None`` for the real vendors' sizes
-        and types (:data:`REALISTIC`; Spectralis uint16).
-      seed: every volume is a deterministic function of (seed, vendor, index).
-      vendors: which vendor folders to write.
-      lesions: fluid regions per volume.
-
-    Returns ``root``.
-    """
+    """Write a fake RETOUCH training set under ``root`` and return ``root``: ``volumes`` per vendor
+    (an int or one each), of ``shape`` [Z, Y, X] (``None``: the vendors' sizes and types,
+    :data:`REALISTIC`), ``lesions`` fluid regions each, deterministic in (seed, vendor, index)."""
     counts = [int(volumes)] * len(vendors) if np.isscalar(volumes) else [int(v) for v in volumes]
     for vendor, n in zip(vendors, counts):
         vdir = os.path.join(root, f"RETOUCH-TrainingSet-{vendor.capitalize()}")

@@ -1,11 +1,13 @@
-"""What every layout shares: the :class:`Sample` / :class:`Scan` records (nothing decoded),
-the :class:`Layout` base class, walking a download's files (:func:`walk_data_files`,
-:func:`source_fingerprint`), and pairing ``<stem>.*`` images with ``<stem>.*`` /
-``<stem>_mask.*`` masks (:func:`pair_images_masks`).
+"""What every layout shares: :class:`Sample` / :class:`Scan` (nothing decoded), :class:`Layout`,
+walking a download (:func:`walk_data_files`, :func:`source_fingerprint`), pairing images with
+masks (:func:`pair_images_masks`), CSV tables (:func:`read_rows`, :func:`read_table`: a regular
+file of at most :data:`MAX_CSV_BYTES` of UTF-8) and non-UTF-8 names (:func:`drop_undecodable`,
+:func:`printable`). Details: docs/data.md.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import os
@@ -15,10 +17,17 @@ from collections import defaultdict
 import numpy as np
 
 from fedmix_jax.data.real.errors import (DATA_DIR_FLAG, BadInputError, BadInputPolicy,
-                                         DatasetNotFoundError, log)
-from fedmix_jax.data.real.files import Irregular, walk_files
+                                         DatasetNotFoundError)
+from fedmix_jax.data.real.files import open_regular, walk_files
 from fedmix_jax.data.real.imaging import IMAGE_EXTENSIONS, is_image_file
-from fedmix_jax.data.real.tables import HAM_CSV_NAMES, TABLE_EXTENSIONS
+
+MAX_CSV_BYTES = 64 << 20
+TABLE_EXTENSIONS = (".csv", ".tsv", ".tab")
+HAM_CSV_NAMES = ("ham10000_metadata.csv", "ham10000_metadata.tab", "ham10000_metadata.tsv",
+                 "ham10000_metadata")
+
+# Non-UTF-8 names (surrogate escapes in Python) cannot be written to the cache or hashed.
+_FIX = "rename it to UTF-8 (e.g. convmv -f latin1 -t utf8 --notest -r DIR)"
 
 
 @dataclasses.dataclass
@@ -51,15 +60,9 @@ def normalized_name(name: str) -> str:
 
 
 def walk_data_files(root: str) -> list[tuple[str, str]]:
-    """(dirpath, filename) for every non-hidden file under root, deterministic order
-    (:func:`~fedmix_jax.data.real.files.walk_files`). An entry that is not a regular file is
-    listed only when named like an image or a table (reading it later is the bad-input error
-    that names it); any other is logged and ignored."""
-    irregular: list[Irregular] = []
-    out = list(walk_files(root, irregular, keep_irregular=_data_name))
-    for entry in irregular:
-        log.warning("ignored %s: it is %s", entry.path, entry.what)
-    return out
+    """(dirpath, filename) of every non-hidden file under root, sorted; an irregular entry is
+    listed only when named like an image or a table (reading it is then the error), else logged."""
+    return list(walk_files(root, keep_irregular=_data_name))
 
 
 def _data_name(name: str) -> bool:
@@ -87,7 +90,8 @@ def source_fingerprint(data_dir: str) -> str:
 
 
 class Layout:
-    """Base class: a published file layout; ``scan`` returns its :class:`Scan`."""
+    """A published file layout: ``scan`` lists and cross-checks its files without decoding pixels
+    (bad files go to ``policy``; a missing ``data_dir`` or part raises :meth:`not_found`)."""
 
     name = ""                     # config name ('ham10000', 'breast', 'folders')
     title = ""
@@ -183,3 +187,102 @@ def unique_paths(kind: str, paths_by_key: dict[str, list[str]], policy: BadInput
                 "(or use on_bad_input='skip' to keep the first)", paths[1]))
         out[key] = paths[0]
     return out
+
+
+def is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(path: str) -> str:
+    """``path`` with the bytes of a non-UTF-8 name escaped (``\\xff``), safe to print and store."""
+    if is_utf8(path):
+        return path
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def drop_undecodable(scan: Scan, policy: BadInputPolicy, data_dir: str) -> Scan:
+    """The scan without the samples whose id, client or file paths are not UTF-8 (each given to
+    ``policy``); ``data_dir`` itself not UTF-8 is an error in both modes."""
+    if not is_utf8(data_dir):
+        raise BadInputError(f"the data folder name {printable(data_dir)!r} is not UTF-8; "
+                            f"{_FIX}", printable(data_dir))
+    kept = []
+    for s in scan.samples:
+        paths = [s.image_path, *s.mask_paths]
+        bad = next((p for p in paths if not is_utf8(p)), None)
+        if bad is None and all(is_utf8(t) for t in (s.id, s.client, s.stem, s.group)):
+            kept.append(s)
+            continue
+        bad = bad or s.image_path
+        policy(BadInputError(f"file or folder name is not UTF-8: {printable(bad)} "
+                             f"(sample {printable(s.id)}); {_FIX}", printable(bad)))
+    clients = [printable(c) for c in scan.clients]
+    return dataclasses.replace(scan, samples=kept, clients=clients,
+                               warnings=[printable(w) for w in scan.warnings])
+
+
+def read_rows(path: str) -> list[tuple[int, list[str]]]:
+    """``[(1-based line number, [cell, ...])]``: the non-empty, non-comment rows, cells stripped;
+    comma-separated, or tab-separated when the first line has tabs and no commas (a BOM is
+    allowed)."""
+    with open_regular(path, "CSV file") as f:
+        try:
+            raw = f.read(MAX_CSV_BYTES + 1)
+        except OSError as e:
+            raise BadInputError(f"cannot read {path}: {type(e).__name__}: {e}", path) from e
+    if len(raw) > MAX_CSV_BYTES:
+        raise BadInputError(f"{path} is larger than {MAX_CSV_BYTES >> 20} MiB; not a CSV "
+                            "table of this layout", path)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise BadInputError(f"{path} is not UTF-8 text (byte 0x{raw[e.start]:02x} on line "
+                            f"{line}); save it as UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet)",
+                            path) from None
+    if "\x00" in text:
+        raise BadInputError(f"{path} contains NUL bytes: not a text CSV file", path)
+    first = text.split("\n", 1)[0]
+    delim = "\t" if ("\t" in first and "," not in first) else ","
+    rows = []
+    try:
+        for i, row in enumerate(csv.reader(text.splitlines(), delimiter=delim), start=1):
+            cells = [c.strip() for c in row]
+            if not any(cells) or cells[0].startswith("#"):
+                continue
+            rows.append((i, cells))
+    except csv.Error as e:
+        raise BadInputError(f"cannot parse {path}: {e}", path) from e
+    return rows
+
+
+def read_table(path: str, columns: tuple[str, ...], policy: BadInputPolicy
+               ) -> list[tuple[int, dict]]:
+    """Rows as dicts over ``columns``; the header row is optional (first cell 'stem'). A row with
+    too few cells is a bad row (``policy``: error, or a logged skip)."""
+    rows = read_rows(path)
+    if not rows:
+        return []
+    first = [c.lower() for c in rows[0][1]]
+    if first and first[0] == columns[0]:
+        missing = [c for c in columns if c not in first]
+        if missing:
+            raise BadInputError(f"{path}: header {rows[0][1]} lacks column(s) {missing}; expected "
+                                f"{','.join(columns)}", path)
+        idx = [first.index(c) for c in columns]
+        rows = rows[1:]
+    else:
+        idx = list(range(len(columns)))
+    out = []
+    for line, cells in rows:
+        if len(cells) <= max(idx):
+            policy(BadInputError(f"{path} line {line}: expected {len(columns)} columns "
+                                 f"({','.join(columns)}), got {cells}", path))
+            continue
+        out.append((line, {c: cells[j] for c, j in zip(columns, idx)}))
+    return out
+

@@ -1,10 +1,6 @@
-"""``config.data`` of a real dataset, typed and read once: :class:`RealDataSettings`.
-
-Every field the real-data loaders read, with its default written here once
-(:func:`~fedmix_jax.data.real.default_data_config` builds its ConfigDict from these). The cache,
-the loader and the streamed source take the settings, or a ``data`` ConfigDict / dict that they
-turn into settings with :meth:`RealDataSettings.from_config` (unset or ``None`` fields take the
-default; fields of other groups, such as ``data.compact``, are ignored).
+"""``config.data`` of a real dataset, typed and read once: :class:`RealDataSettings`, every
+default written here once (:func:`~fedmix_jax.data.real.default_data_config` builds its
+ConfigDict from these). Details: docs/architecture.md, docs/main_job.md.
 """
 
 from __future__ import annotations
@@ -38,7 +34,8 @@ class RealDataSettings:
 
     @classmethod
     def from_config(cls, data_cfg) -> "RealDataSettings":
-        """The settings of a ``data`` ConfigDict, dict or object (settings pass through)."""
+        """The settings of a ``data`` ConfigDict, dict or object (settings pass through); unset or
+        ``None`` fields take the default, fields of other groups (``data.compact``) are ignored."""
         if isinstance(data_cfg, cls):
             return data_cfg
         get = getattr(data_cfg, "get", lambda name, default: getattr(data_cfg, name, default))
@@ -59,14 +56,9 @@ class RealDataSettings:
 
 
 def _typed(name: str, value, default):
-    """``value`` as the field's type: tuples of names for ``clients`` / ``levels`` (a single
-    ``levels`` name stays a string: every client's level)."""
+    """``value`` as the field's type (a single ``levels`` name stays a string: every client's)."""
     if name in ("clients", "levels"):
         if isinstance(value, str):
             return value if name == "levels" else ((value,) if value else ())
         return tuple(str(x) for x in value)
-    if isinstance(default, bool):
-        return bool(value)
-    if isinstance(default, str):
-        return str(value)
     return type(default)(value)

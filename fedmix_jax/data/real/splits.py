@@ -1,7 +1,6 @@
-"""Seeded, file-order-independent train/validation/test assignment per client, by split group
-(HAM10000's ``lesion_id``, RETOUCH's volume, else the sample): groups in the order of a SHA-256
-hash of ``(seed, client, group)`` fill ``test``, then ``validation``, the rest is ``train``;
-groups with a mask-less sample always go to ``train``. The rules in full: docs/data.md.
+"""Seeded, file-order-independent train/validation/test assignment per client by split group
+(:func:`assign_splits`; groups ordered by a SHA-256 hash, :func:`stable_int`). The rules:
+docs/data.md ("Splits").
 """
 
 from __future__ import annotations
