@@ -88,6 +88,25 @@ def test_boundary_offsets_reads_a_shrunken_prediction_as_a_lost_rim():
     assert same["median_offset"] == 0 and same["dice"] == 1.0 and same["below_half"] == 0
 
 
+def test_boundary_offsets_threshold_figures():
+    import boundary_offsets
+
+    true = np.zeros((3, 8, 8), bool)
+    true[0, 2:6, 2:6] = True                        # a lesion image; images 1, 2 lesion-free
+    probs = np.zeros((3, 8, 8), np.float32)
+    probs[0, 2:6, 2:6] = 0.9
+    probs[0, 2:6, 6] = 0.3                          # a faint rim
+    probs[1, 0, 0] = 0.35                           # a faint false positive
+    boxes = np.zeros((1, 8, 8), bool)
+    boxes[0, 1:7, 1:7] = True                       # 36 px box around the 16 px lesion
+    at_half = boundary_offsets.threshold_figures(probs, true, probs[:1], true[:1], boxes, 0.5)
+    assert at_half == {"dice": 1.0, "fp_rate": 0.0, "box_fill_pred": 16 / 36,
+                       "box_fill_true": 16 / 36}
+    low = boundary_offsets.threshold_figures(probs, true, probs[:1], true[:1], boxes, 0.2)
+    assert low["dice"] == pytest.approx(2 * 16 / (20 + 16)) and low["fp_rate"] == 0.5
+    assert low["box_fill_pred"] == pytest.approx(20 / 36)
+
+
 def test_box_statistics_fill_ratio_and_neighbour_pairs():
     import box_statistics
 
