@@ -1,14 +1,12 @@
-"""The summary of a run (``summary.json``) and the closing table main prints."""
+"""Parts of a run's summary (``summary.json``, built by ``run_loop.RunLoop.summary``) and the
+closing table main prints."""
 
 from __future__ import annotations
 
-import json
-import os
 import statistics
 
 import numpy as np
 
-from fedmix_jax import rundir
 from fedmix_jax.data.federation import LEVEL_NAMES, Federation
 
 
@@ -36,22 +34,6 @@ def timing(round_times: list[float], eval_times: list[float]) -> dict:
         t["eval_s_median"] = statistics.median(later) if later else first
         t["eval_compile_s"] = max(0.0, first - t["eval_s_median"]) if later else None
     return t
-
-
-def make_summary(workdir: str, strategy: str, seed: int, federation: Federation,
-                 num_rounds: int, completed: int, resumed_from: int, best: dict, final: dict,
-                 config: dict, timing_: dict) -> dict:
-    """The content of ``summary.json`` (keys in ``docs/main_job.md``)."""
-    return {"workdir": workdir, "strategy": strategy, "seed": seed,
-            "client_names": list(federation.client_names), "levels": level_names(federation),
-            "class_names": list(federation.class_names), "num_rounds": num_rounds,
-            "rounds_completed": completed, "resumed_from": resumed_from, "best": best,
-            "final": final, "timing": timing_, "config": config}
-
-
-def write_summary(workdir: str, summary: dict) -> None:
-    rundir.atomic_write_text(os.path.join(workdir, rundir.SUMMARY_FILE),
-                             json.dumps(summary, indent=2) + "\n")
 
 
 def _fmt(x, width: int, digits: int) -> str:

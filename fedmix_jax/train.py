@@ -8,7 +8,6 @@ docs/main_job.md; faults: docs/what_can_go_wrong.md.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -21,7 +20,7 @@ import numpy as np
 from absl import logging
 
 from fedmix_jax import compilation_cache, cpu_cores, executors, placement, rundir
-from fedmix_jax.checkpointing import Checkpointer, remove_temporaries
+from fedmix_jax.checkpointing import remove_temporaries
 from fedmix_jax.config import (NOTHING_TRAINED, RoundConfig, build_model, build_round_config,
                                resolve_warmup_rounds, validate_run)
 from fedmix_jax.config_checks import check_config_values, check_num_devices
@@ -36,34 +35,28 @@ from fedmix_jax.errors import (ConfigError, OutOfMemoryError, RunError, Training
                                first_line, is_out_of_memory)
 from fedmix_jax.evaluation import evaluate
 from fedmix_jax.compiled_round import init_state, make_round_fn
-from fedmix_jax.records import (MetricsFile, check_checkpoint_record, eval_record,
-                                evaluation_of, round_record)
+from fedmix_jax.records import eval_record, round_record
 from fedmix_jax.rundir import CONFIG_FILE, config_to_dict
 from fedmix_jax.streaming import StreamedRound, StreamOptions
-from fedmix_jax.summary import make_summary, timing, write_summary
+from fedmix_jax.summary import level_names, timing
 
 
 def _eval_params(state, local: bool):
     return state.client_params[0] if local else state.global_params[0]
 
 
-class _Run:
+class _Run(RunLoop):
     """One invocation of the job in a locked workdir (the steps of :func:`train_and_evaluate`)."""
 
     def __init__(self, config, cfg_dict: dict, workdir: str, federation: Federation,
                  round_config: RoundConfig, model, may_not_learn: bool = False):
-        self.config, self.cfg_dict, self.workdir = config, cfg_dict, workdir
+        super().__init__(config, cfg_dict, workdir, federation.client_names,
+                         round_config.executor)
         self.may_not_learn = may_not_learn
         self.federation, self.round_config, self.model = federation, round_config, model
         self.executor = executors.for_config(round_config)
         self.settings = JobSettings.from_config(config)
         self.local = not round_config.strategy.aggregates
-        self.num_rounds = int(config.num_rounds)
-        self.client_names = list(federation.client_names)
-        self.metrics = MetricsFile(workdir)
-        self.checkpointer = Checkpointer.for_workdir(workdir, int(config.keep_checkpoints))
-        self.round_times: list[float] = []
-        self.eval_times: list[float] = []
         memory = self.settings.memory
         self.stream_options = StreamOptions(block_steps=memory.stream_block_steps)
         # Streamed (docs/streaming.md): the training split exceeds config.data's device budget.
@@ -105,32 +98,19 @@ class _Run:
         return eval_record(self._guard(doing, run))
 
     def restore(self):
-        """The initial or restored state; sets ``best``, ``best_params``, ``records``."""
+        """The initial or restored state (:meth:`~fedmix_jax.run_loop.RunLoop.restore_newest`)."""
         fed, rc = self.federation, self.round_config
         state = self._guard("initialising the models", init_state, self.model,
                             jax.random.PRNGKey(int(self.config.seed)),
                             tuple(fed.train.images.shape[2:]), fed.num_clients, rc)
         self.new_best(0, state)
-        self.best: dict[str, Any] = {"round": 0, "val": None, "test": None}
-        self.start, history = 0, []
+        return self.restore_newest(state, self.best_params)
 
-        def check(step, extra):
-            rundir.check_config(self.workdir, self.cfg_dict, extra.get("config"),
-                                f"checkpoint {step}")
-            check_checkpoint_record(step, extra)
-
-        found = self.checkpointer.restore_newest(state, self.best_params, check=check)
-        if found is not None:
-            step, state, self.best_params, extra = found
-            if extra.get("executor") not in (None, rc.executor):
-                logging.info("checkpoint %d was written with executor %r; continuing with %r "
-                             "(results agree to float tolerance, not bit for bit)", step,
-                             extra["executor"], rc.executor)
-            self.best = extra["best"]
-            self.start = int(extra["round"])
-            history = extra.get("history")          # None: written by an older version (refused)
-        self.records = self.metrics.reconcile(history, self.start)
-        return state
+    def resumed(self, step: int, extra: dict) -> None:
+        if extra.get("executor") not in (None, self.executor_name):
+            logging.info("checkpoint %d was written with executor %r; continuing with %r "
+                         "(results agree to float tolerance, not bit for bit)", step,
+                         extra["executor"], self.executor_name)
 
     def prepare(self, state):
         """The round function, the state placed for it, the data on the device(s); streamed:
@@ -183,11 +163,7 @@ class _Run:
         """Rounds ``start + 1 .. num_rounds`` (:class:`~fedmix_jax.run_loop.RunLoop`)."""
         self.progress = progress
         self.last_dice = self.best["val"]["mean_dice"] if self.best.get("val") else None
-        loop = RunLoop(self.num_rounds, int(self.config.eval_every),
-                       int(self.config.checkpoint_every), self.metrics, self.records,
-                       self.eval_times)
-        state, self.best = loop.run(self, state, self.start, self.best)
-        return state
+        return self.run(state)
 
     # -------------------------------------------------------------------- the loop's steps
 
@@ -215,12 +191,6 @@ class _Run:
     def new_best(self, r: int, state) -> None:
         self.best_params = jax.tree.map(jnp.copy, _eval_params(state, self.local))
 
-    def save(self, r: int, state, best: dict, records: list) -> None:
-        self.checkpointer.save(r, state, self.best_params, {
-            "round": r, "best": best, "config": self.cfg_dict,
-            "executor": self.round_config.executor, "client_names": self.client_names,
-            "history": records})
-
     def round_done(self, r: int, record: dict) -> None:
         self.progress.update(record, self.num_rounds, self.last_dice)
 
@@ -229,38 +199,19 @@ class _Run:
         if self.start >= self.num_rounds:
             logging.info("%s already holds %d rounds (num_rounds=%d); nothing to train",
                          self.workdir, self.start, self.num_rounds)
-        final = next((evaluation_of(rec) for rec in reversed(self.records)
-                      if "val_mean_dice" in rec), None)
+        final = self.last_evaluation()
         if final is None or final["round"] != completed:
-            # round `completed` was not an evaluation round (a run resumed with fewer rounds
-            # than its checkpoint): evaluate its model now, so `final` is that of the last round.
+            # not evaluated (resumed with fewer rounds than the checkpoint's): evaluate it now
             final = {"round": completed, **{
                 name: self._evaluate("evaluating the last round", state, split)
                 for name, split in (("val", self.val), ("test", self.test))}}
-        rc = self.round_config
-        summary = make_summary(
-            self.workdir, rc.strategy.name, int(self.config.seed), self.federation,
-            self.num_rounds, completed, self.start, self.best, final, self.cfg_dict,
-            dict(total_s=time.time() - t_start, rounds_this_process=len(self.round_times),
-                 backend=jax.default_backend(), executor=rc.executor,
-                 **timing(self.round_times, self.eval_times)))
-        write_summary(self.workdir, summary)
-        if write_plots:
-            from fedmix_jax.plots import write_run_plots
-
-            try:
-                paths = write_run_plots(
-                    self.workdir, self.records, self.client_names, summary["levels"],
-                    self.best["round"] or None, self.model, self.best_params,
-                    self.plot_split, per_client_params=self.local)
-            except OSError as e:
-                raise rundir.os_error(e, f"write the plots into {self.workdir} (the run, its "
-                                         "checkpoint, metrics.jsonl and summary.json are "
-                                         "complete)") from None
-            summary["plots"] = [os.path.basename(p) for p in paths]
-            summary["timing"]["total_s"] = time.time() - t_start
-            write_summary(self.workdir, summary)
-        return summary
+        fed = self.federation
+        summary = self.summary(
+            self.round_config.strategy.name, level_names(fed), list(fed.class_names), final,
+            t_start, jax.default_backend(), timing(self.round_times, self.eval_times))
+        return self.write_outputs(summary, t_start, write_plots, model=self.model,
+                                  params=self.best_params, split=self.plot_split,
+                                  per_client_params=self.local)
 
     def interrupted(self) -> None:
         """Ctrl-C: finish a checkpoint being written, then name the one kept."""
@@ -318,8 +269,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, quiet: b
         progress, done = Progress(True, 0, 0), False     # a silent one until the rounds start
         try:
             state = run.restore()
-            rundir.atomic_write_text(os.path.join(workdir, CONFIG_FILE),
-                                     json.dumps(cfg_dict, indent=2) + "\n")
             state = run.prepare(state)
             logging.info("data: %s", run.mode_reason)
             if not quiet:

@@ -8,13 +8,11 @@ the initial pair (or a resume from ``workdir``'s newest checkpoint), the rounds
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shlex
 import sys
 import time
-from typing import Any
 
 import jax
 import numpy as np
@@ -22,15 +20,13 @@ from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedmix_jax import rundir
-from fedmix_jax.checkpointing import Checkpointer
 from fedmix_jax.config import build_model, build_round_config
 from fedmix_jax.errors import ConfigMismatchError
 from fedmix_jax.flower import round_core, array_records
 from fedmix_jax.flower.discovery import discover_sites, parse_site_list, send_and_receive
 from fedmix_jax.flower.local_site import shared_config_json
 from fedmix_jax.flower.strategy import FedMixStrategy
-from fedmix_jax.records import check_checkpoint_record, evaluation_of
-from fedmix_jax.rundir import CONFIG_FILE, SUMMARY_FILE
+from fedmix_jax.rundir import CONFIG_FILE
 from fedmix_jax.run_loop import RunLoop
 
 log = logging.getLogger("fedmix_jax.flower")
@@ -88,55 +84,35 @@ def _split_record(scores: dict, split: str) -> dict:
                                      (f"mean_{name}", scores[f"{split}_mean_{name}"]))})
 
 
-class _ServerRun:
+class _ServerRun(RunLoop):
     """One server job in a locked workdir: restore, rounds, summary (as ``train._Run``)."""
 
     def __init__(self, grid: Grid, rc: dict, config, workdir: str, sites, infos):
-        from fedmix_jax.records import MetricsFile
-
-        self.grid, self.rc, self.config, self.workdir = grid, rc, config, workdir
-        self.cfg_dict = rundir.config_to_dict(config)
+        super().__init__(config, rundir.config_to_dict(config), workdir,
+                         [s.name for s in sites], "flower")
+        self.grid, self.rc, self.sites, self.infos = grid, rc, sites, infos
         self.round_config = build_round_config(config)
         self.strategy = self.round_config.strategy
-        self.sites, self.infos = sites, infos
-        self.names = [s.name for s in sites]
-        self.levels = [str(i.get("levels", "")) for i in infos]
         model = build_model(config, int(infos[0]["num-classes"]))
         self.global_pair, self.key = round_core.initial_server_state(
             model, int(config.seed), tuple(int(x) for x in infos[0]["image-shape"]),
             self.round_config)
-        self.num_rounds = int(config.num_rounds)
-        self.metrics = MetricsFile(workdir)
-        self.checkpointer = Checkpointer.for_workdir(workdir, int(config.keep_checkpoints))
-        self.round_times: list[float] = []
-        self.eval_times: list[float] = []
+
+    def check_more(self, step: int, extra: dict) -> None:
+        if extra.get("client_names") != self.client_names:
+            raise ConfigMismatchError(
+                f"checkpoint {step} in {self.workdir} was written with sites "
+                f"{extra.get('client_names')}, now {self.client_names}; connect the same sites "
+                "or use another workdir")
+
+    def resumed(self, step: int, extra: dict) -> None:
+        _say(f"resuming from the checkpoint of round {self.start}")
 
     def restore(self) -> None:
         """The initial or the newest intact checkpoint's state; the records of rounds so far."""
-        self.best_params = self.global_pair.model1
-        self.best: dict[str, Any] = {"round": 0, "val": None, "test": None}
-
-        def check(step, extra):
-            rundir.check_config(self.workdir, self.cfg_dict, extra.get("config"),
-                                f"checkpoint {step}")
-            if extra.get("client_names") != self.names:
-                raise ConfigMismatchError(
-                    f"checkpoint {step} in {self.workdir} was written with sites "
-                    f"{extra.get('client_names')}, now {self.names}; connect the same sites or "
-                    "use another workdir")
-            check_checkpoint_record(step, extra)
-
-        state = {"global_params": self.global_pair, "key": round_core.key_to_numpy(self.key)}
-        self.start, history = 0, []
-        found = self.checkpointer.restore_newest(state, self.best_params, check=check)
-        if found is not None:
-            step, state, self.best_params, extra = found
-            self.best, self.start = extra["best"], int(extra["round"])
-            history = extra.get("history")          # None: an older version's (refused)
-            _say(f"resuming from the checkpoint of round {self.start}")
-        self.records = self.metrics.reconcile(history, self.start)
-        rundir.atomic_write_text(os.path.join(self.workdir, CONFIG_FILE),
-                                 json.dumps(self.cfg_dict, indent=2) + "\n")
+        state = self.restore_newest(
+            {"global_params": self.global_pair, "key": round_core.key_to_numpy(self.key)},
+            self.global_pair.model1)
         self.global_pair = jax.device_get(state["global_params"])
         self.key = round_core.key_from_numpy(state["key"])
 
@@ -166,11 +142,7 @@ class _ServerRun:
                  f"after {self.num_rounds} rounds (ε, δ) = "
                  f"({epsilon(z, self.num_rounds, delta):.4g}, {delta:g})")
         self.fed = fed
-        loop = RunLoop(self.num_rounds, int(self.config.eval_every),
-                       int(self.config.checkpoint_every), self.metrics, self.records,
-                       self.eval_times)
-        arrays, self.best = loop.run(self, array_records.pair_to_record(self.global_pair),
-                                     self.start, self.best)
+        arrays = self.run(array_records.pair_to_record(self.global_pair))
         self.checkpointer.wait_until_finished()
         return fed, arrays
 
@@ -197,13 +169,9 @@ class _ServerRun:
         if self.strategy.aggregates:
             self.best_params = array_records.record_to_pair(arrays, self.global_pair).model1
 
-    def save(self, r: int, arrays, best: dict, history: list) -> None:
+    def save(self, r: int, arrays) -> None:
         pair = array_records.record_to_pair(arrays, self.global_pair)
-        self.checkpointer.save(
-            r, {"global_params": pair, "key": round_core.key_to_numpy(self.fed.key)},
-            self.best_params, {"round": r, "best": best, "config": self.cfg_dict,
-                               "client_names": self.names, "executor": "flower",
-                               "history": history})
+        super().save(r, {"global_params": pair, "key": round_core.key_to_numpy(self.fed.key)})
 
     def round_done(self, r: int, rec: dict) -> None:
         out = self.fed.last_round
@@ -215,24 +183,15 @@ class _ServerRun:
 
     def finish(self, t_start: float, write_plots: bool) -> dict:
         """``summary.json`` (and the curves; no prediction grid: the server sees no image)."""
-        final = next((x for x in reversed(self.records) if "val_mean_dice" in x), None)
-        times, later = self.round_times, self.round_times[1:]
-        summary = {
-            "workdir": self.workdir, "strategy": self.strategy.name,
-            "seed": int(self.config.seed), "client_names": self.names, "levels": self.levels,
-            "class_names": [f"class_{k}" for k in range(int(self.infos[0]["num-classes"]))],
-            "num_rounds": self.num_rounds, "rounds_completed": max(self.start, self.num_rounds),
-            "resumed_from": self.start, "best": self.best,
-            "final": None if final is None else evaluation_of(final),
-            "timing": {"total_s": time.time() - t_start, "rounds_this_process": len(times),
-                       "backend": "flower", "executor": "flower",
-                       "first_round_s": times[0] if times else None,
-                       "round_s_median": float(np.median(later)) if later else
-                       (times[0] if times else None)},
-            "sites": [{"name": s.name, "index": s.index, "num_train": s.num_train,
-                       "num_val": s.num_val, "num_test": s.num_test} for s in self.sites],
-            "config": self.cfg_dict,
-        }
+        times = self.round_times or [None]
+        summary = self.summary(
+            self.strategy.name, [str(i.get("levels", "")) for i in self.infos],
+            [f"class_{k}" for k in range(int(self.infos[0]["num-classes"]))],
+            self.last_evaluation(), t_start, "flower",
+            {"first_round_s": times[0],
+             "round_s_median": float(np.median(times[1:])) if times[1:] else times[0]},
+            sites=[{"name": s.name, "index": s.index, "num_train": s.num_train,
+                    "num_val": s.num_val, "num_test": s.num_test} for s in self.sites])
         if self.fed.dp is not None:
             from fedmix_jax.flower.privacy import epsilon
 
@@ -241,15 +200,7 @@ class _ServerRun:
                 "dp_clip_norm": clip, "dp_noise_multiplier": z, "dp_delta": delta,
                 "epsilon": epsilon(z, max(self.start, self.num_rounds), delta),
                 "scope": "client-level, the global models sent out; the coordinator is trusted"}
-        path = os.path.join(self.workdir, SUMMARY_FILE)
-        rundir.atomic_write_text(path, json.dumps(summary, indent=2) + "\n")
-        if write_plots and self.records:
-            from fedmix_jax.plots import write_run_plots
-
-            summary["plots"] = [os.path.basename(p) for p in write_run_plots(
-                self.workdir, self.records, self.names, self.levels, self.best["round"] or None)]
-            rundir.atomic_write_text(path, json.dumps(summary, indent=2) + "\n")
-        return summary
+        return self.write_outputs(summary, t_start, write_plots)
 
 
 def run_server(grid: Grid, run_config, *, write_plots: bool = True, return_state: bool = False):
