@@ -9,11 +9,13 @@
 #
 # Environment (defaults in brackets):
 #   NUM_SITES [3]     OVERRIDES [tiny: num_rounds=2 model.width=4 ...]   PORT_BASE [19090]
-#   INPROC [0]        1: each SuperNode runs FedMix's ClientApp in its own process
-#                     (fedmix_jax.flower.supernode --clientapp-in-process): one process per
-#                     site, no tracing / compilation per round and no loopback hop per message.
-#                     0: Flower's SuperExec starts a ClientApp process (fedmix_jax/flower/app)
-#                     for every message, which imports JAX, loads the data and compiles each time
+#   INPROC [1]        1 (the supported way to run a site; docs/across_sites.md): each SuperNode
+#                     runs FedMix's ClientApp in its own process (fedmix_jax.flower.supernode
+#                     --clientapp-in-process): one process per site, no tracing / compilation
+#                     per round and no loopback hop per message.
+#                     0 (0 with POLL=stock): Flower's SuperExec starts a ClientApp process
+#                     (fedmix_jax/flower/app) for every message, which imports JAX, loads the
+#                     data and compiles each time (a site on a stock Flower SuperNode; slow)
 #   JAX_CACHE [1]     1: ClientApp processes share a persistent XLA compilation cache
 #   SITE_NICE [auto]  nice level of the sites' computing (INPROC=1: the ClientApp thread).
 #                     Across hospitals each site has its own machine; here NUM_SITES sites share
@@ -41,9 +43,9 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mkdir -p "${1:-/tmp/fedmix_deploy}" && cd "${1:-/tmp/fedmix_deploy}" && pwd)
 NUM_SITES=${NUM_SITES:-3}
 PORT_BASE=${PORT_BASE:-19090}
-INPROC=${INPROC:-0}
-JAX_CACHE=${JAX_CACHE:-1}
 POLL=${POLL:-0.2}
+if [ "$POLL" = stock ]; then INPROC=${INPROC:-0}; else INPROC=${INPROC:-1}; fi
+JAX_CACHE=${JAX_CACHE:-1}
 LINK_DB=${LINK_DB:-memory}
 [ "$LINK_DB" = memory ] && LINK_DB=":flwr-in-memory:"
 if [ "$NUM_SITES" -gt "$(nproc)" ]; then SITE_NICE=${SITE_NICE:-5}; else SITE_NICE=${SITE_NICE:-0}; fi
