@@ -1,8 +1,8 @@
 """fedmix_jax: FedMix (mixed-supervision federated segmentation) in JAX/Flax.
 
-The stable public names (``__all__``) are importable from the package (``import fedmix_jax as
-fm``; ``fm.RoundConfig``, ``fm.init_state``, ``fm.make_round_fn``, ``fm.round_step``...).
-Details and an example: docs/api.md.
+The stable public names (``__all__``) are importable from the package (``import fedmix_jax as fm``;
+``fm.RoundConfig``, ``fm.init_state``, ``fm.make_round_fn``, ``fm.round_step``...). Details and an
+example: docs/api.md.
 """
 
 from fedmix_jax.aggregation import fedavg_weights, fedmix_weights, weighted_average

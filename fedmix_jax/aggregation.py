@@ -44,10 +44,9 @@ def fedmix_weights(counts: jax.Array, losses: jax.Array, lam: float = 10.0, beta
     n = _counts(counts, mask)
     trained = n > 0
     loss = jnp.where(trained, jnp.maximum(jnp.asarray(losses, jnp.float32), 0.0), 0.0)
-    zeros = jnp.zeros_like(n)
-    d = _normalise(n, zeros)
+    d = _normalise(n, jnp.zeros_like(n))
     powered = jnp.where(trained, jnp.power(jnp.where(trained, loss, 1.0), beta), 0.0)
-    s = _normalise(powered, zeros)
+    s = _normalise(powered, jnp.zeros_like(n))
     return _normalise(d + lam * s, _uniform(mask, n.shape[0]))
 
 

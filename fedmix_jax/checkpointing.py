@@ -21,9 +21,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from fedmix_jax import rundir
-from fedmix_jax.errors import (CheckpointMismatchError, CheckpointWriteError, RunError,
-                               describe_os_error, disk_advice, disk_errno,
-                               silence_late_read_errors)
+from fedmix_jax.errors import (CheckpointMismatchError, CheckpointWriteError, RunError, disk_errno,
+                               describe_os_error, disk_advice, first_line, silence_late_read_errors)
 
 ITEMS = ("state", "best", "extra")
 FORMAT = "fedmix_jax.checkpoint/2"
@@ -35,8 +34,7 @@ class CheckpointDamagedError(Exception):
 
     def __init__(self, step: int, reason: str):
         super().__init__(f"checkpoint {step} is damaged: {reason}")
-        self.step = step
-        self.reason = reason
+        self.step, self.reason = step, reason
 
 
 def _is_key(x) -> bool:
@@ -106,14 +104,12 @@ def _unseal(step: int, item) -> tuple[dict, dict | None]:
 
 
 def _short(e: BaseException) -> str:
-    first = (str(e).strip().splitlines() or [""])[0]
-    return f"{type(e).__name__}: {first[:160]}" if first else type(e).__name__
+    return type(e).__name__ + (f": {first_line(e, 160)}" if str(e).strip() else "")
 
 
 def remove_temporaries(directory: str, settle_s: float = 0.0) -> list[str]:
-    """Remove orbax's temporary folders of interrupted writes under ``directory`` (only when no
-    save is running). ``settle_s > 0`` (after a failed save) repeats it until none reappeared for
-    ``settle_s`` (at most 10 s): TensorStore's writes in flight can recreate them."""
+    """Remove orbax's temporary folders of interrupted writes under ``directory`` (no save running);
+    ``settle_s > 0``: again until none reappeared for ``settle_s`` (10 s at most; late writes)."""
     removed, first, deadline = [], True, time.monotonic() + 10.0
     while True:
         found = []
@@ -131,37 +127,29 @@ def remove_temporaries(directory: str, settle_s: float = 0.0) -> list[str]:
 
 class Checkpointer:
     """Save / restore ``(state, best_params, extra)`` under ``directory`` (one subfolder per round,
-    the newest ``max_to_keep`` kept; None: all). ``async_save``: write in a background thread
-    (the host copy is synchronous); ``damaged_dir``: where damaged checkpoints go (default
-    ``damaged`` next to ``directory``); ``remove_stale``: remove temporary folders of interrupted
-    writes now (only when no other process may save here, e.g. under the workdir's lock)."""
+    the newest ``max_to_keep`` kept; None: all; damaged ones moved to ``damaged`` next to it).
+    ``async_save``: write in a background thread (the host copy is synchronous)."""
 
-    def __init__(self, directory: str, max_to_keep: int | None = 2, async_save: bool = True,
-                 damaged_dir: str | None = None, remove_stale: bool = False):
+    def __init__(self, directory: str, max_to_keep: int | None = 2, async_save: bool = True):
         self.directory = os.path.abspath(os.fspath(directory))
-        self.damaged_dir = damaged_dir or os.path.join(os.path.dirname(self.directory),
-                                                       "damaged")
-        if remove_stale:
-            remove_temporaries(self.directory)
+        self.damaged_dir = os.path.join(os.path.dirname(self.directory), rundir.DAMAGED_DIR)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
             enable_async_checkpointing=async_save)
         try:
-            self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                                  item_names=ITEMS)
+            self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
         except OSError as e:
-            raise CheckpointWriteError(
-                f"could not create the checkpoint folder {self.directory}: "
-                f"{describe_os_error(e)}", step=0, kept=None) from None
+            raise CheckpointWriteError(f"could not create the checkpoint folder {self.directory}: "
+                                       f"{describe_os_error(e)}", step=0, kept=None) from None
         self._pending: int | None = None
         self._failed_save = False
 
     @classmethod
     def for_workdir(cls, workdir: str, max_to_keep: int | None) -> "Checkpointer":
-        """``<workdir>/checkpoints``, damaged ones moved to ``<workdir>/damaged``, stale
-        temporaries removed (call it under the workdir's lock)."""
-        return cls(os.path.join(workdir, rundir.CHECKPOINT_DIR), max_to_keep=max_to_keep,
-                   damaged_dir=os.path.join(workdir, rundir.DAMAGED_DIR), remove_stale=True)
+        """``<workdir>/checkpoints``, the temporary folders of interrupted writes removed first
+        (call it under the workdir's lock: no other process may be saving there)."""
+        remove_temporaries(os.path.join(workdir, rundir.CHECKPOINT_DIR))
+        return cls(os.path.join(workdir, rundir.CHECKPOINT_DIR), max_to_keep=max_to_keep)
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's round, or ``None``."""
@@ -172,12 +160,10 @@ class Checkpointer:
 
     def kept_step(self) -> int | None:
         """The newest complete checkpoint on disk now (after any pending save has ended)."""
-        try:
-            names = os.listdir(self.directory)
-        except OSError:
-            return None
-        steps = [int(n) for n in names if n.isdigit() and os.path.isdir(f"{self.directory}/{n}")]
-        return max(steps) if steps else None
+        with contextlib.suppress(OSError):
+            return max((int(n) for n in os.listdir(self.directory)
+                        if n.isdigit() and os.path.isdir(f"{self.directory}/{n}")), default=None)
+        return None
 
     def save(self, step: int, state, best_params, extra: dict[str, Any]) -> None:
         """Start saving round ``step``; returns once the arrays are copied to host memory (and
@@ -231,15 +217,18 @@ class Checkpointer:
                 from None
         return _unseal(step, item)
 
-    def restore(self, step: int, state_target, best_target) -> tuple[Any, Any, dict]:
-        """``(state, best_params, extra)`` of round ``step``, in the targets' structure, shapes and
-        dtypes, uncommitted on the default device (a resumed run reuses the compiled programs).
-        Raises CheckpointDamagedError (unreadable or failing verification) or
-        CheckpointMismatchError (arrays of another structure, shape or dtype)."""
+    def restore(self, step: int, state_target, best_target,
+                check: Callable[[int, dict], None] | None = None) -> tuple[Any, Any, dict]:
+        """``(state, best_params, extra)`` of round ``step`` in the targets' structure, shapes and
+        dtypes, uncommitted on the default device (resumed runs reuse the compiled programs);
+        ``check(step, extra)`` runs before the arrays are read. Raises CheckpointDamagedError
+        (unreadable, failing verification) or CheckpointMismatchError (another structure)."""
         extra, integrity = self._read_record(step)
-        return *self._restore_arrays(step, state_target, best_target, integrity), extra
-
-    def _restore_arrays(self, step, state_target, best_target, integrity):
+        if integrity is None:
+            logging.warning("checkpoint %d in %s has no integrity record (written by an older "
+                            "version); restored without verification", step, self.directory)
+        if check is not None:
+            check(step, extra)
         host_state, host_best = _host_target(state_target), _host_target(best_target)
         if integrity is not None:
             for name, target in (("state", host_state), ("best", host_best)):
@@ -255,31 +244,21 @@ class Checkpointer:
                 from None
         if integrity is not None:
             for name, tree in (("state", state), ("best", best)):
-                for (path, _, _, want), (_, _, _, got) in zip(integrity[name],
-                                                              leaf_records(tree)):
+                for (path, _, _, want), (*_, got) in zip(integrity[name], leaf_records(tree)):
                     if want != got:
                         raise CheckpointDamagedError(
                             step, f"array {name}{path} does not match its SHA-256")
         return (jax.device_put(_rewrap_keys(state, state_target)),
-                jax.device_put(_rewrap_keys(best, best_target)))
+                jax.device_put(_rewrap_keys(best, best_target)), extra)
 
     def restore_newest(self, state_target, best_target,
                        check: Callable[[int, dict], None] | None = None):
-        """``(step, state, best, extra)`` of the newest checkpoint that passes verification (and
-        ``check(step, extra)``, run before the arrays are read), or None; each damaged one met
-        is named in one warning line and moved to :attr:`damaged_dir`."""
+        """``(step, state, best, extra)`` of the newest checkpoint passing :meth:`restore`, or None;
+        each damaged one met is named in one warning line and moved to :attr:`damaged_dir`."""
         steps = self.all_steps()
         for step in reversed(steps):
             try:
-                extra, integrity = self._read_record(step)
-                if integrity is None:
-                    logging.warning("checkpoint %d in %s has no integrity record (written by an "
-                                    "older version); restored without verification", step,
-                                    self.directory)
-                if check is not None:
-                    check(step, extra)
-                state, best = self._restore_arrays(step, state_target, best_target, integrity)
-                return step, state, best, extra
+                return step, *self.restore(step, state_target, best_target, check)
             except CheckpointDamagedError as e:
                 logging.warning("%s; moved to %s, trying the previous checkpoint", e,
                                 self._set_aside(step))

@@ -59,10 +59,6 @@ def _take(tree, c):
     return jax.tree.map(lambda x: x[c], tree)
 
 
-def _put(tree, c, new):
-    return jax.tree.map(lambda x, y: x.at[c].set(y), tree, new)
-
-
 class LoopClients:
     """A Python loop of one jitted per-client program, writing client ``c``'s results at ``c``
     of the stacked outputs (the site states in place when ``donate``)."""
@@ -78,11 +74,11 @@ class LoopClients:
         if site_fn not in self._programs:
             def update_one(sites, reports, c, shared, rest):
                 client = (_take(sites, c),) + _take(rest, c)
-                new_site, report = site_fn(shared, client)
-                return _put(sites, c, new_site), _put(reports, c, report)
+                site, report = site_fn(shared, client)
+                return jax.tree.map(lambda x, y: x.at[c].set(y), (sites, reports), (site, report))
 
-            self._programs[site_fn] = jax.jit(
-                update_one, donate_argnums=(0, 1) if self.donate else (1,))
+            self._programs[site_fn] = jax.jit(update_one,
+                                              donate_argnums=(0, 1) if self.donate else (1,))
         return self._programs[site_fn]
 
     def __call__(self, site_fn: Callable, shared: Any, clients: Any) -> Any:

@@ -41,10 +41,6 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
 
 
-def _cell(mean: float, std: float) -> str:
-    return f"{mean:.4f} ± {std:.4f}"
-
-
 def pseudo_label_summary(run_dir: str) -> dict:
     """The pseudo-label diagnostics (``pl_*``, pooled over clients) of the run's last record
     that has them (``config.diagnostics``); empty without."""
@@ -85,12 +81,10 @@ def _compare(config, strategies, seeds, workdir, quiet, plots, federation):
                      "with the best mean validation Dice; mean ± sample std over seeds",
            "results": {}}
     total = len(strategies) * len(seeds)
-    k = 0
     t0 = time.time()
-    for strategy in strategies:
+    for i, strategy in enumerate(strategies):
         runs = {}
-        for seed in seeds:
-            k += 1
+        for k, seed in enumerate(seeds, start=i * len(seeds) + 1):
             cfg = config.copy_and_resolve_references()
             cfg.strategy = str(strategy)
             cfg.seed = int(seed)
@@ -120,8 +114,7 @@ def _compare(config, strategies, seeds, workdir, quiet, plots, federation):
             "dice_mean": [m for m, _ in per_client], "dice_std": [s for _, s in per_client],
             "mean_dice_mean": mean[0], "mean_dice_std": mean[1]}
         for key in ("mean_hd95", "mean_dice_present", "mean_false_positive_rate"):
-            values = [r[key] for r in ok if r.get(key) is not None]
-            if values:
+            if values := [r[key] for r in ok if r.get(key) is not None]:
                 out["results"][strategy].update(zip((f"{key}_mean", f"{key}_std"),
                                                     _mean_std(values)))
     out["total_s"] = time.time() - t0
@@ -137,15 +130,14 @@ def format_table(result: dict) -> str:
     names, levels, seeds = result["client_names"], result["levels"], result["seeds"]
     head = (["strategy"] + [f"{n} ({lv})" for n, lv in zip(names, levels)]
             + ["mean", "Dice, lesion images", "HD95 px", "FP rate"])
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + [":---:"] * (len(head) - 1))
-             + "|"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + ":---:|" * (len(head) - 1)]
     for strategy, r in result["results"].items():
         if r["num_ok"] == 0:
             cells = ["failed"] * (len(names) + 4)
         else:
-            cells = [_cell(m, s) for m, s in zip(r["dice_mean"], r["dice_std"])]
-            cells.append(f"**{_cell(r['mean_dice_mean'], r['mean_dice_std'])}**")
-            cells += [_cell(r[f"{k}_mean"], r[f"{k}_std"]) if f"{k}_mean" in r else "-"
+            cells = [f"{m:.4f} ± {s:.4f}" for m, s in zip(r["dice_mean"], r["dice_std"])]
+            cells.append(f"**{r['mean_dice_mean']:.4f} ± {r['mean_dice_std']:.4f}**")
+            cells += [f"{r[f'{k}_mean']:.4f} ± {r[f'{k}_std']:.4f}" if f"{k}_mean" in r else "-"
                       for k in ("mean_dice_present", "mean_hd95", "mean_false_positive_rate")]
         note = "" if r["num_ok"] == len(seeds) else f" ({r['num_ok']}/{len(seeds)} seeds ok)"
         lines.append("| " + " | ".join([strategy + note] + cells) + " |")
@@ -166,8 +158,7 @@ def _pseudo_label_table(result: dict) -> list[str]:
         levels = sorted({k.split("_")[1] for run in runs for k in run})
         for lvl in levels:
             def avg(key):
-                v = [run.get(f"pl_{lvl}_{key}") for run in runs]
-                v = [x for x in v if x is not None]
+                v = [x for run in runs if (x := run.get(f"pl_{lvl}_{key}")) is not None]
                 return f"{np.mean(v):.3f}" if v else "-"
             rows.append(f"| {strategy} | {lvl} | {avg('sel')} / {avg('sel_lesion')} / "
                         f"{avg('n')} | {avg('dice')} | {avg('dice_all')} | {avg('precision')} | "

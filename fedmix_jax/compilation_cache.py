@@ -23,21 +23,13 @@ def resolve_cache_dir(cache_dir: str | None = "default") -> str | None:
     """The absolute directory :func:`enable` would use, or None if the cache is off.
 
     ``cache_dir``: a path, ``None`` / ``""`` / ``"off"`` / ``"none"`` (off), or ``"default"``
-    (``$FEDMIX_JAX_CACHE_DIR``, else ``$XDG_CACHE_HOME`` or ``~/.cache`` /fedmix_jax/jax_cache).
-    """
+    (``$FEDMIX_JAX_CACHE_DIR``, else ``$XDG_CACHE_HOME`` or ``~/.cache`` /fedmix_jax/jax_cache)."""
     if cache_dir == "default":
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         cache_dir = os.environ.get(ENV_VAR, os.path.join(base, "fedmix_jax", "jax_cache"))
     if cache_dir is None or str(cache_dir).strip().lower() in ("", "off", "none"):
         return None
     return os.path.abspath(os.path.expanduser(str(cache_dir)))
-
-
-def _set_dir(path: str | None) -> None:
-    """Points the cache at ``path``; JAX reads it once, at the first compile, so it is reset."""
-    if jax.config.jax_compilation_cache_dir != path:
-        jax.config.update("jax_compilation_cache_dir", path)
-        jax_cache.reset_cache()
 
 
 def enable(cache_dir: str | None = "default") -> str | None:
@@ -49,7 +41,9 @@ def enable(cache_dir: str | None = "default") -> str | None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     jax.config.update("jax_enable_compilation_cache", path is not None)
-    _set_dir(path)
+    if jax.config.jax_compilation_cache_dir != path:   # JAX reads it at the first compile: reset
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax_cache.reset_cache()
     return path
 
 

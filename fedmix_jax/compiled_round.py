@@ -39,19 +39,17 @@ def init_state(model: nn.Module, key: jax.Array, image_shape: tuple[int, ...], n
 
 def make_round_fn(model: nn.Module, config: RoundConfig
                   ) -> Callable[..., tuple[FedState, RoundMetrics]]:
-    """``round_fn(state, train, hparams=None) -> (state, metrics)``: one round, compiled, the
-    state donated; ``hparams`` traced (default ``config.hparams()``). ``train``: a
-    :class:`FederatedSplit` or (not ``sharded``) its compact layout. ``round_fn.jitted``: its
-    programs; ``round_fn.mesh``: the ``sharded`` mesh, else None.
-    """
+    """``round_fn(state, train, hparams=None) -> (state, metrics)``: one round, compiled, the state
+    donated; ``hparams`` traced (default ``config.hparams()``). ``train``: a :class:`FederatedSplit`
+    or (not ``sharded``) its compact layout. ``round_fn.jitted``: its programs; ``round_fn.mesh``:
+    the ``sharded`` mesh, else None."""
     compiled = _compiled_round(model, config)
     default = config.hparams()        # scalars made once, not per round
 
     def round_fn(state: FedState, train: FederatedSplit, hparams: HParams | None = None):
         return compiled(state, train, default if hparams is None else hparams)
 
-    round_fn.jitted = compiled.jitted
-    round_fn.mesh = getattr(compiled, "mesh", None)
+    round_fn.jitted, round_fn.mesh = compiled.jitted, compiled.mesh
     return round_fn
 
 

@@ -40,11 +40,10 @@ def _hparam(default: float):
 
 @dataclasses.dataclass(frozen=True)
 class RoundConfig:
-    """Settings of the round; every field but ``lam``, ``beta``, ``learning_rate`` (the defaults
-    of :class:`HParams`) is static. Each field is the ``config.train`` field of the same name
+    """Settings of the round; every field but ``lam``, ``beta``, ``learning_rate`` (the defaults of
+    :class:`HParams`) is static. Each field is the ``config.train`` field of the same name
     (docs/main_job.md, "Configs"); ``strategy`` is a :class:`~fedmix_jax.strategies.Strategy`.
-    Raises ``ValueError`` for a value out of range.
-    """
+    Raises ``ValueError`` for a value out of range."""
 
     strategy: Strategy = get_strategy("fedmix")
     batch_size: int = 16
@@ -85,14 +84,11 @@ class RoundConfig:
             raise ValueError(f"crop must be None or (h, w) with h, w >= 1, got {self.crop}")
         _check_finite("weight_decay", self.weight_decay)
         _check_finite("adam_eps", self.adam_eps)
-        for name in ("b1", "b2"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and 0.0 <= value < 1.0):
-                raise ValueError(f"{name} must be in [0, 1), got {value}")
-        for name in ("threshold", "agreement", "box_fit"):
-            value = getattr(self.strategy.selection, name)
-            if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-                raise ValueError(f"selection.{name} must be in [0, 1], got {value}")
+        for name, value, end in (("b1", self.b1, ")"), ("b2", self.b2, ")"),
+                                 *((f"selection.{n}", getattr(self.strategy.selection, n), "]")
+                                   for n in ("threshold", "agreement", "box_fit"))):
+            if not (math.isfinite(value) and 0.0 <= value <= 1.0 and (end == "]" or value < 1.0)):
+                raise ValueError(f"{name} must be in [0, 1{end}, got {value}")
         validate_hparams(self.lam, self.beta, self.learning_rate)
 
     def hparams(self) -> "HParams":
@@ -128,8 +124,7 @@ class HParams:
     learning_rate: jax.Array
 
     @classmethod
-    def create(cls, lam: float = 10.0, beta: float = 3.0, learning_rate: float = 1e-3
-               ) -> "HParams":
+    def create(cls, lam: float = 10.0, beta: float = 3.0, learning_rate: float = 1e-3) -> "HParams":
         """Validated hyperparameters (:func:`validate_hparams`) as float32 scalars."""
         validate_hparams(lam, beta, learning_rate)
         f32 = lambda v: jnp.asarray(float(v), jnp.float32)  # noqa: E731
@@ -242,11 +237,10 @@ def check_can_learn(strategy: Strategy, levels: np.ndarray, valid: np.ndarray) -
             "get selected; the run stops if round 1 trains nothing."]
 
 
-NOTHING_TRAINED = (
-    "round 1 trained nothing: no client has pixel masks and no pseudo-label of the initial models "
-    "was selected, so no later round can train either. Give at least one client pixel masks "
-    "(config.data.levels) or loosen the selection (--config.selection.*). Nothing of round 1 was "
-    "written.")
+NOTHING_TRAINED = ("round 1 trained nothing: no client has pixel masks and no pseudo-label of the "
+                   "initial models was selected, so no later round can train either. Give at "
+                   "least one client pixel masks (config.data.levels) or loosen the selection "
+                   "(--config.selection.*). Nothing of round 1 was written.")
 
 
 def validate_run(config, federation, round_config: RoundConfig) -> bool:
@@ -256,13 +250,12 @@ def validate_run(config, federation, round_config: RoundConfig) -> bool:
     if round_config.crop is not None and (round_config.crop[0] > h or round_config.crop[1] > w):
         raise ConfigError(f"--config.train.crop={round_config.crop} is larger than the images "
                           f"({h}x{w}); set a smaller crop or --config.train.crop=None")
-    warmup = round_config.strategy.warmup_rounds
-    if round_config.strategy.weak_samples == "self_training" and warmup >= int(config.num_rounds):
+    strategy, rounds = round_config.strategy, int(config.num_rounds)
+    if strategy.weak_samples == "self_training" and strategy.warmup_rounds >= rounds:
         logging.warning("the warm-up (train.warmup_rounds=%d) covers all %d rounds: only the pixel "
-                        "clients train; lower --config.train.warmup_rounds", warmup,
-                        int(config.num_rounds))
-    warnings = check_can_learn(round_config.strategy, federation.train.levels,
-                               federation.train.valid)
+                        "clients train; lower --config.train.warmup_rounds",
+                        strategy.warmup_rounds, rounds)
+    warnings = check_can_learn(strategy, federation.train.levels, federation.train.valid)
     for message in warnings:
         logging.warning("%s", message)
     return bool(warnings)

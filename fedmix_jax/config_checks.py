@@ -57,10 +57,8 @@ def _get(config, field: str):
     node = config
     for part in field.split("."):
         try:
-            if part not in node:
-                return False, None
             node = node[part]
-        except TypeError:
+        except (KeyError, TypeError, AttributeError):
             return False, None
     return True, node
 
@@ -150,11 +148,7 @@ def check_config_values(config) -> None:
 def check_num_devices(config) -> None:
     """Refuse ``train.num_devices`` above the number of devices JAX has."""
     wanted = config.train.get("num_devices", None)
-    if wanted is None:
-        return
-    have = jax.device_count()
-    if int(wanted) > have:
-        raise ConfigError(
-            f"--config.train.num_devices={wanted}, but JAX has {have} {jax.default_backend()} "
-            f"device(s): use at most {have} (or None for all); on a CPU, "
-            "--config.train.cpu_devices=0 gives one device per core")
+    if wanted is not None and int(wanted) > (have := jax.device_count()):
+        raise ConfigError(f"--config.train.num_devices={wanted}, but JAX has {have} "
+                          f"{jax.default_backend()} device(s): use at most {have} (or None for "
+                          "all); on a CPU, --config.train.cpu_devices=0 gives one device per core")

@@ -3,6 +3,7 @@ progress bar, orbax's internal lines kept out) and the progress over rounds (:cl
 
 from __future__ import annotations
 
+import contextlib
 import logging as py_logging
 import os
 import sys
@@ -23,12 +24,8 @@ class _Handler(py_logging.StreamHandler):
 
     def emit(self, record) -> None:
         self.stream = sys.stderr
-        if _bar is not None:
-            from tqdm.auto import tqdm
-
-            with tqdm.external_write_mode(file=sys.stderr):
-                super().emit(record)
-        else:
+        bar = _bar
+        with contextlib.nullcontext() if bar is None else bar.external_write_mode(file=sys.stderr):
             super().emit(record)
 
 
@@ -58,8 +55,7 @@ def _drop_late_tensorstore_noise() -> None:
 
 
 def setup_logging(verbosity: int = logging.INFO) -> None:
-    """Show absl log lines of ``verbosity`` and above on stderr (idempotent); keep orbax's and
-    TensorStore's internal noise out."""
+    """Show absl log lines of ``verbosity`` and above on stderr (idempotent), no orbax noise."""
     logger = logging.get_absl_logger()
     if not any(isinstance(h, _Handler) for h in logger.handlers):
         logger.addHandler(_Handler())
@@ -83,11 +79,9 @@ class Progress:
             _bar = self.bar
 
     def update(self, rec: dict, num_rounds: int, last_dice: float | None) -> None:
-        steps = np.asarray(rec["steps"])
-        loss = np.asarray(rec["loss1"])
+        steps, loss, weak, rate = (np.asarray(rec[k]) for k in ("steps", "loss1", "weak",
+                                                                  "selection_rate"))
         mean_loss = float(loss[steps > 0].mean()) if (steps > 0).any() else float("nan")
-        weak = np.asarray(rec["weak"])
-        rate = np.asarray(rec["selection_rate"])
         sel = float(rate[weak > 0].mean()) if (weak > 0).any() else float("nan")
         dice = float("nan") if last_dice is None else last_dice
         if self.bar is not None:

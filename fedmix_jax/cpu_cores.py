@@ -1,9 +1,9 @@
 """A CPU's cores as JAX devices, so that clients train side by side instead of one after another.
 
 ``--config.train.cpu_devices=0`` asks JAX for one CPU device per usable core and runs the
-``sharded`` executor over them (off by default: equal to one device only up to float rounding).
-The count must be chosen before JAX starts its backends: call :func:`use_cpu_cores` right after
-the imports (or set ``JAX_NUM_CPU_DEVICES``); too late, it logs so. Details: docs/cpu_speed.md.
+``sharded`` executor over them (off by default: equal to one device only up to float rounding). The
+count must be chosen before JAX starts its backends: call :func:`use_cpu_cores` right after the
+imports (or set ``JAX_NUM_CPU_DEVICES``); too late, it logs so. Details: docs/cpu_speed.md.
 """
 from __future__ import annotations
 
@@ -30,9 +30,8 @@ def use_cpu_cores(count: int = 0) -> int:
     """Asks JAX for ``count`` CPU devices (``0``: one per usable core); returns how many it has.
 
     Leaves the count alone when ``JAX_NUM_CPU_DEVICES`` or ``XLA_FLAGS`` choose it; once JAX's
-    backends have started, logs a warning and returns the current count. Raises ``ValueError``
-    for ``count < 0``.
-    """
+    backends have started, logs a warning and returns the current count. Raises ``ValueError`` for
+    ``count < 0``."""
     if count < 0:
         raise ValueError(f"cpu_devices must be >= 0 (0: one per core), got {count}")
     wanted = usable_cores() if count == 0 else int(count)
@@ -71,6 +70,5 @@ def executor_for_devices(round_config, config, num_clients: int):
             or jax.default_backend() != "cpu" or len(jax.devices()) < 2):
         return round_config
     num = round_config.num_devices or min(len(jax.devices()), num_clients)
-    logging.info("cpu_devices: %d clients on %d CPU devices (executor sharded)", num_clients,
-                 num)
+    logging.info("cpu_devices: %d clients on %d CPU devices (executor sharded)", num_clients, num)
     return dataclasses.replace(round_config, executor="sharded", num_devices=num)

@@ -57,12 +57,8 @@ def _program(model: nn.Module, config):
     @jax.jit
     def run(global_params, data):
         rows, pool = client_rows(data)
-
-        def one(r):
-            site = unpack_split_labels(client_data(pool, r))
-            return site_diagnostics(model, config, global_params, site)
-
-        return jax.lax.map(one, rows)
+        return jax.lax.map(lambda r: site_diagnostics(
+            model, config, global_params, unpack_split_labels(client_data(pool, r))), rows)
 
     return run
 
@@ -100,8 +96,7 @@ def summarize(diagnostics: dict[str, list]) -> dict[str, float | None]:
             out[f"pl_{name}_{key}"] = float(np.sum(diagnostics[f"pl_{name}_{key}"]))
         for key, weight in (("dice", sel), ("precision", sel), ("area", sel),
                             ("dice_all", n), ("recall", n)):
-            v = np.asarray([np.nan if x is None else x
-                            for x in diagnostics[f"pl_{name}_{key}"]], float)
+            v = np.asarray(diagnostics[f"pl_{name}_{key}"], float)     # None: NaN
             ok = np.isfinite(v) & (weight > 0)
             out[f"pl_{name}_{key}"] = (float(np.sum(v[ok] * weight[ok]) / weight[ok].sum())
                                        if ok.any() else None)

@@ -10,9 +10,14 @@ import re
 
 
 class RunError(Exception):
-    """An error with a message for the user (main prints it without a traceback)."""
+    """An error with a message for the user (main prints it without a traceback); keyword
+    ``details`` become attributes (``pid``, ``round``, ...)."""
 
     exit_code = 2
+
+    def __init__(self, *args, **details):
+        super().__init__(*args)
+        self.__dict__.update(details)
 
 
 class ConfigError(RunError, ValueError):
@@ -38,18 +43,11 @@ class WorkdirError(RunError):
 class WorkdirLockedError(WorkdirError):
     """Another run holds the workdir's lock; ``pid`` is its process id (None if unknown)."""
 
-    def __init__(self, message: str, pid: int | None = None):
-        super().__init__(message)
-        self.pid = pid
+    pid: int | None = None
 
 
 class CheckpointWriteError(WorkdirError):
     """A checkpoint could not be written; ``step``: its round, ``kept``: the newest complete one."""
-
-    def __init__(self, message: str, step: int, kept: int | None):
-        super().__init__(message)
-        self.step = step
-        self.kept = kept
 
 
 class OutOfMemoryError(RunError):
@@ -60,11 +58,6 @@ class TrainingDivergedError(RunError, FloatingPointError):
     """A client's training loss is NaN or infinite; ``round`` and ``clients`` say where."""
 
     exit_code = 1
-
-    def __init__(self, message: str, round: int, clients: list[int]):  # noqa: A002
-        super().__init__(message)
-        self.round = round
-        self.clients = clients
 
 
 # errno values that mean "the disk, not the program": the message names the cause.
@@ -104,11 +97,10 @@ def disk_advice(e: BaseException) -> str:
 
 def is_out_of_memory(e: BaseException) -> bool:
     """True for XLA's RESOURCE_EXHAUSTED / out-of-memory errors and host ``MemoryError``."""
-    if isinstance(e, MemoryError):
-        return True
     text = str(e)       # XLA's errors are RuntimeErrors
-    return (isinstance(e, RuntimeError) and not isinstance(e, RunError)
-            and ("RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()))
+    return isinstance(e, MemoryError) or (
+        isinstance(e, RuntimeError) and not isinstance(e, RunError)
+        and ("RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()))
 
 
 _DAMAGED_DIRECTORIES: set[str] = set()     # of checkpoints already reported as damaged
@@ -123,8 +115,7 @@ def _not_a_late_read_error(record) -> bool:
 
 
 def silence_late_read_errors(directory: str) -> None:
-    """After a damaged checkpoint under ``directory`` was reported in one line, asyncio's
-    "Task exception was never retrieved" traces of TensorStore's remaining reads of it are not
-    printed; every other asyncio record still is."""
+    """Once a damaged checkpoint under ``directory`` was reported, asyncio's "... never retrieved"
+    traces of TensorStore's remaining reads of it are not printed (every other record still is)."""
     logging.getLogger("asyncio").addFilter(_not_a_late_read_error)   # added once however often
     _DAMAGED_DIRECTORIES.update({os.path.abspath(directory), os.path.realpath(directory)})

@@ -15,9 +15,8 @@ from fedmix_jax.data.compact import CompactSplit, padded_rows
 from fedmix_jax.data.federation import (FederatedSplit, float_images, gathered_labels,
                                         labels_packed, unpack_labels)
 from fedmix_jax.hd95 import hd95_per_class, nanmean
-from fedmix_jax.inference import apply_in_chunks
 from fedmix_jax.losses import DICE_EPS, dice_coefficient, iou_coefficient, overlap_sums
-from fedmix_jax.pseudo_labels import binarize
+from fedmix_jax.pseudo_labels import apply_in_chunks, binarize
 
 
 def segmentation_scores(logits: jax.Array, masks: jax.Array, threshold: float = 0.5):
@@ -66,8 +65,7 @@ def _host_masks(split: FederatedSplit | CompactSplit) -> np.ndarray:
     m = np.asarray(split.masks)
     m = unpack_labels(m, split.images.shape[-2]) if labels_packed(split) else m
     if isinstance(split, CompactSplit):
-        m = padded_rows(m, np.asarray(split.offsets), np.asarray(split.lengths),
-                        split.max_samples)
+        m = padded_rows(m, np.asarray(split.offsets), np.asarray(split.lengths), split.max_samples)
     return m
 
 
@@ -76,9 +74,7 @@ def _pieces(split: FederatedSplit | CompactSplit, params, per_client_params: boo
     """``(params, images, masks, put)`` per piece of any layout: ``images`` / ``masks`` [a, b, ...]
     slices (padded: ``block_size`` images of every client; compact: ``block_size * C`` rows;
     per-client params: one client), ``put(dst, v)`` writes outputs [a, b, ...] into [C, M, ...]."""
-    def client(c):
-        return jax.tree.map(lambda x: x[c], params)
-
+    client = lambda c: jax.tree.map(lambda x: x[c], params)  # noqa: E731
     m = split.max_samples
     if not isinstance(split, CompactSplit):
         if per_client_params:
@@ -104,14 +100,12 @@ def _pieces(split: FederatedSplit | CompactSplit, params, per_client_params: boo
         row_client[o:o + n], row_image[o:o + n] = c, np.arange(n)
     step = t if block_size is None else max(int(block_size) * split.num_clients, 1)
     for lo in range(0, t, step):
-        yield (params, _cut(split.images, lo, step, 0)[None],
-               _cut(split.masks, lo, step, 0)[None],
+        yield (params, _cut(split.images, lo, step, 0)[None], _cut(split.masks, lo, step, 0)[None],
                lambda dst, v, lo=lo: _put_rows(dst, v[0], row_client[lo:lo + step],
                                                row_image[lo:lo + step]))
 
 
 def _cut(x, lo: int, size: int, axis: int):
-    """``x[lo:lo + size]`` along ``axis``; ``x`` itself when that is all of it (no copy)."""
     if lo == 0 and size >= x.shape[axis]:
         return x
     return x[(slice(None),) * axis + (slice(lo, lo + size),)]
@@ -197,8 +191,7 @@ def _hd95_figures(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray, one_empty
     per_image = np.full(valid.shape + pred.shape[-1:], np.nan)
     for c in range(valid.shape[0]):
         idx = np.flatnonzero(valid[c])
-        if idx.size:
-            per_image[c, idx] = hd95_per_class(pred[c, idx], gt[c, idx], one_empty=one_empty)
+        per_image[c, idx] = hd95_per_class(pred[c, idx], gt[c, idx], one_empty=one_empty)
     hd_pc = nanmean(per_image, axis=1)                                   # [C, K]
     hd = nanmean(hd_pc, axis=-1)                                         # [C]
     return dict(hd95_per_class=hd_pc, hd95=hd, mean_hd95=np.float64(_nan_over_clients(hd, has)),

@@ -41,8 +41,7 @@ class Executor:
         step = functools.partial(round_step, model=model, config=self.round_config,
                                  backend=self.backend())
         donating = jax.jit(step, donate_argnums=(0,))
-        donating.jitted = (donating,)
-        donating.mesh = None
+        donating.jitted, donating.mesh = (donating,), None
         return donating
 
     def place_state(self, state, round_fn):
@@ -74,11 +73,10 @@ class LoopExecutor(Executor):
     name = "loop"
 
     def compile_round(self, model) -> Callable:
-        config = self.round_config
-        site_fn = site_fn_for(model, config)
+        site_fn = site_fn_for(model, self.round_config)
         loop = client_backends.LoopClients(donate=True)
         start = jax.jit(start_round)
-        finish = jax.jit(functools.partial(finish_round, config.strategy))
+        finish = jax.jit(functools.partial(finish_round, self.round_config.strategy))
 
         def round_loop(state, train, hparams):
             (global_params, round_index, pool), clients, next_key = start(state, train)
@@ -87,8 +85,7 @@ class LoopExecutor(Executor):
             rest = state.replace(client_params=None, opt_state=None)
             return finish(rest, train, sites, reports, next_key, hparams)
 
-        round_loop.jitted = (start, loop.program(site_fn), finish)
-        round_loop.mesh = None
+        round_loop.jitted, round_loop.mesh = (start, loop.program(site_fn), finish), None
         return round_loop
 
 
@@ -120,9 +117,8 @@ class ShardedExecutor(Executor):
 
     def compile_round(self, model) -> Callable:
         mesh = client_mesh(self.round_config.num_devices)
-        step = functools.partial(
-            round_step, model=model, config=self.round_config,
-            backend=client_backends.sharded_clients(mesh, group=self.client_group))
+        backend = client_backends.sharded_clients(mesh, group=self.client_group)
+        step = functools.partial(round_step, model=model, config=self.round_config, backend=backend)
         donating = jax.jit(step, donate_argnums=(0,))
         plain = jax.jit(step)      # padded clients: the outputs cannot reuse the inputs' buffers
 
@@ -135,8 +131,7 @@ class ShardedExecutor(Executor):
             fn = donating if train.valid.shape[0] % mesh.size == 0 else plain
             return fn(state, train, hparams)
 
-        sharded_round.jitted = (donating, plain)
-        sharded_round.mesh = mesh
+        sharded_round.jitted, sharded_round.mesh = (donating, plain), mesh
         return sharded_round
 
     def place_state(self, state, round_fn):
@@ -162,15 +157,11 @@ class ShardedExecutor(Executor):
 
 
 _KINDS = {kind.name: kind for kind in (Executor, LoopExecutor, VmapExecutor, ShardedExecutor)}
-NAMES = tuple(_KINDS)
 
 
 def for_config(round_config) -> Executor:
-    """The executor ``round_config.executor`` names; raises ValueError if unknown."""
-    name = str(round_config.executor)
-    if name not in _KINDS:
-        raise ValueError(f"unknown executor {name!r}; choose one of {NAMES}")
-    return _KINDS[name](round_config)
+    """The executor ``round_config.executor`` names (a name :class:`RoundConfig` checked)."""
+    return _KINDS[str(round_config.executor)](round_config)
 
 
 __all__ = ["Executor", "LoopExecutor", "ShardedExecutor", "VmapExecutor", "for_config"]

@@ -32,8 +32,7 @@ def hd95(pred, gt, *, percentile: float = 95.0, one_empty: str = "diagonal") -> 
     Raises ValueError on other shapes or ``one_empty`` values."""
     if one_empty not in ONE_EMPTY_CHOICES:
         raise ValueError(f"one_empty must be one of {ONE_EMPTY_CHOICES}, got {one_empty!r}")
-    pred = np.asarray(pred) > 0.5
-    gt = np.asarray(gt) > 0.5
+    pred, gt = np.asarray(pred) > 0.5, np.asarray(gt) > 0.5
     if pred.ndim != 2 or pred.shape != gt.shape:
         raise ValueError(f"hd95 needs two 2D masks of the same shape, got {pred.shape} and "
                          f"{gt.shape}")
@@ -41,8 +40,7 @@ def hd95(pred, gt, *, percentile: float = 95.0, one_empty: str = "diagonal") -> 
     if not has_p and not has_g:
         return float("nan")
     if has_p != has_g:
-        return {"diagonal": math.hypot(*pred.shape), "inf": math.inf,
-                "nan": math.nan}[one_empty]
+        return {"diagonal": math.hypot(*pred.shape), "inf": math.inf, "nan": math.nan}[one_empty]
     union = pred | gt                   # cropped to the union's bounding box (same distances)
     rows, cols = np.flatnonzero(union.any(axis=1)), np.flatnonzero(union.any(axis=0))
     box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
@@ -54,17 +52,14 @@ def hd95(pred, gt, *, percentile: float = 95.0, one_empty: str = "diagonal") -> 
 def hd95_per_class(pred, gt, *, percentile: float = 95.0, one_empty: str = "diagonal"
                    ) -> np.ndarray:
     """HD95 of every image and class: masks [B, H, W, K] -> float64 [B, K] (NaN: both empty)."""
-    pred = np.asarray(pred) > 0.5
-    gt = np.asarray(gt) > 0.5
+    pred, gt = np.asarray(pred) > 0.5, np.asarray(gt) > 0.5
     if pred.ndim != 4 or pred.shape != gt.shape:
         raise ValueError(f"hd95_per_class needs [B, H, W, K] masks of the same shape, got "
                          f"{pred.shape} and {gt.shape}")
     b, _, _, k = pred.shape
     out = np.full((b, k), np.nan)
-    has_p, has_g = pred.any(axis=(1, 2)), gt.any(axis=(1, 2))
-    for i, j in zip(*np.nonzero(has_p | has_g)):
-        out[i, j] = hd95(pred[i, ..., j], gt[i, ..., j], percentile=percentile,
-                         one_empty=one_empty)
+    for i, j in zip(*np.nonzero(pred.any(axis=(1, 2)) | gt.any(axis=(1, 2)))):
+        out[i, j] = hd95(pred[i, ..., j], gt[i, ..., j], percentile=percentile, one_empty=one_empty)
     return out
 
 

@@ -63,8 +63,7 @@ class JobSettings:
         except (TypeError, ValueError) as e:
             raise ConfigError(f"invalid config: train.cpu_devices: {e}") from None
         cache = config.get("compilation_cache", d.compilation_cache)   # None: off, not default
-        return cls(eval_local_models=bool(_field(config, "eval_local_models",
-                                                 d.eval_local_models)),
+        return cls(eval_local_models=bool(_field(config, "eval_local_models", d.eval_local_models)),
                    diagnostics=bool(_field(config, "diagnostics", d.diagnostics)),
                    compilation_cache="off" if cache is None else str(cache),
                    cpu_devices=cpu_devices, memory=MemorySettings.from_config(config.get("data")))

@@ -1,9 +1,8 @@
 """Segmentation losses (pure, jittable): soft Dice, BCE, FedMix's mixed supervision, weak labels.
 
-``logits`` / ``targets`` are [B, H, W, K] (one sigmoid channel per class), per-sample values [B].
-``dice(a, b) = (2 sum(a b) + eps) / (sum(a) + sum(b) + eps)``, eps = 1e-4, summed over a sample's
-pixels and channels; with [B] ``weights`` a loss is ``sum(w l) / sum(w)``, 0 (zero gradient) when
-every weight is 0. The weak-label terms: docs/weak_supervision.md.
+``logits`` / ``targets`` are [B, H, W, K] (one sigmoid channel per class), per-sample values [B];
+with [B] ``weights`` a loss is :func:`weighted_mean`'s. The weak-label terms:
+docs/weak_supervision.md.
 """
 
 from __future__ import annotations
@@ -20,16 +19,15 @@ DICE_EPS = 1e-4
 def overlap_sums(pred: jax.Array, target: jax.Array, axes=None) -> tuple[jax.Array, jax.Array]:
     """``(sum(pred * target), sum(pred) + sum(target))`` in float32 over ``axes`` (default: all
     but the first), e.g. [B, ...] -> ([B], [B])."""
-    pred = pred.astype(jnp.float32)
-    target = target.astype(jnp.float32)
+    pred, target = pred.astype(jnp.float32), target.astype(jnp.float32)
     axes = tuple(range(1, pred.ndim)) if axes is None else axes
     return (jnp.sum(pred * target, axis=axes),
             jnp.sum(pred, axis=axes) + jnp.sum(target, axis=axes))
 
 
 def dice_coefficient(pred: jax.Array, target: jax.Array, eps: float = DICE_EPS) -> jax.Array:
-    """Per-sample Dice of soft or binary maps ``pred``, ``target`` [B, ...] in [0, 1] -> [B];
-    ``eps`` is added to numerator and denominator, so two empty maps score 1."""
+    """Per-sample ``(2 sum(pred target) + eps) / (sum(pred) + sum(target) + eps)`` of soft or
+    binary maps ``pred``, ``target`` [B, ...] in [0, 1] -> [B]: two empty maps score 1."""
     inter, total = overlap_sums(pred, target)
     return (2.0 * inter + eps) / (total + eps)
 
@@ -116,12 +114,9 @@ def weak_label_regions(boxes: jax.Array, image_labels: jax.Array, levels: jax.Ar
     """``(region [B, H, W, K], present [B, K], known [B, K])`` float32 of ``boxes`` [B, H, W, K]
     and ``image_labels`` [B, K] in {0, 1}, ``levels`` [B] int, ``valid`` [B] bool: a box sample's
     boxes / an image sample's label broadcast; known 1 for valid box and image samples."""
-    boxes = boxes.astype(jnp.float32)
-    labels = image_labels.astype(jnp.float32)
-    is_box = (levels == BOX)[:, None]
-    is_image = (levels == IMAGE)[:, None]
-    box_present = (jnp.max(boxes, axis=(1, 2)) > 0).astype(jnp.float32)
-    present = jnp.where(is_box, box_present, labels)
+    boxes, labels = boxes.astype(jnp.float32), image_labels.astype(jnp.float32)
+    is_box, is_image = (levels == BOX)[:, None], (levels == IMAGE)[:, None]
+    present = jnp.where(is_box, (jnp.max(boxes, axis=(1, 2)) > 0).astype(jnp.float32), labels)
     region = jnp.where(is_box[:, None, None, :], boxes,
                        jnp.broadcast_to(labels[:, None, None, :], boxes.shape))
     known = ((is_box | is_image) & valid[:, None]).astype(jnp.float32)
@@ -129,7 +124,6 @@ def weak_label_regions(boxes: jax.Array, image_labels: jax.Array, levels: jax.Ar
 
 
 def _masked_max(logits: jax.Array, mask: jax.Array, axes) -> jax.Array:
-    """Max of ``logits`` over ``axes`` where ``mask`` is 1 (a very negative number where empty)."""
     return jnp.max(jnp.where(mask > 0, logits, -1e4), axis=axes)
 
 
@@ -139,8 +133,7 @@ def outside_region_bce_per_sample(logits: jax.Array, region: jax.Array,
     (0 without such pixel). logits, region: [B, H, W, K]; known: [B, K] in {0, 1}."""
     neg = (1.0 - region.astype(jnp.float32)) * known[:, None, None, :]
     per_pixel = jax.nn.softplus(logits.astype(jnp.float32))     # BCE toward 0
-    total = jnp.sum(neg, axis=(1, 2, 3))
-    return jnp.sum(neg * per_pixel, axis=(1, 2, 3)) / jnp.maximum(total, 1.0)
+    return jnp.sum(neg * per_pixel, axis=(1, 2, 3)) / jnp.maximum(jnp.sum(neg, axis=(1, 2, 3)), 1.0)
 
 
 def dilate(region: jax.Array, radius: int) -> jax.Array:
@@ -160,8 +153,7 @@ def mil_image_loss_per_sample(logits: jax.Array, region: jax.Array, present: jax
     ``absent_weight`` for absent classes; ``spare_lesions``: :func:`spared_pixels` left out too),
     averaged over the known classes. logits, region: [B, H, W, K]; present, known: [B, K]."""
     logits = logits.astype(jnp.float32)
-    present = present.astype(jnp.float32)
-    region = region.astype(jnp.float32)
+    present, region = present.astype(jnp.float32), region.astype(jnp.float32)
     inside = _masked_max(logits, region, axes=(1, 2))                       # [B, K]
     near = dilate(region, outside_margin)
     if spare_lesions:
@@ -214,8 +206,7 @@ def box_tightness_loss_per_sample(logits: jax.Array, boxes: jax.Array, known: ja
     boxes = boxes.astype(jnp.float32) * known[:, None, None, :]
     total, count = 0.0, 0.0
     for line_axis, across in ((2, 1), (1, 2)):     # rows (max over W), columns (max over H)
-        keep = _inset(boxes, inset, across)
-        bag = jnp.max(keep, axis=line_axis)                           # [B, L, K] line in use
+        bag = jnp.max(_inset(boxes, inset, across), axis=line_axis)   # [B, L, K] line in use
         pooled = _masked_max(logits, boxes, axes=line_axis)           # [B, L, K]
         total = total + jnp.sum(bag * jax.nn.softplus(-pooled), axis=(1, 2))
         count = count + jnp.sum(bag, axis=(1, 2))

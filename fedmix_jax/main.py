@@ -60,10 +60,8 @@ def print_help(usage: str, fv: flags.FlagValues, doc: str) -> int:
 def config_path_from_argv(argv: list[str]) -> str | None:
     """The value of ``--config`` in ``argv`` (``--config=PATH`` or ``--config PATH``), if any."""
     for i, arg in enumerate(argv[1:], start=1):
-        if m := re.match(r"^--?config(=(.*))?$", arg):
-            if m.group(1) is not None:
-                return m.group(2)
-            return argv[i + 1] if i + 1 < len(argv) else ""
+        if m := re.match(r"^--?config(=(.*))?$", arg):     # else the next argument, if any
+            return m.group(2) if m.group(1) is not None else (argv[i + 1:] + [""])[0]
     return None
 
 
@@ -103,16 +101,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_cli(argv: list[str] | None, usage: str, doc: str, define, label: str | None,
             start) -> int:
-    """A command line (``main``, ``compare``): ``--help``; the config file and flags checked (one
-    ``error:`` line and ``usage``, exit 2); then :func:`run_job` of ``start(fv)`` (a function of
-    the workdir; ``start`` may raise ``flags.Error`` / ``ValueError`` for a bad flag). The
-    default workdir is named after ``label`` (None: the config's strategy)."""
+    """A command line (``main``, ``compare``): ``--help``; a bad config file or flag (also
+    ``flags.Error`` / ``ValueError`` from ``start(fv)``): ``error:``, ``usage``, exit 2; then
+    :func:`run_job` of ``start(fv)``'s job of the workdir (by default named after ``label``)."""
     argv = list(sys.argv if argv is None else argv)
     if wants_help(argv):
         return print_help(usage, define(argv[:1]), doc)
     path = config_path_from_argv(argv)
-    err = check_config_file(path)
-    if err:
+    if err := check_config_file(path):
         print(err.replace(USAGE, usage), file=sys.stderr)
         return 2
     try:
@@ -147,8 +143,7 @@ def run_job(job) -> int:
         job()
     except RunError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
-        # The failure was reported in that line: writes of the same failed save that TensorStore
-        # finishes later must not print asyncio's "Future exception was never retrieved" traces.
+        # reported: TensorStore's later writes of a failed save must not print asyncio's traces
         std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
         return e.exit_code
     except KeyboardInterrupt:

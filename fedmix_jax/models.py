@@ -24,18 +24,12 @@ Dtype = Any
 #: torch.nn.GroupNorm's default epsilon (Flax's default is 1e-6).
 GROUPNORM_EPSILON = 1e-5
 
-# Flax's xavier_uniform on an HWIO kernel is torch's xavier_uniform_ on the OIHW one.
-kernel_init = nn.initializers.xavier_uniform()
-bias_init = nn.initializers.zeros
-
 
 @functools.lru_cache(maxsize=256)
 def interpolation_matrix(n_in: int, n_out: int, pad_to: int | None = None) -> np.ndarray:
     """float64 ``[pad_to or n_out, n_in]`` (cached, read-only): linear ``align_corners=True``
     resizing along one axis, as torch's bilinear ``Upsample``; ``pad_to`` adds zero rows as the
     reference's ``F.pad`` (``(pad_to - n_out) // 2`` before, the rest after)."""
-    if n_in < 1 or n_out < 1:
-        raise ValueError(f"sizes must be positive, got n_in={n_in}, n_out={n_out}")
     scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
     src = np.arange(n_out, dtype=np.float64) * scale
     lo = np.clip(np.floor(src).astype(np.int64), 0, n_in - 1)
@@ -47,8 +41,6 @@ def interpolation_matrix(n_in: int, n_out: int, pad_to: int | None = None) -> np
     np.add.at(m, (rows, hi), frac)
     if pad_to is not None:
         diff = pad_to - n_out
-        if diff < 0:
-            raise ValueError(f"cannot pad {n_out} rows to {pad_to}: the target is smaller")
         m = np.pad(m, ((diff // 2, diff - diff // 2), (0, 0)))
     m.setflags(write=False)
     return m
@@ -56,10 +48,8 @@ def interpolation_matrix(n_in: int, n_out: int, pad_to: int | None = None) -> np
 
 def _resize_hw(x: jax.Array, mh: np.ndarray, mw: np.ndarray) -> jax.Array:
     """Applies ``[Ho, H]`` and ``[Wo, W]`` matrices to the H and W axes of NHWC ``x``."""
-    mh = jnp.asarray(mh, dtype=x.dtype)
-    mw = jnp.asarray(mw, dtype=x.dtype)
-    x = jnp.einsum("oh,nhwc->nowc", mh, x)
-    return jnp.einsum("pw,nowc->nopc", mw, x)
+    x = jnp.einsum("oh,nhwc->nowc", jnp.asarray(mh, dtype=x.dtype), x)
+    return jnp.einsum("pw,nowc->nopc", jnp.asarray(mw, dtype=x.dtype), x)
 
 
 def upsample_bilinear_align_corners(x: jax.Array, scale: int = 2) -> jax.Array:
@@ -76,8 +66,9 @@ def upsample_and_pad(x: jax.Array, target_hw: Sequence[int]) -> jax.Array:
 
 
 class Conv(nn.Module):
-    """``nn.Conv(features, (k, k), padding=k // 2)`` (same params: ``kernel`` HWIO, ``bias``,
-    float32; same values) on :func:`fedmix_jax.xla_cpu.conv2d_same`."""
+    """``nn.Conv(features, (k, k), padding=k // 2)`` for odd ``k`` (same params: ``kernel`` HWIO,
+    ``bias``, float32; same values) on :func:`fedmix_jax.xla_cpu.conv2d_same`. Flax's
+    xavier_uniform on an HWIO kernel is torch's xavier_uniform_ on the OIHW one."""
 
     features: int
     kernel_size: int = 3
@@ -88,9 +79,9 @@ class Conv(nn.Module):
         k = self.kernel_size
         if k % 2 != 1:
             raise ValueError(f"kernel_size must be odd, got {k}")
-        kernel = self.param("kernel", kernel_init, (k, k, x.shape[-1], self.features),
-                            jnp.float32)
-        bias = self.param("bias", bias_init, (self.features,), jnp.float32)
+        kernel = self.param("kernel", nn.initializers.xavier_uniform(),
+                            (k, k, x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
         x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
         return conv2d_same(x, kernel, k // 2) + bias
 
@@ -136,8 +127,6 @@ class GroupNorm(nn.Module):
 def _double_conv(x: jax.Array, features: int, mid_features: int, dtype: Dtype) -> jax.Array:
     """(3x3 conv -> GroupNorm -> ReLU) x 2; must be called inside a compact method."""
     for i, f in ((1, mid_features), (2, features)):
-        if f < 2:
-            raise ValueError(f"GroupNorm with channels // 2 groups needs >= 2 channels, got {f}")
         x = Conv(f, 3, dtype=dtype, name=f"conv{i}")(x)
         x = GroupNorm(f // 2, GROUPNORM_EPSILON, dtype=dtype, name=f"norm{i}")(x)
         x = nn.relu(x)
@@ -153,8 +142,7 @@ class DoubleConv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        mid = self.features if self.mid_features is None else self.mid_features
-        return _double_conv(x, self.features, mid, self.dtype)
+        return _double_conv(x, self.features, self.mid_features or self.features, self.dtype)
 
 
 class Down(nn.Module):

@@ -32,24 +32,19 @@ def host_arrays(federation, splits=_SPLITS) -> dict:
                    for f in dataclasses.fields(FederatedSplit)} for name in splits}
 
 
-def without_pixels(federation, splits=_SPLITS):
-    """A new federation whose ``splits``' images, masks and boxes are zero-stride zeros of the
-    same shape and dtype (no memory); the other fields kept."""
+def take_host_arrays(federation, splits=_SPLITS):
+    """``(host, pixel_free, plot)``: :func:`host_arrays`; a new federation whose ``splits``'
+    images, masks and boxes are zero-stride zeros of the same shape and dtype (no memory), the
+    other fields kept; copies of the plot's test samples [C, k, ...]."""
     def nothing(x):
         return np.broadcast_to(np.zeros((), np.asarray(x).dtype), np.shape(x))
 
     def pixel_free(split):
         return split.replace(**{f: nothing(getattr(split, f)) for f in _PIXEL_FIELDS})
 
-    return dataclasses.replace(federation, **{name: pixel_free(getattr(federation, name))
-                                              for name in splits})
-
-
-def take_host_arrays(federation, splits=_SPLITS):
-    """``(host, pixel_free, plot)``: :func:`host_arrays`, :func:`without_pixels` and copies of
-    the plot's test samples [C, k, ...]."""
     plot = jax.tree.map(lambda x: np.array(np.asarray(x)[:, :PLOT_SAMPLES]), federation.test)
-    return host_arrays(federation, splits), without_pixels(federation, splits), plot
+    free = {name: pixel_free(getattr(federation, name)) for name in splits}
+    return host_arrays(federation, splits), dataclasses.replace(federation, **free), plot
 
 
 def _put_now(x, put=jax.device_put):

@@ -19,6 +19,7 @@ from matplotlib.ticker import MaxNLocator
 from fedmix_jax.data.federation import float_images, gathered_labels
 from fedmix_jax.diagnostics import LEVELS, summarize
 
+
 def _figure(figsize=(6.4, 4.0), dpi=110):
     fig = Figure(figsize=figsize, dpi=dpi)
     FigureCanvasAgg(fig)
@@ -112,9 +113,8 @@ def plot_loss(records, client_names, path, levels=None) -> str:
 
 
 def plot_pseudo_labels(records, client_names, path, levels=None) -> str | None:
-    """Pseudo-label quality vs round (records with ``pl_*`` diagnostics; None without): per weak
-    level, the Dice of the selected pseudo-labels against the true masks and the selected share
-    of samples, pooled over clients (:func:`fedmix_jax.diagnostics.summarize`)."""
+    """Pseudo-label quality vs round (None without ``pl_*`` diagnostics): per weak level, pooled
+    over clients, the Dice against the true masks and the selected share of samples."""
     rows = [(r["round"], summarize({k: v for k, v in r.items() if k.startswith("pl_")}))
             for r in records if any(k.startswith("pl_") for k in r)]
     if not rows:
@@ -127,14 +127,13 @@ def plot_pseudo_labels(records, client_names, path, levels=None) -> str | None:
             continue
         get = lambda key: np.array([s.get(key) for _, s in rows], float)  # None: NaN # noqa: E731
         n = get(f"pl_{name}_n")
-        ax_dice.plot(rounds, get(f"pl_{name}_dice"), color=_colour(i), marker=".",
-                     label=f"{name}: selected")
-        ax_dice.plot(rounds, get(f"pl_{name}_dice_all"), color=_colour(i), ls="--",
-                     label=f"{name}: all with a lesion")
-        ax_sel.plot(rounds, get(f"pl_{name}_sel") / n, color=_colour(i), marker=".",
-                    label=f"{name}: selected")
-        ax_sel.plot(rounds, get(f"pl_{name}_sel_lesion") / n, color=_colour(i), ls="--",
-                    label=f"{name}: selected with a lesion")
+        for ax, key, scale, style, what in (
+                (ax_dice, "dice", 1, {"marker": "."}, "selected"),
+                (ax_dice, "dice_all", 1, {"ls": "--"}, "all with a lesion"),
+                (ax_sel, "sel", n, {"marker": "."}, "selected"),
+                (ax_sel, "sel_lesion", n, {"ls": "--"}, "selected with a lesion")):
+            ax.plot(rounds, get(f"pl_{name}_{key}") / scale, color=_colour(i),
+                    label=f"{name}: {what}", **style)
     ax_dice.set_ylim(0, 1.02)
     ax_sel.set_ylim(0, 1.02)
     _finish(fig, ax_sel, path, "Selected share of weak samples", ylabel="share")
@@ -150,11 +149,8 @@ def plot_predictions(model, params, split, client_names, path, per_client: int =
                      per_client_params: bool = False, title: str = "") -> str:
     """Grid of test images (rows: clients) with ground truth, prediction and box outlines.
 
-    Args:
-      model, params: the model and its params (leaves [...]; with ``per_client_params`` leaves
-        [C, ...], client c's model on client c's images).
-      split: a :class:`~fedmix_jax.data.federation.FederatedSplit` (e.g. ``federation.test``).
-    """
+    ``params``: leaves [...], or [C, ...] with ``per_client_params`` (client c's model on client
+    c's images); ``split``: a :class:`~fedmix_jax.data.federation.FederatedSplit`."""
     k = max(1, min(per_client, np.shape(split.images)[1]))
     images = float_images(np.asarray(split.images)[:, :k])     # only the k plotted per client
     width = images.shape[-2]
@@ -186,8 +182,7 @@ def plot_predictions(model, params, split, client_names, path, per_client: int =
                                             (gt, "#30ff30", 1.0, "solid"),
                                             (pr, "#ff3030", 1.0, "solid")):
                 if outline.any():
-                    ax.contour(outline, levels=[0.5], colors=[colour], linewidths=lw,
-                               linestyles=ls)
+                    ax.contour(outline, levels=[0.5], colors=[colour], linewidths=lw, linestyles=ls)
             dice = (2 * float((gt * pr).sum()) + 1e-4) / (float(gt.sum() + pr.sum()) + 1e-4)
             ax.set_title(f"Dice {dice:.2f}", fontsize=7, pad=2)
             if j == 0:

@@ -9,13 +9,13 @@ samples always. Maps [B, H, W, K], image labels [B, K], levels / valid / selecti
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
 from fedmix_jax.data.federation import BOX, IMAGE, PIXEL, float_images, float_labels
-from fedmix_jax.inference import apply_in_chunks
 from fedmix_jax.losses import dice_coefficient
 
 
@@ -57,8 +57,7 @@ def binarize(logits: jax.Array, threshold: float = 0.5) -> jax.Array:
 
 def refine_with_boxes(pred: jax.Array, boxes: jax.Array, levels: jax.Array) -> jax.Array:
     """Zero predictions outside the boxes of box-level samples: [B,H,W,K] -> [B,H,W,K]."""
-    is_box = (levels == BOX)[:, None, None, None]
-    return jnp.where(is_box, pred * boxes, pred)
+    return jnp.where((levels == BOX)[:, None, None, None], pred * boxes, pred)
 
 
 def refine_with_image_labels(pred: jax.Array, image_labels: jax.Array,
@@ -73,12 +72,11 @@ def select_pseudo_labels(p1: jax.Array, p2: jax.Array, boxes: jax.Array, image_l
                          config: SelectionConfig = SelectionConfig()) -> PseudoLabels:
     """Refine binarised ``p1``, ``p2`` [B, H, W, K] with ``boxes`` [B, H, W, K] / ``image_labels``
     [B, K] and select (``levels`` [B] int, ``valid`` [B] bool): a :class:`PseudoLabels`."""
-    num_classes = p1.shape[-1]
     is_box = levels == BOX
     is_image = levels == IMAGE
     if config.refine:
         p1, p2 = (refine_with_boxes(p, boxes, levels) for p in (p1, p2))
-    if (config.refine and num_classes > 1) or config.use_image_labels:
+    if (config.refine and p1.shape[-1] > 1) or config.use_image_labels:
         p1, p2 = (refine_with_image_labels(p, image_labels, levels) for p in (p1, p2))
 
     agreement = dice_coefficient(p1, p2)
@@ -98,14 +96,11 @@ def select_pseudo_labels(p1: jax.Array, p2: jax.Array, boxes: jax.Array, image_l
         selected = selected | empty_box
     if config.use_image_labels:     # "absent": an empty label; "present": agreed, non-empty
         present = image_labels > 0                                      # [B, K]
-        present_ok = jnp.all(class_found | ~present, axis=-1)
-        none_present = ~jnp.any(present, axis=-1)
-        image_selected = jnp.where(none_present, True,
-                                   (agreement >= config.agreement) & present_ok)
+        agreed = (agreement >= config.agreement) & jnp.all(class_found | ~present, axis=-1)
+        image_selected = jnp.where(~jnp.any(present, axis=-1), True, agreed)
         selected = jnp.where(is_image, image_selected, selected)
     selected = jnp.where(levels == PIXEL, True, selected) & valid
-    return PseudoLabels(pseudo1=p1, pseudo2=p2, selected=selected,
-                        agreement=agreement, box_fit=fit)
+    return PseudoLabels(pseudo1=p1, pseudo2=p2, selected=selected, agreement=agreement, box_fit=fit)
 
 
 def pseudo_labels_from_logits(logits1: jax.Array, logits2: jax.Array, boxes: jax.Array,
@@ -115,6 +110,23 @@ def pseudo_labels_from_logits(logits1: jax.Array, logits2: jax.Array, boxes: jax
     return select_pseudo_labels(binarize(logits1, config.threshold),
                                 binarize(logits2, config.threshold),
                                 boxes, image_labels, levels, valid, config)
+
+
+def apply_in_chunks(fn: Callable[[Any], Any], inputs: Any, chunk_size: int) -> Any:
+    """``fn`` over ``inputs`` (a pytree of [M, ...] arrays) in zero-padded chunks of
+    ``chunk_size`` under ``lax.map`` (one copy of the model): outputs with leading axis M."""
+    m = jax.tree.leaves(inputs)[0].shape[0]
+    if m <= chunk_size:
+        return fn(inputs)
+    num_chunks = -(-m // chunk_size)
+    pad = num_chunks * chunk_size - m
+
+    def to_chunks(x):
+        x = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1))
+        return x.reshape((num_chunks, chunk_size) + x.shape[1:])
+
+    out = jax.lax.map(fn, jax.tree.map(to_chunks, inputs))
+    return jax.tree.map(lambda y: y.reshape((num_chunks * chunk_size,) + y.shape[2:])[:m], out)
 
 
 def site_pseudo_labels(model, global_params, data, config) -> "PseudoLabels":
@@ -129,10 +141,9 @@ def site_pseudo_labels(model, global_params, data, config) -> "PseudoLabels":
 
     def chunk(args):
         x, boxes, labels, levels, valid, need = args
-        x = float_images(x)
         skip = lambda x: jax.tree.map(  # noqa: E731
             lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(both, x))
-        logits1, logits2 = jax.lax.cond(jnp.any(need), both, skip, x)
+        logits1, logits2 = jax.lax.cond(jnp.any(need), both, skip, float_images(x))
         pl = pseudo_labels_from_logits(logits1, logits2, float_labels(boxes), float_labels(labels),
                                        levels, valid, config.strategy.selection)
         store = data.masks.dtype    # {0, 1}: lossless in uint8

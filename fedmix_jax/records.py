@@ -21,9 +21,8 @@ def _tolist(x) -> list:
 
 
 def check_checkpoint_record(step: int, extra: dict) -> None:
-    """Raise :class:`~fedmix_jax.checkpointing.CheckpointDamagedError` (the checkpoint is set
-    aside) unless checkpoint folder ``step``'s record holds round ``step`` (a renamed or swapped
-    folder would make a later save of that round collide) and its ``best`` tracker."""
+    """Raise :class:`~fedmix_jax.checkpointing.CheckpointDamagedError` unless folder ``step``'s
+    record holds round ``step`` (not a renamed or swapped folder) and its ``best`` tracker."""
     from fedmix_jax.checkpointing import CheckpointDamagedError
 
     rnd = extra.get("round")
@@ -32,49 +31,39 @@ def check_checkpoint_record(step: int, extra: dict) -> None:
                                      "renamed or swapped checkpoint folder)")
     best = extra.get("best")
     if not isinstance(best, dict) or "round" not in best:
-        raise CheckpointDamagedError(step, "its record lacks the best-validation tracker "
-                                     "('best')")
+        raise CheckpointDamagedError(step, "its record lacks the best-validation tracker ('best')")
 
 
 def round_record(r: int, m, round_time: float) -> dict:
     """The record of round ``r`` from its per-client metrics ``m`` (host NumPy arrays)."""
     rep = m.reports
     weak = np.asarray(rep.num_weak)
-    return {"round": r,
-            "loss1": _tolist(rep.loss1), "loss2": _tolist(rep.loss2),
+    return {"round": r, "loss1": _tolist(rep.loss1), "loss2": _tolist(rep.loss2),
             "counts": _tolist(rep.num_usable), "weak": _tolist(weak),
             "selected_weak": _tolist(rep.num_selected_weak),
             "selection_rate": _tolist(np.asarray(rep.num_selected_weak) / np.maximum(weak, 1)),
-            "steps": _tolist(rep.steps), "weights": _tolist(m.weights),
-            "round_time_s": round_time}
+            "steps": _tolist(rep.steps), "weights": _tolist(m.weights), "round_time_s": round_time}
 
 
 # Figures of :func:`fedmix_jax.evaluation.evaluate` a record keeps: per client [C] and their mean.
-# HD95 in px (lower is better); dice_present: Dice on the images that contain a lesion (per
-# class); false_positive_rate: share of lesion-free images with any predicted foreground.
+# HD95 in px; dice_present: Dice on images with a lesion; false_positive_rate: share of lesion-free
+# images with any predicted foreground.
 EVAL_FIGURES = ("dice", "iou", "hd95", "dice_present", "false_positive_rate")
 # Per class: [C][K] per client and [K] their mean (``mean_dice_per_class``, ...).
 PER_CLASS_FIGURES = ("dice_per_class", "dice_present_per_class")
 
 
-def _json_number(x):
-    x = float(x)
-    return x if np.isfinite(x) else None       # NaN (nothing to measure) -> null
+def _json_numbers(x):
+    """A number or (nested) array as JSON numbers (nested lists); NaN (nothing measured) -> null."""
+    if np.ndim(x):
+        return [_json_numbers(v) for v in np.asarray(x)]
+    return float(x) if np.isfinite(float(x)) else None
 
 
 def eval_record(ev: dict) -> dict:
-    """Per-client figures and their means (``mean_<figure>``) from
-    :func:`fedmix_jax.evaluation.evaluate`; NaN becomes ``null``."""
-    rec = {}
-    for name in EVAL_FIGURES:
-        if name in ev:
-            rec[name] = [_json_number(v) for v in np.asarray(ev[name]).ravel()]
-            rec[f"mean_{name}"] = _json_number(ev[f"mean_{name}"])
-    for name in PER_CLASS_FIGURES:
-        if name in ev:
-            rec[name] = [[_json_number(v) for v in row] for row in np.asarray(ev[name])]
-            rec[f"mean_{name}"] = [_json_number(v) for v in np.asarray(ev[f"mean_{name}"])]
-    return rec
+    """Per-client figures and their means (``mean_<figure>``) of ``evaluate``; NaN becomes null."""
+    return {key: _json_numbers(ev[key]) for name in EVAL_FIGURES + PER_CLASS_FIGURES if name in ev
+            for key in (name, f"mean_{name}")}
 
 
 def add_evaluation(rec: dict, val: dict, test: dict, eval_time: float,
@@ -107,11 +96,6 @@ def read_metrics(path: str) -> list[dict]:
     return out
 
 
-def _same(a, b) -> bool:
-    """Equal as JSON (NaN equals NaN; the file and the checkpoint hold the same text)."""
-    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
-
-
 class MetricsFile:
     """``<workdir>/metrics.jsonl``: one JSON line per round, appended as rounds finish."""
 
@@ -127,25 +111,20 @@ class MetricsFile:
         except OSError as e:
             raise rundir.os_error(e, f"append round {rec['round']} to {self.path}") from None
 
-    def rewrite(self, records: list[dict]) -> None:
-        rundir.atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in records))
-
     def _lines(self) -> tuple[list[str], bool] | None:
         """(non-empty lines, whether the text ends with a newline), or None without a file."""
         if not os.path.lexists(self.path):
             return None
         try:
             with open(self.path, "rb") as f:
-                raw = f.read()
+                text = f.read().decode("utf-8", errors="replace")
         except OSError as e:
             raise rundir.os_error(e, f"read {self.path}") from None
-        text = raw.decode("utf-8", errors="replace")
         return [ln for ln in text.split("\n") if ln.strip()], (not text or text.endswith("\n"))
 
     def reconcile(self, history: list[dict] | None, last_round: int) -> list[dict]:
-        """Make the file hold ``history``, the records of rounds 1..``last_round`` stored in
-        its checkpoint ([] for a fresh start), and return them. None (an older version's
-        checkpoint) raises :class:`~fedmix_jax.errors.WorkdirError`."""
+        """Make the file hold (and return) ``history``, the checkpoint's records of rounds
+        1..``last_round`` ([]: a fresh start; None, an older version's: WorkdirError)."""
         if history is None:
             raise WorkdirError(
                 f"the checkpoint of round {last_round} in {self.workdir} was written by an older "
@@ -164,7 +143,7 @@ class MetricsFile:
                 cut = i == len(lines) - 1 and not ends_with_newline
                 problem = (f"line {i + 1} is cut off" if cut else f"line {i + 1} is not JSON")
                 break
-            if not _same(got, want):
+            if json.dumps(got, sort_keys=True) != json.dumps(want, sort_keys=True):  # NaN == NaN
                 r = got.get("round") if isinstance(got, dict) else None
                 problem = (f"line {i + 1} (round {r}) differs from the checkpoint's record"
                            if r == want["round"] else
@@ -174,12 +153,12 @@ class MetricsFile:
             kept = "" if found is None else f"; the damaged file is kept as {self._set_aside()}"
             logging.warning("%s: %s; rebuilt from the checkpoint of round %d (rounds 1..%d)%s",
                             self.path, problem, last_round, last_round, kept)
-            self.rewrite(history)
+            rundir.atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in history))
         elif found is not None and (len(lines) > len(history) or not ends_with_newline):
             dropped = len(lines) - len(history)
             logging.info("%s: dropped %d line(s) after round %d (written after the checkpoint; "
                          "those rounds run again)", self.path, dropped, last_round)
-            self.rewrite(history)
+            rundir.atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in history))
         return [dict(r) for r in history]
 
     def _set_aside(self) -> str:

@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from fedmix_jax.models import UNet
 from fedmix_jax.weights_files import WeightsFileError, read_weights_file
@@ -31,12 +32,9 @@ def _name_map(depth: int) -> list[tuple[str, tuple[str, ...], bool]]:
     blocks = [("inc", "inc.double_conv")]   # (flax block, torch prefix of its double_conv)
     blocks += [(f"down{i}", f"down{i}.maxpool_conv.1.double_conv") for i in range(1, depth + 1)]
     blocks += [(f"up{i}", f"up{i}.conv.double_conv") for i in range(1, depth + 1)]
-    out = []
-    for block, prefix in blocks:
-        for idx, layer, kind in _DOUBLE_CONV_LAYERS:
-            for t_leaf, f_leaf in _LEAVES[kind]:
-                out.append((f"{prefix}.{idx}.{t_leaf}", (block, layer, f_leaf),
-                            kind == "conv" and t_leaf == "weight"))
+    out = [(f"{prefix}.{idx}.{torch}", (block, layer, flax), kind == "conv" and torch == "weight")
+           for block, prefix in blocks for idx, layer, kind in _DOUBLE_CONV_LAYERS
+           for torch, flax in _LEAVES[kind]]
     return out + [("outc.conv.weight", ("outc", "kernel"), True),
                   ("outc.conv.bias", ("outc", "bias"), False)]
 
@@ -66,28 +64,17 @@ def infer_unet_config(state_dict: Mapping[str, Any]) -> dict:
     depth = _infer_depth(state_dict.keys())
     if depth < 1:
         raise KeyError("reference state_dict has no 'down1.*' keys; cannot infer the depth")
-    return dict(width=int(inc[0]), num_classes=int(outc[0]), in_channels=int(inc[1]),
-                depth=depth)
-
-
-def _expected_shapes(config: Mapping[str, int]) -> dict:
-    """Flax param shapes of the UNet described by ``config`` (no computation)."""
-    model = UNet(width=config["width"], num_classes=config["num_classes"], depth=config["depth"])
-    side = 2 ** config["depth"]
-    x = jax.ShapeDtypeStruct((1, side, side, config["in_channels"]), jnp.float32)
-    return jax.eval_shape(model.init, jax.random.key(0), x)["params"]
+    return dict(width=int(inc[0]), num_classes=int(outc[0]), in_channels=int(inc[1]), depth=depth)
 
 
 def params_from_state_dict(state_dict: Mapping[str, Any], depth: int | None = 4) -> dict:
     """The Flax ``params`` (kernels HWIO, dtypes as given) of a reference ``state_dict`` (name ->
     array, kernels OIHW; :func:`normalize_state_dict` first for torch tensors, a wrapper or a
-    ``module.`` prefix); ``depth``: Down/Up blocks (4 in the reference; None: from the keys).
-
-    Raises KeyError (a missing or unexpected key) or ValueError (a shape that does not fit the
+    ``module.`` prefix); ``depth``: Down/Up blocks (4 in the reference; None: from the keys). Raises
+    KeyError (a missing or unexpected key) or ValueError (a shape that does not fit the
     architecture), naming the key."""
     names = set(state_dict.keys())
-    if depth is None:
-        depth = _infer_depth(names)
+    depth = _infer_depth(names) if depth is None else depth
     mapping = _name_map(depth)
     missing = [name for name, _, _ in mapping if name not in names]
     unexpected = sorted(names - {name for name, _, _ in mapping})
@@ -98,10 +85,10 @@ def params_from_state_dict(state_dict: Mapping[str, Any], depth: int | None = 4)
         raise KeyError(f"unexpected key '{unexpected[0]}' in reference state_dict (depth {depth})"
                        + (f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else ""))
     config = infer_unet_config(state_dict)
-    config["depth"] = depth
-    shapes = _expected_shapes(config)
-
-    params: dict = {}
+    model = UNet(width=config["width"], num_classes=config["num_classes"], depth=depth)
+    x = jax.ShapeDtypeStruct((1, 2 ** depth, 2 ** depth, config["in_channels"]), jnp.float32)
+    shapes = traverse_util.flatten_dict(jax.eval_shape(model.init, jax.random.key(0), x)["params"])
+    flat = {}
     for name, path, is_kernel in mapping:
         value = np.asarray(state_dict[name])
         if is_kernel:
@@ -109,21 +96,16 @@ def params_from_state_dict(state_dict: Mapping[str, Any], depth: int | None = 4)
                 raise ValueError(f"'{name}' must be a 4-D OIHW conv kernel, got shape "
                                  f"{value.shape}")
             value = np.transpose(value, (2, 3, 1, 0))  # OIHW -> HWIO
-        want = shapes
-        for p in path:
-            want = want[p]
-        if tuple(value.shape) != tuple(want.shape):
+        want = shapes[path].shape
+        if tuple(value.shape) != tuple(want):
             shown = (tuple(np.shape(state_dict[name])),
-                     tuple(want.shape[i] for i in (3, 2, 0, 1)) if is_kernel else want.shape)
+                     tuple(want[i] for i in (3, 2, 0, 1)) if is_kernel else want)
             raise ValueError(f"shape mismatch for '{name}': got {shown[0]}, expected "
                              f"{tuple(shown[1])} for a U-Net with width={config['width']}, "
                              f"in_channels={config['in_channels']}, "
                              f"num_classes={config['num_classes']}, depth={depth}")
-        node = params
-        for p in path[:-1]:
-            node = node.setdefault(p, {})
-        node[path[-1]] = value
-    return params
+        flat[path] = value
+    return traverse_util.unflatten_dict(flat)
 
 
 def state_dict_from_params(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -133,8 +115,7 @@ def state_dict_from_params(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
         params = params["params"]
     depth = _infer_depth([f"{block}." for block in params])
     mapping = _name_map(depth)
-    used_blocks = {path[0] for _, path, _ in mapping}
-    extra = sorted(set(params.keys()) - used_blocks)
+    extra = sorted(set(params.keys()) - {path[0] for _, path, _ in mapping})
     if extra:
         raise KeyError(f"unexpected block '{extra[0]}' in UNet params (depth {depth})")
     out: dict[str, np.ndarray] = {}
@@ -165,16 +146,14 @@ def normalize_state_dict(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]
 
 def load_reference_weights(path: str | os.PathLike, *, dtype: Any = jnp.float32
                            ) -> tuple[UNet, dict]:
-    """``(model, params)`` of reference U-Net weights in ``path`` (``.npz`` with ``param/<name>``
-    or ``<name>`` keys, or a zip-format ``torch.save`` state_dict, maybe wrapped or with
-    ``module.`` prefixes; no torch needed); ``model.apply({'params': params}, x_nhwc)``
-    reproduces the reference. The architecture is inferred; params float32, ``dtype`` the
-    model's computation dtype. Raises WeightsFileError (a ValueError; ``err.path``,
-    ``err.key``): unreadable, pickled objects or code, a non-float or non-finite array, a
-    missing/unexpected key or wrong shape."""
+    """``(model, params)`` of reference U-Net weights in ``path`` (``.npz`` with ``param/<name>`` or
+    ``<name>`` keys, or a zip-format ``torch.save`` state_dict, maybe wrapped or with ``module.``
+    prefixes; no torch needed); ``model.apply({'params': params}, x_nhwc)`` reproduces the
+    reference. The architecture is inferred; params float32, ``dtype`` the model's computation
+    dtype. Raises WeightsFileError (a ValueError; ``err.path``, ``err.key``): unreadable, pickled
+    objects or code, a non-float or non-finite array, a missing/unexpected key or wrong shape."""
     path = os.fspath(path)
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in (".npz", ".pth", ".pt"):
+    if os.path.splitext(path)[1].lower() not in (".npz", ".pth", ".pt"):
         raise WeightsFileError(f"unsupported weights file '{path}': expected .npz, .pth or .pt",
                                path)
     if not os.path.isfile(path):
@@ -186,12 +165,10 @@ def load_reference_weights(path: str | os.PathLike, *, dtype: Any = jnp.float32
         params = params_from_state_dict(state_dict, depth=config["depth"])
     except (KeyError, ValueError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        key = next((k for k in sorted(state_dict, key=len, reverse=True) if f"'{k}'" in msg),
-                   None)
+        key = next((k for k in sorted(state_dict, key=len, reverse=True) if f"'{k}'" in msg), None)
         raise WeightsFileError(f"'{path}': {msg}", path, key) from None
-    model = UNet(width=config["width"], num_classes=config["num_classes"],
-                 depth=config["depth"], dtype=dtype)
-    return model, params
+    return UNet(width=config["width"], num_classes=config["num_classes"], depth=config["depth"],
+                dtype=dtype), params
 
 
 def save_reference_weights(path: str | os.PathLike, params: Mapping[str, Any]) -> None:

@@ -90,11 +90,10 @@ def finish_round(strategy, state: FedState, data: FederatedSplit, sites: SiteSta
     """After the clients: the strategy's weights from the reports, aggregation of both models."""
     weights = strategy.weights(reports, participating(data), hparams, state.round)
     global_params = state.global_params
-    if strategy.aggregates and strategy.trains_model2:
-        global_params = aggregation.weighted_average(sites.params, weights)
-    elif strategy.aggregates:       # model 2 does not train: it stays as it is
-        global_params = ModelPair(aggregation.weighted_average(sites.params[0], weights),
-                                  global_params[1])
+    if strategy.aggregates:     # a model that does not train (model 2) stays as it is
+        n = 2 if strategy.trains_model2 else 1
+        global_params = ModelPair(*(aggregation.weighted_average(p, weights)
+                                    for p in tuple(sites.params)[:n]), *tuple(global_params)[n:])
     new_state = FedState(global_params=global_params, client_params=sites.params,
                          opt_state=sites.opt_state, round=state.round + 1, key=next_key)
     return new_state, RoundMetrics(reports=reports, weights=weights)

@@ -15,8 +15,7 @@ from typing import Any, Protocol
 
 from fedmix_jax import rundir
 from fedmix_jax.checkpointing import Checkpointer
-from fedmix_jax.records import (MetricsFile, add_evaluation, check_checkpoint_record,
-                                evaluation_of)
+from fedmix_jax.records import MetricsFile, add_evaluation, check_checkpoint_record, evaluation_of
 
 
 class RoundSteps(Protocol):
@@ -39,9 +38,8 @@ class RoundSteps(Protocol):
 def is_better(val: dict, best_val: dict | None) -> bool:
     """Whether validation figures ``val`` beat the best so far (a NaN / missing Dice never does)."""
     v = val.get("mean_dice")
-    if v is None or not math.isfinite(float(v)):
-        return False
-    return best_val is None or float(v) > float(best_val["mean_dice"])
+    return (v is not None and math.isfinite(float(v))
+            and (best_val is None or float(v) > float(best_val["mean_dice"])))
 
 
 class RunLoop:
@@ -60,8 +58,7 @@ class RunLoop:
         """Refuse checkpoint ``step`` for a mode's own reason (after the config check)."""
 
     def check_checkpoint(self, step: int, extra: dict) -> None:
-        rundir.check_config(self.workdir, self.cfg_dict, extra.get("config"),
-                            f"checkpoint {step}")
+        rundir.check_config(self.workdir, self.cfg_dict, extra.get("config"), f"checkpoint {step}")
         self.check_more(step, extra)
         check_checkpoint_record(step, extra)
 
@@ -107,9 +104,8 @@ class RunLoop:
     def save(self, r: int, state) -> None:
         """Checkpoint round ``r``: ``state`` and ``best_params`` as they are."""
         self.checkpointer.save(r, state, self.best_params, {
-            "round": r, "best": self.best, "config": self.cfg_dict,
-            "executor": self.executor_name, "client_names": self.client_names,
-            "history": self.records})
+            "round": r, "best": self.best, "config": self.cfg_dict, "executor": self.executor_name,
+            "client_names": self.client_names, "history": self.records})
 
     def last_evaluation(self) -> dict | None:
         """The figures of the last evaluated round in ``records`` (None: none yet)."""
@@ -118,8 +114,7 @@ class RunLoop:
 
     def summary(self, strategy: str, levels: list, class_names: list, final: dict | None,
                 t_start: float, backend: str, timing: dict, **more) -> dict:
-        """The content of ``summary.json`` (keys in ``docs/main_job.md``; ``more`` before
-        ``config``)."""
+        """The content of ``summary.json`` (keys: docs/main_job.md; ``more`` before ``config``)."""
         timing = {"total_s": time.time() - t_start, "rounds_this_process": len(self.round_times),
                   "backend": backend, "executor": self.executor_name, **timing}
         return {"workdir": self.workdir, "strategy": strategy, "seed": int(self.config.seed),

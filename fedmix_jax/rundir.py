@@ -1,9 +1,7 @@
-"""The run folder (``--workdir``): its file names, its lock, its config record, safe writes.
+"""The run folder (``--workdir``): its file names, lock, config record and safe writes.
 
-:func:`check_usable` and :func:`refuse_links_and_special_files` refuse a workdir that is a file,
-or holds a link or special file where the job writes; :class:`WorkdirLock` refuses a second run;
-:func:`check_config` refuses a resume with a config that changes the computation;
-:func:`atomic_write_text` never leaves a half-written file. Details: docs/main_job.md.
+:class:`WorkdirLock`; :func:`check_config`; :func:`check_usable` refuses a file, link or special
+file where the job writes; writes never leave a half-written file. Details: docs/main_job.md.
 """
 
 from __future__ import annotations
@@ -72,16 +70,14 @@ def _lstat(path: str):
 
 
 def _refuse(path: str, what: str, expected: str) -> None:
-    raise WorkdirError(
-        f"{path} is {what}, not {expected}: fedmix_jax never writes through links or into "
-        "special files in a run folder; move it away (or replace it by the real "
-        f"{expected.split()[-1]}) and rerun, or use another --workdir")
+    raise WorkdirError(f"{path} is {what}, not {expected}: fedmix_jax never writes through links "
+                       "or into special files in a run folder; move it away (or replace it by "
+                       f"the real {expected.split()[-1]}) and rerun, or use another --workdir")
 
 
 def refuse_links_and_special_files(workdir: str) -> None:
-    """Raise :class:`WorkdirError` if an entry of ``workdir`` that the job writes is a link or
-    not of its kind (files: regular files; folders: real folders, and each checkpoint inside
-    ``checkpoints/`` a real folder). The workdir itself may be a link to a folder."""
+    """Raise :class:`WorkdirError` if an entry of ``workdir`` that the job writes (or a checkpoint
+    folder) is a link or not of its kind. The workdir itself may be a link to a folder."""
     for names, is_kind, expected in _ENTRIES:
         for name in names:
             path = os.path.join(workdir, name)
@@ -102,8 +98,7 @@ def refuse_links_and_special_files(workdir: str) -> None:
 
 
 def check_usable(workdir: str) -> None:
-    """Refuse a workdir that is a file, under a file or a dangling link, before anything is
-    created or loaded."""
+    """Refuse a workdir that is a file, under a file or a dangling link (before creating it)."""
     path = workdir
     while not os.path.lexists(path):
         parent = os.path.dirname(path)
@@ -126,9 +121,8 @@ def check_usable(workdir: str) -> None:
 
 
 class WorkdirLock:
-    """An exclusive ``fcntl.flock`` on ``<workdir>/.lock`` (recording the holder's PID) for one
-    run. ``acquire`` creates the workdir (its first write) and raises
-    :class:`WorkdirLockedError` naming the holder's PID when another process holds it."""
+    """An exclusive ``fcntl.flock`` on ``<workdir>/.lock`` for one run; ``acquire`` creates the
+    workdir and raises :class:`WorkdirLockedError` (the holder's PID) when another run holds it."""
 
     def __init__(self, workdir: str):
         self.workdir = workdir
@@ -202,26 +196,20 @@ class WorkdirLock:
 
 
 def _read_holder(fd: int) -> dict:
-    try:
+    with contextlib.suppress(OSError, ValueError):
         os.lseek(fd, 0, os.SEEK_SET)
         data = json.loads(os.read(fd, 4096).decode() or "{}")
         return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    return {}
 
 
-def remove_stale_temporaries(workdir: str) -> list[str]:
+def remove_stale_temporaries(workdir: str) -> None:
     """Remove ``<file>.tmp-<pid>`` files of interrupted atomic writes (call under the lock)."""
-    try:
+    with contextlib.suppress(OSError):      # each one on its own; none if the listing fails
         paths = [os.path.join(workdir, n) for n in os.listdir(workdir) if _TMP_SUFFIX.search(n)]
-    except OSError:
-        return []
-    removed = []
-    for path in filter(os.path.isfile, paths):
-        with contextlib.suppress(OSError):
-            os.remove(path)
-            removed.append(path)
-    return removed
+        for path in filter(os.path.isfile, paths):
+            with contextlib.suppress(OSError):
+                os.remove(path)
 
 
 def config_to_dict(config) -> dict:
@@ -282,17 +270,14 @@ def _unread_fields(old: dict, new: dict) -> tuple[str, ...]:
 
 
 def check_config(workdir: str, new: dict, old: dict | None, where: str) -> None:
-    """Raise :class:`ConfigMismatchError` if ``old`` differs from ``new`` in a computed field
-    (one the run's strategy reads)."""
+    """Raise :class:`ConfigMismatchError` if ``old`` and ``new`` differ in a field the run reads."""
     if old is None:
         return
-    diffs = config_differences(old, new, RESUMABLE_FIELDS + _unread_fields(old, new))
-    if diffs:
+    if diffs := config_differences(old, new, RESUMABLE_FIELDS + _unread_fields(old, new)):
         raise ConfigMismatchError(
             f"workdir {workdir} already holds a run with a different config ({where}):\n"
-            + "\n".join(diffs)
-            + "\nThese fields change the computation, so the run cannot be resumed with them. "
-            "Use a new --workdir (or delete this one); only "
+            + "\n".join(diffs) + "\nThese fields change the computation, so the run cannot be "
+            "resumed with them. Use a new --workdir (or delete this one); only "
             + ", ".join(RESUMABLE_FIELDS) + " may change when resuming (num_rounds may grow).")
 
 
@@ -326,8 +311,7 @@ def unique_path(base: str) -> str:
 
 
 def move_aside(path: str, dest_dir: str, label: str) -> str:
-    """Move ``path`` to ``<dest_dir>/<label>-<time>`` (kept for inspection, e.g. in a workdir's
-    ``damaged/``); its new path."""
+    """Move ``path`` to ``<dest_dir>/<label>-<time>`` (kept for inspection); its new path."""
     os.makedirs(dest_dir, exist_ok=True)
     dest = unique_path(os.path.join(dest_dir, f"{label}-{time.strftime('%Y%m%d-%H%M%S')}"))
     os.replace(path, dest)

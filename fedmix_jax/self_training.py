@@ -29,8 +29,7 @@ def confident_bce_per_sample(logits_shifted: jax.Array, logits_plain: jax.Array,
                              tau: float = CONFIDENCE) -> jax.Array:
     """[B]: each sample's BCE of ``logits_shifted`` toward ``[p > 0.5]`` on its confident pixels
     of ``p = sigmoid(logits_plain)`` (no gradient through ``p``)."""
-    target, confident = _confident_targets(logits_plain, tau)
-    return bce_loss_per_sample(logits_shifted, target, confident)
+    return bce_loss_per_sample(logits_shifted, *_confident_targets(logits_plain, tau))
 
 
 def _confident_targets(logits_plain: jax.Array, tau: float):
@@ -58,8 +57,6 @@ def self_training_loss(logits_shifted: jax.Array, logits_plain: jax.Array, dice:
     """FedST's loss of a batch, []: ``mean="pixels"`` (reference) ``(sum_pixel w_b dice_b +
     W_st * confident_bce_batch) / sum(w)``; ``"samples"`` ``sum_b w_b l_b / sum(w)`` (``l_b``: its
     confident BCE or Dice). Logits [B, H, W, K]; dice, weights [B]; self_train [B] bool."""
-    if mean not in SELF_TRAINING_MEANS:
-        raise ValueError(f"self_training_mean must be one of {SELF_TRAINING_MEANS}, got {mean!r}")
     st = self_train.astype(weights.dtype) * weights
     if mean == "samples":
         per_sample = jnp.where(self_train, confident_bce_per_sample(logits_shifted, logits_plain,

@@ -67,7 +67,8 @@ class SiteReport:
 @struct.dataclass
 class TrainInputs:
     """One site's per-sample inputs (storage dtypes): images [N,H,W,Cin], target1 / target2
-    [N,H,W,K], usable / weak / selected_weak / self_train [N] bool."""
+    [N,H,W,K], usable / weak / selected_weak / self_train [N] bool; with ``strategy.weak`` only
+    (else None): has_target [N] bool, boxes [N,H,W,K], image_labels [N,K], levels [N]."""
 
     images: jax.Array
     target1: jax.Array
@@ -76,8 +77,6 @@ class TrainInputs:
     weak: jax.Array
     selected_weak: jax.Array
     self_train: jax.Array
-    # With ``strategy.weak`` only: has_target [N] bool, boxes [N,H,W,K], image_labels [N,K],
-    # levels [N].
     has_target: jax.Array | None = None
     boxes: jax.Array | None = None
     image_labels: jax.Array | None = None
@@ -127,8 +126,7 @@ def train_inputs(model: nn.Module, global_params: ModelPair, data: FederatedSpli
                          weak=weak, selected_weak=weak & selected, self_train=self_train)
     if config.strategy.weak is None:
         return inputs
-    # Box and image-level samples train on their weak labels every round, selected or not
-    # (after the weak terms' warm-up).
+    # Box and image samples train on their weak labels every round (after the weak warm-up).
     labelled = data.valid & ((levels == BOX) | (levels == IMAGE))
     if config.strategy.weak.warmup_rounds:
         labelled &= jnp.asarray(round_index) >= config.strategy.weak.warmup_rounds
@@ -147,8 +145,7 @@ def sample_order(key: jax.Array, usable: jax.Array) -> jax.Array:
 def prepare_epoch(config, params: ModelPair, opt_state: ModelPair, learning_rate: jax.Array):
     """``(tx, opt_state, trainable, opt_t)`` of a local epoch: the optimizer, the Adam pair with
     ``learning_rate`` set, the models that train and their Adam states (also streamed)."""
-    opt_state = ModelPair(*(o._replace(hyperparams=dict(o.hyperparams,
-                                                        learning_rate=learning_rate))
+    opt_state = ModelPair(*(o._replace(hyperparams=dict(o.hyperparams, learning_rate=learning_rate))
                             for o in opt_state))
     n = 2 if config.strategy.trains_model2 else 1
     return make_optimizer(config), opt_state, tuple(params)[:n], tuple(opt_state)[:n]
@@ -165,9 +162,8 @@ def make_train_batch(model: nn.Module, config, tx, k_aug: jax.Array):
             (p,), (t,) = models, targets
             logits = _apply(model, p, x)
             dice = dice_loss_per_sample(logits, t)
-            shifted = _apply(model, p, intensity_shift(key, x))
-            loss = self_training_loss(shifted, logits, dice, w, self_train,
-                                      config.self_training_mean)
+            loss = self_training_loss(_apply(model, p, intensity_shift(key, x)), logits, dice, w,
+                                      self_train, config.self_training_mean)
             gt = w * (~self_train).astype(w.dtype)
             return loss, ((weighted_mean(dice, gt),), (jnp.sum(gt) > 0).astype(jnp.float32))
         if config.empty_target_loss == "dice":
@@ -201,9 +197,8 @@ def make_train_batch(model: nn.Module, config, tx, k_aug: jax.Array):
             extras = extras[:2] + (maps[-1], float_labels(extras[3])) + extras[4:]
             (_, (fits, counted)), grads = jax.value_and_grad(weak_batch_loss, has_aux=True)(
                 models, lambda p, x: _apply(model, p, x), config, x, targets, w, extras)
-        updates = [tx.update(g, o, p) for g, o, p in zip(grads, opts, models)]
-        models = tuple(optax.apply_updates(p, u) for p, (u, _) in zip(models, updates))
-        opts = tuple(o for _, o in updates)
+        updates, opts = zip(*(tx.update(g, o, p) for g, o, p in zip(grads, opts, models)))
+        models = tuple(optax.apply_updates(p, u) for p, u in zip(models, updates))
         fits = fits + (jnp.zeros_like(fits[0]),) * (2 - len(fits))
         return (models, opts), fits + (counted,)
 
@@ -223,23 +218,19 @@ def finish_epoch(config, params: ModelPair, opt_state: ModelPair, trainable, opt
     params = ModelPair(*trainable, *tuple(params)[len(trainable):])
     opt_state = ModelPair(*opt_t, *tuple(opt_state)[len(opt_t):])
     act = active.astype(jnp.float32)
-    steps = jnp.sum(act)
-    # Steps whose losses enter l_i: every active step ("dice"); with "bce", active steps whose
-    # batch has a sample with foreground (the Dice loss of lesion-free samples says nothing).
+    # Steps whose losses enter l_i: the active ones; with "bce", those with foreground only.
     counted = act * counted
     denom = jnp.maximum(jnp.sum(counted), 1.0)
     return params, opt_state, (jnp.sum(l1 * counted) / denom, jnp.sum(l2 * counted) / denom,
-                               steps.astype(jnp.int32))
+                               jnp.sum(act).astype(jnp.int32))
 
 
 def local_epoch(model: nn.Module, config, params: ModelPair, opt_state: ModelPair,
                 key: jax.Array, inputs: TrainInputs, learning_rate: jax.Array):
     """One local epoch of ``S = ceil(N / B)`` steps on ``inputs`` (leaves [N, ...]): ``(params,
     opt_state, (loss1, loss2, steps))``, the mean batch losses over the active steps (with
-    ``empty_target_loss == "bce"``: of the samples with foreground) and the active step count.
-    """
-    n = inputs.images.shape[0]
-    b = config.batch_size
+    ``empty_target_loss == "bce"``: of the samples with foreground) and the active step count."""
+    n, b = inputs.images.shape[0], config.batch_size
     num_steps = -(-n // b)
     k_order, k_aug = jax.random.split(key)
     order = jnp.pad(sample_order(k_order, inputs.usable), (0, num_steps * b - n))
@@ -258,8 +249,7 @@ def local_epoch(model: nn.Module, config, params: ModelPair, opt_state: ModelPai
              ).astype(jnp.float32)
         active = jnp.sum(w) > 0
         # A batch without usable sample is skipped (under vmap: both branches run, then select).
-        carry, (l1, l2, counted) = jax.lax.cond(active, train_step, masked_batch, carry, s, w,
-                                                idx)
+        carry, (l1, l2, counted) = jax.lax.cond(active, train_step, masked_batch, carry, s, w, idx)
         return carry, (l1, l2, counted, active)
 
     (trainable, opt_t), (l1, l2, counted, active) = jax.lax.scan(step, (trainable, opt_t),
@@ -283,8 +273,7 @@ def site_round(model: nn.Module, config, global_params: ModelPair, site: SiteSta
         model, config, start, site.opt_state, key, inputs, hparams.learning_rate)
     count = lambda m: jnp.sum(m).astype(jnp.int32)  # noqa: E731
     report = SiteReport(num_usable=count(inputs.usable), loss1=loss1, loss2=loss2,
-                        num_weak=count(inputs.weak),
-                        num_selected_weak=count(inputs.selected_weak),
+                        num_weak=count(inputs.weak), num_selected_weak=count(inputs.selected_weak),
                         num_pixel=count(data.valid & (data.levels == PIXEL)), steps=steps)
     return SiteState(params=params, opt_state=opt_state), report
 

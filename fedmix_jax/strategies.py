@@ -8,7 +8,7 @@ docs/strategies.md.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Protocol
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -21,12 +21,10 @@ from fedmix_jax.self_training import SelfTrainingWeights
 WEAK_SAMPLE_MODES = ("pseudo_labels", "ground_truth", "unused", "self_training")
 
 
-class Weighting(Protocol):
-    """[C] float32 weights summing to 1 over the ``participating`` [C] clients, from the
-    ``reports`` (fields [C]), traced ``hparams`` and ``warming_up`` [] bool."""
-
-    def __call__(self, reports, participating: jax.Array, hparams,
-                 warming_up: jax.Array) -> jax.Array: ...
+# ``weighting(reports, participating, hparams, warming_up) -> [C] float32`` weights summing to 1
+# over the ``participating`` [C] clients, from the ``reports`` (fields [C]), traced ``hparams``
+# and ``warming_up`` [] bool.
+Weighting = Callable[..., jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,8 +71,7 @@ class Strategy:
         """Whether the server averages the clients' models (False: local learning)."""
         return self.weighting is not None
 
-    def weights(self, reports, participating: jax.Array, hparams,
-                round_index) -> jax.Array:
+    def weights(self, reports, participating: jax.Array, hparams, round_index) -> jax.Array:
         """[C] aggregation weights of 0-based round ``round_index`` (zeros without aggregation)."""
         if self.weighting is None:
             return jnp.zeros(jnp.shape(participating), jnp.float32)
@@ -90,21 +87,18 @@ class Strategy:
 
 
 _FACTORIES: dict[str, Callable[[SelectionConfig], Strategy]] = {
-    "fedmix": lambda sel: Strategy("fedmix", "pseudo_labels", True, AdaptiveWeights(), sel),
-    "fedmix_plus": lambda sel: Strategy("fedmix_plus", "pseudo_labels", True, AdaptiveWeights(),
-                                        sel, weak=WeakSupervision()).with_weak(WeakSupervision()),
-    "fedmix_no_adaptive": lambda sel: Strategy("fedmix_no_adaptive", "pseudo_labels", True,
-                                               CountWeights(), sel),
-    "fedmix_no_refine": lambda sel: Strategy("fedmix_no_refine", "pseudo_labels", True,
-                                             AdaptiveWeights(),
-                                             dataclasses.replace(sel, refine=False)),
-    "fedavg_pixel": lambda sel: Strategy("fedavg_pixel", "unused", False, CountWeights(), sel),
-    "fedavg_full": lambda sel: Strategy("fedavg_full", "ground_truth", False, CountWeights(), sel),
-    "local": lambda sel: Strategy("local", "unused", False, None, sel),
-    "fedst": lambda sel: Strategy("fedst", "self_training", False,
-                                  SelfTrainingWeights(pixel_share=0.9), sel),
-    "fedrgd": lambda sel: Strategy("fedrgd", "self_training", False,
-                                   SelfTrainingWeights(pixel_share=0.5), sel),
+    "fedmix": lambda s: Strategy("fedmix", "pseudo_labels", True, AdaptiveWeights(), s),
+    "fedmix_plus": lambda s: Strategy("fedmix_plus", "pseudo_labels", True, AdaptiveWeights(),
+                                      s, weak=WeakSupervision()).with_weak(WeakSupervision()),
+    "fedmix_no_adaptive": lambda s: Strategy("fedmix_no_adaptive", "pseudo_labels", True,
+                                             CountWeights(), s),
+    "fedmix_no_refine": lambda s: Strategy("fedmix_no_refine", "pseudo_labels", True,
+                                           AdaptiveWeights(), dataclasses.replace(s, refine=False)),
+    "fedavg_pixel": lambda s: Strategy("fedavg_pixel", "unused", False, CountWeights(), s),
+    "fedavg_full": lambda s: Strategy("fedavg_full", "ground_truth", False, CountWeights(), s),
+    "local": lambda s: Strategy("local", "unused", False, None, s),
+    "fedst": lambda s: Strategy("fedst", "self_training", False, SelfTrainingWeights(0.9), s),
+    "fedrgd": lambda s: Strategy("fedrgd", "self_training", False, SelfTrainingWeights(0.5), s),
 }
 
 STRATEGY_NAMES = tuple(_FACTORIES)

@@ -1,9 +1,9 @@
 """Streamed rounds: a federation larger than device memory trains block by block.
 
-:class:`StreamedRound` runs each site's round (:func:`streamed_site_round`) on training data read
-in blocks (host arrays or the array_record cache), in three phases -- inputs, order, training
-in blocks of ``k`` steps -- with :func:`fedmix_jax.site.site_round`'s results bit for bit.
-Details and shapes: docs/streaming.md.
+:class:`StreamedRound` runs each site's round (:func:`streamed_site_round`) on training data read in
+blocks (host arrays or the array_record cache), in three phases -- inputs, order, training in blocks
+of ``k`` steps -- with :func:`fedmix_jax.site.site_round`'s results bit for bit. Details and shapes:
+docs/streaming.md.
 """
 
 from __future__ import annotations
@@ -44,16 +44,14 @@ def prefetched(thunks: Iterable[Callable[[], Any]], depth: int = 2) -> Iterator[
 
 @functools.lru_cache(maxsize=16)
 def _programs(model: nn.Module, config):
-    dual = config.strategy.trains_model2
-
     @jax.jit
     def inputs_block(global_params, block, round_index):
         block = unpack_split_labels(block)     # bit-packed masks / boxes: this block's
         ti = train_inputs(model, global_params, block, config, round_index)
         # with direct weak-label losses also (has_target, boxes, image_labels, levels)
         weak = None if config.strategy.weak is None else ti.batch_extras()[1:]
-        return (ti.target1, ti.target2 if dual else None, ti.usable, ti.weak, ti.selected_weak,
-                ti.self_train, weak)
+        return (ti.target1, ti.target2 if config.strategy.trains_model2 else None, ti.usable,
+                ti.weak, ti.selected_weak, ti.self_train, weak)
 
     @jax.jit
     def order(key, usable):
@@ -78,10 +76,7 @@ def _programs(model: nn.Module, config):
 
         return jax.lax.scan(step, carry, (steps, w, images, targets, extras))
 
-    @jax.jit
-    def finish(params, opt_state, trainable, opt_t, l1, l2, counted, active):
-        return finish_epoch(config, params, opt_state, trainable, opt_t, l1, l2, counted, active)
-
+    finish = jax.jit(functools.partial(finish_epoch, config))
     return inputs_block, order, start, run_block, finish
 
 
@@ -99,14 +94,6 @@ class StreamOptions:
         if self.block_steps < 1 or self.prefetch < 0 or (
                 self.pseudo_block is not None and self.pseudo_block < 1):
             raise ValueError(f"invalid stream options {self}")
-
-
-def _phase1_block(config, n: int, options: StreamOptions) -> int:
-    chunk = config.inference_chunk
-    if n <= chunk:   # the in-memory pass runs one call on all N samples: so does this one
-        return n
-    want = options.pseudo_block or options.block_steps * config.batch_size
-    return min(-(-want // chunk) * chunk, -(-n // chunk) * chunk)
 
 
 def streamed_site_round(model: nn.Module, config, global_params: ModelPair, site: SiteState,
@@ -133,9 +120,8 @@ def streamed_site_round(model: nn.Module, config, global_params: ModelPair, site
         c, options)
     count = lambda m: jnp.asarray(np.sum(m), jnp.int32)  # noqa: E731
     report = SiteReport(num_usable=count(usable), loss1=loss1, loss2=loss2, num_weak=count(weak),
-                        num_selected_weak=count(selected_weak),
-                        num_pixel=count(source.valid[c] & (source.levels[c] == PIXEL)),
-                        steps=steps)
+                        num_selected_weak=count(selected_weak), steps=steps,
+                        num_pixel=count(source.valid[c] & (source.levels[c] == PIXEL)))
     return SiteState(params=params, opt_state=opt_state), report
 
 
@@ -144,12 +130,13 @@ def _training_inputs(inputs_block, config, global_params, source, c, round_index
     selected_weak, self_train), weak)``, ``weak`` None or ``(has_target [N], boxes [N, H, W, K],
     image_labels [N, K], levels [N])``."""
     dual = config.strategy.trains_model2
-    n = source.max_samples
-    p = _phase1_block(config, n, options)
+    n, chunk = source.max_samples, config.inference_chunk
+    want = options.pseudo_block or options.block_steps * config.batch_size
+    # samples per block; all N when N <= chunk (one call, as in the in-memory pass)
+    p = n if n <= chunk else min(-(-want // chunk) * chunk, -(-n // chunk) * chunk)
     starts = list(range(0, n, p))
-    targets = [None, None]
+    targets, weak = [None, None], [None] * 4
     flags = np.zeros((4, n), bool)
-    weak = [None] * 4
 
     def load_rows(lo):
         return lambda: jax.device_put(source.read(c, np.arange(lo, lo + p)))
@@ -166,8 +153,7 @@ def _training_inputs(inputs_block, config, global_params, source, c, round_index
             flags[i, lo:lo + m] = f[:m]
 
     pending = None         # the previous block's outputs come back while this one computes
-    for lo, block in zip(starts, prefetched((load_rows(lo) for lo in starts),
-                                             options.prefetch)):
+    for lo, block in zip(starts, prefetched((load_rows(lo) for lo in starts), options.prefetch)):
         out = inputs_block(global_params, block, round_index)
         if pending is not None:
             keep(*pending)
@@ -201,9 +187,8 @@ def _train_blocks(programs, start, opt_state, hparams, k_aug, order, w, targets,
             live = steps < num_steps
             steps_c = np.where(live, steps, 0)
             w_blk = np.where(live[:, None], w[steps_c], 0.0).astype(np.float32)     # [k, B]
-            rows = rows_of_step[steps_c]                                            # [k, B]
             need = (w_blk.sum(axis=1) > 0)                   # only active steps are read
-            flat = rows[need].reshape(-1)
+            flat = rows_of_step[steps_c][need].reshape(-1)   # their rows, [k, B] -> [-1]
             x = np.zeros((k, b) + img_shape, source.images.dtype)
             if flat.size:
                 x[need] = source.read(c, flat, ("images",)).images.reshape((-1, b) + img_shape)
@@ -220,9 +205,7 @@ def _train_blocks(programs, start, opt_state, hparams, k_aug, order, w, targets,
     for j, res in jax.device_get(results):
         lo, hi = j * k, min((j + 1) * k, num_steps)
         outputs[:, lo:hi] = np.stack(res)[:, :hi - lo]
-    trainable, opt_t = carry
-    return finish(start, opt_state, trainable, opt_t, *map(jnp.asarray, outputs),
-                  jnp.asarray(active))
+    return finish(start, opt_state, *carry, *map(jnp.asarray, outputs), jnp.asarray(active))
 
 
 class StreamedRound:
@@ -235,15 +218,13 @@ class StreamedRound:
         self.model, self.config, self.source = model, config, source
         self.options = options or StreamOptions()
         self.default_hparams = config.hparams()
-        num = source.num_clients
-        self._keys = jax.jit(lambda key: round_keys(key, num))
+        self._keys = jax.jit(lambda key: round_keys(key, source.num_clients))
         self._take = jax.jit(lambda tree, c: jax.tree.map(lambda x: x[c], tree))
         self._stack = jax.jit(lambda *trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees))
         self._finish = jax.jit(functools.partial(finish_round, config.strategy))
         self._valid = FederatedSplit(images=None, masks=None, boxes=None, image_labels=None,
                                      levels=None, valid=jnp.asarray(source.valid))
-        self.jitted = (self._keys, self._finish) + _programs(model, config)
-        self.mesh = None
+        self.jitted, self.mesh = (self._keys, self._finish) + _programs(model, config), None
 
     def __call__(self, state: FedState, hparams=None) -> tuple[FedState, RoundMetrics]:
         hparams = self.default_hparams if hparams is None else hparams

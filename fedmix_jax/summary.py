@@ -42,8 +42,7 @@ def _fmt(x, width: int, digits: int) -> str:
 
 def format_summary(summary: dict) -> str:
     """The closing table: per client (and mean) validation and test Dice / IoU at the best round."""
-    best = summary["best"]
-    names = summary["client_names"]
+    best, names = summary["best"], summary["client_names"]
     levels = summary.get("levels") or [""] * len(names)
     width = max([len("mean")] + [len(n) for n in names]) + 2
     head = (f"{'client':<{width}}{'level':<8}{'val Dice':>10}{'test Dice':>11}{'test IoU':>10}"
@@ -54,20 +53,16 @@ def format_summary(summary: dict) -> str:
     else:
         test = best["test"]
 
-        def extra(key, c):
-            return _fmt(test.get(key, [None] * len(names))[c], 9, 1 if key == "hd95" else 3)
+        def row(name: str, level: str, pick) -> str:    # pick(figures, key): a client's or mean
+            return (f"{name:<{width}}{level:<8}{pick(best['val'], 'dice'):>10.4f}"
+                    f"{pick(test, 'dice'):>11.4f}{pick(test, 'iou'):>10.4f}"
+                    f"{_fmt(pick(test, 'hd95'), 9, 1)}"
+                    f"{_fmt(pick(test, 'false_positive_rate'), 9, 3)}")
 
-        for c, n in enumerate(names):
-            lines.append(f"{n:<{width}}{levels[c]:<8}{best['val']['dice'][c]:>10.4f}"
-                         f"{test['dice'][c]:>11.4f}{test['iou'][c]:>10.4f}"
-                         f"{extra('hd95', c)}{extra('false_positive_rate', c)}")
-        lines.append("-" * len(head))
-        lines.append(f"{'mean':<{width}}{'':<8}{best['val']['mean_dice']:>10.4f}"
-                     f"{test['mean_dice']:>11.4f}{test['mean_iou']:>10.4f}"
-                     f"{_fmt(test.get('mean_hd95'), 9, 1)}"
-                     f"{_fmt(test.get('mean_false_positive_rate'), 9, 3)}")
-        if best.get("local_test"):
-            lt = best["local_test"]
+        lines += [row(n, levels[c], lambda d, key, c=c: d.get(key, [None] * len(names))[c])
+                  for c, n in enumerate(names)]
+        lines += ["-" * len(head), row("mean", "", lambda d, key: d.get(f"mean_{key}"))]
+        if lt := best.get("local_test"):
             lines.append("test Dice of each client's local (pre-aggregation) model: "
                          + ", ".join(f"{n} {d:.4f}" for n, d in zip(names, lt["dice"]))
                          + f"; mean {lt['mean_dice']:.4f}")

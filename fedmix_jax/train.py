@@ -1,9 +1,8 @@
 """The training job: ``train_and_evaluate(config, workdir)`` runs FedMix (or a baseline) end to end.
 
-Checks the workdir and config, loads the federation (streamed when over the device budget), locks
-the workdir, resumes from the newest verified checkpoint, runs the rounds
-(:class:`~fedmix_jax.run_loop.RunLoop`), writes ``summary.json`` and the plots. Details:
-docs/main_job.md; faults: docs/what_can_go_wrong.md.
+Checks the workdir and config, loads the federation (streamed when over the device budget), then
+runs the rounds in the locked workdir (:class:`~fedmix_jax.run_loop.RunLoop`: resume, checkpoints,
+``summary.json``, plots). Details: docs/main_job.md; faults: docs/what_can_go_wrong.md.
 """
 
 from __future__ import annotations
@@ -36,13 +35,8 @@ from fedmix_jax.errors import (ConfigError, OutOfMemoryError, RunError, Training
 from fedmix_jax.evaluation import evaluate
 from fedmix_jax.compiled_round import init_state, make_round_fn
 from fedmix_jax.records import eval_record, round_record
-from fedmix_jax.rundir import CONFIG_FILE, config_to_dict
 from fedmix_jax.streaming import StreamedRound, StreamOptions
 from fedmix_jax.summary import level_names, timing
-
-
-def _eval_params(state, local: bool):
-    return state.client_params[0] if local else state.global_params[0]
 
 
 class _Run(RunLoop):
@@ -50,8 +44,7 @@ class _Run(RunLoop):
 
     def __init__(self, config, cfg_dict: dict, workdir: str, federation: Federation,
                  round_config: RoundConfig, model, may_not_learn: bool = False):
-        super().__init__(config, cfg_dict, workdir, federation.client_names,
-                         round_config.executor)
+        super().__init__(config, cfg_dict, workdir, federation.client_names, round_config.executor)
         self.may_not_learn = may_not_learn
         self.federation, self.round_config, self.model = federation, round_config, model
         self.executor = executors.for_config(round_config)
@@ -86,14 +79,14 @@ class _Run(RunLoop):
     def _evaluate(self, doing: str, state, split, local: bool | None = None) -> dict:
         """The record of ``split``'s evaluation (out of memory: named by ``doing``)."""
         local = self.local if local is None else local      # True: each client's own model 1
-        kwargs = {}
-        if self.streamed:   # held-out images go to the device a block at a time
-            kwargs["block_size"] = self.stream_options.block_steps * self.round_config.batch_size
+        rc = self.round_config      # streamed: held-out images go to the device in blocks
+        block = self.stream_options.block_steps * rc.batch_size if self.streamed else None
+        pair = state.client_params if local else state.global_params
 
         def run():
-            params = self.executor.eval_params(_eval_params(state, local))
+            params = self.executor.eval_params(pair[0])
             return evaluate(self.model, params, split, per_client_params=local,
-                            chunk_size=self.round_config.inference_chunk, **kwargs)
+                            chunk_size=rc.inference_chunk, block_size=block)
 
         return eval_record(self._guard(doing, run))
 
@@ -122,8 +115,8 @@ class _Run(RunLoop):
             self.round_fn = StreamedRound(self.model, rc, source, self.stream_options)
             host, self.federation, self.plot_split = placement.take_host_arrays(
                 self.federation, ("val", "test"))
-            self.train_data, self.val, self.test = None, *placement.held_out_on_host(host,
-                                                                                     compact)
+            self.train_data = None
+            self.val, self.test = placement.held_out_on_host(host, compact)
             if self.executor.name != "map":
                 logging.info("streamed: clients run one after another on one device (executor "
                              "%r does not apply)", self.executor.name)
@@ -154,18 +147,15 @@ class _Run(RunLoop):
         self.checkpointer.wait_until_finished()
         raise TrainingDivergedError(
             f"non-finite training loss or weight in round {r} at {where}. The run stopped; no "
-            f"checkpoint of round {r} was written (last checkpoint: "
-            f"{self._last_checkpoint()}). Check the data of "
-            f"{'these clients' if len(bad) > 1 else 'this client'} and the learning rate.",
-            round=r, clients=bad)
+            f"checkpoint of round {r} was written (last checkpoint: {self._last_checkpoint()}). "
+            f"Check the data of {'these clients' if len(bad) > 1 else 'this client'} and the "
+            "learning rate.", round=r, clients=bad)
 
     def train(self, state, progress: Progress):
         """Rounds ``start + 1 .. num_rounds`` (:class:`~fedmix_jax.run_loop.RunLoop`)."""
         self.progress = progress
         self.last_dice = self.best["val"]["mean_dice"] if self.best.get("val") else None
         return self.run(state)
-
-    # -------------------------------------------------------------------- the loop's steps
 
     def run_round(self, r: int, state, evaluating: bool):
         diag = evaluating and self._guard("the diagnostics", diagnostics_of_run, self, state)
@@ -189,7 +179,8 @@ class _Run(RunLoop):
         return rv, rt, lt
 
     def new_best(self, r: int, state) -> None:
-        self.best_params = jax.tree.map(jnp.copy, _eval_params(state, self.local))
+        pair = state.client_params if self.local else state.global_params
+        self.best_params = jax.tree.map(jnp.copy, pair[0])
 
     def round_done(self, r: int, record: dict) -> None:
         self.progress.update(record, self.num_rounds, self.last_dice)
@@ -233,23 +224,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, quiet: b
                        federation: Federation | None = None, write_plots: bool = True
                        ) -> dict[str, Any]:
     """Train ``config.strategy`` for ``config.num_rounds`` rounds in ``workdir`` (created;
-    rerunning resumes) and return the summary (also ``workdir/summary.json``).
-
-    ``quiet``: one log line per round instead of a progress bar; ``federation``: one to use
-    instead of loading ``config.data`` (the comparison shares one across runs).
-
-    Raises RunError subclasses with a one-line message (exit code 2 in main; WorkdirError: a
-    file, not writable, disk full, locked, damaged config.json), TrainingDivergedError (exit code
-    1), KeyboardInterrupt (after the pending checkpoint is written).
-    """
+    rerunning resumes) and return the summary (also ``workdir/summary.json``). ``quiet``: one log
+    line per round, no progress bar; ``federation``: used instead of loading ``config.data``.
+    Raises :class:`~fedmix_jax.errors.RunError` subclasses (one-line messages; exit codes in
+    docs/main_job.md), KeyboardInterrupt once the pending checkpoint is written."""
     t_start = time.time()
     workdir = rundir.resolve(workdir)
     check_config_values(config)
     rundir.check_usable(workdir)
     stored = rundir.read_config(workdir)
     config = resolve_warmup_rounds(config, stored)     # recorded once: stable on resume
-    cfg_dict = config_to_dict(config)
-    rundir.check_config(workdir, cfg_dict, stored, CONFIG_FILE)
+    cfg_dict = rundir.config_to_dict(config)
+    rundir.check_config(workdir, cfg_dict, stored, rundir.CONFIG_FILE)
     compilation_cache.enable_from_config(config)
     cpu_cores.cpu_devices_from_config(config)        # before the first JAX computation
     check_num_devices(config)
@@ -262,14 +248,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, quiet: b
 
     with rundir.WorkdirLock(workdir):
         # Again under the lock: another run may have written the workdir meanwhile.
-        rundir.check_config(workdir, cfg_dict, rundir.read_config(workdir), CONFIG_FILE)
+        rundir.check_config(workdir, cfg_dict, rundir.read_config(workdir), rundir.CONFIG_FILE)
         rundir.remove_stale_temporaries(workdir)
         run = _Run(config, cfg_dict, workdir, federation, round_config, model, may_not_learn)
         del federation      # the run owns it now: its arrays are freed as they are placed
         progress, done = Progress(True, 0, 0), False     # a silent one until the rounds start
         try:
-            state = run.restore()
-            state = run.prepare(state)
+            state = run.prepare(run.restore())
             logging.info("data: %s", run.mode_reason)
             if not quiet:
                 print(f"[fedmix_jax] data: {run.mode_reason}", file=sys.stderr, flush=True)

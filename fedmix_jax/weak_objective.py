@@ -14,9 +14,8 @@ import jax.numpy as jnp
 from fedmix_jax.data.federation import BOX
 from fedmix_jax.losses import (box_size_loss_per_sample, box_tightness_loss_per_sample,
                                dice_loss_per_sample, empty_aware_loss_per_sample,
-                               mil_image_loss_per_sample,
-                               negative_max_loss_per_sample, outside_region_bce_per_sample,
-                               weak_label_regions, weighted_mean)
+                               mil_image_loss_per_sample, negative_max_loss_per_sample,
+                               outside_region_bce_per_sample, weak_label_regions, weighted_mean)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,15 +42,11 @@ class WeakSupervision:
             raise ValueError(f"weak.box_fill_min / box_fill_max must satisfy 0 < min <= max <= 1, "
                              f"got {self.box_fill_min}, {self.box_fill_max}")
         for name in ("emptiness", "tightness", "image_mil", "absent_emptiness", "absent_mil",
-                     "box_size"):
-            value = getattr(self, name)
-            if not (value >= 0 and value < float("inf")):
+                     "box_size", "tightness_inset", "outside_margin", "warmup_rounds"):
+            if not 0 <= (value := getattr(self, name)) < float("inf"):
                 raise ValueError(f"weak.{name} must be a finite number >= 0, got {value}")
         if not 0.0 <= self.box_fit <= 1.0:
             raise ValueError(f"weak.box_fit must be in [0, 1], got {self.box_fit}")
-        for name in ("tightness_inset", "outside_margin", "warmup_rounds"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"weak.{name} must be >= 0, got {getattr(self, name)}")
 
 
 def weak_supervision_loss_per_sample(logits: jax.Array, boxes: jax.Array,
@@ -62,8 +57,7 @@ def weak_supervision_loss_per_sample(logits: jax.Array, boxes: jax.Array,
     region, present, known = weak_label_regions(boxes, image_labels, levels, valid)
     total = jnp.zeros(logits.shape[:1], jnp.float32)
     if weights.emptiness:
-        total += weights.emptiness * outside_region_bce_per_sample(logits, region,
-                                                                   known * present)
+        total += weights.emptiness * outside_region_bce_per_sample(logits, region, known * present)
         if weights.absent_emptiness:
             total += (weights.emptiness * weights.absent_emptiness
                       * outside_region_bce_per_sample(logits, region, known * (1.0 - present)))
@@ -85,8 +79,7 @@ def weak_batch_loss(models, apply, config, x, targets, w, extras):
     """``(loss, (fits, counted))`` of the training ``models`` on an augmented batch: the summed
     loss, per model the Dice loss of the samples with a target (l_i), and whether model 1's batch
     counts for l_i. x [B, H, W, Cin]; one [B, H, W, K] target per model; w [B] float32; extras
-    ``(self_train, has_target, boxes [B, H, W, K], image_labels [B, K], levels [B])``.
-    """
+    ``(self_train, has_target, boxes [B, H, W, K], image_labels [B, K], levels [B])``."""
     weights = config.strategy.weak
     _, has_target, boxes, labels, levels = extras
     has_target = has_target.astype(w.dtype)

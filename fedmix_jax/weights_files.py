@@ -1,9 +1,9 @@
 """Reading weights files without running anything from them: ``.npz`` and torch ``.pth``/``.pt``.
 
 :func:`read_weights_file` returns parameter name -> float32 array; ``.npz`` is read with
-``allow_pickle=False``, zip-format torch checkpoints without torch by a restricted unpickler;
-sizes are budgeted before reading; anything else raises :class:`WeightsFileError` naming the file
-and entry. What is refused and why: docs/data_faults.md ("Weights files").
+``allow_pickle=False``, zip-format torch checkpoints without torch by a restricted unpickler; sizes
+are budgeted before reading; anything else raises :class:`WeightsFileError` naming the file and
+entry. What is refused and why: docs/data_faults.md ("Weights files").
 """
 from __future__ import annotations
 
@@ -25,8 +25,7 @@ class WeightsFileError(ValueError):
 
     def __init__(self, message: str, path: str | os.PathLike, key: str | None = None):
         super().__init__(message)
-        self.path = os.fspath(path)
-        self.key = key
+        self.path, self.key = os.fspath(path), key
 
 
 # What a damaged or hostile file can make the readers raise (each becomes a WeightsFileError).
@@ -110,8 +109,7 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
                                        f"refused ({e})", path, name) from None
             except _READ_ERRORS as e:
                 raise WeightsFileError(f"'{path}': entry '{k}' is unreadable: "
-                                       f"{type(e).__name__}: {first_line(e)}", path,
-                                       name) from None
+                                       f"{type(e).__name__}: {first_line(e)}", path, name) from None
     return out
 
 
@@ -124,8 +122,7 @@ _TORCH_STORAGE_DTYPES = {
     "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
     "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
     "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
-    "BoolStorage": np.bool_,
-}
+    "BoolStorage": np.bool_}
 _MAX_PICKLE_BYTES = 64 << 20
 # Budgets of one file, checked before anything is read or allocated: the bytes of all its storage
 # records (or .npz entries) together, and of all the tensors built from them together (a stride-0
@@ -190,9 +187,8 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
         raise pickle.UnpicklingError(f"tensor of size {size} (offset {storage_offset}, stride "
                                      f"{stride}) reaches past its storage of {storage.size} "
                                      "elements")
-    view = np.lib.stride_tricks.as_strided(storage[storage_offset:], shape=size,
-                                           strides=[st * storage.itemsize for st in stride],
-                                           writeable=False)
+    view = np.lib.stride_tricks.as_strided(storage[storage_offset:], shape=size, writeable=False,
+                                           strides=[st * storage.itemsize for st in stride])
     return np.array(view)
 
 
@@ -224,13 +220,11 @@ def _safe_globals() -> dict:
         ("torch", "Tensor"): _Marker("torch.Tensor"),
         ("torch.nn.parameter", "Parameter"): _Marker("torch.nn.Parameter"),
         **{("torch", name): _Marker(f"torch.{name}", np.dtype(dt))
-           for name, dt in _TORCH_STORAGE_DTYPES.items()},
-    }
+           for name, dt in _TORCH_STORAGE_DTYPES.items()}}
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Resolves only :func:`_safe_globals`; storages come from the zip, nothing else is
-    reachable."""
+    """Resolves only :func:`_safe_globals` (storages: from the zip); nothing else is reachable."""
 
     def __init__(self, file, storage_bytes):
         super().__init__(file)
@@ -333,8 +327,7 @@ def _check_arrays(state_dict: Mapping[str, Any], path: str) -> dict[str, np.ndar
 def read_weights_file(path: str) -> dict[str, np.ndarray]:
     """The float32 arrays of an ``.npz`` or a zip-format torch checkpoint (``path``'s extension
     picks the reader), with a ``{'state_dict': ...}`` wrapper unwrapped; names as in the file."""
-    npz = os.path.splitext(path)[1].lower() == ".npz"
-    raw: Mapping[str, Any] = _read_npz(path) if npz else _read_torch(path)
+    raw = (_read_npz if os.path.splitext(path)[1].lower() == ".npz" else _read_torch)(path)
     if "state_dict" in raw and isinstance(raw["state_dict"], Mapping):
         raw = raw["state_dict"]
     return _check_arrays(raw, path)

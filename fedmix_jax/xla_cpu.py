@@ -41,10 +41,6 @@ def conv2d_same(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
     return plain_conv2d_same(x, kernel, pad)
 
 
-def _conv2d_same_fwd(x, kernel, pad):
-    return plain_conv2d_same(x, kernel, pad), (x, kernel)
-
-
 def _conv2d_same_bwd(pad, res, g):
     x, kernel = res
 
@@ -55,7 +51,8 @@ def _conv2d_same_bwd(pad, res, g):
         x, kernel, g, cpu=lambda *a: _conv_grads_canonical(*a, pad), default=autodiff)
 
 
-conv2d_same.defvjp(_conv2d_same_fwd, _conv2d_same_bwd)
+conv2d_same.defvjp(lambda x, kernel, pad: (plain_conv2d_same(x, kernel, pad), (x, kernel)),
+                   _conv2d_same_bwd)
 
 
 def plain_sum_over_pixels(x3: jax.Array) -> jax.Array:
@@ -82,8 +79,7 @@ def _fast_init_fn(leaves: tuple[tuple[str, tuple[int, ...]], ...]):
         for name, shape in leaves:
             if name == "kernel":
                 receptive = int(np.prod(shape[:-2]))
-                fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
-                bound = float(np.sqrt(6.0 / (fan_in + fan_out)))
+                bound = float(np.sqrt(6.0 / ((shape[-2] + shape[-1]) * receptive)))  # fan in + out
                 size = int(np.prod(shape))
                 out.append(u[offset:offset + size].reshape(shape) * bound)
                 offset += size

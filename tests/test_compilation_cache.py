@@ -8,6 +8,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import pytest
+from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
 from fedmix_jax import compilation_cache as cc
 
@@ -21,7 +22,7 @@ def restore_jax_config():
     yield
     for k, v in saved.items():
         jax.config.update(k, v)
-    cc._set_dir(saved["jax_compilation_cache_dir"])  # noqa: SLF001 - re-read by the next compile
+    jax_cache.reset_cache()     # the restored directory is re-read by the next compile
 
 
 def test_resolve_default_env_and_off(monkeypatch, tmp_path):

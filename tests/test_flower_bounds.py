@@ -186,7 +186,7 @@ class _DeclaringGrid(LocalGrid):
 
 
 def test_discovery_excludes_bad_declarations_and_never_crashes(caplog):
-    from fedmix_jax.flower.discovery import discover_sites
+    from fedmix_jax.flower.server_app import discover_sites
 
     missing = _info(**{"site-name": "m", "site-index": 3})
     del missing["num-train"]
@@ -220,7 +220,7 @@ def test_only_the_listed_sites_take_part(caplog):
     """The coordinator lists its hospitals by node id: an extra node (registered or not) is never
     sent anything, a listed node declaring another site's name is excluded, and a bad list is
     refused before anything starts."""
-    from fedmix_jax.flower.discovery import discover_sites, parse_site_list
+    from fedmix_jax.flower.server_app import discover_sites, parse_site_list
 
     listed = parse_site_list("site_a=19, site_b=11 site_c=21")
     assert listed == {19: "site_a", 11: "site_b", 21: "site_c"}
@@ -362,7 +362,7 @@ def test_privacy_accountant_against_closed_forms():
     """ε of R rounds at noise multiplier z: the exact Gaussian (ε, δ) curve solved for δ, never
     above the classical bound sqrt(2 ln(1.25/δ))/z (one round, ε < 1, Dwork & Roth Thm A.1) nor
     the RDP bound min_α R·α/(2z²) + ln(1/δ)/(α-1); growing with rounds, falling with z."""
-    from fedmix_jax.flower.privacy import delta_of, epsilon
+    from fedmix_jax.flower.robust import delta_of, epsilon
 
     delta = 1e-5
     for z in (5.0, 20.0, 80.0):
@@ -380,7 +380,7 @@ def test_privacy_accountant_against_closed_forms():
 
 
 def test_privacy_clipping_and_noise():
-    from fedmix_jax.flower.privacy import add_noise, clip_update
+    from fedmix_jax.flower.robust import add_noise, clip_update
 
     rng = np.random.default_rng(0)
     base = {"a": rng.standard_normal(50).astype(np.float32),
@@ -411,7 +411,7 @@ def test_privacy_in_the_strategy_bounds_a_scaled_model_and_adds_the_noise():
     new, out = _round(strat, pair, sites, arrays, [{}, {}, dict(loss1=1.0)])
     assert all(out.accepted) and out.dp_update_norms[2] > 1e3 * max(out.dp_update_norms[:2])
     assert out.dp_epsilon == pytest.approx(__import__(
-        "fedmix_jax.flower.privacy", fromlist=["epsilon"]).epsilon(z, 1, 1e-5))
+        "fedmix_jax.flower.robust", fromlist=["epsilon"]).epsilon(z, 1, 1e-5))
     moved = np.concatenate([new[k].numpy().astype(np.float64) - base[k] for k in base])
     sigma = z * 2 * clip
     assert abs(float(np.std(moved)) - sigma) < 0.05 * sigma       # the update itself: <= 0.05

@@ -12,11 +12,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-
 BOX_MODES = ("component", "enclosing")
-
-_STRUCTURE = {4: ndimage.generate_binary_structure(2, 1),
-              8: ndimage.generate_binary_structure(2, 2)}
 
 
 def check_box_mode(box_mode: str) -> str:
@@ -42,17 +38,13 @@ def _foreground(mask2d) -> np.ndarray:
     return m if m.dtype == bool else m > 0.5
 
 
-def _clip_boxes(boxes: np.ndarray, h: int, w: int) -> np.ndarray:
-    return np.clip(boxes, 0, [w - 1, h - 1, w - 1, h - 1])
-
-
 def connected_components(mask2d: np.ndarray, connectivity: int = 8) -> tuple[np.ndarray, int]:
     """Label the connected foreground regions of a [H, W] mask (8- or 4-``connectivity``):
     ``(labels [H, W] int32, count)``, 0 background, ``1..count`` in raster order."""
     if connectivity not in (4, 8):
         raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
-    m = _foreground(mask2d)
-    labels, count = ndimage.label(m, structure=_STRUCTURE[connectivity])  # int32 labels
+    structure = ndimage.generate_binary_structure(2, connectivity // 4)  # 4 or 8 neighbours
+    labels, count = ndimage.label(_foreground(mask2d), structure=structure)  # int32 labels
     return labels, int(count)
 
 
@@ -93,7 +85,7 @@ def boxes_from_mask(mask2d: np.ndarray, rng: np.random.Generator | None, margin=
     boxes = tight + margins * np.array([-1, -1, 1, 1], np.int64)
     if mode == "enclosing":
         boxes[:, 2:] -= 1  # the reference's exclusive slice end: bottom/right one pixel smaller
-    return _clip_boxes(boxes, h, w)
+    return np.clip(boxes, 0, [w - 1, h - 1, w - 1, h - 1])
 
 
 def box_mask(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -105,10 +97,8 @@ def box_mask(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
     ok = (stop > start).all(axis=1)
     (x0, y0), (x1, y1) = start[ok].T, stop[ok].T
     diff = np.zeros((height + 1, width + 1), np.int64)
-    np.add.at(diff, (y0, x0), 1)
-    np.add.at(diff, (y0, x1), -1)
-    np.add.at(diff, (y1, x0), -1)
-    np.add.at(diff, (y1, x1), 1)
+    for y, x, v in ((y0, x0, 1), (y0, x1, -1), (y1, x0, -1), (y1, x1, 1)):
+        np.add.at(diff, (y, x), v)
     cover = diff.cumsum(axis=0).cumsum(axis=1)[:height, :width]
     return (cover > 0).astype(np.float32)
 
@@ -118,16 +108,13 @@ def box_masks_from_masks(masks_hwk: np.ndarray, rng: np.random.Generator | None,
                          connectivity: int = 8, box_mode: str = "component") -> np.ndarray:
     """Per-class box masks of one sample: [H, W, K] (or [H, W]) mask -> [H, W, K] float32, the
     boxes of :func:`boxes_from_mask` for classes 0..K-1 in order, with the same ``rng``."""
-    m = np.asarray(masks_hwk)
-    if m.ndim == 2:
-        m = m[..., None]
+    m = np.atleast_3d(masks_hwk)  # [H, W] -> [H, W, 1]
     h, w, k = m.shape
     out = np.zeros((h, w, k), np.float32)
     for c in range(k):
         b = boxes_from_mask(m[..., c], rng, margin=margin, per_component=per_component,
                             min_area=min_area, connectivity=connectivity, box_mode=box_mode)
-        if b.shape[0]:
-            out[..., c] = box_mask(b, h, w)
+        out[..., c] = box_mask(b, h, w)   # no box: all zeros
     return out
 
 
@@ -142,4 +129,5 @@ def scale_boxes(boxes: np.ndarray, from_hw: Sequence[int], to_hw: Sequence[int])
     eps = 1e-9  # so that exact multiples do not round outwards by one pixel
     start = np.floor(b[:, :2] * scale + eps)
     stop = np.ceil((b[:, 2:] + 1) * scale - eps) - 1
-    return _clip_boxes(np.concatenate([start, stop], axis=1).astype(np.int64), th, tw)
+    return np.clip(np.concatenate([start, stop], axis=1).astype(np.int64), 0,
+                   [tw - 1, th - 1, tw - 1, th - 1])

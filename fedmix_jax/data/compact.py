@@ -52,9 +52,8 @@ class CompactSplit:
     def padded(self) -> FederatedSplit:
         """The same split padded to ``[C, N, ...]`` on the host (NumPy)."""
         offsets, lengths = np.asarray(self.offsets), np.asarray(self.lengths)
-        return FederatedSplit(**{
-            f: padded_rows(np.asarray(getattr(self, f)), offsets, lengths, self.max_samples)
-            for f in _ROW_FIELDS})
+        return FederatedSplit(**{f: padded_rows(np.asarray(getattr(self, f)), offsets, lengths,
+                                                self.max_samples) for f in _ROW_FIELDS})
 
 
 @struct.dataclass
@@ -89,7 +88,7 @@ def compact_fields(fields: dict, put=lambda x: x) -> CompactSplit:
     lengths = client_lengths(valid)
     order = np.argsort(lengths, kind="stable")          # smallest first, the largest last
     offsets = np.zeros(num_clients, np.int64)
-    offsets[order] = np.concatenate([[0], np.cumsum(lengths[order])[:-1]]) if num_clients else []
+    offsets[order] = np.cumsum(lengths[order]) - lengths[order]   # the rows of the clients before
     rows = max(int(lengths.sum()), int((offsets + n).max(initial=0)))
 
     def compact(name):
@@ -100,7 +99,6 @@ def compact_fields(fields: dict, put=lambda x: x) -> CompactSplit:
         del x                                   # the padded field, before the copy is put
         return put(out)
 
-    del valid
     return CompactSplit(**{f: compact(f) for f in _ROW_FIELDS},
                         offsets=put(offsets.astype(np.int32)),
                         lengths=put(lengths.astype(np.int32)), max_samples=int(n))
@@ -124,14 +122,12 @@ def client_window(split: CompactSplit, offset: jax.Array, length: jax.Array) -> 
     """One client's ``[N, ...]`` view (jittable; ``offset``, ``length`` may be traced); rows
     past ``length`` hold the next client's samples (or zeros) with ``valid`` off."""
     n = split.max_samples
-    rows = {f: jax.lax.dynamic_slice_in_dim(getattr(split, f), offset, n, axis=0)
-            for f in _ROW_FIELDS}
+    rows = {f: jax.lax.dynamic_slice_in_dim(getattr(split, f), offset, n) for f in _ROW_FIELDS}
     rows["valid"] = rows["valid"] & (jnp.arange(n) < length)
     return FederatedSplit(**rows)
 
 
 def client_counts(split: CompactSplit) -> jax.Array:
     """Valid samples per client, [C] int32 (jittable)."""
-    ends = jnp.concatenate([jnp.zeros((1,), jnp.int32),
-                            jnp.cumsum(split.valid.astype(jnp.int32))])
+    ends = jnp.concatenate([jnp.zeros((1,), jnp.int32), jnp.cumsum(split.valid.astype(jnp.int32))])
     return ends[split.offsets + split.lengths] - ends[split.offsets]

@@ -17,12 +17,9 @@ import numpy as np
 from flax import struct
 
 PIXEL, BOX, IMAGE, NONE = 0, 1, 2, 3
-#: uint8 image value ``k`` means intensity ``k * IMAGE_SCALE`` (= k / 255 in float32).
-IMAGE_SCALE = 1.0 / 255.0
 LEVEL_NAMES = ("pixel", "box", "image", "none")
-_LEVEL_ALIASES = {"pixel": PIXEL, "l": PIXEL, "mask": PIXEL, "box": BOX, "b": BOX,
-                  "image": IMAGE, "i": IMAGE, "none": NONE, "u": NONE, "unlabelled": NONE,
-                  "unlabeled": NONE}
+_LEVEL_ALIASES = {"pixel": PIXEL, "l": PIXEL, "mask": PIXEL, "box": BOX, "b": BOX, "image": IMAGE,
+                  "i": IMAGE, "none": NONE, "u": NONE, "unlabelled": NONE, "unlabeled": NONE}
 
 
 def level_from_name(name: str) -> int:
@@ -30,16 +27,15 @@ def level_from_name(name: str) -> int:
     try:
         return _LEVEL_ALIASES[str(name).strip().lower()]
     except KeyError:
-        raise ValueError(
-            f"unknown supervision level {name!r}; expected one of pixel (L), box (B), image (I), "
-            "none (U)") from None
+        raise ValueError(f"unknown supervision level {name!r}; expected one of pixel (L), "
+                         "box (B), image (I), none (U)") from None
 
 
 def float_images(x):
     """Images [..., H, W, Cin] in their storage dtype -> float32 in [0, 1] (NumPy or JAX): uint8
     times ``1 / 255`` (bit-identical to a float32 ``k / 255`` copy), others cast."""
     if x.dtype == np.uint8:
-        return x.astype(np.float32) * np.float32(IMAGE_SCALE)
+        return x.astype(np.float32) * np.float32(1.0 / 255.0)
     return float_labels(x)
 
 
@@ -65,16 +61,13 @@ def unpack_labels(x, width: int):
 
 def labels_packed(split) -> bool:
     """Whether ``split``'s masks and boxes are bit-packed (narrower than its images along W)."""
-    labels, images = split.masks, split.images
-    return (hasattr(labels, "shape") and hasattr(images, "shape")
-            and labels.shape[-2] != images.shape[-2])
+    masks, images = (getattr(x, "shape", None) for x in (split.masks, split.images))
+    return masks is not None and images is not None and masks[-2] != images[-2]
 
 
 def gathered_labels(labels, width: int):
     """Gathered masks / boxes -> float32 {0, 1} ``[..., H, width, K]``, unpacked if packed."""
-    if labels.shape[-2] != width:
-        labels = unpack_labels(labels, width)
-    return float_labels(labels)
+    return float_labels(labels if labels.shape[-2] == width else unpack_labels(labels, width))
 
 
 def pack_split_labels(split: "FederatedSplit") -> "FederatedSplit":
@@ -82,32 +75,26 @@ def pack_split_labels(split: "FederatedSplit") -> "FederatedSplit":
     1 px wide split (packed, it could not be told from unpacked) is returned as it is."""
     if labels_packed(split) or np.shape(split.images)[-2] < 2:
         return split
-    return split.replace(masks=_pack_by_client(split.masks, "masks"),
-                         boxes=_pack_by_client(split.boxes, "boxes"))
+    return split.replace(**{f: _pack_by_client(getattr(split, f), f) for f in ("masks", "boxes")})
 
 
 def _pack_by_client(labels, name: str) -> np.ndarray:
     """:func:`pack_labels` of ``[C, N, H, W, K]`` one client at a time, checked to be {0, 1}."""
-    a = np.asarray(labels)
-    out = np.empty(a.shape[:-2] + (-(-a.shape[-2] // 8), a.shape[-1]), np.uint8)
-    for c in range(a.shape[0]):
-        x = a[c]
-        binary = (x.max(initial=0) <= 1 if x.dtype in (np.uint8, np.bool_)
-                  else bool(((x == 0) | (x == 1)).all()))
-        if not binary:
+    packed = []
+    for c, x in enumerate(np.asarray(labels)):
+        if not (x.max(initial=0) <= 1 if x.dtype in (np.uint8, np.bool_)
+                else ((x == 0) | (x == 1)).all()):
             raise ValueError(f"cannot bit-pack {name}: client {c} has values other than 0 and 1")
-        out[c] = pack_labels(x)
-    return out
+        packed.append(pack_labels(x))
+    return np.stack(packed)
 
 
 def unpack_split_labels(split: "FederatedSplit") -> "FederatedSplit":
-    """``split`` with bit-packed masks and boxes unpacked to uint8 {0, 1} (NumPy or JAX, also
-    inside ``jit``)."""
+    """``split`` with packed masks and boxes unpacked to uint8 {0, 1} (NumPy or JAX, jittable)."""
     if not labels_packed(split):
         return split
     width = split.images.shape[-2]
-    return split.replace(masks=unpack_labels(split.masks, width),
-                         boxes=unpack_labels(split.boxes, width))
+    return split.replace(**{f: unpack_labels(getattr(split, f), width) for f in ("masks", "boxes")})
 
 
 class SplitSizes:
@@ -181,19 +168,16 @@ class Federation:
         """A small human-readable table of the clients, their sizes and label levels."""
         lines = [f"{'client':<16}{'train':>7}{'val':>6}{'test':>6}  levels (train)"]
         for c, name in enumerate(self.client_names):
-            tv = np.asarray(self.train.valid[c])
-            lv = np.asarray(self.train.levels[c])[tv]
-            levels = ", ".join(f"{LEVEL_NAMES[k]}:{int((lv == k).sum())}"
-                               for k in range(4) if (lv == k).any())
-            lines.append(f"{name:<16}{int(tv.sum()):>7}{int(np.asarray(self.val.valid[c]).sum()):>6}"
-                         f"{int(np.asarray(self.test.valid[c]).sum()):>6}  {levels}")
+            lv = np.asarray(self.train.levels[c])[np.asarray(self.train.valid[c])]
+            levels = ", ".join(f"{LEVEL_NAMES[k]}:{n}"
+                               for k, n in enumerate(np.bincount(lv, minlength=4)) if n)
+            n = [int(np.asarray(s.valid[c]).sum()) for s in (self.train, self.val, self.test)]
+            lines.append(f"{name:<16}{n[0]:>7}{n[1]:>6}{n[2]:>6}  {levels}")
         return "\n".join(lines)
 
 
 def _storage_dtype(dtype) -> np.dtype:
-    """uint8 and bool are kept; anything else is stored as float32."""
-    dtype = np.dtype(dtype)
-    return dtype if dtype in (np.dtype(np.uint8), np.dtype(bool)) else np.dtype(np.float32)
+    return np.dtype(dtype if np.dtype(dtype) in (np.uint8, bool) else np.float32)
 
 
 def stack_clients(per_client: Iterable[dict], num_samples: int | None = None,
@@ -208,15 +192,14 @@ def stack_clients(per_client: Iterable[dict], num_samples: int | None = None,
     if isinstance(per_client, Sequence):
         if num_samples is None:
             num_samples = max((int(np.shape(d["images"])[0]) for d in per_client), default=1)
-        if num_clients is None:
-            num_clients = len(per_client)
+        num_clients = len(per_client) if num_clients is None else num_clients
     elif num_samples is None or num_clients is None:
         raise ValueError("stack_clients of a generator needs num_samples and num_clients")
     num_clients, n_max = int(num_clients), max(int(num_samples), 1)
     if num_clients < 1:
         raise ValueError("stack_clients needs at least one client")
     fields = ("images", "masks", "boxes", "image_labels")
-    out, first, seen = None, None, 0
+    out, first, c = None, None, -1
 
     def allocate(ref):
         return {**{k: np.zeros((num_clients, n_max) + np.shape(ref[k])[1:],
@@ -225,18 +208,15 @@ def stack_clients(per_client: Iterable[dict], num_samples: int | None = None,
                 "valid": np.zeros((num_clients, n_max), bool)}
 
     for c, d in enumerate(per_client):
-        seen = c + 1
         if c >= num_clients:
             raise ValueError(f"more clients than num_clients={num_clients}")
-        if first is None:
-            first = {k: np.asarray(d[k])[:0] for k in fields}
+        first = first or {k: np.asarray(d[k])[:0] for k in fields}
         n = int(np.shape(d["images"])[0])
         if n == 0:
             continue
         if n > n_max:
             raise ValueError(f"client {c} has {n} samples, more than num_samples={n_max}")
-        if out is None:
-            out = allocate(d)
+        out = out or allocate(d)
         for k in fields:
             a = np.asarray(d[k])
             if a.shape[1:] != out[k].shape[2:]:
@@ -250,8 +230,6 @@ def stack_clients(per_client: Iterable[dict], num_samples: int | None = None,
         out["levels"][c, :n] = np.asarray(d["levels"], np.int32)
         out["valid"][c, :n] = True
         d = a = None    # let a generator's client go before the next one is read
-    if seen != num_clients:
-        raise ValueError(f"{seen} clients given, num_clients={num_clients}")
-    if out is None:   # every client is empty: shapes and dtypes from the first
-        out = allocate(first)
-    return FederatedSplit(**out)
+    if c + 1 != num_clients:
+        raise ValueError(f"{c + 1} clients given, num_clients={num_clients}")
+    return FederatedSplit(**(out or allocate(first)))   # all empty: the first's shapes, dtypes

@@ -11,7 +11,6 @@ from fedmix_jax.data.federation import Federation
 
 SYNTHETIC = "synthetic"
 REAL = ("ham10000", "breast", "folders", "retouch")
-SOURCE_NAMES = (SYNTHETIC,) + REAL
 
 
 def load_federation(data_config, verbose: bool = True) -> Federation:
@@ -27,4 +26,4 @@ def load_federation(data_config, verbose: bool = True) -> Federation:
 
         return load_federation_from_config(data_config, verbose=verbose)
     raise ValueError(f"unknown data source --config.data.name={name!r}; choose one of "
-                     f"{', '.join(SOURCE_NAMES)}")
+                     f"{', '.join((SYNTHETIC,) + REAL)}")

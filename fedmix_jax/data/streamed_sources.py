@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from fedmix_jax.data.compact import client_lengths
 from fedmix_jax.data.federation import (Federation, FederatedSplit, SplitSizes,
                                         pack_federation_labels, stack_clients)
 
@@ -49,10 +50,6 @@ def _nbytes(x) -> int:
     return int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
 
 
-def _spec(x) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct(tuple(x.shape), np.dtype(x.dtype))
-
-
 class ArraySource(SplitSource):
     """A split held in host memory (a :class:`FederatedSplit` [C, N, ...]): rows by indexing."""
 
@@ -60,7 +57,8 @@ class ArraySource(SplitSource):
         self.split = jax.tree.map(np.asarray, split)
         self.levels, self.valid = self.split.levels, self.split.valid.astype(bool)
         self.image_labels = self.split.image_labels
-        self.images, self.masks, self.boxes = (_spec(getattr(self.split, f)) for f in FIELDS[:3])
+        self.images, self.masks, self.boxes = (jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (
+            self.split.images, self.split.masks, self.split.boxes))
 
     def read(self, c: int, rows: np.ndarray, fields=FIELDS) -> FederatedSplit:
         rows = np.asarray(rows, np.int64)
@@ -96,11 +94,10 @@ class ArrayRecordSource(SplitSource):
         self.image_labels = np.zeros((num, n, k), np.float32)
         for c in range(num):
             m = len(self.ranges[c])
-            for lo in range(0, m, 256):
-                hi = min(lo + 256, m)
-                part = self.read(c, np.arange(lo, hi))
-                self.levels[c, lo:hi] = part.levels
-                self.image_labels[c, lo:hi] = part.image_labels
+            for rows in np.split(np.arange(m), range(256, m, 256)):    # 256 records at a time
+                part = self.read(c, rows)
+                self.levels[c, rows] = part.levels
+                self.image_labels[c, rows] = part.image_labels
             self.valid[c, :m] = True
 
     def read(self, c: int, rows: np.ndarray, fields=FIELDS) -> FederatedSplit:
@@ -129,8 +126,6 @@ def split_bytes(split) -> int:
 def device_bytes(split, compact: bool = False, pack_labels: bool = False) -> int:
     """Bytes of ``split`` as the in-memory job puts it on the device: padded ``[C, N]`` rows or
     (``compact``) each client's rows up to its last valid one; ``pack_labels``: 8 px per byte."""
-    from fedmix_jax.data.compact import client_lengths
-
     valid = np.asarray(split.valid).astype(bool)
     rows = int(client_lengths(valid).sum()) if compact and valid.size else valid.size
     total = 0
@@ -196,9 +191,7 @@ def load_run_federation(data_cfg, verbose: bool = True):
                 federation.train = federation.train.materialize()
         else:
             federation = load_federation(data_cfg, verbose=verbose)
-        if memory.pack_labels:    # masks and boxes 8 pixels per byte
-            federation = pack_federation_labels(federation)
-        return federation
+        return pack_federation_labels(federation) if memory.pack_labels else federation
     except (ValueError, FileNotFoundError) as e:  # incl. DatasetNotFoundError, BadInputError
         raise DataError(str(e)) from e
     except OSError as e:                           # e.g. a full or read-only cache_dir

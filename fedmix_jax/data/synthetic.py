@@ -80,9 +80,8 @@ def synthetic_federation_from_config(cfg: Any = None) -> Federation:
     names = ("num_clients", "image_size", "train_sizes", "val_size", "test_size", "levels",
              "lesion_free_fraction", "num_classes", "seed", "box_margin", "box_mode")
     get = getattr(cfg, "get", lambda name, default: getattr(cfg, name, default))
-    values = {name: get(name, None) for name in names}
     return make_synthetic_federation(**{k: tuple(v) if isinstance(v, list) else v
-                                        for k, v in values.items() if v is not None})
+                                        for k in names if (v := get(k, None)) is not None})
 
 
 def preview_grid(federation: Federation, path: str, per_client: int = 6, split: str = "train") -> str:
@@ -100,8 +99,7 @@ def preview_grid(federation: Federation, path: str, per_client: int = 6, split: 
     axes = fig.subplots(c_num, per_client, squeeze=False)
     for c in range(c_num):
         count = int(np.asarray(data.valid[c]).sum())
-        for j in range(per_client):
-            ax = axes[c, j]
+        for j, ax in enumerate(axes[c]):
             ax.set(xticks=[], yticks=[])
             if j >= count:
                 ax.axis("off")

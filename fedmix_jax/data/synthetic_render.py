@@ -112,8 +112,7 @@ def client_domain(client: int) -> Domain:
 
 
 _STREAM_IMAGE, _STREAM_BOX, _STREAM_LESION_FREE = 0, 1, 2
-_MAX_LESIONS = 3
-_MAX_HAIRS = 6
+_MAX_LESIONS, _MAX_HAIRS = 3, 6
 _NUM_UNIFORMS = 128
 _NUM_FIELDS = 5  # coarse skin, fine skin, lesion texture, sensor noise, speckle
 
@@ -166,21 +165,17 @@ def _lesion_free_flags(seed: int, client: int, split: int, n: int, fraction: flo
     if fraction <= 0:
         return np.zeros(n, bool)
     phase = sample_rng(seed, client, split, 0, _STREAM_LESION_FREE).random()
-    golden = (math.sqrt(5.0) - 1.0) / 2.0
-    return np.mod(phase + golden * np.arange(n), 1.0) < fraction
+    return np.mod(phase + (math.sqrt(5.0) - 1.0) / 2.0 * np.arange(n), 1.0) < fraction
 
 
 class _Canvas:
-    """What one split's drawing steps share: pixel centres ``yy``, ``xx`` [1, S, S], side ``s``,
-    ``px`` (= s / 64) and the uniforms ``uni`` [n, U], read a column at a time by :meth:`u` in a
-    fixed order (the order is part of the data)."""
+    """What a split's drawing steps share: pixel centres ``yy``, ``xx`` [1, S, S], side ``s``,
+    ``px`` = s / 64, uniforms ``uni`` [n, U] read by :meth:`u` in a fixed order (it is data)."""
 
     def __init__(self, uni: np.ndarray, size: int):
         self.uni, self.size, self.n = uni, size, uni.shape[0]
-        self.s = float(size)
-        self.px = self.s / 64.0
-        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + np.float32(0.5)
-        self.yy, self.xx = yy[None], xx[None]
+        self.s, self.px = float(size), size / 64.0
+        self.yy, self.xx = (np.mgrid[0:size, 0:size].astype(np.float32) + np.float32(0.5))[:, None]
         self._col = iter(range(_NUM_UNIFORMS))
 
     def u(self) -> np.ndarray:
@@ -210,10 +205,8 @@ def _skin(cv: _Canvas, domain: Domain, fields: np.ndarray) -> np.ndarray:
 def _lesion_count(cv: _Canvas, k_cls: int, lesion_free: np.ndarray) -> np.ndarray:
     """Lesions per image [n]: 1-2 (binary) or 1-3 (multi-class); 0 on lesion-free images."""
     u_count, u_count2 = cv.u(), cv.u()
-    if k_cls == 1:
-        n_les = 1 + (u_count < 0.22)
-    else:
-        n_les = 1 + (u_count < 0.45) + ((u_count < 0.45) & (u_count2 < 0.35))
+    n_les = (1 + (u_count < 0.22) if k_cls == 1
+             else 1 + (u_count < 0.45) + ((u_count < 0.45) & (u_count2 < 0.35)))
     return np.where(lesion_free, 0, n_les)
 
 
@@ -221,14 +214,12 @@ def _lesions(cv: _Canvas, domain: Domain, types: Sequence[LesionType], img: np.n
              lesion_tex: np.ndarray, n_les: np.ndarray):
     """Draw up to :data:`_MAX_LESIONS` lesions over ``img`` (changed in place): the per-class
     masks [n, S, S, K] of what stays visible (a later lesion hides an earlier one)."""
-    n, s, px, size = cv.n, cv.s, cv.px, cv.size
-    k_cls = len(types)
+    n, s, px, size, k_cls = cv.n, cv.s, cv.px, cv.size, len(types)
     skin = img.copy()
     shrink = np.where(n_les >= 2, 0.72, 1.0)
     geoms, cls_of = [], []
     cx0 = cy0 = r_prev = None
     for slot in range(_MAX_LESIONS):
-        active = n_les > slot
         uc, uy, ur, ue, ua, ui = (cv.u() for _ in range(6))
         amps = np.stack([cv.u() for _ in range(5)], 1)
         phis = 2 * math.pi * np.stack([cv.u() for _ in range(5)], 1)
@@ -254,7 +245,7 @@ def _lesions(cv: _Canvas, domain: Domain, types: Sequence[LesionType], img: np.n
                      rot=math.pi * ua, weights=weights, phis=phis, jag=rng_attr("jag", ujag),
                      edge=domain.edge * px * _lerp(uedge, 0.7, 1.3), contrast=contrast,
                      core=core, tex_amp=domain.lesion_texture * pick("texture"))
-        sel = np.nonzero(active)[0]       # render only the samples that have this lesion
+        sel = np.flatnonzero(n_les > slot)       # only the samples that have this lesion
         if sel.size == 0:
             continue
         geom = np.zeros((n, size, size), bool)
@@ -329,15 +320,11 @@ def _hairs(cv: _Canvas, domain: Domain, img: np.ndarray) -> np.ndarray:
 
 def _acquisition(cv: _Canvas, domain: Domain, fields: np.ndarray, img: np.ndarray) -> np.ndarray:
     """The device: blur, gamma, gain / offset, speckle, noise; clipped to [0, 1] float32."""
-    sigma = domain.blur * cv.px * _lerp(cv.u(), 0.8, 1.2)
-    img = _blur(img, sigma)
-    img = np.clip(img, 0.0, 1.0) ** domain.gamma
-    img = domain.gain * img + domain.offset
+    img = _blur(img, domain.blur * cv.px * _lerp(cv.u(), 0.8, 1.2))
+    img = domain.gain * np.clip(img, 0.0, 1.0) ** domain.gamma + domain.offset
     if domain.speckle > 0:
-        spk = _smooth_fft(fields[:, 4], 0.9 * cv.px)
-        img = img * (1 + domain.speckle * spk)
-    noise = domain.noise * _lerp(cv.u(), 0.8, 1.2)
-    img = img + noise[:, None, None] * fields[:, 3]
+        img = img * (1 + domain.speckle * _smooth_fft(fields[:, 4], 0.9 * cv.px))
+    img = img + (domain.noise * _lerp(cv.u(), 0.8, 1.2))[:, None, None] * fields[:, 3]
     return np.clip(img, 0.0, 1.0).astype(np.float32)
 
 
@@ -357,13 +344,10 @@ def make_client_split(seed, client, split, n, domain, types, size, lesion_free_f
     lesion_tex = _smooth_fft(fields[:, 2], 1.6 * cv.px).astype(np.float32)
     masks = _lesions(cv, domain, types, img, lesion_tex, _lesion_count(cv, k, free))
     images = _acquisition(cv, domain, fields, _hairs(cv, domain, img))
-    masks = masks.astype(np.float32)
-    boxes = np.stack([
-        box_masks_from_masks(masks[i], sample_rng(seed, client, split, i, _STREAM_BOX),
-                             margin=box_margin, box_mode=box_mode)
-        for i in range(n)])
+    boxes = np.stack([box_masks_from_masks(m, sample_rng(seed, client, split, i, _STREAM_BOX),
+                                           margin=box_margin, box_mode=box_mode)
+                      for i, m in enumerate(masks)])
     # Masks and boxes are {0, 1}: uint8 is lossless; the images are not 8-bit and stay float32.
     return dict(images=images[..., None], masks=masks.astype(np.uint8),
-                boxes=boxes.astype(np.uint8),
-                image_labels=(masks.max(axis=(1, 2)) > 0).astype(np.float32),
-                levels=np.full((n,), level, np.int32))
+                boxes=boxes.astype(np.uint8), levels=np.full((n,), level, np.int32),
+                image_labels=masks.any(axis=(1, 2)).astype(np.float32))

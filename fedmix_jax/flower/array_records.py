@@ -23,10 +23,7 @@ REPORT_FIELDS = {f.name: (float if f.name.startswith("loss") else int)
 
 
 def _key_part(k) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(k, attr):
-            return str(getattr(k, attr))
-    return str(k)
+    return next((str(getattr(k, a)) for a in ("key", "name", "idx") if hasattr(k, a)), str(k))
 
 
 def flatten_with_keys(tree, prefix: str = "") -> list[tuple[str, Any]]:

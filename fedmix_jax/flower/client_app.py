@@ -64,17 +64,15 @@ def train(msg: Message, context: Context) -> Message:
     state = site_state.restore(context, site.template_state(shared), r, run_name)
     hparams = HParams.create(lam=float(cfg["lam"]), beta=float(cfg["beta"]),
                              learning_rate=float(cfg["learning-rate"]))
-    state, report = site.train(shared, global_pair, state,
-                               key_from_numpy(np.asarray(cfg["site-key"], np.uint32)), hparams,
-                               round_index(r))
+    state, report = site.train(shared, global_pair, state, key_from_numpy(cfg["site-key"]),
+                               hparams, round_index(r))
     site_state.store(context, state, r, run_name, int(cfg.get("kept-round", 0)))
     content = RecordDict()
     if bool(cfg.get("send-model", True)):
         content[LOCAL_RECORD] = array_records.pair_to_record(state.params)
     scalars = {k: np.asarray(v).item() for k, v in report.items()}
-    scalars.update({"round": r, "site-index": int(site.data.index),
-                    "num-examples": int(scalars["num_usable"])})
-    content[REPORT_RECORD] = MetricRecord(scalars)
+    content[REPORT_RECORD] = MetricRecord(scalars | {"round": r, "site-index": int(site.data.index),
+                                                     "num-examples": int(scalars["num_usable"])})
     content[SITE_RECORD] = ConfigRecord({"site-name": str(site.data.name)})
     return Message(content, reply_to=msg)
 

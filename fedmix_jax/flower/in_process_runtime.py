@@ -31,8 +31,7 @@ class InProcessRuntime:
     ``token``: the task token the calls authenticate with (None for ``AcquireTask``)."""
 
     def __init__(self, state, token: str | None = None):
-        self._state = state
-        self._token = token
+        self._state, self._token = state, token
 
     def with_token(self, token: str) -> "InProcessRuntime":
         return InProcessRuntime(self._state, token)

@@ -91,13 +91,12 @@ def data_settings(node_config: dict, shared: ml_collections.ConfigDict | None) -
         group = shared.data.to_dict() if hasattr(shared.data, "to_dict") else dict(shared.data)
         data = group if kind == "synthetic" else {k: group[k] for k in FOLDERS_DATA_KEYS
                                                  if k in group}
-    node = sorted((str(k), str(v)) for k, v in node_config.items() if k != "state-dir")
-    return {"node": node, "data": data}
+    return {"node": sorted((str(k), str(v)) for k, v in node_config.items() if k != "state-dir"),
+            "data": data}
 
 
 def data_key(node_config: dict, shared_json: str | None) -> str:
-    """A string equal for two (node config, shared config) pairs exactly when they give the same
-    data."""
+    """A key equal for two (node config, shared JSON) pairs exactly when they give the same data."""
     shared = config_from_json(shared_json) if shared_json else None
     return json.dumps(data_settings(node_config, shared), sort_keys=True, default=str)
 
@@ -154,28 +153,24 @@ class LocalSite:
     def __init__(self, data: SiteData):
         self.data = data
         self._device_data = None
-        self._templates: dict = {}     # (kind, shared config) -> ShapeDtypeStructs, traced once
 
     def setup(self, shared_json: str):
         """``(model, round_config)`` of the coordinator's config (built once per config)."""
         return _model_and_round_config(shared_json, int(np.shape(self.data.train.masks)[-1]))
 
+    @functools.lru_cache(maxsize=8)
     def template_pair(self, shared_json: str):
         """The model pair's ShapeDtypeStructs (no computation; traced once per config)."""
-        if ("pair", shared_json) not in self._templates:
-            model, config = self.setup(shared_json)
-            shape = tuple(np.shape(self.data.train.images)[1:])
-            self._templates["pair", shared_json] = jax.eval_shape(
-                lambda: round_core.initial_server_state(model, 0, shape, config)[0])
-        return self._templates["pair", shared_json]
+        model, config = self.setup(shared_json)
+        shape = tuple(np.shape(self.data.train.images)[1:])
+        return jax.eval_shape(lambda: round_core.initial_server_state(model, 0, shape, config)[0])
 
+    @functools.lru_cache(maxsize=8)
     def template_state(self, shared_json: str):
         """The :class:`~fedmix_jax.site.SiteState`'s ShapeDtypeStructs (traced once per config)."""
-        if ("state", shared_json) not in self._templates:
-            _, config = self.setup(shared_json)
-            self._templates["state", shared_json] = jax.eval_shape(
-                lambda p: round_core.initial_site_state(p, config), self.template_pair(shared_json))
-        return self._templates["state", shared_json]
+        _, config = self.setup(shared_json)
+        return jax.eval_shape(lambda p: round_core.initial_site_state(p, config),
+                              self.template_pair(shared_json))
 
     def train(self, shared_json: str, global_pair, state, key, hparams, round_index: int):
         """One round of the site function from ``global_pair`` and the previous ``state`` (None:

@@ -29,10 +29,9 @@ def key_to_numpy(key) -> np.ndarray:
     return np.asarray(key, np.uint32)
 
 
-def key_from_numpy(data, typed: bool = True):
-    """The inverse of :func:`key_to_numpy` (a typed threefry key by default)."""
-    data = jnp.asarray(np.asarray(data, np.uint32))
-    return jax.random.wrap_key_data(data) if typed else data
+def key_from_numpy(data):
+    """The inverse of :func:`key_to_numpy`: a typed threefry key."""
+    return jax.random.wrap_key_data(jnp.asarray(np.asarray(data, np.uint32)))
 
 
 def initial_server_state(model, seed: int, image_shape, config: RoundConfig):
@@ -60,11 +59,7 @@ def _index_array(index) -> jax.Array:
 def compiled_site_fn(model, config: RoundConfig):
     """``jit(site_round)`` for one (model, static config), cached per process:
     ``fn(global, site, data, key, hparams, round_index)`` (0-based index, traced)."""
-
-    def fn(global_params, site, data, key, hparams, index):
-        return site_round(model, config, global_params, site, data, key, hparams, index)
-
-    jitted = jax.jit(fn)
+    jitted = jax.jit(functools.partial(site_round, model, config))
     return lambda g, s, d, k, h, index: jitted(g, s, d, k, h, _index_array(index))
 
 

@@ -31,8 +31,7 @@ def _json_of(text: str) -> dict:
 
 
 def _say(msg: str) -> None:
-    print(f"[fedmix_jax.flower.run {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr,
-          flush=True)
+    print(f"[fedmix_jax.flower.run {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def start(flwr: str, app: str, superlink: str, extra: list[str]) -> str:
@@ -53,8 +52,7 @@ def status(flwr: str, superlink: str, run_id: str) -> tuple[str, str]:
     """``(status, details)`` of run ``run_id`` from ``flwr ls --format json``."""
     res = subprocess.run([flwr, "ls", superlink, "--run-id", run_id, "--format", "json"],
                          capture_output=True, text=True)
-    out = _json_of(res.stdout)
-    runs = [r for r in out.get("runs", []) if str(r.get("run-id")) == run_id]
+    runs = [r for r in _json_of(res.stdout).get("runs", []) if str(r.get("run-id")) == run_id]
     if res.returncode != 0 or not runs:
         raise RuntimeError(f"flwr ls did not report run {run_id}: {res.stdout[-500:]}")
     return str(runs[0].get("status", "")), str(runs[0].get("status-details", "") or "")

@@ -1,6 +1,6 @@
 """The Flower ServerApp: the coordinator's side of FedMix across sites.
 
-:func:`run_server` is the whole job: the config, the sites (:mod:`~fedmix_jax.flower.discovery`),
+:func:`run_server` is the whole job: the config, the sites (:func:`discover_sites`),
 the initial pair (or a resume from ``workdir``'s newest checkpoint), the rounds
 (:class:`~fedmix_jax.flower.strategy.FedMixStrategy` in the main job's ``RunLoop``), then
 ``summary.json`` and the curves. Run config keys (:data:`DEFAULTS`): docs/across_sites.md.
@@ -16,16 +16,18 @@ import time
 
 import jax
 import numpy as np
-from flwr.app import ConfigRecord, Context
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedmix_jax import rundir
 from fedmix_jax.config import build_model, build_round_config
 from fedmix_jax.errors import ConfigMismatchError
-from fedmix_jax.flower import round_core, array_records
-from fedmix_jax.flower.discovery import discover_sites, parse_site_list, send_and_receive
+from fedmix_jax.flower import array_records, robust, round_core
+from fedmix_jax.flower.latency import cap_object_pulls
 from fedmix_jax.flower.local_site import shared_config_json
-from fedmix_jax.flower.strategy import FedMixStrategy
+from fedmix_jax.flower.protocol import CONFIG_RECORD, INFO_RECORD
+from fedmix_jax.flower.strategy import FedMixStrategy, Site
+from fedmix_jax.flower.validation import ReplyRejected, check_declaration
 from fedmix_jax.rundir import CONFIG_FILE
 from fedmix_jax.run_loop import RunLoop
 
@@ -50,11 +52,118 @@ def load_config(path: str, overrides: str = ""):
         repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         if os.path.exists(os.path.join(repo, path)):
             path = os.path.join(repo, path)
-    argv = ["fedmix_jax.flower", f"--config={path}"]
-    argv += [f"--config.{item}" for item in shlex.split(overrides or "")]
+    argv = ["fedmix_jax.flower", f"--config={path}",
+            *(f"--config.{item}" for item in shlex.split(overrides or ""))]
     fv = define_flags(argv)
     fv(argv)
     return fv.config
+
+
+def send_and_receive(grid: Grid, messages, timeout: float, interval: float = 0.2) -> list:
+    """Push ``messages``, pull their replies every ``interval`` s until all answered or ``timeout``
+    (Flower's ``Grid.send_and_receive`` pulls every 3 s)."""
+    pending = set(grid.push_messages(list(messages)))
+    t_end = time.time() + timeout
+    got = []
+    while pending:
+        replies = list(grid.pull_messages(pending))
+        got.extend(replies)
+        pending -= {m.metadata.reply_to_message_id for m in replies}
+        if not pending or time.time() > t_end:
+            break
+        time.sleep(interval)
+    return got
+
+
+def parse_site_list(text: str) -> dict[int, str]:
+    """The run config ``sites``, ``"name=node_id ..."`` (spaces or commas between entries) ->
+    ``{node_id: name}``. ValueError naming an entry not ``name=integer`` or listed twice."""
+    listed: dict[int, str] = {}
+    for entry in str(text or "").replace(",", " ").split():
+        name, sep, node = entry.partition("=")
+        if not sep or not name or not node.strip().isdigit():
+            raise ValueError(f"run config 'sites': entry {entry!r} is not name=node_id (the "
+                             "node id that `flwr supernode register` printed)")
+        node_id = int(node)
+        if node_id in listed or name in listed.values():
+            raise ValueError(f"run config 'sites': {entry!r} repeats a listed name or node id")
+        listed[node_id] = name
+    return listed
+
+
+def _wait_for_nodes(grid: Grid, num: int, timeout: float, listed: dict[int, str]) -> list[int]:
+    """The connected nodes once ``num`` (with a list: every listed node) are connected, or at
+    ``timeout``; with a list, a node not on it is logged once and left out."""
+    t_end = time.time() + timeout
+    ignored: set[int] = set()
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if listed:
+            for node in set(nodes) - set(listed) - ignored:
+                log.warning("node %s is not on the coordinator's site list: ignored (sent "
+                            "nothing)", node)
+                ignored.add(node)
+            nodes = [n for n in nodes if n in listed]
+        if len(nodes) >= max(num, 1) or time.time() > t_end:
+            return nodes
+        time.sleep(0.5)
+
+
+def discover_sites(grid: Grid, shared_json: str, num_sites: int, join_timeout: float,
+                   reply_timeout: float, min_sites: int = 1,
+                   listed: dict[int, str] | None = None) -> tuple[list[Site], list[dict]]:
+    """``(sites, checked declarations)`` of the (``listed``) nodes that joined, in order; a site
+    with a bad, duplicate or minority declaration is excluded with one log line. RuntimeError
+    when fewer than ``num_sites`` joined or fewer than ``min_sites`` remain."""
+    listed = dict(listed or {})
+    num_sites = num_sites or len(listed)
+    nodes = _wait_for_nodes(grid, num_sites, join_timeout, listed)
+    if num_sites and len(nodes) < num_sites:
+        raise RuntimeError(f"only {len(nodes)} of {num_sites} sites joined within "
+                           f"{join_timeout:.0f} s")
+    msgs = [Message(content=RecordDict({CONFIG_RECORD: ConfigRecord(
+        {"config-json": shared_json})}), dst_node_id=n, message_type="query.info")
+        for n in nodes]
+    found = []      # (node, checked declaration)
+    for reply in send_and_receive(grid, msgs, reply_timeout):
+        node = reply.metadata.src_node_id
+        try:
+            if reply.has_error():
+                raise ReplyRejected(f"site error: {reply.error.reason}")
+            info = check_declaration(reply.content.config_records.get(INFO_RECORD)
+                                     if reply.has_content() else None)
+            if listed and info["site-name"] != listed.get(node):
+                raise ReplyRejected(f"it declared the name {info['site-name']!r}, the "
+                                    f"coordinator's list names it {listed.get(node)!r}")
+        except ReplyRejected as e:
+            log.warning("node %s excluded: bad declaration: %s", node, e)
+            continue
+        found.append((node, info))
+    names = [info["site-name"] for _, info in found]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        log.warning("site name %r declared by %d nodes: all excluded", name, names.count(name))
+    found = [f for f in found if names.count(f[1]["site-name"]) == 1]
+    # Declared indices first (in order), then the others by name.
+    found.sort(key=lambda f: (f[1]["site-index"] < 0, f[1]["site-index"], f[1]["site-name"]))
+    if found:
+        # The majority's image shape and classes (ties: the earliest).
+        kinds = [(info["image-shape"], info["num-classes"]) for _, info in found]
+        kind = max(kinds, key=lambda v: (kinds.count(v), -kinds.index(v)))
+        for (_, info), k in zip(found, kinds):
+            if k != kind:
+                log.warning("site %s excluded: image shape %s / %d classes differ from the "
+                            "other sites' %s / %d", info["site-name"], list(k[0]), k[1],
+                            list(kind[0]), kind[1])
+        found = [f for f, k in zip(found, kinds) if k == kind]
+    sites = [Site(node, position, info["site-name"], info["num-train"], info["num-val"],
+                  info["num-test"]) for position, (node, info) in enumerate(found)]
+    if len(sites) < max(int(min_sites), 1):
+        raise RuntimeError(f"only {len(sites)} sites declared themselves validly (min-sites "
+                           f"{min_sites}, {len(nodes)} joined)")
+    if num_sites and len(sites) < num_sites:
+        log.warning("only %d of %d sites declared themselves validly: going on with them",
+                    len(sites), num_sites)
+    return sites, [info for _, info in found]
 
 
 def _round_record(r: int, out, round_time: float) -> dict:
@@ -67,10 +176,8 @@ def _round_record(r: int, out, round_time: float) -> dict:
                               / np.maximum(np.asarray(rep["num_weak"]), 1)).tolist(),
            "steps": rep["steps"], "weights": out.weights, "round_time_s": round_time,
            "accepted": out.accepted, "applied": out.applied}
-    for k in ("rejected", "update_norms", "dp_epsilon", "dp_update_norms"):  # only when present
-        if getattr(out, k) not in (None, {}):
-            rec[k] = getattr(out, k)
-    return rec
+    extra = ("rejected", "update_norms", "dp_epsilon", "dp_update_norms")   # only when present
+    return rec | {k: getattr(out, k) for k in extra if getattr(out, k) not in (None, {})}
 
 
 def _split_record(scores: dict, split: str) -> dict:
@@ -93,10 +200,9 @@ class _ServerRun(RunLoop):
         self.grid, self.rc, self.sites, self.infos = grid, rc, sites, infos
         self.round_config = build_round_config(config)
         self.strategy = self.round_config.strategy
-        model = build_model(config, int(infos[0]["num-classes"]))
         self.global_pair, self.key = round_core.initial_server_state(
-            model, int(config.seed), tuple(int(x) for x in infos[0]["image-shape"]),
-            self.round_config)
+            build_model(config, int(infos[0]["num-classes"])), int(config.seed),
+            tuple(int(x) for x in infos[0]["image-shape"]), self.round_config)
 
     def check_more(self, step: int, extra: dict) -> None:
         if extra.get("client_names") != self.client_names:
@@ -134,13 +240,11 @@ class _ServerRun(RunLoop):
                              num_classes=int(self.infos[0]["num-classes"]), **options)
         fed.summary()
         if fed.dp is not None:
-            from fedmix_jax.flower.privacy import epsilon, noise_std
-
             clip, z, delta = fed.dp
             _say(f"client-level differential privacy: updates clipped to norm {clip:g}, noise "
-                 f"std {noise_std(clip, z):.4g} (multiplier {z:g} x sensitivity {2 * clip:g}); "
-                 f"after {self.num_rounds} rounds (ε, δ) = "
-                 f"({epsilon(z, self.num_rounds, delta):.4g}, {delta:g})")
+                 f"std {robust.noise_std(clip, z):.4g} (multiplier {z:g} x sensitivity "
+                 f"{2 * clip:g}); after {self.num_rounds} rounds (ε, δ) = "
+                 f"({robust.epsilon(z, self.num_rounds, delta):.4g}, {delta:g})")
         self.fed = fed
         arrays = self.run(array_records.pair_to_record(self.global_pair))
         self.checkpointer.wait_until_finished()
@@ -193,12 +297,10 @@ class _ServerRun(RunLoop):
             sites=[{"name": s.name, "index": s.index, "num_train": s.num_train,
                     "num_val": s.num_val, "num_test": s.num_test} for s in self.sites])
         if self.fed.dp is not None:
-            from fedmix_jax.flower.privacy import epsilon
-
             clip, z, delta = self.fed.dp
             summary["privacy"] = {
                 "dp_clip_norm": clip, "dp_noise_multiplier": z, "dp_delta": delta,
-                "epsilon": epsilon(z, max(self.start, self.num_rounds), delta),
+                "epsilon": robust.epsilon(z, max(self.start, self.num_rounds), delta),
                 "scope": "client-level, the global models sent out; the coordinator is trusted"}
         return self.write_outputs(summary, t_start, write_plots)
 
@@ -249,7 +351,5 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     cap = float(dict(context.run_config).get("wait-cap", DEFAULTS["wait-cap"]))
     if cap > 0:     # replies' objects pulled with a short back-off (fedmix_jax.flower.latency)
-        from fedmix_jax.flower.latency import cap_object_pulls
-
         cap_object_pulls(cap)
     run_server(grid, context.run_config)

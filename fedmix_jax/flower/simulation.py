@@ -89,7 +89,7 @@ class LocalGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None
                          ) -> Iterable[Message]:
-        from fedmix_jax.flower.discovery import send_and_receive
+        from fedmix_jax.flower.server_app import send_and_receive
 
         return send_and_receive(self, messages, math.inf if timeout is None else timeout, 0.01)
 

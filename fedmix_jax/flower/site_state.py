@@ -121,16 +121,9 @@ def restore(context: Context, like, round_index: int, run_name: str):
 
 def newest(context: Context, like, run_name: str):
     """The state of the newest round the site holds (a local model to evaluate), or None."""
-    from fedmix_jax.flower import array_records
-
     held = _kept_states.get((context.node_id, run_name), {})
-    if held:
-        return held[max(held)]
-    rounds = _context_rounds(context, run_name)
-    if rounds:
-        return array_records.record_to_tree(
-            context.state.array_records[f"{STATE_RECORD}-{max(rounds)}"], like, "state")
-    return None
+    rounds = list(held) or _context_rounds(context, run_name)
+    return restore(context, like, max(rounds) + 1, run_name) if rounds else None
 
 
 def store(context: Context, state, round_index: int, run_name: str,

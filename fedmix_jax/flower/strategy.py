@@ -19,7 +19,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy as FlowerStrategy
 
-from fedmix_jax.flower import round_core, privacy, array_records, robust
+from fedmix_jax.flower import round_core, array_records, robust
 from fedmix_jax.flower.protocol import CONFIG_RECORD, GLOBAL_RECORD
 from fedmix_jax.flower.validation import (EVAL_FIGURES, PER_CLASS_FIGURES, ReplyRejected,
                                           check_eval_reply, check_train_reply)
@@ -61,7 +61,7 @@ class FedMixStrategy(FlowerStrategy):
     ``sites`` (in federation order); every reply must match ``template_pair``; ``key`` is split
     once per round; ``min_sites``: the fewest accepted replies for a round to be applied;
     ``num_classes``: the length of per-class figures (None: any). The robust and DP options:
-    :mod:`~fedmix_jax.flower.robust`, :mod:`~fedmix_jax.flower.privacy` (0 / "weighted": off).
+    :mod:`~fedmix_jax.flower.robust` (0 / "weighted": off).
     """
 
     def __init__(self, strategy, sites: list[Site], template_pair, key, hparams,
@@ -71,10 +71,10 @@ class FedMixStrategy(FlowerStrategy):
                  dp_noise_multiplier: float = 0.0, dp_delta: float = 1e-5,
                  num_classes: int | None = None):
         robust.check_options(aggregator, float(max_update_norm_ratio), float(trim_fraction))
-        privacy.check_options(float(dp_clip_norm), float(dp_noise_multiplier), float(dp_delta),
+        robust.check_dp_options(float(dp_clip_norm), float(dp_noise_multiplier), float(dp_delta),
                               aggregator)
-        self.dp = (float(dp_clip_norm), float(dp_noise_multiplier), float(dp_delta)) \
-            if dp_clip_norm > 0 else None
+        self.dp = ((float(dp_clip_norm), float(dp_noise_multiplier), float(dp_delta))
+                   if dp_clip_norm > 0 else None)
         self.strategy, self.sites, self.template_pair = strategy, list(sites), template_pair
         self.key, self.hparams, self.shared_json = key, hparams, shared_json
         self.min_sites, self.run_name = int(min_sites), run_name
@@ -102,10 +102,8 @@ class FedMixStrategy(FlowerStrategy):
                         grid: Grid) -> Iterable[Message]:
         """One message per registered site: the global pair, its key of the round, the config."""
         self._next_key, site_keys = round_keys(self.key, len(self.sites))
-        # decoded once, only where the aggregate or the update-norm bound reads it
-        needed = self.strategy.aggregates or self.max_update_norm_ratio > 0
-        self._sent = ({k: arrays[k].numpy() for k in self.spec}
-                      if needed and self.spec is not None else None)
+        # decoded once, for the aggregate and the update-norm bound (both need the spec)
+        self._sent = None if self.spec is None else {k: arrays[k].numpy() for k in self.spec}
         out = []
         for site in self.sites:
             cfg = self._config(server_round, config)
@@ -120,8 +118,8 @@ class FedMixStrategy(FlowerStrategy):
         """Check every reply, weigh the accepted sites, average both models: ``(arrays,
         metrics)``, arrays None when fewer than ``min_sites`` were accepted (not applied)."""
         c = len(self.sites)
-        accepted: dict[int, Any] = {}
-        rejected: dict[str, str] = {}
+        accepted: dict[int, Any] = {}      # site index -> AcceptedReply
+        rejected: dict[str, str] = {}      # site name -> reason
         for reply in replies:
             site = self.by_node.get(reply.metadata.src_node_id)
             if site is None:
@@ -139,9 +137,8 @@ class FedMixStrategy(FlowerStrategy):
             except ReplyRejected as e:
                 rejected[site.name] = str(e)
         norms = self._bound_updates(accepted, rejected)
-        for site in self.sites:
-            if site.index not in accepted and site.name not in rejected:
-                rejected[site.name] = "no reply within the round's timeout"
+        rejected.update({s.name: "no reply within the round's timeout" for s in self.sites
+                         if s.index not in accepted and s.name not in rejected})
         for name, reason in rejected.items():
             log.warning("round %d: reply of site %s rejected: %s", server_round, name, reason)
         # The key advances whatever happens (as the in-process round's).
@@ -151,11 +148,9 @@ class FedMixStrategy(FlowerStrategy):
         reports = {k: [accepted[i].report[k] if ok[i] else 0 for i in range(c)]
                    for k in array_records.REPORT_FIELDS}
         applied = sum(ok) >= self.min_sites
-        participating = np.array([ok[i] and self.sites[i].num_train > 0 for i in range(c)])
-        weights = [0.0] * c
-        new_arrays = None
-        self._dp_norms = None
+        weights, new_arrays, self._dp_norms = [0.0] * c, None, None
         if applied:
+            participating = np.array([ok[i] and self.sites[i].num_train > 0 for i in range(c)])
             w = round_core.site_weights(self.strategy, reports, participating, self.hparams,
                                         round_core.round_index(server_round))
             if np.all(np.isfinite(w)) and np.all(w >= 0):
@@ -169,14 +164,12 @@ class FedMixStrategy(FlowerStrategy):
             log.error("round %d: only %d of %d sites accepted (min_sites %d): round not "
                       "applied", server_round, sum(ok), c, self.min_sites)
         self.last_round = RoundOutcome(
-            round=server_round, reports=reports, weights=weights, accepted=ok,
-            rejected=rejected, applied=applied, update_norms=norms,
-            dp_update_norms=self._dp_norms,
-            dp_epsilon=None if self.dp is None else privacy.epsilon(
-                self.dp[1], server_round, self.dp[2]))
-        metrics = MetricRecord({"num-accepted": int(sum(ok)), "applied": int(applied),
-                                "weights": [float(w) for w in weights]})
-        return new_arrays, metrics
+            round=server_round, reports=reports, weights=weights, accepted=ok, rejected=rejected,
+            applied=applied, update_norms=norms, dp_update_norms=self._dp_norms,
+            dp_epsilon=None if self.dp is None else robust.epsilon(self.dp[1],
+                                                                    server_round, self.dp[2]))
+        return new_arrays, MetricRecord({"num-accepted": int(sum(ok)), "applied": int(applied),
+                                         "weights": [float(w) for w in weights]})
 
     def _bound_updates(self, accepted: dict, rejected: dict) -> list[float] | None:
         """Move the update-norm outliers from ``accepted`` to ``rejected``; the norms [C] (0: no
@@ -206,7 +199,7 @@ class FedMixStrategy(FlowerStrategy):
         if self.dp is not None:     # each update clipped to norm C over the models that train
             norms = [0.0] * len(self.sites)
             for i in accepted:
-                clipped, norms[i] = privacy.clip_update(
+                clipped, norms[i] = robust.clip_update(
                     src[i], {k: sent[k] for k in trained}, self.dp[0])
                 src[i] = dict(src[i]) | clipped
             self._dp_norms = norms
@@ -223,8 +216,8 @@ class FedMixStrategy(FlowerStrategy):
             out = array_records.pair_to_record(
                 jax.device_get(round_core.aggregate(stacked, weights)))
         if self.dp is not None:     # noise from the OS's entropy, never from the run's seed
-            noisy = privacy.add_noise({k: out[k].numpy() for k in trained},
-                                      privacy.noise_std(self.dp[0], self.dp[1]))
+            noisy = robust.add_noise({k: out[k].numpy() for k in trained},
+                                      robust.noise_std(self.dp[0], self.dp[1]))
             out.update({k: Array(a) for k, a in noisy.items()})
         if not self.strategy.trains_model2:     # model 2 stays as broadcast (as in-process)
             out["model2"] = Array(sent["model2"])
@@ -253,8 +246,7 @@ class FedMixStrategy(FlowerStrategy):
                 continue
             try:
                 rows[site.index] = check_eval_reply(reply, round_index=server_round,
-                                                    site=site.name,
-                                                    num_classes=self.num_classes)
+                                                    site=site.name, num_classes=self.num_classes)
             except ReplyRejected as e:
                 rejected[site.name] = str(e)
                 log.warning("round %d: evaluation of site %s rejected: %s", server_round,
@@ -289,8 +281,7 @@ def _per_class_scores(rows: dict[int, dict], split: str, c: int) -> dict[str, An
         if not rows or any(f"{split}-{k}" not in r for r in rows.values()):
             continue
         width = len(next(iter(rows.values()))[f"{split}-{k}"])
-        per_site = [rows[i][f"{split}-{k}"] if i in rows else [math.nan] * width
-                    for i in range(c)]
+        per_site = [rows[i][f"{split}-{k}"] if i in rows else [math.nan] * width for i in range(c)]
         with_data = np.array([per_site[i] for i in sorted(rows)
                               if rows[i][f"num-{split}"] > 0], np.float64).reshape(-1, width)
         if not len(with_data):

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sys
+import types
 
 log = logging.getLogger("fedmix_jax.flower")
 
@@ -57,8 +58,7 @@ class AdminOnly:
     async def __call__(self, scope, receive, send):
         if scope.get("type") == "http":
             path = scope.get("path", "")
-            public = (path == "/health" or path.startswith(PUBLIC_PREFIXES)) \
-                and ".." not in path.split("/")
+            public = path.startswith(PUBLIC_PREFIXES) and ".." not in path.split("/")
             peer = _peer(scope)
             if not public and peer not in self.admin_hosts:
                 log.warning("refused %s %s from %s: only the admin hosts (%s) may use it",
@@ -72,21 +72,6 @@ class AdminOnly:
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)
-
-
-def _guard_uvicorn(cli_module, admin_hosts: frozenset[str]) -> None:
-    """Make the CLI's ``uvicorn.run(app=...)`` serve ``AdminOnly(app)``."""
-    import uvicorn
-
-    class _Uvicorn:
-        def __getattr__(self, name):
-            return getattr(uvicorn, name)
-
-        @staticmethod
-        def run(app, *args, **kwargs):
-            return uvicorn.run(AdminOnly(app, admin_hosts), *args, **kwargs)
-
-    cli_module.uvicorn = _Uvicorn()
 
 
 def main(argv=None) -> int:
@@ -104,9 +89,13 @@ def main(argv=None) -> int:
     # Flower logs every request at DEBUG ("may expose sensitive details"): the handler drops it.
     for handler in logging.getLogger().handlers:
         handler.setLevel(logging.INFO)
+    import uvicorn
     from flwr.superlink import cli
 
-    _guard_uvicorn(sys.modules["flwr.superlink.cli.flower_superlink"], admin_hosts)
+    def run(app, *args, **kwargs):      # the CLI's one use of uvicorn: serve AdminOnly(app)
+        return uvicorn.run(AdminOnly(app, admin_hosts), *args, **kwargs)
+
+    sys.modules["flwr.superlink.cli.flower_superlink"].uvicorn = types.SimpleNamespace(run=run)
     print("fedmix_jax.flower.superlink: the Control and Runtime APIs answer only "
           + ", ".join(sorted(admin_hosts)), file=sys.stderr, flush=True)
     sys.argv = ["flower-superlink"] + rest

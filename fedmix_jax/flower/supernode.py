@@ -14,22 +14,8 @@ import argparse
 import os
 import sys
 
-from fedmix_jax.flower.in_process_runtime import LOCAL_POLL
+from fedmix_jax.flower.in_process_runtime import LOCAL_POLL, serve_in_process
 from fedmix_jax.flower.latency import DEFAULT_CAP, cap_object_pulls, cap_supernode_sleeps
-
-
-def _start_clientapp_with_the_node(cli_module, nice: int) -> None:
-    """Make the CLI's ``start_client_internal`` start the in-process ClientApp loop on the
-    node's state first (the state exists only inside ``flower_supernode()``)."""
-    from fedmix_jax.flower.in_process_runtime import serve_in_process
-
-    start = cli_module.start_client_internal
-
-    def start_with_clientapp(*args, **kwargs):
-        serve_in_process(kwargs["state_factory"], nice=nice)
-        return start(*args, **kwargs)
-
-    cli_module.start_client_internal = start_with_clientapp
 
 
 def main(argv=None) -> int:
@@ -62,8 +48,15 @@ def main(argv=None) -> int:
     from flwr.supernode.cli import flower_supernode
 
     if ours.clientapp_in_process:
-        _start_clientapp_with_the_node(sys.modules["flwr.supernode.cli.flower_supernode"],
-                                       ours.clientapp_nice)
+        cli_module = sys.modules["flwr.supernode.cli.flower_supernode"]
+        start = cli_module.start_client_internal
+
+        def start_with_clientapp(*args, **kwargs):
+            # The node state exists only inside flower_supernode(): start the loop on it first.
+            serve_in_process(kwargs["state_factory"], nice=ours.clientapp_nice)
+            return start(*args, **kwargs)
+
+        cli_module.start_client_internal = start_with_clientapp
 
     # Timestamps on every line (a site's operator reads these logs); colours only on a terminal.
     update_console_handler(timestamps=True, colored=sys.stderr.isatty())

@@ -175,18 +175,15 @@ def _bounded_str(name: str, v, max_len: int) -> str:
 
 
 def check_declaration(info) -> dict[str, Any]:
-    """The checked ``info`` declaration: ``{"site-name": str, "site-index" / "num-*": int,
-    "image-shape": (int, int, int), "levels": str}``; a missing, mistyped or unbounded value
-    raises."""
+    """The checked ``info`` declaration, ``{"site-name": str, "site-index" / "num-*": int,
+    "image-shape": (int, int, int), "levels": str}``; ReplyRejected on a bad or missing value."""
     if info is None:
         raise ReplyRejected("no 'info' ConfigRecord")
     missing = [k for k in ("site-name", *DECLARATION_INTS, "image-shape") if k not in info]
     if missing:
         raise ReplyRejected(f"declaration lacks {missing}")
-    out: dict[str, Any] = {"site-name": _bounded_str("site-name", info["site-name"],
-                                                     MAX_NAME_LENGTH)}
-    for k, (lo, hi) in DECLARATION_INTS.items():
-        out[k] = _bounded_int(k, info[k], lo, hi)
+    out = {"site-name": _bounded_str("site-name", info["site-name"], MAX_NAME_LENGTH),
+           **{k: _bounded_int(k, info[k], lo, hi) for k, (lo, hi) in DECLARATION_INTS.items()}}
     shape = info["image-shape"]
     if not isinstance(shape, (list, tuple)) or len(shape) != 3:
         raise ReplyRejected(f"image-shape: expected 3 integers, got {shape!r:.60}")
@@ -244,10 +241,8 @@ def check_eval_reply(reply, *, round_index: int, site: str,
         raise ReplyRejected(f"evaluation for round {m['round']}, expected {round_index}")
     out = {}
     for split in ("val", "test"):
-        n = _scalar(m, f"num-{split}", int)
-        if not 0 <= n <= MAX_SITE_SAMPLES:
-            raise ReplyRejected(f"num-{split} {n} outside [0, {MAX_SITE_SAMPLES}]")
-        out[f"num-{split}"] = n
+        n = f"num-{split}"
+        out[n] = _bounded_int(n, _scalar(m, n, int), 0, MAX_SITE_SAMPLES)
         for k, hi in EVAL_FIGURES.items():
             out[f"{split}-{k}"] = _figure(m, f"{split}-{k}", hi, k in _MAY_BE_NAN)
         for k in PER_CLASS_FIGURES:

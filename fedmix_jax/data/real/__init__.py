@@ -3,16 +3,16 @@ read from the manual download (``data_dir``; nothing is downloaded) and cached o
 ``array_record`` files (TensorFlow-free). Details: docs/data.md, docs/data_faults.md.
 """
 
-from fedmix_jax.data.real import retouch
 from fedmix_jax.data.real.builders import (BUILDERS, BreastUsFedmix, FedMixConfig, FolderFederation,
                                            Ham10000Fedmix, make_config)
 from fedmix_jax.data.real.cache import PreparedDataset, prepare_dataset, validate_cache
 from fedmix_jax.data.real.errors import BadInputError, CacheDamagedError, DatasetNotFoundError
 from fedmix_jax.data.real.loader import (default_data_config, load_federation_from_config,
                                          read_client_split)
+from fedmix_jax.data.real.retouch import RetouchFedmix
 from fedmix_jax.data.real.settings import DEFAULT_CACHE_DIR, RealDataSettings
 
-retouch.register()   # --config.data.name=retouch (idempotent; importing retouch does it too)
+BUILDERS["retouch"] = RetouchFedmix   # --config.data.name=retouch (any import of the package)
 build_dataset = prepare_dataset
 
 __all__ = [

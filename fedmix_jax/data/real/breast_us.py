@@ -77,8 +77,7 @@ class BreastUS(Layout):
             images, masks = {}, defaultdict(list)
             for p in image_files(cdir):
                 stem = os.path.splitext(os.path.basename(p))[0]
-                m = _BUSI_MASK.match(stem)
-                if m:
+                if m := _BUSI_MASK.match(stem):
                     masks[m.group("stem")].append(p)
                 elif stem in images or stem in seen:
                     other = images.get(stem) or seen[stem]
@@ -97,15 +96,13 @@ class BreastUS(Layout):
                                          "next to it)", img))
                     continue
                 samples.append(Sample(
-                    id=f"busi/{stem}", client="busi", stem=stem, image_path=img,
+                    id=f"busi/{stem}", client="busi", stem=stem, image_path=img, category=cat,
                     mask_paths=sorted(masks[stem]), group=f"busi/{stem}",
-                    label=0 if cat == "normal" else 1, category=cat,
-                    malignant=1 if cat == "malignant" else 0))
+                    label=0 if cat == "normal" else 1, malignant=1 if cat == "malignant" else 0))
         return samples
 
     def _scan_pair(self, client, root, policy):
-        image_dir = find_subdir(root, _IMAGE_DIRS)
-        mask_dir = find_subdir(root, _MASK_DIRS)
+        image_dir, mask_dir = find_subdir(root, _IMAGE_DIRS), find_subdir(root, _MASK_DIRS)
         if image_dir is None or mask_dir is None:
             raise self.not_found(f"{root} needs an image folder ({'/, '.join(_IMAGE_DIRS)}/) and "
                                  f"a mask folder ({'/, '.join(_MASK_DIRS)}/) for client {client}")
@@ -116,7 +113,6 @@ class BreastUS(Layout):
                 policy(BadInputError(f"image with no mask: {img} (expected {mask_dir}/{stem}.png)",
                                      img))
                 continue
-            samples.append(Sample(id=f"{client}/{stem}", client=client, stem=stem,
-                                  image_path=img, mask_paths=masks[stem],
-                                  group=f"{client}/{stem}"))
+            samples.append(Sample(id=f"{client}/{stem}", client=client, stem=stem, image_path=img,
+                                  mask_paths=masks[stem], group=f"{client}/{stem}"))
         return samples

@@ -73,16 +73,6 @@ def parse(argv: list[str]) -> flags.FlagValues:
     return fv
 
 
-def config_from_flags(fv: flags.FlagValues):
-    from fedmix_jax.data.real.loader import default_data_config
-
-    return default_data_config(
-        fv.dataset, data_dir=fv.manual_dir, cache_dir=fv.cache_dir, image_size=fv.image_size,
-        channels=int(fv.channels), seed=fv.seed, test_fraction=fv.test_fraction,
-        val_fraction=fv.val_fraction, on_bad_input=fv.on_bad_input, rebuild=fv.rebuild,
-        box_mode=fv.box_mode, drop_empty_slices=fv.drop_empty_slices)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (``argv[0]`` is the program name); returns the exit code."""
     from fedmix_jax import main as main_lib
@@ -98,11 +88,16 @@ def main(argv: list[str] | None = None) -> int:
     from fedmix_jax.console import setup_logging
     from fedmix_jax.data.real.errors import (DATA_DIR_FLAG, BadInputError, CacheDamagedError,
                                              DatasetNotFoundError)
-    from fedmix_jax.data.real.loader import load_federation_from_config, prepare_dataset
+    from fedmix_jax.data.real.loader import (default_data_config, load_federation_from_config,
+                                             prepare_dataset)
     from fedmix_jax.errors import describe_os_error
 
     setup_logging()
-    cfg = config_from_flags(fv)
+    cfg = default_data_config(
+        fv.dataset, data_dir=fv.manual_dir, cache_dir=fv.cache_dir, image_size=fv.image_size,
+        channels=int(fv.channels), seed=fv.seed, test_fraction=fv.test_fraction,
+        val_fraction=fv.val_fraction, on_bad_input=fv.on_bad_input, rebuild=fv.rebuild,
+        box_mode=fv.box_mode, drop_empty_slices=fv.drop_empty_slices)
     t0 = time.time()
     try:
         prepared = prepare_dataset(cfg)

@@ -1,5 +1,5 @@
 """TensorFlow-free TFDS builders (``array_record``), one per layout (:data:`BUILDERS`: config
-``name`` -> builder; RETOUCH's registers itself), their options (:class:`FedMixConfig`, named by
+``name`` -> builder; RETOUCH's added by the package), their options (:class:`FedMixConfig`, named by
 them: :func:`config_name`, :func:`make_config`) and their records (:func:`features`,
 :func:`process_sample`). Details: docs/data.md ("The cache", "The records").
 """
@@ -25,8 +25,7 @@ from fedmix_jax.data.real.folders import Folders
 from fedmix_jax.data.real.ham10000 import HAM10000
 from fedmix_jax.data.real.imaging import load_image, load_mask, resize_mask
 from fedmix_jax.data.real.scanning import Layout, Sample, drop_undecodable, source_fingerprint
-from fedmix_jax.data.real.splits import (SPLITS, assign_splits, check_fractions, rank_in_client,
-                                         stable_int)
+from fedmix_jax.data.real.splits import SPLITS, assign_splits, rank_in_client, stable_int
 
 ARRAY_RECORD = "array_record"
 BOX_MARGIN = (1, 9)
@@ -34,8 +33,7 @@ _ENCODING = tfds.features.Encoding.ZLIB
 
 
 def features(s: int, c: int, k: int, **extra) -> tfds.features.FeaturesDict:
-    """The features of a record of S x S images with ``c`` channels and ``k`` classes (then
-    ``extra``, a builder's own)."""
+    """The features of a record: S x S images, ``c`` channels, ``k`` classes, then ``extra``."""
 
     def u8(shape):
         return tfds.features.Tensor(shape=shape, dtype=np.uint8, encoding=_ENCODING)
@@ -67,10 +65,8 @@ def process_sample(s: Sample, size: int, channels: int, seed: int, data_dir: str
     ``s.boxes`` (scaled to S, rounded outwards), else from the resized mask (seeded margins)."""
     try:
         image, (h, w) = load_image(s.image_path, size, channels)
-        full = None
-        for mp in s.mask_paths:
-            m = load_mask(mp, (h, w), s.image_path)
-            full = m if full is None else (full | m)
+        masks = [load_mask(mp, (h, w), s.image_path) for mp in s.mask_paths]
+        full = np.logical_or.reduce(masks) if masks else None
         has_mask = full is not None
         mask = resize_mask(full, size) if has_mask else np.zeros((size, size), bool)
         if s.boxes is not None:
@@ -152,37 +148,23 @@ def config_name(**options) -> str:
     return name + "".join(s for s in suffixes if s)
 
 
-def data_dir_tag(data_dir: str) -> str:
-    """Short hash of an absolute data_dir path (keys the folders builder's cache)."""
-    p = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
-    return "d" + hashlib.sha256(p.encode("utf-8")).hexdigest()[:10]
-
-
 def new_config(**options) -> FedMixConfig:
     """A :class:`FedMixConfig` with ``options`` (:func:`config_name`'s arguments), named by them."""
     o = {**_CONFIG_DEFAULTS, **options}
-    channels, image_size = int(o["channels"]), int(o["image_size"])
+    typed = {k: type(_CONFIG_DEFAULTS[k])(v) for k, v in o.items()}   # the fields' types
+    s = typed["image_size"]
     return FedMixConfig(
         name=config_name(**o),
-        description=(f"{'grayscale' if channels == 1 else 'RGB'} {image_size}x{image_size}, split "
+        description=(f"{'grayscale' if typed['channels'] == 1 else 'RGB'} {s}x{s}, split "
                      f"seed {o['seed']}, test {o['test_fraction']}, val {o['val_fraction']} of "
                      f"train, on_bad_input={o['on_bad_input']}, box_mode={o['box_mode']}"
                      + (", slices without foreground dropped" if o["drop_empty_slices"] else "")),
-        image_size=image_size, channels=channels, seed=int(o["seed"]),
-        test_fraction=float(o["test_fraction"]), val_fraction=float(o["val_fraction"]),
-        on_bad_input=str(o["on_bad_input"]).lower(), tag=o["tag"],
-        box_mode=str(o["box_mode"]).lower(), drop_empty_slices=bool(o["drop_empty_slices"]))
+        **typed)
 
 
 def built_splits(cfg) -> tuple[str, ...]:
-    """The splits a config writes: ``train`` always, ``validation``/``test`` when their fraction
-    is > 0 (TFDS cannot write an empty split)."""
-    fractions = {"train": 1, "validation": cfg.val_fraction, "test": cfg.test_fraction}
-    return tuple(sp for sp in SPLITS if fractions[sp] > 0)
-
-
-DEFAULT_CONFIGS = [dict(image_size=256, channels=1), dict(image_size=64, channels=1),
-                    dict(image_size=256, channels=3)]
+    """The splits a config writes: ``train``, ``validation``/``test`` if their fraction is > 0."""
+    return tuple(sp for sp, f in zip(SPLITS, (1, cfg.val_fraction, cfg.test_fraction)) if f > 0)
 
 
 # TFDS warns "Using custom data configuration" for each config not predefined: ours, by design.
@@ -195,7 +177,8 @@ class FedMixBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
-    BUILDER_CONFIGS = [new_config(**kw) for kw in DEFAULT_CONFIGS]
+    BUILDER_CONFIGS = [new_config(image_size=s, channels=c) for s, c in ((256, 1), (64, 1),
+                                                                         (256, 3))]
     LAYOUT: Layout
     DROPS_EMPTY_SLICES = False   # whether it honours drop_empty_slices (RETOUCH)
     # TFDS would find the source file through the optional ``importlib_resources`` backport.
@@ -215,7 +198,6 @@ class FedMixBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _split_generators(self, dl_manager):
         cfg = self.builder_config
-        check_fractions(cfg.test_fraction, cfg.val_fraction)
         try:
             data_dir = os.fspath(dl_manager.manual_dir)
         except (AssertionError, ValueError) as e:
@@ -225,9 +207,8 @@ class FedMixBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         scan = drop_undecodable(self.LAYOUT.scan(data_dir, policy), policy, data_dir)
         for w in scan.warnings:
             log.warning("%s", w)
-        split_of = assign_splits(((s.id, s.client, s.group, bool(s.mask_paths))
-                                  for s in scan.samples), cfg.seed, cfg.test_fraction,
-                                 cfg.val_fraction)
+        items = ((s.id, s.client, s.group, bool(s.mask_paths)) for s in scan.samples)
+        split_of = assign_splits(items, cfg.seed, cfg.test_fraction, cfg.val_fraction)
         cindex = {c: i for i, c in enumerate(scan.clients)}
         per_split = {sp: sorted((s for s in scan.samples if split_of[s.id] == sp),
                                 key=lambda s: (cindex[s.client],
@@ -319,7 +300,9 @@ def make_config(dataset: str, image_size: int = 256, channels: int = 1, seed: in
         raise ValueError(f"--config.data.channels must be 1 or 3, got {channels}")
     if int(image_size) < 8:
         raise ValueError(f"--config.data.image_size must be >= 8, got {image_size}")
-    check_fractions(test_fraction, val_fraction)
+    for name, f in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
+        if not 0.0 <= float(f) < 1.0:
+            raise ValueError(f"--config.data.{name} must be in [0, 1), got {f}")
     on_bad_input = str(on_bad_input).strip().lower()
     if on_bad_input not in ("fail", "skip"):
         raise ValueError(f"--config.data.on_bad_input must be 'fail' or 'skip', got "
@@ -328,10 +311,12 @@ def make_config(dataset: str, image_size: int = 256, channels: int = 1, seed: in
     if drop_empty_slices and not BUILDERS[dataset].DROPS_EMPTY_SLICES:
         raise ValueError(f"--config.data.drop_empty_slices=True is a RETOUCH option; the "
                          f"{dataset!r} loader keeps every image (set it to False)")
-    options = dict(image_size=image_size, channels=channels, seed=seed,
-                   test_fraction=test_fraction, val_fraction=val_fraction,
-                   on_bad_input=on_bad_input, box_mode=box_mode,
-                   drop_empty_slices=drop_empty_slices,
-                   tag=data_dir_tag(data_dir) if dataset == "folders" and data_dir else "")
+    tag = ""
+    if dataset == "folders" and data_dir:   # a short hash of the absolute data_dir keys its cache
+        p = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
+        tag = "d" + hashlib.sha256(p.encode("utf-8")).hexdigest()[:10]
+    options = dict(image_size=image_size, channels=channels, seed=seed, test_fraction=test_fraction,
+                   val_fraction=val_fraction, on_bad_input=on_bad_input, box_mode=box_mode,
+                   drop_empty_slices=drop_empty_slices, tag=tag)
     predefined = BUILDERS[dataset].builder_configs.get(config_name(**options))
     return predefined if predefined is not None else new_config(**options)

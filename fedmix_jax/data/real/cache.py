@@ -16,8 +16,7 @@ import tensorflow_datasets as tfds
 
 from fedmix_jax.data.real.builders import (ARRAY_RECORD, BUILDERS, OPTIONS, FedMixConfig,
                                            built_splits, make_config)
-from fedmix_jax.data.real.errors import DATA_DIR_FLAG, DatasetNotFoundError, log
-from fedmix_jax.data.real.files import open_regular
+from fedmix_jax.data.real.errors import DATA_DIR_FLAG, DatasetNotFoundError, log, open_regular
 from fedmix_jax.data.real.scanning import source_fingerprint
 from fedmix_jax.data.real.settings import RealDataSettings
 
@@ -43,8 +42,7 @@ def validate_cache(path: str, builder_name: str, cfg: FedMixConfig | None = None
     if info.get("fileFormat") != ARRAY_RECORD:
         return False, f"file format {info.get('fileFormat')!r} is not array_record"
     splits = {s["name"]: s for s in info.get("splits", [])}
-    wanted = built_splits(cfg) if cfg is not None else tuple(splits)
-    for sp in wanted:
+    for sp in built_splits(cfg) if cfg is not None else tuple(splits):
         if sp not in splits:
             return False, f"split {sp!r} is missing"
         lengths = [int(x) for x in splits[sp].get("shardLengths", [])]
@@ -65,16 +63,6 @@ def validate_cache(path: str, builder_name: str, cfg: FedMixConfig | None = None
             if got != n:
                 return False, f"shard {fname} holds {got} records, expected {n}"
     return True, "ok"
-
-
-def _remove_stale_incomplete(path: str) -> None:
-    parent, version = os.path.dirname(path), os.path.basename(path)
-    if not os.path.isdir(parent):
-        return
-    for e in os.listdir(parent):
-        if e.startswith("incomplete.") and e.endswith("_" + version):
-            log.warning("removing %s left by an interrupted build", os.path.join(parent, e))
-            shutil.rmtree(os.path.join(parent, e), ignore_errors=True)
 
 
 @dataclass
@@ -113,11 +101,8 @@ def prepare_dataset(data_cfg, verbose: bool = True) -> PreparedDataset:
     cache is used. Raises :class:`DatasetNotFoundError` when there is nothing to build from."""
     settings = RealDataSettings.from_config(data_cfg)
     name = settings.name.strip().lower()
-    if name not in BUILDERS:
-        raise ValueError(f"unknown --config.data.name {name!r}; expected one of {sorted(BUILDERS)}")
     raw_dir, data_dir, cache_dir = settings.data_dir, settings.source_dir, settings.cache_root
-    cfg = make_config(name, data_dir=data_dir or None,
-                      **{k: getattr(settings, k) for k in OPTIONS})
+    cfg = make_config(name, data_dir=data_dir or None, **{k: getattr(settings, k) for k in OPTIONS})
     builder_cls = BUILDERS[name]
     path = os.path.join(cache_dir, builder_cls.name, cfg.name, str(builder_cls.VERSION))
     have_source = bool(data_dir) and os.path.isdir(data_dir) and any(
@@ -148,8 +133,7 @@ def prepare_dataset(data_cfg, verbose: bool = True) -> PreparedDataset:
 
     sources = tfds.data_source(builder_cls.name, data_dir=cache_dir, download=False,
                                builder_kwargs={"config": cfg, "file_format": ARRAY_RECORD})
-    first = next(iter(sources.values()))
-    meta = dict(first.dataset_info.metadata["fedmix"])
+    meta = dict(next(iter(sources.values())).dataset_info.metadata["fedmix"])
     built_now = builder is not None
     if not built_now:
         builder = builder_cls(config=cfg, data_dir=cache_dir, file_format=ARRAY_RECORD)
@@ -174,15 +158,18 @@ def _build(builder_cls, cfg, path, data_dir, cache_dir, reason, verbose):
     if os.path.exists(path):
         log.warning("cache %s: %s; rebuilding", path, reason)
         shutil.rmtree(path)
-    _remove_stale_incomplete(path)
+    parent, version = os.path.dirname(path), os.path.basename(path)
+    for e in os.listdir(parent) if os.path.isdir(parent) else ():
+        if e.startswith("incomplete.") and e.endswith("_" + version):
+            log.warning("removing %s left by an interrupted build", os.path.join(parent, e))
+            shutil.rmtree(os.path.join(parent, e), ignore_errors=True)
     if verbose:
         print(f"[fedmix_jax] building {builder_cls.name}/{cfg.name} from {data_dir} into "
               f"{cache_dir} ({reason})", file=sys.stderr, flush=True)
     t0 = time.time()
     builder = builder_cls(config=cfg, data_dir=cache_dir, file_format=ARRAY_RECORD)
-    builder.download_and_prepare(
-        download_dir=os.path.join(cache_dir, "downloads"),
-        download_config=tfds.download.DownloadConfig(manual_dir=data_dir))
+    builder.download_and_prepare(download_dir=os.path.join(cache_dir, "downloads"),
+                                 download_config=tfds.download.DownloadConfig(manual_dir=data_dir))
     seconds = time.time() - t0
     ok, reason = validate_cache(path, builder_cls.name, cfg)
     if not ok:  # pragma: no cover -- would be a TFDS bug

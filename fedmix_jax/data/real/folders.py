@@ -12,7 +12,7 @@ from collections import defaultdict
 import numpy as np
 
 from fedmix_jax.data.federation import BOX, IMAGE, PIXEL, level_from_name
-from fedmix_jax.data.real.errors import BadInputError, log
+from fedmix_jax.data.real.errors import BadInputError
 from fedmix_jax.data.real.imaging import is_image_file
 from fedmix_jax.data.real.scanning import (Layout, Sample, Scan, find_subdir, pair_images_masks,
                                            read_table, subdirs, walk_data_files)
@@ -41,18 +41,13 @@ class Folders(Layout):
 
     def scan(self, data_dir, policy):
         data_dir = self.check_data_dir(data_dir)
-        clients, warnings = [], []
-        for e, p in subdirs(data_dir):
-            if find_subdir(p, ("images",)) is None:
-                warnings.append(f"ignored folder {p}: no images/ inside")
-                log.warning("ignored folder %s: no images/ inside", p)
-                continue
-            clients.append(e)
+        subs = subdirs(data_dir)
+        clients = [e for e, p in subs if find_subdir(p, ("images",)) is not None]
+        warnings = [f"ignored folder {p}: no images/ inside" for e, p in subs if e not in clients]
         if not clients:
             raise self.not_found(f"no client folder with an images/ sub-folder in {data_dir}")
-        samples = []
-        for c in clients:
-            samples += self._scan_client(c, os.path.join(data_dir, c), policy, warnings)
+        samples = [s for c in clients
+                   for s in self._scan_client(c, os.path.join(data_dir, c), policy, warnings)]
         return Scan(samples, clients, warnings)
 
     @staticmethod
@@ -60,20 +55,16 @@ class Folders(Layout):
         return next((os.path.join(cdir, e) for e in os.listdir(cdir) if e.lower() == name), None)
 
     def _scan_client(self, client, cdir, policy, warnings):
-        image_dir = find_subdir(cdir, ("images",))
-        mask_dir = find_subdir(cdir, ("masks",))
-        other = [f for _, f in walk_data_files(image_dir) if not is_image_file(f)]
-        if other:
+        image_dir, mask_dir = (find_subdir(cdir, (name,)) for name in ("images", "masks"))
+        if other := [f for _, f in walk_data_files(image_dir) if not is_image_file(f)]:
             warnings.append(f"{len(other)} non-image file(s) in {image_dir} ignored (e.g. "
                             f"{other[0]})")
         images, masks = pair_images_masks(client, image_dir, mask_dir, policy)
 
         def resolve(path, line, stem):
-            if stem in images:
-                return stem
-            base = os.path.splitext(stem)[0]
-            if base in images:
-                return base
+            for name in (stem, os.path.splitext(stem)[0]):
+                if name in images:
+                    return name
             policy(BadInputError(f"{path} line {line}: stem {stem!r} is not an image in "
                                  f"{image_dir}", path))
             return None
@@ -93,9 +84,8 @@ class Folders(Layout):
                 continue
             b = boxes.get(stem)
             samples.append(Sample(
-                id=f"{client}/{stem}", client=client, stem=stem, image_path=img,
+                id=f"{client}/{stem}", client=client, stem=stem, image_path=img, level=level,
                 mask_paths=mask_paths, group=f"{client}/{stem}", label=labels.get(stem),
-                level=level,
                 boxes=None if b is None else np.array([x for x, _ in b], np.int64),
                 boxes_source=", ".join(s for _, s in b) if b else ""))
         return samples
@@ -126,8 +116,7 @@ class Folders(Layout):
 
     @classmethod
     def _read_map(cls, path, column, convert, resolve, policy) -> dict:
-        """``{stem: convert(row[column])}`` from a client's CSV (absent: {}); a value that
-        ``convert`` refuses (ValueError) or a duplicate stem is reported through ``policy``."""
+        """``{stem: convert(row[column])}`` from a client's CSV; bad values go to ``policy``."""
         out = {}
         for line, stem, row in cls._rows(path, ("stem", column), resolve, policy):
             try:

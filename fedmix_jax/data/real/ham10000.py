@@ -42,54 +42,48 @@ class HAM10000(Layout):
         if not rows:
             raise BadInputError(f"{csv_path} is empty", csv_path)
         header = [c.lower() for c in rows[0][1]]
-        missing = [c for c in _HAM_COLUMNS if c not in header]
-        if missing:
+        if missing := [c for c in _HAM_COLUMNS if c not in header]:
             raise BadInputError(f"{csv_path}: missing column(s) {missing} (header: {rows[0][1]})",
                                 csv_path)
         col = {c: header.index(c) for c in _HAM_COLUMNS}
         warnings, seen = [], {}
 
         def sample(line, cells):
-            """The :class:`Sample` of one metadata row, or None (reported through ``policy``)."""
             if len(cells) < len(header):
-                policy(BadInputError(f"{csv_path} line {line}: expected {len(header)} columns, "
-                                     f"got {len(cells)}", csv_path))
-                return None
+                raise BadInputError(f"{csv_path} line {line}: expected {len(header)} columns, "
+                                    f"got {len(cells)}", csv_path)
             image_id, client = cells[col["image_id"]], cells[col["dataset"]]
             if not image_id or not client:
-                policy(BadInputError(f"{csv_path} line {line}: empty image_id or dataset",
-                                     csv_path))
-                return None
+                raise BadInputError(f"{csv_path} line {line}: empty image_id or dataset", csv_path)
             if image_id in seen:
-                policy(BadInputError(f"duplicate image_id {image_id} in {csv_path} (lines "
-                                     f"{seen[image_id]} and {line})", csv_path))
-                return None
+                raise BadInputError(f"duplicate image_id {image_id} in {csv_path} (lines "
+                                    f"{seen[image_id]} and {line})", csv_path)
             seen[image_id] = line
             img = images.get(image_id)
             if img is None:
-                policy(BadInputError(
+                raise BadInputError(
                     f"image {image_id}.jpg listed in {csv_path} line {line} was not found under "
-                    f"{data_dir} (expected in HAM10000_images_part_1/ or _part_2/)", csv_path))
-                return None
-            mask = masks.get(image_id)
-            if mask is None:
-                policy(BadInputError(
+                    f"{data_dir} (expected in HAM10000_images_part_1/ or _part_2/)", csv_path)
+            if image_id not in masks:
+                raise BadInputError(
                     f"image with no mask: {img} (expected {image_id}_segmentation.png under "
-                    f"{data_dir}, from HAM10000_segmentations_lesion_tschandl)", img))
-                return None
+                    f"{data_dir}, from HAM10000_segmentations_lesion_tschandl)", img)
             dx = cells[col["dx"]].lower()
             malignant = 1 if dx in HAM_MALIGNANT else 0 if dx in HAM_BENIGN else -1
             return Sample(id=image_id, client=client, stem=image_id, image_path=img,
-                          mask_paths=[mask], group=cells[col["lesion_id"]] or image_id,
+                          mask_paths=[masks[image_id]], group=cells[col["lesion_id"]] or image_id,
                           category=dx, malignant=malignant)
 
-        samples = [s for s in (sample(line, cells) for line, cells in rows[1:]) if s is not None]
-        unlisted = len(set(images) - set(seen))
-        if unlisted:
+        samples = []
+        for line, cells in rows[1:]:
+            try:
+                samples.append(sample(line, cells))
+            except BadInputError as e:
+                policy(e)
+        if unlisted := len(set(images) - set(seen)):
             warnings.append(f"{unlisted} ISIC_*.jpg image(s) under {data_dir} are not listed in "
                             f"{csv_path} and were not used")
-        unknown_dx = sum(s.malignant < 0 for s in samples)
-        if unknown_dx:
+        if unknown_dx := sum(s.malignant < 0 for s in samples):
             warnings.append(f"{unknown_dx} row(s) of {csv_path} have a dx outside "
                             f"{HAM_BENIGN + HAM_MALIGNANT}: malignant=-1")
         found = {s.client for s in samples}

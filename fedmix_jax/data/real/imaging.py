@@ -13,8 +13,7 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from fedmix_jax.data.real.errors import BadInputError
-from fedmix_jax.data.real.files import open_regular
+from fedmix_jax.data.real.errors import BadInputError, open_regular
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 NON_BINARY_FRACTION = 0.05
@@ -48,19 +47,13 @@ def is_image_file(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and not name.startswith(".")
 
 
-def _to_uint8_gray(arr: np.ndarray) -> np.ndarray:
-    arr = np.asarray(arr, np.float64)
-    m = float(arr.max()) if arr.size else 0.0
-    if m <= 0:
-        return np.zeros(arr.shape, np.uint8)
-    return np.clip(np.round(arr * (255.0 / max(m, 1.0))), 0, 255).astype(np.uint8)   # [0, 1]: x255
-
-
 def _convert(im: Image.Image, channels: int) -> Image.Image:
     mode = im.mode
-    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        im = Image.fromarray(_to_uint8_gray(np.asarray(im)), "L")
-        mode = "L"
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):   # scaled by the max ([0, 1]: x255)
+        arr = np.asarray(im, np.float64)
+        m = float(arr.max()) if arr.size else 0.0
+        arr = np.round(arr * (255.0 / max(m, 1.0))) if m > 0 else np.zeros(arr.shape)
+        im, mode = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L"), "L"
     if channels == 3:
         return im if mode == "RGB" else im.convert("RGB")
     if mode in ("L", "1"):
@@ -71,8 +64,6 @@ def _convert(im: Image.Image, channels: int) -> Image.Image:
 def load_image(path: str, size: int, channels: int) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode, convert and resize one image: ``(uint8 [size, size, channels], (orig_height,
     orig_width))``; a :class:`BadInputError` naming ``path`` when it cannot be decoded."""
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
     with _opened(path, "image") as im:
         w, h = im.size
         if im.format == "JPEG":
@@ -131,8 +122,7 @@ def binarize_mask(arr: np.ndarray, path: str, lossy: bool = False) -> np.ndarray
             f"(more than {100 * NON_BINARY_FRACTION:.0f}% allowed for anti-aliased edges); "
             f"expected {{0, 1}} or {{0, 255}}", path)
     bright = arr > MASK_THRESHOLD
-    problem = _mixed_values(arr, bright, lossy)
-    if problem:
+    if problem := _mixed_values(arr, bright, lossy):
         raise BadInputError(
             f"mask mixes values: {path} {problem}; thresholding at {MASK_THRESHOLD} would erase "
             "that foreground (a {0, 1} mask with stray bright pixels?). Save it as {0, 1} or "

@@ -42,8 +42,7 @@ def resolve_clients_levels(data_cfg, prepared: PreparedDataset) -> tuple[list[st
     available = prepared.clients
     settings = RealDataSettings.from_config(data_cfg)
     clients = list(settings.clients) or list(available)
-    unknown = [c for c in clients if c not in available]
-    if unknown:
+    if unknown := [c for c in clients if c not in available]:
         raise ValueError(f"unknown client(s) {unknown} in --config.data.clients; "
                          f"{prepared.name} at {prepared.path} has clients {available}")
     if len(set(clients)) != len(clients):
@@ -68,12 +67,9 @@ def take_counts(prepared: PreparedDataset, client: str, max_per_client: int) -> 
     """Per split, how many of ``client``'s records to read: all, or ``max_per_client`` (> 0) in
     all shared over the splits in proportion (largest remainder, at least 1 per non-empty split)."""
     counts = {sp: len(prepared.client_range(sp, client)) for sp in SPLIT_FIELDS}
-    if max_per_client <= 0:
+    total, m = sum(counts.values()), max_per_client
+    if m <= 0 or total <= m:
         return counts
-    total = sum(counts.values())
-    if total <= max_per_client:
-        return counts
-    m = max_per_client
     quota = {sp: m * n / total for sp, n in counts.items()}
     take = {sp: min(n, max(1 if n else 0, int(quota[sp]))) for sp, n in counts.items()}
     while sum(take.values()) < m:   # largest remainder first
@@ -98,9 +94,8 @@ def read_client_split(prepared: PreparedDataset, split: str, client: str, level:
            if f in _RECORD_FIELDS}
     out["levels"][:] = level
     out.update(ids=[], has_mask=np.zeros((n,), bool))
-    idx = list(rng)
     for lo in range(0, n, 256):
-        recs = read_records(prepared, split, client, idx[lo:lo + 256])
+        recs = read_records(prepared, split, client, list(rng[lo:lo + 256]))
         for j, r in enumerate(recs, start=lo):
             store_record(out, j, r)
             out["has_mask"][j] = bool(r["has_mask"])
@@ -113,11 +108,16 @@ def read_client_split(prepared: PreparedDataset, split: str, client: str, level:
 def read_records(prepared: PreparedDataset, split: str, client: str, ids: list[int]) -> list:
     """The records ``ids`` of ``client`` in ``split``, read back and checked against the cache's
     features: a failure is a :class:`CacheDamagedError`, a record of another client an error."""
-    cfg = prepared.config
-    k = len(prepared.metadata["class_names"])
+    cfg, k = prepared.config, len(prepared.metadata["class_names"])
     try:
         recs = prepared.sources[split].__getitems__(ids)
-        _check_records(recs, cfg.image_size, cfg.channels, k)
+        s, c = cfg.image_size, cfg.channels
+        for r in recs:   # the shapes the cache's features promise (else the cache is bad)
+            for key, shape in (("image", (s, s, c)), ("mask", (s, s, k)), ("boxes", (s, s, k)),
+                               ("label", (k,))):
+                if tuple(np.shape(r[key])) != shape:
+                    raise ValueError(f"record field {key!r} has shape {np.shape(r[key])}, "
+                                     f"expected {shape}")
     except Exception as e:  # noqa: BLE001 -- any failure to read back our own records
         raise CacheDamagedError(
             f"the cache {prepared.path} is damaged: reading records {ids[:8]}"
@@ -139,16 +139,6 @@ def store_record(out: dict, j: int, r: dict) -> None:
         out[field][j] = r[key]
     if int(r["level"]) >= 0:
         out["levels"][j] = int(r["level"])
-
-
-def _check_records(recs, size: int, channels: int, classes: int) -> None:
-    """Decoded records have the shapes the cache's features promise (else the cache is bad)."""
-    for r in recs:
-        for key, shape in (("image", (size, size, channels)), ("mask", (size, size, classes)),
-                           ("boxes", (size, size, classes)), ("label", (classes,))):
-            if tuple(np.shape(r[key])) != shape:
-                raise ValueError(f"record field {key!r} has shape {np.shape(r[key])}, "
-                                 f"expected {shape}")
 
 
 def load_federation_from_config(data_cfg, verbose: bool = True) -> Federation:
@@ -187,11 +177,9 @@ def _load_federation(settings: RealDataSettings, verbose: bool = True) -> Federa
     prepared = prepare_dataset(settings, verbose=verbose)
     clients, levels = resolve_clients_levels(settings, prepared)
     takes = {c: take_counts(prepared, c, settings.max_per_client) for c in clients}
-    total = sum(sum(t.values()) for t in takes.values())
-    pack = settings.pack_labels
     splits = {}
-    with tqdm(total=total, desc=f"reading {prepared.builder.name}", unit="img",
-              disable=not verbose, file=sys.stderr) as bar:
+    with tqdm(total=sum(sum(t.values()) for t in takes.values()), unit="img", disable=not verbose,
+              desc=f"reading {prepared.builder.name}", file=sys.stderr) as bar:
         for sp, fld in SPLIT_FIELDS.items():
             arrays = record_arrays(prepared, (len(clients),
                                               max(1, max(takes[c][sp] for c in clients))))
@@ -202,7 +190,7 @@ def _load_federation(settings: RealDataSettings, verbose: bool = True) -> Federa
                     raise RuntimeError(f"{sp} sample without a mask in client {c}")
                 arrays["valid"][i, :len(d["ids"])] = True
             splits[fld] = FederatedSplit(**arrays)
-            if pack:     # before the next split is read: one split's unpacked labels at a time
+            if settings.pack_labels:   # now: one split's unpacked labels in memory at a time
                 splits[fld] = pack_split_labels(splits[fld])
             del arrays
     fed = Federation(client_names=list(clients), class_names=list(prepared.metadata["class_names"]),

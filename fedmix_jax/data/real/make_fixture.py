@@ -87,18 +87,15 @@ def make_ham10000(root: str, num_images: int = 1000, size: tuple[int, int] = (60
                                    and i % repeat_lesion_every == repeat_lesion_every - 1):
             lesion += 1
         mask = ellipse_mask(h, w, rng, count=1 + int(rng.random() < 0.1))
-        img = synthetic_image(mask, rng, rgb=True)
         ipath = os.path.join(parts[0 if i < num_images // 2 else 1], image_id + ".jpg")
-        Image.fromarray(img, "RGB").save(ipath, quality=quality)
+        Image.fromarray(synthetic_image(mask, rng, rgb=True), "RGB").save(ipath, quality=quality)
         mpath = os.path.join(mdir, image_id + "_segmentation.png")
         _save_mask(mask, mpath)
         images.append(ipath)
         masks.append(mpath)
-        rows.append(dict(lesion_id=f"HAM_{lesion:07d}", image_id=image_id,
-                         dx=dxs[int(rng.integers(len(dxs)))], dx_type="histo",
-                         age=f"{int(rng.integers(20, 85))}.0",
-                         sex=("male", "female")[int(rng.integers(2))],
-                         localization="back",
+        rows.append(dict(lesion_id=f"HAM_{lesion:07d}", image_id=image_id, dx_type="histo",
+                         dx=dxs[int(rng.integers(len(dxs)))], age=f"{int(rng.integers(20, 85))}.0",
+                         sex=("male", "female")[int(rng.integers(2))], localization="back",
                          dataset=clients[lesion % len(clients) if owner is None else owner[i]]))
     csv_path = os.path.join(root, "HAM10000_metadata.csv")
     with open(csv_path, "w", newline="") as f:
@@ -129,8 +126,7 @@ def make_breast(root: str, num_busi: Sequence[int] = (3, 2, 2), num_udiat: int =
             merged = mask.copy()
             _save_mask(mask, mpaths[0])
             if cat == "benign" and k == 1:
-                extra = ellipse_mask(h, w, rng)
-                extra &= ~mask
+                extra = ellipse_mask(h, w, rng) & ~mask
                 mpaths.append(os.path.join(d, stem + "_mask_1.png"))
                 _save_mask(extra, mpaths[1])
                 merged |= extra
@@ -172,13 +168,11 @@ def make_folders(root: str, clients: dict[str, int] | None = None,
             stem = f"img{k:03d}"
             mask = ellipse_mask(h, w, rng) if k % 4 != 3 else np.zeros((h, w), bool)
             ipath = os.path.join(idir, stem + ext)
-            img = synthetic_image(mask, rng, rgb=ext in (".jpg", ".jpeg"))
-            Image.fromarray(img).save(ipath)
-            mpath = os.path.join(mdir, stem + mask_suffix + ".png")
-            if stem not in (no_mask or {}).get(c, ()):
+            Image.fromarray(synthetic_image(mask, rng, rgb=ext in (".jpg", ".jpeg"))).save(ipath)
+            mpath = (None if stem in (no_mask or {}).get(c, ())
+                     else os.path.join(mdir, stem + mask_suffix + ".png"))
+            if mpath is not None:
                 _save_mask(mask, mpath)
-            else:
-                mpath = None
             out[c][stem] = (ipath, mpath, mask)
         tables = (("labels.csv", labels, ("stem", "label")),
                   ("levels.csv", levels, ("stem", "level")),

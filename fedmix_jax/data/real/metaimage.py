@@ -7,13 +7,13 @@ folders: :func:`read_header` checks the header and file sizes before anything is
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import zlib
 
 import numpy as np
 
-from fedmix_jax.data.real.errors import BadInputError
-from fedmix_jax.data.real.files import open_regular
+from fedmix_jax.data.real.errors import BadInputError, open_regular
 
 MAX_HEADER_BYTES = 64 * 1024
 MAX_SIDE = 1 << 15                 # 32768 voxels along any axis
@@ -50,11 +50,8 @@ def _split_header(path: str, raw: bytes) -> tuple[dict[str, str], int]:
     """``(fields, offset of the data after the ElementDataFile line)``."""
     fields: dict[str, str] = {}
     pos = 0
-    while pos < len(raw):
-        end = raw.find(b"\n", pos)
-        end = len(raw) if end < 0 else end + 1
-        line = raw[pos:end]
-        pos = end
+    for line in io.BytesIO(raw):   # each line with its b"\n"
+        pos += len(line)
         try:
             text = line.decode("utf-8").strip()
         except UnicodeDecodeError:
@@ -137,29 +134,23 @@ def read_header(path: str) -> MetaHeader:
         raise _bad(path, "BinaryData = False (ASCII voxel data) is not read")
     if _int_list(path, "HeaderSize", fields.get("HeaderSize", "0")) != [0]:
         raise _bad(path, f"HeaderSize = {fields['HeaderSize'][:20]} is not read (only 0)")
-    msb = _flag(path, fields, "BinaryDataByteOrderMSB") or _flag(path, fields,
-                                                                 "ElementByteOrderMSB")
+    msb = any(_flag(path, fields, k) for k in ("BinaryDataByteOrderMSB", "ElementByteOrderMSB"))
     dtype = np.dtype((">" if msb else "<") + ELEMENT_TYPES[etype])
     compressed = _flag(path, fields, "CompressedData")
-    csize = None
-    if "CompressedDataSize" in fields:
-        csize = _int_list(path, "CompressedDataSize", fields["CompressedDataSize"])
-        if len(csize) != 1 or csize[0] < 1:
-            raise _bad(path, f"CompressedDataSize = {fields['CompressedDataSize'][:20]}")
-        csize = csize[0]
+    csize = _int_list(path, "CompressedDataSize", fields.get("CompressedDataSize", "1"))
+    if len(csize) != 1 or csize[0] < 1:
+        raise _bad(path, f"CompressedDataSize = {fields['CompressedDataSize'][:20]}")
     name = fields["ElementDataFile"].strip()
-    if name.upper() == "LOCAL":
-        data_path = path
-    else:
-        data_path, offset = _data_file(path, name), 0
-    header = MetaHeader(path, tuple(reversed(dims)), dtype, data_path, offset, compressed, csize)
+    data_path, offset = (path, offset) if name.upper() == "LOCAL" else (_data_file(path, name), 0)
+    header = MetaHeader(path=path, shape=tuple(reversed(dims)), dtype=dtype, data_path=data_path,
+                        offset=offset, compressed=compressed,
+                        compressed_size=csize[0] if "CompressedDataSize" in fields else None)
     if header.nbytes > MAX_VOLUME_BYTES:
         raise _bad(path, f"DimSize = {fields['DimSize'][:60]} of {etype} is "
                          f"{header.nbytes / 2**20:.0f} MiB, more than the "
                          f"{MAX_VOLUME_BYTES >> 20} MiB a volume may have")
     with open_regular(data_path, "MetaImage data file") as f:
-        stored = os.fstat(f.fileno()).st_size - offset
-    _check_stored_size(header, stored)
+        _check_stored_size(header, os.fstat(f.fileno()).st_size - offset)
     return header
 
 
@@ -181,21 +172,17 @@ def _inflate(h: MetaHeader, f, out: np.ndarray) -> None:
     d = zlib.decompressobj(47)            # 32 + 15: zlib or gzip header, as MetaIO writes
     filled, total = 0, h.nbytes
     where = h.data_path
-
-    def put(piece: bytes) -> None:
-        nonlocal filled
-        if filled + len(piece) > total:
-            raise _bad(h.path, f"the compressed data in {where} decodes to more than the "
-                               f"{total} bytes of DimSize (refused before decoding the rest)")
-        out[filled:filled + len(piece)] = np.frombuffer(piece, np.uint8)
-        filled += len(piece)
-
     try:
         while not d.eof:
             chunk = d.unconsumed_tail or f.read(_CHUNK)
             if not chunk:
                 break
-            put(d.decompress(chunk, total - filled + 1))
+            piece = d.decompress(chunk, total - filled + 1)
+            if filled + len(piece) > total:
+                raise _bad(h.path, f"the compressed data in {where} decodes to more than the "
+                                   f"{total} bytes of DimSize (refused before decoding the rest)")
+            out[filled:filled + len(piece)] = np.frombuffer(piece, np.uint8)
+            filled += len(piece)
     except zlib.error as e:
         raise _bad(h.path, f"CompressedData = True but {where} is not valid zlib data ({e}); "
                            "is it an uncompressed .raw? Set CompressedData = False") from None
@@ -220,7 +207,6 @@ def read_volume(path: str) -> np.ndarray:
     if not vol.dtype.isnative:
         vol = vol.astype(vol.dtype.newbyteorder("="))
     if vol.dtype.kind == "f":
-        bad = int(vol.size - np.count_nonzero(np.isfinite(vol)))
-        if bad:
+        if bad := int(vol.size - np.count_nonzero(np.isfinite(vol))):
             raise _bad(h.path, f"{bad} voxel(s) are NaN or infinite; a volume must be finite")
     return vol

@@ -87,10 +87,8 @@ class Retouch(Layout):
                                  f"{data_dir}")
         warnings = [f"no {c} folder in {data_dir}; client {c} is absent" for c in CLIENTS
                     if c not in vendors]
-        samples: list[Sample] = []
-        for client in CLIENTS:
-            if client in vendors:
-                samples += self._scan_vendor(client, vendors[client], policy, warnings)
+        samples = [s for c in CLIENTS if c in vendors
+                   for s in self._scan_vendor(c, vendors[c], policy, warnings)]
         clients = [c for c in CLIENTS if any(s.client == c for s in samples)]
         if not clients:
             raise self.not_found(f"no usable volume (a folder with oct.mhd and reference.mhd) in "
@@ -129,9 +127,6 @@ class Retouch(Layout):
         return samples
 
 
-RETOUCH_LAYOUT = Retouch()
-
-
 def _to_uint8(vol: np.ndarray) -> np.ndarray:
     if vol.dtype == np.uint8:
         return vol
@@ -147,8 +142,7 @@ def load_volume_pair(oct_path: str, ref_path: str, size: int, channels: int = 1,
     """Read, check and resize one volume and its labels: ``(images uint8 [Z, S, S, channels],
     labels uint8 [Z, S, S] in 0..3, (rows, cols))``; a :class:`BadInputError` naming the volume
     for shapes that differ or labels outside 0-3."""
-    vol = metaimage.read_volume(oct_path)
-    ref = metaimage.read_volume(ref_path)
+    vol, ref = metaimage.read_volume(oct_path), metaimage.read_volume(ref_path)
     name = name or os.path.dirname(oct_path)
     _check_shapes(oct_path, ref_path, vol.shape, ref.shape, name)
     vals = np.unique(ref)
@@ -159,12 +153,10 @@ def load_volume_pair(oct_path: str, ref_path: str, size: int, channels: int = 1,
             "labels are 0 background, 1 IRF, 2 SRF, 3 PED", ref_path)
     if vol.dtype.kind == "c" or vol.dtype == bool:
         raise BadInputError(f"{oct_path}: unsupported voxel type {vol.dtype}", oct_path)
-    u8 = _to_uint8(vol)
-    ref = ref.astype(np.uint8)
     images = np.stack([np.asarray(Image.fromarray(b, "L").resize((size, size), Image.BILINEAR))
-                       for b in u8])
+                       for b in _to_uint8(vol)])
     labels = np.stack([np.asarray(Image.fromarray(b, "L").resize((size, size), Image.NEAREST))
-                       for b in ref])
+                       for b in ref.astype(np.uint8)])
     return np.repeat(images[..., None], int(channels), axis=-1), labels, vol.shape[1:]
 
 
@@ -202,7 +194,7 @@ class RetouchFedmix(dataset_builders.FedMixBuilder):
     """RETOUCH training set: one client per vendor, B-scans as samples, K = 3; records add
     ``box_class`` int32 [nb] (of each ``box_coords`` row), ``volume`` text and ``slice`` int32."""
 
-    LAYOUT = RETOUCH_LAYOUT
+    LAYOUT = Retouch()
     MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT.instructions()
     code_path = epath.Path(__file__)
     DROPS_EMPTY_SLICES = True
@@ -232,10 +224,9 @@ class RetouchFedmix(dataset_builders.FedMixBuilder):
                 except BadInputError as e:
                     cache[vol] = e
                     policy(e)   # once per volume; 'skip' drops all its B-scans
-            got = cache[vol]
-            if isinstance(got, BadInputError):
+            if isinstance(cache[vol], BadInputError):
                 continue
-            images, labels, hw = got
+            images, labels, hw = cache[vol]
             z = int(s.id.rsplit("/", 1)[1])
             if cfg.drop_empty_slices and not labels[z].any():   # no fluid (the reference)
                 dropped[s.client] += 1
@@ -252,11 +243,3 @@ class RetouchFedmix(dataset_builders.FedMixBuilder):
                     f"of it were found under {data_dir} and split by volume before decoding, and "
                     f"{len(policy.skipped)} bad volume(s) have been skipped so far; a vendor needs "
                     "at least 3 usable volumes to fill train/validation/test", data_dir)
-
-
-def register() -> None:
-    """Make ``--config.data.name=retouch`` known to the shared loader (idempotent)."""
-    dataset_builders.BUILDERS.setdefault("retouch", RetouchFedmix)
-
-
-register()

@@ -44,7 +44,6 @@ def fake_oct_volume(shape: Sequence[int], rng: np.random.Generator, dtype=np.uin
         base = rpe[int(cx)]
         cy = {1: (top[int(cx)] + base) / 2, 2: base - ry, 3: base}[cls]
         fluid.append((cls, cz, cy, cx, rz, ry, rx, base))
-    info = np.iinfo(dtype)
     img = np.empty((z, h, w), dtype)
     labels = np.zeros((z, h, w), np.uint8)
     for k in range(z):   # slice by slice: a full-size volume never needs float copies of itself
@@ -61,21 +60,16 @@ def fake_oct_volume(shape: Sequence[int], rng: np.random.Generator, dtype=np.uin
         sl *= rng.gamma(4.0, 0.25, size=(h, w)).astype(np.float32)   # speckle
         if dtype == np.uint16:
             sl *= 64.0
-        img[k] = np.clip(sl, 0, info.max).astype(dtype)
+        img[k] = np.clip(sl, 0, np.iinfo(dtype).max).astype(dtype)
     return img, labels
 
 
-def import_sitk():
+def write_mhd(arr: np.ndarray, path: str, spacing=(0.0117, 0.0039, 0.047)) -> None:
     try:
         import SimpleITK as sitk
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("the RETOUCH fixture is written with SimpleITK: pip install "
                           "SimpleITK (or pip install 'fedmix_jax[retouch]')") from e
-    return sitk
-
-
-def write_mhd(arr: np.ndarray, path: str, spacing=(0.0117, 0.0039, 0.047)) -> None:
-    sitk = import_sitk()
     im = sitk.GetImageFromArray(arr)
     im.SetSpacing(tuple(float(v) for v in spacing))
     sitk.WriteImage(im, path, False)   # path.mhd + path.raw (uncompressed), as RETOUCH ships

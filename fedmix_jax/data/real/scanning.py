@@ -17,8 +17,7 @@ from collections import defaultdict
 import numpy as np
 
 from fedmix_jax.data.real.errors import (DATA_DIR_FLAG, BadInputError, BadInputPolicy,
-                                         DatasetNotFoundError)
-from fedmix_jax.data.real.files import open_regular, walk_files
+                                         DatasetNotFoundError, open_regular, walk_files)
 from fedmix_jax.data.real.imaging import IMAGE_EXTENSIONS, is_image_file
 
 MAX_CSV_BYTES = 64 << 20
@@ -62,31 +61,25 @@ def normalized_name(name: str) -> str:
 def walk_data_files(root: str) -> list[tuple[str, str]]:
     """(dirpath, filename) of every non-hidden file under root, sorted; an irregular entry is
     listed only when named like an image or a table (reading it is then the error), else logged."""
-    return list(walk_files(root, keep_irregular=_data_name))
-
-
-def _data_name(name: str) -> bool:
-    """Named like a file some layout reads (an image or a table)."""
-    return is_image_file(name) or os.path.splitext(name)[1].lower() in TABLE_EXTENSIONS \
-        or name.lower() in HAM_CSV_NAMES
+    return list(walk_files(root, keep_irregular=lambda name: (
+        is_image_file(name) or name.lower() in HAM_CSV_NAMES
+        or os.path.splitext(name)[1].lower() in TABLE_EXTENSIONS)))
 
 
 def source_fingerprint(data_dir: str) -> str:
     """``"<count>:<20 hex digits>"``, a hash of the relative paths and sizes of the image,
     volume and CSV files under ``data_dir`` (a load whose fingerprint changed rebuilds)."""
     h = hashlib.sha256()
-    n = 0
     exts = set(IMAGE_EXTENSIONS) | {".csv", ".tab", ".tsv", ".mhd", ".mha", ".raw", ".zraw"}
-    for dirpath, f in walk_data_files(data_dir):
-        if os.path.splitext(f)[1].lower() in exts:
-            p = os.path.join(dirpath, f)
-            try:
-                size = os.path.getsize(p)
-            except OSError:
-                size = -1
-            h.update(f"{os.path.relpath(p, data_dir)}\x1f{size}\n".encode("utf-8", "replace"))
-            n += 1
-    return f"{n}:{h.hexdigest()[:20]}"
+    paths = [os.path.join(d, f) for d, f in walk_data_files(data_dir)
+             if os.path.splitext(f)[1].lower() in exts]
+    for p in paths:
+        try:
+            size = os.path.getsize(p)
+        except OSError:
+            size = -1
+        h.update(f"{os.path.relpath(p, data_dir)}\x1f{size}\n".encode("utf-8", "replace"))
+    return f"{len(paths)}:{h.hexdigest()[:20]}"
 
 
 class Layout:
@@ -141,8 +134,7 @@ def subdirs(root: str) -> list[tuple[str, str]]:
 def find_subdir(root: str, names: tuple[str, ...]) -> str | None:
     """The folder of ``root`` matching the first of ``names`` (ignoring case and punctuation)."""
     entries = {normalized_name(e): p for e, p in subdirs(root)}
-    return next((entries[normalized_name(n)] for n in names if normalized_name(n) in entries),
-                None)
+    return next((entries[k] for k in map(normalized_name, names) if k in entries), None)
 
 
 def image_files(root: str) -> list[str]:
@@ -160,12 +152,9 @@ def pair_images_masks(client: str, image_dir: str, mask_dir: str | None,
     if mask_dir is not None:
         for p in image_files(mask_dir):
             stem = os.path.splitext(os.path.basename(p))[0]
-            base = stem
-            if stem not in out_images:
-                for suffix in ("_mask", "_gt", "_segmentation"):
-                    if stem.lower().endswith(suffix) and stem[: -len(suffix)] in out_images:
-                        base = stem[: -len(suffix)]
-                        break
+            base = stem if stem in out_images else next(
+                (stem[:-len(x)] for x in ("_mask", "_gt", "_segmentation")
+                 if stem.lower().endswith(x) and stem[:-len(x)] in out_images), stem)
             if base not in out_images:
                 policy(BadInputError(f"mask with no image: {p} (no image '{stem}.*' in "
                                      f"{image_dir})", p))
@@ -199,9 +188,7 @@ def is_utf8(text: str) -> bool:
 
 def printable(path: str) -> str:
     """``path`` with the bytes of a non-UTF-8 name escaped (``\\xff``), safe to print and store."""
-    if is_utf8(path):
-        return path
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    return path if is_utf8(path) else os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def drop_undecodable(scan: Scan, policy: BadInputPolicy, data_dir: str) -> Scan:
@@ -220,8 +207,7 @@ def drop_undecodable(scan: Scan, policy: BadInputPolicy, data_dir: str) -> Scan:
         bad = bad or s.image_path
         policy(BadInputError(f"file or folder name is not UTF-8: {printable(bad)} "
                              f"(sample {printable(s.id)}); {_FIX}", printable(bad)))
-    clients = [printable(c) for c in scan.clients]
-    return dataclasses.replace(scan, samples=kept, clients=clients,
+    return dataclasses.replace(scan, samples=kept, clients=[printable(c) for c in scan.clients],
                                warnings=[printable(w) for w in scan.warnings])
 
 
@@ -248,16 +234,12 @@ def read_rows(path: str) -> list[tuple[int, list[str]]]:
         raise BadInputError(f"{path} contains NUL bytes: not a text CSV file", path)
     first = text.split("\n", 1)[0]
     delim = "\t" if ("\t" in first and "," not in first) else ","
-    rows = []
     try:
-        for i, row in enumerate(csv.reader(text.splitlines(), delimiter=delim), start=1):
-            cells = [c.strip() for c in row]
-            if not any(cells) or cells[0].startswith("#"):
-                continue
-            rows.append((i, cells))
+        rows = [(i, [c.strip() for c in row])
+                for i, row in enumerate(csv.reader(text.splitlines(), delimiter=delim), start=1)]
     except csv.Error as e:
         raise BadInputError(f"cannot parse {path}: {e}", path) from e
-    return rows
+    return [(i, cells) for i, cells in rows if any(cells) and not cells[0].startswith("#")]
 
 
 def read_table(path: str, columns: tuple[str, ...], policy: BadInputPolicy
@@ -269,8 +251,7 @@ def read_table(path: str, columns: tuple[str, ...], policy: BadInputPolicy
         return []
     first = [c.lower() for c in rows[0][1]]
     if first and first[0] == columns[0]:
-        missing = [c for c in columns if c not in first]
-        if missing:
+        if missing := [c for c in columns if c not in first]:
             raise BadInputError(f"{path}: header {rows[0][1]} lacks column(s) {missing}; expected "
                                 f"{','.join(columns)}", path)
         idx = [first.index(c) for c in columns]

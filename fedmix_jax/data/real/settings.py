@@ -39,9 +39,8 @@ class RealDataSettings:
         if isinstance(data_cfg, cls):
             return data_cfg
         get = getattr(data_cfg, "get", lambda name, default: getattr(data_cfg, name, default))
-        values = {f.name: get(f.name, None) for f in dataclasses.fields(cls)}
-        return cls(**{f.name: _typed(f.name, values[f.name], f.default)
-                      for f in dataclasses.fields(cls) if values[f.name] is not None})
+        return cls(**{f.name: _typed(f.name, v, f.default) for f in dataclasses.fields(cls)
+                      if (v := get(f.name, None)) is not None})
 
     @property
     def source_dir(self) -> str:

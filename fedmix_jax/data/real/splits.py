@@ -19,20 +19,11 @@ def stable_int(*parts) -> int:
 
 
 def _target(fraction: float, n: int) -> int:
-    if fraction <= 0 or n <= 0:
-        return 0
-    return max(1, int(round(fraction * n)))
-
-
-def check_fractions(test_fraction: float, val_fraction: float) -> None:
-    for name, f in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
-        if not 0.0 <= float(f) < 1.0:
-            raise ValueError(f"--config.data.{name} must be in [0, 1), got {f}")
+    return max(1, int(round(fraction * n))) if fraction > 0 and n > 0 else 0
 
 
 def _take(groups: dict, eligible: list[str], taken: set[str], target: int, room: int) -> list:
-    """Eligible groups not yet ``taken``, in order, until ``target`` samples, each leaving at
-    least ``room`` samples of the client untaken (added to ``taken``)."""
+    """Untaken eligible groups until ``target`` samples, each leaving ``room`` samples untaken."""
     chosen, count = [], 0
     left = sum(len(v) for g, v in groups.items() if g not in taken)
     for g in eligible:
@@ -51,8 +42,8 @@ def assign_splits(items: Iterable[tuple[str, str, str, bool]], seed: int, test_f
                   val_fraction: float) -> dict[str, str]:
     """``{sample_id: 'train' | 'validation' | 'test'}`` of ``(sample_id, client, group,
     eligible)`` items (``eligible`` False: train only, no mask): ``test_fraction`` of each
-    client's samples for test, then ``val_fraction`` of the rest for validation."""
-    check_fractions(test_fraction, val_fraction)
+    client's samples for test, then ``val_fraction`` of the rest for validation (both checked
+    by ``make_config``)."""
     by_client: dict[str, dict[str, list[tuple[str, bool]]]] = defaultdict(lambda: defaultdict(list))
     for sid, client, group, eligible in items:
         by_client[client][group].append((sid, bool(eligible)))
