@@ -9,7 +9,7 @@ def load(w):
     return dict(best_round=best['round'], best=best['test_mean_dice_present'], best_fp=fp(best), best_mean=best['test_mean_dice'],
                 last4=st.mean(r['test_mean_dice_present'] for r in last), last4_fp=st.mean(fp(r) for r in last),
                 sd=st.stdev(r['test_mean_dice_present'] for r in rows[7:]))
-for name, ws in [('default', ['plus_ds0_s0','var_def_s1','var_def_s2']), ('beta1', [f'var_b1_s{s}' for s in range(3)])]:
+for name, ws in [('default', ['plus_ds0_s0','var_def_s1','var_def_s2']), ('beta1', [f'var_b1_s{s}' for s in range(3)]), ('lam0', [f'var_l0_s{s}' for s in range(3)])]:
     res=[]
     for w in ws:
         try: r=load(w); res.append(r); print(name, w.split('/')[-1], {k:(round(v,3) if isinstance(v,float) else v) for k,v in r.items()})
