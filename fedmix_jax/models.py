@@ -127,6 +127,8 @@ class GroupNorm(nn.Module):
 def _double_conv(x: jax.Array, features: int, mid_features: int, dtype: Dtype) -> jax.Array:
     """(3x3 conv -> GroupNorm -> ReLU) x 2; must be called inside a compact method."""
     for i, f in ((1, mid_features), (2, features)):
+        if f < 2:
+            raise ValueError(f"GroupNorm with channels // 2 groups needs >= 2 channels, got {f}")
         x = Conv(f, 3, dtype=dtype, name=f"conv{i}")(x)
         x = GroupNorm(f // 2, GROUPNORM_EPSILON, dtype=dtype, name=f"norm{i}")(x)
         x = nn.relu(x)
