@@ -559,10 +559,14 @@ elif cmd == "ls":
     n = int(open(path).read()) if os.path.exists(path) else 0
     open(path, "w").write(str(n + 1))
     s = seq[min(n, len(seq) - 1)]
+    if os.environ.get("FAKE_FLWR_LOG_SECONDS") and not os.path.exists(os.path.join(state, "ended")):
+        s = "running"                        # the run finishes when its log stream ends
     print(json.dumps({"success": True, "runs": [{"run-id": "42", "status": s,
                                                  "status-details": "ServerApp raised"}]}))
 elif cmd == "log":
-    print("log line of run", sys.argv[2])
+    print("log line of run", sys.argv[2], flush=True)
+    import time; time.sleep(float(os.environ.get("FAKE_FLWR_LOG_SECONDS", "0")))
+    open(os.path.join(state, "ended"), "w").close()
 '''
 
 
@@ -592,3 +596,23 @@ def test_flower_run_exits_with_the_runs_outcome(tmp_path, states, code, said):
     assert calls[0] == "run app_dir fed --format json --run-config x=1"
     if code != 2:
         assert "log 42 fed --stream" in calls and any(c.startswith("ls fed --run-id 42") for c in calls)
+
+
+def test_flower_run_asks_for_the_status_when_the_log_stream_ends(tmp_path):
+    """Each ``flwr ls`` is a Python process of ~2 core-seconds: while the logs stream (the
+    SuperLink ends the stream when the run finishes) the status is read once at the start, then
+    once when the stream ends, not every ``--poll`` seconds."""
+    import subprocess
+    import sys
+
+    fake = tmp_path / "flwr"
+    fake.write_text(_FAKE_FLWR)
+    fake.chmod(0o755)
+    env = dict(os.environ, FAKE_FLWR_DIR=str(tmp_path), FAKE_FLWR_LOG_SECONDS="2",
+               FAKE_FLWR_STATES="finished:completed")
+    res = subprocess.run([sys.executable, "-m", "fedmix_jax.flower.run", "app_dir", "fed",
+                          "--poll", "0.05", "--flwr", str(fake)],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 0, res.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert sum(c.startswith("ls ") for c in calls) == 2, calls
