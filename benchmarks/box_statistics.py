@@ -12,7 +12,13 @@ and over every training image, for neighbour pairs ``d`` px apart along a row:
 
 * the share of pairs whose intensities differ by at most 0.02 / 0.05 / 0.1 / 0.2, for pairs
   inside a lesion, on skin, and across a lesion boundary: how much edge a colour-affinity
-  pairwise term (BoxInst) would have to follow.
+  pairwise term (BoxInst) would have to follow;
+
+and per client, over its box samples with a lesion:
+
+* the **box appearance masks** (``fedmix_jax.losses.box_appearance_masks``, the target of
+  ``weak.box_appearance``): their Dice and median area against the true masks, for every box and
+  for the boxes whose contrast passes ``weak.appearance_min_contrast`` (the ones the term trains).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import importlib.util
 import numpy as np
 from absl import app, flags
 
+from fedmix_jax.losses import box_appearance_masks
 from fedmix_jax.data.federation import BOX, float_images
 from fedmix_jax.data.sources import load_federation
 
@@ -49,7 +56,8 @@ def main(argv):
     spec.loader.exec_module(module)
     config = module.get_config()
     config.data.seed = FLAGS.data_seed
-    train = load_federation(config.data, verbose=False).train
+    federation = load_federation(config.data, verbose=False)
+    train = federation.train
     if train.masks.shape[-1] != 1:
         raise SystemExit("box_statistics.py reads binary federations (one class)")
     masks = np.asarray(train.masks)[..., 0] > 0
@@ -66,6 +74,22 @@ def main(argv):
         for name, v in parts.items():
             shares = "  ".join(f"<= {t}: {np.mean(v <= t):.2f}" for t in TOLERANCES)
             print(f"pairs {d} px apart, {name:6s} (n={v.size:7d}): {shares}")
+    weak = config.weak
+    print(f"box appearance masks (smooth {weak.appearance_smooth}, ring {weak.appearance_ring}; "
+          f"confident: contrast >= {weak.appearance_min_contrast}):")
+    for c, name in enumerate(federation.client_names):
+        if not box[c].any():
+            continue
+        found, contrast = box_appearance_masks(
+            float_images(train.images[c][box[c]]), boxes[c][box[c]][..., None].astype(np.float32),
+            weak.appearance_smooth, weak.appearance_ring)
+        found, truth = np.asarray(found)[..., 0] > 0, masks[c][box[c]]
+        dice = 2 * (found & truth).sum((1, 2)) / np.maximum(found.sum((1, 2)) + truth.sum((1, 2)), 1)
+        area = found.sum((1, 2)) / np.maximum(truth.sum((1, 2)), 1)
+        sure = np.asarray(contrast)[:, 0] >= weak.appearance_min_contrast
+        print(f"  {name}: all {len(dice)}: Dice {dice.mean():.3f}, area {np.median(area):.2f}; "
+              f"confident {sure.sum()}: Dice {dice[sure].mean() if sure.any() else float('nan'):.3f}, "
+              f"area {np.median(area[sure]) if sure.any() else float('nan'):.2f}")
 
 
 if __name__ == "__main__":

@@ -226,3 +226,71 @@ def box_size_loss_per_sample(logits: jax.Array, boxes: jax.Array, known: jax.Arr
     counted = known * (area > 0)
     return jnp.sum(hinge * counted, axis=1) / jnp.maximum(jnp.sum(counted, axis=1), 1.0)
 
+
+
+def local_mean(x: jax.Array, radius: int) -> jax.Array:
+    """``x`` [B, H, W, C] averaged over a (2 radius + 1)² window (static int; at the edges over
+    the window's pixels inside the image)."""
+    if radius <= 0:
+        return x
+    size, ones = (1, 2 * radius + 1, 2 * radius + 1, 1), jnp.ones_like(x)
+    total = jax.lax.reduce_window(x, 0.0, jax.lax.add, size, (1, 1, 1, 1), "SAME")
+    return total / jax.lax.reduce_window(ones, 0.0, jax.lax.add, size, (1, 1, 1, 1), "SAME")
+
+
+def box_appearance_masks(images: jax.Array, boxes: jax.Array, smooth: int = 2, ring: int = 2,
+                         iterations: int = 10) -> tuple[jax.Array, jax.Array]:
+    """What a box's pixels look like, split in two: ``(masks [B, H, W, K] in {0, 1}, contrast
+    [B, K])`` of ``images`` [B, H, W, C] and ``boxes`` [B, H, W, K] in {0, 1} (per class, the
+    union of its boxes). Per sample and class: the image's channel mean, :func:`local_mean` over
+    ``smooth`` px, minus the plane fitted (least squares) to the pixels within ``ring`` px of
+    the boxes' border on either side (mostly background: a box is drawn around its lesion);
+    inside the boxes, ``iterations`` steps of 2-means (threshold = the midpoint of the two
+    sides' means) split it, and the side whose mean lies farther from the border's is the mask.
+    ``contrast``: that distance over the border pixels' standard deviation (0 without box);
+    a box whose lesion does not stand out from its surroundings has a low contrast. Constant
+    in the images' gain and offset; no gradient."""
+    images, boxes = jax.lax.stop_gradient(images), boxes.astype(jnp.float32)
+    _, h, w, _ = images.shape
+    g = local_mean(jnp.mean(images.astype(jnp.float32), axis=-1, keepdims=True), smooth)
+    border = dilate(boxes, ring) - (1.0 - dilate(1.0 - boxes, ring))       # [B, H, W, K]
+    yy, xx = jnp.meshgrid(jnp.linspace(-1.0, 1.0, h), jnp.linspace(-1.0, 1.0, w), indexing="ij")
+    basis = jnp.stack([jnp.ones((h, w)), yy, xx], axis=-1)                 # [H, W, 3]
+    normal = (jnp.einsum("bhwk,hwi,hwj->bkij", border, basis, basis)
+              + 1e-4 * jnp.eye(3, dtype=jnp.float32))
+    rhs = jnp.einsum("bhwk,hwi,bhw->bki", border, basis, g[..., 0])
+    plane = jnp.einsum("hwi,bki->bhwk", basis, jnp.linalg.solve(normal, rhs[..., None])[..., 0])
+    g = g - plane                                                          # [B, H, W, K]
+
+    def mean_over(weights):
+        return jnp.sum(g * weights, axis=(1, 2)) / jnp.maximum(jnp.sum(weights, axis=(1, 2)), 1.0)
+
+    border_mean = mean_over(border)
+    border_sd = jnp.sqrt(jnp.sum(
+        border * (g - border_mean[:, None, None, :]) ** 2, axis=(1, 2))
+        / jnp.maximum(jnp.sum(border, axis=(1, 2)), 1.0))
+    threshold = mean_over(boxes)
+    for _ in range(iterations):
+        below = boxes * (g < threshold[:, None, None, :])
+        low, high = mean_over(below), mean_over(boxes - below)
+        threshold = 0.5 * (low + high)
+    below = (g < threshold[:, None, None, :]).astype(jnp.float32)
+    dark = jnp.abs(low - border_mean) > jnp.abs(high - border_mean)        # [B, K]
+    masks = boxes * jnp.where(dark[:, None, None, :], below, 1.0 - below)
+    has_box = jnp.max(boxes, axis=(1, 2)) > 0
+    distance = jnp.maximum(jnp.abs(low - border_mean), jnp.abs(high - border_mean))
+    contrast = jnp.where(has_box, distance / jnp.maximum(border_sd, 1e-6), 0.0)
+    return masks, contrast
+
+
+def box_appearance_loss_per_sample(logits: jax.Array, masks: jax.Array, boxes: jax.Array,
+                                   confident: jax.Array) -> jax.Array:
+    """Box appearance, [B] (0 without confident box): per class with ``confident`` = 1, the mean
+    over its box pixels of ``BCE(logit, mask)`` (:func:`box_appearance_masks`), averaged over
+    those classes. logits, masks, boxes: [B, H, W, K]; confident: [B, K] in {0, 1}."""
+    logits, boxes = logits.astype(jnp.float32), boxes.astype(jnp.float32)
+    per_pixel = optax.sigmoid_binary_cross_entropy(logits, masks.astype(jnp.float32))
+    area = jnp.sum(boxes, axis=(1, 2))
+    per_class = jnp.sum(per_pixel * boxes, axis=(1, 2)) / jnp.maximum(area, 1.0)
+    counted = confident.astype(jnp.float32) * (area > 0)
+    return jnp.sum(per_class * counted, axis=1) / jnp.maximum(jnp.sum(counted, axis=1), 1.0)

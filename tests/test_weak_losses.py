@@ -347,3 +347,95 @@ def test_box_size_bounds_push_a_shrunken_prediction_outward():
     assert (g[0, 4:12, 4:12] < 0).all() and not g[boxes == 0].any()
     with pytest.raises(ValueError):
         W.WeakSupervision(box_fill_min=0.6, box_fill_max=0.5)
+
+
+def _oracle_appearance(images, boxes, smooth, ring, iterations):
+    """Box appearance masks from their definition, one sample and class at a time."""
+    b, h, w, k = boxes.shape
+    gray = images.mean(-1)
+    masks, contrast = np.zeros_like(boxes), np.zeros((b, k))
+    yy, xx = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
+    for i in range(b):
+        g = np.array([[gray[i, max(y - smooth, 0):y + smooth + 1,
+                            max(x - smooth, 0):x + smooth + 1].mean() for x in range(w)]
+                      for y in range(h)])
+        for c in range(k):
+            box = boxes[i, :, :, c] > 0
+            if not box.any():
+                continue
+            border = _near(box, ring) & _near(~box, ring)       # within `ring` px of the edge
+            a = np.stack([np.ones(border.sum()), yy[border], xx[border]], 1)
+            coef = np.linalg.solve(a.T @ a + 1e-4 * np.eye(3), a.T @ g[border])
+            r = g - (coef[0] + coef[1] * yy + coef[2] * xx)
+            t = r[box].mean()
+            for _ in range(iterations):
+                lo, hi = r[box][r[box] < t], r[box][r[box] >= t]
+                low = lo.mean() if lo.size else 0.0
+                high = hi.mean() if hi.size else 0.0
+                t = 0.5 * (low + high)
+            ref = r[border].mean() if border.any() else 0.0
+            dark = abs(low - ref) > abs(high - ref)
+            masks[i, :, :, c] = box & ((r < t) if dark else (r >= t))
+            sd = r[border].std() if border.any() else 0.0
+            contrast[i, c] = max(abs(low - ref), abs(high - ref)) / max(sd, 1e-6)
+    return masks, contrast
+
+
+@pytest.mark.parametrize("seed, smooth, ring", [(0, 0, 1), (1, 1, 2), (2, 2, 1)])
+def test_box_appearance_masks_match_oracle(seed, smooth, ring):
+    logits, boxes, *_ = _random_case(seed, h=14, w=12)
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0, 1, boxes.shape[:3] + (3,)).astype(np.float32)
+    images -= 0.4 * boxes[..., :1] * rng.uniform(0.5, 1.0, boxes.shape[:3] + (1,))
+    masks, contrast = L.box_appearance_masks(images, boxes, smooth, ring, iterations=4)
+    want_masks, want_contrast = _oracle_appearance(images, boxes, smooth, ring, 4)
+    # a pixel at the threshold may round either way in float32: allow a few
+    assert np.mean(np.asarray(masks) != want_masks) < 0.01
+    np.testing.assert_allclose(contrast, want_contrast, rtol=2e-3, atol=2e-3)
+
+
+def test_box_appearance_finds_a_soft_lesion_under_a_vignette():
+    """A dark disc with a soft rim on a brightness gradient: the mask is the disc (the gradient
+    alone would split the box along it), and the contrast tells a lesion from an empty box."""
+    h = w = 32
+    yy, xx = np.mgrid[:h, :w]
+    disc = np.hypot(yy - 15.5, xx - 14.5) < 6
+    alpha = 1 / (1 + np.exp(-(6 - np.hypot(yy - 15.5, xx - 14.5)) / 1.2))
+    image = 0.8 - 0.4 * xx / w - 0.15 * alpha + np.random.default_rng(0).normal(0, 0.01, (h, w))
+    boxes = np.zeros((2, h, w, 1), np.float32)
+    boxes[:, 5:27, 4:26] = 1
+    images = np.stack([image, 0.8 - 0.4 * xx / w])[..., None].astype(np.float32)
+    masks, contrast = L.box_appearance_masks(images, boxes)
+    dice = 2 * (np.asarray(masks[0, ..., 0]) * disc).sum() / (np.asarray(masks[0]).sum() + disc.sum())
+    assert dice > 0.85
+    assert contrast[0, 0] > 3.0 > contrast[1, 0]
+
+
+def test_box_appearance_loss_matches_oracle():
+    logits, boxes, *_ = _random_case(7)
+    rng = np.random.default_rng(7)
+    masks = (rng.uniform(size=boxes.shape) < 0.5).astype(np.float32) * boxes
+    confident = rng.integers(0, 2, boxes.shape[::3]).astype(np.float32)
+    want = []
+    for i in range(boxes.shape[0]):
+        terms = [_bce(logits[i, ..., c], masks[i, ..., c])[boxes[i, ..., c] > 0].mean()
+                 for c in range(boxes.shape[3]) if confident[i, c] and boxes[i, ..., c].any()]
+        want.append(np.mean(terms) if terms else 0.0)
+    np.testing.assert_allclose(L.box_appearance_loss_per_sample(logits, masks, boxes, confident),
+                               want, rtol=1e-5, atol=1e-6)
+
+
+def test_weak_loss_adds_box_appearance_on_confident_box_samples():
+    logits, boxes, labels, levels, valid = _random_case(8)
+    rng = np.random.default_rng(8)
+    images = rng.uniform(0, 1, boxes.shape[:3] + (1,)).astype(np.float32) - 0.5 * boxes[..., :1]
+    base = W.WeakSupervision()
+    plus = W.WeakSupervision(box_appearance=2.0, appearance_min_contrast=0.0)
+    masks, contrast = L.box_appearance_masks(images, boxes, 2, 2)
+    box_known = (levels == BOX)[:, None] * np.ones(boxes.shape[::3])
+    want = (W.weak_supervision_loss_per_sample(logits, boxes, labels, levels, valid, base)
+            + 2.0 * L.box_appearance_loss_per_sample(logits, masks, boxes, box_known))
+    np.testing.assert_allclose(W.weak_supervision_loss_per_sample(
+        logits, boxes, labels, levels, valid, plus, images), want, rtol=1e-5)
+    with pytest.raises(ValueError, match="images"):
+        W.weak_supervision_loss_per_sample(logits, boxes, labels, levels, valid, plus)
