@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from fedmix_jax.data.federation import BOX, IMAGE, PIXEL
@@ -228,14 +229,26 @@ def box_size_loss_per_sample(logits: jax.Array, boxes: jax.Array, known: jax.Arr
 
 
 
+def window_sums(x: jax.Array, radius: int) -> jax.Array:
+    """``x`` [B, H, W, C] summed over a (2 radius + 1)² window (static int; zero outside the
+    image), separably by cumulative sums."""
+    for axis in (1, 2):
+        n, pad = x.shape[axis], [(0, 0)] * x.ndim
+        pad[axis] = (radius + 1, radius)
+        total = jnp.cumsum(jnp.pad(x, pad), axis=axis)
+        x = (jax.lax.slice_in_dim(total, 2 * radius + 1, 2 * radius + 1 + n, axis=axis)
+             - jax.lax.slice_in_dim(total, 0, n, axis=axis))
+    return x
+
+
 def local_mean(x: jax.Array, radius: int) -> jax.Array:
     """``x`` [B, H, W, C] averaged over a (2 radius + 1)² window (static int; at the edges over
     the window's pixels inside the image)."""
     if radius <= 0:
         return x
-    size, ones = (1, 2 * radius + 1, 2 * radius + 1, 1), jnp.ones_like(x)
-    total = jax.lax.reduce_window(x, 0.0, jax.lax.add, size, (1, 1, 1, 1), "SAME")
-    return total / jax.lax.reduce_window(ones, 0.0, jax.lax.add, size, (1, 1, 1, 1), "SAME")
+    counts = [np.minimum(np.arange(n) + radius, n - 1) - np.maximum(np.arange(n) - radius, 0) + 1
+              for n in x.shape[1:3]]
+    return window_sums(x, radius) / np.outer(*counts).astype(np.float32)[None, :, :, None]
 
 
 def box_appearance_masks(images: jax.Array, boxes: jax.Array, smooth: int = 2, ring: int = 2,
@@ -245,7 +258,7 @@ def box_appearance_masks(images: jax.Array, boxes: jax.Array, smooth: int = 2, r
     union of its boxes). Per sample and class: the image's channel mean, :func:`local_mean` over
     ``smooth`` px, minus the plane fitted (least squares) to the pixels within ``ring`` px of
     the boxes' border on either side (mostly background: a box is drawn around its lesion);
-    inside the boxes, ``iterations`` steps of 2-means (threshold = the midpoint of the two
+    inside the boxes, ``iterations`` (≥ 1) steps of 2-means (threshold = the midpoint of the two
     sides' means) split it, and the side whose mean lies farther from the border's is the mask.
     ``contrast``: that distance over the border pixels' standard deviation (0 without box);
     a box whose lesion does not stand out from its surroundings has a low contrast. Constant
@@ -253,33 +266,36 @@ def box_appearance_masks(images: jax.Array, boxes: jax.Array, smooth: int = 2, r
     images, boxes = jax.lax.stop_gradient(images), boxes.astype(jnp.float32)
     _, h, w, _ = images.shape
     g = local_mean(jnp.mean(images.astype(jnp.float32), axis=-1, keepdims=True), smooth)
-    border = dilate(boxes, ring) - (1.0 - dilate(1.0 - boxes, ring))       # [B, H, W, K]
-    yy, xx = jnp.meshgrid(jnp.linspace(-1.0, 1.0, h), jnp.linspace(-1.0, 1.0, w), indexing="ij")
-    basis = jnp.stack([jnp.ones((h, w)), yy, xx], axis=-1)                 # [H, W, 3]
+    border = ((window_sums(boxes, ring) > 0.5) & (window_sums(1.0 - boxes, ring) > 0.5))
+    border = border.astype(jnp.float32)                                    # [B, H, W, K]
+    yy, xx = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
+    basis = np.stack([np.ones((h, w)), yy, xx], axis=-1).astype(np.float32)    # [H, W, 3]
     normal = (jnp.einsum("bhwk,hwi,hwj->bkij", border, basis, basis)
               + 1e-4 * jnp.eye(3, dtype=jnp.float32))
     rhs = jnp.einsum("bhwk,hwi,bhw->bki", border, basis, g[..., 0])
     plane = jnp.einsum("hwi,bki->bhwk", basis, jnp.linalg.solve(normal, rhs[..., None])[..., 0])
     g = g - plane                                                          # [B, H, W, K]
+    flat = lambda a: jnp.moveaxis(a, -1, 1).reshape(a.shape[0], a.shape[-1], h * w)  # noqa: E731
+    g_flat, box_flat, border = flat(g), flat(boxes), flat(border)          # [B, K, HW]
 
-    def mean_over(weights):
-        return jnp.sum(g * weights, axis=(1, 2)) / jnp.maximum(jnp.sum(weights, axis=(1, 2)), 1.0)
+    def sums(weights):
+        return jnp.sum(g_flat * weights, axis=-1), jnp.sum(weights, axis=-1)
 
-    border_mean = mean_over(border)
-    border_sd = jnp.sqrt(jnp.sum(
-        border * (g - border_mean[:, None, None, :]) ** 2, axis=(1, 2))
-        / jnp.maximum(jnp.sum(border, axis=(1, 2)), 1.0))
-    threshold = mean_over(boxes)
+    (border_sum, border_n), (box_sum, box_n) = sums(border), sums(box_flat)
+    border_mean = border_sum / jnp.maximum(border_n, 1.0)
+    border_sd = jnp.sqrt(jnp.sum(border * (g_flat - border_mean[..., None]) ** 2, axis=-1)
+                         / jnp.maximum(border_n, 1.0))
+    threshold = box_sum / jnp.maximum(box_n, 1.0)
     for _ in range(iterations):
-        below = boxes * (g < threshold[:, None, None, :])
-        low, high = mean_over(below), mean_over(boxes - below)
+        low_sum, low_n = sums(box_flat * (g_flat < threshold[..., None]))
+        low = low_sum / jnp.maximum(low_n, 1.0)
+        high = (box_sum - low_sum) / jnp.maximum(box_n - low_n, 1.0)
         threshold = 0.5 * (low + high)
     below = (g < threshold[:, None, None, :]).astype(jnp.float32)
     dark = jnp.abs(low - border_mean) > jnp.abs(high - border_mean)        # [B, K]
     masks = boxes * jnp.where(dark[:, None, None, :], below, 1.0 - below)
-    has_box = jnp.max(boxes, axis=(1, 2)) > 0
     distance = jnp.maximum(jnp.abs(low - border_mean), jnp.abs(high - border_mean))
-    contrast = jnp.where(has_box, distance / jnp.maximum(border_sd, 1e-6), 0.0)
+    contrast = jnp.where(box_n > 0, distance / jnp.maximum(border_sd, 1e-6), 0.0)
     return masks, contrast
 
 
