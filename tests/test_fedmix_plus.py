@@ -118,6 +118,21 @@ def test_weak_weights_change_the_update(clients, lenient_run):
     assert not np.allclose(leaf(a), leaf(b))
 
 
+def test_box_appearance_changes_the_update_of_box_clients_only(clients):
+    """With nothing selected, weak.box_appearance moves the box client's local models in its
+    first round (its boxes' appearance masks are targets) and leaves the others' as they were."""
+    cfg = _cfg("fedmix_plus", STRICT)
+    on = WeakSupervision(box_appearance=1.0, appearance_min_contrast=0.0)
+    cfg_on = fm.RoundConfig(strategy=cfg.strategy.with_weak(on), batch_size=4, crop=(12, 12))
+    _, a, _ = _rounds(stack_clients(clients), cfg, rounds=1)
+    _, b, mb = _rounds(stack_clients(clients), cfg_on, rounds=1)
+    assert np.isfinite(np.asarray(mb[-1].reports.loss1)).all()
+    leaf = lambda s, c: jax.tree.leaves(s.client_params)[0][c]  # noqa: E731
+    assert not np.allclose(leaf(a, 0), leaf(b, 0))           # client 0: boxes
+    for c in (1, 2, 3):                                      # pixel, image-level, unlabelled
+        np.testing.assert_array_equal(leaf(a, c), leaf(b, c))
+
+
 def test_config_builds_the_weak_terms():
     import ml_collections
 
