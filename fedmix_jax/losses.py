@@ -228,7 +228,6 @@ def box_size_loss_per_sample(logits: jax.Array, boxes: jax.Array, known: jax.Arr
     return jnp.sum(hinge * counted, axis=1) / jnp.maximum(jnp.sum(counted, axis=1), 1.0)
 
 
-
 def window_sums(x: jax.Array, radius: int) -> jax.Array:
     """``x`` [B, H, W, C] summed over a (2 radius + 1)² window (static int; zero outside the
     image), separably by cumulative sums."""
@@ -266,8 +265,7 @@ def box_appearance_masks(images: jax.Array, boxes: jax.Array, smooth: int = 2, r
     images, boxes = jax.lax.stop_gradient(images), boxes.astype(jnp.float32)
     _, h, w, _ = images.shape
     g = local_mean(jnp.mean(images.astype(jnp.float32), axis=-1, keepdims=True), smooth)
-    border = ((window_sums(boxes, ring) > 0.5) & (window_sums(1.0 - boxes, ring) > 0.5))
-    border = border.astype(jnp.float32)                                    # [B, H, W, K]
+    border = dilate(boxes, ring) * dilate(1.0 - boxes, ring)               # [B, H, W, K]
     yy, xx = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
     basis = np.stack([np.ones((h, w)), yy, xx], axis=-1).astype(np.float32)    # [H, W, 3]
     normal = (jnp.einsum("bhwk,hwi,hwj->bkij", border, basis, basis)
