@@ -154,6 +154,28 @@ def diagnostics_table(results: dict, strategies) -> str:
     return "\n".join(lines)
 
 
+def local_results(results: dict) -> dict:
+    """``results`` with each run replaced by its local models' figures (runs without: left out;
+    empty when no run has them)."""
+    out: dict = {}
+    for task, by_data in results.items():
+        for ds, by_strategy in by_data.items():
+            for s, runs in by_strategy.items():
+                if runs and all("local" in r for r in runs):
+                    out.setdefault(task, {}).setdefault(ds, {})[s] = [r["local"] for r in runs]
+    return out
+
+
+def print_tables(results: dict, strategies) -> None:
+    """The global model's tables, the local models' (if recorded), the diagnostics."""
+    print(tables(results, strategies))
+    if local := local_results(results):
+        print("\nLocal models (each site's model 1 after its local epoch, on its own test split; "
+              "gap against the local models of fedavg_pixel / fedavg_full):")
+        print(tables(local, strategies))
+    print(diagnostics_table(results, strategies))
+
+
 def merged(paths) -> dict:
     """The results of several JSON files of this script, merged task > data seed > strategy."""
     results: dict = {}
@@ -178,6 +200,9 @@ def define_flags() -> None:
     flags.DEFINE_string("json", None, "write the results here (after every run)")
     flags.DEFINE_integer("diagnostics_every", 4, "pseudo-label diagnostics every k rounds "
                          "(and round 1); 0: none")
+    flags.DEFINE_bool("local_models", False, "also score each site's local model (its model 1 "
+                      "after its local epoch, on its own test split, at the round of the best "
+                      "mean local validation Dice) and print their tables too")
     flags.DEFINE_string("merge", None, "comma-separated JSON files of earlier runs: print their "
                         "tables together (later files add strategies / data seeds), train nothing")
 
@@ -187,9 +212,7 @@ def main(argv):
     seeds = [int(s) for s in FLAGS.seeds.split(",")]
     strategies = FLAGS.strategies.split(",")
     if FLAGS.merge:
-        results = merged(FLAGS.merge.split(","))
-        print(tables(results, strategies))
-        print(diagnostics_table(results, strategies))
+        print_tables(merged(FLAGS.merge.split(",")), strategies)
         return
     results: dict = {}
     t_all = time.time()
@@ -208,8 +231,11 @@ def main(argv):
                 runs = results[task][data_seed][strategy] = []
                 for seed in seeds:      # the compiled round is cached: one compile per strategy
                     run, = run_variant(cfg, federation, [seed], rounds, hd95=True,
-                                       diagnostics=FLAGS.diagnostics_every)
-                    run["min_class_dice_lesion"] = float(np.min(run["dice_lesion_per_class"]))
+                                       diagnostics=FLAGS.diagnostics_every,
+                                       local=FLAGS.local_models)
+                    for r in (run, run.get("local", {})):
+                        if r:
+                            r["min_class_dice_lesion"] = float(np.min(r["dice_lesion_per_class"]))
                     runs.append(run)
                     print(f"  {task} data seed {data_seed} {strategy} seed {seed}: lesion Dice "
                           f"{run['dice_lesion']:.3f}, FP {run['fp_rate']:.3f} "
@@ -223,8 +249,7 @@ def main(argv):
                       f"lesion Dice {_ms([r['dice_lesion'] for r in runs])}, "
                       f"FP {_ms([r['fp_rate'] for r in runs])} ({time.time() - t0:.0f} s)",
                       flush=True)
-    print(tables(results, strategies))
-    print(diagnostics_table(results, strategies))
+    print_tables(results, strategies)
     print(f"\ntotal {time.time() - t_all:.0f} s")
 
 

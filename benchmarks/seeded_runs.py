@@ -14,14 +14,29 @@ from fedmix_jax.diagnostics import pseudo_label_diagnostics, summarize
 from fedmix_jax.evaluation import evaluate
 
 
+def test_figures(test: dict, hd95: bool) -> dict:
+    """The figures a run reports from :func:`~fedmix_jax.evaluation.evaluate`'s ``test``."""
+    return dict(dice=float(test["mean_dice"]),
+                dice_lesion=float(test["mean_dice_present"]),
+                fp_rate=float(test["mean_false_positive_rate"]),
+                fp_rate_per_client=[float(x) for x in test["false_positive_rate"]],
+                dice_lesion_per_client=[float(x) for x in test["dice_present"]],
+                dice_per_class=[float(x) for x in test["mean_dice_per_class"]],
+                dice_lesion_per_class=[float(x) for x in test["mean_dice_present_per_class"]],
+                **({"hd95": float(test["mean_hd95"])} if hd95 else {}))
+
+
 def run_variant(config, federation, seeds, rounds, hd95=False, round_times=None,
-                diagnostics=False):
+                diagnostics=False, local=False):
     """Best-validation test figures of each seed: list of dicts (with ``hd95``: HD95 and the
     per-class Dice too). ``round_times``, if a list, gets each round's seconds (the round alone,
     to its results on the host; the first one compiles). With ``diagnostics`` = k (an int; True
     is 1), each run also gets ``pseudo_labels``: in round 1 and every k-th round, the pooled
     pseudo-label diagnostics of the pair the round starts from (:mod:`fedmix_jax.diagnostics`;
-    empty for strategies without pseudo-labels)."""
+    empty for strategies without pseudo-labels). With ``local``, each run also gets ``local``:
+    the same figures of the sites' local models (each site's model 1 after its local epoch, on
+    its own test split) at the round where their mean validation Dice (each on its own
+    validation split) is highest -- what a site that keeps its own fine-tuned copy deploys."""
     model = build_model(config, federation.num_classes)
     round_config = build_round_config(config)
     round_fn = fm.make_round_fn(model, round_config)
@@ -32,6 +47,7 @@ def run_variant(config, federation, seeds, rounds, hd95=False, round_times=None,
         state = fm.init_state(model, jax.random.PRNGKey(seed), image_shape,
                               federation.num_clients, round_config)
         best = (-1.0, 0, None)          # validation Dice, round, model 1's params
+        best_local = (-1.0, 0, None)    # the same of the local models (leaves [C, ...])
         per_round = []
         for r in range(rounds):
             if diagnostics and (r == 0 or (r + 1) % int(diagnostics) == 0):
@@ -46,17 +62,19 @@ def run_variant(config, federation, seeds, rounds, hd95=False, round_times=None,
             val = evaluate(model, params, federation.val, hd95=False)["mean_dice"]
             if val > best[0]:       # the test split is scored once, for the selected round
                 best = (val, int(state.round), jax.tree.map(jnp.copy, params))
+            if local:
+                mine = state.client_params[0]
+                val = evaluate(model, mine, federation.val, per_client_params=True,
+                               hd95=False)["mean_dice"]
+                if val > best_local[0]:
+                    best_local = (val, int(state.round), jax.tree.map(jnp.copy, mine))
         val, best_round, params = best
         test = evaluate(model, params, federation.test, hd95=hd95)
-        out.append(dict(seed=seed, round=best_round, val_dice=float(val),
-                        dice=float(test["mean_dice"]),
-                        dice_lesion=float(test["mean_dice_present"]),
-                        fp_rate=float(test["mean_false_positive_rate"]),
-                        fp_rate_per_client=[float(x) for x in test["false_positive_rate"]],
-                        dice_lesion_per_client=[float(x) for x in test["dice_present"]],
-                        dice_per_class=[float(x) for x in test["mean_dice_per_class"]],
-                        dice_lesion_per_class=[float(x) for x in
-                                               test["mean_dice_present_per_class"]],
-                        **({"hd95": float(test["mean_hd95"])} if hd95 else {}),
-                        **({"pseudo_labels": per_round} if diagnostics else {})))
+        run = dict(seed=seed, round=best_round, val_dice=float(val), **test_figures(test, hd95),
+                   **({"pseudo_labels": per_round} if diagnostics else {}))
+        if local:
+            val, best_round, params = best_local
+            test = evaluate(model, params, federation.test, per_client_params=True, hd95=hd95)
+            run["local"] = dict(round=best_round, val_dice=float(val), **test_figures(test, hd95))
+        out.append(run)
     return out

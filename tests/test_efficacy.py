@@ -40,6 +40,14 @@ def test_gap_recovered_is_paired_by_seed():
     assert "| all | fedmix_plus |" in table
 
 
+def test_local_results_hold_only_runs_with_local_figures():
+    with_local = dict(_run(0.8), local=_run(0.9))
+    results = {"binary": {"1": {"fedmix_plus": [with_local], "fedavg_pixel": [_run(0.7)]}}}
+    local = efficacy.local_results(results)
+    assert local == {"binary": {"1": {"fedmix_plus": [_run(0.9)]}}}
+    assert efficacy.local_results({"binary": {"1": {"fedavg_pixel": [_run(0.7)]}}}) == {}
+
+
 def test_merge_and_diagnostics_table(tmp_path):
     diag = [{"round": 1, "pl_box_n": 10.0, "pl_box_sel": 2.0, "pl_box_sel_lesion": 1.0,
              "pl_box_dice": 0.5, "pl_box_dice_all": 0.4, "pl_box_precision": 0.5,
@@ -61,7 +69,8 @@ def test_efficacy_smoke_run(tmp_path):
             "--set", "data.test_size=6", "--set", "compilation_cache='off'"]
     cmd = [sys.executable, os.path.join(REPO, "benchmarks", "efficacy.py"), "--tasks", "binary",
            "--strategies", "fedmix_plus,fedavg_pixel,fedavg_full", "--data_seeds", "1",
-           "--seeds", "0", "--rounds", "1", "--diagnostics_every", "1", "--json", str(out)] + tiny
+           "--seeds", "0", "--rounds", "1", "--diagnostics_every", "1", "--local_models",
+           "--json", str(out)] + tiny
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
                           env=dict(os.environ, PYTHONPATH=REPO))
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -70,6 +79,10 @@ def test_efficacy_smoke_run(tmp_path):
     run = data["results"]["binary"]["1"]["fedmix_plus"][0]
     assert {"dice", "dice_lesion", "fp_rate", "hd95", "min_class_dice_lesion"} <= set(run)
     assert run["pseudo_labels"][0]["round"] == 1 and "pl_box_n" in run["pseudo_labels"][0]
+    local = run["local"]     # the sites' own models, scored on their own test splits
+    assert {"round", "dice", "dice_lesion", "fp_rate", "min_class_dice_lesion"} <= set(local)
+    assert len(local["fp_rate_per_client"]) == 4
+    assert "Local models" in proc.stdout
     assert "pseudo_labels" not in data["results"]["binary"]["1"]["fedavg_pixel"][0] or \
         data["results"]["binary"]["1"]["fedavg_pixel"][0]["pseudo_labels"][0].keys() == {"round"}
 
