@@ -25,7 +25,10 @@ the predicted / true area. The JSON holds everything (written after every run, s
 benchmark keeps its finished runs); the tables are printed at the end.
 
 ``--set weak.tightness_inset=3`` (repeatable) overrides config fields of every run; tune on data
-seed 0 only, report on the others.
+seed 0 only, report on the others. ``--local_models`` also scores the sites' local models (each
+site's model 1 after its local epoch, on its own test split, at the round where their mean
+validation Dice is highest: what a site that keeps its own fine-tuned copy would deploy) and
+prints their tables after the global model's, the gap against the baselines' local models.
 """
 
 from __future__ import annotations
