@@ -14,7 +14,7 @@ from fedmix_jax.diagnostics import pseudo_label_diagnostics, summarize
 from fedmix_jax.evaluation import evaluate
 
 
-def test_figures(test: dict, hd95: bool) -> dict:
+def reported_figures(test: dict, hd95: bool) -> dict:
     """The figures a run reports from :func:`~fedmix_jax.evaluation.evaluate`'s ``test``."""
     return dict(dice=float(test["mean_dice"]),
                 dice_lesion=float(test["mean_dice_present"]),
@@ -70,11 +70,12 @@ def run_variant(config, federation, seeds, rounds, hd95=False, round_times=None,
                     best_local = (val, int(state.round), jax.tree.map(jnp.copy, mine))
         val, best_round, params = best
         test = evaluate(model, params, federation.test, hd95=hd95)
-        run = dict(seed=seed, round=best_round, val_dice=float(val), **test_figures(test, hd95),
+        run = dict(seed=seed, round=best_round, val_dice=float(val), **reported_figures(test, hd95),
                    **({"pseudo_labels": per_round} if diagnostics else {}))
         if local:
             val, best_round, params = best_local
             test = evaluate(model, params, federation.test, per_client_params=True, hd95=hd95)
-            run["local"] = dict(round=best_round, val_dice=float(val), **test_figures(test, hd95))
+            run["local"] = dict(round=best_round, val_dice=float(val),
+                                **reported_figures(test, hd95))
         out.append(run)
     return out
