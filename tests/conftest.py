@@ -1,8 +1,9 @@
 """Suite-wide setup: the JAX persistent compilation cache of every job the tests run (in this
-process and in the subprocesses they start) goes to a fresh temporary folder, unless
-``FEDMIX_JAX_CACHE_DIR`` is already set. A cache left on the machine by other runs never reaches
-the tests (in one run here, after several processes sharing ~/.cache/fedmix_jax had been killed,
-jaxlib crashed while reading an entry back; with the cache emptied the same tests passed)."""
+process and in the subprocesses they start) goes to a fresh temporary folder (under pytest-xdist:
+a subfolder of it per worker), unless ``FEDMIX_JAX_CACHE_DIR`` is already set. A cache left on the
+machine by other runs never reaches the tests (in one run here, after several processes sharing
+~/.cache/fedmix_jax had been killed, jaxlib crashed while reading an entry back; with the cache
+emptied the same tests passed)."""
 
 import atexit
 import os
@@ -11,8 +12,16 @@ import tempfile
 
 if "FEDMIX_JAX_CACHE_DIR" not in os.environ:
     _CACHE = tempfile.mkdtemp(prefix="fedmix_jax_test_cache_")
-    os.environ["FEDMIX_JAX_CACHE_DIR"] = _CACHE
+    os.environ["FEDMIX_JAX_CACHE_DIR"] = os.environ["FEDMIX_JAX_TEST_CACHE"] = _CACHE
     atexit.register(shutil.rmtree, _CACHE, True)
+
+# Under pytest-xdist (the README's test command) each worker gets a folder of its own in the
+# suite's cache: JAX writes an entry with a plain write, and a worker could otherwise read another
+# worker's half-written entry.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if _WORKER and os.environ["FEDMIX_JAX_CACHE_DIR"] == os.environ.get("FEDMIX_JAX_TEST_CACHE"):
+    os.environ["FEDMIX_JAX_CACHE_DIR"] = os.path.join(os.environ["FEDMIX_JAX_TEST_CACHE"], _WORKER)
+    os.makedirs(os.environ["FEDMIX_JAX_CACHE_DIR"], exist_ok=True)
 
 
 def pytest_collection_modifyitems(session, config, items):
