@@ -28,7 +28,10 @@ benchmark keeps its finished runs); the tables are printed at the end.
 seed 0 only, report on the others. ``--local_models`` also scores the sites' local models (each
 site's model 1 after its local epoch, on its own test split, at the round where their mean
 validation Dice is highest: what a site that keeps its own fine-tuned copy would deploy) and
-prints their tables after the global model's, the gap against the baselines' local models.
+prints their tables after the global model's, the gap against the baselines' local models; and
+each site's consensus model (:mod:`fedmix_jax.consensus`: its local copy's mask on the images where
+it and the global model both mark a lesion, nothing on the others; at its own best validation
+round), the gap against the baselines' consensus models and against their global models.
 """
 
 from __future__ import annotations
@@ -88,9 +91,11 @@ def _ms(values) -> str:
     return f"{a.mean():.3f} ± {a.std(ddof=1) if a.size > 1 else 0.0:.3f}"
 
 
-def tables(results: dict, strategies) -> str:
+def tables(results: dict, strategies, baselines: dict | None = None) -> str:
     """Markdown tables: per task, every data seed pooled (mean ± sample std over all runs) and
-    per data seed, with the gap recovered paired by (data seed, seed)."""
+    per data seed, with the gap recovered paired by (data seed, seed) against the fedavg_pixel /
+    fedavg_full runs of ``baselines`` (default: of ``results``)."""
+    baselines = results if baselines is None else baselines
     lines = []
     for task, by_data in results.items():
         lines.append(f"\n### {task}\n")
@@ -102,10 +107,10 @@ def tables(results: dict, strategies) -> str:
             for s in strategies:
                 runs, gaps = [], []
                 for ds in seeds_here:
-                    per = by_data[ds]
+                    per, base = by_data[ds], baselines.get(task, {}).get(ds, {})
                     for i, r in enumerate(per.get(s, [])):
                         runs.append(r)
-                        pix, full = per.get("fedavg_pixel", []), per.get("fedavg_full", [])
+                        pix, full = base.get("fedavg_pixel", []), base.get("fedavg_full", [])
                         if i < len(pix) and i < len(full):
                             gaps.append(gap_recovered(r["dice_lesion"], pix[i]["dice_lesion"],
                                                       full[i]["dice_lesion"]))
@@ -157,25 +162,33 @@ def diagnostics_table(results: dict, strategies) -> str:
     return "\n".join(lines)
 
 
-def local_results(results: dict) -> dict:
-    """``results`` with each run replaced by its local models' figures (runs without: left out;
-    empty when no run has them)."""
+def local_results(results: dict, key: str = "local") -> dict:
+    """``results`` with each run replaced by its ``key`` figures (``local``: the local models';
+    ``consensus``: the consensus models'; runs without: left out; empty when no run has them)."""
     out: dict = {}
     for task, by_data in results.items():
         for ds, by_strategy in by_data.items():
             for s, runs in by_strategy.items():
-                if runs and all("local" in r for r in runs):
-                    out.setdefault(task, {}).setdefault(ds, {})[s] = [r["local"] for r in runs]
+                if runs and all(key in r for r in runs):
+                    out.setdefault(task, {}).setdefault(ds, {})[s] = [r[key] for r in runs]
     return out
 
 
 def print_tables(results: dict, strategies) -> None:
-    """The global model's tables, the local models' (if recorded), the diagnostics."""
+    """The global model's tables, the local and consensus models' (if recorded), the
+    diagnostics."""
     print(tables(results, strategies))
     if local := local_results(results):
         print("\nLocal models (each site's model 1 after its local epoch, on its own test split; "
               "gap against the local models of fedavg_pixel / fedavg_full):")
         print(tables(local, strategies))
+    if consensus := local_results(results, "consensus"):
+        print("\nConsensus models (each site's local mask where its local and the global model "
+              "both mark a lesion; gap against the consensus models of fedavg_pixel / "
+              "fedavg_full):")
+        print(tables(consensus, strategies))
+        print("\nThe same, gap against the global models of fedavg_pixel / fedavg_full:")
+        print(tables(consensus, strategies, baselines=results))
     print(diagnostics_table(results, strategies))
 
 
@@ -205,7 +218,8 @@ def define_flags() -> None:
                          "(and round 1); 0: none")
     flags.DEFINE_bool("local_models", False, "also score each site's local model (its model 1 "
                       "after its local epoch, on its own test split, at the round of the best "
-                      "mean local validation Dice) and print their tables too")
+                      "mean local validation Dice) and each site's consensus model "
+                      "(fedmix_jax.consensus), and print their tables too")
     flags.DEFINE_string("merge", None, "comma-separated JSON files of earlier runs: print their "
                         "tables together (later files add strategies / data seeds), train nothing")
 
@@ -236,12 +250,15 @@ def main(argv):
                     run, = run_variant(cfg, federation, [seed], rounds, hd95=True,
                                        diagnostics=FLAGS.diagnostics_every,
                                        local=FLAGS.local_models)
-                    for r in (run, run.get("local", {})):
+                    for r in (run, run.get("local", {}), run.get("consensus", {})):
                         if r:
                             r["min_class_dice_lesion"] = float(np.min(r["dice_lesion_per_class"]))
                     runs.append(run)
+                    extra = "".join(f", {k} {run[k]['dice_lesion']:.3f} / FP "
+                                    f"{run[k]['fp_rate']:.3f}"
+                                    for k in ("local", "consensus") if k in run)
                     print(f"  {task} data seed {data_seed} {strategy} seed {seed}: lesion Dice "
-                          f"{run['dice_lesion']:.3f}, FP {run['fp_rate']:.3f} "
+                          f"{run['dice_lesion']:.3f}, FP {run['fp_rate']:.3f}{extra} "
                           f"({time.time() - t0:.0f} s)", flush=True)
                     if FLAGS.json:      # after every run: a cut-short benchmark keeps its runs
                         with open(FLAGS.json + ".tmp", "w") as f:

@@ -10,8 +10,10 @@ import jax.numpy as jnp
 
 import fedmix_jax as fm
 from fedmix_jax.config import build_model, build_round_config
+from fedmix_jax.consensus import ConsensusModel
 from fedmix_jax.diagnostics import pseudo_label_diagnostics, summarize
 from fedmix_jax.evaluation import evaluate
+from fedmix_jax.round import broadcast
 
 
 def reported_figures(test: dict, hd95: bool) -> dict:
@@ -36,10 +38,13 @@ def run_variant(config, federation, seeds, rounds, hd95=False, round_times=None,
     empty for strategies without pseudo-labels). With ``local``, each run also gets ``local``:
     the same figures of the sites' local models (each site's model 1 after its local epoch, on
     its own test split) at the round where their mean validation Dice (each on its own
-    validation split) is highest -- what a site that keeps its own fine-tuned copy deploys."""
+    validation split) is highest -- what a site that keeps its own fine-tuned copy deploys -- and
+    ``consensus``: the same of each site's :mod:`~fedmix_jax.consensus` model (its local copy's
+    mask where it and the global model both mark a lesion), at its own best validation round."""
     model = build_model(config, federation.num_classes)
     round_config = build_round_config(config)
     round_fn = fm.make_round_fn(model, round_config)
+    consensus = ConsensusModel(model)
     train = jax.device_put(federation.train)
     image_shape = federation.train.images.shape[2:]
     out = []
@@ -48,6 +53,7 @@ def run_variant(config, federation, seeds, rounds, hd95=False, round_times=None,
                               federation.num_clients, round_config)
         best = (-1.0, 0, None)          # validation Dice, round, model 1's params
         best_local = (-1.0, 0, None)    # the same of the local models (leaves [C, ...])
+        best_consensus = (-1.0, 0, None)    # (global [C, ...], local [C, ...])
         per_round = []
         for r in range(rounds):
             if diagnostics and (r == 0 or (r + 1) % int(diagnostics) == 0):
@@ -68,14 +74,20 @@ def run_variant(config, federation, seeds, rounds, hd95=False, round_times=None,
                                hd95=False)["mean_dice"]
                 if val > best_local[0]:
                     best_local = (val, int(state.round), jax.tree.map(jnp.copy, mine))
+                pair = (broadcast(params, federation.num_clients), mine)
+                val = evaluate(consensus, pair, federation.val, per_client_params=True,
+                               hd95=False)["mean_dice"]
+                if val > best_consensus[0]:
+                    best_consensus = (val, int(state.round), jax.tree.map(jnp.copy, pair))
         val, best_round, params = best
         test = evaluate(model, params, federation.test, hd95=hd95)
         run = dict(seed=seed, round=best_round, val_dice=float(val), **reported_figures(test, hd95),
                    **({"pseudo_labels": per_round} if diagnostics else {}))
         if local:
-            val, best_round, params = best_local
-            test = evaluate(model, params, federation.test, per_client_params=True, hd95=hd95)
-            run["local"] = dict(round=best_round, val_dice=float(val),
+            for key, m, (val, best_round, params) in (("local", model, best_local),
+                                                      ("consensus", consensus, best_consensus)):
+                test = evaluate(m, params, federation.test, per_client_params=True, hd95=hd95)
+                run[key] = dict(round=best_round, val_dice=float(val),
                                 **reported_figures(test, hd95))
         out.append(run)
     return out

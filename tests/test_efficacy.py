@@ -46,6 +46,21 @@ def test_local_results_hold_only_runs_with_local_figures():
     local = efficacy.local_results(results)
     assert local == {"binary": {"1": {"fedmix_plus": [_run(0.9)]}}}
     assert efficacy.local_results({"binary": {"1": {"fedavg_pixel": [_run(0.7)]}}}) == {}
+    both = dict(_run(0.8), local=_run(0.9), consensus=_run(0.88))
+    results = {"binary": {"1": {"fedmix_plus": [both], "fedavg_pixel": [_run(0.7)]}}}
+    assert efficacy.local_results(results, "consensus") == {"binary": {"1": {
+        "fedmix_plus": [_run(0.88)]}}}
+
+
+def test_gap_against_other_baselines():
+    """The consensus models' gap can be taken against the baselines' global models."""
+    mine = {"binary": {"1": {"fedmix_plus": [_run(0.85)], "fedavg_pixel": [_run(0.75)],
+                             "fedavg_full": [_run(0.95)]}}}
+    glob = {"binary": {"1": {"fedavg_pixel": [_run(0.70)], "fedavg_full": [_run(0.90)]}}}
+    row = lambda t: next(x for x in t.splitlines() if x.startswith("| 1 | fedmix_plus"))  # noqa
+    assert row(efficacy.tables(mine, ["fedmix_plus"])).endswith("| 0.500 ± 0.000 |")
+    assert row(efficacy.tables(mine, ["fedmix_plus"], baselines=glob)).endswith(
+        "| 0.750 ± 0.000 |")
 
 
 def test_merge_and_diagnostics_table(tmp_path):
@@ -83,6 +98,9 @@ def test_efficacy_smoke_run(tmp_path):
     assert {"round", "dice", "dice_lesion", "fp_rate", "min_class_dice_lesion"} <= set(local)
     assert len(local["fp_rate_per_client"]) == 4
     assert "Local models" in proc.stdout
+    consensus = run["consensus"]     # each site's local mask where both models mark a lesion
+    assert {"round", "dice_lesion", "fp_rate", "min_class_dice_lesion"} <= set(consensus)
+    assert "Consensus models" in proc.stdout and "gap against the global models" in proc.stdout
     assert "pseudo_labels" not in data["results"]["binary"]["1"]["fedavg_pixel"][0] or \
         data["results"]["binary"]["1"]["fedavg_pixel"][0]["pseudo_labels"][0].keys() == {"round"}
 

@@ -1,0 +1,68 @@
+"""A site's consensus model: the federation's global model and the site's own fine-tuned copy
+(its model 1 after its local epoch) must agree that an image holds a lesion of a class before the
+site's copy segments it.
+
+Why (docs/weak_supervision.md, tenth pass): the two models make *different* false positives. The
+global model marks lesion-free images of the site whose artefacts the other sites never see
+(site_b_hairy's hairs), which one local epoch on that site's data removes; the local copy, in
+turn, marks some lesion-free images of the sites whose local epoch it is tuned to least. On
+images with a lesion both models fire, and the local copy's mask is the better one (it fits the
+site's own lesion boundaries). So, per image and class, the consensus model outputs the local
+copy's logits where both models mark at least one pixel, and otherwise the pixelwise minimum of
+the two (below the threshold everywhere, since one of the two marks nothing): its binary
+prediction is the local mask on agreed images and empty on the others.
+
+Everything runs at the site: the global model is the one the site receives every round, the local
+copy never leaves it. Pure and jittable; shapes in each docstring.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ConsensusModel", "consensus_logits", "marks_any"]
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def marks_any(logits: jax.Array, threshold: float = 0.5) -> jax.Array:
+    """Whether each image marks at least one pixel of each class: [B, H, W, K] -> bool [B, K].
+
+    A pixel is marked where ``sigmoid(logit) > threshold`` (what evaluation counts)."""
+    logit_threshold = jnp.log(threshold) - jnp.log1p(-threshold)
+    return jnp.max(logits.astype(jnp.float32), axis=(1, 2)) > logit_threshold
+
+
+def consensus_logits(global_logits: jax.Array, local_logits: jax.Array,
+                     threshold: float = 0.5) -> jax.Array:
+    """The consensus of a site's global and local models: [B, H, W, K] x 2 -> [B, H, W, K].
+
+    Image b, class k: ``local_logits[b, ..., k]`` where both models mark a pixel of class k
+    (:func:`marks_any` at ``threshold``), else ``min(global_logits, local_logits)`` pixelwise,
+    which marks nothing. Float32 out."""
+    g = global_logits.astype(jnp.float32)
+    loc = local_logits.astype(jnp.float32)
+    agree = marks_any(g, threshold) & marks_any(loc, threshold)
+    return jnp.where(agree[:, None, None, :], loc, jnp.minimum(g, loc))
+
+
+@dataclasses.dataclass(frozen=True)
+class ConsensusModel:
+    """A segmentation module's consensus of two parameter sets, usable wherever a Flax module's
+    ``apply({"params": p}, x)`` is: ``p = (global_params, local_params)``.
+
+    With :func:`fedmix_jax.evaluation.evaluate` and ``per_client_params=True``, pass
+    ``(broadcast(global_params, C), client_params)`` (leaves [C, ...] each) to score every site's
+    consensus model on its own images. ``threshold`` must be the one the predictions are
+    binarised at (evaluation: 0.5)."""
+
+    model: nn.Module
+    threshold: float = 0.5
+
+    def apply(self, variables: dict, x: jax.Array) -> jax.Array:
+        """Consensus logits of images [B, H, W, channels] -> [B, H, W, K]."""
+        global_params, local_params = variables["params"]
+        return consensus_logits(self.model.apply({"params": global_params}, x),
+                                self.model.apply({"params": local_params}, x), self.threshold)

@@ -1,0 +1,97 @@
+"""``fedmix_jax.consensus``: a site's global and local models agree before the local mask counts,
+against a NumPy oracle written from the definition."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fedmix_jax.consensus import ConsensusModel, consensus_logits, marks_any
+from fedmix_jax.evaluation import evaluate
+from fedmix_jax.round import broadcast
+from test_evaluation import Echo, _split
+
+
+def _np_consensus(g, loc, threshold):
+    """Per image and class: the local logits where both models have a pixel with
+    sigmoid > threshold, else the pixelwise minimum."""
+    sig = lambda z: 1.0 / (1.0 + np.exp(-z))  # noqa: E731
+    out = np.empty_like(loc)
+    for b in range(g.shape[0]):
+        for k in range(g.shape[-1]):
+            agree = ((sig(g[b, ..., k]) > threshold).any()
+                     and (sig(loc[b, ..., k]) > threshold).any())
+            out[b, ..., k] = loc[b, ..., k] if agree else np.minimum(g[b, ..., k], loc[b, ..., k])
+    return out
+
+
+@pytest.mark.parametrize("k,threshold", [(1, 0.5), (3, 0.5), (2, 0.3)])
+def test_consensus_logits_match_the_numpy_oracle(k, threshold):
+    rng = np.random.default_rng(k)
+    g = rng.normal(-3.0, 2.0, (8, 10, 12, k)).astype(np.float32)
+    loc = rng.normal(-3.0, 2.0, (8, 10, 12, k)).astype(np.float32)
+    g[:3] -= 20.0           # the global model marks nothing on images 0-2
+    loc[2:5, ..., 0] -= 20.0     # the local model marks nothing of class 0 on images 2-4
+    got = np.asarray(jax.jit(consensus_logits, static_argnums=2)(g, loc, threshold))
+    np.testing.assert_allclose(got, _np_consensus(g, loc, threshold), rtol=0, atol=0)
+    # the binary prediction: the local mask on agreed images and classes, empty elsewhere
+    sig = 1.0 / (1.0 + np.exp(-got))
+    agree = np.asarray(marks_any(jnp.asarray(g), threshold)
+                       & marks_any(jnp.asarray(loc), threshold))
+    assert agree.shape == (8, k) and not agree[:3].any() and agree[3:].any()
+    pred_local = 1.0 / (1.0 + np.exp(-loc)) > threshold
+    np.testing.assert_array_equal(sig > threshold, pred_local & agree[:, None, None, :])
+
+
+def test_consensus_of_a_model_with_itself_is_the_model():
+    x = np.random.default_rng(0).normal(size=(4, 6, 6, 2)).astype(np.float32)
+    x[0] -= 10.0    # an image that marks nothing
+    np.testing.assert_array_equal(np.asarray(consensus_logits(x, x)), x)
+    half = consensus_logits(jnp.asarray(x, jnp.bfloat16), jnp.asarray(x, jnp.bfloat16))
+    assert half.dtype == jnp.float32
+
+
+class Affine(nn.Module):
+    """logits = a x + b with scalar parameters (a stand-in for a segmentation network)."""
+
+    @nn.compact
+    def __call__(self, x):
+        a = self.param("a", nn.initializers.constant(20.0), ())
+        b = self.param("b", nn.initializers.constant(-10.0), ())
+        return a * x + b
+
+
+def test_consensus_model_scores_each_site_like_its_consensus_masks():
+    """``evaluate`` of each site's ConsensusModel (per-client params) equals the scores of the
+    oracle's binary consensus masks; a lesion-free image marked by one model only is no false
+    positive, one marked by both is."""
+    c, m, s = 3, 4, 12
+    rng = np.random.default_rng(3)
+    masks = np.zeros((c, m, s, s, 1), np.float32)
+    masks[:, :2, 3:8, 4:9] = 1.0        # images 0-1 of every site hold a lesion, 2-3 are free
+    images = np.clip(masks + rng.normal(0.0, 0.2, masks.shape), 0.0, 1.0).astype(np.float32)
+    images[:, 2, 5, 5] = 0.9            # a bright speck on lesion-free image 2 of every site
+    images[:, 3] = np.minimum(images[:, 3], 0.3)
+    split = _split(images, masks, np.ones((c, m), bool))
+    g = {"a": jnp.float32(20.0), "b": jnp.float32(-10.0)}      # marks the speck
+    loc = {"a": jnp.asarray([20.0, 20.0, 20.0]), "b": jnp.asarray([-10.0, -19.0, -4.0])}
+    # site 1's local model needs x > 0.95 (no speck), site 2's x > 0.2 (marks every image)
+    model = Affine()
+    ev = evaluate(ConsensusModel(model), (broadcast(g, c), loc), split, per_client_params=True,
+                  hd95=False)
+    oracle_masks = np.empty_like(masks)
+    for i in range(c):
+        lg, ll = 20.0 * images[i] - 10.0, float(loc["a"][i]) * images[i] + float(loc["b"][i])
+        oracle_masks[i] = _np_consensus(lg, ll, 0.5) > 0.0
+    oracle = evaluate(Echo(), {}, _split(oracle_masks, masks, np.ones((c, m), bool)), hd95=False)
+    for key in ("dice", "dice_present", "false_positive_rate"):
+        np.testing.assert_allclose(ev[key], oracle[key], rtol=1e-6, err_msg=key)
+    # site 0: both models are the echo, the speck is a false positive; site 1: its local model
+    # does not mark the speck, so no false positive; site 2: the local model marks image 3, the
+    # global one does not, so no false positive there, but both mark the speck
+    np.testing.assert_allclose(ev["false_positive_rate"], [0.5, 0.0, 0.5])
+    alone = evaluate(model, loc, split, per_client_params=True, hd95=False)
+    np.testing.assert_allclose(alone["false_positive_rate"], [0.5, 0.0, 1.0])
