@@ -68,7 +68,8 @@ def eval_record(ev: dict) -> dict:
 
 def add_evaluation(rec: dict, val: dict, test: dict, eval_time: float,
                    extra: dict | None = None) -> None:
-    """Add ``<split>_<figure>`` keys: val, test and the ``extra`` ones (e.g. ``local_test``)."""
+    """Add ``<split>_<figure>`` keys: val, test and the ``extra`` ones (``local_test``,
+    ``consensus_test``)."""
     for split, ev in (("val", val), ("test", test), *(extra or {}).items()):
         for k, v in ev.items():
             rec[f"{split}_{k}"] = v
@@ -79,8 +80,8 @@ def evaluation_of(rec: dict) -> dict:
     """``{"round", "val", "test"}`` of an evaluation round's record."""
     keys = [k for name in EVAL_FIGURES + PER_CLASS_FIGURES for k in (name, f"mean_{name}")]
     out = {"round": rec["round"]}
-    for split in ("val", "test", "local_test"):
-        if split != "local_test" or "local_test_mean_dice" in rec:
+    for split in ("val", "test", "local_test", "consensus_test"):
+        if split in ("val", "test") or f"{split}_mean_dice" in rec:
             out[split] = {k: rec[f"{split}_{k}"] for k in keys if f"{split}_{k}" in rec}
     return out
 

@@ -66,6 +66,11 @@ def format_summary(summary: dict) -> str:
             lines.append("test Dice of each client's local (pre-aggregation) model: "
                          + ", ".join(f"{n} {d:.4f}" for n, d in zip(names, lt["dice"]))
                          + f"; mean {lt['mean_dice']:.4f}")
+        if ct := best.get("consensus_test"):
+            lines.append("each client's consensus model (its local model's mask where it and the "
+                         "global model both mark a lesion): test Dice on lesion images "
+                         f"{_fmt(ct.get('mean_dice_present'), 0, 4).strip()}, FP rate "
+                         f"{_fmt(ct.get('mean_false_positive_rate'), 0, 3).strip()}")
         if test.get("mean_dice_present") is not None:
             lines.append(f"test Dice on images with a lesion (per class): "
                          f"{test['mean_dice_present']:.4f}; FP rate = share of lesion-free "

@@ -23,6 +23,7 @@ from fedmix_jax.checkpointing import remove_temporaries
 from fedmix_jax.config import (NOTHING_TRAINED, RoundConfig, build_model, build_round_config,
                                resolve_warmup_rounds, validate_run)
 from fedmix_jax.config_checks import check_config_values, check_num_devices
+from fedmix_jax.consensus import ConsensusModel
 from fedmix_jax.console import Progress
 from fedmix_jax.data.federation import Federation
 from fedmix_jax.diagnostics import diagnostics_of_run
@@ -35,6 +36,7 @@ from fedmix_jax.errors import (ConfigError, OutOfMemoryError, RunError, Training
 from fedmix_jax.evaluation import evaluate
 from fedmix_jax.compiled_round import init_state, make_round_fn
 from fedmix_jax.records import eval_record, round_record
+from fedmix_jax.round import broadcast
 from fedmix_jax.streaming import StreamedRound, StreamOptions
 from fedmix_jax.summary import level_names, timing
 
@@ -76,8 +78,10 @@ class _Run(RunLoop):
         kept = self.checkpointer.kept_step()
         return "none" if kept is None else f"round {kept}"
 
-    def _evaluate(self, doing: str, state, split, local: bool | None = None) -> dict:
-        """The record of ``split``'s evaluation (out of memory: named by ``doing``)."""
+    def _evaluate(self, doing: str, state, split, local: bool | str | None = None) -> dict:
+        """The record of ``split``'s evaluation (out of memory: named by ``doing``). ``local``:
+        True for each client's own model 1, ``"consensus"`` for each client's
+        :class:`~fedmix_jax.consensus.ConsensusModel` of the global and its own model 1."""
         local = self.local if local is None else local      # True: each client's own model 1
         rc = self.round_config      # streamed: held-out images go to the device in blocks
         block = self.stream_options.block_steps * rc.batch_size if self.streamed else None
@@ -85,7 +89,11 @@ class _Run(RunLoop):
 
         def run():
             params = self.executor.eval_params(pair[0])
-            return evaluate(self.model, params, split, per_client_params=local,
+            model = self.model
+            if local == "consensus":    # leaves [C, ...] each: the global model, the client's
+                g = self.executor.eval_params(state.global_params[0])
+                model, params = ConsensusModel(model), (broadcast(g, split.num_clients), params)
+            return evaluate(model, params, split, per_client_params=bool(local),
                             chunk_size=rc.inference_chunk, block_size=block)
 
         return eval_record(self._guard(doing, run))
@@ -175,6 +183,8 @@ class _Run(RunLoop):
         if self.settings.eval_local_models:   # each client's local model 1 on its test split
             lt["local_test"] = self._evaluate(f"evaluating the local models of round {r}",
                                               state, self.test, True)
+            lt["consensus_test"] = self._evaluate(
+                f"evaluating the consensus models of round {r}", state, self.test, "consensus")
         self.last_dice = rv["mean_dice"]
         return rv, rt, lt
 

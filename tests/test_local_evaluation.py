@@ -16,12 +16,18 @@ def test_local_models_are_evaluated_beside_the_global_one(tmp_path, monkeypatch)
     from fedmix_jax.evaluation import evaluate
     from test_main import tiny_config
 
-    oracle = {}
+    from fedmix_jax.consensus import ConsensusModel
+    from fedmix_jax.round import broadcast
+
+    oracle, consensus = {}, {}
     finish = train._Run.finish
 
     def capture(self, state, *args, **kwargs):
         local = jax.device_get(state.client_params[0])
         oracle.update(evaluate(self.model, local, self.test, per_client_params=True))
+        pair = (broadcast(jax.device_get(state.global_params[0]), 4), local)
+        consensus.update(evaluate(ConsensusModel(self.model), pair, self.test,
+                                  per_client_params=True))
         return finish(self, state, *args, **kwargs)
 
     monkeypatch.setattr(train._Run, "finish", capture)
@@ -35,10 +41,17 @@ def test_local_models_are_evaluated_beside_the_global_one(tmp_path, monkeypatch)
     # the global model differs from it after aggregation
     assert last["local_test_dice"] != last["test_dice"]
     assert summary["final"]["local_test"]["mean_dice"] == last["local_test_mean_dice"]
+    # each client's consensus model of the global and its local model
+    np.testing.assert_allclose(last["consensus_test_dice"], consensus["dice"], rtol=1e-6)
+    np.testing.assert_allclose(last["consensus_test_false_positive_rate"],
+                               consensus["false_positive_rate"], rtol=1e-6)
+    assert summary["final"]["consensus_test"]["mean_dice"] == last["consensus_test_mean_dice"]
+    assert "consensus model" in format_summary(summary)
     assert "local_test" in summary["best"] and "test Dice of each client's local" in \
         format_summary(summary)
     off = train.train_and_evaluate(tiny_config(strategy="fedavg_pixel"), str(tmp_path / "off"),
                                    quiet=True, write_plots=False)
     assert "local_test" not in off["final"] and "local_test" not in off["best"]
-    assert not any(k.startswith("local_test") for k in
+    assert "consensus_test" not in off["best"]
+    assert not any(k.startswith(("local_test", "consensus_test")) for k in
                    read_metrics(str(tmp_path / "off" / METRICS_FILE))[-1])
