@@ -31,7 +31,9 @@ validation Dice is highest: what a site that keeps its own fine-tuned copy would
 prints their tables after the global model's, the gap against the baselines' local models; and
 each site's consensus model (:mod:`fedmix_jax.consensus`: its local copy's mask on the images where
 it and the global model both mark a lesion, nothing on the others; at its own best validation
-round), the gap against the baselines' consensus models and against their global models.
+round), the gap against the baselines' consensus models and against their global models; and the
+same consensus models with each site's mask threshold chosen on its own validation split
+(``consensus_tuned``).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from seeded_runs import run_variant  # noqa: E402
 FLAGS = flags.FLAGS
 CONFIGS = {"binary": "synthetic.py", "multiclass": "synthetic_multiclass.py"}
 FIGURES = ("dice", "dice_lesion", "min_class_dice_lesion", "fp_rate", "hd95")
+LOCAL_KINDS = ("local", "consensus", "consensus_tuned")     # --local_models: each site's models
 
 
 def load_config(task: str):
@@ -189,6 +192,12 @@ def print_tables(results: dict, strategies) -> None:
         print(tables(consensus, strategies))
         print("\nThe same, gap against the global models of fedavg_pixel / fedavg_full:")
         print(tables(consensus, strategies, baselines=results))
+    if tuned := local_results(results, "consensus_tuned"):
+        print("\nConsensus models, each site's mask threshold chosen on its own validation split "
+              "(gap against the same of fedavg_pixel / fedavg_full):")
+        print(tables(tuned, strategies))
+        print("\nThe same, gap against the global models of fedavg_pixel / fedavg_full:")
+        print(tables(tuned, strategies, baselines=results))
     print(diagnostics_table(results, strategies))
 
 
@@ -250,13 +259,13 @@ def main(argv):
                     run, = run_variant(cfg, federation, [seed], rounds, hd95=True,
                                        diagnostics=FLAGS.diagnostics_every,
                                        local=FLAGS.local_models)
-                    for r in (run, run.get("local", {}), run.get("consensus", {})):
+                    for r in (run, *(run.get(k, {}) for k in LOCAL_KINDS)):
                         if r:
                             r["min_class_dice_lesion"] = float(np.min(r["dice_lesion_per_class"]))
                     runs.append(run)
                     extra = "".join(f", {k} {run[k]['dice_lesion']:.3f} / FP "
                                     f"{run[k]['fp_rate']:.3f}"
-                                    for k in ("local", "consensus") if k in run)
+                                    for k in LOCAL_KINDS if k in run)
                     print(f"  {task} data seed {data_seed} {strategy} seed {seed}: lesion Dice "
                           f"{run['dice_lesion']:.3f}, FP {run['fp_rate']:.3f}{extra} "
                           f"({time.time() - t0:.0f} s)", flush=True)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 import fedmix_jax as fm
 from fedmix_jax.config import build_model, build_round_config
-from fedmix_jax.consensus import ConsensusModel
+from fedmix_jax.consensus import ConsensusModel, choose_mask_thresholds
 from fedmix_jax.diagnostics import pseudo_label_diagnostics, summarize
 from fedmix_jax.evaluation import evaluate
 from fedmix_jax.round import broadcast
@@ -40,7 +40,9 @@ def run_variant(config, federation, seeds, rounds, hd95=False, round_times=None,
     its own test split) at the round where their mean validation Dice (each on its own
     validation split) is highest -- what a site that keeps its own fine-tuned copy deploys -- and
     ``consensus``: the same of each site's :mod:`~fedmix_jax.consensus` model (its local copy's
-    mask where it and the global model both mark a lesion), at its own best validation round."""
+    mask where it and the global model both mark a lesion), at its own best validation round;
+    ``consensus_tuned``: the same consensus models with each site's mask threshold chosen on its
+    own validation split (:func:`~fedmix_jax.consensus.choose_mask_thresholds`; ``thresholds``)."""
     model = build_model(config, federation.num_classes)
     round_config = build_round_config(config)
     round_fn = fm.make_round_fn(model, round_config)
@@ -89,5 +91,12 @@ def run_variant(config, federation, seeds, rounds, hd95=False, round_times=None,
                 test = evaluate(m, params, federation.test, per_client_params=True, hd95=hd95)
                 run[key] = dict(round=best_round, val_dice=float(val),
                                 **reported_figures(test, hd95))
+            val, best_round, (g, mine) = best_consensus
+            thresholds = choose_mask_thresholds(model, g, mine, federation.val)
+            test = evaluate(consensus, (g, mine, thresholds), federation.test,
+                            per_client_params=True, hd95=hd95)
+            run["consensus_tuned"] = dict(round=best_round, val_dice=float(val),
+                                          thresholds=[round(float(t), 3) for t in thresholds],
+                                          **reported_figures(test, hd95))
         out.append(run)
     return out

@@ -18,13 +18,14 @@ copy never leaves it. Pure and jittable; shapes in each docstring.
 
 from __future__ import annotations
 
-__all__ = ["ConsensusModel", "consensus_logits", "marks_any"]
+__all__ = ["ConsensusModel", "choose_mask_thresholds", "consensus_logits", "marks_any"]
 
 import dataclasses
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def marks_any(logits: jax.Array, threshold: float = 0.5) -> jax.Array:
@@ -35,17 +36,29 @@ def marks_any(logits: jax.Array, threshold: float = 0.5) -> jax.Array:
     return jnp.max(logits.astype(jnp.float32), axis=(1, 2)) > logit_threshold
 
 
+def _logit(p):
+    return jnp.log(p) - jnp.log1p(-p)
+
+
 def consensus_logits(global_logits: jax.Array, local_logits: jax.Array,
-                     threshold: float = 0.5) -> jax.Array:
+                     threshold: float = 0.5, mask_threshold=None) -> jax.Array:
     """The consensus of a site's global and local models: [B, H, W, K] x 2 -> [B, H, W, K].
 
-    Image b, class k: ``local_logits[b, ..., k]`` where both models mark a pixel of class k
-    (:func:`marks_any` at ``threshold``), else ``min(global_logits, local_logits)`` pixelwise,
-    which marks nothing. Float32 out."""
+    Image b, class k: where both models mark a pixel of class k (:func:`marks_any` at
+    ``threshold``), ``local_logits[b, ..., k]``, shifted with ``mask_threshold`` (a scalar, may
+    be traced; None: ``threshold``) so that ``sigmoid(out) > threshold`` exactly where
+    ``sigmoid(local) > mask_threshold``: whether an image holds a lesion is decided at
+    ``threshold``, how far its mask extends at ``mask_threshold``. Elsewhere
+    ``min(global_logits, local_logits)`` pixelwise, which marks nothing. Float32 out."""
     g = global_logits.astype(jnp.float32)
     loc = local_logits.astype(jnp.float32)
     agree = marks_any(g, threshold) & marks_any(loc, threshold)
-    return jnp.where(agree[:, None, None, :], loc, jnp.minimum(g, loc))
+    if mask_threshold is not None:
+        mt = jnp.asarray(mask_threshold, jnp.float32)
+        loc_mask = loc + (_logit(jnp.float32(threshold)) - _logit(mt))
+    else:
+        loc_mask = loc
+    return jnp.where(agree[:, None, None, :], loc_mask, jnp.minimum(g, loc))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,14 +68,38 @@ class ConsensusModel:
 
     With :func:`fedmix_jax.evaluation.evaluate` and ``per_client_params=True``, pass
     ``(broadcast(global_params, C), client_params)`` (leaves [C, ...] each) to score every site's
-    consensus model on its own images. ``threshold`` must be the one the predictions are
-    binarised at (evaluation: 0.5)."""
+    consensus model on its own images; ``(global, local, mask_threshold)`` adds each site's
+    threshold of its masks on agreed images (``mask_threshold`` [C] with per-client params, a
+    scalar otherwise; :func:`choose_mask_thresholds`). ``threshold`` must be the one the
+    predictions are binarised at (evaluation: 0.5)."""
 
     model: nn.Module
     threshold: float = 0.5
 
     def apply(self, variables: dict, x: jax.Array) -> jax.Array:
         """Consensus logits of images [B, H, W, channels] -> [B, H, W, K]."""
-        global_params, local_params = variables["params"]
+        global_params, local_params, *mask_threshold = variables["params"]
         return consensus_logits(self.model.apply({"params": global_params}, x),
-                                self.model.apply({"params": local_params}, x), self.threshold)
+                                self.model.apply({"params": local_params}, x), self.threshold,
+                                mask_threshold[0] if mask_threshold else None)
+
+
+def choose_mask_thresholds(model: nn.Module, global_params, local_params, split,
+                           candidates=(0.5, 0.4, 0.3, 0.2, 0.1)) -> np.ndarray:
+    """Each site's mask threshold: the candidate with the highest Dice on the lesion images of its
+    own ``split`` (its validation split; the first candidate on ties and at sites with no lesion
+    image), for its consensus model. ``global_params`` / ``local_params``: leaves [C, ...] each.
+    Returns float32 [C]. Only the site's own images and masks are read, so each site can run
+    this alone; the thresholds change no false positive (the lesion decision stays at 0.5)."""
+    from fedmix_jax.evaluation import evaluate     # evaluation imports nothing of this module
+
+    c = split.num_clients
+    best = np.full(c, -np.inf)
+    chosen = np.full(c, float(candidates[0]), np.float32)
+    for t in candidates:
+        mt = jnp.full((c,), t, jnp.float32)
+        dice = np.asarray(evaluate(ConsensusModel(model), (global_params, local_params, mt), split,
+                                   per_client_params=True, hd95=False)["dice_present"], float)
+        better = np.nan_to_num(dice, nan=-np.inf) > best
+        chosen[better], best[better] = t, dice[better]
+    return chosen

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedmix_jax.consensus import ConsensusModel, consensus_logits, marks_any
+from fedmix_jax.consensus import (ConsensusModel, choose_mask_thresholds, consensus_logits,
+                                  marks_any)
 from fedmix_jax.evaluation import evaluate
 from fedmix_jax.round import broadcast
 from test_evaluation import Echo, _split
@@ -95,3 +96,43 @@ def test_consensus_model_scores_each_site_like_its_consensus_masks():
     np.testing.assert_allclose(ev["false_positive_rate"], [0.5, 0.0, 0.5])
     alone = evaluate(model, loc, split, per_client_params=True, hd95=False)
     np.testing.assert_allclose(alone["false_positive_rate"], [0.5, 0.0, 1.0])
+
+
+def test_a_mask_threshold_moves_the_masks_extent_not_the_lesion_decision():
+    """On agreed images the mask is the local model's ``sigmoid > mask_threshold``; which images
+    are agreed stays decided at ``threshold``, so no lesion-free image gains a false positive."""
+    rng = np.random.default_rng(7)
+    g = rng.normal(-2.0, 2.0, (6, 8, 8, 2)).astype(np.float32)
+    loc = rng.normal(-2.0, 2.0, (6, 8, 8, 2)).astype(np.float32)
+    g[:2] -= 20.0
+    for mt in (0.5, 0.2, 0.8):
+        out = np.asarray(jax.jit(consensus_logits)(g, loc, 0.5, jnp.float32(mt)))
+        agree = np.asarray(marks_any(jnp.asarray(g)) & marks_any(jnp.asarray(loc)))
+        want = (1.0 / (1.0 + np.exp(-loc)) > mt) & agree[:, None, None, :]
+        got = 1.0 / (1.0 + np.exp(-out)) > 0.5
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(np.asarray(consensus_logits(g, loc, 0.5, 0.5)),
+                               np.asarray(consensus_logits(g, loc)), atol=1e-6)
+
+
+def test_each_site_chooses_the_mask_threshold_of_its_best_validation_dice():
+    """A site whose local model under-segments (its logits of the lesion's rim are just below
+    0); ``choose_mask_thresholds`` picks a lower threshold there and 0.5 where the masks are
+    right; a site without a lesion image keeps the first candidate."""
+    c, m, s = 3, 3, 12
+    masks = np.zeros((c, m, s, s, 1), np.float32)
+    masks[:2, :2, 2:10, 2:10] = 1.0           # sites 0, 1: two lesion images; site 2: none
+    core = np.zeros_like(masks)
+    core[:2, :2, 4:8, 4:8] = 1.0
+    # the "image" is what the Affine model turns into logits: 20 x - 10
+    images = 0.5 * core + 0.3 * masks         # core 0.8 (logit 6), rim 0.3 (logit -4)
+    images[1] = np.where(masks[1] > 0, 0.8, 0.0)      # site 1 predicts the whole lesion
+    split = _split(images.astype(np.float32), masks, np.ones((c, m), bool))
+    params = {"a": jnp.full((c,), 20.0), "b": jnp.full((c,), -10.0)}
+    chosen = choose_mask_thresholds(Affine(), params, params, split,
+                                    candidates=(0.5, 0.2, 0.01))
+    assert chosen.dtype == np.float32
+    np.testing.assert_allclose(chosen, [0.01, 0.5, 0.5])   # sigmoid(-4) = 0.018 > 0.01
+    ev = evaluate(ConsensusModel(Affine()), (params, params, jnp.asarray(chosen)), split,
+                  per_client_params=True, hd95=False)
+    np.testing.assert_allclose(ev["dice_present"][:2], 1.0, rtol=1e-5)

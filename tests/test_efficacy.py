@@ -101,6 +101,9 @@ def test_efficacy_smoke_run(tmp_path):
     consensus = run["consensus"]     # each site's local mask where both models mark a lesion
     assert {"round", "dice_lesion", "fp_rate", "min_class_dice_lesion"} <= set(consensus)
     assert "Consensus models" in proc.stdout and "gap against the global models" in proc.stdout
+    tuned = run["consensus_tuned"]  # each site's mask threshold from its own validation split
+    assert len(tuned["thresholds"]) == 4 and set(tuned["thresholds"]) <= {0.5, 0.4, 0.3, 0.2, 0.1}
+    assert tuned["fp_rate"] == consensus["fp_rate"]     # the lesion decision is not moved
     assert "pseudo_labels" not in data["results"]["binary"]["1"]["fedavg_pixel"][0] or \
         data["results"]["binary"]["1"]["fedavg_pixel"][0]["pseudo_labels"][0].keys() == {"round"}
 
