@@ -185,19 +185,16 @@ def print_tables(results: dict, strategies) -> None:
         print("\nLocal models (each site's model 1 after its local epoch, on its own test split; "
               "gap against the local models of fedavg_pixel / fedavg_full):")
         print(tables(local, strategies))
-    if consensus := local_results(results, "consensus"):
-        print("\nConsensus models (each site's local mask where its local and the global model "
-              "both mark a lesion; gap against the consensus models of fedavg_pixel / "
-              "fedavg_full):")
-        print(tables(consensus, strategies))
-        print("\nThe same, gap against the global models of fedavg_pixel / fedavg_full:")
-        print(tables(consensus, strategies, baselines=results))
-    if tuned := local_results(results, "consensus_tuned"):
-        print("\nConsensus models, each site's mask threshold chosen on its own validation split "
-              "(gap against the same of fedavg_pixel / fedavg_full):")
-        print(tables(tuned, strategies))
-        print("\nThe same, gap against the global models of fedavg_pixel / fedavg_full:")
-        print(tables(tuned, strategies, baselines=results))
+    for key, what in (("consensus", "each site's local mask where its local and the global "
+                       "model both mark a lesion"),
+                      ("consensus_tuned", "the same, each site's mask threshold chosen on its own "
+                       "validation split")):
+        if kind := local_results(results, key):
+            print(f"\nConsensus models ({what}; gap against the same models of fedavg_pixel / "
+                  "fedavg_full):")
+            print(tables(kind, strategies))
+            print("\nThe same, gap against the global models of fedavg_pixel / fedavg_full:")
+            print(tables(kind, strategies, baselines=results))
     print(diagnostics_table(results, strategies))
 
 

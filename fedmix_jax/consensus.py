@@ -28,16 +28,15 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def _logit(p):
+    return jnp.log(p) - jnp.log1p(-p)
+
+
 def marks_any(logits: jax.Array, threshold: float = 0.5) -> jax.Array:
     """Whether each image marks at least one pixel of each class: [B, H, W, K] -> bool [B, K].
 
     A pixel is marked where ``sigmoid(logit) > threshold`` (what evaluation counts)."""
-    logit_threshold = jnp.log(threshold) - jnp.log1p(-threshold)
-    return jnp.max(logits.astype(jnp.float32), axis=(1, 2)) > logit_threshold
-
-
-def _logit(p):
-    return jnp.log(p) - jnp.log1p(-p)
+    return jnp.max(logits.astype(jnp.float32), axis=(1, 2)) > _logit(jnp.float32(threshold))
 
 
 def consensus_logits(global_logits: jax.Array, local_logits: jax.Array,
@@ -90,7 +89,8 @@ def choose_mask_thresholds(model: nn.Module, global_params, local_params, split,
     own ``split`` (its validation split; the first candidate on ties and at sites with no lesion
     image), for its consensus model. ``global_params`` / ``local_params``: leaves [C, ...] each.
     Returns float32 [C]. Only the site's own images and masks are read, so each site can run
-    this alone; the thresholds change no false positive (the lesion decision stays at 0.5)."""
+    this alone; the thresholds add no false positive (the lesion decision stays at 0.5; a
+    candidate above it can only empty an agreed image)."""
     from fedmix_jax.evaluation import evaluate     # evaluation imports nothing of this module
 
     c = split.num_clients
