@@ -33,7 +33,10 @@ each site's consensus model (:mod:`fedmix_jax.consensus`: its local copy's mask 
 it and the global model both mark a lesion, nothing on the others; at its own best validation
 round), the gap against the baselines' consensus models and against their global models; and the
 same consensus models with each site's mask threshold chosen on its own validation split
-(``consensus_tuned``).
+(``consensus_tuned``). ``--fine_tune_epochs 8`` adds ``consensus_finetuned``: each site keeps
+training its copy for up to 8 more local epochs on its own data and its consensus model takes the
+fine-tuned copy's mask (epoch and threshold chosen on the site's validation split) on the images
+all three models mark (:mod:`fedmix_jax.fine_tuning`).
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ from seeded_runs import run_variant  # noqa: E402
 FLAGS = flags.FLAGS
 CONFIGS = {"binary": "synthetic.py", "multiclass": "synthetic_multiclass.py"}
 FIGURES = ("dice", "dice_lesion", "min_class_dice_lesion", "fp_rate", "hd95")
-LOCAL_KINDS = ("local", "consensus", "consensus_tuned")     # --local_models: each site's models
+LOCAL_KINDS = ("local", "consensus", "consensus_tuned", "consensus_finetuned")     # --local_models: each site's models
 
 
 def load_config(task: str):
@@ -188,7 +191,10 @@ def print_tables(results: dict, strategies) -> None:
     for key, what in (("consensus", "each site's local mask where its local and the global "
                        "model both mark a lesion"),
                       ("consensus_tuned", "the same, each site's mask threshold chosen on its own "
-                       "validation split")):
+                       "validation split"),
+                      ("consensus_finetuned", "the same, the mask of each site's copy fine-tuned "
+                       "for the epochs it chose on its validation split, marked only where all "
+                       "three models mark")):
         if kind := local_results(results, key):
             print(f"\nConsensus models ({what}; gap against the same models of fedavg_pixel / "
                   "fedavg_full):")
@@ -226,6 +232,9 @@ def define_flags() -> None:
                       "after its local epoch, on its own test split, at the round of the best "
                       "mean local validation Dice) and each site's consensus model "
                       "(fedmix_jax.consensus), and print their tables too")
+    flags.DEFINE_integer("fine_tune_epochs", 0, "with --local_models: each site also fine-tunes "
+                         "its copy for up to this many more local epochs and uses it for its "
+                         "consensus model's mask (fedmix_jax.fine_tuning); 0: off")
     flags.DEFINE_string("merge", None, "comma-separated JSON files of earlier runs: print their "
                         "tables together (later files add strategies / data seeds), train nothing")
 
@@ -255,7 +264,8 @@ def main(argv):
                 for seed in seeds:      # the compiled round is cached: one compile per strategy
                     run, = run_variant(cfg, federation, [seed], rounds, hd95=True,
                                        diagnostics=FLAGS.diagnostics_every,
-                                       local=FLAGS.local_models)
+                                       local=FLAGS.local_models,
+                                       fine_tune_epochs=FLAGS.fine_tune_epochs)
                     for r in (run, *(run.get(k, {}) for k in LOCAL_KINDS)):
                         if r:
                             r["min_class_dice_lesion"] = float(np.min(r["dice_lesion_per_class"]))

@@ -13,6 +13,7 @@ from fedmix_jax.config import build_model, build_round_config
 from fedmix_jax.consensus import ConsensusModel, choose_mask_thresholds
 from fedmix_jax.diagnostics import pseudo_label_diagnostics, summarize
 from fedmix_jax.evaluation import evaluate
+from fedmix_jax.fine_tuning import fine_tuned_consensus
 from fedmix_jax.round import broadcast
 
 
@@ -29,7 +30,7 @@ def reported_figures(test: dict, hd95: bool) -> dict:
 
 
 def run_variant(config, federation, seeds, rounds, hd95=False, round_times=None,
-                diagnostics=False, local=False):
+                diagnostics=False, local=False, fine_tune_epochs=0):
     """Best-validation test figures of each seed: list of dicts (with ``hd95``: HD95 and the
     per-class Dice too). ``round_times``, if a list, gets each round's seconds (the round alone,
     to its results on the host; the first one compiles). With ``diagnostics`` = k (an int; True
@@ -42,7 +43,11 @@ def run_variant(config, federation, seeds, rounds, hd95=False, round_times=None,
     ``consensus``: the same of each site's :mod:`~fedmix_jax.consensus` model (its local copy's
     mask where it and the global model both mark a lesion), at its own best validation round;
     ``consensus_tuned``: the same consensus models with each site's mask threshold chosen on its
-    own validation split (:func:`~fedmix_jax.consensus.choose_mask_thresholds`; ``thresholds``)."""
+    own validation split (:func:`~fedmix_jax.consensus.choose_mask_thresholds`; ``thresholds``).
+    With ``local`` and ``fine_tune_epochs`` > 0, also ``consensus_finetuned``: each site's
+    consensus model whose mask is its copy fine-tuned for up to that many more local epochs
+    (:func:`~fedmix_jax.fine_tuning.fine_tuned_consensus`, from the same round; ``epochs`` and
+    ``thresholds`` each site chose on its validation split)."""
     model = build_model(config, federation.num_classes)
     round_config = build_round_config(config)
     round_fn = fm.make_round_fn(model, round_config)
@@ -56,6 +61,7 @@ def run_variant(config, federation, seeds, rounds, hd95=False, round_times=None,
         best = (-1.0, 0, None)          # validation Dice, round, model 1's params
         best_local = (-1.0, 0, None)    # the same of the local models (leaves [C, ...])
         best_consensus = (-1.0, 0, None)    # (global [C, ...], local [C, ...])
+        site_pair = None                    # the sites' pairs and optimiser states there
         per_round = []
         for r in range(rounds):
             if diagnostics and (r == 0 or (r + 1) % int(diagnostics) == 0):
@@ -81,6 +87,9 @@ def run_variant(config, federation, seeds, rounds, hd95=False, round_times=None,
                                hd95=False)["mean_dice"]
                 if val > best_consensus[0]:
                     best_consensus = (val, int(state.round), jax.tree.map(jnp.copy, pair))
+                    if fine_tune_epochs:
+                        site_pair = jax.tree.map(jnp.copy, (params, state.client_params,
+                                                            state.opt_state))
         val, best_round, params = best
         test = evaluate(model, params, federation.test, hd95=hd95)
         run = dict(seed=seed, round=best_round, val_dice=float(val), **reported_figures(test, hd95),
@@ -98,5 +107,18 @@ def run_variant(config, federation, seeds, rounds, hd95=False, round_times=None,
             run["consensus_tuned"] = dict(round=best_round, val_dice=float(val),
                                           thresholds=[round(float(t), 3) for t in thresholds],
                                           **reported_figures(test, hd95))
+            if fine_tune_epochs:
+                g_params, pair, opt_state = site_pair
+                tuned = fine_tuned_consensus(
+                    model, round_config, g_params, pair, opt_state, train, federation.val,
+                    jax.random.fold_in(jax.random.PRNGKey(seed), best_round),
+                    round_config.hparams(), best_round, max_epochs=fine_tune_epochs)
+                test = evaluate(consensus, (g, mine, tuned.thresholds, tuned.mask_params),
+                                federation.test, per_client_params=True, hd95=hd95)
+                run["consensus_finetuned"] = dict(
+                    round=best_round, val_dice=float(val),
+                    epochs=[int(e) for e in tuned.epochs],
+                    thresholds=[round(float(t), 3) for t in tuned.thresholds],
+                    **reported_figures(test, hd95))
         out.append(run)
     return out

@@ -18,7 +18,8 @@ copy never leaves it. Pure and jittable; shapes in each docstring.
 
 from __future__ import annotations
 
-__all__ = ["ConsensusModel", "choose_mask_thresholds", "consensus_logits", "marks_any"]
+__all__ = ["ConsensusModel", "choose_mask_thresholds", "consensus_dice_per_threshold",
+           "consensus_logits", "marks_any"]
 
 import dataclasses
 
@@ -40,7 +41,8 @@ def marks_any(logits: jax.Array, threshold: float = 0.5) -> jax.Array:
 
 
 def consensus_logits(global_logits: jax.Array, local_logits: jax.Array,
-                     threshold: float = 0.5, mask_threshold=None) -> jax.Array:
+                     threshold: float = 0.5, mask_threshold=None,
+                     mask_logits: jax.Array | None = None) -> jax.Array:
     """The consensus of a site's global and local models: [B, H, W, K] x 2 -> [B, H, W, K].
 
     Image b, class k: where both models mark a pixel of class k (:func:`marks_any` at
@@ -48,16 +50,25 @@ def consensus_logits(global_logits: jax.Array, local_logits: jax.Array,
     be traced; None: ``threshold``) so that ``sigmoid(out) > threshold`` exactly where
     ``sigmoid(local) > mask_threshold``: whether an image holds a lesion is decided at
     ``threshold``, how far its mask extends at ``mask_threshold``. Elsewhere
-    ``min(global_logits, local_logits)`` pixelwise, which marks nothing. Float32 out."""
+    ``min(global_logits, local_logits)`` pixelwise, which marks nothing. Float32 out.
+
+    ``mask_logits`` [B, H, W, K] (a third model, e.g. the local copy fine-tuned further at the
+    site, :mod:`fedmix_jax.fine_tuning`): it must mark the image and class too, and its logits
+    give the mask instead of ``local_logits``'s; so the images marked are a subset of the
+    two-model consensus's, whatever the third model does elsewhere."""
     g = global_logits.astype(jnp.float32)
     loc = local_logits.astype(jnp.float32)
     agree = marks_any(g, threshold) & marks_any(loc, threshold)
+    low = jnp.minimum(g, loc)
+    mask = loc
+    if mask_logits is not None:
+        mask = mask_logits.astype(jnp.float32)
+        agree = agree & marks_any(mask, threshold)
+        low = jnp.minimum(low, mask)
     if mask_threshold is not None:
         mt = jnp.asarray(mask_threshold, jnp.float32)
-        loc_mask = loc + (_logit(jnp.float32(threshold)) - _logit(mt))
-    else:
-        loc_mask = loc
-    return jnp.where(agree[:, None, None, :], loc_mask, jnp.minimum(g, loc))
+        mask = mask + (_logit(jnp.float32(threshold)) - _logit(mt))
+    return jnp.where(agree[:, None, None, :], mask, low)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +80,9 @@ class ConsensusModel:
     ``(broadcast(global_params, C), client_params)`` (leaves [C, ...] each) to score every site's
     consensus model on its own images; ``(global, local, mask_threshold)`` adds each site's
     threshold of its masks on agreed images (``mask_threshold`` [C] with per-client params, a
-    scalar otherwise; :func:`choose_mask_thresholds`). ``threshold`` must be the one the
+    scalar otherwise; :func:`choose_mask_thresholds`); ``(global, local, mask_threshold,
+    mask_params)`` adds the model whose mask counts (:func:`consensus_logits`'s ``mask_logits``;
+    :func:`fedmix_jax.fine_tuning.fine_tuned_consensus`). ``threshold`` must be the one the
     predictions are binarised at (evaluation: 0.5)."""
 
     model: nn.Module
@@ -77,29 +90,42 @@ class ConsensusModel:
 
     def apply(self, variables: dict, x: jax.Array) -> jax.Array:
         """Consensus logits of images [B, H, W, channels] -> [B, H, W, K]."""
-        global_params, local_params, *mask_threshold = variables["params"]
+        global_params, local_params, *rest = variables["params"]
+        mask_threshold = rest[0] if rest else None
+        mask_logits = self.model.apply({"params": rest[1]}, x) if len(rest) > 1 else None
         return consensus_logits(self.model.apply({"params": global_params}, x),
                                 self.model.apply({"params": local_params}, x), self.threshold,
-                                mask_threshold[0] if mask_threshold else None)
+                                mask_threshold, mask_logits)
 
 
-def choose_mask_thresholds(model: nn.Module, global_params, local_params, split,
-                           candidates=(0.5, 0.4, 0.3, 0.2, 0.1)) -> np.ndarray:
-    """Each site's mask threshold: the candidate with the highest Dice on the lesion images of its
-    own ``split`` (its validation split; the first candidate on ties and at sites with no lesion
-    image), for its consensus model. ``global_params`` / ``local_params``: leaves [C, ...] each.
-    Returns float32 [C]. Only the site's own images and masks are read, so each site can run
-    this alone; the thresholds add no false positive (the lesion decision stays at 0.5; a
-    candidate above it can only empty an agreed image)."""
+def consensus_dice_per_threshold(model: nn.Module, global_params, local_params, split,
+                                 candidates=(0.5, 0.4, 0.3, 0.2, 0.1), mask_params=None
+                                 ) -> np.ndarray:
+    """Each site's Dice on the lesion images of its own ``split`` for each candidate mask
+    threshold of its consensus model: float64 [T, C] (-inf at a site with no lesion image).
+    Params: leaves [C, ...] each (``mask_params``: optional, see :class:`ConsensusModel`)."""
     from fedmix_jax.evaluation import evaluate     # evaluation imports nothing of this module
 
     c = split.num_clients
-    best = np.full(c, -np.inf)
-    chosen = np.full(c, float(candidates[0]), np.float32)
+    extra = () if mask_params is None else (mask_params,)
+    rows = []
     for t in candidates:
         mt = jnp.full((c,), t, jnp.float32)
-        dice = np.asarray(evaluate(ConsensusModel(model), (global_params, local_params, mt), split,
-                                   per_client_params=True, hd95=False)["dice_present"], float)
-        better = np.nan_to_num(dice, nan=-np.inf) > best
-        chosen[better], best[better] = t, dice[better]
-    return chosen
+        dice = evaluate(ConsensusModel(model), (global_params, local_params, mt, *extra), split,
+                        per_client_params=True, hd95=False)["dice_present"]
+        rows.append(np.nan_to_num(np.asarray(dice, float), nan=-np.inf))
+    return np.stack(rows)
+
+
+def choose_mask_thresholds(model: nn.Module, global_params, local_params, split,
+                           candidates=(0.5, 0.4, 0.3, 0.2, 0.1), mask_params=None) -> np.ndarray:
+    """Each site's mask threshold: the candidate with the highest Dice on the lesion images of its
+    own ``split`` (its validation split; the first candidate on ties and at sites with no lesion
+    image), for its consensus model. ``global_params`` / ``local_params`` (/ ``mask_params``,
+    optional: the model whose mask counts, :class:`ConsensusModel`): leaves [C, ...] each.
+    Returns float32 [C]. Only the site's own images and masks are read, so each site can run
+    this alone; the thresholds add no false positive (the lesion decision stays at 0.5; a
+    candidate above it can only empty an agreed image)."""
+    dice = consensus_dice_per_threshold(model, global_params, local_params, split, candidates,
+                                        mask_params)
+    return np.asarray(candidates, np.float32)[np.argmax(dice, axis=0)]

@@ -16,16 +16,17 @@ from fedmix_jax.round import broadcast
 from test_evaluation import Echo, _split
 
 
-def _np_consensus(g, loc, threshold):
-    """Per image and class: the local logits where both models have a pixel with
-    sigmoid > threshold, else the pixelwise minimum."""
+def _np_consensus(g, loc, threshold, mask=None):
+    """Per image and class: the local logits (``mask``'s, if given) where every model has a pixel
+    with sigmoid > threshold, else the pixelwise minimum of them all."""
     sig = lambda z: 1.0 / (1.0 + np.exp(-z))  # noqa: E731
+    models = (g, loc) if mask is None else (g, loc, mask)
     out = np.empty_like(loc)
     for b in range(g.shape[0]):
         for k in range(g.shape[-1]):
-            agree = ((sig(g[b, ..., k]) > threshold).any()
-                     and (sig(loc[b, ..., k]) > threshold).any())
-            out[b, ..., k] = loc[b, ..., k] if agree else np.minimum(g[b, ..., k], loc[b, ..., k])
+            agree = all((sig(m[b, ..., k]) > threshold).any() for m in models)
+            out[b, ..., k] = (models[-1][b, ..., k] if agree else
+                              np.min([m[b, ..., k] for m in models], axis=0))
     return out
 
 
@@ -45,6 +46,24 @@ def test_consensus_logits_match_the_numpy_oracle(k, threshold):
     assert agree.shape == (8, k) and not agree[:3].any() and agree[3:].any()
     pred_local = 1.0 / (1.0 + np.exp(-loc)) > threshold
     np.testing.assert_array_equal(sig > threshold, pred_local & agree[:, None, None, :])
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_a_third_model_gives_the_mask_and_must_mark_too(k):
+    """``mask_logits``: the oracle's three-model consensus; the images and classes it marks are a
+    subset of the two-model consensus's, and a third model equal to the local one changes
+    nothing."""
+    rng = np.random.default_rng(10 + k)
+    g, loc, third = (rng.normal(-3.0, 2.0, (8, 10, 12, k)).astype(np.float32) for _ in range(3))
+    g[:2] -= 20.0
+    third[5:7] -= 20.0      # the third model marks nothing on images 5-6
+    got = np.asarray(jax.jit(consensus_logits, static_argnums=2)(g, loc, 0.5, None, third))
+    np.testing.assert_allclose(got, _np_consensus(g, loc, 0.5, third), rtol=0, atol=0)
+    marked3 = np.asarray(marks_any(jnp.asarray(got)))
+    marked2 = np.asarray(marks_any(consensus_logits(g, loc)))
+    assert not (marked3 & ~marked2).any() and not marked3[5:7].any() and marked2[5:7].any()
+    np.testing.assert_array_equal(np.asarray(consensus_logits(g, loc, 0.5, 0.3, loc)),
+                                  np.asarray(consensus_logits(g, loc, 0.5, 0.3)))
 
 
 def test_consensus_of_a_model_with_itself_is_the_model():

@@ -85,7 +85,7 @@ def test_efficacy_smoke_run(tmp_path):
     cmd = [sys.executable, os.path.join(REPO, "benchmarks", "efficacy.py"), "--tasks", "binary",
            "--strategies", "fedmix_plus,fedavg_pixel,fedavg_full", "--data_seeds", "1",
            "--seeds", "0", "--rounds", "1", "--diagnostics_every", "1", "--local_models",
-           "--json", str(out)] + tiny
+           "--fine_tune_epochs", "2", "--json", str(out)] + tiny
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
                           env=dict(os.environ, PYTHONPATH=REPO))
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -104,6 +104,9 @@ def test_efficacy_smoke_run(tmp_path):
     tuned = run["consensus_tuned"]  # each site's mask threshold from its own validation split
     assert len(tuned["thresholds"]) == 4 and set(tuned["thresholds"]) <= {0.5, 0.4, 0.3, 0.2, 0.1}
     assert tuned["fp_rate"] == consensus["fp_rate"]     # the lesion decision is not moved
+    fine = run["consensus_finetuned"]   # the mask of each site's further fine-tuned copy
+    assert set(fine["epochs"]) <= {0, 1, 2} and len(fine["thresholds"]) == 4
+    assert fine["fp_rate"] <= consensus["fp_rate"]     # marks a subset of the consensus's images
     assert "pseudo_labels" not in data["results"]["binary"]["1"]["fedavg_pixel"][0] or \
         data["results"]["binary"]["1"]["fedavg_pixel"][0]["pseudo_labels"][0].keys() == {"round"}
 
