@@ -28,6 +28,9 @@ def run_config(num_rounds: int, checkpoint_every: int, keep_checkpoints: int, wi
     config.num_rounds = num_rounds   # communication rounds (one local epoch each)
     config.eval_every = 1            # validate/test global model 1 every k rounds (and the last)
     config.eval_local_models = _JOB.eval_local_models   # local_test_* keys (JobSettings)
+    # > 0: after the last round each site fine-tunes its copy for up to this many more local
+    # epochs for its consensus model's mask (fedmix_jax.fine_tuning; summary.json)
+    config.fine_tune_epochs = _JOB.fine_tune_epochs
     config.checkpoint_every = checkpoint_every  # save a checkpoint every k rounds (and the last)
     config.keep_checkpoints = keep_checkpoints  # how many recent checkpoints to keep
     config.compilation_cache = _JOB.compilation_cache   # "default", a directory or "off"

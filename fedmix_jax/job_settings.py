@@ -43,12 +43,14 @@ class MemorySettings:
 
 @dataclasses.dataclass(frozen=True)
 class JobSettings:
-    """What the job reads around the round: the config's ``eval_local_models``, ``diagnostics``,
-    ``compilation_cache`` ("default", a directory or "off") and ``train.cpu_devices`` (each in
-    docs/main_job.md, "Configs"), and ``memory`` (:class:`MemorySettings`). Raises
-    :class:`~fedmix_jax.errors.ConfigError` for a value of the wrong type."""
+    """What the job reads around the round: the config's ``eval_local_models``,
+    ``fine_tune_epochs``, ``diagnostics``, ``compilation_cache`` ("default", a directory or "off")
+    and ``train.cpu_devices`` (each in docs/main_job.md, "Configs"), and ``memory``
+    (:class:`MemorySettings`). Raises :class:`~fedmix_jax.errors.ConfigError` for a value of the
+    wrong type or a negative ``fine_tune_epochs``."""
 
     eval_local_models: bool = False
+    fine_tune_epochs: int = 0
     diagnostics: bool = False
     compilation_cache: str = "default"
     cpu_devices: int = 1
@@ -62,8 +64,13 @@ class JobSettings:
             cpu_devices = int(_field(config.get("train"), "cpu_devices", d.cpu_devices))
         except (TypeError, ValueError) as e:
             raise ConfigError(f"invalid config: train.cpu_devices: {e}") from None
+        epochs = _field(config, "fine_tune_epochs", d.fine_tune_epochs)
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+            raise ConfigError(f"invalid config: fine_tune_epochs must be an integer >= 0 (0: off),"
+                              f" got {epochs!r}")
         cache = config.get("compilation_cache", d.compilation_cache)   # None: off, not default
         return cls(eval_local_models=bool(_field(config, "eval_local_models", d.eval_local_models)),
+                   fine_tune_epochs=epochs,
                    diagnostics=bool(_field(config, "diagnostics", d.diagnostics)),
                    compilation_cache="off" if cache is None else str(cache),
                    cpu_devices=cpu_devices, memory=MemorySettings.from_config(config.get("data")))

@@ -31,11 +31,11 @@ DAMAGED_DIR = "damaged"      # damaged checkpoints and records are moved here, n
 
 # Config fields that may change between a run and its resumption: they do not change what is
 # computed in a round (num_rounds may grow; how often / how many checkpoints; where the data cache
-# lives; forcing a cache rebuild).
+# lives; forcing a cache rebuild; what is done after the last round).
 RESUMABLE_FIELDS = ("num_rounds", "checkpoint_every", "keep_checkpoints", "data.cache_dir",
                     "data.rebuild", "compilation_cache", "data.device_data_budget_gb",
                     "data.stream_block_steps", "train.cpu_devices", "data.compact",
-                    "diagnostics")
+                    "diagnostics", "fine_tune_epochs")
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)

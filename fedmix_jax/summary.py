@@ -71,6 +71,14 @@ def format_summary(summary: dict) -> str:
                          "global model both mark a lesion): test Dice on lesion images "
                          f"{_fmt(ct.get('mean_dice_present'), 0, 4).strip()}, FP rate "
                          f"{_fmt(ct.get('mean_false_positive_rate'), 0, 3).strip()}")
+        if ft := summary.get("fine_tuned_consensus"):
+            ftest = ft["test"]
+            lines.append(f"each client's consensus model with the mask of its copy fine-tuned "
+                         f"after round {ft['round']} (epochs "
+                         + ", ".join(f"{n} {e}" for n, e in zip(names, ft["epochs"]))
+                         + f"): test Dice on lesion images "
+                         f"{_fmt(ftest.get('mean_dice_present'), 0, 4).strip()}, FP rate "
+                         f"{_fmt(ftest.get('mean_false_positive_rate'), 0, 3).strip()}")
         if test.get("mean_dice_present") is not None:
             lines.append(f"test Dice on images with a lesion (per class): "
                          f"{test['mean_dice_present']:.4f}; FP rate = share of lesion-free "

@@ -58,6 +58,13 @@ class _Run(RunLoop):
         self.streamed, self.mode_reason = choose_mode(
             federation.train, memory.device_data_budget_gb,
             placement.train_is_compact(memory.compact, round_config, federation.num_clients))
+        if self.settings.fine_tune_epochs and (self.local or self.streamed):
+            raise ConfigError(
+                f"fine_tune_epochs={self.settings.fine_tune_epochs}: fine-tuning each site's "
+                "consensus model needs " + ("a strategy that aggregates (there is no global "
+                f"model in {round_config.strategy.name})" if self.local else
+                f"the training data on the device, and this run is streamed "
+                f"({self.mode_reason})") + "; set --config.fine_tune_epochs=0")
 
     def _guard(self, doing: str, fn, *args, **kwargs):
         """``fn(*args)``; an out-of-memory error becomes :class:`OutOfMemoryError` with advice."""
@@ -161,7 +168,7 @@ class _Run(RunLoop):
 
     def train(self, state, progress: Progress):
         """Rounds ``start + 1 .. num_rounds`` (:class:`~fedmix_jax.run_loop.RunLoop`)."""
-        self.progress = progress
+        self.progress, self.verbose = progress, progress.bar is not None
         self.last_dice = self.best["val"]["mean_dice"] if self.best.get("val") else None
         return self.run(state)
 
@@ -206,13 +213,47 @@ class _Run(RunLoop):
             final = {"round": completed, **{
                 name: self._evaluate("evaluating the last round", state, split)
                 for name, split in (("val", self.val), ("test", self.test))}}
+        more = {}
+        if self.settings.fine_tune_epochs:
+            more["fine_tuned_consensus"] = self._guard(
+                "fine-tuning the sites' consensus models", self._fine_tuned_consensus, state)
         fed = self.federation
         summary = self.summary(
             self.round_config.strategy.name, level_names(fed), list(fed.class_names), final,
-            t_start, jax.default_backend(), timing(self.round_times, self.eval_times))
+            t_start, jax.default_backend(), timing(self.round_times, self.eval_times), **more)
         return self.write_outputs(summary, t_start, write_plots, model=self.model,
                                   params=self.best_params, split=self.plot_split,
                                   per_client_params=self.local)
+
+    def _fine_tuned_consensus(self, state) -> dict:
+        """``summary.json``'s ``fine_tuned_consensus``: from the last round's state, each site
+        fine-tunes its copy for up to ``fine_tune_epochs`` more local epochs and keeps the epoch
+        and mask threshold its validation split prefers
+        (:func:`~fedmix_jax.fine_tuning.fine_tuned_consensus`); its consensus model's figures on
+        its test split (``test``, an evaluation record), with ``round``, ``epochs`` [C],
+        ``thresholds`` [C] and ``val_dice_present`` [C] (null: a site without a validation
+        lesion image)."""
+        from fedmix_jax.fine_tuning import fine_tuned_consensus
+
+        rc, r, ex = self.round_config, int(state.round), self.executor
+        msg = (f"after round {r}: each site fine-tunes its copy for up to "
+               f"{self.settings.fine_tune_epochs} more local epochs (its consensus model's mask)")
+        logging.info("%s", msg)
+        if getattr(self, "verbose", False):
+            print(f"[fedmix_jax] {msg}", file=sys.stderr, flush=True)
+        g = ex.eval_params(state.global_params[0])
+        tuned = fine_tuned_consensus(
+            self.model, rc, g, state.client_params, state.opt_state, self.train_data, self.val,
+            jax.random.fold_in(jax.random.PRNGKey(int(self.config.seed)), r), rc.hparams(), r,
+            max_epochs=self.settings.fine_tune_epochs)
+        params = (broadcast(g, self.test.num_clients), ex.eval_params(state.client_params[0]),
+                  jnp.asarray(tuned.thresholds), ex.eval_params(tuned.mask_params))
+        test = evaluate(ConsensusModel(self.model), params, self.test, per_client_params=True,
+                        chunk_size=rc.inference_chunk)
+        val = [float(v) if np.isfinite(v) else None for v in tuned.val_dice]
+        return {"round": r, "epochs": [int(e) for e in tuned.epochs],
+                "thresholds": [round(float(t), 3) for t in tuned.thresholds],
+                "val_dice_present": val, "test": eval_record(test)}
 
     def interrupted(self) -> None:
         """Ctrl-C: finish a checkpoint being written, then name the one kept."""

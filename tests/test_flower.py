@@ -403,6 +403,10 @@ def test_server_workdir_is_locked_verified_and_rebuilt(two_rounds, tmp_path):
     assert [r["round"] for r in read_metrics(metrics)] == [1, 2]
     moved = os.listdir(os.path.join(wd, rundir.DAMAGED_DIR))
     assert any(m.startswith("checkpoint-2-") for m in moved), moved
+    from fedmix_jax.errors import ConfigError      # the in-process job's field is refused here
+    with pytest.raises(ConfigError, match="Flower mode"):
+        run_local(3, _run_config(tmp_path, name="ft", extra="fine_tune_epochs=1"), grid=grid)
+    assert not os.path.exists(tmp_path / "ft")
 
 
 def test_flower_waits_are_capped_only_on_the_pinned_version(monkeypatch):

@@ -21,7 +21,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedmix_jax import rundir
 from fedmix_jax.config import build_model, build_round_config
-from fedmix_jax.errors import ConfigMismatchError
+from fedmix_jax.errors import ConfigError, ConfigMismatchError
 from fedmix_jax.flower import array_records, robust, round_core
 from fedmix_jax.flower.latency import cap_object_pulls
 from fedmix_jax.flower.local_site import shared_config_json
@@ -311,6 +311,10 @@ def run_server(grid: Grid, run_config, *, write_plots: bool = True, return_state
     t_start = time.time()
     rc = {**DEFAULTS, **dict(run_config or {})}
     config = load_config(str(rc["config"]), str(rc["overrides"]))
+    if config.get("fine_tune_epochs"):
+        raise ConfigError("fine_tune_epochs is the in-process job's (a site's fine-tuned "
+                          "consensus model is its own: fedmix_jax.fine_tuning at the site); set "
+                          "fine_tune_epochs=0 for the Flower mode")
     cfg_dict = rundir.config_to_dict(config)
     workdir = rundir.resolve(str(rc["workdir"]))
     rundir.check_usable(workdir)
