@@ -1,8 +1,10 @@
 """The twelfth pass's multi-class table: fedmix_plus's global and consensus models, with each site's
 fine-tuned copy's mask (consensus_finetuned), on the held-out multi-class federations (mc_d*_s*.json
 here), against the global models of fedavg_pixel / fedavg_full of the same (data seed, training
-seed): ../../efficacy-2026-12-06/mc_base.json (data seed 1) and session3/mc_ds{2,3}.json; for data
-seed 1, training seed 0 also against ../session10/mc_ds1.json's (a later run of the same seed).
+seed) run with the same code: mcbase_*.json here, and ../session10/mc_ds1.json for data seed 1,
+training seed 0. Where neither has a pair, the older runs (../../efficacy-2026-12-06/mc_base.json,
+session3/mc_ds{2,3}.json, an earlier version of the code: their figures differ) are used and the
+line says so.
 
     python mc_table.py   (in this folder)
 """
@@ -18,7 +20,12 @@ load = lambda f: json.load(open(f))["results"]["multiclass"]  # noqa: E731
 base = {"1": load(os.path.join(OLD, "mc_base.json"))["1"],
         "2": load(os.path.join(OLD, "session3", "mc_ds2.json"))["2"],
         "3": load(os.path.join(OLD, "session3", "mc_ds3.json"))["3"]}
-later = load(os.path.join(HERE, "..", "session10", "mc_ds1.json"))["1"]
+current = {"1": {k: list(v) for k, v in
+                 load(os.path.join(HERE, "..", "session10", "mc_ds1.json"))["1"].items()}}
+for f in sorted(glob.glob(os.path.join(HERE, "mcbase_*.json"))):
+    for ds, v in load(f).items():
+        for k, rs in v.items():
+            current.setdefault(ds, {}).setdefault(k, []).extend(rs)
 earlier_plus = {ds: base[ds].get("fedmix_plus") for ds in ("2", "3")}
 plus = {}
 for f in sorted(glob.glob(os.path.join(HERE, "mc_d*_s*.json"))):
@@ -33,13 +40,21 @@ def ms(a):
     return f"{a.mean():.3f} ± {a.std(ddof=1) if a.size > 1 else 0:.3f}"
 
 
-def baseline(ds, seed, strategy, source=None):
-    runs = (source or base[ds])[strategy]
-    return next(r for r in runs if r["seed"] == seed)["dice_lesion"]
+def baseline(ds, seed, strategy, old=False):
+    """The baseline's run of (data seed, training seed): this code's where it exists."""
+    for source in ((base,) if old else (current, base)):
+        run = next((r for r in source.get(ds, {}).get(strategy, []) if r["seed"] == seed), None)
+        if run is not None:
+            return run["dice_lesion"]
 
 
-def gap(x, ds, seed, source=None):
-    px, fu = (baseline(ds, seed, s, source) for s in ("fedavg_pixel", "fedavg_full"))
+def is_current(ds, seed):
+    return all(any(r["seed"] == seed for r in current.get(ds, {}).get(s, []))
+               for s in ("fedavg_pixel", "fedavg_full"))
+
+
+def gap(x, ds, seed, old=False):
+    px, fu = (baseline(ds, seed, s, old) for s in ("fedavg_pixel", "fedavg_full"))
     return (x - px) / (fu - px)
 
 
@@ -58,6 +73,21 @@ for kind in KINDS:
           f"| {ms([min(r['dice_lesion_per_class']) for _, r, _ in runs])} "
           f"| {ms([r['fp_rate'] for _, r, _ in runs])} | {ms([r['dice'] for _, r, _ in runs])} "
           f"| {ms([gap(r['dice_lesion'], ds, s) for ds, r, s in runs])} |")
+print("\nfine-tuned consensus per data seed (mean over its training seeds): Dice on lesion images, "
+      "FP rate, gap; pooled gap = (mean - mean pixel) / (mean full - mean pixel); median gap")
+for ds, rs in sorted(plus.items()):
+    f = [r["consensus_finetuned"] for r in rs]
+    px = np.mean([baseline(ds, r["seed"], "fedavg_pixel") for r in rs])
+    fu = np.mean([baseline(ds, r["seed"], "fedavg_full") for r in rs])
+    les = np.mean([x["dice_lesion"] for x in f])
+    print(f"  data seed {ds} ({len(rs)} runs): {les:.3f}, FP {np.mean([x['fp_rate'] for x in f]):.3f}, "
+          f"pooled gap {(les - px) / (fu - px):+.0%} (pixel {px:.3f}, full {fu:.3f})")
+allruns = [(ds, r) for ds, rs in plus.items() for r in rs]
+g = [gap(r["consensus_finetuned"]["dice_lesion"], ds, r["seed"]) for ds, r in allruns]
+print(f"  all {len(allruns)} runs: median gap {np.median(g):+.0%}; runs with gap >= 50 %: "
+      f"{sum(x >= 0.5 for x in g)}; runs with every class predicted (min class Dice on lesion "
+      f"images > 0.05): {sum(min(r['consensus_finetuned']['dice_lesion_per_class']) > 0.05 for _, r in allruns)}")
+
 print("\nper run (data seed, training seed): Dice on lesion images / FP rate, gap, of the global "
       "model, the consensus with site thresholds and the fine-tuned consensus; the baselines")
 for ds, rs in sorted(plus.items()):
@@ -74,14 +104,25 @@ for ds, rs in sorted(plus.items()):
               + f"; sites {' / '.join(f'{x:.2f}' for x in f.get('dice_lesion_per_client', []))}"
               + f", epochs {f.get('epochs')}, thresholds {f.get('thresholds')}; pixel "
               f"{baseline(ds, s, 'fedavg_pixel'):.3f}, full {baseline(ds, s, 'fedavg_full'):.3f}")
-        if ds == "1" and s == 0 and f:
-            print(f"    against session10's later baselines (pixel "
-                  f"{baseline(ds, s, 'fedavg_pixel', later):.3f}, full "
-                  f"{baseline(ds, s, 'fedavg_full', later):.3f}): fine-tuned consensus gap "
-                  f"{gap(f['dice_lesion'], ds, s, later):+.0%}")
+        if not is_current(ds, s):
+            print("    (baselines of the earlier code: no run of this code yet)")
+        elif f:
+            print(f"    against the earlier code's baselines (pixel "
+                  f"{baseline(ds, s, 'fedavg_pixel', True):.3f}, full "
+                  f"{baseline(ds, s, 'fedavg_full', True):.3f}): fine-tuned consensus gap "
+                  f"{gap(f['dice_lesion'], ds, s, True):+.0%}")
         old = earlier_plus.get(ds)
         if old:
             o = next((x for x in old if x["seed"] == s), None)
             if o:
                 print(f"    the same run's global model in session3: {o['dice_lesion']:.3f} / "
                       f"{o['fp_rate']:.2f} (round {o['round']}; now round {r['round']})")
+
+print("\nbaselines of this code (global model; consensus with site thresholds, no fine-tuning), "
+      "per (data seed, training seed): Dice on lesion images / FP rate")
+for ds, v in sorted(current.items()):
+    for s in ("fedavg_pixel", "fedavg_full"):
+        for r in sorted(v.get(s, []), key=lambda r: r["seed"]):
+            t = r.get("consensus_tuned")
+            print(f"  {ds} {r['seed']} {s}: global {r['dice_lesion']:.3f} / {r['fp_rate']:.2f}"
+                  + (f"; consensus_tuned {t['dice_lesion']:.3f} / {t['fp_rate']:.2f}" if t else ""))
