@@ -47,7 +47,7 @@ class _Run(RunLoop):
     def __init__(self, config, cfg_dict: dict, workdir: str, federation: Federation,
                  round_config: RoundConfig, model, may_not_learn: bool = False):
         super().__init__(config, cfg_dict, workdir, federation.client_names, round_config.executor)
-        self.may_not_learn = may_not_learn
+        self.may_not_learn, self.verbose = may_not_learn, False   # verbose: a progress bar
         self.federation, self.round_config, self.model = federation, round_config, model
         self.executor = executors.for_config(round_config)
         self.settings = JobSettings.from_config(config)
@@ -239,7 +239,7 @@ class _Run(RunLoop):
         msg = (f"after round {r}: each site fine-tunes its copy for up to "
                f"{self.settings.fine_tune_epochs} more local epochs (its consensus model's mask)")
         logging.info("%s", msg)
-        if getattr(self, "verbose", False):
+        if self.verbose:
             print(f"[fedmix_jax] {msg}", file=sys.stderr, flush=True)
         g = ex.eval_params(state.global_params[0])
         tuned = fine_tuned_consensus(
