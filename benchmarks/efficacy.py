@@ -6,7 +6,9 @@ r"""Do weak labels make the model better at segmenting lesions? One command, pai
 For each task (``binary``: ``configs/synthetic.py``; ``multiclass``:
 ``configs/synthetic_multiclass.py``, each at its own default size and round budget), each data
 seed (``config.data.seed``: a different federation) and each training seed, every strategy trains
-from the same initialisation and is scored on the test split at its best-validation round:
+from the same initialisation and is scored on the test split at its best-validation round
+(``--select_by``: by mean validation Dice, the default, or ``lesion_balanced``,
+:mod:`fedmix_jax.round_selection`; ``--every_round`` records every round's figures too):
 
 * mean Dice (per class, averaged; absent-class images score 1, so a model that predicts nothing
   scores well on lesion-free images),
@@ -54,6 +56,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from fedmix_jax.data.sources import load_federation  # noqa: E402
+from fedmix_jax.round_selection import SELECT_ROUND_BY  # noqa: E402
 from seeded_runs import run_variant  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -235,6 +238,12 @@ def define_flags() -> None:
     flags.DEFINE_integer("fine_tune_epochs", 0, "with --local_models: each site also fine-tunes "
                          "its copy for up to this many more local epochs and uses it for its "
                          "consensus model's mask (fedmix_jax.fine_tuning); 0: off")
+    flags.DEFINE_enum("select_by", "mean_dice", list(SELECT_ROUND_BY),
+                      "which round each model is scored at: the best validation mean Dice, or "
+                      "lesion_balanced, (Dice on lesion images + 1 - FP rate) / 2 "
+                      "(fedmix_jax.round_selection)")
+    flags.DEFINE_bool("every_round", False, "also record the global model's validation and test "
+                      "figures at every round (JSON key rounds), to compare selection rules")
     flags.DEFINE_string("merge", None, "comma-separated JSON files of earlier runs: print their "
                         "tables together (later files add strategies / data seeds), train nothing")
 
@@ -265,7 +274,9 @@ def main(argv):
                     run, = run_variant(cfg, federation, [seed], rounds, hd95=True,
                                        diagnostics=FLAGS.diagnostics_every,
                                        local=FLAGS.local_models,
-                                       fine_tune_epochs=FLAGS.fine_tune_epochs)
+                                       fine_tune_epochs=FLAGS.fine_tune_epochs,
+                                       select_by=FLAGS.select_by,
+                                       every_round=FLAGS.every_round)
                     for r in (run, *(run.get(k, {}) for k in LOCAL_KINDS)):
                         if r:
                             r["min_class_dice_lesion"] = float(np.min(r["dice_lesion_per_class"]))
@@ -279,6 +290,7 @@ def main(argv):
                     if FLAGS.json:      # after every run: a cut-short benchmark keeps its runs
                         with open(FLAGS.json + ".tmp", "w") as f:
                             json.dump({"overrides": FLAGS.set, "seeds": seeds,
+                                       "select_by": FLAGS.select_by,
                                        "results": results}, f, indent=1)
                         os.replace(FLAGS.json + ".tmp", FLAGS.json)
                 print(f"{task} data seed {data_seed} {strategy}: "

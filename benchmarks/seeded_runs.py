@@ -15,6 +15,7 @@ from fedmix_jax.diagnostics import pseudo_label_diagnostics, summarize
 from fedmix_jax.evaluation import evaluate
 from fedmix_jax.fine_tuning import fine_tuned_consensus
 from fedmix_jax.round import broadcast
+from fedmix_jax.round_selection import selection_score
 
 
 def reported_figures(test: dict, hd95: bool) -> dict:
@@ -30,7 +31,8 @@ def reported_figures(test: dict, hd95: bool) -> dict:
 
 
 def run_variant(config, federation, seeds, rounds, hd95=False, round_times=None,
-                diagnostics=False, local=False, fine_tune_epochs=0):
+                diagnostics=False, local=False, fine_tune_epochs=0, select_by="mean_dice",
+                every_round=False):
     """Best-validation test figures of each seed: list of dicts (with ``hd95``: HD95 and the
     per-class Dice too). ``round_times``, if a list, gets each round's seconds (the round alone,
     to its results on the host; the first one compiles). With ``diagnostics`` = k (an int; True
@@ -58,11 +60,11 @@ def run_variant(config, federation, seeds, rounds, hd95=False, round_times=None,
     for seed in seeds:
         state = fm.init_state(model, jax.random.PRNGKey(seed), image_shape,
                               federation.num_clients, round_config)
-        best = (-1.0, 0, None)          # validation Dice, round, model 1's params
+        best = (-1.0, 0, None)          # validation score, round, model 1's params
         best_local = (-1.0, 0, None)    # the same of the local models (leaves [C, ...])
         best_consensus = (-1.0, 0, None)    # (global [C, ...], local [C, ...])
         site_pair = None                    # the sites' pairs and optimiser states there
-        per_round = []
+        per_round, every = [], []
         for r in range(rounds):
             if diagnostics and (r == 0 or (r + 1) % int(diagnostics) == 0):
                 per_round.append({"round": r + 1, **summarize(pseudo_label_diagnostics(
@@ -73,18 +75,26 @@ def run_variant(config, federation, seeds, rounds, hd95=False, round_times=None,
             if round_times is not None:
                 round_times.append(time.perf_counter() - t0)
             params = state.global_params[0]
-            val = evaluate(model, params, federation.val, hd95=False)["mean_dice"]
+            val_figures = evaluate(model, params, federation.val, hd95=False)
+            val = selection_score(val_figures, select_by)
+            if every_round:
+                every.append(dict(
+                    round=int(state.round), val_mean_dice=float(val_figures["mean_dice"]),
+                    val_dice_lesion=float(val_figures["mean_dice_present"]),
+                    val_fp_rate=float(val_figures["mean_false_positive_rate"]),
+                    **reported_figures(evaluate(model, params, federation.test, hd95=False),
+                                       False)))
             if val > best[0]:       # the test split is scored once, for the selected round
                 best = (val, int(state.round), jax.tree.map(jnp.copy, params))
             if local:
                 mine = state.client_params[0]
-                val = evaluate(model, mine, federation.val, per_client_params=True,
-                               hd95=False)["mean_dice"]
+                val = selection_score(evaluate(model, mine, federation.val,
+                                               per_client_params=True, hd95=False), select_by)
                 if val > best_local[0]:
                     best_local = (val, int(state.round), jax.tree.map(jnp.copy, mine))
                 pair = (broadcast(params, federation.num_clients), mine)
-                val = evaluate(consensus, pair, federation.val, per_client_params=True,
-                               hd95=False)["mean_dice"]
+                val = selection_score(evaluate(consensus, pair, federation.val,
+                                               per_client_params=True, hd95=False), select_by)
                 if val > best_consensus[0]:
                     best_consensus = (val, int(state.round), jax.tree.map(jnp.copy, pair))
                     if fine_tune_epochs:
@@ -93,7 +103,8 @@ def run_variant(config, federation, seeds, rounds, hd95=False, round_times=None,
         val, best_round, params = best
         test = evaluate(model, params, federation.test, hd95=hd95)
         run = dict(seed=seed, round=best_round, val_dice=float(val), **reported_figures(test, hd95),
-                   **({"pseudo_labels": per_round} if diagnostics else {}))
+                   **({"pseudo_labels": per_round} if diagnostics else {}),
+                   **({"rounds": every} if every_round else {}))
         if local:
             for key, m, (val, best_round, params) in (("local", model, best_local),
                                                       ("consensus", consensus, best_consensus)):

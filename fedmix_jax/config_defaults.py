@@ -31,6 +31,9 @@ def run_config(num_rounds: int, checkpoint_every: int, keep_checkpoints: int, wi
     # > 0: after the last round each site fine-tunes its copy for up to this many more local
     # epochs for its consensus model's mask (fedmix_jax.fine_tuning; summary.json)
     config.fine_tune_epochs = _JOB.fine_tune_epochs
+    # which round's model is reported: "mean_dice" (best mean validation Dice) or
+    # "lesion_balanced" ((Dice on lesion images + 1 - FP rate) / 2; fedmix_jax.round_selection)
+    config.select_round_by = _JOB.select_round_by
     config.checkpoint_every = checkpoint_every  # save a checkpoint every k rounds (and the last)
     config.keep_checkpoints = keep_checkpoints  # how many recent checkpoints to keep
     config.compilation_cache = _JOB.compilation_cache   # "default", a directory or "off"

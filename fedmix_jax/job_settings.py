@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from fedmix_jax.errors import ConfigError
+from fedmix_jax.round_selection import SELECT_ROUND_BY
 
 
 def _field(config, key: str, default):
@@ -44,13 +45,15 @@ class MemorySettings:
 @dataclasses.dataclass(frozen=True)
 class JobSettings:
     """What the job reads around the round: the config's ``eval_local_models``,
-    ``fine_tune_epochs``, ``diagnostics``, ``compilation_cache`` ("default", a directory or "off")
+    ``fine_tune_epochs``, ``select_round_by`` (:data:`~fedmix_jax.round_selection.SELECT_ROUND_BY`),
+    ``diagnostics``, ``compilation_cache`` ("default", a directory or "off")
     and ``train.cpu_devices`` (each in docs/main_job.md, "Configs"), and ``memory``
     (:class:`MemorySettings`). Raises :class:`~fedmix_jax.errors.ConfigError` for a value of the
-    wrong type or a negative ``fine_tune_epochs``."""
+    wrong type, a negative ``fine_tune_epochs`` or an unknown ``select_round_by``."""
 
     eval_local_models: bool = False
     fine_tune_epochs: int = 0
+    select_round_by: str = "mean_dice"
     diagnostics: bool = False
     compilation_cache: str = "default"
     cpu_devices: int = 1
@@ -68,9 +71,13 @@ class JobSettings:
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
             raise ConfigError(f"invalid config: fine_tune_epochs must be an integer >= 0 (0: off),"
                               f" got {epochs!r}")
+        select_by = _field(config, "select_round_by", d.select_round_by)
+        if select_by not in SELECT_ROUND_BY:
+            raise ConfigError(f"invalid config: select_round_by must be one of "
+                              f"{', '.join(SELECT_ROUND_BY)}, got {select_by!r}")
         cache = config.get("compilation_cache", d.compilation_cache)   # None: off, not default
         return cls(eval_local_models=bool(_field(config, "eval_local_models", d.eval_local_models)),
-                   fine_tune_epochs=epochs,
+                   fine_tune_epochs=epochs, select_round_by=select_by,
                    diagnostics=bool(_field(config, "diagnostics", d.diagnostics)),
                    compilation_cache="off" if cache is None else str(cache),
                    cpu_devices=cpu_devices, memory=MemorySettings.from_config(config.get("data")))

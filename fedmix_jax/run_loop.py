@@ -1,6 +1,7 @@
 """The run every training mode shares (the main job, in memory or streamed, and the Flower
 ServerApp): :class:`RunLoop` resumes from the newest checkpoint, owns the order, the evaluation
-and checkpoint cadence and the best round (highest finite mean validation Dice), writes a
+and checkpoint cadence and the best round (highest finite validation score,
+:mod:`fedmix_jax.round_selection`; ``config.select_round_by``), writes a
 round's line to ``metrics.jsonl`` *before* checkpoint r, then ``summary.json`` and the plots.
 What a round and an evaluation are belongs to the mode (:class:`RoundSteps`, its subclass).
 """
@@ -8,14 +9,15 @@ What a round and an evaluation are belongs to the mode (:class:`RoundSteps`, its
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from typing import Any, Protocol
 
 from fedmix_jax import rundir
 from fedmix_jax.checkpointing import Checkpointer
+from fedmix_jax.job_settings import JobSettings
 from fedmix_jax.records import MetricsFile, add_evaluation, check_checkpoint_record, evaluation_of
+from fedmix_jax.round_selection import is_better
 
 
 class RoundSteps(Protocol):
@@ -35,13 +37,6 @@ class RoundSteps(Protocol):
         """After round ``r``'s line and checkpoint (progress output)."""
 
 
-def is_better(val: dict, best_val: dict | None) -> bool:
-    """Whether validation figures ``val`` beat the best so far (a NaN / missing Dice never does)."""
-    v = val.get("mean_dice")
-    return (v is not None and math.isfinite(float(v))
-            and (best_val is None or float(v) > float(best_val["mean_dice"])))
-
-
 class RunLoop:
     """One run in a locked workdir; a subclass supplies the :class:`RoundSteps` of its mode.
     ``records`` (the rounds' lines), ``round_times`` and ``eval_times`` are appended to."""
@@ -50,6 +45,7 @@ class RunLoop:
         self.config, self.cfg_dict, self.workdir = config, cfg_dict, workdir
         self.client_names, self.executor_name = list(client_names), executor
         self.num_rounds = int(config.num_rounds)
+        self.select_by = JobSettings.from_config(config).select_round_by
         self.metrics = MetricsFile(workdir)
         self.checkpointer = Checkpointer.for_workdir(workdir, int(config.keep_checkpoints))
         self.round_times, self.eval_times = [], []
@@ -91,7 +87,7 @@ class RunLoop:
                 val, test, extra = self.evaluate_round(r, state)
                 self.eval_times.append(time.perf_counter() - t1)
                 add_evaluation(rec, val, test, self.eval_times[-1], extra or None)
-                if is_better(val, self.best["val"]):
+                if is_better(val, self.best["val"], self.select_by):
                     self.best = {"round": r, "val": val, "test": test, **(extra or {})}
                     self.new_best(r, state)
             self.metrics.append(rec)

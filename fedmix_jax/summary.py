@@ -8,6 +8,7 @@ import statistics
 import numpy as np
 
 from fedmix_jax.data.federation import LEVEL_NAMES, Federation
+from fedmix_jax.round_selection import SELECTION_WORDS
 
 
 def level_names(federation: Federation) -> list[str]:
@@ -84,8 +85,10 @@ def format_summary(summary: dict) -> str:
                          f"{test['mean_dice_present']:.4f}; FP rate = share of lesion-free "
                          "test images with any predicted foreground")
     t = summary.get("timing", {})
+    criterion = SELECTION_WORDS.get(summary.get("config", {}).get("select_round_by", "mean_dice"),
+                                    SELECTION_WORDS["mean_dice"])
     lines.append(f"strategy {summary['strategy']}, seed {summary['seed']}: test numbers of the "
-                 f"round with the best mean validation Dice (round {best['round']} of "
+                 f"round with the best {criterion} (round {best['round']} of "
                  f"{summary['rounds_completed']})")
     times = [f"total {t.get('total_s', 0):.1f} s"]
     if t.get("rounds_this_process"):

@@ -16,6 +16,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 import efficacy  # noqa: E402
+from fedmix_jax.round_selection import selection_score  # noqa: E402
 
 
 def _run(dice_lesion, fp=0.5, seed=0, diag=None):
@@ -85,7 +86,8 @@ def test_efficacy_smoke_run(tmp_path):
     cmd = [sys.executable, os.path.join(REPO, "benchmarks", "efficacy.py"), "--tasks", "binary",
            "--strategies", "fedmix_plus,fedavg_pixel,fedavg_full", "--data_seeds", "1",
            "--seeds", "0", "--rounds", "1", "--diagnostics_every", "1", "--local_models",
-           "--fine_tune_epochs", "2", "--json", str(out)] + tiny
+           "--fine_tune_epochs", "2", "--select_by", "lesion_balanced", "--every_round",
+           "--json", str(out)] + tiny
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
                           env=dict(os.environ, PYTHONPATH=REPO))
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -94,6 +96,12 @@ def test_efficacy_smoke_run(tmp_path):
     run = data["results"]["binary"]["1"]["fedmix_plus"][0]
     assert {"dice", "dice_lesion", "fp_rate", "hd95", "min_class_dice_lesion"} <= set(run)
     assert run["pseudo_labels"][0]["round"] == 1 and "pl_box_n" in run["pseudo_labels"][0]
+    assert data["select_by"] == "lesion_balanced"
+    every, = run["rounds"]      # --every_round: the global model's figures at each round
+    assert every["round"] == run["round"] == 1 and every["dice_lesion"] == run["dice_lesion"]
+    assert run["val_dice"] == pytest.approx(selection_score(
+        {"mean_dice_present": every["val_dice_lesion"],
+         "mean_false_positive_rate": every["val_fp_rate"]}, "lesion_balanced"))
     local = run["local"]     # the sites' own models, scored on their own test splits
     assert {"round", "dice", "dice_lesion", "fp_rate", "min_class_dice_lesion"} <= set(local)
     assert len(local["fp_rate_per_client"]) == 4

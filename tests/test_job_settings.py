@@ -23,11 +23,13 @@ def test_missing_fields_get_the_defaults_and_set_ones_are_read():
     assert JobSettings.from_config(ml_collections.ConfigDict({})) == JobSettings()
     config = _config()
     config.eval_local_models, config.diagnostics = True, True
+    config.select_round_by = "lesion_balanced"
     config.train.cpu_devices = 0
     config.data.compact, config.data.device_data_budget_gb = False, 0.5
     config.data.stream_block_steps, config.data.pack_labels = 3, True
     got = JobSettings.from_config(config)
     assert got == JobSettings(eval_local_models=True, diagnostics=True, cpu_devices=0,
+                              select_round_by="lesion_balanced",
                               memory=MemorySettings(device_data_budget_gb=0.5,
                                                     stream_block_steps=3, pack_labels=True,
                                                     compact=False))
@@ -38,5 +40,8 @@ def test_no_cache_directory_means_off_and_bad_values_are_config_errors():
     assert JobSettings.from_config(config).compilation_cache == "off"
     with pytest.raises(ConfigError, match="train.cpu_devices"):
         JobSettings.from_config(ml_collections.ConfigDict({"train": {"cpu_devices": "many"}}))
+    with pytest.raises(ConfigError, match="select_round_by must be one of mean_dice, "
+                                          "lesion_balanced, got 'dice'"):
+        JobSettings.from_config(ml_collections.ConfigDict({"select_round_by": "dice"}))
     with pytest.raises(ConfigError, match="data"):
         JobSettings.from_config(ml_collections.ConfigDict({"data": {"stream_block_steps": "x"}}))
