@@ -58,20 +58,24 @@ def test_missing_scores_never_win_and_an_unknown_criterion_is_an_error():
         selection_score(some, "mean_iou")
 
 
-def test_the_main_job_reports_the_round_its_criterion_scores_best(tmp_path):
-    from fedmix_jax import train
+def test_the_main_job_reports_the_round_its_criterion_scores_best(tmp_path, monkeypatch):
+    from fedmix_jax import run_loop, train
     from fedmix_jax.errors import ConfigError
     from fedmix_jax.records import read_metrics
     from fedmix_jax.rundir import METRICS_FILE
     from fedmix_jax.summary import format_summary
     from test_main import tiny_config
 
+    asked = []      # the criterion the run loop compares rounds by (the two rules may agree here)
+    monkeypatch.setattr(run_loop, "is_better",
+                        lambda val, best, by: asked.append(by) or is_better(val, best, by))
     cfg = tiny_config(strategy="fedavg_pixel", select_round_by="lesion_balanced", num_rounds=4)
     summary = train.train_and_evaluate(cfg, str(tmp_path / "run"), quiet=True, write_plots=False)
     scores = [selection_score({k[4:]: v for k, v in rec.items() if k.startswith("val_")},
                               "lesion_balanced")
               for rec in read_metrics(str(tmp_path / "run" / METRICS_FILE))]
     assert len(scores) == 4 and all(np.isfinite(scores))
+    assert asked == ["lesion_balanced"] * 4
     assert summary["best"]["round"] == int(np.argmax(scores)) + 1     # the first on ties
     assert "Dice on lesion images + 1 - FP rate" in format_summary(summary)
     with pytest.raises(ConfigError, match="select_round_by"):
